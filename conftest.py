@@ -1,0 +1,131 @@
+"""Test-wide fixtures: a network that stays on this machine, a clean Redis, real processes."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+import redis
+from django.conf import settings
+
+from tests.support.processes import ManagedProcess, celery_worker, subprocess_env, wait_for
+
+pytest_plugins = ["tests.support.browser"]
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_local(address) -> bool:
+    if not isinstance(address, tuple):
+        return True  # unix sockets
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name that would need DNS: not local
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _guarded(real):
+    def connect(self, address):
+        if not _is_local(address):
+            raise NetworkBlocked(
+                f"test tried to reach {address!r}: the network is blocked; mark the test @pytest.mark.network"
+            )
+        return real(self, address)
+
+    return connect
+
+
+@pytest.fixture(autouse=True)
+def _block_network(request, monkeypatch):
+    if request.node.get_closest_marker("network"):
+        return
+    monkeypatch.setattr(socket.socket, "connect", _guarded(_real_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", _guarded(_real_connect_ex))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_redis():
+    if settings.EMBEDDED_REDIS:
+        return
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def celery_env(django_db_setup, django_db_blocker) -> dict[str, str]:
+    with django_db_blocker.unblock():
+        return subprocess_env()
+
+
+@pytest.fixture(scope="session")
+def live_celery_worker(celery_env):
+    """A real Celery worker process on the test Redis and the test database."""
+    worker = celery_worker("celery-worker", celery_env)
+    try:
+        wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=60, what="celery worker ready")
+        assert worker.alive(), worker.log()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def processes():
+    """Collects ManagedProcess objects started by a test and stops them all afterwards."""
+    started: list[ManagedProcess] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+# Fast supervisor timings so takeover and reconnect tests run in seconds, not minutes.
+FAST_LISTENERS = {
+    "LISTENER_LEASE_TTL_MS": "3000",
+    "LISTENER_SCAN_SECONDS": "1",
+    "LISTENER_KEEPALIVE_SECONDS": "5",
+    "LISTENER_BACKOFF_CAP_SECONDS": "2",
+}
+
+
+@pytest.fixture
+def hub(django_db_setup, django_db_blocker):
+    """Simulator + daphne + one Celery worker holding PBX sockets, on the test database and Redis."""
+    from tests.support.processes import Hub
+
+    with django_db_blocker.unblock():
+        env = subprocess_env(**FAST_LISTENERS)
+    running = Hub(env)
+    try:
+        yield running
+    finally:
+        running.stop()
+        with django_db_blocker.unblock():
+            _wait_for_other_sessions_to_close()
+
+
+def _wait_for_other_sessions_to_close(timeout: float = 10) -> None:
+    """PostgreSQL ends a dead client's backend a moment after it exits; dropping the
+    test database before then fails, so wait for the processes' sessions to go."""
+    from django.db import connection
+
+    def others() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    try:
+        wait_for(lambda: others() == 0, timeout, interval=0.1, what="the hub's database sessions to close")
+    except TimeoutError:
+        pass  # reported by pytest-django's teardown if it matters

@@ -1,0 +1,92 @@
+from django.contrib import admin, messages
+from django.db import transaction
+from django.utils.html import format_html_join
+
+from crm_sync import services
+from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
+from crm_sync.retailcrm.client import RetailCrmError
+from ctihub.secrets import secret_form_for
+
+
+class ExternalPhoneInline(admin.TabularInline):
+    model = ExternalPhone
+    extra = 1
+
+
+@admin.register(RetailCrmIntegration)
+class RetailCrmIntegrationAdmin(admin.ModelAdmin):
+    form = secret_form_for(RetailCrmIntegration, ("api_key",))
+    list_display = ("name", "crm_url", "module_code", "enabled", "manager_routing", "registered_at", "last_error")
+    list_filter = ("enabled", "manager_routing")
+    search_fields = ("name", "crm_url", "module_code")
+    filter_horizontal = ("accounts", "shared_lines")
+    readonly_fields = ("client_id", "registered_at", "last_error", "unknown_to_retailcrm", "outbox")
+    fieldsets = (
+        (None, {"fields": ("name", "crm_url", "api_key", "module_code", "enabled", "time_zone")}),
+        ("Calls", {"fields": ("accounts", "manager_routing", "shared_lines")}),
+        ("Registration in retailCRM", {
+            "fields": ("client_id", "registered_at", "last_error", "unknown_to_retailcrm", "outbox"),
+        }),
+    )
+    inlines = [ExternalPhoneInline]
+    actions = ["register_module"]
+
+    @admin.display(description="retailCRM does not know")
+    def unknown_to_retailcrm(self, obj):
+        lines = []
+        if obj.not_exist_user_ids:
+            lines.append(("user ids (fix the agents' retailCRM user id)", ", ".join(obj.not_exist_user_ids)))
+        if obj.not_exist_site_codes:
+            lines.append(("site codes (fix the external phones)", ", ".join(obj.not_exist_site_codes)))
+        if not lines:
+            return "nothing" if obj.registered_at else "-"
+        return format_html_join("", "<div>{}: <strong>{}</strong></div>", lines)
+
+    @admin.display(description="calls waiting for upload")
+    def outbox(self, obj):
+        return services.outbox_size(obj.pk) if obj.pk else 0
+
+    @admin.action(description="Register / update the telephony module in retailCRM")
+    def register_module(self, request, queryset):
+        for integration in queryset:
+            try:
+                services.register_integration(integration)
+            except RetailCrmError as exc:
+                self.message_user(request, f"{integration}: {exc}", messages.ERROR)
+                continue
+            unknown = []
+            if integration.not_exist_user_ids:
+                unknown.append(f"unknown user ids {', '.join(integration.not_exist_user_ids)}")
+            if integration.not_exist_site_codes:
+                unknown.append(f"unknown site codes {', '.join(integration.not_exist_site_codes)}")
+            if unknown:
+                self.message_user(request, f"{integration}: registered, but retailCRM reports {'; '.join(unknown)}",
+                                  messages.WARNING)
+            else:
+                self.message_user(request, f"{integration}: registered in retailCRM", messages.SUCCESS)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        integration = form.instance
+        if integration.enabled or integration.registered_at:
+            # URLs, codes, shops or the active flag may have changed: retailCRM's copy must follow.
+            from crm_sync.tasks import queue_registration
+
+            transaction.on_commit(lambda: queue_registration(integration.pk))
+
+
+@admin.register(CrmCallSync)
+class CrmCallSyncAdmin(admin.ModelAdmin):
+    """What was sent to retailCRM about each call: read-only, written by the sync."""
+
+    list_display = ("call", "integration", "in_event_sent_at", "hangup_event_sent_at", "uploaded_at", "routing",
+                    "events_skipped", "upload_skipped", "last_error")
+    list_filter = ("integration", "routing", ("uploaded_at", admin.EmptyFieldListFilter))
+    search_fields = ("call__remote_number_e164", "call__pbx_call_id", "last_error")
+    list_select_related = ("call", "integration")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class CrmSyncConfig(AppConfig):
+    name = "crm_sync"
+    verbose_name = "CRM sync"
+
+    def ready(self):
+        from crm_sync import signals  # noqa: F401  (connects the re-registration receivers)

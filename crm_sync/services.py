@@ -1,0 +1,756 @@
+"""Domain functions of the CRM side: what reaches retailCRM about calls, agents and the module.
+
+Entry points:
+
+* ``call_changed`` — ``telephony.domain`` calls it after every committed change
+  of a call; it only queues Celery tasks (``crm_sync.tasks``);
+* ``sync_call`` — the call's events (``in``/``out`` when it starts, ``hangup``
+  when it ends), each exactly once, then the finished call into the outbox;
+* ``upload_outbox`` — finished calls to retailCRM's history, 50 at a time;
+* ``route_call`` — responsible-manager routing of a shared line's call;
+* ``register_integration`` — the module's registration (codes, shops, URLs);
+* ``make_call`` / ``change_user_status`` — what the endpoints retailCRM calls do;
+* ``sweep`` — the periodic catch-up for anything a lost task or an outage left.
+
+Exactly once: every send is done by the holder of a claim on the call's
+``CrmCallSync`` row, taken with a conditional UPDATE; "sent" is written only
+after retailCRM accepted. See ``CrmCallSync`` for the rules.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from accounts.models import Agent
+from crm_sync import recordings
+from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
+from crm_sync.retailcrm import payloads
+from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmClient, RetailCrmError
+from telephony.models import Call, Terminal
+
+logger = logging.getLogger(__name__)
+
+# A claim outlives any single send (rate-limit wait + timeouts + retries stay well under it);
+# it only matters when a worker dies holding one.
+CLAIM_LEASE = timedelta(minutes=5)
+# An in/out event pops a card in retailCRM. For a call that ended longer ago than
+# this it would pop a card for a call that is long gone: skipped, the upload carries the call.
+START_EVENT_STALE_AFTER = timedelta(seconds=60)
+# Sweep: calls whose tasks were lost are picked up once they are this old...
+SWEEP_GRACE = timedelta(seconds=60)
+# ...and no older than this (older ones stay as they are: an admin looks at them).
+SWEEP_HORIZON = timedelta(days=7)
+SWEEP_LIMIT = 500
+# Backoff when retailCRM is unavailable: 2, 4, 8 ... seconds, at most 10 minutes.
+BACKOFF_FIRST = 2
+BACKOFF_CAP = 600
+# The card of a manager's leg of a redirected call shows the lookup made for the shared line.
+ROUTED_CARD_WINDOW = timedelta(minutes=2)
+ACTIVE_STATES = (Call.State.RINGING, Call.State.DIALING, Call.State.TALKING, Call.State.HELD)
+
+
+class EventsBusy(Exception):
+    """Another worker holds the call's events claim right now: try again in a moment."""
+
+
+class RetryLater(Exception):
+    """retailCRM is unavailable; ``delay`` is the seconds until the next try."""
+
+    def __init__(self, message: str, delay: float):
+        super().__init__(message)
+        self.delay = delay
+
+
+def backoff(attempts: int) -> float:
+    return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, attempts - 1)))
+
+
+def client_for(integration: RetailCrmIntegration) -> RetailCrmClient:
+    return RetailCrmClient.for_integration(integration)
+
+
+def integrations_for(account_id: int):
+    return (
+        RetailCrmIntegration.objects.filter(enabled=True).filter(accounts__isnull=True)
+        | RetailCrmIntegration.objects.filter(enabled=True, accounts__id=account_id)
+    ).distinct()
+
+
+def _enqueue(task, *args, countdown: float | None = None) -> bool:
+    """Queue a task; never let a broker hiccup break the caller (the sweep catches up)."""
+    try:
+        task.apply_async(args=args, countdown=countdown)
+        return True
+    except Exception:
+        logger.exception("could not queue %s%r; the sweep will pick it up", task.name, args)
+        return False
+
+
+# --- call_changed: the entry point -------------------------------------------------------
+
+
+def call_changed(call_id: int, version: int) -> None:
+    """Called after a call's transaction commits. Calls no CRM listens to are marked skipped."""
+    from crm_sync import tasks
+
+    call = (
+        Call.objects.filter(pk=call_id)
+        .only("id", "account_id", "crm_sync_state", "state", "direction", "terminal_id")
+        .first()
+    )
+    if call is None:
+        return
+    integration_ids = list(integrations_for(call.account_id).values_list("id", flat=True))
+    if not integration_ids:
+        Call.objects.filter(pk=call_id, crm_sync_state=Call.CrmSync.PENDING).update(
+            crm_sync_state=Call.CrmSync.SKIPPED
+        )
+        return
+    if call.state == Call.State.RINGING and call.direction == Call.Direction.INBOUND and call.terminal_id:
+        routed = RetailCrmIntegration.objects.filter(
+            pk__in=integration_ids, manager_routing=True, shared_lines=call.terminal_id
+        ).values_list("id", flat=True)
+        for integration_id in routed:
+            _enqueue(tasks.route_call_task, integration_id, call_id)
+    if call.state in (Call.State.TALKING, Call.State.HELD) and _start_events_settled(call_id, integration_ids):
+        return  # answered, held, resumed: nothing retailCRM hears about
+    _enqueue(tasks.sync_call_task, call_id)
+
+
+def _start_events_settled(call_id: int, integration_ids: list[int]) -> bool:
+    settled = CrmCallSync.objects.filter(call_id=call_id, integration_id__in=integration_ids).filter(
+        Q(in_event_sent_at__isnull=False) | ~Q(events_skipped="")
+    )
+    return settled.count() == len(integration_ids)
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncReport:
+    sent: list[str] = field(default_factory=list)
+    outboxed: list[int] = field(default_factory=list)  # integration ids with a call newly in their outbox
+
+
+def sync_call(call_id: int) -> SyncReport:
+    """Send the call's due events to every integration, then put a finished call in the outbox.
+
+    Raises ``EventsBusy`` when another worker holds a claim (the task retries
+    shortly) and ``RetryLater`` when retailCRM is unavailable.
+    """
+    report = SyncReport()
+    call = Call.objects.filter(pk=call_id).first()
+    if call is None:
+        return report
+    integrations = list(integrations_for(call.account_id))
+    if not integrations:
+        Call.objects.filter(pk=call_id, crm_sync_state=Call.CrmSync.PENDING).update(
+            crm_sync_state=Call.CrmSync.SKIPPED
+        )
+        return report
+    busy, retry = None, None
+    for integration in integrations:
+        row, _ = CrmCallSync.objects.get_or_create(integration=integration, call=call)
+        try:
+            report.sent += send_due_events(row, integration)
+        except EventsBusy as exc:
+            busy = exc
+        except RetryLater as exc:
+            retry = exc
+        call.refresh_from_db()
+        if call.state == Call.State.ENDED and enter_outbox(row, call):
+            report.outboxed.append(integration.pk)
+    _refresh_crm_sync_state([call_id])
+    if retry is not None:
+        raise retry
+    if busy is not None:
+        raise busy
+    return report
+
+
+def _claim(row_id: int, claim_field: str, token: str, extra: Q | None = None) -> bool:
+    until = f"{claim_field}_claimed_until"
+    free = Q(**{f"{until}__isnull": True}) | Q(**{f"{until}__lt": Now()})
+    query = CrmCallSync.objects.filter(pk=row_id).filter(free)
+    if extra is not None:
+        query = query.filter(extra)
+    return bool(query.update(**{until: Now() + CLAIM_LEASE, f"{claim_field}_claim": token}))
+
+
+def _release(row_id: int, claim_field: str, token: str, **fields) -> None:
+    CrmCallSync.objects.filter(pk=row_id, **{f"{claim_field}_claim": token}).update(
+        **{f"{claim_field}_claimed_until": None, f"{claim_field}_claim": ""}, **fields
+    )
+
+
+def send_due_events(row: CrmCallSync, integration: RetailCrmIntegration) -> list[str]:
+    """Send what is due for this call, in order (start event before hangup), under the row's claim."""
+    token = uuid.uuid4().hex
+    if not _claim(row.pk, "events", token):
+        raise EventsBusy(f"events of call {row.call_id} are being sent by another worker")
+    sent: list[str] = []
+    try:
+        row.refresh_from_db()
+        call = Call.objects.select_related("agent").get(pk=row.call_id)
+        if row.events_in_flight:
+            _settle_unknown_outcome(row, token)
+        while True:
+            step = _due_event(row, call)
+            if step is None:
+                break
+            if isinstance(step, str):
+                CrmCallSync.objects.filter(pk=row.pk, events_claim=token).update(events_skipped=step[:300])
+                row.events_skipped = step
+                break
+            kind, sent_field, builder = step
+            site, external_phone = shop_of(row, call, integration)
+            _send_event(row, integration, token, kind, sent_field, builder(call, site, external_phone))
+            sent.append(kind)
+    finally:
+        _release(row.pk, "events", token)
+    return sent
+
+
+def _due_event(row: CrmCallSync, call: Call):
+    """What to send next: (kind, field, payload builder), a reason to send nothing ever, or None."""
+    if row.events_skipped:
+        return None
+    if row.in_event_sent_at is None:
+        if call.is_internal:
+            return "an internal call: retailCRM only hears about customers' calls"
+        codes, user_ids = payloads.recipients(call)
+        if not codes and not user_ids:
+            if call.state == Call.State.ENDED:
+                return "no agent with a retailCRM code or user id took this call"
+            return None  # the agent may still be identified by a later frame
+        if not payloads.remote_phone(call):
+            return "the other party's number is unknown"
+        if call.state == Call.State.ENDED and call.ended_at < timezone.now() - START_EVENT_STALE_AFTER:
+            return "the call had ended before its start event could be sent"
+        kind = payloads.IN if call.direction == Call.Direction.INBOUND else payloads.OUT
+        return kind, "in_event_sent_at", payloads.start_event
+    if call.state == Call.State.ENDED and row.hangup_event_sent_at is None:
+        return payloads.HANGUP, "hangup_event_sent_at", payloads.hangup_event
+    return None
+
+
+def _settle_unknown_outcome(row: CrmCallSync, token: str) -> None:
+    """A previous send got no answer (or its worker died): count it as delivered, do not resend."""
+    sent_field = "in_event_sent_at" if row.events_in_flight in (payloads.IN, payloads.OUT) else "hangup_event_sent_at"
+    note = f"the {row.events_in_flight} event got no answer from retailCRM; taken as delivered, not re-sent"
+    logger.warning("call %s: %s", row.call_id, note)
+    CrmCallSync.objects.filter(pk=row.pk, events_claim=token).update(
+        **{sent_field: timezone.now()}, events_in_flight="", last_error=note, last_error_at=timezone.now()
+    )
+    row.refresh_from_db()
+
+
+def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field: str, event: dict) -> None:
+    mine = CrmCallSync.objects.filter(pk=row.pk, events_claim=token)
+    mine.update(events_in_flight=kind)
+    try:
+        client_for(integration).call_event(event)
+    except RetailCrmError as exc:
+        if getattr(exc, "maybe_delivered", False):
+            # Leave events_in_flight set: the next holder takes it as delivered.
+            mine.update(last_error=str(exc)[:2000], last_error_at=timezone.now())
+            raise RetryLater(str(exc), backoff(1)) from exc
+        row.events_attempts += 1
+        fields = {"events_in_flight": "", "events_attempts": row.events_attempts, "last_error": str(exc)[:2000],
+                  "last_error_at": timezone.now()}
+        if exc.retryable or isinstance(exc, RetailCrmAuthError):
+            # Down, slowing us down, or a key an admin has to fix: try again later (the sweep too).
+            delay = backoff(row.events_attempts)
+            mine.update(**fields, events_next_at=timezone.now() + timedelta(seconds=delay))
+            raise RetryLater(str(exc), delay) from exc
+        # retailCRM refused this event itself: the same event would be refused again.
+        mine.update(**fields, events_skipped=f"retailCRM refused the {kind} event: {exc}"[:300])
+        row.events_skipped = "refused"
+        logger.warning("call %s: %s", row.call_id, exc)
+        return
+    now = timezone.now()
+    mine.update(**{sent_field: now}, events_in_flight="", events_next_at=None, last_error="")
+    setattr(row, sent_field, now)
+
+
+def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> tuple[str, str]:
+    """(site code, external phone) of the call, resolved once and kept on the row."""
+    if row.site_code or row.external_phone:
+        return row.site_code, row.external_phone
+    external_phone, site = call.external_phone, call.site_code
+    if not external_phone and call.direction == Call.Direction.OUTBOUND and call.terminal_id:
+        external_phone = recall_click_to_call(call.terminal_id, call.remote_number_e164) or ""
+    if external_phone and not site:
+        site = (
+            ExternalPhone.objects.filter(integration=integration, phone=external_phone)
+            .values_list("site_code", flat=True)
+            .first()
+            or ""
+        )
+    if site or external_phone:
+        CrmCallSync.objects.filter(pk=row.pk).update(site_code=site, external_phone=external_phone)
+        row.site_code, row.external_phone = site, external_phone
+    return site, external_phone
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+
+def upload_skip_reason(call: Call, row: CrmCallSync) -> str:
+    """Why a finished call does not go to retailCRM's history ('' when it does)."""
+    if call.is_internal:
+        return "an internal call"
+    if not payloads.remote_phone(call):
+        return "the other party's number is unknown"
+    if call.answered_at is None and call.end_cause == "answered_elsewhere":
+        # The leg that answered is uploaded; this ringing phone is not a missed call.
+        return "answered on another phone"
+    if row.routing == CrmCallSync.Routing.REDIRECTED:
+        return "redirected to the responsible manager (their leg is uploaded)"
+    return ""
+
+
+def enter_outbox(row: CrmCallSync, call: Call) -> bool:
+    """Put a finished call in the outbox once; True when it is newly there and to be uploaded."""
+    row.refresh_from_db(fields=["routing", "outbox_at"])
+    if row.outbox_at is not None:
+        return False
+    reason = upload_skip_reason(call, row)
+    entered = CrmCallSync.objects.filter(pk=row.pk, outbox_at__isnull=True).update(
+        outbox_at=timezone.now(), upload_skipped=reason
+    )
+    return bool(entered) and not reason
+
+
+@dataclass
+class UploadReport:
+    uploaded: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    batches: int = 0
+
+
+def _due_outbox(integration_id: int):
+    now = timezone.now()
+    return (
+        CrmCallSync.objects.filter(
+            integration_id=integration_id, outbox_at__isnull=False, uploaded_at__isnull=True, upload_skipped=""
+        )
+        .filter(Q(upload_next_at__isnull=True) | Q(upload_next_at__lte=now))
+        .filter(Q(upload_claimed_until__isnull=True) | Q(upload_claimed_until__lt=now))
+    )
+
+
+def claim_batch(integration_id: int, token: str, size: int = MAX_CALLS_PER_UPLOAD) -> list[CrmCallSync]:
+    """Claim up to ``size`` due rows for this worker; concurrent workers get disjoint batches."""
+    with transaction.atomic():
+        candidates = _due_outbox(integration_id).order_by("outbox_at", "id")
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        ids = list(candidates.values_list("id", flat=True)[:size])
+        if not ids:
+            return []
+        # The conditional UPDATE decides (SQLite has no SKIP LOCKED; it locks the whole file).
+        _due_outbox(integration_id).filter(pk__in=ids).update(
+            upload_claimed_until=Now() + CLAIM_LEASE, upload_claim=token
+        )
+    return list(
+        CrmCallSync.objects.filter(upload_claim=token).select_related("call", "call__agent").order_by("outbox_at", "id")
+    )
+
+
+def upload_outbox(integration_id: int, max_batches: int | None = None) -> UploadReport:
+    """Upload due finished calls in batches until the outbox is empty (or retailCRM is unavailable)."""
+    report = UploadReport()
+    integration = RetailCrmIntegration.objects.filter(pk=integration_id, enabled=True).first()
+    if integration is None:
+        return report
+    client = client_for(integration)
+    while max_batches is None or report.batches < max_batches:
+        token = uuid.uuid4().hex
+        rows = claim_batch(integration_id, token)
+        if not rows:
+            break
+        report.batches += 1
+        try:
+            _upload_rows(client, integration, rows, token, report)
+        except RetailCrmError as exc:
+            if _try_later(exc):
+                raise _postpone(rows, [token], exc) from exc
+            if len(rows) == 1:
+                _refuse(rows[0], token, exc)
+                report.refused += 1
+            else:
+                _upload_one_by_one(client, integration, rows, token, report, exc)
+        _refresh_crm_sync_state([row.call_id for row in rows])
+    return report
+
+
+def _try_later(exc: RetailCrmError) -> bool:
+    """Down, slowing us down, or a key an admin has to fix: the same request can succeed later."""
+    return exc.retryable or isinstance(exc, RetailCrmAuthError)
+
+
+def _upload_one_by_one(client, integration, rows, token: str, report: UploadReport, exc: RetailCrmError) -> None:
+    """A batch refused as a whole: one bad call must not hold back the others."""
+    logger.warning("retailCRM refused a batch of %s calls (%s); sending them one by one", len(rows), exc)
+    for index, row in enumerate(rows):
+        try:
+            _upload_rows(client, integration, [row], token, report)
+        except RetailCrmError as single_exc:
+            if _try_later(single_exc):
+                raise _postpone(rows[index:], [token], single_exc) from single_exc
+            _refuse(row, token, single_exc)
+            report.refused += 1
+
+
+def _records(integration, rows: list[CrmCallSync]) -> list[dict]:
+    records = []
+    for row in rows:
+        site, external_phone = shop_of(row, row.call, integration)
+        records.append(payloads.upload_record(
+            row.call, time_zone=integration.time_zone, site=site, external_phone=external_phone,
+            record_url=recordings.record_url_for(row.call),
+        ))
+    return records
+
+
+def _upload_rows(client, integration, rows: list[CrmCallSync], token: str, report: UploadReport) -> None:
+    records = _records(integration, rows)
+    answer = client.upload_calls(records)
+    duplicates = {str(x) for x in (answer.get("duplicateCalls") or [])}
+    processed = answer.get("processedCallsCount")
+    if isinstance(processed, int) and processed + len(duplicates) != len(records):
+        logger.warning("retailCRM processed %s of %s calls (%s duplicates)", processed, len(records), len(duplicates))
+    now = timezone.now()
+    ids = [row.pk for row in rows]
+    duplicate_ids = [row.pk for row, record in zip(rows, records) if record["externalId"] in duplicates]
+    mine = CrmCallSync.objects.filter(pk__in=ids, upload_claim=token)
+    mine.filter(pk__in=duplicate_ids).update(was_duplicate=True)
+    mine.update(uploaded_at=now, upload_claim="", upload_claimed_until=None, upload_next_at=None, last_error="")
+    report.uploaded += len(rows) - len(duplicate_ids)
+    report.duplicates += len(duplicate_ids)
+
+
+def _postpone(rows: list[CrmCallSync], tokens: list[str], exc: RetailCrmError) -> RetryLater:
+    attempts = max(row.upload_attempts for row in rows) + 1
+    delay = backoff(attempts)
+    CrmCallSync.objects.filter(pk__in=[row.pk for row in rows], upload_claim__in=tokens).update(
+        upload_claim="", upload_claimed_until=None, upload_attempts=attempts,
+        upload_next_at=timezone.now() + timedelta(seconds=delay), last_error=str(exc)[:2000],
+        last_error_at=timezone.now(),
+    )
+    _refresh_crm_sync_state([row.call_id for row in rows])
+    return RetryLater(str(exc), delay)
+
+
+def _refuse(row: CrmCallSync, token: str, exc: RetailCrmError) -> None:
+    logger.warning("retailCRM refused call %s: %s", row.call_id, exc)
+    CrmCallSync.objects.filter(pk=row.pk, upload_claim=token).update(
+        upload_claim="", upload_claimed_until=None, upload_skipped=f"retailCRM refused it: {exc}"[:300],
+        last_error=str(exc)[:2000], last_error_at=timezone.now(),
+    )
+
+
+def _refresh_crm_sync_state(call_ids: list[int]) -> None:
+    """Call.crm_sync_state: synced once every integration has it (or has nothing to upload)."""
+    for call_id in set(call_ids):
+        rows = list(CrmCallSync.objects.filter(call_id=call_id).values("uploaded_at", "upload_skipped", "outbox_at",
+                                                                        "last_error"))
+        if rows and all(r["uploaded_at"] or (r["outbox_at"] and r["upload_skipped"]) for r in rows):
+            state = Call.CrmSync.SYNCED
+        elif any(r["last_error"] for r in rows):
+            state = Call.CrmSync.FAILED
+        else:
+            state = Call.CrmSync.PENDING
+        Call.objects.filter(pk=call_id).exclude(crm_sync_state=state).update(crm_sync_state=state)
+
+
+def outbox_size(integration_id: int) -> int:
+    return CrmCallSync.objects.filter(
+        integration_id=integration_id, outbox_at__isnull=False, uploaded_at__isnull=True, upload_skipped=""
+    ).count()
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    calls: list[int] = field(default_factory=list)
+    integrations: list[int] = field(default_factory=list)
+
+
+def sweep() -> SweepReport:
+    """What the periodic task re-queues: lost call syncs, due hangup events, due outboxes."""
+    now = timezone.now()
+    report = SweepReport()
+    never_outboxed = (
+        Call.objects.filter(
+            state=Call.State.ENDED, crm_sync_state__in=[Call.CrmSync.PENDING, Call.CrmSync.FAILED],
+            ended_at__lt=now - SWEEP_GRACE, ended_at__gte=now - SWEEP_HORIZON,
+        )
+        .filter(~Exists(CrmCallSync.objects.filter(call=OuterRef("pk"), outbox_at__isnull=False)))
+        .order_by("ended_at")
+        .values_list("id", flat=True)[:SWEEP_LIMIT]
+    )
+    hangup_due = (
+        CrmCallSync.objects.filter(
+            integration__enabled=True, in_event_sent_at__isnull=False, hangup_event_sent_at__isnull=True,
+            events_skipped="", call__state=Call.State.ENDED, call__ended_at__gte=now - SWEEP_HORIZON,
+        )
+        .filter(Q(events_next_at__isnull=True) | Q(events_next_at__lte=now))
+        .values_list("call_id", flat=True)[:SWEEP_LIMIT]
+    )
+    report.calls = sorted(set(never_outboxed) | set(hangup_due))
+    for integration in RetailCrmIntegration.objects.filter(enabled=True):
+        if _due_outbox(integration.pk).exists():
+            report.integrations.append(integration.pk)
+    return report
+
+
+# --- registration --------------------------------------------------------------------------------
+
+
+def registered_agents():
+    """Agents retailCRM can know: both a retailCRM user id and a code."""
+    return Agent.objects.exclude(extension_code="").exclude(retailcrm_user_id="").order_by("extension_code")
+
+
+def registration_payload(integration: RetailCrmIntegration) -> dict:
+    return payloads.registration_payload(integration, registered_agents(), integration.external_phones.all())
+
+
+def register_integration(integration: RetailCrmIntegration) -> dict:
+    """Create or update the module in retailCRM; keeps what it said it does not know."""
+    try:
+        answer = client_for(integration).edit_module(integration.module_code, registration_payload(integration))
+    except RetailCrmError as exc:
+        RetailCrmIntegration.objects.filter(pk=integration.pk).update(last_error=str(exc)[:2000])
+        integration.last_error = str(exc)
+        raise
+    info = answer.get("info") if isinstance(answer.get("info"), dict) else {}
+    fields = {
+        "registered_at": timezone.now(),
+        "last_error": "",
+        "not_exist_user_ids": [str(x) for x in info.get("notExistUsersIds") or []],
+        "not_exist_site_codes": [str(x) for x in info.get("notExistSiteCodes") or []],
+    }
+    RetailCrmIntegration.objects.filter(pk=integration.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(integration, name, value)
+    return answer
+
+
+def integrations_to_reregister():
+    """Enabled integrations, and disabled ones retailCRM knows (so it hears they are inactive)."""
+    return RetailCrmIntegration.objects.filter(Q(enabled=True) | Q(registered_at__isnull=False))
+
+
+# --- endpoints retailCRM calls -----------------------------------------------------------------
+
+
+def integration_for_client_id(client_id: str) -> RetailCrmIntegration | None:
+    """The enabled integration with this clientId, compared in constant time against every one."""
+    given = (client_id or "").encode()
+    found = None
+    for integration in RetailCrmIntegration.objects.filter(enabled=True):
+        if hmac.compare_digest(integration.client_id.encode(), given):
+            found = integration
+    return found
+
+
+def agent_for_code(code: str) -> Agent | None:
+    if not code:
+        return None
+    return Agent.objects.filter(extension_code=code).select_related("user").first()
+
+
+def terminal_for_integration(agent: Agent, integration: RetailCrmIntegration) -> Terminal | None:
+    """The agent's terminal on an account this integration serves."""
+    terminals = agent.terminals.filter(active=True, account__enabled=True).select_related("account")
+    account_ids = list(integration.accounts.values_list("id", flat=True))
+    if account_ids:
+        terminals = terminals.filter(account_id__in=account_ids)
+    return terminals.order_by("id").first()
+
+
+def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
+    """HOOK FOR ISSUE 7 — show the shop's number as the caller-ID of the next call from ``terminal``.
+
+    Only the Istra End User API (myIstra) can set a user's caller-ID, and its
+    provider is not built yet, so nothing here can do it: this returns False and
+    the PBX presents its default caller-ID. Issue 7 replaces the body (call the
+    End User provider's caller-ID set for the terminal's user when the account
+    offers it, return True once the PBX accepted).
+    """
+    return False
+
+
+def make_call(integration: RetailCrmIntegration, agent: Agent, phone_e164: str, external_phone: str = "") -> dict:
+    """Dial ``phone_e164`` from the agent's terminal; raises ProviderError when the PBX refuses."""
+    from telephony.control import NoTerminal, place_call
+
+    terminal = terminal_for_integration(agent, integration)
+    if terminal is None:
+        raise NoTerminal(f"{agent} has no active terminal on a PBX account this retailCRM serves")
+    presented = present_external_phone(terminal, external_phone) if external_phone else False
+    answer = place_call(terminal, phone_e164)
+    if external_phone:
+        remember_click_to_call(terminal.pk, phone_e164, external_phone)
+    return {"terminal": terminal.pbx_id, "callerIdPresented": presented, "pbx": answer}
+
+
+def change_user_status(agent: Agent, status: str) -> Agent:
+    """Store the status retailCRM reports, push it to consoles; routing reads it."""
+    from accounts.services import set_agent_status
+
+    return set_agent_status(agent, status, source="retailcrm")
+
+
+# A click-to-call from retailCRM names the shop's number; the outgoing call that follows
+# does not carry it (the PBX does not know about shops), so it is remembered briefly
+# and given to that call's ``out`` event and upload.
+CLICK_TO_CALL_MEMORY_SECONDS = 120
+
+
+def _click_to_call_key(terminal_id: int, phone_e164: str) -> str:
+    return f"ctihub:retailcrm:c2c:{terminal_id}:{phone_e164}"
+
+
+def remember_click_to_call(terminal_id: int, phone_e164: str, external_phone: str) -> None:
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    try:
+        _redis().set(_click_to_call_key(terminal_id, phone_e164), external_phone, ex=CLICK_TO_CALL_MEMORY_SECONDS)
+    except Exception:  # only the shop label is lost
+        logger.warning("could not remember the shop of a click-to-call", exc_info=True)
+
+
+def recall_click_to_call(terminal_id: int, phone_e164: str) -> str | None:
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    if not phone_e164:
+        return None
+    try:
+        value = _redis().get(_click_to_call_key(terminal_id, phone_e164))
+    except Exception:
+        return None
+    return value.decode() if value else None
+
+
+# --- responsible manager routing --------------------------------------------------------------
+
+
+def route_call(integration_id: int, call_id: int) -> str:
+    """Ask retailCRM for the caller's manager; redirect the shared line's call to them if free."""
+    from telephony.control import call_action
+    from telephony.providers.base import ProviderError
+    from telephony.publish import publish_call
+
+    integration = RetailCrmIntegration.objects.filter(pk=integration_id, enabled=True, manager_routing=True).first()
+    call = Call.objects.filter(pk=call_id).select_related("account").first()
+    if integration is None or call is None:
+        return "gone"
+    row, _ = CrmCallSync.objects.get_or_create(integration=integration, call=call)
+    if not CrmCallSync.objects.filter(pk=row.pk, routing=CrmCallSync.Routing.NONE).update(
+        routing=CrmCallSync.Routing.LOOKING
+    ):
+        return "already routed"
+    phone = payloads.remote_phone(call)
+    if call.state != Call.State.RINGING or not phone:
+        return _routing_done(row, CrmCallSync.Routing.RANG_AS_USUAL)
+    try:
+        answer = client_for(integration).responsible_manager(phone)
+    except RetailCrmError as exc:
+        # The call must ring somewhere: without an answer it rings as usual.
+        return _routing_done(row, CrmCallSync.Routing.RANG_AS_USUAL, error=str(exc))
+    manager = answer.get("manager") if isinstance(answer.get("manager"), dict) else None
+    CrmCallSync.objects.filter(pk=row.pk).update(
+        looked_up_at=timezone.now(), crm_manager=manager,
+        crm_customer=answer.get("customer") if isinstance(answer.get("customer"), dict) else None,
+        crm_links=answer.get("links") if isinstance(answer.get("links"), dict) else None,
+    )
+    agent, extension = free_manager_extension(manager, call.account_id)
+    outcome = CrmCallSync.Routing.RANG_AS_USUAL
+    error = ""
+    if agent is not None:
+        call.refresh_from_db()
+        if call.state == Call.State.RINGING:
+            try:
+                call_action(call, "redirect", {"destination": extension})
+                outcome = CrmCallSync.Routing.REDIRECTED
+            except ProviderError as exc:
+                outcome, error = CrmCallSync.Routing.FAILED, f"redirect to {extension} failed: {exc}"
+    result = _routing_done(row, outcome, error=error, agent=agent if outcome == CrmCallSync.Routing.REDIRECTED else None)
+    publish_call(call_id)  # the card now shows the customer and the links
+    return result
+
+
+def _routing_done(row: CrmCallSync, outcome: str, error: str = "", agent: Agent | None = None) -> str:
+    fields = {"routing": outcome, "routed_agent": agent}
+    if error:
+        fields.update(last_error=error[:2000], last_error_at=timezone.now())
+        logger.warning("routing of call %s: %s", row.call_id, error)
+    CrmCallSync.objects.filter(pk=row.pk).update(**fields)
+    return outcome
+
+
+def free_manager_extension(manager: dict | None, account_id: int) -> tuple[Agent | None, str]:
+    """The manager's agent and extension on this account, if they can take the call now."""
+    if not manager:
+        return None, ""
+    match = Q()
+    if manager.get("id") not in (None, ""):
+        match |= Q(retailcrm_user_id=str(manager["id"]))
+    if manager.get("code"):
+        match |= Q(extension_code=str(manager["code"]))
+    if not match:
+        return None, ""
+    agent = Agent.objects.filter(match).first()
+    # retailCRM only answers free managers; ctihub also knows statuses set since and calls in progress.
+    if agent is None or agent.status != Agent.Status.FREE:
+        return None, ""
+    if Call.objects.filter(agent=agent, state__in=ACTIVE_STATES).exists():
+        return None, ""
+    terminal = (
+        agent.terminals.filter(account_id=account_id, active=True).exclude(extension="").order_by("id").first()
+    )
+    if terminal is None:
+        return None, ""
+    return agent, terminal.extension
+
+
+# --- the card --------------------------------------------------------------------------------------
+
+
+def card_fields(call: Call) -> dict:
+    """What a call card shows from retailCRM: the customer, their manager and links (or None)."""
+    if not call.pk or call.direction != Call.Direction.INBOUND:
+        return {"crm": None}  # only incoming calls are looked up (responsible-manager routing)
+    row = CrmCallSync.objects.filter(call_id=call.pk, looked_up_at__isnull=False).order_by("-looked_up_at").first()
+    if row is None and call.agent_id and call.remote_number_e164:
+        # The manager's own leg of a redirected call: show what the lookup for the shared line found.
+        row = (
+            CrmCallSync.objects.filter(
+                routed_agent_id=call.agent_id, routing=CrmCallSync.Routing.REDIRECTED,
+                call__account_id=call.account_id, call__remote_number_e164=call.remote_number_e164,
+                looked_up_at__gte=timezone.now() - ROUTED_CARD_WINDOW,
+            )
+            .order_by("-looked_up_at")
+            .first()
+        )
+    if row is None:
+        return {"crm": None}
+    return {"crm": {"customer": row.crm_customer, "manager": row.crm_manager, "links": row.crm_links,
+                    "routing": row.routing}}

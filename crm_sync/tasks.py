@@ -1,0 +1,119 @@
+"""Celery tasks of the CRM side: small, id in, a call into ``crm_sync.services``.
+
+Retry policy: a task retries itself a few times with backoff when retailCRM is
+unavailable; past that, the periodic ``sweep_task`` (``CELERY_BEAT_SCHEDULE``)
+picks the work up again from the database, which is the record of what is left
+to do, so an outage of any length only delays it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from crm_sync import services
+from crm_sync.models import RetailCrmIntegration
+from crm_sync.retailcrm.client import RetailCrmError
+
+logger = logging.getLogger(__name__)
+
+SELF_RETRIES = 6  # 2 + 4 + ... + 64 s of retries before the sweep takes over
+BUSY_RETRIES = 30
+BUSY_COUNTDOWN = 1.0
+DRAIN_KEY = "ctihub:retailcrm:drain-scheduled:{}"
+REGISTER_KEY = "ctihub:retailcrm:register-pending:{}"
+REGISTER_DEBOUNCE = 2.0
+
+
+@shared_task(bind=True, ignore_result=True)
+def sync_call_task(self, call_id: int) -> None:
+    """The call's due events, then a finished call into the outbox and its upload."""
+    try:
+        report = services.sync_call(call_id)
+    except services.EventsBusy:
+        # The holder may have read the call before this change committed: look again shortly.
+        if self.request.retries < BUSY_RETRIES:
+            raise self.retry(countdown=BUSY_COUNTDOWN, max_retries=BUSY_RETRIES)
+        logger.warning("call %s: events claim stayed busy; the sweep will finish", call_id)
+        return
+    except services.RetryLater as exc:
+        if self.request.retries < SELF_RETRIES:
+            raise self.retry(countdown=exc.delay, max_retries=SELF_RETRIES)
+        logger.warning("call %s: retailCRM still unavailable (%s); the sweep will retry", call_id, exc)
+        return
+    for integration_id in report.outboxed:
+        upload_calls_task.delay(integration_id)
+
+
+@shared_task(ignore_result=True)
+def upload_calls_task(integration_id: int) -> None:
+    """Drain the integration's outbox; when retailCRM is unavailable, schedule one delayed drain."""
+    try:
+        report = services.upload_outbox(integration_id)
+    except services.RetryLater as exc:
+        schedule_drain(integration_id, exc.delay)
+        return
+    if report.batches:
+        logger.info("retailCRM upload for integration %s: %s", integration_id, report)
+
+
+def schedule_drain(integration_id: int, delay: float) -> None:
+    """One pending delayed drain per integration, however many calls ended during an outage."""
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    try:
+        first = _redis().set(DRAIN_KEY.format(integration_id), "1", nx=True, px=max(1, int(delay * 1000)))
+    except Exception:
+        logger.warning("could not schedule a drain; the sweep will", exc_info=True)
+        return
+    if first:
+        upload_calls_task.apply_async((integration_id,), countdown=delay)
+
+
+@shared_task(bind=True, ignore_result=True)
+def register_integration_task(self, integration_id: int) -> None:
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    try:
+        # Changes committed from now on queue a new registration.
+        _redis().delete(REGISTER_KEY.format(integration_id))
+    except Exception:
+        logger.warning("could not clear the registration debounce key", exc_info=True)
+    integration = RetailCrmIntegration.objects.filter(pk=integration_id).first()
+    if integration is None:
+        return
+    try:
+        services.register_integration(integration)
+    except RetailCrmError as exc:
+        if exc.retryable and self.request.retries < SELF_RETRIES:
+            raise self.retry(countdown=services.backoff(self.request.retries + 1), max_retries=SELF_RETRIES)
+        logger.warning("registering integration %s failed: %s", integration_id, exc)
+
+
+def queue_registration(integration_id: int) -> None:
+    """Re-register soon; several edits in a row (an admin form with inlines) make one request."""
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    try:
+        if not _redis().set(REGISTER_KEY.format(integration_id), "1", nx=True, ex=60):
+            return
+    except Exception:
+        logger.warning("could not debounce a registration; sending it anyway", exc_info=True)
+    services._enqueue(register_integration_task, integration_id, countdown=REGISTER_DEBOUNCE)
+
+
+@shared_task(ignore_result=True)
+def route_call_task(integration_id: int, call_id: int) -> None:
+    services.route_call(integration_id, call_id)
+
+
+@shared_task(ignore_result=True)
+def sweep_task() -> dict:
+    """Beat: re-queue what lost tasks or outages left (see ``services.sweep``)."""
+    report = services.sweep()
+    for call_id in report.calls:
+        sync_call_task.delay(call_id)
+    for integration_id in report.integrations:
+        upload_calls_task.delay(integration_id)
+    return {"calls": len(report.calls), "integrations": len(report.integrations)}

@@ -1,0 +1,200 @@
+"""The endpoints retailCRM calls: makeCallUrl and changeUserStatusUrl, good and bad inputs; schema; logo."""
+
+from __future__ import annotations
+
+import hmac
+
+import pytest
+import yaml
+
+from accounts.models import Agent
+from crm_sync.models import RetailCrmIntegration
+from telephony.providers.base import ProviderError
+from tests.factories import make_account, make_agent, make_terminal
+
+pytestmark = pytest.mark.django_db
+
+MAKE_CALL = "/api/retailcrm/make-call"
+USER_STATUS = "/api/retailcrm/user-status"
+CLIENT_ID = "client-id-0123456789"
+
+
+@pytest.fixture
+def hub(db, settings):
+    settings.PUBLIC_BASE_URL = "https://hub.example.com"
+    integration = RetailCrmIntegration.objects.create(
+        name="shop", crm_url="https://shop.retailcrm.ru", api_key="k", client_id=CLIENT_ID
+    )
+    account = make_account(default_region="FR")
+    agent = make_agent(extension_code="100", retailcrm_user_id="1")
+    terminal = make_terminal(account, agent=agent, extension="104")
+    return {"integration": integration, "account": account, "agent": agent, "terminal": terminal}
+
+
+@pytest.fixture
+def placed(monkeypatch):
+    calls = []
+
+    def place_call(terminal, number):
+        calls.append((terminal, number))
+        return {"restUri": "v1/crm/CallLine/-12"}
+
+    monkeypatch.setattr("telephony.control.place_call", place_call)
+    return calls
+
+
+def params(**overrides):
+    base = {"clientId": CLIENT_ID, "code": "100", "phone": "+79121234567", "userId": "1"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+# --- makeCallUrl -----------------------------------------------------------------------------
+
+
+def test_it_places_the_call_from_the_agents_terminal_and_answers_200(client, hub, placed):
+    response = client.get(MAKE_CALL, params())
+    assert response.status_code == 200, response.content
+    assert response.json() == {"success": True, "callerIdPresented": False}
+    assert placed == [(hub["terminal"], "+79121234567")]
+
+
+def test_it_reads_a_plus_sent_unencoded_as_the_spec_example_does(client, hub, placed):
+    # retailCRM's example: make-call?clientId=..&code=100&phone=+79121234567&userId=1
+    response = client.get(f"{MAKE_CALL}?clientId={CLIENT_ID}&code=100&phone=+79121234567&userId=1")
+    assert response.status_code == 200, response.content
+    assert placed[0][1] == "+79121234567"
+
+
+def test_it_dials_a_national_number_in_e164(client, hub, placed):
+    assert client.get(MAKE_CALL, params(phone="04 12 34 56 70")).status_code == 200
+    assert placed[0][1] == "+33412345670"
+
+
+@pytest.mark.parametrize("overrides, status, reason", [
+    ({"clientId": "wrong"}, 403, "unknown clientId"),
+    ({"clientId": None}, 403, "clientId is required"),
+    ({"code": "999"}, 404, "no agent has the code '999'"),
+    ({"userId": "2"}, 404, "belongs to another retailCRM user"),
+    ({"phone": "not a number"}, 400, "phone: 'not a number' is not a phone number"),
+    ({"phone": "12"}, 400, "phone: '12' is not a possible phone number"),
+    ({"phone": None}, 400, "phone: This field is required."),
+    ({"code": None}, 400, "code: This field is required."),
+    ({"externalPhone": "shop"}, 400, "externalPhone:"),
+])
+def test_it_refuses_bad_make_call_requests_with_a_json_reason(client, hub, placed, overrides, status, reason):
+    response = client.get(MAKE_CALL, params(**overrides))
+    assert response.status_code == status
+    body = response.json()
+    assert body["success"] is False and reason in body["reason"]
+    assert placed == []
+
+
+def test_it_answers_403_to_a_disabled_integrations_client_id(client, hub, placed):
+    RetailCrmIntegration.objects.update(enabled=False)
+    assert client.get(MAKE_CALL, params()).status_code == 403
+
+
+def test_it_answers_502_with_the_pbxs_reason_when_the_pbx_refuses(client, hub, monkeypatch):
+    def refuse(terminal, number):
+        raise ProviderError("Terminal out of service", code="ERR_100", status=512)
+
+    monkeypatch.setattr("telephony.control.place_call", refuse)
+    response = client.get(MAKE_CALL, params())
+    assert response.status_code == 502
+    assert response.json() == {"success": False, "reason": "the PBX did not place the call: Terminal out of service"}
+
+
+def test_it_answers_502_when_the_agent_has_no_terminal_on_the_integrations_accounts(client, hub, placed):
+    other = make_account()
+    hub["integration"].accounts.set([other])
+    response = client.get(MAKE_CALL, params())
+    assert response.status_code == 502
+    assert "no active terminal" in response.json()["reason"]
+    assert placed == []
+
+
+def test_it_passes_the_shops_number_to_the_caller_id_hook_which_does_not_fake_it(client, hub, placed, monkeypatch):
+    seen = []
+    monkeypatch.setattr("crm_sync.services.present_external_phone",
+                        lambda terminal, phone: seen.append((terminal.pk, phone)) or True)
+    response = client.get(MAKE_CALL, params(externalPhone="+74999999999"))
+    assert response.json()["callerIdPresented"] is True
+    assert seen == [(hub["terminal"].pk, "+74999999999")]
+
+
+def test_it_compares_the_client_id_in_constant_time_against_every_integration(client, hub, placed, monkeypatch):
+    RetailCrmIntegration.objects.create(name="other", crm_url="https://o.retailcrm.ru", api_key="k2")
+    compared = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr("crm_sync.services.hmac.compare_digest", spy)
+    client.get(MAKE_CALL, params())
+    assert len(compared) == 2  # no early exit on the first match
+    assert all(given == CLIENT_ID.encode() for _, given in compared)
+
+
+# --- changeUserStatusUrl ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pushed(monkeypatch):
+    messages = []
+    monkeypatch.setattr("telephony.publish.publish_to_groups", lambda groups, message: messages.append((groups, message)))
+    return messages
+
+
+@pytest.mark.parametrize("status", ["free", "busy", "dinner", "break"])
+def test_it_stores_the_status_and_pushes_it_to_the_agents_console_and_supervisors(
+    client, hub, pushed, status, django_capture_on_commit_callbacks
+):
+    Agent.objects.filter(pk=hub["agent"].pk).update(status="break" if status != "break" else "free")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.get(USER_STATUS, {"clientId": CLIENT_ID, "code": "100", "userId": "1", "status": status})
+    assert response.status_code == 200 and response.json() == {"success": True}
+    agent = Agent.objects.get(pk=hub["agent"].pk)
+    assert agent.status == status
+    (groups, message), = pushed
+    assert groups == [f"agent-{agent.pk}", "supervisors"]
+    assert message["type"] == "agent.status" and message["agent"] == agent.pk and message["status"] == status
+
+
+@pytest.mark.parametrize("overrides, status, reason", [
+    ({"status": "sleeping"}, 400, "status: \"sleeping\" is not a valid choice."),
+    ({"status": None}, 400, "status: This field is required."),
+    ({"clientId": "wrong"}, 403, "unknown clientId"),
+    ({"code": "555"}, 404, "no agent has the code '555'"),
+])
+def test_it_refuses_bad_status_requests_and_changes_nothing(client, hub, pushed, overrides, status, reason):
+    query = {"clientId": CLIENT_ID, "code": "100", "userId": "1", "status": "busy", **overrides}
+    response = client.get(USER_STATUS, {k: v for k, v in query.items() if v is not None})
+    assert response.status_code == status
+    assert reason in response.json()["reason"]
+    assert Agent.objects.get(pk=hub["agent"].pk).status == "free"
+    assert pushed == []
+
+
+# --- schema and logo ------------------------------------------------------------------------------
+
+
+def test_it_describes_both_endpoints_and_their_parameters_in_the_openapi_schema(client):
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    make_call = schema["paths"]["/api/retailcrm/make-call"]["get"]
+    user_status = schema["paths"]["/api/retailcrm/user-status"]["get"]
+    assert {p["name"] for p in make_call["parameters"]} == {"clientId", "code", "phone", "userId", "externalPhone"}
+    assert {p["name"] for p in user_status["parameters"]} == {"clientId", "code", "userId", "status"}
+    assert set(make_call["responses"]) == {"200", "400", "403", "404", "502"}
+    assert set(user_status["responses"]) == {"200", "400", "403", "404"}
+    status_param = next(p for p in user_status["parameters"] if p["name"] == "status")
+    assert status_param["schema"]["enum"] == ["free", "busy", "dinner", "break"]
+
+
+def test_it_serves_the_logo_as_svg(client):
+    response = client.get("/api/retailcrm/logo.svg")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/svg+xml"
+    assert response.content.startswith(b"<svg")

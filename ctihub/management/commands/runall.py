@@ -1,0 +1,92 @@
+"""Runs the whole hub in one terminal: daphne, a Celery worker, beat and the simulator.
+
+This is the newcomer's path and the demo. Production runs each process on its
+own (see docker-compose.yml). If one process dies the others are stopped, so a
+broken setup fails loudly instead of half-working.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from ctihub import embedded_redis
+
+STOP_GRACE_SECONDS = 10
+
+
+class Command(BaseCommand):
+    help = "Migrate, create the demo admin, and run web + worker + beat + simulator until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--simulator-port", type=int, default=8100)
+        parser.add_argument("--no-simulator", action="store_true", help="Do not start the built-in PBX/CRM simulator.")
+
+    def handle(self, *args, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("ensure_demo_admin")
+        child_env = dict(os.environ)
+        if settings.EMBEDDED_REDIS:
+            # Started once here; the children get its URL and so never start their own.
+            child_env["REDIS_URL"] = embedded_redis.ensure_running(settings.VAR_DIR)
+            self.stdout.write(f"Embedded Redis on {settings.VAR_DIR / 'redis.sock'}")
+        commands = self._commands(options)
+        children = {name: subprocess.Popen(argv, env=child_env) for name, argv in commands.items()}
+        self.stdout.write(f"ctihub is up: {settings.PUBLIC_BASE_URL}/ (Ctrl-C stops everything)")
+        exit_code = 0
+        stopping = False
+
+        def request_stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            while not stopping:
+                for name, process in children.items():
+                    if process.poll() is not None:
+                        self.stderr.write(f"{name} exited with code {process.returncode}; stopping the others")
+                        exit_code = 1
+                        stopping = True
+                        break
+                time.sleep(0.2)
+        finally:
+            self._stop(children)
+            if settings.EMBEDDED_REDIS:
+                embedded_redis.stop(settings.VAR_DIR)
+        if exit_code:
+            sys.exit(exit_code)
+
+    def _commands(self, options) -> dict[str, list[str]]:
+        python = sys.executable
+        commands = {
+            "web": [python, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "ctihub.asgi:application"],
+            "worker": [python, "-m", "celery", "-A", "ctihub", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+            "beat": [
+                python, "-m", "celery", "-A", "ctihub", "beat", "--loglevel", "INFO",
+                "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
+            ],
+        }
+        if not options["no_simulator"]:
+            commands["simulator"] = [python, "-m", "simulator", "--host", "127.0.0.1", "--port", str(options["simulator_port"])]
+        return commands
+
+    def _stop(self, children):
+        for process in children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in children.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

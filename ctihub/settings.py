@@ -1,0 +1,288 @@
+"""ctihub settings: one module, driven by environment variables.
+
+Every variable is listed in ``.env.example``. Nothing set means the embedded
+defaults a newcomer needs (SQLite, a Redis the project starts itself, the
+built-in simulator); production sets ``DEBUG=false`` and must then provide real
+secrets, or the process refuses to start. A malformed value is an error at
+import time, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    env.read_env(str(BASE_DIR / ".env"))
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def strict_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def strict_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+DEBUG = strict_bool("DEBUG", True)
+VAR_DIR = Path(env.str("CTIHUB_VAR_DIR", default=str(BASE_DIR / "var")))
+
+
+def _dev_secret(filename: str, make) -> str:
+    """A per-checkout secret for development, kept in var/ so restarts reuse it."""
+    path = VAR_DIR / filename
+    if path.exists():
+        return path.read_text().strip()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+def _required_in_production(name: str, make_dev_value) -> str:
+    value = env.str(name, default="")
+    if value:
+        return value
+    if not DEBUG:
+        raise ImproperlyConfigured(f"{name} must be set when DEBUG is false")
+    return _dev_secret(f"dev-{name.lower()}", make_dev_value)
+
+
+def _new_secret_key() -> str:
+    from django.core.management.utils import get_random_secret_key
+
+    return get_random_secret_key()
+
+
+def _new_fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+SECRET_KEY = _required_in_production("SECRET_KEY", _new_secret_key)
+# Comma-separated Fernet keys, newest first: older ones still decrypt, so keys can rotate.
+FIELD_ENCRYPTION_KEYS = [
+    k.strip() for k in _required_in_production("FIELD_ENCRYPTION_KEY", _new_fernet_key).split(",") if k.strip()
+]
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# The public base URL of this hub: what retailCRM and Telepo are told to call back.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+if urlparse(PUBLIC_BASE_URL).scheme not in ("http", "https"):
+    raise ImproperlyConfigured(f"PUBLIC_BASE_URL={PUBLIC_BASE_URL!r} must be an http(s) URL")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "ctihub",
+    "accounts",
+    "telephony",
+    "crm_sync",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # daphne serves no static files itself; WhiteNoise does, compressed and cached.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "ctihub.urls"
+WSGI_APPLICATION = "ctihub.wsgi.application"
+ASGI_APPLICATION = "ctihub.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'ctihub.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    # Web, worker and beat share one SQLite file: wait for a lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = strict_int("DATABASE_CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: Celery broker and Channels layer, in every mode ---------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+EMBEDDED_REDIS = not REDIS_URL
+if EMBEDDED_REDIS:
+    from ctihub import embedded_redis
+
+    REDIS_URL = embedded_redis.url_for(VAR_DIR)
+    # Started lazily by ctihub.redis_url() so that management commands that never
+    # touch Redis (migrate, createsuperuser) do not spawn a server.
+if urlparse(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    raise ImproperlyConfigured(f"REDIS_URL={REDIS_URL!r} must be a redis://, rediss:// or unix:// URL")
+
+
+def _kombu_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return f"redis+socket://{parsed.path}"
+    return url
+
+
+CELERY_BROKER_URL = _kombu_url(REDIS_URL)
+CELERY_RESULT_BACKEND = _kombu_url(REDIS_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Every task is short (see the design notes); an hour covers the slowest retry.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_ALWAYS_EAGER = False
+# Threads, not forked children: the worker process also runs the socket supervisor's
+# threads, and forking a process that has running threads can deadlock the child.
+CELERY_WORKER_POOL = "threads"
+CELERY_BEAT_SCHEDULE: dict = {}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+    }
+}
+
+# --- Auth, i18n, static ------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+# Region used to read numbers the PBX gives without a country code.
+DEFAULT_PHONE_REGION = env.str("DEFAULT_PHONE_REGION", default="FR").upper()
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+# In development files are served straight from static/ (no collectstatic step).
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ctihub API",
+    "DESCRIPTION": "Endpoints that retailCRM and the PBXs call on ctihub.",
+    "VERSION": "1.0.0",
+}
+
+# --- Production hardening -----------------------------------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = strict_bool("SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
+HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000
+HTTP_READ_TIMEOUT = float(strict_int("HTTP_READ_TIMEOUT_MS", 10000, minimum=1)) / 1000
+
+# --- PBX sockets held by workers (telephony.supervisor) ----------------------------
+LISTENER_SUPERVISOR = strict_bool("LISTENER_SUPERVISOR", True)
+LISTENER_LEASE_TTL_MS = strict_int("LISTENER_LEASE_TTL_MS", 15000, minimum=1000)
+LISTENER_SCAN_SECONDS = strict_int("LISTENER_SCAN_SECONDS", 5, minimum=1)
+LISTENER_KEEPALIVE_SECONDS = strict_int("LISTENER_KEEPALIVE_SECONDS", 20, minimum=1)
+LISTENER_BACKOFF_CAP_SECONDS = strict_int("LISTENER_BACKOFF_CAP_SECONDS", 60, minimum=1)
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a logging level")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "daphne": {"level": "WARNING"},
+    },
+}
+
+# --- retailCRM (crm_sync) ------------------------------------------------------------
+# How often beat re-queues what lost tasks or a retailCRM outage left (events, the upload outbox).
+RETAILCRM_SWEEP_SECONDS = strict_int("RETAILCRM_SWEEP_SECONDS", 180, minimum=10)
+# How long a recordUrl given to retailCRM stays playable (its signature expires after that).
+RETAILCRM_RECORD_URL_MAX_AGE_DAYS = strict_int("RETAILCRM_RECORD_URL_MAX_AGE_DAYS", 90, minimum=1)
+CELERY_BEAT_SCHEDULE["crm-sync-sweep"] = {
+    "task": "crm_sync.tasks.sweep_task",
+    "schedule": float(RETAILCRM_SWEEP_SECONDS),
+}

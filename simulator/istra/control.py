@@ -1,0 +1,331 @@
+"""The Istra control API: ``/_sim/istra/...``, JSON in and out, for tests and the demo.
+
+It is a thin HTTP skin over :class:`~simulator.istra.world.IstraWorld`'s public
+methods (which Python callers may use directly). Keys are camelCase like the
+vendor APIs. Errors: 400 bad input, 404 unknown user/extension/call, 409 a move
+the call's state does not allow; body ``{"error": "..."}``.
+
+=======  ==========================================  ===============================================
+method   path                                        body
+=======  ==========================================  ===============================================
+POST     /_sim/istra/reset                           -
+GET      /_sim/istra/state                           -
+PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp}
+POST     /_sim/istra/users                           {login, password, enterprise, mycrm, myrcc}
+POST     /_sim/istra/extensions                      {id, number, label, enterprise, owner, department,
+                                                      photo, pstnNumbers, deviceModel, outOfService, myrcc}
+PATCH    /_sim/istra/extensions/{id}                 same keys, all optional
+POST     /_sim/istra/calls/incoming                  {terminalId, from, label, e164, acdId, photo}
+POST     /_sim/istra/calls/outgoing                  {terminalId, to, label, e164}
+GET      /_sim/istra/calls[/{callId}]                -
+POST     /_sim/istra/calls/{callId}/answer           -
+POST     /_sim/istra/calls/{callId}/hold|unhold      -
+POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
+POST     /_sim/istra/websockets/drop                 -
+GET      /_sim/istra/sessions                        -
+POST     /_sim/istra/sessions/expire                 -
+POST     /_sim/istra/sessions/rotate-token           {app}
+POST     /_sim/istra/iptc                            {up}
+POST     /_sim/istra/faults/fail-next                {count, status, body, app, path}
+POST     /_sim/istra/faults/redirect-next            {count, status, baseUrl, app, path}
+GET      /_sim/istra/requests?since=<seq>            -
+DELETE   /_sim/istra/requests                        -
+=======  ==========================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from simulator.istra.calls import InvalidTransition, Line, Party
+from simulator.istra.sessions import Session, world_of
+from simulator.istra.world import IstraWorld
+
+PREFIX = "/_sim/istra"
+
+EXTENSION_KEYS = {
+    "id": "id", "number": "number", "label": "label", "enterprise": "enterprise", "owner": "owner",
+    "department": "department", "photo": "photo", "pstnNumbers": "pstn_numbers",
+    "deviceModel": "device_model", "outOfService": "out_of_service", "myrcc": "myrcc",
+}
+CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up"}
+
+
+def _json_errors(handler: Callable[[web.Request], Awaitable[Any]]):
+    """Answer with JSON; turn the world's exceptions into 400/404/409."""
+
+    @wraps(handler)
+    async def wrapper(request: web.Request) -> web.Response:
+        try:
+            result = await handler(request)
+        except KeyError as exc:
+            return web.json_response({"error": str(exc.args[0]) if exc.args else "not found"}, status=404)
+        except InvalidTransition as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if isinstance(result, web.StreamResponse):
+            return result
+        return web.json_response(result)
+
+    return wrapper
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    unknown = set(body) - set(mapping)
+    if unknown:
+        raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
+    return {mapping[key]: value for key, value in body.items()}
+
+
+def _required(body: dict[str, Any], key: str) -> Any:
+    if body.get(key) in (None, ""):
+        raise ValueError(f"{key!r} is required")
+    return body[key]
+
+
+# --- views of the world -------------------------------------------------------------------
+
+def party_view(party: Party) -> dict[str, Any]:
+    return {"number": party.number, "label": party.label, "e164": party.e164, "internal": party.internal}
+
+
+def line_view(world: IstraWorld, line: Line) -> dict[str, Any]:
+    return {
+        "callId": line.line_id,
+        "terminalId": line.extension_id,
+        "state": line.state,
+        "incoming": line.incoming,
+        "remote": party_view(line.remote),
+        "acdId": line.acd_id,
+        "dropCause": line.drop_cause,
+        "ringingTime": line.ringing_ms,
+        "talkingTime": line.talking_ms,
+        "peerCallId": line.peer_id,
+        "destination": line.destination,
+        "parties": [party_view(p) for p in line.parties],
+        "dtmfs": list(line.dtmfs),
+        "actions": world.calls.actions(line),
+        "history": list(line.history),
+    }
+
+
+def session_view(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id, "app": session.app, "token": session.token, "login": session.login,
+        "enterprise": session.enterprise, "sockets": len(session.sockets),
+        "listeners": {
+            name: {
+                "terminalId": listener.terminal_id,
+                "boundTerminals": sorted(listener.bound_terminals),
+                "monitoring": listener.pusher is not None,
+            }
+            for name, listener in session.listeners.items()
+        },
+    }
+
+
+def extension_view(extension: Any) -> dict[str, Any]:
+    return {key: getattr(extension, attr) for key, attr in EXTENSION_KEYS.items()}
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+@_json_errors
+async def reset(request: web.Request) -> dict[str, Any]:
+    world_of(request).reset()
+    return {"reset": True}
+
+
+@_json_errors
+async def state(request: web.Request) -> dict[str, Any]:
+    world = world_of(request)
+    return {
+        "config": {key: getattr(world.config, attr) for key, attr in CONFIG_KEYS.items()},
+        "users": [vars(u) for u in world.directory.users.values()],
+        "extensions": [extension_view(e) for e in world.directory.extensions.values()],
+        "sessions": [session_view(s) for s in world.sessions.sessions.values()],
+        "calls": [line_view(world, line) for line in world.calls.lines.values()],
+    }
+
+
+@_json_errors
+async def configure(request: web.Request) -> dict[str, Any]:
+    world = world_of(request)
+    world.configure(**_renamed(await _body(request), CONFIG_KEYS))
+    return {key: getattr(world.config, attr) for key, attr in CONFIG_KEYS.items()}
+
+
+@_json_errors
+async def add_user(request: web.Request) -> web.Response:
+    body = await _body(request)
+    known = {"login", "password", "enterprise", "mycrm", "myrcc"}
+    if set(body) - known:
+        raise ValueError(f"unknown keys: {', '.join(sorted(set(body) - known))}")
+    user = world_of(request).add_user(str(_required(body, "login")), str(_required(body, "password")),
+                                      **{k: body[k] for k in ("enterprise", "mycrm", "myrcc") if k in body})
+    return web.json_response(vars(user), status=201)
+
+
+@_json_errors
+async def add_extension(request: web.Request) -> web.Response:
+    attrs = _renamed(await _body(request), EXTENSION_KEYS)
+    extension_id, number = str(_required(attrs, "id")), str(_required(attrs, "number"))
+    attrs = {k: v for k, v in attrs.items() if k not in ("id", "number")}
+    extension = world_of(request).add_extension(extension_id, number, **attrs)
+    return web.json_response(extension_view(extension), status=201)
+
+
+@_json_errors
+async def update_extension(request: web.Request) -> dict[str, Any]:
+    attrs = _renamed(await _body(request), EXTENSION_KEYS)
+    return extension_view(world_of(request).update_extension(request.match_info["id"], **attrs))
+
+
+@_json_errors
+async def incoming_call(request: web.Request) -> web.Response:
+    body = await _body(request)
+    world = world_of(request)
+    line = world.incoming_call(
+        str(_required(body, "terminalId")), str(_required(body, "from")),
+        label=body.get("label", ""), e164=body.get("e164", ""), acd_id=body.get("acdId"), photo=body.get("photo", ""),
+    )
+    return web.json_response(line_view(world, line), status=201)
+
+
+@_json_errors
+async def outgoing_call(request: web.Request) -> web.Response:
+    body = await _body(request)
+    world = world_of(request)
+    line = world.outgoing_call(
+        str(_required(body, "terminalId")), str(_required(body, "to")),
+        label=body.get("label", ""), e164=body.get("e164", ""),
+    )
+    return web.json_response(line_view(world, line), status=201)
+
+
+@_json_errors
+async def list_calls(request: web.Request) -> list[dict[str, Any]]:
+    world = world_of(request)
+    return [line_view(world, line) for line in world.calls.lines.values()]
+
+
+@_json_errors
+async def get_call(request: web.Request) -> dict[str, Any]:
+    world = world_of(request)
+    return line_view(world, world.call(request.match_info["callId"]))
+
+
+@_json_errors
+async def call_move(request: web.Request) -> dict[str, Any]:
+    world = world_of(request)
+    call_id, move = request.match_info["callId"], request.match_info["move"]
+    if move == "hangup":
+        line = world.hangup(call_id, (await _body(request)).get("cause", "disconnect"))
+    elif move in ("answer", "hold", "unhold"):
+        line = getattr(world, move)(call_id)
+    else:
+        raise KeyError(f"no call move {move!r}; answer, hold, unhold or hangup")
+    return line_view(world, line)
+
+
+@_json_errors
+async def drop_websockets(request: web.Request) -> dict[str, Any]:
+    return {"dropped": world_of(request).drop_websockets()}
+
+
+@_json_errors
+async def list_sessions(request: web.Request) -> list[dict[str, Any]]:
+    return [session_view(s) for s in world_of(request).sessions.sessions.values()]
+
+
+@_json_errors
+async def expire_sessions(request: web.Request) -> dict[str, Any]:
+    return {"expired": world_of(request).expire_sessions()}
+
+
+@_json_errors
+async def rotate_tokens(request: web.Request) -> dict[str, Any]:
+    return {"sessions": world_of(request).rotate_tokens((await _body(request)).get("app"))}
+
+
+@_json_errors
+async def set_iptc(request: web.Request) -> dict[str, Any]:
+    up = (await _body(request)).get("up")
+    if not isinstance(up, bool):
+        raise ValueError('body must be {"up": true|false}')
+    world_of(request).set_iptc(up)
+    return {"up": up}
+
+
+@_json_errors
+async def fail_next(request: web.Request) -> dict[str, Any]:
+    body = await _body(request)
+    fault = world_of(request).fail_next(
+        int(body.get("count", 1)), int(body.get("status", 503)), body.get("body"), body.get("app"), body.get("path"),
+    )
+    return {"count": fault.remaining, "status": fault.status, "body": fault.body}
+
+
+@_json_errors
+async def redirect_next(request: web.Request) -> dict[str, Any]:
+    body = await _body(request)
+    status = int(body.get("status", 302))
+    if status not in (301, 302, 303, 307, 308):
+        raise ValueError("status must be a redirect status")
+    redirect = world_of(request).redirect_next(
+        int(body.get("count", 1)), status, body.get("baseUrl"), body.get("app"), body.get("path"),
+    )
+    return {"count": redirect.remaining, "status": redirect.status, "baseUrl": redirect.base_url}
+
+
+@_json_errors
+async def list_requests(request: web.Request) -> list[dict[str, Any]]:
+    return world_of(request).requests_received(int(request.query.get("since", "0")))
+
+
+@_json_errors
+async def clear_requests(request: web.Request) -> dict[str, Any]:
+    world_of(request).clear_requests()
+    return {"cleared": True}
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post(f"{PREFIX}/reset", reset)
+    router.add_get(f"{PREFIX}/state", state)
+    router.add_patch(f"{PREFIX}/config", configure)
+    router.add_post(f"{PREFIX}/users", add_user)
+    router.add_post(f"{PREFIX}/extensions", add_extension)
+    router.add_patch(f"{PREFIX}/extensions/{{id}}", update_extension)
+    router.add_post(f"{PREFIX}/calls/incoming", incoming_call)
+    router.add_post(f"{PREFIX}/calls/outgoing", outgoing_call)
+    router.add_get(f"{PREFIX}/calls", list_calls)
+    router.add_get(f"{PREFIX}/calls/{{callId}}", get_call)
+    router.add_post(f"{PREFIX}/calls/{{callId}}/{{move}}", call_move)
+    router.add_post(f"{PREFIX}/websockets/drop", drop_websockets)
+    router.add_get(f"{PREFIX}/sessions", list_sessions)
+    router.add_post(f"{PREFIX}/sessions/expire", expire_sessions)
+    router.add_post(f"{PREFIX}/sessions/rotate-token", rotate_tokens)
+    router.add_post(f"{PREFIX}/iptc", set_iptc)
+    router.add_post(f"{PREFIX}/faults/fail-next", fail_next)
+    router.add_post(f"{PREFIX}/faults/redirect-next", redirect_next)
+    router.add_get(f"{PREFIX}/requests", list_requests)
+    router.add_delete(f"{PREFIX}/requests", clear_requests)

@@ -1,0 +1,169 @@
+"""The Istra websocket: ``ws://HOST/restletrouter/ws-service/<app>``.
+
+A client opens it with its session cookie only (myRCC §4.2; myIstra: "the CSRF
+prevention token is not required here, by design"), then binds listeners over
+HTTP. Frames are ``{"listenerName": ..., "item": [...]}``.
+
+Each socket has its own outbox and writer task so frames leave in the order
+they were produced, whatever thread or handler produced them. Incoming frames
+(myIstra's ``{"keepalive": "true"}``) keep the session alive.
+
+:class:`Coalescer` is myRCC's flood control: "the server will send latest full
+representation of the resources every 100 ms ... as far the state of the resource
+has been changed". Changes only mark a line dirty; at most once per interval the
+latest snapshot of each dirty line is rendered and sent, so intermediate states
+may never be seen and an unchanged state may be sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiohttp import WSMsgType, web
+
+from simulator.istra import errors
+from simulator.istra.sessions import APPLICATIONS, Session, world_of
+
+if TYPE_CHECKING:
+    from simulator.istra.world import IstraWorld
+
+logger = logging.getLogger("simulator.istra")
+
+_CLOSE = object()
+
+
+class Socket:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, session: Session):
+        self.ws = ws
+        self.transport = transport
+        self.session = session
+        self.frames_sent = 0
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer = asyncio.ensure_future(self._write())
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._outbox.put_nowait(json.dumps(frame))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after the frames already queued have gone out."""
+        self._outbox.put_nowait((_CLOSE, code, reason))
+
+    def abort(self) -> None:
+        """Cut the TCP connection without a close frame, like a network failure."""
+        self._writer.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _write(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            if isinstance(item, tuple) and item[0] is _CLOSE:
+                await self.ws.close(code=item[1], message=item[2].encode())
+                return
+            try:
+                await self.ws.send_str(item)
+                self.frames_sent += 1
+            except (ConnectionError, RuntimeError) as exc:  # the peer went away mid-send
+                logger.info("istra websocket send failed: %s", exc)
+                return
+
+    def stop(self) -> None:
+        self._writer.cancel()
+
+
+def send_to_session(session: Session, listener_name: str, items: list[dict[str, Any]]) -> None:
+    frame = {"listenerName": listener_name, "item": items}
+    for socket in list(session.sockets):
+        socket.send(frame)
+
+
+async def ws_service(request: web.Request) -> web.StreamResponse:
+    """GET /restletrouter/ws-service/{app}: upgrade an authenticated session."""
+    world = world_of(request)
+    app = request.match_info["app"]
+    if app not in APPLICATIONS:
+        raise errors.not_found(request.path)
+    session = world.sessions.get(request.cookies.get(f"{app}_SESSIONID"))
+    if session is None or session.app != app:
+        raise errors.session_unknown()  # refused before the upgrade: a plain 401
+    session.touch()
+    ws = web.WebSocketResponse(autoping=True)
+    await ws.prepare(request)
+    socket = Socket(ws, request.transport, session)
+    session.sockets.add(socket)
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                session.touch()  # e.g. {"keepalive": "true"}
+    finally:
+        session.sockets.discard(socket)
+        socket.stop()
+    return ws
+
+
+class Coalescer:
+    """Sends the latest snapshot of each changed line at most every ``interval()`` seconds."""
+
+    def __init__(
+        self,
+        session: Session,
+        listener_name: str,
+        render: Callable[[str], dict[str, Any] | None],
+        interval: Callable[[], float],
+    ):
+        self.session = session
+        self.listener_name = listener_name
+        self._render = render
+        self._interval = interval
+        self._dirty: dict[str, None] = {}  # an ordered set of line ids
+        self._last_flush = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def mark(self, line_id: str) -> None:
+        self._dirty[line_id] = None
+        if self._timer is not None:
+            return  # a flush is already due: it will send this line's latest state
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()  # no server loop (pure Python use): nothing to pace
+            return
+        delay = max(0.0, self._last_flush + self._interval() - time.monotonic())
+        self._timer = loop.call_later(delay, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        self._last_flush = time.monotonic()
+        dirty, self._dirty = list(self._dirty), {}
+        for line_id in dirty:
+            item = self._render(line_id)
+            if item is not None:
+                send_to_session(self.session, self.listener_name, [item])
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._dirty.clear()
+
+
+def close_session_sockets(session: Session, code: int, reason: str) -> None:
+    for listener in session.listeners.values():
+        if listener.pusher is not None:
+            listener.pusher.cancel()
+    for socket in list(session.sockets):
+        socket.close(code, reason)
+
+
+def abort_all_sockets(world: "IstraWorld") -> int:
+    count = 0
+    for session in list(world.sessions.sessions.values()):
+        for socket in list(session.sockets):
+            socket.abort()
+            session.sockets.discard(socket)
+            count += 1
+    return count

@@ -1,0 +1,279 @@
+"""The simulated Istra platform: directory, calls, sessions, switches, request log.
+
+``SimulatorState.istra`` is one :class:`IstraWorld`. Tests and the demo drive it
+either through the control API (``/_sim/istra/...``, see ``control.py``) or by
+calling its public methods from Python.
+
+Those methods may be called from any thread: when the server runs its loop in
+another thread (``simulator.harness.RunningSimulator``), :func:`on_loop` runs the
+call on that loop and waits, because the state and the websockets belong to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import functools
+import itertools
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, TypeVar
+
+from simulator.istra import push
+from simulator.istra.calls import CallBook, InvalidTransition, Line, Party
+from simulator.istra.directory import Directory, Extension, User
+from simulator.istra.sessions import Session, SessionStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_loop(method: F) -> F:
+    """Run ``method`` on the server's loop when called from another thread."""
+
+    @functools.wraps(method)
+    def wrapper(self: "IstraWorld", *args: Any, **kwargs: Any) -> Any:
+        loop = self.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or running is loop or not loop.is_running():
+            return method(self, *args, **kwargs)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(method(self, *args, **kwargs))
+            except BaseException as exc:  # handed back to the calling thread
+                future.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return future.result(timeout=10)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class IstraConfig:
+    session_timeout: float = 1800.0  # seconds of inactivity (myIstra's default: 30 min)
+    push_interval: float = 0.1  # myRCC: at most one snapshot per line every 100 ms
+    iptc_up: bool = True  # False: telephony resources answer 503 ROUTER_ERR_503
+
+
+@dataclass
+class Fault:
+    """Answer the next ``remaining`` matching requests with ``status`` and ``body``."""
+
+    remaining: int
+    status: int = 503
+    body: dict[str, Any] = field(default_factory=lambda: {"code": "ROUTER_ERR_503", "message": "IPTC not started"})
+    app: str | None = None  # only requests of this X-Application
+    path: str | None = None  # only paths containing this
+
+
+@dataclass
+class Redirect:
+    """Answer the next ``remaining`` matching requests with a redirect to the same path."""
+
+    remaining: int
+    status: int = 302
+    base_url: str | None = None  # e.g. "http://127.0.0.1:8101"; None: this server
+    app: str | None = None
+    path: str | None = None
+
+
+class RequestLog:
+    """What the router received, so tests can assert exact request shapes."""
+
+    def __init__(self, limit: int = 5000):
+        self.entries: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+        self._seq = itertools.count(1)
+
+    def record(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: str) -> dict[str, Any]:
+        entry = {
+            "seq": next(self._seq), "time": time.time(), "method": method, "path": path,
+            "query": query, "headers": headers, "body": body, "status": None,
+        }
+        self.entries.append(entry)
+        return entry
+
+    def since(self, seq: int = 0) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.entries if e["seq"] > seq]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+class IstraWorld:
+    def __init__(self) -> None:
+        self.config = IstraConfig()
+        self.directory = Directory()
+        self.calls = CallBook(self.directory)
+        self.sessions = SessionStore(lambda: self.config.session_timeout)
+        self.requests = RequestLog()
+        self.faults: list[Fault] = []
+        self.redirects: list[Redirect] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- directory ---------------------------------------------------------------------
+
+    @on_loop
+    def add_user(self, login: str, password: str, enterprise: str = "e1", mycrm: bool = True, myrcc: bool = True) -> User:
+        return self.directory.add_user(User(login, password, enterprise, mycrm, myrcc))
+
+    @on_loop
+    def add_extension(self, id: str, number: str, **attrs: Any) -> Extension:  # noqa: A002 - the API's word
+        return self.directory.add_extension(Extension(str(id), str(number), **attrs))
+
+    add_terminal = add_extension  # myCrm's word for the same thing
+
+    @on_loop
+    def update_extension(self, id: str, **attrs: Any) -> Extension:  # noqa: A002
+        extension = self._extension(id)
+        known = {f.name for f in fields(Extension)}
+        for name, value in attrs.items():
+            if name not in known or name == "id":
+                raise ValueError(f"unknown extension attribute {name!r}")
+            setattr(extension, name, value)
+        return extension
+
+    # --- calls, PBX side -------------------------------------------------------------------
+
+    @on_loop
+    def incoming_call(self, terminal_id: str, caller: str, label: str = "", e164: str = "",
+                      acd_id: str | None = None, photo: str = "") -> Line:
+        """A call arrives at ``terminal_id`` from ``caller`` (an internal number rings both ends)."""
+        return self.calls.incoming(self._extension(terminal_id), Party(caller, label, e164 or caller, photo), acd_id)
+
+    @on_loop
+    def outgoing_call(self, terminal_id: str, destination: str, label: str = "", e164: str = "") -> Line:
+        """The user dials ``destination`` on the handset of ``terminal_id``."""
+        return self.calls.outgoing(self._extension(terminal_id), Party(destination, label, e164 or destination))
+
+    @on_loop
+    def answer(self, call_id: str) -> Line:
+        line = self.call(call_id)
+        self.calls.answer(line)
+        return line
+
+    @on_loop
+    def hold(self, call_id: str) -> Line:
+        line = self.call(call_id)
+        self.calls.hold(line)
+        return line
+
+    @on_loop
+    def unhold(self, call_id: str) -> Line:
+        line = self.call(call_id)
+        self.calls.unhold(line)
+        return line
+
+    @on_loop
+    def hangup(self, call_id: str, cause: str = "disconnect") -> Line:
+        line = self.call(call_id)
+        self.calls.hangup(line, cause)
+        return line
+
+    # --- sessions and sockets ----------------------------------------------------------
+
+    def end_session(self, session: Session, close_code: int, reason: str) -> None:
+        self.sessions.remove(session)
+        push.close_session_sockets(session, close_code, reason)
+
+    @on_loop
+    def expire_sessions(self) -> int:
+        """Expire every session now: their cookies get 401 and their sockets close."""
+        taken = self.sessions.take_all()
+        for session in taken:
+            push.close_session_sockets(session, 1008, "session expired")
+        return len(taken)
+
+    @on_loop
+    def sweep_sessions(self) -> int:
+        expired = self.sessions.take_expired()
+        for session in expired:
+            push.close_session_sockets(session, 1008, "session expired")
+        return len(expired)
+
+    @on_loop
+    def rotate_tokens(self, app: str | None = None) -> int:
+        """Every live session (of ``app``) gets a new token on its next successful response."""
+        sessions = [s for s in self.sessions.sessions.values() if app in (None, s.app)]
+        for session in sessions:
+            session.rotate_pending = True
+        return len(sessions)
+
+    @on_loop
+    def drop_websockets(self) -> int:
+        """Cut every websocket abruptly (no close frame)."""
+        return push.abort_all_sockets(self)
+
+    # --- router switches -----------------------------------------------------------------
+
+    @on_loop
+    def fail_next(self, count: int, status: int = 503, body: dict[str, Any] | None = None,
+                  app: str | None = None, path: str | None = None) -> Fault:
+        fault = Fault(count, status, app=app, path=path)
+        if body is not None:
+            fault.body = body
+        self.faults.append(fault)
+        return fault
+
+    @on_loop
+    def redirect_next(self, count: int, status: int = 302, base_url: str | None = None,
+                      app: str | None = None, path: str | None = None) -> Redirect:
+        redirect = Redirect(count, status, base_url.rstrip("/") if base_url else None, app, path)
+        self.redirects.append(redirect)
+        return redirect
+
+    @on_loop
+    def set_iptc(self, up: bool) -> None:
+        self.config.iptc_up = up
+
+    @on_loop
+    def configure(self, **settings: Any) -> IstraConfig:
+        known = {f.name for f in fields(IstraConfig)}
+        for name, value in settings.items():
+            if name not in known:
+                raise ValueError(f"unknown setting {name!r}")
+            setattr(self.config, name, value)
+        return self.config
+
+    @on_loop
+    def requests_received(self, since: int = 0) -> list[dict[str, Any]]:
+        return self.requests.since(since)
+
+    @on_loop
+    def clear_requests(self) -> None:
+        self.requests.clear()
+
+    @on_loop
+    def reset(self) -> None:
+        """Back to an empty platform with default settings; open sockets are closed."""
+        for session in self.sessions.take_all():
+            push.close_session_sockets(session, 1001, "simulator reset")
+        self.config = IstraConfig()
+        self.directory.clear()
+        self.calls.clear()
+        self.requests.clear()
+        self.faults.clear()
+        self.redirects.clear()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _extension(self, extension_id: str) -> Extension:
+        extension = self.directory.extension(extension_id)
+        if extension is None:
+            raise KeyError(f"no terminal/extension {extension_id!r}")
+        return extension
+
+    def call(self, call_id: str) -> Line:
+        """The line ``call_id`` (myCrm callId = myRCC lineId); KeyError if unknown."""
+        line = self.calls.line(call_id)
+        if line is None:
+            raise KeyError(f"no call {call_id!r}")
+        return line
+
+
+__all__ = ["IstraWorld", "IstraConfig", "Fault", "Redirect", "InvalidTransition"]

@@ -1,0 +1,17 @@
+"""The simulator's world: everything the simulated vendors know, in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.istra.world import IstraWorld
+from simulator.retailcrm.world import RetailCrmWorld
+
+
+@dataclass
+class SimulatorState:
+    systems: set[str] = field(default_factory=lambda: {"istra"})
+    # Centile Istra: myCrm and myRCC (and later myIstra) share one platform.
+    istra: IstraWorld = field(default_factory=IstraWorld)
+    retailcrm: RetailCrmWorld = field(default_factory=RetailCrmWorld)
+

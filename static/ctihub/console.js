@@ -1,0 +1,305 @@
+// ctihub console and wallboard. Plain JavaScript, no build step.
+//
+// The server is the truth: on every (re)connect it sends a snapshot, which
+// replaces what the page shows; live cards then update it. Every card has a
+// version, so an update older than the one shown is dropped, and cards are
+// keyed by call id, so a reload or a reconnect never shows a call twice.
+"use strict";
+
+(function () {
+  const CLOSE_REASONS = {
+    4401: "Your session has ended. Log in again to see your calls.",
+    4403: "This page was opened from a site that is not ctihub, so the live feed was refused.",
+    4400: "Your account is not set up as an agent. Ask your admin.",
+  };
+  const ACTION_LABELS = {
+    answer: "Answer", hold: "Hold", resume: "Resume", redirect: "Transfer…", transfer: "Connect to…",
+    merge: "Merge with…", add_party: "Add party…", send_dtmf: "Keypad", hangup: "Hang up", leave: "Leave",
+  };
+  const STATE_LABELS = { ringing: "Ringing", dialing: "Dialling", talking: "Talking", held: "On hold", ended: "Ended" };
+
+  const calls = new Map(); // call id -> card
+  let agents = new Map();
+  let missedToday = 0;
+  let me = null;
+  let socket = null;
+  let requestSeq = 0;
+  const pending = new Map();
+
+  // --- connection ------------------------------------------------------------------
+  let attempt = 0;
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    setConnection("connecting", attempt ? "Reconnecting…" : "Connecting…");
+    socket = new WebSocket(`${scheme}://${location.host}/ws/console/`);
+    socket.addEventListener("open", () => { attempt = 0; setConnection("live", "Live"); });
+    socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+    socket.addEventListener("close", (event) => {
+      if (CLOSE_REASONS[event.code]) {
+        setConnection("refused", CLOSE_REASONS[event.code]);
+        return; // retrying cannot help
+      }
+      const delay = Math.min(30000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
+      attempt += 1;
+      setConnection("offline", `Connection lost. Retrying in ${Math.round(delay / 1000)} s…`);
+      setTimeout(connect, delay);
+    });
+  }
+
+  function setConnection(state, text) {
+    const el = document.getElementById("connection");
+    if (!el) return;
+    el.dataset.state = state;
+    el.textContent = text;
+  }
+
+  function send(message) {
+    return new Promise((resolve) => {
+      if (!socket || socket.readyState !== WebSocket.OPEN) {
+        resolve({ ok: false, error: "not connected; try again in a moment" });
+        return;
+      }
+      const id = ++requestSeq;
+      pending.set(id, resolve);
+      socket.send(JSON.stringify({ ...message, id }));
+    });
+  }
+
+  // --- messages ----------------------------------------------------------------------
+  function handle(message) {
+    if (message.type === "snapshot") {
+      me = message.me;
+      calls.clear();
+      for (const card of message.calls) calls.set(card.id, card);
+      if (message.agents) agents = new Map(message.agents.map((a) => [a.id, a]));
+      if (typeof message.missed_today === "number") missedToday = message.missed_today;
+      render();
+    } else if (message.type === "card") {
+      applyCard(message.card);
+    } else if (message.type === "agent_status") {
+      const agent = agents.get(message.agent);
+      if (agent) agent.status = message.status;
+      if (me && me.id === message.agent) {
+        me.status = message.status;
+        const select = document.getElementById("status");
+        if (select) select.value = message.status;
+      }
+      render();
+    } else if (message.type === "result") {
+      const resolve = pending.get(message.id);
+      pending.delete(message.id);
+      if (resolve) resolve(message);
+    }
+  }
+
+  function applyCard(card) {
+    const shown = calls.get(card.id);
+    if (shown && shown.version >= card.version) return; // stale or repeated
+    const becameMissed = card.state === "ended" && !card.answered && card.direction === "in" &&
+      (!shown || shown.state !== "ended");
+    if (becameMissed) missedToday += 1;
+    calls.set(card.id, card);
+    render();
+  }
+
+  // --- rendering ----------------------------------------------------------------------
+  function render() {
+    if (document.body.dataset.page === "console") renderConsole();
+    if (document.body.dataset.page === "wallboard") renderWallboard();
+  }
+
+  function renderConsole() {
+    const live = [...calls.values()].filter((c) => c.state !== "ended").sort(byCreated);
+    const ended = [...calls.values()].filter((c) => c.state === "ended").sort((a, b) => (b.ended_at || "").localeCompare(a.ended_at || ""));
+    const container = document.getElementById("cards");
+    const keep = new Set(live.map((c) => String(c.id)));
+    for (const el of [...container.children]) if (!keep.has(el.dataset.call)) el.remove();
+    for (const card of live) {
+      let el = container.querySelector(`[data-call="${card.id}"]`);
+      if (!el) {
+        el = buildCard(card);
+        container.appendChild(el);
+      }
+      fillCard(el, card);
+    }
+    document.getElementById("no-calls").hidden = live.length > 0;
+    const recent = document.getElementById("recent");
+    recent.replaceChildren(...ended.slice(0, 20).map(summaryItem));
+  }
+
+  function buildCard(card) {
+    const el = document.createElement("article");
+    el.className = "card";
+    el.dataset.call = card.id;
+    el.setAttribute("aria-label", "Call");
+    el.innerHTML = `
+      <header><span class="direction"></span><span class="state"></span><span class="timer" aria-label="Duration"></span></header>
+      <p class="number"></p><p class="label"></p><p class="shop"></p>
+      <div class="actions" role="group" aria-label="Call actions"></div>
+      <p class="card-error" role="alert"></p>`;
+    return el;
+  }
+
+  function fillCard(el, card) {
+    el.dataset.state = card.state;
+    el.dataset.version = card.version;
+    el.querySelector(".direction").textContent = card.direction === "in" ? "Incoming" : "Outgoing";
+    el.querySelector(".state").textContent = STATE_LABELS[card.state] || card.state;
+    el.querySelector(".number").textContent = card.remote_number_display || card.remote_number || "Unknown number";
+    el.querySelector(".label").textContent = card.remote_label || "";
+    el.querySelector(".shop").textContent = card.external_phone ? `Shop line ${card.site_code || card.external_phone}` : "";
+    const customer = card.crm && card.crm.customer;
+    if (customer) el.querySelector(".label").textContent = `${card.remote_label || ""} · ${customer}`;
+    el.querySelector(".timer").textContent = timerText(card);
+    const actions = el.querySelector(".actions");
+    // A stable order (the labels' order), whatever order the PBX lists them in.
+    const allowed = Object.keys(ACTION_LABELS).filter((a) => (card.actions || []).includes(a));
+    if (actions.dataset.actions !== allowed.join(",")) {
+      actions.dataset.actions = allowed.join(",");
+      actions.replaceChildren(...allowed.map((a) => actionButton(card.id, a)));
+    }
+  }
+
+  function actionButton(callId, action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = ACTION_LABELS[action];
+    button.dataset.action = action;
+    button.addEventListener("click", () => runAction(callId, action, button));
+    return button;
+  }
+
+  async function runAction(callId, action, button) {
+    const payload = {};
+    if (action === "redirect" || action === "add_party") {
+      const destination = prompt("Number or extension to " + (action === "redirect" ? "transfer to" : "add"));
+      if (!destination) return;
+      payload.destination = destination;
+    } else if (action === "transfer" || action === "merge") {
+      const others = [...calls.values()].filter((c) => c.id !== callId && c.state !== "ended");
+      if (!others.length) { showCardError(callId, "You need a second call for that."); return; }
+      payload.call = others[0].id;
+    } else if (action === "send_dtmf") {
+      openKeypad(callId);
+      return;
+    }
+    button.disabled = true;
+    const result = await send({ action: "call_action", call: callId, name: action, payload });
+    button.disabled = false;
+    showCardError(callId, result.ok ? "" : result.error);
+  }
+
+  function showCardError(callId, text) {
+    const el = document.querySelector(`[data-call="${callId}"] .card-error`);
+    if (el) el.textContent = text || "";
+  }
+
+  function openKeypad(callId) {
+    const dialog = document.getElementById("keypad");
+    dialog.dataset.call = callId;
+    dialog.showModal();
+  }
+
+  function summaryItem(card) {
+    const li = document.createElement("li");
+    const outcome = card.answered ? `answered, talked ${formatDuration((card.talking_ms || 0) / 1000)}` : "missed";
+    li.textContent = `${card.direction === "in" ? "From" : "To"} ${card.remote_number_display || card.remote_number || "unknown"}` +
+      `${card.remote_label ? " (" + card.remote_label + ")" : ""}: ${outcome}`;
+    li.dataset.call = card.id;
+    li.className = card.answered ? "answered" : "missed";
+    return li;
+  }
+
+  function renderWallboard() {
+    const live = [...calls.values()].filter((c) => c.state !== "ended").sort(byCreated);
+    for (const state of ["ringing", "talking", "held"]) {
+      document.getElementById(`count-${state}`).textContent = live.filter((c) => c.state === state || (state === "ringing" && c.state === "dialing")).length;
+    }
+    document.getElementById("count-missed").textContent = missedToday;
+    const rows = live.map((c) => row([STATE_LABELS[c.state], c.direction === "in" ? "In" : "Out",
+      c.remote_number_display || c.remote_number || "?", agentName(c.agent), timerText(c)], c.id));
+    document.getElementById("calls").replaceChildren(...rows);
+    const agentRows = [...agents.values()].map((a) => {
+      const current = live.find((c) => c.agent === a.id);
+      return row([a.name, a.code, a.status, current ? `${STATE_LABELS[current.state]} ${current.remote_number_display || ""}` : "—"]);
+    });
+    document.getElementById("agents").replaceChildren(...agentRows);
+  }
+
+  function row(cells, callId) {
+    const tr = document.createElement("tr");
+    if (callId) tr.dataset.call = callId;
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text == null ? "" : String(text);
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  function agentName(id) {
+    const agent = agents.get(id);
+    return agent ? agent.name : "—";
+  }
+
+  // --- timers -------------------------------------------------------------------------
+  function timerText(card) {
+    const since = Date.parse(card.answered_at || card.created_at);
+    return formatDuration(Math.max(0, (Date.now() - since) / 1000));
+  }
+
+  function formatDuration(seconds) {
+    const s = Math.floor(seconds);
+    const m = Math.floor(s / 60);
+    return `${m}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function tick() {
+    for (const el of document.querySelectorAll(".card")) {
+      const card = calls.get(Number(el.dataset.call));
+      if (card) el.querySelector(".timer").textContent = timerText(card);
+    }
+    if (document.body.dataset.page === "wallboard") renderWallboard();
+  }
+
+  const byCreated = (a, b) => a.created_at.localeCompare(b.created_at);
+
+  // --- page controls ------------------------------------------------------------------
+  function wireControls() {
+    const status = document.getElementById("status");
+    if (status) {
+      status.addEventListener("change", async () => {
+        const result = await send({ action: "set_status", status: status.value });
+        notice(result.ok ? `Status set to ${status.value}.` : result.error);
+      });
+    }
+    const dial = document.getElementById("dial");
+    if (dial) {
+      dial.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const number = dial.elements.number.value;
+        const result = await send({ action: "dial", number });
+        notice(result.ok ? `Calling ${number}…` : result.error);
+      });
+    }
+    const keypad = document.getElementById("keypad");
+    if (keypad) {
+      keypad.querySelectorAll(".keys button").forEach((button) => button.addEventListener("click", async () => {
+        const result = await send({ action: "call_action", call: Number(keypad.dataset.call), name: "send_dtmf",
+          payload: { digits: button.value } });
+        if (!result.ok) showCardError(Number(keypad.dataset.call), result.error);
+      }));
+    }
+  }
+
+  function notice(text) {
+    const el = document.getElementById("notice");
+    if (el) el.textContent = text || "";
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    wireControls();
+    connect();
+    setInterval(tick, 1000);
+  });
+})();

@@ -1,0 +1,138 @@
+from django.contrib import admin, messages
+
+from ctihub.secrets import secret_form_for
+from telephony import control
+from telephony.providers.base import ProviderError
+from telephony.models import Call, CallEvent, Listener, PbxAccount, Terminal
+
+SECRET_FIELDS = ("password", "api_token", "webhook_secret")
+LIVE_STATUS_FIELDS = ("status", "status_since", "last_event_at", "last_error", "last_error_at")
+
+
+class TerminalInline(admin.TabularInline):
+    model = Terminal
+    extra = 0
+    fields = ("pbx_id", "extension", "label", "device_model", "agent", "active")
+    autocomplete_fields = ("agent",)
+    show_change_link = True
+
+
+class ListenerInline(admin.TabularInline):
+    model = Listener
+    extra = 0
+    fields = ("name", "terminal", "state", "owner", "connected_since", "last_event_at", "last_error")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PbxAccount)
+class PbxAccountAdmin(admin.ModelAdmin):
+    form = secret_form_for(PbxAccount, SECRET_FIELDS)
+    list_display = ("name", "kind", "base_url", "enabled", "status", "status_since", "last_event_at", "last_error")
+    list_filter = ("kind", "enabled", "status")
+    search_fields = ("name", "base_url", "enterprise", "login")
+    readonly_fields = LIVE_STATUS_FIELDS + ("created_at", "updated_at")
+    inlines = [TerminalInline, ListenerInline]
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "enabled")}),
+        ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region")}),
+        ("Credentials (write-only)", {"fields": SECRET_FIELDS}),
+        ("Live status", {"fields": LIVE_STATUS_FIELDS + ("created_at", "updated_at")}),
+    )
+    actions = ["test_connection", "sync_terminals", "restart_listeners"]
+
+    @admin.action(description="Test the connection (log in and look around)")
+    def test_connection(self, request, queryset):
+        for account in queryset:
+            self._report(request, account, "connection test", lambda: control.test_connection(account))
+
+    @admin.action(description="Sync terminals / extensions from the PBX")
+    def sync_terminals(self, request, queryset):
+        def sync(account):
+            seen, deactivated = control.sync_terminals(account)
+            return f"{seen} terminals listed by the PBX, {deactivated} no longer listed (deactivated)"
+
+        for account in queryset:
+            self._report(request, account, "terminal sync", lambda: sync(account))
+
+    @admin.action(description="Restart listeners (reconnect their sockets)")
+    def restart_listeners(self, request, queryset):
+        for account in queryset:
+            self._report(request, account, "restart", lambda: f"{control.restart_listeners(account)} listeners restarting")
+
+    def _report(self, request, account, what, operation):
+        try:
+            result = operation()
+        except ProviderError as exc:
+            kind = "permanent: fix the account" if exc.permanent else "temporary: will be retried"
+            self.message_user(request, f"{account.name}: {what} failed ({kind}): {exc}", messages.ERROR)
+        else:
+            self.message_user(request, f"{account.name}: {what} OK: {result}", messages.SUCCESS)
+
+
+@admin.register(Terminal)
+class TerminalAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "account", "pbx_id", "extension", "device_model", "agent", "active", "synced_at")
+    list_filter = ("account", "active", "device_model")
+    search_fields = ("pbx_id", "extension", "label", "agent__user__username")
+    list_select_related = ("account", "agent__user")
+    autocomplete_fields = ("agent",)
+    readonly_fields = ("synced_at",)
+
+
+@admin.register(Listener)
+class ListenerAdmin(admin.ModelAdmin):
+    list_display = ("name", "account", "terminal", "state", "owner", "connected_since", "last_event_at", "reconnects", "last_error")
+    list_filter = ("state", "account")
+    search_fields = ("name", "owner", "account__name")
+    list_select_related = ("account", "terminal")
+    readonly_fields = ("state", "owner", "connected_since", "last_event_at", "last_error", "reconnects", "updated_at")
+
+
+class CallEventInline(admin.TabularInline):
+    model = CallEvent
+    extra = 0
+    fields = ("received_at", "kind", "payload", "dedupe_key")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Call)
+class CallAdmin(admin.ModelAdmin):
+    """Calls are written by the PBX event path only: the admin reads them."""
+
+    list_display = (
+        "created_at", "direction", "state", "remote_number_e164", "remote_label", "agent", "account",
+        "talking_ms", "end_cause", "crm_sync_state",
+    )
+    list_filter = ("state", "direction", "crm_sync_state", "account", "end_cause")
+    search_fields = ("pbx_call_id", "remote_number_e164", "remote_number_raw", "remote_label", "agent__user__username")
+    list_select_related = ("account", "agent__user")
+    date_hierarchy = "created_at"
+    inlines = [CallEventInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CallEvent)
+class CallEventAdmin(admin.ModelAdmin):
+    list_display = ("received_at", "kind", "call", "dedupe_key")
+    list_filter = ("kind",)
+    search_fields = ("dedupe_key", "call__pbx_call_id")
+    list_select_related = ("call",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,127 @@
+"""What a console shows and may do: the synchronous side of the console websocket.
+
+The consumer is protocol glue; everything that touches the database or a PBX
+is here, so it can be tested without a websocket and called through
+``database_sync_to_async``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from accounts.models import Agent
+from accounts.services import set_agent_status
+from telephony import control
+from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card
+from telephony.models import Call
+
+RECENT_WINDOW = timedelta(minutes=30)
+RECENT_LIMIT = 20
+
+
+class Refused(Exception):
+    """An action the viewer may not take; the message is shown on the card."""
+
+
+class Viewer:
+    """Who is looking: an agent, a supervisor, or both."""
+
+    def __init__(self, user, agent: Agent | None):
+        self.user = user
+        self.agent = agent
+        self.is_supervisor = bool(agent and agent.is_supervisor) or user.is_superuser
+
+    @property
+    def has_role(self) -> bool:
+        return self.agent is not None or self.is_supervisor
+
+    def groups(self) -> list[str]:
+        groups = []
+        if self.agent is not None:
+            groups.append(agent_group(self.agent.pk))
+        if self.is_supervisor:
+            groups.append(SUPERVISORS_GROUP)
+        return groups
+
+    def visible_calls(self):
+        calls = Call.objects.select_related("account")
+        if self.is_supervisor:
+            return calls
+        return calls.filter(agent=self.agent)
+
+    def may_see(self, card: dict) -> bool:
+        return self.is_supervisor or (self.agent is not None and card.get("agent") == self.agent.pk)
+
+
+def viewer_for(user) -> Viewer:
+    agent = Agent.objects.filter(user=user).first() if user.is_authenticated else None
+    return Viewer(user, agent)
+
+
+def snapshot(viewer: Viewer) -> dict:
+    """Live calls and recent ones; supervisors also get agents and counters."""
+    now = timezone.now()
+    calls = viewer.visible_calls()
+    live = list(calls.exclude(state=Call.State.ENDED).order_by("created_at"))
+    recent = list(calls.filter(state=Call.State.ENDED, ended_at__gte=now - RECENT_WINDOW).order_by("-ended_at")[:RECENT_LIMIT])
+    data = {
+        "type": "snapshot",
+        "me": _agent_json(viewer.agent) if viewer.agent else None,
+        "supervisor": viewer.is_supervisor,
+        "calls": [call_card(c) for c in live + recent],
+    }
+    if viewer.is_supervisor:
+        data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]
+        data["missed_today"] = missed_today()
+    return data
+
+
+def missed_today() -> int:
+    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    return Call.objects.filter(
+        direction=Call.Direction.INBOUND, state=Call.State.ENDED, answered_at__isnull=True, created_at__gte=start
+    ).count()
+
+
+def _agent_json(agent: Agent) -> dict:
+    return {
+        "id": agent.pk,
+        "name": agent.user.get_full_name() or agent.user.username,
+        "code": agent.extension_code,
+        "status": agent.status,
+        "supervisor": agent.is_supervisor,
+    }
+
+
+def act_on_call(viewer: Viewer, call_id: int, action: str, payload: dict) -> dict:
+    call = Call.objects.select_related("account").filter(pk=call_id).first()
+    if call is None or not (viewer.is_supervisor or (viewer.agent and call.agent_id == viewer.agent.pk)):
+        raise Refused("this call is not yours")
+    if action in ("transfer", "merge") and "call" in payload:
+        other = viewer.visible_calls().filter(pk=payload["call"]).first()
+        if other is None:
+            raise Refused("the other call is not yours")
+        payload = {**payload, "other_call": other}
+    return control.call_action(call, action, payload)
+
+
+def dial(viewer: Viewer, number: str) -> dict:
+    if viewer.agent is None:
+        raise Refused("only agents with a terminal can place calls")
+    number = (number or "").strip()
+    if not number or len(number) > 40 or not all(ch.isdigit() or ch in "+*# ()-." for ch in number):
+        raise Refused("enter a phone number or an extension")
+    return control.place_call(viewer.agent, number)
+
+
+def change_status(viewer: Viewer, status: str) -> dict:
+    if viewer.agent is None:
+        raise Refused("only agents have a status")
+    try:
+        set_agent_status(viewer.agent, status, source="console")
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    return {"status": status}
+

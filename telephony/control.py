@@ -1,0 +1,163 @@
+"""Domain functions that act on a PBX: test a login, sync terminals, place calls, control calls.
+
+The browser console, retailCRM's makeCallUrl and the admin all come here; this
+module picks the account's provider, refuses what the call's state does not
+allow, and returns the PBX's answer or raises ``ProviderError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Agent
+from telephony import updates as u
+from telephony.models import Call, Listener, PbxAccount, Terminal
+from telephony.providers import provider_for
+from telephony.providers.base import ActionRefused, ListenerSpec, Provider, ProviderError
+
+logger = logging.getLogger(__name__)
+
+
+class NoTerminal(ProviderError):
+    """The agent has no terminal to call from."""
+
+    def __init__(self, message: str):
+        super().__init__(message, permanent=True)
+
+
+# --- A provider per account, reused for REST calls (one login, not one per click) ------
+
+_providers: dict[int, tuple[object, Provider, threading.Lock]] = {}
+_providers_lock = threading.Lock()
+
+
+def _provider(account: PbxAccount) -> tuple[Provider, threading.Lock]:
+    """Reuse the account's logged-in provider until the account is edited."""
+    with _providers_lock:
+        cached = _providers.get(account.pk)
+        if cached and cached[0] == account.updated_at:
+            return cached[1], cached[2]
+        if cached:
+            _close_quietly(cached[1])
+        provider = provider_for(account)
+        lock = threading.Lock()
+        _providers[account.pk] = (account.updated_at, provider, lock)
+        return provider, lock
+
+
+def _close_quietly(provider: Provider) -> None:
+    try:
+        provider.close()
+    except Exception:  # logging out of a stale session must not fail the new request
+        logger.info("closing a stale provider failed", exc_info=True)
+
+
+def forget_providers() -> None:
+    with _providers_lock:
+        for _, provider, _ in _providers.values():
+            _close_quietly(provider)
+        _providers.clear()
+
+
+# --- Admin-facing operations ---------------------------------------------------------
+
+
+def test_connection(account: PbxAccount) -> str:
+    return provider_for(account).test_connection()
+
+
+def sync_terminals(account: PbxAccount) -> tuple[int, int]:
+    """Mirror the PBX's terminal list; returns (seen, deactivated). Agents stay assigned."""
+    provider, lock = _provider(account)
+    with lock:
+        infos = provider.fetch_terminals()
+    now = timezone.now()
+    seen_ids = []
+    with transaction.atomic():
+        for info in infos:
+            Terminal.objects.update_or_create(
+                account=account,
+                pbx_id=info.pbx_id,
+                defaults={
+                    "extension": info.extension, "label": info.label, "device_model": info.device_model,
+                    "department": info.department, "photo_url": info.photo_url,
+                    "pstn_numbers": list(info.pstn_numbers), "active": True, "synced_at": now,
+                },
+            )
+            seen_ids.append(info.pbx_id)
+        deactivated = Terminal.objects.filter(account=account, active=True).exclude(pbx_id__in=seen_ids).update(
+            active=False, synced_at=now
+        )
+    return len(seen_ids), deactivated
+
+
+def restart_listeners(account: PbxAccount) -> int:
+    """Ask whichever worker holds them to reconnect; failed listeners get another chance."""
+    from telephony.supervisor import request_restart
+
+    count = Listener.objects.filter(account=account).exclude(state=Listener.State.STOPPED).update(
+        state=Listener.State.IDLE, last_error=""
+    )
+    request_restart(account.pk)
+    return count
+
+
+def ensure_listeners(account: PbxAccount, provider: Provider) -> list[tuple[Listener, ListenerSpec]]:
+    """The Listener rows the account needs now; rows no longer needed are marked stopped."""
+    terminals = {t.pbx_id: t for t in account.terminals.filter(active=True)}
+    specs = provider.listener_specs(sorted(terminals))
+    wanted = []
+    for spec in specs:
+        terminal = terminals.get(spec.terminal_pbx_id) if spec.terminal_pbx_id else None
+        listener, created = Listener.objects.get_or_create(account=account, name=spec.name, defaults={"terminal": terminal})
+        if not created and listener.state == Listener.State.STOPPED:
+            Listener.objects.filter(pk=listener.pk).update(state=Listener.State.IDLE)
+            listener.state = Listener.State.IDLE
+        wanted.append((listener, spec))
+    Listener.objects.filter(account=account).exclude(name__in=[s.name for s in specs]).update(
+        state=Listener.State.STOPPED, owner="", connected_since=None
+    )
+    return wanted
+
+
+# --- Click-to-call and call control ----------------------------------------------------
+
+
+def terminal_for(agent_or_terminal: Agent | Terminal) -> Terminal:
+    if isinstance(agent_or_terminal, Terminal):
+        return agent_or_terminal
+    terminal = (
+        agent_or_terminal.terminals.filter(active=True, account__enabled=True).select_related("account").first()
+    )
+    if terminal is None:
+        raise NoTerminal(f"{agent_or_terminal} has no active terminal: assign one in the admin")
+    return terminal
+
+
+def place_call(agent_or_terminal: Agent | Terminal, number: str) -> dict:
+    """Dial ``number`` from the agent's terminal; returns the PBX's answer."""
+    terminal = terminal_for(agent_or_terminal)
+    provider, lock = _provider(terminal.account)
+    with lock:
+        answer = provider.place_call(terminal.pbx_id, number)
+    logger.info("placed a call", extra={"account_id": terminal.account_id, "terminal": terminal.pbx_id})
+    return answer or {}
+
+
+def call_action(call: Call, action: str, payload: dict | None = None) -> dict:
+    """Perform ``action`` (a normalised name) on ``call`` if the PBX allows it right now."""
+    if action not in u.ACTIONS:
+        raise ActionRefused(f"unknown action {action!r}")
+    if call.state == Call.State.ENDED:
+        raise ActionRefused("the call has ended")
+    if call.allowed_actions and action not in call.allowed_actions:
+        allowed = ", ".join(call.allowed_actions)
+        raise ActionRefused(f"{action} is not possible now (the PBX allows: {allowed})")
+    provider, lock = _provider(call.account)
+    with lock:
+        answer = provider.call_action(call, action, payload or {})
+    return answer or {}

@@ -1,0 +1,51 @@
+"""One owner per listener, across any number of workers on any number of machines.
+
+A lease is a Redis key holding the owner's id with a TTL. The owner renews it
+well before it expires; if the owner dies, the key expires and another worker's
+supervisor takes the listener over within one TTL. Renew and release are
+compare-and-set scripts, so a worker that lost its lease (paused too long) can
+never extend or delete the new owner's lease.
+"""
+
+from __future__ import annotations
+
+import redis
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def lease_key(listener_id: int) -> str:
+    return f"ctihub:lease:listener:{listener_id}"
+
+
+class LeaseStore:
+    def __init__(self, client: redis.Redis, owner: str, ttl_ms: int):
+        self.client = client
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def acquire(self, listener_id: int) -> bool:
+        return bool(self.client.set(lease_key(listener_id), self.owner, nx=True, px=self.ttl_ms))
+
+    def renew(self, listener_id: int) -> bool:
+        return bool(self._renew(keys=[lease_key(listener_id)], args=[self.owner, self.ttl_ms]))
+
+    def release(self, listener_id: int) -> None:
+        self._release(keys=[lease_key(listener_id)], args=[self.owner])
+
+    def holder(self, listener_id: int) -> str | None:
+        value = self.client.get(lease_key(listener_id))
+        return value.decode() if value else None

@@ -1,0 +1,197 @@
+"""The one base class every PBX provider extends, and the one error type they raise.
+
+A provider knows how to talk to one PBX API for one ``PbxAccount``: REST calls
+(test the login, fetch terminals, place a call, act on a call) and, where the
+PBX pushes events, the sockets (which listeners the account needs, how to open
+one, how to read its frames into ``CallUpdate`` objects). Providers override
+only what differs; ``telephony.domain`` and ``telephony.supervisor`` do the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import websocket
+
+from telephony.updates import CallUpdate
+
+
+class ProviderError(Exception):
+    """Anything that went wrong talking to a PBX, said so an admin understands it.
+
+    ``permanent`` means retrying cannot help (bad credentials, a terminal the PBX
+    does not know): the supervisor stops and shows it in the admin. Otherwise the
+    caller retries with backoff.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, code: str = "", status: int | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+        self.code = code
+        self.status = status
+
+
+class SessionExpired(ProviderError):
+    """The PBX no longer knows our session: log in again."""
+
+
+class ActionRefused(ProviderError):
+    """The call's current state does not allow this action (refused before asking the PBX)."""
+
+    def __init__(self, message: str, **kwargs):
+        kwargs.setdefault("permanent", True)
+        super().__init__(message, **kwargs)
+
+
+class StateConflict(ProviderError):
+    """The PBX's state moved on since we read it (Telepo stateToken): refresh, never retry blindly."""
+
+
+class NotSupported(ProviderError):
+    """This PBX API cannot do that at all."""
+
+    def __init__(self, message: str, **kwargs):
+        kwargs.setdefault("permanent", True)
+        super().__init__(message, **kwargs)
+
+
+class StreamClosed(Exception):
+    """The event socket closed (or broke); the supervisor reconnects."""
+
+
+@dataclass(frozen=True)
+class TerminalInfo:
+    """A terminal or extension as the PBX lists it."""
+
+    pbx_id: str
+    extension: str = ""
+    label: str = ""
+    device_model: str = ""
+    department: str = ""
+    photo_url: str = ""
+    pstn_numbers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """One socket an account needs: per terminal (myCrm) or per account (terminal_pbx_id None)."""
+
+    name: str
+    terminal_pbx_id: str | None = None
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+class EventStream:
+    """An open event socket: frames in, keep-alives out."""
+
+    #: Frames to apply before reading the socket, oldest first (myRCC's list of
+    #: the call lines that exist when the listener is bound).
+    initial_frames: tuple[str, ...] = ()
+
+    def recv(self, timeout: float) -> str | None:
+        """The next frame's text, or None if none came within ``timeout``; StreamClosed when it ends."""
+        raise NotImplementedError
+
+    def keepalive(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class WebSocketStream(EventStream):
+    """A websocket-client connection; keep-alive is a websocket ping unless a provider says otherwise."""
+
+    def __init__(self, ws: websocket.WebSocket, keepalive_frame: dict | None = None):
+        self.ws = ws
+        self.keepalive_frame = keepalive_frame
+
+    @classmethod
+    def connect(cls, url: str, *, headers: list[str], timeout: float, sslopt: dict | None = None,
+                keepalive_frame: dict | None = None) -> "WebSocketStream":
+        try:
+            ws = websocket.create_connection(url, header=headers, timeout=timeout, sslopt=sslopt or {},
+                                             enable_multithread=True)
+        except websocket.WebSocketBadStatusException as exc:
+            message = f"websocket {url} refused: HTTP {exc.status_code}"
+            if exc.status_code in (401, 403):
+                raise SessionExpired(message, status=exc.status_code) from exc
+            raise ProviderError(message, status=exc.status_code) from exc
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ProviderError(f"cannot open websocket {url}: {exc.__class__.__name__}: {exc}") from exc
+        return cls(ws, keepalive_frame)
+
+    def recv(self, timeout: float) -> str | None:
+        self.ws.settimeout(timeout)
+        try:
+            opcode, data = self.ws.recv_data(control_frame=False)
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (websocket.WebSocketConnectionClosedException, OSError, websocket.WebSocketException) as exc:
+            raise StreamClosed(str(exc) or exc.__class__.__name__) from exc
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise StreamClosed("closed by the PBX")
+        return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+
+    def keepalive(self) -> None:
+        try:
+            if self.keepalive_frame is not None:
+                self.ws.send(json.dumps(self.keepalive_frame))
+            else:
+                self.ws.ping()
+        except (websocket.WebSocketException, OSError) as exc:
+            raise StreamClosed(f"keep-alive failed: {exc}") from exc
+
+    def close(self) -> None:
+        try:
+            self.ws.close(timeout=1)
+        except Exception:  # closing a broken socket may fail; it is gone either way
+            pass
+
+
+class Provider:
+    """Base class: one instance per account, used from one thread at a time."""
+
+    kind: str = ""
+    #: Actions this PBX can perform on a call (names as the console and retailCRM use them).
+    actions: tuple[str, ...] = ()
+    #: True when the PBX pushes call events over sockets that workers must hold.
+    holds_sockets: bool = False
+
+    def __init__(self, account, http=None):
+        self.account = account
+        self.http = http
+
+    # --- REST -------------------------------------------------------------------------
+    def test_connection(self) -> str:
+        """Log in and say what we found ("3 terminals"), or raise ProviderError."""
+        raise NotSupported(f"{self.kind} cannot test a connection")
+
+    def fetch_terminals(self) -> list[TerminalInfo]:
+        raise NotSupported(f"{self.kind} does not list terminals")
+
+    def place_call(self, terminal_pbx_id: str, destination: str) -> dict:
+        raise NotSupported(f"{self.kind} cannot place calls")
+
+    def call_action(self, call, action: str, payload: dict) -> dict:
+        raise NotSupported(f"{self.kind} cannot {action} a call")
+
+    # --- Sockets ------------------------------------------------------------------------
+    def listener_specs(self, terminal_pbx_ids: list[str]) -> list[ListenerSpec]:
+        return []
+
+    def open_stream(self, spec: ListenerSpec) -> EventStream:
+        raise NotSupported(f"{self.kind} has no event socket")
+
+    def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
+        """Turn one frame into updates; raise FrameRejected for a frame that makes no sense."""
+        raise NotSupported(f"{self.kind} has no event socket")
+
+    def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
+        """Clean shutdown: delete the listener at the PBX and close the socket."""
+        if stream is not None:
+            stream.close()
+
+    def close(self) -> None:
+        """Log out and release connections."""

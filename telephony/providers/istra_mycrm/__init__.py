@@ -1,0 +1,1 @@
+"""Centile Istra myCrm (end user, per terminal): see transport.py."""

@@ -1,0 +1,102 @@
+"""myCrm websocket frames into ``CallUpdate`` objects.
+
+A frame is ``{"listenerName": .., "item": [{"event": "callRinging", "callId": .., ..}]}``
+on one terminal's listener. Events are transitions of that terminal's leg:
+
+* ``callAlerting`` and ``callRinging`` are the two ringing events. The doc does
+  not say which is which: read plainly, ``callAlerting`` is our phone alerting
+  (an incoming call) and ``callRinging`` the remote ringing for a call we
+  dialled, yet its own example shows ``callRinging`` with ``incoming`` true. So
+  the ``incoming`` flag decides when the frame has it (incoming: RINGING, else
+  DIALING), and the plain reading only when it does not.
+* ``callTalking``, ``callHeld``, ``callDropped``.
+
+``ringingTime`` and ``talkingTime`` are durations in milliseconds, sent as strings.
+Frames carry no time, so they are dated when read.
+"""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from telephony import updates as u
+from telephony.providers.istra_session import frame_items, read_count, read_flag, read_text
+from telephony.updates import CallUpdate, FrameRejected
+
+# Whether a ringing event without an ``incoming`` flag is an incoming call.
+RING_EVENTS = {"callAlerting": True, "callRinging": False}
+EVENT_STATES = {"callTalking": u.TALKING, "callHeld": u.HELD, "callDropped": u.ENDED}
+
+DROP_CAUSES = {
+    "rejected": u.END_REJECTED,
+    "transferred": u.END_TRANSFERRED,
+    "busy": u.END_BUSY,
+    "noAnswer": u.END_NO_ANSWER,
+    "unavailable": u.END_UNAVAILABLE,
+    "error": u.END_FAILED,
+}
+
+CALL_TYPES = {"internal": True, "external": False}
+
+
+def parse_mycrm_frame(text: str, account_id: int, terminal_pbx_id: str | None) -> list[CallUpdate]:
+    """Every call event of one frame; ``FrameRejected`` for anything malformed."""
+    now = timezone.now()
+    return [_event_update(item, account_id, terminal_pbx_id, now) for item in frame_items(text)]
+
+
+def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now) -> CallUpdate:
+    event = read_text(item, "event")
+    if event not in RING_EVENTS and event not in EVENT_STATES:
+        raise FrameRejected(f"unknown myCrm event {event!r}")
+    call_id = read_text(item, "callId")
+    if call_id is None:
+        raise FrameRejected(f"{event} without a callId")
+    incoming = read_flag(item, "incoming")
+    if event in RING_EVENTS:
+        incoming = RING_EVENTS[event] if incoming is None else incoming
+        state = u.RINGING if incoming else u.DIALING
+    else:
+        state = EVENT_STATES[event]
+    number_e164 = read_text(item, "displayNumberE164")
+    talking_ms = read_count(item, "talkingTime")
+    return CallUpdate(
+        account_id=account_id,
+        pbx_call_id=call_id,
+        state=state,
+        kind=event,
+        payload=item,
+        occurred_at=now,
+        terminal_pbx_id=terminal_pbx_id,
+        direction=None if incoming is None else (u.INBOUND if incoming else u.OUTBOUND),
+        is_internal=_is_internal(item),
+        remote_number=read_text(item, "displayNumber"),
+        # Istra fills displayNumberE164 with the short extension for internal calls.
+        remote_number_e164=number_e164 if number_e164 and number_e164.startswith("+") else None,
+        remote_label=read_text(item, "displayLabel"),
+        external_phone=read_text(item, "acdId"),
+        ringing_ms=read_count(item, "ringingTime"),
+        talking_ms=talking_ms,
+        end_cause=_end_cause(item, incoming, talking_ms) if state == u.ENDED else None,
+    )
+
+
+def _is_internal(item: dict) -> bool | None:
+    # An undocumented type must not cost us the event (a lost callDropped leaves a call ringing).
+    return CALL_TYPES.get(read_text(item, "type"))
+
+
+def _end_cause(item: dict, incoming: bool | None, talking_ms: int | None) -> str | None:
+    """Why the call ended; None leaves it to the domain (which knows if it was answered)."""
+    cause = read_text(item, "dropCause")
+    if cause in DROP_CAUSES:
+        return DROP_CAUSES[cause]
+    if cause != "disconnect" or talking_ms is None:
+        return None  # an undocumented cause still ends the call
+    if talking_ms > 0:
+        return u.END_HANGUP
+    # Hung up before anyone answered: the caller gave up (a missed call for us),
+    # or we gave up on our own outgoing call.
+    if incoming is None:
+        return None
+    return u.END_NO_ANSWER if incoming else u.END_CANCELLED

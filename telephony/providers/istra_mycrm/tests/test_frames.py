@@ -1,0 +1,164 @@
+"""myCrm call events into CallUpdates: the doc's examples and the cases around them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from telephony import updates as u
+from telephony.domain import apply_call_update
+from telephony.models import Call
+from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
+from telephony.updates import FrameRejected
+from tests.factories import make_account, make_terminal
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TERMINAL = "5985841581756135023"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / f"{name}.json").read_text()
+
+
+def frame(**item) -> str:
+    return json.dumps({"listenerName": "ctihub-1", "item": [{"callId": "-428", **item}]})
+
+
+def parse_one(text: str):
+    (update,) = parse_mycrm_frame(text, 7, TERMINAL)
+    return update
+
+
+# --- the doc's examples ------------------------------------------------------------------------
+
+def test_it_reads_the_docs_callringing_example_as_an_incoming_internal_call_ringing():
+    update = parse_one(fixture("event_call_ringing"))
+    assert (update.account_id, update.pbx_call_id, update.terminal_pbx_id) == (7, "-428", TERMINAL)
+    assert (update.state, update.direction, update.is_internal) == (u.RINGING, u.INBOUND, True)
+    assert (update.remote_number, update.remote_label, update.external_phone) == ("104", "ACD-171-S-0", "0900000171")
+    assert update.remote_number_e164 is None  # "104" is an extension, not E.164
+    assert update.kind == "callRinging"
+    assert update.payload["acdId"] == "0900000171"
+
+
+def test_it_reads_the_docs_calltalking_example():
+    update = parse_one(fixture("event_call_talking"))
+    assert (update.state, update.direction) == (u.TALKING, u.INBOUND)
+    assert update.payload["talkCause"] == "transferred"
+
+
+def test_it_reads_the_docs_calldropped_example_with_its_string_durations():
+    update = parse_one(fixture("event_call_dropped"))
+    assert update.state == u.ENDED
+    assert (update.ringing_ms, update.talking_ms) == (262, 81)
+    assert update.end_cause == u.END_TRANSFERRED
+
+
+# --- each event ----------------------------------------------------------------------------------
+
+def test_it_reads_callalerting_as_our_phone_ringing_for_an_incoming_call():
+    update = parse_one(frame(event="callAlerting", type="external", displayNumber="0612345678",
+                             displayNumberE164="+33612345678", displayLabel="Dupont"))
+    assert (update.state, update.direction, update.is_internal) == (u.RINGING, u.INBOUND, False)
+    assert (update.remote_number, update.remote_number_e164) == ("0612345678", "+33612345678")
+
+
+def test_it_reads_callringing_of_a_call_we_dialled_as_dialing():
+    update = parse_one(frame(event="callRinging", incoming=False, type="external", displayNumber="555"))
+    assert (update.state, update.direction) == (u.DIALING, u.OUTBOUND)
+
+
+def test_it_trusts_the_incoming_flag_over_the_event_name():
+    assert parse_one(frame(event="callAlerting", incoming=False)).state == u.DIALING
+    assert parse_one(frame(event="callRinging")).state == u.DIALING
+
+
+def test_it_reads_callheld_which_carries_only_the_call_id():
+    update = parse_one(frame(event="callHeld"))
+    assert (update.state, update.direction, update.remote_number) == (u.HELD, None, None)
+
+
+@pytest.mark.parametrize(("drop_cause", "end_cause"), [
+    ("rejected", u.END_REJECTED),
+    ("transferred", u.END_TRANSFERRED),
+    ("busy", u.END_BUSY),
+    ("noAnswer", u.END_NO_ANSWER),
+    ("unavailable", u.END_UNAVAILABLE),
+    ("error", u.END_FAILED),
+])
+def test_it_maps_each_drop_cause(drop_cause, end_cause):
+    update = parse_one(frame(event="callDropped", incoming=True, dropCause=drop_cause, ringingTime="5000",
+                             talkingTime="0"))
+    assert update.end_cause == end_cause
+
+
+@pytest.mark.parametrize(("incoming", "talking_time", "end_cause"), [
+    (True, "81", u.END_HANGUP),
+    (False, "81", u.END_HANGUP),
+    (True, "0", u.END_NO_ANSWER),  # the caller gave up: a missed call
+    (False, "0", u.END_CANCELLED),  # we gave up on our own call
+])
+def test_it_tells_a_hangup_from_a_missed_or_cancelled_call_on_disconnect(incoming, talking_time, end_cause):
+    update = parse_one(frame(event="callDropped", incoming=incoming, dropCause="disconnect",
+                             ringingTime="3000", talkingTime=talking_time))
+    assert update.end_cause == end_cause
+
+
+def test_it_leaves_an_undocumented_drop_cause_to_the_domain_but_still_ends_the_call():
+    update = parse_one(frame(event="callDropped", dropCause="somethingNew"))
+    assert (update.state, update.end_cause) == (u.ENDED, None)
+
+
+def test_it_only_trusts_an_e164_number_that_starts_with_plus():
+    assert parse_one(frame(event="callAlerting", displayNumberE164="0612345678")).remote_number_e164 is None
+
+
+def test_it_reads_every_item_of_a_frame():
+    text = json.dumps({"listenerName": "x", "item": [
+        {"callId": "1", "event": "callHeld"}, {"callId": "2", "event": "callTalking", "incoming": False},
+    ]})
+    assert [(x.pbx_call_id, x.state) for x in parse_mycrm_frame(text, 7, TERMINAL)] == [("1", u.HELD), ("2", u.TALKING)]
+
+
+def test_it_keeps_a_64_bit_call_id_exact_even_when_sent_as_a_number():
+    text = '{"listenerName": "x", "item": [{"callId": 5985841581756135023, "event": "callHeld"}]}'
+    assert parse_one(text).pbx_call_id == "5985841581756135023"
+
+
+# --- malformed input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "not json",
+    "",
+    "[1, 2]",
+    '{"listenerName": "x"}',
+    '{"listenerName": "x", "item": ["callHeld"]}',
+    frame(event="callExploded"),
+    frame(event=None),
+    json.dumps({"item": [{"event": "callHeld"}]}),  # no callId
+    json.dumps({"item": [{"event": "callHeld", "callId": ""}]}),
+    frame(event="callRinging", incoming="maybe"),
+    frame(event="callDropped", ringingTime="fast"),
+    frame(event="callDropped", talkingTime="-5"),
+    frame(event="callTalking", displayNumber=["104"]),
+])
+def test_it_rejects_a_malformed_frame_with_framerejected_only(text):
+    with pytest.raises(FrameRejected):
+        parse_mycrm_frame(text, 7, TERMINAL)
+
+
+# --- what the domain makes of them -------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_it_gives_the_domain_the_docs_call_from_ringing_to_dropped():
+    account = make_account()
+    make_terminal(account, pbx_id=TERMINAL)
+    for name in ("event_call_ringing", "event_call_talking", "event_call_dropped"):
+        for update in parse_mycrm_frame(fixture(name), account.pk, TERMINAL):
+            apply_call_update(update)
+    call = Call.objects.get(account=account, pbx_call_id="-428")
+    assert (call.state, call.direction, call.is_internal, call.end_cause) == (
+        Call.State.ENDED, Call.Direction.INBOUND, True, u.END_TRANSFERRED)
+    assert (call.ringing_ms, call.talking_ms, call.terminal.pbx_id) == (262, 81, TERMINAL)

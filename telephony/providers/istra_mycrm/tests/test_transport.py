@@ -1,0 +1,237 @@
+"""MyCrmProvider against the real simulator: REST calls, the listener flow, and a whole call's events."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+
+from ctihub.http_client import HttpClient
+from telephony import updates as u
+from telephony.models import PbxAccount
+from telephony.providers import provider_for
+from telephony.providers.base import NotSupported, ProviderError
+from telephony.providers.istra_mycrm.transport import MyCrmProvider, listener_payload
+from tests.factories import make_account, make_call
+
+pytestmark = pytest.mark.django_db
+
+TERMINAL = "5985841581756135023"  # the doc's id: above 2**53, so it must stay a string
+DESK = "5985841581756135024"
+
+
+@pytest.fixture
+def world(sim):
+    world = sim.state.istra
+    world.add_user("chatfield", "0000")
+    world.add_user("nocrm", "pw", mycrm=False)
+    world.add_extension(TERMINAL, "104", label="Chatfield", owner="chatfield")
+    world.add_extension(DESK, "105", owner="chatfield", device_model="Yealink T46S")
+    world.add_extension("7000000000000000001", "106", owner="bob")
+    return world
+
+
+def mycrm_account(sim, login: str = "chatfield", password: str = "0000") -> PbxAccount:
+    return make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url=sim.istra_base, login=login, password=password)
+
+
+@pytest.fixture
+def provider(sim, world):
+    provider = provider_for(mycrm_account(sim))
+    yield provider
+    provider.close()
+
+
+def received(world, since: int = 0) -> list[tuple[str, str, int]]:
+    """(method, path under /restletrouter/, status) of what the simulator received."""
+    return [(e["method"], e["path"].removeprefix("/restletrouter/"), e["status"])
+            for e in world.requests_received(since)]
+
+
+def last_seq(world) -> int:
+    entries = world.requests_received()
+    return entries[-1]["seq"] if entries else 0
+
+
+def read_updates(provider, spec, stream, count: int, timeout: float = 5.0) -> list:
+    updates = []
+    deadline = time.monotonic() + timeout
+    while len(updates) < count and time.monotonic() < deadline:
+        text = stream.recv(0.2)
+        if text is not None:
+            updates.extend(provider.parse_frame(text, spec))
+    return updates
+
+
+def test_it_is_the_registered_mycrm_provider(provider):
+    assert isinstance(provider, MyCrmProvider)
+    assert provider.holds_sockets
+
+
+def test_it_tests_the_connection_by_logging_in_and_counting_terminals(provider, world):
+    assert provider.test_connection() == "2 terminals"
+    assert received(world) == [("POST", "v1/service/Login", 200), ("GET", "v1/crm/GetTerminals", 200)]
+
+
+def test_it_fetches_the_users_terminals_with_exact_ids(provider):
+    terminals = provider.fetch_terminals()
+    assert [(t.pbx_id, t.device_model) for t in terminals] == [
+        (TERMINAL, "SIP generic device"), (DESK, "Yealink T46S"),
+    ]
+
+
+def test_it_says_permanently_that_a_user_without_crm_rights_cannot_use_mycrm(sim, world):
+    with pytest.raises(ProviderError) as refused:
+        provider_for(mycrm_account(sim, "nocrm", "pw")).test_connection()
+    assert (refused.value.permanent, refused.value.code) == (True, "MYCRM_ERR_403")
+
+
+def test_it_places_a_call_with_a_get(provider, world):
+    assert provider.place_call(TERMINAL, "555") == {}
+    (place_call,) = [e for e in world.requests_received() if e["path"].endswith("/PlaceCall")]
+    assert (place_call["method"], place_call["query"]) == ("GET", {"terminalId": TERMINAL, "destination": "555"})
+    assert [line.state for line in world.calls.live_lines(TERMINAL)] == ["prompting"]
+
+
+class SlowPlaceCall(HTTPAdapter):
+    """The real simulator, except that PlaceCall answers too late."""
+
+    attempts = 0
+
+    def send(self, request, **kwargs):
+        if "/PlaceCall" in request.url:
+            self.attempts += 1
+            raise requests.ReadTimeout("no answer in time")
+        return super().send(request, **kwargs)
+
+
+def test_it_never_dials_twice_because_placecall_answered_slowly(sim, world):
+    slow = SlowPlaceCall()
+    provider = MyCrmProvider(mycrm_account(sim), http=HttpClient("test", adapter=slow))
+    with pytest.raises(ProviderError) as failed:
+        provider.place_call(TERMINAL, "555")
+    assert not failed.value.permanent
+    assert slow.attempts == 1
+
+
+def test_it_refuses_permanently_to_place_a_call_from_a_terminal_that_is_not_the_users(provider):
+    with pytest.raises(ProviderError) as refused:
+        provider.place_call("7000000000000000001", "555")
+    assert (refused.value.permanent, refused.value.code, refused.value.status) == (True, "ERR_0", 400)
+
+
+def test_it_reports_a_terminal_out_of_service_as_transient(provider, world):
+    world.update_extension(TERMINAL, out_of_service=True)
+    with pytest.raises(ProviderError) as failed:
+        provider.place_call(TERMINAL, "555")
+    assert (failed.value.permanent, failed.value.code, failed.value.status) == (False, "ERR_100", 512)
+
+
+def test_it_reports_iptc_not_started_as_transient(provider, world):
+    world.set_iptc(False)
+    with pytest.raises(ProviderError) as failed:
+        provider.place_call(TERMINAL, "555")
+    assert (failed.value.permanent, failed.value.code) == (False, "ROUTER_ERR_503")
+
+
+def test_it_renews_an_expired_session_without_failing_the_request(provider, world):
+    provider.fetch_terminals()
+    world.expire_sessions()
+    assert len(provider.fetch_terminals()) == 2
+    assert received(world)[1:] == [
+        ("GET", "v1/crm/GetTerminals", 200),
+        ("GET", "v1/crm/GetTerminals", 401),
+        ("POST", "v1/service/Login", 200),
+        ("GET", "v1/crm/GetTerminals", 200),
+    ]
+    relogin = world.requests_received()[-2]
+    assert "cookie" not in {name.lower() for name in relogin["headers"]}  # not the expired session's cookie
+
+
+def test_it_follows_a_rotated_token(provider, world):
+    provider.fetch_terminals()
+    world.rotate_tokens("myCrm")
+    provider.fetch_terminals()
+    provider.fetch_terminals()
+    assert [status for _, _, status in received(world)] == [200, 200, 200, 200]
+
+
+def test_it_has_no_call_control(provider, world):
+    with pytest.raises(NotSupported):
+        provider.call_action(make_call(provider.account), u.HOLD, {})
+    assert world.requests_received() == []
+
+
+def test_it_wants_one_listener_per_terminal_with_a_unique_name(provider):
+    specs = provider.listener_specs([TERMINAL, DESK])
+    assert [(s.name, s.terminal_pbx_id) for s in specs] == [(f"ctihub-{TERMINAL}", TERMINAL), (f"ctihub-{DESK}", DESK)]
+
+
+def test_it_sends_the_two_line_listener_payload_of_the_doc():
+    payload = listener_payload("CallLines", TERMINAL)
+    assert payload == '{"name":"CallLines"}\n{"terminalId":"5985841581756135023"}'
+    assert len(payload.encode()) == 57  # the doc's Content-Length
+
+
+def test_it_opens_the_socket_creates_and_binds_the_listener_and_reads_a_whole_incoming_call(provider, world):
+    (spec,) = provider.listener_specs([TERMINAL])
+    stream = provider.open_stream(spec)
+    try:
+        entries = world.requests_received()
+        assert [(e["method"], e["path"].removeprefix("/restletrouter/")) for e in entries] == [
+            ("POST", "v1/service/Login"),
+            ("GET", "ws-service/myCrm"),
+            ("POST", "v1/service/EventListener/bean"),
+            ("GET", "v1/crm/CallLine"),
+        ]
+        assert entries[2]["body"] == f'{{"name":"ctihub-{TERMINAL}"}}\n{{"terminalId":"{TERMINAL}"}}'
+        assert entries[3]["query"] == {"listenerName": f"ctihub-{TERMINAL}", "terminalId": TERMINAL}
+
+        line = world.incoming_call(TERMINAL, "0612345678", label="Dupont", e164="+33612345678", acd_id="0900000171")
+        world.answer(line.line_id)
+        world.hold(line.line_id)
+        world.unhold(line.line_id)
+        world.hangup(line.line_id)
+        updates = read_updates(provider, spec, stream, count=5)
+        stream.keepalive()
+    finally:
+        provider.close_stream(spec, stream)
+
+    assert [x.state for x in updates] == [u.RINGING, u.TALKING, u.HELD, u.TALKING, u.ENDED]
+    assert {x.pbx_call_id for x in updates} == {line.line_id}
+    assert {x.terminal_pbx_id for x in updates} == {TERMINAL}
+    ringing, ended = updates[0], updates[-1]
+    assert (ringing.direction, ringing.is_internal, ringing.remote_number_e164, ringing.remote_label,
+            ringing.external_phone) == (u.INBOUND, False, "+33612345678", "Dupont", "0900000171")
+    assert ended.end_cause == u.END_HANGUP
+    assert ended.talking_ms is not None and ended.ringing_ms is not None
+
+
+def test_it_deletes_the_listener_on_close_and_logs_out(provider, world):
+    (spec,) = provider.listener_specs([TERMINAL])
+    stream = provider.open_stream(spec)
+    seq = last_seq(world)
+    provider.close_stream(spec, stream)
+    provider.close()
+    assert received(world, seq) == [
+        ("DELETE", f"v1/service/EventListener/bean/ctihub-{TERMINAL}", 200),
+        ("POST", "v1/service/Logout", 204),
+    ]
+    assert world.sessions.of_app("myCrm") == []
+
+
+def test_it_leaves_nothing_open_when_binding_the_listener_fails(provider, world):
+    world.fail_next(1, status=512, body={"code": "ERR_100", "message": "Terminal out of service"},
+                    path="v1/crm/CallLine")
+    (spec,) = provider.listener_specs([TERMINAL])
+    with pytest.raises(ProviderError):
+        provider.open_stream(spec)
+    assert received(world)[-1] == ("DELETE", f"v1/service/EventListener/bean/ctihub-{TERMINAL}", 200)
+    (session,) = world.sessions.of_app("myCrm")
+    assert session.listeners == {}
+    deadline = time.monotonic() + 2
+    while session.sockets and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not session.sockets

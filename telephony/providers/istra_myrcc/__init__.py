@@ -1,0 +1,1 @@
+"""Centile Istra myRCC (enterprise remote call control): see transport.py."""

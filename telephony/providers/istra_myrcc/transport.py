@@ -1,0 +1,149 @@
+"""Centile Istra myRCC: an enterprise's extensions, their call lines, and call control.
+
+One session per enterprise, logged in as ``<login>|<enterprise>``. One listener
+per account (``CallLines``) receives a full snapshot of every call line that
+changes; binding it (``GET v1/rcc/CallLine?listenerName=CallLines``) answers
+with the lines that exist now, which the stream hands the supervisor as
+``initial_frames`` so a reconnect catches up on calls it missed.
+
+Call control is ``POST v1/rcc/CallLine/<lineId>/<action>``, only for actions the
+line's last snapshot allowed.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from urllib.parse import quote
+
+from telephony import updates as u
+from telephony.providers.base import ActionRefused, EventStream, ListenerSpec, Provider, ProviderError, TerminalInfo
+from telephony.providers.istra_myrcc.frames import (
+    ACTION_NAMES,
+    EXTENSION_URI_PREFIX,
+    LINE_URI_PREFIX,
+    extension_id_from_uri,
+    parse_myrcc_frame,
+)
+from telephony.providers.istra_session import IstraSession, rcc_username
+from telephony.updates import CallUpdate, FrameRejected
+
+APP = "myRCC"
+LISTENER_NAME = "CallLines"
+PAGE_LENGTH = 100
+MAX_PAGES = 1000  # a `next` link that never ends must not loop forever
+
+RCC_ACTIONS = {normalised: rcc for rcc, normalised in ACTION_NAMES.items()}
+
+
+class MyRccProvider(Provider):
+    kind = "istra_myrcc"
+    actions = tuple(RCC_ACTIONS)
+    holds_sockets = True
+
+    @cached_property
+    def session(self) -> IstraSession:
+        return IstraSession(
+            self.account, APP, rcc_username(self.account.login, self.account.enterprise), http=self.http
+        )
+
+    # --- REST -------------------------------------------------------------------------
+    def test_connection(self) -> str:
+        count = len(self.fetch_terminals())
+        return f"{count} extension{'s' if count != 1 else ''} in {self.account.enterprise}"
+
+    def fetch_terminals(self) -> list[TerminalInfo]:
+        """The enterprise's whole extension directory, following ``next`` page after page."""
+        terminals: list[TerminalInfo] = []
+        path, params = "v1/rcc/Extension", {"offset": 0, "length": PAGE_LENGTH}
+        seen_pages = set()
+        while path and path not in seen_pages and len(seen_pages) < MAX_PAGES:
+            seen_pages.add(path)
+            page = self.session.request_json("GET", path, params=params)
+            items = _page_items(page)
+            terminals.extend(_extension(item) for item in items)
+            # `next` carries its own offset and length.
+            path, params = (page.get("next") if items else None), None
+        return terminals
+
+    def place_call(self, terminal_pbx_id: str, destination: str) -> dict:
+        """Dial from the extension; the answer is the new call line (state ``prompting``)."""
+        answer = self.session.request_json(
+            "POST", f"{EXTENSION_URI_PREFIX}{quote(terminal_pbx_id, safe='')}/placeCall",
+            body={"destination": destination},
+        )
+        return answer if isinstance(answer, dict) else {}
+
+    def call_action(self, call, action: str, payload: dict) -> dict:
+        if action not in (call.allowed_actions or ()) or action not in RCC_ACTIONS:
+            allowed = ", ".join(call.allowed_actions or ()) or "nothing"
+            raise ActionRefused(f"{action} is not possible on this call now (the PBX allows: {allowed})")
+        answer = self.session.request_json(
+            "POST", f"{LINE_URI_PREFIX}{quote(call.pbx_call_id, safe='')}/{RCC_ACTIONS[action]}",
+            body=_action_body(action, payload),
+        )
+        return answer if isinstance(answer, dict) else {}
+
+    # --- Sockets ------------------------------------------------------------------------
+    def listener_specs(self, terminal_pbx_ids: list[str]) -> list[ListenerSpec]:
+        return [ListenerSpec(name=LISTENER_NAME)]
+
+    def open_stream(self, spec: ListenerSpec) -> EventStream:
+        stream, current_lines = self.session.open_listener(
+            spec.name, {"name": spec.name}, "v1/rcc/CallLine", {"listenerName": spec.name}
+        )
+        if current_lines.content.strip():
+            stream.initial_frames = (current_lines.text,)
+        return stream
+
+    def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
+        return parse_myrcc_frame(text, self.account.pk)
+
+    def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
+        self.session.close_listener(spec.name, stream)
+
+    def close(self) -> None:
+        if "session" in self.__dict__:
+            self.session.close()
+
+
+def _page_items(page) -> list[dict]:
+    items = page.get("items", page.get("results")) if isinstance(page, dict) else None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ProviderError("Istra myRCC answered the extension list with something that is not a page of extensions")
+    return items
+
+
+def _extension(item: dict) -> TerminalInfo:
+    try:
+        extension_id = extension_id_from_uri(str(item.get("restUri") or ""))
+    except FrameRejected as exc:
+        raise ProviderError(f"Istra myRCC listed an extension without a usable restUri: {exc}") from None
+    return TerminalInfo(
+        pbx_id=extension_id,
+        extension=str(item.get("addressNumber") or ""),
+        label=str(item.get("displayName") or ""),
+        # The doc's own example spells it both ways.
+        department=str(item.get("department") or item.get("Department") or ""),
+        photo_url=str(item.get("urlPhoto") or ""),
+        pstn_numbers=tuple(str(n) for n in item.get("pstnNumbers") or ()),
+    )
+
+
+def _action_body(action: str, payload: dict) -> dict | None:
+    """The JSON the doc's action table asks for, from what the console sends."""
+    if action in (u.MERGE, u.TRANSFER):
+        other_call = payload.get("other_call")
+        if other_call is None:
+            raise ActionRefused(f"{action} needs the other call")
+        return {"line": f"{LINE_URI_PREFIX}{other_call.pbx_call_id}"}
+    if action in (u.REDIRECT, u.ADD_PARTY):
+        destination = str(payload.get("destination") or "").strip()
+        if not destination:
+            raise ActionRefused(f"{action} needs a destination number")
+        return {"destination": destination}
+    if action == u.SEND_DTMF:
+        digits = str(payload.get("digits") or "").strip()
+        if not digits:
+            raise ActionRefused("send_dtmf needs digits")
+        return {"dtmfs": digits}
+    return None

@@ -1,0 +1,479 @@
+"""A logged-in session on a Centile Istra server, shared by myCrm, myRCC and myIstra.
+
+All three APIs log in the same way (``POST v1/service/Login`` with Basic auth and
+``X-Application: <app>``) and then want, on every request, the session cookie
+``<app>_SESSIONID`` and ``X-Application: <app>;<token>``. This module keeps that
+state, renews it when Istra forgets the session, and turns Istra's error
+answers into ``ProviderError`` messages an admin can act on.
+
+Decisions the documents leave open (see /work/shared/specs/README.md):
+
+* The token is re-read from every response, not only from the login, because
+  myIstra warns it may rotate.
+* The cookie is sent as an explicit ``Cookie`` header instead of through the
+  ``requests`` cookie jar, so it survives a myRCC redirect to another host (the
+  jar would only send it back to the host that set it).
+* A 401 (or 403 ROUTER_ERR_400) on an established session means the session
+  expired: log in again and retry the request once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from http.cookiejar import DefaultCookiePolicy
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import certifi
+import requests
+
+from ctihub.http_client import HttpClient, HttpError
+from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream
+from telephony.updates import FrameRejected
+
+logger = logging.getLogger(__name__)
+
+LOGIN_PATH = "v1/service/Login"
+LOGOUT_PATH = "v1/service/Logout"
+LISTENER_PATH = "v1/service/EventListener/bean"
+
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+def enduser_username(login: str) -> str:
+    """myCrm and myIstra log in as an end user."""
+    return f"ENDUSER:{login}"
+
+
+def rcc_username(login: str, enterprise: str) -> str:
+    """myRCC logs in as an RCC administrator of one enterprise ("login|name enterprise")."""
+    return f"{login}|{enterprise}"
+
+
+class IstraSession:
+    """One Istra session for one account and one application (``myCrm``, ``myRCC``, ``myIstra``).
+
+    Safe to share between threads: logging in is serialised, and a thread that
+    finds the session expired only logs in again if nobody did it meanwhile.
+    """
+
+    def __init__(self, account, app: str, username: str, http: HttpClient | None = None):
+        self.account = account
+        self.app = app
+        self.username = username
+        self.base_url = account.base_url.rstrip("/") + "/"
+        self.http = http or HttpClient(f"istra.{app}", verify=trust_store(account.ca_bundle))
+        _ignore_cookie_jar(self.http)
+        self._http_without_retries: HttpClient | None = None
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._session_id: str | None = None
+
+    # --- state ----------------------------------------------------------------------
+    @property
+    def logged_in(self) -> bool:
+        return self._token is not None
+
+    @property
+    def cookie_name(self) -> str:
+        return f"{self.app}_SESSIONID"
+
+    def cookie_header(self) -> str:
+        return f"{self.cookie_name}={self._session_id}"
+
+    # --- login and logout ---------------------------------------------------------------
+    def login(self) -> None:
+        """Open a new session (replacing the current one, if any)."""
+        with self._lock:
+            self._login_locked()
+
+    def ensure_logged_in(self) -> None:
+        with self._lock:
+            if self._token is None:
+                self._login_locked()
+
+    def logout(self) -> None:
+        """Close the session at the PBX; best effort, since the session may already be gone."""
+        if not self.logged_in:
+            return
+        try:
+            self.request("POST", LOGOUT_PATH, relogin=False)
+        except ProviderError as exc:
+            logger.info("%s logout failed (%s); forgetting the session anyway", self.app, exc)
+        finally:
+            self._token = self._session_id = None
+
+    def close(self) -> None:
+        self.logout()
+        self.http.close()
+        if self._http_without_retries is not None:
+            self._http_without_retries.close()
+
+    def _login_locked(self) -> None:
+        headers = {
+            **JSON_HEADERS,
+            "X-Application": self.app,
+            "Authorization": _basic_authorization(self.username, self.account.password),
+        }
+        response = self._send(self.http, "POST", LOGIN_PATH, headers=headers)
+        if response.status_code >= 400:
+            raise error_from_response(response, self.app, f"login as {self.username!r}", during_login=True)
+        token = _token_from(response, self.app)
+        session_id = _session_id_from(response, self.cookie_name)
+        if not token or not session_id:
+            raise ProviderError(
+                f"Istra {self.app} accepted the login of {self.username!r} but sent no "
+                f"{'token (X-Application header)' if not token else self.cookie_name + ' cookie'}",
+                status=response.status_code,
+            )
+        self._token, self._session_id = token, session_id
+        logger.info("%s logged in to %s as %s", self.app, urlsplit(self.base_url).netloc, self.username)
+
+    def _login_again(self, stale_token: str | None) -> None:
+        with self._lock:
+            if self._token == stale_token:  # nobody renewed it while we waited for the lock
+                self._login_locked()
+
+    # --- requests -------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: dict | str | None = None,
+        relogin: bool = True,
+        retry_on_timeout: bool = True,
+    ) -> requests.Response:
+        """Send on the session and return a 2xx answer, or raise ``ProviderError``.
+
+        ``relogin=False`` turns an expired session into ``SessionExpired`` instead
+        of a new login: a listener must stay on the session its websocket has.
+        ``retry_on_timeout=False`` is for GETs that act (myCrm PlaceCall), which
+        must not be sent twice because an answer was slow.
+        """
+        self.ensure_logged_in()
+        token_used = self._token
+        response = self._send_on_session(method, path, params, body, retry_on_timeout)
+        if _session_lost(response):
+            if not relogin:
+                raise error_from_response(response, self.app, f"{method} {path}")
+            logger.info("%s session expired (HTTP %s); logging in again", self.app, response.status_code)
+            self._login_again(token_used)
+            response = self._send_on_session(method, path, params, body, retry_on_timeout)
+        if response.status_code >= 400:
+            raise error_from_response(response, self.app, f"{method} {path}")
+        return response
+
+    def request_json(self, method: str, path: str, **kwargs):
+        """``request`` and the answer's JSON (None for an empty answer such as 204)."""
+        response = self.request(method, path, **kwargs)
+        if not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ProviderError(
+                f"Istra {self.app} answered {method} {path} with something that is not JSON",
+                status=response.status_code,
+            ) from None
+
+    def url(self, path: str) -> str:
+        """``path`` relative to base_url (as Istra's restUri and next links are), or absolute."""
+        return urljoin(self.base_url, path)
+
+    def _send_on_session(self, method, path, params, body, retry_on_timeout) -> requests.Response:
+        session_id = self._session_id
+        headers = {**JSON_HEADERS, "X-Application": f"{self.app};{self._token}", "Cookie": self.cookie_header()}
+        http = self.http if retry_on_timeout or method.upper() != "GET" else self._http_once()
+        response = self._send(http, method, path, headers=headers, params=params, body=body)
+        self._remember_rotated_credentials(response, session_id)
+        return response
+
+    def _send(self, http: HttpClient, method: str, path: str, *, headers: dict, params=None, body=None):
+        data = json.dumps(body) if isinstance(body, dict) else body
+        try:
+            return http.request(
+                method, self.url(path), headers=headers, params=params,
+                data=data.encode("utf-8") if data is not None else None,
+            )
+        except HttpError as exc:
+            raise ProviderError(f"cannot reach the Istra server: {exc}") from exc
+
+    def _remember_rotated_credentials(self, response: requests.Response, session_id_sent: str | None) -> None:
+        # Only an answer on the current session may rotate it: a slow answer from a
+        # session replaced meanwhile must not bring back its stale token.
+        if session_id_sent != self._session_id:
+            return
+        token = _token_from(response, self.app)
+        session_id = _session_id_from(response, self.cookie_name)
+        if token and token != self._token:
+            logger.info("%s rotated its session token", self.app)
+            self._token = token
+        if session_id:
+            self._session_id = session_id
+
+    def _http_once(self) -> HttpClient:
+        """The same transport without the retry HttpClient gives every GET."""
+        if self._http_without_retries is None:
+            connect_timeout, read_timeout = self.http.timeout
+            self._http_without_retries = HttpClient(
+                f"{self.http.name}.once", connect_timeout=connect_timeout, read_timeout=read_timeout,
+                verify=self.http.session.verify, get_retries=0, adapter=self.http.adapter,
+            )
+            _ignore_cookie_jar(self._http_without_retries)
+        return self._http_without_retries
+
+    # --- event listeners and the websocket ----------------------------------------------------
+    def ws_url(self, app: str | None = None) -> str:
+        """The account's override, else ws(s)://HOST/restletrouter/ws-service/<app>."""
+        if self.account.ws_url:
+            return self.account.ws_url
+        parts = urlsplit(self.account.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, f"{parts.path.rstrip('/')}/ws-service/{app or self.app}", "", ""))
+
+    def ws_headers(self) -> list[str]:
+        return [f"Cookie: {self.cookie_header()}", f"X-Application: {self.app};{self._token}"]
+
+    def ws_sslopt(self) -> dict:
+        verify = self.http.session.verify
+        return {"ca_certs": verify} if isinstance(verify, str) else {}
+
+    def open_websocket(self) -> WebSocketStream:
+        """The websocket of the current login (Istra ties it to the session cookie)."""
+        self.ensure_logged_in()
+        return WebSocketStream.connect(
+            self.ws_url(), headers=self.ws_headers(), timeout=self.http.timeout[1], sslopt=self.ws_sslopt(),
+        )
+
+    def open_listener(
+        self, name: str, listener_body: dict | str, bind_path: str, bind_params: dict
+    ) -> tuple[WebSocketStream, requests.Response]:
+        """Log in afresh, open the websocket, create listener ``name`` and bind it with a GET.
+
+        Returns the socket and the bind answer (myRCC's lists the current call
+        lines). Nothing here logs in again: the listener must be bound from the
+        session the websocket belongs to, so an expired session is an error the
+        caller retries from the start. On failure nothing is left open.
+        """
+        self.login()
+        stream = self.open_websocket()
+        listener_created = False
+        try:
+            self.request("POST", LISTENER_PATH, body=listener_body, relogin=False)
+            listener_created = True
+            answer = self.request("GET", bind_path, params=bind_params, relogin=False)
+        except BaseException:
+            if listener_created:
+                self.delete_listener(name)
+            stream.close()
+            raise
+        return stream, answer
+
+    def close_listener(self, name: str, stream: EventStream | None) -> None:
+        """Delete the listener (best effort: it dies with its session anyway) and close the socket."""
+        if stream is None:
+            return
+        try:
+            self.delete_listener(name)
+        finally:
+            stream.close()
+
+    def delete_listener(self, name: str) -> None:
+        try:
+            self.request("DELETE", f"{LISTENER_PATH}/{name}", relogin=False)
+        except ProviderError as exc:
+            logger.info("%s could not delete listener %s: %s", self.app, name, exc)
+
+
+# --- Istra's answers --------------------------------------------------------------------------
+
+def _basic_authorization(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+
+
+def _token_from(response: requests.Response, app: str) -> str | None:
+    """The token in ``X-Application: <app>;<token>``, if this answer carries one."""
+    for value in response.headers.get("X-Application", "").split(","):
+        name, _, token = value.partition(";")
+        if name.strip().lower() == app.lower() and token.strip():
+            return token.strip()
+    return None
+
+
+def _session_id_from(response: requests.Response, cookie_name: str) -> str | None:
+    pattern = re.compile(rf"(?:^|[;,]\s*){re.escape(cookie_name)}=([^;,\s]+)", re.IGNORECASE)
+    for header in _set_cookie_headers(response):
+        match = pattern.search(header)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _set_cookie_headers(response: requests.Response) -> list[str]:
+    # requests joins repeated Set-Cookie headers with commas, which Expires dates
+    # also contain; urllib3 still has them one by one.
+    raw_headers = getattr(response.raw, "headers", None)
+    if raw_headers is not None and hasattr(raw_headers, "getlist"):
+        return raw_headers.getlist("Set-Cookie")
+    value = response.headers.get("Set-Cookie")
+    return [value] if value else []
+
+
+def _error_fields(response: requests.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text.strip()[:200]
+    if not isinstance(body, dict):
+        return "", ""
+    return str(body.get("code") or ""), str(body.get("message") or body.get("firstMessage") or "")
+
+
+def _session_lost(response: requests.Response) -> bool:
+    """Istra forgot (or refuses) our session, as opposed to refusing the user."""
+    if response.status_code == 401:
+        return _error_fields(response)[0] != "MYCRM_ERR_403"
+    if response.status_code == 403:
+        return _error_fields(response)[0] == "ROUTER_ERR_400"
+    return False
+
+
+def error_from_response(
+    response: requests.Response, app: str, what: str, *, during_login: bool = False
+) -> ProviderError:
+    """Istra's error answer, said for an admin, with ``permanent`` set when retrying cannot help."""
+    status = response.status_code
+    code, message = _error_fields(response)
+    said = f" ({code}: {message})" if code else (f" ({message})" if message else "")
+    fields = {"code": code, "status": status}
+    if status == 401 and code == "MYCRM_ERR_403":
+        return ProviderError(
+            f"Istra refused {what}: the user's extension is not allowed to use myCrm{said}. "
+            "Enable the CRM rights for this user in Istra's web administration.",
+            permanent=True, **fields,
+        )
+    if status == 401 and during_login:
+        credentials = "login, password and enterprise" if app == "myRCC" else "login and password"
+        return ProviderError(f"Istra {app} refused {what}{said}: check the {credentials}", permanent=True, **fields)
+    if status == 401:
+        return SessionExpired(f"Istra {app} session expired during {what}{said}", **fields)
+    if status == 403 and code == "ROUTER_ERR_400":
+        return SessionExpired(
+            f"Istra {app} says the session cookie does not match the authorisation sent, during {what}{said}",
+            **fields,
+        )
+    if status == 400 and code == "ERR_0":
+        return ProviderError(f"Istra {app} refused {what} as a bad request{said}", permanent=True, **fields)
+    if status == 512:
+        return ProviderError(f"Istra {app}: the terminal is out of service, during {what}{said}", **fields)
+    if status == 503 and code == "ROUTER_ERR_503":
+        return ProviderError(
+            f"Istra {app}: the telephony core (IPTC) is not started, during {what}{said}", **fields
+        )
+    if status >= 500 or status in (408, 429):
+        return ProviderError(f"Istra {app} failed {what}: HTTP {status}{said}", **fields)
+    return ProviderError(f"Istra {app} refused {what}: HTTP {status}{said}", permanent=True, **fields)
+
+
+# --- TLS ------------------------------------------------------------------------------------------
+
+_trust_files: dict[str, str] = {}
+_trust_files_lock = threading.Lock()
+
+
+def trust_store(ca_bundle: str) -> bool | str:
+    """What to verify the PBX's certificate against: the system CAs plus the account's PEM.
+
+    Verification is never turned off. A bundle becomes one file per distinct
+    content, written once per process, so reconnecting does not pile up files.
+    """
+    pem = (ca_bundle or "").strip()
+    if not pem:
+        return True
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ProviderError("the account's trusted CA bundle is not PEM text (-----BEGIN CERTIFICATE-----)",
+                            permanent=True)
+    digest = hashlib.sha256(pem.encode("utf-8")).hexdigest()[:24]
+    with _trust_files_lock:
+        path = _trust_files.get(digest)
+        if path and os.path.exists(path):
+            return path
+        with open(certifi.where(), encoding="utf-8") as system_cas:
+            combined = system_cas.read().rstrip("\n") + "\n" + pem + "\n"
+        path = os.path.join(tempfile.gettempdir(), f"ctihub-ca-{digest}.pem")
+        fd, partial = tempfile.mkstemp(prefix="ctihub-ca-", suffix=".partial")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(combined)
+        os.replace(partial, path)
+        _trust_files[digest] = path
+        return path
+
+
+def _ignore_cookie_jar(http: HttpClient) -> None:
+    # The session cookie travels in our explicit Cookie header only; a jar copy
+    # would be sent alongside it on login (a stale session) and not to a redirect host.
+    http.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+
+
+# --- websocket frames -------------------------------------------------------------------------------
+
+def frame_items(text: str) -> list[dict]:
+    """The items of an Istra event frame ``{"listenerName": .., "item": [..]}``.
+
+    Also reads a ``{"count": .., "results": [..]}`` list (myRCC's GET CallLine),
+    which carries the same items. Numbers stay strings, so a 64-bit id never
+    passes through a float.
+    """
+    try:
+        data = json.loads(text, parse_int=str, parse_float=str)
+    except (TypeError, ValueError) as exc:
+        raise FrameRejected(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise FrameRejected("an Istra frame is a JSON object")
+    items = data.get("item", data.get("results"))
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list):
+        raise FrameRejected("an Istra frame has an item list")
+    if not all(isinstance(item, dict) for item in items):
+        raise FrameRejected("every item of an Istra frame is an object")
+    return items
+
+
+def read_text(item: dict, key: str) -> str | None:
+    """A string field; None when absent or empty (Istra sends "" for "nothing to show")."""
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise FrameRejected(f"{key} is not text: {value!r}")
+    return value
+
+
+def read_flag(item: dict, key: str) -> bool | None:
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise FrameRejected(f"{key} is not true or false: {value!r}")
+
+
+def read_count(item: dict, key: str) -> int | None:
+    """A non-negative integer the PBX may send as a number or as a string of digits."""
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise FrameRejected(f"{key} is not a whole number: {value!r}")

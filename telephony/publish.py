@@ -1,0 +1,81 @@
+"""Pushing call cards to browsers through the Channels layer.
+
+Domain code runs in plain threads (socket listeners, Celery, Django views). A
+new event loop per publish would also mean a new Redis connection pool per
+publish (channels-redis keys its pools by loop), so one long-lived loop in a
+daemon thread sends everything, in order, from a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+
+from channels.layers import get_channel_layer
+
+from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card
+from telephony.models import Call
+
+logger = logging.getLogger(__name__)
+
+
+class _Publisher:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid: int | None = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        import os
+
+        with self._lock:
+            # After a fork (Celery prefork) the parent's thread is gone: start our own.
+            if self._loop is None or self._pid != os.getpid():
+                ready = threading.Event()
+                loop = asyncio.new_event_loop()
+
+                def run():
+                    asyncio.set_event_loop(loop)
+                    ready.set()
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="channels-publisher", daemon=True).start()
+                ready.wait()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def send(self, groups: list[str], message: dict) -> Future:
+        return asyncio.run_coroutine_threadsafe(self._send(groups, message), self._ensure_loop())
+
+    async def _send(self, groups: list[str], message: dict) -> None:
+        layer = get_channel_layer()
+        for group in groups:
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # a card not pushed is re-sent by the next snapshot; never crash the caller
+                logger.exception("could not publish to %s", group)
+
+
+publisher = _Publisher()
+
+
+def groups_for(call: Call) -> list[str]:
+    groups = [SUPERVISORS_GROUP]
+    if call.agent_id:
+        groups.append(agent_group(call.agent_id))
+    return groups
+
+
+def publish_call(call_id: int, wait: bool = False) -> None:
+    call = Call.objects.filter(pk=call_id).first()
+    if call is None:
+        return
+    future = publisher.send(groups_for(call), {"type": "call.card", "card": call_card(call)})
+    if wait:
+        future.result(timeout=5)
+
+
+def publish_to_groups(groups: list[str], message: dict) -> Future:
+    return publisher.send(groups, message)

@@ -1,0 +1,177 @@
+"""The console websocket: who may connect, what they see, and what they may do."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from accounts.models import Agent
+from ctihub.asgi import application
+from telephony import updates as u
+from telephony.domain import apply_call_update
+from tests.factories import make_account, make_agent, make_terminal
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+
+def headers_for(user=None, origin=ORIGIN) -> list:
+    """Built before entering the event loop: logging in is synchronous ORM work."""
+    headers = [origin] if origin else []
+    if user is not None:
+        headers.append((b"cookie", session_cookie(user)))
+    return headers
+
+
+def communicator(headers):
+    return WebsocketCommunicator(application, "/ws/console/", headers=headers)
+
+
+async def open_console(comm):
+    connected, _ = await comm.connect()
+    assert connected
+    return await comm.receive_json_from(timeout=5)
+
+
+async def receive_type(comm, kind, timeout=5):
+    while True:
+        message = await comm.receive_json_from(timeout=timeout)
+        if message["type"] == kind:
+            return message
+
+
+def ring(account, terminal_pbx_id, call_id, at=0):
+    try:
+        return _ring(account, terminal_pbx_id, call_id, at)
+    finally:
+        connection.close()  # it may run in an executor thread whose connection would linger
+
+
+def _ring(account, terminal_pbx_id, call_id, at=0):
+    return apply_call_update(u.CallUpdate(
+        account_id=account.pk, pbx_call_id=call_id, state=u.RINGING, kind="callAlerting", payload={},
+        occurred_at=timezone.now() + timedelta(seconds=at), terminal_pbx_id=terminal_pbx_id,
+        direction=u.INBOUND, remote_number="+33412345670", remote_label="Alice",
+    )).call
+
+
+async def closed_with(comm):
+    connected, _ = await comm.connect()
+    assert connected  # accepted, so that the close code reaches the page
+    return (await comm.receive_output(timeout=5))["code"]
+
+
+def test_it_refuses_an_unauthenticated_connection_with_a_code_the_page_explains():
+    assert asyncio.run(closed_with(communicator(headers_for()))) == 4401
+
+
+def test_it_refuses_a_foreign_origin():
+    user = make_agent().user
+    assert asyncio.run(closed_with(communicator(headers_for(user, origin=(b"origin", b"https://evil.example"))))) == 4403
+    assert asyncio.run(closed_with(communicator(headers_for(user, origin=None)))) == 4403
+
+
+def test_it_refuses_a_user_who_is_neither_agent_nor_supervisor():
+    user = get_user_model().objects.create_user("nobody", password="x-123-456")
+    assert asyncio.run(closed_with(communicator(headers_for(user)))) == 4400
+
+
+def test_it_sends_a_snapshot_of_my_calls_then_live_updates():
+    account = make_account()
+    me, other = make_agent(), make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    make_terminal(account, pbx_id="t-other", agent=other)
+    mine = ring(account, "t-me", "-1")
+    ring(account, "t-other", "-2")
+    headers = headers_for(me.user)
+
+    async def scenario():
+        comm = communicator(headers)
+        snapshot = await open_console(comm)
+        assert [c["id"] for c in snapshot["calls"]] == [mine.pk]
+        assert snapshot["me"]["id"] == me.pk
+        await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-me", "-3"))
+        card = (await receive_type(comm, "card"))["card"]
+        assert (card["state"], card["remote_number_display"], card["agent"]) == ("ringing", "+33 4 12 34 56 70", me.pk)
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+
+
+def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():
+    account = make_account()
+    alice, bob = make_agent("alice"), make_agent("bob")
+    boss = make_agent("boss", is_supervisor=True)
+    make_terminal(account, pbx_id="t-alice", agent=alice)
+    make_terminal(account, pbx_id="t-bob", agent=bob)
+    headers = {name: headers_for(agent.user) for name, agent in [("alice", alice), ("bob", bob), ("boss", boss)]}
+
+    async def scenario():
+        comms = {name: communicator(h) for name, h in headers.items()}
+        for comm in comms.values():
+            await open_console(comm)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-alice", "-10"))
+        assert (await receive_type(comms["alice"], "card"))["card"]["agent"] == alice.pk
+        assert (await receive_type(comms["boss"], "card"))["card"]["agent"] == alice.pk
+        assert await comms["bob"].receive_nothing(timeout=1)
+        for comm in comms.values():
+            await comm.disconnect()
+
+    asyncio.run(scenario())
+
+
+def test_it_refuses_a_forged_subscription_and_actions_on_someone_elses_call():
+    account = make_account()
+    alice, bob = make_agent("alice"), make_agent("bob")
+    make_terminal(account, pbx_id="t-alice", agent=alice)
+    make_terminal(account, pbx_id="t-bob", agent=bob)
+    headers = headers_for(bob.user)
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        await comm.send_json_to({"id": 1, "action": "subscribe", "group": f"agent-{alice.pk}"})
+        refused = await receive_type(comm, "result")
+        assert (refused["ok"], refused["error"]) == (False, "unknown request 'subscribe'")
+        alice_call = await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-alice", "-20"))
+        assert await comm.receive_nothing(timeout=1)
+        await comm.send_json_to({"id": 2, "action": "call_action", "call": alice_call.pk, "name": "hangup"})
+        result = await receive_type(comm, "result")
+        assert (result["id"], result["ok"], result["error"]) == (2, False, "this call is not yours")
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+
+
+def test_it_sets_my_status_and_tells_my_other_tabs_and_supervisors():
+    me = make_agent()
+    boss = make_agent("boss2", is_supervisor=True)
+    mine, theirs = headers_for(me.user), headers_for(boss.user)
+
+    async def scenario():
+        tab1, tab2, wall = communicator(mine), communicator(mine), communicator(theirs)
+        for comm in (tab1, tab2, wall):
+            await open_console(comm)
+        await tab1.send_json_to({"id": 7, "action": "set_status", "status": "dinner"})
+        assert (await receive_type(tab1, "result"))["ok"] is True
+        assert (await receive_type(tab2, "agent_status"))["status"] == "dinner"
+        assert (await receive_type(wall, "agent_status"))["agent"] == me.pk
+        await tab1.send_json_to({"id": 8, "action": "set_status", "status": "asleep"})
+        assert (await receive_type(tab1, "result"))["ok"] is False
+        for comm in (tab1, tab2, wall):
+            await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert Agent.objects.get(pk=me.pk).status == "dinner"

@@ -1,0 +1,177 @@
+"""apply_call_update: one path for every call event, idempotent and order-safe."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from telephony import updates as u
+from telephony.domain import apply_call_update
+from telephony.models import Call, CallEvent
+from tests.factories import make_account, make_agent, make_terminal
+
+T0 = timezone.now().replace(microsecond=0)
+
+
+def update(account, state, kind, at=0, **fields):
+    fields.setdefault("pbx_call_id", "-428")
+    return u.CallUpdate(
+        account_id=account.pk, state=state, kind=kind, payload={"event": kind},
+        occurred_at=T0 + timedelta(seconds=at), **fields,
+    )
+
+
+@pytest.fixture
+def account(db):
+    return make_account(default_region="FR")
+
+
+@pytest.fixture
+def published(monkeypatch):
+    calls = []
+    monkeypatch.setattr("telephony.publish.publish_call", lambda call_id, wait=False: calls.append(call_id))
+    return calls
+
+
+@pytest.mark.django_db
+def test_it_records_a_whole_incoming_call_with_times_and_durations(account, published, django_capture_on_commit_callbacks):
+    agent = make_agent()
+    make_terminal(account, pbx_id="5985841581756135023", agent=agent)
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_update(update(account, u.RINGING, "callAlerting", 0, terminal_pbx_id="5985841581756135023",
+                                 direction=u.INBOUND, remote_number="0412345670", remote_label="Alice"))
+        apply_call_update(update(account, u.TALKING, "callTalking", 5))
+        apply_call_update(update(account, u.HELD, "callHeld", 20))
+        apply_call_update(update(account, u.TALKING, "callTalking", 30))
+        apply_call_update(update(account, u.ENDED, "callDropped", 65, end_cause=u.END_HANGUP))
+    call = Call.objects.get()
+    assert call.agent == agent
+    assert call.remote_number_e164 == "+33412345670"
+    assert call.remote_number_raw == "0412345670"
+    assert (call.state, call.end_cause) == (Call.State.ENDED, u.END_HANGUP)
+    assert call.answered_at == T0 + timedelta(seconds=5)
+    assert call.ended_at == T0 + timedelta(seconds=65)
+    assert (call.ringing_ms, call.talking_ms) == (5000, 60000)
+    assert call.version == 5
+    assert list(call.events.values_list("kind", flat=True)) == [
+        "callAlerting", "callTalking", "callHeld", "callTalking", "callDropped"]
+    assert published == [call.pk] * 5
+
+
+@pytest.mark.django_db
+def test_it_treats_a_replayed_frame_as_a_no_op(account, published, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = apply_call_update(update(account, u.RINGING, "callRinging"))
+        again = apply_call_update(update(account, u.RINGING, "callRinging"))
+    assert first.changed and not again.changed
+    assert CallEvent.objects.count() == 1
+    assert Call.objects.get().version == 1
+    assert len(published) == 1
+
+
+@pytest.mark.django_db
+def test_it_treats_a_frame_with_a_known_frame_id_as_a_duplicate(account):
+    apply_call_update(update(account, u.TALKING, "snapshot", frame_id="1420707629443:talking", allowed_actions=("hold",)))
+    apply_call_update(update(account, u.HELD, "snapshot", frame_id="1420707783052:held", allowed_actions=("resume",)))
+    replay = apply_call_update(update(account, u.TALKING, "snapshot", frame_id="1420707629443:talking",
+                                      allowed_actions=("hold",)))
+    assert not replay.changed
+    assert Call.objects.get().state == Call.State.HELD
+
+
+@pytest.mark.django_db
+def test_it_never_revives_an_ended_call_with_a_late_frame(account):
+    apply_call_update(update(account, u.RINGING, "EARLY", 0, seq=1))
+    apply_call_update(update(account, u.ENDED, "TERMINATED", 3, seq=4, end_cause=u.END_REJECTED))
+    late = apply_call_update(update(account, u.RINGING, "EARLY", 1, seq=2))
+    assert not late.changed
+    call = Call.objects.get()
+    assert (call.state, call.end_cause, call.last_seq) == (Call.State.ENDED, u.END_REJECTED, 4)
+
+
+@pytest.mark.django_db
+def test_it_ignores_an_older_sequence_number(account):
+    apply_call_update(update(account, u.TALKING, "CONFIRMED", 2, seq=3))
+    stale = apply_call_update(update(account, u.RINGING, "EARLY", 1, seq=2))
+    assert not stale.changed
+    assert Call.objects.get().state == Call.State.TALKING
+
+
+@pytest.mark.django_db
+def test_it_marks_an_unanswered_call_as_no_answer(account):
+    apply_call_update(update(account, u.RINGING, "callAlerting", 0))
+    apply_call_update(update(account, u.ENDED, "callDropped", 12))
+    call = Call.objects.get()
+    assert (call.end_cause, call.answered_at, call.ringing_ms, call.talking_ms) == (u.END_NO_ANSWER, None, 12000, 0)
+
+
+@pytest.mark.django_db
+def test_it_takes_durations_from_the_pbx_when_it_gives_them(account):
+    apply_call_update(update(account, u.RINGING, "callAlerting", 0))
+    apply_call_update(update(account, u.ENDED, "callDropped", 1, ringing_ms=262, talking_ms=81))
+    call = Call.objects.get()
+    assert (call.ringing_ms, call.talking_ms) == (262, 81)
+
+
+@pytest.mark.django_db
+def test_it_starts_a_new_call_when_the_pbx_recycles_an_old_call_id(account):
+    apply_call_update(update(account, u.RINGING, "callAlerting", 0))
+    apply_call_update(update(account, u.ENDED, "callDropped", 10))
+    apply_call_update(update(account, u.RINGING, "callAlerting", 3600))
+    assert Call.objects.count() == 2
+    old, new = Call.objects.order_by("created_at")
+    assert old.pbx_call_id == f"-428#{old.pk}" and old.state == Call.State.ENDED
+    assert new.pbx_call_id == "-428" and new.state == Call.State.RINGING
+
+
+@pytest.mark.django_db
+def test_it_publishes_only_after_the_transaction_commits(account, published, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        apply_call_update(update(account, u.RINGING, "callRinging"))
+        assert published == []
+    assert len(callbacks) == 1
+
+
+@pytest.mark.django_db
+def test_it_keeps_an_e164_number_the_pbx_gives_and_leaves_extensions_unconverted(account):
+    apply_call_update(update(account, u.RINGING, "callRinging", remote_number="104", pbx_call_id="a"))
+    apply_call_update(update(account, u.RINGING, "callRinging", remote_number="0033412345670",
+                             remote_number_e164="+33412345670", pbx_call_id="b"))
+    assert Call.objects.get(pbx_call_id="a").remote_number_e164 == ""
+    assert Call.objects.get(pbx_call_id="b").remote_number_e164 == "+33412345670"
+
+
+@pytest.mark.parametrize("frame_id", [None, "f1"])
+@pytest.mark.django_db(transaction=True)
+def test_it_stores_one_call_and_one_event_when_workers_apply_the_same_frame_at_once(published, frame_id):
+    account = make_account()
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def worker():
+        try:
+            barrier.wait()
+            results.append(apply_call_update(update(account, u.RINGING, "callRinging", frame_id=frame_id)).changed)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(results) == [False, False, False, True]
+    assert Call.objects.count() == 1
+    assert CallEvent.objects.count() == 1
+
+
+def test_it_rejects_an_update_without_a_string_call_id():
+    with pytest.raises(u.FrameRejected):
+        u.CallUpdate(account_id=1, pbx_call_id=428, state=u.RINGING, kind="x", payload={}, occurred_at=T0)
+    with pytest.raises(u.FrameRejected):
+        u.CallUpdate(account_id=1, pbx_call_id="1", state="exploded", kind="x", payload={}, occurred_at=T0)

@@ -1,0 +1,155 @@
+"""Starting the real parts (daphne, Celery, the simulator) as subprocesses for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import requests
+from django.conf import settings
+from django.db import connection
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the thing polled is not up yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def http_ok(url: str) -> bool:
+    return requests.get(url, timeout=1).status_code < 500
+
+
+def test_database_url() -> str:
+    """The URL of the database pytest-django created, for subprocesses to share."""
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        raise RuntimeError("end-to-end tests need PostgreSQL: set DATABASE_URL (scripts/test does)")
+    user = db.get("USER") or "postgres"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "SECRET_KEY": settings.SECRET_KEY,
+            "FIELD_ENCRYPTION_KEY": ",".join(settings.FIELD_ENCRYPTION_KEYS),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class ManagedProcess:
+    """A subprocess whose output goes to test-artifacts/<name>.log and that is always stopped."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = REPO):
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.name = name
+        self.log_path = ARTIFACTS / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.alive():
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(sig=signal.SIGKILL, timeout=5)
+
+
+def celery_worker(name: str, env: dict[str, str], *extra: str) -> ManagedProcess:
+    argv = [sys.executable, "-m", "celery", "-A", "ctihub", "worker", "--loglevel", "INFO",
+            "--concurrency", "1", "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", *extra]
+    return ManagedProcess(name, argv, env)
+
+
+def simulator_process(port: int) -> ManagedProcess:
+    return ManagedProcess(f"simulator-{port}", [sys.executable, "-m", "simulator", "--host", "127.0.0.1",
+                                                "--port", str(port)], dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def daphne_process(port: int, env: dict[str, str]) -> ManagedProcess:
+    return ManagedProcess(f"daphne-{port}", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                             "ctihub.asgi:application"], env)
+
+
+class Hub:
+    """A whole hub on real processes: the simulator, daphne, and Celery workers holding sockets."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.sim_port = free_port()
+        self.web_port = free_port()
+        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        self.web_url = f"http://127.0.0.1:{self.web_port}"
+        self.processes: list[ManagedProcess] = []
+        self.workers: list[ManagedProcess] = []
+
+    def start(self, workers: int = 1, web: bool = True) -> "Hub":
+        self.simulator = self._track(simulator_process(self.sim_port))
+        wait_for(lambda: http_ok(f"{self.sim_url}/_sim/health"), 30, what="the simulator")
+        if web:
+            self.web = self._track(daphne_process(self.web_port, self.env))
+            wait_for(lambda: http_ok(f"{self.web_url}/healthz"), 30, what="daphne")
+        for _ in range(workers):
+            self.start_worker()
+        return self
+
+    def start_worker(self) -> ManagedProcess:
+        worker = self._track(celery_worker(f"hub-worker-{len(self.workers)}-{self.sim_port}", self.env))
+        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
+        assert worker.alive(), worker.log()[-3000:]
+        self.workers.append(worker)
+        return worker
+
+    def _track(self, process: ManagedProcess) -> ManagedProcess:
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()

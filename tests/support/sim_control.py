@@ -1,0 +1,45 @@
+"""Driving a simulator process through its control API, as the demo and the e2e tests do."""
+
+from __future__ import annotations
+
+import requests
+
+
+class IstraControl:
+    def __init__(self, sim_url: str):
+        self.base = f"{sim_url}/_sim/istra"
+
+    def _call(self, method: str, path: str, **body):
+        response = requests.request(method, f"{self.base}{path}", json=body or None, timeout=10)
+        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    def add_user(self, login, password, **fields):
+        return self._call("POST", "/users", login=login, password=password, **fields)
+
+    def add_extension(self, ext_id, number, **fields):
+        return self._call("POST", "/extensions", id=ext_id, number=number, **fields)
+
+    def incoming(self, terminal_id, caller, **fields):
+        return self._call("POST", "/calls/incoming", terminalId=terminal_id, **{"from": caller}, **fields)
+
+    def outgoing(self, terminal_id, to, **fields):
+        return self._call("POST", "/calls/outgoing", terminalId=terminal_id, to=to, **fields)
+
+    def move(self, call_id, move, **body):
+        return self._call("POST", f"/calls/{call_id}/{move}", **body)
+
+    def call(self, call_id):
+        return self._call("GET", f"/calls/{call_id}")
+
+    def sessions(self):
+        return self._call("GET", "/sessions")
+
+    def drop_websockets(self):
+        return self._call("POST", "/websockets/drop")
+
+    def expire_sessions(self):
+        return self._call("POST", "/sessions/expire")
+
+    def requests(self, since: int = 0):
+        return self._call("GET", f"/requests?since={since}")

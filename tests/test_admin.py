@@ -1,0 +1,108 @@
+import pytest
+from django.contrib import admin
+from django.urls import reverse
+
+from crm_sync.models import ExternalPhone, RetailCrmIntegration
+from telephony.models import CallEvent, PbxAccount
+from tests.factories import make_account, make_agent, make_call, make_terminal
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world():
+    account = make_account(password="pbx-password-xyz", api_token="api-token-xyz", webhook_secret="hook-xyz")
+    agent = make_agent()
+    terminal = make_terminal(account, agent=agent)
+    call = make_call(account, terminal=terminal, agent=agent)
+    CallEvent.objects.create(call=call, kind="callRinging", payload={}, dedupe_key="k1")
+    integration = RetailCrmIntegration.objects.create(name="crm", crm_url="https://x.retailcrm.ru", api_key="crm-key-xyz")
+    ExternalPhone.objects.create(integration=integration, site_code="shop1", phone="+74999999999")
+    return {"account": account, "integration": integration}
+
+
+def test_it_renders_every_admin_page_for_a_superuser(admin_client, world):
+    for model, model_admin in admin.site._registry.items():
+        meta = model._meta
+        changelist = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+        assert admin_client.get(changelist).status_code == 200, changelist
+        assert admin_client.get(changelist, {"q": "x"}).status_code == 200, changelist
+        obj = model.objects.first()
+        if obj is not None:
+            change = reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+            assert admin_client.get(change).status_code == 200, change
+        add = reverse(f"admin:{meta.app_label}_{meta.model_name}_add")
+        expected = 403 if model_admin.has_add_permission.__func__ is not admin.ModelAdmin.has_add_permission else 200
+        assert admin_client.get(add).status_code == expected, add
+
+
+def test_it_never_renders_credentials_in_the_admin(admin_client, world):
+    pages = [
+        reverse("admin:telephony_pbxaccount_change", args=[world["account"].pk]),
+        reverse("admin:telephony_pbxaccount_changelist"),
+        reverse("admin:crm_sync_retailcrmintegration_change", args=[world["integration"].pk]),
+        reverse("admin:crm_sync_retailcrmintegration_changelist"),
+    ]
+    for url in pages:
+        html = admin_client.get(url).content.decode()
+        for secret in ("pbx-password-xyz", "api-token-xyz", "hook-xyz", "crm-key-xyz"):
+            assert secret not in html, f"{secret} leaked on {url}"
+
+
+def account_form_data(account: PbxAccount, **changes) -> dict:
+    data = {
+        "name": account.name, "kind": account.kind, "enabled": "on", "base_url": account.base_url,
+        "ws_url": "", "enterprise": "", "login": account.login, "ca_bundle": "", "default_region": "",
+        "password": "", "api_token": "", "webhook_secret": "",
+        "terminals-TOTAL_FORMS": "0", "terminals-INITIAL_FORMS": "0",
+        "listeners-TOTAL_FORMS": "0", "listeners-INITIAL_FORMS": "0",
+    }
+    data.update(changes)
+    return data
+
+
+def test_it_keeps_a_stored_password_when_the_field_is_left_blank(admin_client, world):
+    account = world["account"]
+    url = reverse("admin:telephony_pbxaccount_change", args=[account.pk])
+    response = admin_client.post(url, account_form_data(account, login="renamed"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    account.refresh_from_db()
+    assert account.login == "renamed"
+    assert account.password == "pbx-password-xyz"
+    assert account.api_token == "api-token-xyz"
+
+
+def test_it_replaces_a_password_typed_in_the_admin(admin_client, world):
+    account = world["account"]
+    url = reverse("admin:telephony_pbxaccount_change", args=[account.pk])
+    admin_client.post(url, account_form_data(account, password="new-password-1"))
+    account.refresh_from_db()
+    assert account.password == "new-password-1"
+
+
+def test_it_shows_a_form_error_for_a_bad_websocket_url(admin_client, world):
+    account = world["account"]
+    url = reverse("admin:telephony_pbxaccount_change", args=[account.pk])
+    response = admin_client.post(url, account_form_data(account, ws_url="http://not-a-websocket"))
+    assert response.status_code == 200
+    assert "Enter a valid URL" in response.content.decode()
+
+
+def test_it_normalises_external_phones_to_e164_or_explains_why_not(admin_client, world):
+    integration = world["integration"]
+    url = reverse("admin:crm_sync_retailcrmintegration_change", args=[integration.pk])
+    phone = integration.external_phones.get()
+    base = {
+        "name": "crm", "crm_url": "https://x.retailcrm.ru", "api_key": "", "module_code": "ctihub", "enabled": "on",
+        "external_phones-TOTAL_FORMS": "2", "external_phones-INITIAL_FORMS": "1",
+        "external_phones-0-id": str(phone.pk), "external_phones-0-integration": str(integration.pk),
+        "external_phones-0-site_code": "shop1", "external_phones-0-phone": "+74999999999",
+        "external_phones-1-integration": str(integration.pk), "external_phones-1-site_code": "shop2",
+    }
+    bad = admin_client.post(url, {**base, "external_phones-1-phone": "not a number"})
+    assert bad.status_code == 200 and "is not a phone number" in bad.content.decode()
+    good = admin_client.post(url, {**base, "external_phones-1-phone": "+7 (499) 888-88-88"})
+    assert good.status_code == 302
+    assert integration.external_phones.get(site_code="shop2").phone == "+74998888888"
+    integration.refresh_from_db()
+    assert integration.api_key == "crm-key-xyz"

@@ -1,0 +1,54 @@
+"""The settings module fails loudly on bad values instead of guessing."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.processes import REPO
+
+
+def import_settings(**env_overrides) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(env_overrides)
+    return subprocess.run(
+        [sys.executable, "-c", "import ctihub.settings as s; print(s.DATABASES['default']['ENGINE'], s.REDIS_URL)"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"DEBUG": "maybe"}, "DEBUG='maybe' is not a boolean"),
+        ({"REDIS_URL": "http://127.0.0.1:6379"}, "must be a redis://"),
+        ({"DEBUG": "false", "SECRET_KEY": "", "FIELD_ENCRYPTION_KEY": "x"}, "SECRET_KEY must be set"),
+        ({"DEBUG": "false", "SECRET_KEY": "s" * 50, "FIELD_ENCRYPTION_KEY": ""}, "FIELD_ENCRYPTION_KEY must be set"),
+        ({"HTTP_READ_TIMEOUT_MS": "soon"}, "is not a whole number"),
+        ({"LOG_LEVEL": "chatty"}, "is not a logging level"),
+        ({"PUBLIC_BASE_URL": "ftp://hub"}, "must be an http(s) URL"),
+    ],
+)
+def test_it_refuses_to_start_on_a_bad_value(overrides, message, tmp_path):
+    result = import_settings(CTIHUB_VAR_DIR=str(tmp_path), **overrides)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_it_uses_sqlite_and_an_embedded_redis_when_nothing_is_configured(tmp_path):
+    result = import_settings(CTIHUB_VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    engine, redis_url = result.stdout.split()
+    assert engine == "django.db.backends.sqlite3"
+    assert redis_url == f"unix://{tmp_path}/redis.sock?db=0"
+
+
+def test_it_uses_postgresql_and_the_given_redis_when_configured(tmp_path):
+    result = import_settings(
+        CTIHUB_VAR_DIR=str(tmp_path), DATABASE_URL="postgres://postgres@127.0.0.1:5432/ctihub",
+        REDIS_URL="redis://127.0.0.1:6379/3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["django.db.backends.postgresql", "redis://127.0.0.1:6379/3"]
