@@ -14,6 +14,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 app = Celery("ctihub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider
 app.steps["worker"].add("ctihub.celery_steps:ListenerSupervisorStep")
 
 
@@ -28,3 +29,5 @@ def _ensure_embedded_redis(**_kwargs):
 
 worker_init.connect(_ensure_embedded_redis, weak=False)
 beat_init.connect(_ensure_embedded_redis, weak=False)
+
+app.conf.beat_schedule.setdefault("telepo-reconcile", {"task": "telephony.providers.telepo.tasks.reconcile_telepo_accounts_task", "schedule": 60.0})

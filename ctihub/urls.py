@@ -9,5 +9,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("admin/", admin.site.urls),
     path("api/retailcrm/", include("crm_sync.urls")),
+    path("api/telepo/", include("telephony.providers.telepo.urls")),
     path("", include("accounts.urls")),
 ]

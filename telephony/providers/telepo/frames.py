@@ -1,0 +1,245 @@
+"""Telepo payloads into ``CallUpdate``: CRM connector webhooks and call-state snapshots.
+
+Both describe one call of one Telepo user. A webhook carries ``seq_num`` per
+call, so the domain drops duplicates and late deliveries (``seq <= last_seq``)
+and never revives a terminated call. A snapshot carries no sequence number but a
+``stateToken``; it is state, not a transition, so applying it twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from telephony import updates as u
+from telephony.updates import CallUpdate, FrameRejected
+
+WEBHOOK_KIND = "webhook"
+SNAPSHOT_KIND = "snapshot"
+
+# --- the webhook --------------------------------------------------------------------------
+
+WEBHOOK_STATES = ("TRYING", "PROCEEDING", "EARLY", "CONFIRMED", "TERMINATED")
+TERMINATION_REASONS = ("CANCELLED", "ANSWERED_ELSEWHERE", "HANGUP", "REJECTED")
+DIRECTIONS = {"INCOMING": u.INBOUND, "OUTGOING": u.OUTBOUND}
+TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z")
+
+# Until a snapshot says precisely what the PBX allows, a webhook's state implies
+# the usual actions, so a card shows the right buttons from the first ring.
+DEFAULT_ACTIONS = {
+    (u.RINGING, u.INBOUND): (u.ANSWER, u.REDIRECT, u.HANGUP),
+    (u.DIALING, u.OUTBOUND): (u.HANGUP,),
+    (u.TALKING, u.INBOUND): (u.HOLD, u.PARK, u.MUTE, u.MOVE, u.REDIRECT, u.SEND_DTMF, u.HANGUP),
+    (u.TALKING, u.OUTBOUND): (u.HOLD, u.PARK, u.MUTE, u.MOVE, u.REDIRECT, u.SEND_DTMF, u.HANGUP),
+}
+
+
+def parse_webhook_body(raw: bytes | str, account_id: int) -> CallUpdate:
+    """The webhook's JSON body as an update; FrameRejected (with a reason for the PBX's log) otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise FrameRejected("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise FrameRejected("the body is not a JSON object")
+    return parse_webhook(body, account_id)
+
+
+def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
+    seq = _seq_num(body.get("seq_num"))
+    call_id = _required_text(body, "call_id")
+    state = _choice(body, "state", WEBHOOK_STATES)
+    direction = DIRECTIONS[_choice(body, "direction", tuple(DIRECTIONS))]
+    reason = body.get("termination-reason")
+    if reason not in (None, "") and reason not in TERMINATION_REASONS:
+        raise FrameRejected(f"termination-reason {reason!r} is not one of {', '.join(TERMINATION_REASONS)}")
+    occurred_at = _timestamp(body.get("timestamp"))
+    call_state = _webhook_state(state, direction)
+    local_user = _text(body.get("local_user_id"))
+    remote_user = _text(body.get("remote_user_id") or body.get("remote_use_id"))  # the spec's table says both
+    remote_number = _text(body.get("remote_number"))
+    return CallUpdate(
+        account_id=account_id,
+        pbx_call_id=call_id,
+        state=call_state,
+        kind=WEBHOOK_KIND,
+        payload=body,
+        occurred_at=occurred_at,
+        terminal_pbx_id=local_user or None,
+        direction=direction,
+        is_internal=bool(remote_user),
+        remote_number=remote_number or None,
+        remote_label=_text(body.get("remote_email")) or remote_user or None,
+        allowed_actions=None if call_state == u.ENDED else DEFAULT_ACTIONS.get((call_state, direction), (u.HANGUP,)),
+        # The token we hold describes a state this message just replaced; the
+        # snapshot that follows brings the new one. Until then actions go without one.
+        state_token="",
+        seq=seq,
+        end_cause=_end_cause(reason, direction) if call_state == u.ENDED else None,
+        frame_id=f"seq{seq}",
+        local_party={
+            "user_id": local_user,
+            "email": _text(body.get("local_email")),
+            "number": _text(body.get("local_number")),
+        },
+    )
+
+
+def _webhook_state(state: str, direction: str) -> str:
+    if state == "CONFIRMED":
+        return u.TALKING
+    if state == "TERMINATED":
+        return u.ENDED
+    # TRYING, PROCEEDING, EARLY: set up, not answered yet.
+    return u.RINGING if direction == u.INBOUND else u.DIALING
+
+
+def _end_cause(reason: str | None, direction: str) -> str | None:
+    if reason == "REJECTED":
+        return u.END_REJECTED
+    if reason == "ANSWERED_ELSEWHERE":
+        return u.END_ANSWERED_ELSEWHERE
+    if reason == "CANCELLED":
+        # The caller gave up: for us a missed call if it was coming in.
+        return u.END_NO_ANSWER if direction == u.INBOUND else u.END_CANCELLED
+    return None  # HANGUP or no reason: the domain tells a hangup from a missed call by answered_at
+
+
+def _seq_num(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        raise FrameRejected("seq_num must be a non-negative integer")
+    return int(value)
+
+
+def _required_text(body: dict, name: str) -> str:
+    value = body.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise FrameRejected(f"{name} is missing")
+    return value.strip()
+
+
+def _choice(body: dict, name: str, allowed: tuple[str, ...]) -> str:
+    value = body.get(name)
+    if value not in allowed:
+        raise FrameRejected(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise FrameRejected("timestamp is missing")
+    text = value.strip().replace("Z", "+0000")
+    for fmt in TIMESTAMP_FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    raise FrameRejected(f"timestamp {value!r} is not like 2018-02-02T12:34:57.699+0000")
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+# --- the snapshot -----------------------------------------------------------------------------
+
+# The spec shows RINGING and HELD; the rest are the names Telepo clients use.
+SNAPSHOT_STATES = {
+    "RINGING": None, "ALERTING": None, "CALLING": None, "DIALING": None, "PROCEEDING": None, "EARLY": None,
+    "TRYING": None,
+    "ACTIVE": u.TALKING, "CONNECTED": u.TALKING, "TALKING": u.TALKING, "ESTABLISHED": u.TALKING,
+    "CONFIRMED": u.TALKING,
+    "HELD": u.HELD, "PARKED": u.HELD, "REMOTE_HELD": u.TALKING,
+    "TERMINATED": u.ENDED, "IDLE": u.ENDED, "RELEASED": u.ENDED, "ENDED": u.ENDED,
+}
+
+# Telepo's action names (snapshot ``actions``) and what the rest of ctihub calls them.
+ACTION_NAMES: dict[str, tuple[str, ...]] = {
+    "ANSWER": (u.ANSWER,),
+    "HOLD": (u.HOLD,),
+    "RESUME": (u.RESUME,),
+    "ALTERNATE": (u.ALTERNATE,),
+    "PARK": (u.PARK,),
+    "PICKUP": (u.PICKUP,),
+    "MUTE": (u.MUTE,),
+    "UNMUTE": (u.UNMUTE,),
+    "MOVE": (u.MOVE,),
+    # The spec's snapshot lists a bare TRANSFER; both transfer endpoints need it.
+    "TRANSFER": (u.TRANSFER, u.REDIRECT),
+    "SINGLE_STEP_TRANSFER": (u.REDIRECT,),
+    "SINGLESTEPTRANSFER": (u.REDIRECT,),
+    "DTMF": (u.SEND_DTMF,),
+    "SEND_DTMF": (u.SEND_DTMF,),
+    "CONFERENCE_ADD": (u.CONFERENCE_ADD,),
+    "CONFERENCE_LEAVE": (u.LEAVE,),
+    "CONFERENCE_REMOVE": (u.CONFERENCE_REMOVE,),
+    "TERMINATE": (u.HANGUP,),
+    "HANGUP": (u.HANGUP,),
+}
+_ACTION_IN_TEXT = re.compile(r"action\W*([A-Z_]+)")
+
+
+def parse_snapshot(body: Any, account_id: int, user_id: str, fetched_at: datetime) -> list[CallUpdate]:
+    """Every call of a user's snapshot (``GET /api/call/state/v1/snapshot``)."""
+    if not isinstance(body, dict) or not isinstance(body.get("calls", []), list):
+        raise FrameRejected("a snapshot is an object with a list of calls")
+    return [parse_call_state(call, account_id, user_id, fetched_at) for call in body.get("calls") or []]
+
+
+def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datetime) -> CallUpdate:
+    """One call as the snapshot (or an action's answer) describes it."""
+    if not isinstance(call, dict):
+        raise FrameRejected("a call state is a JSON object")
+    call_id = _required_text(call, "callId")
+    status = call.get("status")
+    if status not in SNAPSHOT_STATES:
+        raise FrameRejected(f"call {call_id}: unknown status {status!r}")
+    direction = u.INBOUND if call.get("inbound") else u.OUTBOUND
+    state = SNAPSHOT_STATES[status] or (u.RINGING if direction == u.INBOUND else u.DIALING)
+    remote = call.get("remoteParty") if isinstance(call.get("remoteParty"), dict) else {}
+    token = call.get("stateToken")
+    tel = _tel_number(remote.get("telUri"))
+    return CallUpdate(
+        account_id=account_id,
+        pbx_call_id=call_id,
+        state=state,
+        kind=SNAPSHOT_KIND,
+        payload=call,
+        occurred_at=fetched_at,
+        terminal_pbx_id=_text(call.get("userId")) or user_id,
+        direction=direction,
+        is_internal=remote.get("type") == "USER_ID" if remote else None,
+        remote_number=(tel or _text(remote.get("displayNumber"))) or None,
+        remote_number_e164=tel if tel.startswith("+") else None,
+        remote_label=_text(remote.get("displayName")) or None,
+        allowed_actions=parse_actions(call.get("actions")),
+        state_token=str(token) if isinstance(token, int) and not isinstance(token, bool) else None,
+        frame_id=f"token{token}" if token is not None else None,
+    )
+
+
+def parse_actions(actions: Any) -> tuple[str, ...]:
+    """Allowed actions in ctihub's names, from a list of ``{"action": X}`` or the spec's flattened string."""
+    if isinstance(actions, str):
+        names = _ACTION_IN_TEXT.findall(actions)
+    elif isinstance(actions, list):
+        names = [a.get("action") if isinstance(a, dict) else a for a in actions]
+    else:
+        names = []
+    normalised: list[str] = []
+    for name in names:
+        for action in ACTION_NAMES.get(str(name).upper(), ()):
+            if action not in normalised:
+                normalised.append(action)
+    return tuple(normalised)
+
+
+def _tel_number(uri: Any) -> str:
+    text = _text(uri)
+    if text.lower().startswith("tel:"):
+        return text[4:].split(";", 1)[0]
+    return ""

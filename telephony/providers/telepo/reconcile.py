@@ -1,0 +1,163 @@
+"""Bring a Telepo user's calls to the PBX's snapshot, so a lost webhook never leaves a call stuck.
+
+Runs on worker start, on a schedule, after a webhook gap (a seq_num jump), after
+every applied webhook (to pick up the new stateToken and allowed actions) and
+after a stateToken conflict. Everything goes through ``apply_call_update``.
+
+A snapshot describes the PBX at the moment it was asked. A call that changed
+here after that moment (a webhook got in first) is left alone: the older
+snapshot must not undo it. With ``fullState``, a call we think is live but
+the snapshot no longer lists has ended at the PBX and is ended here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from telephony import updates as u
+from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update, set_account_status
+from telephony.models import Call, PbxAccount
+from telephony.providers.base import ProviderError
+from telephony.providers.telepo.frames import SNAPSHOT_KIND, parse_call_state, parse_snapshot
+from telephony.updates import CallUpdate, FrameRejected
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_DEBOUNCE_SECONDS = 0.5
+DEBOUNCE_KEY = "ctihub:telepo:reconcile:{}:{}"
+
+
+@dataclass
+class ReconcileReport:
+    users: int = 0
+    applied: int = 0
+    ended: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: "ReconcileReport") -> None:
+        self.users += other.users
+        self.applied += other.applied
+        self.ended += other.ended
+        self.skipped += other.skipped
+        self.errors.extend(other.errors)
+
+
+def reconcile_account(account: PbxAccount) -> ReconcileReport:
+    """Every active Telepo user of the account; the account's status says how it went."""
+    from telephony.providers import provider_for
+
+    report = ReconcileReport()
+    provider = provider_for(account)
+    permanent = False
+    try:
+        for user_id in account.terminals.filter(active=True).values_list("pbx_id", flat=True):
+            try:
+                report.add(reconcile_user(account, user_id, provider=provider))
+            except ProviderError as exc:
+                permanent = permanent or exc.permanent
+                report.errors.append(f"{user_id}: {exc}")
+    finally:
+        provider.close()
+    _report_status(account, report, permanent)
+    return report
+
+
+def _report_status(account: PbxAccount, report: ReconcileReport, permanent: bool) -> None:
+    if not report.errors:
+        set_account_status(account.pk, PbxAccount.Status.CONNECTED)
+        return
+    status = PbxAccount.Status.FAILED if permanent else PbxAccount.Status.DEGRADED
+    set_account_status(account.pk, status, "Telepo snapshot failed for " + "; ".join(report.errors))
+
+
+def reconcile_user(account: PbxAccount, user_id: str, provider=None) -> ReconcileReport:
+    """Fetch the user's snapshot and apply it; raises ProviderError when the PBX cannot say."""
+    from telephony.providers import provider_for
+
+    own = provider is None
+    provider = provider or provider_for(account)
+    fetched_at = timezone.now()
+    try:
+        body = provider.snapshot(user_id)
+    finally:
+        if own:
+            provider.close()
+    try:
+        updates = parse_snapshot(body, account.pk, user_id, fetched_at)
+    except FrameRejected as exc:
+        raise ProviderError(f"Telepo's snapshot of {user_id} makes no sense: {exc}") from None
+    report = ReconcileReport(users=1)
+    for update in updates:
+        _count(report, apply_unless_newer(update, fetched_at))
+    if body.get("fullState", True) is not False:
+        for call in _live_calls_missing(account, user_id, {x.pbx_call_id for x in updates}, fetched_at):
+            if apply_unless_newer(_ended_at_pbx(call, user_id, fetched_at), fetched_at):
+                report.ended += 1
+    return report
+
+
+def apply_call_state(account: PbxAccount, user_id: str, state: dict, fetched_at: datetime) -> AppliedUpdate | None:
+    """One call state Telepo answered (an action's answer): applied unless something newer came meanwhile."""
+    return apply_unless_newer(parse_call_state(state, account.pk, user_id, fetched_at), fetched_at)
+
+
+def apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> AppliedUpdate | None:
+    with transaction.atomic():
+        current = (
+            Call.objects.select_for_update()
+            .filter(account_id=update.account_id, pbx_call_id=update.pbx_call_id)
+            .only("id", "updated_at")
+            .first()
+        )
+        if current is not None and current.updated_at >= fetched_at:
+            return None
+        return apply_call_update(update)
+
+
+def _count(report: ReconcileReport, applied: AppliedUpdate | None) -> None:
+    if applied is not None and applied.changed:
+        report.applied += 1
+    else:
+        report.skipped += 1
+
+
+def _live_calls_missing(account: PbxAccount, user_id: str, listed: set[str], fetched_at: datetime):
+    return (
+        Call.objects.filter(account=account, terminal__pbx_id=user_id, state__in=ACTIVE_STATES,
+                            updated_at__lt=fetched_at)
+        .exclude(pbx_call_id__in=listed)
+        .only("id", "pbx_call_id")
+    )
+
+
+def _ended_at_pbx(call: Call, user_id: str, fetched_at: datetime) -> CallUpdate:
+    return CallUpdate(
+        account_id=call.account_id, pbx_call_id=call.pbx_call_id, state=u.ENDED, kind=SNAPSHOT_KIND,
+        payload={"userId": user_id, "absentFromSnapshot": True}, occurred_at=fetched_at,
+        frame_id=f"absent@{fetched_at.isoformat()}",
+    )
+
+
+def request_reconcile(account_id: int, user_id: str, delay: float = RECONCILE_DEBOUNCE_SECONDS) -> bool:
+    """Reconcile the user soon; a burst of webhooks for one user makes one snapshot request."""
+    from telephony.providers.telepo import tasks
+    from telephony.supervisor import redis_client
+
+    try:
+        client = redis_client()
+        try:
+            first = client.set(DEBOUNCE_KEY.format(account_id, user_id), "1", nx=True, px=max(1, int(delay * 1000)))
+        finally:
+            client.close()
+    except Exception:
+        logger.warning("could not debounce a Telepo reconcile; queueing it anyway", exc_info=True)
+        first = True
+    if not first:
+        return False
+    return tasks.enqueue(tasks.reconcile_user_task, account_id, user_id, countdown=delay)

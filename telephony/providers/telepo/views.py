@@ -1,0 +1,83 @@
+"""Where Telepo calls us: the 3rd Party CRM Connector webhook, ``POST /api/telepo/webhook/<secret>``.
+
+The account is the one whose ``webhook_secret`` is in the URL, compared in
+constant time against every Telepo account (a secret is encrypted at rest, so it
+cannot be looked up). The view only validates and stores the update; cards,
+the CRM sync and the snapshot reconcile it may ask for all run after commit.
+A body that makes no sense is a 400 with the reason, logged with the account,
+and touches nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from telephony.domain import apply_call_update, set_account_status
+from telephony.models import Call, PbxAccount
+from telephony.providers.telepo.frames import parse_webhook_body
+from telephony.providers.telepo.reconcile import request_reconcile
+from telephony.updates import FrameRejected
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@csrf_exempt
+@require_POST
+def webhook(request: HttpRequest, secret: str) -> JsonResponse:
+    account = account_for_secret(secret)
+    if account is None:
+        return JsonResponse({"error": "unknown webhook"}, status=404)
+    if not account.enabled:
+        return JsonResponse({"error": "this PBX account is disabled"}, status=403)
+    if len(request.body) > MAX_BODY_BYTES:
+        return _rejected(account, "the body is too large")
+    try:
+        update = parse_webhook_body(request.body, account.pk)
+    except FrameRejected as exc:
+        return _rejected(account, str(exc))
+    gap = _is_gap(account.pk, update.pbx_call_id, update.seq)
+    applied = apply_call_update(update)
+    _note_event(account)
+    if update.terminal_pbx_id and (applied.changed or gap):
+        request_reconcile(account.pk, update.terminal_pbx_id)
+    return JsonResponse({"ok": True, "applied": applied.changed})
+
+
+def account_for_secret(secret: str) -> PbxAccount | None:
+    """The Telepo account with this secret; every account is compared so timing says nothing."""
+    offered = (secret or "").encode("utf-8")
+    found = None
+    for account in PbxAccount.objects.filter(kind=PbxAccount.Kind.TELEPO):
+        expected = (account.webhook_secret or "").encode("utf-8")
+        if expected and hmac.compare_digest(expected, offered) and found is None:
+            found = account
+    return found
+
+
+def _rejected(account: PbxAccount, reason: str) -> JsonResponse:
+    logger.warning("Telepo webhook rejected: %s", reason, extra={"account_id": account.pk, "account": account.name})
+    return JsonResponse({"error": reason}, status=400)
+
+
+def _is_gap(account_id: int, call_id: str, seq: int | None) -> bool:
+    """A seq_num jump: messages in between were lost (or are late), so ask the snapshot."""
+    if seq is None:
+        return False
+    last = Call.objects.filter(account_id=account_id, pbx_call_id=call_id).values_list("last_seq", flat=True).first()
+    if last is None:
+        return seq > 1
+    return seq > last + 1
+
+
+def _note_event(account: PbxAccount) -> None:
+    PbxAccount.objects.filter(pk=account.pk).update(last_event_at=timezone.now())
+    if account.status != PbxAccount.Status.CONNECTED:
+        set_account_status(account.pk, PbxAccount.Status.CONNECTED)
