@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from simulator import istra, retailcrm
+from simulator import istra, retailcrm, telepo
 from simulator.keys import STATE
 from simulator.state import SimulatorState
 
@@ -25,6 +25,7 @@ def build_app(state: SimulatorState | None = None) -> web.Application:
     app.router.add_get("/_sim/health", health)
     istra.register(app)  # /restletrouter (myCrm, myRCC) and /_sim/istra
     retailcrm.register(app)  # /api/v5 (integration-modules, telephony) and /_sim/retailcrm
+    telepo.register(app)  # /api/call (control, state), CRM connector webhooks and /_sim/telepo
     return app
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from simulator.istra.world import IstraWorld
 from simulator.retailcrm.world import RetailCrmWorld
+from simulator.telepo.world import TelepoWorld
 
 
 @dataclass
@@ -14,4 +15,5 @@ class SimulatorState:
     # Centile Istra: myCrm and myRCC (and later myIstra) share one platform.
     istra: IstraWorld = field(default_factory=IstraWorld)
     retailcrm: RetailCrmWorld = field(default_factory=RetailCrmWorld)
+    telepo: TelepoWorld = field(default_factory=TelepoWorld)
 

@@ -3,6 +3,7 @@
 import pytest
 
 from telephony import control
+from accounts.models import Agent
 from telephony.models import Listener, PbxAccount
 from tests.factories import make_account, make_agent
 from tests.support.processes import ARTIFACTS, wait_for
@@ -54,3 +55,61 @@ def test_it_pops_a_card_holds_from_it_survives_a_reload_and_closes_on_hangup(hub
     page.wait_for_selector("#recent li.answered", timeout=10000)
     assert page.locator(".card").count() == 0
     assert "answered" in page.inner_text("#recent")
+
+
+def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survives_a_daphne_restart(hub, browser):
+    from tests.support.browser import log_in
+
+    hub.start(workers=1, web=True)
+    sim, account = myrcc_world(hub)
+    agent_id = account.terminals.get(pbx_id=EXTENSION).agent_id
+    make_agent("boss", is_supervisor=True)
+    console = browser.new_page(viewport={"width": 380, "height": 800})  # a narrow, phone-sized screen
+    log_in(console, hub.web_url, "jdoe", "agent-pass-123")
+    wallboard = browser.new_page(viewport={"width": 1200, "height": 700})
+    log_in(wallboard, hub.web_url, "boss", "agent-pass-123")
+    wallboard.goto(f"{hub.web_url}/wallboard/")
+    wallboard.wait_for_selector("#connection[data-state=live]", timeout=10000)
+
+    # Click-to-call from the console dials from the agent's own extension.
+    console.fill("#dial-number", "04 12 34 56 70")
+    console.click("#dial button[type=submit]")
+    wait_for(lambda: [c for c in sim.calls() if c["terminalId"] == EXTENSION], 10, what="the call at the PBX")
+    [line] = [c for c in sim.calls() if c["terminalId"] == EXTENSION]
+    console.wait_for_selector(".card[data-state=dialing], .card[data-state=ringing]", timeout=10000)
+    wallboard.wait_for_function("document.querySelector('#calls tr') !== null", timeout=10000)
+
+    # The PBX answers and the agent's status changes: the wallboard follows both live.
+    sim.move(line["callId"], "answer")  # the agent's phone goes off-hook: the far end rings
+    sim.move(line["callId"], "answer")  # the far end answers
+    console.wait_for_selector(".card[data-state=talking] button[data-action=hold]", timeout=10000)
+    wallboard.wait_for_function("document.getElementById('count-talking').textContent === '1'", timeout=10000)
+    console.select_option("#status", "busy")
+    wallboard.wait_for_function(
+        "[...document.querySelectorAll('#agents tr')].some(r => r.textContent.includes('jdoe') && r.textContent.includes('busy'))",
+        timeout=10000,
+    )
+    assert Agent.objects.get(pk=agent_id).status == "busy"
+
+    # The PBX refuses the next hold: the card says why, and the call stays as it was.
+    sim.fail_next(1, 503, app="myRCC", path="/hold")
+    console.click(".card button[data-action=hold]")
+    console.wait_for_function("document.querySelector('.card .card-error').textContent.length > 0", timeout=10000)
+    assert "IPTC not started" in console.inner_text(".card .card-error")
+    assert sim.call(line["callId"])["state"] == "talking"
+
+    # A deploy restarts daphne mid-call: both pages reconnect by themselves and show the call once.
+    hub.restart_web()
+    for page in (console, wallboard):
+        page.wait_for_selector("#connection[data-state=live]", timeout=20000)
+    console.wait_for_selector(".card[data-state=talking]", timeout=10000)
+    assert console.locator(".card").count() == 1
+    assert wallboard.locator("#calls tr").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    console.screenshot(path=str(ARTIFACTS / "console-narrow-talking.png"), full_page=True)
+    wallboard.screenshot(path=str(ARTIFACTS / "wallboard-live.png"), full_page=True)
+
+    sim.move(line["callId"], "hangup", cause="disconnect")
+    console.wait_for_selector("#recent li.answered", timeout=10000)
+    wallboard.wait_for_function("document.querySelectorAll('#calls tr').length === 0", timeout=10000)
+

@@ -139,6 +139,13 @@ class Hub:
             self.start_worker()
         return self
 
+    def restart_web(self) -> ManagedProcess:
+        """Stop daphne and start a new one on the same port, as a deploy would."""
+        self.web.stop()
+        self.web = self._track(daphne_process(self.web_port, self.env))
+        wait_for(lambda: http_ok(f"{self.web_url}/healthz"), 30, what="daphne after a restart")
+        return self.web
+
     def start_worker(self) -> ManagedProcess:
         worker = self._track(celery_worker(f"hub-worker-{len(self.workers)}-{self.sim_port}", self.env))
         wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")

@@ -9,9 +9,9 @@ class IstraControl:
     def __init__(self, sim_url: str):
         self.base = f"{sim_url}/_sim/istra"
 
-    def _call(self, method: str, path: str, **body):
-        response = requests.request(method, f"{self.base}{path}", json=body or None, timeout=10)
-        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
+    def _call(self, method: str, route: str, **body):
+        response = requests.request(method, f"{self.base}{route}", json=body or None, timeout=10)
+        assert response.status_code < 400, f"{method} {route}: {response.status_code} {response.text}"
         return response.json()
 
     def add_user(self, login, password, **fields):
@@ -28,6 +28,13 @@ class IstraControl:
 
     def move(self, call_id, move, **body):
         return self._call("POST", f"/calls/{call_id}/{move}", **body)
+
+    def calls(self):
+        return self._call("GET", "/calls")
+
+    def fail_next(self, count=1, status=503, **match):
+        """The next ``count`` requests (of ``app``, with ``path`` in their path) answer ``status``."""
+        return self._call("POST", "/faults/fail-next", count=count, status=status, **match)
 
     def call(self, call_id):
         return self._call("GET", f"/calls/{call_id}")

@@ -1,0 +1,229 @@
+"""The Telepo control API: ``/_sim/telepo/...``, JSON in and out, for tests and the demo.
+
+A thin HTTP skin over :class:`~simulator.telepo.world.TelepoWorld`. Errors: 400
+bad input, 404 unknown user/call, 409 a move the call's state does not allow;
+body ``{"error": "..."}``.
+
+=======  ======================================  ===============================================
+method   path                                    body
+=======  ======================================  ===============================================
+POST     /_sim/telepo/reset                      -
+POST     /_sim/telepo/tickets                    {ticket, domain, scopes}
+DELETE   /_sim/telepo/tickets/{ticket}           -
+POST     /_sim/telepo/users                      {userId, domain, email, number, displayName,
+                                                  devices: {deviceId: deviceType}, ctiLicence}
+PUT      /_sim/telepo/webhook-url                {domain, url}  (the CRM connector URL)
+POST     /_sim/telepo/calls/incoming             {userId, from, displayName, callerUserId, callerEmail}
+POST     /_sim/telepo/calls/outgoing             {userId, to, deviceId, displayName}
+GET      /_sim/telepo/calls[/{callId}]           -
+POST     /_sim/telepo/calls/{callId}/answer      {deviceId}  (the ringing party picks up)
+POST     /_sim/telepo/calls/{callId}/hangup      {reason}  (CANCELLED, ANSWERED_ELSEWHERE, HANGUP, REJECTED)
+POST     /_sim/telepo/webhooks/hold              -  (queue messages instead of sending them)
+POST     /_sim/telepo/webhooks/release           {order: fifo|reverse|shuffle, seed}
+POST     /_sim/telepo/webhooks/drop-next         {count, state}
+POST     /_sim/telepo/webhooks/duplicate-next    {count, state}
+POST     /_sim/telepo/webhooks/resend            {callId, seqNum}
+GET      /_sim/telepo/webhooks                   -  (every message generated, in order)
+GET      /_sim/telepo/webhooks/deliveries        -  (every POST made, with ctihub's status)
+GET      /_sim/telepo/requests?since=<seq>       -
+=======  ======================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from simulator.telepo.api import world_of
+from simulator.telepo.world import TelepoError
+
+PREFIX = "/_sim/telepo"
+
+
+def _json_errors(handler: Callable[[web.Request], Awaitable[Any]]):
+    @wraps(handler)
+    async def wrapper(request: web.Request) -> web.Response:
+        try:
+            result = await handler(request)
+        except KeyError as exc:
+            return web.json_response({"error": str(exc.args[0]) if exc.args else "not found"}, status=404)
+        except TelepoError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(result)
+
+    return wrapper
+
+
+async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
+    return body
+
+
+def _required(body: dict[str, Any], key: str) -> Any:
+    if body.get(key) in (None, ""):
+        raise ValueError(f"{key!r} is required")
+    return body[key]
+
+
+@_json_errors
+async def reset(request):
+    world_of(request).reset()
+    return {"reset": True}
+
+
+@_json_errors
+async def add_ticket(request):
+    body = await _body(request, {"ticket", "domain", "scopes"})
+    ticket = world_of(request).add_ticket(str(_required(body, "ticket")), str(_required(body, "domain")),
+                                          tuple(body.get("scopes") or ("CALL_CONTROL",)))
+    return {"ticket": ticket.ticket, "domain": ticket.domain, "scopes": list(ticket.scopes)}
+
+
+@_json_errors
+async def revoke_ticket(request):
+    world_of(request).revoke_ticket(request.match_info["ticket"])
+    return {"revoked": True}
+
+
+@_json_errors
+async def add_user(request):
+    body = await _body(request, {"userId", "domain", "email", "number", "displayName", "devices", "ctiLicence"})
+    user = world_of(request).add_user(
+        str(_required(body, "userId")), str(_required(body, "domain")), email=body.get("email", ""),
+        number=body.get("number", ""), display_name=body.get("displayName", ""), devices=body.get("devices"),
+        cti_licence=bool(body.get("ctiLicence", True)),
+    )
+    return {"userId": user.user_id, "domain": user.domain, "devices": user.devices}
+
+
+@_json_errors
+async def set_webhook_url(request):
+    body = await _body(request, {"domain", "url"})
+    return {"url": world_of(request).set_webhook(str(_required(body, "domain")), str(_required(body, "url")))}
+
+
+@_json_errors
+async def incoming(request):
+    body = await _body(request, {"userId", "from", "displayName", "callerUserId", "callerEmail"})
+    world = world_of(request)
+    call = world.incoming_call(str(_required(body, "userId")), str(_required(body, "from")),
+                               display_name=body.get("displayName", ""), caller_user=body.get("callerUserId", ""),
+                               caller_email=body.get("callerEmail", ""))
+    return world.call_view(call)
+
+
+@_json_errors
+async def outgoing(request):
+    body = await _body(request, {"userId", "to", "deviceId", "displayName"})
+    world = world_of(request)
+    call = world.outgoing_call(str(_required(body, "userId")), str(_required(body, "to")),
+                               device_id=body.get("deviceId"), display_name=body.get("displayName", ""))
+    return world.call_view(call)
+
+
+@_json_errors
+async def calls(request):
+    world = world_of(request)
+    return [world.call_view(c) for c in list(world.calls.values())]
+
+
+@_json_errors
+async def one_call(request):
+    world = world_of(request)
+    return world.call_view(world.call(request.match_info["callId"]))
+
+
+@_json_errors
+async def answer(request):
+    body = await _body(request, {"deviceId"})
+    world = world_of(request)
+    return world.call_view(world.answer(request.match_info["callId"], body.get("deviceId")))
+
+
+@_json_errors
+async def hangup(request):
+    body = await _body(request, {"reason"})
+    world = world_of(request)
+    return world.call_view(world.hangup(request.match_info["callId"], body.get("reason")))
+
+
+@_json_errors
+async def hold_webhooks(request):
+    world_of(request).hold_webhooks()
+    return {"held": True}
+
+
+@_json_errors
+async def release_webhooks(request):
+    body = await _body(request, {"order", "seed"})
+    return {"released": world_of(request).release_webhooks(body.get("order", "fifo"), body.get("seed"))}
+
+
+def _rule(kind: str):
+    @_json_errors
+    async def handler(request):
+        body = await _body(request, {"count", "state"})
+        rule = world_of(request).add_rule(kind, int(body.get("count", 1)), body.get("state"))
+        return {"kind": rule.kind, "remaining": rule.remaining, "state": rule.state}
+
+    return handler
+
+
+@_json_errors
+async def resend(request):
+    body = await _body(request, {"callId", "seqNum"})
+    return world_of(request).resend(str(_required(body, "callId")), int(_required(body, "seqNum")))
+
+
+@_json_errors
+async def messages(request):
+    return list(world_of(request).sent)
+
+
+@_json_errors
+async def deliveries(request):
+    return list(world_of(request).deliveries)
+
+
+@_json_errors
+async def requests_log(request):
+    return world_of(request).requests_since(int(request.query.get("since", "0")))
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post(f"{PREFIX}/reset", reset)
+    router.add_post(f"{PREFIX}/tickets", add_ticket)
+    router.add_delete(f"{PREFIX}/tickets/{{ticket}}", revoke_ticket)
+    router.add_post(f"{PREFIX}/users", add_user)
+    router.add_put(f"{PREFIX}/webhook-url", set_webhook_url)
+    router.add_post(f"{PREFIX}/calls/incoming", incoming)
+    router.add_post(f"{PREFIX}/calls/outgoing", outgoing)
+    router.add_get(f"{PREFIX}/calls", calls)
+    router.add_get(f"{PREFIX}/calls/{{callId}}", one_call)
+    router.add_post(f"{PREFIX}/calls/{{callId}}/answer", answer)
+    router.add_post(f"{PREFIX}/calls/{{callId}}/hangup", hangup)
+    router.add_post(f"{PREFIX}/webhooks/hold", hold_webhooks)
+    router.add_post(f"{PREFIX}/webhooks/release", release_webhooks)
+    router.add_post(f"{PREFIX}/webhooks/drop-next", _rule("drop"))
+    router.add_post(f"{PREFIX}/webhooks/duplicate-next", _rule("duplicate"))
+    router.add_post(f"{PREFIX}/webhooks/resend", resend)
+    router.add_get(f"{PREFIX}/webhooks", messages)
+    router.add_get(f"{PREFIX}/webhooks/deliveries", deliveries)
+    router.add_get(f"{PREFIX}/requests", requests_log)

@@ -1,0 +1,318 @@
+"""The simulated Telepo, exercised over real HTTP like a real client: tickets, actions, tokens, snapshot, webhooks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from tests.support.telepo_sim import DOMAIN, TICKET, TelepoControl, WebhookReceiver
+
+ALICE = "alice@organization.org"
+DEVICE = "10.3rd_party_phone"
+CONTROL = "/api/call/control/v1"
+SPEC_SNAPSHOT_KEYS = {"stateToken", "callId", "userId", "remoteParty", "conference", "inbound", "status",
+                      "duration", "deviceIds", "actions"}
+SPEC_WEBHOOK_KEYS = {"seq_num", "call_id", "branch_id", "timestamp", "state", "direction", "local_email",
+                     "local_user_id", "local_number", "device_type", "remote_email", "remote_user_id",
+                     "remote_number"}
+
+
+@pytest.fixture
+def receiver():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def telepo(running_simulator, receiver):
+    control = TelepoControl(running_simulator.url)
+    control.reset()
+    control.add_ticket()
+    control.add_user(ALICE, email="alice@organization.com", number="+12202",
+                     devices={DEVICE: "SOFT", "+1555555": "MOBILE"})
+    control.set_webhook_url(receiver.url)
+    yield control
+    control.reset()
+
+
+def api(telepo, method, path, body=None, ticket=TICKET):
+    headers = {"Authorization": f"Bearer {ticket}"} if ticket else {}
+    return requests.request(method, f"{telepo.url}{path}", json=body, headers=headers, timeout=10)
+
+
+def snapshot(telepo, user=ALICE):
+    response = api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/{user}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def act(telepo, action, call_id, body=None, user=ALICE):
+    return api(telepo, "POST", f"{CONTROL}/{action}/{DOMAIN}/{user}/{call_id}", body or {})
+
+
+def actions_of(state) -> list[str]:
+    return [a["action"] for a in state["actions"]]
+
+
+def talking(telepo, caller="+33612345678") -> dict:
+    call = telepo.incoming(ALICE, caller, displayName="Bob")
+    return telepo.answer(call["callId"])
+
+
+# --- the bearer ticket ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("ticket", "status", "code"), [
+    (None, 401, "UNAUTHORIZED"),
+    ("not-a-ticket", 401, "UNAUTHORIZED"),
+    ("other-domain-ticket", 403, "FORBIDDEN"),
+    ("no-scope-ticket", 403, "FORBIDDEN"),
+])
+def test_it_refuses_a_missing_unknown_or_foreign_ticket(telepo, ticket, status, code):
+    telepo.add_ticket("other-domain-ticket", domain="elsewhere.org")
+    telepo.add_ticket("no-scope-ticket", scopes=["PRESENCE"])
+    response = api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/{ALICE}", ticket=ticket)
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert response.json()["message"]
+
+
+def test_it_refuses_a_user_without_the_cloud_cti_licence_and_an_unknown_user(telepo):
+    telepo.add_user("bob@organization.org", ctiLicence=False)
+    assert api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/bob@organization.org").status_code == 403
+    assert api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/nobody@organization.org").status_code == 404
+
+
+# --- snapshot and make ------------------------------------------------------------------------------
+
+def test_it_answers_a_snapshot_shaped_like_the_spec(telepo):
+    call = telepo.incoming(ALICE, "+46277464", displayName="Bob Bobson")
+    state = snapshot(telepo)
+    assert state["fullState"] is True
+    (only,) = state["calls"]
+    assert SPEC_SNAPSHOT_KEYS <= set(only)
+    assert (only["callId"], only["userId"], only["status"], only["inbound"]) == (call["callId"], ALICE, "RINGING", True)
+    assert only["remoteParty"]["telUri"] == "tel:+46277464" and only["remoteParty"]["displayName"] == "Bob Bobson"
+    assert isinstance(only["stateToken"], int)
+    assert actions_of(only) == ["ANSWER", "PICKUP", "SINGLE_STEP_TRANSFER", "TERMINATE"]
+
+
+def test_it_leaves_ended_calls_out_of_the_snapshot(telepo):
+    call = telepo.incoming(ALICE, "+46277464")
+    telepo.hangup(call["callId"])
+    assert snapshot(telepo)["calls"] == []
+
+
+def test_it_makes_a_call_from_a_device_to_a_tel_uri(telepo, receiver):
+    response = api(telepo, "POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{DEVICE}", {"destination": "tel:+33612345678"})
+    assert response.status_code == 200, response.text
+    call = response.json()
+    assert (call["status"], call["inbound"], call["deviceIds"]) == ("ALERTING", False, [DEVICE])
+    assert [(m["seq_num"], m["state"], m["direction"]) for m in receiver.wait_for(2)] == [
+        (1, "TRYING", "OUTGOING"), (2, "EARLY", "OUTGOING")]
+
+
+@pytest.mark.parametrize(("device", "destination", "status"), [
+    (DEVICE, "+33612345678", 400),  # not a URI
+    (DEVICE, "tel:0612345678", 400),  # a local tel URI needs a phone-context
+    ("no-such-device", "tel:+33612345678", 404),
+])
+def test_it_refuses_a_make_call_it_cannot_place(telepo, device, destination, status):
+    response = api(telepo, "POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{device}", {"destination": destination})
+    assert response.status_code == status
+
+
+# --- actions --------------------------------------------------------------------------------------
+
+def ringing(telepo):
+    return telepo.incoming(ALICE, "+33612345678")
+
+
+def held(telepo):
+    call = talking(telepo)
+    return act(telepo, "hold", call["callId"]).json()
+
+
+def parked(telepo):
+    call = talking(telepo)
+    return act(telepo, "park", call["callId"]).json()
+
+
+def muted(telepo):
+    call = talking(telepo)
+    return act(telepo, "mute", call["callId"]).json()
+
+
+def conference(telepo):
+    first, second = talking(telepo), talking(telepo, "+33622222222")
+    return act(telepo, "conferenceadd", second["callId"], {"targetCallId": first["callId"]}).json()
+
+
+ACTION_CASES = [
+    # path action, how to get a call where it is allowed, body, what the call looks like after
+    ("answer", ringing, {"deviceId": "+1555555"}, {"status": "ACTIVE", "deviceIds": ["+1555555"]}),
+    ("pickup", parked, {}, {"status": "ACTIVE"}),
+    ("hold", talking, {}, {"status": "HELD"}),
+    ("resume", held, {}, {"status": "ACTIVE"}),
+    ("park", talking, {}, {"status": "PARKED"}),
+    ("mute", talking, {}, {"muted": True}),
+    ("unmute", muted, {}, {"muted": False}),
+    ("move", talking, {"deviceId": "+1555555"}, {"deviceIds": ["+1555555"]}),
+    ("dtmf", talking, {"digits": "12#"}, {"status": "ACTIVE"}),
+    ("singlesteptransfer", talking, {"blind": True, "type": "CAMP_ON", "destination": "tel:+15555"},
+     {"status": "TERMINATED"}),
+    ("conferenceleave", conference, {}, {"status": "TERMINATED"}),
+    ("terminate", talking, {}, {"status": "TERMINATED"}),
+]
+
+
+@pytest.mark.parametrize(("action", "prepare", "body", "after"), ACTION_CASES, ids=[c[0] for c in ACTION_CASES])
+def test_it_performs_each_action_and_gives_the_call_a_new_token(telepo, action, prepare, body, after):
+    call = prepare(telepo)
+    response = act(telepo, action, call["callId"], {"stateToken": call["stateToken"], **body})
+    assert response.status_code == 200, response.text
+    state = response.json()
+    assert {key: state[key] for key in after} == after
+    if state["status"] != "TERMINATED":
+        assert state["stateToken"] != call["stateToken"]
+
+
+def test_it_alternates_between_a_held_and_an_active_call(telepo):
+    first = held(telepo)
+    second = talking(telepo, "+33622222222")
+    state = act(telepo, "alternate", first["callId"], {"stateToken": first["stateToken"]}).json()
+    assert state["status"] == "ACTIVE"
+    assert telepo.call(second["callId"])["status"] == "HELD"
+
+
+def test_it_transfers_a_call_to_another_call_checking_both_tokens(telepo):
+    first, second = held(telepo), talking(telepo, "+33622222222")
+    stale = act(telepo, "transfer", second["callId"], {"stateToken": second["stateToken"],
+                                                        "targetCallId": first["callId"], "targetStateToken": 1})
+    assert (stale.status_code, stale.json()["code"]) == (409, "STATE_TOKEN_MISMATCH")
+    done = act(telepo, "transfer", second["callId"], {"stateToken": second["stateToken"],
+                                                       "targetCallId": first["callId"],
+                                                       "targetStateToken": first["stateToken"]})
+    assert done.status_code == 200, done.text
+    assert telepo.call(first["callId"])["status"] == telepo.call(second["callId"])["status"] == "TERMINATED"
+
+
+def test_it_removes_a_participant_from_a_conference(telepo):
+    state = conference(telepo)
+    removed = state["participants"][0]["id"]
+    answer = act(telepo, "conferenceremove", state["callId"], {"participantId": removed}).json()
+    assert removed not in [p["id"] for p in answer["participants"]]
+    assert telepo.call(removed)["status"] == "TERMINATED"
+
+
+def test_it_refuses_a_stale_state_token_with_a_conflict_and_changes_nothing(telepo):
+    call = talking(telepo)
+    response = act(telepo, "hold", call["callId"], {"stateToken": call["stateToken"] - 1})
+    assert (response.status_code, response.json()["code"]) == (409, "STATE_TOKEN_MISMATCH")
+    assert telepo.call(call["callId"])["status"] == "ACTIVE"
+
+
+@pytest.mark.parametrize(("action", "body", "code"), [
+    ("resume", {}, "ACTION_NOT_ALLOWED"),  # an active call is not held
+    ("singlesteptransfer", {"destination": "+15555"}, "BAD_REQUEST"),
+    ("singlesteptransfer", {"destination": "tel:+15555", "type": "LATER"}, "BAD_REQUEST"),
+    ("dtmf", {"digits": "12x"}, "BAD_REQUEST"),
+    ("move", {}, "BAD_REQUEST"),
+])
+def test_it_refuses_an_action_the_call_does_not_allow_or_a_bad_body(telepo, action, body, code):
+    call = talking(telepo)
+    response = act(telepo, action, call["callId"], body)
+    assert (response.status_code, response.json()["code"]) == (400, code)
+
+
+def test_it_answers_404_for_a_call_of_another_user(telepo):
+    telepo.add_user("bob@organization.org")
+    call = telepo.incoming("bob@organization.org", "+33612345678")
+    assert act(telepo, "answer", call["callId"]).status_code == 404
+
+
+# --- webhooks ---------------------------------------------------------------------------------------
+
+def test_it_posts_every_state_change_with_a_seq_num_per_call(telepo, receiver):
+    call = talking(telepo)
+    telepo.hangup(call["callId"])
+    messages = receiver.wait_for(3)
+    assert [(m["seq_num"], m["state"], m.get("termination-reason")) for m in messages] == [
+        (1, "EARLY", None), (2, "CONFIRMED", None), (3, "TERMINATED", "HANGUP")]
+    first = messages[0]
+    assert SPEC_WEBHOOK_KEYS <= set(first)
+    assert (first["call_id"], first["direction"], first["local_user_id"], first["local_email"],
+            first["local_number"], first["remote_number"]) == (
+        call["callId"], "INCOMING", ALICE, "alice@organization.com", "+12202", "+33612345678")
+    assert first["timestamp"].endswith("+0000") and len({m["branch_id"] for m in messages}) == 1
+    assert receiver.paths[0] == "/api/telepo/webhook/s3cret"
+
+
+@pytest.mark.parametrize(("hangup", "reason"), [({}, "CANCELLED"), ({"reason": "ANSWERED_ELSEWHERE"},
+                                                                     "ANSWERED_ELSEWHERE")])
+def test_it_ends_an_unanswered_call_with_the_right_reason(telepo, receiver, hangup, reason):
+    call = telepo.incoming(ALICE, "+33612345678")
+    telepo.hangup(call["callId"], **hangup)
+    assert receiver.wait_for(2)[-1]["termination-reason"] == reason
+
+
+def test_it_rejects_a_ringing_call_terminated_by_the_user(telepo, receiver):
+    call = telepo.incoming(ALICE, "+33612345678")
+    act(telepo, "terminate", call["callId"])
+    assert receiver.wait_for(2)[-1]["termination-reason"] == "REJECTED"
+
+
+def test_it_only_accepts_an_https_crm_connector_url(telepo):
+    response = requests.put(f"{telepo.base}/webhook-url", json={"domain": DOMAIN, "url": "http://hub.example.com/x"},
+                            timeout=5)
+    assert response.status_code == 400 and "HTTPS" in response.json()["error"]
+    assert telepo.set_webhook_url("https://hub.example.com/api/telepo/webhook/x")["url"].startswith("https://")
+
+
+def test_it_holds_then_releases_webhooks_reversed(telepo, receiver):
+    telepo.hold_webhooks()
+    call = talking(telepo)
+    telepo.hangup(call["callId"])
+    time.sleep(0.1)
+    assert receiver.received == []
+    assert telepo.release_webhooks("reverse")["released"] == 3
+    assert [m["seq_num"] for m in receiver.wait_for(3)] == [3, 2, 1]
+
+
+def test_it_shuffles_held_webhooks_repeatably(telepo, receiver):
+    telepo.hold_webhooks()
+    for _ in range(3):
+        talking(telepo)
+    telepo.release_webhooks("shuffle", seed=7)
+    received = receiver.wait_for(6)
+    assert sorted((m["call_id"], m["seq_num"]) for m in received) == sorted(
+        (m["call_id"], m["seq_num"]) for m in telepo.messages())
+    assert received != telepo.messages()
+
+
+def test_it_drops_and_duplicates_the_next_messages_it_is_told_to(telepo, receiver):
+    telepo.drop_next(1, state="TERMINATED")
+    telepo.duplicate_next(1, state="CONFIRMED")
+    call = talking(telepo)
+    telepo.hangup(call["callId"])
+    telepo.wait_delivered(4)
+    assert [(m["seq_num"], m["state"]) for m in receiver.wait_for(3)] == [
+        (1, "EARLY"), (2, "CONFIRMED"), (2, "CONFIRMED")]
+    dropped = [d for d in telepo.deliveries() if d["dropped"]]
+    assert [d["body"]["state"] for d in dropped] == ["TERMINATED"]
+
+
+def test_it_resends_a_message_already_delivered(telepo, receiver):
+    call = telepo.incoming(ALICE, "+33612345678")
+    receiver.wait_for(1)
+    telepo.resend(call["callId"], 1)
+    first, again = receiver.wait_for(2)
+    assert first == again
+
+
+def test_it_records_what_ctihub_answered_each_delivery(telepo, receiver):
+    receiver.status = 400
+    telepo.incoming(ALICE, "+33612345678")
+    (delivery,) = telepo.wait_delivered(1)
+    assert (delivery["status"], delivery["url"]) == (400, receiver.url)
