@@ -134,7 +134,7 @@
     el.setAttribute("aria-label", "Call");
     el.innerHTML = `
       <header><span class="direction"></span><span class="state"></span><span class="timer" aria-label="Duration"></span></header>
-      <p class="number"></p><p class="label"></p><p class="shop"></p>
+      <p class="number"></p><p class="label"></p><p class="shop"></p><p class="crm"></p>
       <div class="actions" role="group" aria-label="Call actions"></div>
       <p class="card-error" role="alert"></p>`;
     return el;
@@ -148,8 +148,7 @@
     el.querySelector(".number").textContent = card.remote_number_display || card.remote_number || "Unknown number";
     el.querySelector(".label").textContent = card.remote_label || "";
     el.querySelector(".shop").textContent = card.external_phone ? `Shop line ${card.site_code || card.external_phone}` : "";
-    const customer = card.crm && card.crm.customer;
-    if (customer) el.querySelector(".label").textContent = `${card.remote_label || ""} · ${customer}`;
+    fillCrm(el.querySelector(".crm"), card.crm);
     el.querySelector(".timer").textContent = timerText(card);
     const actions = el.querySelector(".actions");
     // A stable order (the labels' order), whatever order the PBX lists them in.
@@ -158,6 +157,38 @@
       actions.dataset.actions = allowed.join(",");
       actions.replaceChildren(...allowed.map((a) => actionButton(card.id, a)));
     }
+  }
+
+  const CRM_LINK_LABELS = {
+    customerLink: "Customer in retailCRM", newCustomerLink: "New customer", newOrderLink: "New order",
+    lastOrderLink: "Last order",
+  };
+
+  // retailCRM's manager lookup: the customer (an object), and links to open in the CRM.
+  function fillCrm(el, crm) {
+    const customer = crm && crm.customer;
+    const name = customer ? [customer.firstName, customer.lastName].filter(Boolean).join(" ") || `Customer #${customer.id}` : "";
+    const links = Object.entries((crm && crm.links) || {}).filter(([key, url]) => CRM_LINK_LABELS[key] && /^https?:/.test(url));
+    const signature = JSON.stringify([name, links]);
+    if (el.dataset.signature === signature) return;
+    el.dataset.signature = signature;
+    const parts = [];
+    if (name) {
+      const strong = document.createElement("strong");
+      strong.className = "customer";
+      strong.textContent = name;
+      parts.push(strong);
+    }
+    for (const [key, url] of links) {
+      const a = document.createElement("a");
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener";
+      a.dataset.link = key;
+      a.textContent = CRM_LINK_LABELS[key];
+      parts.push(document.createTextNode(" "), a);
+    }
+    el.replaceChildren(...parts);
   }
 
   function actionButton(callId, action) {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -85,6 +86,21 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
             "number": _text(body.get("local_number")),
         },
     )
+
+
+def implied_answer(update: CallUpdate) -> CallUpdate | None:
+    """The answer a TERMINATED HANGUP implies, for a call whose CONFIRMED is lost or late.
+
+    The webhook's states are SIP dialog states (RFC 4235): a dialog ends in a
+    hang-up (BYE) only once it was confirmed; before that it is cancelled or
+    rejected. So the call was answered, at the latest when it ended. Applied
+    first, it keeps a late CONFIRMED (dropped as stale) from leaving an answered
+    call recorded as missed.
+    """
+    if update.kind != WEBHOOK_KIND or update.state != u.ENDED or update.payload.get("termination-reason") != "HANGUP":
+        return None
+    return replace(update, state=u.TALKING, seq=None, end_cause=None, allowed_actions=None,
+                   frame_id=f"{update.frame_id}:answered")
 
 
 def _webhook_state(state: str, direction: str) -> str:

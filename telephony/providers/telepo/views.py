@@ -13,14 +13,15 @@ from __future__ import annotations
 import hmac
 import logging
 
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from telephony.domain import apply_call_update, set_account_status
+from telephony.domain import AppliedUpdate, apply_call_update, set_account_status
 from telephony.models import Call, PbxAccount
-from telephony.providers.telepo.frames import parse_webhook_body
+from telephony.providers.telepo.frames import implied_answer, parse_webhook_body
 from telephony.providers.telepo.reconcile import request_reconcile
 from telephony.updates import FrameRejected
 
@@ -44,11 +45,24 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
     except FrameRejected as exc:
         return _rejected(account, str(exc))
     gap = _is_gap(account.pk, update.pbx_call_id, update.seq)
-    applied = apply_call_update(update)
+    applied = _apply(update)
     _note_event(account)
     if update.terminal_pbx_id and (applied.changed or gap):
         request_reconcile(account.pk, update.terminal_pbx_id)
     return JsonResponse({"ok": True, "applied": applied.changed})
+
+
+def _apply(update) -> AppliedUpdate:
+    """The webhook's update, after the answer it implies if we never heard of one (one transaction)."""
+    implied = implied_answer(update)
+    with transaction.atomic():
+        if implied is not None and not _answered(update.account_id, update.pbx_call_id):
+            apply_call_update(implied)
+        return apply_call_update(update)
+
+
+def _answered(account_id: int, call_id: str) -> bool:
+    return Call.objects.filter(account_id=account_id, pbx_call_id=call_id, answered_at__isnull=False).exists()
 
 
 def account_for_secret(secret: str) -> PbxAccount | None:

@@ -1,0 +1,168 @@
+"""Telepo webhooks and snapshots into CallUpdates: the spec's samples and the cases around them."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from telephony import updates as u
+from telephony.providers.telepo.frames import (
+    implied_answer,
+    parse_actions,
+    parse_call_state,
+    parse_snapshot,
+    parse_webhook,
+    parse_webhook_body,
+)
+from telephony.updates import FrameRejected
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FETCHED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / f"{name}.json").read_text()
+
+
+def webhook(**changes) -> dict:
+    body = json.loads(fixture("webhook_terminated_rejected"))
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+# --- the webhook ----------------------------------------------------------------------------------
+
+def test_it_reads_the_specs_sample_message_as_a_rejected_outgoing_call():
+    update = parse_webhook_body(fixture("webhook_terminated_rejected"), 7)
+    assert (update.account_id, update.pbx_call_id, update.seq, update.frame_id) == (
+        7, "8Z7SCgOCRyCewZ6yHmDR3g", 5, "seq5")
+    assert (update.state, update.direction, update.end_cause) == (u.ENDED, u.OUTBOUND, u.END_REJECTED)
+    assert update.occurred_at == datetime(2018, 2, 2, 12, 34, 57, 699000, tzinfo=timezone.utc)
+    assert (update.remote_number, update.remote_label, update.is_internal) == ("+12201", "user1@test.com", True)
+    assert update.terminal_pbx_id == "user2@test.org"
+    assert update.local_party == {"user_id": "user2@test.org", "email": "user2@test.com", "number": "+12202"}
+    assert update.payload["branch_id"] == "2e7e5911"
+
+
+@pytest.mark.parametrize(("state", "direction", "expected"), [
+    ("TRYING", "INCOMING", u.RINGING),
+    ("PROCEEDING", "INCOMING", u.RINGING),
+    ("EARLY", "INCOMING", u.RINGING),
+    ("TRYING", "OUTGOING", u.DIALING),
+    ("EARLY", "OUTGOING", u.DIALING),
+    ("CONFIRMED", "INCOMING", u.TALKING),
+    ("CONFIRMED", "OUTGOING", u.TALKING),
+    ("TERMINATED", "INCOMING", u.ENDED),
+])
+def test_it_maps_each_dialog_state(state, direction, expected):
+    update = parse_webhook(webhook(state=state, direction=direction, **{"termination-reason": None}), 7)
+    assert update.state == expected
+
+
+def test_it_gives_a_live_call_the_usual_actions_and_forgets_its_old_state_token():
+    ringing = parse_webhook(webhook(state="EARLY", direction="INCOMING", **{"termination-reason": None}), 7)
+    assert ringing.allowed_actions == (u.ANSWER, u.REDIRECT, u.HANGUP)
+    assert ringing.state_token == ""  # the token we held was for an older state
+    assert parse_webhook(webhook(), 7).allowed_actions is None  # the domain clears an ended call's
+
+
+@pytest.mark.parametrize(("reason", "direction", "end_cause"), [
+    ("REJECTED", "INCOMING", u.END_REJECTED),
+    ("ANSWERED_ELSEWHERE", "INCOMING", u.END_ANSWERED_ELSEWHERE),
+    ("CANCELLED", "INCOMING", u.END_NO_ANSWER),  # the caller gave up: a missed call
+    ("CANCELLED", "OUTGOING", u.END_CANCELLED),  # we gave up on our own call
+    ("HANGUP", "INCOMING", None),  # the domain says hangup (answered) from answered_at
+    (None, "INCOMING", None),
+])
+def test_it_maps_each_termination_reason(reason, direction, end_cause):
+    assert parse_webhook(webhook(direction=direction, **{"termination-reason": reason}), 7).end_cause == end_cause
+
+
+def test_it_implies_an_answer_only_from_a_hangup():
+    hangup = parse_webhook(webhook(**{"termination-reason": "HANGUP"}), 7)
+    answer = implied_answer(hangup)
+    assert (answer.state, answer.seq, answer.frame_id, answer.occurred_at) == (
+        u.TALKING, None, "seq5:answered", hangup.occurred_at)
+    assert implied_answer(parse_webhook(webhook(), 7)) is None  # REJECTED: never answered
+    assert implied_answer(parse_webhook(webhook(state="CONFIRMED", **{"termination-reason": None}), 7)) is None
+
+
+def test_it_reads_the_remote_user_id_under_the_spec_tables_spelling_too():
+    update = parse_webhook(webhook(remote_user_id=None, remote_use_id="bob@test.org", remote_email=None), 7)
+    assert (update.is_internal, update.remote_label) == (True, "bob@test.org")
+
+
+def test_it_reads_an_external_caller_as_not_internal():
+    update = parse_webhook(webhook(remote_user_id="", remote_email="", remote_number="+33612345678"), 7)
+    assert (update.is_internal, update.remote_number, update.remote_label) == (False, "+33612345678", None)
+
+
+def test_it_accepts_a_seq_num_sent_as_a_string_of_digits():
+    assert parse_webhook(webhook(seq_num="12"), 7).seq == 12
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    (json.dumps(webhook(seq_num=None)), "seq_num"),
+    (json.dumps(webhook(seq_num=-1)), "seq_num"),
+    (json.dumps(webhook(seq_num=True)), "seq_num"),
+    (json.dumps(webhook(call_id="")), "call_id"),
+    (json.dumps(webhook(state="RINGING")), "state"),
+    (json.dumps(webhook(direction="SIDEWAYS")), "direction"),
+    (json.dumps(webhook(**{"termination-reason": "BORED"})), "termination-reason"),
+    (json.dumps(webhook(timestamp="yesterday")), "timestamp"),
+    (json.dumps(webhook(timestamp=None)), "timestamp"),
+])
+def test_it_rejects_a_malformed_message_saying_why(body, reason):
+    with pytest.raises(FrameRejected, match=reason):
+        parse_webhook_body(body, 7)
+
+
+# --- the snapshot -----------------------------------------------------------------------------------
+
+def test_it_reads_the_specs_snapshot_sample_as_a_held_outgoing_internal_call():
+    (update,) = parse_snapshot(json.loads(fixture("snapshot")), 7, "alice@organization.org", FETCHED)
+    assert (update.pbx_call_id, update.terminal_pbx_id, update.kind) == ("aaa111bbb", "alice@organization.org",
+                                                                         "snapshot")
+    assert (update.state, update.direction, update.is_internal) == (u.HELD, u.OUTBOUND, True)
+    assert (update.remote_number, update.remote_number_e164, update.remote_label) == (
+        "+46277464", "+46277464", "Bob Bobson")
+    assert update.allowed_actions == (u.MOVE, u.TRANSFER, u.REDIRECT, u.RESUME, u.PARK)
+    assert (update.state_token, update.frame_id, update.seq, update.occurred_at) == (
+        "487345453", "token487345453", None, FETCHED)
+
+
+def test_it_reads_the_specs_action_answer_with_its_flattened_actions_and_device_ids():
+    update = parse_call_state(json.loads(fixture("transfer_answer")), 7, "user@organization.org", FETCHED)
+    assert (update.state, update.direction, update.allowed_actions) == (u.RINGING, u.INBOUND, (u.ANSWER,))
+    assert update.remote_label == "Nathan Hughes"
+
+
+@pytest.mark.parametrize(("status", "inbound", "state"), [
+    ("RINGING", True, u.RINGING), ("ALERTING", False, u.DIALING), ("ACTIVE", True, u.TALKING),
+    ("HELD", True, u.HELD), ("PARKED", False, u.HELD),
+])
+def test_it_maps_each_snapshot_status(status, inbound, state):
+    call = {"callId": "c1", "status": status, "inbound": inbound, "stateToken": 1}
+    assert parse_call_state(call, 7, "alice", FETCHED).state == state
+
+
+def test_it_keeps_a_64_bit_state_token_exact():
+    call = {"callId": "c1", "status": "ACTIVE", "stateToken": 9223372036854775807}
+    assert parse_call_state(call, 7, "alice", FETCHED).state_token == "9223372036854775807"
+
+
+def test_it_reads_an_unknown_action_name_as_nothing_allowed():
+    assert parse_actions([{"action": "TELEPORT"}, {"action": "TERMINATE"}]) == (u.HANGUP,)
+    assert parse_actions(None) == ()
+
+
+@pytest.mark.parametrize("body", [[], {"calls": "none"}, {"calls": [{"status": "ACTIVE"}]},
+                                  {"calls": [{"callId": "c1", "status": "EXPLODED"}]}])
+def test_it_rejects_a_snapshot_that_makes_no_sense(body):
+    with pytest.raises(FrameRejected):
+        parse_snapshot(body, 7, "alice", FETCHED)
