@@ -332,7 +332,7 @@ class TelepoWorld:
         call.status = HELD
 
     def _resume(self, call: Call, body: dict[str, Any]) -> None:
-        call.status = ACTIVE
+        self._alternate(call, body)  # one active call per user: the one talking now is held
 
     def _alternate(self, call: Call, body: dict[str, Any]) -> None:
         for other in self.calls.values():

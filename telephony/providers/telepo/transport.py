@@ -136,6 +136,8 @@ class TelepoProvider(Provider):
         if e164:
             return f"tel:{e164}"
         digits = re.sub(r"[\s().-]", "", text)
+        if digits.startswith("+") and digits[1:].isdigit():
+            return f"tel:{digits}"  # already international, if unknown to the numbering plan (the spec's +15555)
         if digits and all(ch.isdigit() or ch in "*#" for ch in digits):
             # A short internal number is only meaningful inside the organisation (RFC 3966 local number).
             return f"tel:{digits};phone-context={self.account.enterprise}"

@@ -244,10 +244,10 @@ def test_it_reports_a_state_token_conflict_refreshes_the_call_and_never_retries(
 def test_it_reports_a_stale_target_token_as_a_conflict_too(provider, account, world):
     first, second = held(world), talking(world, "+33622222222")
     other, call = hub_call(account, world, first), hub_call(account, world, second)
-    world.act(world.user(ALICE), "resume", first.call_id, {})
+    world.act(world.user(ALICE), "park", first.call_id, {})  # only the target moved on
     with pytest.raises(StateConflict):
         provider.call_action(call, u.TRANSFER, {"other_call": other})
-    assert world.call(second.call_id).status == "HELD"  # resuming the first held the second; nothing else
+    assert (world.call(first.call_id).status, world.call(second.call_id).status) == ("PARKED", "ACTIVE")
 
 
 @pytest.mark.parametrize(("action", "payload", "message"), [
