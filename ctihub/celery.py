@@ -15,6 +15,7 @@ app = Celery("ctihub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider
+app.autodiscover_tasks(["telephony.providers.istra_enduser"])  # call-history backfill, caller-ID restore
 app.steps["worker"].add("ctihub.celery_steps:ListenerSupervisorStep")
 
 
@@ -29,5 +30,3 @@ def _ensure_embedded_redis(**_kwargs):
 
 worker_init.connect(_ensure_embedded_redis, weak=False)
 beat_init.connect(_ensure_embedded_redis, weak=False)
-
-app.conf.beat_schedule.setdefault("telepo-reconcile", {"task": "telephony.providers.telepo.tasks.reconcile_telepo_accounts_task", "schedule": 60.0})

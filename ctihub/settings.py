@@ -155,8 +155,12 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    # Web, worker and beat share one SQLite file: wait for a lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Web, worker and beat share one SQLite file: wait for a lock instead of failing. A deferred
+    # transaction that later writes fails at once with "database is locked" (it cannot wait without
+    # deadlocking), so every transaction takes the write lock up front; WAL lets readers go on meanwhile.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=20, transaction_mode="IMMEDIATE", init_command="PRAGMA journal_mode=WAL;"
+    )
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = strict_int("DATABASE_CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -285,4 +289,14 @@ RETAILCRM_RECORD_URL_MAX_AGE_DAYS = strict_int("RETAILCRM_RECORD_URL_MAX_AGE_DAY
 CELERY_BEAT_SCHEDULE["crm-sync-sweep"] = {
     "task": "crm_sync.tasks.sweep_task",
     "schedule": float(RETAILCRM_SWEEP_SECONDS),
+}
+# Telepo: bring every user's calls to the PBX's call-state snapshot, so a missed webhook never leaves a call stuck.
+CELERY_BEAT_SCHEDULE["telepo-reconcile"] = {
+    "task": "telephony.providers.telepo.tasks.reconcile_telepo_accounts_task",
+    "schedule": 60.0,
+}
+# Istra End User API: create the calls the call history has and no socket saw.
+CELERY_BEAT_SCHEDULE["enduser-backfill"] = {
+    "task": "telephony.providers.istra_enduser.tasks.backfill_enduser_accounts_task",
+    "schedule": 120.0,
 }

@@ -28,6 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--simulator-port", type=int, default=8100)
         parser.add_argument("--no-simulator", action="store_true", help="Do not start the built-in PBX/CRM simulator.")
+        parser.add_argument("--demo-traffic", action="store_true",
+                            help="Play demo calls on the simulator's demo enterprise at a human rate.")
+        parser.add_argument("--demo-calls-per-minute", type=float, default=6.0)
+        parser.add_argument("--demo-crm", action="store_true",
+                            help="Also point the demo at the simulated retailCRM (events, uploads, routing).")
 
     def handle(self, *args, **options):
         call_command("migrate", interactive=False, verbosity=0)
@@ -39,6 +44,8 @@ class Command(BaseCommand):
             self.stdout.write(f"Embedded Redis on {settings.VAR_DIR / 'redis.sock'}")
         commands = self._commands(options)
         children = {name: subprocess.Popen(argv, env=child_env) for name, argv in commands.items()}
+        if not options["no_simulator"]:
+            self._seed_demo(options, children)
         self.stdout.write(f"ctihub is up: {settings.PUBLIC_BASE_URL}/ (Ctrl-C stops everything)")
         exit_code = 0
         stopping = False
@@ -76,8 +83,31 @@ class Command(BaseCommand):
             ],
         }
         if not options["no_simulator"]:
-            commands["simulator"] = [python, "-m", "simulator", "--host", "127.0.0.1", "--port", str(options["simulator_port"])]
+            commands["simulator"] = [python, "-m", "simulator", "--host", "127.0.0.1", "--port",
+                                     str(options["simulator_port"]), "--demo"]
+            if options["demo_traffic"]:
+                commands["simulator"] += ["--demo-calls-per-minute", str(options["demo_calls_per_minute"])]
         return commands
+
+    def _seed_demo(self, options, children) -> None:
+        """Once the simulator answers: the demo account and agents, and their logins for the newcomer."""
+        import requests
+
+        from ctihub.demo import ensure_demo
+
+        sim_url = f"http://127.0.0.1:{options['simulator_port']}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and children["simulator"].poll() is None:
+            try:
+                if requests.get(f"{sim_url}/_sim/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        logins = ensure_demo(sim_url, with_crm=options["demo_crm"])
+        for login in logins:
+            self.stdout.write(f"Demo {login.role}: {settings.PUBLIC_BASE_URL}/  user {login.username}  password {login.password}")
+        if options["demo_crm"]:
+            self.stdout.write(f"Demo retailCRM: {sim_url}/_sim/retailcrm/events and /calls show what it received")
 
     def _stop(self, children):
         for process in children.values():
