@@ -205,10 +205,17 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_WORKER_POOL = "threads"
 CELERY_BEAT_SCHEDULE: dict = {}
 
+# redis-py caps a pool at 100 connections and then fails instead of waiting: with hundreds of agents
+# connecting at once (a deploy, a Wi-Fi blip) every group_add past the 100th crashed its consumer.
+CHANNELS_REDIS_MAX_CONNECTIONS = strict_int("CHANNELS_REDIS_MAX_CONNECTIONS", 2000, minimum=10)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "max_connections": CHANNELS_REDIS_MAX_CONNECTIONS}],
+            "capacity": 1000,
+            "expiry": 30,
+        },
     }
 }
 

@@ -175,3 +175,18 @@ def test_it_sets_my_status_and_tells_my_other_tabs_and_supervisors():
 
     asyncio.run(scenario())
     assert Agent.objects.get(pk=me.pk).status == "dinner"
+
+
+def test_it_takes_hundreds_of_consoles_connecting_at_once():
+    # redis-py's pool stops at 100 connections by default and channels-redis then crashed
+    # every consumer past the 100th (close 1011): a deploy or a Wi-Fi blip reconnects everyone.
+    me = make_agent()
+    headers = headers_for(me.user)
+
+    async def scenario():
+        comms = [communicator(headers) for _ in range(150)]
+        snapshots = await asyncio.gather(*(open_console(comm) for comm in comms))
+        assert {s["type"] for s in snapshots} == {"snapshot"}
+        await asyncio.gather(*(comm.disconnect() for comm in comms))
+
+    asyncio.run(scenario())

@@ -1,0 +1,102 @@
+"""Benchmark 2: PBX events one worker process turns into committed calls and published cards.
+
+    .venv/bin/python -m bench.ingest [--calls 1000] [--terminals 50] [--threads 8]
+
+The frames are myCrm's, as the spec records them (ringing, talking, dropped),
+re-numbered per call. They go through the same path as a socket's frames:
+``provider.parse_frame`` -> ``apply_call_update`` (one transaction on
+PostgreSQL) -> on commit, the card published on the real channels-redis layer
+and the CRM hand-off. ``--threads`` is how many listeners feed the process at
+once (a worker holds one thread per socket). The figure counts an event once its
+card has been handed to Redis; per call, events are applied in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+from bench.common import REPO, figure, setup_django
+
+FIXTURES = REPO / "telephony/providers/istra_mycrm/tests/fixtures"
+FRAMES = ("event_call_ringing.json", "event_call_talking.json", "event_call_dropped.json")
+
+
+def frames_for(call_n: int, terminal_n: int) -> list[str]:
+    out = []
+    for name in FRAMES:
+        frame = json.loads((FIXTURES / name).read_text())
+        item = frame["item"][0]
+        item.update(callId=f"-{call_n}", displayNumber=f"06{call_n:08d}", displayNumberE164=f"+336{call_n:08d}",
+                    type="external")
+        out.append(json.dumps(frame))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--terminals", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+    setup_django()
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from accounts.models import Agent
+    from telephony import domain
+    from telephony.models import Call, CallEvent, PbxAccount, Terminal
+    from telephony.providers import provider_for
+    from telephony.providers.base import ListenerSpec
+    from telephony.publish import publisher
+
+    account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYCRM, base_url="http://127.0.0.1:1/restletrouter")
+    specs = []
+    for t in range(args.terminals):
+        user = get_user_model().objects.create_user(f"agent{t}")
+        agent = Agent.objects.create(user=user, extension_code=str(1000 + t))
+        terminal = Terminal.objects.create(account=account, pbx_id=str(5985841581756135000 + t), agent=agent)
+        specs.append(ListenerSpec(name=f"l{t}", terminal_pbx_id=terminal.pbx_id))
+    connection.close()
+    work: list[list[tuple[ListenerSpec, list[str]]]] = [[] for _ in range(args.threads)]
+    for n in range(args.calls):
+        spec = specs[n % len(specs)]
+        work[n % args.threads].append((spec, frames_for(n + 1, n % len(specs))))
+    publisher.send([], {}).result(timeout=5)  # start the publishing loop before timing
+
+    def feed(items):
+        provider = provider_for(account)
+        try:
+            for spec, frames in items:
+                for text in frames:
+                    for update in provider.parse_frame(text, spec):
+                        domain.apply_call_update(update)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=feed, args=(items,)) for items in work]
+    started = time.perf_counter()
+    if len(threads) == 1:
+        feed(work[0])  # inline, so a profiler sees it
+    else:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    publisher.send([], {}).result(timeout=60)  # every card before this one has reached Redis
+    elapsed = time.perf_counter() - started
+    events = args.calls * len(FRAMES)
+    stored_events = CallEvent.objects.count()
+    ended = Call.objects.filter(state=Call.State.ENDED).count()
+    figure("events", events)
+    figure("events_stored", stored_events, "", str(events))
+    figure("calls_ended", ended, "", str(args.calls))
+    figure("seconds", elapsed, "s")
+    figure("ingest_events_per_second", events / elapsed, "events/s", ">= 1000")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Real processes for the benchmarks: the simulator, daphne and a Celery worker on the benchmark database."""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+
+from tests.support.processes import ManagedProcess, celery_worker, daphne_process, free_port, http_ok, \
+    simulator_process, wait_for
+
+
+def hub_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DATABASE_URL=os.environ["DATABASE_URL"], REDIS_URL=settings.REDIS_URL, SECRET_KEY=settings.SECRET_KEY,
+               FIELD_ENCRYPTION_KEY=",".join(settings.FIELD_ENCRYPTION_KEYS), PYTHONUNBUFFERED="1",
+               LOG_LEVEL="WARNING", DATABASE_CONN_MAX_AGE="60")
+    env.update(extra)
+    return env
+
+
+class BenchHub:
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.sim_port, self.web_port = free_port(), free_port()
+        self.sim_url = f"http://127.0.0.1:{self.sim_port}"
+        self.web_url = f"http://127.0.0.1:{self.web_port}"
+        self.processes: list[ManagedProcess] = []
+
+    def start_simulator(self) -> None:
+        self.processes.append(simulator_process(self.sim_port))
+        wait_for(lambda: http_ok(f"{self.sim_url}/_sim/health"), 30, what="the simulator")
+
+    def start_web(self) -> None:
+        self.processes.append(daphne_process(self.web_port, self.env))
+        wait_for(lambda: http_ok(f"{self.web_url}/healthz"), 30, what="daphne")
+
+    def start_worker(self) -> ManagedProcess:
+        worker = celery_worker(f"bench-worker-{self.sim_port}", self.env)
+        self.processes.append(worker)
+        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
+        return worker
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
