@@ -1,0 +1,44 @@
+"""A tiny run of every benchmark, so the scripts in bench/ cannot rot (their figures live in docs/performance.md)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.processes import REPO
+
+pytestmark = pytest.mark.e2e
+
+BENCHMARKS = {
+    "upload_backlog": ["--calls", "120"],
+    "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
+    "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
+    "makecall_overhead": ["--rate", "20", "--seconds", "1"],
+}
+
+
+def bench_env() -> dict[str, str]:
+    from django.conf import settings
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    redis_base = settings.REDIS_URL.rsplit("/", 1)[0]
+    env.update(BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ctihub_bench_smoke",
+               BENCH_REDIS_URL=f"{redis_base}/15", PYTHONPATH=str(REPO))
+    return env
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_it_runs_the_benchmark_and_prints_its_figures(name):
+    done = subprocess.run([sys.executable, "-m", f"bench.{name}", *BENCHMARKS[name]], cwd=REPO, env=bench_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    figures = dict(re.findall(r"^(\w+): (\S+)", done.stdout, re.M))
+    for zero in ("limit_errors", "duplicates", "cards_lost", "cards_duplicated", "errors"):
+        if zero in figures:
+            assert figures[zero] == "0", done.stdout
+    if name == "upload_backlog":
+        assert figures["upload_requests"] == "3" and figures["calls_uploaded"] == "120"
+    if name == "ingest":
+        assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
