@@ -40,6 +40,46 @@ RECV_SLICE_SECONDS = 1.0
 DB_RETRY_SECONDS = 1.0
 
 
+class DbSlots:
+    """At most ``size`` listener threads of this process hold a database connection at once.
+
+    A worker holds thousands of sockets, one thread each, and PostgreSQL cannot give every one a
+    connection (max_connections is 100 by default). A thread takes a slot before its first query,
+    keeps it (and its connection, so a burst of frames pays no reconnect) while frames keep coming,
+    and gives both back after a second without frames or before it waits on the network.
+    """
+
+    def __init__(self, size: int):
+        self._semaphore = threading.BoundedSemaphore(size)
+        self._held = threading.local()
+
+    def take(self) -> None:
+        if not getattr(self._held, "slot", False):
+            self._semaphore.acquire()
+            self._held.slot = True
+
+    def give_back(self) -> None:
+        if getattr(self._held, "slot", False):
+            from django.db import connection
+
+            if not connection.in_atomic_block:
+                connection.close()
+            self._held.slot = False
+            self._semaphore.release()
+
+
+_db_slots: DbSlots | None = None
+_db_slots_lock = threading.Lock()
+
+
+def db_slots() -> DbSlots:
+    global _db_slots
+    with _db_slots_lock:
+        if _db_slots is None:
+            _db_slots = DbSlots(settings.LISTENER_DB_CONNECTIONS)
+        return _db_slots
+
+
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
     """Full-jitter exponential backoff: spreads reconnects so a PBX restart is not a stampede."""
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))
@@ -96,16 +136,19 @@ class ListenerRunner(threading.Thread):
                     logger.exception("listener crashed; reconnecting", extra=self._log_extra)
                     attempt = self._back_off(attempt, f"{exc.__class__.__name__}: {exc}")
         finally:
+            db_slots().give_back()
             close_old_connections()
 
     def _hold_socket_once(self) -> None:
         provider = provider_for(self.account)
         stream = None
-        domain.set_listener_state(self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner)
+        self._retry_db(lambda: domain.set_listener_state(
+            self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
+        db_slots().give_back()  # logging in and opening the socket take a while: no connection meanwhile
         try:
             stream = provider.open_stream(self.spec)
-            domain.set_listener_state(self.listener_id, Listener.State.CONNECTED, error="")
-            domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED)
+            self._retry_db(lambda: domain.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
+            self._retry_db(lambda: domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             logger.info("listener connected", extra=self._log_extra)
             for text in getattr(stream, "initial_frames", ()) or ():
                 self._handle_frame(provider, text)
@@ -125,6 +168,8 @@ class ListenerRunner(threading.Thread):
             text = stream.recv(RECV_SLICE_SECONDS)
             if text is not None:
                 self._handle_frame(provider, text)
+            else:
+                db_slots().give_back()  # a second without frames: let another socket's thread have it
             now = time.monotonic()
             if now >= next_keepalive:
                 stream.keepalive()
@@ -149,6 +194,7 @@ class ListenerRunner(threading.Thread):
         self._retry_db(lambda: domain.apply_call_update(update))
 
     def _retry_db(self, operation):
+        db_slots().take()
         while True:
             try:
                 return operation()
@@ -164,18 +210,21 @@ class ListenerRunner(threading.Thread):
     def _back_off(self, attempt: int, reason: str) -> int:
         delay = backoff_delay(attempt, cap=self.supervisor.backoff_cap_seconds)
         logger.warning("listener down (%s); reconnecting in %.1fs", reason, delay, extra=self._log_extra)
+        db_slots().take()
         try:
             domain.set_listener_state(self.listener_id, Listener.State.BACKOFF, error=reason)
             domain.count_reconnect(self.listener_id)
             domain.set_account_status(self.account.pk, PbxAccount.Status.DEGRADED, reason)
         except (OperationalError, InterfaceError):
             close_old_connections()
+        db_slots().give_back()
         self.stop_event.wait(delay)
         return attempt + 1
 
     def _fail(self, reason: str) -> None:
         self.failed_permanently = True
         logger.error("listener failed and needs an admin: %s", reason, extra=self._log_extra)
+        db_slots().take()
         domain.set_listener_state(self.listener_id, Listener.State.FAILED, error=reason)
         domain.set_account_status(self.account.pk, PbxAccount.Status.FAILED, reason)
 

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
+    "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
 }
 
 
@@ -40,5 +41,7 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
             assert figures[zero] == "0", done.stdout
     if name == "upload_backlog":
         assert figures["upload_requests"] == "3" and figures["calls_uploaded"] == "120"
+    if name == "sockets_per_worker":
+        assert figures["sockets_held"] == "10" and figures["sockets_with_two_keepalives"] == "10"
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"

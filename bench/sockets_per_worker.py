@@ -1,0 +1,96 @@
+"""Benchmark 3: PBX sockets one worker process holds, the memory each costs, and keep-alives on time.
+
+    .venv/bin/python -m bench.sockets_per_worker [--sockets 2000] [--keepalive 10] [--hold 30]
+
+The listener supervisor runs in this process exactly as the worker bootstep runs
+it, holding one myCrm socket per terminal to the simulator (a separate process).
+RSS is read before the supervisor starts and once every socket is connected;
+the difference over the socket count is the cost of one socket (its thread, its
+session, its websocket). Keep-alives are timed where the listener sends them:
+the figure is the longest gap seen between two keep-alives of one socket,
+against the configured interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import threading
+import time
+
+from bench.common import figure, setup_django
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sockets", type=int, default=2000)
+    parser.add_argument("--keepalive", type=float, default=10.0)
+    parser.add_argument("--hold", type=float, default=30.0)
+    args = parser.parse_args()
+    os.environ.update(LISTENER_KEEPALIVE_SECONDS=str(int(args.keepalive)), LISTENER_SCAN_SECONDS="2",
+                      LISTENER_LEASE_TTL_MS="30000")
+    setup_django()
+    import psutil
+
+    from bench.procs import BenchHub, hub_env
+    from telephony import control
+    from telephony.models import Listener, PbxAccount
+    from telephony.providers import base
+    from telephony.supervisor import Supervisor
+    from tests.support.processes import wait_for
+    from tests.support.sim_control import IstraControl
+
+    gaps: dict[int, float] = collections.defaultdict(float)
+    last: dict[int, float] = {}
+    lock = threading.Lock()
+    real_keepalive = base.WebSocketStream.keepalive
+
+    def timed_keepalive(stream):
+        now = time.monotonic()
+        with lock:
+            if id(stream) in last:
+                gaps[id(stream)] = max(gaps[id(stream)], now - last[id(stream)])
+            last[id(stream)] = now
+        return real_keepalive(stream)
+
+    base.WebSocketStream.keepalive = timed_keepalive
+    hub = BenchHub(hub_env())
+    supervisor = None
+    try:
+        hub.start_simulator()
+        sim = IstraControl(hub.sim_url)
+        sim.add_user("bench", "bench-pass", mycrm=True)
+        for t in range(args.sockets):
+            sim.add_extension(str(5985841581756135000 + t), str(10000 + t), owner="bench")
+        account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYCRM, login="bench",
+                                            password="bench-pass", base_url=f"{hub.sim_url}/restletrouter")
+        control.sync_terminals(account)
+        process = psutil.Process()
+        rss_before = process.memory_info().rss
+        started = time.monotonic()
+        supervisor = Supervisor(owner="bench")
+        supervisor.start()
+        wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.sockets, 600, interval=1,
+                 what="every socket connected")
+        connect_seconds = time.monotonic() - started
+        time.sleep(args.hold)
+        connected = Listener.objects.filter(state="connected").count()
+        rss_after = process.memory_info().rss
+        threads = threading.active_count()
+    finally:
+        if supervisor is not None:
+            supervisor.stop(timeout=60)
+        hub.stop()
+    per_socket_kib = (rss_after - rss_before) / 1024 / max(1, args.sockets)
+    figure("sockets_held", connected, "", f">= {args.sockets}")
+    figure("connect_all_seconds", connect_seconds, "s")
+    figure("threads", threads)
+    figure("rss_per_socket", per_socket_kib, "KiB", "<= 200")
+    figure("keepalive_interval", args.keepalive, "s")
+    figure("keepalive_max_gap", max(gaps.values(), default=0.0), "s", f"<= {args.keepalive * 1.5:.0f}")
+    figure("sockets_with_two_keepalives", len(gaps))
+
+
+if __name__ == "__main__":
+    main()
