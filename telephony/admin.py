@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin, messages
 
 from ctihub.secrets import secret_form_for
@@ -34,15 +35,24 @@ class PbxAccountAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "base_url", "enabled", "status", "status_since", "last_event_at", "last_error")
     list_filter = ("kind", "enabled", "status")
     search_fields = ("name", "base_url", "enterprise", "login")
-    readonly_fields = LIVE_STATUS_FIELDS + ("created_at", "updated_at")
+    readonly_fields = LIVE_STATUS_FIELDS + ("created_at", "updated_at", "telepo_setup")
     inlines = [TerminalInline, ListenerInline]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled")}),
-        ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region")}),
+        ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region",
+                                   "telepo_setup")}),
         ("Credentials (write-only)", {"fields": SECRET_FIELDS}),
         ("Live status", {"fields": LIVE_STATUS_FIELDS + ("created_at", "updated_at")}),
     )
     actions = ["test_connection", "sync_terminals", "restart_listeners"]
+
+    @admin.display(description="Telepo setup")
+    def telepo_setup(self, obj):
+        # Telepo lists no users and must be told where to post: say both (the secret stays write-only).
+        if obj is None or obj.kind != PbxAccount.Kind.TELEPO:
+            return "-"
+        return (f"CRM connector webhook URL: {settings.PUBLIC_BASE_URL}/api/telepo/webhook/<webhook secret>. "
+                "Add one terminal per Telepo user: PBX id = userId, extension = the deviceId to call from.")
 
     @admin.action(description="Test the connection (log in and look around)")
     def test_connection(self, request, queryset):

@@ -298,7 +298,10 @@ class TelepoWorld:
             return ["TERMINATE"]
         if call.status == PARKED:
             return ["PICKUP", "TERMINATE"]
-        names = ["HOLD", "PARK", "UNMUTE" if call.muted else "MUTE", "DTMF"] if call.status == ACTIVE else ["RESUME", "PARK"]
+        if call.status == ACTIVE:
+            names = ["HOLD", "PARK", "UNMUTE" if call.muted else "MUTE", "DTMF"]
+        else:
+            names = ["RESUME", "PARK"]
         names += ["MOVE", "SINGLE_STEP_TRANSFER", "TERMINATE"]
         if others:
             names += ["TRANSFER", "CONFERENCE_ADD"]

@@ -43,6 +43,8 @@ def parse_webhook_body(raw: bytes | str, account_id: int) -> CallUpdate:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise FrameRejected("the body is not JSON") from None
+    except RecursionError:  # nested deeper than the decoder goes (a 64 KiB body can be)
+        raise FrameRejected("the body is not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise FrameRejected("the body is not a JSON object")
     return parse_webhook(body, account_id)
@@ -124,7 +126,11 @@ def _end_cause(reason: str | None, direction: str) -> str | None:
 
 
 def _seq_num(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value) if 0 <= value < 10**18 else ""
+    text = value if isinstance(value, str) else ""
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and what a BIGINT column holds.
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise FrameRejected("seq_num must be a non-negative integer")
     return int(value)
 
@@ -212,7 +218,7 @@ def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datet
         raise FrameRejected("a call state is a JSON object")
     call_id = _required_text(call, "callId")
     status = call.get("status")
-    if status not in SNAPSHOT_STATES:
+    if not isinstance(status, str) or status not in SNAPSHOT_STATES:
         raise FrameRejected(f"call {call_id}: unknown status {status!r}")
     direction = u.INBOUND if call.get("inbound") else u.OUTBOUND
     state = SNAPSHOT_STATES[status] or (u.RINGING if direction == u.INBOUND else u.DIALING)

@@ -30,7 +30,8 @@ def enqueue(task, *args, countdown: float | None = None) -> bool:
 @shared_task(ignore_result=True)
 def reconcile_telepo_accounts_task() -> int:
     """Beat (and worker start): one reconcile per enabled Telepo account."""
-    account_ids = list(PbxAccount.objects.filter(kind=PbxAccount.Kind.TELEPO, enabled=True).values_list("pk", flat=True))
+    accounts = PbxAccount.objects.filter(kind=PbxAccount.Kind.TELEPO, enabled=True)
+    account_ids = list(accounts.values_list("pk", flat=True))
     for account_id in account_ids:
         enqueue(reconcile_account_task, account_id)
     return len(account_ids)

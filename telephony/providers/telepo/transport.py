@@ -70,7 +70,7 @@ class TelepoProvider(Provider):
             raise ProviderError("add one terminal per Telepo user (PBX id = the userId) to test the API ticket",
                                 permanent=True)
         calls = sum(len(self.snapshot(user_id).get("calls") or []) for user_id in users)
-        return f"{len(users)} Telepo user{'s' if len(users) != 1 else ''} reachable, {calls} call{'s' if calls != 1 else ''} now"
+        return f"{_plural(len(users), 'Telepo user')} reachable, {_plural(calls, 'call')} now"
 
     def fetch_terminals(self):
         raise NotSupported("Telepo does not list its users over the call-control API: add one terminal per "
@@ -209,11 +209,22 @@ class TelepoProvider(Provider):
             self.client.close()
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
 def _user_of(call) -> str:
-    terminal = call.terminal if call.terminal_id else None
-    if terminal is None:
-        raise ActionRefused("this call has no Telepo user: ctihub cannot act on it")
-    return terminal.pbx_id
+    """The Telepo user whose call it is: its terminal's, else (matched by email or number) its agent's."""
+    from telephony.models import Terminal
+
+    if call.terminal_id:
+        return call.terminal.pbx_id
+    if call.agent_id:
+        user_id = (Terminal.objects.filter(account_id=call.account_id, agent_id=call.agent_id, active=True)
+                   .values_list("pbx_id", flat=True).first())
+        if user_id:
+            return user_id
+    raise ActionRefused("this call has no Telepo user: ctihub cannot act on it")
 
 
 def _token(value) -> int | None:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from telephony import updates as u
 from telephony.domain import AppliedUpdate, apply_call_update, set_account_status
 from telephony.models import Call, PbxAccount
 from telephony.providers.telepo.frames import implied_answer, parse_webhook_body
@@ -47,7 +48,8 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
     gap = _is_gap(account.pk, update.pbx_call_id, update.seq)
     applied = _apply(update)
     _note_event(account)
-    if update.terminal_pbx_id and (applied.changed or gap):
+    # The snapshot brings the new stateToken and exact actions of a live call, and fills a gap.
+    if update.terminal_pbx_id and (gap or (applied.changed and update.state != u.ENDED)):
         request_reconcile(account.pk, update.terminal_pbx_id)
     return JsonResponse({"ok": True, "applied": applied.changed})
 

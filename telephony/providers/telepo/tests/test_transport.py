@@ -73,6 +73,12 @@ def muted(world):
     return call
 
 
+def held_beside_an_active_call(world):
+    call = held(world)
+    talking(world, "+33622222222")
+    return call
+
+
 def conference(world):
     first, second = talking(world), talking(world, "+33622222222")
     world.act(world.user(ALICE), "conferenceadd", second.call_id, {"targetCallId": first.call_id})
@@ -146,6 +152,7 @@ ACTION_CASES = [
     (u.PICKUP, parked, {}, "pickup", {}, "ACTIVE"),
     (u.HOLD, talking, {}, "hold", {}, "HELD"),
     (u.RESUME, held, {}, "resume", {}, "ACTIVE"),
+    (u.ALTERNATE, held_beside_an_active_call, {}, "alternate", {}, "ACTIVE"),
     (u.PARK, talking, {}, "park", {}, "PARKED"),
     (u.MUTE, talking, {}, "mute", {}, "ACTIVE"),
     (u.UNMUTE, muted, {}, "unmute", {}, "ACTIVE"),
@@ -199,12 +206,6 @@ def test_it_names_the_participant_to_remove_from_a_conference(provider, account,
     assert [p["id"] for p in answer["participants"]] == [sim_call.call_id]
 
 
-def test_it_alternates_to_a_held_call(provider, account, world):
-    first, _second = held(world), talking(world, "+33622222222")
-    call = hub_call(account, world, first)
-    assert provider.call_action(call, u.ALTERNATE, {})["status"] == "ACTIVE"
-
-
 def test_it_applies_the_answer_so_the_next_action_carries_the_new_token(provider, account, world):
     sim_call = talking(world)
     call = hub_call(account, world, sim_call)
@@ -235,8 +236,8 @@ def test_it_reports_a_state_token_conflict_refreshes_the_call_and_never_retries(
         provider.call_action(call, u.HOLD, {})
     assert (conflict.value.status, conflict.value.code, conflict.value.permanent) == (
         409, "STATE_TOKEN_MISMATCH", False)
-    assert [(r["method"], r["path"].split("/v1/")[1].split("/")[0], r["status"]) for r in requests_after(world, seq)] == [
-        ("POST", "hold", 409), ("GET", "snapshot", 200)]
+    sent = [(r["method"], r["path"].split("/v1/")[1].split("/")[0], r["status"]) for r in requests_after(world, seq)]
+    assert sent == [("POST", "hold", 409), ("GET", "snapshot", 200)]
     call.refresh_from_db()
     assert (call.state, call.state_token) == (Call.State.HELD, str(world.call(sim_call.call_id).state_token))
 
@@ -276,6 +277,15 @@ def test_it_refuses_to_act_on_a_call_without_a_telepo_user(provider, account):
     call = Call(account=account, pbx_call_id="c1", state=Call.State.TALKING)
     with pytest.raises(ActionRefused, match="no Telepo user"):
         provider.call_action(call, u.HOLD, {})
+
+
+def test_it_acts_as_the_agents_telepo_user_when_the_call_has_no_terminal(provider, account, terminal, world):
+    sim_call = talking(world)
+    call = hub_call(account, world, sim_call)
+    Call.objects.filter(pk=call.pk).update(terminal=None)
+    call = Call.objects.get(pk=call.pk)
+    provider.call_action(call, u.HOLD, {})
+    assert world.call(sim_call.call_id).status == "HELD"
 
 
 def test_it_passes_on_telepos_refusal_of_an_action_the_call_does_not_allow(provider, account, world):

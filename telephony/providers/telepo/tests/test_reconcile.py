@@ -1,0 +1,128 @@
+"""Snapshot reconcile against the simulator, and the tasks that run it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from telephony import updates as u
+from telephony.domain import apply_call_update
+from telephony.models import Call, PbxAccount
+from telephony.providers.telepo import tasks
+from telephony.providers.telepo.reconcile import (
+    _live_calls_missing,
+    apply_unless_newer,
+    reconcile_account,
+    reconcile_user,
+)
+from telephony.providers.telepo.tests.conftest import ALICE
+from tests.factories import make_account
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_brings_in_a_call_it_never_heard_of_with_its_token_actions_and_agent(account, terminal, world):
+    sim_call = world.incoming_call(ALICE, "+33612345678", display_name="Bob")
+    report = reconcile_user(account, ALICE)
+    call = Call.objects.get(account=account, pbx_call_id=sim_call.call_id)
+    assert (report.users, report.applied, report.ended) == (1, 1, 0)
+    assert (call.state, call.direction, call.remote_number_e164, call.remote_label) == (
+        "ringing", "in", "+33612345678", "Bob")
+    assert (call.terminal, call.agent, call.state_token) == (terminal, terminal.agent, str(sim_call.state_token))
+    assert call.allowed_actions == [u.ANSWER, u.PICKUP, u.REDIRECT, u.HANGUP]
+
+
+def test_it_is_idempotent(account, terminal, world):
+    world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    version = Call.objects.get().version
+    report = reconcile_user(account, ALICE)
+    assert (report.applied, report.skipped, Call.objects.get().version) == (0, 1, version)
+
+
+def test_it_moves_a_call_to_the_snapshots_state(account, terminal, world):
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    world.answer(sim_call.call_id)
+    world.act(world.user(ALICE), "hold", sim_call.call_id, {})
+    reconcile_user(account, ALICE)
+    call = Call.objects.get()
+    assert (call.state, call.state_token) == ("held", str(world.call(sim_call.call_id).state_token))
+    assert u.RESUME in call.allowed_actions and call.answered_at is not None
+
+
+def test_it_ends_a_live_call_the_full_snapshot_no_longer_lists(account, terminal, world):
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    world.hangup(sim_call.call_id)  # and its webhook is lost
+    assert reconcile_user(account, ALICE).ended == 1
+    call = Call.objects.get()
+    assert (call.state, call.end_cause, call.allowed_actions) == ("ended", u.END_NO_ANSWER, [])
+
+
+def test_it_ends_nothing_from_a_partial_snapshot(account, terminal, world, monkeypatch):
+    world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    monkeypatch.setattr(world, "snapshot", lambda user_id: {"fullState": False, "calls": []})
+    assert reconcile_user(account, ALICE).ended == 0
+    assert Call.objects.get().state == "ringing"
+
+
+def test_it_never_lets_an_older_snapshot_undo_what_a_webhook_said_since(account, terminal):
+    asked_at = timezone.now()
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id="c1", state=u.TALKING, kind="webhook",
+                                   payload={}, occurred_at=timezone.now(), terminal_pbx_id=ALICE, seq=2))
+    older = u.CallUpdate(account_id=account.pk, pbx_call_id="c1", state=u.RINGING, kind="snapshot", payload={},
+                         occurred_at=asked_at, terminal_pbx_id=ALICE)
+    assert apply_unless_newer(older, asked_at) is None
+    assert apply_unless_newer(older, timezone.now() + timedelta(seconds=1)).changed
+    assert Call.objects.get().state == "ringing"
+
+
+def test_it_leaves_a_call_that_changed_after_the_snapshot_was_asked_out_of_the_missing(account, terminal):
+    asked_at = timezone.now()
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id="new", state=u.RINGING, kind="webhook",
+                                   payload={}, occurred_at=timezone.now(), terminal_pbx_id=ALICE, seq=1))
+    assert list(_live_calls_missing(account, ALICE, set(), asked_at)) == []
+    assert [c.pbx_call_id for c in _live_calls_missing(account, ALICE, set(), timezone.now())] == ["new"]
+
+
+def test_it_reports_every_users_snapshot_on_the_account_status(account, terminal, world):
+    world.incoming_call(ALICE, "+33612345678")
+    report = reconcile_account(account)
+    account.refresh_from_db()
+    assert (report.users, report.applied, account.status) == (1, 1, PbxAccount.Status.CONNECTED)
+
+
+def test_it_marks_the_account_failed_when_telepo_refuses_the_ticket(account, terminal, world):
+    world.tickets.clear()
+    report = reconcile_account(account)
+    account.refresh_from_db()
+    assert account.status == PbxAccount.Status.FAILED and "API ticket" in account.last_error
+    assert len(report.errors) == 1
+
+
+def test_it_queues_one_reconcile_per_enabled_telepo_account(account, queued):
+    make_account(kind=PbxAccount.Kind.TELEPO, base_url="https://t.example.com", enabled=False)
+    make_account(kind=PbxAccount.Kind.ISTRA_MYRCC)
+    assert tasks.reconcile_telepo_accounts_task() == 1
+    assert queued == [("reconcile_account_task", (account.pk,))]
+
+
+def test_it_runs_the_account_task_on_the_simulator(account, terminal, world):
+    world.incoming_call(ALICE, "+33612345678")
+    assert tasks.reconcile_account_task(account.pk) == {"users": 1, "applied": 1, "ended": 0, "errors": 0}
+    assert tasks.reconcile_account_task(999_999) == {}
+
+
+def test_it_logs_a_failed_user_reconcile_without_raising(account, terminal, world, caplog):
+    world.tickets.clear()
+    tasks.reconcile_user_task(account.pk, ALICE)
+    assert any("snapshot of alice@organization.org failed" in r.getMessage() for r in caplog.records)
+
+
+def test_it_reconciles_when_a_worker_starts(queued):
+    tasks._reconcile_on_start()
+    assert queued == [("reconcile_telepo_accounts_task", ())]
