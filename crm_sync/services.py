@@ -586,15 +586,17 @@ def terminal_for_integration(agent: Agent, integration: RetailCrmIntegration) ->
 
 
 def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
-    """HOOK FOR ISSUE 7 — show the shop's number as the caller-ID of the next call from ``terminal``.
+    """Show the shop's number as the caller-ID of the next call from ``terminal``.
 
-    Only the Istra End User API (myIstra) can set a user's caller-ID, and its
-    provider is not built yet, so nothing here can do it: this returns False and
-    the PBX presents its default caller-ID. Issue 7 replaces the body (call the
-    End User provider's caller-ID set for the terminal's user when the account
-    offers it, return True once the PBX accepted).
+    Only the Istra End User API (myIstra) can set a user's caller-ID: when the
+    terminal's agent has an End User account on the same platform, it is set
+    there (and put back once the call is set up, see
+    ``telephony.providers.istra_enduser.callerid``). Otherwise, or when the PBX
+    refuses, this returns False and the PBX presents its default caller-ID.
     """
-    return False
+    from telephony.providers.istra_enduser.callerid import present_external_phone as present_on_enduser
+
+    return present_on_enduser(terminal, external_phone)
 
 
 def make_call(integration: RetailCrmIntegration, agent: Agent, phone_e164: str, external_phone: str = "") -> dict:

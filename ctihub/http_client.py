@@ -79,6 +79,8 @@ class HttpClient:
 
     def _send_following_redirects(self, method: str, url: str, **kwargs) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        # Passed explicitly: requests lets REQUESTS_CA_BUNDLE override a session's own trust store.
+        kwargs.setdefault("verify", self.session.verify)
         kwargs["allow_redirects"] = False
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send_once(method, url, **kwargs)

@@ -99,7 +99,7 @@ def act_on_call(viewer: Viewer, call_id: int, action: str, payload: dict) -> dic
     call = Call.objects.select_related("account").filter(pk=call_id).first()
     if call is None or not (viewer.is_supervisor or (viewer.agent and call.agent_id == viewer.agent.pk)):
         raise Refused("this call is not yours")
-    if action in ("transfer", "merge") and "call" in payload:
+    if action in ("transfer", "merge", "conference_add") and "call" in payload:
         other = viewer.visible_calls().filter(pk=payload["call"]).first()
         if other is None:
             raise Refused("the other call is not yours")

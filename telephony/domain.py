@@ -11,6 +11,7 @@ writes models directly.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -37,6 +38,7 @@ class AppliedUpdate:
 
 def apply_call_update(update: u.CallUpdate) -> AppliedUpdate:
     """Upsert the call, append its event, derive times; publish after commit."""
+    received = time.monotonic()  # the pop-up latency metric runs from here to the card's publish
     with transaction.atomic():
         call = _locked_call_for(update)
         created = False
@@ -53,7 +55,7 @@ def apply_call_update(update: u.CallUpdate) -> AppliedUpdate:
             return AppliedUpdate(Call.objects.get(pk=call.pk), False)
         call.version += 1
         call.save()
-        _after_commit(call)
+        _after_commit(call, received, _account(update.account_id).kind)
     return AppliedUpdate(call, True)
 
 
@@ -147,6 +149,10 @@ def _move_to_state(call: Call, update: u.CallUpdate) -> None:
     if update.state in (u.TALKING, u.HELD) and call.answered_at is None:
         call.answered_at = update.answered_at or update.occurred_at
     if update.state == u.ENDED:
+        if call.answered_at is None and update.answered_at is not None:
+            # The PBX says it was answered although we never saw it talking (myRCC coalesces snapshots,
+            # a Telepo CONFIRMED got lost): without this, an answered call would count as missed.
+            call.answered_at = update.answered_at
         call.ended_at = call.ended_at or update.occurred_at
         call.allowed_actions = []
         if update.end_cause:
@@ -209,16 +215,21 @@ def _record_event(call: Call, update: u.CallUpdate) -> bool:
     return True
 
 
-def _after_commit(call: Call) -> None:
+def _after_commit(call: Call, received: float | None = None, account_kind: str = "") -> None:
     call_id, version = call.pk, call.version
-    transaction.on_commit(lambda: _publish_and_sync(call_id, version))
+    transaction.on_commit(lambda: _publish_and_sync(call_id, version, received, account_kind))
 
 
-def _publish_and_sync(call_id: int, version: int) -> None:
+def _publish_and_sync(call_id: int, version: int, received: float | None = None, account_kind: str = "") -> None:
     from crm_sync.services import call_changed
+    from ctihub import metrics
     from telephony.publish import publish_call
 
-    publish_call(call_id)
+    metrics.event_applied(account_kind)
+    published = publish_call(call_id)
+    if published is not None and received is not None:
+        # Pop-up latency: from the frame reaching apply_call_update to its card leaving for the browsers.
+        published.add_done_callback(lambda _done: metrics.popup_latency(time.monotonic() - received))
     call_changed(call_id, version)
 
 

@@ -17,7 +17,7 @@ def test_it_runs_the_demo_with_traffic_and_the_simulated_retailcrm(tmp_path):
     web_port, sim_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "FIELD_ENCRYPTION_KEY")}
     env.update({"CTIHUB_VAR_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1", "PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}"})
-    hub = ManagedProcess("demo", [sys.executable, "manage.py", "runall", "--port", str(web_port), "--simulator-port",
+    hub = ManagedProcess(f"demo-{web_port}", [sys.executable, "manage.py", "runall", "--port", str(web_port), "--simulator-port",
                                   str(sim_port), "--demo-traffic", "--demo-calls-per-minute", "120", "--demo-crm"], env)
     try:
         wait_for(lambda: "ctihub is up" in hub.log() or not hub.alive(), 90, what="the demo to start")

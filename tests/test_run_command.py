@@ -16,7 +16,7 @@ def test_it_runs_the_whole_hub_on_embedded_defaults_and_serves_the_admin_login(t
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "FIELD_ENCRYPTION_KEY")}
     env.update({"CTIHUB_VAR_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1", "PUBLIC_BASE_URL": f"http://127.0.0.1:{web_port}"})
     hub = ManagedProcess(
-        "runall",
+        f"runall-{web_port}",  # a log of its own: an older run's lines must not satisfy the waits
         [sys.executable, "manage.py", "runall", "--port", str(web_port), "--simulator-port", str(sim_port)],
         env,
     )

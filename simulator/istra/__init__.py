@@ -3,8 +3,8 @@
 ``register(app)`` mounts it on the simulator's aiohttp application:
 
 * ``/restletrouter/...``: one sub-application for every Istra application, told
-  apart by ``X-Application`` (``myCrm``, ``myRCC``; ``myIstra`` plugs in the same
-  way: an authenticator for Login and its routes);
+  apart by ``X-Application`` (``myCrm``, ``myRCC``, ``myIstra``: each brings an
+  authenticator for Login and its routes);
 * ``/_sim/istra/...``: the control API (``control.py``).
 
 Modules: ``sessions`` (Login, cookie, token, expiry), ``router`` (request log,
@@ -21,7 +21,7 @@ import contextlib
 
 from aiohttp import web
 
-from simulator.istra import control, listeners, mycrm, myrcc, push, sessions
+from simulator.istra import control, listeners, mycrm, myistra, myrcc, push, sessions
 from simulator.istra.router import restletrouter_middleware
 from simulator.istra.world import IstraWorld
 from simulator.keys import STATE
@@ -36,12 +36,14 @@ def register(app: web.Application) -> None:
     world: IstraWorld = app[STATE].istra
     world.calls.observe("mycrm", mycrm.publisher(world))
     world.calls.observe("myrcc", myrcc.publisher(world))
+    world.calls.observe("myistra", myistra.history_recorder(world))
 
     router_app = web.Application(middlewares=[restletrouter_middleware])
     routes = router_app.router
     routes.add_post("/v1/service/Login", sessions.login_handler({
         mycrm.APP: mycrm.authenticate,
         myrcc.APP: myrcc.authenticate,
+        myistra.APP: myistra.authenticate,
     }))
     routes.add_post("/v1/service/Logout", sessions.logout)
     routes.add_post("/v1/service/EventListener/bean", listeners.create_listener)
@@ -49,9 +51,11 @@ def register(app: web.Application) -> None:
     routes.add_get("/ws-service/{app}", push.ws_service)
     mycrm.add_routes(routes)
     myrcc.add_routes(routes)
+    myistra.add_routes(routes)
     app.add_subapp("/restletrouter", router_app)
 
     control.add_routes(app)
+    myistra.add_control_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_sockets)
 

@@ -30,7 +30,16 @@ POST     /_sim/istra/faults/fail-next                {count, status, body, app, 
 POST     /_sim/istra/faults/redirect-next            {count, status, baseUrl, app, path}
 GET      /_sim/istra/requests?since=<seq>            -
 DELETE   /_sim/istra/requests                        -
+POST     /_sim/istra/enduser/voicemails              {login, from, label, durationSecond, internal, priority,
+                                                      timestamp}  (myIstra: leave a voicemail)
+POST     /_sim/istra/enduser/history                 {login, remoteNumber, remoteLabel, remoteType, isIncoming,
+                                                      isMissed, ringDurationSecond, talkDurationSecond, timestamp}
+GET      /_sim/istra/enduser/{login}                 -  (voicemails, history, caller-ID, counters)
+PATCH    /_sim/istra/enduser/{login}                 {unreadTextMessages, allowedCallerIds, callerId,
+                                                      seeMissedCalls}
 =======  ==========================================  ===============================================
+
+The ``enduser/...`` routes live in ``myistra.py`` (``add_control_routes``).
 """
 
 from __future__ import annotations

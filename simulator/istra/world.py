@@ -23,6 +23,7 @@ from typing import Any, Callable, TypeVar
 from simulator.istra import push
 from simulator.istra.calls import CallBook, InvalidTransition, Line, Party
 from simulator.istra.directory import Directory, Extension, User
+from simulator.istra.myistra import EndUserBook
 from simulator.istra.sessions import Session, SessionStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,6 +112,7 @@ class IstraWorld:
         self.directory = Directory()
         self.calls = CallBook(self.directory)
         self.sessions = SessionStore(lambda: self.config.session_timeout)
+        self.enduser = EndUserBook(self.sessions)  # myIstra: voicemail, call history, caller-ID
         self.requests = RequestLog()
         self.faults: list[Fault] = []
         self.redirects: list[Redirect] = []
@@ -256,6 +258,7 @@ class IstraWorld:
         self.config = IstraConfig()
         self.directory.clear()
         self.calls.clear()
+        self.enduser.clear()
         self.requests.clear()
         self.faults.clear()
         self.redirects.clear()

@@ -15,6 +15,9 @@
   const ACTION_LABELS = {
     answer: "Answer", hold: "Hold", resume: "Resume", redirect: "Transfer…", transfer: "Connect to…",
     merge: "Merge with…", add_party: "Add party…", send_dtmf: "Keypad", hangup: "Hang up", leave: "Leave",
+    // Telepo's own actions.
+    alternate: "Swap calls", park: "Park", pickup: "Pick up", mute: "Mute", unmute: "Unmute",
+    move: "Move to device…", conference_add: "Conference with…",
   };
   const STATE_LABELS = { ringing: "Ringing", dialing: "Dialling", talking: "Talking", held: "On hold", ended: "Ended" };
 
@@ -67,6 +70,7 @@
 
   // --- messages ----------------------------------------------------------------------
   function handle(message) {
+    document.dispatchEvent(new CustomEvent("ctihub:message", { detail: message })); // for voicemail.js and the like
     if (message.type === "snapshot") {
       me = message.me;
       calls.clear();
@@ -206,7 +210,11 @@
       const destination = prompt("Number or extension to " + (action === "redirect" ? "transfer to" : "add"));
       if (!destination) return;
       payload.destination = destination;
-    } else if (action === "transfer" || action === "merge") {
+    } else if (action === "move") {
+      const device = prompt("Device to move the call to");
+      if (!device) return;
+      payload.device_id = device;
+    } else if (action === "transfer" || action === "merge" || action === "conference_add") {
       const others = [...calls.values()].filter((c) => c.id !== callId && c.state !== "ended");
       if (!others.length) { showCardError(callId, "You need a second call for that."); return; }
       payload.call = others[0].id;

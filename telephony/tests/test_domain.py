@@ -108,6 +108,16 @@ def test_it_marks_an_unanswered_call_as_no_answer(account):
 
 
 @pytest.mark.django_db
+def test_it_counts_a_call_as_answered_when_the_pbx_says_so_though_no_talking_frame_came(account):
+    # myRCC sends at most one snapshot per 100 ms: ringing -> talking -> dropped may arrive as ringing -> dropped.
+    apply_call_update(update(account, u.RINGING, "snapshot", 0))
+    apply_call_update(update(account, u.ENDED, "snapshot", 30, answered_at=T0 + timedelta(seconds=5)))
+    call = Call.objects.get()
+    assert (call.end_cause, call.answered_at, call.ringing_ms, call.talking_ms) == (
+        u.END_HANGUP, T0 + timedelta(seconds=5), 5000, 25000)
+
+
+@pytest.mark.django_db
 def test_it_takes_durations_from_the_pbx_when_it_gives_them(account):
     apply_call_update(update(account, u.RINGING, "callAlerting", 0))
     apply_call_update(update(account, u.ENDED, "callDropped", 1, ringing_ms=262, talking_ms=81))

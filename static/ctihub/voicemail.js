@@ -1,0 +1,156 @@
+// The agent's voicemail on the console (Istra End User API). Plain JavaScript, no build step.
+//
+// console.js owns the websocket and re-dispatches every message it receives as a
+// "ctihub:message" DOM event; this file only listens for "counters" (the live
+// unread counts the PBX pushes) and "snapshot" (a reconnect: read the list again).
+// The list itself and every action go through the /enduser/ endpoints.
+"use strict";
+
+(function () {
+  let section = null;
+  let lastUnread = null;
+  let loading = null;
+
+  function csrfToken() {
+    const input = section.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  async function post(url, body) {
+    try {
+      const response = await fetch(url, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+        body: JSON.stringify(body || {}),
+      });
+      const data = await response.json().catch(() => ({ ok: false, error: `HTTP ${response.status}` }));
+      return response.ok ? data : { ok: false, error: data.error || `HTTP ${response.status}` };
+    } catch (error) {
+      return { ok: false, error: "ctihub cannot be reached; try again" };
+    }
+  }
+
+  function showError(text) {
+    section.querySelector("#vm-error").textContent = text || "";
+  }
+
+  function load() {
+    // One request at a time: a burst of counter frames must not start a burst of PBX calls.
+    if (loading) return loading;
+    loading = fetch(section.dataset.listUrl, { credentials: "same-origin" })
+      .then((response) => response.json())
+      .then((data) => render(data.boxes || []))
+      .catch(() => showError("Could not load your voicemail."))
+      .finally(() => { loading = null; });
+    return loading;
+  }
+
+  function render(boxes) {
+    section.hidden = boxes.length === 0;
+    const voicemails = boxes.flatMap((box) => box.voicemails);
+    const errors = boxes.map((box) => box.error).filter(Boolean);
+    showError(errors.join(" "));
+    for (const box of boxes) if (box.counters) setCounters(box.counters);
+    const list = section.querySelector("#vm-list");
+    list.replaceChildren(...voicemails.map(item));
+    section.querySelector("#vm-empty").hidden = voicemails.length > 0;
+  }
+
+  function setCounters(counters) {
+    section.querySelector("#vm-unread-voicemails").textContent = counters.unreadVoiceMails;
+    section.querySelector("#vm-unread-missed").textContent = counters.unreadMissedCalls;
+    section.querySelector("#vm-unread-texts").textContent = counters.unreadTextMessages;
+    const changed = lastUnread !== null && lastUnread !== counters.unreadVoiceMails;
+    lastUnread = counters.unreadVoiceMails;
+    return changed;
+  }
+
+  function item(vm) {
+    const li = document.createElement("li");
+    li.dataset.voicemail = vm.id;
+    li.className = vm.read ? "read" : "unread";
+    const from = document.createElement("span");
+    from.className = "vm-from";
+    from.textContent = vm.remote_label && vm.remote_label !== vm.remote_number
+      ? `${vm.remote_label} (${vm.remote_number})` : (vm.remote_number || "Unknown caller");
+    const when = document.createElement("span");
+    when.className = "vm-when";
+    const date = vm.received_at ? new Date(vm.received_at).toLocaleString() : "";
+    when.textContent = `${date} · ${vm.duration} s${vm.read ? "" : " · new"}`;
+    li.append(from, when,
+      button("Play", "play", () => play(vm, li)),
+      button(vm.read ? "Mark unread" : "Mark read", "toggle-read", () => setRead(vm, !vm.read)),
+      button("Call me to hear it", "call-me", () => callMe(vm)),
+      button("Delete", "delete", () => remove(vm)),
+      link("Download (MP4)", vm.audio.mp4), link("AU", vm.audio.au));
+    return li;
+  }
+
+  function button(text, action, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.dataset.vmAction = action;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function link(text, href) {
+    const a = document.createElement("a");
+    a.href = `${href}?dl=true`;
+    a.textContent = text;
+    return a;
+  }
+
+  function play(vm, li) {
+    const player = section.querySelector("#vm-player");
+    player.hidden = false;
+    player.dataset.voicemail = vm.id;
+    player.dataset.state = "loading";
+    player.src = vm.audio.ogg;
+    player.play().catch((error) => { player.dataset.state = "error"; showError(`Cannot play: ${error.message}`); });
+    if (!vm.read) setRead(vm, true);
+  }
+
+  async function setRead(vm, read) {
+    const result = await post(`/enduser/voicemails/${vm.account}/${vm.id}/read`, { read });
+    if (!result.ok) { showError(result.error); return; }
+    load();
+  }
+
+  async function callMe(vm) {
+    const result = await post(`/enduser/voicemails/${vm.account}/${vm.id}/call-me`);
+    showError(result.ok ? "" : result.error);
+    const notice = document.getElementById("notice");
+    if (notice && result.ok) notice.textContent = `Your phone (${result.terminal}) will ring and play the message.`;
+  }
+
+  async function remove(vm) {
+    // Irreversible at the PBX: the audio file is deleted too.
+    if (!window.confirm("Delete this voicemail for good? This cannot be undone.")) return;
+    const result = await post(`/enduser/voicemails/${vm.account}/${vm.id}/delete`, { confirm: true });
+    if (!result.ok) { showError(result.error); return; }
+    load();
+  }
+
+  document.addEventListener("ctihub:message", (event) => {
+    if (!section) return;
+    const message = event.detail || {};
+    if (message.type === "counters") {
+      section.hidden = false;
+      if (setCounters(message)) load();
+    } else if (message.type === "snapshot") {
+      load(); // (re)connected: what changed while offline is on the PBX
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    section = document.getElementById("voicemail");
+    if (!section) return;
+    const player = section.querySelector("#vm-player");
+    player.addEventListener("playing", () => { player.dataset.state = "playing"; });
+    player.addEventListener("ended", () => { player.dataset.state = "ended"; });
+    player.addEventListener("error", () => { player.dataset.state = "error"; showError("The audio could not be played."); });
+    load();
+  });
+})();

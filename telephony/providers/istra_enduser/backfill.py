@@ -1,0 +1,190 @@
+"""Call-history backfill: calls the PBX logged that no socket told us about become calls.
+
+Periodically (``tasks.backfill_enduser_accounts_task``) every enabled End User
+account's call history is read and compared with the stored calls. An entry that
+matches no stored call is applied through ``telephony.domain.apply_call_update``
+(so it reaches the console's history and retailCRM like any other call).
+
+How an entry is matched, so a call is never stored twice:
+
+1. **Already backfilled**: the entry's own call id ``history:<callHistoryId>`` exists
+   on the account (applying it again would be a no-op anyway).
+2. **Recorded by a socket**: a call on a myCrm or myRCC account *of the same
+   platform* (same host in the base URL) that is
+
+   * on the same terminal (the End User terminal's ``abstractTerminalID`` equals the
+     socket terminal's id, or the entry's ``userNumber`` is the terminal's
+     extension), or taken by the agent who owns this End User account;
+   * in the same direction;
+   * with the same remote number (the same E.164, or the same digits for short
+     internal numbers);
+   * started within ``MATCH_TOLERANCE`` of the entry's timestamp (the PBX's log
+     and our socket frames time the call from slightly different moments).
+
+   Each stored call matches at most one entry (the nearest in time), so of two
+   calls from one customer a minute apart, one seen by a socket and one not,
+   only the one the socket missed is created.
+
+Entries that ended less than ``SETTLE_AFTER`` ago are left for the next run: a
+socket's frames for them may still be on their way. Entries older than
+``HORIZON`` are not looked at (the sweep would not upload them either).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from ctihub.phones import e164_or_empty
+from telephony.domain import apply_call_update
+from telephony.models import Call, PbxAccount
+from telephony.providers.istra_enduser import frames
+from telephony.providers.istra_enduser.console import owner_agent_ids
+from telephony.updates import FrameRejected
+
+logger = logging.getLogger(__name__)
+
+MATCH_TOLERANCE = timedelta(seconds=90)
+# Shortened by the end-to-end tests (a real worker, so only the environment reaches it).
+SETTLE_AFTER = timedelta(seconds=int(os.environ.get("ENDUSER_BACKFILL_SETTLE_SECONDS", "60")))
+HORIZON = timedelta(days=2)
+SOCKET_KINDS = (PbxAccount.Kind.ISTRA_MYCRM, PbxAccount.Kind.ISTRA_MYRCC)
+
+
+@dataclass
+class BackfillReport:
+    entries: int = 0
+    created: list[int] = field(default_factory=list)  # call ids
+    already_backfilled: int = 0
+    seen_by_socket: int = 0
+    not_settled: int = 0
+    too_old: int = 0
+
+    def as_dict(self) -> dict:
+        return {"entries": self.entries, "created": len(self.created), "already_backfilled": self.already_backfilled,
+                "seen_by_socket": self.seen_by_socket, "not_settled": self.not_settled, "too_old": self.too_old}
+
+
+def platform_host(account: PbxAccount) -> str:
+    return (urlsplit(account.base_url).netloc or "").lower()
+
+
+def socket_accounts(account: PbxAccount) -> list[int]:
+    host = platform_host(account)
+    return [a.pk for a in PbxAccount.objects.filter(kind__in=SOCKET_KINDS) if platform_host(a) == host]
+
+
+def backfill_account(account: PbxAccount, entries: list[frames.HistoryEntry] | None = None,
+                     now=None) -> BackfillReport:
+    """Create the calls of ``entries`` (default: the PBX's whole history) that nothing recorded."""
+    if entries is None:
+        entries = _fetch_history(account)
+    now = now or timezone.now()
+    report = BackfillReport(entries=len(entries))
+    terminals = list(account.terminals.filter(active=True).order_by("id"))
+    terminal_pbx_id = terminals[0].pbx_id if terminals else None
+    matcher = SocketCallMatcher(account, [t.pbx_id for t in terminals], entries)
+    already = set(
+        Call.objects.filter(account=account, pbx_call_id__in=[frames.history_call_id(e.id) for e in entries])
+        .values_list("pbx_call_id", flat=True)
+    )
+    due = []
+    for entry in sorted(entries, key=lambda e: e.started_at):
+        if entry.started_at < now - HORIZON:
+            report.too_old += 1
+        elif entry.ended_at > now - SETTLE_AFTER:
+            report.not_settled += 1
+        elif frames.history_call_id(entry.id) in already:
+            report.already_backfilled += 1
+        else:
+            due.append(entry)
+    seen = matcher.assign(due)
+    for entry in due:
+        if entry.id in seen:
+            report.seen_by_socket += 1
+            continue
+        try:
+            updates = frames.history_updates(entry, account.pk, terminal_pbx_id)
+        except FrameRejected as exc:  # e.g. a NUL in a label: not storable, skip this entry only
+            logger.warning("call-history entry %s skipped: %s", entry.id, exc, extra={"account_id": account.pk})
+            continue
+        with transaction.atomic():  # the call is only ever seen ended, never live
+            for update in updates:
+                applied = apply_call_update(update)
+        report.created.append(applied.call.pk)
+        logger.info("backfilled call %s from the call history", applied.call.pk,
+                    extra={"account_id": account.pk, "call_history_id": entry.id})
+    return report
+
+
+def _fetch_history(account: PbxAccount) -> list[frames.HistoryEntry]:
+    from telephony.control import _provider
+
+    provider, lock = _provider(account)
+    with lock:
+        return provider.history()
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number or "" if ch.isdigit())
+
+
+class SocketCallMatcher:
+    """Finds, for each entry, the nearest socket-recorded call that is the same call (see module doc)."""
+
+    def __init__(self, account: PbxAccount, terminal_pbx_ids: list[str], entries: list[frames.HistoryEntry]):
+        self.region = account.default_region or None
+        self.candidates: list[Call] = []
+        account_ids = socket_accounts(account)
+        if not account_ids or not entries:
+            return
+        same_line = Q(terminal__pbx_id__in=terminal_pbx_ids)
+        agents = owner_agent_ids(account.pk)
+        if agents:
+            same_line |= Q(agent_id__in=agents)
+        extensions = {e.user_number for e in entries if e.user_number}
+        if extensions:
+            same_line |= Q(terminal__extension__in=extensions)
+        earliest = min(e.started_at for e in entries) - MATCH_TOLERANCE
+        latest = max(e.started_at for e in entries) + MATCH_TOLERANCE
+        self.candidates = list(
+            Call.objects.filter(account_id__in=account_ids, created_at__gte=earliest, created_at__lte=latest)
+            .filter(same_line).select_related("terminal").order_by("created_at")
+        )
+
+    def assign(self, entries: list[frames.HistoryEntry]) -> dict[str, Call]:
+        """entry id -> the socket call that is the same call; nearest pairs first, each call used once."""
+        pairs = []
+        for entry in entries:
+            for call in self.candidates:
+                gap = abs(call.created_at - entry.started_at)
+                if gap <= MATCH_TOLERANCE and self._same_call(entry, call):
+                    pairs.append((gap, entry.id, call))
+        matched: dict[str, Call] = {}
+        used: set[int] = set()
+        for _, entry_id, call in sorted(pairs, key=lambda p: (p[0], p[1])):
+            if entry_id not in matched and call.pk not in used:
+                matched[entry_id] = call
+                used.add(call.pk)
+        return matched
+
+    def _same_call(self, entry: frames.HistoryEntry, call: Call) -> bool:
+        direction = Call.Direction.INBOUND if entry.incoming else Call.Direction.OUTBOUND
+        if call.direction != direction:
+            return False
+        if entry.user_number and call.terminal is not None and call.terminal.extension \
+                and call.terminal.extension != entry.user_number:
+            return False  # another line of the same agent
+        entry_e164 = e164_or_empty(entry.remote_number, self.region)
+        if entry_e164 and call.remote_number_e164:
+            return entry_e164 == call.remote_number_e164
+        theirs = _digits(call.remote_number_raw) or _digits(call.remote_number_e164)
+        ours = _digits(entry.remote_number)
+        return bool(ours) and ours == theirs

@@ -1,0 +1,184 @@
+"""Call-history backfill: missing calls are created through the domain, socket-recorded ones never twice."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import requests
+
+from crm_sync import services
+from crm_sync.tests.conftest import crm, integration, queued  # noqa: F401 (fixtures)
+from telephony.models import Call, PbxAccount
+from telephony.providers.istra_enduser import frames
+from telephony.providers.istra_enduser.backfill import MATCH_TOLERANCE, backfill_account
+from telephony.providers.istra_enduser.tests.conftest import fixture_json
+from telephony.providers.istra_enduser.tasks import backfill_account_task
+from tests.factories import make_account, make_agent, make_call, make_terminal
+
+pytestmark = pytest.mark.django_db
+
+TERMINAL = "5985841581756135023"
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+LATER = T0 + timedelta(hours=1)  # "now" for the backfill: every entry has settled
+
+
+def entry(n: int, at: datetime, number="0612345678", incoming=True, missed=True, ring=10, talk=0) -> frames.HistoryEntry:
+    item = {**fixture_json("call_history.json")["items"][0], "callHistoryId": f"900719925474099{n:04d}",
+            "timestamp": str(int(at.timestamp())), "remoteNumber": number, "isIncoming": incoming,
+            "isMissed": missed, "ringDurationSecond": ring, "talkDurationSecond": talk}
+    return frames.parse_history_entry(item)
+
+
+@pytest.fixture
+def setup(db):
+    agent = make_agent(extension_code="144", retailcrm_user_id="7")
+    enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url="http://127.0.0.1:8100/restletrouter",
+                           default_region="FR")
+    make_terminal(enduser, pbx_id=TERMINAL, agent=agent, label="Desk")
+    mycrm = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url="http://127.0.0.1:8100/restletrouter/",
+                         default_region="FR")
+    socket_terminal = make_terminal(mycrm, pbx_id=TERMINAL, agent=agent)
+    return enduser, mycrm, socket_terminal, agent
+
+
+def socket_call(account, terminal, at: datetime, number="+33612345678", direction=Call.Direction.INBOUND, **fields):
+    return make_call(account, terminal=terminal, agent=terminal.agent, direction=direction, state=Call.State.ENDED,
+                     remote_number_e164=number, remote_number_raw=number, created_at=at, ended_at=at, **fields)
+
+
+def test_it_creates_a_call_no_socket_recorded_with_its_times_terminal_and_agent(setup):
+    enduser, _, _, agent = setup
+    answered = entry(1, T0, number="+33412345670", incoming=False, missed=False, ring=6, talk=95)
+    report = backfill_account(enduser, [answered], now=LATER)
+    [call] = Call.objects.filter(pk__in=report.created)
+    assert call.pbx_call_id == "history:9007199254740990001"
+    assert (call.account_id, call.terminal.pbx_id, call.agent_id) == (enduser.pk, TERMINAL, agent.pk)
+    assert (call.direction, call.state, call.remote_number_e164) == ("out", "ended", "+33412345670")
+    assert call.created_at == T0
+    assert call.answered_at == T0 + timedelta(seconds=6)
+    assert call.ended_at == T0 + timedelta(seconds=101)
+    assert (call.ringing_ms, call.talking_ms, call.end_cause) == (6000, 95000, "hangup")
+    assert list(call.events.values_list("kind", flat=True)) == ["callHistory", "callHistory"]
+
+
+def test_it_never_creates_a_call_twice_however_often_it_runs(setup):
+    enduser, *_ = setup
+    entries = [entry(1, T0), entry(2, T0 + timedelta(minutes=5), missed=False, talk=30)]
+    first = backfill_account(enduser, entries, now=LATER)
+    second = backfill_account(enduser, entries, now=LATER)
+    assert (len(first.created), len(second.created), second.already_backfilled) == (2, 0, 2)
+    assert Call.objects.filter(account=enduser).count() == 2
+
+
+def test_it_skips_a_call_a_socket_recorded_on_the_same_terminal(setup):
+    enduser, mycrm, socket_terminal, _ = setup
+    socket_call(mycrm, socket_terminal, T0 + timedelta(seconds=2))  # socket and PBX log time it differently
+    report = backfill_account(enduser, [entry(1, T0)], now=LATER)
+    assert (report.created, report.seen_by_socket) == ([], 1)
+    assert Call.objects.count() == 1
+
+
+def test_it_matches_a_myrcc_call_by_the_extension_the_history_names(setup):
+    enduser, *_ = setup
+    myrcc = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url="http://127.0.0.1:8100/restletrouter")
+    extension = make_terminal(myrcc, pbx_id="897778778", extension="144")  # no agent assigned on myRCC
+    socket_call(myrcc, extension, T0, number="+33612345678")
+    assert backfill_account(enduser, [entry(1, T0)], now=LATER).seen_by_socket == 1
+
+
+def test_it_creates_the_call_when_the_socket_saw_a_different_number_direction_or_time(setup):
+    enduser, mycrm, socket_terminal, _ = setup
+    socket_call(mycrm, socket_terminal, T0, number="+33699999999")
+    socket_call(mycrm, socket_terminal, T0, direction=Call.Direction.OUTBOUND)
+    socket_call(mycrm, socket_terminal, T0 - MATCH_TOLERANCE - timedelta(seconds=1))
+    report = backfill_account(enduser, [entry(1, T0)], now=LATER)
+    assert (len(report.created), report.seen_by_socket) == (1, 0)
+
+
+def test_it_does_not_count_a_call_on_another_platform(setup):
+    enduser, _, _, agent = setup
+    elsewhere = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url="https://other.example.com/restletrouter")
+    socket_call(elsewhere, make_terminal(elsewhere, pbx_id=TERMINAL, agent=agent), T0)
+    assert len(backfill_account(enduser, [entry(1, T0)], now=LATER).created) == 1
+
+
+def test_it_lets_one_socket_call_stand_for_one_entry_only(setup):
+    # The customer called twice, a minute apart; the socket was down for the first call.
+    enduser, mycrm, socket_terminal, _ = setup
+    socket_call(mycrm, socket_terminal, T0 + timedelta(seconds=61))
+    report = backfill_account(enduser, [entry(1, T0), entry(2, T0 + timedelta(seconds=60))], now=LATER)
+    [created] = Call.objects.filter(pk__in=report.created)
+    assert created.pbx_call_id == "history:9007199254740990001"
+    assert report.seen_by_socket == 1
+
+
+def test_it_waits_for_an_entry_that_just_ended_since_a_socket_may_still_report_it(setup):
+    enduser, *_ = setup
+    report = backfill_account(enduser, [entry(1, T0)], now=T0 + timedelta(seconds=30))
+    assert (report.created, report.not_settled) == ([], 1)
+
+
+def test_it_ignores_entries_past_the_horizon(setup):
+    enduser, *_ = setup
+    assert backfill_account(enduser, [entry(1, T0)], now=T0 + timedelta(days=3)).too_old == 1
+
+
+def test_it_backfills_from_the_pbx_history_and_the_call_reaches_retailcrm_once(
+    sim, integration, crm, queued, django_capture_on_commit_callbacks,  # noqa: F811
+):
+    crm.add_user(7, firstName="Ann")
+    world = sim.state.istra
+    world.add_user("chatfield", "0000")
+    world.add_extension(TERMINAL, "144", label="Desk", owner="chatfield")
+    agent = make_agent(extension_code="144", retailcrm_user_id="7")
+    enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=sim.istra_base, login="chatfield",
+                           password="0000", default_region="FR")
+    make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
+    services.register_integration(integration)
+    ten_minutes_ago = int((datetime.now(timezone.utc) - timedelta(minutes=10)).timestamp())
+    added = requests.post(f"{sim.url}/_sim/istra/enduser/history", timeout=5, json={
+        "login": "chatfield", "remoteNumber": "0612345678", "isIncoming": True, "isMissed": True,
+        "timestamp": ten_minutes_ago,
+    })
+    assert added.status_code == 201
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = backfill_account_task(enduser.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        again = backfill_account_task(enduser.pk)
+    assert (report["created"], again["created"], again["already_backfilled"]) == (1, 0, 1)
+    [call] = Call.objects.filter(account=enduser)
+    assert ("sync_call_task", (call.pk,)) in queued
+
+    sync = services.sync_call(call.pk)
+    assert sync.sent == []  # the call ended long ago: no pop-up in retailCRM, only the history
+    services.upload_outbox(integration.pk)
+    services.upload_outbox(integration.pk)
+    uploaded = [record for upload in crm.uploads() for record in upload["calls"]]
+    assert len(uploaded) == 1  # once, although the backfill ran twice and the outbox was drained twice
+    [stored] = crm.calls().values()
+    assert stored["phone"].endswith("612345678") and stored["type"] == "in"
+
+
+def test_it_says_on_the_account_why_a_backfill_failed_and_keeps_its_status(sim):
+    sim.state.istra.add_user("chatfield", "0000")
+    enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=sim.istra_base, login="chatfield",
+                           password="wrong", status=PbxAccount.Status.CONNECTED)
+    report = backfill_account_task(enduser.pk)
+    enduser.refresh_from_db()
+    assert "check the login and password" in report["error"]
+    assert enduser.last_error.startswith("call-history backfill: Istra myIstra refused")
+    assert enduser.status == PbxAccount.Status.CONNECTED
+
+
+def test_the_schedule_queues_one_backfill_per_enabled_end_user_account(db, monkeypatch):
+    from telephony.providers.istra_enduser import tasks
+
+    queued_ids = []
+    monkeypatch.setattr(tasks, "enqueue", lambda task, *args, countdown=None: queued_ids.append((task.name, args)))
+    wanted = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER)
+    make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, enabled=False)
+    make_account(kind=PbxAccount.Kind.ISTRA_MYCRM)
+    assert tasks.backfill_enduser_accounts_task() == 1
+    assert queued_ids == [("telephony.providers.istra_enduser.tasks.backfill_account_task", (wanted.pk,))]
