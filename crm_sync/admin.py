@@ -20,16 +20,21 @@ class RetailCrmIntegrationAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "manager_routing")
     search_fields = ("name", "crm_url", "module_code")
     filter_horizontal = ("accounts", "shared_lines")
-    readonly_fields = ("client_id", "registered_at", "last_error", "unknown_to_retailcrm", "outbox")
+    readonly_fields = ("client_id_hint", "registered_at", "last_error", "unknown_to_retailcrm", "outbox")
     fieldsets = (
         (None, {"fields": ("name", "crm_url", "api_key", "module_code", "enabled", "time_zone")}),
         ("Calls", {"fields": ("accounts", "manager_routing", "shared_lines")}),
         ("Registration in retailCRM", {
-            "fields": ("client_id", "registered_at", "last_error", "unknown_to_retailcrm", "outbox"),
+            "fields": ("client_id_hint", "registered_at", "last_error", "unknown_to_retailcrm", "outbox"),
         }),
     )
     inlines = [ExternalPhoneInline]
     actions = ["register_module"]
+
+    @admin.display(description="client id")
+    def client_id_hint(self, obj):
+        """The clientId is retailCRM's credential on our endpoints: only its end is shown, to tell two apart."""
+        return f"…{obj.client_id[-4:]} (sent to retailCRM on registration)" if obj.client_id else "-"
 
     @admin.display(description="retailCRM does not know")
     def unknown_to_retailcrm(self, obj):

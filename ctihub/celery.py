@@ -7,7 +7,7 @@ sockets are not tasks (see ``telephony.supervisor``).
 import os
 
 from celery import Celery
-from celery.signals import beat_init, worker_init
+from celery.signals import after_setup_logger, beat_init, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 
@@ -30,3 +30,18 @@ def _ensure_embedded_redis(**_kwargs):
 
 worker_init.connect(_ensure_embedded_redis, weak=False)
 beat_init.connect(_ensure_embedded_redis, weak=False)
+
+
+def _structured_logs(logger=None, **_kwargs):
+    """Celery sets up the worker's own log handlers: give them the ids, the masking and LOG_FORMAT=json too."""
+    from django.conf import settings
+
+    from ctihub.logs import ContextFilter, JsonFormatter
+
+    for handler in (logger or __import__("logging").getLogger()).handlers:
+        handler.addFilter(ContextFilter())
+        if settings.LOG_FORMAT == "json":
+            handler.setFormatter(JsonFormatter())
+
+
+after_setup_logger.connect(_structured_logs, weak=False)

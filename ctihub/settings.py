@@ -203,6 +203,8 @@ CELERY_TASK_ALWAYS_EAGER = False
 # Threads, not forked children: the worker process also runs the socket supervisor's
 # threads, and forking a process that has running threads can deadlock the child.
 CELERY_WORKER_POOL = "threads"
+# Celery's own log line, with the ids structured logging adds (ctihub.logs; filter set in ctihub.celery).
+CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s]%(ids)s %(message)s"
 CELERY_BEAT_SCHEDULE: dict = {}
 
 # redis-py caps a pool at 100 connections and then fails instead of waiting: with hundreds of agents
@@ -259,6 +261,15 @@ SESSION_COOKIE_SECURE = strict_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Behind TLS (production): browsers keep to HTTPS for a year once they saw the hub over it.
+SECURE_HSTS_SECONDS = 0 if DEBUG else 31536000
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# Requests per second each caller (clientId, else address) may send to the public
+# endpoints (retailCRM callbacks, recordUrl, Telepo webhook); bursts up to 3x that. 429 past it.
+PUBLIC_RATE_LIMIT_PER_SECOND = strict_int("PUBLIC_RATE_LIMIT_PER_SECOND", 20, minimum=1)
+# Bearer token /metrics asks for; empty leaves it open (keep it off the public proxy then).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000
@@ -270,17 +281,25 @@ LISTENER_LEASE_TTL_MS = strict_int("LISTENER_LEASE_TTL_MS", 15000, minimum=1000)
 LISTENER_SCAN_SECONDS = strict_int("LISTENER_SCAN_SECONDS", 5, minimum=1)
 LISTENER_KEEPALIVE_SECONDS = strict_int("LISTENER_KEEPALIVE_SECONDS", 20, minimum=1)
 LISTENER_BACKOFF_CAP_SECONDS = strict_int("LISTENER_BACKOFF_CAP_SECONDS", 60, minimum=1)
+# Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
+LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a logging level")
+# plain: one readable line; json: one JSON object per line (for a log pipeline).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"ids": {"()": "ctihub.logs.ContextFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(ids)s %(message)s"},
+        "json": {"()": "ctihub.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["ids"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

@@ -68,13 +68,15 @@ def groups_for(call: Call) -> list[str]:
     return groups
 
 
-def publish_call(call_id: int, wait: bool = False) -> None:
+def publish_call(call_id: int, wait: bool = False) -> Future | None:
+    """Push the call's card; the Future says when it left (None if the call is gone)."""
     call = Call.objects.filter(pk=call_id).first()
     if call is None:
-        return
+        return None
     future = publisher.send(groups_for(call), {"type": "call.card", "card": call_card(call)})
     if wait:
         future.result(timeout=5)
+    return future
 
 
 def publish_to_groups(groups: list[str], message: dict) -> Future:

@@ -73,6 +73,64 @@ class CallUpdate:
             raise FrameRejected(f"unknown call state {self.state!r}")
         if not isinstance(self.pbx_call_id, str) or not self.pbx_call_id:
             raise FrameRejected("a call update needs the PBX's call id as a string")
+        _check_storable(self)
+
+
+# What the calls table can hold (telephony.models.Call). A frame beyond these is
+# rejected here, once for every provider, instead of failing in the database
+# (a DataError there would stop the socket that read it).
+MAX_ID_LENGTH = 200  # pbx_call_id, terminal ids
+MAX_TOKEN_LENGTH = 32  # state_token
+MAX_BIGINT = 2**63 - 1
+# Display texts are cut to their columns rather than costing the call its event.
+TEXT_LIMITS = {"remote_number": 200, "remote_label": 200, "remote_number_e164": 32, "external_phone": 32}
+EARLIEST, LATEST = datetime(1900, 1, 1), datetime(9000, 1, 1)
+
+
+def _check_storable(update: "CallUpdate") -> None:
+    if len(update.pbx_call_id) > MAX_ID_LENGTH:
+        raise FrameRejected(f"call id longer than {MAX_ID_LENGTH} characters")
+    if update.terminal_pbx_id is not None and (
+        not isinstance(update.terminal_pbx_id, str) or len(update.terminal_pbx_id) > MAX_ID_LENGTH
+    ):
+        raise FrameRejected("terminal id is not a short text")
+    if update.state_token is not None and len(update.state_token) > MAX_TOKEN_LENGTH:
+        raise FrameRejected(f"state token longer than {MAX_TOKEN_LENGTH} characters")
+    for name in ("seq", "ringing_ms", "talking_ms"):
+        value = getattr(update, name)
+        if value is not None and not 0 <= value <= MAX_BIGINT:
+            raise FrameRejected(f"{name} {value} is out of range")
+    for name in ("occurred_at", "started_at", "answered_at"):
+        value = getattr(update, name)
+        if value is not None and not EARLIEST <= value.replace(tzinfo=None) <= LATEST:
+            raise FrameRejected(f"{name} {value.isoformat()} is not a plausible time")
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(update, name)
+        if isinstance(value, str) and len(value) > limit:
+            object.__setattr__(update, name, value[:limit])  # frozen, and still being built
+    _check_text(update.payload, "payload")
+    for name in ("pbx_call_id", "terminal_pbx_id", "remote_number", "remote_number_e164", "remote_label",
+                 "external_phone", "state_token", "frame_id", "kind"):
+        _check_text(getattr(update, name), name)
+    _check_text(update.local_party, "local_party")
+
+
+def _check_text(value: Any, where: str) -> None:
+    """PostgreSQL stores no NUL character and no lone surrogate, in text or in JSON."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise FrameRejected(f"{where} holds a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FrameRejected(f"{where} is not valid Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_text(item, where)
 
 
 # Call-control actions as the console, retailCRM and the domain name them. Each

@@ -188,6 +188,15 @@ class RetailCrmClient:
     # --- transport ----------------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, params: dict | None = None, form: dict | None = None) -> dict:
+        try:
+            return self._send(method, path, params=params, form=form)
+        except RetailCrmError as exc:
+            from ctihub import metrics
+
+            metrics.crm_error(_error_kind(exc))
+            raise
+
+    def _send(self, method: str, path: str, *, params: dict | None = None, form: dict | None = None) -> dict:
         url = f"{self.base_url}{API_PREFIX}{path}"
         kind = bucket_class(API_PREFIX + path)
         attempt = 0
@@ -224,6 +233,17 @@ class RetailCrmClient:
                 pass  # an HTTP date: fall back to our own backoff
         delay = min(self.max_backoff, self.backoff_base * 2 ** (attempt - 1))
         return delay * random.uniform(0.8, 1.2)  # jitter: workers that failed together do not retry together
+
+
+def _error_kind(exc: RetailCrmError) -> str:
+    """The ``kind`` label of the CRM errors metric: auth, not_found, unavailable, no_answer, refused."""
+    if isinstance(exc, RetailCrmAuthError):
+        return "auth"
+    if isinstance(exc, RetailCrmNotFound):
+        return "not_found"
+    if isinstance(exc, RetailCrmUnavailable):
+        return "unavailable" if exc.status else "no_answer"
+    return "refused"
 
 
 def _surely_not_sent(exc: BaseException | None) -> bool:

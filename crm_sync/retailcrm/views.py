@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from accounts.models import Agent
 from crm_sync import recordings, services
 from ctihub.phones import UnusablePhoneNumber, to_e164
+from ctihub.ratelimit import rate_limited
 from telephony.models import Call
 from telephony.providers.base import ProviderError
 
@@ -113,10 +114,12 @@ class MakeCallView(_RetailCrmEndpoint):
             400: OpenApiResponse(Reason, description="A missing parameter or an unusable phone number."),
             403: OpenApiResponse(Reason, description="Unknown clientId."),
             404: OpenApiResponse(Reason, description="No agent has this code."),
+            429: OpenApiResponse(Reason, description="Too many requests from this clientId (see Retry-After)."),
             502: OpenApiResponse(Reason, description="The PBX refused or could not be reached."),
         },
         tags=["retailCRM"],
     )
+    @rate_limited("retailcrm-make-call")
     def get(self, request):
         identified = self.identify(request)
         if isinstance(identified, Response):
@@ -153,9 +156,11 @@ class UserStatusView(_RetailCrmEndpoint):
             400: OpenApiResponse(Reason, description="A missing parameter or a status other than free, busy, dinner, break."),
             403: OpenApiResponse(Reason, description="Unknown clientId."),
             404: OpenApiResponse(Reason, description="No agent has this code."),
+            429: OpenApiResponse(Reason, description="Too many requests from this clientId (see Retry-After)."),
         },
         tags=["retailCRM"],
     )
+    @rate_limited("retailcrm-user-status")
     def get(self, request):
         identified = self.identify(request)
         if isinstance(identified, Response):
@@ -172,6 +177,7 @@ def logo(request):
     return HttpResponse(LOGO.read_bytes(), content_type="image/svg+xml")
 
 
+@rate_limited("retailcrm-record")
 @require_GET
 def record(request, token: str):
     """``recordUrl``: the call's audio, if the link is genuine and not expired (404 otherwise)."""

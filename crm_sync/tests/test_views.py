@@ -187,8 +187,8 @@ def test_it_describes_both_endpoints_and_their_parameters_in_the_openapi_schema(
     user_status = schema["paths"]["/api/retailcrm/user-status"]["get"]
     assert {p["name"] for p in make_call["parameters"]} == {"clientId", "code", "phone", "userId", "externalPhone"}
     assert {p["name"] for p in user_status["parameters"]} == {"clientId", "code", "userId", "status"}
-    assert set(make_call["responses"]) == {"200", "400", "403", "404", "502"}
-    assert set(user_status["responses"]) == {"200", "400", "403", "404"}
+    assert set(make_call["responses"]) == {"200", "400", "403", "404", "429", "502"}
+    assert set(user_status["responses"]) == {"200", "400", "403", "404", "429"}
     status_param = next(p for p in user_status["parameters"] if p["name"] == "status")
     assert status_param["schema"]["enum"] == ["free", "busy", "dinner", "break"]
 

@@ -436,6 +436,8 @@ def frame_items(text: str) -> list[dict]:
         data = json.loads(text, parse_int=str, parse_float=str)
     except (TypeError, ValueError) as exc:
         raise FrameRejected(f"not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the decoder goes: no PBX frame looks like that
+        raise FrameRejected("not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise FrameRejected("an Istra frame is a JSON object")
     items = data.get("item", data.get("results"))
@@ -469,11 +471,16 @@ def read_flag(item: dict, key: str) -> bool | None:
     raise FrameRejected(f"{key} is not true or false: {value!r}")
 
 
+# Counts, durations and epoch milliseconds fit in 20 digits; a longer string is not one
+# (and int() refuses strings past 4300 digits with a ValueError a socket would die of).
+MAX_COUNT_DIGITS = 20
+
+
 def read_count(item: dict, key: str) -> int | None:
     """A non-negative integer the PBX may send as a number or as a string of digits."""
     value = item.get(key)
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_COUNT_DIGITS:
         return int(value)
-    raise FrameRejected(f"{key} is not a whole number: {value!r}")
+    raise FrameRejected(f"{key} is not a whole number: {value[:40] if isinstance(value, str) else value!r}")

@@ -75,7 +75,7 @@ class ManagedProcess:
         ARTIFACTS.mkdir(exist_ok=True)
         self.name = name
         self.log_path = ARTIFACTS / f"{name}.log"
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "wb")  # a fresh log: an older run's lines must not satisfy a wait
         self.process = subprocess.Popen(
             argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )

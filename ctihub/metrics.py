@@ -1,0 +1,155 @@
+"""Prometheus metrics at ``/metrics``, the same from every process.
+
+Events are applied in Celery workers (socket listeners, tasks) and in daphne
+(the Telepo webhook), and a scrape reaches one daphne process. So counters and
+the pop-up latency histogram live in Redis (one ``HINCRBY`` per observation,
+shared by every process and surviving restarts of any one of them) and a
+custom collector turns them into Prometheus families at scrape time, together
+with what is read from the database then: listeners by state and the retailCRM
+upload outbox. prometheus_client's own multiprocess mode was not used: it
+needs ``PROMETHEUS_MULTIPROC_DIR`` shared by all processes (not true across
+containers) and its dead-process cleanup does not fit Celery's thread pool.
+
+Recording never fails the caller: a Redis error is logged and the observation lost.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+
+import redis
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "ctihub:metrics"
+EVENTS_KEY = f"{PREFIX}:events"  # field: account kind
+CRM_ERRORS_KEY = f"{PREFIX}:crm_errors"  # field: error kind
+POPUP_KEY = f"{PREFIX}:popup"  # fields: bucket bounds, "count", "sum"
+# Seconds from a frame reaching ctihub to its card leaving for the browsers.
+POPUP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+_clients: dict[int, redis.Redis] = {}
+_lock = threading.Lock()
+
+
+def _redis() -> redis.Redis:
+    pid = os.getpid()
+    with _lock:
+        client = _clients.get(pid)
+        if client is None:
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+            _clients.clear()
+            _clients[pid] = client
+        return client
+
+
+def _safely(operation) -> None:
+    try:
+        operation(_redis())
+    except Exception:  # metrics must never break the event path
+        logger.warning("metrics: could not record an observation", exc_info=True)
+
+
+def event_applied(account_kind: str) -> None:
+    _safely(lambda r: r.hincrby(EVENTS_KEY, account_kind or "unknown", 1))
+
+
+def crm_error(kind: str) -> None:
+    _safely(lambda r: r.hincrby(CRM_ERRORS_KEY, kind, 1))
+
+
+def popup_latency(seconds: float) -> None:
+    seconds = max(0.0, seconds)
+
+    def record(r):
+        pipe = r.pipeline(transaction=False)
+        for bound in POPUP_BUCKETS:
+            if seconds <= bound:
+                pipe.hincrby(POPUP_KEY, repr(bound), 1)
+        pipe.hincrby(POPUP_KEY, "count", 1)
+        pipe.hincrbyfloat(POPUP_KEY, "sum", seconds)
+        pipe.execute()
+
+    _safely(record)
+
+
+def _read_hash(key: str) -> dict[str, str]:
+    try:
+        return {k.decode(): v.decode() for k, v in _redis().hgetall(key).items()}
+    except Exception:
+        logger.warning("metrics: could not read %s", key, exc_info=True)
+        return {}
+
+
+class HubCollector:
+    """Everything /metrics shows, read when Prometheus scrapes."""
+
+    def collect(self):
+        events = CounterMetricFamily(
+            "ctihub_call_events_applied", "Call updates that changed a call, by PBX account kind.", labels=["account_kind"]
+        )
+        for kind, value in sorted(_read_hash(EVENTS_KEY).items()):
+            events.add_metric([kind], float(value))
+        yield events
+
+        errors = CounterMetricFamily("ctihub_crm_errors", "Failed retailCRM requests, by kind of error.", labels=["kind"])
+        for kind, value in sorted(_read_hash(CRM_ERRORS_KEY).items()):
+            errors.add_metric([kind], float(value))
+        yield errors
+
+        popup = _read_hash(POPUP_KEY)
+        histogram = HistogramMetricFamily(
+            "ctihub_popup_latency_seconds", "From a PBX frame reaching ctihub to its call card being published."
+        )
+        count = float(popup.get("count", 0))
+        buckets = [(repr(bound), float(popup.get(repr(bound), 0))) for bound in POPUP_BUCKETS] + [("+Inf", count)]
+        histogram.add_metric([], buckets, float(popup.get("sum", 0)))
+        yield histogram
+
+        yield from self._from_database()
+
+    def _from_database(self):
+        from crm_sync.models import RetailCrmIntegration
+        from crm_sync.services import outbox_size
+        from django.db.models import Count
+        from telephony.models import Listener
+
+        sockets = GaugeMetricFamily("ctihub_listeners", "PBX event sockets by state.", labels=["state"])
+        counts = dict(Listener.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+        for state in Listener.State.values:
+            sockets.add_metric([state], counts.get(state, 0))
+        yield sockets
+
+        outbox = GaugeMetricFamily(
+            "ctihub_crm_outbox_depth", "Calls waiting for their upload to retailCRM, by integration.",
+            labels=["integration"],
+        )
+        for integration_id, name in RetailCrmIntegration.objects.values_list("id", "name"):
+            outbox.add_metric([name], outbox_size(integration_id))
+        yield outbox
+
+
+def render() -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector())
+    return generate_latest(registry)
+
+
+@require_GET
+def metrics_view(request):
+    """``/metrics``; with METRICS_TOKEN set, only for ``Authorization: Bearer <token>``."""
+    token = settings.METRICS_TOKEN
+    if token:
+        offered = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+            return JsonResponse({"error": "a bearer token is required"}, status=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    return HttpResponse(render(), content_type=CONTENT_TYPE_LATEST)

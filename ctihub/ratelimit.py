@@ -1,0 +1,86 @@
+"""Rate limits of the public endpoints (retailCRM callbacks, recordUrl, Telepo webhook).
+
+The same Redis token bucket as retailCRM's outbound limits
+(``crm_sync.retailcrm.ratelimit.TAKE_TOKEN``, one Lua script, Redis's clock),
+one bucket per caller: the ``clientId`` it authenticates with when it sends one,
+else its address. ``PUBLIC_RATE_LIMIT_PER_SECOND`` tokens a second, bursts up
+to three times that; past it the answer is 429 with a JSON reason and
+``Retry-After``. If Redis cannot be reached the request goes through (logged):
+refusing retailCRM because our own Redis is down would only add an outage.
+
+Use ``@rate_limited("name")`` on a view function or a DRF view's method.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from crm_sync.retailcrm.ratelimit import TAKE_TOKEN, _redis
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "ctihub:public:rate"
+BURST_FACTOR = 3
+
+
+def caller_of(request) -> str:
+    """Who a request counts against: the clientId it presents, else the address it came from."""
+    client_id = request.GET.get("clientId", "")
+    if client_id:
+        return "client:" + hashlib.sha256(client_id.encode()).hexdigest()[:24]  # never the secret itself
+    return "addr:" + (request.META.get("REMOTE_ADDR") or "unknown")
+
+
+_script = None
+
+
+def take(endpoint: str, caller: str) -> int:
+    """0 when the caller may go on, else the milliseconds until it may."""
+    global _script
+    client = _redis()
+    if _script is None or _script.registered_client is not client:
+        _script = client.register_script(TAKE_TOKEN)
+    rate = float(settings.PUBLIC_RATE_LIMIT_PER_SECOND)
+    return int(_script(keys=[f"{PREFIX}:{endpoint}:{caller}"], args=[rate, rate * BURST_FACTOR, 60000]))
+
+
+def too_many(wait_ms: int) -> JsonResponse:
+    response = JsonResponse(
+        {"success": False, "reason": "too many requests: slow down and retry after Retry-After seconds"}, status=429
+    )
+    response["Retry-After"] = str(max(1, math.ceil(wait_ms / 1000)))
+    return response
+
+
+def check(request, endpoint: str) -> JsonResponse | None:
+    """The 429 answer if ``request`` is over its limit, else None."""
+    try:
+        wait_ms = take(endpoint, caller_of(request))
+    except Exception:
+        logger.warning("rate limit of %s not checked: Redis unavailable", endpoint, exc_info=True)
+        return None
+    if wait_ms:
+        logger.info("rate limited %s for %s", endpoint, caller_of(request).split(":")[0])
+        return too_many(wait_ms)
+    return None
+
+
+def rate_limited(endpoint: str):
+    """Decorate a view function ``f(request, ...)`` or a method ``f(self, request, ...)``."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            request = args[1] if len(args) > 1 and not hasattr(args[0], "META") else args[0]
+            refused = check(request, endpoint)
+            return refused if refused is not None else view(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,114 @@
+"""/metrics: events applied, pop-up latency, sockets by state, outbox depth, CRM errors; bearer token."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+
+from crm_sync.models import RetailCrmIntegration
+from crm_sync.retailcrm.client import RetailCrmClient, RetailCrmError
+from ctihub import metrics
+from telephony import updates as u
+from telephony.domain import apply_call_update
+from telephony.models import Listener
+from tests.factories import make_account
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def clean_metrics():
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client.delete(metrics.EVENTS_KEY, metrics.CRM_ERRORS_KEY, metrics.POPUP_KEY)
+    yield
+    client.close()
+
+
+def scrape(client, **headers) -> str:
+    response = client.get("/metrics", **headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain")
+    return response.content.decode()
+
+
+def value(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{sample} not in /metrics:\n{text}")
+
+
+def test_it_counts_applied_events_and_times_the_popups(client, django_capture_on_commit_callbacks):
+    account = make_account(kind="istra_myrcc")
+    now = datetime.now(timezone.utc)
+    with django_capture_on_commit_callbacks(execute=True):
+        for state in (u.RINGING, u.TALKING, u.ENDED):
+            apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id="-1", state=state, kind=state,
+                                           payload={}, occurred_at=now, direction=u.INBOUND))
+        # A replayed frame changes nothing and is not counted.
+        apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id="-1", state=u.ENDED, kind=u.ENDED,
+                                       payload={}, occurred_at=now))
+    deadline = time.monotonic() + 5
+    text = scrape(client)
+    while value(text, "ctihub_popup_latency_seconds_count") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = scrape(client)
+    assert value(text, 'ctihub_call_events_applied_total{account_kind="istra_myrcc"}') == 3
+    assert value(text, "ctihub_popup_latency_seconds_count") == 3
+    assert value(text, 'ctihub_popup_latency_seconds_bucket{le="+Inf"}') == 3
+    assert 0 < value(text, "ctihub_popup_latency_seconds_sum") < 15
+
+
+def test_it_shows_sockets_by_state_and_the_outbox_depth(client):
+    account = make_account()
+    Listener.objects.create(account=account, name="a", state=Listener.State.CONNECTED)
+    Listener.objects.create(account=account, name="b", state=Listener.State.BACKOFF)
+    Listener.objects.create(account=account, name="c", state=Listener.State.CONNECTED)
+    RetailCrmIntegration.objects.create(name="shop", crm_url="https://shop.retailcrm.ru", api_key="k")
+    text = scrape(client)
+    assert value(text, 'ctihub_listeners{state="connected"}') == 2
+    assert value(text, 'ctihub_listeners{state="backoff"}') == 1
+    assert value(text, 'ctihub_listeners{state="failed"}') == 0
+    assert value(text, 'ctihub_crm_outbox_depth{integration="shop"}') == 0
+
+
+class _Answer:
+    def __init__(self, status):
+        self.status_code, self.headers = status, {}
+
+    def json(self):
+        return {"success": False, "errorMsg": "Wrong apiKey value"}
+
+
+class _Http:
+    def __init__(self, status):
+        self.status = status
+
+    def request(self, *args, **kwargs):
+        return _Answer(self.status)
+
+
+class _NoLimit:
+    def acquire(self, *args):
+        return 0.0
+
+
+def test_it_counts_crm_errors_by_kind(client):
+    for status in (401, 401, 400):
+        crm = RetailCrmClient("https://shop.retailcrm.ru", "key", http=_Http(status), limiter=_NoLimit())
+        with pytest.raises(RetailCrmError):
+            crm.get_module("ctihub")
+    text = scrape(client)
+    assert value(text, 'ctihub_crm_errors_total{kind="auth"}') == 2
+    assert value(text, 'ctihub_crm_errors_total{kind="refused"}') == 1
+
+
+def test_it_asks_for_the_bearer_token_when_one_is_set(client, settings):
+    settings.METRICS_TOKEN = "scrape-token-123"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert "ctihub_listeners" in scrape(client, HTTP_AUTHORIZATION="Bearer scrape-token-123")

@@ -1,0 +1,60 @@
+"""The public endpoints answer 429 with a JSON reason past PUBLIC_RATE_LIMIT_PER_SECOND, per caller."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+
+from crm_sync.models import RetailCrmIntegration
+from ctihub import ratelimit
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fresh_buckets():
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    for key in client.scan_iter(f"{ratelimit.PREFIX}:*"):
+        client.delete(key)
+    yield
+    client.close()
+
+
+@pytest.fixture
+def slow_limit(settings):
+    settings.PUBLIC_RATE_LIMIT_PER_SECOND = 1  # bursts of 3
+
+
+def test_it_answers_429_with_a_reason_past_the_limit_of_one_client_id(client, slow_limit):
+    RetailCrmIntegration.objects.create(name="shop", crm_url="https://shop.retailcrm.ru", api_key="k", client_id="cid-1")
+    answers = [client.get("/api/retailcrm/user-status", {"clientId": "cid-1", "code": "1", "userId": "1",
+                                                          "status": "free"}) for _ in range(5)]
+    assert [a.status_code for a in answers[:3]] == [404, 404, 404]  # no such agent, but let through
+    refused = answers[3]
+    assert refused.status_code == 429
+    assert refused.json()["success"] is False and "too many requests" in refused.json()["reason"]
+    assert int(refused["Retry-After"]) >= 1
+    # Another clientId has its own bucket.
+    other = client.get("/api/retailcrm/user-status", {"clientId": "cid-2", "code": "1", "userId": "1"})
+    assert other.status_code == 403
+
+
+def test_it_limits_make_call_and_record_links_by_address_without_a_client_id(client, slow_limit):
+    codes = [client.get("/api/retailcrm/make-call").status_code for _ in range(4)]
+    assert codes == [403, 403, 403, 429]
+    codes = [client.get("/api/retailcrm/records/forged:token").status_code for _ in range(4)]
+    assert codes == [404, 404, 404, 429]
+
+
+def test_it_lets_requests_through_when_redis_is_down(client, slow_limit, monkeypatch):
+    def broken(*args):
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(ratelimit, "take", broken)
+    assert [client.get("/api/retailcrm/make-call").status_code for _ in range(5)] == [403] * 5
+
+
+def test_it_never_keeps_the_client_id_itself_in_redis(rf):
+    caller = ratelimit.caller_of(rf.get("/api/retailcrm/make-call", {"clientId": "secret-client-id"}))
+    assert "secret-client-id" not in caller and caller.startswith("client:")
