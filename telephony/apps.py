@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class TelephonyConfig(AppConfig):
     name = "telephony"
     verbose_name = "Telephony"
+
+    def ready(self):
+        # Voicemail audio is the recording retailCRM plays for a missed call (its recordUrl).
+        from telephony.providers.istra_enduser.recordings import register
+
+        register()
