@@ -98,12 +98,18 @@ FAST_LISTENERS = {
 
 
 @pytest.fixture
-def hub(django_db_setup, django_db_blocker):
+def hub_settings() -> dict[str, str]:
+    """Extra settings for the hub's processes; a test module overrides this fixture to add its own."""
+    return {}
+
+
+@pytest.fixture
+def hub(django_db_setup, django_db_blocker, hub_settings):
     """Simulator + daphne + one Celery worker holding PBX sockets, on the test database and Redis."""
     from tests.support.processes import Hub
 
     with django_db_blocker.unblock():
-        env = subprocess_env(**FAST_LISTENERS)
+        env = subprocess_env(**{**FAST_LISTENERS, **hub_settings})
     running = Hub(env)
     try:
         yield running

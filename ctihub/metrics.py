@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import threading
 
-import redis
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ctihub.shared_redis import shared_redis
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +35,7 @@ POPUP_KEY = f"{PREFIX}:popup"  # fields: bucket bounds, "count", "sum"
 # Seconds from a frame reaching ctihub to its card leaving for the browsers.
 POPUP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-_clients: dict[int, redis.Redis] = {}
-_lock = threading.Lock()
-
-
-def _redis() -> redis.Redis:
-    pid = os.getpid()
-    with _lock:
-        client = _clients.get(pid)
-        if client is None:
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-            _clients.clear()
-            _clients[pid] = client
-        return client
+_redis = shared_redis
 
 
 def _safely(operation) -> None:

@@ -17,12 +17,11 @@ holds at most ``0.95 L`` plus what arrival jitter can add, and never more than
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import time
 
 import redis
-from django.conf import settings
+
+from ctihub.shared_redis import shared_redis
 
 GENERAL = "general"
 TELEPHONY = "telephony"
@@ -74,20 +73,7 @@ def rate_and_capacity(kind: str) -> tuple[float, float]:
     return limit * RATE_SHARE, max(1.0, limit * BURST_SHARE)
 
 
-_clients: dict[int, redis.Redis] = {}
-_clients_lock = threading.Lock()
-
-
-def _redis() -> redis.Redis:
-    # One connection pool per process: a pool inherited across fork is not safe to share.
-    pid = os.getpid()
-    with _clients_lock:
-        client = _clients.get(pid)
-        if client is None:
-            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=3)
-            _clients.clear()
-            _clients[pid] = client
-        return client
+_redis = shared_redis  # the name its callers import
 
 
 class RateLimiter:

@@ -44,12 +44,11 @@ The ``enduser/...`` routes live in ``myistra.py`` (``add_control_routes``).
 
 from __future__ import annotations
 
-import json
-from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from simulator.control_api import json_errors, read_body, required
 from simulator.istra.calls import InvalidTransition, Line, Party
 from simulator.istra.sessions import Session, world_of
 from simulator.istra.world import IstraWorld
@@ -61,40 +60,8 @@ EXTENSION_KEYS = {
     "department": "department", "photo": "photo", "pstnNumbers": "pstn_numbers",
     "deviceModel": "device_model", "outOfService": "out_of_service", "myrcc": "myrcc",
 }
+_json_errors = json_errors({InvalidTransition: lambda exc: (409, str(exc))})
 CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up"}
-
-
-def _json_errors(handler: Callable[[web.Request], Awaitable[Any]]):
-    """Answer with JSON; turn the world's exceptions into 400/404/409."""
-
-    @wraps(handler)
-    async def wrapper(request: web.Request) -> web.Response:
-        try:
-            result = await handler(request)
-        except KeyError as exc:
-            return web.json_response({"error": str(exc.args[0]) if exc.args else "not found"}, status=404)
-        except InvalidTransition as exc:
-            return web.json_response({"error": str(exc)}, status=409)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if isinstance(result, web.StreamResponse):
-            return result
-        return web.json_response(result)
-
-    return wrapper
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    text = await request.text()
-    if not text.strip():
-        return {}
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc.msg}") from None
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
 
 
 def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
@@ -102,12 +69,6 @@ def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
     return {mapping[key]: value for key, value in body.items()}
-
-
-def _required(body: dict[str, Any], key: str) -> Any:
-    if body.get(key) in (None, ""):
-        raise ValueError(f"{key!r} is required")
-    return body[key]
 
 
 # --- views of the world -------------------------------------------------------------------
@@ -178,25 +139,25 @@ async def state(request: web.Request) -> dict[str, Any]:
 @_json_errors
 async def configure(request: web.Request) -> dict[str, Any]:
     world = world_of(request)
-    world.configure(**_renamed(await _body(request), CONFIG_KEYS))
+    world.configure(**_renamed(await read_body(request), CONFIG_KEYS))
     return {key: getattr(world.config, attr) for key, attr in CONFIG_KEYS.items()}
 
 
 @_json_errors
 async def add_user(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     known = {"login", "password", "enterprise", "mycrm", "myrcc"}
     if set(body) - known:
         raise ValueError(f"unknown keys: {', '.join(sorted(set(body) - known))}")
-    user = world_of(request).add_user(str(_required(body, "login")), str(_required(body, "password")),
+    user = world_of(request).add_user(str(required(body, "login")), str(required(body, "password")),
                                       **{k: body[k] for k in ("enterprise", "mycrm", "myrcc") if k in body})
     return web.json_response(vars(user), status=201)
 
 
 @_json_errors
 async def add_extension(request: web.Request) -> web.Response:
-    attrs = _renamed(await _body(request), EXTENSION_KEYS)
-    extension_id, number = str(_required(attrs, "id")), str(_required(attrs, "number"))
+    attrs = _renamed(await read_body(request), EXTENSION_KEYS)
+    extension_id, number = str(required(attrs, "id")), str(required(attrs, "number"))
     attrs = {k: v for k, v in attrs.items() if k not in ("id", "number")}
     extension = world_of(request).add_extension(extension_id, number, **attrs)
     return web.json_response(extension_view(extension), status=201)
@@ -204,16 +165,16 @@ async def add_extension(request: web.Request) -> web.Response:
 
 @_json_errors
 async def update_extension(request: web.Request) -> dict[str, Any]:
-    attrs = _renamed(await _body(request), EXTENSION_KEYS)
+    attrs = _renamed(await read_body(request), EXTENSION_KEYS)
     return extension_view(world_of(request).update_extension(request.match_info["id"], **attrs))
 
 
 @_json_errors
 async def incoming_call(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     world = world_of(request)
     line = world.incoming_call(
-        str(_required(body, "terminalId")), str(_required(body, "from")),
+        str(required(body, "terminalId")), str(required(body, "from")),
         label=body.get("label", ""), e164=body.get("e164", ""), acd_id=body.get("acdId"), photo=body.get("photo", ""),
     )
     return web.json_response(line_view(world, line), status=201)
@@ -221,10 +182,10 @@ async def incoming_call(request: web.Request) -> web.Response:
 
 @_json_errors
 async def outgoing_call(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request)
     world = world_of(request)
     line = world.outgoing_call(
-        str(_required(body, "terminalId")), str(_required(body, "to")),
+        str(required(body, "terminalId")), str(required(body, "to")),
         label=body.get("label", ""), e164=body.get("e164", ""),
     )
     return web.json_response(line_view(world, line), status=201)
@@ -247,7 +208,7 @@ async def call_move(request: web.Request) -> dict[str, Any]:
     world = world_of(request)
     call_id, move = request.match_info["callId"], request.match_info["move"]
     if move == "hangup":
-        line = world.hangup(call_id, (await _body(request)).get("cause", "disconnect"))
+        line = world.hangup(call_id, (await read_body(request)).get("cause", "disconnect"))
     elif move in ("answer", "hold", "unhold"):
         line = getattr(world, move)(call_id)
     else:
@@ -272,12 +233,12 @@ async def expire_sessions(request: web.Request) -> dict[str, Any]:
 
 @_json_errors
 async def rotate_tokens(request: web.Request) -> dict[str, Any]:
-    return {"sessions": world_of(request).rotate_tokens((await _body(request)).get("app"))}
+    return {"sessions": world_of(request).rotate_tokens((await read_body(request)).get("app"))}
 
 
 @_json_errors
 async def set_iptc(request: web.Request) -> dict[str, Any]:
-    up = (await _body(request)).get("up")
+    up = (await read_body(request)).get("up")
     if not isinstance(up, bool):
         raise ValueError('body must be {"up": true|false}')
     world_of(request).set_iptc(up)
@@ -286,7 +247,7 @@ async def set_iptc(request: web.Request) -> dict[str, Any]:
 
 @_json_errors
 async def fail_next(request: web.Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_body(request)
     fault = world_of(request).fail_next(
         int(body.get("count", 1)), int(body.get("status", 503)), body.get("body"), body.get("app"), body.get("path"),
     )
@@ -295,7 +256,7 @@ async def fail_next(request: web.Request) -> dict[str, Any]:
 
 @_json_errors
 async def redirect_next(request: web.Request) -> dict[str, Any]:
-    body = await _body(request)
+    body = await read_body(request)
     status = int(body.get("status", 302))
     if status not in (301, 302, 303, 307, 308):
         raise ValueError("status must be a redirect status")

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from simulator.control_api import json_errors, only, read_body
 from simulator.istra import errors
 from simulator.istra.calls import DROPPED, Transition
 from simulator.istra.sessions import Session, SessionStore, authenticated, split_enduser, world_of
@@ -543,26 +544,12 @@ def history_recorder(world: "IstraWorld"):
 CONTROL_PREFIX = "/_sim/istra/enduser"
 
 
-def _control(handler):
-    async def wrapper(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except KeyError as exc:
-            return web.json_response({"error": str(exc.args[0]) if exc.args else "not found"}, status=404)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-
-    return wrapper
+_control = json_errors()
 
 
 async def _control_body(request: web.Request, known: set[str]) -> dict[str, Any]:
-    text = await request.text()
-    body = json.loads(text) if text.strip() else {}
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    unknown = set(body) - known
-    if unknown:
-        raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
+    body = await read_body(request)
+    only(body, known)
     return body
 
 

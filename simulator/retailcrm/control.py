@@ -32,61 +32,20 @@ GET      /_sim/retailcrm/outgoing               -  (every request the caller sid
 
 from __future__ import annotations
 
-import json
-from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from simulator.control_api import json_errors, only, read_body, required
 from simulator.retailcrm import caller
 from simulator.retailcrm.api import world_of
 
 PREFIX = "/_sim/retailcrm"
+_json_errors = json_errors()
 CONFIG_KEYS = {
     "down": "down", "downStatus": "down_status", "delay": "delay", "rateLimit": "rate_limit",
     "telephonyRateLimit": "telephony_rate_limit", "uploadLimit": "upload_limit",
 }
-
-
-def _json_errors(handler: Callable[[web.Request], Awaitable[Any]]):
-    @wraps(handler)
-    async def wrapper(request: web.Request) -> web.Response:
-        try:
-            result = await handler(request)
-        except KeyError as exc:
-            return web.json_response({"error": str(exc.args[0]) if exc.args else "not found"}, status=404)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if isinstance(result, web.StreamResponse):
-            return result
-        return web.json_response(result)
-
-    return wrapper
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    text = await request.text()
-    if not text.strip():
-        return {}
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc.msg}") from None
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
-
-
-def _only(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(body) - allowed
-    if unknown:
-        raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
-
-
-def _required(body: dict[str, Any], key: str) -> Any:
-    if body.get(key) in (None, ""):
-        raise ValueError(f"{key!r} is required")
-    return body[key]
 
 
 def _config_view(world) -> dict[str, Any]:
@@ -106,8 +65,8 @@ async def state(request):
 
 @_json_errors
 async def configure(request):
-    body = await _body(request)
-    _only(body, set(CONFIG_KEYS))
+    body = await read_body(request)
+    only(body, set(CONFIG_KEYS))
     world = world_of(request)
     world.configure(**{CONFIG_KEYS[k]: v for k, v in body.items()})
     return _config_view(world)
@@ -115,17 +74,17 @@ async def configure(request):
 
 @_json_errors
 async def add_api_key(request):
-    body = await _body(request)
-    _only(body, {"key"})
-    world_of(request).add_api_key(str(_required(body, "key")))
+    body = await read_body(request)
+    only(body, {"key"})
+    world_of(request).add_api_key(str(required(body, "key")))
     return web.json_response({"added": True}, status=201)
 
 
 @_json_errors
 async def add_site(request):
-    body = await _body(request)
-    _only(body, {"code", "name"})
-    return web.json_response(world_of(request).add_site(str(_required(body, "code")), body.get("name", "")), status=201)
+    body = await read_body(request)
+    only(body, {"code", "name"})
+    return web.json_response(world_of(request).add_site(str(required(body, "code")), body.get("name", "")), status=201)
 
 
 USER_KEYS = {"id": "user_id", "firstName": "first_name", "lastName": "last_name", "email": "email",
@@ -134,29 +93,29 @@ USER_KEYS = {"id": "user_id", "firstName": "first_name", "lastName": "last_name"
 
 @_json_errors
 async def add_user(request):
-    body = await _body(request)
-    _only(body, set(USER_KEYS))
-    _required(body, "id")
+    body = await read_body(request)
+    only(body, set(USER_KEYS))
+    required(body, "id")
     user = world_of(request).add_user(**{USER_KEYS[k]: (str(v) if k == "id" else v) for k, v in body.items()})
     return web.json_response(user, status=201)
 
 
 @_json_errors
 async def update_user(request):
-    body = await _body(request)
-    _only(body, {"status", "online", "firstName", "lastName", "email"})
+    body = await read_body(request)
+    only(body, {"status", "online", "firstName", "lastName", "email"})
     return world_of(request).update_user(request.match_info["id"], **body)
 
 
 @_json_errors
 async def add_customer(request):
-    body = await _body(request)
-    _only(body, {"id", "phones", "firstName", "lastName", "email", "managerId"})
-    phones = _required(body, "phones")
+    body = await read_body(request)
+    only(body, {"id", "phones", "firstName", "lastName", "email", "managerId"})
+    phones = required(body, "phones")
     if not isinstance(phones, list) or not all(isinstance(p, str) for p in phones):
         raise ValueError("phones must be a list of strings")
     customer = world_of(request).add_customer(
-        str(_required(body, "id")), phones=phones, first_name=body.get("firstName", ""),
+        str(required(body, "id")), phones=phones, first_name=body.get("firstName", ""),
         last_name=body.get("lastName", ""), email=body.get("email", ""),
         manager_id=str(body["managerId"]) if body.get("managerId") is not None else None,
     )
@@ -200,10 +159,10 @@ async def outgoing(request):
 
 @_json_errors
 async def make_call(request):
-    body = await _body(request)
-    _only(body, {"userId", "phone", "externalPhone", "code", "clientId", "module"})
+    body = await read_body(request)
+    only(body, {"userId", "phone", "externalPhone", "code", "clientId", "module"})
     return await caller.make_call(
-        world_of(request), str(_required(body, "userId")), str(_required(body, "phone")),
+        world_of(request), str(required(body, "userId")), str(required(body, "phone")),
         external_phone=body.get("externalPhone"), code=body.get("code"), client_id=body.get("clientId"),
         module=body.get("module"),
     )
@@ -211,10 +170,10 @@ async def make_call(request):
 
 @_json_errors
 async def user_status(request):
-    body = await _body(request)
-    _only(body, {"userId", "status", "code", "clientId", "module"})
+    body = await read_body(request)
+    only(body, {"userId", "status", "code", "clientId", "module"})
     return await caller.change_status(
-        world_of(request), str(_required(body, "userId")), str(_required(body, "status")), code=body.get("code"),
+        world_of(request), str(required(body, "userId")), str(required(body, "status")), code=body.get("code"),
         client_id=body.get("clientId"), module=body.get("module"),
     )
 

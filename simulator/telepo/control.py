@@ -31,54 +31,24 @@ GET      /_sim/telepo/requests?since=<seq>       -
 
 from __future__ import annotations
 
-import json
-from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from simulator.control_api import json_errors, only, read_body, required
 from simulator.telepo.api import world_of
 from simulator.telepo.world import TelepoError
 
 PREFIX = "/_sim/telepo"
-
-
-def _json_errors(handler: Callable[[web.Request], Awaitable[Any]]):
-    @wraps(handler)
-    async def wrapper(request: web.Request) -> web.Response:
-        try:
-            result = await handler(request)
-        except KeyError as exc:
-            return web.json_response({"error": str(exc.args[0]) if exc.args else "not found"}, status=404)
-        except TelepoError as exc:
-            return web.json_response({"error": exc.message}, status=exc.status)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(result)
-
-    return wrapper
+_json_errors = json_errors({TelepoError: lambda exc: (exc.status, exc.message)})
 
 
 async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    text = await request.text()
-    if not text.strip():
-        return {}
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON: {exc.msg}") from None
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    unknown = set(body) - allowed
-    if unknown:
-        raise ValueError(f"unknown keys: {', '.join(sorted(unknown))}")
+    body = await read_body(request)
+    only(body, allowed)
     return body
 
 
-def _required(body: dict[str, Any], key: str) -> Any:
-    if body.get(key) in (None, ""):
-        raise ValueError(f"{key!r} is required")
-    return body[key]
 
 
 @_json_errors
@@ -90,7 +60,7 @@ async def reset(request):
 @_json_errors
 async def add_ticket(request):
     body = await _body(request, {"ticket", "domain", "scopes"})
-    ticket = world_of(request).add_ticket(str(_required(body, "ticket")), str(_required(body, "domain")),
+    ticket = world_of(request).add_ticket(str(required(body, "ticket")), str(required(body, "domain")),
                                           tuple(body.get("scopes") or ("CALL_CONTROL",)))
     return {"ticket": ticket.ticket, "domain": ticket.domain, "scopes": list(ticket.scopes)}
 
@@ -105,7 +75,7 @@ async def revoke_ticket(request):
 async def add_user(request):
     body = await _body(request, {"userId", "domain", "email", "number", "displayName", "devices", "ctiLicence"})
     user = world_of(request).add_user(
-        str(_required(body, "userId")), str(_required(body, "domain")), email=body.get("email", ""),
+        str(required(body, "userId")), str(required(body, "domain")), email=body.get("email", ""),
         number=body.get("number", ""), display_name=body.get("displayName", ""), devices=body.get("devices"),
         cti_licence=bool(body.get("ctiLicence", True)),
     )
@@ -115,14 +85,14 @@ async def add_user(request):
 @_json_errors
 async def set_webhook_url(request):
     body = await _body(request, {"domain", "url"})
-    return {"url": world_of(request).set_webhook(str(_required(body, "domain")), str(_required(body, "url")))}
+    return {"url": world_of(request).set_webhook(str(required(body, "domain")), str(required(body, "url")))}
 
 
 @_json_errors
 async def incoming(request):
     body = await _body(request, {"userId", "from", "displayName", "callerUserId", "callerEmail"})
     world = world_of(request)
-    call = world.incoming_call(str(_required(body, "userId")), str(_required(body, "from")),
+    call = world.incoming_call(str(required(body, "userId")), str(required(body, "from")),
                                display_name=body.get("displayName", ""), caller_user=body.get("callerUserId", ""),
                                caller_email=body.get("callerEmail", ""))
     return world.call_view(call)
@@ -132,7 +102,7 @@ async def incoming(request):
 async def outgoing(request):
     body = await _body(request, {"userId", "to", "deviceId", "displayName"})
     world = world_of(request)
-    call = world.outgoing_call(str(_required(body, "userId")), str(_required(body, "to")),
+    call = world.outgoing_call(str(required(body, "userId")), str(required(body, "to")),
                                device_id=body.get("deviceId"), display_name=body.get("displayName", ""))
     return world.call_view(call)
 
@@ -188,7 +158,7 @@ def _rule(kind: str):
 @_json_errors
 async def resend(request):
     body = await _body(request, {"callId", "seqNum"})
-    return world_of(request).resend(str(_required(body, "callId")), int(_required(body, "seqNum")))
+    return world_of(request).resend(str(required(body, "callId")), int(required(body, "seqNum")))
 
 
 @_json_errors

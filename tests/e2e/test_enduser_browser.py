@@ -17,54 +17,30 @@ from crm_sync.models import RetailCrmIntegration
 from telephony import control
 from telephony.models import Call, Listener, PbxAccount
 from tests.factories import make_account, make_agent
-from tests.support.processes import ARTIFACTS, Hub, subprocess_env, wait_for
+from tests.support.processes import ARTIFACTS, wait_for
 from tests.support.retailcrm_sim import API_KEY, RetailCrmControl
 from tests.support.sim_control import IstraControl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 TERMINAL = "5985841581756135023"
-FAST = {
-    "LISTENER_LEASE_TTL_MS": "3000", "LISTENER_SCAN_SECONDS": "1", "LISTENER_KEEPALIVE_SECONDS": "5",
-    "LISTENER_BACKOFF_CAP_SECONDS": "2",
-    # A call that ended a second ago counts as settled, so the test need not wait a minute.
-    "ENDUSER_BACKFILL_SETTLE_SECONDS": "1",
-}
 
 
 @pytest.fixture
-def enduser_hub(django_db_setup, django_db_blocker):
-    with django_db_blocker.unblock():
-        env = subprocess_env(**FAST)
-    running = Hub(env)
-    try:
-        yield running
-    finally:
-        running.stop()
-        with django_db_blocker.unblock():
-            from django.db import connection
-
-            def others() -> int:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                   "AND pid <> pg_backend_pid()")
-                    return cursor.fetchone()[0]
-
-            try:
-                wait_for(lambda: others() == 0, 10, interval=0.1, what="the hub's database sessions to close")
-            except TimeoutError:
-                pass
+def hub_settings():
+    # A call that ended a second ago counts as settled, so the test need not wait a minute.
+    return {"ENDUSER_BACKFILL_SETTLE_SECONDS": "1"}
 
 
 def enduser_state(hub) -> dict:
     return requests.get(f"{hub.sim_url}/_sim/istra/enduser/chatfield", timeout=5).json()
 
 
-def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_saw_exactly_once(enduser_hub, browser):
+def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_saw_exactly_once(hub, browser):
     from telephony.providers.istra_enduser.tasks import backfill_account_task
     from tests.support.browser import log_in
 
-    hub = enduser_hub.start(workers=1, web=True)
+    hub = hub.start(workers=1, web=True)
     sim = IstraControl(hub.sim_url)
     sim.add_user("chatfield", "0000", enterprise="acme")
     sim.add_extension(TERMINAL, "144", label="Chatfield desk", owner="chatfield", enterprise="acme")

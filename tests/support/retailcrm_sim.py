@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import requests
+from tests.support.sim_control import ControlClient
 
 API_KEY = "sim-retailcrm-key-0123456789"
 
 
-class RetailCrmControl:
-    def __init__(self, sim_url: str):
-        self.url = sim_url
-        self.base = f"{sim_url}/_sim/retailcrm"
-
-    def _call(self, method: str, path: str, expect_ok: bool = True, **body):
-        response = requests.request(method, f"{self.base}{path}", json=body or None, timeout=20)
-        if expect_ok:
-            assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json()
+class RetailCrmControl(ControlClient):
+    system = "retailcrm"
 
     def reset(self):
         return self._call("POST", "/reset")

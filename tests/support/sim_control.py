@@ -5,14 +5,24 @@ from __future__ import annotations
 import requests
 
 
-class IstraControl:
-    def __init__(self, sim_url: str):
-        self.base = f"{sim_url}/_sim/istra"
+class ControlClient:
+    """One simulated system's control API, ``/_sim/<system>``: JSON in, JSON out, a failure is a test failure."""
 
-    def _call(self, method: str, route: str, **body):
-        response = requests.request(method, f"{self.base}{route}", json=body or None, timeout=10)
-        assert response.status_code < 400, f"{method} {route}: {response.status_code} {response.text}"
+    system = ""
+
+    def __init__(self, sim_url: str):
+        self.url = sim_url
+        self.base = f"{sim_url}/_sim/{self.system}"
+
+    def _call(self, method: str, route: str, expect_ok: bool = True, **body):
+        response = requests.request(method, f"{self.base}{route}", json=body or None, timeout=20)
+        if expect_ok:
+            assert response.status_code < 400, f"{method} {route}: {response.status_code} {response.text}"
         return response.json()
+
+
+class IstraControl(ControlClient):
+    system = "istra"
 
     def add_user(self, login, password, **fields):
         return self._call("POST", "/users", login=login, password=password, **fields)

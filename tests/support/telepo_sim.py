@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import requests
+from tests.support.sim_control import ControlClient
 
 from tests.support.processes import wait_for
 
@@ -10,16 +10,8 @@ TICKET = "19654.VDo1ZDYwNTdmNzNjY2I5Mjdl"
 DOMAIN = "organization.org"
 
 
-class TelepoControl:
-    def __init__(self, sim_url: str):
-        self.url = sim_url
-        self.base = f"{sim_url}/_sim/telepo"
-
-    def _call(self, method: str, path: str, expect_ok: bool = True, **body):
-        response = requests.request(method, f"{self.base}{path}", json=body or None, timeout=20)
-        if expect_ok:
-            assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
-        return response.json()
+class TelepoControl(ControlClient):
+    system = "telepo"
 
     def reset(self):
         return self._call("POST", "/reset")

@@ -43,9 +43,9 @@ SETTING_UP = (Call.State.DIALING, Call.State.RINGING)
 
 
 def _redis():
-    from telephony.supervisor import redis_client
+    from ctihub.shared_redis import shared_redis
 
-    return redis_client()
+    return shared_redis()
 
 
 def enduser_account_for(terminal: Terminal) -> PbxAccount | None:
