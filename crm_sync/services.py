@@ -30,6 +30,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from ctihub.tasks import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
@@ -85,14 +86,7 @@ def integrations_for(account_id: int):
     ).distinct()
 
 
-def _enqueue(task, *args, countdown: float | None = None) -> bool:
-    """Queue a task; never let a broker hiccup break the caller (the sweep catches up)."""
-    try:
-        task.apply_async(args=args, countdown=countdown)
-        return True
-    except Exception:
-        logger.exception("could not queue %s%r; the sweep will pick it up", task.name, args)
-        return False
+_enqueue = enqueue  # patched by tests at this name
 
 
 # --- call_changed: the entry point -------------------------------------------------------

@@ -11,20 +11,11 @@ import logging
 from celery import shared_task
 from celery.signals import worker_ready
 
+from ctihub.tasks import enqueue
 from telephony.models import PbxAccount
 from telephony.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
-
-
-def enqueue(task, *args, countdown: float | None = None) -> bool:
-    """Queue a task; a broker hiccup must not fail a webhook (the schedule catches up)."""
-    try:
-        task.apply_async(args=args, countdown=countdown)
-        return True
-    except Exception:
-        logger.exception("could not queue %s%r; the periodic reconcile will catch up", task.name, args)
-        return False
 
 
 @shared_task(ignore_result=True)
