@@ -48,7 +48,7 @@ def test_it_pops_a_card_holds_from_it_survives_a_reload_and_closes_on_hangup(hub
     page.wait_for_selector("#connection[data-state=live]", timeout=10000)
     page.wait_for_selector(".card[data-state=held]", timeout=10000)
     assert page.locator(".card").count() == 1
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-card-held.png"), full_page=True)
 
     sim.move(line["callId"], "hangup", cause="disconnect")
@@ -105,7 +105,7 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     console.wait_for_selector(".card[data-state=talking]", timeout=10000)
     assert console.locator(".card").count() == 1
     assert wallboard.locator("#calls tr").count() == 1
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     console.screenshot(path=str(ARTIFACTS / "console-narrow-talking.png"), full_page=True)
     wallboard.screenshot(path=str(ARTIFACTS / "wallboard-live.png"), full_page=True)
 

@@ -82,7 +82,7 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
     assert page.evaluate("document.getElementById('vm-player').currentSrc").endswith(f"/{left['id']}.ogg")
     page.wait_for_function("document.getElementById('vm-unread-voicemails').textContent === '0'", timeout=15000)
     assert enduser_state(hub)["voicemails"][0]["read"] is True
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-voicemail.png"), full_page=True)
 
     # The PBX cuts the sockets: the worker reconnects them, and the next voicemail still counts live.

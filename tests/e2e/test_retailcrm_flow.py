@@ -89,7 +89,7 @@ def test_it_routes_a_switchboard_call_to_the_free_responsible_manager_and_pops_o
     assert len(ringing_for_ann) == 1
     row = CrmCallSync.objects.get(call__pbx_call_id=switchboard["callId"], integration=integration)
     assert (row.routing, row.routed_agent_id) == (CrmCallSync.Routing.REDIRECTED, agent.pk)
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-routed-card.png"), full_page=True)
 
 

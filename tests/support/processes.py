@@ -16,7 +16,8 @@ from django.conf import settings
 from django.db import connection
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
+# CTIHUB_TEST_ARTIFACTS lets two suites run side by side without sharing (and misreading) process logs.
+ARTIFACTS = Path(os.environ.get("CTIHUB_TEST_ARTIFACTS") or REPO / "test-artifacts")
 
 
 def free_port() -> int:
@@ -72,7 +73,7 @@ class ManagedProcess:
     """A subprocess whose output goes to test-artifacts/<name>.log and that is always stopped."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = REPO):
-        ARTIFACTS.mkdir(exist_ok=True)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = ARTIFACTS / f"{name}.log"
         self._log = open(self.log_path, "wb")  # a fresh log: an older run's lines must not satisfy a wait
