@@ -36,9 +36,20 @@ class AppliedUpdate:
     changed: bool
 
 
-def apply_call_update(update: u.CallUpdate) -> AppliedUpdate:
+def apply_call_updates(updates: list[u.CallUpdate], received: float | None = None) -> list[AppliedUpdate]:
+    """Apply a burst of updates (the frames one socket read together) in order, in one transaction.
+
+    ``received`` is ``time.monotonic()`` when the first frame of the burst came off the socket: the
+    pop-up latency metric runs from there to the card's publish.
+    """
+    received = time.monotonic() if received is None else received
+    with transaction.atomic():
+        return [apply_call_update(update, received=received) for update in updates]
+
+
+def apply_call_update(update: u.CallUpdate, received: float | None = None) -> AppliedUpdate:
     """Upsert the call, append its event, derive times; publish after commit."""
-    received = time.monotonic()  # the pop-up latency metric runs from here to the card's publish
+    received = time.monotonic() if received is None else received
     with transaction.atomic():
         call = _locked_call_for(update)
         created = False
