@@ -58,3 +58,34 @@ def test_it_lets_requests_through_when_redis_is_down(client, slow_limit, monkeyp
 def test_it_never_keeps_the_client_id_itself_in_redis(rf):
     caller = ratelimit.caller_of(rf.get("/api/retailcrm/make-call", {"clientId": "secret-client-id"}))
     assert "secret-client-id" not in caller and caller.startswith("client:")
+
+
+def telepo_account(name: str, secret: str):
+    from telephony.models import PbxAccount
+    from tests.factories import make_account
+
+    return make_account(name=name, kind=PbxAccount.Kind.TELEPO, base_url="http://127.0.0.1:9", enterprise=name,
+                        login="", password="", api_token="t", webhook_secret=secret)
+
+
+def test_it_limits_the_telepo_webhook_per_account_with_a_reason_and_retry_after(client, slow_limit):
+    telepo_account("one.example", "hook-one-5d1c")
+    telepo_account("two.example", "hook-two-9a7e")
+    codes = [client.post("/api/telepo/webhook/hook-one-5d1c", data="{", content_type="application/json")
+             for _ in range(4)]
+    assert [c.status_code for c in codes[:3]] == [400, 400, 400]  # a bad body, but let through to say so
+    refused = codes[3]
+    assert refused.status_code == 429 and "too many requests" in refused.json()["reason"]
+    assert int(refused["Retry-After"]) >= 1
+    # The other organisation's webhook has its own bucket.
+    other = client.post("/api/telepo/webhook/hook-two-9a7e", data="{", content_type="application/json")
+    assert other.status_code == 400
+
+
+def test_it_limits_guessed_telepo_secrets_by_address_whatever_they_send(client, slow_limit):
+    telepo_account("one.example", "hook-one-5d1c")
+    codes = [client.post(f"/api/telepo/webhook/guess-{n}?clientId=c{n}", data="{}", content_type="application/json")
+             .status_code for n in range(4)]
+    assert codes == [404, 404, 404, 429]
+    # A known secret is not the guesser's address: it still gets through.
+    assert client.post("/api/telepo/webhook/hook-one-5d1c", data="{", content_type="application/json").status_code == 400

@@ -6,6 +6,12 @@ cannot be looked up). The view only validates and stores the update; cards,
 the CRM sync and the snapshot reconcile it may ask for all run after commit.
 A body that makes no sense is a 400 with the reason, logged with the account,
 and touches nothing.
+
+Rate limit (``ctihub.ratelimit``): one bucket per account, so a Telepo that
+floods us cannot starve the others; a secret that matches no account counts
+against the address it came from, so guessing secrets is limited too (a
+bucket per guessed secret would not limit anything). The limit is checked
+before anything else is said about the secret or the body.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from ctihub import ratelimit
 from telephony import updates as u
 from telephony.domain import AppliedUpdate, apply_call_update, set_account_status
 from telephony.models import Call, PbxAccount
@@ -29,12 +36,16 @@ from telephony.updates import FrameRejected
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+RATE_LIMIT_ENDPOINT = "telepo-webhook"
 
 
 @csrf_exempt
 @require_POST
 def webhook(request: HttpRequest, secret: str) -> JsonResponse:
     account = account_for_secret(secret)
+    refused = ratelimit.check(request, RATE_LIMIT_ENDPOINT, caller=_caller(request, account))
+    if refused is not None:
+        return refused
     if account is None:
         return JsonResponse({"error": "unknown webhook"}, status=404)
     if not account.enabled:
@@ -76,6 +87,12 @@ def account_for_secret(secret: str) -> PbxAccount | None:
         if expected and hmac.compare_digest(expected, offered) and found is None:
             found = account
     return found
+
+
+def _caller(request: HttpRequest, account: PbxAccount | None) -> str:
+    if account is not None:
+        return f"telepo-account:{account.pk}"
+    return "addr:" + (request.META.get("REMOTE_ADDR") or "unknown")
 
 
 def _rejected(account: PbxAccount, reason: str) -> JsonResponse:
