@@ -8,6 +8,18 @@ from crm_sync.retailcrm.client import RetailCrmError
 from ctihub.secrets import secret_form_for
 
 
+class IntegrationForm(secret_form_for(RetailCrmIntegration, ("api_key", "client_id"))):
+    """The API key and the clientId are write-only; a blank clientId on a new integration is generated."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["client_id"]
+        field.required = False
+        if not (self.instance.pk and self.instance.client_id):
+            field.help_text = ("retailCRM's credential on our endpoints. Leave blank to generate one; "
+                               "stored encrypted, never shown again.")
+
+
 class ExternalPhoneInline(admin.TabularInline):
     model = ExternalPhone
     extra = 1
@@ -15,14 +27,14 @@ class ExternalPhoneInline(admin.TabularInline):
 
 @admin.register(RetailCrmIntegration)
 class RetailCrmIntegrationAdmin(admin.ModelAdmin):
-    form = secret_form_for(RetailCrmIntegration, ("api_key",))
+    form = IntegrationForm
     list_display = ("name", "crm_url", "module_code", "enabled", "manager_routing", "registered_at", "last_error")
     list_filter = ("enabled", "manager_routing")
     search_fields = ("name", "crm_url", "module_code")
     filter_horizontal = ("accounts", "shared_lines")
     readonly_fields = ("client_id_hint", "registered_at", "last_error", "unknown_to_retailcrm", "outbox")
     fieldsets = (
-        (None, {"fields": ("name", "crm_url", "api_key", "module_code", "enabled", "time_zone")}),
+        (None, {"fields": ("name", "crm_url", "api_key", "client_id", "module_code", "enabled", "time_zone")}),
         ("Calls", {"fields": ("accounts", "manager_routing", "shared_lines")}),
         ("Registration in retailCRM", {
             "fields": ("client_id_hint", "registered_at", "last_error", "unknown_to_retailcrm", "outbox"),
@@ -31,10 +43,12 @@ class RetailCrmIntegrationAdmin(admin.ModelAdmin):
     inlines = [ExternalPhoneInline]
     actions = ["register_module"]
 
-    @admin.display(description="client id")
+    @admin.display(description="client id fingerprint")
     def client_id_hint(self, obj):
-        """The clientId is retailCRM's credential on our endpoints: only its end is shown, to tell two apart."""
-        return f"…{obj.client_id[-4:]} (sent to retailCRM on registration)" if obj.client_id else "-"
+        """Not a single character of the clientId: a fingerprint of its keyed digest tells two apart."""
+        if not obj.client_id_digest:
+            return "-"
+        return f"{obj.client_id_fingerprint} (the clientId itself is sent to retailCRM on registration)"
 
     @admin.display(description="retailCRM does not know")
     def unknown_to_retailcrm(self, obj):

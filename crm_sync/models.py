@@ -1,9 +1,11 @@
 import secrets
 import zoneinfo
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from ctihub.phones import UnusablePhoneNumber, to_e164
 from ctihub.secrets import EncryptedTextField
@@ -11,6 +13,22 @@ from ctihub.secrets import EncryptedTextField
 
 def new_client_id() -> str:
     return secrets.token_urlsafe(24)
+
+
+CLIENT_ID_DIGEST_SALT = "ctihub.crm_sync.RetailCrmIntegration.client_id"
+
+
+def client_id_digests(client_id: str) -> list[str]:
+    """HMAC-SHA256 of a clientId under each FIELD_ENCRYPTION_KEY, the newest key first.
+
+    Keyed with the field keys rather than SECRET_KEY because they already
+    rotate with the old key kept after the new one: a lookup tries every key, so
+    rotating them does not lock retailCRM out (the row is re-keyed on its next
+    lookup). Without a key the digest cannot be computed from a guessed clientId,
+    so neither a database dump nor a lookup's timing says anything about one.
+    """
+    return [salted_hmac(CLIENT_ID_DIGEST_SALT, client_id, secret=key, algorithm="sha256").hexdigest()
+            for key in settings.FIELD_ENCRYPTION_KEYS]
 
 
 def check_time_zone(value: str) -> None:
@@ -26,8 +44,11 @@ class RetailCrmIntegration(models.Model):
     """A retailCRM instance that ctihub registers with as a telephony module.
 
     ``client_id`` is what retailCRM sends back on makeCallUrl and
-    changeUserStatusUrl, so it identifies this integration on those requests
-    and is compared in constant time. ``accounts`` limits which PBX accounts
+    changeUserStatusUrl, so it identifies this integration on those requests:
+    it is a credential, encrypted at rest like the API key. It is found by
+    ``client_id_digest`` (a keyed HMAC, unique and indexed, kept in step by
+    ``save``), never by filtering on ``client_id`` itself: an encrypted value
+    never compares equal. ``accounts`` limits which PBX accounts
     feed this CRM (none selected means all). ``not_exist_*`` are what
     retailCRM answered at the last registration: codes and shops it does not
     know, shown to the admin.
@@ -37,7 +58,11 @@ class RetailCrmIntegration(models.Model):
     crm_url = models.URLField("retailCRM URL", max_length=300, help_text="e.g. https://example.retailcrm.ru")
     api_key = EncryptedTextField("API key")
     module_code = models.SlugField(max_length=100, default="ctihub", help_text="The integration module's code.")
-    client_id = models.CharField(max_length=64, unique=True, default=new_client_id)
+    client_id = EncryptedTextField(
+        "client id", blank=True, default=new_client_id,
+        help_text="retailCRM's credential on ctihub's endpoints, sent to it on registration.",
+    )
+    client_id_digest = models.CharField(max_length=64, unique=True, editable=False)
     enabled = models.BooleanField(default=True)
     manager_routing = models.BooleanField(
         "route to the responsible manager",
@@ -71,6 +96,20 @@ class RetailCrmIntegration(models.Model):
 
     def __str__(self):
         return self.name
+
+    def save(self, *args, **kwargs):
+        if not self.client_id:
+            self.client_id = new_client_id()
+        self.client_id_digest = client_id_digests(self.client_id)[0]
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "client_id" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "client_id_digest"}
+        super().save(*args, **kwargs)
+
+    @property
+    def client_id_fingerprint(self) -> str:
+        """Tells two integrations apart in the admin without showing any of the clientId."""
+        return self.client_id_digest[:10]
 
 
 class ExternalPhone(models.Model):

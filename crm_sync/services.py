@@ -19,7 +19,6 @@ after retailCRM accepted. See ``CrmCallSync`` for the rules.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from django.utils import timezone
 from ctihub.tasks import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
-from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
+from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration, client_id_digests
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmClient, RetailCrmError
 from telephony.models import Call, Terminal
@@ -555,13 +554,21 @@ def integrations_to_reregister():
 
 
 def integration_for_client_id(client_id: str) -> RetailCrmIntegration | None:
-    """The enabled integration with this clientId, compared in constant time against every one."""
-    given = (client_id or "").encode()
-    found = None
-    for integration in RetailCrmIntegration.objects.filter(enabled=True):
-        if hmac.compare_digest(integration.client_id.encode(), given):
-            found = integration
-    return found
+    """The enabled integration with this clientId: one indexed query on its keyed digest.
+
+    The clientId is stored encrypted, so it is matched by ``client_id_digest``.
+    The index compares digests, not clientIds, and a digest cannot be computed
+    without the field key: how long a lookup takes says nothing about how close
+    a guess came. A row found by an old key's digest is moved to the newest key.
+    """
+    if not client_id:
+        return None
+    digests = client_id_digests(client_id)
+    integration = RetailCrmIntegration.objects.filter(enabled=True, client_id_digest__in=digests).first()
+    if integration is not None and integration.client_id_digest != digests[0]:
+        RetailCrmIntegration.objects.filter(pk=integration.pk).update(client_id_digest=digests[0])
+        integration.client_id_digest = digests[0]
+    return integration
 
 
 def agent_for_code(code: str) -> Agent | None:

@@ -18,7 +18,7 @@ from django.core.wsgi import get_wsgi_application
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from crm_sync.models import RetailCrmIntegration
+from crm_sync.models import RetailCrmIntegration, client_id_digests
 from tests.factories import make_agent
 
 CLIENT_ID = "schemathesis-client-id-0123"
@@ -35,8 +35,10 @@ def registered(db, settings, monkeypatch):
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
     settings.PUBLIC_RATE_LIMIT_PER_SECOND = 100000
+    # The clientId is encrypted: an integration is found by its digest, never by filtering on it.
     RetailCrmIntegration.objects.get_or_create(
-        client_id=CLIENT_ID, defaults={"name": "shop", "crm_url": "https://shop.retailcrm.ru", "api_key": "k"})
+        client_id_digest=client_id_digests(CLIENT_ID)[0],
+        defaults={"name": "shop", "crm_url": "https://shop.retailcrm.ru", "api_key": "k", "client_id": CLIENT_ID})
     from accounts.models import Agent
 
     if not Agent.objects.filter(extension_code="104").exists():
