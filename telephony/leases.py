@@ -43,6 +43,15 @@ class LeaseStore:
     def renew(self, listener_id: int) -> bool:
         return bool(self._renew(keys=[lease_key(listener_id)], args=[self.owner, self.ttl_ms]))
 
+    def renew_many(self, listener_ids: list[int]) -> dict[int, bool]:
+        """Renew every lease in one round trip: a worker holds thousands."""
+        if not listener_ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for listener_id in listener_ids:
+            self._renew(keys=[lease_key(listener_id)], args=[self.owner, self.ttl_ms], client=pipe)
+        return {listener_id: bool(held) for listener_id, held in zip(listener_ids, pipe.execute())}
+
     def release(self, listener_id: int) -> None:
         self._release(keys=[lease_key(listener_id)], args=[self.owner])
 

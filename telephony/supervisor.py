@@ -5,10 +5,17 @@ Redis broker (acks_late) and two workers would hold the same socket. Instead a
 bootstep starts one ``Supervisor`` per worker process. Every few seconds it
 looks at the enabled accounts, makes sure their Listener rows exist, and takes
 a Redis lease on each listener nobody holds. For each lease it holds it runs a
-``ListenerRunner`` thread that logs in, opens the socket, feeds every frame to
-``telephony.domain.apply_call_update``, sends keep-alives, and reconnects with
-jittered exponential backoff (capped at 60 s). Losing the lease stops the
-runner at once, so a listener never has two owners for longer than one renew.
+``ListenerRunner`` thread that logs in, opens the socket, feeds every burst of
+frames to ``telephony.domain.apply_call_updates``, and reconnects with jittered
+exponential backoff (capped at 60 s). Losing the lease stops the runner at once,
+so a listener never has two owners for longer than one renew.
+
+A runner thread sleeps in ``recv`` until a frame comes, so thousands of idle
+sockets cost no CPU. Keep-alives do not wait for it: one ``KeepAlives`` thread
+per supervisor sends every socket's on time, whatever its runner is doing (a
+burst, a database outage). Stop and restart interrupt the socket to wake its
+runner. Logins are bounded (``CONNECT_CONCURRENCY``) so a worker (re)starting
+with thousands of sockets does not starve the sockets already held.
 """
 
 from __future__ import annotations
@@ -18,26 +25,37 @@ import os
 import random
 import socket
 import threading
+import contextlib
+import heapq
+import itertools
 import time
 import uuid
 
 import redis
 from django.conf import settings
-from django.db import OperationalError, InterfaceError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from telephony import domain
 from telephony.leases import LeaseStore
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_class, provider_for
-from telephony.providers.base import ListenerSpec, ProviderError, StreamClosed
+from telephony.providers.base import EventStream, ListenerSpec, ProviderError, StreamClosed
 from telephony.updates import FrameRejected
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 60.0
-RECV_SLICE_SECONDS = 1.0
 DB_RETRY_SECONDS = 1.0
+#: A thread with a database slot gives it back after this long without frames.
+DB_IDLE_SECONDS = 1.0
+#: How long an idle runner sleeps in recv; stop, restart and keep-alive failures wake it sooner.
+IDLE_RECV_SECONDS = 60.0
+#: A burst is the frame that woke the runner plus those already waiting, within these bounds.
+BURST_MAX_FRAMES = 200
+BURST_MAX_SECONDS = 0.02
+#: Logins (and socket opens) one worker runs at once.
+CONNECT_CONCURRENCY = 16
 
 
 class DbSlots:
@@ -53,6 +71,9 @@ class DbSlots:
         self._semaphore = threading.BoundedSemaphore(size)
         self._held = threading.local()
 
+    def holds(self) -> bool:
+        return getattr(self._held, "slot", False)
+
     def take(self) -> None:
         if not getattr(self._held, "slot", False):
             self._semaphore.acquire()
@@ -60,8 +81,6 @@ class DbSlots:
 
     def give_back(self) -> None:
         if getattr(self._held, "slot", False):
-            from django.db import connection
-
             if not connection.in_atomic_block:
                 connection.close()
             self._held.slot = False
@@ -102,6 +121,82 @@ def request_restart(account_id: int) -> None:
         client.close()
 
 
+class KeepAlives(threading.Thread):
+    """Sends each registered stream's keep-alive every ``interval`` seconds, from one thread.
+
+    A heap of due times: the thread sleeps until the earliest, so 2,000 sockets cost 2,000 / interval
+    sends a second and nothing else. A keep-alive that fails interrupts its stream, which wakes the
+    runner to reconnect.
+    """
+
+    def __init__(self, interval: float):
+        super().__init__(name="listener-keepalives", daemon=True)
+        self.interval = interval
+        self._due: list[tuple[float, int, EventStream]] = []
+        self._live: set[EventStream] = set()
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._stopping = False
+
+    def add(self, stream: EventStream) -> None:
+        with self._wake:
+            self._live.add(stream)
+            heapq.heappush(self._due, (time.monotonic() + self.interval, next(self._order), stream))
+            self._wake.notify()
+
+    def remove(self, stream: EventStream) -> None:
+        with self._wake:
+            self._live.discard(stream)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._wake:
+                due = self._take_due()
+                if due is None:
+                    return
+            for when, stream in due:
+                self._send(when, stream)
+
+    def _take_due(self) -> list[tuple[float, EventStream]] | None:
+        while not self._stopping:
+            now = time.monotonic()
+            while self._due and self._due[0][2] not in self._live:
+                heapq.heappop(self._due)  # removed since it was scheduled
+            if self._due and self._due[0][0] <= now:
+                due = []
+                while self._due and self._due[0][0] <= now:
+                    when, _, stream = heapq.heappop(self._due)
+                    if stream in self._live:
+                        due.append((when, stream))
+                return due
+            self._wake.wait(self._due[0][0] - now if self._due else None)
+        return None
+
+    def _send(self, when: float, stream: EventStream) -> None:
+        try:
+            stream.keepalive()
+        except StreamClosed as exc:
+            self.remove(stream)
+            stream.interrupt(str(exc))
+            return
+        except Exception:  # one broken stream must not stop the others' keep-alives
+            logger.exception("keep-alive failed")
+            self.remove(stream)
+            stream.interrupt("keep-alive failed")
+            return
+        now = time.monotonic()
+        # On the original cadence; if this one was more than an interval late, start again from now.
+        following = when + self.interval if when + self.interval > now else now + self.interval
+        with self._wake:
+            if stream in self._live:
+                heapq.heappush(self._due, (following, next(self._order), stream))
+
+
 class ListenerRunner(threading.Thread):
     """One socket, reconnecting until told to stop."""
 
@@ -113,10 +208,22 @@ class ListenerRunner(threading.Thread):
         self.spec = spec
         self.stop_event = threading.Event()
         self.failed_permanently = False
+        #: The account's restart generation this socket was opened under (None while not connected).
+        self.generation: int | None = None
+        self._stream: EventStream | None = None
+        self._stream_lock = threading.Lock()
         self._log_extra = {"account_id": account.pk, "listener_id": listener.pk}
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.interrupt("listener stopped")
+
+    def interrupt(self, reason: str) -> None:
+        """Wake the runner out of recv; it then looks at why (stop, restart) itself."""
+        with self._stream_lock:
+            stream = self._stream
+        if stream is not None:
+            stream.interrupt(reason)
 
     def run(self) -> None:
         attempt = 0
@@ -142,56 +249,97 @@ class ListenerRunner(threading.Thread):
     def _hold_socket_once(self) -> None:
         provider = provider_for(self.account)
         stream = None
+        generation = self.generation = self.supervisor.restart_generation(self.account.pk)
         self._retry_db(lambda: domain.set_listener_state(
             self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
         db_slots().give_back()  # logging in and opening the socket take a while: no connection meanwhile
         try:
-            stream = provider.open_stream(self.spec)
+            with self.supervisor.connect_slot(self.stop_event) as may_connect:
+                if not may_connect:
+                    return
+                stream = provider.open_stream(self.spec)
+            with self._stream_lock:
+                self._stream = stream
+            if self._should_end(generation):  # told while logging in, before there was a stream to interrupt
+                return
+            self.supervisor.keepalives.add(stream)
+            opened = time.monotonic()
             self._retry_db(lambda: domain.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
             self._retry_db(lambda: domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             logger.info("listener connected", extra=self._log_extra)
-            for text in getattr(stream, "initial_frames", ()) or ():
-                self._handle_frame(provider, text)
-            self._pump(provider, stream)
+            self._apply_burst(provider, list(getattr(stream, "initial_frames", ()) or ()), opened)
+            self._pump(provider, stream, generation)
         finally:
+            if stream is not None:
+                self.supervisor.keepalives.remove(stream)
+            with self._stream_lock:
+                self._stream = None
+            self.generation = None
             try:
                 provider.close_stream(self.spec, stream)
                 provider.close()
             except Exception:  # the PBX may already be gone; cleanup is best effort
                 logger.info("listener cleanup failed", extra=self._log_extra, exc_info=True)
 
-    def _pump(self, provider, stream) -> None:
-        keepalive_every = self.supervisor.keepalive_seconds
-        next_keepalive = time.monotonic() + keepalive_every
-        generation = self.supervisor.restart_generation(self.account.pk)
-        while not self.stop_event.is_set():
-            text = stream.recv(RECV_SLICE_SECONDS)
-            if text is not None:
-                self._handle_frame(provider, text)
-            else:
-                db_slots().give_back()  # a second without frames: let another socket's thread have it
-            now = time.monotonic()
-            if now >= next_keepalive:
-                stream.keepalive()
-                next_keepalive = now + keepalive_every
-            if self.supervisor.restart_generation(self.account.pk) != generation:
-                logger.info("listener restart requested", extra=self._log_extra)
-                return
+    def _should_end(self, generation: int) -> bool:
+        if self.stop_event.is_set():
+            return True
+        if self.supervisor.restart_generation(self.account.pk) != generation:
+            logger.info("listener restart requested", extra=self._log_extra)
+            return True
+        return False
 
-    def _handle_frame(self, provider, text: str) -> None:
+    def _pump(self, provider, stream: EventStream, generation: int) -> None:
+        while not self._should_end(generation):
+            # Holding a database slot, wake after a quiet second to give it back; else sleep until a frame.
+            holding = db_slots().holds()
+            try:
+                text = stream.recv(DB_IDLE_SECONDS if holding else IDLE_RECV_SECONDS)
+            except StreamClosed:
+                if self._should_end(generation):
+                    return  # we interrupted it ourselves
+                raise
+            if text is None:
+                db_slots().give_back()
+                continue
+            received = time.monotonic()
+            texts, closed = self._rest_of_burst(stream, received)
+            self._apply_burst(provider, [text, *texts], received)
+            if closed is not None:
+                if self._should_end(generation):
+                    return
+                raise closed
+
+    def _rest_of_burst(self, stream: EventStream, received: float) -> tuple[list[str], StreamClosed | None]:
+        """The frames already waiting behind the first; a close after them is returned, not lost with them."""
+        texts: list[str] = []
+        deadline = received + BURST_MAX_SECONDS
         try:
-            updates = provider.parse_frame(text, self.spec)
-        except FrameRejected as exc:
-            logger.warning("frame rejected: %s", exc, extra=self._log_extra)
-            return
-        for update in updates:
-            self._apply_until_stored(update)
-        if updates:
-            self._retry_db(lambda: domain.touch_listener(self.listener_id, self.account.pk))
+            while len(texts) < BURST_MAX_FRAMES - 1 and stream.pending():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                text = stream.recv(remaining)
+                if text is None:
+                    break
+                texts.append(text)
+        except StreamClosed as exc:
+            return texts, exc
+        return texts, None
 
-    def _apply_until_stored(self, update) -> None:
-        """A frame is only dropped if it was stored: a database outage is waited out."""
-        self._retry_db(lambda: domain.apply_call_update(update))
+    def _apply_burst(self, provider, texts: list[str], received: float) -> None:
+        """Parse every frame (a rejected one is skipped alone) and store the lot in one transaction."""
+        updates = []
+        for text in texts:
+            try:
+                updates.extend(provider.parse_frame(text, self.spec))
+            except FrameRejected as exc:
+                logger.warning("frame rejected: %s", exc, extra=self._log_extra)
+        if not updates:
+            return
+        # A burst is only dropped once stored: a database outage is waited out.
+        self._retry_db(lambda: domain.apply_call_updates(updates, received=received))
+        self._retry_db(lambda: domain.touch_listener(self.listener_id, self.account.pk))
 
     def _retry_db(self, operation):
         db_slots().take()
@@ -201,8 +349,6 @@ class ListenerRunner(threading.Thread):
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable (%s); retrying", exc, extra=self._log_extra)
                 close_old_connections()
-                from django.db import connection
-
                 connection.close()
                 if self.stop_event.wait(DB_RETRY_SECONDS):
                     raise
@@ -244,12 +390,27 @@ class Supervisor(threading.Thread):
         self._generations: dict[int, int] = {}
         self._redis = redis_client()
         self.leases = LeaseStore(self._redis, self.owner, self.ttl_ms)
+        self.keepalives = KeepAlives(self.keepalive_seconds)
+        self._connects = threading.BoundedSemaphore(CONNECT_CONCURRENCY)
 
     def restart_generation(self, account_id: int) -> int:
         return self._generations.get(account_id, 0)
 
+    @contextlib.contextmanager
+    def connect_slot(self, stop_event: threading.Event):
+        """One of ``CONNECT_CONCURRENCY`` places to log in and open a socket; False if stopped while waiting."""
+        while not self._connects.acquire(timeout=0.5):
+            if stop_event.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._connects.release()
+
     def run(self) -> None:
         logger.info("listener supervisor %s started", self.owner)
+        self.keepalives.start()
         renew_every = self.ttl_ms / 3000
         next_scan = 0.0
         while not self.stop_event.is_set():
@@ -274,10 +435,11 @@ class Supervisor(threading.Thread):
         for listener_id, runner in list(self.runners.items()):
             if not runner.is_alive():
                 self._forget(listener_id)
-            elif not self.leases.renew(listener_id):
+        renewed = self.leases.renew_many(list(self.runners))
+        for listener_id, held in renewed.items():
+            if not held:
                 logger.warning("lost the lease on listener %s; stopping it", listener_id)
-                runner.stop()
-                self.runners.pop(listener_id, None)
+                self.runners.pop(listener_id).stop()
 
     def _scan(self) -> None:
         close_old_connections()
@@ -302,6 +464,10 @@ class Supervisor(threading.Thread):
             return
         values = self._redis.mget([restart_key(a) for a in account_ids])
         self._generations = {a: int(v or 0) for a, v in zip(account_ids, values)}
+        for runner in list(self.runners.values()):
+            opened_under = runner.generation
+            if opened_under is not None and opened_under != self.restart_generation(runner.account.pk):
+                runner.interrupt("restart requested")
 
     def _start_runner(self, account: PbxAccount, listener: Listener, spec: ListenerSpec) -> None:
         runner = ListenerRunner(self, account, listener, spec)
@@ -315,6 +481,7 @@ class Supervisor(threading.Thread):
     def _stop_all(self) -> None:
         for runner in self.runners.values():
             runner.stop()
+        self.keepalives.stop()
         for listener_id, runner in list(self.runners.items()):
             runner.join(timeout=5)
             try:
@@ -324,6 +491,7 @@ class Supervisor(threading.Thread):
             self.leases.release(listener_id)
         self.runners.clear()
         self._redis.close()
+        connection.close()  # this thread's, from scanning: it would outlive the thread
         logger.info("listener supervisor %s stopped", self.owner)
 
 

@@ -10,6 +10,9 @@ only what differs; ``telephony.domain`` and ``telephony.supervisor`` do the rest
 from __future__ import annotations
 
 import json
+import select
+import socket
+import ssl
 from dataclasses import dataclass, field
 
 import websocket
@@ -83,7 +86,10 @@ class ListenerSpec:
 
 
 class EventStream:
-    """An open event socket: frames in, keep-alives out."""
+    """An open event socket: frames in, keep-alives out.
+
+    One thread reads (``recv``); another may send keep-alives and ``interrupt`` it at the same time.
+    """
 
     #: Frames to apply before reading the socket, oldest first (myRCC's list of
     #: the call lines that exist when the listener is bound).
@@ -93,7 +99,15 @@ class EventStream:
         """The next frame's text, or None if none came within ``timeout``; StreamClosed when it ends."""
         raise NotImplementedError
 
+    def pending(self) -> bool:
+        """True when a frame has (at least partly) arrived, so ``recv`` returns without waiting on the PBX."""
+        return False
+
     def keepalive(self) -> None:
+        raise NotImplementedError
+
+    def interrupt(self, reason: str) -> None:
+        """Make a ``recv`` blocked in another thread raise StreamClosed(reason) now; ``close`` still works after."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -106,6 +120,7 @@ class WebSocketStream(EventStream):
     def __init__(self, ws: websocket.WebSocket, keepalive_frame: dict | None = None):
         self.ws = ws
         self.keepalive_frame = keepalive_frame
+        self._interrupted: str | None = None
 
     @classmethod
     def connect(cls, url: str, *, headers: list[str], timeout: float, sslopt: dict | None = None,
@@ -123,25 +138,55 @@ class WebSocketStream(EventStream):
         return cls(ws, keepalive_frame)
 
     def recv(self, timeout: float) -> str | None:
-        self.ws.settimeout(timeout)
+        if self._interrupted is not None:
+            raise StreamClosed(self._interrupted)
         try:
+            self.ws.settimeout(timeout)
             opcode, data = self.ws.recv_data(control_frame=False)
         except websocket.WebSocketTimeoutException:
             return None
         except (websocket.WebSocketConnectionClosedException, OSError, websocket.WebSocketException) as exc:
-            raise StreamClosed(str(exc) or exc.__class__.__name__) from exc
+            raise StreamClosed(self._interrupted or str(exc) or exc.__class__.__name__) from exc
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             raise StreamClosed("closed by the PBX")
         return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
 
-    def keepalive(self) -> None:
+    def pending(self) -> bool:
+        sock = self.ws.sock
+        if sock is None:
+            return False
+        # websocket-client keeps the part of a frame it has read; TLS may hold decrypted bytes the kernel no longer shows.
+        if self.ws.frame_buffer.recv_buffer or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return True
         try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):  # closed under us: recv will say so
+            return True
+
+    def keepalive(self) -> None:
+        sock = self.ws.sock
+        try:
+            # Sent from the keep-alive thread: a full send buffer (a PBX that stopped reading) must not block it.
+            if sock is None or not select.select([], [sock], [], 0)[1]:
+                raise StreamClosed("keep-alive cannot be sent: the PBX is not reading")
             if self.keepalive_frame is not None:
                 self.ws.send(json.dumps(self.keepalive_frame))
             else:
                 self.ws.ping()
-        except (websocket.WebSocketException, OSError) as exc:
+        except (websocket.WebSocketException, OSError, ValueError) as exc:
             raise StreamClosed(f"keep-alive failed: {exc}") from exc
+
+    def interrupt(self, reason: str) -> None:
+        self._interrupted = reason
+        sock = self.ws.sock
+        if sock is None:
+            return
+        try:
+            # Only the read side, and on the plain socket: SSLSocket.shutdown would drop TLS, and
+            # the close frame still has to go out.
+            socket.socket.shutdown(sock, socket.SHUT_RD)
+        except OSError:  # already shut or closed: recv ends anyway
+            pass
 
     def close(self) -> None:
         try:
