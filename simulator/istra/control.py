@@ -22,6 +22,11 @@ POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
 POST     /_sim/istra/websockets/drop                 -
+GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored)
+POST     /_sim/istra/faults/mute-pings               {listener, mute, silent}  (stop answering pings; silent:
+                                                      frames are lost too, a half-open connection)
+POST     /_sim/istra/faults/push-frame               {text, repeat, listener}  (raw text on the sockets: at most
+                                                      8 MiB of it)
 GET      /_sim/istra/sessions                        -
 POST     /_sim/istra/sessions/expire                 -
 POST     /_sim/istra/sessions/rotate-token           {app}
@@ -222,6 +227,34 @@ async def drop_websockets(request: web.Request) -> dict[str, Any]:
 
 
 @_json_errors
+async def list_websockets(request: web.Request) -> list[dict[str, Any]]:
+    return world_of(request).socket_stats()
+
+
+@_json_errors
+async def mute_pings(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    mute, silent = body.get("mute", True), body.get("silent", False)
+    if not isinstance(mute, bool) or not isinstance(silent, bool):
+        raise ValueError("mute and silent must be true or false")
+    return {"sockets": world_of(request).mute_pings(body.get("listener"), mute=mute, silent=silent)}
+
+
+MAX_PUSHED_FRAME = 8 * 1024 * 1024
+
+
+@_json_errors
+async def push_frame(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    text, repeat = required(body, "text"), body.get("repeat", 1)
+    if not isinstance(text, str) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError("text must be a string and repeat a positive integer")
+    if len(text) * repeat > MAX_PUSHED_FRAME:
+        raise ValueError(f"a pushed frame is at most {MAX_PUSHED_FRAME} characters")
+    return {"sockets": world_of(request).push_raw(text * repeat, body.get("listener"))}
+
+
+@_json_errors
 async def list_sessions(request: web.Request) -> list[dict[str, Any]]:
     return [session_view(s) for s in world_of(request).sessions.sessions.values()]
 
@@ -291,6 +324,9 @@ def add_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/calls/{{callId}}", get_call)
     router.add_post(f"{PREFIX}/calls/{{callId}}/{{move}}", call_move)
     router.add_post(f"{PREFIX}/websockets/drop", drop_websockets)
+    router.add_get(f"{PREFIX}/websockets", list_websockets)
+    router.add_post(f"{PREFIX}/faults/mute-pings", mute_pings)
+    router.add_post(f"{PREFIX}/faults/push-frame", push_frame)
     router.add_get(f"{PREFIX}/sessions", list_sessions)
     router.add_post(f"{PREFIX}/sessions/expire", expire_sessions)
     router.add_post(f"{PREFIX}/sessions/rotate-token", rotate_tokens)

@@ -8,6 +8,11 @@ Each socket has its own outbox and writer task so frames leave in the order
 they were produced, whatever thread or handler produced them. Incoming frames
 (myIstra's ``{"keepalive": "true"}``) keep the session alive.
 
+Fault modes, for the fault suite: a socket can stop answering websocket pings
+(``answers_pings``), and can also go ``silent`` (frames produced meanwhile are
+lost, as on a network path that died without a FIN); ``push_raw`` sends any text
+(malformed or oversized frames) as if the PBX had.
+
 :class:`Coalescer` is myRCC's flood control: "the server will send latest full
 representation of the resources every 100 ms ... as far the state of the resource
 has been changed". Changes only mark a line dirty; at most once per interval the
@@ -42,11 +47,18 @@ class Socket:
         self.transport = transport
         self.session = session
         self.frames_sent = 0
+        self.frames_withheld = 0
+        self.pings_ignored = 0
+        self.answers_pings = True
+        self.silent = False
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._writer = asyncio.ensure_future(self._write())
 
     def send(self, frame: dict[str, Any]) -> None:
         self._outbox.put_nowait(json.dumps(frame))
+
+    def send_raw(self, text: str) -> None:
+        self._outbox.put_nowait(text)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close after the frames already queued have gone out."""
@@ -64,6 +76,9 @@ class Socket:
             if isinstance(item, tuple) and item[0] is _CLOSE:
                 await self.ws.close(code=item[1], message=item[2].encode())
                 return
+            if self.silent:
+                self.frames_withheld += 1
+                continue
             try:
                 await self.ws.send_str(item)
                 self.frames_sent += 1
@@ -91,7 +106,8 @@ async def ws_service(request: web.Request) -> web.StreamResponse:
     if session is None or session.app != app:
         raise errors.session_unknown()  # refused before the upgrade: a plain 401
     session.touch()
-    ws = web.WebSocketResponse(autoping=True)
+    # Pings are answered by hand so a fault can stop answering them (``Socket.answers_pings``).
+    ws = web.WebSocketResponse(autoping=False)
     await ws.prepare(request)
     socket = Socket(ws, request.transport, session)
     session.sockets.add(socket)
@@ -99,6 +115,11 @@ async def ws_service(request: web.Request) -> web.StreamResponse:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 session.touch()  # e.g. {"keepalive": "true"}
+            elif message.type == WSMsgType.PING:
+                if socket.answers_pings and not socket.silent:
+                    await ws.pong(message.data)
+                else:
+                    socket.pings_ignored += 1
     finally:
         session.sockets.discard(socket)
         socket.stop()
@@ -167,3 +188,13 @@ def abort_all_sockets(world: "IstraWorld") -> int:
             session.sockets.discard(socket)
             count += 1
     return count
+
+
+def listener_sockets(world: "IstraWorld", listener_name: str | None = None) -> list[Socket]:
+    """The sockets of every session that holds ``listener_name`` (every socket when None)."""
+    return [
+        socket
+        for session in list(world.sessions.sessions.values())
+        if listener_name is None or listener_name in session.listeners
+        for socket in list(session.sockets)
+    ]

@@ -211,6 +211,36 @@ class IstraWorld:
         """Cut every websocket abruptly (no close frame)."""
         return push.abort_all_sockets(self)
 
+    @on_loop
+    def mute_pings(self, listener: str | None = None, mute: bool = True, silent: bool = False) -> int:
+        """Sockets holding ``listener`` (all when None) stop answering pings; ``silent`` also loses their frames.
+
+        ``mute=False`` brings them back. Only sockets open now are affected: a reconnect gets a healthy socket.
+        """
+        sockets = push.listener_sockets(self, listener)
+        for socket in sockets:
+            socket.answers_pings = not mute
+            socket.silent = mute and silent
+        return len(sockets)
+
+    @on_loop
+    def push_raw(self, text: str, listener: str | None = None) -> int:
+        """Push ``text`` as it is (malformed, oversized...) on the sockets holding ``listener``."""
+        sockets = push.listener_sockets(self, listener)
+        for socket in sockets:
+            socket.send_raw(text)
+        return len(sockets)
+
+    @on_loop
+    def socket_stats(self) -> list[dict[str, Any]]:
+        return [
+            {"session": session.id, "app": session.app, "listeners": sorted(session.listeners),
+             "framesSent": socket.frames_sent, "framesWithheld": socket.frames_withheld,
+             "pingsIgnored": socket.pings_ignored, "answersPings": socket.answers_pings, "silent": socket.silent}
+            for session in list(self.sessions.sessions.values())
+            for socket in list(session.sockets)
+        ]
+
     # --- router switches -----------------------------------------------------------------
 
     @on_loop

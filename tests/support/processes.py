@@ -148,11 +148,27 @@ class Hub:
         return self.web
 
     def start_worker(self) -> ManagedProcess:
-        worker = self._track(celery_worker(f"hub-worker-{len(self.workers)}-{self.sim_port}", self.env))
+        # Numbered by every worker ever started, so a replacement never reuses (and truncates) a log.
+        self._workers_started = getattr(self, "_workers_started", 0) + 1
+        worker = self._track(celery_worker(f"hub-worker-{self._workers_started - 1}-{self.sim_port}", self.env))
         wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
         assert worker.alive(), worker.log()[-3000:]
         self.workers.append(worker)
         return worker
+
+    def kill_worker(self, index: int = 0) -> ManagedProcess:
+        """SIGKILL one worker (no shutdown, its leases left to expire) and forget it."""
+        worker = self.workers.pop(index)
+        worker.kill()
+        return worker
+
+    def restart_workers(self) -> list[ManagedProcess]:
+        """Stop every worker cleanly (SIGTERM) and start as many new ones, as a deploy would."""
+        count = len(self.workers)
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+        return [self.start_worker() for _ in range(count)]
 
     def _track(self, process: ManagedProcess) -> ManagedProcess:
         self.processes.append(process)

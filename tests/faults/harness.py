@@ -1,0 +1,556 @@
+"""The fault suite's harness: a seeded hub, steady calls, live agent consoles, and the invariant.
+
+The promise under test is that ctihub never loses a call, whatever breaks. A fault test
+(and ``bench/soak.py``) reads like this::
+
+    world = seed_world(hub)                        # myRCC enterprise + agents + retailCRM integration
+    with Consoles(world) as consoles, Traffic(world) as traffic:
+        traffic.wait_for_calls(5)
+        <inject a fault, several times>            # world.istra has the simulator's fault switches
+    figures = check_invariant(world, traffic, consoles)   # settles, then asserts every figure is 0
+
+API (kept small on purpose; ``tests/faults/test_crm_faults.py`` and ``test_telepo_faults.py`` build on it):
+
+``seed_world(hub, agents=4) -> World``
+    An Istra myRCC enterprise with ``agents`` extensions, one ctihub agent each (user ``fault-agent-N``,
+    retailCRM user N+1), the account's listener connected, and a retailCRM integration registered at
+    the simulated retailCRM. ``World.istra`` / ``World.crm`` drive the two simulators.
+``Traffic(world, calls_per_second=2.0, seed=...)``
+    A thread placing calls on free extensions through the simulator's control API: incoming and
+    outgoing, answered or not, some held. ``start()``/``stop()`` (or ``with``); ``stop()`` lets the calls
+    in progress finish. ``started`` counts calls placed; ``wait_for_calls(n)`` waits for ``n`` more.
+``Consoles(world)``
+    One console websocket per agent in a background thread, each reconnecting with backoff as the
+    page does and keeping what it shows (snapshot, then cards by version). ``reconnects_ms`` lists
+    how long each reconnect took (socket lost -> new snapshot received).
+``check_invariant(world, traffic, consoles=None, settle=60) -> Figures``
+    Waits until the simulator has no live call and ctihub and retailCRM have caught up (or ``settle``
+    seconds pass), then compares every call the simulator made with ctihub's database, retailCRM's
+    events and uploads, and every console's view. Asserts that every loss figure is 0 and returns them.
+``settled_counts``, ``Figures.lines()``
+    Figures as ``name: value`` lines, for the soak script.
+``wait_connected(world, timeout)``
+    Until the account's listener is connected again after a fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+from tests.support.processes import wait_for
+from tests.support.retailcrm_sim import API_KEY, RetailCrmControl
+from tests.support.sim_control import IstraControl
+
+ENTERPRISE = "faults"
+RCC_LOGIN, RCC_PASSWORD = "faults-rcc", "faults-rcc-secret"
+LISTENER_NAME = "CallLines"
+AGENT_PASSWORD = "agent-pass-123"
+
+
+class FaultIstraControl(IstraControl):
+    """The Istra control API plus the switches the fault suite flips."""
+
+    def configure(self, **config):
+        return self._call("PATCH", "/config", **config)
+
+    def set_iptc(self, up: bool):
+        return self._call("POST", "/iptc", up=up)
+
+    def mute_pings(self, listener: str | None = LISTENER_NAME, mute: bool = True, silent: bool = False):
+        return self._call("POST", "/faults/mute-pings", listener=listener, mute=mute, silent=silent)
+
+    def push_frame(self, text: str, repeat: int = 1, listener: str | None = LISTENER_NAME):
+        return self._call("POST", "/faults/push-frame", text=text, repeat=repeat, listener=listener)
+
+    def websockets(self):
+        return self._call("GET", "/websockets")
+
+
+@dataclass
+class AgentSeat:
+    username: str
+    agent_id: int
+    extension_id: str
+    number: str
+    crm_user_id: int
+    cookie: str  # a logged-in session, made while seeding: a test's own writes are rolled back, unseen
+
+
+@dataclass
+class World:
+    hub: object
+    istra: FaultIstraControl
+    crm: RetailCrmControl
+    account_id: int
+    integration_id: int
+    seats: list[AgentSeat]
+
+    def listener_ids(self) -> list[int]:
+        from telephony.models import Listener
+
+        return list(Listener.objects.filter(account_id=self.account_id).values_list("pk", flat=True))
+
+
+def seed_world(hub, agents: int = 4) -> World:
+    """The enterprise, its agents and the retailCRM integration, as an admin would set them up."""
+    from crm_sync import services
+    from crm_sync.models import RetailCrmIntegration
+    from telephony import control
+    from telephony.models import PbxAccount, Terminal
+    from tests.factories import make_account, make_agent
+
+    istra, crm = FaultIstraControl(hub.sim_url), RetailCrmControl(hub.sim_url)
+    crm.reset()
+    crm.add_api_key(API_KEY)
+    istra.add_user(RCC_LOGIN, RCC_PASSWORD, enterprise=ENTERPRISE, myrcc=True)
+    seats = []
+    for n in range(agents):
+        extension_id, number = str(5985841581756136000 + n), str(301 + n)
+        istra.add_extension(extension_id, number, enterprise=ENTERPRISE, label=f"Agent {n}", myrcc=True)
+        crm.add_user(n + 1, firstName="Agent", lastName=str(n))
+        agent = make_agent(f"fault-agent-{n}", extension_code=number, retailcrm_user_id=str(n + 1))
+        seats.append(AgentSeat(f"fault-agent-{n}", agent.pk, extension_id, number, n + 1,
+                               session_cookie(agent.user.username)))
+    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url=f"{hub.sim_url}/restletrouter",
+                           login=RCC_LOGIN, password=RCC_PASSWORD, enterprise=ENTERPRISE)
+    control.sync_terminals(account)
+    for seat in seats:
+        Terminal.objects.filter(account=account, pbx_id=seat.extension_id).update(agent_id=seat.agent_id)
+    integration = RetailCrmIntegration.objects.create(name="faults-shop", crm_url=hub.sim_url, api_key=API_KEY,
+                                                      module_code="ctihub")
+    services.register_integration(integration)
+    world = World(hub, istra, crm, account.pk, integration.pk, seats)
+    if hub.workers:
+        wait_connected(world, 60)
+    return world
+
+
+def wait_connected(world: World, timeout: float = 30) -> None:
+    from telephony.models import Listener
+
+    def connected():
+        states = list(Listener.objects.filter(account_id=world.account_id).values_list("state", flat=True))
+        return states and all(state == Listener.State.CONNECTED for state in states)
+
+    wait_for(connected, timeout, interval=0.2, what="the account's listeners to connect")
+
+
+# --- traffic ------------------------------------------------------------------------------------
+
+@dataclass
+class PlacedCall:
+    call_id: str
+    extension_id: str
+    incoming: bool
+    story: str
+
+
+class Traffic(threading.Thread):
+    """Steady calls through the simulator's control API; each call plays a short story on a free extension.
+
+    Stories: answered and hung up; answered, held, resumed, hung up; missed (the caller gives up).
+    A fifth of the calls are dialled from the handset instead of coming in. Moves the simulator refuses
+    (an agent acted from the console meanwhile) end the story; the call is still checked.
+    """
+
+    def __init__(self, world: World, calls_per_second: float = 2.0, seed: int | None = None,
+                 ring_seconds=(0.2, 1.2), talk_seconds=(0.3, 2.5)):
+        super().__init__(name="fault-traffic", daemon=True)
+        self.istra = world.istra
+        self.extensions = [seat.extension_id for seat in world.seats]
+        self.interval = 1.0 / calls_per_second
+        self.rng = random.Random(seed)
+        self.ring_seconds, self.talk_seconds = ring_seconds, talk_seconds
+        self.placed: list[PlacedCall] = []
+        self.refused_moves = 0
+        self.errors: list[str] = []
+        self._busy: set[str] = set()
+        self._agenda: list[tuple[float, int, object]] = []  # (when, tie-breaker, step)
+        self._order = 0
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def started(self) -> int:
+        return len(self.placed)
+
+    def __enter__(self) -> "Traffic":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 60) -> None:
+        """No new calls; the ones in progress play to their end."""
+        self._stopping.set()
+        self.join(timeout)
+        assert not self.is_alive(), "the traffic thread did not finish its calls"
+
+    def wait_for_calls(self, more: int, timeout: float = 60) -> None:
+        target = self.started + more
+        wait_for(lambda: self.started >= target, timeout, interval=0.1, what=f"{more} more calls")
+
+    def run(self) -> None:
+        next_call = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if not self._stopping.is_set() and now >= next_call:
+                self._place_call()
+                next_call = now + self.interval * self.rng.uniform(0.5, 1.5)
+            while self._agenda and self._agenda[0][0] <= now:
+                _, _, step = heapq.heappop(self._agenda)
+                step()
+            if self._stopping.is_set() and not self._agenda:
+                return
+            time.sleep(0.02)
+
+    def _later(self, seconds: float, step) -> None:
+        self._order += 1
+        heapq.heappush(self._agenda, (time.monotonic() + seconds, self._order, step))
+
+    def _place_call(self) -> None:
+        free = [e for e in self.extensions if e not in self._busy]
+        if not free:
+            return
+        extension, rng = rng_choice(self.rng, free), self.rng
+        incoming = rng.random() < 0.8
+        number = f"+3361{rng.randrange(10**7, 10**8)}"
+        try:
+            line = self.istra.incoming(extension, number) if incoming else self.istra.outgoing(extension, number)
+        except (AssertionError, requests.RequestException) as exc:
+            self.errors.append(f"placing a call: {exc}")
+            return
+        story = rng.choices(["answered", "held", "missed"], weights=[6, 2, 2])[0]
+        call = PlacedCall(line["callId"], extension, incoming, story)
+        self.placed.append(call)
+        self._busy.add(extension)
+        ring = rng.uniform(*self.ring_seconds)
+        if story == "missed":
+            self._later(ring, lambda: self._end(call))
+        else:
+            self._later(ring, lambda: self._move(call, "answer", self._talk))
+
+    def _talk(self, call: PlacedCall) -> None:
+        talk = self.rng.uniform(*self.talk_seconds)
+        if call.story == "held":
+            self._later(talk / 3, lambda: self._move(
+                call, "hold", lambda c: self._later(talk / 3, lambda: self._move(
+                    c, "unhold", lambda c2: self._later(talk / 3, lambda: self._end(c2)))))
+            )
+        else:
+            self._later(talk, lambda: self._end(call))
+
+    def _move(self, call: PlacedCall, move: str, then) -> None:
+        response = requests.post(f"{self.istra.base}/calls/{call.call_id}/{move}", json={}, timeout=20)
+        if response.status_code == 409:  # the line moved on without us: its story ends here
+            self.refused_moves += 1
+            self._end(call)
+        elif response.status_code >= 400:
+            self.errors.append(f"{move} {call.call_id}: {response.status_code} {response.text[:200]}")
+            self._end(call)
+        else:
+            then(call)
+
+    def _end(self, call: PlacedCall) -> None:
+        response = requests.post(f"{self.istra.base}/calls/{call.call_id}/hangup", json={"cause": "disconnect"},
+                                 timeout=20)
+        if response.status_code >= 400 and response.status_code != 409:
+            self.errors.append(f"hangup {call.call_id}: {response.status_code} {response.text[:200]}")
+        self._busy.discard(call.extension_id)
+
+
+def rng_choice(rng: random.Random, items: list):
+    return items[rng.randrange(len(items))]
+
+
+# --- agent consoles -----------------------------------------------------------------------------
+
+class ConsoleView:
+    """What one agent's page shows: the last snapshot, then every newer card."""
+
+    def __init__(self, seat: AgentSeat):
+        self.seat = seat
+        self.cards: dict[int, dict] = {}
+        self.connected = False
+        self.snapshots = 0
+        self.lost_at: float | None = None
+
+    def apply(self, message: dict) -> None:
+        if message.get("type") == "snapshot":
+            self.cards = {card["id"]: card for card in message["calls"]}
+            self.snapshots += 1
+        elif message.get("type") == "card":
+            card = message["card"]
+            shown = self.cards.get(card["id"])
+            if shown is None or card["version"] > shown["version"]:
+                self.cards[card["id"]] = card
+
+
+class Consoles:
+    """Every agent's console websocket, held from a background asyncio loop, reconnecting like the page."""
+
+    BACKOFF_BASE, BACKOFF_CAP = 0.1, 2.0
+
+    def __init__(self, world: World):
+        self.hub = world.hub
+        self.world = world
+        self.views = [ConsoleView(seat) for seat in world.seats]
+        self.reconnects_ms: list[float] = []
+        self.close_codes: collections.Counter = collections.Counter()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-consoles", daemon=True)
+        self._tasks: list = []
+
+    def __enter__(self) -> "Consoles":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30) -> None:
+        self._thread.start()
+        self._session = asyncio.run_coroutine_threadsafe(self._open_session(), self._loop).result(10)
+        for view in self.views:
+            self._tasks.append(asyncio.run_coroutine_threadsafe(self._hold(view, view.seat.cookie), self._loop))
+        wait_for(lambda: all(v.snapshots for v in self.views), timeout, interval=0.1, what="every console's snapshot")
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def all_connected(self) -> bool:
+        return all(view.connected for view in self.views)
+
+    async def _open_session(self):
+        import aiohttp
+
+        return aiohttp.ClientSession()
+
+    async def _hold(self, view: ConsoleView, cookie: str) -> None:
+        url = self.hub.web_url.replace("http", "ws", 1) + "/ws/console/"
+        attempt = 0
+        while True:
+            try:
+                async with self._session.ws_connect(url, headers={"Cookie": cookie, "Origin": self.hub.web_url},
+                                                    max_msg_size=0, heartbeat=None) as ws:
+                    async for message in ws:
+                        data = message.json()
+                        view.apply(data)
+                        if data.get("type") == "snapshot":
+                            attempt = 0
+                            view.connected = True
+                            if view.lost_at is not None:
+                                self.reconnects_ms.append((time.monotonic() - view.lost_at) * 1000)
+                                view.lost_at = None
+                    self.close_codes[ws.close_code] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # daphne down or restarting: the page retries
+                self.close_codes[exc.__class__.__name__] += 1
+            if view.connected or view.lost_at is None:
+                view.connected = False
+                view.lost_at = view.lost_at or time.monotonic()
+            delay = random.uniform(0, min(self.BACKOFF_CAP, self.BACKOFF_BASE * 2 ** attempt))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+def session_cookie(username: str) -> str:
+    """A logged-in Django session for ``username``, as the login page would leave in the browser."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+    from django.contrib.sessions.backends.db import SessionStore
+
+    user = get_user_model().objects.get(username=username)
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.create()
+    return f"{settings.SESSION_COOKIE_NAME}={store.session_key}"
+
+
+# --- the invariant ------------------------------------------------------------------------------
+
+@dataclass
+class Figures:
+    calls_checked: int = 0
+    calls_lost: int = 0  # the simulator made it; ctihub has no record, or retailCRM never got its upload
+    wrong_final_state: int = 0  # ctihub's record is not ended, or disagrees on answered/direction/agent
+    duplicated_records: int = 0
+    duplicated_events: int = 0
+    missing_events: int = 0
+    duplicated_uploads: int = 0
+    stale_consoles: int = 0  # console cards that differ from the database
+    reconnect_p99_ms: float = 0.0
+    reconnects: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    LOSS_FIGURES = ("calls_lost", "wrong_final_state", "duplicated_records", "duplicated_events",
+                    "missing_events", "duplicated_uploads", "stale_consoles")
+
+    def lines(self) -> list[str]:
+        return [f"{name}: {getattr(self, name)}" for name in (
+            "calls_checked", *self.LOSS_FIGURES, "reconnects", "reconnect_p99_ms")]
+
+    def assert_clean(self) -> None:
+        bad = {name: getattr(self, name) for name in self.LOSS_FIGURES if getattr(self, name)}
+        assert not bad and self.calls_checked, f"{bad} checked={self.calls_checked}; first problems: " + \
+            "; ".join(self.problems[:15])
+
+
+def p99(samples: list[float]) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def check_invariant(world: World, traffic: Traffic, consoles: Consoles | None = None,
+                    settle: float = 60, assert_clean: bool = True) -> Figures:
+    """Stop the traffic, let everything settle, then compare every call end to end."""
+    if traffic.is_alive():
+        traffic.stop()
+    assert not traffic.errors, traffic.errors[:5]
+    settled = _settle(world, traffic, consoles, settle)
+    figures = _compare(world, traffic, consoles)
+    if not settled:
+        figures.problems.insert(0, f"not settled after {settle}s")
+    if consoles is not None:
+        figures.reconnects = len(consoles.reconnects_ms)
+        figures.reconnect_p99_ms = round(p99(consoles.reconnects_ms), 1)
+    if assert_clean:
+        figures.assert_clean()
+    return figures
+
+
+def _settle(world: World, traffic: Traffic, consoles: Consoles | None, timeout: float) -> bool:
+    """True once the simulator is idle and ctihub, retailCRM and every console agree."""
+    deadline = time.monotonic() + timeout
+    sweep_at = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        figures = _compare(world, traffic, consoles)
+        if not any(getattr(figures, name) for name in Figures.LOSS_FIGURES):
+            return True
+        if time.monotonic() >= sweep_at:  # what beat would do every few minutes, sooner
+            _run_crm_sweep()
+            sweep_at = time.monotonic() + 10
+        time.sleep(1)
+    return False
+
+
+def _run_crm_sweep() -> None:
+    from crm_sync.tasks import sweep_task
+
+    try:
+        sweep_task.delay()
+    except Exception:  # a broker that is being faulted: the next round tries again
+        pass
+
+
+def _compare(world: World, traffic: Traffic, consoles: Consoles | None) -> Figures:
+    from telephony.models import Call
+
+    figures = Figures()
+    problems = figures.problems
+    truth = {line["callId"]: line for line in world.istra.calls()}
+    placed = {call.call_id: call for call in traffic.placed}
+    still_live = [call_id for call_id in placed if truth.get(call_id, {}).get("state") != "dropped"]
+    if still_live:
+        problems.append(f"simulator still has live calls {still_live[:5]}")
+    seats = {seat.extension_id: seat for seat in world.seats}
+    records = collections.defaultdict(list)
+    for call in Call.objects.filter(account_id=world.account_id):
+        records[call.pbx_call_id].append(call)
+    events = collections.defaultdict(list)
+    for event in world.crm.events():
+        events[event.get("callExternalId")].append(event["type"])
+    uploaded = collections.Counter()
+    for upload in world.crm.uploads():
+        for call in upload["calls"]:
+            uploaded[call.get("externalId")] += 1
+    crm_calls = world.crm.calls()
+
+    for call_id, placed_call in placed.items():
+        line = truth.get(call_id)
+        if line is None:
+            problems.append(f"{call_id}: the simulator has no record")
+            continue
+        figures.calls_checked += 1
+        rows = records.get(call_id, [])
+        if not rows:
+            figures.calls_lost += 1
+            problems.append(f"{call_id}: no call record")
+            continue
+        if len(rows) > 1:
+            figures.duplicated_records += 1
+            problems.append(f"{call_id}: {len(rows)} call records")
+        call = rows[0]
+        answered = "talking" in line["history"]
+        expected = {"state": "ended", "answered": answered, "direction": "in" if line["incoming"] else "out",
+                    "agent": seats[line["terminalId"]].agent_id}
+        actual = {"state": call.state, "answered": call.answered_at is not None, "direction": call.direction,
+                  "agent": call.agent_id}
+        if actual != expected:
+            figures.wrong_final_state += 1
+            problems.append(f"{call_id} (call {call.pk}): {actual} != {expected}")
+        external_id = f"ctihub-{call.pk}"
+        types = collections.Counter(events.get(external_id, []))
+        start = "in" if line["incoming"] else "out"
+        for kind in (start, "hangup"):
+            if types[kind] > 1:
+                figures.duplicated_events += 1
+                problems.append(f"{call_id}: {types[kind]} {kind!r} events at retailCRM")
+            elif types[kind] == 0:
+                figures.missing_events += 1
+                problems.append(f"{call_id}: no {kind!r} event at retailCRM")
+        if uploaded[external_id] > 1:
+            figures.duplicated_uploads += 1
+            problems.append(f"{call_id}: uploaded {uploaded[external_id]} times")
+        elif external_id not in crm_calls:
+            figures.calls_lost += 1
+            problems.append(f"{call_id}: never uploaded to retailCRM")
+    if consoles is not None:
+        figures.stale_consoles = _stale_console_cards(consoles, problems)
+    return figures
+
+
+def _stale_console_cards(consoles: Consoles, problems: list[str]) -> int:
+    """Cards a console shows differently from the database, and snapshot cards it does not show at all."""
+    from accounts.models import Agent
+    from telephony import console
+    from telephony.models import Call
+
+    stale = 0
+    for view in consoles.views:
+        if not view.connected:
+            stale += 1
+            problems.append(f"{view.seat.username}: console not connected")
+            continue
+        agent = Agent.objects.select_related("user").get(pk=view.seat.agent_id)
+        expected = {card["id"]: card for card in console.snapshot(console.Viewer(agent.user, agent))["calls"]}
+        shown = dict(view.cards)
+        versions = dict(Call.objects.filter(pk__in=list(shown)).values_list("pk", "version"))
+        for call_id, card in expected.items():
+            if call_id not in shown:
+                stale += 1
+                problems.append(f"{view.seat.username}: call {call_id} ({card['state']}) missing from the console")
+        for call_id, card in shown.items():
+            if versions.get(call_id) != card["version"]:
+                stale += 1
+                problems.append(f"{view.seat.username}: call {call_id} shown at v{card['version']} ({card['state']}),"
+                                f" database v{versions.get(call_id)}")
+    return stale
