@@ -40,13 +40,13 @@ def caller_of(request) -> str:
 _script = None
 
 
-def take(endpoint: str, caller: str) -> int:
-    """0 when the caller may go on, else the milliseconds until it may."""
+def take(endpoint: str, caller: str, scale: int = 1) -> int:
+    """0 when the caller may go on, else the milliseconds until it may (``scale`` times the usual rate)."""
     global _script
     client = _redis()
     if _script is None or _script.registered_client is not client:
         _script = client.register_script(TAKE_TOKEN)
-    rate = float(settings.PUBLIC_RATE_LIMIT_PER_SECOND)
+    rate = float(settings.PUBLIC_RATE_LIMIT_PER_SECOND * scale)
     return int(_script(keys=[f"{PREFIX}:{endpoint}:{caller}"], args=[rate, rate * BURST_FACTOR, 60000]))
 
 
@@ -58,15 +58,16 @@ def too_many(wait_ms: int) -> JsonResponse:
     return response
 
 
-def check(request, endpoint: str, caller: str | None = None) -> JsonResponse | None:
+def check(request, endpoint: str, caller: str | None = None, scale: int = 1) -> JsonResponse | None:
     """The 429 answer if ``request`` is over its limit, else None.
 
     ``caller`` is for endpoints whose caller is not a clientId (the Telepo
-    webhook: its account); it must never be a secret itself.
+    webhook: its account); it must never be a secret itself. ``scale``
+    multiplies the limit for a caller that speaks for many people at once.
     """
     caller = caller or caller_of(request)
     try:
-        wait_ms = take(endpoint, caller)
+        wait_ms = take(endpoint, caller, scale)
     except Exception:
         logger.warning("rate limit of %s not checked: Redis unavailable", endpoint, exc_info=True)
         return None

@@ -22,7 +22,7 @@ POST     /_sim/telepo/webhooks/hold              -  (queue messages instead of s
 POST     /_sim/telepo/webhooks/release           {order: fifo|reverse|shuffle, seed}
 POST     /_sim/telepo/webhooks/drop-next         {count, state}
 POST     /_sim/telepo/webhooks/duplicate-next    {count, state}
-POST     /_sim/telepo/webhooks/resend            {callId, seqNum}
+POST     /_sim/telepo/webhooks/resend            {callId, seqNum, shiftSeconds}  (timestamp moved by that)
 GET      /_sim/telepo/webhooks                   -  (every message generated, in order)
 GET      /_sim/telepo/webhooks/deliveries        -  (every POST made, with ctihub's status)
 GET      /_sim/telepo/requests?since=<seq>       -
@@ -157,8 +157,9 @@ def _rule(kind: str):
 
 @_json_errors
 async def resend(request):
-    body = await _body(request, {"callId", "seqNum"})
-    return world_of(request).resend(str(required(body, "callId")), int(required(body, "seqNum")))
+    body = await _body(request, {"callId", "seqNum", "shiftSeconds"})
+    return world_of(request).resend(str(required(body, "callId")), int(required(body, "seqNum")),
+                                    float(body.get("shiftSeconds") or 0))
 
 
 @_json_errors

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,8 +58,18 @@ def bad_request(message: str, code: str = "BAD_REQUEST") -> TelepoError:
     return TelepoError(400, code, message)
 
 
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
+
+
 def now_stamp() -> str:
-    moment = datetime.now(timezone.utc)
+    return _stamp(datetime.now(timezone.utc))
+
+
+def shift_stamp(stamp: str, seconds: float) -> str:
+    return _stamp(datetime.strptime(stamp, STAMP_FORMAT) + timedelta(seconds=seconds))
+
+
+def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
 
 
@@ -501,13 +511,21 @@ class TelepoWorld:
             self.rules.append(rule)
             return rule
 
-    def resend(self, call_id: str, seq_num: int) -> dict[str, Any]:
-        """Queue an already sent message again (a redelivery)."""
+    def resend(self, call_id: str, seq_num: int, shift_seconds: float = 0.0) -> dict[str, Any]:
+        """Queue an already sent message again (a redelivery).
+
+        ``shift_seconds`` moves its ``timestamp``: a test that ages a call in
+        ctihub's database by a day replays its messages as old as the call
+        (``-86400``), or as restamped by the sender (``0``).
+        """
         with self.lock:
             for message in self.sent:
                 if message["call_id"] == call_id and message["seq_num"] == seq_num:
-                    self.pending.append({"domain": self.call(call_id).domain, "body": dict(message)})
-                    return message
+                    body = dict(message)
+                    if shift_seconds:
+                        body["timestamp"] = shift_stamp(body["timestamp"], shift_seconds)
+                    self.pending.append({"domain": self.call(call_id).domain, "body": body})
+                    return body
         raise KeyError(f"no message {seq_num} for call {call_id}")
 
     def take_pending(self) -> list[tuple[str | None, dict[str, Any]]]:

@@ -8,10 +8,13 @@ A body that makes no sense is a 400 with the reason, logged with the account,
 and touches nothing.
 
 Rate limit (``ctihub.ratelimit``): one bucket per account, so a Telepo that
-floods us cannot starve the others; a secret that matches no account counts
-against the address it came from, so guessing secrets is limited too (a
-bucket per guessed secret would not limit anything). The limit is checked
-before anything else is said about the secret or the body.
+floods us cannot starve the others. One account's webhook carries every state
+change of every call of a whole organisation, and Telepo is not known to retry
+a refused message, so its budget is ``ACCOUNT_RATE_SCALE`` times a retailCRM
+caller's. A secret that matches no account counts against the address it came
+from at the usual rate, so guessing secrets is limited too (a bucket per
+guessed secret would not limit anything). The limit is checked before anything
+else is said about the secret or the body.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 RATE_LIMIT_ENDPOINT = "telepo-webhook"
+ACCOUNT_RATE_SCALE = 10
 
 
 @csrf_exempt
 @require_POST
 def webhook(request: HttpRequest, secret: str) -> JsonResponse:
     account = account_for_secret(secret)
-    refused = ratelimit.check(request, RATE_LIMIT_ENDPOINT, caller=_caller(request, account))
+    refused = ratelimit.check(request, RATE_LIMIT_ENDPOINT, caller=_caller(request, account),
+                              scale=ACCOUNT_RATE_SCALE if account is not None else 1)
     if refused is not None:
         return refused
     if account is None:
