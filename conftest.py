@@ -80,6 +80,24 @@ def live_celery_worker(celery_env):
 
 
 @pytest.fixture
+def published(monkeypatch) -> list[int]:
+    """Cards the code under test published (call ids, one per card), instead of pushing them to Redis."""
+    from concurrent.futures import Future
+
+    cards: list[int] = []
+
+    def publish_cards(calls):
+        cards.extend(call.pk for call in calls)
+        done = Future()
+        done.set_result(None)
+        return done
+
+    monkeypatch.setattr("telephony.publish.publish_call", lambda call_id, wait=False: cards.append(call_id))
+    monkeypatch.setattr("telephony.publish.publish_cards", publish_cards)
+    return cards
+
+
+@pytest.fixture
 def processes():
     """Collects ManagedProcess objects started by a test and stops them all afterwards."""
     started: list[ManagedProcess] = []

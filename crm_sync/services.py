@@ -20,6 +20,7 @@ after retailCRM accepted. See ``CrmCallSync`` for the rules.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -91,32 +92,64 @@ _enqueue = enqueue  # patched by tests at this name
 # --- call_changed: the entry point -------------------------------------------------------
 
 
+# Which integrations serve an account, kept a few seconds per process: the event path asks for
+# every burst. An edit in this process clears it at once (crm_sync.signals); others see it within this.
+INTEGRATION_CACHE_SECONDS = 5.0
+_integration_cache: dict[int, tuple[float, tuple[int, ...], tuple[int, ...]]] = {}
+
+
+def serving_integrations(account_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(ids of the enabled integrations serving the account, those of them that route to managers)."""
+    now = time.monotonic()
+    cached = _integration_cache.get(account_id)
+    if cached and now - cached[0] < INTEGRATION_CACHE_SECONDS:
+        return cached[1], cached[2]
+    rows = list(integrations_for(account_id).values_list("id", "manager_routing"))
+    ids = tuple(pk for pk, _ in rows)
+    routing = tuple(pk for pk, routes in rows if routes)
+    _integration_cache[account_id] = (now, ids, routing)
+    return ids, routing
+
+
+def forget_serving_integrations() -> None:
+    _integration_cache.clear()
+
+
 def call_changed(call_id: int, version: int) -> None:
     """Called after a call's transaction commits. Calls no CRM listens to are marked skipped."""
+    call = Call.objects.filter(pk=call_id).first()
+    if call is not None:
+        calls_changed([call])
+
+
+def calls_changed(calls: list[Call]) -> None:
+    """After a burst of call changes commits: each call once, as the domain left it.
+
+    Queues what retailCRM must hear (start and end events, responsible-manager routing);
+    calls no CRM listens to are marked skipped, all in one statement.
+    """
     from crm_sync import tasks
 
-    call = (
-        Call.objects.filter(pk=call_id)
-        .only("id", "account_id", "crm_sync_state", "state", "direction", "terminal_id")
-        .first()
-    )
-    if call is None:
-        return
-    integration_ids = list(integrations_for(call.account_id).values_list("id", flat=True))
-    if not integration_ids:
-        Call.objects.filter(pk=call_id, crm_sync_state=Call.CrmSync.PENDING).update(
+    skipped = []
+    for call in calls:
+        integration_ids, routing_ids = serving_integrations(call.account_id)
+        if not integration_ids:
+            skipped.append(call.pk)
+            continue
+        if (routing_ids and call.state == Call.State.RINGING and call.direction == Call.Direction.INBOUND
+                and call.terminal_id):
+            routed = RetailCrmIntegration.objects.filter(
+                pk__in=routing_ids, shared_lines=call.terminal_id
+            ).values_list("id", flat=True)
+            for integration_id in routed:
+                _enqueue(tasks.route_call_task, integration_id, call.pk)
+        if call.state in (Call.State.TALKING, Call.State.HELD) and _start_events_settled(call.pk, integration_ids):
+            continue  # answered, held, resumed: nothing retailCRM hears about
+        _enqueue(tasks.sync_call_task, call.pk)
+    if skipped:
+        Call.objects.filter(pk__in=skipped, crm_sync_state=Call.CrmSync.PENDING).update(
             crm_sync_state=Call.CrmSync.SKIPPED
         )
-        return
-    if call.state == Call.State.RINGING and call.direction == Call.Direction.INBOUND and call.terminal_id:
-        routed = RetailCrmIntegration.objects.filter(
-            pk__in=integration_ids, manager_routing=True, shared_lines=call.terminal_id
-        ).values_list("id", flat=True)
-        for integration_id in routed:
-            _enqueue(tasks.route_call_task, integration_id, call_id)
-    if call.state in (Call.State.TALKING, Call.State.HELD) and _start_events_settled(call_id, integration_ids):
-        return  # answered, held, resumed: nothing retailCRM hears about
-    _enqueue(tasks.sync_call_task, call_id)
 
 
 def _start_events_settled(call_id: int, integration_ids: list[int]) -> bool:
@@ -739,21 +772,39 @@ def free_manager_extension(manager: dict | None, account_id: int) -> tuple[Agent
 
 def card_fields(call: Call) -> dict:
     """What a call card shows from retailCRM: the customer, their manager and links (or None)."""
-    if not call.pk or call.direction != Call.Direction.INBOUND:
-        return {"crm": None}  # only incoming calls are looked up (responsible-manager routing)
-    row = CrmCallSync.objects.filter(call_id=call.pk, looked_up_at__isnull=False).order_by("-looked_up_at").first()
-    if row is None and call.agent_id and call.remote_number_e164:
-        # The manager's own leg of a redirected call: show what the lookup for the shared line found.
-        row = (
-            CrmCallSync.objects.filter(
-                routed_agent_id=call.agent_id, routing=CrmCallSync.Routing.REDIRECTED,
-                call__account_id=call.account_id, call__remote_number_e164=call.remote_number_e164,
-                looked_up_at__gte=timezone.now() - ROUTED_CARD_WINDOW,
-            )
-            .order_by("-looked_up_at")
-            .first()
-        )
-    if row is None:
-        return {"crm": None}
-    return {"crm": {"customer": row.crm_customer, "manager": row.crm_manager, "links": row.crm_links,
-                    "routing": row.routing}}
+    return card_fields_many([call])[call.pk]
+
+
+def card_fields_many(calls: list[Call]) -> dict[int, dict]:
+    """``card_fields`` for many calls, in two queries at most (none for accounts no CRM serves)."""
+    fields: dict[int, dict] = {call.pk: {"crm": None} for call in calls}
+    # Only incoming calls are looked up (responsible-manager routing).
+    looked_up = [c for c in calls if c.pk and c.direction == Call.Direction.INBOUND
+                 and serving_integrations(c.account_id)[0]]
+    if not looked_up:
+        return fields
+    found: dict[int, CrmCallSync] = {}
+    for row in CrmCallSync.objects.filter(
+        call_id__in={c.pk for c in looked_up}, looked_up_at__isnull=False
+    ).order_by("looked_up_at"):
+        found[row.call_id] = row  # the latest lookup wins
+    # The manager's own leg of a redirected call: show what the lookup for the shared line found.
+    legs = [c for c in looked_up if c.pk not in found and c.agent_id and c.remote_number_e164]
+    if legs:
+        routed = CrmCallSync.objects.filter(
+            routed_agent_id__in={c.agent_id for c in legs}, routing=CrmCallSync.Routing.REDIRECTED,
+            call__account_id__in={c.account_id for c in legs},
+            call__remote_number_e164__in={c.remote_number_e164 for c in legs},
+            looked_up_at__gte=timezone.now() - ROUTED_CARD_WINDOW,
+        ).select_related("call").order_by("looked_up_at")
+        latest = {(r.routed_agent_id, r.call.account_id, r.call.remote_number_e164): r for r in routed}
+        for call in legs:
+            row = latest.get((call.agent_id, call.account_id, call.remote_number_e164))
+            if row is not None:
+                found[call.pk] = row
+    for call in looked_up:
+        row = found.get(call.pk)
+        if row is not None:
+            fields[call.pk] = {"crm": {"customer": row.crm_customer, "manager": row.crm_manager,
+                                       "links": row.crm_links, "routing": row.routing}}
+    return fields

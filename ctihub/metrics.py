@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -46,26 +48,49 @@ def _safely(operation) -> None:
 
 
 def event_applied(account_kind: str) -> None:
-    _safely(lambda r: r.hincrby(EVENTS_KEY, account_kind or "unknown", 1))
+    events_applied([account_kind])
+
+
+def events_applied(account_kinds: list[str]) -> None:
+    """One round trip for a whole burst of applied updates."""
+    counts = Counter(kind or "unknown" for kind in account_kinds)
+
+    def record(r):
+        pipe = r.pipeline(transaction=False)
+        for kind, n in counts.items():
+            pipe.hincrby(EVENTS_KEY, kind, n)
+        pipe.execute()
+
+    if counts:
+        _safely(record)
 
 
 def crm_error(kind: str) -> None:
     _safely(lambda r: r.hincrby(CRM_ERRORS_KEY, kind, 1))
 
 
-def popup_latency(seconds: float) -> None:
+def popup_latency(seconds: float, cards: int = 1) -> None:
+    """``cards`` cards that left ``seconds`` after their frames came in."""
     seconds = max(0.0, seconds)
 
     def record(r):
         pipe = r.pipeline(transaction=False)
         for bound in POPUP_BUCKETS:
             if seconds <= bound:
-                pipe.hincrby(POPUP_KEY, repr(bound), 1)
-        pipe.hincrby(POPUP_KEY, "count", 1)
-        pipe.hincrbyfloat(POPUP_KEY, "sum", seconds)
+                pipe.hincrby(POPUP_KEY, repr(bound), cards)
+        pipe.hincrby(POPUP_KEY, "count", cards)
+        pipe.hincrbyfloat(POPUP_KEY, "sum", seconds * cards)
         pipe.execute()
 
     _safely(record)
+
+
+_recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
+
+
+def popup_latency_later(seconds: float, cards: int = 1) -> None:
+    """``popup_latency`` off the calling thread: the publisher's event loop must not wait on Redis."""
+    _recorder.submit(popup_latency, seconds, cards)
 
 
 def _read_hash(key: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ def agent_group(agent_id: int) -> str:
     return f"agent-{agent_id}"
 
 
-def call_card(call: Call) -> dict:
+def call_card(call: Call, crm: dict | None = None) -> dict:
+    """``crm``: retailCRM's fields when the caller looked them up already (for many cards at once)."""
     number = call.remote_number_e164 or call.remote_number_raw
     return {
         "id": call.pk,
@@ -35,7 +36,7 @@ def call_card(call: Call) -> dict:
         "answered": call.answered_at is not None,
         "actions": list(call.allowed_actions or []),
         # retailCRM's customer, manager and links for this call, when the CRM side looked them up.
-        **crm_card_fields(call),
+        **(crm if crm is not None else crm_card_fields(call)),
     }
 
 

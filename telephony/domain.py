@@ -10,12 +10,14 @@ writes models directly.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ctihub.phones import e164_or_empty
@@ -36,52 +38,166 @@ class AppliedUpdate:
     changed: bool
 
 
+# What the domain owns on a call row; the CRM side writes crm_sync_state and site_code itself.
+CALL_FIELDS_WRITTEN = (
+    "terminal", "agent", "direction", "is_internal", "state", "remote_number_e164", "remote_number_raw",
+    "remote_label", "external_phone", "answered_at", "ended_at", "ringing_ms", "talking_ms", "end_cause",
+    "allowed_actions", "state_token", "last_seq", "version", "updated_at",
+)
+
+
 def apply_call_updates(updates: list[u.CallUpdate], received: float | None = None) -> list[AppliedUpdate]:
     """Apply a burst of updates (the frames one socket read together) in order, in one transaction.
+
+    A burst costs a fixed handful of statements whatever its size (lock its calls, look up its
+    terminals and already-stored frames, insert calls, insert events, update calls), which is what
+    lets one worker keep up with a PBX at full tilt. After commit, each change publishes its card
+    and the burst's calls are handed to the CRM side once each.
 
     ``received`` is ``time.monotonic()`` when the first frame of the burst came off the socket: the
     pop-up latency metric runs from there to the card's publish.
     """
+    if not updates:
+        return []
     received = time.monotonic() if received is None else received
-    with transaction.atomic():
-        return [apply_call_update(update, received=received) for update in updates]
+    try:
+        with transaction.atomic():
+            return _apply_burst(updates, received)
+    except IntegrityError:
+        # Another worker inserted one of these calls (or frames) between our read and our insert.
+        # One at a time, each update now finds and locks the other's row.
+        return [_apply_alone(update, received) for update in updates]
 
 
 def apply_call_update(update: u.CallUpdate, received: float | None = None) -> AppliedUpdate:
     """Upsert the call, append its event, derive times; publish after commit."""
-    received = time.monotonic() if received is None else received
-    with transaction.atomic():
-        call = _locked_call_for(update)
-        created = False
+    return apply_call_updates([update], received)[0]
+
+
+def _apply_alone(update: u.CallUpdate, received: float) -> AppliedUpdate:
+    try:
+        with transaction.atomic():
+            return _apply_burst([update], received)[0]
+    except IntegrityError:
+        with transaction.atomic():  # the row that beat us is committed now: this read finds it
+            return _apply_burst([update], received)[0]
+
+
+def _apply_burst(updates: list[u.CallUpdate], received: float) -> list[AppliedUpdate]:
+    calls = _lock_calls(updates)
+    terminals = _terminals_of(updates)
+    stored_frames = _stored_dedupe_keys(updates)
+    applied: list[AppliedUpdate] = []
+    new_calls: list[Call] = []
+    events: list[CallEvent] = []
+    changes: list[tuple[Call, Call]] = []  # (the call, a copy as it was at this change) in order
+    for update in updates:
+        key = (update.account_id, update.pbx_call_id)
+        call = calls.get(key)
+        if call is not None and _is_recycled_id(call, update):
+            # Keep the old call's history under a suffixed id; the new call takes the PBX id.
+            call.pbx_call_id = f"{call.pbx_call_id}#{call.pk}"
+            call.save(update_fields=["pbx_call_id"])
+            call = None
         if call is None:
-            call, created = _insert_or_lock(update)
-        if not created:
-            if _is_stale(call, update):
-                return AppliedUpdate(call, False)
+            if _dedupe_key(update, None) in stored_frames:
+                # A replay of a frame stored under a call whose id the PBX has since recycled.
+                stored = CallEvent.objects.select_related("call").get(dedupe_key=_dedupe_key(update, None))
+                applied.append(AppliedUpdate(stored.call, False))
+                continue
+            call = _new_call(update, terminals)
+            calls[key] = call
+            new_calls.append(call)
+        else:
+            if _dedupe_key(update, call) in stored_frames or _is_stale(call, update):
+                applied.append(AppliedUpdate(call, False))  # a replayed frame, or an older one
+                continue
             before = _comparable(call)
-            _merge(call, update)
+            _merge(call, update, terminals)
             if _comparable(call) == before:
-                return AppliedUpdate(call, False)  # a replayed or no-news frame: idempotent
-        if not _record_event(call, update):
-            return AppliedUpdate(Call.objects.get(pk=call.pk), False)
+                applied.append(AppliedUpdate(call, False))  # a no-news frame: idempotent
+                continue
+        dedupe_key = _dedupe_key(update, call)
+        stored_frames.add(dedupe_key)
+        events.append(CallEvent(call=call, kind=update.kind[:40], payload=update.payload,
+                                received_at=update.occurred_at, dedupe_key=dedupe_key))
         call.version += 1
-        call.save()
-        _after_commit(call, received, _account(update.account_id).kind)
-    return AppliedUpdate(call, True)
+        changes.append((call, copy.copy(call)))
+        applied.append(AppliedUpdate(call, True))
+    _write(new_calls, changes, events)
+    if changes:
+        kinds = {account_id: _account(account_id).kind for account_id in {c.account_id for c, _ in changes}}
+        transaction.on_commit(lambda: _publish_and_sync(changes, received, kinds))
+    return applied
 
 
-def _locked_call_for(update: u.CallUpdate) -> Call | None:
-    call = (
-        Call.objects.select_for_update()
-        .filter(account_id=update.account_id, pbx_call_id=update.pbx_call_id)
-        .first()
-    )
-    if call is not None and _is_recycled_id(call, update):
-        # Keep the old call's history under a suffixed id; the new call takes the PBX id.
-        call.pbx_call_id = f"{call.pbx_call_id}#{call.pk}"
-        call.save(update_fields=["pbx_call_id"])
-        return None
+def _lock_calls(updates: list[u.CallUpdate]) -> dict[tuple[int, str], Call]:
+    wanted: dict[int, set[str]] = {}
+    for update in updates:
+        wanted.setdefault(update.account_id, set()).add(update.pbx_call_id)
+    query = Q()
+    for account_id, call_ids in wanted.items():
+        query |= Q(account_id=account_id, pbx_call_id__in=sorted(call_ids))
+    # Locked in id order, so two workers with overlapping bursts queue instead of deadlocking.
+    rows = Call.objects.select_for_update().filter(query).order_by("pk")
+    return {(call.account_id, call.pbx_call_id): call for call in rows}
+
+
+def _terminals_of(updates: list[u.CallUpdate]) -> dict[tuple[int, str], tuple[int, int | None]]:
+    """(account, terminal PBX id) -> (terminal id, agent id), for every terminal the burst names."""
+    wanted: dict[int, set[str]] = {}
+    for update in updates:
+        if update.terminal_pbx_id:
+            wanted.setdefault(update.account_id, set()).add(update.terminal_pbx_id)
+    if not wanted:
+        return {}
+    query = Q()
+    for account_id, pbx_ids in wanted.items():
+        query |= Q(account_id=account_id, pbx_id__in=sorted(pbx_ids))
+    rows = Terminal.objects.filter(query).values_list("account_id", "pbx_id", "id", "agent_id")
+    return {(account_id, pbx_id): (pk, agent_id) for account_id, pbx_id, pk, agent_id in rows}
+
+
+def _dedupe_key(update: u.CallUpdate, call: Call | None) -> str:
+    # Without a PBX frame id, the frame's time and the call's version tell frames apart; the time
+    # keeps a recycled call id's new frames clear of the old call's.
+    frame_id = update.frame_id or f"{update.occurred_at.timestamp():.6f}v{call.version if call is not None else 0}"
+    return f"{update.account_id}:{update.pbx_call_id}:{update.kind}:{frame_id}"[:255]
+
+
+def _stored_dedupe_keys(updates: list[u.CallUpdate]) -> set[str]:
+    """Frames of this burst that were stored before (a replay): only frames with a PBX id can be."""
+    keys = [
+        f"{update.account_id}:{update.pbx_call_id}:{update.kind}:{update.frame_id}"[:255]
+        for update in updates if update.frame_id
+    ]
+    if not keys:
+        return set()
+    return set(CallEvent.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
+
+
+def _new_call(update: u.CallUpdate, terminals) -> Call:
+    call = Call(account_id=update.account_id, pbx_call_id=update.pbx_call_id, state=update.state)
+    call.created_at = update.started_at or update.occurred_at
+    call.direction = update.direction or u.INBOUND
+    _merge(call, update, terminals)
     return call
+
+
+def _write(new_calls: list[Call], changes: list[tuple[Call, Call]], events: list[CallEvent]) -> None:
+    if new_calls:
+        Call.objects.bulk_create(new_calls)  # an IntegrityError here means another worker was first
+    new_ids = {id(call) for call in new_calls}
+    updated = {id(call): call for call, _ in changes if id(call) not in new_ids}
+    if updated:
+        now = timezone.now()
+        for call in updated.values():
+            call.updated_at = now
+        Call.objects.bulk_update(list(updated.values()), CALL_FIELDS_WRITTEN)
+    for call, snapshot in changes:
+        snapshot.pk = call.pk
+    if events:
+        CallEvent.objects.bulk_create(events)
 
 
 def _is_recycled_id(call: Call, update: u.CallUpdate) -> bool:
@@ -91,21 +207,6 @@ def _is_recycled_id(call: Call, update: u.CallUpdate) -> bool:
         and call.ended_at is not None
         and update.occurred_at - call.ended_at > CALL_ID_RECYCLE_AFTER
     )
-
-
-def _insert_or_lock(update: u.CallUpdate) -> tuple[Call, bool]:
-    """Create the call; if another worker just did, lock theirs instead (and say so)."""
-    call = Call(account_id=update.account_id, pbx_call_id=update.pbx_call_id, state=update.state)
-    call.created_at = update.started_at or update.occurred_at
-    call.direction = update.direction or u.INBOUND
-    _merge(call, update)
-    try:
-        with transaction.atomic():
-            call.save()
-        return call, True
-    except IntegrityError:
-        existing = Call.objects.select_for_update().get(account_id=update.account_id, pbx_call_id=update.pbx_call_id)
-        return existing, False
 
 
 def _is_stale(call: Call, update: u.CallUpdate) -> bool:
@@ -125,7 +226,7 @@ def _comparable(call: Call) -> tuple:
     )
 
 
-def _merge(call: Call, update: u.CallUpdate) -> None:
+def _merge(call: Call, update: u.CallUpdate, terminals: dict) -> None:
     """Fold what the update says into the call; fields it does not mention stay."""
     account = _account(update.account_id)
     if update.direction:
@@ -149,7 +250,7 @@ def _merge(call: Call, update: u.CallUpdate) -> None:
         call.state_token = update.state_token
     if update.seq is not None:
         call.last_seq = update.seq
-    _assign_terminal_and_agent(call, update)
+    _assign_terminal_and_agent(call, update, terminals)
     _move_to_state(call, update)
 
 
@@ -191,17 +292,13 @@ def _ms_between(start: datetime | None, end: datetime | None) -> int | None:
     return max(0, int((end - start).total_seconds() * 1000))
 
 
-def _assign_terminal_and_agent(call: Call, update: u.CallUpdate) -> None:
+def _assign_terminal_and_agent(call: Call, update: u.CallUpdate, terminals: dict) -> None:
     if update.terminal_pbx_id:
-        terminal = (
-            Terminal.objects.filter(account_id=update.account_id, pbx_id=update.terminal_pbx_id)
-            .only("id", "agent_id")
-            .first()
-        )
+        terminal = terminals.get((update.account_id, update.terminal_pbx_id))
         if terminal is not None:
-            call.terminal_id = terminal.id
-            if terminal.agent_id:
-                call.agent_id = terminal.agent_id
+            call.terminal_id, agent_id = terminal
+            if agent_id:
+                call.agent_id = agent_id
     if call.agent_id is None and update.local_party:
         from accounts.services import agent_for_local_party
 
@@ -210,38 +307,17 @@ def _assign_terminal_and_agent(call: Call, update: u.CallUpdate) -> None:
             call.agent_id = agent.id
 
 
-def _record_event(call: Call, update: u.CallUpdate) -> bool:
-    """Append the frame; False when this exact frame was stored before."""
-    frame_id = update.frame_id or f"v{call.version}"
-    dedupe_key = f"{update.account_id}:{update.pbx_call_id}:{update.kind}:{frame_id}"[:255]
-    try:
-        with transaction.atomic():
-            CallEvent.objects.create(
-                call=call, kind=update.kind[:40], payload=update.payload, received_at=update.occurred_at,
-                dedupe_key=dedupe_key,
-            )
-    except IntegrityError:
-        logger.info("duplicate frame ignored", extra={"dedupe_key": dedupe_key, "call_id": call.pk})
-        return False
-    return True
-
-
-def _after_commit(call: Call, received: float | None = None, account_kind: str = "") -> None:
-    call_id, version = call.pk, call.version
-    transaction.on_commit(lambda: _publish_and_sync(call_id, version, received, account_kind))
-
-
-def _publish_and_sync(call_id: int, version: int, received: float | None = None, account_kind: str = "") -> None:
-    from crm_sync.services import call_changed
+def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: dict[int, str]) -> None:
+    from crm_sync.services import calls_changed
     from ctihub import metrics
-    from telephony.publish import publish_call
+    from telephony.publish import publish_cards
 
-    metrics.event_applied(account_kind)
-    published = publish_call(call_id)
-    if published is not None and received is not None:
-        # Pop-up latency: from the frame reaching apply_call_update to its card leaving for the browsers.
-        published.add_done_callback(lambda _done: metrics.popup_latency(time.monotonic() - received))
-    call_changed(call_id, version)
+    metrics.events_applied([kinds.get(snapshot.account_id, "") for _call, snapshot in changes])
+    published = publish_cards([snapshot for _call, snapshot in changes])
+    # Pop-up latency: from the frame coming off the socket to its card leaving for the browsers.
+    published.add_done_callback(lambda _done: metrics.popup_latency_later(time.monotonic() - received, len(changes)))
+    latest = {call.pk: call for call, _snapshot in changes}  # the CRM side wants each call once, as it is now
+    calls_changed(list(latest.values()))
 
 
 _account_cache: dict[int, tuple[float, PbxAccount]] = {}

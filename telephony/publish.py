@@ -26,6 +26,7 @@ class _Publisher:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid: int | None = None
+        self._in_flight: set[Future] = set()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         import os
@@ -47,15 +48,35 @@ class _Publisher:
             return self._loop
 
     def send(self, groups: list[str], message: dict) -> Future:
-        return asyncio.run_coroutine_threadsafe(self._send(groups, message), self._ensure_loop())
+        return self.send_many([(groups, message)])
 
-    async def _send(self, groups: list[str], message: dict) -> None:
+    def send_many(self, messages: list[tuple[list[str], dict]]) -> Future:
+        """Send in the given order (a call's cards must not overtake each other)."""
+        future = asyncio.run_coroutine_threadsafe(self._send(messages), self._ensure_loop())
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._landed)
+        return future
+
+    def _landed(self, future: Future) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+
+    def drain(self, timeout: float) -> None:
+        """Wait until every card handed over so far has reached the channel layer (shutdown, benchmarks)."""
+        with self._lock:
+            pending = list(self._in_flight)
+        for future in pending:
+            future.result(timeout=timeout)
+
+    async def _send(self, messages: list[tuple[list[str], dict]]) -> None:
         layer = get_channel_layer()
-        for group in groups:
-            try:
-                await layer.group_send(group, message)
-            except Exception:  # a card not pushed is re-sent by the next snapshot; never crash the caller
-                logger.exception("could not publish to %s", group)
+        for groups, message in messages:
+            for group in groups:
+                try:
+                    await layer.group_send(group, message)
+                except Exception:  # a card not pushed is re-sent by the next snapshot; never crash the caller
+                    logger.exception("could not publish to %s", group)
 
 
 publisher = _Publisher()
@@ -77,6 +98,20 @@ def publish_call(call_id: int, wait: bool = False) -> Future | None:
     if wait:
         future.result(timeout=5)
     return future
+
+
+def publish_cards(calls: list[Call]) -> Future:
+    """Push the cards of calls as they are in memory (the domain's copies at each change), in order.
+
+    The rows were just written, so nothing is read back; retailCRM's fields for all the cards
+    are looked up together.
+    """
+    from crm_sync.services import card_fields_many
+
+    crm = card_fields_many(calls)
+    return publisher.send_many(
+        [(groups_for(call), {"type": "call.card", "card": call_card(call, crm[call.pk])}) for call in calls]
+    )
 
 
 def publish_to_groups(groups: list[str], message: dict) -> Future:

@@ -55,9 +55,3 @@ def queued(monkeypatch) -> list[tuple[str, tuple]]:
     monkeypatch.setattr("crm_sync.services._enqueue", record)
     return calls
 
-
-@pytest.fixture
-def published(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    monkeypatch.setattr("telephony.publish.publish_call", lambda call_id, wait=False: calls.append(call_id))
-    return calls

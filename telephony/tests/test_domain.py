@@ -28,12 +28,6 @@ def account(db):
     return make_account(default_region="FR")
 
 
-@pytest.fixture
-def published(monkeypatch):
-    calls = []
-    monkeypatch.setattr("telephony.publish.publish_call", lambda call_id, wait=False: calls.append(call_id))
-    return calls
-
 
 @pytest.mark.django_db
 def test_it_records_a_whole_incoming_call_with_times_and_durations(account, published, django_capture_on_commit_callbacks):
