@@ -8,7 +8,8 @@ from django.db import connection
 from django.utils import timezone
 
 from telephony import updates as u
-from telephony.domain import apply_call_update
+from telephony import domain
+from telephony.domain import apply_call_update, apply_call_updates
 from telephony.models import Call, CallEvent
 from tests.factories import make_account, make_agent, make_terminal
 
@@ -172,6 +173,112 @@ def test_it_stores_one_call_and_one_event_when_workers_apply_the_same_frame_at_o
     assert sorted(results) == [False, False, False, True]
     assert Call.objects.count() == 1
     assert CallEvent.objects.count() == 1
+
+
+# --- bursts: what one socket read together, applied in one transaction ----------------------------
+
+
+def whole_call(account, pbx_call_id, terminal=None, at=0):
+    return [
+        update(account, u.RINGING, "callAlerting", at, pbx_call_id=pbx_call_id, terminal_pbx_id=terminal,
+               direction=u.INBOUND, remote_number=f"06{pbx_call_id[-8:]:0>8}"),
+        update(account, u.TALKING, "callTalking", at + 5, pbx_call_id=pbx_call_id),
+        update(account, u.ENDED, "callDropped", at + 9, pbx_call_id=pbx_call_id, end_cause=u.END_HANGUP),
+    ]
+
+
+def burst_of(account, calls, terminal=None):
+    return [frame for n in range(calls) for frame in whole_call(account, f"-{n + 1}", terminal, at=n)]
+
+
+@pytest.mark.django_db
+def test_it_applies_a_burst_with_as_many_statements_whatever_its_size(account, published, django_assert_max_num_queries,
+                                                                      django_capture_on_commit_callbacks):
+    make_terminal(account, pbx_id="t1", agent=make_agent())
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(burst_of(account, 1, "t1"))  # warms the per-process account and CRM caches
+    with django_assert_max_num_queries(12) as small, django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(burst_of(account, 2, "t1")[3:])  # one whole call, 3 frames
+    with django_assert_max_num_queries(12) as large, django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(burst_of(account, 60, "t1")[6:])  # 58 whole calls, 174 frames
+    assert len(large.captured_queries) == len(small.captured_queries)
+    assert Call.objects.filter(state=Call.State.ENDED).count() == 60
+    assert CallEvent.objects.count() == 180
+
+
+@pytest.mark.django_db
+def test_it_applies_a_burst_in_order_and_publishes_every_change_in_order(account, published,
+                                                                         django_capture_on_commit_callbacks):
+    agent = make_agent()
+    make_terminal(account, pbx_id="t1", agent=agent)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        applied = apply_call_updates(burst_of(account, 2, "t1"))
+    assert [a.changed for a in applied] == [True] * 6
+    assert len(callbacks) == 1  # one hand-off for the whole burst
+    first, second = Call.objects.get(pbx_call_id="-1"), Call.objects.get(pbx_call_id="-2")
+    assert published == [first.pk] * 3 + [second.pk] * 3
+    for call in (first, second):
+        assert (call.state, call.version, call.agent_id) == (Call.State.ENDED, 3, agent.pk)
+        assert list(call.events.values_list("kind", flat=True)) == ["callAlerting", "callTalking", "callDropped"]
+        assert call.answered_at is not None and call.talking_ms == 4000
+
+
+@pytest.mark.django_db
+def test_it_publishes_each_card_as_the_call_was_at_that_change(account, monkeypatch, django_capture_on_commit_callbacks):
+    from concurrent.futures import Future
+
+    cards = []
+
+    def publish_cards(calls):
+        cards.extend((c.state, c.version) for c in calls)
+        done = Future()
+        done.set_result(None)
+        return done
+
+    monkeypatch.setattr("telephony.publish.publish_cards", publish_cards)
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(whole_call(account, "-7"))
+    assert cards == [("ringing", 1), ("talking", 2), ("ended", 3)]
+
+
+@pytest.mark.django_db
+def test_it_hands_each_call_of_a_burst_to_the_crm_once_as_it_ended_up(account, published, monkeypatch,
+                                                                      django_capture_on_commit_callbacks):
+    handed = []
+    monkeypatch.setattr("crm_sync.services.calls_changed", lambda calls: handed.extend((c.pk, c.state) for c in calls))
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(burst_of(account, 2))
+    assert sorted(state for _pk, state in handed) == ["ended", "ended"]
+    assert len({pk for pk, _state in handed}) == 2
+
+
+@pytest.mark.django_db
+def test_it_stores_a_frame_repeated_within_a_burst_once(account, published):
+    frame = update(account, u.RINGING, "callRinging", frame_id="m1")
+    applied = apply_call_updates([frame, frame, update(account, u.TALKING, "callTalking", 3, frame_id="m2"), frame])
+    assert [a.changed for a in applied] == [True, False, True, False]
+    assert CallEvent.objects.count() == 2
+    assert Call.objects.get().version == 2
+
+
+@pytest.mark.django_db
+def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(account, published, monkeypatch):
+    apply_call_update(update(account, u.RINGING, "callRinging", pbx_call_id="-1"))
+    real_lock = domain._lock_calls
+    blind = {"left": 1}
+
+    def lock_missing_the_other_workers_call(updates):
+        if blind["left"]:
+            blind["left"] -= 1
+            return {}  # as if our read came before the other worker's insert committed
+        return real_lock(updates)
+
+    monkeypatch.setattr(domain, "_lock_calls", lock_missing_the_other_workers_call)
+    applied = apply_call_updates([update(account, u.TALKING, "callTalking", 2, pbx_call_id="-1"),
+                                  update(account, u.RINGING, "callRinging", 3, pbx_call_id="-2")])
+    assert [a.changed for a in applied] == [True, True]
+    assert Call.objects.get(pbx_call_id="-1").state == Call.State.TALKING
+    assert Call.objects.count() == 2 and CallEvent.objects.count() == 3
 
 
 def test_it_rejects_an_update_without_a_string_call_id():
