@@ -312,10 +312,10 @@ def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: 
     from ctihub import metrics
     from telephony.publish import publish_cards
 
-    metrics.events_applied([kinds.get(snapshot.account_id, "") for _call, snapshot in changes])
-    published = publish_cards([snapshot for _call, snapshot in changes])
+    published = publish_cards([snapshot for _call, snapshot in changes])  # first: agents are waiting
     # Pop-up latency: from the frame coming off the socket to its card leaving for the browsers.
     published.add_done_callback(lambda _done: metrics.popup_latency_later(time.monotonic() - received, len(changes)))
+    metrics.events_applied([kinds.get(snapshot.account_id, "") for _call, snapshot in changes])
     latest = {call.pk: call for call, _snapshot in changes}  # the CRM side wants each call once, as it is now
     calls_changed(list(latest.values()))
 
@@ -357,10 +357,26 @@ def count_reconnect(listener_id: int) -> None:
     Listener.objects.filter(pk=listener_id).update(reconnects=F("reconnects") + 1)
 
 
+# "Last event" is for people reading the admin: a second's precision is plenty, and writing the
+# account's row on every burst of every socket would make all its listeners queue on one row lock.
+TOUCH_EVERY_SECONDS = 1.0
+_touched: dict[tuple[str, int], float] = {}
+
+
 def touch_listener(listener_id: int, account_id: int) -> None:
     now = timezone.now()
-    Listener.objects.filter(pk=listener_id).update(last_event_at=now)
-    PbxAccount.objects.filter(pk=account_id).update(last_event_at=now)
+    if _due(("listener", listener_id)):
+        Listener.objects.filter(pk=listener_id).update(last_event_at=now)
+    if _due(("account", account_id)):
+        PbxAccount.objects.filter(pk=account_id).update(last_event_at=now)
+
+
+def _due(key: tuple[str, int]) -> bool:
+    now = time.monotonic()
+    if now - _touched.get(key, -TOUCH_EVERY_SECONDS) < TOUCH_EVERY_SECONDS:
+        return False
+    _touched[key] = now
+    return True
 
 
 def set_account_status(account_id: int, status: str, error: str | None = None) -> None:

@@ -286,3 +286,21 @@ def test_it_rejects_an_update_without_a_string_call_id():
         u.CallUpdate(account_id=1, pbx_call_id=428, state=u.RINGING, kind="x", payload={}, occurred_at=T0)
     with pytest.raises(u.FrameRejected):
         u.CallUpdate(account_id=1, pbx_call_id="1", state="exploded", kind="x", payload={}, occurred_at=T0)
+
+
+@pytest.mark.django_db
+def test_it_notes_a_listeners_last_event_at_most_once_a_second(account, monkeypatch, django_assert_num_queries):
+    from telephony.models import Listener
+
+    listener = Listener.objects.create(account=account, name="l1")
+    clock = [1000.0]
+    monkeypatch.setattr(domain.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(domain, "_touched", {})
+    with django_assert_num_queries(2):
+        domain.touch_listener(listener.pk, account.pk)
+    with django_assert_num_queries(0):
+        domain.touch_listener(listener.pk, account.pk)  # the same second: the admin shows no difference
+    clock[0] += 1.5
+    with django_assert_num_queries(2):
+        domain.touch_listener(listener.pk, account.pk)
+    assert Listener.objects.get(pk=listener.pk).last_event_at is not None
