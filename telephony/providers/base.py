@@ -158,16 +158,13 @@ class WebSocketStream(EventStream):
         # websocket-client keeps the part of a frame it has read; TLS may hold decrypted bytes the kernel no longer shows.
         if self.ws.frame_buffer.recv_buffer or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             return True
-        try:
-            return bool(select.select([sock], [], [], 0)[0])
-        except (OSError, ValueError):  # closed under us: recv will say so
-            return True
+        return _ready(sock, select.POLLIN) or False
 
     def keepalive(self) -> None:
         sock = self.ws.sock
         try:
             # Sent from the keep-alive thread: a full send buffer (a PBX that stopped reading) must not block it.
-            if sock is None or not select.select([], [sock], [], 0)[1]:
+            if sock is None or _ready(sock, select.POLLOUT) is False:
                 raise StreamClosed("keep-alive cannot be sent: the PBX is not reading")
             if self.keepalive_frame is not None:
                 self.ws.send(json.dumps(self.keepalive_frame))
@@ -193,6 +190,20 @@ class WebSocketStream(EventStream):
             self.ws.close(timeout=1)
         except Exception:  # closing a broken socket may fail; it is gone either way
             pass
+
+
+def _ready(sock, event: int) -> bool | None:
+    """Whether ``sock`` is ready for ``event`` now (poll, not select: a worker's descriptors go past 1024);
+    None if the socket is closed or broken, which the next read or write reports."""
+    poller = select.poll()
+    try:
+        poller.register(sock, event)
+        revents = poller.poll(0)
+    except (OSError, ValueError):
+        return None
+    if revents and revents[0][1] & (select.POLLERR | select.POLLNVAL):
+        return None
+    return bool(revents and revents[0][1] & event)
 
 
 class Provider:
