@@ -114,6 +114,9 @@ class Line:
     parties: list[Party] = field(default_factory=list)  # added by addParty / merge
     dtmfs: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
+    # States some client was actually told (pushed on a socket that delivers, or listed when a listener was
+    # bound): the fault suite's control read-out. A call never reported is one no client could know of.
+    reported: list[str] = field(default_factory=list)
 
     @property
     def live(self) -> bool:

@@ -10,14 +10,16 @@ method   path                                        body
 =======  ==========================================  ===============================================
 POST     /_sim/istra/reset                           -
 GET      /_sim/istra/state                           -
-PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp}
+PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp, answerDelay}
 POST     /_sim/istra/users                           {login, password, enterprise, mycrm, myrcc}
 POST     /_sim/istra/extensions                      {id, number, label, enterprise, owner, department,
                                                       photo, pstnNumbers, deviceModel, outOfService, myrcc}
 PATCH    /_sim/istra/extensions/{id}                 same keys, all optional
 POST     /_sim/istra/calls/incoming                  {terminalId, from, label, e164, acdId, photo}
 POST     /_sim/istra/calls/outgoing                  {terminalId, to, label, e164}
-GET      /_sim/istra/calls[/{callId}]                -
+GET      /_sim/istra/calls[/{callId}]                -  (every line ever, dropped ones too: ``history`` is
+                                                      its states, ``reported`` the states a myRCC client
+                                                      was told of)
 POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
@@ -25,8 +27,8 @@ POST     /_sim/istra/websockets/drop                 -
 GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored)
 POST     /_sim/istra/faults/mute-pings               {listener, mute, silent}  (stop answering pings; silent:
                                                       frames are lost too, a half-open connection)
-POST     /_sim/istra/faults/push-frame               {text, repeat, listener}  (raw text on the sockets: at most
-                                                      8 MiB of it)
+POST     /_sim/istra/faults/push-frame               {text, repeat, prefix, suffix, listener}  (prefix + text x
+                                                      repeat + suffix, raw on the sockets; at most 8 MiB)
 GET      /_sim/istra/sessions                        -
 POST     /_sim/istra/sessions/expire                 -
 POST     /_sim/istra/sessions/rotate-token           {app}
@@ -66,7 +68,8 @@ EXTENSION_KEYS = {
     "deviceModel": "device_model", "outOfService": "out_of_service", "myrcc": "myrcc",
 }
 _json_errors = json_errors({InvalidTransition: lambda exc: (409, str(exc))})
-CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up"}
+CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up",
+               "answerDelay": "answer_delay"}
 
 
 def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
@@ -99,6 +102,7 @@ def line_view(world: IstraWorld, line: Line) -> dict[str, Any]:
         "dtmfs": list(line.dtmfs),
         "actions": world.calls.actions(line),
         "history": list(line.history),
+        "reported": list(line.reported),
     }
 
 
@@ -247,11 +251,12 @@ MAX_PUSHED_FRAME = 8 * 1024 * 1024
 async def push_frame(request: web.Request) -> dict[str, Any]:
     body = await read_body(request)
     text, repeat = required(body, "text"), body.get("repeat", 1)
-    if not isinstance(text, str) or not isinstance(repeat, int) or repeat < 1:
-        raise ValueError("text must be a string and repeat a positive integer")
-    if len(text) * repeat > MAX_PUSHED_FRAME:
+    prefix, suffix = body.get("prefix", ""), body.get("suffix", "")
+    if not all(isinstance(part, str) for part in (text, prefix, suffix)) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError("text, prefix and suffix must be strings and repeat a positive integer")
+    if len(prefix) + len(text) * repeat + len(suffix) > MAX_PUSHED_FRAME:
         raise ValueError(f"a pushed frame is at most {MAX_PUSHED_FRAME} characters")
-    return {"sockets": world_of(request).push_raw(text * repeat, body.get("listener"))}
+    return {"sockets": world_of(request).push_raw(prefix + text * repeat + suffix, body.get("listener"))}
 
 
 @_json_errors

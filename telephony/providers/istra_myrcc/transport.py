@@ -4,7 +4,10 @@ One session per enterprise, logged in as ``<login>|<enterprise>``. One listener
 per account (``CallLines``) receives a full snapshot of every call line that
 changes; binding it (``GET v1/rcc/CallLine?listenerName=CallLines``) answers
 with the lines that exist now, which the stream hands the supervisor as
-``initial_frames`` so a reconnect catches up on calls it missed.
+``initial_frames`` so a reconnect catches up on calls it missed. A call ctihub
+still thinks alive but missing from that list ended while the socket was down:
+its last snapshot is pulled (``GET v1/rcc/CallLine/<lineId>``) so it ends as it
+really did, or, if the PBX has forgotten the line, it is ended now.
 
 Call control is ``POST v1/rcc/CallLine/<lineId>/<action>``, only for actions the
 line's last snapshot allowed.
@@ -12,6 +15,7 @@ line's last snapshot allowed.
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from urllib.parse import quote
 
@@ -22,9 +26,10 @@ from telephony.providers.istra_myrcc.frames import (
     EXTENSION_URI_PREFIX,
     LINE_URI_PREFIX,
     extension_id_from_uri,
+    line_update,
     parse_myrcc_frame,
 )
-from telephony.providers.istra_session import IstraSession, rcc_username
+from telephony.providers.istra_session import IstraSession, frame_items, rcc_username
 from telephony.updates import CallUpdate, FrameRejected
 
 APP = "myRCC"
@@ -91,9 +96,35 @@ class MyRccProvider(Provider):
         stream, current_lines = self.session.open_listener(
             spec.name, {"name": spec.name}, "v1/rcc/CallLine", {"listenerName": spec.name}
         )
-        if current_lines.content.strip():
-            stream.initial_frames = (current_lines.text,)
+        # Lazy: the supervisor reads these with its database slot held, after the listed lines are applied.
+        stream.initial_frames = self._catch_up(current_lines.text if current_lines.content.strip() else None)
         return stream
+
+    def _catch_up(self, current_lines: str | None):
+        """The lines alive now, then the last word on every call we think alive that is not among them."""
+        if current_lines is None:
+            return
+        yield current_lines
+        try:
+            listed = {_line_id_of(item) for item in frame_items(current_lines)}
+        except FrameRejected:
+            return  # the supervisor rejects (and logs) the list itself; without it nothing is known to be gone
+        gone = [self._last_snapshot(line_id) for line_id in sorted(_calls_thought_live(self.account.pk) - listed)]
+        if gone:
+            yield json.dumps({"count": len(gone), "results": gone})
+
+    def _last_snapshot(self, line_id: str) -> dict:
+        try:
+            line = self.session.request_json("GET", f"{LINE_URI_PREFIX}{quote(line_id, safe='')}", relogin=False)
+        except ProviderError as exc:
+            if exc.status != 400:  # 503, a timeout...: reconnect and ask again rather than guess
+                raise ProviderError(f"could not read call line {line_id} after reconnecting: {exc}") from None
+            line = None
+        if isinstance(line, dict):  # dropped, or alive after all (another owner stored it after our list)
+            return line
+        # "bad call line ID": the PBX forgot the line, so it ended while we were away; when is unknown.
+        return {"lineId": line_id, "restUri": f"{LINE_URI_PREFIX}{line_id}", "state": "dropped",
+                "stateCause": "causeNormal"}
 
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
         return parse_myrcc_frame(text, self.account.pk)
@@ -104,6 +135,21 @@ class MyRccProvider(Provider):
     def close(self) -> None:
         if "session" in self.__dict__:
             self.session.close()
+
+
+def _line_id_of(item: dict) -> str | None:
+    try:
+        return line_update(item, 0, None).pbx_call_id
+    except FrameRejected:
+        return None
+
+
+def _calls_thought_live(account_id: int) -> set[str]:
+    from telephony.models import Call
+
+    live = Call.objects.filter(account_id=account_id).exclude(state=Call.State.ENDED)
+    # A "#<pk>" suffix marks an old call whose id the PBX has since recycled: not a line id any more.
+    return {pbx_id for pbx_id in live.values_list("pbx_call_id", flat=True) if "#" not in pbx_id}
 
 
 def _page_items(page) -> list[dict]:
