@@ -98,10 +98,10 @@ def test_it_sends_keepalives_on_time_while_its_runner_is_stuck_storing_a_frame(h
     stuck_until = time.monotonic()
     slow.release.set()
 
-    [times] = keepalives.values()
+    times = sorted(t for sent in keepalives.values() for t in sent)
+    assert sum(stuck_from <= t <= stuck_until for t in times) >= 3, "keep-alives stopped while the runner was stuck"
     gaps = [b - a for a, b in zip(times, times[1:]) if b > stuck_from]
     gaps.append(stuck_until - max(t for t in times if t <= stuck_until))
-    assert sum(stuck_from <= t <= stuck_until for t in times) >= 3, times
     assert max(gaps) <= 1.6 * KEEPALIVE_SECONDS, gaps
     wait_for(lambda: Call.objects.filter(account=account, pbx_call_id=line["callId"]).exists(), 10,
              what="the held frame to be stored after all")
