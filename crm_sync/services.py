@@ -30,13 +30,14 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from ctihub.brief_cache import BriefCache
 from ctihub.tasks import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration, client_id_digests
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmClient, RetailCrmError
-from telephony.models import Call, Terminal
+from telephony.models import Call, PbxAccount, Terminal
 
 logger = logging.getLogger(__name__)
 
@@ -633,11 +634,15 @@ def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
     return present_on_enduser(terminal, external_phone)
 
 
+# makeCallUrl looks the terminal up on every click (its view keeps the integration and agent briefly too).
+_terminals = BriefCache("retailcrm-terminal-for-integration", watch=(Terminal, PbxAccount, Agent, RetailCrmIntegration))
+
+
 def make_call(integration: RetailCrmIntegration, agent: Agent, phone_e164: str, external_phone: str = "") -> dict:
     """Dial ``phone_e164`` from the agent's terminal; raises ProviderError when the PBX refuses."""
     from telephony.control import NoTerminal, place_call
 
-    terminal = terminal_for_integration(agent, integration)
+    terminal = _terminals.get((agent.pk, integration.pk), lambda: terminal_for_integration(agent, integration))
     if terminal is None:
         raise NoTerminal(f"{agent} has no active terminal on a PBX account this retailCRM serves")
     presented = present_external_phone(terminal, external_phone) if external_phone else False

@@ -1,4 +1,4 @@
-"""ASGI entry point for daphne: Django over HTTP, Channels over websockets.
+"""ASGI entry point for daphne: Django over HTTP (on a thread pool, see ``http_pool``), Channels over websockets.
 
 Websockets are authenticated by the Django session and refused unless their
 Origin is one of ALLOWED_HOSTS, so another site cannot open an agent's feed.
@@ -6,10 +6,14 @@ Origin is one of ALLOWED_HOSTS, so another site cannot open an agent's feed.
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
-django_asgi_app = get_asgi_application()  # must run before importing consumers
+django.setup(set_prefix=False)  # must run before importing consumers
+
+from ctihub.http_pool import PooledASGIHandler  # noqa: E402
+
+django_asgi_app = PooledASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -270,6 +270,9 @@ SECURE_REFERRER_POLICY = "same-origin"
 PUBLIC_RATE_LIMIT_PER_SECOND = strict_int("PUBLIC_RATE_LIMIT_PER_SECOND", 20, minimum=1)
 # Bearer token /metrics asks for; empty leaves it open (keep it off the public proxy then).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Threads per web process that handle HTTP requests (each keeps one database connection; a view
+# waiting on a PBX holds one); 16 matches the HTTP client's pool per host, so none opens a throwaway connection.
+WEB_POOL_THREADS = strict_int("WEB_POOL_THREADS", 16, minimum=1)
 
 # --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 
 from django.db import transaction
 from django.utils import timezone
@@ -31,6 +32,19 @@ class NoTerminal(ProviderError):
 
 # --- A provider per account, reused for REST calls (one login, not one per click) ------
 
+# An Istra provider's state is its IstraSession, which serialises only its own login and
+# renewal: its REST requests may run side by side, so one slow PBX answer does not queue
+# every other click-to-call of the account behind it. The others keep Provider's contract
+# of one thread at a time.
+PARALLEL_KINDS = frozenset({
+    PbxAccount.Kind.ISTRA_MYCRM, PbxAccount.Kind.ISTRA_MYRCC, PbxAccount.Kind.ISTRA_ENDUSER,
+})
+
+
+def _one_at_a_time(account: PbxAccount, lock: threading.Lock):
+    return nullcontext() if account.kind in PARALLEL_KINDS else lock
+
+
 _providers: dict[int, tuple[object, Provider, threading.Lock]] = {}
 _providers_lock = threading.Lock()
 
@@ -44,6 +58,8 @@ def _provider(account: PbxAccount) -> tuple[Provider, threading.Lock]:
         if cached:
             _close_quietly(cached[1])
         provider = provider_for(account)
+        if account.kind in PARALLEL_KINDS:
+            provider.session  # built here, once, not by the first two threads to share it
         lock = threading.Lock()
         _providers[account.pk] = (account.updated_at, provider, lock)
         return provider, lock
@@ -142,7 +158,7 @@ def place_call(agent_or_terminal: Agent | Terminal, number: str) -> dict:
     """Dial ``number`` from the agent's terminal; returns the PBX's answer."""
     terminal = terminal_for(agent_or_terminal)
     provider, lock = _provider(terminal.account)
-    with lock:
+    with _one_at_a_time(terminal.account, lock):
         answer = provider.place_call(terminal.pbx_id, number)
     logger.info("placed a call", extra={"account_id": terminal.account_id, "terminal": terminal.pbx_id})
     return answer or {}
@@ -158,6 +174,6 @@ def call_action(call: Call, action: str, payload: dict | None = None) -> dict:
         allowed = ", ".join(call.allowed_actions)
         raise ActionRefused(f"{action} is not possible now (the PBX allows: {allowed})")
     provider, lock = _provider(call.account)
-    with lock:
+    with _one_at_a_time(call.account, lock):
         answer = provider.call_action(call, action, payload or {})
     return answer or {}

@@ -8,6 +8,7 @@ The views validate and delegate to ``crm_sync.services``.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
@@ -21,9 +22,11 @@ from rest_framework.views import APIView
 
 from accounts.models import Agent
 from crm_sync import recordings, services
+from crm_sync.models import RetailCrmIntegration
+from ctihub.brief_cache import BriefCache
 from ctihub.phones import UnusablePhoneNumber, to_e164
 from ctihub.ratelimit import rate_limited
-from telephony.models import Call
+from telephony.models import Call, PbxAccount, Terminal
 from telephony.providers.base import ProviderError
 
 LOGO = Path(__file__).with_name("logo.svg")
@@ -34,6 +37,20 @@ MakeCallAnswer = inline_serializer("RetailCrmMakeCallAnswer", {
     "callerIdPresented": serializers.BooleanField(help_text="The shop's number was set as caller-ID."),
 })
 Success = inline_serializer("RetailCrmSuccess", {"success": serializers.BooleanField()})
+
+
+# retailCRM calls these endpoints for every click; the rows they need change when an admin edits them.
+INTEGRATIONS = BriefCache("retailcrm-integration-by-client-id", watch=(RetailCrmIntegration,))
+AGENTS = BriefCache("retailcrm-agent-by-code", watch=(Agent, Terminal, PbxAccount))
+
+
+def integration_for_client_id(client_id: str) -> RetailCrmIntegration | None:
+    key = hashlib.sha256(client_id.encode()).digest()  # the secret itself is never a key in memory
+    return INTEGRATIONS.get(key, lambda: services.integration_for_client_id(client_id))
+
+
+def agent_for_code(code: str) -> Agent | None:
+    return AGENTS.get(code, lambda: services.agent_for_code(code))
 
 
 def refuse(http_status: int, reason: str) -> Response:
@@ -83,13 +100,13 @@ class _RetailCrmEndpoint(APIView):
         client_id_given = bool(request.query_params.get("clientId"))
         valid = query.is_valid()
         # clientId first: nobody learns what else is wrong without the secret.
-        integration = services.integration_for_client_id(request.query_params.get("clientId", ""))
+        integration = integration_for_client_id(request.query_params.get("clientId", ""))
         if integration is None:
             return refuse(status.HTTP_403_FORBIDDEN, "unknown clientId" if client_id_given else "clientId is required")
         if not valid:
             return refuse(status.HTTP_400_BAD_REQUEST, first_error(query.errors))
         data = query.validated_data
-        agent = services.agent_for_code(data["code"])
+        agent = agent_for_code(data["code"])
         if agent is None:
             return refuse(status.HTTP_404_NOT_FOUND, f"no agent has the code {data['code']!r}")
         if agent.retailcrm_user_id and agent.retailcrm_user_id != data["userId"]:

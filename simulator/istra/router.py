@@ -1,6 +1,7 @@
 """The ``/restletrouter`` front door, in front of every Istra application.
 
-For each request it: records it in the request log; answers an armed redirect
+For each request it: records it in the request log; waits ``answer_delay`` (a slow
+PBX, for tests of what waits on it); answers an armed redirect
 (myRCC §3.5: 301/302 with an absolute ``Location``) or an armed failure; turns
 :class:`~simulator.istra.errors.IstraError` into its JSON body; and gzips the
 answer when the client accepts it (myIstra §VII.A.4 recommends
@@ -9,6 +10,7 @@ answer when the client accepts it (myIstra §VII.A.4 recommends
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -26,6 +28,8 @@ async def restletrouter_middleware(
     entry = world.requests.record(
         request.method, request.path, dict(request.query), dict(request.headers), await _body_text(request)
     )
+    if world.config.answer_delay:
+        await asyncio.sleep(world.config.answer_delay)
     try:
         response = _armed_answer(world, request) or await handler(request)
     except errors.IstraError as exc:

@@ -60,6 +60,7 @@ class IstraConfig:
     session_timeout: float = 1800.0  # seconds of inactivity (myIstra's default: 30 min)
     push_interval: float = 0.1  # myRCC: at most one snapshot per line every 100 ms
     iptc_up: bool = True  # False: telephony resources answer 503 ROUTER_ERR_503
+    answer_delay: float = 0.0  # seconds every /restletrouter answer waits: a slow PBX
 
 
 @dataclass

@@ -222,12 +222,15 @@ class IstraSession:
     def _http_once(self) -> HttpClient:
         """The same transport without the retry HttpClient gives every GET."""
         if self._http_without_retries is None:
-            connect_timeout, read_timeout = self.http.timeout
-            self._http_without_retries = HttpClient(
-                f"{self.http.name}.once", connect_timeout=connect_timeout, read_timeout=read_timeout,
-                verify=self.http.session.verify, get_retries=0, adapter=self.http.adapter,
-            )
-            _ignore_cookie_jar(self._http_without_retries)
+            with self._lock:  # requests share the session concurrently: build it once
+                if self._http_without_retries is None:
+                    connect_timeout, read_timeout = self.http.timeout
+                    once = HttpClient(
+                        f"{self.http.name}.once", connect_timeout=connect_timeout, read_timeout=read_timeout,
+                        verify=self.http.session.verify, get_retries=0, adapter=self.http.adapter,
+                    )
+                    _ignore_cookie_jar(once)
+                    self._http_without_retries = once
         return self._http_without_retries
 
     # --- event listeners and the websocket ----------------------------------------------------
