@@ -20,6 +20,7 @@ POST     /_sim/telepo/calls/{callId}/answer      {deviceId}  (the ringing party 
 POST     /_sim/telepo/calls/{callId}/hangup      {reason}  (CANCELLED, ANSWERED_ELSEWHERE, HANGUP, REJECTED)
 POST     /_sim/telepo/webhooks/hold              -  (queue messages instead of sending them)
 POST     /_sim/telepo/webhooks/release           {order: fifo|reverse|shuffle, seed}
+POST     /_sim/telepo/webhooks/pace              {seconds}  (a pause after each delivery: lagging webhooks)
 POST     /_sim/telepo/webhooks/drop-next         {count, state}
 POST     /_sim/telepo/webhooks/duplicate-next    {count, state}
 POST     /_sim/telepo/webhooks/resend            {callId, seqNum, shiftSeconds}  (timestamp moved by that)
@@ -145,6 +146,13 @@ async def release_webhooks(request):
     return {"released": world_of(request).release_webhooks(body.get("order", "fifo"), body.get("seed"))}
 
 
+@_json_errors
+async def pace_webhooks(request):
+    body = await _body(request, {"seconds"})
+    world_of(request).set_pace(float(required(body, "seconds")))
+    return {"pace": world_of(request).pace}
+
+
 def _rule(kind: str):
     @_json_errors
     async def handler(request):
@@ -192,6 +200,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post(f"{PREFIX}/calls/{{callId}}/hangup", hangup)
     router.add_post(f"{PREFIX}/webhooks/hold", hold_webhooks)
     router.add_post(f"{PREFIX}/webhooks/release", release_webhooks)
+    router.add_post(f"{PREFIX}/webhooks/pace", pace_webhooks)
     router.add_post(f"{PREFIX}/webhooks/drop-next", _rule("drop"))
     router.add_post(f"{PREFIX}/webhooks/duplicate-next", _rule("duplicate"))
     router.add_post(f"{PREFIX}/webhooks/resend", resend)

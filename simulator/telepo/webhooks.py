@@ -27,6 +27,8 @@ async def deliver_forever(world: TelepoWorld) -> None:
             batch = world.take_pending()
             for url, body in batch:
                 await _deliver(session, world, url, body)
+                if world.pace:
+                    await asyncio.sleep(world.pace)
             if not batch:
                 await asyncio.sleep(POLL_SECONDS)
 

@@ -156,6 +156,7 @@ class TelepoWorld:
             self.sent: list[dict[str, Any]] = []  # every message generated, in order
             self.deliveries: list[dict[str, Any]] = []
             self.held = False
+            self.pace = 0.0  # seconds between two deliveries: a sender whose queue lags behind its snapshot
             self.rules: list[WebhookRule] = []
             self.requests: list[dict[str, Any]] = []
             self._request_seq = itertools.count(1)
@@ -502,6 +503,12 @@ class TelepoWorld:
                 raise ValueError("order must be fifo, reverse or shuffle")
             self.held = False
             return len(self.pending)
+
+    def set_pace(self, seconds: float) -> None:
+        if not 0 <= seconds <= 10:
+            raise ValueError("pace must be between 0 and 10 seconds")
+        with self.lock:
+            self.pace = seconds
 
     def add_rule(self, kind: str, count: int = 1, state: str | None = None) -> WebhookRule:
         if kind not in ("drop", "duplicate") or count < 1:

@@ -7,14 +7,15 @@ after a stateToken conflict. Everything goes through ``apply_call_update``.
 A snapshot describes the PBX at the moment it was asked. A call that changed
 here after that moment (a webhook got in first) is left alone: the older
 snapshot must not undo it. With ``fullState``, a call we think is live but
-the snapshot no longer lists has ended at the PBX and is ended here.
+the snapshot no longer lists has ended at the PBX and is ended here, unless
+Telepo spoke of it less than ``ABSENCE_GRACE`` ago (see there).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -30,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 RECONCILE_DEBOUNCE_SECONDS = 0.5
 DEBOUNCE_KEY = "ctihub:telepo:reconcile:{}:{}"
+# Telepo posts a call's webhooks one after another, so they lag behind its snapshot: a call the
+# snapshot no longer lists may still have its TERMINATED on the way, and only that message tells
+# an answered call from a missed one (absence says neither). A call Telepo spoke of within this
+# grace is left for a second look once the grace is over, instead of being ended as missed.
+ABSENCE_GRACE = timedelta(seconds=5)
 
 
 @dataclass
@@ -96,9 +102,16 @@ def reconcile_user(account: PbxAccount, user_id: str, provider=None) -> Reconcil
     for update in updates:
         _count(report, apply_unless_newer(update, fetched_at))
     if body.get("fullState", True) is not False:
+        look_again = False
         for call in _live_calls_missing(account, user_id, {x.pbx_call_id for x in updates}, fetched_at):
-            if apply_unless_newer(_ended_at_pbx(call, user_id, fetched_at), fetched_at):
+            if call.updated_at > fetched_at - ABSENCE_GRACE:
+                look_again = True
+            elif apply_unless_newer(_ended_at_pbx(call, user_id, fetched_at), fetched_at):
                 report.ended += 1
+        if look_again:
+            from telephony.providers.telepo import tasks
+
+            tasks.enqueue(tasks.reconcile_user_task, account.pk, user_id, countdown=ABSENCE_GRACE.total_seconds())
     return report
 
 
@@ -132,7 +145,7 @@ def _live_calls_missing(account: PbxAccount, user_id: str, listed: set[str], fet
         Call.objects.filter(account=account, terminal__pbx_id=user_id, state__in=ACTIVE_STATES,
                             updated_at__lt=fetched_at)
         .exclude(pbx_call_id__in=listed)
-        .only("id", "pbx_call_id")
+        .only("id", "pbx_call_id", "updated_at")
     )
 
 

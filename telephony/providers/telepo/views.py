@@ -61,7 +61,12 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
         update = parse_webhook_body(request.body, account.pk)
     except FrameRejected as exc:
         return _rejected(account, str(exc))
-    gap = _is_gap(account.pk, update.pbx_call_id, update.seq)
+    last_seq = _last_seq(account.pk, update.pbx_call_id)
+    if last_seq is not None and update.seq <= last_seq:
+        # Old news: a duplicate, a late or a replayed message (see _last_seq). Telepo is alive all the same.
+        _note_event(account)
+        return JsonResponse({"ok": True, "applied": False})
+    gap = _is_gap(last_seq, update.seq)
     applied = _apply(update)
     _note_event(account)
     # The snapshot brings the new stateToken and exact actions of a live call, and fills a gap.
@@ -105,14 +110,23 @@ def _rejected(account: PbxAccount, reason: str) -> JsonResponse:
     return JsonResponse({"error": reason}, status=400)
 
 
-def _is_gap(account_id: int, call_id: str, seq: int | None) -> bool:
+def _last_seq(account_id: int, call_id: str) -> int | None:
+    """The newest message number applied to this call, None for a call we never had a message of.
+
+    Telepo's call ids are unique and it numbers a call's messages, so a message
+    numbered at or below this was seen, or superseded, whatever its timestamp
+    says: a sender that stamps a redelivery with the time it resends must not
+    make a day-old TRYING look like a new call reusing the id, nor a replayed
+    TERMINATED imply an answer to a call it cannot find. The domain drops such
+    a message too; answering here keeps it from reaching the domain at all.
+    last_seq only grows, so a message that is old news when read stays so.
+    """
+    return Call.objects.filter(account_id=account_id, pbx_call_id=call_id).values_list("last_seq", flat=True).first()
+
+
+def _is_gap(last_seq: int | None, seq: int) -> bool:
     """A seq_num jump: messages in between were lost (or are late), so ask the snapshot."""
-    if seq is None:
-        return False
-    last = Call.objects.filter(account_id=account_id, pbx_call_id=call_id).values_list("last_seq", flat=True).first()
-    if last is None:
-        return seq > 1
-    return seq > last + 1
+    return seq > (last_seq or 0) + 1
 
 
 def _note_event(account: PbxAccount) -> None:

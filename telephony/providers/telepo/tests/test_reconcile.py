@@ -12,6 +12,7 @@ from telephony.domain import apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.telepo import tasks
 from telephony.providers.telepo.reconcile import (
+    ABSENCE_GRACE,
     _live_calls_missing,
     apply_unless_newer,
     reconcile_account,
@@ -57,9 +58,29 @@ def test_it_ends_a_live_call_the_full_snapshot_no_longer_lists(account, terminal
     sim_call = world.incoming_call(ALICE, "+33612345678")
     reconcile_user(account, ALICE)
     world.hangup(sim_call.call_id)  # and its webhook is lost
+    Call.objects.update(updated_at=timezone.now() - ABSENCE_GRACE - timedelta(seconds=1))
     assert reconcile_user(account, ALICE).ended == 1
     call = Call.objects.get()
     assert (call.state, call.end_cause, call.allowed_actions) == ("ended", u.END_NO_ANSWER, [])
+
+
+def test_it_gives_a_call_telepo_just_spoke_of_time_for_its_late_terminated_before_ending_it(
+    account, terminal, world, queued
+):
+    # Telepo's webhooks lag behind its snapshot: the TERMINATED that says "answered" may still be on its way.
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    world.answer(sim_call.call_id)
+    world.hangup(sim_call.call_id)
+    report = reconcile_user(account, ALICE)
+    assert (report.ended, Call.objects.get().state) == (0, "ringing")
+    assert queued == [("reconcile_user_task", (account.pk, ALICE))]  # a second look once the grace is over
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.ENDED,
+                                   kind="webhook", payload={}, occurred_at=timezone.now(), terminal_pbx_id=ALICE,
+                                   seq=3, answered_at=timezone.now()))
+    assert reconcile_user(account, ALICE).ended == 0
+    call = Call.objects.get()
+    assert (call.state, call.answered_at is not None, call.end_cause) == ("ended", True, u.END_HANGUP)
 
 
 def test_it_ends_nothing_from_a_partial_snapshot(account, terminal, world, monkeypatch):
