@@ -54,6 +54,9 @@ IDLE_RECV_SECONDS = 60.0
 #: A burst is the frame that woke the runner plus those already waiting, within these bounds.
 BURST_MAX_FRAMES = 200
 BURST_MAX_SECONDS = 0.02
+#: A socket the PBX has sent nothing on (not even a pong) for this many keep-alive intervals is dead:
+#: a half-open TCP path gives no other sign. More than two, so one late keep-alive tick is not a death.
+DEAD_AFTER_INTERVALS = 2.5
 #: Logins (and socket opens) one worker runs at once.
 CONNECT_CONCURRENCY = 16
 
@@ -125,8 +128,8 @@ class KeepAlives(threading.Thread):
     """Sends each registered stream's keep-alive every ``interval`` seconds, from one thread.
 
     A heap of due times: the thread sleeps until the earliest, so 2,000 sockets cost 2,000 / interval
-    sends a second and nothing else. A keep-alive that fails interrupts its stream, which wakes the
-    runner to reconnect.
+    sends a second and nothing else. A keep-alive that fails, or a socket that stopped answering them,
+    interrupts its stream, which wakes the runner to reconnect.
     """
 
     def __init__(self, interval: float):
@@ -178,6 +181,11 @@ class KeepAlives(threading.Thread):
         return None
 
     def _send(self, when: float, stream: EventStream) -> None:
+        quiet = stream.quiet_seconds()
+        if quiet > DEAD_AFTER_INTERVALS * self.interval:
+            self.remove(stream)
+            stream.interrupt(f"no answer from the PBX for {quiet:.0f} s")
+            return
         try:
             stream.keepalive()
         except StreamClosed as exc:

@@ -13,6 +13,7 @@ import json
 import select
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import websocket
@@ -106,6 +107,10 @@ class EventStream:
     def keepalive(self) -> None:
         raise NotImplementedError
 
+    def quiet_seconds(self) -> float:
+        """How long the PBX has sent nothing at all (frames, answers to keep-alives); 0 if it cannot tell."""
+        return 0.0
+
     def interrupt(self, reason: str) -> None:
         """Make a ``recv`` blocked in another thread raise StreamClosed(reason) now; ``close`` still works after."""
         raise NotImplementedError
@@ -115,12 +120,13 @@ class EventStream:
 
 
 class WebSocketStream(EventStream):
-    """A websocket-client connection; keep-alive is a websocket ping unless a provider says otherwise."""
+    """A websocket-client connection; keep-alive is a websocket ping, after the provider's own frame if it has one."""
 
     def __init__(self, ws: websocket.WebSocket, keepalive_frame: dict | None = None):
         self.ws = ws
         self.keepalive_frame = keepalive_frame
         self._interrupted: str | None = None
+        self.last_heard = time.monotonic()
 
     @classmethod
     def connect(cls, url: str, *, headers: list[str], timeout: float, sslopt: dict | None = None,
@@ -140,9 +146,17 @@ class WebSocketStream(EventStream):
     def recv(self, timeout: float) -> str | None:
         if self._interrupted is not None:
             raise StreamClosed(self._interrupted)
+        deadline = time.monotonic() + timeout
         try:
-            self.ws.settimeout(timeout)
-            opcode, data = self.ws.recv_data(control_frame=False)
+            while True:
+                self.ws.settimeout(max(deadline - time.monotonic(), 0.001))
+                # Control frames too: a pong is how a quiet socket shows it is still alive.
+                opcode, data = self.ws.recv_data(control_frame=True)
+                self.last_heard = time.monotonic()
+                if opcode not in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
+                    break
+                if time.monotonic() >= deadline:
+                    return None
         except websocket.WebSocketTimeoutException:
             return None
         except (websocket.WebSocketConnectionClosedException, OSError, websocket.WebSocketException) as exc:
@@ -168,10 +182,13 @@ class WebSocketStream(EventStream):
                 raise StreamClosed("keep-alive cannot be sent: the PBX is not reading")
             if self.keepalive_frame is not None:
                 self.ws.send(json.dumps(self.keepalive_frame))
-            else:
-                self.ws.ping()
+            self.ws.ping()  # also after a provider's frame: its pong is the proof the path is alive
         except (websocket.WebSocketException, OSError, ValueError) as exc:
             raise StreamClosed(f"keep-alive failed: {exc}") from exc
+
+    def quiet_seconds(self) -> float:
+        # Bytes waiting unread count as heard: the runner may be busy (a burst, a database outage).
+        return 0.0 if self.pending() else time.monotonic() - self.last_heard
 
     def interrupt(self, reason: str) -> None:
         self._interrupted = reason

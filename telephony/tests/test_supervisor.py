@@ -16,6 +16,7 @@ from telephony.models import Call, Listener
 from telephony.providers import base
 from telephony.supervisor import Supervisor, request_restart
 from tests.e2e.test_istra_sockets import TERMINAL, connected_listeners, mycrm_account
+from tests.faults.harness import FaultIstraControl
 from tests.support.processes import wait_for
 from tests.support.sim_control import IstraControl
 
@@ -150,3 +151,21 @@ def test_it_reconnects_on_a_restart_and_stops_at_once_though_its_runners_sleep_i
     assert time.monotonic() - started < 5
     assert Listener.objects.get(pk=listener.pk).state == Listener.State.IDLE
     wait_for(lambda: sum(s["sockets"] for s in sim.sessions()) == 0, 5, what="the socket closed at the PBX")
+
+
+def test_it_reconnects_a_socket_that_stopped_answering_its_keepalives(hub, supervisor):
+    """A half-open path: no FIN, no frames, no pongs; only the missing pongs tell."""
+    hub.start(workers=0, web=False)
+    sim = FaultIstraControl(hub.sim_url)
+    account = mycrm_account(hub, sim)
+    supervisor.start()
+    [listener] = wait_for(lambda: connected_listeners(account), 30, what="the listener")
+    time.sleep(3 * KEEPALIVE_SECONDS)
+    assert Listener.objects.get(pk=listener.pk).reconnects == 0, "a socket answering its pings is left alone"
+
+    assert sim.mute_pings(listener=None, silent=True)["sockets"] == 1
+    wait_for(lambda: Listener.objects.filter(pk=listener.pk, reconnects=1, state="connected").exists(),
+             8 * KEEPALIVE_SECONDS + 5, what="the dead socket replaced")
+    line = sim.incoming(TERMINAL, "0612345678")
+    wait_for(lambda: Call.objects.filter(account=account, pbx_call_id=line["callId"]).exists(), 10,
+             what="a call on the new socket")
