@@ -133,6 +133,44 @@ def test_it_finds_the_integration_by_the_client_ids_keyed_digest_in_one_query(cl
     assert client.get(MAKE_CALL, params()).status_code == 200
 
 
+def test_it_places_a_repeated_click_without_a_database_query(client, hub, placed, django_assert_num_queries):
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    with django_assert_num_queries(0):  # integration, agent and terminal are kept a few seconds
+        assert client.get(MAKE_CALL, params(phone="+79121234568")).status_code == 200
+    assert [number for _terminal, number in placed] == ["+79121234567", "+79121234568"]
+
+
+def test_it_refuses_a_kept_client_id_at_once_when_its_integration_is_disabled_in_the_admin(client, hub, placed):
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    integration = hub["integration"]
+    integration.enabled = False
+    integration.save()
+    assert client.get(MAKE_CALL, params()).status_code == 403
+
+
+def test_it_dials_from_the_agents_new_terminal_at_once_when_an_admin_moves_them(client, hub, placed):
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    hub["terminal"].agent = None
+    hub["terminal"].save()
+    new_terminal = make_terminal(hub["account"], agent=hub["agent"], extension="105")
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    assert [terminal.pk for terminal, _number in placed] == [hub["terminal"].pk, new_terminal.pk]
+
+
+def test_it_does_not_share_the_kept_agent_between_requests(client, hub, pushed):
+    statuses = []
+    for status in ("busy", "free"):
+        assert client.get(USER_STATUS, {"clientId": CLIENT_ID, "code": "100", "userId": "1",
+                                        "status": status}).status_code == 200
+        statuses.append(Agent.objects.get(pk=hub["agent"].pk).status)
+    assert statuses == ["busy", "free"]
+    from crm_sync.retailcrm.views import agent_for_code
+
+    first, second = agent_for_code("100"), agent_for_code("100")
+    first.status = "dinner"
+    assert second.status != "dinner" and agent_for_code("100").status != "dinner"
+
+
 # --- changeUserStatusUrl ------------------------------------------------------------------------
 
 
