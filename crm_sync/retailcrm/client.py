@@ -18,7 +18,9 @@ Every request first takes a token from the Redis bucket of its API key (see
 429 ("slow down") is retried a few times with backoff (honouring
 ``Retry-After``); after that, and for anything else that is not a success, the
 answer becomes an exception that quotes what retailCRM said
-(``{"success": false, "errorMsg": ..., "errors": ...}``).
+(``{"success": false, "errorMsg": ..., "errors": ...}``). An answer that is not
+JSON did not come from retailCRM's API (a proxy's error page, a maintenance
+page): whatever its status it is "unavailable", to be retried, never a refusal.
 """
 
 from __future__ import annotations
@@ -102,10 +104,13 @@ def error_from_answer(status: int, body: Any, method: str, path: str) -> RetailC
     if isinstance(body, dict):
         error_msg = str(body.get("errorMsg") or "")
         errors = body.get("errors")
-    said = error_msg or (f"HTTP {status} without an errorMsg" if body is not None else f"HTTP {status}, not JSON")
+    said = error_msg or (f"HTTP {status} without an errorMsg" if body is not None
+                         else f"HTTP {status}, not JSON (an error page from something in front of retailCRM?)")
     details = _describe_errors(errors)
     message = f"retailCRM refused {method} {path} ({status}): {said}" + (f" [{details}]" if details else "")
-    if status in SLOW_DOWN_STATUSES or status >= 500:
+    if body is None or status in SLOW_DOWN_STATUSES or status >= 500:
+        # retailCRM's API answers JSON, even to say no: anything else (a proxy's or a maintenance page,
+        # even with a 200 or a 403) says nothing about the request, which must not be dropped for it.
         cls = RetailCrmUnavailable
     elif status in (401, 403):
         cls = RetailCrmAuthError

@@ -17,6 +17,10 @@ from aiohttp import web
 from simulator.keys import STATE
 from simulator.retailcrm.world import GENERAL, TELEPHONY, ApiError, RetailCrmWorld
 
+# What a proxy or a maintenance switch in front of the API answers instead of retailCRM's JSON.
+DOWN_PAGE = ("<!DOCTYPE html><html><head><title>Technical works</title></head>"
+             "<body><h1>We are updating the system</h1><p>Please try again in a few minutes.</p></body></html>")
+
 Handler = Callable[[web.Request, RetailCrmWorld, dict[str, str]], Awaitable[tuple[int, dict[str, Any]]]]
 
 
@@ -35,6 +39,8 @@ def endpoint(handler: Handler):
         entry = world.log_request(request.method, request.path, dict(request.query), form, api_key, kind)
         status, body = await _answer(request, world, form, api_key, kind, handler)
         entry["status"] = status
+        if isinstance(body, str):
+            return web.Response(text=body, status=status, content_type="text/html")
         return web.json_response(body, status=status)
 
     return wrapper
@@ -44,6 +50,8 @@ async def _answer(request, world: RetailCrmWorld, form, api_key, kind, handler) 
     if world.config.delay:
         await asyncio.sleep(world.config.delay)
     if world.config.down:
+        if world.config.down_html:
+            return world.config.down_status, DOWN_PAGE
         return world.config.down_status, {"success": False, "errorMsg": "Service temporarily unavailable"}
     if not world.take_slot(api_key, kind, time.monotonic()):
         return 503, {"success": False, "errorMsg": "Rate limit exceeded"}

@@ -9,8 +9,8 @@ method   path                                   body / query
 =======  =====================================  ===========================================================
 POST     /_sim/retailcrm/reset                  -
 GET      /_sim/retailcrm/state                  -
-PATCH    /_sim/retailcrm/config                 {down, downStatus, delay, rateLimit, telephonyRateLimit,
-                                                 uploadLimit}
+PATCH    /_sim/retailcrm/config                 {down, downStatus, downHtml, delay, rateLimit,
+                                                 telephonyRateLimit, uploadLimit}
 POST     /_sim/retailcrm/api-keys               {key}
 POST     /_sim/retailcrm/sites                  {code, name}
 POST     /_sim/retailcrm/users                  {id, firstName, lastName, email, status, online}
@@ -43,7 +43,7 @@ from simulator.retailcrm.api import world_of
 PREFIX = "/_sim/retailcrm"
 _json_errors = json_errors()
 CONFIG_KEYS = {
-    "down": "down", "downStatus": "down_status", "delay": "delay", "rateLimit": "rate_limit",
+    "down": "down", "downStatus": "down_status", "downHtml": "down_html", "delay": "delay", "rateLimit": "rate_limit",
     "telephonyRateLimit": "telephony_rate_limit", "uploadLimit": "upload_limit",
 }
 

@@ -58,6 +58,7 @@ class ApiError(Exception):
 class RetailCrmConfig:
     down: bool = False  # every API request answers down_status
     down_status: int = 503
+    down_html: bool = False  # ...with an HTML error page (a proxy's, a maintenance page) instead of JSON
     delay: float = 0.0  # seconds added before every API answer ("slow")
     rate_limit: int = 10
     telephony_rate_limit: int = 40
