@@ -210,11 +210,15 @@ CELERY_BEAT_SCHEDULE: dict = {}
 # redis-py caps a pool at 100 connections and then fails instead of waiting: with hundreds of agents
 # connecting at once (a deploy, a Wi-Fi blip) every group_add past the 100th crashed its consumer.
 CHANNELS_REDIS_MAX_CONNECTIONS = strict_int("CHANNELS_REDIS_MAX_CONNECTIONS", 2000, minimum=10)
+# A consumer waits for its messages with a 5 s BZPOPMIN, and redis-py (8.x) gives up reading after 5 s
+# by default: an idle console's consumer crashed (close 1011) every 5 s. Read for longer than the pop.
+CHANNELS_REDIS_SOCKET_TIMEOUT = 15
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "max_connections": CHANNELS_REDIS_MAX_CONNECTIONS}],
+            "hosts": [{"address": REDIS_URL, "max_connections": CHANNELS_REDIS_MAX_CONNECTIONS,
+                       "socket_timeout": CHANNELS_REDIS_SOCKET_TIMEOUT}],
             "capacity": 1000,
             "expiry": 30,
         },

@@ -11,75 +11,19 @@ stays in its rolled-back transaction and is unseen by the hub: keep a test's own
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
-
 import pytest
 
-from tests.faults.harness import seed_world
-from tests.support.processes import Hub, free_port, subprocess_env, wait_for
+from tests.faults.harness import PrivateRedis, fault_settings, seed_world, start_hub
+from tests.support.processes import Hub, subprocess_env
 
-# The root conftest's fast supervisor timings: takeover and reconnects in seconds.
-from conftest import FAST_LISTENERS, _wait_for_other_sessions_to_close  # noqa: E402  (the root conftest)
-
-FAULT_SETTINGS = {
-    **FAST_LISTENERS,
-    "LOG_LEVEL": "INFO",
-    # Agents' HTTP calls and CRM sync should not queue behind a PBX that takes seconds to fail.
-    "HTTP_CONNECT_TIMEOUT_MS": "1000",
-    "HTTP_READ_TIMEOUT_MS": "3000",
-}
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port, that a test may stop and start again (the shared one never)."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="ctihub-fault-redis-")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "PrivateRedis":
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        wait_for(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), 10, what="the private redis-server")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-    def restart(self, down_seconds: float = 0) -> None:
-        import time
-
-        self.stop()
-        time.sleep(down_seconds)
-        self.start()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+from conftest import _wait_for_other_sessions_to_close  # noqa: E402  (the root conftest)
 
 
 def start_fault_hub(django_db_blocker, workers: int = 2, **settings: str) -> Hub:
+    """A hub on the test database and (unless ``settings`` say otherwise) the test Redis."""
     with django_db_blocker.unblock():
-        env = subprocess_env(**{**FAULT_SETTINGS, **settings})
-    hub = Hub(env)
-    try:
-        hub.start(workers=workers, web=True)
-    except BaseException:
-        hub.stop()
-        raise
-    return hub
+        env = subprocess_env(**fault_settings(**settings))
+    return start_hub(env, workers)
 
 
 def _empty_database(django_db_blocker) -> None:

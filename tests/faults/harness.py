@@ -28,8 +28,16 @@ API (kept small on purpose; ``tests/faults/test_crm_faults.py`` and ``test_telep
     Waits until the simulator has no live call and ctihub and retailCRM have caught up (or ``settle``
     seconds pass), then compares every call the simulator made with ctihub's database, retailCRM's
     events and uploads, and every console's view. Asserts that every loss figure is 0 and returns them.
-``settled_counts``, ``Figures.lines()``
+``Faults(world, consoles=None, redis=None, outage_seconds=4)``
+    One method per fault (``Faults.KINDS``: PBX socket closed, pings unanswered, garbage frames, session
+    expired, PBX 503, worker killed, workers restarted, daphne restarted, Redis restarted, database
+    connections dropped); each returns once the hub has recovered. ``inject(kind)`` counts them.
+``run_with_faults(world, seed, inject, rounds=3, calls_between=3) -> (Figures, Faults)``
+    The usual test body: consoles, traffic, ``inject(faults)`` each round, then ``check_invariant``.
+``Figures.lines()``
     Figures as ``name: value`` lines, for the soak script.
+``fault_settings(**extra)``, ``start_hub(env, workers=2)``, ``PrivateRedis``
+    The hub's settings for fault runs, starting one, and a private redis-server that may be restarted.
 ``wait_connected(world, timeout)``, ``listener_reconnects(world)``, ``wait_reconnected(world, before, timeout)``
     Until the account's listener is connected; how often it went down; until it went down and came back.
 """
@@ -39,14 +47,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
+import json
 import random
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
 import requests
 
-from tests.support.processes import wait_for
+from tests.support.processes import Hub, free_port, wait_for
 from tests.support.retailcrm_sim import API_KEY, RetailCrmControl
 from tests.support.sim_control import IstraControl
 
@@ -54,6 +66,67 @@ ENTERPRISE = "faults"
 RCC_LOGIN, RCC_PASSWORD = "faults-rcc", "faults-rcc-secret"
 LISTENER_NAME = "CallLines"
 AGENT_PASSWORD = "agent-pass-123"
+
+
+def fault_settings(**extra: str) -> dict[str, str]:
+    """The hub's settings for fault runs: the test suite's fast supervisor timings, short HTTP timeouts."""
+    from conftest import FAST_LISTENERS  # the repository's root conftest: lease TTL 3 s, scans every second
+
+    return {
+        **FAST_LISTENERS,
+        "LOG_LEVEL": "INFO",
+        # Agents' HTTP calls and the CRM sync should not queue behind a PBX that takes seconds to fail.
+        "HTTP_CONNECT_TIMEOUT_MS": "1000",
+        "HTTP_READ_TIMEOUT_MS": "3000",
+        **extra,
+    }
+
+
+def start_hub(env: dict[str, str], workers: int = 2) -> Hub:
+    """Simulator, daphne and ``workers`` Celery workers; stopped again if any of them fails to start."""
+    hub = Hub(env)
+    try:
+        hub.start(workers=workers, web=True)
+    except BaseException:
+        hub.stop()
+        raise
+    return hub
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, that a fault may stop and start again (the shared one never)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="ctihub-fault-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "PrivateRedis":
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), 10, what="the private redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self, down_seconds: float = 0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class FaultIstraControl(IstraControl):
@@ -166,6 +239,145 @@ def wait_reconnected(world: World, reconnects_before: int, timeout: float = 45) 
     wait_for(lambda: listener_reconnects(world) > reconnects_before, timeout, interval=0.2,
              what="the listener to notice the fault")
     wait_connected(world, timeout)
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+GARBAGE_FRAMES = [
+    "{not json",
+    "[]",
+    "null",
+    json.dumps({"listenerName": LISTENER_NAME}),
+    json.dumps({"listenerName": LISTENER_NAME, "item": "nope"}),
+    json.dumps({"listenerName": LISTENER_NAME, "item": [{"lineId": None, "state": "talking"}]}),
+    json.dumps({"listenerName": LISTENER_NAME, "item": [{"restUri": "v1/rcc/CallLine/-1", "state": "exploded"}]}),
+    json.dumps({"listenerName": "SomebodyElse", "item": []}),
+    "\x00\x01\x02\xff",
+]
+
+
+class Faults:
+    """Each method injects one fault into a running hub and returns once it is over and the hub has recovered
+    from it (the listener connected again, consoles back), so faults can follow each other in a loop.
+
+    ``redis`` is the hub's :class:`PrivateRedis` (needed only by ``redis_restarted``); ``consoles`` lets
+    ``daphne_restarted`` wait for every console to come back. ``injected`` counts faults by name and
+    ``takeovers_s`` how long a killed worker's listener took to be held again.
+    """
+
+    KINDS = ("pbx_socket_closed", "pings_unanswered", "garbage_frames", "session_expired", "pbx_503",
+             "worker_killed", "workers_restarted", "daphne_restarted", "redis_restarted", "database_dropped")
+
+    def __init__(self, world: World, consoles: "Consoles | None" = None, redis: PrivateRedis | None = None,
+                 outage_seconds: float = 4, recovery_timeout: float = 60):
+        self.world, self.hub, self.consoles, self.redis = world, world.hub, consoles, redis
+        self.outage_seconds = outage_seconds
+        self.timeout = recovery_timeout
+        self.injected: collections.Counter = collections.Counter()
+        self.takeovers_s: list[float] = []
+
+    def inject(self, kind: str) -> None:
+        getattr(self, kind)()
+        self.injected[kind] += 1
+
+    def _reconnected_after(self, fault) -> None:
+        before = listener_reconnects(self.world)
+        fault()
+        wait_reconnected(self.world, before, self.timeout)
+
+    def pbx_socket_closed(self) -> None:
+        self._reconnected_after(lambda: self.world.istra.drop_websockets())
+
+    def pings_unanswered(self, silent: bool = True) -> None:
+        """``silent``: a half-open path (no pongs, no frames) the hub must notice on its own."""
+        if silent:
+            self._reconnected_after(lambda: self.world.istra.mute_pings(silent=True))
+        else:
+            self.world.istra.mute_pings()
+            time.sleep(3 * float(self.hub.env.get("LISTENER_KEEPALIVE_SECONDS", "5")))
+            self.world.istra.mute_pings(mute=False)
+            wait_connected(self.world, self.timeout)
+
+    def garbage_frames(self) -> None:
+        istra = self.world.istra
+        for text in GARBAGE_FRAMES:
+            istra.push_frame(text)
+        istra.push_frame("x", repeat=4 * 1024 * 1024)  # 4 MiB of not-JSON in one frame
+        junk = {"restUri": "v1/rcc/CallLine/-999999", "state": "exploded", "displayedNumber": "0" * 64}
+        istra.push_frame(json.dumps(junk) + ",", repeat=30000,  # a 4 MiB frame of JSON with a bad item in it
+                         prefix=f'{{"listenerName": "{LISTENER_NAME}", "item": [', suffix="{}]}")
+        wait_connected(self.world, self.timeout)
+
+    def session_expired(self) -> None:
+        self._reconnected_after(lambda: self.world.istra.expire_sessions())
+
+    def pbx_503(self) -> None:
+        """IPTC down: REST answers 503, and the socket is cut, so the hub cannot come back (binding a listener
+        is REST) until the outage ends; meanwhile calls go on, and it must catch up on them."""
+        def outage():
+            self.world.istra.set_iptc(False)
+            self.world.istra.drop_websockets()
+            time.sleep(self.outage_seconds)
+            self.world.istra.set_iptc(True)
+
+        self._reconnected_after(outage)
+
+    def worker_killed(self) -> None:
+        """SIGKILL the worker holding the listener; another takes it within the lease TTL; a new one is started."""
+        owner = listener_owner(self.world)
+        pid = int(owner.split(":")[1])
+        index = next(n for n, worker in enumerate(self.hub.workers) if worker.process.pid == pid)
+        killed_at = time.monotonic()
+        self.hub.kill_worker(index)
+        wait_for(lambda: listener_owner(self.world) not in ("", owner), self.timeout, interval=0.1,
+                 what="another worker to take the listener over")
+        wait_connected(self.world, self.timeout)
+        self.takeovers_s.append(time.monotonic() - killed_at)
+        self.hub.start_worker()  # back to as many workers as before
+
+    def workers_restarted(self) -> None:
+        self.hub.restart_workers()
+        wait_connected(self.world, self.timeout)
+
+    def daphne_restarted(self) -> None:
+        reconnected = len(self.consoles.reconnects_ms) if self.consoles else 0
+        self.hub.restart_web()
+        if self.consoles is not None:
+            wait_for(lambda: len(self.consoles.reconnects_ms) >= reconnected + len(self.consoles.views),
+                     self.timeout, interval=0.1, what="every console to reconnect")
+
+    def redis_restarted(self, down_seconds: float = 2) -> None:
+        assert self.redis is not None, "a Redis fault needs the hub on a PrivateRedis"
+        self.redis.restart(down_seconds)
+        wait_connected(self.world, self.timeout)
+
+    def database_dropped(self) -> int:
+        """pg_terminate_backend on every session of the hub's database but our own."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            cut = cursor.fetchone()[0]
+        wait_connected(self.world, self.timeout)
+        return cut
+
+
+def run_with_faults(world: World, seed: int, inject, rounds: int = 3, calls_between: int = 3):
+    """Steady calls with consoles open, ``inject(faults)`` ``rounds`` times while they run, then the invariant.
+
+    Returns ``(figures, faults)``; ``inject`` is e.g. ``Faults.pbx_socket_closed`` or a lambda.
+    """
+    with Consoles(world) as consoles:
+        faults = Faults(world, consoles)
+        with Traffic(world, seed=seed) as traffic:
+            for _round in range(rounds):
+                traffic.wait_for_calls(calls_between)
+                inject(faults)
+            traffic.wait_for_calls(calls_between)
+        return check_invariant(world, traffic, consoles), faults
 
 
 # --- traffic ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.conftest import start_fault_hub
-from tests.faults.harness import Consoles, Traffic, check_invariant, seed_world, wait_connected
+from tests.faults.harness import Consoles, Faults, Traffic, check_invariant, seed_world
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 
@@ -19,18 +19,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 def redis_world(fault_db, django_db_blocker, private_redis):
     hub = start_fault_hub(django_db_blocker, REDIS_URL=private_redis.url)
     try:
-        yield seed_world(hub), private_redis
+        yield seed_world(hub)
     finally:
         hub.stop()
 
 
-def test_it_keeps_every_call_and_console_when_redis_restarts(redis_world):
-    world, redis_server = redis_world
-    with Consoles(world) as consoles:
-        with Traffic(world, seed=21) as traffic:
+def test_it_keeps_every_call_and_console_when_redis_restarts(redis_world, private_redis):
+    with Consoles(redis_world) as consoles:
+        faults = Faults(redis_world, consoles, redis=private_redis)
+        with Traffic(redis_world, seed=21) as traffic:
             for _round in range(2):
                 traffic.wait_for_calls(3)
-                redis_server.restart(down_seconds=2)
-                wait_connected(world, 60)
+                faults.redis_restarted()
             traffic.wait_for_calls(3)
-        check_invariant(world, traffic, consoles)
+        check_invariant(redis_world, traffic, consoles)
