@@ -10,7 +10,9 @@ places the same call. The overhead figures are the differences of the two runs'
 percentiles. daphne runs as in production (``DEBUG=false``, ``WEB_POOL_THREADS``
 from the environment or its default) and answers one click before the timing
 starts, so its login to the PBX is not in the figures. The 1-minute load average
-is printed after each run: on a shared machine it says how much the figures are worth.
+is printed after each run: on a shared machine it says how much the figures are worth,
+and so does ``web_cpu_per_request`` (daphne's CPU time over the run divided by its
+requests), which depends far less on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     setup_django()
+    import psutil
     from django.contrib.auth import get_user_model
 
     from accounts.models import Agent
@@ -84,7 +87,7 @@ def main() -> None:
                                      retailcrm_user_id="7")
         Terminal.objects.filter(account=account, pbx_id=AGENT_EXTENSION).update(agent=agent)
         integration = RetailCrmIntegration.objects.create(name="bench", crm_url=hub.sim_url, api_key="k" * 32)
-        hub.start_web()
+        web = psutil.Process(hub.start_web().process.pid)
 
         provider = provider_for(account)
         provider.test_connection()  # log in before timing
@@ -100,8 +103,10 @@ def main() -> None:
         warm_up = http.get(url, timeout=10)
         assert warm_up.status_code == 200, warm_up.text
         print("# through ctihub's makeCallUrl")
+        cpu_before = sum(web.cpu_times()[:2])
         via_hub, hub_errors = timed_run(args.rate, args.seconds, lambda: http.get(url, timeout=10).status_code == 200)
         percentiles(via_hub, "makecall")
+        figure("web_cpu_per_request", (sum(web.cpu_times()[:2]) - cpu_before) * 1000 / len(via_hub), "ms")
     finally:
         hub.stop()
     direct.sort()

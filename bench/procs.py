@@ -31,9 +31,11 @@ class BenchHub:
         self.processes.append(simulator_process(self.sim_port))
         wait_for(lambda: http_ok(f"{self.sim_url}/_sim/health"), 30, what="the simulator")
 
-    def start_web(self) -> None:
-        self.processes.append(daphne_process(self.web_port, self.env))
+    def start_web(self) -> ManagedProcess:
+        web = daphne_process(self.web_port, self.env)
+        self.processes.append(web)
         wait_for(lambda: http_ok(f"{self.web_url}/healthz"), 30, what="daphne")
+        return web
 
     def start_worker(self) -> ManagedProcess:
         worker = celery_worker(f"bench-worker-{self.sim_port}", self.env)
