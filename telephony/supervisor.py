@@ -276,6 +276,7 @@ class ListenerRunner(threading.Thread):
             self._retry_db(lambda: domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             logger.info("listener connected", extra=self._log_extra)
             self._apply_burst(provider, list(getattr(stream, "initial_frames", ()) or ()), opened)
+            db_slots().give_back()  # nothing more to store until a frame comes; other sockets are logging in
             self._pump(provider, stream, generation)
         finally:
             if stream is not None:

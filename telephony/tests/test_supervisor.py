@@ -108,9 +108,9 @@ def test_it_sends_keepalives_on_time_while_its_runner_is_stuck_storing_a_frame(h
              what="the held frame to be stored after all")
 
 
-def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(hub, supervisor, monkeypatch):
+def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(hub, supervisor, monkeypatch, caplog):
     hub.start(workers=0, web=False)
-    sim = IstraControl(hub.sim_url)
+    sim = FaultIstraControl(hub.sim_url)
     account = mycrm_account(hub, sim)
     slow = SlowDomain(monkeypatch)
     supervisor.start()
@@ -118,7 +118,9 @@ def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(hub, supervisor
 
     first = sim.incoming(TERMINAL, "0612345678")
     assert slow.first_burst.wait(10)
-    queued = [sim.incoming(TERMINAL, f"061234560{n}")["callId"] for n in range(3)]
+    queued = [sim.incoming(TERMINAL, "0612345600")["callId"]]
+    assert sim.push_frame("{not json", listener=None)["sockets"] == 1  # rejected alone, not with its burst
+    queued += [sim.incoming(TERMINAL, f"061234560{n}")["callId"] for n in (1, 2)]
     time.sleep(0.5)  # the simulator has written them; they wait on the socket while the runner is held
     before_release = time.monotonic()
     slow.release.set()
@@ -128,6 +130,7 @@ def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(hub, supervisor
     assert [u.pbx_call_id for u in updates] == [first["callId"]]
     assert [u.pbx_call_id for u in waiting] == queued, "the waiting frames, in order, in one call"
     assert received < before_release <= waiting_received <= time.monotonic()
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("frame rejected")], caplog.text
 
 
 def test_it_reconnects_on_a_restart_and_stops_at_once_though_its_runners_sleep_in_recv(hub, supervisor):
