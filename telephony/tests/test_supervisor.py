@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 
 from telephony import domain
-from telephony.models import Call, Listener
+from telephony.models import Call, Listener, PbxAccount
 from telephony.providers import base
 from telephony.supervisor import Supervisor, request_restart
 from tests.e2e.test_istra_sockets import TERMINAL, connected_listeners, mycrm_account
 from tests.faults.harness import FaultIstraControl
 from tests.support.processes import wait_for
-from tests.support.sim_control import IstraControl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 KEEPALIVE_SECONDS = 1
@@ -38,6 +38,24 @@ def supervisor(fast_listeners, published):
     yield running
     if running.is_alive():
         running.stop(timeout=30)
+
+
+@dataclass
+class Held:
+    sim: FaultIstraControl
+    account: PbxAccount
+    listener: Listener
+
+
+@pytest.fixture
+def held(hub, supervisor) -> Held:
+    """The simulator up, one myCrm terminal, and the supervisor holding its socket."""
+    hub.start(workers=0, web=False)
+    sim = FaultIstraControl(hub.sim_url)
+    account = mycrm_account(hub, sim)
+    supervisor.start()
+    [listener] = wait_for(lambda: connected_listeners(account), 30, what="the listener")
+    return Held(sim, account, listener)
 
 
 @pytest.fixture
@@ -83,14 +101,9 @@ class SlowDomain:
         monkeypatch.setattr(domain, "apply_call_update", one)
 
 
-def test_it_sends_keepalives_on_time_while_its_runner_is_stuck_storing_a_frame(hub, supervisor, keepalives,
-                                                                                monkeypatch):
-    hub.start(workers=0, web=False)
-    sim = IstraControl(hub.sim_url)
-    account = mycrm_account(hub, sim)
+def test_it_sends_keepalives_on_time_while_its_runner_is_stuck_storing_a_frame(held, keepalives, monkeypatch):
+    sim, account = held.sim, held.account
     slow = SlowDomain(monkeypatch)
-    supervisor.start()
-    wait_for(lambda: connected_listeners(account), 30, what="the listener")
 
     line = sim.incoming(TERMINAL, "0612345678")
     assert slow.first_burst.wait(10), "the frame never reached the domain"
@@ -108,13 +121,9 @@ def test_it_sends_keepalives_on_time_while_its_runner_is_stuck_storing_a_frame(h
              what="the held frame to be stored after all")
 
 
-def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(hub, supervisor, monkeypatch, caplog):
-    hub.start(workers=0, web=False)
-    sim = FaultIstraControl(hub.sim_url)
-    account = mycrm_account(hub, sim)
+def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(held, monkeypatch, caplog):
+    sim, account = held.sim, held.account
     slow = SlowDomain(monkeypatch)
-    supervisor.start()
-    wait_for(lambda: connected_listeners(account), 30, what="the listener")
 
     first = sim.incoming(TERMINAL, "0612345678")
     assert slow.first_burst.wait(10)
@@ -133,12 +142,8 @@ def test_it_stores_the_frames_waiting_on_the_socket_as_one_burst(hub, supervisor
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("frame rejected")], caplog.text
 
 
-def test_it_reconnects_on_a_restart_and_stops_at_once_though_its_runners_sleep_in_recv(hub, supervisor):
-    hub.start(workers=0, web=False)
-    sim = IstraControl(hub.sim_url)
-    account = mycrm_account(hub, sim)
-    supervisor.start()
-    [listener] = wait_for(lambda: connected_listeners(account), 30, what="the listener")
+def test_it_reconnects_on_a_restart_and_stops_at_once_though_its_runners_sleep_in_recv(held, supervisor):
+    sim, account, listener = held.sim, held.account, held.listener
     first_connected = listener.connected_since
 
     request_restart(account.pk)
@@ -156,13 +161,9 @@ def test_it_reconnects_on_a_restart_and_stops_at_once_though_its_runners_sleep_i
     wait_for(lambda: sum(s["sockets"] for s in sim.sessions()) == 0, 5, what="the socket closed at the PBX")
 
 
-def test_it_reconnects_a_socket_that_stopped_answering_its_keepalives(hub, supervisor):
+def test_it_reconnects_a_socket_that_stopped_answering_its_keepalives(held):
     """A half-open path: no FIN, no frames, no pongs; only the missing pongs tell."""
-    hub.start(workers=0, web=False)
-    sim = FaultIstraControl(hub.sim_url)
-    account = mycrm_account(hub, sim)
-    supervisor.start()
-    [listener] = wait_for(lambda: connected_listeners(account), 30, what="the listener")
+    sim, account, listener = held.sim, held.account, held.listener
     time.sleep(3 * KEEPALIVE_SECONDS)
     assert Listener.objects.get(pk=listener.pk).reconnects == 0, "a socket answering its pings is left alone"
 
