@@ -26,7 +26,7 @@ from crm_sync.models import RetailCrmIntegration
 from ctihub.brief_cache import BriefCache
 from ctihub.phones import UnusablePhoneNumber, to_e164
 from ctihub.ratelimit import rate_limited
-from telephony.models import Call, PbxAccount, Terminal
+from telephony.models import Call
 from telephony.providers.base import ProviderError
 
 LOGO = Path(__file__).with_name("logo.svg")
@@ -41,11 +41,11 @@ Success = inline_serializer("RetailCrmSuccess", {"success": serializers.BooleanF
 
 # retailCRM calls these endpoints for every click; the rows they need change when an admin edits them.
 INTEGRATIONS = BriefCache("retailcrm-integration-by-client-id", watch=(RetailCrmIntegration,))
-AGENTS = BriefCache("retailcrm-agent-by-code", watch=(Agent, Terminal, PbxAccount))
+AGENTS = BriefCache("retailcrm-agent-by-code", watch=(Agent,))
 
 
 def integration_for_client_id(client_id: str) -> RetailCrmIntegration | None:
-    key = hashlib.sha256(client_id.encode()).digest()  # the secret itself is never a key in memory
+    key = hashlib.sha256(client_id.encode()).digest()  # look-ups compare digests, never the secret byte by byte
     return INTEGRATIONS.get(key, lambda: services.integration_for_client_id(client_id))
 
 
