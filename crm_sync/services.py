@@ -55,6 +55,10 @@ SWEEP_LIMIT = 500
 # Backoff when retailCRM is unavailable: 2, 4, 8 ... seconds, at most 10 minutes.
 BACKOFF_FIRST = 2
 BACKOFF_CAP = 600
+# A call's events are worth sending only while the call is fresh (START_EVENT_STALE_AFTER): their retries
+# stay this close together, or a few failures in a row would push the pop-up past its use even when
+# retailCRM was back within seconds.
+EVENT_BACKOFF_CAP = 10
 # The card of a manager's leg of a redirected call shows the lookup made for the shared line.
 ROUTED_CARD_WINDOW = timedelta(minutes=2)
 ACTIVE_STATES = (Call.State.RINGING, Call.State.DIALING, Call.State.TALKING, Call.State.HELD)
@@ -297,7 +301,7 @@ def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field
                   "last_error_at": timezone.now()}
         if exc.retryable or isinstance(exc, RetailCrmAuthError):
             # Down, slowing us down, or a key an admin has to fix: try again later (the sweep too).
-            delay = backoff(row.events_attempts)
+            delay = min(EVENT_BACKOFF_CAP, backoff(row.events_attempts))
             mine.update(**fields, events_next_at=timezone.now() + timedelta(seconds=delay))
             raise RetryLater(str(exc), delay) from exc
         # retailCRM refused this event itself: the same event would be refused again.
@@ -403,6 +407,7 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
     if integration is None:
         return report
     client = client_for(integration)
+    resumed = False
     while max_batches is None or report.batches < max_batches:
         token = uuid.uuid4().hex
         rows = claim_batch(integration_id, token)
@@ -419,8 +424,19 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
                 report.refused += 1
             else:
                 _upload_one_by_one(client, integration, rows, token, report, exc)
+        else:
+            resumed = resumed or bool(_resume_postponed(integration_id))
         _refresh_crm_sync_state([row.call_id for row in rows])
     return report
+
+
+def _resume_postponed(integration_id: int) -> int:
+    """retailCRM just took a batch, so it is back: calls still waiting out an earlier failure's backoff
+    (up to BACKOFF_CAP after a long outage) go in this drain instead."""
+    return CrmCallSync.objects.filter(
+        integration_id=integration_id, outbox_at__isnull=False, uploaded_at__isnull=True, upload_skipped="",
+        upload_next_at__gt=Now(),
+    ).update(upload_next_at=None)
 
 
 def _try_later(exc: RetailCrmError) -> bool:

@@ -144,6 +144,19 @@ def test_it_keeps_events_for_later_while_retailcrm_is_down_and_sends_them_once_i
     assert row_of(call, world).last_error == ""
 
 
+def test_it_retries_an_event_soon_enough_for_the_pop_up_however_often_it_failed(world):
+    call = ringing(world)
+    world.crm.configure(down=True)
+    delays = []
+    for _ in range(6):  # 2, 4, 8, then no more than the cap: the call is still fresh for retailCRM
+        CrmCallSync.objects.filter(call=call).update(events_next_at=None)
+        with pytest.raises(services.RetryLater) as retry:
+            services.sync_call(call.pk)
+        delays.append(retry.value.delay)
+    assert delays == [2, 4, 8, services.EVENT_BACKOFF_CAP, services.EVENT_BACKOFF_CAP, services.EVENT_BACKOFF_CAP]
+    assert services.EVENT_BACKOFF_CAP * 3 < services.START_EVENT_STALE_AFTER.total_seconds()
+
+
 def test_it_stops_sending_events_retailcrm_refuses(world):
     call = ringing(world)
     world.crm.reset()  # retailCRM forgot the module: it refuses call events (and the key)
@@ -282,6 +295,24 @@ def test_it_keeps_the_outbox_while_retailcrm_is_down_and_drains_it_afterwards(wo
     assert services.upload_outbox(world.integration.pk).uploaded == 3
     assert sorted(world.crm.calls()) == sorted(f"ctihub-{c.pk}" for c in calls)
     assert sorted(e["type"] for e in world.crm.events()) == ["hangup"] * 3 + ["in"] * 3
+
+
+def test_it_drains_calls_still_backing_off_as_soon_as_retailcrm_takes_a_batch_again(world):
+    old = [end(ringing(world, pbx_call_id=f"-{n}")) for n in range(3)]
+    world.crm.configure(down=True)
+    for call in old:
+        with pytest.raises(services.RetryLater):
+            services.sync_call(call.pk)
+    with pytest.raises(services.RetryLater):
+        services.upload_outbox(world.integration.pk)
+    CrmCallSync.objects.filter(call__in=old).update(upload_next_at=timezone.now() + timedelta(minutes=10))
+    world.crm.configure(down=False)
+    for call in old:
+        services.sync_call(call.pk)
+    fresh = end(ringing(world, pbx_call_id="-9"))  # the first call to end once retailCRM is back
+    services.sync_call(fresh.pk)
+    assert services.upload_outbox(world.integration.pk).uploaded == 4  # not 1, the rest ten minutes later
+    assert sorted(world.crm.calls()) == sorted(f"ctihub-{c.pk}" for c in [*old, fresh])
 
 
 def test_it_sends_a_refused_batch_one_by_one_so_one_bad_call_holds_back_no_other(world, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from functools import wraps
 from typing import Any, Awaitable, Callable
 
@@ -46,13 +47,16 @@ def endpoint(handler: Handler):
     return wrapper
 
 
-async def _answer(request, world: RetailCrmWorld, form, api_key, kind, handler) -> tuple[int, dict[str, Any]]:
-    if world.config.delay:
-        await asyncio.sleep(world.config.delay)
-    if world.config.down:
-        if world.config.down_html:
-            return world.config.down_status, DOWN_PAGE
-        return world.config.down_status, {"success": False, "errorMsg": "Service temporarily unavailable"}
+async def _answer(request, world: RetailCrmWorld, form, api_key, kind, handler) -> tuple[int, dict[str, Any] | str]:
+    # A request is up or down as retailCRM was when it arrived: a slow answer already under way is
+    # still processed if retailCRM goes down meanwhile (as a server that accepted it would).
+    config = replace(world.config)
+    if config.delay:
+        await asyncio.sleep(config.delay)
+    if config.down:
+        if config.down_html:
+            return config.down_status, DOWN_PAGE
+        return config.down_status, {"success": False, "errorMsg": "Service temporarily unavailable"}
     if not world.take_slot(api_key, kind, time.monotonic()):
         return 503, {"success": False, "errorMsg": "Rate limit exceeded"}
     if not api_key:
