@@ -103,6 +103,8 @@ def line_view(world: IstraWorld, line: Line) -> dict[str, Any]:
         "actions": world.calls.actions(line),
         "history": list(line.history),
         "reported": list(line.reported),
+        "createdMs": line.created_ms,
+        "endedMs": line.ended_ms,
     }
 
 
