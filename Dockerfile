@@ -6,4 +6,4 @@ RUN pip install -r requirements.txt
 COPY . .
 RUN DEBUG=true CTIHUB_VAR_DIR=/tmp/build python manage.py collectstatic --noinput
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "ctihub.asgi:application"]
+CMD ["python", "-m", "ctihub.web", "-b", "0.0.0.0", "-p", "8000", "ctihub.asgi:application"]

@@ -114,7 +114,7 @@ def simulator_process(port: int) -> ManagedProcess:
 
 
 def daphne_process(port: int, env: dict[str, str]) -> ManagedProcess:
-    return ManagedProcess(f"daphne-{port}", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+    return ManagedProcess(f"daphne-{port}", [sys.executable, "-m", "ctihub.web", "-b", "127.0.0.1", "-p", str(port),
                                              "ctihub.asgi:application"], env)
 
 

@@ -75,7 +75,7 @@ class Command(BaseCommand):
     def _commands(self, options) -> dict[str, list[str]]:
         python = sys.executable
         commands = {
-            "web": [python, "-m", "daphne", "-b", options["host"], "-p", str(options["port"]), "ctihub.asgi:application"],
+            "web": [python, "-m", "ctihub.web", "-b", options["host"], "-p", str(options["port"]), "ctihub.asgi:application"],
             "worker": [python, "-m", "celery", "-A", "ctihub", "worker", "--loglevel", "INFO", "--concurrency", "2"],
             "beat": [
                 python, "-m", "celery", "-A", "ctihub", "beat", "--loglevel", "INFO",
