@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument("--keepalive", type=float, default=10.0)
     parser.add_argument("--hold", type=float, default=30.0)
+    parser.add_argument("--connect-concurrency", type=int, default=None,
+                        help="logins at once (default: telephony.supervisor.CONNECT_CONCURRENCY)")
     args = parser.parse_args()
     os.environ.update(LISTENER_KEEPALIVE_SECONDS=str(int(args.keepalive)), LISTENER_SCAN_SECONDS="2",
                       LISTENER_LEASE_TTL_MS="30000")
@@ -39,6 +41,7 @@ def main() -> None:
     from telephony import control
     from telephony.models import Listener, PbxAccount
     from telephony.providers import base
+    from telephony import supervisor as supervisor_module
     from telephony.supervisor import Supervisor
     from tests.support.processes import wait_for
     from tests.support.sim_control import IstraControl
@@ -87,6 +90,8 @@ def main() -> None:
         process = psutil.Process()
         rss_before = process.memory_info().rss
         started = time.monotonic()
+        if args.connect_concurrency:
+            supervisor_module.CONNECT_CONCURRENCY = args.connect_concurrency
         supervisor = Supervisor(owner="bench")
         supervisor.start()
         wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.sockets, 600, interval=1,
@@ -104,6 +109,7 @@ def main() -> None:
     per_socket_kib = (rss_after - rss_before) / 1024 / max(1, args.sockets)
     figure("sockets_held", connected, "", f">= {args.sockets}")
     figure("connect_all_seconds", connect_seconds, "s")
+    figure("connect_concurrency", supervisor_module.CONNECT_CONCURRENCY)
     figure("threads", threads)
     figure("rss_per_socket", per_socket_kib, "KiB", "<= 200")
     figure("keepalive_interval", args.keepalive, "s")

@@ -58,7 +58,7 @@ BURST_MAX_SECONDS = 0.02
 #: a half-open TCP path gives no other sign. More than two, so one late keep-alive tick is not a death.
 DEAD_AFTER_INTERVALS = 2.5
 #: Logins (and socket opens) one worker runs at once.
-CONNECT_CONCURRENCY = 16
+CONNECT_CONCURRENCY = 8
 
 
 class DbSlots:
