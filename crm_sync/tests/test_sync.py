@@ -276,14 +276,20 @@ def test_it_keeps_legs_that_are_no_customer_call_out_of_the_history(world):
     assert Call.objects.get(pk=internal.pk).crm_sync_state == Call.CrmSync.SYNCED
 
 
-def test_it_keeps_the_outbox_while_retailcrm_is_down_and_drains_it_afterwards(world):
-    calls = [end(ringing(world, pbx_call_id=f"-{n}")) for n in range(3)]
+def outbox_through_an_outage(world, count: int) -> list[Call]:
+    """``count`` finished calls whose events and upload failed while retailCRM was down (it is still down)."""
+    calls = [end(ringing(world, pbx_call_id=f"-{n}")) for n in range(count)]
     world.crm.configure(down=True)
     for call in calls:
         with pytest.raises(services.RetryLater):
             services.sync_call(call.pk)
     with pytest.raises(services.RetryLater):
         services.upload_outbox(world.integration.pk)
+    return calls
+
+
+def test_it_keeps_the_outbox_while_retailcrm_is_down_and_drains_it_afterwards(world):
+    calls = outbox_through_an_outage(world, 3)
     rows = CrmCallSync.objects.filter(call__in=calls)
     assert all(r.uploaded_at is None and r.upload_attempts == 1 and r.upload_next_at for r in rows)
     assert all(not r.upload_claim for r in rows)  # claims released: another worker may try
@@ -298,13 +304,7 @@ def test_it_keeps_the_outbox_while_retailcrm_is_down_and_drains_it_afterwards(wo
 
 
 def test_it_drains_calls_still_backing_off_as_soon_as_retailcrm_takes_a_batch_again(world):
-    old = [end(ringing(world, pbx_call_id=f"-{n}")) for n in range(3)]
-    world.crm.configure(down=True)
-    for call in old:
-        with pytest.raises(services.RetryLater):
-            services.sync_call(call.pk)
-    with pytest.raises(services.RetryLater):
-        services.upload_outbox(world.integration.pk)
+    old = outbox_through_an_outage(world, 3)
     CrmCallSync.objects.filter(call__in=old).update(upload_next_at=timezone.now() + timedelta(minutes=10))
     world.crm.configure(down=False)
     for call in old:
