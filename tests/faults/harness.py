@@ -40,6 +40,10 @@ API (kept small on purpose; ``tests/faults/test_crm_faults.py`` and ``test_telep
     The hub's settings for fault runs, starting one, and a private redis-server that may be restarted.
 ``wait_connected(world, timeout)``, ``listener_reconnects(world)``, ``wait_reconnected(world, before, timeout)``
     Until the account's listener is connected; how often it went down; until it went down and came back.
+
+Fixtures (``tests/faults/conftest.py``): ``fault_hub`` and ``fault_world`` (one per module: mark the tests
+``pytest.mark.django_db``, not transactional, and have them write nothing themselves), ``private_redis``.
+The loss figures count only calls the PBX told a running hub about (``Figures.calls_unreported`` are apart).
 """
 
 from __future__ import annotations
