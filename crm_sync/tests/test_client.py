@@ -175,8 +175,8 @@ def test_it_reports_a_non_json_answer_with_its_status():
 @pytest.mark.parametrize("status", [200, 400, 403, 404])
 def test_it_takes_an_html_page_for_unavailable_whatever_its_status(status):
     # A maintenance page or a proxy's error page: retailCRM never saw the request, so it must be retried.
-    client, _ = client_with((status, b"<!DOCTYPE html><html><body>Maintenance</body></html>", {"Content-Type": "text/html"}),
-                            slow_down_retries=0)
+    page = b"<!DOCTYPE html><html><body>Maintenance</body></html>"
+    client, _ = client_with((status, page, {"Content-Type": "text/html"}), slow_down_retries=0)
     with pytest.raises(RetailCrmUnavailable, match=rf"\({status}\): HTTP {status}, not JSON") as raised:
         client.upload_calls([{"externalId": "x"}])
     assert raised.value.retryable
