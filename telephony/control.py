@@ -123,21 +123,33 @@ def restart_listeners(account: PbxAccount) -> int:
 
 
 def ensure_listeners(account: PbxAccount, provider: Provider) -> list[tuple[Listener, ListenerSpec]]:
-    """The Listener rows the account needs now; rows no longer needed are marked stopped."""
+    """The Listener rows the account needs now; rows no longer needed are marked stopped.
+
+    Every worker runs this for every account every few seconds, with thousands of terminals:
+    it reads all the account's rows at once and only writes what changed.
+    """
     terminals = {t.pbx_id: t for t in account.terminals.filter(active=True)}
     specs = provider.listener_specs(sorted(terminals))
-    wanted = []
-    for spec in specs:
-        terminal = terminals.get(spec.terminal_pbx_id) if spec.terminal_pbx_id else None
-        listener, created = Listener.objects.get_or_create(account=account, name=spec.name, defaults={"terminal": terminal})
-        if not created and listener.state == Listener.State.STOPPED:
-            Listener.objects.filter(pk=listener.pk).update(state=Listener.State.IDLE)
-            listener.state = Listener.State.IDLE
-        wanted.append((listener, spec))
-    Listener.objects.filter(account=account).exclude(name__in=[s.name for s in specs]).update(
-        state=Listener.State.STOPPED, owner="", connected_since=None
-    )
-    return wanted
+    existing = {listener.name: listener for listener in Listener.objects.filter(account=account)}
+    missing = [
+        Listener(account=account, name=spec.name,
+                 terminal=terminals.get(spec.terminal_pbx_id) if spec.terminal_pbx_id else None)
+        for spec in specs if spec.name not in existing
+    ]
+    if missing:
+        Listener.objects.bulk_create(missing, ignore_conflicts=True)  # another worker's scan may be first
+        existing.update({l.name: l for l in Listener.objects.filter(account=account, name__in=[m.name for m in missing])})
+    revived = [existing[spec.name].pk for spec in specs if existing[spec.name].state == Listener.State.STOPPED]
+    if revived:
+        Listener.objects.filter(pk__in=revived).update(state=Listener.State.IDLE)
+        for spec in specs:
+            if existing[spec.name].pk in revived:
+                existing[spec.name].state = Listener.State.IDLE
+    wanted_names = {spec.name for spec in specs}
+    unwanted = [l.pk for name, l in existing.items() if name not in wanted_names and l.state != Listener.State.STOPPED]
+    if unwanted:
+        Listener.objects.filter(pk__in=unwanted).update(state=Listener.State.STOPPED, owner="", connected_since=None)
+    return [(existing[spec.name], spec) for spec in specs]
 
 
 # --- Click-to-call and call control ----------------------------------------------------
