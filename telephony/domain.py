@@ -94,7 +94,8 @@ def _apply_burst(updates: list[u.CallUpdate], received: float) -> list[AppliedUp
     for update in updates:
         key = (update.account_id, update.pbx_call_id)
         call = calls.get(key)
-        if call is not None and _is_recycled_id(call, update):
+        # A frame already stored is a replay, however late its time: only a new frame may recycle the id.
+        if call is not None and _dedupe_key(update, call) not in stored_frames and _is_recycled_id(call, update):
             # Keep the old call's history under a suffixed id; the new call takes the PBX id.
             call.pbx_call_id = f"{call.pbx_call_id}#{call.pk}"
             call.save(update_fields=["pbx_call_id"])

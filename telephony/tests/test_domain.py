@@ -132,6 +132,16 @@ def test_it_starts_a_new_call_when_the_pbx_recycles_an_old_call_id(account):
 
 
 @pytest.mark.django_db
+def test_it_does_not_take_a_stored_frame_sent_again_a_day_later_for_a_recycled_call_id(account):
+    apply_call_update(update(account, u.RINGING, "webhook", 0, frame_id="seq1", seq=1))
+    apply_call_update(update(account, u.ENDED, "webhook", 10, frame_id="seq2", seq=2))
+    replay = apply_call_update(update(account, u.RINGING, "webhook", 86400, frame_id="seq1", seq=1))
+    assert not replay.changed
+    assert list(Call.objects.values_list("pbx_call_id", flat=True)) == ["-428"]
+    assert CallEvent.objects.count() == 2
+
+
+@pytest.mark.django_db
 def test_it_publishes_only_after_the_transaction_commits(account, published, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         apply_call_update(update(account, u.RINGING, "callRinging"))

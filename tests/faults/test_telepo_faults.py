@@ -293,32 +293,3 @@ def test_it_never_reopens_or_duplicates_a_call_whose_webhooks_are_replayed_a_day
             (200, {"ok": True, "applied": False})] * len(replays), stamp  # old news: nothing applied, no snapshot
         assert after == before, stamp
     compare(world, played).assert_clean()
-
-
-@pytest.mark.xfail(strict=True, reason="telephony.domain checks _is_recycled_id before the stored-frame check: "
-                   "a stored frame sent again with a later time renames the old call (see issue 9 report)")
-def test_it_does_not_take_a_frame_it_already_stored_for_a_reused_call_id():
-    # The domain alone, without the Telepo view's seq_num guard in front of it.
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from telephony import updates as u
-    from telephony.domain import apply_call_update
-    from telephony.models import Call, PbxAccount
-    from tests.factories import make_account
-
-    account = make_account(kind=PbxAccount.Kind.TELEPO, base_url="http://127.0.0.1:9", enterprise="replay.example",
-                           login="", password="", api_token="t", webhook_secret="replay-secret")
-    a_day_ago = timezone.now() - timedelta(days=1)
-
-    def frame(seq, state, at):
-        return u.CallUpdate(account_id=account.pk, pbx_call_id="replayed", state=state, kind="webhook",
-                            payload={"seq_num": seq}, occurred_at=at, seq=seq, frame_id=f"seq{seq}",
-                            direction=u.INBOUND, remote_number="+33612345678")
-
-    apply_call_update(frame(1, u.RINGING, a_day_ago))
-    apply_call_update(frame(2, u.ENDED, a_day_ago))
-    replay = apply_call_update(frame(1, u.RINGING, timezone.now()))  # the same frame, stamped a day later
-    assert not replay.changed
-    assert list(Call.objects.filter(account=account).values_list("pbx_call_id", flat=True)) == ["replayed"]
