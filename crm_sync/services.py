@@ -20,7 +20,6 @@ after retailCRM accepted. See ``CrmCallSync`` for the rules.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +29,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from ctihub.brief_cache import BriefCache
 from ctihub.brief_cache import BriefCache
 from ctihub.tasks import enqueue
 from accounts.models import Agent
@@ -97,27 +97,17 @@ _enqueue = enqueue  # patched by tests at this name
 # --- call_changed: the entry point -------------------------------------------------------
 
 
-# Which integrations serve an account, kept a few seconds per process: the event path asks for
-# every burst. An edit in this process clears it at once (crm_sync.signals); others see it within this.
-INTEGRATION_CACHE_SECONDS = 5.0
-_integration_cache: dict[int, tuple[float, tuple[int, ...], tuple[int, ...]]] = {}
+# Which integrations serve an account: the event path asks for every burst of frames.
+SERVING = BriefCache("retailcrm-integrations-serving-account", watch=(RetailCrmIntegration,))
 
 
 def serving_integrations(account_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(ids of the enabled integrations serving the account, those of them that route to managers)."""
-    now = time.monotonic()
-    cached = _integration_cache.get(account_id)
-    if cached and now - cached[0] < INTEGRATION_CACHE_SECONDS:
-        return cached[1], cached[2]
-    rows = list(integrations_for(account_id).values_list("id", "manager_routing"))
-    ids = tuple(pk for pk, _ in rows)
-    routing = tuple(pk for pk, routes in rows if routes)
-    _integration_cache[account_id] = (now, ids, routing)
-    return ids, routing
+    def load():
+        rows = list(integrations_for(account_id).values_list("id", "manager_routing"))
+        return tuple(pk for pk, _ in rows), tuple(pk for pk, routes in rows if routes)
 
-
-def forget_serving_integrations() -> None:
-    _integration_cache.clear()
+    return SERVING.get(account_id, load)
 
 
 def call_changed(call_id: int, version: int) -> None:

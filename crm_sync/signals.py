@@ -9,11 +9,11 @@ admin form saving several inline rows sends one registration).
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from accounts.models import Agent
-from crm_sync.models import ExternalPhone, RetailCrmIntegration
+from crm_sync.models import ExternalPhone
 
 REGISTERED_AGENT_FIELDS = ("extension_code", "retailcrm_user_id")
 
@@ -67,11 +67,3 @@ def _external_phone_changed(sender, instance: ExternalPhone, raw=False, **kwargs
         return
     _reregister([instance.integration_id])
 
-
-@receiver(post_save, sender=RetailCrmIntegration, dispatch_uid="crm_sync.integration_cache_save")
-@receiver(post_delete, sender=RetailCrmIntegration, dispatch_uid="crm_sync.integration_cache_delete")
-@receiver(m2m_changed, sender=RetailCrmIntegration.accounts.through, dispatch_uid="crm_sync.integration_cache_m2m")
-def _forget_serving_integrations(sender, **kwargs):
-    from crm_sync.services import forget_serving_integrations
-
-    forget_serving_integrations()

@@ -30,9 +30,15 @@ BURST_FACTOR = 3
 
 
 def caller_of(request) -> str:
-    """Who a request counts against: the clientId it presents, else the address it came from."""
+    """Who a request counts against: the clientId it presents if we gave it out, else its address.
+
+    An unknown clientId counts against the address: every guess its own bucket would let
+    someone guess clientIds at any rate.
+    """
+    from crm_sync.retailcrm.views import integration_for_client_id
+
     client_id = request.GET.get("clientId", "")
-    if client_id:
+    if client_id and integration_for_client_id(client_id) is not None:
         return "client:" + hashlib.sha256(client_id.encode()).hexdigest()[:24]  # never the secret itself
     return "addr:" + (request.META.get("REMOTE_ADDR") or "unknown")
 

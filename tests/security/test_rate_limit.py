@@ -35,9 +35,15 @@ def test_it_answers_429_with_a_reason_past_the_limit_of_one_client_id(client, sl
     assert refused.status_code == 429
     assert refused.json()["success"] is False and "too many requests" in refused.json()["reason"]
     assert int(refused["Retry-After"]) >= 1
-    # Another clientId has its own bucket.
+    # Another integration's clientId has its own bucket.
+    RetailCrmIntegration.objects.create(name="shop 2", crm_url="https://two.retailcrm.ru", api_key="k", client_id="cid-2")
     other = client.get("/api/retailcrm/user-status", {"clientId": "cid-2", "code": "1", "userId": "1"})
-    assert other.status_code == 403
+    assert other.status_code == 400
+
+
+def test_it_limits_guessed_client_ids_by_address_however_many_it_tries(client, slow_limit):
+    codes = [client.get("/api/retailcrm/make-call", {"clientId": f"guess-{n}"}).status_code for n in range(5)]
+    assert codes == [403, 403, 403, 429, 429]
 
 
 def test_it_limits_make_call_and_record_links_by_address_without_a_client_id(client, slow_limit):
@@ -56,6 +62,8 @@ def test_it_lets_requests_through_when_redis_is_down(client, slow_limit, monkeyp
 
 
 def test_it_never_keeps_the_client_id_itself_in_redis(rf):
+    RetailCrmIntegration.objects.create(name="shop", crm_url="https://shop.retailcrm.ru", api_key="k",
+                                        client_id="secret-client-id")
     caller = ratelimit.caller_of(rf.get("/api/retailcrm/make-call", {"clientId": "secret-client-id"}))
     assert "secret-client-id" not in caller and caller.startswith("client:")
 
