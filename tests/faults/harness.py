@@ -78,6 +78,8 @@ def fault_settings(**extra: str) -> dict[str, str]:
 
     return {
         **FAST_LISTENERS,
+        # A dead path is noticed after a few keep-alive intervals: short ones keep the ping faults short.
+        "LISTENER_KEEPALIVE_SECONDS": "2",
         "LOG_LEVEL": "INFO",
         # Agents' HTTP calls and the CRM sync should not queue behind a PBX that takes seconds to fail.
         "HTTP_CONNECT_TIMEOUT_MS": "1000",

@@ -25,7 +25,7 @@ def test_it_keeps_every_call_when_the_pbx_closes_the_socket_abruptly(fault_world
 
 def test_it_notices_a_half_open_socket_by_its_unanswered_pings_and_keeps_every_call(fault_world):
     """No pongs and no frames (the path died without a FIN): only the missing pongs tell, within a few
-    keep-alive intervals (5 s in tests)."""
+    keep-alive intervals (2 s here)."""
     run_with_faults(fault_world, 3, lambda faults: faults.pings_unanswered(silent=True))
 
 

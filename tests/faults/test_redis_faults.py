@@ -33,7 +33,7 @@ def test_it_keeps_every_call_and_console_when_redis_restarts(redis_world, privat
                 faults.redis_restarted(down_seconds=5)
             traffic.wait_for_calls(3)
         # Tasks queued in Redis die with it; the beat's sweep takes up their calls a minute after they end.
-        figures = check_invariant(redis_world, traffic, consoles, settle=150, assert_clean=False)
+        figures = check_invariant(redis_world, traffic, consoles, settle=100, assert_clean=False)
     rest = {name: getattr(figures, name) for name in figures.LOSS_FIGURES if name != "missing_events"}
     assert not any(rest.values()) and figures.calls_checked, (rest, figures.problems[:10])
     if figures.missing_events:
