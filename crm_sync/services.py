@@ -49,6 +49,10 @@ CLAIM_LEASE = timedelta(minutes=5)
 START_EVENT_STALE_AFTER = timedelta(seconds=60)
 # Sweep: calls whose tasks were lost are picked up once they are this old...
 SWEEP_GRACE = timedelta(seconds=60)
+# ...but a call whose start event is still worth sending (it is live, or ended less than
+# START_EVENT_STALE_AFTER ago) once it has not changed for this long: its task died with the
+# broker (a Redis restart) and waiting SWEEP_GRACE would make the event stale, and its hangup with it.
+START_EVENT_SWEEP_GRACE = timedelta(seconds=10)
 # ...and no older than this (older ones stay as they are: an admin looks at them).
 SWEEP_HORIZON = timedelta(days=7)
 SWEEP_LIMIT = 500
@@ -545,7 +549,19 @@ def sweep() -> SweepReport:
         .filter(Q(events_next_at__isnull=True) | Q(events_next_at__lte=now))
         .values_list("call_id", flat=True)[:SWEEP_LIMIT]
     )
-    report.calls = sorted(set(never_outboxed) | set(hangup_due))
+    start_due = (
+        Call.objects.filter(
+            created_at__gte=now - SWEEP_HORIZON, updated_at__lt=now - START_EVENT_SWEEP_GRACE, is_internal=False,
+            crm_sync_state__in=[Call.CrmSync.PENDING, Call.CrmSync.FAILED],
+        )
+        .filter(Q(state__in=ACTIVE_STATES) | Q(state=Call.State.ENDED, ended_at__gte=now - START_EVENT_STALE_AFTER))
+        .filter(~Exists(CrmCallSync.objects.filter(call=OuterRef("pk")).filter(
+            Q(in_event_sent_at__isnull=False) | ~Q(events_skipped="") | Q(events_next_at__gt=now)
+        )))
+        .order_by("created_at")
+        .values_list("id", flat=True)[:SWEEP_LIMIT]
+    )
+    report.calls = sorted(set(never_outboxed) | set(hangup_due) | set(start_due))
     for integration in RetailCrmIntegration.objects.filter(enabled=True):
         if _due_outbox(integration.pk).exists():
             report.integrations.append(integration.pk)

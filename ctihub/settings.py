@@ -320,7 +320,7 @@ LOGGING = {
 
 # --- retailCRM (crm_sync) ------------------------------------------------------------
 # How often beat re-queues what lost tasks or a retailCRM outage left (events, the upload outbox).
-RETAILCRM_SWEEP_SECONDS = strict_int("RETAILCRM_SWEEP_SECONDS", 180, minimum=10)
+RETAILCRM_SWEEP_SECONDS = strict_int("RETAILCRM_SWEEP_SECONDS", 15, minimum=5)
 # How long a recordUrl given to retailCRM stays playable (its signature expires after that).
 RETAILCRM_RECORD_URL_MAX_AGE_DAYS = strict_int("RETAILCRM_RECORD_URL_MAX_AGE_DAYS", 90, minimum=1)
 CELERY_BEAT_SCHEDULE["crm-sync-sweep"] = {

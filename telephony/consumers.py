@@ -9,6 +9,7 @@ who the viewer is: an agent only ever sees and drives their own calls.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from channels.db import database_sync_to_async
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_NO_ROLE = 4400
+CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the page reconnects with backoff
+SNAPSHOT_TIMEOUT_SECONDS = 10
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -35,6 +38,15 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NO_ROLE)
             return
         self.groups_joined = self.viewer.groups()
+        try:
+            await asyncio.wait_for(self._join_and_send_snapshot(), SNAPSHOT_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            # A console left open without its snapshot would show nothing and never know: close it
+            # so the page reconnects (seen once after a Redis restart, group_add never answering).
+            logger.warning("console snapshot not sent within %ss; closing", SNAPSHOT_TIMEOUT_SECONDS)
+            await self.close(code=CLOSE_TRY_AGAIN)
+
+    async def _join_and_send_snapshot(self):
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.send_json(await database_sync_to_async(console.snapshot)(self.viewer))

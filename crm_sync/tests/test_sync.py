@@ -366,6 +366,26 @@ def test_it_only_feeds_an_integration_the_accounts_it_serves(world, queued):
     assert Call.objects.get(pk=call.pk).crm_sync_state == Call.CrmSync.SKIPPED
 
 
+def test_the_sweep_takes_up_a_lost_start_event_while_it_is_still_worth_sending(world):
+    # A Redis restart loses the queued tasks: the start event must go out within its minute, not after it.
+    a_while_ago = timezone.now() - timedelta(seconds=20)
+    live = ringing(world, pbx_call_id="-1")
+    ended = end(ringing(world, pbx_call_id="-2"), ended_at=a_while_ago)
+    sent = ringing(world, pbx_call_id="-3")
+    CrmCallSync.objects.create(integration=world.integration, call=sent, in_event_sent_at=a_while_ago)
+    internal = ringing(world, pbx_call_id="-4", is_internal=True)
+    retrying = ringing(world, pbx_call_id="-5")
+    CrmCallSync.objects.create(integration=world.integration, call=retrying,
+                               events_next_at=timezone.now() + timedelta(seconds=5))
+    Call.objects.update(updated_at=a_while_ago)
+    just_changed = ringing(world, pbx_call_id="-6")  # its own task is on the way
+    report = services.sweep()
+    assert report.calls == sorted([live.pk, ended.pk])
+    assert {sent.pk, internal.pk, retrying.pk, just_changed.pk}.isdisjoint(report.calls)
+    services.sync_call(live.pk)
+    assert row_of(live, world).in_event_sent_at is not None
+
+
 def test_the_sweep_finds_lost_syncs_due_hangups_and_due_outboxes(world):
     old = timezone.now() - timedelta(minutes=10)
     lost = end(ringing(world, pbx_call_id="-1"), ended_at=old)  # its task never ran

@@ -30,14 +30,32 @@
   const pending = new Map();
 
   // --- connection ------------------------------------------------------------------
+  const SNAPSHOT_TIMEOUT_MS = 10000;
   let attempt = 0;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     setConnection("connecting", attempt ? "Reconnecting…" : "Connecting…");
     socket = new WebSocket(`${scheme}://${location.host}/ws/console/`);
-    socket.addEventListener("open", () => { attempt = 0; setConnection("live", "Live"); });
-    socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
-    socket.addEventListener("close", (event) => {
+    const opened = socket;
+    // A server that accepted us but never sends the snapshot (its channel layer stuck) is no
+    // connection at all: drop it and reconnect, as for any other loss.
+    let snapshotTimer = null;
+    opened.addEventListener("open", () => {
+      setConnection("connecting", "Loading…");
+      snapshotTimer = setTimeout(() => opened.close(), SNAPSHOT_TIMEOUT_MS);
+    });
+    opened.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "snapshot" && snapshotTimer !== null) {
+        clearTimeout(snapshotTimer);
+        snapshotTimer = null;
+        attempt = 0;
+        setConnection("live", "Live");
+      }
+      handle(message);
+    });
+    opened.addEventListener("close", (event) => {
+      clearTimeout(snapshotTimer);
       if (CLOSE_REASONS[event.code]) {
         setConnection("refused", CLOSE_REASONS[event.code]);
         return; // retrying cannot help

@@ -88,6 +88,20 @@ def test_it_refuses_a_user_who_is_neither_agent_nor_supervisor():
     assert asyncio.run(closed_with(communicator(headers_for(user)))) == 4400
 
 
+def test_it_closes_a_console_whose_snapshot_cannot_be_sent_so_the_page_reconnects(monkeypatch):
+    from telephony import consumers
+
+    me = make_agent()
+    headers = headers_for(me.user)
+
+    async def stuck(self):
+        await asyncio.sleep(60)  # group_add on a channel layer that never answers
+
+    monkeypatch.setattr(consumers, "SNAPSHOT_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(consumers.ConsoleConsumer, "_join_and_send_snapshot", stuck)
+    assert asyncio.run(closed_with(communicator(headers))) == consumers.CLOSE_TRY_AGAIN
+
+
 def test_it_sends_a_snapshot_of_my_calls_then_live_updates():
     account = make_account()
     me, other = make_agent(), make_agent()
