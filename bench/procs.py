@@ -14,7 +14,8 @@ def hub_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=os.environ["DATABASE_URL"], REDIS_URL=settings.REDIS_URL, SECRET_KEY=settings.SECRET_KEY,
                FIELD_ENCRYPTION_KEY=",".join(settings.FIELD_ENCRYPTION_KEYS), PYTHONUNBUFFERED="1",
-               LOG_LEVEL="WARNING", DATABASE_CONN_MAX_AGE="60")
+               LOG_LEVEL="WARNING", DATABASE_CONN_MAX_AGE="60",
+               DEBUG="false")  # as in production: DEBUG's cursor wrapper costs every query
     env.update(extra)
     return env
 

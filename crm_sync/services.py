@@ -133,7 +133,8 @@ def calls_changed(calls: list[Call]) -> None:
     for call in calls:
         integration_ids, routing_ids = serving_integrations(call.account_id)
         if not integration_ids:
-            skipped.append(call.pk)
+            if call.crm_sync_state != Call.CrmSync.SKIPPED:
+                skipped.append(call.pk)
             continue
         if (routing_ids and call.state == Call.State.RINGING and call.direction == Call.Direction.INBOUND
                 and call.terminal_id):
@@ -145,7 +146,7 @@ def calls_changed(calls: list[Call]) -> None:
         if call.state in (Call.State.TALKING, Call.State.HELD) and _start_events_settled(call.pk, integration_ids):
             continue  # answered, held, resumed: nothing retailCRM hears about
         _enqueue(tasks.sync_call_task, call.pk)
-    if skipped:
+    if skipped:  # (those the domain read as skipped already need no statement)
         Call.objects.filter(pk__in=skipped, crm_sync_state=Call.CrmSync.PENDING).update(
             crm_sync_state=Call.CrmSync.SKIPPED
         )

@@ -28,8 +28,10 @@ import threading
 import contextlib
 import heapq
 import itertools
+import queue
 import time
 import uuid
+from concurrent.futures import Future
 
 import redis
 from django.conf import settings
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 60.0
 DB_RETRY_SECONDS = 1.0
-#: A thread with a database slot gives it back after this long without frames.
+#: A database thread of the listeners closes its connection after this long without work.
 DB_IDLE_SECONDS = 1.0
 #: How long an idle runner sleeps in recv; stop, restart and keep-alive failures wake it sooner.
 IDLE_RECV_SECONDS = 60.0
@@ -61,45 +63,62 @@ DEAD_AFTER_INTERVALS = 2.5
 CONNECT_CONCURRENCY = 8
 
 
-class DbSlots:
-    """At most ``size`` listener threads of this process hold a database connection at once.
+class DbWorkers:
+    """The database work of every socket of this process, done by at most ``size`` threads.
 
     A worker holds thousands of sockets, one thread each, and PostgreSQL cannot give every one a
-    connection (max_connections is 100 by default). A thread takes a slot before its first query,
-    keeps it (and its connection, so a burst of frames pays no reconnect) while frames keep coming,
-    and gives both back after a second without frames or before it waits on the network.
+    connection (max_connections is 100 by default). So socket threads never touch the database:
+    they hand each burst to this pool and wait for it (which keeps a socket's frames in order),
+    and each pool thread keeps its one connection while work keeps coming. A slot a socket
+    thread held until it had been quiet for a second starved the others at a frame a second per
+    socket (a terminal's ordinary pace): pop-ups waited seconds for a slot.
     """
 
     def __init__(self, size: int):
-        self._semaphore = threading.BoundedSemaphore(size)
-        self._held = threading.local()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"listener-db-{n}", daemon=True) for n in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def holds(self) -> bool:
-        return getattr(self._held, "slot", False)
+    def run(self, operation):
+        """``operation()`` on a pool thread; its result, or its exception raised here."""
+        future: Future = Future()
+        self._queue.put((operation, future))
+        return future.result()
 
-    def take(self) -> None:
-        if not getattr(self._held, "slot", False):
-            self._semaphore.acquire()
-            self._held.slot = True
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=DB_IDLE_SECONDS)
+            except queue.Empty:
+                connection.close()  # a quiet second: PostgreSQL gets the connection back
+                continue
+            operation, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = operation()
+            except BaseException as exc:  # handed to the waiting socket thread, whatever it is
+                if isinstance(exc, (OperationalError, InterfaceError)):
+                    connection.close()  # the next operation reconnects
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
-    def give_back(self) -> None:
-        if getattr(self._held, "slot", False):
-            if not connection.in_atomic_block:
-                connection.close()
-            self._held.slot = False
-            self._semaphore.release()
+
+_db_workers: DbWorkers | None = None
+_db_workers_lock = threading.Lock()
+_db_workers_pid: int | None = None
 
 
-_db_slots: DbSlots | None = None
-_db_slots_lock = threading.Lock()
-
-
-def db_slots() -> DbSlots:
-    global _db_slots
-    with _db_slots_lock:
-        if _db_slots is None:
-            _db_slots = DbSlots(settings.LISTENER_DB_CONNECTIONS)
-        return _db_slots
+def db_workers() -> DbWorkers:
+    global _db_workers, _db_workers_pid
+    with _db_workers_lock:
+        if _db_workers is None or _db_workers_pid != os.getpid():  # a forked child has no threads
+            _db_workers, _db_workers_pid = DbWorkers(settings.LISTENER_DB_CONNECTIONS), os.getpid()
+        return _db_workers
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -251,8 +270,7 @@ class ListenerRunner(threading.Thread):
                     logger.exception("listener crashed; reconnecting", extra=self._log_extra)
                     attempt = self._back_off(attempt, f"{exc.__class__.__name__}: {exc}")
         finally:
-            db_slots().give_back()
-            close_old_connections()
+            connection.close()  # only a provider's catch-up at connect opens one here
 
     def _hold_socket_once(self) -> None:
         provider = provider_for(self.account)
@@ -260,12 +278,17 @@ class ListenerRunner(threading.Thread):
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
         self._retry_db(lambda: domain.set_listener_state(
             self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
-        db_slots().give_back()  # logging in and opening the socket take a while: no connection meanwhile
         try:
             with self.supervisor.connect_slot(self.stop_event) as may_connect:
                 if not may_connect:
                     return
                 stream = provider.open_stream(self.spec)
+                # A provider may read the database to catch up (myRCC: the calls that ended while we were
+                # away). Only CONNECT_CONCURRENCY threads get here at once, and each gives its connection back.
+                try:
+                    initial_frames = list(getattr(stream, "initial_frames", ()) or ())
+                finally:
+                    connection.close()
             with self._stream_lock:
                 self._stream = stream
             if self._should_end(generation):  # told while logging in, before there was a stream to interrupt
@@ -275,8 +298,7 @@ class ListenerRunner(threading.Thread):
             self._retry_db(lambda: domain.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
             self._retry_db(lambda: domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             logger.info("listener connected", extra=self._log_extra)
-            self._apply_burst(provider, list(getattr(stream, "initial_frames", ()) or ()), opened)
-            db_slots().give_back()  # nothing more to store until a frame comes; other sockets are logging in
+            self._apply_burst(provider, initial_frames, opened)
             self._pump(provider, stream, generation)
         finally:
             if stream is not None:
@@ -300,16 +322,13 @@ class ListenerRunner(threading.Thread):
 
     def _pump(self, provider, stream: EventStream, generation: int) -> None:
         while not self._should_end(generation):
-            # Holding a database slot, wake after a quiet second to give it back; else sleep until a frame.
-            holding = db_slots().holds()
             try:
-                text = stream.recv(DB_IDLE_SECONDS if holding else IDLE_RECV_SECONDS)
+                text = stream.recv(IDLE_RECV_SECONDS)
             except StreamClosed:
                 if self._should_end(generation):
                     return  # we interrupted it ourselves
                 raise
             if text is None:
-                db_slots().give_back()
                 continue
             received = time.monotonic()
             texts, closed = self._rest_of_burst(stream, received)
@@ -351,37 +370,37 @@ class ListenerRunner(threading.Thread):
         self._retry_db(lambda: domain.touch_listener(self.listener_id, self.account.pk))
 
     def _retry_db(self, operation):
-        db_slots().take()
         while True:
             try:
-                return operation()
+                return db_workers().run(operation)
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable (%s); retrying", exc, extra=self._log_extra)
-                close_old_connections()
-                connection.close()
                 if self.stop_event.wait(DB_RETRY_SECONDS):
                     raise
 
     def _back_off(self, attempt: int, reason: str) -> int:
         delay = backoff_delay(attempt, cap=self.supervisor.backoff_cap_seconds)
         logger.warning("listener down (%s); reconnecting in %.1fs", reason, delay, extra=self._log_extra)
-        db_slots().take()
-        try:
+        def note_it():
             domain.set_listener_state(self.listener_id, Listener.State.BACKOFF, error=reason)
             domain.count_reconnect(self.listener_id)
             domain.set_account_status(self.account.pk, PbxAccount.Status.DEGRADED, reason)
+
+        try:
+            db_workers().run(note_it)
         except (OperationalError, InterfaceError):
-            close_old_connections()
-        db_slots().give_back()
+            pass  # the admin's view of it waits for the database; the reconnect does not
         self.stop_event.wait(delay)
         return attempt + 1
 
     def _fail(self, reason: str) -> None:
         self.failed_permanently = True
         logger.error("listener failed and needs an admin: %s", reason, extra=self._log_extra)
-        db_slots().take()
-        domain.set_listener_state(self.listener_id, Listener.State.FAILED, error=reason)
-        domain.set_account_status(self.account.pk, PbxAccount.Status.FAILED, reason)
+        def note_it():
+            domain.set_listener_state(self.listener_id, Listener.State.FAILED, error=reason)
+            domain.set_account_status(self.account.pk, PbxAccount.Status.FAILED, reason)
+
+        self._retry_db(note_it)
 
 
 class Supervisor(threading.Thread):
