@@ -52,6 +52,18 @@ def _block_network(request, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded(_real_connect_ex))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test its own channels-redis layer: one instance keeps receive locks and buffers of
+    the event loop that used it, and a test's asyncio.run is a new loop. A console test once
+    waited forever on a receive left behind by the test before it."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _clean_redis():
     if settings.EMBEDDED_REDIS:
@@ -64,7 +76,9 @@ def _clean_redis():
 @pytest.fixture(scope="session")
 def celery_env(django_db_setup, django_db_blocker) -> dict[str, str]:
     with django_db_blocker.unblock():
-        return subprocess_env()
+        # It lives as long as the session: holding PBX sockets it would take later tests' listeners
+        # (and keep a database session that every hub's teardown waited 10 s on).
+        return subprocess_env(LISTENER_SUPERVISOR="false")
 
 
 @pytest.fixture(scope="session")
@@ -128,28 +142,31 @@ def hub(django_db_setup, django_db_blocker, hub_settings):
 
     with django_db_blocker.unblock():
         env = subprocess_env(**{**FAST_LISTENERS, **hub_settings})
+        already_there = database_sessions()  # a session-wide Celery worker's, say: not the hub's to wait for
     running = Hub(env)
     try:
         yield running
     finally:
         running.stop()
         with django_db_blocker.unblock():
-            _wait_for_other_sessions_to_close()
+            _wait_for_other_sessions_to_close(keep=already_there)
 
 
-def _wait_for_other_sessions_to_close(timeout: float = 10) -> None:
-    """PostgreSQL ends a dead client's backend a moment after it exits; dropping the
-    test database before then fails, so wait for the processes' sessions to go."""
+def database_sessions() -> set[int]:
+    """The backends of the test database other than this process's own connection."""
     from django.db import connection
 
-    def others() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            return cursor.fetchone()[0]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return {pid for (pid,) in cursor.fetchall()}
 
+
+def _wait_for_other_sessions_to_close(timeout: float = 10, keep: set[int] = frozenset()) -> None:
+    """PostgreSQL ends a dead client's backend a moment after it exits; dropping the
+    test database before then fails, so wait for the processes' sessions to go
+    (all but ``keep``, those that were there before and stay: waiting on them only cost 10 s a test)."""
     try:
-        wait_for(lambda: others() == 0, timeout, interval=0.1, what="the hub's database sessions to close")
+        wait_for(lambda: not (database_sessions() - keep), timeout, interval=0.1,
+                 what="the hub's database sessions to close")
     except TimeoutError:
         pass  # reported by pytest-django's teardown if it matters

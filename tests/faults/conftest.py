@@ -16,7 +16,7 @@ import pytest
 from tests.faults.harness import PrivateRedis, fault_settings, seed_world, start_hub
 from tests.support.processes import Hub, subprocess_env
 
-from conftest import _wait_for_other_sessions_to_close  # noqa: E402  (the root conftest)
+from conftest import _wait_for_other_sessions_to_close, database_sessions  # noqa: E402  (the root conftest)
 
 
 def start_fault_hub(django_db_blocker, workers: int = 2, **settings: str) -> Hub:
@@ -26,11 +26,11 @@ def start_fault_hub(django_db_blocker, workers: int = 2, **settings: str) -> Hub
     return start_hub(env, workers)
 
 
-def _empty_database(django_db_blocker) -> None:
+def _empty_database(django_db_blocker, keep: set[int]) -> None:
     from django.core.management import call_command
 
     with django_db_blocker.unblock():
-        _wait_for_other_sessions_to_close()
+        _wait_for_other_sessions_to_close(keep=keep)
         call_command("flush", interactive=False, verbosity=0)
 
 
@@ -38,11 +38,12 @@ def _empty_database(django_db_blocker) -> None:
 def fault_db(django_db_setup, django_db_blocker):
     """The test database, open to the whole module and emptied after it."""
     django_db_blocker.unblock()
+    already_there = database_sessions()
     try:
         yield
     finally:
         django_db_blocker.restore()
-        _empty_database(django_db_blocker)
+        _empty_database(django_db_blocker, already_there)
 
 
 @pytest.fixture(scope="module")
