@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 import requests
 from urllib3.exceptions import NewConnectionError
 
@@ -210,6 +211,12 @@ class RetailCrmClient:
                 self.limiter.acquire(self.api_key, kind, self.max_rate_wait)
             except RateLimitTimeout as exc:
                 raise RetailCrmUnavailable(str(exc)) from exc
+            except redis.RedisError as exc:
+                # Nothing left: the budget all workers share lives in Redis (restarting, say). Unavailable,
+                # never "maybe delivered": an event marked in flight here was taken as sent and lost.
+                raise RetailCrmUnavailable(
+                    f"retailCRM's shared rate limit cannot be read ({exc.__class__.__name__}); nothing was sent"
+                ) from exc
             try:
                 response = self.http.request(
                     method, url, params=params, data=form, headers={"X-API-KEY": self.api_key, "Accept": "application/json"}

@@ -13,6 +13,7 @@ import json
 import uuid
 
 import pytest
+import redis
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError
@@ -200,6 +201,20 @@ def test_it_tells_a_lost_answer_from_a_request_that_never_left():
     with pytest.raises(RetailCrmUnavailable) as unsent:
         never_sent.call_event({"phone": "1", "type": "in"})
     assert unsent.value.maybe_delivered is False
+
+
+def test_it_says_nothing_was_sent_when_the_shared_rate_limit_cannot_be_read(monkeypatch):
+    # Redis restarting: taking a "maybe delivered" for this lost the call's hangup event for good.
+    client, adapter = client_with(OK)
+
+    def redis_down(*args, **kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(client.limiter, "acquire", redis_down)
+    with pytest.raises(RetailCrmUnavailable) as unavailable:
+        client.call_event({"phone": "1", "type": "hangup"})
+    assert unavailable.value.maybe_delivered is False and unavailable.value.retryable
+    assert adapter.sent == []
 
 
 def test_it_refuses_to_work_without_an_api_key():
