@@ -67,28 +67,36 @@ def _ring(account, terminal_pbx_id, call_id, at=0):
     )).call
 
 
+@pytest.fixture
+def layer_in_memory(settings):
+    """For consoles refused before they join a group. Left open at the end of asyncio.run, such a
+    consumer's channels-redis receive did not end when cancelled, and the suite hung for 120 s
+    (twice, right after tests/test_queue_and_layer.py; never alone)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
 async def closed_with(comm):
     connected, _ = await comm.connect()
     assert connected  # accepted, so that the close code reaches the page
     return (await comm.receive_output(timeout=5))["code"]
 
 
-def test_it_refuses_an_unauthenticated_connection_with_a_code_the_page_explains():
+def test_it_refuses_an_unauthenticated_connection_with_a_code_the_page_explains(layer_in_memory):
     assert asyncio.run(closed_with(communicator(headers_for()))) == 4401
 
 
-def test_it_refuses_a_foreign_origin():
+def test_it_refuses_a_foreign_origin(layer_in_memory):
     user = make_agent().user
     assert asyncio.run(closed_with(communicator(headers_for(user, origin=(b"origin", b"https://evil.example"))))) == 4403
     assert asyncio.run(closed_with(communicator(headers_for(user, origin=None)))) == 4403
 
 
-def test_it_refuses_a_user_who_is_neither_agent_nor_supervisor():
+def test_it_refuses_a_user_who_is_neither_agent_nor_supervisor(layer_in_memory):
     user = get_user_model().objects.create_user("nobody", password="x-123-456")
     assert asyncio.run(closed_with(communicator(headers_for(user)))) == 4400
 
 
-def test_it_closes_a_console_whose_snapshot_cannot_be_sent_so_the_page_reconnects(monkeypatch):
+def test_it_closes_a_console_whose_snapshot_cannot_be_sent_so_the_page_reconnects(monkeypatch, layer_in_memory):
     from telephony import consumers
 
     me = make_agent()
