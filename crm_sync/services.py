@@ -550,15 +550,17 @@ def sweep() -> SweepReport:
         .filter(Q(events_next_at__isnull=True) | Q(events_next_at__lte=now))
         .values_list("call_id", flat=True)[:SWEEP_LIMIT]
     )
+    # Whatever the call's upload did: a call can be uploaded while its start event still waits on a retry
+    # (retailCRM's limit unreadable, the retry task lost with the broker), and the event is still due.
+    start_unsent = CrmCallSync.objects.filter(call=OuterRef("pk"), in_event_sent_at__isnull=True, events_skipped="")
     start_due = (
         Call.objects.filter(
             created_at__gte=now - SWEEP_HORIZON, updated_at__lt=now - START_EVENT_SWEEP_GRACE, is_internal=False,
-            crm_sync_state__in=[Call.CrmSync.PENDING, Call.CrmSync.FAILED],
         )
+        .exclude(crm_sync_state=Call.CrmSync.SKIPPED)
         .filter(Q(state__in=ACTIVE_STATES) | Q(state=Call.State.ENDED, ended_at__gte=now - START_EVENT_STALE_AFTER))
-        .filter(~Exists(CrmCallSync.objects.filter(call=OuterRef("pk")).filter(
-            Q(in_event_sent_at__isnull=False) | ~Q(events_skipped="") | Q(events_next_at__gt=now)
-        )))
+        .filter(~Exists(CrmCallSync.objects.filter(call=OuterRef("pk")))
+                | Exists(start_unsent.filter(Q(events_next_at__isnull=True) | Q(events_next_at__lte=now))))
         .order_by("created_at")
         .values_list("id", flat=True)[:SWEEP_LIMIT]
     )

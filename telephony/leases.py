@@ -5,6 +5,12 @@ well before it expires; if the owner dies, the key expires and another worker's
 supervisor takes the listener over within one TTL. Renew and release are
 compare-and-set scripts, so a worker that lost its lease (paused too long) can
 never extend or delete the new owner's lease.
+
+Renewing a lease whose key is gone takes it back: the key vanishes when Redis
+restarts empty, and the owner still holding the socket must keep it rather than
+stop and leave a gap in which calls come and go unseen. (Supervisors wait one TTL
+after a Redis outage before taking listeners they did not hold, so the owners
+reclaim first; see ``Supervisor``.)
 """
 
 from __future__ import annotations
@@ -12,8 +18,13 @@ from __future__ import annotations
 import redis
 
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """

@@ -420,6 +420,9 @@ class Supervisor(threading.Thread):
         self.leases = LeaseStore(self._redis, self.owner, self.ttl_ms)
         self.keepalives = KeepAlives(self.keepalive_seconds)
         self._connects = threading.BoundedSemaphore(CONNECT_CONCURRENCY)
+        # Redis restarted empty holds no leases: a listener looks free though its owner still reads it.
+        # Until one TTL after the last Redis error seen here, only leases already held are taken (back).
+        self._take_new_after = 0.0
 
     def restart_generation(self, account_id: int) -> int:
         return self._generations.get(account_id, 0)
@@ -447,7 +450,10 @@ class Supervisor(threading.Thread):
                 if time.monotonic() >= next_scan:
                     self._scan()
                     next_scan = time.monotonic() + self.scan_seconds
-            except (redis.RedisError, OperationalError, InterfaceError) as exc:
+            except redis.RedisError as exc:
+                self._take_new_after = time.monotonic() + self.ttl_ms / 1000
+                logger.warning("supervisor cycle failed (%s); retrying", exc)
+            except (OperationalError, InterfaceError) as exc:
                 logger.warning("supervisor cycle failed (%s); retrying", exc)
                 close_old_connections()
             except Exception:
@@ -479,6 +485,8 @@ class Supervisor(threading.Thread):
             for listener, spec in _ensure_listeners(account, provider):
                 wanted.add(listener.pk)
                 if listener.pk in self.runners or listener.state == Listener.State.FAILED:
+                    continue
+                if time.monotonic() < self._take_new_after:
                     continue
                 if self.leases.acquire(listener.pk):
                     self._start_runner(account, listener, spec)

@@ -377,11 +377,18 @@ def test_the_sweep_takes_up_a_lost_start_event_while_it_is_still_worth_sending(w
     retrying = ringing(world, pbx_call_id="-5")
     CrmCallSync.objects.create(integration=world.integration, call=retrying,
                                events_next_at=timezone.now() + timedelta(seconds=5))
+    # Uploaded while its start event waited on a retry whose task died with the broker: still due.
+    uploaded = end(ringing(world, pbx_call_id="-7"), ended_at=a_while_ago, crm_sync_state=Call.CrmSync.SYNCED)
+    CrmCallSync.objects.create(integration=world.integration, call=uploaded, events_attempts=1,
+                               events_next_at=a_while_ago, outbox_at=a_while_ago, uploaded_at=a_while_ago)
+    no_crm = ringing(world, pbx_call_id="-8", crm_sync_state=Call.CrmSync.SKIPPED)
     Call.objects.update(updated_at=a_while_ago)
     just_changed = ringing(world, pbx_call_id="-6")  # its own task is on the way
     report = services.sweep()
-    assert report.calls == sorted([live.pk, ended.pk])
-    assert {sent.pk, internal.pk, retrying.pk, just_changed.pk}.isdisjoint(report.calls)
+    assert report.calls == sorted([live.pk, ended.pk, uploaded.pk])
+    assert {sent.pk, internal.pk, retrying.pk, just_changed.pk, no_crm.pk}.isdisjoint(report.calls)
+    services.sync_call(uploaded.pk)
+    assert row_of(uploaded, world).in_event_sent_at and row_of(uploaded, world).hangup_event_sent_at
     services.sync_call(live.pk)
     assert row_of(live, world).in_event_sent_at is not None
 

@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass
 
 import pytest
+import redis
 
 from telephony import domain
 from telephony.models import Call, Listener, PbxAccount
 from telephony.providers import base
+from telephony.leases import LeaseStore, lease_key
 from telephony.supervisor import Supervisor, request_restart
 from tests.e2e.test_istra_sockets import TERMINAL, connected_listeners, mycrm_account
 from tests.faults.harness import FaultIstraControl
@@ -173,3 +175,64 @@ def test_it_reconnects_a_socket_that_stopped_answering_its_keepalives(held):
     line = sim.incoming(TERMINAL, "0612345678")
     wait_for(lambda: Call.objects.filter(account=account, pbx_call_id=line["callId"]).exists(), 10,
              what="a call on the new socket")
+
+
+def test_it_keeps_its_socket_when_redis_restarts_empty_and_forgets_the_lease(held, supervisor):
+    """A Redis restart loses every lease key; stopping the runner then would leave calls unseen until a
+    worker took the listener again, so the owner takes its lease back and keeps reading."""
+    listener = held.listener
+    store = supervisor.leases
+    store.client.delete(lease_key(listener.pk))
+
+    time.sleep(3 * supervisor.ttl_ms / 3000)  # three renewals
+    assert store.holder(listener.pk) == supervisor.owner
+    after = Listener.objects.get(pk=listener.pk)
+    assert (after.reconnects, after.connected_since) == (0, listener.connected_since), "the socket was kept"
+    assert listener.pk in supervisor.runners and supervisor.runners[listener.pk].is_alive()
+
+
+def test_it_leaves_other_owners_one_lease_ttl_to_take_their_leases_back_after_a_redis_outage(
+        held, supervisor, monkeypatch):
+    listener = held.listener
+    store = supervisor.leases
+    # The owner's renewals are late (a busy process): its lease is gone for longer than the rival's scan period.
+    real_renew, late_until = store.renew_many, time.monotonic() + 1.5
+    monkeypatch.setattr(store, "renew_many",
+                        lambda ids: {i: True for i in ids} if time.monotonic() < late_until else real_renew(ids))
+    rival = Supervisor(owner="rival-supervisor")
+    real_mget, failures = rival._redis.mget, []
+
+    def down_once(keys):
+        if not failures:
+            failures.append(keys)
+            raise redis.ConnectionError("Redis is restarting")
+        return real_mget(keys)
+
+    monkeypatch.setattr(rival._redis, "mget", down_once)
+    store.client.delete(lease_key(listener.pk))
+    rival.start()
+    try:
+        time.sleep(supervisor.ttl_ms / 1000 + 1.5)  # past the rival's hold-off: the owner has taken it back
+        assert failures, "the rival saw Redis down"
+        assert store.holder(listener.pk) == supervisor.owner
+        assert not rival.runners, "the rival took a listener whose owner was still reading it"
+        assert Listener.objects.get(pk=listener.pk).reconnects == 0
+    finally:
+        rival.stop(timeout=30)
+
+
+def test_it_renews_a_held_lease_takes_back_a_vanished_one_and_never_takes_another_owners():
+    from telephony.supervisor import redis_client
+
+    client = redis_client()
+    mine, theirs = LeaseStore(client, "me", 5000), LeaseStore(client, "them", 5000)
+    client.delete(lease_key(9001), lease_key(9002), lease_key(9003))
+    try:
+        assert mine.acquire(9001) and theirs.acquire(9002)
+        assert mine.renew_many([9001, 9002, 9003]) == {9001: True, 9002: False, 9003: True}
+        assert [mine.holder(9001), mine.holder(9002), mine.holder(9003)] == ["me", "them", "me"]
+        assert 0 < client.pttl(lease_key(9003)) <= 5000, "a lease taken back expires like any other"
+        mine.release(9002)
+        assert theirs.holder(9002) == "them", "release is only the owner's"
+    finally:
+        client.delete(lease_key(9001), lease_key(9002), lease_key(9003))

@@ -805,7 +805,7 @@ def _compare(world: World, traffic: Traffic, consoles: Consoles | None) -> Figur
                 problems.append(f"{call_id}: {types[kind]} {kind!r} events at retailCRM")
             elif types[kind] == 0:
                 figures.missing_events += 1
-                problems.append(f"{call_id}: no {kind!r} event at retailCRM")
+                problems.append(f"{call_id}: no {kind!r} event at retailCRM ({_sync_story(call)})")
         if uploaded[external_id] > 1:
             figures.duplicated_uploads += 1
             problems.append(f"{call_id}: uploaded {uploaded[external_id]} times")
@@ -816,6 +816,18 @@ def _compare(world: World, traffic: Traffic, consoles: Consoles | None) -> Figur
         figures.stale_consoles = _stale_console_cards(consoles, problems)
         figures.snapshots_late = consoles.snapshots_late
     return figures
+
+
+def _sync_story(call) -> str:
+    """What ctihub's records say of the call's CRM sync: enough to tell why an event is missing."""
+    from crm_sync.models import CrmCallSync
+
+    fields = ("in_event_sent_at", "hangup_event_sent_at", "events_in_flight", "events_skipped", "events_attempts",
+              "events_next_at", "outbox_at", "uploaded_at", "last_error")
+    rows = list(CrmCallSync.objects.filter(call_id=call.pk).values(*fields))
+    return (f"call {call.pk} {call.crm_sync_state}, created {call.created_at:%H:%M:%S.%f}, "
+            f"ended {call.ended_at and f'{call.ended_at:%H:%M:%S.%f}'}, updated {call.updated_at:%H:%M:%S.%f}, "
+            f"sync rows {rows}")
 
 
 def _inside_blind_window(line: dict, windows: list[tuple[int, int]]) -> bool:
