@@ -213,6 +213,9 @@ CHANNELS_REDIS_MAX_CONNECTIONS = strict_int("CHANNELS_REDIS_MAX_CONNECTIONS", 20
 # A consumer waits for its messages with a 5 s BZPOPMIN, and redis-py (8.x) gives up reading after 5 s
 # by default: an idle console's consumer crashed (close 1011) every 5 s. Read for longer than the pop.
 CHANNELS_REDIS_SOCKET_TIMEOUT = 15
+# Each console asks the database this often for cards it should have had: a publish lost after its
+# commit (a worker killed in between, Redis restarting) would leave a card stale until a reload.
+CONSOLE_RESYNC_SECONDS = strict_int("CONSOLE_RESYNC_SECONDS", 15, minimum=1)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",

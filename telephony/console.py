@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Agent
@@ -76,6 +77,17 @@ def snapshot(viewer: Viewer) -> dict:
         data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]
         data["missed_today"] = missed_today()
     return data
+
+
+def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int], since) -> list[dict]:
+    """Cards the console should have had and did not: a publish lost after its commit (the worker killed
+    in between, Redis restarting, a full channel) leaves a card stale until the page reloads.
+
+    ``shown``: call id -> version the console has; ``live``: the ids it shows as not ended. Looks at
+    those and at every visible call changed since ``since`` (a call whose first card never came).
+    """
+    calls = viewer.visible_calls().filter(Q(pk__in=live) | Q(updated_at__gte=since))
+    return [call_card(call) for call in calls.order_by("created_at") if call.version > shown.get(call.pk, 0)]
 
 
 def missed_today() -> int:

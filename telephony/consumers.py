@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -38,6 +43,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NO_ROLE)
             return
         self.groups_joined = self.viewer.groups()
+        self.shown: dict[int, tuple[int, bool, datetime]] = {}  # call id -> (version, live, when) as the page has it
         try:
             await asyncio.wait_for(self._join_and_send_snapshot(), SNAPSHOT_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
@@ -45,21 +51,66 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             # so the page reconnects (seen once after a Redis restart, group_add never answering).
             logger.warning("console snapshot not sent within %ss; closing", SNAPSHOT_TIMEOUT_SECONDS)
             await self.close(code=CLOSE_TRY_AGAIN)
+            return
+        self.resync = asyncio.ensure_future(self._resync_forever())
 
     async def _join_and_send_snapshot(self):
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
-        await self.send_json(await database_sync_to_async(console.snapshot)(self.viewer))
+        self.checked_at = timezone.now()
+        snapshot = await database_sync_to_async(console.snapshot)(self.viewer)
+        self._note_shown(snapshot["calls"])
+        await self.send_json(snapshot)
 
     async def disconnect(self, code):
+        if getattr(self, "resync", None) is not None:
+            self.resync.cancel()
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    def _note_shown(self, cards: list[dict]) -> None:
+        now = timezone.now()
+        for card in cards:
+            version = self.shown.get(card["id"], (0, False, now))[0]
+            if card["version"] >= version:
+                self.shown[card["id"]] = (card["version"], card["state"] != "ended", now)
+
+    async def _resync_forever(self) -> None:
+        """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the page (see
+        ``console.cards_newer_than_shown``); consoles spread out so they do not all ask at once."""
+        period = settings.CONSOLE_RESYNC_SECONDS
+        await asyncio.sleep(random.uniform(0.5, 1.0) * period)
+        while True:
+            try:
+                await self._resync_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("console resync failed; trying again in %ss", period, exc_info=True)
+            await asyncio.sleep(period)
+
+    async def _resync_once(self) -> None:
+        # Changes that commit while we look are caught next time: they are newer than `checked_at`.
+        since, self.checked_at = self.checked_at - timedelta(seconds=2), timezone.now()
+        # An ended call shown before `since` only comes back if it changes again: forget it.
+        self.shown = {call_id: shown for call_id, shown in self.shown.items() if shown[1] or shown[2] >= since}
+        live = {call_id for call_id, (_version, is_live, _when) in self.shown.items() if is_live}
+        versions = {call_id: version for call_id, (version, _live, _when) in self.shown.items()}
+        cards = await database_sync_to_async(console.cards_newer_than_shown)(self.viewer, versions, live, since)
+        for card in cards:
+            logger.info("console of %s: call %s card v%s was never received; sent now",
+                        self.viewer.user.pk, card["id"], card["version"])
+            await self._send_card(card)
+
+    async def _send_card(self, card: dict) -> None:
+        self._note_shown([card])
+        await self.send_json({"type": "card", "card": card})
 
     # --- from the layer ---------------------------------------------------------------
     async def call_card(self, event):
         card = event["card"]
         if self.viewer.may_see(card):  # defence in depth: groups already scope this
-            await self.send_json({"type": "card", "card": card})
+            await self._send_card(card)
 
     async def agent_status(self, event):
         await self.send_json({"type": "agent_status", "agent": event["agent"], "status": event["status"]})

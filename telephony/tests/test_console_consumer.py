@@ -132,6 +132,57 @@ def test_it_sends_a_snapshot_of_my_calls_then_live_updates():
     asyncio.run(scenario())
 
 
+def answer(account, terminal_pbx_id, call_id):
+    try:
+        return apply_call_update(u.CallUpdate(
+            account_id=account.pk, pbx_call_id=call_id, state=u.TALKING, kind="callAnswered", payload={},
+            occurred_at=timezone.now() + timedelta(seconds=1), terminal_pbx_id=terminal_pbx_id,
+            direction=u.INBOUND, remote_number="+33412345670",
+        )).call
+    finally:
+        connection.close()
+
+
+def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once(settings, monkeypatch):
+    """A worker killed between commit and publish: the console learns the call from the database."""
+    from telephony import publish
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    account = make_account()
+    me, other = make_agent(), make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    make_terminal(account, pbx_id="t-other", agent=other)
+    headers = headers_for(me.user)
+    real_publish = publish.publish_cards
+
+    def lost(calls):
+        from concurrent.futures import Future
+
+        done = Future()
+        done.set_result(None)
+        return done
+
+    async def scenario():
+        comm = communicator(headers)
+        assert (await open_console(comm))["calls"] == []
+        run = asyncio.get_running_loop().run_in_executor
+        monkeypatch.setattr(publish, "publish_cards", lost)
+        first = await run(None, lambda: ring(account, "t-me", "-1"))
+        await run(None, lambda: ring(account, "t-other", "-2"))  # not mine: never sent to me
+        card = (await receive_type(comm, "card", timeout=4))["card"]
+        assert (card["id"], card["version"], card["state"]) == (first.pk, 1, "ringing")
+        await run(None, lambda: answer(account, "t-me", "-1"))  # a later card of a call the console shows
+        card = (await receive_type(comm, "card", timeout=4))["card"]
+        assert (card["id"], card["version"], card["state"]) == (first.pk, 2, "talking")
+        monkeypatch.setattr(publish, "publish_cards", real_publish)
+        third = await run(None, lambda: ring(account, "t-me", "-3"))  # published as usual
+        assert (await receive_type(comm, "card"))["card"]["id"] == third.pk
+        assert await comm.receive_nothing(timeout=3, interval=0.1), "nothing sent twice by the resyncs that follow"
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+
+
 def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():
     account = make_account()
     alice, bob = make_agent("alice"), make_agent("bob")

@@ -84,6 +84,8 @@ def fault_settings(**extra: str) -> dict[str, str]:
         # Agents' HTTP calls and the CRM sync should not queue behind a PBX that takes seconds to fail.
         "HTTP_CONNECT_TIMEOUT_MS": "1000",
         "HTTP_READ_TIMEOUT_MS": "3000",
+        # A card lost between commit and publish (a worker killed) reaches its console within seconds.
+        "CONSOLE_RESYNC_SECONDS": "5",
         **extra,
     }
 
