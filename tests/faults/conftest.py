@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import PrivateRedis, fault_settings, seed_world, start_hub
+from tests.faults.harness import RCC_PASSWORD, PrivateRedis, fault_settings, seed_world, start_hub
+from tests.support.retailcrm_sim import API_KEY
+from tests.support.telepo_sim import TICKET as TELEPO_TICKET
 from tests.support.processes import Hub, subprocess_env
 
 from conftest import _wait_for_other_sessions_to_close, database_sessions  # noqa: E402  (the root conftest)
@@ -46,6 +48,24 @@ def fault_db(django_db_setup, django_db_blocker):
         _empty_database(django_db_blocker, already_there)
 
 
+# Every credential the fault suite hands the hub: none may reach a line the hub writes, whatever broke.
+WEBHOOK_SECRET = "whsec-faults-7c2e0d"  # the Telepo fault tests' CRM connector secret
+SECRETS = [RCC_PASSWORD, API_KEY, TELEPO_TICKET, WEBHOOK_SECRET]
+
+
+def assert_logs_keep_secrets(hub: Hub) -> None:
+    """The hub's own logs (daphne and every worker; the simulator is the vendor's side) after a run of faults."""
+    from crm_sync.models import RetailCrmIntegration
+
+    client_ids = [i.client_id for i in RetailCrmIntegration.objects.all() if i.client_id]
+    for process in hub.processes:
+        if process is getattr(hub, "simulator", None):
+            continue
+        text = process.log()
+        for secret in SECRETS + client_ids:
+            assert secret not in text, f"a credential ({secret[:4]}...) is in {process.log_path}"
+
+
 @pytest.fixture(scope="module")
 def fault_hub(fault_db, django_db_blocker):
     """Simulator + daphne + two Celery workers, on the test database and the test Redis."""
@@ -54,6 +74,7 @@ def fault_hub(fault_db, django_db_blocker):
         yield hub
     finally:
         hub.stop()
+    assert_logs_keep_secrets(hub)
 
 
 @pytest.fixture(scope="module")

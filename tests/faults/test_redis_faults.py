@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import start_fault_hub
+from tests.faults.conftest import assert_logs_keep_secrets, start_fault_hub
 from tests.faults.harness import Consoles, Faults, Traffic, check_invariant, listener_reconnects, seed_world
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
@@ -22,6 +22,7 @@ def redis_world(fault_db, django_db_blocker, private_redis):
         yield seed_world(hub)
     finally:
         hub.stop()
+    assert_logs_keep_secrets(hub)
 
 
 def test_it_keeps_every_call_and_console_when_redis_restarts(redis_world, private_redis):

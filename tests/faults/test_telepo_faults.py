@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.faults.conftest import WEBHOOK_SECRET
 from tests.faults.harness import Figures
 from tests.support.processes import wait_for
 from tests.support.retailcrm_sim import API_KEY, RetailCrmControl
@@ -34,7 +35,7 @@ from tests.support.telepo_sim import DOMAIN, TICKET, TelepoControl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
-SECRET = "whsec-faults-7c2e0d"
+SECRET = WEBHOOK_SECRET
 USERS = 3
 DAY = 86400
 
