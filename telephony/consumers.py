@@ -29,6 +29,22 @@ CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_NO_ROLE = 4400
 CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the page reconnects with backoff
 SNAPSHOT_TIMEOUT_SECONDS = 10
+JOIN_TIMEOUT_SECONDS = 2
+
+
+async def finished_within(task: asyncio.Future, seconds: float) -> bool:
+    """Whether ``task`` finished (its exception raised here) in time; if not it is cancelled, not awaited.
+
+    Not ``asyncio.wait_for``: it waits for the cancelled task to end, and a redis-py read stuck on a
+    connection that Redis restarted under it ignored its cancel for twenty seconds (seen in a soak).
+    """
+    done, _pending = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no "never retrieved" warning
+        return False
+    task.result()
+    return True
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -44,23 +60,38 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             return
         self.groups_joined = self.viewer.groups()
         self.shown: dict[int, tuple[int, bool, datetime]] = {}  # call id -> (version, live, when) as the page has it
+        snapshot = asyncio.ensure_future(self._join_and_send_snapshot())
         try:
-            await asyncio.wait_for(self._join_and_send_snapshot(), SNAPSHOT_TIMEOUT_SECONDS)
+            sent = await finished_within(snapshot, SNAPSHOT_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
+            sent = False
+        if not sent:
             # A console left open without its snapshot would show nothing and never know: close it
-            # so the page reconnects (seen once after a Redis restart, group_add never answering).
+            # so the page reconnects (seen after Redis restarts, group_add never answering).
             logger.warning("console snapshot not sent within %ss; closing", SNAPSHOT_TIMEOUT_SECONDS)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         self.resync = asyncio.ensure_future(self._resync_forever())
 
     async def _join_and_send_snapshot(self):
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+        joins = asyncio.ensure_future(self._join_groups())
+        try:
+            joined = await finished_within(joins, JOIN_TIMEOUT_SECONDS)
+        except asyncio.CancelledError:
+            joins.cancel()
+            raise
+        if not joined:
+            # One Redis round trip each, normally: a join this slow is a dead connection, and the page
+            # gets its snapshot sooner on a new socket (a new connection) than by waiting here.
+            raise asyncio.TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
         self.checked_at = timezone.now()
         snapshot = await database_sync_to_async(console.snapshot)(self.viewer)
         self._note_shown(snapshot["calls"])
         await self.send_json(snapshot)
+
+    async def _join_groups(self):
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
 
     async def disconnect(self, code):
         if getattr(self, "resync", None) is not None:

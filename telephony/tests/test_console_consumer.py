@@ -110,6 +110,38 @@ def test_it_closes_a_console_whose_snapshot_cannot_be_sent_so_the_page_reconnect
     assert asyncio.run(closed_with(communicator(headers))) == consumers.CLOSE_TRY_AGAIN
 
 
+def test_it_closes_a_console_at_once_when_joining_its_group_hangs_past_a_cancel(monkeypatch, layer_in_memory):
+    """After a Redis restart a group_add read hung for 20 s, its cancel ignored: the page must not wait on it."""
+    import time
+
+    from channels.layers import InMemoryChannelLayer
+
+    from telephony import consumers
+
+    me = make_agent()
+    headers = headers_for(me.user)
+    hung = []
+
+    async def deaf_group_add(self, group, channel):
+        hung.append(group)
+        for _ in range(2):  # shrugs off a cancel, as the stuck read did
+            try:
+                await asyncio.sleep(4)
+            except asyncio.CancelledError:
+                pass
+
+    monkeypatch.setattr(InMemoryChannelLayer, "group_add", deaf_group_add)
+
+    async def scenario():
+        started = time.monotonic()
+        code = await closed_with(communicator(headers))
+        return code, time.monotonic() - started
+
+    code, took = asyncio.run(scenario())
+    assert hung and code == consumers.CLOSE_TRY_AGAIN
+    assert took < consumers.JOIN_TIMEOUT_SECONDS + 2, f"closed after {took:.1f}s"
+
+
 def test_it_sends_a_snapshot_of_my_calls_then_live_updates():
     account = make_account()
     me, other = make_agent(), make_agent()

@@ -113,8 +113,10 @@ def simulator_process(port: int) -> ManagedProcess:
                                                 "--port", str(port)], dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def daphne_process(port: int, env: dict[str, str]) -> ManagedProcess:
-    return ManagedProcess(f"daphne-{port}", [sys.executable, "-m", "ctihub.web", "-b", "127.0.0.1", "-p", str(port),
+def daphne_process(port: int, env: dict[str, str], generation: int = 0) -> ManagedProcess:
+    """``generation``: how many daphnes ran on this port before (a restart must not truncate their log)."""
+    name = f"daphne-{port}" if not generation else f"daphne-{port}-{generation}"
+    return ManagedProcess(name, [sys.executable, "-m", "ctihub.web", "-b", "127.0.0.1", "-p", str(port),
                                              "ctihub.asgi:application"], env)
 
 
@@ -143,7 +145,8 @@ class Hub:
     def restart_web(self) -> ManagedProcess:
         """Stop daphne and start a new one on the same port, as a deploy would."""
         self.web.stop()
-        self.web = self._track(daphne_process(self.web_port, self.env))
+        self._web_restarts = getattr(self, "_web_restarts", 0) + 1
+        self.web = self._track(daphne_process(self.web_port, self.env, self._web_restarts))
         wait_for(lambda: http_ok(f"{self.web_url}/healthz"), 30, what="daphne after a restart")
         return self.web
 
