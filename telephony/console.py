@@ -79,14 +79,15 @@ def snapshot(viewer: Viewer) -> dict:
     return data
 
 
-def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int], since) -> list[dict]:
+def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int], since, until) -> list[dict]:
     """Cards the console should have had and did not: a publish lost after its commit (the worker killed
     in between, Redis restarting, a full channel) leaves a card stale until the page reloads.
 
     ``shown``: call id -> version the console has; ``live``: the ids it shows as not ended. Looks at
-    those and at every visible call changed since ``since`` (a call whose first card never came).
+    those and at every visible call changed since ``since`` (a call whose first card never came), but
+    not at changes from ``until`` on: their cards may still be on their way.
     """
-    calls = viewer.visible_calls().filter(Q(pk__in=live) | Q(updated_at__gte=since))
+    calls = viewer.visible_calls().filter(Q(pk__in=live) | Q(updated_at__gte=since), updated_at__lt=until)
     return [call_card(call) for call in calls.order_by("created_at") if call.version > shown.get(call.pk, 0)]
 
 

@@ -30,6 +30,9 @@ CLOSE_NO_ROLE = 4400
 CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the page reconnects with backoff
 SNAPSHOT_TIMEOUT_SECONDS = 10
 JOIN_TIMEOUT_SECONDS = 2
+# Resync: a card is normally on the page within milliseconds of its commit; one this late was lost.
+IN_FLIGHT_GRACE = timedelta(seconds=3)
+COMMIT_MARGIN = timedelta(seconds=1)
 
 
 async def finished_within(task: asyncio.Future, seconds: float) -> bool:
@@ -84,7 +87,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             # One Redis round trip each, normally: a join this slow is a dead connection, and the page
             # gets its snapshot sooner on a new socket (a new connection) than by waiting here.
             raise asyncio.TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
-        self.checked_at = timezone.now()
+        self.checked_until = timezone.now()  # what changed before this is in the snapshot
         snapshot = await database_sync_to_async(console.snapshot)(self.viewer)
         self._note_shown(snapshot["calls"])
         await self.send_json(snapshot)
@@ -121,13 +124,17 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.sleep(period)
 
     async def _resync_once(self) -> None:
-        # Changes that commit while we look are caught next time: they are newer than `checked_at`.
-        since, self.checked_at = self.checked_at - timedelta(seconds=2), timezone.now()
+        # Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely:
+        # sending them too would deliver them twice) and looked at next time; `updated_at` is stamped
+        # a moment before its commit, hence the margin behind where the last look stopped.
+        until = timezone.now() - IN_FLIGHT_GRACE
+        since = self.checked_until - COMMIT_MARGIN
+        self.checked_until = max(self.checked_until, until)
         # An ended call shown before `since` only comes back if it changes again: forget it.
         self.shown = {call_id: shown for call_id, shown in self.shown.items() if shown[1] or shown[2] >= since}
         live = {call_id for call_id, (_version, is_live, _when) in self.shown.items() if is_live}
         versions = {call_id: version for call_id, (version, _live, _when) in self.shown.items()}
-        cards = await database_sync_to_async(console.cards_newer_than_shown)(self.viewer, versions, live, since)
+        cards = await database_sync_to_async(console.cards_newer_than_shown)(self.viewer, versions, live, since, until)
         for card in cards:
             logger.info("console of %s: call %s card v%s was never received; sent now",
                         self.viewer.user.pk, card["id"], card["version"])

@@ -179,7 +179,10 @@ def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once
     """A worker killed between commit and publish: the console learns the call from the database."""
     from telephony import publish
 
+    from telephony import consumers
+
     settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.5))
     account = make_account()
     me, other = make_agent(), make_agent()
     make_terminal(account, pbx_id="t-me", agent=me)
@@ -213,6 +216,41 @@ def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once
         await comm.disconnect()
 
     asyncio.run(scenario())
+
+
+def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_comes_twice(settings, monkeypatch):
+    import time
+
+    from telephony import consumers, publish
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=2.5))
+    account = make_account()
+    me = make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    headers = headers_for(me.user)
+    slow: list = []  # the publish of the card is on its way, slowly
+
+    def on_its_way(calls):
+        from concurrent.futures import Future
+
+        slow.extend(calls)
+        return Future()  # never done
+
+    monkeypatch.setattr(publish, "publish_cards", on_its_way)
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        call = await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-me", "-1"))
+        rung = time.monotonic()
+        assert await comm.receive_nothing(timeout=2, interval=0.1), "a resync sent a card still in flight"
+        card = (await receive_type(comm, "card", timeout=4))["card"]
+        assert (card["id"], card["version"]) == (call.pk, 1) and time.monotonic() - rung >= 2.5
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert slow
 
 
 def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():
