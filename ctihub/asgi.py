@@ -12,13 +12,18 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 django.setup(set_prefix=False)  # must run before importing consumers
 
+import sys  # noqa: E402
+
+from django.conf import settings  # noqa: E402
+
 from ctihub.http_pool import PooledASGIHandler  # noqa: E402
+
+sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_US / 1e6)
 
 django_asgi_app = PooledASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from ctihub.routing import websocket_urlpatterns  # noqa: E402

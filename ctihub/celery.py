@@ -28,7 +28,16 @@ def _ensure_embedded_redis(**_kwargs):
         embedded_redis.ensure_running(settings.VAR_DIR)
 
 
+def _switch_threads_sooner(**_kwargs):
+    import sys
+
+    from django.conf import settings
+
+    sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_US / 1e6)
+
+
 worker_init.connect(_ensure_embedded_redis, weak=False)
+worker_init.connect(_switch_threads_sooner, weak=False)
 beat_init.connect(_ensure_embedded_redis, weak=False)
 
 
