@@ -20,7 +20,7 @@ import asyncio
 import collections
 import time
 
-from bench.common import figure, percentiles, setup_django
+from bench.common import figure, no_pauses_of_our_own, percentiles, setup_django
 
 STATES = ("ringing", "talking", "ended")
 
@@ -47,7 +47,8 @@ def main() -> None:
         wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.terminals, 120, interval=0.5,
                  what="every terminal's listener connected")
         cookies = _sessions(args.agents)
-        result = asyncio.run(_run(hub, args, terminals, cookies))
+        with no_pauses_of_our_own():
+            result = asyncio.run(_run(hub, args, terminals, cookies))
     finally:
         hub.stop()
     sent, received, duplicates = result

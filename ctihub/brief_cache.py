@@ -35,6 +35,7 @@ class BriefCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[Hashable, tuple[float, object]] = {}
+        self._loading: set[Hashable] = set()  # keys a thread is reloading right now
         with _lock:
             _caches.append(self)
         for model in watch:
@@ -45,16 +46,29 @@ class BriefCache:
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return copy.copy(hit[1])
-        generation = _generation
-        value = load()
-        if value is None:
-            return None
         with _lock:
-            if generation == _generation:
-                if key not in self._entries and len(self._entries) >= self.max_entries:
-                    self._entries.pop(next(iter(self._entries)))  # the oldest key
-                self._entries[key] = (now, copy.copy(value))
-        return value
+            # One thread reloads an expired entry; the others keep the value it replaces meanwhile. When
+            # all of them reloaded at once, makeCallUrl stalled 20-60 ms every ttl at 200 requests/s.
+            reloading = hit is not None and key in self._loading and now - hit[0] < 2 * self.ttl
+            if not reloading:
+                self._loading.add(key)
+        if reloading:
+            return copy.copy(hit[1])
+        try:
+            generation = _generation
+            value = load()
+            if value is None:
+                self._entries.pop(key, None)
+                return None
+            with _lock:
+                if generation == _generation:
+                    if key not in self._entries and len(self._entries) >= self.max_entries:
+                        self._entries.pop(next(iter(self._entries)))  # the oldest key
+                    self._entries[key] = (now, copy.copy(value))
+            return value
+        finally:
+            with _lock:
+                self._loading.discard(key)
 
     def clear(self) -> None:
         with _lock:
