@@ -207,6 +207,8 @@ class Call(models.Model):
             models.Index(fields=["state", "-created_at"], name="call_state_recent"),
             models.Index(fields=["agent", "state"], name="call_agent_state"),
             models.Index(fields=["crm_sync_state", "ended_at"], name="call_crm_sync"),
+            # Every supervisor console asks for the calls changed since its last look (its resync).
+            models.Index(fields=["updated_at"], name="call_updated"),
         ]
 
     def __str__(self):
