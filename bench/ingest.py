@@ -48,11 +48,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args()
     setup_django()
-    import sys
+    from ctihub.threads import use_configured_switch_interval
 
-    from django.conf import settings
-
-    sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_US / 1e6)  # as in a worker (ctihub/celery.py)
+    use_configured_switch_interval()  # as in a worker (ctihub/celery.py)
     from django.contrib.auth import get_user_model
     from django.db import connection
 

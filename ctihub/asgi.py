@@ -12,13 +12,12 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 django.setup(set_prefix=False)  # must run before importing consumers
 
-import sys  # noqa: E402
-
 from django.conf import settings  # noqa: E402
 
 from ctihub.http_pool import PooledASGIHandler  # noqa: E402
+from ctihub.threads import use_configured_switch_interval  # noqa: E402
 
-sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_US / 1e6)
+use_configured_switch_interval()
 
 django_asgi_app = PooledASGIHandler()
 

@@ -29,11 +29,9 @@ def _ensure_embedded_redis(**_kwargs):
 
 
 def _switch_threads_sooner(**_kwargs):
-    import sys
+    from ctihub.threads import use_configured_switch_interval
 
-    from django.conf import settings
-
-    sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL_US / 1e6)
+    use_configured_switch_interval()
 
 
 worker_init.connect(_ensure_embedded_redis, weak=False)

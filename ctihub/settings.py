@@ -213,9 +213,7 @@ CHANNELS_REDIS_MAX_CONNECTIONS = strict_int("CHANNELS_REDIS_MAX_CONNECTIONS", 20
 # A consumer waits for its messages with a 5 s BZPOPMIN, and redis-py (8.x) gives up reading after 5 s
 # by default: an idle console's consumer crashed (close 1011) every 5 s. Read for longer than the pop.
 CHANNELS_REDIS_SOCKET_TIMEOUT = 15
-# How long a thread may hold the GIL before another gets it (Python's default: 5 ms). daphne and the
-# worker run many threads that each do a little (socket readers, database threads, the publisher): at
-# 5 ms a frame's path through three of them could wait three switches behind a busy one.
+# How long a thread of daphne or the worker may hold the GIL before another gets it (ctihub/threads.py).
 GIL_SWITCH_INTERVAL_US = strict_int("GIL_SWITCH_INTERVAL_US", 1000, minimum=100)
 # Each console asks the database this often for cards it should have had: a publish lost after its
 # commit (a worker killed in between, Redis restarting) would leave a card stale until a reload.

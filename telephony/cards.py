@@ -40,6 +40,14 @@ def call_card(call: Call, crm: dict | None = None) -> dict:
     }
 
 
+def cards_of(calls: list[Call]) -> list[dict]:
+    """The cards of many calls, retailCRM's fields for all of them looked up together."""
+    from crm_sync.services import card_fields_many
+
+    crm = card_fields_many(calls)
+    return [call_card(call, crm[call.pk]) for call in calls]
+
+
 def crm_card_fields(call: Call) -> dict:
     from crm_sync.services import card_fields
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import Agent
 from accounts.services import set_agent_status
 from telephony import control
-from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card
+from telephony.cards import SUPERVISORS_GROUP, agent_group, cards_of
 from telephony.models import Call
 
 RECENT_WINDOW = timedelta(minutes=30)
@@ -71,7 +71,7 @@ def snapshot(viewer: Viewer) -> dict:
         "type": "snapshot",
         "me": _agent_json(viewer.agent) if viewer.agent else None,
         "supervisor": viewer.is_supervisor,
-        "calls": [call_card(c) for c in live + recent],
+        "calls": cards_of(live + recent),
     }
     if viewer.is_supervisor:
         data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]
@@ -88,7 +88,7 @@ def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int]
     not at changes from ``until`` on: their cards may still be on their way.
     """
     calls = viewer.visible_calls().filter(Q(pk__in=live) | Q(updated_at__gte=since), updated_at__lt=until)
-    return [call_card(call) for call in calls.order_by("created_at") if call.version > shown.get(call.pk, 0)]
+    return cards_of([call for call in calls.order_by("created_at") if call.version > shown.get(call.pk, 0)])
 
 
 def missed_today() -> int:

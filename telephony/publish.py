@@ -15,7 +15,7 @@ from concurrent.futures import Future
 
 from channels.layers import get_channel_layer
 
-from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card
+from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card, cards_of
 from telephony.models import Call
 
 logger = logging.getLogger(__name__)
@@ -106,11 +106,8 @@ def publish_cards(calls: list[Call]) -> Future:
     The rows were just written, so nothing is read back; retailCRM's fields for all the cards
     are looked up together.
     """
-    from crm_sync.services import card_fields_many
-
-    crm = card_fields_many(calls)
     return publisher.send_many(
-        [(groups_for(call), {"type": "call.card", "card": call_card(call, crm[call.pk])}) for call in calls]
+        [(groups_for(call), {"type": "call.card", "card": card}) for call, card in zip(calls, cards_of(calls))]
     )
 
 

@@ -8,15 +8,15 @@ import pytest
 from tests.support.processes import REPO
 
 
-def import_settings(**env_overrides) -> subprocess.CompletedProcess:
+def import_settings(script: str = "import ctihub.settings as s; print(s.DATABASES['default']['ENGINE'], s.REDIS_URL)",
+                    **env_overrides) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter with only the environment's own settings, plus ``env_overrides``."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(env_overrides)
-    return subprocess.run(
-        [sys.executable, "-c", "import ctihub.settings as s; print(s.DATABASES['default']['ENGINE'], s.REDIS_URL)"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
 
 
 @pytest.mark.parametrize(
@@ -57,19 +57,15 @@ def test_it_uses_postgresql_and_the_given_redis_when_configured(tmp_path):
 
 def test_it_hands_threads_the_gil_every_millisecond_in_daphne_and_the_worker(tmp_path):
     """Measured with bench.popup_latency: p99 59-102 ms at Python's 5 ms, 38-45 ms at 1 ms (docs/performance.md)."""
-    import os
-
     from django.conf import settings
 
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    # The test Redis: on embedded defaults, importing the ASGI app would start a Redis of its own.
-    env.update(CTIHUB_VAR_DIR=str(tmp_path), GIL_SWITCH_INTERVAL_US="700", REDIS_URL=settings.REDIS_URL)
     script = (
         "import sys, ctihub.asgi; print(sys.getswitchinterval()); sys.setswitchinterval(0.005); "
         "from celery.signals import worker_init; from ctihub.celery import app; "
         "worker_init.send(sender=None); print(sys.getswitchinterval())"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60)
+    # The test Redis: on embedded defaults, importing the ASGI app would start a Redis of its own.
+    result = import_settings(script, CTIHUB_VAR_DIR=str(tmp_path), GIL_SWITCH_INTERVAL_US="700",
+                             REDIS_URL=settings.REDIS_URL)
     assert result.returncode == 0, result.stderr
     assert [round(float(v), 6) for v in result.stdout.split()] == [0.0007, 0.0007]

@@ -15,6 +15,7 @@ from accounts.models import Agent
 from ctihub.asgi import application
 from telephony import updates as u
 from telephony.domain import apply_call_update
+from telephony.publish import publish_cards as REAL_PUBLISH_CARDS  # bound before any test patches it
 from tests.factories import make_account, make_agent, make_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -175,10 +176,8 @@ def answer(account, terminal_pbx_id, call_id):
         connection.close()
 
 
-def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once(settings, monkeypatch):
+def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once(settings, monkeypatch, published):
     """A worker killed between commit and publish: the console learns the call from the database."""
-    from telephony import publish
-
     from telephony import consumers
 
     settings.CONSOLE_RESYNC_SECONDS = 1
@@ -188,40 +187,33 @@ def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once
     make_terminal(account, pbx_id="t-me", agent=me)
     make_terminal(account, pbx_id="t-other", agent=other)
     headers = headers_for(me.user)
-    real_publish = publish.publish_cards
-
-    def lost(calls):
-        from concurrent.futures import Future
-
-        done = Future()
-        done.set_result(None)
-        return done
 
     async def scenario():
         comm = communicator(headers)
         assert (await open_console(comm))["calls"] == []
         run = asyncio.get_running_loop().run_in_executor
-        monkeypatch.setattr(publish, "publish_cards", lost)
-        first = await run(None, lambda: ring(account, "t-me", "-1"))
+        first = await run(None, lambda: ring(account, "t-me", "-1"))  # its publish lost (`published`)
         await run(None, lambda: ring(account, "t-other", "-2"))  # not mine: never sent to me
         card = (await receive_type(comm, "card", timeout=4))["card"]
         assert (card["id"], card["version"], card["state"]) == (first.pk, 1, "ringing")
         await run(None, lambda: answer(account, "t-me", "-1"))  # a later card of a call the console shows
         card = (await receive_type(comm, "card", timeout=4))["card"]
         assert (card["id"], card["version"], card["state"]) == (first.pk, 2, "talking")
-        monkeypatch.setattr(publish, "publish_cards", real_publish)
+        monkeypatch.setattr("telephony.publish.publish_cards", REAL_PUBLISH_CARDS)
         third = await run(None, lambda: ring(account, "t-me", "-3"))  # published as usual
         assert (await receive_type(comm, "card"))["card"]["id"] == third.pk
         assert await comm.receive_nothing(timeout=3, interval=0.1), "nothing sent twice by the resyncs that follow"
         await comm.disconnect()
 
     asyncio.run(scenario())
+    assert len(published) == 3, "the first three cards were never published"
 
 
-def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_comes_twice(settings, monkeypatch):
+def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_comes_twice(settings, monkeypatch,
+                                                                                          published):
     import time
 
-    from telephony import consumers, publish
+    from telephony import consumers
 
     settings.CONSOLE_RESYNC_SECONDS = 1
     monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=2.5))
@@ -229,19 +221,11 @@ def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_come
     me = make_agent()
     make_terminal(account, pbx_id="t-me", agent=me)
     headers = headers_for(me.user)
-    slow: list = []  # the publish of the card is on its way, slowly
-
-    def on_its_way(calls):
-        from concurrent.futures import Future
-
-        slow.extend(calls)
-        return Future()  # never done
-
-    monkeypatch.setattr(publish, "publish_cards", on_its_way)
 
     async def scenario():
         comm = communicator(headers)
         await open_console(comm)
+        # Its publish is taken by `published`: to the console, a card still on its way.
         call = await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-me", "-1"))
         rung = time.monotonic()
         assert await comm.receive_nothing(timeout=2, interval=0.1), "a resync sent a card still in flight"
@@ -250,7 +234,7 @@ def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_come
         await comm.disconnect()
 
     asyncio.run(scenario())
-    assert slow
+    assert published
 
 
 def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():

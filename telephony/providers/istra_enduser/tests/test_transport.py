@@ -18,6 +18,7 @@ from telephony.providers.base import NotSupported, ProviderError, SessionExpired
 from telephony.providers.istra_enduser import frames
 from telephony.providers.istra_enduser.transport import KEEPALIVE_FRAME, LISTENER_NAME, CallerId, EndUserProvider
 from tests.factories import make_account
+from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -376,10 +377,7 @@ def test_it_does_not_log_in_again_in_the_middle_of_binding_the_listener(provider
         provider.open_stream(provider.listener_specs([])[0])
     [session] = platform.world.sessions.of_app("myIstra")  # one login: none in the middle of the bind
     # The client closed its socket before raising; the simulator hears the close a moment later.
-    deadline = time.monotonic() + 5
-    while session.sockets and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert session.sockets == set(), "the socket of the failed bind is closed"
+    wait_for(lambda: session.sockets == set(), 5, interval=0.02, what="the socket of the failed bind closed")
 
 
 def test_it_reads_counters_over_rest(provider, platform):
