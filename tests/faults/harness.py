@@ -291,9 +291,15 @@ class Faults:
         getattr(self, kind)()
         self.injected[kind] += 1
 
-    def _blind(self, fault) -> None:
-        """Run ``fault``, noting it as a window in which no process read the PBX socket."""
-        started = int(time.time() * 1000)
+    # A worker reads a frame, then stores it a moment later (a burst, its database thread): what it read in
+    # that moment before a SIGKILL dies with it. Seen once in six full runs under the parallel suite's load:
+    # a call rung 0.5 s before the kill and ended before the takeover was never stored.
+    READ_NOT_YET_STORED_MS = 1000
+
+    def _blind(self, fault, read_not_yet_stored_ms: int = 0) -> None:
+        """Run ``fault``, noting it as a window in which no process read the PBX socket (or read and died
+        before storing: the window then opens ``read_not_yet_stored_ms`` before the fault)."""
+        started = int(time.time() * 1000) - read_not_yet_stored_ms
         try:
             fault()
         finally:
@@ -343,7 +349,7 @@ class Faults:
 
     def worker_killed(self) -> None:
         """SIGKILL the worker holding the listener; another takes it within the lease TTL; a new one is started."""
-        self._blind(self._kill_holder)
+        self._blind(self._kill_holder, self.READ_NOT_YET_STORED_MS)
         self.hub.start_worker()  # back to as many workers as before
 
     def _kill_holder(self) -> None:
