@@ -295,6 +295,9 @@ LISTENER_KEEPALIVE_SECONDS = strict_int("LISTENER_KEEPALIVE_SECONDS", 20, minimu
 LISTENER_BACKOFF_CAP_SECONDS = strict_int("LISTENER_BACKOFF_CAP_SECONDS", 60, minimum=1)
 # Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
 LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
+# How often each Istra listener's session gets a cheap authenticated GET: it keeps the session active
+# (pings are not) and finds one expired under a socket left open. Shorter than the PBX's inactivity expiry.
+ISTRA_SESSION_CHECK_SECONDS = strict_int("ISTRA_SESSION_CHECK_SECONDS", 120, minimum=1)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

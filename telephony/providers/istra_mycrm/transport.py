@@ -11,6 +11,10 @@ decision on the websocket URL:
 2. open ``ws(s)://HOST/restletrouter/ws-service/myCrm`` with the session cookie;
 3. ``POST v1/service/EventListener/bean`` with the doc's two-line payload;
 4. ``GET v1/crm/CallLine?listenerName=..&terminalId=..`` to bind the listener.
+
+While the socket is up, the supervisor's session checks send ``GET v1/crm/GetTerminals`` on the same
+session: Istra expires a session without requests (websocket pings do not count), and a 401 there is
+how a session expired under a socket the PBX left open shows.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from telephony.updates import CallUpdate
 
 APP = "myCrm"
 LISTENER_PREFIX = "ctihub-"
+#: The session check (``EventStream.session_check``): the cheapest authenticated myCrm GET.
+SESSION_CHECK_PATH = "v1/crm/GetTerminals"
 
 
 def listener_payload(name: str, terminal_pbx_id: str) -> str:
@@ -82,6 +88,7 @@ class MyCrmProvider(Provider):
             "v1/crm/CallLine",
             {"listenerName": spec.name, "terminalId": spec.terminal_pbx_id},
         )
+        stream.session_check = lambda: self.session.check_alive(SESSION_CHECK_PATH)
         return stream
 
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
