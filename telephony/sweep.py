@@ -79,7 +79,7 @@ def _sweep_one(call_id: int, now, bounds: dict[str, timedelta]) -> bool:
             return False
         # Never before the call began (its start may be the PBX's clock, the last news is ours).
         last_news = max(call.updated_at, call.answered_at or call.created_at, call.created_at)
-        apply_call_update(u.CallUpdate(
+        applied = apply_call_update(u.CallUpdate(
             account_id=call.account_id,
             pbx_call_id=call.pbx_call_id,
             state=u.ENDED,
@@ -88,8 +88,12 @@ def _sweep_one(call_id: int, now, bounds: dict[str, timedelta]) -> bool:
                      "stale_after_seconds": int(bounds[call.state].total_seconds())},
             occurred_at=last_news,
             end_cause=u.END_SWEPT,
-            frame_id="swept",  # one sweep per call: a second run (or a second beat) is a replay
+            # One sweep per call, so a second run is a replay; the row's id, not just "swept", for the PBX
+            # may reuse the call id, and the next call to carry it may need sweeping too.
+            frame_id=f"swept:{call.pk}",
         ))
+    if not applied.changed:
+        return False
     logger.warning("call %s swept: %s with no news from the PBX since %s", call_id, call.state,
                    last_news.isoformat(), extra={"account_id": call.account_id, "call_id": call_id})
     return True

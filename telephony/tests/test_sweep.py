@@ -103,6 +103,11 @@ def test_it_takes_a_start_frame_for_a_swept_calls_id_as_a_new_call_at_once(accou
     assert swept.pbx_call_id == f"-428#{swept.pk}" and swept.end_cause == u.END_SWEPT
     assert (new.call.pbx_call_id, new.call.state) == ("-428", Call.State.RINGING)
 
+    # And the new call can be swept in its turn: its sweep is no replay of the first one's.
+    Call.objects.filter(pk=new.call.pk).update(updated_at=NOW - timedelta(seconds=1))
+    assert sweep_stale_calls(now=NOW + timedelta(seconds=BOUNDS["ringing"])) == [new.call.pk]
+    assert Call.objects.get(pk=new.call.pk).end_cause == u.END_SWEPT
+
 
 def test_it_ignores_a_late_drop_of_a_swept_call(account):
     # The sweep's end already went to retailCRM: a late word from the PBX does not rewrite it.
