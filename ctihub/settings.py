@@ -326,6 +326,19 @@ LOGGING = {
     },
 }
 
+# --- Calls the PBX went silent on (telephony.sweep) ------------------------------------
+# A call without news (no event applied) for longer than its state's bound is ended as "swept", so a lost
+# end (a myCrm socket down while the call ended, and no End User history to read) never leaves it live.
+CALL_SWEEP_SECONDS = strict_int("CALL_SWEEP_SECONDS", 30, minimum=1)
+CALL_STALE_RINGING_SECONDS = strict_int("CALL_STALE_RINGING_SECONDS", 900, minimum=1)
+CALL_STALE_DIALING_SECONDS = strict_int("CALL_STALE_DIALING_SECONDS", 900, minimum=1)
+CALL_STALE_TALKING_SECONDS = strict_int("CALL_STALE_TALKING_SECONDS", 14400, minimum=1)
+CALL_STALE_HELD_SECONDS = strict_int("CALL_STALE_HELD_SECONDS", 7200, minimum=1)
+CELERY_BEAT_SCHEDULE["call-stale-sweep"] = {
+    "task": "telephony.tasks.sweep_stale_calls_task",
+    "schedule": float(CALL_SWEEP_SECONDS),
+}
+
 # --- retailCRM (crm_sync) ------------------------------------------------------------
 # How often beat re-queues what lost tasks or a retailCRM outage left (events, the upload outbox).
 RETAILCRM_SWEEP_SECONDS = strict_int("RETAILCRM_SWEEP_SECONDS", 15, minimum=5)

@@ -265,3 +265,19 @@ def test_its_session_check_says_the_session_expired_and_does_not_log_in_again(pr
         assert received(world, seq) == [("GET", "v1/crm/GetTerminals", 401)]
     finally:
         provider.close_stream(spec, stream)
+
+
+def test_it_queues_a_reconcile_from_the_call_history_each_time_a_socket_is_bound(provider, monkeypatch):
+    # myCrm lists no live calls after a reconnect: the End User history of the same user ends what it missed.
+    queued = []
+    monkeypatch.setattr("ctihub.tasks.enqueue",
+                        lambda task, *args, countdown=None: queued.append((task.name, args, countdown)))
+    (spec,) = provider.listener_specs([TERMINAL])
+    stream = provider.open_stream(spec)
+    try:
+        assert queued == []  # queued when the supervisor takes the stream's catch-up, not before
+        assert list(stream.initial_frames) == []  # no frame of its own
+    finally:
+        provider.close_stream(spec, stream)
+    assert queued == [("telephony.providers.istra_enduser.tasks.reconcile_after_reconnect_task",
+                       (provider.account.pk,), 2.0)]
