@@ -16,6 +16,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider
 app.autodiscover_tasks(["telephony.providers.istra_enduser"])  # call-history backfill, caller-ID restore
+app.autodiscover_tasks(["telephony.providers.istra_myrcc"])  # lines a reconnect could not pull, pulled again
 app.steps["worker"].add("ctihub.celery_steps:ListenerSupervisorStep")
 
 

@@ -21,7 +21,7 @@ import contextlib
 
 from aiohttp import web
 
-from simulator.istra import control, listeners, mycrm, myistra, myrcc, push, sessions
+from simulator.istra import control, listeners, mycrm, myistra, myrcc, push, sessions, variance
 from simulator.istra.router import restletrouter_middleware
 from simulator.istra.world import IstraWorld
 from simulator.keys import STATE
@@ -58,6 +58,7 @@ def register(app: web.Application) -> None:
 
     control.add_routes(app)
     myistra.add_control_routes(app)
+    variance.add_control_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_sockets)
 

@@ -54,7 +54,9 @@ PATCH    /_sim/istra/enduser/{login}                 {unreadTextMessages, allowe
                                                       seeMissedCalls}
 =======  ==========================================  ===============================================
 
-The ``enduser/...`` routes live in ``myistra.py`` (``add_control_routes``).
+The ``enduser/...`` routes live in ``myistra.py`` (``add_control_routes``); the vendor-variance
+switches (``faults/variance``, ``faults/unpullable-lines``, ``faults/state-names``,
+``faults/line-state``) in ``variance.py``.
 """
 
 from __future__ import annotations

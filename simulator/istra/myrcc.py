@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.istra import errors
+from simulator.istra import errors, variance
 from simulator.istra.calls import ACTION_PARAMS, DROPPED, ActionRefused, BadActionArgument, Line, Transition
 from simulator.istra.directory import Extension
 from simulator.istra.listeners import parse_json_objects
@@ -140,7 +140,7 @@ def snapshot(world: IstraWorld, line: Line, extension_key: str = "uriExtension")
         "isRecording": False,
         "lastModificationTime": str(line.modified_ms),
         "lineId": line.line_id,
-        "state": line.state,
+        "state": variance.shown_state(world, line),  # as the doc spells it, unless a test renamed it
         "stateCause": "causeNormal",
     }
     if line.talking_since_ms is not None:
@@ -180,6 +180,7 @@ async def list_call_lines(request: web.Request, session: Session) -> web.Respons
 @authenticated(APP)
 async def get_call_line(request: web.Request, session: Session) -> web.Response:
     world = world_of(request)
+    variance.refuse_pull(world, request.match_info["id"])  # a line a test made unpullable
     return web.json_response(snapshot(world, _line(request, session), "extension"))
 
 

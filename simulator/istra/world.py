@@ -89,6 +89,15 @@ class Redirect:
     path: str | None = None
 
 
+@dataclass
+class Variance:
+    """Where this PBX departs from our reading of the specs (``variance.py``); all off by default."""
+
+    unpullable: dict[str, int] = field(default_factory=dict)  # line id -> status its GET answers
+    state_names: dict[str, str] = field(default_factory=dict)  # state -> the name snapshots show
+    line_state_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # line id -> (state, name)
+
+
 class RequestLog:
     """What the router received, so tests can assert exact request shapes."""
 
@@ -121,6 +130,7 @@ class IstraWorld:
         self.requests = RequestLog()
         self.faults: list[Fault] = []
         self.redirects: list[Redirect] = []
+        self.variance = Variance()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- directory ---------------------------------------------------------------------
@@ -320,6 +330,7 @@ class IstraWorld:
         self.requests.clear()
         self.faults.clear()
         self.redirects.clear()
+        self.variance = Variance()
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -337,4 +348,4 @@ class IstraWorld:
         return line
 
 
-__all__ = ["IstraWorld", "IstraConfig", "Fault", "Redirect", "InvalidTransition"]
+__all__ = ["IstraWorld", "IstraConfig", "Fault", "Redirect", "Variance", "InvalidTransition"]

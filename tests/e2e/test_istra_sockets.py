@@ -53,7 +53,8 @@ def test_it_records_a_whole_mycrm_call_through_a_real_worker(hub):
     assert call.agent == agent
     assert (call.direction, call.remote_number_e164, call.remote_label) == ("in", "+33612345678", "Smith")
     assert call.answered_at is not None and call.end_cause == "hangup"
-    assert events_of(call) == ["callRinging", "callTalking", "callHeld", "callTalking", "callDropped"]
+    # Each callTalking is named by its talkCause: the resume is no second answer.
+    assert events_of(call) == ["callRinging", "callTalking.answer", "callHeld", "callTalking.unHold", "callDropped"]
     assert CallEvent.objects.filter(call=call).count() == 5
 
 
@@ -71,7 +72,7 @@ def test_it_reconnects_a_dropped_socket_and_ends_the_call_right_without_duplicat
              what="the listener to reconnect")
     sim.move(line["callId"], "hangup", cause="disconnect")
     call = wait_for(lambda: Call.objects.filter(pbx_call_id=line["callId"], state="ended").first(), 10, what="the end")
-    assert events_of(call) == ["callRinging", "callTalking", "callDropped"]
+    assert events_of(call) == ["callRinging", "callTalking.answer", "callDropped"]
     assert call.end_cause == "hangup"
 
 

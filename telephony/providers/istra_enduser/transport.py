@@ -93,6 +93,14 @@ class EndUserSession(IstraSession):
         except HttpError as exc:
             raise ProviderError(f"cannot reach the Istra server: {exc}") from exc
 
+    def ws_headers(self) -> list[str]:
+        """The upgrade as doc §IX.B lists it: the mandatory headers of §VII.A.3, the session's cookie.
+
+        Those are ``Content-Type: application/json`` and ``X-Application: myIstra``, here without
+        the CSRF token ("not required here, by design"); websocket-client adds ``Connection: Upgrade``.
+        """
+        return [f"Cookie: {self.cookie_header()}", "Content-Type: application/json", f"X-Application: {self.app}"]
+
 
 def is_audio_path(path: str) -> bool:
     last = path.rsplit("/", 1)[-1]

@@ -14,6 +14,16 @@ on one terminal's listener. Events are transitions of that terminal's leg:
 ``ringingTime`` and ``talkingTime`` are durations in milliseconds, sent as strings.
 Frames carry no time, so they are dated when read.
 
+The doc's field lists spell the direction ``Incoming`` (on callTalking and
+callDropped) and its examples ``incoming``: both are read, the example's first.
+``talkCause`` (answer/unHold, and "transferred" in the example) says why a call
+talks, and names its event: ``callTalking.answer``, ``callTalking.unHold`` (a
+resume, not an answer), ``callTalking.transferred``. The state is talking all
+the same; another cause keeps the plain ``callTalking`` and is logged once.
+
+An event name the doc does not list is skipped and logged once per account and
+name; so is an item that cannot be read. The other items of the frame apply.
+
 A ``callDropped`` whose ``talkingTime`` is above 0 was answered, even when no
 ``callTalking`` came before it: the PBX sends nothing again for a call answered
 while our socket was down, and after the reconnect only the drop arrives. Its
@@ -22,13 +32,17 @@ answer time is the end minus the talking time.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.utils import timezone
 
 from telephony import updates as u
+from telephony.providers import unexpected
 from telephony.providers.istra_session import frame_items, read_count, read_flag, read_text
 from telephony.updates import CallUpdate, FrameRejected
+
+logger = logging.getLogger(__name__)
 
 # Whether a ringing event without an ``incoming`` flag is an incoming call.
 RING_EVENTS = {"callAlerting": True, "callRinging": False}
@@ -45,34 +59,61 @@ DROP_CAUSES = {
 
 CALL_TYPES = {"internal": True, "external": False}
 
+# callTalking's talkCause: the doc lists answer and unHold, its example shows transferred.
+TALK_CAUSES = ("answer", "unHold", "transferred")
+
+
+class UnknownEvent(Exception):
+    """An event name the doc does not list: the item is skipped, the frame's others apply."""
+
 
 def parse_mycrm_frame(text: str, account_id: int, terminal_pbx_id: str | None) -> list[CallUpdate]:
-    """Every call event of one frame; ``FrameRejected`` for anything malformed."""
+    """Every readable call event of one frame.
+
+    ``FrameRejected`` only when the frame itself is not a list of items; an item that cannot be
+    read, or names an event the doc does not list, is logged and skipped.
+    """
     now = timezone.now()
-    return [_event_update(item, account_id, terminal_pbx_id, now) for item in frame_items(text)]
+    updates = []
+    for item in frame_items(text):
+        try:
+            updates.append(_event_update(item, account_id, terminal_pbx_id, now))
+        except UnknownEvent as exc:
+            event = exc.args[0]
+            unexpected.warn_once(logger, account_id, "myCrm event", event,
+                                 "myCrm sent event %s, which the doc does not list: skipped", unexpected.shown(event))
+        except FrameRejected as exc:
+            unexpected.warn_once(logger, account_id, "myCrm item", str(exc), "myCrm event skipped: %s", exc)
+    return updates
 
 
 def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now) -> CallUpdate:
     event = read_text(item, "event")
+    if event is None:
+        raise FrameRejected("an item without an event name")
     if event not in RING_EVENTS and event not in EVENT_STATES:
-        raise FrameRejected(f"unknown myCrm event {event!r}")
+        raise UnknownEvent(event)
     call_id = read_text(item, "callId")
     if call_id is None:
         raise FrameRejected(f"{event} without a callId")
-    incoming = read_flag(item, "incoming")
+    incoming = _incoming(item)
     if event in RING_EVENTS:
         incoming = RING_EVENTS[event] if incoming is None else incoming
         state = u.RINGING if incoming else u.DIALING
     else:
         state = EVENT_STATES[event]
+    talk_cause = _talk_cause(item) if state == u.TALKING else None
     number_e164 = read_text(item, "displayNumberE164")
     talking_ms = read_count(item, "talkingTime")
     answered_at = _answered_at(now, talking_ms) if state == u.ENDED else None
+    if talk_cause is not None and talk_cause not in TALK_CAUSES:
+        unexpected.warn_once(logger, account_id, "myCrm talkCause", talk_cause,
+                             "myCrm sent talkCause %s, which the doc does not list", unexpected.shown(talk_cause))
     return CallUpdate(
         account_id=account_id,
         pbx_call_id=call_id,
         state=state,
-        kind=event,
+        kind=f"{event}.{talk_cause}" if talk_cause in TALK_CAUSES else event,
         payload=item,
         occurred_at=now,
         terminal_pbx_id=terminal_pbx_id,
@@ -99,6 +140,18 @@ def _answered_at(dropped_at, talking_ms: int | None):
         return None
     talked = timedelta(milliseconds=min(talking_ms, MAX_PLAUSIBLE_TALK // timedelta(milliseconds=1)))
     return dropped_at - talked
+
+
+def _talk_cause(item: dict) -> str | None:
+    # Only names the event: a cause that is not text costs nothing but the name.
+    cause = item.get("talkCause")
+    return cause if isinstance(cause, str) and cause else None
+
+
+def _incoming(item: dict) -> bool | None:
+    """``incoming`` as in the doc's examples, else ``Incoming`` as in its field lists."""
+    incoming = read_flag(item, "incoming")
+    return read_flag(item, "Incoming") if incoming is None else incoming
 
 
 def _is_internal(item: dict) -> bool | None:

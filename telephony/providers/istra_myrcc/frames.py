@@ -9,17 +9,34 @@ a repeated one is a duplicate.
 Times are epoch milliseconds as strings: ``creationTime`` is when the line was
 created, ``talkingTime`` when it was answered (a timestamp here, not a duration
 as in myCrm). The doc spells the line's extension link three ways.
+
+The doc only ever shows the states ``prompting``, ``talking``, ``held`` and
+``dropped``; an incoming line that rings is never shown. ``ringing`` is our
+guess from myCrm, whose events are named after the same states (callTalking,
+callHeld, callDropped): its two ringing events are callRinging and callAlerting,
+so ``ringing`` and ``alerting`` both read as ringing. Any other state
+(``offering``, ``proceeding``...) is not guessed at: the line is still applied,
+the call stays live in the state it had (a line seen for the first time in such
+a state rings when incoming, else dials), the raw name stays on the call's event
+(kind ``callLine.<state>``, payload ``state``), and the value is logged once per
+account. A line that cannot be read at all is skipped alone: the other lines of
+the frame, or of the catch-up list after a reconnect, still apply.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import OrderedDict
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.utils import timezone
 
 from telephony import updates as u
+from telephony.providers import unexpected
 from telephony.providers.istra_session import frame_items, read_count, read_flag, read_text
 from telephony.updates import CallUpdate, FrameRejected
+
+logger = logging.getLogger(__name__)
 
 LINE_URI_PREFIX = "v1/rcc/CallLine/"
 EXTENSION_URI_PREFIX = "v1/rcc/Extension/"
@@ -31,7 +48,10 @@ LINE_STATES = {
     "talking": u.TALKING,
     "held": u.HELD,
     "dropped": u.ENDED,
-}  # and "ringing": RINGING when incoming, else DIALING (the remote rings)
+}
+# Ringing states: RINGING when the line is incoming, else DIALING (the remote rings). Without
+# isIncoming, myCrm's plain reading of its two event names decides (is the line incoming?).
+RING_STATES = {"ringing": False, "alerting": True}
 
 # myRCC's line actions and the normalised names the console and domain use.
 ACTION_NAMES = {
@@ -58,21 +78,69 @@ CAUSE_KEYWORDS = (
 )
 
 
-def parse_myrcc_frame(text: str, account_id: int) -> list[CallUpdate]:
-    """Every line of a websocket frame or of a GET CallLine list; ``FrameRejected`` if malformed."""
+class LineStates:
+    """The normalised state each live line was last given, so a snapshot in an unknown state keeps it.
+
+    One per listener connection (the provider's), filled from the calls the database holds live
+    when it connects and from every line it parses after that. Bounded: a line never seen
+    dropping is forgotten after ``limit`` newer ones.
+    """
+
+    def __init__(self, limit: int = 10_000):
+        self.limit = limit
+        self._states: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, line_id: str) -> str | None:
+        return self._states.get(line_id)
+
+    def remember(self, line_id: str, state: str) -> None:
+        if state == u.ENDED:
+            self._states.pop(line_id, None)
+            return
+        self._states[line_id] = state
+        self._states.move_to_end(line_id)
+        while len(self._states) > self.limit:
+            self._states.popitem(last=False)
+
+    def remember_all(self, states: dict[str, str]) -> None:
+        for line_id, state in states.items():
+            self.remember(line_id, state)
+
+
+def parse_myrcc_frame(text: str, account_id: int, lines: LineStates | None = None) -> list[CallUpdate]:
+    """Every readable line of a websocket frame or of a GET CallLine list.
+
+    ``FrameRejected`` only when the frame itself is not a list of lines; a line that cannot be
+    read is logged and skipped, and the others apply.
+    """
     now = timezone.now()
-    return [line_update(item, account_id, now) for item in frame_items(text)]
+    updates = []
+    for item in frame_items(text):
+        try:
+            update = line_update(item, account_id, now, lines)
+        except FrameRejected as exc:
+            unexpected.warn_once(logger, account_id, "myRCC line", str(exc), "myRCC call line skipped: %s", exc)
+            continue
+        if lines is not None:
+            lines.remember(update.pbx_call_id, update.state)
+        updates.append(update)
+    return updates
 
 
-def line_update(line: dict, account_id: int, now: datetime) -> CallUpdate:
+def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | None = None) -> CallUpdate:
+    """One call line's snapshot; ``FrameRejected`` if it cannot be read."""
+    line_id = line_id_of(line)
     state_name = read_text(line, "state")
     incoming = read_flag(line, "isIncoming")
     state = _state(state_name, incoming)
+    known_state = state is not None
+    if not known_state:
+        state = _kept_state(line_id, incoming, lines)
     modified = read_text(line, "lastModificationTime")
     answered_at = _epoch_ms(line, "talkingTime")
-    return CallUpdate(
+    update = CallUpdate(
         account_id=account_id,
-        pbx_call_id=_line_id(line),
+        pbx_call_id=line_id,
         state=state,
         kind=f"callLine.{state_name}",
         payload=line,
@@ -89,17 +157,37 @@ def line_update(line: dict, account_id: int, now: datetime) -> CallUpdate:
         end_cause=_end_cause(line, incoming, answered_at) if state == u.ENDED else None,
         frame_id=f"{modified}:{state_name}" if modified else None,
     )
+    if not known_state:
+        unexpected.warn_once(
+            logger, account_id, "myRCC state", state_name,
+            "myRCC sent call-line state %s, which the spec does not show: line %s is kept %s",
+            unexpected.shown(state_name), line_id, state,
+        )
+    return update
 
 
-def _state(state_name: str | None, incoming: bool | None) -> str:
-    if state_name == "ringing":
-        return u.RINGING if incoming else u.DIALING
-    if state_name not in LINE_STATES:
-        raise FrameRejected(f"unknown call-line state {state_name!r}")
-    return LINE_STATES[state_name]
+def _state(state_name: str | None, incoming: bool | None) -> str | None:
+    """The normalised state of a state we know; None for one the spec does not show."""
+    if state_name is None:
+        raise FrameRejected("a call line without a state")
+    if state_name in RING_STATES:
+        return u.RINGING if (RING_STATES[state_name] if incoming is None else incoming) else u.DIALING
+    return LINE_STATES.get(state_name)
 
 
-def _line_id(line: dict) -> str:
+def _kept_state(line_id: str, incoming: bool | None, lines: LineStates | None) -> str:
+    """An unknown state keeps the call live as it was; a line first seen so rings (or dials when outgoing).
+
+    Without ``isIncoming`` it rings: the domain takes a call of unknown direction as inbound.
+    """
+    known = lines.get(line_id) if lines is not None else None
+    if known is not None:
+        return known
+    return u.DIALING if incoming is False else u.RINGING
+
+
+def line_id_of(line: dict) -> str:
+    """The line's id, from ``lineId`` or else its ``restUri``; ``FrameRejected`` without either."""
     line_id = read_text(line, "lineId")
     if line_id is None:
         rest_uri = read_text(line, "restUri") or ""

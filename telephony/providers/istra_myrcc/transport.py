@@ -7,7 +7,10 @@ with the lines that exist now, which the stream hands the supervisor as
 ``initial_frames`` so a reconnect catches up on calls it missed. A call ctihub
 still thinks alive but missing from that list ended while the socket was down:
 its last snapshot is pulled (``GET v1/rcc/CallLine/<lineId>``) so it ends as it
-really did, or, if the PBX has forgotten the line, it is ended now.
+really did, or, if the PBX has forgotten the line (400 "bad call line ID"), it is
+ended now. A line that cannot be pulled (a 404, a 5xx, no answer) does not fail
+the connect: the call is left as it is, the line is logged with the account and
+pulled again later by ``tasks.pull_lines_task`` (then by the next reconnect).
 
 While the socket is up, the supervisor's session checks send ``GET v1/rcc/Extension?offset=0&length=1``
 on its session: the doc says the session "is expired after a (configurable) delay of inactivity", and
@@ -20,21 +23,27 @@ line's last snapshot allowed.
 from __future__ import annotations
 
 import json
+import logging
 from functools import cached_property
 from urllib.parse import quote
 
 from telephony import updates as u
-from telephony.providers.base import ActionRefused, EventStream, ListenerSpec, Provider, ProviderError, TerminalInfo
+from telephony.providers.base import (
+    ActionRefused, EventStream, ListenerSpec, Provider, ProviderError, SessionExpired, TerminalInfo,
+)
 from telephony.providers.istra_myrcc.frames import (
     ACTION_NAMES,
     EXTENSION_URI_PREFIX,
     LINE_URI_PREFIX,
+    LineStates,
     extension_id_from_uri,
-    line_update,
+    line_id_of,
     parse_myrcc_frame,
 )
 from telephony.providers.istra_session import IstraSession, frame_items, rcc_username
 from telephony.updates import CallUpdate, FrameRejected
+
+logger = logging.getLogger(__name__)
 
 APP = "myRCC"
 LISTENER_NAME = "CallLines"
@@ -57,6 +66,11 @@ class MyRccProvider(Provider):
         return IstraSession(
             self.account, APP, rcc_username(self.account.login, self.account.enterprise), http=self.http
         )
+
+    @cached_property
+    def line_states(self) -> LineStates:
+        """What each line was last given on this connection: a snapshot in an unknown state keeps it."""
+        return LineStates()
 
     # --- REST -------------------------------------------------------------------------
     def test_connection(self) -> str:
@@ -110,32 +124,65 @@ class MyRccProvider(Provider):
 
     def _catch_up(self, current_lines: str | None):
         """The lines alive now, then the last word on every call we think alive that is not among them."""
+        live = _calls_thought_live(self.account.pk)
+        self.line_states.remember_all(live)
         if current_lines is None:
             return
         yield current_lines
         try:
-            listed = {_line_id_of(item) for item in frame_items(current_lines)}
+            listed = {_line_id_or_none(item) for item in frame_items(current_lines)}
         except FrameRejected:
             return  # the supervisor rejects (and logs) the list itself; without it nothing is known to be gone
-        gone = [self._last_snapshot(line_id) for line_id in sorted(_calls_thought_live(self.account.pk) - listed)]
+        gone, unpulled = self.pull_lines(sorted(set(live) - listed), relogin=False)
+        if unpulled:
+            from telephony.providers.istra_myrcc.tasks import schedule_pull
+
+            schedule_pull(self.account.pk, unpulled)
         if gone:
             yield json.dumps({"count": len(gone), "results": gone})
 
-    def _last_snapshot(self, line_id: str) -> dict:
+    def pull_lines(self, line_ids: list[str], *, relogin: bool = True) -> tuple[list[dict], list[str]]:
+        """The last snapshot of each line (a forgotten line reads as dropped now), and the lines not pulled.
+
+        One try per line and no retry on a timeout: a listener waits for this. Once the PBX did not
+        answer at all, the lines after it are not tried either (each would wait as long): they wait
+        for the retry. A refused session or login still raises: a listener's connect starts over.
+        """
+        snapshots: list[dict] = []
+        unpulled: list[str] = []
+        unreachable = False
+        for line_id in line_ids:
+            if unreachable:
+                unpulled.append(line_id)
+                continue
+            try:
+                snapshots.append(self._last_snapshot(line_id, relogin))
+            except ProviderError as exc:
+                if exc.status == 401 or isinstance(exc, SessionExpired):  # the session or login, not this line
+                    raise
+                logger.warning("myRCC call line %s cannot be pulled now (%s); its call stays as it is until a retry",
+                               line_id, exc, extra={"account_id": self.account.pk})
+                unpulled.append(line_id)
+                unreachable = exc.status is None
+        return snapshots, unpulled
+
+    def _last_snapshot(self, line_id: str, relogin: bool) -> dict:
+        path = f"{LINE_URI_PREFIX}{quote(line_id, safe='')}"
         try:
-            line = self.session.request_json("GET", f"{LINE_URI_PREFIX}{quote(line_id, safe='')}", relogin=False)
+            line = self.session.request_json("GET", path, relogin=relogin, retry_on_timeout=False)
         except ProviderError as exc:
-            if exc.status != 400:  # 503, a timeout...: reconnect and ask again rather than guess
-                raise ProviderError(f"could not read call line {line_id} after reconnecting: {exc}") from None
-            line = None
-        if isinstance(line, dict):  # dropped, or alive after all (another owner stored it after our list)
-            return line
-        # "bad call line ID": the PBX forgot the line, so it ended while we were away; when is unknown.
-        return {"lineId": line_id, "restUri": f"{LINE_URI_PREFIX}{line_id}", "state": "dropped",
-                "stateCause": "causeNormal"}
+            if exc.status != 400:  # 404, 503, a timeout...: ask again later rather than guess
+                raise
+            # "bad call line ID": the PBX forgot the line, so it ended while we were away; when is unknown.
+            return {"lineId": line_id, "restUri": f"{LINE_URI_PREFIX}{line_id}", "state": "dropped",
+                    "stateCause": "causeNormal"}
+        if isinstance(line, dict) and _pulled_line_id(line) == line_id:
+            return line  # dropped, or alive after all (another owner stored it after our list)
+        raise ProviderError(f"Istra myRCC answered GET {path} with something that is not that call line",
+                            status=200)
 
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
-        return parse_myrcc_frame(text, self.account.pk)
+        return parse_myrcc_frame(text, self.account.pk, self.line_states)
 
     def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
         self.session.close_listener(spec.name, stream)
@@ -145,19 +192,51 @@ class MyRccProvider(Provider):
             self.session.close()
 
 
-def _line_id_of(item: dict) -> str | None:
+def pull_lines_into_calls(account, line_ids: list[str]) -> tuple[int, list[str]]:
+    """Pull the lines whose calls are still live in ctihub and apply them: (calls changed, lines not pulled).
+
+    For the retry task, on its own session (not a listener's). A line whose call ended meanwhile
+    (a snapshot came, or a reconnect settled it) is not asked for again.
+    """
+    from telephony.domain import apply_call_updates
+
+    live = _calls_thought_live(account.pk)
+    wanted = [line_id for line_id in line_ids if line_id in live]
+    if not wanted:
+        return 0, []
+    provider = MyRccProvider(account)
     try:
-        return line_update(item, 0, None).pbx_call_id
+        provider.line_states.remember_all(live)
+        snapshots, unpulled = provider.pull_lines(wanted)
+    finally:
+        provider.close()
+    updates = parse_myrcc_frame(json.dumps({"results": snapshots}), account.pk, provider.line_states)
+    applied = apply_call_updates(updates)
+    return sum(1 for result in applied if result.changed), unpulled
+
+
+def _line_id_or_none(item: dict) -> str | None:
+    try:
+        return line_id_of(item)
     except FrameRejected:
         return None
 
 
-def _calls_thought_live(account_id: int) -> set[str]:
+def _pulled_line_id(item: dict) -> str | None:
+    # A pulled line is read with plain JSON (an id sent as a number is an int; Python keeps it exact).
+    value = item.get("lineId")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _line_id_or_none(item)
+
+
+def _calls_thought_live(account_id: int) -> dict[str, str]:
+    """Line id -> state of the account's calls that ctihub holds live."""
     from telephony.models import Call
 
     live = Call.objects.filter(account_id=account_id).exclude(state=Call.State.ENDED)
     # A "#<pk>" suffix marks an old call whose id the PBX has since recycled: not a line id any more.
-    return {pbx_id for pbx_id in live.values_list("pbx_call_id", flat=True) if "#" not in pbx_id}
+    return {pbx_id: state for pbx_id, state in live.values_list("pbx_call_id", "state") if "#" not in pbx_id}
 
 
 def _page_items(page) -> list[dict]:

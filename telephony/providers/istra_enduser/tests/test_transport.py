@@ -353,6 +353,21 @@ def test_it_opens_the_socket_binds_notifications_and_pushes_counters_to_the_owne
     assert platform.world.requests_received()[-1]["method"] == "DELETE"  # the listener is deleted on close
 
 
+def test_it_opens_the_socket_with_the_headers_the_doc_lists_for_it(provider, platform):
+    """Doc §IX.B: the mandatory headers (Content-Type, X-Application: myIstra) without the CSRF token, Upgrade."""
+    [spec] = provider.listener_specs([])
+    stream = provider.open_stream(spec)
+    try:
+        [upgrade] = [e for e in platform.world.requests_received() if e["path"].endswith("/ws-service/myIstra")]
+        headers = {key.lower(): value for key, value in upgrade["headers"].items()}
+        [session] = platform.world.sessions.of_app("myIstra")
+        assert (headers["content-type"], headers["x-application"], headers["cookie"]) == (
+            "application/json", "myIstra", f"myIstra_SESSIONID={session.id}")
+        assert "upgrade" in headers["connection"].lower()
+    finally:
+        provider.close_stream(spec, stream)
+
+
 def test_it_keeps_the_socket_alive_with_the_docs_json_frame(provider, platform):
     [spec] = provider.listener_specs([])
     stream = provider.open_stream(spec)

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from telephony import updates as u
-from telephony.domain import apply_call_update
+from telephony.domain import apply_call_update, apply_call_updates
 from telephony.models import Call
+from telephony.providers import unexpected
 from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
+from telephony.providers.istra_mycrm.transport import MyCrmProvider
 from telephony.updates import FrameRejected
 from tests.factories import make_account, make_terminal
 
@@ -48,6 +50,7 @@ def test_it_reads_the_docs_calltalking_example():
     update = parse_one(fixture("event_call_talking"))
     assert (update.state, update.direction) == (u.TALKING, u.INBOUND)
     assert update.payload["talkCause"] == "transferred"
+    assert update.kind == "callTalking.transferred"
 
 
 def test_it_reads_the_docs_calldropped_example_with_its_string_durations():
@@ -136,18 +139,25 @@ def test_it_keeps_a_64_bit_call_id_exact_even_when_sent_as_a_number():
     "[1, 2]",
     '{"listenerName": "x"}',
     '{"listenerName": "x", "item": ["callHeld"]}',
+])
+def test_it_rejects_a_frame_that_is_not_a_list_of_items_with_framerejected_only(text):
+    with pytest.raises(FrameRejected):
+        parse_mycrm_frame(text, 7, TERMINAL)
+
+
+@pytest.mark.parametrize("text", [
     frame(event="callExploded"),
     frame(event=None),
     json.dumps({"item": [{"event": "callHeld"}]}),  # no callId
     json.dumps({"item": [{"event": "callHeld", "callId": ""}]}),
     frame(event="callRinging", incoming="maybe"),
+    frame(event="callDropped", Incoming="maybe"),
     frame(event="callDropped", ringingTime="fast"),
     frame(event="callDropped", talkingTime="-5"),
     frame(event="callTalking", displayNumber=["104"]),
 ])
-def test_it_rejects_a_malformed_frame_with_framerejected_only(text):
-    with pytest.raises(FrameRejected):
-        parse_mycrm_frame(text, 7, TERMINAL)
+def test_it_skips_an_item_it_cannot_read_without_raising(text):
+    assert parse_mycrm_frame(text, 7, TERMINAL) == []
 
 
 # --- what the domain makes of them -------------------------------------------------------------------
@@ -198,3 +208,68 @@ def test_it_stores_a_call_answered_while_the_socket_was_down_as_answered_and_tel
     assert call.ended_at - call.answered_at == timedelta(milliseconds=1006)
     assert payloads.hangup_status(call) == "answered"
     assert payloads.upload_result(call) == "answered"
+
+
+# --- what the doc leaves open: its field lists' spelling, talkCause, events it does not list ----------------
+
+def feed(account, *texts: str) -> None:
+    """Frames through the provider's own parser, into the domain: what the supervisor does."""
+    provider = MyCrmProvider(account)
+    (spec,) = provider.listener_specs([TERMINAL])
+    for text in texts:
+        apply_call_updates(provider.parse_frame(text, spec))
+
+
+@pytest.fixture
+def account():
+    account = make_account()
+    make_terminal(account, pbx_id=TERMINAL)
+    unexpected.forget()
+    return account
+
+
+@pytest.mark.django_db
+def test_it_reads_the_field_lists_capitalised_incoming_on_a_drop_after_an_outage(account):
+    """The doc lists "Incoming (true/false)" on callDropped: our own call, given up, is no missed inbound call."""
+    feed(account, fixture("event_call_dropped_spec_fields"))
+
+    call = Call.objects.get(account=account, pbx_call_id="-440")
+    assert (call.direction, call.end_cause, call.answered_at) == (Call.Direction.OUTBOUND, u.END_CANCELLED, None)
+
+
+def test_it_reads_incoming_before_incoming_capitalised_when_both_are_sent():
+    assert parse_one(frame(event="callTalking", incoming=True, Incoming=False)).direction == u.INBOUND
+    assert parse_one(frame(event="callTalking", Incoming="true")).direction == u.INBOUND
+
+
+@pytest.mark.django_db
+def test_it_names_each_talking_event_by_its_talkcause_so_a_resume_is_no_answer(account):
+    answered = frame(event="callTalking", incoming=True, talkCause="answer")
+    feed(account, fixture("event_call_ringing"), answered)
+    answered_at = Call.objects.get(account=account, pbx_call_id="-428").answered_at
+    feed(account, frame(event="callHeld"), fixture("event_call_talking_unhold"))
+
+    call = Call.objects.get(account=account, pbx_call_id="-428")
+    assert list(call.events.order_by("id").values_list("kind", flat=True)) == [
+        "callRinging", "callTalking.answer", "callHeld", "callTalking.unHold"]
+    assert (call.state, call.answered_at) == (Call.State.TALKING, answered_at)
+
+
+def test_it_keeps_the_plain_event_name_for_a_talkcause_the_doc_does_not_list(caplog):
+    unexpected.forget()
+    with caplog.at_level("WARNING"):
+        assert parse_one(frame(event="callTalking", talkCause="pickup")).kind == "callTalking"
+        assert parse_one(frame(event="callTalking", talkCause={"odd": 1})).kind == "callTalking"
+    assert ["'pickup'" in r.getMessage() for r in caplog.records] == [True]
+
+
+@pytest.mark.django_db
+def test_it_applies_the_other_items_of_a_frame_naming_an_event_the_doc_does_not_list(account, caplog):
+    with caplog.at_level("WARNING"):
+        feed(account, fixture("frame_unknown_event_among_others"), fixture("frame_unknown_event_among_others"))
+
+    states = dict(Call.objects.filter(account=account).values_list("pbx_call_id", "state"))
+    assert states == {"-428": "held", "-432": "talking"}
+    assert Call.objects.get(account=account, pbx_call_id="-432").direction == Call.Direction.OUTBOUND
+    said = [r for r in caplog.records if "callParked" in r.getMessage()]
+    assert len(said) == 1 and said[0].account_id == account.pk  # once per account and name, not per frame

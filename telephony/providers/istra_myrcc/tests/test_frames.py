@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from telephony import updates as u
-from telephony.domain import apply_call_update
+from telephony.domain import apply_call_update, apply_call_updates
 from telephony.models import Call, PbxAccount
+from telephony.providers import unexpected
 from telephony.providers.istra_myrcc.frames import parse_myrcc_frame
+from telephony.providers.istra_myrcc.transport import MyRccProvider
 from telephony.updates import FrameRejected
 from tests.factories import make_account, make_terminal
 
@@ -106,6 +108,7 @@ def test_it_reads_the_extension_link_under_each_of_its_three_spellings(key):
     ("prompting", False, u.DIALING),
     ("ringing", True, u.RINGING),
     ("ringing", False, u.DIALING),
+    ("alerting", True, u.RINGING),
     ("talking", True, u.TALKING),
     ("held", True, u.HELD),
     ("dropped", True, u.ENDED),
@@ -161,7 +164,14 @@ def test_it_reads_an_empty_list_as_no_updates():
     "null",
     '{"listenerName": "CallLines"}',
     '{"count": 1, "results": 7}',
-    frame(state="exploded"),
+    '{"count": 1, "results": ["held"]}',
+])
+def test_it_rejects_a_frame_that_is_not_a_list_of_lines_with_framerejected_only(text):
+    with pytest.raises(FrameRejected):
+        parse_myrcc_frame(text, 3)
+
+
+@pytest.mark.parametrize("text", [
     frame(state=None),
     json.dumps({"item": [{"state": "talking"}]}),  # no line id at all
     frame(isIncoming="yes"),
@@ -172,9 +182,8 @@ def test_it_reads_an_empty_list_as_no_updates():
     frame(extension="v1/rcc/Somewhere/1"),
     frame(displayedNumber=["102"]),
 ])
-def test_it_rejects_a_malformed_frame_with_framerejected_only(text):
-    with pytest.raises(FrameRejected):
-        parse_myrcc_frame(text, 3)
+def test_it_skips_a_line_it_cannot_read_without_raising(text):
+    assert parse_myrcc_frame(text, 3) == []
 
 
 # --- what the domain makes of them -------------------------------------------------------------------
@@ -192,3 +201,97 @@ def test_it_gives_the_domain_snapshots_it_stores_once_each():
         Call.State.ENDED, Call.Direction.OUTBOUND, u.END_HANGUP, "897778778")
     assert call.answered_at == at_ms(1420707629443)
     assert call.events.count() == 4  # a snapshot received again changes nothing
+
+
+# --- what the spec leaves open: states it never shows, lines that cannot be read ------------------------
+
+def feed(provider, *names: str) -> None:
+    """Fixture frames through the provider's own parser, into the domain: what the supervisor does."""
+    (spec,) = provider.listener_specs([])
+    for name in names:
+        apply_call_updates(provider.parse_frame(fixture(name), spec))
+
+
+@pytest.fixture
+def rcc_provider():
+    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC)
+    for pbx_id in ("897778778", "4588897", "105"):
+        make_terminal(account, pbx_id=pbx_id)
+    unexpected.forget()
+    return MyRccProvider(account)
+
+
+@pytest.mark.django_db
+def test_it_applies_every_line_of_a_catch_up_list_holding_a_state_the_spec_does_not_show(rcc_provider):
+    feed(rcc_provider, "call_lines_list_unknown_state")
+
+    calls = {c.pbx_call_id: c for c in Call.objects.filter(account=rcc_provider.account)}
+    assert {i: c.state for i, c in calls.items()} == {"-2898": "held", "-2903": "talking", "-2910": "ringing"}
+    offered = calls["-2910"]  # first seen "offering": an incoming line it does not know yet rings
+    assert (offered.direction, offered.remote_number_e164, offered.allowed_actions) == (
+        "in", "+33612345678", [u.ANSWER, u.HANGUP, u.REDIRECT])
+    (event,) = offered.events.all()
+    assert (event.kind, event.payload["state"]) == ("callLine.offering", "offering")  # the PBX's own word, kept
+
+
+@pytest.mark.django_db
+def test_it_keeps_a_talking_call_talking_through_a_snapshot_in_an_unknown_state(rcc_provider):
+    feed(rcc_provider, "frame_5499_talking", "frame_5499_unknown_state")
+
+    call = Call.objects.get(account=rcc_provider.account, pbx_call_id="-5499")
+    assert (call.state, call.answered_at) == (Call.State.TALKING, at_ms(1420707629443))
+    assert call.allowed_actions == [u.HANGUP, u.LEAVE, u.SEND_DTMF]  # the rest of the snapshot applies
+    assert list(call.events.order_by("id").values_list("kind", flat=True)) == [
+        "callLine.talking", "callLine.conferenced"]
+
+    feed(rcc_provider, "frame_5499_dropped")
+    call.refresh_from_db()
+    assert (call.state, call.end_cause) == (Call.State.ENDED, u.END_HANGUP)
+
+
+@pytest.mark.django_db
+def test_it_applies_the_other_lines_of_a_frame_holding_a_line_it_cannot_read(rcc_provider, caplog):
+    with caplog.at_level("WARNING"):
+        feed(rcc_provider, "frame_two_lines_one_unreadable")
+
+    assert list(Call.objects.filter(account=rcc_provider.account).values_list("pbx_call_id", "state")) == [
+        ("-2912", "talking")]
+    (record,) = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert "creationTime" in record.getMessage() and record.account_id == rcc_provider.account.pk
+
+
+def test_it_logs_an_unknown_state_once_per_account_and_value(caplog):
+    unexpected.forget()
+    text = fixture("frame_5499_unknown_state")
+    with caplog.at_level("WARNING"):
+        for account_id in (3, 3, 3, 4):
+            parse_myrcc_frame(text, account_id)
+        parse_myrcc_frame(text.replace("conferenced", "consulting"), 3)
+    said = [(r.account_id, r.getMessage()) for r in caplog.records]
+    assert [account_id for account_id, _ in said] == [3, 4, 3]
+    assert "'conferenced'" in said[0][1] and "-5499" in said[0][1] and "'consulting'" in said[2][1]
+
+
+def test_it_reads_an_alerting_line_as_ringing_like_mycrms_callalerting_without_a_warning(caplog):
+    unexpected.forget()
+    with caplog.at_level("WARNING"):
+        update = parse_one(fixture("frame_incoming_alerting"))
+    assert (update.state, update.direction, update.kind) == (u.RINGING, u.INBOUND, "callLine.alerting")
+    assert parse_one(frame(state="alerting", isIncoming=False)).state == u.DIALING
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(("incoming", "expected"), [(True, u.RINGING), (False, u.DIALING), (None, u.RINGING)])
+def test_it_gives_a_line_first_seen_in_an_unknown_state_the_ringing_state_of_its_direction(incoming, expected):
+    fields = {"state": "offering", "isIncoming": incoming}
+    assert parse_one(frame(**fields)).state == expected
+
+
+def test_it_forgets_a_line_once_dropped_so_a_recycled_id_starts_as_new():
+    from telephony.providers.istra_myrcc.frames import LineStates
+
+    lines = LineStates()
+    parse_myrcc_frame(frame(state="held"), 3, lines)
+    assert parse_myrcc_frame(frame(state="offering"), 3, lines)[0].state == u.HELD
+    parse_myrcc_frame(frame(state="dropped"), 3, lines)
+    assert parse_myrcc_frame(frame(state="offering"), 3, lines)[0].state == u.RINGING

@@ -1,0 +1,160 @@
+"""Where a real Istra may depart from our reading of the specs: switches a test turns on.
+
+Our simulator and our tests share one reading of the specs, so where a spec is
+silent the tests would only confirm our own guess. These switches make the
+simulator send what the specs leave open. All are off by default (and in the demo);
+``reset`` turns them off.
+
+* **Unpullable lines** (myRCC): ``GET v1/rcc/CallLine/<id>`` answers a chosen
+  error status (404, 500, 503...) for chosen line ids, in the router's
+  ``{"code": "ROUTER_ERR_<status>", "message"}`` shape, while every other request
+  works. (A line the PBX forgot still answers 400 ERR_0 "bad call line ID".)
+* **State names** (myRCC): the doc shows only ``prompting``, ``talking``, ``held``
+  and ``dropped``. A world-wide map renames states in every snapshot (e.g.
+  ``{"ringing": "alerting"}``: how this PBX spells a ringing line), and one line can
+  be shown in a state name of the test's choosing (pushed at once, as a new
+  snapshot, and shown until the line's state changes).
+
+Control routes (JSON; errors as in ``control.py``):
+
+=======  ======================================  =============================================
+method   path                                    body
+=======  ======================================  =============================================
+GET      /_sim/istra/faults/variance             -  (the switches as they are)
+POST     /_sim/istra/faults/unpullable-lines     {lines: [lineId...], status}  (status null or 0:
+                                                 pullable again) -> {lineId: status}
+POST     /_sim/istra/faults/state-names          {names: {state: name}}  (replaces the map; {} is off)
+POST     /_sim/istra/faults/line-state           {callId, state}  (state null: the real name again)
+=======  ======================================  =============================================
+
+Python callers use the functions of the same names with the world as first argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from simulator.control_api import json_errors, only, read_body, required
+from simulator.istra import errors
+from simulator.istra.calls import Line
+from simulator.istra.sessions import world_of
+from simulator.istra.world import IstraWorld, on_loop
+
+PREFIX = "/_sim/istra/faults"
+MAX_NAME = 200
+
+
+# --- what the views ask ------------------------------------------------------------------------
+
+def refuse_pull(world: IstraWorld, line_id: str) -> None:
+    """Raise the error chosen for pulling ``line_id``, if one is."""
+    status = world.variance.unpullable.get(line_id)
+    if status is None:
+        return
+    if status == 404:
+        raise errors.not_found(f"v1/rcc/CallLine/{line_id}")
+    raise errors.router_error(status, f"ROUTER_ERR_{status}", f"call line {line_id} cannot be read now")
+
+
+def shown_state(world: IstraWorld, line: Line) -> str:
+    """The state name a snapshot of ``line`` shows."""
+    state = line.state or ""
+    named = world.variance.line_state_names.get(line.line_id)
+    if named is not None and named[0] == state:
+        return named[1]
+    return world.variance.state_names.get(state, state)
+
+
+# --- switches ------------------------------------------------------------------------------------
+
+@on_loop
+def unpullable_lines(world: IstraWorld, line_ids: list[str], status: int | None = 500) -> dict[str, int]:
+    """Pulling these lines answers ``status`` (None or 0: they are pullable again)."""
+    if not isinstance(line_ids, list) or not all(isinstance(i, str) and i for i in line_ids):
+        raise ValueError("lines must be a list of call line ids")
+    if status is not None and (not isinstance(status, int) or isinstance(status, bool)
+                               or not (status == 0 or 400 <= status <= 599)):
+        raise ValueError("status must be an HTTP error status (400-599), or 0/null to undo")
+    for line_id in line_ids:
+        if status:
+            world.variance.unpullable[line_id] = status
+        else:
+            world.variance.unpullable.pop(line_id, None)
+    return dict(world.variance.unpullable)
+
+
+@on_loop
+def state_names(world: IstraWorld, names: dict[str, str]) -> dict[str, str]:
+    """Snapshots show state ``s`` as ``names[s]`` from now on (``{}``: as the doc spells them)."""
+    if not isinstance(names, dict) or not all(_a_name(k) and _a_name(v) for k, v in names.items()):
+        raise ValueError("names must map state names to state names")
+    world.variance.state_names = dict(names)
+    return dict(names)
+
+
+@on_loop
+def line_state(world: IstraWorld, call_id: str, name: str | None) -> dict[str, Any]:
+    """Show line ``call_id`` in state ``name`` until its state changes, and push that snapshot now."""
+    line = world.call(call_id)
+    if name is None:
+        world.variance.line_state_names.pop(line.line_id, None)
+    elif not _a_name(name):
+        raise ValueError(f"state must be a text of 1 to {MAX_NAME} characters, or null")
+    else:
+        world.variance.line_state_names[line.line_id] = (line.state or "", name)
+    # A new snapshot (lastModificationTime moves on) for every myRCC client monitoring the line;
+    # a change that keeps the state is nothing to myCrm or to the call history.
+    world.calls._touch(line)  # noqa: SLF001 - the CallBook's own "changed, same state" notice
+    return {"callId": line.line_id, "state": line.state, "shown": shown_state(world, line)}
+
+
+def view(world: IstraWorld) -> dict[str, Any]:
+    variance = world.variance
+    return {
+        "unpullableLines": dict(variance.unpullable),
+        "stateNames": dict(variance.state_names),
+        "lineStates": {line_id: {"state": state, "shown": name}
+                       for line_id, (state, name) in variance.line_state_names.items()},
+    }
+
+
+def _a_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
+
+
+# --- control routes --------------------------------------------------------------------------------
+
+@json_errors()
+async def get_variance(request: web.Request) -> dict[str, Any]:
+    return view(world_of(request))
+
+
+@json_errors()
+async def post_unpullable_lines(request: web.Request) -> dict[str, int]:
+    body = await read_body(request)
+    only(body, {"lines", "status"})
+    return unpullable_lines(world_of(request), required(body, "lines"), body.get("status", 500))
+
+
+@json_errors()
+async def post_state_names(request: web.Request) -> dict[str, str]:
+    body = await read_body(request)
+    only(body, {"names"})
+    return state_names(world_of(request), body.get("names", {}))
+
+
+@json_errors()
+async def post_line_state(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    only(body, {"callId", "state"})
+    return line_state(world_of(request), str(required(body, "callId")), body.get("state"))
+
+
+def add_control_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get(f"{PREFIX}/variance", get_variance)
+    router.add_post(f"{PREFIX}/unpullable-lines", post_unpullable_lines)
+    router.add_post(f"{PREFIX}/state-names", post_state_names)
+    router.add_post(f"{PREFIX}/line-state", post_line_state)
