@@ -13,16 +13,31 @@ DELETE   /_sim/telepo/tickets/{ticket}           -
 POST     /_sim/telepo/users                      {userId, domain, email, number, displayName,
                                                   devices: {deviceId: deviceType}, ctiLicence}
 PUT      /_sim/telepo/webhook-url                {domain, url}  (the CRM connector URL)
-POST     /_sim/telepo/calls/incoming             {userId, from, displayName, callerUserId, callerEmail}
+POST     /_sim/telepo/calls/incoming             {userId, from, displayName, callerUserId, callerEmail,
+                                                  ringDevices: [deviceId...]}  (each device rings as a
+                                                  branch of its own; without it, one branch as before)
 POST     /_sim/telepo/calls/outgoing             {userId, to, deviceId, displayName}
-GET      /_sim/telepo/calls[/{callId}]           -
-POST     /_sim/telepo/calls/{callId}/answer      {deviceId}  (the ringing party picks up)
+GET      /_sim/telepo/calls[/{callId}]           -  (with its branches and takenBy)
+POST     /_sim/telepo/calls/{callId}/answer      {deviceId}  (the ringing party picks up; on a forked
+                                                  call the other devices end ANSWERED_ELSEWHERE)
 POST     /_sim/telepo/calls/{callId}/hangup      {reason}  (CANCELLED, ANSWERED_ELSEWHERE, HANGUP, REJECTED)
+POST     /_sim/telepo/calls/{callId}/decline     {deviceId}  (that device's branch ends REJECTED, the
+                                                  others ring on; the call ends with its last branch)
+POST     /_sim/telepo/calls/{callId}/divert      {deviceId}  (a VOICEMAIL or QUEUE device takes the
+                                                  ringing call: CONFIRMED there, not the user answering)
+PUT      /_sim/telepo/calls/{callId}/status-name {name}  (the snapshot shows this status word; null clears)
 POST     /_sim/telepo/webhooks/hold              -  (queue messages instead of sending them)
 POST     /_sim/telepo/webhooks/release           {order: fifo|reverse|shuffle, seed}
 POST     /_sim/telepo/webhooks/pace              {seconds}  (a pause after each delivery: lagging webhooks)
 POST     /_sim/telepo/webhooks/drop-next         {count, state}
 POST     /_sim/telepo/webhooks/duplicate-next    {count, state}
+POST     /_sim/telepo/webhooks/rename-next       {count, state, to, field}  (the next messages, of state if
+                                                  given, carry ``field`` (state, termination-reason,
+                                                  direction or device_type; state unless given) as ``to``)
+POST     /_sim/telepo/actions/fail-next          {action, description, count}  (the next actions, of that
+                                                  path name (hold, make...) if given, answer 200 with
+                                                  "event": "FAILED" and eventDescription, doing nothing;
+                                                  description defaults to the spec's sample)
 POST     /_sim/telepo/webhooks/resend            {callId, seqNum, shiftSeconds}  (timestamp moved by that)
 GET      /_sim/telepo/webhooks                   -  (every message generated, in order)
 GET      /_sim/telepo/webhooks/deliveries        -  (every POST made, with ctihub's status)
@@ -91,11 +106,15 @@ async def set_webhook_url(request):
 
 @_json_errors
 async def incoming(request):
-    body = await _body(request, {"userId", "from", "displayName", "callerUserId", "callerEmail"})
+    body = await _body(request, {"userId", "from", "displayName", "callerUserId", "callerEmail", "ringDevices"})
     world = world_of(request)
+    ring_devices = body.get("ringDevices")
+    if ring_devices is not None and not (isinstance(ring_devices, list)
+                                         and all(isinstance(d, str) for d in ring_devices)):
+        raise ValueError("ringDevices is a list of deviceIds")
     call = world.incoming_call(str(required(body, "userId")), str(required(body, "from")),
                                display_name=body.get("displayName", ""), caller_user=body.get("callerUserId", ""),
-                               caller_email=body.get("callerEmail", ""))
+                               caller_email=body.get("callerEmail", ""), ring_devices=ring_devices)
     return world.call_view(call)
 
 
@@ -132,6 +151,44 @@ async def hangup(request):
     body = await _body(request, {"reason"})
     world = world_of(request)
     return world.call_view(world.hangup(request.match_info["callId"], body.get("reason")))
+
+
+@_json_errors
+async def decline(request):
+    body = await _body(request, {"deviceId"})
+    world = world_of(request)
+    return world.call_view(world.decline(request.match_info["callId"], str(required(body, "deviceId"))))
+
+
+@_json_errors
+async def divert(request):
+    body = await _body(request, {"deviceId"})
+    world = world_of(request)
+    return world.call_view(world.divert(request.match_info["callId"], str(required(body, "deviceId"))))
+
+
+@_json_errors
+async def status_name(request):
+    body = await _body(request, {"name"})
+    world = world_of(request)
+    name = body.get("name")
+    return world.call_view(world.set_status_name(request.match_info["callId"], None if name is None else str(name)))
+
+
+@_json_errors
+async def fail_next(request):
+    body = await _body(request, {"action", "description", "count"})
+    kwargs = {"description": str(body["description"])} if body.get("description") else {}
+    rule = world_of(request).fail_next(body.get("action"), count=int(body.get("count", 1)), **kwargs)
+    return {"action": rule.action, "description": rule.description, "remaining": rule.remaining}
+
+
+@_json_errors
+async def rename_next(request):
+    body = await _body(request, {"count", "state", "to", "field"})
+    rule = world_of(request).add_rule("rename", int(body.get("count", 1)), body.get("state"),
+                                      to=required(body, "to"), field=str(body.get("field", "state")))
+    return {"kind": rule.kind, "remaining": rule.remaining, "state": rule.state, "to": rule.to, "field": rule.key}
 
 
 @_json_errors
@@ -198,11 +255,16 @@ def add_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/calls/{{callId}}", one_call)
     router.add_post(f"{PREFIX}/calls/{{callId}}/answer", answer)
     router.add_post(f"{PREFIX}/calls/{{callId}}/hangup", hangup)
+    router.add_post(f"{PREFIX}/calls/{{callId}}/decline", decline)
+    router.add_post(f"{PREFIX}/calls/{{callId}}/divert", divert)
+    router.add_put(f"{PREFIX}/calls/{{callId}}/status-name", status_name)
+    router.add_post(f"{PREFIX}/actions/fail-next", fail_next)
     router.add_post(f"{PREFIX}/webhooks/hold", hold_webhooks)
     router.add_post(f"{PREFIX}/webhooks/release", release_webhooks)
     router.add_post(f"{PREFIX}/webhooks/pace", pace_webhooks)
     router.add_post(f"{PREFIX}/webhooks/drop-next", _rule("drop"))
     router.add_post(f"{PREFIX}/webhooks/duplicate-next", _rule("duplicate"))
+    router.add_post(f"{PREFIX}/webhooks/rename-next", rename_next)
     router.add_post(f"{PREFIX}/webhooks/resend", resend)
     router.add_get(f"{PREFIX}/webhooks", messages)
     router.add_get(f"{PREFIX}/webhooks/deliveries", deliveries)

@@ -15,6 +15,23 @@ What it enforces, from the spec (Backend 5.1, CTI APIs):
   webhook message with a ``seq_num`` per call, POSTed in order to the domain's
   CRM connector URL (HTTPS; plain HTTP only to loopback, for tests), unless the
   control API holds, drops, duplicates or reorders them.
+
+What a real PBX may do beyond our reading of the spec, each off unless asked for
+(the demo asks for none):
+
+* **branches**: an incoming call given ``ring_devices`` rings each of them as a
+  branch of its own (``branch_id``, ``device_type``), one ``seq_num`` sequence for
+  the call. The device that answers sends CONFIRMED and the others TERMINATED
+  ANSWERED_ELSEWHERE; a device may decline alone (``decline``: its branch ends
+  REJECTED, the call goes on ringing elsewhere); a VOICEMAIL or QUEUE device may
+  take the call (``divert``); a move opens a branch on the new device before the
+  old one ends. The snapshot shows a diverted call ACTIVE on that device.
+* **words we do not know**: ``set_status_name`` shows a call's snapshot status
+  under another name; a ``rename`` rule sends a message's state (or another
+  field) under another name. Both are what Telepo says, so they are in ``sent``.
+* **refusals**: ``fail_next`` makes the next action (or make call) answer 200 with
+  ``"event": "FAILED"`` and an ``eventDescription``, like the spec's sample, and
+  do nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +52,8 @@ TERMINATION_REASONS = ("CANCELLED", "ANSWERED_ELSEWHERE", "HANGUP", "REJECTED")
 DEVICE_TYPES = ("MOBILE", "SOFT", "DESKTOP", "FXS", "EXTERNAL_PBX", "FAX", "VOICEMAIL", "EXTERNAL", "MOBILE_EXT",
                 "CONFERENCE", "QUEUE", "MOBILE_VOIP", "WEB")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+RENAMABLE = ("state", "termination-reason", "direction", "device_type")
+SPEC_FAILURE = "Call setup failed with status code 504"  # the spec's sample eventDescription
 
 
 class TelepoError(Exception):
@@ -106,6 +125,20 @@ class Party:
 
 
 @dataclass
+class Branch:
+    """One device ringing (or having) a forked call."""
+
+    branch_id: str
+    device_id: str
+    state: str = "EARLY"  # the state of its last webhook message
+    confirmed: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self.state != TERMINATED
+
+
+@dataclass
 class Call:
     call_id: str
     user_id: str
@@ -126,19 +159,40 @@ class Call:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     termination_reason: str | None = None
     history: list[str] = field(default_factory=list)
+    # A forked call's branches (empty: one branch, ``branch_id`` on ``device_id``, as before).
+    branches: list[Branch] = field(default_factory=list)
+    taken_by: str | None = None  # the VOICEMAIL or QUEUE device a call was diverted to
+    status_name: str | None = None  # the snapshot's word for ``status`` when told to use another
 
     @property
     def live(self) -> bool:
         return self.status != TERMINATED
 
+    def live_branches(self) -> list[Branch]:
+        return [b for b in self.branches if b.live]
+
 
 @dataclass
 class WebhookRule:
-    """Drop or duplicate the next ``remaining`` messages (of ``state``, if given)."""
+    """Drop, duplicate or rename the next ``remaining`` messages (of ``state``, if given).
+
+    A rename sends the message's ``key`` (its state unless told) as ``to``: a word ctihub does not know.
+    """
 
     kind: str
     remaining: int
     state: str | None = None
+    to: Any = None
+    key: str = "state"
+
+
+@dataclass
+class FailRule:
+    """Answer the next ``remaining`` actions (``action``: a path name, or any) FAILED, doing nothing."""
+
+    action: str | None
+    description: str
+    remaining: int
 
 
 class TelepoWorld:
@@ -158,6 +212,7 @@ class TelepoWorld:
             self.held = False
             self.pace = 0.0  # seconds between two deliveries: a sender whose queue lags behind its snapshot
             self.rules: list[WebhookRule] = []
+            self.failures: list[FailRule] = []
             self.requests: list[dict[str, Any]] = []
             self._request_seq = itertools.count(1)
             self._tokens = itertools.count(487345453, 7919)
@@ -201,13 +256,27 @@ class TelepoWorld:
     # --- calls, PBX side ------------------------------------------------------------------------
 
     def incoming_call(self, user_id: str, caller: str, *, display_name: str = "", caller_user: str = "",
-                      caller_email: str = "") -> Call:
-        """Someone calls the user: their devices ring (webhook EARLY)."""
+                      caller_email: str = "", ring_devices: list[str] | None = None) -> Call:
+        """Someone calls the user: their devices ring (webhook EARLY).
+
+        With ``ring_devices`` each of those devices rings as a branch of its own (an EARLY each).
+        """
         with self.lock:
             user = self.user(user_id)
+            for device in ring_devices or ():
+                if device not in user.devices:
+                    raise not_found(f"user {user_id} has no device {device}")
+            devices = list(dict.fromkeys(ring_devices or ()))
             call = self._new_call(user, True, _party(caller, display_name, caller_user, caller_email), RINGING,
-                                  next(iter(user.devices)))
-            self._webhook(call, "EARLY")
+                                  devices[0] if devices else next(iter(user.devices)))
+            if not devices:
+                self._webhook(call, "EARLY")
+                return call
+            for device in devices:
+                branch = Branch(secrets.token_hex(4), device)
+                call.branches.append(branch)
+                self._webhook(call, "EARLY", branch)
+            call.branch_id = call.branches[0].branch_id
             return call
 
     def outgoing_call(self, user_id: str, destination: str, *, device_id: str | None = None,
@@ -231,9 +300,71 @@ class TelepoWorld:
             if call.status not in (RINGING, ALERTING):
                 raise TelepoError(409, "INVALID_STATE", f"call {call_id} is {call.status}, not ringing")
             if device_id:
+                if call.branches and device_id not in [b.device_id for b in call.live_branches()]:
+                    raise TelepoError(409, "INVALID_STATE", f"device {device_id} is not ringing call {call_id}")
                 call.device_id = device_id
             self._connect(call)
             return call
+
+    def decline(self, call_id: str, device_id: str) -> Call:
+        """One device of a forked call declines: its branch ends REJECTED; the call ends if it was the last."""
+        with self.lock:
+            call = self.call(call_id)
+            branch = self._live_branch(call, device_id)
+            if call.status != RINGING or branch.confirmed:
+                raise TelepoError(409, "INVALID_STATE", f"call {call_id} is {call.status}, not ringing")
+            self._end_branch(call, branch, "REJECTED")
+            if not call.live_branches():
+                call.status, call.termination_reason = TERMINATED, "REJECTED"
+            else:
+                call.state_token = next(self._tokens)
+                if call.device_id == device_id:
+                    call.device_id = call.live_branches()[0].device_id
+            return call
+
+    def divert(self, call_id: str, device_id: str) -> Call:
+        """A ringing call is taken by another device of the user, a VOICEMAIL or a QUEUE one: not an answer.
+
+        A branch on that device is CONFIRMED, the others end ANSWERED_ELSEWHERE; the snapshot shows
+        the call ACTIVE on that device. The caller hanging up later ends it with HANGUP.
+        """
+        with self.lock:
+            call = self.call(call_id)
+            user = self.user(call.user_id)
+            if call.status != RINGING:
+                raise TelepoError(409, "INVALID_STATE", f"call {call_id} is {call.status}, not ringing")
+            if device_id not in user.devices:
+                raise not_found(f"user {call.user_id} has no device {device_id}")
+            if not call.branches:  # a call ringing on one device becomes a forked one
+                call.branches.append(Branch(call.branch_id, call.device_id))
+            branch = Branch(secrets.token_hex(4), device_id, confirmed=True)
+            call.branches.append(branch)
+            self._webhook(call, "CONFIRMED", branch)
+            branch.state = "CONFIRMED"
+            for other in call.live_branches():
+                if other is not branch:
+                    self._end_branch(call, other, "ANSWERED_ELSEWHERE")
+            call.status, call.device_id, call.taken_by = ACTIVE, device_id, device_id
+            call.state_token = next(self._tokens)
+            return call
+
+    def set_status_name(self, call_id: str, name: str | None) -> Call:
+        """Show the call's snapshot (and action answers) status as ``name``, a word ctihub may not know."""
+        with self.lock:
+            call = self.call(call_id)
+            call.status_name = name or None
+            return call
+
+    def fail_next(self, action: str | None = None, description: str = SPEC_FAILURE, count: int = 1) -> FailRule:
+        """The next ``count`` actions (``action``: a path name such as hold or make; None for any) answer FAILED."""
+        if action is not None and action not in ACTIONS and action != "make":
+            raise ValueError(f"no call control action {action!r}")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self.lock:
+            rule = FailRule(action, str(description), count)
+            self.failures.append(rule)
+            return rule
 
     def hangup(self, call_id: str, reason: str | None = None) -> Call:
         """The far end (or the network) ends the call."""
@@ -242,7 +373,7 @@ class TelepoWorld:
             if not call.live:
                 raise TelepoError(409, "INVALID_STATE", f"call {call_id} has already ended")
             if reason is None:
-                reason = "HANGUP" if call.answered else "CANCELLED"
+                reason = "HANGUP" if call.answered or call.taken_by else "CANCELLED"
             if reason not in TERMINATION_REASONS:
                 raise ValueError(f"reason must be one of {', '.join(TERMINATION_REASONS)}")
             self._terminate(call, reason)
@@ -281,6 +412,11 @@ class TelepoWorld:
         with self.lock:
             if device_id not in user.devices:
                 raise not_found(f"User {user.user_id} has no device {device_id}")
+            failure = self._take_failure("make")
+            if failure is not None:
+                return {"callId": f"{secrets.token_urlsafe(12)}{next(self._call_ids)}", "userId": user.user_id,
+                        "inbound": False, "status": TERMINATED, "event": "FAILED", "eventDescription": failure,
+                        "duration": 0, "deviceIds": [device_id], "actions": []}
             call = self.outgoing_call(user.user_id, destination, device_id=device_id)
             return self.state_view(call)
 
@@ -295,6 +431,9 @@ class TelepoWorld:
             _check_token(call, body.get("stateToken"), "stateToken")
             if ACTION_NAMES[action] not in self.actions(call):
                 raise bad_request(f"{action} is not possible on call {call_id} ({call.status})", "ACTION_NOT_ALLOWED")
+            failure = self._take_failure(action)
+            if failure is not None:  # the spec's refusal: a 200, the call as it is, and why
+                return {**self.state_view(call), "event": "FAILED", "eventDescription": failure}
             ACTIONS[action](self, call, body)
             call.history.append(action)
             if call.live:
@@ -303,6 +442,8 @@ class TelepoWorld:
 
     def actions(self, call: Call) -> list[str]:
         others = [c for c in self.calls.values() if c.user_id == call.user_id and c.live and c is not call]
+        if call.taken_by:
+            return ["TERMINATE"]  # a voicemail or a queue has it
         if call.status == RINGING:
             return ["ANSWER", "PICKUP", "SINGLE_STEP_TRANSFER", "TERMINATE"]
         if call.status == ALERTING:
@@ -326,11 +467,25 @@ class TelepoWorld:
         return {
             "stateToken": call.state_token, "callId": call.call_id, "userId": call.user_id,
             "remoteParty": call.remote.view(), "participants": list(call.participants),
-            "conference": call.conference, "inbound": call.inbound, "status": call.status,
-            "duration": int(time.time() - (call.answered or call.created)), "deviceIds": [call.device_id],
+            "conference": call.conference, "inbound": call.inbound, "status": call.status_name or call.status,
+            "duration": int(time.time() - (call.answered or call.created)), "deviceIds": self._device_ids(call),
             "actions": [{"action": name, "deviceIds": [call.device_id]} for name in self.actions(call)],
             "muted": call.muted,
         }
+
+    def _device_ids(self, call: Call) -> list[str]:
+        if call.branches and call.status == RINGING:
+            return [b.device_id for b in call.live_branches()]
+        return [call.device_id]
+
+    def _take_failure(self, action: str) -> str | None:
+        for rule in list(self.failures):
+            if rule.action in (None, action):
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.failures.remove(rule)
+                return rule.description
+        return None
 
     # --- action effects (each after the checks in act) -------------------------------------------
 
@@ -376,6 +531,15 @@ class TelepoWorld:
             raise bad_request("deviceId is required")
         if device not in self.users[call.user_id].devices:
             raise not_found(f"User {call.user_id} has no device {device}")
+        if call.branches and device != call.device_id:
+            # A forked call moves as a new branch: it is set up and answered before the old one ends.
+            old = self._live_branch(call, call.device_id)
+            branch = Branch(secrets.token_hex(4), device)
+            call.branches.append(branch)
+            self._webhook(call, "EARLY", branch)
+            branch.state, branch.confirmed = "CONFIRMED", True
+            self._webhook(call, "CONFIRMED", branch)
+            self._end_branch(call, old, "HANGUP")
         call.device_id = device
 
     def _single_step_transfer(self, call: Call, body: dict[str, Any]) -> None:
@@ -450,32 +614,71 @@ class TelepoWorld:
         call.status = ACTIVE
         call.answered = time.time()
         call.state_token = next(self._tokens)
-        self._webhook(call, "CONFIRMED")
+        if not call.branches:
+            self._webhook(call, "CONFIRMED")
+            return
+        # The device that answers first, then every other device stops ringing (SIP forking).
+        answering = self._live_branch(call, call.device_id)
+        answering.state, answering.confirmed = "CONFIRMED", True
+        self._webhook(call, "CONFIRMED", answering)
+        for other in call.live_branches():
+            if other is not answering:
+                self._end_branch(call, other, "ANSWERED_ELSEWHERE")
 
     def _terminate(self, call: Call, reason: str) -> None:
         call.status = TERMINATED
         call.termination_reason = reason
-        self._webhook(call, "TERMINATED")
+        if not call.branches:
+            self._webhook(call, "TERMINATED")
+            return
+        # Devices still ringing are cancelled (or all rejected); the one that has the call ends last.
+        for branch in sorted(call.live_branches(), key=lambda b: b.confirmed):
+            ringing_reason = reason if reason in ("CANCELLED", "REJECTED") else "CANCELLED"
+            self._end_branch(call, branch, reason if branch.confirmed else ringing_reason)
 
-    def _webhook(self, call: Call, state: str) -> None:
+    def _live_branch(self, call: Call, device_id: str) -> Branch:
+        for branch in call.live_branches():
+            if branch.device_id == device_id:
+                return branch
+        raise TelepoError(409, "INVALID_STATE", f"device {device_id} has no branch of call {call.call_id}")
+
+    def _end_branch(self, call: Call, branch: Branch, reason: str) -> None:
+        branch.state = TERMINATED
+        self._webhook(call, "TERMINATED", branch, reason)
+
+    def _webhook(self, call: Call, state: str, branch: Branch | None = None, reason: str | None = None) -> None:
         call.seq += 1
         user = self.users[call.user_id]
+        device = branch.device_id if branch is not None else call.device_id
         message = {
-            "seq_num": call.seq, "call_id": call.call_id, "branch_id": call.branch_id, "timestamp": now_stamp(),
+            "seq_num": call.seq, "call_id": call.call_id,
+            "branch_id": branch.branch_id if branch is not None else call.branch_id, "timestamp": now_stamp(),
             "state": state, "direction": "INCOMING" if call.inbound else "OUTGOING",
             "local_email": user.email, "local_user_id": user.user_id, "local_number": user.number,
-            "device_type": user.devices.get(call.device_id, "SOFT"), "remote_email": call.remote.email,
+            "device_type": user.devices.get(device, "SOFT"), "remote_email": call.remote.email,
             "remote_user_id": call.remote.party_id if call.remote.type == "USER_ID" else "",
             "remote_number": call.remote.display_number,
         }
         if state == "TERMINATED":
-            message["termination-reason"] = call.termination_reason
+            message["termination-reason"] = reason or call.termination_reason
+        message = self._rename(message)
         self.sent.append(message)
         for copy in self._apply_rules(message):
             self.pending.append({"domain": call.domain, "body": copy})
 
+    def _rename(self, message: dict[str, Any]) -> dict[str, Any]:
+        for rule in list(self.rules):
+            if rule.kind == "rename" and rule.state in (None, message["state"]) and rule.key in message:
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.rules.remove(rule)
+                return {**message, rule.key: rule.to}
+        return message
+
     def _apply_rules(self, message: dict[str, Any]) -> list[dict[str, Any]]:
         for rule in list(self.rules):
+            if rule.kind == "rename":
+                continue
             if rule.state in (None, message["state"]):
                 rule.remaining -= 1
                 if rule.remaining <= 0:
@@ -510,11 +713,14 @@ class TelepoWorld:
         with self.lock:
             self.pace = seconds
 
-    def add_rule(self, kind: str, count: int = 1, state: str | None = None) -> WebhookRule:
-        if kind not in ("drop", "duplicate") or count < 1:
-            raise ValueError("a rule drops or duplicates at least one message")
+    def add_rule(self, kind: str, count: int = 1, state: str | None = None, *, to: Any = None,
+                 field: str = "state") -> WebhookRule:
+        if kind not in ("drop", "duplicate", "rename") or count < 1:
+            raise ValueError("a rule drops, duplicates or renames at least one message")
+        if kind == "rename" and field not in RENAMABLE:
+            raise ValueError(f"a rename changes one of {', '.join(RENAMABLE)}")
         with self.lock:
-            rule = WebhookRule(kind, count, state)
+            rule = WebhookRule(kind, count, state, to, field)
             self.rules.append(rule)
             return rule
 
@@ -576,7 +782,9 @@ class TelepoWorld:
     def call_view(self, call: Call) -> dict[str, Any]:
         with self.lock:
             return {**self.state_view(call), "seq": call.seq, "terminationReason": call.termination_reason,
-                    "dtmfs": list(call.dtmfs), "transfers": list(call.transfers), "history": list(call.history)}
+                    "dtmfs": list(call.dtmfs), "transfers": list(call.transfers), "history": list(call.history),
+                    "branches": [{"branchId": b.branch_id, "deviceId": b.device_id, "state": b.state}
+                                 for b in call.branches], "takenBy": call.taken_by}
 
 
 ACTIONS = {

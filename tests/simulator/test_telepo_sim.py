@@ -316,3 +316,111 @@ def test_it_records_what_ctihub_answered_each_delivery(telepo, receiver):
     telepo.incoming(ALICE, "+33612345678")
     (delivery,) = telepo.wait_delivered(1)
     assert (delivery["status"], delivery["url"]) == (400, receiver.url)
+
+
+# --- beyond our reading of the spec, on demand (issue 14) ---------------------------------------------
+
+VOICEMAIL = "vm-alice"
+
+
+def with_voicemail(telepo):
+    telepo.add_user(ALICE, email="alice@organization.com", number="+12202",
+                    devices={DEVICE: "SOFT", "+1555555": "MOBILE", VOICEMAIL: "VOICEMAIL"})
+
+
+def branch_messages(messages) -> list[tuple]:
+    return [(m["seq_num"], m["device_type"], m["state"], m.get("termination-reason")) for m in messages]
+
+
+def test_it_rings_each_device_as_a_branch_and_ends_the_others_when_one_answers(telepo, receiver):
+    call = telepo.incoming(ALICE, "+33612345678", ringDevices=[DEVICE, "+1555555"])
+    assert snapshot(telepo)["calls"][0]["deviceIds"] == [DEVICE, "+1555555"]
+    telepo.answer(call["callId"], deviceId="+1555555")
+    telepo.hangup(call["callId"])
+    messages = receiver.wait_for(5)
+    assert branch_messages(messages) == [
+        (1, "SOFT", "EARLY", None), (2, "MOBILE", "EARLY", None), (3, "MOBILE", "CONFIRMED", None),
+        (4, "SOFT", "TERMINATED", "ANSWERED_ELSEWHERE"), (5, "MOBILE", "TERMINATED", "HANGUP")]
+    soft, mobile = messages[0]["branch_id"], messages[1]["branch_id"]
+    assert soft != mobile and [m["branch_id"] for m in messages[2:]] == [mobile, soft, mobile]
+    assert {m["call_id"] for m in messages} == {call["callId"]}
+
+
+def test_it_lets_one_device_decline_while_the_others_ring_on(telepo, receiver):
+    call = telepo.incoming(ALICE, "+33612345678", ringDevices=[DEVICE, "+1555555"])
+    view = telepo.decline(call["callId"], "+1555555")
+    assert view["status"] == "RINGING" and snapshot(telepo)["calls"][0]["deviceIds"] == [DEVICE]
+    telepo.decline(call["callId"], DEVICE)
+    assert branch_messages(receiver.wait_for(4))[2:] == [
+        (3, "MOBILE", "TERMINATED", "REJECTED"), (4, "SOFT", "TERMINATED", "REJECTED")]
+    assert (telepo.call(call["callId"])["status"], snapshot(telepo)["calls"]) == ("TERMINATED", [])
+
+
+def test_it_diverts_a_ringing_call_to_voicemail_which_is_no_answer(telepo, receiver):
+    with_voicemail(telepo)
+    call = telepo.incoming(ALICE, "+33612345678")
+    view = telepo.divert(call["callId"], VOICEMAIL)
+    assert (view["status"], view["takenBy"], view["deviceIds"]) == ("ACTIVE", VOICEMAIL, [VOICEMAIL])
+    assert actions_of(snapshot(telepo)["calls"][0]) == ["TERMINATE"]
+    telepo.hangup(call["callId"])  # the caller has left a message
+    assert branch_messages(receiver.wait_for(4)) == [
+        (1, "SOFT", "EARLY", None), (2, "VOICEMAIL", "CONFIRMED", None),
+        (3, "SOFT", "TERMINATED", "ANSWERED_ELSEWHERE"), (4, "VOICEMAIL", "TERMINATED", "HANGUP")]
+
+
+def test_it_moves_a_forked_call_as_a_new_branch_set_up_before_the_old_one_ends(telepo, receiver):
+    call = telepo.incoming(ALICE, "+33612345678", ringDevices=[DEVICE, "+1555555"])
+    state = telepo.answer(call["callId"], deviceId=DEVICE)
+    assert act(telepo, "move", call["callId"], {"stateToken": state["stateToken"], "deviceId": "+1555555"}).ok
+    assert branch_messages(receiver.wait_for(7))[4:] == [
+        (5, "MOBILE", "EARLY", None), (6, "MOBILE", "CONFIRMED", None), (7, "SOFT", "TERMINATED", "HANGUP")]
+
+
+def test_it_shows_a_status_under_another_name_in_the_snapshot(telepo):
+    call = telepo.incoming(ALICE, "+33612345678")
+    telepo.set_status_name(call["callId"], "QUEUED")
+    assert snapshot(telepo)["calls"][0]["status"] == "QUEUED"
+    telepo.set_status_name(call["callId"], None)
+    assert snapshot(telepo)["calls"][0]["status"] == "RINGING"
+
+
+def test_it_renames_the_next_messages_it_is_told_to(telepo, receiver):
+    telepo.rename_next("REFERRED", state="CONFIRMED")
+    telepo.rename_next("TIMEOUT", field="termination-reason")
+    call = talking(telepo)
+    telepo.hangup(call["callId"])
+    messages = receiver.wait_for(3)
+    assert [(m["state"], m.get("termination-reason")) for m in messages] == [
+        ("EARLY", None), ("REFERRED", None), ("TERMINATED", "TIMEOUT")]
+    assert telepo.messages() == messages  # what Telepo said, not a delivery fault
+
+
+def test_it_answers_the_next_action_failed_like_the_spec_and_does_nothing(telepo):
+    call = talking(telepo)
+    assert telepo.fail_next("hold", "Hold rejected")["remaining"] == 1
+    refused = act(telepo, "hold", call["callId"], {"stateToken": call["stateToken"]})
+    assert refused.status_code == 200
+    body = refused.json()
+    assert (body["event"], body["eventDescription"], body["status"], body["stateToken"]) == (
+        "FAILED", "Hold rejected", "ACTIVE", call["stateToken"])
+    assert "event" not in act(telepo, "hold", call["callId"]).json()  # only the next one
+
+
+def test_it_answers_a_make_call_failed_with_the_specs_description(telepo, receiver):
+    telepo.fail_next("make")
+    response = api(telepo, "POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{DEVICE}", {"destination": "tel:+33612345678"})
+    body = response.json()
+    assert (response.status_code, body["event"], body["eventDescription"]) == (
+        200, "FAILED", "Call setup failed with status code 504")
+    assert telepo._call("GET", "/calls") == [] and telepo.messages() == []
+
+
+@pytest.mark.parametrize(("route", "body"), [
+    ("/actions/fail-next", {"action": "teleport"}),
+    ("/actions/fail-next", {"count": 0}),
+    ("/webhooks/rename-next", {"to": "X", "field": "call_id"}),
+    ("/webhooks/rename-next", {}),
+])
+def test_it_refuses_a_bad_fault_request(telepo, route, body):
+    response = requests.post(f"{telepo.base}{route}", json=body, timeout=5)
+    assert response.status_code == 400, response.text

@@ -40,6 +40,23 @@ class TelepoControl(ControlClient):
     def hangup(self, call_id: str, **fields):
         return self._call("POST", f"/calls/{call_id}/hangup", **fields)
 
+    def decline(self, call_id: str, device_id: str):
+        return self._call("POST", f"/calls/{call_id}/decline", deviceId=device_id)
+
+    def divert(self, call_id: str, device_id: str):
+        return self._call("POST", f"/calls/{call_id}/divert", deviceId=device_id)
+
+    def set_status_name(self, call_id: str, name: str | None):
+        return self._call("PUT", f"/calls/{call_id}/status-name", name=name)
+
+    def rename_next(self, to, count: int = 1, state: str | None = None, field: str | None = None):
+        return self._call("POST", "/webhooks/rename-next", to=to, count=count,
+                          **({"state": state} if state else {}), **({"field": field} if field else {}))
+
+    def fail_next(self, action: str | None = None, description: str | None = None, count: int = 1):
+        return self._call("POST", "/actions/fail-next", count=count, **({"action": action} if action else {}),
+                          **({"description": description} if description else {}))
+
     def hold_webhooks(self):
         return self._call("POST", "/webhooks/hold")
 

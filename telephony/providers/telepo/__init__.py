@@ -19,4 +19,13 @@ Decisions the spec leaves open (see /work/shared/specs/README.md):
   and 412 are both read as a conflict.
 * The webhook has no hold state, so a webhook never says "held": holds are
   learnt from the action's answer and from snapshots.
+* A call rings on several devices at once, each a branch (``branch_id``,
+  ``device_type``) numbered in the call's one ``seq_num`` sequence; a call ends
+  with its last branch, and a VOICEMAIL or QUEUE device taking it is not the
+  agent answering (``branches.py``).
+* A state, status, reason, direction or device type the spec does not list is
+  kept as given (in the call's event) and logged once per account and value;
+  the call stays live in its last known state (``frames.py``, ``branches.py``).
+* An action's 200 answer with ``"event": "FAILED"`` (the spec's sample) is a
+  refusal: a permanent ``ProviderError`` with Telepo's ``eventDescription``.
 """

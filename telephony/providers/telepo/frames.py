@@ -4,18 +4,32 @@ Both describe one call of one Telepo user. A webhook carries ``seq_num`` per
 call, so the domain drops duplicates and late deliveries (``seq <= last_seq``)
 and never revives a terminated call. A snapshot carries no sequence number but a
 ``stateToken``; it is state, not a transition, so applying it twice is a no-op.
+
+One value we do not know never costs the rest of a message, nor a snapshot its
+other calls: the spec lists the webhook's states but shows only two snapshot
+statuses, and a real PBX will say more. A webhook state or snapshot status we do
+not know is kept as given (in the stored event's payload) and its call stays live
+in its last known state: the update carries a stand-in (ringing or dialling for a
+call we have not seen) that ``branches`` swaps for the call's own state.
+An unknown termination reason, direction or device type is read as "not said".
+Each unknown value is logged once per account and value (``note_unknown``), not
+once per message.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import replace
+import threading
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from telephony import updates as u
 from telephony.updates import CallUpdate, FrameRejected
+
+logger = logging.getLogger(__name__)
 
 WEBHOOK_KIND = "webhook"
 SNAPSHOT_KIND = "snapshot"
@@ -25,6 +39,8 @@ SNAPSHOT_KIND = "snapshot"
 WEBHOOK_STATES = ("TRYING", "PROCEEDING", "EARLY", "CONFIRMED", "TERMINATED")
 TERMINATION_REASONS = ("CANCELLED", "ANSWERED_ELSEWHERE", "HANGUP", "REJECTED")
 DIRECTIONS = {"INCOMING": u.INBOUND, "OUTGOING": u.OUTBOUND}
+DEVICE_TYPES = ("MOBILE", "SOFT", "DESKTOP", "FXS", "EXTERNAL_PBX", "FAX", "VOICEMAIL", "EXTERNAL", "MOBILE_EXT",
+                "CONFERENCE", "QUEUE", "MOBILE_VOIP", "WEB")
 TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z")
 
 # Until a snapshot says precisely what the PBX allows, a webhook's state implies
@@ -53,11 +69,17 @@ def parse_webhook_body(raw: bytes | str, account_id: int) -> CallUpdate:
 def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
     seq = _seq_num(body.get("seq_num"))
     call_id = _required_text(body, "call_id")
-    state = _choice(body, "state", WEBHOOK_STATES)
-    direction = DIRECTIONS[_choice(body, "direction", tuple(DIRECTIONS))]
+    state = body.get("state")
+    if state not in WEBHOOK_STATES:
+        note_unknown(account_id, "webhook state", state)
+    direction = DIRECTIONS.get(body.get("direction")) if isinstance(body.get("direction"), str) else None
+    if direction is None:
+        note_unknown(account_id, "webhook direction", body.get("direction"))
     reason = body.get("termination-reason")
     if reason not in (None, "") and reason not in TERMINATION_REASONS:
-        raise FrameRejected(f"termination-reason {reason!r} is not one of {', '.join(TERMINATION_REASONS)}")
+        note_unknown(account_id, "termination-reason", reason)
+    if body.get("device_type") not in (None, "") and body.get("device_type") not in DEVICE_TYPES:
+        note_unknown(account_id, "device_type", body.get("device_type"))
     occurred_at = _timestamp(body.get("timestamp"))
     call_state = _webhook_state(state, direction)
     local_user = _text(body.get("local_user_id"))
@@ -80,7 +102,7 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
         # snapshot that follows brings the new one. Until then actions go without one.
         state_token="",
         seq=seq,
-        end_cause=_end_cause(reason, direction) if call_state == u.ENDED else None,
+        end_cause=end_cause_for(reason, direction) if call_state == u.ENDED else None,
         frame_id=f"seq{seq}",
         local_party={
             "user_id": local_user,
@@ -88,6 +110,51 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
             "number": _text(body.get("local_number")),
         },
     )
+
+
+def unknown_state(update: CallUpdate) -> bool:
+    """True when Telepo named the update's state in words we do not know: its state is then a stand-in.
+
+    Only for updates read from Telepo's own words (their payload names the call); the
+    updates ctihub makes itself (a call absent from a snapshot) say what they mean.
+    """
+    payload = update.payload
+    if update.kind == WEBHOOK_KIND and "call_id" in payload:
+        return payload.get("state") not in WEBHOOK_STATES
+    if update.kind == SNAPSHOT_KIND and "callId" in payload:
+        return not _known_status(payload.get("status"))
+    return False
+
+
+# --- saying it once ---------------------------------------------------------------------------
+
+# (account, what, value) already logged by this process. Bounded: a PBX inventing a new word per
+# message must not grow a worker's memory; past the bound nothing more is logged (the events keep it).
+_noted: set[tuple] = set()
+_noted_lock = threading.Lock()
+MAX_NOTED = 10_000
+
+
+def note_unknown(account_id: int, what: str, value: Any) -> bool:
+    """Log a value the spec does not list, once per account, kind of value and value; True when logged now."""
+    return log_once(account_id, (what, repr(value)[:200]),
+                    "Telepo sent an unknown %s %.200r: kept as given, the rest applies", what, value)
+
+
+def log_once(account_id: int, key: tuple, message: str, *args: Any) -> bool:
+    """A warning with the account, logged once per account and ``key`` by this process."""
+    with _noted_lock:
+        if (account_id, *key) in _noted or len(_noted) >= MAX_NOTED:
+            return False
+        _noted.add((account_id, *key))
+    logger.warning(message, *args, extra={"account_id": account_id})
+    return True
+
+
+def forget_noted() -> None:
+    """For tests: log every unknown value again."""
+    with _noted_lock:
+        _noted.clear()
 
 
 def implied_answer(update: CallUpdate) -> CallUpdate | None:
@@ -105,24 +172,26 @@ def implied_answer(update: CallUpdate) -> CallUpdate | None:
                    frame_id=f"{update.frame_id}:answered")
 
 
-def _webhook_state(state: str, direction: str) -> str:
+def _webhook_state(state: Any, direction: str | None) -> str:
     if state == "CONFIRMED":
         return u.TALKING
     if state == "TERMINATED":
         return u.ENDED
-    # TRYING, PROCEEDING, EARLY: set up, not answered yet.
-    return u.RINGING if direction == u.INBOUND else u.DIALING
+    # TRYING, PROCEEDING, EARLY: set up, not answered yet. An unknown state is a stand-in
+    # the same (see the module's docstring); an unknown direction is the domain's default, in.
+    return u.DIALING if direction == u.OUTBOUND else u.RINGING
 
 
-def _end_cause(reason: str | None, direction: str) -> str | None:
+def end_cause_for(reason: Any, direction: str | None) -> str | None:
+    """The normalised end cause of a termination-reason; None where the domain tells it from answered_at."""
     if reason == "REJECTED":
         return u.END_REJECTED
     if reason == "ANSWERED_ELSEWHERE":
         return u.END_ANSWERED_ELSEWHERE
     if reason == "CANCELLED":
         # The caller gave up: for us a missed call if it was coming in.
-        return u.END_NO_ANSWER if direction == u.INBOUND else u.END_CANCELLED
-    return None  # HANGUP or no reason: the domain tells a hangup from a missed call by answered_at
+        return u.END_CANCELLED if direction == u.OUTBOUND else u.END_NO_ANSWER
+    return None  # HANGUP, no reason or one we do not know: the domain tells a hangup from a missed call by answered_at
 
 
 def _seq_num(value: Any) -> int:
@@ -142,13 +211,6 @@ def _required_text(body: dict, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise FrameRejected(f"{name} is missing")
     return value.strip()
-
-
-def _choice(body: dict, name: str, allowed: tuple[str, ...]) -> str:
-    value = body.get(name)
-    if value not in allowed:
-        raise FrameRejected(f"{name} {value!r} is not one of {', '.join(allowed)}")
-    return value
 
 
 def _timestamp(value: Any) -> datetime:
@@ -205,11 +267,40 @@ ACTION_NAMES: dict[str, tuple[str, ...]] = {
 _ACTION_IN_TEXT = re.compile(r"action\W*([A-Z_]+)")
 
 
-def parse_snapshot(body: Any, account_id: int, user_id: str, fetched_at: datetime) -> list[CallUpdate]:
-    """Every call of a user's snapshot (``GET /api/call/state/v1/snapshot``)."""
+@dataclass
+class ParsedSnapshot:
+    """A snapshot read call by call: the calls it lists, and what could not be read."""
+
+    updates: list[CallUpdate] = field(default_factory=list)
+    # Every call id the snapshot names, readable or not: a call it names has not ended.
+    listed: set[str] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)
+    # True when a call without a readable id was skipped: then no absence proves an end.
+    unnamed_skipped: bool = False
+
+
+def parse_snapshot(body: Any, account_id: int, user_id: str, fetched_at: datetime) -> ParsedSnapshot:
+    """Every call of a user's snapshot (``GET /api/call/state/v1/snapshot``), each on its own.
+
+    FrameRejected only when the body is not a snapshot at all; a call that cannot be read
+    is skipped (logged once per account and reason) and every other call applies.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("calls", []), list):
         raise FrameRejected("a snapshot is an object with a list of calls")
-    return [parse_call_state(call, account_id, user_id, fetched_at) for call in body.get("calls") or []]
+    parsed = ParsedSnapshot()
+    for call in body.get("calls") or []:
+        call_id = _call_id_of(call)
+        if call_id:
+            parsed.listed.add(call_id)
+        try:
+            parsed.updates.append(parse_call_state(call, account_id, user_id, fetched_at))
+        except FrameRejected as exc:
+            parsed.skipped.append(f"{call_id or 'a call'}: {exc}")
+            parsed.unnamed_skipped = parsed.unnamed_skipped or not call_id
+            log_once(account_id, ("unreadable snapshot call", str(exc)),
+                     "Telepo's snapshot of %s lists a call that cannot be read (%s): skipped, the others apply",
+                     user_id, exc)
+    return parsed
 
 
 def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datetime) -> CallUpdate:
@@ -218,10 +309,12 @@ def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datet
         raise FrameRejected("a call state is a JSON object")
     call_id = _required_text(call, "callId")
     status = call.get("status")
-    if not isinstance(status, str) or status not in SNAPSHOT_STATES:
-        raise FrameRejected(f"call {call_id}: unknown status {status!r}")
     direction = u.INBOUND if call.get("inbound") else u.OUTBOUND
-    state = SNAPSHOT_STATES[status] or (u.RINGING if direction == u.INBOUND else u.DIALING)
+    known = _known_status(status)
+    if not known:
+        note_unknown(account_id, "snapshot status", status)
+    # Unknown: a stand-in until branches.settle_snapshot gives the call its last known state.
+    state = (SNAPSHOT_STATES[status] if known else None) or (u.RINGING if direction == u.INBOUND else u.DIALING)
     remote = call.get("remoteParty") if isinstance(call.get("remoteParty"), dict) else {}
     token = call.get("stateToken")
     tel = _tel_number(remote.get("telUri"))
@@ -242,6 +335,17 @@ def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datet
         state_token=str(token) if isinstance(token, int) and not isinstance(token, bool) else None,
         frame_id=f"token{token}" if token is not None else None,
     )
+
+
+def _known_status(status: Any) -> bool:
+    return isinstance(status, str) and status in SNAPSHOT_STATES
+
+
+def _call_id_of(call: Any) -> str:
+    value = call.get("callId") if isinstance(call, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value.strip() if isinstance(value, str) else ""
 
 
 def parse_actions(actions: Any) -> tuple[str, ...]:

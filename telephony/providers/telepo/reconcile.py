@@ -4,6 +4,10 @@ Runs on worker start, on a schedule, after a webhook gap (a seq_num jump), after
 every applied webhook (to pick up the new stateToken and allowed actions) and
 after a stateToken conflict. Everything goes through ``apply_call_update``.
 
+Each call of a snapshot is read on its own: one that cannot be read is skipped
+(and counted in the report), the others apply. A status ctihub does not know
+keeps its call live in its last known state (``branches.settle_snapshot``).
+
 A snapshot describes the PBX at the moment it was asked. A call that changed
 here after that moment (a webhook got in first) is left alone: the older
 snapshot must not undo it. With ``fullState``, a call we think is live but
@@ -24,6 +28,7 @@ from telephony import updates as u
 from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update, set_account_status
 from telephony.models import Call, PbxAccount
 from telephony.providers.base import ProviderError
+from telephony.providers.telepo import branches
 from telephony.providers.telepo.frames import SNAPSHOT_KIND, parse_call_state, parse_snapshot
 from telephony.updates import CallUpdate, FrameRejected
 
@@ -95,15 +100,17 @@ def reconcile_user(account: PbxAccount, user_id: str, provider=None) -> Reconcil
         if own:
             provider.close()
     try:
-        updates = parse_snapshot(body, account.pk, user_id, fetched_at)
+        parsed = parse_snapshot(body, account.pk, user_id, fetched_at)
     except FrameRejected as exc:
         raise ProviderError(f"Telepo's snapshot of {user_id} makes no sense: {exc}") from None
-    report = ReconcileReport(users=1)
-    for update in updates:
+    report = ReconcileReport(users=1, skipped=len(parsed.skipped))
+    for update in parsed.updates:
         _count(report, apply_unless_newer(update, fetched_at))
-    if body.get("fullState", True) is not False:
+    # A call the snapshot lists but we could not read has not ended; one we could not even
+    # name might be any of the calls not listed, so then no absence proves an end.
+    if body.get("fullState", True) is not False and not parsed.unnamed_skipped:
         look_again = False
-        for call in _live_calls_missing(account, user_id, {x.pbx_call_id for x in updates}, fetched_at):
+        for call in _live_calls_missing(account, user_id, parsed.listed, fetched_at):
             if call.updated_at > fetched_at - ABSENCE_GRACE:
                 look_again = True
             elif apply_unless_newer(_ended_at_pbx(call, user_id, fetched_at), fetched_at):
@@ -121,16 +128,13 @@ def apply_call_state(account: PbxAccount, user_id: str, state: dict, fetched_at:
 
 
 def apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> AppliedUpdate | None:
+    """The update as the call's branches settle it (an unknown status keeps the call's state, a call
+    only a voicemail or a queue took is not answered), unless the call changed since ``fetched_at``."""
     with transaction.atomic():
-        current = (
-            Call.objects.select_for_update()
-            .filter(account_id=update.account_id, pbx_call_id=update.pbx_call_id)
-            .only("id", "updated_at")
-            .first()
-        )
+        current = branches.lock_call(update.account_id, update.pbx_call_id)
         if current is not None and current.updated_at >= fetched_at:
             return None
-        return apply_call_update(update)
+        return apply_call_update(branches.settle_snapshot(update, current))
 
 
 def _count(report: ReconcileReport, applied: AppliedUpdate | None) -> None:
@@ -145,7 +149,7 @@ def _live_calls_missing(account: PbxAccount, user_id: str, listed: set[str], fet
         Call.objects.filter(account=account, terminal__pbx_id=user_id, state__in=ACTIVE_STATES,
                             updated_at__lt=fetched_at)
         .exclude(pbx_call_id__in=listed)
-        .only("id", "pbx_call_id", "updated_at")
+        .only("id", "account_id", "pbx_call_id", "direction", "updated_at", "answered_at")
     )
 
 
@@ -154,6 +158,8 @@ def _ended_at_pbx(call: Call, user_id: str, fetched_at: datetime) -> CallUpdate:
         account_id=call.account_id, pbx_call_id=call.pbx_call_id, state=u.ENDED, kind=SNAPSHOT_KIND,
         payload={"userId": user_id, "absentFromSnapshot": True}, occurred_at=fetched_at,
         frame_id=f"absent@{fetched_at.isoformat()}",
+        # Gone while only a voicemail or a queue had it: the agent missed it, or a queue took it.
+        end_cause=branches.absent_end_cause(call),
     )
 
 

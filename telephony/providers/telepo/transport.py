@@ -6,6 +6,12 @@ refuses it if the call moved on meanwhile. That conflict is never retried: the
 user's calls are refreshed from a snapshot and the caller is told to look again.
 An action's answer is the call's new state (with its new stateToken), which is
 applied at once so the next action carries the right token.
+
+Telepo may also refuse with a 200: an answer with ``"event": "FAILED"`` and an
+``eventDescription`` (the spec's own sample, "Call setup failed with status code
+504"). That is a ``ProviderError`` (permanent) whose message is Telepo's
+description, so the console shows it and makeCallUrl answers an error; the
+user's snapshot is asked for, since the refused call may have moved on.
 """
 
 from __future__ import annotations
@@ -84,8 +90,10 @@ class TelepoProvider(Provider):
 
     def place_call(self, terminal_pbx_id: str, destination: str) -> dict:
         device_id = self._device_of(terminal_pbx_id)
-        return self.request("POST", "make", body={"destination": self.tel_uri(destination)},
-                            userId=terminal_pbx_id, deviceId=device_id)
+        answer = self.request("POST", "make", body={"destination": self.tel_uri(destination)},
+                              userId=terminal_pbx_id, deviceId=device_id)
+        _raise_if_failed(answer, "make")
+        return answer
 
     def call_action(self, call, action: str, payload: dict) -> dict:
         if action not in CALL_ACTIONS:
@@ -102,6 +110,10 @@ class TelepoProvider(Provider):
                 "look at the call again and retry if it still makes sense",
                 code=exc.code or "STATE_TOKEN_MISMATCH", status=exc.status,
             ) from exc
+        if _failed(answer):
+            # The call's state in a refusal is not news to act on; the snapshot says where the call is.
+            self._refresh_soon(user_id)
+            _raise_if_failed(answer, action)
         self._absorb(answer, user_id, requested_at)
         return answer
 
@@ -195,6 +207,15 @@ class TelepoProvider(Provider):
         except Exception:  # the action succeeded; a failed refresh is caught up by the next snapshot
             logger.warning("could not apply Telepo's answer", extra={"account_id": self.account.pk}, exc_info=True)
 
+    def _refresh_soon(self, user_id: str) -> None:
+        from telephony.providers.telepo import reconcile
+
+        try:
+            reconcile.request_reconcile(self.account.pk, user_id)
+        except Exception:  # the refusal is what the agent must hear; the periodic reconcile catches up
+            logger.warning("could not ask for a Telepo snapshot after a refusal", extra={"account_id": self.account.pk},
+                           exc_info=True)
+
     def _refresh_after_conflict(self, user_id: str) -> None:
         from telephony.providers.telepo import reconcile
 
@@ -250,6 +271,21 @@ def _required(payload: dict, key: str, message: str) -> str:
     return value
 
 
+def _failed(answer: dict) -> bool:
+    return str(answer.get("event") or "").upper() == "FAILED"
+
+
+def _raise_if_failed(answer: dict, path_key: str) -> None:
+    """Telepo says no with a 200: ``"event": "FAILED"`` and why in ``eventDescription`` (the spec's sample).
+
+    Permanent: sent again as it is, the request meets the same refusal; the agent reads Telepo's reason.
+    """
+    if not _failed(answer):
+        return
+    description = str(answer.get("eventDescription") or "").strip()[:500] or "no reason given"
+    raise ProviderError(f"Telepo refused {path_key}: {description}", permanent=True, code="FAILED")
+
+
 def _error(response, path_key: str) -> ProviderError:
     status = response.status_code
     code, message = _error_details(response)
@@ -273,4 +309,5 @@ def _error_details(response) -> tuple[str, str]:
         return "", response.text[:200].strip()
     if not isinstance(body, dict):
         return "", ""
-    return str(body.get("code") or body.get("error") or ""), str(body.get("message") or body.get("description") or "")
+    return (str(body.get("code") or body.get("error") or body.get("event") or ""),
+            str(body.get("message") or body.get("description") or body.get("eventDescription") or ""))

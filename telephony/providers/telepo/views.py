@@ -4,8 +4,11 @@ The account is the one whose ``webhook_secret`` is in the URL, compared in
 constant time against every Telepo account (a secret is encrypted at rest, so it
 cannot be looked up). The view only validates and stores the update; cards,
 the CRM sync and the snapshot reconcile it may ask for all run after commit.
-A body that makes no sense is a 400 with the reason, logged with the account,
-and touches nothing.
+A body that makes no sense (not JSON, no call_id, seq_num or timestamp) is a 400
+with the reason, logged with the account, and touches nothing. A value the spec
+does not list (a state, a termination reason...) is no such body: the message
+applies with that value kept as given (``frames``), and ``branches`` decides what
+it means for a call that rings, or is answered, on several devices.
 
 Rate limit (``ctihub.ratelimit``): one bucket per account, so a Telepo that
 floods us cannot starve the others. One account's webhook carries every state
@@ -29,10 +32,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from ctihub import ratelimit
-from telephony import updates as u
 from telephony.domain import AppliedUpdate, apply_call_update, set_account_status
 from telephony.models import Call, PbxAccount
-from telephony.providers.telepo.frames import implied_answer, parse_webhook_body
+from telephony.providers.telepo import branches
+from telephony.providers.telepo.frames import parse_webhook_body
 from telephony.providers.telepo.reconcile import request_reconcile
 from telephony.updates import FrameRejected
 
@@ -70,22 +73,22 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
     applied = _apply(update)
     _note_event(account)
     # The snapshot brings the new stateToken and exact actions of a live call, and fills a gap.
-    if update.terminal_pbx_id and (gap or (applied.changed and update.state != u.ENDED)):
+    if update.terminal_pbx_id and (gap or (applied.changed and applied.call.state != Call.State.ENDED)):
         request_reconcile(account.pk, update.terminal_pbx_id)
     return JsonResponse({"ok": True, "applied": applied.changed})
 
 
 def _apply(update) -> AppliedUpdate:
-    """The webhook's update, after the answer it implies if we never heard of one (one transaction)."""
-    implied = implied_answer(update)
+    """The webhook's update as the call's branches settle it, after the answer it implies if any (one transaction).
+
+    See ``branches``: one device's end is not the call's while another device has it, a voicemail
+    is not the agent answering, and an unknown state keeps the call as it was.
+    """
     with transaction.atomic():
-        if implied is not None and not _answered(update.account_id, update.pbx_call_id):
-            apply_call_update(implied)
-        return apply_call_update(update)
-
-
-def _answered(account_id: int, call_id: str) -> bool:
-    return Call.objects.filter(account_id=account_id, pbx_call_id=call_id, answered_at__isnull=False).exists()
+        call = branches.lock_call(update.account_id, update.pbx_call_id)
+        for settled in branches.settle_webhook(update, call):
+            applied = apply_call_update(settled)
+        return applied
 
 
 def account_for_secret(secret: str) -> PbxAccount | None:

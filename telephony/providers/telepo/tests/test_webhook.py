@@ -113,7 +113,7 @@ def test_it_only_takes_posts(account):
 @pytest.mark.parametrize(("body", "reason"), [
     ("{not json", "the body is not JSON"),
     ("[]", "the body is not a JSON object"),
-    ({**sample(), "state": "RINGING"}, "state 'RINGING' is not one of"),
+    ({**sample(), "call_id": ""}, "call_id is missing"),
     ({k: v for k, v in sample().items() if k != "seq_num"}, "seq_num must be a non-negative integer"),
 ])
 def test_it_answers_400_with_the_reason_logs_it_with_the_account_and_touches_nothing(account, caplog, body, reason):
