@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from telephony import updates as u
+from telephony.providers import unexpected
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,6 @@ def unknown_state(update: CallUpdate) -> bool:
 
 # (account, what, value) already logged by this process. Bounded: a PBX inventing a new word per
 # message must not grow a worker's memory; past the bound nothing more is logged (the events keep it).
-_noted: set[tuple] = set()
-_noted_lock = threading.Lock()
-MAX_NOTED = 10_000
-
-
 def note_unknown(account_id: int, what: str, value: Any) -> bool:
     """Log a value the spec does not list, once per account, kind of value and value; True when logged now."""
     return log_once(account_id, (what, repr(value)[:200]),
@@ -142,19 +137,13 @@ def note_unknown(account_id: int, what: str, value: Any) -> bool:
 
 
 def log_once(account_id: int, key: tuple, message: str, *args: Any) -> bool:
-    """A warning with the account, logged once per account and ``key`` by this process."""
-    with _noted_lock:
-        if (account_id, *key) in _noted or len(_noted) >= MAX_NOTED:
-            return False
-        _noted.add((account_id, *key))
-    logger.warning(message, *args, extra={"account_id": account_id})
-    return True
+    """A warning with the account, logged once per account and ``key`` (the providers' one memory of it)."""
+    return unexpected.warn_once(logger, account_id, "telepo", key, message, *args)
 
 
 def forget_noted() -> None:
     """For tests: log every unknown value again."""
-    with _noted_lock:
-        _noted.clear()
+    unexpected.forget()
 
 
 def implied_answer(update: CallUpdate) -> CallUpdate | None:
