@@ -1,6 +1,11 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+DIALLING_TERMINAL_NOT_OWN = (
+    "Choose one of this agent's own active terminals: a terminal is given to an agent on the terminal's page."
+)
 
 
 class Agent(models.Model):
@@ -11,6 +16,9 @@ class Agent(models.Model):
     and carries the status retailCRM and the console set (free, busy, dinner,
     break). The terminals an agent uses point here (``Terminal.agent``), which is
     how a call finds the one console it pops on. Supervisors see every call.
+    ``dialling_terminal`` is the one of them its calls are placed from (the
+    console's dial and retailCRM's click-to-call alike); empty, or no longer
+    usable, a fixed rule picks one (``telephony.control.dialling_terminal``).
     """
 
     class Status(models.TextChoices):
@@ -27,6 +35,17 @@ class Agent(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FREE)
     status_changed_at = models.DateTimeField(default=timezone.now)
     is_supervisor = models.BooleanField(default=False, help_text="Sees every call and the wallboard.")
+    # By name: accounts imports no telephony module (telephony's Terminal.agent points back here).
+    dialling_terminal = models.ForeignKey(
+        "telephony.Terminal",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The terminal this agent's calls are placed from, from the console and from retailCRM. One of "
+        "the agent's own active terminals. Blank: one on an account that can also control calls (myRCC, Telepo) "
+        "before one that can only dial, then by account name.",
+    )
 
     class Meta:
         ordering = ["user__username"]
@@ -40,6 +59,12 @@ class Agent(models.Model):
                 name="agent_unique_retailcrm_user_id",
             ),
         ]
+
+    def clean(self):
+        super().clean()
+        terminal = self.dialling_terminal if self.dialling_terminal_id else None
+        if terminal is not None and (self.pk is None or terminal.agent_id != self.pk or not terminal.active):
+            raise ValidationError({"dialling_terminal": DIALLING_TERMINAL_NOT_OWN})
 
     def __str__(self):
         full_name = self.user.get_full_name()

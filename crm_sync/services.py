@@ -637,12 +637,14 @@ def agent_for_code(code: str) -> Agent | None:
 
 
 def terminal_for_integration(agent: Agent, integration: RetailCrmIntegration) -> Terminal | None:
-    """The agent's terminal on an account this integration serves."""
-    terminals = agent.terminals.filter(active=True, account__enabled=True).select_related("account")
+    """The agent's dialling terminal among the accounts this integration serves (all, when it names none).
+
+    The console's choice too (``telephony.control.dialling_terminal``): the admin's, else one fixed rule.
+    """
+    from telephony.control import dialling_terminal
+
     account_ids = list(integration.accounts.values_list("id", flat=True))
-    if account_ids:
-        terminals = terminals.filter(account_id__in=account_ids)
-    return terminals.order_by("id").first()
+    return dialling_terminal(agent, account_ids or None)
 
 
 def present_external_phone(terminal: Terminal, external_phone: str) -> bool:

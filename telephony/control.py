@@ -7,8 +7,10 @@ allow, and returns the PBX's answer or raises ``ProviderError``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Iterable
 from contextlib import nullcontext
 
 from django.db import transaction
@@ -17,7 +19,7 @@ from django.utils import timezone
 from accounts.models import Agent
 from telephony import updates as u
 from telephony.models import Call, Listener, PbxAccount, Terminal
-from telephony.providers import provider_for
+from telephony.providers import PROVIDERS, provider_class, provider_for
 from telephony.providers.base import ActionRefused, ListenerSpec, Provider, ProviderError
 
 logger = logging.getLogger(__name__)
@@ -155,12 +157,45 @@ def ensure_listeners(account: PbxAccount, provider: Provider) -> list[tuple[List
 # --- Click-to-call and call control ----------------------------------------------------
 
 
+def dialling_terminal(agent: Agent, account_ids: Iterable[int] | None = None) -> Terminal | None:
+    """The terminal ``agent``'s calls are placed from: one choice for the console and for retailCRM.
+
+    ``account_ids`` limits it to those accounts (the ones a retailCRM integration serves; None: any).
+    The admin's choice (``Agent.dialling_terminal``) while it is usable: still the agent's, active, on
+    an enabled account of ``account_ids`` whose PBX can place calls. Otherwise the first usable one of
+    the agent's terminals, in a fixed order, so both paths always agree:
+
+    1. an account whose PBX can also control the call (myRCC, Telepo) before one that can only dial
+       (myCrm, End User API): the call it places then has working buttons on the card;
+    2. then the account's name, the terminal's extension and its PBX id (the terminals' own order).
+    """
+    terminals = agent.terminals.filter(
+        active=True, account__enabled=True, account__kind__in=_kinds_that_dial()
+    ).select_related("account")
+    if account_ids is not None:
+        terminals = terminals.filter(account_id__in=list(account_ids))
+    usable = list(terminals)
+    chosen = next((t for t in usable if t.pk == agent.dialling_terminal_id), None)
+    if chosen is not None:
+        return chosen
+    return min(usable, key=_fallback_order, default=None)
+
+
+def _fallback_order(terminal: Terminal) -> tuple:
+    controls = bool(provider_class(terminal.account.kind).actions)
+    return (not controls, terminal.account.name, terminal.extension, terminal.pbx_id)
+
+
+@functools.cache
+def _kinds_that_dial() -> tuple[str, ...]:
+    """The PBX kinds whose provider places calls (overrides ``Provider.place_call``)."""
+    return tuple(kind for kind in PROVIDERS if provider_class(kind).place_call is not Provider.place_call)
+
+
 def terminal_for(agent_or_terminal: Agent | Terminal) -> Terminal:
     if isinstance(agent_or_terminal, Terminal):
         return agent_or_terminal
-    terminal = (
-        agent_or_terminal.terminals.filter(active=True, account__enabled=True).select_related("account").first()
-    )
+    terminal = dialling_terminal(agent_or_terminal)
     if terminal is None:
         raise NoTerminal(f"{agent_or_terminal} has no active terminal: assign one in the admin")
     return terminal

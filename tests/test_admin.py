@@ -1,5 +1,6 @@
 import pytest
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from crm_sync.models import ExternalPhone, RetailCrmIntegration
@@ -106,3 +107,46 @@ def test_it_normalises_external_phones_to_e164_or_explains_why_not(admin_client,
     assert integration.external_phones.get(site_code="shop2").phone == "+74998888888"
     integration.refresh_from_db()
     assert integration.api_key == "crm-key-xyz"
+
+
+def agent_form_data(agent, **changes) -> dict:
+    data = {
+        "user": str(agent.user_id), "extension_code": agent.extension_code, "retailcrm_user_id": "",
+        "status": agent.status, "dialling_terminal": "",
+    }
+    data.update(changes)
+    return data
+
+
+def test_it_offers_only_the_agents_own_active_terminals_to_dial_from(admin_client):
+    agent, other = make_agent(), make_agent()
+    own = make_terminal(make_account(name="own-pbx"), agent=agent, extension="301")
+    make_terminal(make_account(name="gone-pbx"), agent=agent, extension="302", active=False)
+    make_terminal(make_account(name="their-pbx"), agent=other, extension="303")
+    html = admin_client.get(reverse("admin:accounts_agent_change", args=[agent.pk])).content.decode()
+    assert f'<option value="{own.pk}">301 (own-pbx)</option>' in html
+    assert "gone-pbx" not in html and "their-pbx" not in html
+
+
+def test_it_saves_the_agents_own_terminal_as_the_one_that_dials(admin_client):
+    agent = make_agent()
+    own = make_terminal(make_account(), agent=agent)
+    url = reverse("admin:accounts_agent_change", args=[agent.pk])
+    response = admin_client.post(url, agent_form_data(agent, dialling_terminal=str(own.pk)))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    agent.refresh_from_db()
+    assert agent.dialling_terminal == own
+
+
+def test_it_refuses_another_agents_terminal_as_the_one_that_dials_with_a_clear_error(admin_client):
+    agent, other = make_agent(), make_agent()
+    theirs = make_terminal(make_account(), agent=other)
+    url = reverse("admin:accounts_agent_change", args=[agent.pk])
+    response = admin_client.post(url, agent_form_data(agent, dialling_terminal=str(theirs.pk)))
+    assert response.status_code == 200
+    assert "Choose one of this agent&#x27;s own active terminals" in response.content.decode()
+    agent.refresh_from_db()
+    assert agent.dialling_terminal is None
+    agent.dialling_terminal = theirs
+    with pytest.raises(ValidationError, match="own active terminals"):
+        agent.full_clean()  # a form other than the admin's is refused too

@@ -104,6 +104,32 @@ def test_it_answers_502_with_the_pbxs_reason_when_the_pbx_refuses(client, hub, m
     assert response.json() == {"success": False, "reason": "the PBX did not place the call: Terminal out of service"}
 
 
+def test_it_dials_through_the_terminal_the_admin_chose_for_the_agent(client, hub, placed):
+    # Created after the hub's terminal and named to sort after its account: today's rules pass it over.
+    chosen = make_terminal(make_account(name="zz-enduser", kind="istra_enduser"), agent=hub["agent"], extension="104")
+    hub["agent"].dialling_terminal = chosen
+    hub["agent"].save()
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    assert placed == [(chosen, "+79121234567")]
+
+
+def test_it_dials_through_the_terminal_the_console_would_without_a_choice(client, hub, placed):
+    from telephony.control import dialling_terminal
+
+    controlled = make_terminal(make_account(name="zz-myrcc", kind="istra_myrcc"), agent=hub["agent"], extension="104")
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    assert placed == [(controlled, "+79121234567")] and dialling_terminal(hub["agent"]) == controlled
+
+
+def test_it_dials_within_the_integrations_accounts_when_the_chosen_terminal_is_on_another(client, hub, placed):
+    chosen = make_terminal(make_account(name="other-pbx"), agent=hub["agent"], extension="104")
+    hub["agent"].dialling_terminal = chosen
+    hub["agent"].save()
+    hub["integration"].accounts.set([hub["account"]])
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    assert placed == [(hub["terminal"], "+79121234567")]
+
+
 def test_it_answers_502_when_the_agent_has_no_terminal_on_the_integrations_accounts(client, hub, placed):
     other = make_account()
     hub["integration"].accounts.set([other])
