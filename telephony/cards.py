@@ -23,6 +23,8 @@ def call_card(call: Call, crm: dict | None = None) -> dict:
         "direction": call.direction,
         "internal": call.is_internal,
         "state": call.state,
+        # A state the PBX named that we do not know (the call stays in ``state``, its last known one).
+        "pbx_state": call.pbx_state,
         "remote_number": number,
         "remote_number_display": for_people(call.remote_number_e164) if call.remote_number_e164 else number,
         "remote_label": call.remote_label,

@@ -42,7 +42,7 @@ class AppliedUpdate:
 CALL_FIELDS_WRITTEN = (
     "terminal", "agent", "direction", "is_internal", "state", "remote_number_e164", "remote_number_raw",
     "remote_label", "external_phone", "answered_at", "ended_at", "ringing_ms", "talking_ms", "end_cause",
-    "allowed_actions", "state_token", "last_seq", "version", "updated_at",
+    "allowed_actions", "state_token", "last_seq", "version", "updated_at", "pbx_state",
 )
 
 # Up to this many changed calls in a burst are saved one by one; more go in one bulk UPDATE.
@@ -235,6 +235,8 @@ def _comparable(call: Call) -> tuple:
         call.remote_label, call.external_phone, tuple(call.allowed_actions or ()), call.state_token,
         call.answered_at, call.ended_at, call.ringing_ms, call.talking_ms, call.end_cause,
         call.terminal_id, call.agent_id, call.last_seq,
+        # A snapshot in a state we do not know changes only this: it is news (stored, and the card shows it).
+        call.pbx_state,
     )
 
 
@@ -262,6 +264,8 @@ def _merge(call: Call, update: u.CallUpdate, terminals: dict) -> None:
         call.state_token = update.state_token
     if update.seq is not None:
         call.last_seq = update.seq
+    # Every update says a state: one we know clears what an unknown one left.
+    call.pbx_state = update.pbx_state or ""
     _assign_terminal_and_agent(call, update, terminals)
     _move_to_state(call, update)
 

@@ -153,7 +153,8 @@ class Call(models.Model):
     ``version`` grows with every applied update, so a browser can drop a card
     update older than the one it shows. ``allowed_actions`` is what the PBX says
     can be done now; ``state_token`` and ``last_seq`` are Telepo's concurrency
-    token and webhook sequence number.
+    token and webhook sequence number. ``pbx_state`` is a state the PBX named
+    that we do not know, shown next to ``state``.
     """
 
     class Direction(models.TextChoices):
@@ -182,6 +183,11 @@ class Call(models.Model):
     direction = models.CharField(max_length=3, choices=Direction.choices)
     is_internal = models.BooleanField(default=False)
     state = models.CharField(max_length=10, choices=State.choices)
+    # The PBX's own name for a state it sent that we do not know ("offering"): the call stays live in
+    # ``state`` (its last known one), and the card shows both. Empty once a known state arrives.
+    pbx_state = models.CharField(
+        "PBX state", max_length=40, blank=True, help_text="A state the PBX sent that ctihub does not know."
+    )
     remote_number_e164 = models.CharField("remote number (E.164)", max_length=32, blank=True)
     remote_number_raw = models.CharField("remote number as given", max_length=200, blank=True)
     remote_label = models.CharField(max_length=200, blank=True)

@@ -70,6 +70,9 @@ class CallUpdate:
     frame_id: str | None = None
     # Telepo names the local party instead of a terminal: user id, email and number.
     local_party: dict[str, str] = field(default_factory=dict)
+    # The PBX's name for a state we do not know ("offering"), as given; ``state`` is then the call's last
+    # known one (or a stand-in for a new call). None or "" for a known state: the call's is cleared.
+    pbx_state: str | None = None
 
     def __post_init__(self):
         if self.state not in STATES:
@@ -86,7 +89,9 @@ MAX_ID_LENGTH = 200  # pbx_call_id, terminal ids
 MAX_TOKEN_LENGTH = 32  # state_token
 MAX_BIGINT = 2**63 - 1
 # Display texts are cut to their columns rather than costing the call its event.
-TEXT_LIMITS = {"remote_number": 200, "remote_label": 200, "remote_number_e164": 32, "external_phone": 32}
+TEXT_LIMITS = {
+    "remote_number": 200, "remote_label": 200, "remote_number_e164": 32, "external_phone": 32, "pbx_state": 40,
+}
 EARLIEST, LATEST = datetime(1900, 1, 1), datetime(9000, 1, 1)
 
 
@@ -113,7 +118,7 @@ def _check_storable(update: "CallUpdate") -> None:
             object.__setattr__(update, name, value[:limit])  # frozen, and still being built
     _check_text(update.payload, "payload")
     for name in ("pbx_call_id", "terminal_pbx_id", "remote_number", "remote_number_e164", "remote_label",
-                 "external_phone", "state_token", "frame_id", "kind"):
+                 "external_phone", "state_token", "frame_id", "kind", "pbx_state"):
         _check_text(getattr(update, name), name)
     _check_text(update.local_party, "local_party")
 

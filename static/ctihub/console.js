@@ -21,6 +21,12 @@
   };
   const STATE_LABELS = { ringing: "Ringing", dialing: "Dialling", talking: "Talking", held: "On hold", ended: "Ended" };
 
+  // The state, and the PBX's own word when it sent one we do not know (the call stays in its last known state).
+  function stateText(card) {
+    const label = STATE_LABELS[card.state] || card.state;
+    return card.pbx_state ? `${label} (PBX: ${card.pbx_state})` : label;
+  }
+
   const calls = new Map(); // call id -> card
   let agents = new Map();
   let missedToday = 0;
@@ -166,7 +172,7 @@
     el.dataset.state = card.state;
     el.dataset.version = card.version;
     el.querySelector(".direction").textContent = card.direction === "in" ? "Incoming" : "Outgoing";
-    el.querySelector(".state").textContent = STATE_LABELS[card.state] || card.state;
+    el.querySelector(".state").textContent = stateText(card);
     el.querySelector(".number").textContent = card.remote_number_display || card.remote_number || "Unknown number";
     el.querySelector(".label").textContent = card.remote_label || "";
     el.querySelector(".shop").textContent = card.external_phone ? `Shop line ${card.site_code || card.external_phone}` : "";
@@ -273,12 +279,12 @@
       document.getElementById(`count-${state}`).textContent = live.filter((c) => c.state === state || (state === "ringing" && c.state === "dialing")).length;
     }
     document.getElementById("count-missed").textContent = missedToday;
-    const rows = live.map((c) => row([STATE_LABELS[c.state], c.direction === "in" ? "In" : "Out",
+    const rows = live.map((c) => row([stateText(c), c.direction === "in" ? "In" : "Out",
       c.remote_number_display || c.remote_number || "?", agentName(c.agent), timerText(c)], c.id));
     document.getElementById("calls").replaceChildren(...rows);
     const agentRows = [...agents.values()].map((a) => {
       const current = live.find((c) => c.agent === a.id);
-      return row([a.name, a.code, a.status, current ? `${STATE_LABELS[current.state]} ${current.remote_number_display || ""}` : "—"]);
+      return row([a.name, a.code, a.status, current ? `${stateText(current)} ${current.remote_number_display || ""}` : "—"]);
     });
     document.getElementById("agents").replaceChildren(...agentRows);
   }

@@ -314,3 +314,37 @@ def test_it_notes_a_listeners_last_event_at_most_once_a_second(account, monkeypa
     with django_assert_num_queries(2):
         domain.touch_listener(listener.pk, account.pk)
     assert Listener.objects.get(pk=listener.pk).last_event_at is not None
+
+
+@pytest.mark.django_db
+def test_it_stores_and_publishes_a_state_the_pbx_named_that_changes_nothing_else(account, monkeypatch,
+                                                                               django_capture_on_commit_callbacks):
+    from concurrent.futures import Future
+
+    cards = []
+
+    def publish_cards(calls):
+        cards.extend((c.state, c.pbx_state, c.version) for c in calls)
+        done = Future()
+        done.set_result(None)
+        return done
+
+    monkeypatch.setattr("telephony.publish.publish_cards", publish_cards)
+    same = {"allowed_actions": ("hold",), "remote_number": "0412345670"}
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_update(update(account, u.TALKING, "callLine.talking", 0, frame_id="1:talking", **same))
+        # The parser kept the call talking: only the PBX's own word for the state is news.
+        unknown = apply_call_update(update(account, u.TALKING, "callLine.conferenced", 1, frame_id="2:conferenced",
+                                           pbx_state="conferenced", **same))
+        known = apply_call_update(update(account, u.TALKING, "callLine.talking", 2, frame_id="3:talking", **same))
+    assert unknown.changed and known.changed
+    assert list(CallEvent.objects.order_by("id").values_list("kind", flat=True)) == [
+        "callLine.talking", "callLine.conferenced", "callLine.talking"]
+    assert cards == [("talking", "", 1), ("talking", "conferenced", 2), ("talking", "", 3)]
+    assert Call.objects.get().pbx_state == ""
+
+
+def test_it_cuts_a_long_pbx_state_to_its_column():
+    update_ = u.CallUpdate(account_id=1, pbx_call_id="1", state=u.RINGING, kind="x", payload={}, occurred_at=T0,
+                           pbx_state="x" * 500)
+    assert update_.pbx_state == "x" * 40

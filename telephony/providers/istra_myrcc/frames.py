@@ -18,9 +18,10 @@ so ``ringing`` and ``alerting`` both read as ringing. Any other state
 (``offering``, ``proceeding``...) is not guessed at: the line is still applied,
 the call stays live in the state it had (a line seen for the first time in such
 a state rings when incoming, else dials), the raw name stays on the call's event
-(kind ``callLine.<state>``, payload ``state``), and the value is logged once per
-account. A line that cannot be read at all is skipped alone: the other lines of
-the frame, or of the catch-up list after a reconnect, still apply.
+(kind ``callLine.<state>``, payload ``state``) and on the call (``pbx_state``,
+which the card shows), and the value is logged once per account. A line that
+cannot be read at all is skipped alone: the other lines of the frame, or of the
+catch-up list after a reconnect, still apply.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
         answered_at=answered_at,
         end_cause=_end_cause(line, incoming, answered_at) if state == u.ENDED else None,
         frame_id=f"{modified}:{state_name}" if modified else None,
+        pbx_state=None if known_state else state_name,  # the card shows it next to the state kept
     )
     if not known_state:
         unexpected.warn_once(

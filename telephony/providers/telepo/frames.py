@@ -8,9 +8,10 @@ and never revives a terminated call. A snapshot carries no sequence number but a
 One value we do not know never costs the rest of a message, nor a snapshot its
 other calls: the spec lists the webhook's states but shows only two snapshot
 statuses, and a real PBX will say more. A webhook state or snapshot status we do
-not know is kept as given (in the stored event's payload) and its call stays live
-in its last known state: the update carries a stand-in (ringing or dialling for a
-call we have not seen) that ``branches`` swaps for the call's own state.
+not know is kept as given (in the stored event's payload, and in the call's
+``pbx_state``, which the card shows) and its call stays live in its last known
+state: the update carries a stand-in (ringing or dialling for a call we have not
+seen) that ``branches`` swaps for the call's own state.
 An unknown termination reason, direction or device type is read as "not said".
 Each unknown value is logged once per account and value (``note_unknown``), not
 once per message.
@@ -104,6 +105,7 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
         seq=seq,
         end_cause=end_cause_for(reason, direction) if call_state == u.ENDED else None,
         frame_id=f"seq{seq}",
+        pbx_state=None if state in WEBHOOK_STATES else pbx_state_of(state),
         local_party={
             "user_id": local_user,
             "email": _text(body.get("local_email")),
@@ -124,6 +126,11 @@ def unknown_state(update: CallUpdate) -> bool:
     if update.kind == SNAPSHOT_KIND and "callId" in payload:
         return not _known_status(payload.get("status"))
     return False
+
+
+def pbx_state_of(value: Any) -> str:
+    """An unknown state as the card shows it: Telepo's word, or what stood in its place (None, 42)."""
+    return value.strip() if isinstance(value, str) and value.strip() else repr(value)
 
 
 # --- saying it once ---------------------------------------------------------------------------
@@ -323,6 +330,7 @@ def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datet
         allowed_actions=parse_actions(call.get("actions")),
         state_token=str(token) if isinstance(token, int) and not isinstance(token, bool) else None,
         frame_id=f"token{token}" if token is not None else None,
+        pbx_state=None if known else pbx_state_of(status),
     )
 
 

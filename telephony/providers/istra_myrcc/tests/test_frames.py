@@ -249,6 +249,21 @@ def test_it_keeps_a_talking_call_talking_through_a_snapshot_in_an_unknown_state(
     assert (call.state, call.end_cause) == (Call.State.ENDED, u.END_HANGUP)
 
 
+def test_it_names_a_state_it_does_not_know_as_the_pbx_state_and_a_known_one_not():
+    assert parse_one(frame(state="offering")).pbx_state == "offering"
+    assert [parse_one(frame(state=state)).pbx_state for state in ("talking", "alerting", "ringing")] == [None] * 3
+
+
+@pytest.mark.django_db
+def test_it_shows_the_pbxs_word_for_a_state_on_the_call_until_a_known_one_comes(rcc_provider):
+    feed(rcc_provider, "frame_5499_talking", "frame_5499_unknown_state")
+    call = Call.objects.get(account=rcc_provider.account, pbx_call_id="-5499")
+    assert (call.state, call.pbx_state) == (Call.State.TALKING, "conferenced")
+    feed(rcc_provider, "frame_5499_dropped")
+    call.refresh_from_db()
+    assert (call.state, call.pbx_state) == (Call.State.ENDED, "")
+
+
 @pytest.mark.django_db
 def test_it_applies_the_other_lines_of_a_frame_holding_a_line_it_cannot_read(rcc_provider, caplog):
     with caplog.at_level("WARNING"):

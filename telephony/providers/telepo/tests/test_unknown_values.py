@@ -142,3 +142,40 @@ def test_it_reads_the_simulators_snapshot_with_a_status_renamed(account, termina
     calls = {c.pbx_call_id: c for c in Call.objects.all()}
     assert (calls[first.call_id].state, calls[second.call_id].state) == ("ringing", "talking")
     assert calls[first.call_id].state_token == str(world.call(first.call_id).state_token)  # the rest applied
+
+
+# --- the card shows the PBX's word --------------------------------------------------------------------
+
+def test_it_names_an_unknown_webhook_state_or_snapshot_status_as_the_pbx_state_and_a_known_one_not():
+    from datetime import datetime, timezone as dt_timezone
+
+    from telephony.providers.telepo.frames import parse_call_state, parse_webhook
+
+    early, confirmed, referred, _ = fixture("webhooks_unknown_state")
+    assert [parse_webhook(m, 1).pbx_state for m in (early, confirmed, referred)] == [None, None, "REFERRED"]
+    assert parse_webhook({**early, "state": None}, 1).pbx_state == "None"  # no word: said so, not left blank
+    now = datetime.now(dt_timezone.utc)
+    calls = {c["callId"]: c for c in fixture("snapshot_unknown_status")["calls"]}
+    assert parse_call_state(calls["c-queued"], 1, ALICE, now).pbx_state == "QUEUED"
+    assert parse_call_state(calls["c-active"], 1, ALICE, now).pbx_state is None
+
+
+def test_it_keeps_the_pbxs_word_for_a_state_on_the_call_until_a_known_one_comes(account, terminal, queued):
+    early, confirmed, referred, terminated = fixture("webhooks_unknown_state")
+    post(early)
+    post(confirmed)
+    post(referred)
+    call = Call.objects.get(pbx_call_id=referred["call_id"])
+    assert (call.state, call.pbx_state) == ("talking", "REFERRED")
+    post(terminated)
+    call.refresh_from_db()
+    assert (call.state, call.pbx_state) == ("ended", "")
+
+
+def test_it_keeps_the_snapshots_word_for_a_status_on_the_call(account, terminal, world, queued, monkeypatch):
+    hub_call(account, "c-queued", "ringing")
+    monkeypatch.setattr(world, "snapshot", lambda user_id: fixture("snapshot_unknown_status"))
+    reconcile_user(account, ALICE)
+    calls = {c.pbx_call_id: c for c in Call.objects.all()}
+    assert (calls["c-queued"].state, calls["c-queued"].pbx_state) == ("ringing", "QUEUED")
+    assert calls["c-active"].pbx_state == ""
