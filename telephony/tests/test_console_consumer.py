@@ -40,10 +40,10 @@ def communicator(headers):
     return WebsocketCommunicator(application, "/ws/console/", headers=headers)
 
 
-async def open_console(comm):
-    connected, _ = await comm.connect()
+async def open_console(comm, timeout: float = 5):
+    connected, _ = await comm.connect(timeout=timeout)
     assert connected
-    return await comm.receive_json_from(timeout=5)
+    return await comm.receive_json_from(timeout=timeout)
 
 
 async def receive_type(comm, kind, timeout=5):
@@ -312,7 +312,9 @@ def test_it_takes_hundreds_of_consoles_connecting_at_once():
 
     async def scenario():
         comms = [communicator(headers) for _ in range(150)]
-        snapshots = await asyncio.gather(*(open_console(comm) for comm in comms))
+        # What is asserted is that every one gets its snapshot, not how fast: on a busy 2-core machine
+        # 150 handshakes in one process took longer than the communicator's 1 s default (issue 16).
+        snapshots = await asyncio.gather(*(open_console(comm, timeout=60) for comm in comms))
         assert {s["type"] for s in snapshots} == {"snapshot"}
         await asyncio.gather(*(comm.disconnect() for comm in comms))
 
