@@ -3,8 +3,9 @@
 It gives every request connect and read timeouts, retries what is safe to
 retry, follows redirects without turning a POST into a GET (myRCC may move a
 request to another host with 301/302, and ``requests`` would silently replay a
-POST as a GET), asks for gzip, and logs one line per request with secrets
-masked. Tests replace the transport at this one place (``HttpClient.adapter``).
+POST as a GET) and lists them in the answer's ``history`` as ``requests`` does,
+asks for gzip, and logs one line per request with secrets masked. Tests
+replace the transport at this one place (``HttpClient.adapter``).
 """
 
 from __future__ import annotations
@@ -82,12 +83,19 @@ class HttpClient:
         # Passed explicitly: requests lets REQUESTS_CA_BUNDLE override a session's own trust store.
         kwargs.setdefault("verify", self.session.verify)
         kwargs["allow_redirects"] = False
+        history: list[requests.Response] = []
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send_once(method, url, **kwargs)
             if response.status_code not in REDIRECT_STATUSES or "Location" not in response.headers:
+                # As requests does: the redirects that led here, oldest first (a caller may remember a 301).
+                response.history = history
                 return response
+            history.append(response)
+            response.close()  # its body is not read: give the connection back to the pool
             url = urljoin(url, response.headers["Location"])
-            logger.info("%s %s redirected to %s", self.name, method, mask_url(url))
+            # The Location is the whole new URI, query included (myRCC §3.5): the params are in it already.
+            kwargs.pop("params", None)
+            logger.info("%s %s redirected (%s) to %s", self.name, method, response.status_code, mask_url(url))
         raise HttpError(f"{self.name}: more than {MAX_REDIRECTS} redirects from {mask_url(url)}")
 
     def _send_once(self, method: str, url: str, **kwargs) -> requests.Response:

@@ -298,6 +298,9 @@ LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
 # How often each Istra listener's session gets a cheap authenticated GET: it keeps the session active
 # (pings are not) and finds one expired under a socket left open. Shorter than the PBX's inactivity expiry.
 ISTRA_SESSION_CHECK_SECONDS = strict_int("ISTRA_SESSION_CHECK_SECONDS", 120, minimum=1)
+# Istra suspends an account after too many failed logins in a row: after a refused login, nothing logs in
+# with those credentials until an admin saves the account or this many seconds pass (then one login is tried).
+ISTRA_LOGIN_COOLDOWN_SECONDS = strict_int("ISTRA_LOGIN_COOLDOWN_SECONDS", 900, minimum=0)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

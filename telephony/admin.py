@@ -1,5 +1,9 @@
+import logging
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib import admin, messages
+from django.utils import timezone
 
 from ctihub.secrets import secret_form_for
 from telephony import control
@@ -7,8 +11,16 @@ from telephony import updates as u
 from telephony.providers.base import ProviderError
 from telephony.models import Call, CallEvent, Listener, PbxAccount, Terminal
 
+logger = logging.getLogger(__name__)
+
 SECRET_FIELDS = ("password", "api_token", "webhook_secret")
 LIVE_STATUS_FIELDS = ("status", "status_since", "last_event_at", "last_error", "last_error_at")
+# What the PBX told every process about this account (telephony.providers.istra_session).
+PBX_MEMORY_FIELDS = ("login_refusal", "moved_permanently")
+
+
+def login_hold_ends(account: PbxAccount):
+    return account.login_refused_at + timedelta(seconds=settings.ISTRA_LOGIN_COOLDOWN_SECONDS)
 
 
 class TerminalInline(admin.TabularInline):
@@ -33,19 +45,78 @@ class ListenerInline(admin.TabularInline):
 @admin.register(PbxAccount)
 class PbxAccountAdmin(admin.ModelAdmin):
     form = secret_form_for(PbxAccount, SECRET_FIELDS)
-    list_display = ("name", "kind", "base_url", "enabled", "status", "status_since", "last_event_at", "last_error")
+    list_display = ("name", "kind", "base_url", "enabled", "status", "status_since", "last_event_at", "last_error",
+                    "login_refusal_short")
     list_filter = ("kind", "enabled", "status")
     search_fields = ("name", "base_url", "enterprise", "login")
-    readonly_fields = LIVE_STATUS_FIELDS + ("created_at", "updated_at", "telepo_setup", "call_history_reconcile")
+    readonly_fields = LIVE_STATUS_FIELDS + PBX_MEMORY_FIELDS + (
+        "created_at", "updated_at", "telepo_setup", "call_history_reconcile")
     inlines = [TerminalInline, ListenerInline]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled")}),
         ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region",
                                    "telepo_setup", "call_history_reconcile")}),
         ("Credentials (write-only)", {"fields": SECRET_FIELDS}),
-        ("Live status", {"fields": LIVE_STATUS_FIELDS + ("created_at", "updated_at")}),
+        ("Live status", {"fields": LIVE_STATUS_FIELDS + PBX_MEMORY_FIELDS + ("created_at", "updated_at")}),
     )
-    actions = ["test_connection", "sync_terminals", "restart_listeners"]
+    actions = ["test_connection", "sync_terminals", "restart_listeners", "forget_redirect"]
+
+    @admin.display(description="Refused login")
+    def login_refusal(self, obj):
+        if obj is None or obj.login_refused_at is None:
+            return "-"
+        ends = login_hold_ends(obj)
+        hold = ("until you save this account (with the right password) or until "
+                f"{timezone.localtime(ends):%Y-%m-%d %H:%M:%S %Z}, then one login is tried"
+                if ends > timezone.now() else "over: the next login is tried")
+        return (f"Refused at {timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M:%S %Z}: "
+                f"{obj.login_refused_reason or 'HTTP 401'}. Istra suspends an account after too many failed logins "
+                f"in a row, so nothing logs in with these credentials {hold}.")
+
+    @admin.display(description="Login refused")
+    def login_refusal_short(self, obj):
+        if obj.login_refused_at is None:
+            return "-"
+        ends = login_hold_ends(obj)
+        if ends <= timezone.now():
+            return f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M} (hold over)"
+        return (f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M}, "
+                f"held until a save or {timezone.localtime(ends):%H:%M}")
+
+    @admin.display(description="Moved permanently to")
+    def moved_permanently(self, obj):
+        if obj is None or not obj.redirected_base_url:
+            return "-"
+        when = f" at {timezone.localtime(obj.redirected_at):%Y-%m-%d %H:%M:%S %Z}" if obj.redirected_at else ""
+        return (f"{obj.redirected_base_url} (the PBX's permanent redirect{when}): every request and the websocket "
+                "go there. Edit the base URL, or use the action \"Forget the remembered redirect\", to go back to "
+                "the base URL.")
+
+    def save_model(self, request, obj, form, change):
+        """Any save lifts a login refusal (the admin has looked at the account); a new base URL drops a redirect."""
+        refused = change and obj.login_refused_at is not None
+        if refused:
+            obj.login_refused_at, obj.login_refused_reason, obj.login_refused_credentials = None, "", ""
+        if change and "base_url" in form.changed_data:
+            obj.redirected_base_url, obj.redirected_at = "", None
+        super().save_model(request, obj, form, change)
+        if refused:
+            # Its listeners failed on the refusal and wait for an admin: this save is that admin.
+            try:
+                count = control.restart_listeners(obj)
+            except Exception:
+                logger.warning("could not restart the listeners of account %s", obj.pk, exc_info=True)
+                self.message_user(request, f"{obj.name}: logins allowed again; use \"Restart listeners\" to "
+                                  "reconnect its sockets.", messages.WARNING)
+            else:
+                self.message_user(request, f"{obj.name}: logins allowed again; {count} listeners restarting.",
+                                  messages.INFO)
+
+    @admin.action(description="Forget the remembered redirect (go back to the base URL)")
+    def forget_redirect(self, request, queryset):
+        count = queryset.exclude(redirected_base_url="").update(redirected_base_url="", redirected_at=None)
+        self.message_user(request, f"{count} accounts go back to their base URL at their next login.",
+                          messages.SUCCESS)
 
     @admin.display(description="Telepo setup")
     def telepo_setup(self, obj):

@@ -67,6 +67,24 @@ class PbxAccount(models.Model):
     last_event_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    # Istra suspends an account after too many failed logins in a row (myIstra doc, "Istra Password Policy"):
+    # once a login is refused, every process holds its logins with these credentials until an admin saves the
+    # account or ISTRA_LOGIN_COOLDOWN_SECONDS pass (telephony.providers.istra_session). Kept here, not in
+    # Redis, so the admin shows it next to the status and any save of the account clears it.
+    login_refused_at = models.DateTimeField(
+        "login refused at", null=True, blank=True, help_text="Last refused (or re-tried) Istra login."
+    )
+    login_refused_reason = models.TextField("why the login was refused", blank=True)
+    #: A keyed hash of the refused user name and password: other credentials (a process still holding the
+    #: previous password, or new ones) are not held by a refusal of these.
+    login_refused_credentials = models.CharField(max_length=64, blank=True, editable=False)
+    # myRCC may move an enterprise to another host with a permanent redirect (301/308): every later request
+    # and the websocket go straight there. Cleared when the base URL is edited in the admin.
+    redirected_base_url = models.CharField(
+        "moved permanently to", max_length=300, blank=True,
+        help_text="Where the PBX said this account's base URL moved permanently (HTTP 301/308).",
+    )
+    redirected_at = models.DateTimeField("moved at", null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

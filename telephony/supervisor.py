@@ -458,10 +458,11 @@ class ListenerRunner(threading.Thread):
             with self.supervisor.connect_slot(self.stop_event) as may_connect:
                 if not may_connect:
                     return
-                stream = provider.open_stream(self.spec)
-                # A provider may read the database to catch up (myRCC: the calls that ended while we were
-                # away). Only CONNECT_CONCURRENCY threads get here at once, and each gives its connection back.
+                # A provider may read the database to log in (Istra: a login refused lately is not sent again)
+                # and to catch up (myRCC: the calls that ended while we were away). Only CONNECT_CONCURRENCY
+                # threads get here at once, and each gives its connection back, failed or not.
                 try:
+                    stream = provider.open_stream(self.spec)
                     initial_frames = list(getattr(stream, "initial_frames", ()) or ())
                 finally:
                     connection.close()

@@ -1,10 +1,14 @@
+import html
+from datetime import timedelta
+
 import pytest
 from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.urls import reverse
+from django.utils import timezone
 
 from crm_sync.models import ExternalPhone, RetailCrmIntegration
-from telephony.models import CallEvent, PbxAccount
+from telephony.models import CallEvent, Listener, PbxAccount
 from tests.factories import make_account, make_agent, make_call, make_terminal
 
 pytestmark = pytest.mark.django_db
@@ -87,6 +91,64 @@ def test_it_shows_a_form_error_for_a_bad_websocket_url(admin_client, world):
     response = admin_client.post(url, account_form_data(account, ws_url="http://not-a-websocket"))
     assert response.status_code == 200
     assert "Enter a valid URL" in response.content.decode()
+
+
+REFUSAL = "Istra myCrm refused login as 'ENDUSER:user1' (ROUTER_ERR_401: authentication failed): check the login"
+
+
+@pytest.fixture
+def refused(world, settings):
+    settings.ISTRA_LOGIN_COOLDOWN_SECONDS = 900
+    at = timezone.now() - timedelta(minutes=5)
+    PbxAccount.objects.filter(pk=world["account"].pk).update(
+        login_refused_at=at, login_refused_reason=REFUSAL, login_refused_credentials="c" * 32)
+    return at
+
+
+def test_it_shows_why_logins_are_held_and_until_when_on_the_account_page_and_list(admin_client, world, refused):
+    until = timezone.localtime(refused + timedelta(seconds=900))
+    page = admin_client.get(reverse("admin:telephony_pbxaccount_change", args=[world["account"].pk])).content.decode()
+    assert html.escape(REFUSAL) in page
+    assert f"{until:%Y-%m-%d %H:%M:%S}" in page and "until you save this account" in page
+    listing = admin_client.get(reverse("admin:telephony_pbxaccount_changelist")).content.decode()
+    assert f"held until a save or {until:%H:%M}" in listing
+
+
+def test_it_lets_logins_again_and_restarts_the_listeners_when_the_account_is_saved(admin_client, world, refused):
+    account = world["account"]
+    failed = Listener.objects.create(account=account, name="ctihub-1", state=Listener.State.FAILED,
+                                     last_error=REFUSAL)
+    response = admin_client.post(reverse("admin:telephony_pbxaccount_change", args=[account.pk]),
+                                 account_form_data(account, password="the-right-one"), follow=True)
+    assert "logins allowed again; 1 listeners restarting" in response.content.decode()
+    account.refresh_from_db()
+    assert (account.login_refused_at, account.login_refused_reason, account.login_refused_credentials) == \
+        (None, "", "")
+    failed.refresh_from_db()
+    assert (failed.state, failed.last_error) == (Listener.State.IDLE, "")
+
+
+def test_it_shows_a_remembered_redirect_and_forgets_it_on_request(admin_client, world):
+    account = world["account"]
+    PbxAccount.objects.filter(pk=account.pk).update(redirected_base_url="https://istra2/restletrouter",
+                                                    redirected_at=timezone.now())
+    change = reverse("admin:telephony_pbxaccount_change", args=[account.pk])
+    assert "https://istra2/restletrouter" in admin_client.get(change).content.decode()
+    admin_client.post(reverse("admin:telephony_pbxaccount_changelist"),
+                      {"action": "forget_redirect", "_selected_action": [account.pk]})
+    account.refresh_from_db()
+    assert (account.redirected_base_url, account.redirected_at) == ("", None)
+
+
+def test_it_keeps_a_remembered_redirect_unless_the_base_url_is_edited(admin_client, world):
+    account = world["account"]
+    PbxAccount.objects.filter(pk=account.pk).update(redirected_base_url="https://istra2/restletrouter")
+    change = reverse("admin:telephony_pbxaccount_change", args=[account.pk])
+    assert admin_client.post(change, account_form_data(account, login="renamed")).status_code == 302
+    assert PbxAccount.objects.get(pk=account.pk).redirected_base_url == "https://istra2/restletrouter"
+    saved = admin_client.post(change, account_form_data(account, base_url="https://istra3.example/restletrouter"))
+    assert saved.status_code == 302, saved.context["adminform"].form.errors
+    assert PbxAccount.objects.get(pk=account.pk).redirected_base_url == ""
 
 
 def test_it_normalises_external_phones_to_e164_or_explains_why_not(admin_client, world):

@@ -11,9 +11,13 @@ method   path                                        body
 POST     /_sim/istra/reset                           -
 GET      /_sim/istra/state                           -
 PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp, answerDelay,
-                                                      expiryClosesSockets}  (false: an expired session's
-                                                      sockets stay open, answer pings, get no frame)
+                                                      expiryClosesSockets, lockoutAfter}  (expiryClosesSockets
+                                                      false: an expired session's sockets stay open, answer
+                                                      pings, get no frame; lockoutAfter N: a user's Nth wrong
+                                                      password in a row suspends it, 0 never)
 POST     /_sim/istra/users                           {login, password, enterprise, mycrm, myrcc}
+POST     /_sim/istra/users/{login}/unlock            -  (lift a suspension; GET state shows each user's
+                                                      ``failures`` and ``locked``)
 POST     /_sim/istra/extensions                      {id, number, label, enterprise, owner, department,
                                                       photo, pstnNumbers, deviceModel, outOfService, myrcc}
 PATCH    /_sim/istra/extensions/{id}                 same keys, all optional
@@ -79,7 +83,8 @@ EXTENSION_KEYS = {
 }
 _json_errors = json_errors({InvalidTransition: lambda exc: (409, str(exc))})
 CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up",
-               "answerDelay": "answer_delay", "expiryClosesSockets": "expiry_closes_sockets"}
+               "answerDelay": "answer_delay", "expiryClosesSockets": "expiry_closes_sockets",
+               "lockoutAfter": "lockout_after"}
 
 
 def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
@@ -174,6 +179,11 @@ async def add_user(request: web.Request) -> web.Response:
     user = world_of(request).add_user(str(required(body, "login")), str(required(body, "password")),
                                       **{k: body[k] for k in ("enterprise", "mycrm", "myrcc") if k in body})
     return web.json_response(vars(user), status=201)
+
+
+@_json_errors
+async def unlock_user(request: web.Request) -> dict[str, Any]:
+    return vars(world_of(request).unlock_user(request.match_info["login"]))
 
 
 @_json_errors
@@ -336,6 +346,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/state", state)
     router.add_patch(f"{PREFIX}/config", configure)
     router.add_post(f"{PREFIX}/users", add_user)
+    router.add_post(f"{PREFIX}/users/{{login}}/unlock", unlock_user)
     router.add_post(f"{PREFIX}/extensions", add_extension)
     router.add_patch(f"{PREFIX}/extensions/{{id}}", update_extension)
     router.add_post(f"{PREFIX}/calls/incoming", incoming_call)

@@ -20,6 +20,10 @@ class User:
     mycrm: bool = True
     # myRCC logins are RCC administrators of their enterprise (myRCC doc §2).
     myrcc: bool = True
+    # "accounts can be suspended in case of too many failures in a row" (myIstra doc, Istra Password Policy):
+    # wrong passwords in a row, and whether config lockoutAfter suspended the user (world.note_login).
+    failures: int = 0
+    locked: bool = False
 
 
 @dataclass

@@ -255,6 +255,15 @@ def _hand_out_rotated_token(session: Session, response: web.StreamResponse) -> N
 Authenticator = Callable[["IstraWorld", str, str], tuple[str, str]]
 
 
+def claimed_login(user: str, password: str) -> tuple[str, str] | None:
+    """(login, password) a Basic user names, whichever application's form: ``ENDUSER:<login>`` or ``<login>|<ent>``."""
+    enduser = split_enduser(user, password)
+    if enduser is not None:
+        return enduser
+    login, sep, _ = user.rpartition("|")
+    return (login, password) if sep and login else None
+
+
 def login_handler(authenticators: dict[str, Authenticator]):
     async def login(request: web.Request) -> web.Response:
         world = world_of(request)
@@ -263,6 +272,15 @@ def login_handler(authenticators: dict[str, Authenticator]):
         credentials = parse_basic(request.headers.get("Authorization"))
         if authenticate is None or credentials is None:
             raise errors.authentication_failed()
+        # Failures count per user across the applications (one Istra account); only a wrong password counts.
+        claimed = claimed_login(*credentials)
+        user = world.directory.users.get(claimed[0]) if claimed else None
+        if user is not None and user.locked:
+            # A suspended user gets what a wrong password gets (the docs print no other answer, and a guard
+            # against brute force tells the guesser nothing), even with the right password.
+            raise errors.authentication_failed()
+        if user is not None:
+            world.note_login(user, password_right=claimed[1] == user.password)
         login_name, enterprise = authenticate(world, *credentials)
         session = world.sessions.create(app, login_name, enterprise)
         response = web.Response(status=200)

@@ -65,6 +65,9 @@ class IstraConfig:
     # answering pings, so only a REST request tells the client. Applies to inactivity expiry and to
     # expire_sessions() without an explicit close_sockets.
     expiry_closes_sockets: bool = True
+    # Suspend a user after this many wrong passwords in a row (myIstra: "accounts can be suspended in case of
+    # too many failures in a row"); 0: never. A suspended user's logins are refused until unlock_user().
+    lockout_after: int = 0
 
 
 @dataclass
@@ -138,6 +141,24 @@ class IstraWorld:
     @on_loop
     def add_user(self, login: str, password: str, enterprise: str = "e1", mycrm: bool = True, myrcc: bool = True) -> User:
         return self.directory.add_user(User(login, password, enterprise, mycrm, myrcc))
+
+    @on_loop
+    def unlock_user(self, login: str) -> User:
+        """An Istra administrator lifts the suspension (and the count of failures)."""
+        user = self.directory.users.get(login)
+        if user is None:
+            raise KeyError(f"no user {login!r}")
+        user.failures, user.locked = 0, False
+        return user
+
+    def note_login(self, user: User, password_right: bool) -> None:
+        """Count a wrong password against ``user``; a right one ends the run (called on the loop by Login)."""
+        if password_right:
+            user.failures = 0
+            return
+        user.failures += 1
+        if self.config.lockout_after and user.failures >= self.config.lockout_after:
+            user.locked = True
 
     @on_loop
     def add_extension(self, id: str, number: str, **attrs: Any) -> Extension:  # noqa: A002 - the API's word
@@ -306,6 +327,8 @@ class IstraWorld:
                 raise ValueError(f"unknown setting {name!r}")
             if isinstance(known[name].default, bool) and not isinstance(value, bool):
                 raise ValueError(f"setting {name!r} must be true or false")
+            if type(known[name].default) is int and (type(value) is not int or value < 0):
+                raise ValueError(f"setting {name!r} must be a whole number, 0 or more")
         for name, value in settings.items():
             setattr(self.config, name, value)
         return self.config

@@ -15,25 +15,45 @@ Decisions the documents leave open (see /work/shared/specs/README.md):
   jar would only send it back to the host that set it).
 * A 401 (or 403 ROUTER_ERR_400) on an established session means the session
   expired: log in again and retry the request once.
+* A refused login (401 on Login) is remembered on the account, for every
+  process: Istra suspends an account after "too many failures in a row"
+  (myIstra doc, "Istra Password Policy"), and the listener, the history
+  backfill, the voicemail views, recordUrl checks, caller-ID and myRCC line
+  pulls would otherwise each keep trying the same refused password. Until an
+  admin saves the account or ``ISTRA_LOGIN_COOLDOWN_SECONDS`` pass, no login
+  with those credentials is sent: ``LoginHeld`` (permanent) says why and until
+  when. After the cool-down one process (not each) tries once again.
+* A permanent redirect (301/308, myRCC §3.5: "requests may in future versions
+  be redirected permanently ... to an alternative host") moves the account's
+  base URL, and so its websocket, to the new host for every later session of
+  the account in every process (``PbxAccount.redirected_base_url``); the path
+  below the host keeps its layout. A 302/307 is followed, not remembered. A
+  move from https to http is followed but never remembered.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
 import tempfile
 import threading
+from datetime import timedelta
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import certifi
 import requests
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
 
 from ctihub.http_client import HttpClient, HttpError
+from telephony.models import PbxAccount
 from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream
 from telephony.updates import FrameRejected
 
@@ -44,6 +64,18 @@ LOGOUT_PATH = "v1/service/Logout"
 LISTENER_PATH = "v1/service/EventListener/bean"
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+PERMANENT_REDIRECTS = (301, 308)
+
+
+class LoginHeld(ProviderError):
+    """No login sent: these credentials were refused lately (see the module doc).
+
+    Its status is the refusal's 401, so what tells a refused login from a failed request (myRCC's
+    line pulls) tells this one too.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, permanent=True, status=401)
 
 
 def enduser_username(login: str) -> str:
@@ -67,7 +99,8 @@ class IstraSession:
         self.account = account
         self.app = app
         self.username = username
-        self.base_url = account.base_url.rstrip("/") + "/"
+        #: Where requests go: the account's base URL, or where the PBX said it moved permanently.
+        self.base_url = _with_slash(getattr(account, "redirected_base_url", "") or account.base_url)
         self.http = http or HttpClient(f"istra.{app}", verify=trust_store(account.ca_bundle))
         _ignore_cookie_jar(self.http)
         self._http_without_retries: HttpClient | None = None
@@ -116,6 +149,11 @@ class IstraSession:
             self._http_without_retries.close()
 
     def _login_locked(self) -> None:
+        # Every login of every Istra API comes through here: the one place that holds a refused one.
+        shared = self._shared_state()
+        if shared is not None:
+            self._follow_remembered_redirect(shared["redirected_base_url"])
+            self._hold_if_refused(shared)
         headers = {
             **JSON_HEADERS,
             "X-Application": self.app,
@@ -123,7 +161,10 @@ class IstraSession:
         }
         response = self._send(self.http, "POST", LOGIN_PATH, headers=headers)
         if response.status_code >= 400:
-            raise error_from_response(response, self.app, f"login as {self.username!r}", during_login=True)
+            error = error_from_response(response, self.app, f"login as {self.username!r}", during_login=True)
+            if response.status_code == 401:
+                self._remember_refusal(error)
+            raise error
         token = _token_from(response, self.app)
         session_id = _session_id_from(response, self.cookie_name)
         if not token or not session_id:
@@ -134,6 +175,121 @@ class IstraSession:
             )
         self._token, self._session_id = token, session_id
         logger.info("%s logged in to %s as %s", self.app, urlsplit(self.base_url).netloc, self.username)
+        if shared is not None and shared["login_refused_at"] is not None:
+            self._forget_refusal()
+
+    # --- what every process knows of the account: a refused login, a permanent redirect -----------
+    @property
+    def _stored(self) -> bool:
+        """A saved PbxAccount (unit tests hand the session a plain object, with nothing to share)."""
+        return isinstance(self.account, PbxAccount) and self.account.pk is not None
+
+    @property
+    def _credentials(self) -> str:
+        """A keyed hash of the user name and password: which credentials a refusal is about."""
+        secret = settings.SECRET_KEY.encode("utf-8")
+        message = f"{self.username}\n{self.account.password}".encode("utf-8")
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+    def _shared_state(self) -> dict | None:
+        """The account's refusal marker and remembered redirect as stored now, or None (not stored, no database)."""
+        if not self._stored:
+            return None
+        try:
+            return PbxAccount.objects.filter(pk=self.account.pk).values(
+                "login_refused_at", "login_refused_reason", "login_refused_credentials", "redirected_base_url",
+            ).first()
+        except DatabaseError as exc:  # one login too many is better than no socket during a database outage
+            logger.warning("%s cannot read the account's login refusal (%s); logging in anyway", self.app, exc,
+                           extra={"account_id": self.account.pk})
+            return None
+
+    def _hold_if_refused(self, shared: dict) -> None:
+        """Raise LoginHeld while these credentials' refusal holds; past the cool-down, let one process try."""
+        refused_at = shared["login_refused_at"]
+        if refused_at is None or shared["login_refused_credentials"] not in ("", self._credentials):
+            return
+        until = refused_at + timedelta(seconds=settings.ISTRA_LOGIN_COOLDOWN_SECONDS)
+        now = timezone.now()
+        if now >= until:
+            if self._claim_retry(refused_at, now):
+                logger.info("%s: the cool-down after a refused login is over; trying once more", self.app,
+                            extra={"account_id": self.account.pk})
+                return
+            hold = "another process is trying it once more right now"
+        else:
+            hold = (f"nothing logs in with it until an admin saves the account (with the right password) or until "
+                    f"{_when(until)} (ISTRA_LOGIN_COOLDOWN_SECONDS)")
+        raise LoginHeld(
+            f"Istra {self.app}: no login sent as {self.username!r}: it was refused at {_when(refused_at)} "
+            f"({shared['login_refused_reason'] or 'HTTP 401'}). Istra suspends an account after too many failed "
+            f"logins in a row, so {hold}."
+        )
+
+    def _claim_retry(self, refused_at, now) -> bool:
+        # Only the process that moves the marker's time tries; the others see a fresh refusal time.
+        try:
+            return PbxAccount.objects.filter(pk=self.account.pk, login_refused_at=refused_at).update(
+                login_refused_at=now) == 1
+        except DatabaseError:
+            return True  # the cool-down is over anyway
+
+    def _remember_refusal(self, error: ProviderError) -> None:
+        if not self._stored:
+            return
+        until = timezone.now() + timedelta(seconds=settings.ISTRA_LOGIN_COOLDOWN_SECONDS)
+        logger.warning("%s refused the login as %s: no login with this account until it is saved in the admin "
+                       "or until %s", self.app, self.username, _when(until), extra={"account_id": self.account.pk})
+        try:
+            PbxAccount.objects.filter(pk=self.account.pk).update(
+                login_refused_at=timezone.now(), login_refused_reason=str(error)[:1000],
+                login_refused_credentials=self._credentials,
+            )
+        except DatabaseError as exc:
+            logger.warning("%s cannot note the refused login (%s)", self.app, exc,
+                           extra={"account_id": self.account.pk})
+
+    def _forget_refusal(self) -> None:
+        """A login worked: Istra's run of failures is broken, and the admin page says the account works."""
+        try:
+            PbxAccount.objects.filter(pk=self.account.pk).update(
+                login_refused_at=None, login_refused_reason="", login_refused_credentials="")
+        except DatabaseError as exc:
+            logger.warning("%s cannot clear the refused-login note (%s)", self.app, exc,
+                           extra={"account_id": self.account.pk})
+
+    def _follow_remembered_redirect(self, redirected_base_url: str) -> None:
+        """Another session (maybe another process) learnt or forgot a permanent redirect: go where it says."""
+        base_url = _with_slash(redirected_base_url or self.account.base_url)
+        if base_url != self.base_url:
+            logger.info("%s: this account's requests now go to %s", self.app, urlsplit(base_url).netloc)
+            self.base_url = base_url
+
+    def _note_redirects(self, url: str, response: requests.Response) -> None:
+        """Remember where a permanent redirect of a request under the base URL sent it."""
+        moved_to = None
+        for hop in getattr(response, "history", None) or ():
+            if hop.status_code not in PERMANENT_REDIRECTS:
+                break  # what follows a temporary redirect is not where this account lives
+            moved_to = urljoin(hop.url or url, hop.headers.get("Location", ""))
+        if moved_to is None:
+            return
+        base_url = moved_base_url(self.base_url, url, moved_to)
+        if base_url is None or base_url == self.base_url:
+            return
+        logger.warning("%s: %s moved permanently to %s; every later request and the websocket go there", self.app,
+                       urlsplit(self.base_url).netloc, urlsplit(base_url).netloc,
+                       extra={"account_id": getattr(self.account, "pk", None)})
+        self.base_url = base_url
+        stored = "" if base_url == _with_slash(self.account.base_url) else base_url.rstrip("/")
+        self.account.redirected_base_url = stored  # sessions built later from this very object
+        if not self._stored:
+            return
+        try:
+            PbxAccount.objects.filter(pk=self.account.pk).update(
+                redirected_base_url=stored, redirected_at=timezone.now() if stored else None)
+        except DatabaseError as exc:
+            logger.warning("%s cannot remember the redirect (%s)", self.app, exc, extra={"account_id": self.account.pk})
 
     def _login_again(self, stale_token: str | None) -> None:
         with self._lock:
@@ -213,13 +369,16 @@ class IstraSession:
 
     def _send(self, http: HttpClient, method: str, path: str, *, headers: dict, params=None, body=None):
         data = json.dumps(body) if isinstance(body, dict) else body
+        url = self.url(path)
         try:
-            return http.request(
-                method, self.url(path), headers=headers, params=params,
+            response = http.request(
+                method, url, headers=headers, params=params,
                 data=data.encode("utf-8") if data is not None else None,
             )
         except HttpError as exc:
             raise ProviderError(f"cannot reach the Istra server: {exc}") from exc
+        self._note_redirects(url, response)
+        return response
 
     def _remember_rotated_credentials(self, response: requests.Response, session_id_sent: str | None) -> None:
         # Only an answer on the current session may rotate it: a slow answer from a
@@ -250,11 +409,18 @@ class IstraSession:
 
     # --- event listeners and the websocket ----------------------------------------------------
     def ws_url(self, app: str | None = None) -> str:
-        """The account's override, else ws(s)://HOST/restletrouter/ws-service/<app>."""
-        if self.account.ws_url:
-            return self.account.ws_url
-        parts = urlsplit(self.account.base_url)
+        """The account's override, else ws(s)://HOST/restletrouter/ws-service/<app>.
+
+        Both follow a remembered permanent redirect: the derived URL is built on the current base URL,
+        and an override on the base URL's own host moves to the new host (one on another host stays).
+        """
+        parts = urlsplit(self.base_url)
         scheme = "wss" if parts.scheme == "https" else "ws"
+        if self.account.ws_url:
+            override, configured_host = urlsplit(self.account.ws_url), urlsplit(self.account.base_url).netloc
+            if override.netloc != configured_host or parts.netloc == configured_host:
+                return self.account.ws_url
+            return urlunsplit((scheme, parts.netloc, override.path, override.query, ""))
         return urlunsplit((scheme, parts.netloc, f"{parts.path.rstrip('/')}/ws-service/{app or self.app}", "", ""))
 
     def ws_headers(self) -> list[str]:
@@ -309,6 +475,34 @@ class IstraSession:
             self.request("DELETE", f"{LISTENER_PATH}/{name}", relogin=False)
         except ProviderError as exc:
             logger.info("%s could not delete listener %s: %s", self.app, name, exc)
+
+
+# --- redirects and times -------------------------------------------------------------------------
+
+def _with_slash(base_url: str) -> str:
+    return base_url.rstrip("/") + "/"
+
+
+def moved_base_url(base_url: str, request_url: str, moved_to: str) -> str | None:
+    """The base URL a permanent redirect of ``request_url`` to ``moved_to`` means, or None.
+
+    The path below the base keeps its layout: ``https://a/restletrouter/v1/rcc/Extension`` moved to
+    ``https://b/rr/v1/rcc/Extension`` means the base ``https://b/rr/``; a Location whose path does
+    not end the same way moves only the host. None for a request outside the base URL and for a
+    move from https to http (a downgrade is followed once, never made the rule).
+    """
+    base, request, target = urlsplit(base_url), urlsplit(request_url), urlsplit(moved_to)
+    if not target.netloc or request.netloc != base.netloc or not request.path.startswith(base.path):
+        return None
+    if base.scheme == "https" and target.scheme != "https":
+        return None
+    below = request.path[len(base.path):]
+    path = target.path[: len(target.path) - len(below)] if below and target.path.endswith(below) else base.path
+    return _with_slash(urlunsplit((target.scheme, target.netloc, path, "", "")))
+
+
+def _when(moment) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 # --- Istra's answers --------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Session expiry by inactivity (websocket pings are not activity), expiry that leaves the sockets open,
 expiry of one application's sessions, which states a client of each application was told (``reportedBy``),
-the myCrm call answered or ended while no socket was bound, "N x 503 then close", and what an IPTC outage
-refuses. Every one of them is off unless a test turns it on.
+the myCrm call answered or ended while no socket was bound, "N x 503 then close", what an IPTC outage
+refuses, a user suspended after wrong passwords in a row, and a permanent redirect to another host name.
+Every one of them is off unless a test turns it on.
 """
 
 from __future__ import annotations
@@ -454,3 +455,67 @@ def test_it_answers_503_to_telephony_resources_only_while_the_iptc_is_down(platf
     assert answers == [(path, status) for _, path, _, status in IPTC_PATHS[app]]
     assert socket.ping()  # the websocket still opens
     assert client.post("v1/service/Logout").status_code == 204
+
+
+# --- lockout after failed logins, permanent redirects ------------------------------------------------
+
+USERS = {"myCrm": "ENDUSER:chatfield", "myRCC": "chatfield|e1", "myIstra": "ENDUSER:chatfield"}
+
+
+def login_status(sim, app: str, password: str) -> requests.Response:
+    """A Login of chatfield's, as each application names the user."""
+    return IstraClient(sim.istra_base, app).login(USERS[app], password)
+
+
+def chatfield(sim) -> dict:
+    return next(u for u in control(sim, "GET", "state").json()["users"] if u["login"] == "chatfield")
+
+
+def test_it_suspends_a_user_after_lockout_after_wrong_passwords_in_a_row_across_the_apps(platform):
+    control(platform, "PATCH", "config", json={"lockoutAfter": 3})
+    wrong = [login_status(platform, app, "9999") for app in ("myCrm", "myRCC", "myIstra")]
+    right = login_status(platform, "myIstra", "0000")
+
+    assert [r.status_code for r in wrong] == [401, 401, 401]
+    assert (right.status_code, right.json()) == (401, wrong[0].json())  # suspended: the wrong password's answer
+    assert right.json() == {"code": "ROUTER_ERR_401", "message": "authentication failed"}
+    assert (chatfield(platform)["failures"], chatfield(platform)["locked"]) == (3, True)
+    assert control(platform, "POST", "users/chatfield/unlock").json()["locked"] is False
+    assert login_status(platform, "myCrm", "0000").status_code == 200
+
+
+def test_it_counts_only_wrong_passwords_in_a_row(platform):
+    control(platform, "PATCH", "config", json={"lockoutAfter": 2})
+    statuses = [login_status(platform, "myCrm", password).status_code for password in ("9999", "0000", "9999")]
+    assert chatfield(platform)["failures"] == 1  # the right password in between ended the first run
+    assert login_status(platform, "myRCC", "0000").status_code == 200
+
+    assert statuses == [401, 200, 401]
+    assert (chatfield(platform)["failures"], chatfield(platform)["locked"]) == (0, False)
+
+
+def test_it_never_suspends_anyone_unless_configured(platform):
+    assert control(platform, "GET", "state").json()["config"]["lockoutAfter"] == 0
+    assert {login_status(platform, "myCrm", "9999").status_code for _ in range(10)} == {401}
+    assert login_status(platform, "myCrm", "0000").status_code == 200
+
+
+@pytest.mark.parametrize("value", [-1, "3", True, 1.5])
+def test_it_refuses_a_lockout_setting_that_is_not_a_count(platform, value):
+    control(platform, "PATCH", "config", expect=400, json={"lockoutAfter": value})
+
+
+def test_it_redirects_permanently_to_another_name_and_logs_the_host_each_request_used(platform):
+    other = f"http://localhost:{platform.port}"
+    control(platform, "POST", "faults/redirect-next", json={"count": 1, "status": 301, "baseUrl": other,
+                                                            "app": "myRCC"})
+    moved = requests.post(f"{platform.istra_base}/v1/service/Login?x=1", headers={"X-Application": "myRCC"},
+                          auth=("chatfield|e1", "0000"), allow_redirects=False, timeout=5)
+    again = requests.post(moved.headers["Location"], headers={"X-Application": "myRCC"},
+                          auth=("chatfield|e1", "0000"), allow_redirects=False, timeout=5)
+
+    assert (moved.status_code, moved.headers["Location"]) == (301, f"{other}/restletrouter/v1/service/Login?x=1")
+    assert again.status_code == 200
+    log = control(platform, "GET", "requests").json()
+    assert [{k.lower(): v for k, v in e["headers"].items()}["host"] for e in log] == \
+        [f"127.0.0.1:{platform.port}", f"localhost:{platform.port}"]

@@ -88,10 +88,13 @@ class EndUserSession(IstraSession):
         headers = {key: value for key, value in headers.items() if key not in ("Accept", "Content-Type")}
         # Audio does not compress, and an identity answer keeps its Content-Length for the browser.
         headers["Accept-Encoding"] = "identity"
+        url = self.url(path)
         try:
-            return http.request(method, self.url(path), headers=headers, params=params, stream=True)
+            response = http.request(method, url, headers=headers, params=params, stream=True)
         except HttpError as exc:
             raise ProviderError(f"cannot reach the Istra server: {exc}") from exc
+        self._note_redirects(url, response)
+        return response
 
     def ws_headers(self) -> list[str]:
         """The upgrade as doc §IX.B lists it: the mandatory headers of §VII.A.3, the session's cookie.

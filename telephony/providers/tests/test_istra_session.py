@@ -18,6 +18,7 @@ from urllib3 import HTTPHeaderDict, HTTPResponse
 
 from ctihub.http_client import HttpClient
 from telephony.providers.base import ProviderError, SessionExpired
+from telephony.providers import istra_session
 from telephony.providers.istra_session import IstraSession, enduser_username, rcc_username, trust_store
 
 MYCRM_FIXTURES = Path(__file__).resolve().parents[1] / "istra_mycrm" / "tests" / "fixtures"
@@ -359,6 +360,70 @@ def test_it_follows_a_redirect_to_another_host_with_the_same_post_body_and_sessi
     assert json.loads(moved.body) == {"destination": "102"} == json.loads(first.body)
     assert moved.headers["Cookie"] == f"myRCC_SESSIONID={SESSION_ID}"
     assert moved.headers["X-Application"] == "myRCC;tok-1"
+
+
+def moved(status: int, to: str):
+    return reply(status, headers=[("Location", to)])
+
+
+def test_it_remembers_a_permanent_redirect_for_every_later_request_and_the_websocket():
+    session, fake = make_session(app="myRCC")
+    fake.script("v1/rcc/Extension", moved(301, "https://istra2:8443/restletrouter/v1/rcc/Extension?offset=0"),
+                reply(200, {"items": []}))
+    session.request_json("GET", "v1/rcc/Extension", params={"offset": 0})
+    session.request_json("GET", "v1/rcc/CallLine")
+    assert [r.url for r in fake.sent[1:]] == [
+        f"{BASE_URL}/v1/rcc/Extension?offset=0",
+        "https://istra2:8443/restletrouter/v1/rcc/Extension?offset=0",
+        "https://istra2:8443/restletrouter/v1/rcc/CallLine",  # straight there
+    ]
+    assert session.account.redirected_base_url == "https://istra2:8443/restletrouter"
+    assert session.ws_url() == "wss://istra2:8443/restletrouter/ws-service/myRCC"
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_it_follows_a_temporary_redirect_without_remembering_it(status):
+    session, fake = make_session(app="myRCC")
+    fake.script("v1/rcc/Extension", moved(status, "http://istra2/restletrouter/v1/rcc/Extension"))
+    session.request("GET", "v1/rcc/Extension")
+    session.request("GET", "v1/rcc/CallLine")
+    assert fake.sent[-1].url == f"{BASE_URL}/v1/rcc/CallLine"
+    assert session.ws_url() == "ws://istra1/restletrouter/ws-service/myRCC"
+    assert not getattr(session.account, "redirected_base_url", "")
+
+
+def test_it_remembers_a_permanent_redirect_only_up_to_a_temporary_one():
+    session, fake = make_session(app="myRCC")
+    fake.script("v1/rcc/CallLine", moved(308, "http://istra2/restletrouter/v1/rcc/CallLine"),
+                moved(302, "http://istra3/restletrouter/v1/rcc/CallLine"), reply())  # istra2 lends it to istra3
+    session.request("GET", "v1/rcc/CallLine")
+    assert [r.url.split("/restletrouter")[0] for r in fake.sent[1:]] == ["http://istra1", "http://istra2",
+                                                                         "http://istra3"]
+    assert session.base_url == "http://istra2/restletrouter/"
+
+
+@pytest.mark.parametrize(("base_url", "request_url", "location", "expected"), [
+    ("https://a/restletrouter/", "https://a/restletrouter/v1/rcc/Extension?x=1",
+     "https://b/restletrouter/v1/rcc/Extension?x=1", "https://b/restletrouter/"),
+    ("https://a/restletrouter/", "https://a/restletrouter/v1/rcc/Extension", "https://b/other/place",
+     "https://b/restletrouter/"),  # a Location of another layout moves only the host
+    ("https://a/restletrouter/", "https://a/restletrouter/v1/service/Login", "http://b/restletrouter/v1/service/Login",
+     None),  # never remember a move to plain http
+    ("https://a/restletrouter/", "https://elsewhere/v1/x", "https://b/v1/x", None),  # not a request of the base
+])
+def test_it_reads_the_new_base_url_from_the_location(base_url, request_url, location, expected):
+    assert istra_session.moved_base_url(base_url, request_url, location) == expected
+
+
+@pytest.mark.parametrize(("ws_url", "expected"), [
+    ("ws://istra1/restletrouter/ws-service/myRCC?x=1", "ws://istra2/restletrouter/ws-service/myRCC?x=1"),
+    ("wss://events.example/ws", "wss://events.example/ws"),  # another host was not said to move
+])
+def test_it_moves_a_websocket_override_on_the_old_host_with_the_account(ws_url, expected):
+    session, fake = make_session(app="myRCC", ws_url=ws_url)
+    fake.script("v1/service/Login", moved(301, "http://istra2/restletrouter/v1/service/Login"))
+    session.login()
+    assert session.ws_url() == expected
 
 
 def test_it_logs_out_and_forgets_the_session():
