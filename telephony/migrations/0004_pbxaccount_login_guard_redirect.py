@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('telephony', '0002_call_updated_index'),
+        ('telephony', '0003_call_pbx_state'),
     ]
 
     operations = [
