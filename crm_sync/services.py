@@ -24,12 +24,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Now
+from django.db.models import Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Least, Now
 from django.utils import timezone
 
-from ctihub.brief_cache import BriefCache
 from ctihub.brief_cache import BriefCache
 from ctihub.tasks import enqueue
 from accounts.models import Agent
@@ -63,6 +63,9 @@ BACKOFF_CAP = 600
 # stay this close together, or a few failures in a row would push the pop-up past its use even when
 # retailCRM was back within seconds.
 EVENT_BACKOFF_CAP = 10
+# A missed call whose caller may be leaving a voicemail is looked at again this often until the message is
+# there or RETAILCRM_VOICEMAIL_WAIT_SECONDS passed (the sweep finds it due; each look asks the PBX).
+RECORD_RECHECK = timedelta(seconds=10)
 # The card of a manager's leg of a redirected call shows the lookup made for the shared line.
 ROUTED_CARD_WINDOW = timedelta(minutes=2)
 ACTIVE_STATES = (Call.State.RINGING, Call.State.DIALING, Call.State.TALKING, Call.State.HELD)
@@ -347,15 +350,38 @@ def upload_skip_reason(call: Call, row: CrmCallSync) -> str:
 
 
 def enter_outbox(row: CrmCallSync, call: Call) -> bool:
-    """Put a finished call in the outbox once; True when it is newly there and to be uploaded."""
+    """Put a finished call in the outbox once; True when it is newly there and to be uploaded.
+
+    A missed call whose caller may still be leaving a voicemail enters it held: not due
+    before ``upload_next_at``, looked at again until ``record_wait_until`` (see ``_hold``).
+    """
     row.refresh_from_db(fields=["routing", "outbox_at"])
     if row.outbox_at is not None:
         return False
     reason = upload_skip_reason(call, row)
-    entered = CrmCallSync.objects.filter(pk=row.pk, outbox_at__isnull=True).update(
-        outbox_at=timezone.now(), upload_skipped=reason
-    )
+    now = timezone.now()
+    fields = {"outbox_at": now, "upload_skipped": reason}
+    wait_until = None if reason else record_wait_until(call, now)
+    if wait_until is not None:
+        fields.update(record_wait_until=wait_until, upload_next_at=min(wait_until, now + RECORD_RECHECK))
+    entered = CrmCallSync.objects.filter(pk=row.pk, outbox_at__isnull=True).update(**fields)
     return bool(entered) and not reason
+
+
+def record_wait_until(call: Call, now=None):
+    """Until when the upload of this finished call waits for its audio (a voicemail being left); None: no wait.
+
+    The voicemail lookup just after a missed call ends almost never finds the message: the
+    caller is still recording it. So such a call waits, up to RETAILCRM_VOICEMAIL_WAIT_SECONDS
+    after it ended; an answered or outgoing call, or one no audio source could get audio for, never does.
+    """
+    seconds = settings.RETAILCRM_VOICEMAIL_WAIT_SECONDS
+    if seconds <= 0 or call.answered_at is not None or call.direction != Call.Direction.INBOUND:
+        return None
+    until = (call.ended_at or now or timezone.now()) + timedelta(seconds=seconds)
+    if until <= (now or timezone.now()) or not recordings.awaits_audio(call):
+        return None
+    return until
 
 
 @dataclass
@@ -364,6 +390,7 @@ class UploadReport:
     duplicates: int = 0
     refused: int = 0
     batches: int = 0
+    held: int = 0  # missed calls still waiting for their voicemail (looked at again later)
 
 
 def _due_outbox(integration_id: int):
@@ -408,9 +435,15 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
         rows = claim_batch(integration_id, token)
         if not rows:
             break
+        record_urls = {row.pk: recordings.record_url_for(row.call) for row in rows}
+        held = _hold([row for row in rows if _still_waiting(row, record_urls[row.pk])], token)
+        report.held += len(held)
+        rows = [row for row in rows if row.pk not in held]
+        if not rows:
+            continue  # held rows are not due again before their next look: the loop ends
         report.batches += 1
         try:
-            _upload_rows(client, integration, rows, token, report)
+            _upload_rows(client, integration, rows, token, report, record_urls)
         except RetailCrmError as exc:
             if _try_later(exc):
                 raise _postpone(rows, [token], exc) from exc
@@ -418,20 +451,38 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
                 _refuse(rows[0], token, exc)
                 report.refused += 1
             else:
-                _upload_one_by_one(client, integration, rows, token, report, exc)
+                _upload_one_by_one(client, integration, rows, token, report, exc, record_urls)
         else:
             resumed = resumed or bool(_resume_postponed(integration_id))
         _refresh_crm_sync_state([row.call_id for row in rows])
     return report
 
 
+def _still_waiting(row: CrmCallSync, record_url: str | None) -> bool:
+    """A held call whose audio has not come yet, within its wait: not uploaded this time."""
+    return record_url is None and row.record_wait_until is not None and row.record_wait_until > timezone.now()
+
+
+def _hold(rows: list[CrmCallSync], token: str) -> set[int]:
+    """Give back the claim on calls still waiting for their voicemail; the next look is RECORD_RECHECK away
+    (or at the end of the wait, when the call is uploaded whatever it found). Returns their ids."""
+    ids = {row.pk for row in rows}
+    if ids:
+        CrmCallSync.objects.filter(pk__in=ids, upload_claim=token).update(
+            upload_claim="", upload_claimed_until=None,
+            upload_next_at=Least(F("record_wait_until"), Value(timezone.now() + RECORD_RECHECK)),
+        )
+    return ids
+
+
 def _resume_postponed(integration_id: int) -> int:
     """retailCRM just took a batch, so it is back: calls still waiting out an earlier failure's backoff
-    (up to BACKOFF_CAP after a long outage) go in this drain instead."""
+    (up to BACKOFF_CAP after a long outage) go in this drain instead. Calls waiting for their voicemail
+    keep their own pace (every look asks the PBX)."""
     return CrmCallSync.objects.filter(
         integration_id=integration_id, outbox_at__isnull=False, uploaded_at__isnull=True, upload_skipped="",
         upload_next_at__gt=Now(),
-    ).update(upload_next_at=None)
+    ).exclude(record_wait_until__gt=Now()).update(upload_next_at=None)
 
 
 def _try_later(exc: RetailCrmError) -> bool:
@@ -439,12 +490,13 @@ def _try_later(exc: RetailCrmError) -> bool:
     return exc.retryable or isinstance(exc, RetailCrmAuthError)
 
 
-def _upload_one_by_one(client, integration, rows, token: str, report: UploadReport, exc: RetailCrmError) -> None:
+def _upload_one_by_one(client, integration, rows, token: str, report: UploadReport, exc: RetailCrmError,
+                       record_urls: dict[int, str | None]) -> None:
     """A batch refused as a whole: one bad call must not hold back the others."""
     logger.warning("retailCRM refused a batch of %s calls (%s); sending them one by one", len(rows), exc)
     for index, row in enumerate(rows):
         try:
-            _upload_rows(client, integration, [row], token, report)
+            _upload_rows(client, integration, [row], token, report, record_urls)
         except RetailCrmError as single_exc:
             if _try_later(single_exc):
                 raise _postpone(rows[index:], [token], single_exc) from single_exc
@@ -452,19 +504,20 @@ def _upload_one_by_one(client, integration, rows, token: str, report: UploadRepo
             report.refused += 1
 
 
-def _records(integration, rows: list[CrmCallSync]) -> list[dict]:
+def _records(integration, rows: list[CrmCallSync], record_urls: dict[int, str | None]) -> list[dict]:
     records = []
     for row in rows:
         site, external_phone = shop_of(row, row.call, integration)
         records.append(payloads.upload_record(
             row.call, time_zone=integration.time_zone, site=site, external_phone=external_phone,
-            record_url=recordings.record_url_for(row.call),
+            record_url=record_urls.get(row.pk),
         ))
     return records
 
 
-def _upload_rows(client, integration, rows: list[CrmCallSync], token: str, report: UploadReport) -> None:
-    records = _records(integration, rows)
+def _upload_rows(client, integration, rows: list[CrmCallSync], token: str, report: UploadReport,
+                 record_urls: dict[int, str | None]) -> None:
+    records = _records(integration, rows, record_urls)
     answer = client.upload_calls(records)
     duplicates = {str(x) for x in (answer.get("duplicateCalls") or [])}
     processed = answer.get("processedCallsCount")
