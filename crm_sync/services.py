@@ -31,6 +31,7 @@ from django.db.models.functions import Least, Now
 from django.utils import timezone
 
 from ctihub.brief_cache import BriefCache
+from ctihub.phones import e164_or_empty
 from ctihub.tasks import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
@@ -313,12 +314,20 @@ def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field
 
 
 def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> tuple[str, str]:
-    """(site code, external phone) of the call, resolved once and kept on the row."""
+    """(site code, external phone) of the call, resolved once and kept on the row.
+
+    The external phone is the shop's number the call is about: the one the PBX gave (myCrm's
+    ``acdId``, the number a Telepo caller dialled), else for an outgoing call the one retailCRM
+    asked a click-to-call for, else for an incoming call the one PSTN number of the terminal it
+    rang (``dialled_number``). The site is the integration's shop with that number.
+    """
     if row.site_code or row.external_phone:
         return row.site_code, row.external_phone
     external_phone, site = call.external_phone, call.site_code
     if not external_phone and call.direction == Call.Direction.OUTBOUND and call.terminal_id:
         external_phone = recall_click_to_call(call.terminal_id, call.remote_number_e164) or ""
+    if not external_phone and call.direction == Call.Direction.INBOUND and call.terminal_id:
+        external_phone = dialled_number(call.terminal_id)
     if external_phone and not site:
         site = (
             ExternalPhone.objects.filter(integration=integration, phone=external_phone)
@@ -330,6 +339,24 @@ def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> 
         CrmCallSync.objects.filter(pk=row.pk).update(site_code=site, external_phone=external_phone)
         row.site_code, row.external_phone = site, external_phone
     return site, external_phone
+
+
+def dialled_number(terminal_id: int) -> str:
+    """The number a caller dialled to reach this terminal, when its PSTN numbers say it: '' otherwise.
+
+    myRCC's call lines do not say which number was dialled, but its extension directory lists
+    each extension's ``pstnNumbers`` (``Terminal.pstn_numbers``). An extension with exactly one
+    was reached on that one. With several, any of them may have been dialled, and naming the
+    wrong shop is worse than naming none: none is given.
+    """
+    found = Terminal.objects.filter(pk=terminal_id).values_list("pstn_numbers", "account__default_region").first()
+    if found is None:
+        return ""
+    numbers, region = found
+    numbers = [str(n).strip() for n in (numbers if isinstance(numbers, list) else []) if str(n).strip()]
+    if len(numbers) != 1:
+        return ""
+    return e164_or_empty(numbers[0], region or None)[:32]
 
 
 # --- the outbox -----------------------------------------------------------------------------
