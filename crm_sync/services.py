@@ -31,7 +31,7 @@ from django.db.models.functions import Least, Now
 from django.utils import timezone
 
 from ctihub.brief_cache import BriefCache
-from ctihub.phones import e164_or_empty
+from ctihub.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
 from ctihub.tasks import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
@@ -737,6 +737,55 @@ def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
     from telephony.providers.istra_enduser.callerid import present_external_phone as present_on_enduser
 
     return present_on_enduser(terminal, external_phone)
+
+
+# makeCallUrl reads numbers in the integration's country on every click.
+_regions = BriefCache("retailcrm-integration-phone-region", watch=(ExternalPhone, RetailCrmIntegration, PbxAccount))
+
+
+@dataclass
+class MakeCallNumbers:
+    phone: str  # E.164
+    external_phone: str = ""  # E.164, or '' (none given, or one that is no phone number)
+    warning: str = ""  # what was wrong with externalPhone, for the answer
+
+
+def make_call_numbers(integration: RetailCrmIntegration, phone: str, external_phone: str = "") -> MakeCallNumbers:
+    """makeCallUrl's ``phone`` and ``externalPhone`` in E.164, read in the shop's country.
+
+    retailCRM sends ``phone`` as the customer's card has it, often without a country
+    ("8 912 345-67-89" in a Russian shop): it is read in the country of the shop the
+    click came from (``externalPhone``), else the integration's (``integration_region``).
+    An ``externalPhone`` that is no phone number only costs the caller-ID change: the call
+    is placed and ``warning`` says why the caller-ID stayed. UnusablePhoneNumber for ``phone``.
+    """
+    numbers = MakeCallNumbers(phone="")
+    fallback = integration_region(integration) or None
+    if external_phone:
+        try:
+            numbers.external_phone = to_e164(external_phone, fallback)
+        except UnusablePhoneNumber as exc:
+            numbers.warning = f"externalPhone: {exc}; the call is placed with the PBX's usual caller-ID"
+    numbers.phone = to_e164(phone, region_of(numbers.external_phone) or fallback)
+    return numbers
+
+
+def integration_region(integration: RetailCrmIntegration) -> str:
+    """The country numbers without one are read in for this integration; '' for DEFAULT_PHONE_REGION.
+
+    The one country of all its shops' numbers, else the one default region of the PBX accounts
+    it serves (all accounts when it names none); '' when there is none or they disagree.
+    """
+    def load() -> str:
+        shops = {region_of(phone) for phone in integration.external_phones.values_list("phone", flat=True)} - {""}
+        if len(shops) == 1:
+            return shops.pop()
+        accounts = integration.accounts.all() if integration.accounts.exists() else PbxAccount.objects.all()
+        regions = {r.upper() for r in accounts.filter(enabled=True).exclude(default_region="")
+                   .values_list("default_region", flat=True)}
+        return regions.pop() if len(regions) == 1 else ""
+
+    return _regions.get(integration.pk, load)
 
 
 # makeCallUrl looks the terminal up on every click (its view keeps the integration and agent briefly too).
