@@ -146,7 +146,10 @@ class CrmCallSync(models.Model):
     Upload outbox: a finished call enters it (``outbox_at``) and leaves it when
     retailCRM has it (``uploaded_at``). Rows are claimed in batches with
     ``SELECT ... FOR UPDATE SKIP LOCKED``; a failed batch waits until
-    ``upload_next_at``. The upload carries ``externalId``, so a batch sent again
+    ``upload_next_at``. A missed call that may get a voicemail is not due
+    before ``upload_next_at`` either: it is looked at again every few seconds
+    until the message is there or ``record_wait_until`` passed, then uploaded
+    once (with its ``recordUrl`` if the message came). The upload carries ``externalId``, so a batch sent again
     after a crash comes back as ``duplicateCalls`` instead of twice in retailCRM.
 
     Routing: what the responsible-manager lookup answered (shown on the card)
@@ -185,6 +188,11 @@ class CrmCallSync(models.Model):
     upload_claim = models.CharField(max_length=32, blank=True)
     upload_attempts = models.PositiveIntegerField(default=0)
     upload_next_at = models.DateTimeField(null=True, blank=True)
+    record_wait_until = models.DateTimeField(
+        null=True, blank=True,
+        help_text="A missed call whose caller may be leaving a voicemail: its upload waits for the message "
+        "until then at most.",
+    )
     was_duplicate = models.BooleanField(default=False, help_text="retailCRM already had this call when it was sent.")
 
     routing = models.CharField(max_length=12, choices=Routing.choices, blank=True, default=Routing.NONE)

@@ -10,6 +10,11 @@ Where audio comes from depends on the PBX (recordings where a PBX offers them;
 voicemail through the Istra End User API, issue 7). A source registers itself
 here with :func:`register_source`; the upload asks :func:`record_url_for`, and
 only calls some source has audio for get a ``recordUrl``.
+
+Some audio comes after the call: a caller who missed the agent is still
+leaving a voicemail when the call ends. A source says so with the optional
+``may_get_audio`` (cheap, no PBX request), and the upload of such a call waits
+for the audio a bounded time (``crm_sync.services``, ``RETAILCRM_VOICEMAIL_WAIT_SECONDS``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class AudioSource(Protocol):
 
     def open(self, call) -> Audio | None:
         """The audio, or None if it is gone."""
+
+    # Optional: ``may_get_audio(call) -> bool``, cheap (no PBX request): could audio for this
+    # finished call still appear (a voicemail being left)? Sources without it never make an upload wait.
 
 
 _sources: list[AudioSource] = []
@@ -102,6 +110,20 @@ def record_url_for(call) -> str | None:
         except Exception:  # a broken source must not stop the upload of the call itself
             logger.exception("audio source %s failed on call %s", source.name, call.pk)
     return None
+
+
+def awaits_audio(call) -> bool:
+    """True when some source may still get audio for the call: its upload waits for it a while."""
+    for source in _sources:
+        may_get_audio = getattr(source, "may_get_audio", None)
+        if may_get_audio is None:
+            continue
+        try:
+            if may_get_audio(call):
+                return True
+        except Exception:  # a broken source must not hold the upload of the call itself
+            logger.exception("audio source %s failed on call %s", source.name, call.pk)
+    return False
 
 
 def open_audio(call) -> Audio | None:

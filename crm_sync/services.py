@@ -24,13 +24,14 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Now
+from django.db.models import Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Least, Now
 from django.utils import timezone
 
 from ctihub.brief_cache import BriefCache
-from ctihub.brief_cache import BriefCache
+from ctihub.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
 from ctihub.tasks import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
@@ -63,6 +64,9 @@ BACKOFF_CAP = 600
 # stay this close together, or a few failures in a row would push the pop-up past its use even when
 # retailCRM was back within seconds.
 EVENT_BACKOFF_CAP = 10
+# A missed call whose caller may be leaving a voicemail is looked at again this often until the message is
+# there or RETAILCRM_VOICEMAIL_WAIT_SECONDS passed (the sweep finds it due; each look asks the PBX).
+RECORD_RECHECK = timedelta(seconds=10)
 # The card of a manager's leg of a redirected call shows the lookup made for the shared line.
 ROUTED_CARD_WINDOW = timedelta(minutes=2)
 ACTIVE_STATES = (Call.State.RINGING, Call.State.DIALING, Call.State.TALKING, Call.State.HELD)
@@ -310,12 +314,20 @@ def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field
 
 
 def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> tuple[str, str]:
-    """(site code, external phone) of the call, resolved once and kept on the row."""
+    """(site code, external phone) of the call, resolved once and kept on the row.
+
+    The external phone is the shop's number the call is about: the one the PBX gave (myCrm's
+    ``acdId``, the number a Telepo caller dialled), else for an outgoing call the one retailCRM
+    asked a click-to-call for, else for an incoming call the one PSTN number of the terminal it
+    rang (``dialled_number``). The site is the integration's shop with that number.
+    """
     if row.site_code or row.external_phone:
         return row.site_code, row.external_phone
     external_phone, site = call.external_phone, call.site_code
     if not external_phone and call.direction == Call.Direction.OUTBOUND and call.terminal_id:
         external_phone = recall_click_to_call(call.terminal_id, call.remote_number_e164) or ""
+    if not external_phone and call.direction == Call.Direction.INBOUND and call.terminal_id:
+        external_phone = dialled_number(call.terminal_id)
     if external_phone and not site:
         site = (
             ExternalPhone.objects.filter(integration=integration, phone=external_phone)
@@ -327,6 +339,24 @@ def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> 
         CrmCallSync.objects.filter(pk=row.pk).update(site_code=site, external_phone=external_phone)
         row.site_code, row.external_phone = site, external_phone
     return site, external_phone
+
+
+def dialled_number(terminal_id: int) -> str:
+    """The number a caller dialled to reach this terminal, when its PSTN numbers say it: '' otherwise.
+
+    myRCC's call lines do not say which number was dialled, but its extension directory lists
+    each extension's ``pstnNumbers`` (``Terminal.pstn_numbers``). An extension with exactly one
+    was reached on that one. With several, any of them may have been dialled, and naming the
+    wrong shop is worse than naming none: none is given.
+    """
+    found = Terminal.objects.filter(pk=terminal_id).values_list("pstn_numbers", "account__default_region").first()
+    if found is None:
+        return ""
+    numbers, region = found
+    numbers = [str(n).strip() for n in (numbers if isinstance(numbers, list) else []) if str(n).strip()]
+    if len(numbers) != 1:
+        return ""
+    return e164_or_empty(numbers[0], region or None)[:32]
 
 
 # --- the outbox -----------------------------------------------------------------------------
@@ -347,15 +377,38 @@ def upload_skip_reason(call: Call, row: CrmCallSync) -> str:
 
 
 def enter_outbox(row: CrmCallSync, call: Call) -> bool:
-    """Put a finished call in the outbox once; True when it is newly there and to be uploaded."""
+    """Put a finished call in the outbox once; True when it is newly there and to be uploaded.
+
+    A missed call whose caller may still be leaving a voicemail enters it held: not due
+    before ``upload_next_at``, looked at again until ``record_wait_until`` (see ``_hold``).
+    """
     row.refresh_from_db(fields=["routing", "outbox_at"])
     if row.outbox_at is not None:
         return False
     reason = upload_skip_reason(call, row)
-    entered = CrmCallSync.objects.filter(pk=row.pk, outbox_at__isnull=True).update(
-        outbox_at=timezone.now(), upload_skipped=reason
-    )
+    now = timezone.now()
+    fields = {"outbox_at": now, "upload_skipped": reason}
+    wait_until = None if reason else record_wait_until(call, now)
+    if wait_until is not None:
+        fields.update(record_wait_until=wait_until, upload_next_at=min(wait_until, now + RECORD_RECHECK))
+    entered = CrmCallSync.objects.filter(pk=row.pk, outbox_at__isnull=True).update(**fields)
     return bool(entered) and not reason
+
+
+def record_wait_until(call: Call, now=None):
+    """Until when the upload of this finished call waits for its audio (a voicemail being left); None: no wait.
+
+    The voicemail lookup just after a missed call ends almost never finds the message: the
+    caller is still recording it. So such a call waits, up to RETAILCRM_VOICEMAIL_WAIT_SECONDS
+    after it ended; an answered or outgoing call, or one no audio source could get audio for, never does.
+    """
+    seconds = settings.RETAILCRM_VOICEMAIL_WAIT_SECONDS
+    if seconds <= 0 or call.answered_at is not None or call.direction != Call.Direction.INBOUND:
+        return None
+    until = (call.ended_at or now or timezone.now()) + timedelta(seconds=seconds)
+    if until <= (now or timezone.now()) or not recordings.awaits_audio(call):
+        return None
+    return until
 
 
 @dataclass
@@ -364,6 +417,7 @@ class UploadReport:
     duplicates: int = 0
     refused: int = 0
     batches: int = 0
+    held: int = 0  # missed calls still waiting for their voicemail (looked at again later)
 
 
 def _due_outbox(integration_id: int):
@@ -408,9 +462,15 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
         rows = claim_batch(integration_id, token)
         if not rows:
             break
+        record_urls = {row.pk: recordings.record_url_for(row.call) for row in rows}
+        held = _hold([row for row in rows if _still_waiting(row, record_urls[row.pk])], token)
+        report.held += len(held)
+        rows = [row for row in rows if row.pk not in held]
+        if not rows:
+            continue  # held rows are not due again before their next look: the loop ends
         report.batches += 1
         try:
-            _upload_rows(client, integration, rows, token, report)
+            _upload_rows(client, integration, rows, token, report, record_urls)
         except RetailCrmError as exc:
             if _try_later(exc):
                 raise _postpone(rows, [token], exc) from exc
@@ -418,20 +478,38 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
                 _refuse(rows[0], token, exc)
                 report.refused += 1
             else:
-                _upload_one_by_one(client, integration, rows, token, report, exc)
+                _upload_one_by_one(client, integration, rows, token, report, exc, record_urls)
         else:
             resumed = resumed or bool(_resume_postponed(integration_id))
         _refresh_crm_sync_state([row.call_id for row in rows])
     return report
 
 
+def _still_waiting(row: CrmCallSync, record_url: str | None) -> bool:
+    """A held call whose audio has not come yet, within its wait: not uploaded this time."""
+    return record_url is None and row.record_wait_until is not None and row.record_wait_until > timezone.now()
+
+
+def _hold(rows: list[CrmCallSync], token: str) -> set[int]:
+    """Give back the claim on calls still waiting for their voicemail; the next look is RECORD_RECHECK away
+    (or at the end of the wait, when the call is uploaded whatever it found). Returns their ids."""
+    ids = {row.pk for row in rows}
+    if ids:
+        CrmCallSync.objects.filter(pk__in=ids, upload_claim=token).update(
+            upload_claim="", upload_claimed_until=None,
+            upload_next_at=Least(F("record_wait_until"), Value(timezone.now() + RECORD_RECHECK)),
+        )
+    return ids
+
+
 def _resume_postponed(integration_id: int) -> int:
     """retailCRM just took a batch, so it is back: calls still waiting out an earlier failure's backoff
-    (up to BACKOFF_CAP after a long outage) go in this drain instead."""
+    (up to BACKOFF_CAP after a long outage) go in this drain instead. Calls waiting for their voicemail
+    keep their own pace (every look asks the PBX)."""
     return CrmCallSync.objects.filter(
         integration_id=integration_id, outbox_at__isnull=False, uploaded_at__isnull=True, upload_skipped="",
         upload_next_at__gt=Now(),
-    ).update(upload_next_at=None)
+    ).exclude(record_wait_until__gt=Now()).update(upload_next_at=None)
 
 
 def _try_later(exc: RetailCrmError) -> bool:
@@ -439,12 +517,13 @@ def _try_later(exc: RetailCrmError) -> bool:
     return exc.retryable or isinstance(exc, RetailCrmAuthError)
 
 
-def _upload_one_by_one(client, integration, rows, token: str, report: UploadReport, exc: RetailCrmError) -> None:
+def _upload_one_by_one(client, integration, rows, token: str, report: UploadReport, exc: RetailCrmError,
+                       record_urls: dict[int, str | None]) -> None:
     """A batch refused as a whole: one bad call must not hold back the others."""
     logger.warning("retailCRM refused a batch of %s calls (%s); sending them one by one", len(rows), exc)
     for index, row in enumerate(rows):
         try:
-            _upload_rows(client, integration, [row], token, report)
+            _upload_rows(client, integration, [row], token, report, record_urls)
         except RetailCrmError as single_exc:
             if _try_later(single_exc):
                 raise _postpone(rows[index:], [token], single_exc) from single_exc
@@ -452,19 +531,20 @@ def _upload_one_by_one(client, integration, rows, token: str, report: UploadRepo
             report.refused += 1
 
 
-def _records(integration, rows: list[CrmCallSync]) -> list[dict]:
+def _records(integration, rows: list[CrmCallSync], record_urls: dict[int, str | None]) -> list[dict]:
     records = []
     for row in rows:
         site, external_phone = shop_of(row, row.call, integration)
         records.append(payloads.upload_record(
             row.call, time_zone=integration.time_zone, site=site, external_phone=external_phone,
-            record_url=recordings.record_url_for(row.call),
+            record_url=record_urls.get(row.pk),
         ))
     return records
 
 
-def _upload_rows(client, integration, rows: list[CrmCallSync], token: str, report: UploadReport) -> None:
-    records = _records(integration, rows)
+def _upload_rows(client, integration, rows: list[CrmCallSync], token: str, report: UploadReport,
+                 record_urls: dict[int, str | None]) -> None:
+    records = _records(integration, rows, record_urls)
     answer = client.upload_calls(records)
     duplicates = {str(x) for x in (answer.get("duplicateCalls") or [])}
     processed = answer.get("processedCallsCount")
@@ -659,6 +739,55 @@ def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
     from telephony.providers.istra_enduser.callerid import present_external_phone as present_on_enduser
 
     return present_on_enduser(terminal, external_phone)
+
+
+# makeCallUrl reads numbers in the integration's country on every click.
+_regions = BriefCache("retailcrm-integration-phone-region", watch=(ExternalPhone, RetailCrmIntegration, PbxAccount))
+
+
+@dataclass
+class MakeCallNumbers:
+    phone: str  # E.164
+    external_phone: str = ""  # E.164, or '' (none given, or one that is no phone number)
+    warning: str = ""  # what was wrong with externalPhone, for the answer
+
+
+def make_call_numbers(integration: RetailCrmIntegration, phone: str, external_phone: str = "") -> MakeCallNumbers:
+    """makeCallUrl's ``phone`` and ``externalPhone`` in E.164, read in the shop's country.
+
+    retailCRM sends ``phone`` as the customer's card has it, often without a country
+    ("8 912 345-67-89" in a Russian shop): it is read in the country of the shop the
+    click came from (``externalPhone``), else the integration's (``integration_region``).
+    An ``externalPhone`` that is no phone number only costs the caller-ID change: the call
+    is placed and ``warning`` says why the caller-ID stayed. UnusablePhoneNumber for ``phone``.
+    """
+    numbers = MakeCallNumbers(phone="")
+    fallback = integration_region(integration) or None
+    if external_phone:
+        try:
+            numbers.external_phone = to_e164(external_phone, fallback)
+        except UnusablePhoneNumber as exc:
+            numbers.warning = f"externalPhone: {exc}; the call is placed with the PBX's usual caller-ID"
+    numbers.phone = to_e164(phone, region_of(numbers.external_phone) or fallback)
+    return numbers
+
+
+def integration_region(integration: RetailCrmIntegration) -> str:
+    """The country numbers without one are read in for this integration; '' for DEFAULT_PHONE_REGION.
+
+    The one country of all its shops' numbers, else the one default region of the PBX accounts
+    it serves (all accounts when it names none); '' when there is none or they disagree.
+    """
+    def load() -> str:
+        shops = {region_of(phone) for phone in integration.external_phones.values_list("phone", flat=True)} - {""}
+        if len(shops) == 1:
+            return shops.pop()
+        accounts = integration.accounts.all() if integration.accounts.exists() else PbxAccount.objects.all()
+        regions = {r.upper() for r in accounts.filter(enabled=True).exclude(default_region="")
+                   .values_list("default_region", flat=True)}
+        return regions.pop() if len(regions) == 1 else ""
+
+    return _regions.get(integration.pk, load)
 
 
 # makeCallUrl looks the terminal up on every click (its view keeps the integration and agent briefly too).

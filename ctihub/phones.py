@@ -54,6 +54,15 @@ def _e164_or_empty(raw: str, region: str) -> str:
 
 
 @lru_cache(maxsize=_CACHED_NUMBERS)
+def region_of(e164: str) -> str:
+    """The country (ISO 3166, e.g. RU) of an E.164 number; '' when it has none (or is not one)."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None)) or ""
+    except phonenumbers.NumberParseException:
+        return ""
+
+
+@lru_cache(maxsize=_CACHED_NUMBERS)
 def for_people(e164: str) -> str:
     """International format with spaces, for cards and the admin."""
     try:

@@ -347,6 +347,8 @@ CELERY_BEAT_SCHEDULE["call-stale-sweep"] = {
 RETAILCRM_SWEEP_SECONDS = strict_int("RETAILCRM_SWEEP_SECONDS", 15, minimum=5)
 # How long a recordUrl given to retailCRM stays playable (its signature expires after that).
 RETAILCRM_RECORD_URL_MAX_AGE_DAYS = strict_int("RETAILCRM_RECORD_URL_MAX_AGE_DAYS", 90, minimum=1)
+# How long the upload of a missed call waits for the voicemail its caller may still be leaving (0: never waits).
+RETAILCRM_VOICEMAIL_WAIT_SECONDS = strict_int("RETAILCRM_VOICEMAIL_WAIT_SECONDS", 180, minimum=0)
 CELERY_BEAT_SCHEDULE["crm-sync-sweep"] = {
     "task": "crm_sync.tasks.sweep_task",
     "schedule": float(RETAILCRM_SWEEP_SECONDS),

@@ -3,12 +3,15 @@
 retailCRM authenticates itself with nothing but the ``clientId`` we gave it at
 registration, in the query string. So: unknown ``clientId`` 403, unknown
 ``code`` 404, bad input 400, each with ``{"success": false, "reason": ...}``.
-The views validate and delegate to ``crm_sync.services``.
+An ``externalPhone`` that is no phone number is not bad enough to refuse the
+call: makeCallUrl places it without the caller-ID change and its answer has a
+``warning``. The views validate and delegate to ``crm_sync.services``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from django.http import FileResponse, Http404, HttpResponse, StreamingHttpResponse
@@ -24,17 +27,21 @@ from accounts.models import Agent
 from crm_sync import recordings, services
 from crm_sync.models import RetailCrmIntegration
 from ctihub.brief_cache import BriefCache
-from ctihub.phones import UnusablePhoneNumber, to_e164
+from ctihub.phones import UnusablePhoneNumber
 from ctihub.ratelimit import rate_limited
 from telephony.models import Call
 from telephony.providers.base import ProviderError
 
+logger = logging.getLogger(__name__)
 LOGO = Path(__file__).with_name("logo.svg")
 
 Reason = inline_serializer("RetailCrmReason", {"success": serializers.BooleanField(), "reason": serializers.CharField()})
 MakeCallAnswer = inline_serializer("RetailCrmMakeCallAnswer", {
     "success": serializers.BooleanField(),
     "callerIdPresented": serializers.BooleanField(help_text="The shop's number was set as caller-ID."),
+    "warning": serializers.CharField(
+        required=False, help_text="What was wrong with the request although the call was placed: an externalPhone "
+        "that is no phone number (the call goes with the PBX's usual caller-ID)."),
 })
 Success = inline_serializer("RetailCrmSuccess", {"success": serializers.BooleanField()})
 
@@ -143,20 +150,20 @@ class MakeCallView(_RetailCrmEndpoint):
             return identified
         data, integration, agent = identified
         try:
-            phone = to_e164(data["phone"])
+            numbers = services.make_call_numbers(integration, data["phone"], data.get("externalPhone") or "")
         except UnusablePhoneNumber as exc:
             return refuse(status.HTTP_400_BAD_REQUEST, f"phone: {exc}")
-        external_phone = ""
-        if data.get("externalPhone"):
-            try:
-                external_phone = to_e164(data["externalPhone"])
-            except UnusablePhoneNumber as exc:
-                return refuse(status.HTTP_400_BAD_REQUEST, f"externalPhone: {exc}")
+        if numbers.warning:
+            # The shop's number only changes the caller-ID: a bad one must not cost the manager the call.
+            logger.warning("makeCallUrl of %s: %s", integration, numbers.warning)
         try:
-            answer = services.make_call(integration, agent, phone, external_phone)
+            answer = services.make_call(integration, agent, numbers.phone, numbers.external_phone)
         except ProviderError as exc:
             return refuse(status.HTTP_502_BAD_GATEWAY, f"the PBX did not place the call: {exc}")
-        return Response({"success": True, "callerIdPresented": answer["callerIdPresented"]})
+        body = {"success": True, "callerIdPresented": answer["callerIdPresented"]}
+        if numbers.warning:
+            body["warning"] = numbers.warning
+        return Response(body)
 
 
 class UserStatusView(_RetailCrmEndpoint):

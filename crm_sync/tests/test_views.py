@@ -7,7 +7,7 @@ import yaml
 
 from accounts.models import Agent
 from crm_sync import services
-from crm_sync.models import RetailCrmIntegration
+from crm_sync.models import ExternalPhone, RetailCrmIntegration
 from telephony.providers.base import ProviderError
 from tests.factories import make_account, make_agent, make_terminal
 
@@ -79,7 +79,7 @@ def test_it_dials_a_national_number_in_e164(client, hub, placed):
     ({"phone": "12"}, 400, "phone: '12' is not a possible phone number"),
     ({"phone": None}, 400, "phone: This field is required."),
     ({"code": None}, 400, "code: This field is required."),
-    ({"externalPhone": "shop"}, 400, "externalPhone:"),
+    ({"phone": "bad", "externalPhone": "+74999999999"}, 400, "phone: 'bad' is not a phone number"),
 ])
 def test_it_refuses_bad_make_call_requests_with_a_json_reason(client, hub, placed, overrides, status, reason):
     response = client.get(MAKE_CALL, params(**overrides))
@@ -87,6 +87,39 @@ def test_it_refuses_bad_make_call_requests_with_a_json_reason(client, hub, place
     body = response.json()
     assert body["success"] is False and reason in body["reason"]
     assert placed == []
+
+
+def test_it_reads_a_phone_without_country_in_the_country_of_the_shop_the_click_came_from(client, hub, placed):
+    # retailCRM sends the number as the customer's card has it; this hub's default region is FR.
+    response = client.get(MAKE_CALL, params(phone="8 912 345-67-89", externalPhone="+74999999999"))
+    assert response.status_code == 200, response.content
+    assert placed[0][1] == "+79123456789"
+
+
+def test_it_reads_a_phone_without_country_in_the_country_of_the_integrations_shops(client, hub, placed):
+    ExternalPhone.objects.create(integration=hub["integration"], site_code="shop1", phone="+74999999999")
+    ExternalPhone.objects.create(integration=hub["integration"], site_code="shop2", phone="+74998888888")
+    assert client.get(MAKE_CALL, params(phone="8 912 345-67-89")).status_code == 200
+    assert placed[0][1] == "+79123456789"
+    # Shops in several countries: none of them is the integration's; its account's region (FR) reads it.
+    ExternalPhone.objects.create(integration=hub["integration"], site_code="shop3", phone="+33412345670")
+    assert client.get(MAKE_CALL, params(phone="04 12 34 56 71")).status_code == 200
+    assert placed[1][1] == "+33412345671"
+
+
+def test_it_places_the_call_without_the_caller_id_change_when_external_phone_is_no_number(client, hub, placed,
+                                                                                         monkeypatch, caplog):
+    presented = []
+    monkeypatch.setattr("crm_sync.services.present_external_phone",
+                        lambda terminal, phone: presented.append(phone) or True)
+    response = client.get(MAKE_CALL, params(externalPhone="shop"))
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["success"], body["callerIdPresented"]) == (True, False)
+    assert body["warning"].startswith("externalPhone: 'shop' is not a phone number")
+    assert "usual caller-ID" in body["warning"]
+    assert placed == [(hub["terminal"], "+79121234567")] and presented == []
+    assert "makeCallUrl of shop: externalPhone: 'shop'" in caplog.text
 
 
 def test_it_answers_403_to_a_disabled_integrations_client_id(client, hub, placed):
@@ -248,6 +281,9 @@ def test_it_describes_both_endpoints_and_their_parameters_in_the_openapi_schema(
     assert {p["name"] for p in user_status["parameters"]} == {"clientId", "code", "userId", "status"}
     assert set(make_call["responses"]) == {"200", "400", "403", "404", "429", "502"}
     assert set(user_status["responses"]) == {"200", "400", "403", "404", "429"}
+    answer = schema["components"]["schemas"]["RetailCrmMakeCallAnswer"]
+    assert set(answer["properties"]) == {"success", "callerIdPresented", "warning"}
+    assert "warning" not in answer.get("required", [])
     status_param = next(p for p in user_status["parameters"] if p["name"] == "status")
     assert status_param["schema"]["enum"] == ["free", "busy", "dinner", "break"]
 

@@ -14,8 +14,10 @@ POST     /_sim/telepo/users                      {userId, domain, email, number,
                                                   devices: {deviceId: deviceType}, ctiLicence}
 PUT      /_sim/telepo/webhook-url                {domain, url}  (the CRM connector URL)
 POST     /_sim/telepo/calls/incoming             {userId, from, displayName, callerUserId, callerEmail,
-                                                  ringDevices: [deviceId...]}  (each device rings as a
-                                                  branch of its own; without it, one branch as before)
+                                                  ringDevices: [deviceId...], dialled}  (each device rings
+                                                  as a branch of its own; without it, one branch as before;
+                                                  dialled: the number first called, in the snapshot's
+                                                  historyInfo.initialParty)
 POST     /_sim/telepo/calls/outgoing             {userId, to, deviceId, displayName}
 GET      /_sim/telepo/calls[/{callId}]           -  (with its branches and takenBy)
 POST     /_sim/telepo/calls/{callId}/answer      {deviceId}  (the ringing party picks up; on a forked
@@ -106,7 +108,8 @@ async def set_webhook_url(request):
 
 @_json_errors
 async def incoming(request):
-    body = await _body(request, {"userId", "from", "displayName", "callerUserId", "callerEmail", "ringDevices"})
+    body = await _body(request, {"userId", "from", "displayName", "callerUserId", "callerEmail", "ringDevices",
+                                 "dialled"})
     world = world_of(request)
     ring_devices = body.get("ringDevices")
     if ring_devices is not None and not (isinstance(ring_devices, list)
@@ -114,7 +117,8 @@ async def incoming(request):
         raise ValueError("ringDevices is a list of deviceIds")
     call = world.incoming_call(str(required(body, "userId")), str(required(body, "from")),
                                display_name=body.get("displayName", ""), caller_user=body.get("callerUserId", ""),
-                               caller_email=body.get("callerEmail", ""), ring_devices=ring_devices)
+                               caller_email=body.get("callerEmail", ""), ring_devices=ring_devices,
+                               dialled=str(body.get("dialled") or ""))
     return world.call_view(call)
 
 

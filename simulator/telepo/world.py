@@ -163,6 +163,7 @@ class Call:
     branches: list[Branch] = field(default_factory=list)
     taken_by: str | None = None  # the VOICEMAIL or QUEUE device a call was diverted to
     status_name: str | None = None  # the snapshot's word for ``status`` when told to use another
+    dialled: str = ""  # the number an incoming call was first sent to (a switchboard), before it reached the user
 
     @property
     def live(self) -> bool:
@@ -256,10 +257,12 @@ class TelepoWorld:
     # --- calls, PBX side ------------------------------------------------------------------------
 
     def incoming_call(self, user_id: str, caller: str, *, display_name: str = "", caller_user: str = "",
-                      caller_email: str = "", ring_devices: list[str] | None = None) -> Call:
+                      caller_email: str = "", ring_devices: list[str] | None = None, dialled: str = "") -> Call:
         """Someone calls the user: their devices ring (webhook EARLY).
 
         With ``ring_devices`` each of those devices rings as a branch of its own (an EARLY each).
+        With ``dialled`` the caller dialled that number (a switchboard) and Telepo retargeted the
+        call to the user: the snapshot's ``historyInfo`` says so, as in the spec's examples.
         """
         with self.lock:
             user = self.user(user_id)
@@ -269,6 +272,7 @@ class TelepoWorld:
             devices = list(dict.fromkeys(ring_devices or ()))
             call = self._new_call(user, True, _party(caller, display_name, caller_user, caller_email), RINGING,
                                   devices[0] if devices else next(iter(user.devices)))
+            call.dialled = dialled
             if not devices:
                 self._webhook(call, "EARLY")
                 return call
@@ -464,7 +468,7 @@ class TelepoWorld:
         return names
 
     def state_view(self, call: Call) -> dict[str, Any]:
-        return {
+        view = {
             "stateToken": call.state_token, "callId": call.call_id, "userId": call.user_id,
             "remoteParty": call.remote.view(), "participants": list(call.participants),
             "conference": call.conference, "inbound": call.inbound, "status": call.status_name or call.status,
@@ -472,6 +476,16 @@ class TelepoWorld:
             "actions": [{"action": name, "deviceIds": [call.device_id]} for name in self.actions(call)],
             "muted": call.muted,
         }
+        if call.dialled:
+            user = self.users[call.user_id]
+            view["historyInfo"] = {
+                "subject": "Main Switchboard number", "campOn": False,
+                "initialParty": _party(call.dialled).view(),
+                "previousParty": Party(user.user_id, "USER_ID", f"tel:{user.number}" if user.number else "",
+                                       user.display_name, user.number).view(),
+                "previousRetargetReason": "FORWARDED",
+            }
+        return view
 
     def _device_ids(self, call: Call) -> list[str]:
         if call.branches and call.status == RINGING:

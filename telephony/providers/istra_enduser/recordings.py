@@ -4,6 +4,11 @@ A missed incoming call of an agent who also has an End User account gets the
 voicemail that caller left: same caller number, received between the call's
 start and ``LEFT_WITHIN`` after it ended. The audio is streamed from the PBX in
 ``.ogg`` with the Content-Type the PBX gives it (``application/ogg``).
+
+Such a call "can have voicemail" (``may_get_audio``): it is a missed incoming
+call from a known number, and its agent has a terminal on an enabled End User
+account. The caller is usually still recording when the call ends, so the
+upload of such a call waits for the message (``crm_sync.services``).
 Registered with ``crm_sync.recordings`` when the telephony app is ready.
 """
 
@@ -30,6 +35,11 @@ class VoicemailAudioSource:
             found[0].close()
         return found is not None
 
+    def may_get_audio(self, call) -> bool:
+        """A missed call whose agent has an End User account: its caller may be leaving a voicemail."""
+        accounts = self._accounts(call)
+        return accounts is not None and accounts.exists()
+
     def open(self, call):
         from crm_sync.recordings import Audio
 
@@ -47,28 +57,42 @@ class VoicemailAudioSource:
 
         return Audio(stream.content_type, chunks_then_log_out(), stream.length)
 
-    def _find(self, call):
-        """(provider, voicemail) for the call, or None."""
+    def _accounts(self, call):
+        """The End User accounts whose voicemail may hold this call's message; None for a call that has none."""
         from telephony.models import Call, PbxAccount
-        from telephony.providers import provider_for
 
         if call.direction != Call.Direction.INBOUND or call.answered_at or not call.agent_id:
             return None
         if not call.remote_number_e164 or call.state != Call.State.ENDED:
             return None
-        accounts = PbxAccount.objects.filter(
+        return PbxAccount.objects.filter(
             kind=PbxAccount.Kind.ISTRA_ENDUSER, enabled=True, terminals__agent_id=call.agent_id
         ).distinct()
+
+    def _find(self, call):
+        """(provider, voicemail) for the call, or None."""
+        from telephony.providers import provider_for
+
+        accounts = self._accounts(call)
+        if accounts is None:
+            return None
         earliest = call.created_at - STARTED_BEFORE
         latest = (call.ended_at or call.created_at) + LEFT_WITHIN
         for account in accounts:
             provider = provider_for(account)
-            for voicemail in provider.voicemails():
-                same_caller = e164_or_empty(voicemail.remote_number, account.default_region or None) == \
-                    call.remote_number_e164
-                if same_caller and voicemail.received_at and earliest <= voicemail.received_at <= latest:
-                    return provider, voicemail
-            provider.close()
+            found = None
+            try:
+                for voicemail in provider.voicemails():
+                    same_caller = e164_or_empty(voicemail.remote_number, account.default_region or None) == \
+                        call.remote_number_e164
+                    if same_caller and voicemail.received_at and earliest <= voicemail.received_at <= latest:
+                        found = voicemail
+                        break
+            finally:
+                if found is None:  # a waiting upload asks again and again: every look logs out, even a failed one
+                    provider.close()
+            if found is not None:
+                return provider, found
         return None
 
 

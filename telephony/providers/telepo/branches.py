@@ -111,7 +111,7 @@ def taken_by(branches: dict[str, Branch]) -> str | None:
 def lock_call(account_id: int, pbx_call_id: str) -> Call | None:
     """The call, locked until the transaction ends (the caller's), with what settling reads."""
     return (Call.objects.select_for_update().filter(account_id=account_id, pbx_call_id=pbx_call_id)
-            .only("id", "state", "direction", "answered_at", "last_seq", "updated_at").first())
+            .only("id", "state", "direction", "answered_at", "last_seq", "updated_at", "external_phone").first())
 
 
 def stored_messages(call: Call | None) -> list[dict]:
@@ -143,6 +143,10 @@ def settle_webhook(update: CallUpdate, call: Call | None) -> list[CallUpdate]:
     body = update.payload
     state = body.get("state")
     live = call is not None and call.state != Call.State.ENDED
+    if call is not None and call.external_phone and update.external_phone is not None:
+        # The number dialled is the call's first (or a snapshot's history): a later message of another
+        # device names that device's number (see frames).
+        update = replace(update, external_phone=None)
     if frames.unknown_state(update):
         return [_keep(update, call.state if live else None)]
     if state in SETTING_UP:

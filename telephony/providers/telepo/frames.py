@@ -15,6 +15,16 @@ seen) that ``branches`` swaps for the call's own state.
 An unknown termination reason, direction or device type is read as "not said".
 Each unknown value is logged once per account and value (``note_unknown``), not
 once per message.
+
+The number an incoming call was dialled on (``external_phone``, retailCRM's
+``externalPhone`` and so the shop): the webhook's ``local_number``, the number of
+the user it reached, which is what was dialled when the call came straight to
+them; and a snapshot's ``historyInfo.initialParty``, the first target before
+Telepo retargeted the call to the user (a switchboard, queue or shop number; the
+spec's example has the subject "Main Switchboard number"), which is more precise
+and so wins. ``acdSupport`` is not used: the spec does not say what it holds. A
+call keeps the first number a webhook gave it (``branches``): later messages of
+other devices (a mobile, the voicemail) name their own numbers.
 """
 
 from __future__ import annotations
@@ -86,6 +96,7 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
     local_user = _text(body.get("local_user_id"))
     remote_user = _text(body.get("remote_user_id") or body.get("remote_use_id"))  # the spec's table says both
     remote_number = _text(body.get("remote_number"))
+    local_number = _text(body.get("local_number"))
     return CallUpdate(
         account_id=account_id,
         pbx_call_id=call_id,
@@ -98,6 +109,8 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
         is_internal=bool(remote_user),
         remote_number=remote_number or None,
         remote_label=_text(body.get("remote_email")) or remote_user or None,
+        # An outgoing call's shop is the click-to-call's; an internal call has none.
+        external_phone=(local_number or None) if direction == u.INBOUND and not remote_user else None,
         allowed_actions=None if call_state == u.ENDED else DEFAULT_ACTIONS.get((call_state, direction), (u.HANGUP,)),
         # The token we hold describes a state this message just replaced; the
         # snapshot that follows brings the new one. Until then actions go without one.
@@ -327,11 +340,29 @@ def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datet
         remote_number=(tel or _text(remote.get("displayNumber"))) or None,
         remote_number_e164=tel if tel.startswith("+") else None,
         remote_label=_text(remote.get("displayName")) or None,
+        external_phone=dialled_number(call) if direction == u.INBOUND else None,
         allowed_actions=parse_actions(call.get("actions")),
         state_token=str(token) if isinstance(token, int) and not isinstance(token, bool) else None,
         frame_id=f"token{token}" if token is not None else None,
         pbx_state=None if known else pbx_state_of(status),
     )
+
+
+def dialled_number(call: dict) -> str | None:
+    """The number the caller first dialled, from the call's ``historyInfo.initialParty``; None when not said.
+
+    An initial party that is the remote party (the spec's transfer answer names the caller
+    everywhere) says nothing about what was dialled.
+    """
+    history = call.get("historyInfo")
+    initial = history.get("initialParty") if isinstance(history, dict) else None
+    if not isinstance(initial, dict):
+        return None
+    number = _tel_number(initial.get("telUri"))
+    remote = call.get("remoteParty") if isinstance(call.get("remoteParty"), dict) else {}
+    if not number or number == _tel_number(remote.get("telUri")):
+        return None
+    return number
 
 
 def _known_status(status: Any) -> bool:

@@ -167,6 +167,26 @@ def test_it_rejects_a_snapshot_that_makes_no_sense(body):
         parse_snapshot(body, 7, "alice", FETCHED)
 
 
+# --- the number dialled (issue 14, point 6) ----------------------------------------------------------
+
+def test_it_takes_an_incoming_calls_dialled_number_from_the_webhooks_local_number():
+    assert parse_webhook(webhook(direction="INCOMING", remote_user_id=None), 7).external_phone == "+12202"
+    assert parse_webhook(webhook(direction="INCOMING"), 7).external_phone is None  # internal: no shop
+    assert parse_webhook(webhook(remote_user_id=None), 7).external_phone is None  # outgoing: the click-to-call's
+    assert parse_webhook(webhook(direction="INCOMING", remote_user_id=None, local_number=""), 7).external_phone is None
+
+
+def test_it_takes_the_number_first_dialled_from_a_snapshots_history_info():
+    state = json.loads(fixture("transfer_answer"))
+    # The spec's sample names the caller as the initial party too: that says nothing about what was dialled.
+    assert parse_call_state(state, 7, "user@organization.org", FETCHED).external_phone is None
+    state["historyInfo"]["initialParty"].update(telUri="tel:+74999999999", type="TEL_URI")
+    assert parse_call_state(state, 7, "user@organization.org", FETCHED).external_phone == "+74999999999"
+    assert parse_call_state({**state, "inbound": False}, 7, "user@organization.org", FETCHED).external_phone is None
+    del state["historyInfo"]
+    assert parse_call_state(state, 7, "user@organization.org", FETCHED).external_phone is None
+
+
 # --- what the spec does not list (issue 14, point 1) ---------------------------------------------------
 
 @pytest.fixture(autouse=True)
