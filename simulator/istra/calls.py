@@ -117,6 +117,7 @@ class Line:
     # States some client was actually told (pushed on a socket that delivers, or listed when a listener was
     # bound): the fault suite's control read-out. A call never reported is one no client could know of.
     reported: list[str] = field(default_factory=list)
+    history_ids: dict[str, str] = field(default_factory=dict)  # login -> the call-history entry it became
 
     @property
     def live(self) -> bool:

@@ -19,7 +19,8 @@ POST     /_sim/istra/calls/incoming                  {terminalId, from, label, e
 POST     /_sim/istra/calls/outgoing                  {terminalId, to, label, e164}
 GET      /_sim/istra/calls[/{callId}]                -  (every line ever, dropped ones too: ``history`` is
                                                       its states, ``reported`` the states a myRCC client
-                                                      was told of)
+                                                      was told of, ``historyIds`` {login: callHistoryId}
+                                                      of the call-history entries it became)
 POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
@@ -103,6 +104,7 @@ def line_view(world: IstraWorld, line: Line) -> dict[str, Any]:
         "actions": world.calls.actions(line),
         "history": list(line.history),
         "reported": list(line.reported),
+        "historyIds": dict(line.history_ids),
         "createdMs": line.created_ms,
         "endedMs": line.ended_ms,
     }
