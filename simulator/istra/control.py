@@ -25,6 +25,7 @@ POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
 POST     /_sim/istra/websockets/drop                 -
+POST     /_sim/istra/websockets/close                {code, reason}  (a clean close: a close frame; sessions stay)
 GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored)
 POST     /_sim/istra/faults/mute-pings               {listener, mute, silent}  (stop answering pings; silent:
                                                       frames are lost too, a half-open connection)
@@ -235,6 +236,15 @@ async def drop_websockets(request: web.Request) -> dict[str, Any]:
 
 
 @_json_errors
+async def close_websockets(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    code, reason = body.get("code", 1000), body.get("reason", "")
+    if not isinstance(code, int) or not 1000 <= code <= 4999 or not isinstance(reason, str):
+        raise ValueError("code must be a websocket close code (1000-4999) and reason a string")
+    return {"closed": world_of(request).close_websockets(code, reason)}
+
+
+@_json_errors
 async def list_websockets(request: web.Request) -> list[dict[str, Any]]:
     return world_of(request).socket_stats()
 
@@ -333,6 +343,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/calls/{{callId}}", get_call)
     router.add_post(f"{PREFIX}/calls/{{callId}}/{{move}}", call_move)
     router.add_post(f"{PREFIX}/websockets/drop", drop_websockets)
+    router.add_post(f"{PREFIX}/websockets/close", close_websockets)
     router.add_get(f"{PREFIX}/websockets", list_websockets)
     router.add_post(f"{PREFIX}/faults/mute-pings", mute_pings)
     router.add_post(f"{PREFIX}/faults/push-frame", push_frame)

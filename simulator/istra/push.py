@@ -190,6 +190,16 @@ def abort_all_sockets(world: "IstraWorld") -> int:
     return count
 
 
+def close_all_sockets(world: "IstraWorld", code: int, reason: str) -> int:
+    """Close every open socket with a close frame (after its queued frames); the sessions stay valid."""
+    count = 0
+    for session in list(world.sessions.sessions.values()):
+        for socket in list(session.sockets):
+            socket.close(code, reason)
+            count += 1
+    return count
+
+
 def listener_sockets(world: "IstraWorld", listener_name: str | None = None) -> list[Socket]:
     """The sockets of every session that holds ``listener_name`` (every socket when None)."""
     return [
