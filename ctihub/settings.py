@@ -295,6 +295,9 @@ LISTENER_KEEPALIVE_SECONDS = strict_int("LISTENER_KEEPALIVE_SECONDS", 20, minimu
 LISTENER_BACKOFF_CAP_SECONDS = strict_int("LISTENER_BACKOFF_CAP_SECONDS", 60, minimum=1)
 # Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
 LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
+# How often each Istra listener's session gets a cheap authenticated GET: it keeps the session active
+# (pings are not) and finds one expired under a socket left open. Shorter than the PBX's inactivity expiry.
+ISTRA_SESSION_CHECK_SECONDS = strict_int("ISTRA_SESSION_CHECK_SECONDS", 120, minimum=1)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -321,6 +324,19 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         "daphne": {"level": "WARNING"},
     },
+}
+
+# --- Calls the PBX went silent on (telephony.sweep) ------------------------------------
+# A call without news (no event applied) for longer than its state's bound is ended as "swept", so a lost
+# end (a myCrm socket down while the call ended, and no End User history to read) never leaves it live.
+CALL_SWEEP_SECONDS = strict_int("CALL_SWEEP_SECONDS", 30, minimum=1)
+CALL_STALE_RINGING_SECONDS = strict_int("CALL_STALE_RINGING_SECONDS", 900, minimum=1)
+CALL_STALE_DIALING_SECONDS = strict_int("CALL_STALE_DIALING_SECONDS", 900, minimum=1)
+CALL_STALE_TALKING_SECONDS = strict_int("CALL_STALE_TALKING_SECONDS", 14400, minimum=1)
+CALL_STALE_HELD_SECONDS = strict_int("CALL_STALE_HELD_SECONDS", 7200, minimum=1)
+CELERY_BEAT_SCHEDULE["call-stale-sweep"] = {
+    "task": "telephony.tasks.sweep_stale_calls_task",
+    "schedule": float(CALL_SWEEP_SECONDS),
 }
 
 # --- retailCRM (crm_sync) ------------------------------------------------------------

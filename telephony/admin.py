@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 
 from ctihub.secrets import secret_form_for
 from telephony import control
+from telephony import updates as u
 from telephony.providers.base import ProviderError
 from telephony.models import Call, CallEvent, Listener, PbxAccount, Terminal
 
@@ -35,12 +36,12 @@ class PbxAccountAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "base_url", "enabled", "status", "status_since", "last_event_at", "last_error")
     list_filter = ("kind", "enabled", "status")
     search_fields = ("name", "base_url", "enterprise", "login")
-    readonly_fields = LIVE_STATUS_FIELDS + ("created_at", "updated_at", "telepo_setup")
+    readonly_fields = LIVE_STATUS_FIELDS + ("created_at", "updated_at", "telepo_setup", "call_history_reconcile")
     inlines = [TerminalInline, ListenerInline]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled")}),
         ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region",
-                                   "telepo_setup")}),
+                                   "telepo_setup", "call_history_reconcile")}),
         ("Credentials (write-only)", {"fields": SECRET_FIELDS}),
         ("Live status", {"fields": LIVE_STATUS_FIELDS + ("created_at", "updated_at")}),
     )
@@ -53,6 +54,28 @@ class PbxAccountAdmin(admin.ModelAdmin):
             return "-"
         return (f"CRM connector webhook URL: {settings.PUBLIC_BASE_URL}/api/telepo/webhook/<webhook secret>. "
                 "Add one terminal per Telepo user: PBX id = userId, extension = the deviceId to call from.")
+
+    @admin.display(description="Calls whose end a socket missed")
+    def call_history_reconcile(self, obj):
+        # myCrm has no list of live calls to catch up from after a reconnect: say what ends a call it missed.
+        from telephony.providers.istra_enduser.backfill import enduser_account_for
+
+        if obj is None or obj.pk is None:
+            return "-"
+        if obj.kind == PbxAccount.Kind.ISTRA_ENDUSER:
+            return ("This account's call history also ends the calls of a myCrm account with the same login on the "
+                    "same server that its sockets saw begin but not end (after each of its reconnects, and every "
+                    "2 minutes), and creates the calls no socket saw.")
+        if obj.kind != PbxAccount.Kind.ISTRA_MYCRM:
+            return "-"
+        enduser = enduser_account_for(obj)
+        if enduser is not None:
+            return (f"Reconciled after each reconnect from the call history of the End User account "
+                    f"'{enduser.name}' (same login, same server).")
+        return ("No enabled End User account with this login on this server: a call whose end was lost while a "
+                "socket was down is ended (end cause 'swept') once it has had no news for "
+                "CALL_STALE_<STATE>_SECONDS. Add an End User account with the same login to end it from the "
+                "call history right after the reconnect.")
 
     @admin.action(description="Test the connection (log in and look around)")
     def test_connection(self, request, queryset):
@@ -113,19 +136,50 @@ class CallEventInline(admin.TabularInline):
         return False
 
 
+# The normalised end causes (telephony.updates) as people read them; "swept" marks the calls the hub ended
+# itself because the PBX said nothing more about them (telephony.sweep).
+END_CAUSE_LABELS = {
+    u.END_HANGUP: "Hung up",
+    u.END_NO_ANSWER: "No answer",
+    u.END_CANCELLED: "Cancelled by the caller",
+    u.END_BUSY: "Busy",
+    u.END_REJECTED: "Rejected",
+    u.END_TRANSFERRED: "Transferred",
+    u.END_ANSWERED_ELSEWHERE: "Answered elsewhere",
+    u.END_UNAVAILABLE: "Unavailable",
+    u.END_FAILED: "Failed",
+    u.END_SWEPT: "Swept (no news from the PBX)",
+}
+
+
+class EndCauseFilter(admin.SimpleListFilter):
+    title = "end cause"
+    parameter_name = "end_cause"
+
+    def lookups(self, request, model_admin):
+        return list(END_CAUSE_LABELS.items())
+
+    def queryset(self, request, queryset):
+        return queryset.filter(end_cause=self.value()) if self.value() else queryset
+
+
 @admin.register(Call)
 class CallAdmin(admin.ModelAdmin):
     """Calls are written by the PBX event path only: the admin reads them."""
 
     list_display = (
         "created_at", "direction", "state", "remote_number_e164", "remote_label", "agent", "account",
-        "talking_ms", "end_cause", "crm_sync_state",
+        "talking_ms", "end_cause_label", "crm_sync_state",
     )
-    list_filter = ("state", "direction", "crm_sync_state", "account", "end_cause")
+    list_filter = ("state", "direction", "crm_sync_state", "account", EndCauseFilter)
     search_fields = ("pbx_call_id", "remote_number_e164", "remote_number_raw", "remote_label", "agent__user__username")
     list_select_related = ("account", "agent__user")
     date_hierarchy = "created_at"
     inlines = [CallEventInline]
+
+    @admin.display(description="end cause", ordering="end_cause")
+    def end_cause_label(self, obj):
+        return END_CAUSE_LABELS.get(obj.end_cause, obj.end_cause) or "-"
 
     def has_add_permission(self, request):
         return False

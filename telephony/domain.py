@@ -208,12 +208,13 @@ def _write(new_calls: list[Call], changes: list[tuple[Call, Call]], events: list
 
 
 def _is_recycled_id(call: Call, update: u.CallUpdate) -> bool:
-    return (
-        call.state == Call.State.ENDED
-        and update.state in (u.RINGING, u.DIALING)
-        and call.ended_at is not None
-        and update.occurred_at - call.ended_at > CALL_ID_RECYCLE_AFTER
-    )
+    if call.state != Call.State.ENDED or update.state not in (u.RINGING, u.DIALING):
+        return False
+    if call.end_cause == u.END_SWEPT:
+        # The sweep ended it because the PBX went silent on it: its real end is unknown, and a start
+        # frame for its id is a new call, however soon (merged, the new call would be lost as "ended").
+        return True
+    return call.ended_at is not None and update.occurred_at - call.ended_at > CALL_ID_RECYCLE_AFTER
 
 
 def _is_stale(call: Call, update: u.CallUpdate) -> bool:
@@ -221,6 +222,10 @@ def _is_stale(call: Call, update: u.CallUpdate) -> bool:
         return True  # Telepo delivered an older message after a newer one
     if call.state == Call.State.ENDED and update.state != u.ENDED:
         return True  # nothing revives an ended call (a late EARLY after TERMINATED)
+    if call.end_cause == u.END_SWEPT:
+        # A late drop of a swept call would rewrite an end retailCRM already has (its hangup and upload
+        # went with the sweep): the swept call stays as the sweep left it, and the admin sees it swept.
+        return True
     return False
 
 

@@ -6,9 +6,17 @@ bootstep starts one ``Supervisor`` per worker process. Every few seconds it
 looks at the enabled accounts, makes sure their Listener rows exist, and takes
 a Redis lease on each listener nobody holds. For each lease it holds it runs a
 ``ListenerRunner`` thread that logs in, opens the socket, feeds every burst of
-frames to ``telephony.domain.apply_call_updates``, and reconnects with jittered
-exponential backoff (capped at 60 s). Losing the lease stops the runner at once,
-so a listener never has two owners for longer than one renew.
+frames to ``telephony.domain.apply_call_updates``, and reconnects. Losing the
+lease stops the runner at once, so a listener never has two owners for longer
+than one renew.
+
+Reconnects: the first after a socket that had been healthy (connected for
+``HEALTHY_SECONDS``) is immediate, since calls placed while nobody listens are
+lost. Failures in a row then wait a jittered delay that grows with how long the
+listener has been down (a quarter of it, from ``BACKOFF_BASE_SECONDS`` up to
+``LISTENER_BACKOFF_CAP_SECONDS``): a PBX restart is not a stampede, and a PBX back
+after a short outage is reached again within a quarter of that outage. A socket the
+PBX closes right after accepting it was never healthy, so it is no hot loop.
 
 A runner thread sleeps in ``recv`` until a frame comes, so thousands of idle
 sockets cost no CPU. Keep-alives do not wait for it: one ``KeepAlives`` thread
@@ -16,6 +24,13 @@ per supervisor sends every socket's on time, whatever its runner is doing (a
 burst, a database outage). Stop and restart interrupt the socket to wake its
 runner. Logins are bounded (``CONNECT_CONCURRENCY``) so a worker (re)starting
 with thousands of sockets does not starve the sockets already held.
+
+A PBX session may die while its socket lives: Istra expires sessions after a delay
+without requests (pings are not requests) and may leave the socket open, answering
+pings, with no frame ever again. So one ``SessionChecks`` thread sends every stream
+that has a ``session_check`` (a cheap authenticated GET on its session) every
+``ISTRA_SESSION_CHECK_SECONDS``, on a small pool of threads; a "session expired"
+answer interrupts the stream, and its runner logs in and listens again at once.
 """
 
 from __future__ import annotations
@@ -31,7 +46,10 @@ import itertools
 import queue
 import time
 import uuid
-from concurrent.futures import Future
+from collections import Counter, deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import redis
 from django.conf import settings
@@ -41,13 +59,19 @@ from telephony import domain
 from telephony.leases import LeaseStore
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_class, provider_for
-from telephony.providers.base import EventStream, ListenerSpec, ProviderError, StreamClosed
+from telephony.providers.base import EventStream, ListenerSpec, ProviderError, SessionExpired, StreamClosed
 from telephony.updates import FrameRejected
 
 logger = logging.getLogger(__name__)
 
+#: The shortest reconnect delay bound after a failure (but the first after a healthy socket, which is 0).
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 60.0
+#: The delay bound is this share of how long the listener has been down: back within a quarter of the outage.
+DOWN_FRACTION = 0.25
+#: A socket connected for this long was healthy: its loss reconnects at once. One the PBX closes sooner
+#: (right after accepting it) counts as one more failure in a row, or it would reconnect in a hot loop.
+HEALTHY_SECONDS = 1.5
 DB_RETRY_SECONDS = 1.0
 #: A database thread of the listeners closes its connection after this long without work.
 DB_IDLE_SECONDS = 1.0
@@ -61,6 +85,12 @@ BURST_MAX_SECONDS = 0.02
 DEAD_AFTER_INTERVALS = 2.5
 #: Logins (and socket opens) one worker runs at once.
 CONNECT_CONCURRENCY = 8
+#: Threads sending session checks (made as needed), and how many of them the sessions of one account may
+#: hold at once: a PBX that answers slowly (or not, until the HTTP timeout) must not hold up other accounts'
+#: checks. Four keep up with a myCrm account of 2,000 terminals at the default interval if a check takes
+#: under 240 ms.
+SESSION_CHECK_THREADS = 16
+SESSION_CHECKS_PER_ACCOUNT = 4
 
 
 class DbWorkers:
@@ -121,9 +151,15 @@ def db_workers() -> DbWorkers:
         return _db_workers
 
 
-def backoff_delay(attempt: int, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
-    """Full-jitter exponential backoff: spreads reconnects so a PBX restart is not a stampede."""
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 16))))
+def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
+    """How long to wait before the next try, after failures in a row for ``seconds_down`` seconds.
+
+    The bound grows with the outage (``DOWN_FRACTION`` of it, between ``base`` and ``cap``), so a PBX
+    back after 10 s is tried again within 2.5 s, and one down for minutes once a ``cap``. Jittered in
+    [bound/2, bound]: a PBX restart is not a stampede, and no try comes at once after a failure.
+    """
+    bound = min(cap, max(base, DOWN_FRACTION * max(seconds_down, 0.0)))
+    return random.uniform(bound / 2, bound)
 
 
 def restart_key(account_id: int) -> str:
@@ -224,6 +260,140 @@ class KeepAlives(threading.Thread):
                 heapq.heappush(self._due, (following, next(self._order), stream))
 
 
+@dataclass
+class _Checked:
+    """A stream registered with ``SessionChecks``: what to do when its session is gone, and whose it is."""
+
+    expired: Callable[[str], None]
+    group: Hashable
+    log_extra: dict
+
+
+class SessionChecks(threading.Thread):
+    """Calls each registered stream's ``session_check`` every ``interval`` seconds.
+
+    One thread keeps a heap of due times, as ``KeepAlives`` does, but hands the checks (HTTP requests
+    that wait on the PBX up to the HTTP timeout) to a pool of ``threads``, so a slow PBX delays neither
+    the heap nor other streams' checks; one ``group`` (an account) holds at most ``per_group`` of the
+    pool, its other due checks wait their turn. A stream has one check at a time: the next is due an
+    interval after the one before was due (or after it ended, if it ended later than that).
+
+    SessionExpired means the PBX forgot the session: the stream's ``expired`` callback runs (it
+    interrupts the stream, so its runner logs in again) and the stream is checked no more. Any other
+    failure (a 503, a timeout) says nothing sure about the session; the keep-alives judge the socket.
+    """
+
+    def __init__(self, interval: float, threads: int = SESSION_CHECK_THREADS,
+                 per_group: int = SESSION_CHECKS_PER_ACCOUNT):
+        super().__init__(name="listener-session-checks", daemon=True)
+        self.interval = interval
+        self.per_group = per_group
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="listener-session-check")
+        self._due: list[tuple[float, int, EventStream]] = []
+        self._live: dict[EventStream, _Checked] = {}
+        self._running: Counter = Counter()  # checks in the pool, per group
+        self._waiting: dict[Hashable, deque[tuple[float, EventStream]]] = {}  # due, but their group is busy
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._stopping = False
+
+    def add(self, stream: EventStream, *, expired: Callable[[str], None] | None = None,
+            group: Hashable = None, log_extra: dict | None = None) -> None:
+        """Check ``stream`` from one interval on; nothing if it has no ``session_check``.
+
+        ``expired(reason)`` runs when the PBX says the session is gone (default: interrupt the stream);
+        ``group`` is what shares ``per_group`` (default: the stream alone); ``log_extra`` names it in logs.
+        """
+        if getattr(stream, "session_check", None) is None:
+            return
+        with self._wake:
+            self._live[stream] = _Checked(expired or stream.interrupt, stream if group is None else group,
+                                          log_extra or {})
+            heapq.heappush(self._due, (time.monotonic() + self.interval, next(self._order), stream))
+            self._wake.notify()
+
+    def remove(self, stream: EventStream) -> None:
+        with self._wake:
+            self._live.pop(stream, None)
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._start_due():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                if self._stopping:
+                    return
+
+    def _start_due(self) -> bool:
+        """Start (or queue behind their group) the checks due now; False if none was due. Lock held."""
+        now, started = time.monotonic(), False
+        while self._due and (self._due[0][2] not in self._live or self._due[0][0] <= now):
+            when, _, stream = heapq.heappop(self._due)
+            checked = self._live.get(stream)
+            if checked is None:
+                continue  # removed since it was scheduled
+            started = True
+            if self._running[checked.group] < self.per_group:
+                self._submit(when, stream, checked)
+            else:
+                self._waiting.setdefault(checked.group, deque()).append((when, stream))
+        return started
+
+    def _submit(self, when: float, stream: EventStream, checked: _Checked) -> None:
+        self._running[checked.group] += 1
+        try:
+            self._pool.submit(self._check, when, stream, checked)
+        except RuntimeError:  # the pool is shut down: the supervisor is stopping
+            self._running[checked.group] -= 1
+
+    def _check(self, when: float, stream: EventStream, checked: _Checked) -> None:
+        try:
+            self._ask(stream, checked)
+        finally:
+            with self._wake:
+                self._running[checked.group] -= 1
+                if not self._running[checked.group]:
+                    del self._running[checked.group]
+                if self._live.get(stream) is checked:
+                    now = time.monotonic()
+                    following = when + self.interval if when + self.interval > now else now + self.interval
+                    heapq.heappush(self._due, (following, next(self._order), stream))
+                    self._wake.notify()
+                self._start_waiting(checked.group)
+
+    def _start_waiting(self, group: Hashable) -> None:
+        """The next check of ``group`` that waited for a place in the pool. Lock held."""
+        waiting = self._waiting.get(group)
+        while waiting and self._running[group] < self.per_group:
+            when, stream = waiting.popleft()
+            checked = self._live.get(stream)
+            if checked is not None:
+                self._submit(when, stream, checked)
+        if waiting is not None and not waiting:
+            del self._waiting[group]
+
+    def _ask(self, stream: EventStream, checked: _Checked) -> None:
+        try:
+            stream.session_check()
+        except SessionExpired as exc:
+            with self._wake:
+                # Removed meanwhile: its runner is closing it (and logging out), not our business.
+                gone = self._live.get(stream) is checked and self._live.pop(stream)
+            if gone:
+                logger.warning("session expired at the PBX; logging in again (%s)", exc, extra=checked.log_extra)
+                checked.expired(f"session expired at the PBX: {exc}")
+        except ProviderError as exc:
+            logger.info("session check failed (%s); the keep-alives judge the socket", exc, extra=checked.log_extra)
+        except Exception:  # one broken check must not stop the others
+            logger.exception("session check crashed", extra=checked.log_extra)
+
+
 class ListenerRunner(threading.Thread):
     """One socket, reconnecting until told to stop."""
 
@@ -240,6 +410,10 @@ class ListenerRunner(threading.Thread):
         self._stream: EventStream | None = None
         self._stream_lock = threading.Lock()
         self._log_extra = {"account_id": account.pk, "listener_id": listener.pk}
+        #: How long the last socket stayed up after reaching CONNECTED, and whether the PBX said its session
+        #: was gone: either makes its loss the first failure after a healthy socket.
+        self._up_seconds = 0.0
+        self._session_gone = False
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -253,26 +427,28 @@ class ListenerRunner(threading.Thread):
             stream.interrupt(reason)
 
     def run(self) -> None:
-        attempt = 0
+        down_since: float | None = None  # when the current run of failures began
         try:
             while not self.stop_event.is_set():
                 try:
                     self._hold_socket_once()
-                    attempt = 0  # a clean end (asked to stop or restart)
+                    down_since = None  # a clean end (asked to stop or restart)
                 except StreamClosed as exc:
-                    attempt = self._back_off(attempt, f"socket closed: {exc}")
+                    down_since = self._back_off(down_since, f"socket closed: {exc}")
                 except ProviderError as exc:
                     if exc.permanent:
                         self._fail(str(exc))
                         return
-                    attempt = self._back_off(attempt, str(exc))
+                    down_since = self._back_off(down_since, str(exc))
                 except Exception as exc:  # a bug must not kill the listener for good
                     logger.exception("listener crashed; reconnecting", extra=self._log_extra)
-                    attempt = self._back_off(attempt, f"{exc.__class__.__name__}: {exc}")
+                    down_since = self._back_off(down_since, f"{exc.__class__.__name__}: {exc}")
         finally:
             connection.close()  # only a provider's catch-up at connect opens one here
 
     def _hold_socket_once(self) -> None:
+        self._up_seconds, self._session_gone = 0.0, False
+        connected_at = None
         provider = provider_for(self.account)
         stream = None
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
@@ -294,15 +470,21 @@ class ListenerRunner(threading.Thread):
             if self._should_end(generation):  # told while logging in, before there was a stream to interrupt
                 return
             self.supervisor.keepalives.add(stream)
+            self.supervisor.session_checks.add(stream, expired=lambda reason: self._session_expired(stream, reason),
+                                               group=self.account.pk, log_extra=self._log_extra)
             opened = time.monotonic()
             self._retry_db(lambda: domain.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
             self._retry_db(lambda: domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
+            connected_at = time.monotonic()
             logger.info("listener connected", extra=self._log_extra)
             self._apply_burst(provider, initial_frames, opened)
             self._pump(provider, stream, generation)
         finally:
+            if connected_at is not None:  # measured before the cleanup, which may wait on a slow PBX
+                self._up_seconds = time.monotonic() - connected_at
             if stream is not None:
                 self.supervisor.keepalives.remove(stream)
+                self.supervisor.session_checks.remove(stream)
             with self._stream_lock:
                 self._stream = None
             self.generation = None
@@ -311,6 +493,11 @@ class ListenerRunner(threading.Thread):
                 provider.close()
             except Exception:  # the PBX may already be gone; cleanup is best effort
                 logger.info("listener cleanup failed", extra=self._log_extra, exc_info=True)
+
+    def _session_expired(self, stream: EventStream, reason: str) -> None:
+        """The PBX forgot the socket's session (it may keep the socket open): log in and listen again now."""
+        self._session_gone = True
+        stream.interrupt(reason)
 
     def _should_end(self, generation: int) -> bool:
         if self.stop_event.is_set():
@@ -378,9 +565,24 @@ class ListenerRunner(threading.Thread):
                 if self.stop_event.wait(DB_RETRY_SECONDS):
                     raise
 
-    def _back_off(self, attempt: int, reason: str) -> int:
-        delay = backoff_delay(attempt, cap=self.supervisor.backoff_cap_seconds)
-        logger.warning("listener down (%s); reconnecting in %.1fs", reason, delay, extra=self._log_extra)
+    def _back_off(self, down_since: float | None, reason: str) -> float:
+        """Note the failure, wait before the next try, and return when this run of failures began.
+
+        The first failure after a healthy socket (connected ``HEALTHY_SECONDS``, or ended because its
+        session expired) reconnects at once: calls placed while nobody listens are lost. Each failure
+        in a row after it waits ``backoff_delay`` of the time since then.
+        """
+        now = time.monotonic()
+        healthy = self._session_gone or self._up_seconds >= HEALTHY_SECONDS
+        if healthy or down_since is None:
+            down_since = now
+        if healthy:
+            delay = 0.0
+            logger.warning("listener down (%s); reconnecting now", reason, extra=self._log_extra)
+        else:
+            cap = self.supervisor.backoff_cap_seconds
+            delay = backoff_delay(now - down_since, base=BACKOFF_BASE_SECONDS, cap=cap)
+            logger.warning("listener down (%s); reconnecting in %.1fs", reason, delay, extra=self._log_extra)
         def note_it():
             domain.set_listener_state(self.listener_id, Listener.State.BACKOFF, error=reason)
             domain.count_reconnect(self.listener_id)
@@ -390,8 +592,9 @@ class ListenerRunner(threading.Thread):
             db_workers().run(note_it)
         except (OperationalError, InterfaceError):
             pass  # the admin's view of it waits for the database; the reconnect does not
-        self.stop_event.wait(delay)
-        return attempt + 1
+        if delay > 0:
+            self.stop_event.wait(delay)
+        return down_since
 
     def _fail(self, reason: str) -> None:
         self.failed_permanently = True
@@ -419,6 +622,7 @@ class Supervisor(threading.Thread):
         self._redis = redis_client()
         self.leases = LeaseStore(self._redis, self.owner, self.ttl_ms)
         self.keepalives = KeepAlives(self.keepalive_seconds)
+        self.session_checks = SessionChecks(settings.ISTRA_SESSION_CHECK_SECONDS)
         self._connects = threading.BoundedSemaphore(CONNECT_CONCURRENCY)
         # Redis restarted empty holds no leases: a listener looks free though its owner still reads it.
         # Until one TTL after the last Redis error seen here, only leases already held are taken (back).
@@ -442,6 +646,7 @@ class Supervisor(threading.Thread):
     def run(self) -> None:
         logger.info("listener supervisor %s started", self.owner)
         self.keepalives.start()
+        self.session_checks.start()
         renew_every = self.ttl_ms / 3000
         next_scan = 0.0
         while not self.stop_event.is_set():
@@ -518,6 +723,7 @@ class Supervisor(threading.Thread):
         for runner in self.runners.values():
             runner.stop()
         self.keepalives.stop()
+        self.session_checks.stop()
         for listener_id, runner in list(self.runners.items()):
             runner.join(timeout=5)
             try:

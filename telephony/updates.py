@@ -31,6 +31,9 @@ END_TRANSFERRED = "transferred"
 END_ANSWERED_ELSEWHERE = "answered_elsewhere"
 END_UNAVAILABLE = "unavailable"
 END_FAILED = "failed"
+# Not said by any PBX: the hub ended a call it had heard nothing about for too long (telephony.sweep),
+# because the PBX's word on its end was lost (a socket down while it ended, and no history to read).
+END_SWEPT = "swept"
 
 
 class FrameRejected(ValueError):

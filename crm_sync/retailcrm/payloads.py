@@ -41,6 +41,10 @@ HANGUP_STATUS_UNANSWERED = {
     u.END_TRANSFERRED: "cancel",  # redirected while ringing
     u.END_UNAVAILABLE: "failed",
     u.END_FAILED: "failed",
+    # The hub ended it after the PBX went silent: how it ended is unknown, and of retailCRM's
+    # statuses only "failed" claims nothing about the customer ("no answered" would ask for a call-back
+    # on a call that may have been answered while the socket was down; "cancel" says the caller gave up).
+    u.END_SWEPT: "failed",
 }
 
 # The same causes into the upload's ``result``.
@@ -54,6 +58,7 @@ UPLOAD_RESULT_UNANSWERED = {
     u.END_TRANSFERRED: "no answer",
     u.END_UNAVAILABLE: "failed",
     u.END_FAILED: "failed",
+    u.END_SWEPT: "unknown",  # what the upload's result has for exactly this: the outcome was never heard
 }
 
 

@@ -106,6 +106,8 @@ def test_it_builds_the_hangup_event_with_its_status(agent):
     (u.END_ANSWERED_ELSEWHERE, False, "cancel", "no answer"),
     (u.END_UNAVAILABLE, False, "failed", "failed"),
     (u.END_FAILED, False, "failed", "failed"),
+    (u.END_SWEPT, False, "failed", "unknown"),
+    (u.END_SWEPT, True, "answered", "answered"),  # seen answered before the PBX went silent
     ("something new", False, "failed", "unknown"),
 ])
 def test_it_maps_every_end_cause_to_hangup_status_and_upload_result(end_cause, answered, hangup_status, result):

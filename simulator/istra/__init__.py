@@ -26,7 +26,9 @@ from simulator.istra.router import restletrouter_middleware
 from simulator.istra.world import IstraWorld
 from simulator.keys import STATE
 
-SWEEP_EVERY = 0.25  # seconds between checks for sessions expired by inactivity
+# Seconds between checks for sessions expired by inactivity: a session is expired (401) from the moment it is due,
+# and its sockets close (or it is forgotten, see IstraConfig.expiry_closes_sockets) at most this much later.
+SWEEP_EVERY = 0.25
 
 __all__ = ["IstraWorld", "register"]
 
@@ -72,7 +74,7 @@ async def _lifecycle(app: web.Application):
 
 
 async def _sweep(world: IstraWorld) -> None:
-    # Closes the sockets of sessions idle past session_timeout even if nobody calls again.
+    # Expires the sessions idle past session_timeout even if nobody calls again.
     while True:
         await asyncio.sleep(SWEEP_EVERY)
         world.sweep_sessions()
@@ -81,7 +83,7 @@ async def _sweep(world: IstraWorld) -> None:
 async def _close_sockets(app: web.Application) -> None:
     # Open websockets would otherwise hold the server's shutdown for its whole timeout.
     world: IstraWorld = app[STATE].istra
-    for session in list(world.sessions.sessions.values()):
+    for session in world.sessions.with_sockets():  # forgotten sessions' sockets too
         push.close_session_sockets(session, 1001, "server shutdown")
     await asyncio.sleep(0.05)
     push.abort_all_sockets(world)

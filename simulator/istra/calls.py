@@ -36,6 +36,9 @@ TRANSITIONS: dict[str | None, set[str]] = {
     DROPPED: set(),
 }
 
+# The applications whose clients may learn of a line (``Line.reported_by``).
+REPORTING_APPS = ("myRCC", "myCrm", "myIstra")
+
 # myCrm doc, callDropped.dropCause
 DROP_CAUSES = ("disconnect", "rejected", "transferred", "busy", "noAnswer", "unavailable", "error")
 
@@ -114,14 +117,21 @@ class Line:
     parties: list[Party] = field(default_factory=list)  # added by addParty / merge
     dtmfs: list[str] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
-    # States some client was actually told (pushed on a socket that delivers, or listed when a listener was
-    # bound): the fault suite's control read-out. A call never reported is one no client could know of.
+    # States some client was actually told (pushed on a socket that delivers, listed when a listener was bound,
+    # or written to the user's call history): the fault suite's control read-out. A call never reported is one
+    # no client could know of. ``reported`` is the union; ``reported_by`` splits it per application.
     reported: list[str] = field(default_factory=list)
     history_ids: dict[str, str] = field(default_factory=dict)  # login -> the call-history entry it became
+    reported_by: dict[str, list[str]] = field(default_factory=lambda: {app: [] for app in REPORTING_APPS})
 
     @property
     def live(self) -> bool:
         return self.state != DROPPED
+
+    def report(self, app: str, state: str | None) -> None:
+        """A client of ``app`` was told the line is in ``state``."""
+        self.reported_by.setdefault(app, []).append(state or "")
+        self.reported.append(state or "")
 
     @property
     def talking_ms(self) -> int:

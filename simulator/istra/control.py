@@ -10,7 +10,9 @@ method   path                                        body
 =======  ==========================================  ===============================================
 POST     /_sim/istra/reset                           -
 GET      /_sim/istra/state                           -
-PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp, answerDelay}
+PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp, answerDelay,
+                                                      expiryClosesSockets}  (false: an expired session's
+                                                      sockets stay open, answer pings, get no frame)
 POST     /_sim/istra/users                           {login, password, enterprise, mycrm, myrcc}
 POST     /_sim/istra/extensions                      {id, number, label, enterprise, owner, department,
                                                       photo, pstnNumbers, deviceModel, outOfService, myrcc}
@@ -18,24 +20,30 @@ PATCH    /_sim/istra/extensions/{id}                 same keys, all optional
 POST     /_sim/istra/calls/incoming                  {terminalId, from, label, e164, acdId, photo}
 POST     /_sim/istra/calls/outgoing                  {terminalId, to, label, e164}
 GET      /_sim/istra/calls[/{callId}]                -  (every line ever, dropped ones too: ``history`` is
-                                                      its states, ``reported`` the states a myRCC client
-                                                      was told of, ``historyIds`` {login: callHistoryId}
-                                                      of the call-history entries it became)
+                                                      its states, ``reportedBy`` {myRCC, myCrm, myIstra}
+                                                      the states a client of each app was told of,
+                                                      ``reported`` their union, ``historyIds`` {login:
+                                                      callHistoryId} of the call-history entries it became)
 POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
-POST     /_sim/istra/websockets/drop                 -
+POST     /_sim/istra/websockets/drop                 -  (every socket, forgotten sessions' too)
 POST     /_sim/istra/websockets/close                {code, reason}  (a clean close: a close frame; sessions stay)
-GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored)
+GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored,
+                                                      sessionLive false once its session is forgotten)
 POST     /_sim/istra/faults/mute-pings               {listener, mute, silent}  (stop answering pings; silent:
                                                       frames are lost too, a half-open connection)
 POST     /_sim/istra/faults/push-frame               {text, repeat, prefix, suffix, listener}  (prefix + text x
                                                       repeat + suffix, raw on the sockets; at most 8 MiB)
 GET      /_sim/istra/sessions                        -
-POST     /_sim/istra/sessions/expire                 -
+POST     /_sim/istra/sessions/expire                 {app, closeSockets}  (both optional: only that
+                                                      app's sessions; closeSockets defaults to config
+                                                      expiryClosesSockets) -> {expired}
 POST     /_sim/istra/sessions/rotate-token           {app}
-POST     /_sim/istra/iptc                            {up}
-POST     /_sim/istra/faults/fail-next                {count, status, body, app, path}
+POST     /_sim/istra/iptc                            {up}  (down: v1/crm/*, v1/rcc/* and myIstra's
+                                                      placeCall answer 503 ROUTER_ERR_503)
+POST     /_sim/istra/faults/fail-next                {count, status, body, app, path}  (websocket
+                                                      upgrades of ws-service/<app> count too)
 POST     /_sim/istra/faults/redirect-next            {count, status, baseUrl, app, path}
 GET      /_sim/istra/requests?since=<seq>            -
 DELETE   /_sim/istra/requests                        -
@@ -57,7 +65,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.control_api import json_errors, read_body, required
+from simulator.control_api import json_errors, only, read_body, required
 from simulator.istra.calls import InvalidTransition, Line, Party
 from simulator.istra.sessions import Session, world_of
 from simulator.istra.world import IstraWorld
@@ -71,7 +79,7 @@ EXTENSION_KEYS = {
 }
 _json_errors = json_errors({InvalidTransition: lambda exc: (409, str(exc))})
 CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up",
-               "answerDelay": "answer_delay"}
+               "answerDelay": "answer_delay", "expiryClosesSockets": "expiry_closes_sockets"}
 
 
 def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
@@ -105,6 +113,7 @@ def line_view(world: IstraWorld, line: Line) -> dict[str, Any]:
         "actions": world.calls.actions(line),
         "history": list(line.history),
         "reported": list(line.reported),
+        "reportedBy": {app: list(states) for app, states in line.reported_by.items()},
         "historyIds": dict(line.history_ids),
         "createdMs": line.created_ms,
         "endedMs": line.ended_ms,
@@ -280,7 +289,9 @@ async def list_sessions(request: web.Request) -> list[dict[str, Any]]:
 
 @_json_errors
 async def expire_sessions(request: web.Request) -> dict[str, Any]:
-    return {"expired": world_of(request).expire_sessions()}
+    body = await read_body(request)
+    only(body, {"app", "closeSockets"})
+    return {"expired": world_of(request).expire_sessions(body.get("app"), body.get("closeSockets"))}
 
 
 @_json_errors

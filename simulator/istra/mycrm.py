@@ -129,16 +129,26 @@ def _call_event(name: str, line: Line, **extra: str) -> dict[str, Any]:
 
 
 def publisher(world: IstraWorld):
-    """The CallBook observer that pushes events to the sessions listening to the terminal."""
+    """The CallBook observer that pushes events to the live sessions listening to the terminal.
+
+    A session that has expired gets nothing, even if its websocket was left open. The line's
+    ``reported_by["myCrm"]`` records the state once the event reached a socket that delivers
+    (not a silent one): a call that rang and ended while no socket was bound is one no myCrm
+    client could know of.
+    """
 
     def publish(transition: Transition) -> None:
         event = event_for(transition)
         if event is None:
             return
-        terminal_id = transition.line.extension_id
+        line = transition.line
+        delivered = False
         for session in world.sessions.of_app(APP):
             for listener in list(session.listeners.values()):
-                if terminal_id in listener.bound_terminals:
+                if line.extension_id in listener.bound_terminals:
                     send_to_session(session, listener.name, [event])
+                    delivered = delivered or any(not socket.silent for socket in session.sockets)
+        if delivered:
+            line.report(APP, line.state)
 
     return publish

@@ -535,6 +535,7 @@ def history_recorder(world: "IstraWorld"):
             user_number=extension.number,
             enterprise=extension.enterprise,
         ))
+        line.report(APP, DROPPED)  # a myIstra client can now read it in the history
         line.history_ids[extension.owner] = entry.id
 
     return record

@@ -173,7 +173,7 @@ async def list_call_lines(request: web.Request, session: Session) -> web.Respons
     lines = [line for line in world.calls.live_lines() if _line_visible(world, line, session)]
     if listener_name is not None:
         for line in lines:
-            line.reported.append(line.state or "")
+            line.report(APP, line.state)
     return web.json_response({"count": len(lines), "results": [snapshot(world, l, "extension") for l in lines]})
 
 
@@ -229,7 +229,7 @@ def _render_for_push(world: IstraWorld, session: Session, line_id: str) -> dict[
     if line is None or not _line_visible(world, line, session):
         return None
     if any(not socket.silent for socket in session.sockets):
-        line.reported.append(line.state or "")
+        line.report(APP, line.state)
     return snapshot(world, line)
 
 

@@ -5,8 +5,9 @@ prevention token is not required here, by design"), then binds listeners over
 HTTP. Frames are ``{"listenerName": ..., "item": [...]}``.
 
 Each socket has its own outbox and writer task so frames leave in the order
-they were produced, whatever thread or handler produced them. Incoming frames
-(myIstra's ``{"keepalive": "true"}``) keep the session alive.
+they were produced, whatever thread or handler produced them. Incoming text frames
+(myIstra's ``{"keepalive": "true"}``) keep the session alive; websocket pings do not
+(a router does not see control frames as session activity), nor do frames pushed.
 
 Fault modes, for the fault suite: a socket can stop answering websocket pings
 (``answers_pings``), and can also go ``silent`` (frames produced meanwhile are
@@ -113,9 +114,11 @@ async def ws_service(request: web.Request) -> web.StreamResponse:
     session.sockets.add(socket)
     try:
         async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                session.touch()  # e.g. {"keepalive": "true"}
-            elif message.type == WSMsgType.PING:
+            if message.type == WSMsgType.TEXT:  # e.g. {"keepalive": "true"}
+                # Only a live session: one past its timeout (swept or not) or forgotten stays expired.
+                if world.sessions.get(session.id) is session:
+                    session.touch()
+            elif message.type == WSMsgType.PING:  # answered, but not activity: the session may still expire
                 if socket.answers_pings and not socket.silent:
                     await ws.pong(message.data)
                 else:
@@ -172,17 +175,23 @@ class Coalescer:
         self._dirty.clear()
 
 
-def close_session_sockets(session: Session, code: int, reason: str) -> None:
+def stop_pushing(session: Session) -> None:
+    """Cancel the session's myRCC pushers: a snapshot already due is not sent."""
     for listener in session.listeners.values():
         if listener.pusher is not None:
             listener.pusher.cancel()
+
+
+def close_session_sockets(session: Session, code: int, reason: str) -> None:
+    stop_pushing(session)
     for socket in list(session.sockets):
         socket.close(code, reason)
 
 
 def abort_all_sockets(world: "IstraWorld") -> int:
+    """Cut every open socket, those of forgotten sessions included."""
     count = 0
-    for session in list(world.sessions.sessions.values()):
+    for session in world.sessions.with_sockets():
         for socket in list(session.sockets):
             socket.abort()
             session.sockets.discard(socket)
@@ -191,20 +200,25 @@ def abort_all_sockets(world: "IstraWorld") -> int:
 
 
 def close_all_sockets(world: "IstraWorld", code: int, reason: str) -> int:
-    """Close every open socket with a close frame (after its queued frames); the sessions stay valid."""
+    """Close every open socket (forgotten sessions' too) with a close frame, after its queued frames; the
+    sessions stay valid."""
     count = 0
-    for session in list(world.sessions.sessions.values()):
+    for session in world.sessions.with_sockets():
         for socket in list(session.sockets):
             socket.close(code, reason)
             count += 1
     return count
 
 
-def listener_sockets(world: "IstraWorld", listener_name: str | None = None) -> list[Socket]:
-    """The sockets of every session that holds ``listener_name`` (every socket when None)."""
+def listener_sockets(world: "IstraWorld", listener_name: str | None = None, forgotten: bool = False) -> list[Socket]:
+    """The sockets of every live session that holds ``listener_name`` (every socket when None).
+
+    ``forgotten``: those of sessions expired with their sockets left open as well.
+    """
+    sessions = world.sessions.with_sockets() if forgotten else list(world.sessions.sessions.values())
     return [
         socket
-        for session in list(world.sessions.sessions.values())
+        for session in sessions
         if listener_name is None or listener_name in session.listeners
         for socket in list(session.sockets)
     ]

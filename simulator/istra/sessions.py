@@ -73,9 +73,19 @@ class Session:
 
 
 class SessionStore:
+    """The live sessions, and the forgotten ones whose websockets were left open.
+
+    A session is *forgotten* when it expires (or is expired on demand) without its sockets
+    being closed: its cookie gets 401 and nothing is pushed to it any more, but its sockets
+    stay open and keep answering pings, as on a router that drops the session and leaves the
+    connection to idle. Those are kept in ``lingering`` only so the control API can still list,
+    cut and close their sockets.
+    """
+
     def __init__(self, timeout: Callable[[], float]):
         self._timeout = timeout  # read on every check so a config change applies at once
         self.sessions: dict[str, Session] = {}
+        self.lingering: dict[str, Session] = {}
 
     def create(self, app: str, login: str, enterprise: str) -> Session:
         session_id = str(random.randint(10**18, 2**63 - 1))  # 19 digits, like 3353130538180092770
@@ -93,10 +103,18 @@ class SessionStore:
         return time.monotonic() - session.last_seen > self._timeout()
 
     def of_app(self, app: str) -> list[Session]:
-        return [s for s in self.sessions.values() if s.app == app]
+        """The live sessions of ``app``: what pushes go to. One past its timeout but not yet swept is not live."""
+        return [s for s in self.sessions.values() if s.app == app and not self.is_expired(s)]
 
     def remove(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+
+    def take(self, app: str | None = None) -> list[Session]:
+        """Remove and return the sessions of ``app`` (all when None)."""
+        taken = [s for s in self.sessions.values() if app in (None, s.app)]
+        for session in taken:
+            self.remove(session)
+        return taken
 
     def take_expired(self) -> list[Session]:
         expired = [s for s in self.sessions.values() if self.is_expired(s)]
@@ -105,9 +123,26 @@ class SessionStore:
         return expired
 
     def take_all(self) -> list[Session]:
-        taken = list(self.sessions.values())
+        """Every session, the forgotten ones still holding sockets included; the store is left empty."""
+        taken = self.with_sockets()
         self.sessions.clear()
+        self.lingering.clear()
         return taken
+
+    def keep_sockets_of(self, session: Session) -> None:
+        """``session`` was forgotten (already removed) but its sockets stay open."""
+        if session.sockets:
+            self.lingering[session.id] = session
+
+    def with_sockets(self) -> list[Session]:
+        """The live sessions, then the forgotten ones whose sockets are still open."""
+        for session_id, session in list(self.lingering.items()):
+            if not session.sockets:
+                del self.lingering[session_id]
+        return list(self.sessions.values()) + list(self.lingering.values())
+
+    def is_live(self, session: Session) -> bool:
+        return self.sessions.get(session.id) is session
 
 
 def new_token() -> str:

@@ -24,7 +24,7 @@ from simulator.istra import push
 from simulator.istra.calls import CallBook, InvalidTransition, Line, Party
 from simulator.istra.directory import Directory, Extension, User
 from simulator.istra.myistra import EndUserBook
-from simulator.istra.sessions import Session, SessionStore
+from simulator.istra.sessions import APPLICATIONS, Session, SessionStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +61,10 @@ class IstraConfig:
     push_interval: float = 0.1  # myRCC: at most one snapshot per line every 100 ms
     iptc_up: bool = True  # False: telephony resources answer 503 ROUTER_ERR_503
     answer_delay: float = 0.0  # seconds every /restletrouter answer waits: a slow PBX
+    # False: an expired session is forgotten (cookie 401, nothing pushed) but its websockets stay open and keep
+    # answering pings, so only a REST request tells the client. Applies to inactivity expiry and to
+    # expire_sessions() without an explicit close_sockets.
+    expiry_closes_sockets: bool = True
 
 
 @dataclass
@@ -182,22 +186,40 @@ class IstraWorld:
 
     def end_session(self, session: Session, close_code: int, reason: str) -> None:
         self.sessions.remove(session)
+        self.enduser.subscriptions.pop(session.id, None)
         push.close_session_sockets(session, close_code, reason)
 
     @on_loop
-    def expire_sessions(self) -> int:
-        """Expire every session now: their cookies get 401 and their sockets close."""
-        taken = self.sessions.take_all()
+    def expire_sessions(self, app: str | None = None, close_sockets: bool | None = None) -> int:
+        """Expire the sessions of ``app`` (every session when None) now: their cookies get 401.
+
+        ``close_sockets`` (None: the config's ``expiry_closes_sockets``): their websockets close
+        with 1008; False: they stay open, answering pings, and nothing is pushed to them any more.
+        """
+        if app is not None and app not in APPLICATIONS:
+            raise ValueError(f"app must be one of {', '.join(APPLICATIONS)}")
+        if close_sockets is not None and not isinstance(close_sockets, bool):
+            raise ValueError("closeSockets must be true or false")
+        taken = self.sessions.take(app)
         for session in taken:
-            push.close_session_sockets(session, 1008, "session expired")
+            self._expire(session, close_sockets)
         return len(taken)
 
     @on_loop
     def sweep_sessions(self) -> int:
+        """Expire the sessions idle past ``session_timeout`` (the server calls this every ``SWEEP_EVERY``)."""
         expired = self.sessions.take_expired()
         for session in expired:
-            push.close_session_sockets(session, 1008, "session expired")
+            self._expire(session, None)
         return len(expired)
+
+    def _expire(self, session: Session, close_sockets: bool | None) -> None:
+        self.enduser.subscriptions.pop(session.id, None)
+        if self.config.expiry_closes_sockets if close_sockets is None else close_sockets:
+            push.close_session_sockets(session, 1008, "session expired")
+        else:
+            push.stop_pushing(session)
+            self.sessions.keep_sockets_of(session)
 
     @on_loop
     def rotate_tokens(self, app: str | None = None) -> int:
@@ -221,9 +243,10 @@ class IstraWorld:
     def mute_pings(self, listener: str | None = None, mute: bool = True, silent: bool = False) -> int:
         """Sockets holding ``listener`` (all when None) stop answering pings; ``silent`` also loses their frames.
 
-        ``mute=False`` brings them back. Only sockets open now are affected: a reconnect gets a healthy socket.
+        ``mute=False`` brings them back. Only sockets open now are affected (those of forgotten sessions too):
+        a reconnect gets a healthy socket.
         """
-        sockets = push.listener_sockets(self, listener)
+        sockets = push.listener_sockets(self, listener, forgotten=True)
         for socket in sockets:
             socket.answers_pings = not mute
             socket.silent = mute and silent
@@ -231,7 +254,7 @@ class IstraWorld:
 
     @on_loop
     def push_raw(self, text: str, listener: str | None = None) -> int:
-        """Push ``text`` as it is (malformed, oversized...) on the sockets holding ``listener``."""
+        """Push ``text`` as it is (malformed, oversized...) on the live sessions' sockets holding ``listener``."""
         sockets = push.listener_sockets(self, listener)
         for socket in sockets:
             socket.send_raw(text)
@@ -241,9 +264,10 @@ class IstraWorld:
     def socket_stats(self) -> list[dict[str, Any]]:
         return [
             {"session": session.id, "app": session.app, "listeners": sorted(session.listeners),
+             "sessionLive": self.sessions.is_live(session),
              "framesSent": socket.frames_sent, "framesWithheld": socket.frames_withheld,
              "pingsIgnored": socket.pings_ignored, "answersPings": socket.answers_pings, "silent": socket.silent}
-            for session in list(self.sessions.sessions.values())
+            for session in self.sessions.with_sockets()
             for socket in list(session.sockets)
         ]
 
@@ -271,10 +295,13 @@ class IstraWorld:
 
     @on_loop
     def configure(self, **settings: Any) -> IstraConfig:
-        known = {f.name for f in fields(IstraConfig)}
+        known = {f.name: f for f in fields(IstraConfig)}
         for name, value in settings.items():
             if name not in known:
                 raise ValueError(f"unknown setting {name!r}")
+            if isinstance(known[name].default, bool) and not isinstance(value, bool):
+                raise ValueError(f"setting {name!r} must be true or false")
+        for name, value in settings.items():
             setattr(self.config, name, value)
         return self.config
 

@@ -15,6 +15,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import websocket
 
@@ -95,6 +96,12 @@ class EventStream:
     #: Frames to apply before reading the socket, oldest first (myRCC's list of
     #: the call lines that exist when the listener is bound).
     initial_frames: tuple[str, ...] = ()
+    #: A cheap authenticated request on the session the socket belongs to, without logging in again;
+    #: raises SessionExpired when the PBX has forgotten that session. The supervisor's ``SessionChecks``
+    #: call it every ISTRA_SESSION_CHECK_SECONDS: it keeps the session active (Istra expires a session
+    #: after a delay without requests, and websocket pings are not requests) and finds a session expired
+    #: while its socket stays open, which otherwise goes unnoticed. None: the PBX has no such session.
+    session_check: Callable[[], None] | None = None
 
     def recv(self, timeout: float) -> str | None:
         """The next frame's text, or None if none came within ``timeout``; StreamClosed when it ends."""

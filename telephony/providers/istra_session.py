@@ -184,6 +184,21 @@ class IstraSession:
                 status=response.status_code,
             ) from None
 
+    def check_alive(self, path: str, params: dict | None = None) -> None:
+        """One cheap GET on this very session: SessionExpired if the PBX has forgotten it.
+
+        A listener's session check (``EventStream.session_check``). Istra expires a session after a
+        delay without requests, and websocket pings are not requests, so this GET is also what keeps
+        the session of a quiet socket alive. Never logs in: a new session would not be the one the
+        socket is bound to. Sent once (no retry after a timeout): the next check comes soon enough.
+        """
+        if not self.logged_in:  # closed by its listener meanwhile
+            raise SessionExpired(f"Istra {self.app} session is closed")
+        # Not through request(): a listener closing meanwhile logs out, and request() would log in again.
+        response = self._send_on_session("GET", path, params, None, retry_on_timeout=False)
+        if response.status_code >= 400:
+            raise error_from_response(response, self.app, f"GET {path}")
+
     def url(self, path: str) -> str:
         """``path`` relative to base_url (as Istra's restUri and next links are), or absolute."""
         return urljoin(self.base_url, path)

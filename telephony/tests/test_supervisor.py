@@ -177,6 +177,42 @@ def test_it_reconnects_a_socket_that_stopped_answering_its_keepalives(held):
              what="a call on the new socket")
 
 
+@pytest.fixture
+def session_checked(settings, fast_listeners, published):
+    """A supervisor whose keep-alives are too slow to notice anything within a test, checking sessions each second."""
+    settings.LISTENER_KEEPALIVE_SECONDS = 60
+    settings.ISTRA_SESSION_CHECK_SECONDS = 1
+    running = Supervisor(owner="test-supervisor")
+    yield running
+    if running.is_alive():
+        running.stop(timeout=30)
+
+
+def test_it_logs_in_and_listens_again_at_once_when_a_session_check_finds_the_session_expired(
+        hub, session_checked, caplog):
+    """The PBX forgot the session but left its socket open and answering pings: only the check can tell."""
+    hub.start(workers=0, web=False)
+    sim = FaultIstraControl(hub.sim_url)
+    account = mycrm_account(hub, sim)
+    session_checked.start()
+    [listener] = wait_for(lambda: connected_listeners(account), 30, what="the listener")
+    time.sleep(2.5)  # two checks the PBX answered: the socket was healthy
+    assert Listener.objects.get(pk=listener.pk).reconnects == 0
+
+    sim.fail_next(1, 401, body={"code": "ROUTER_ERR_401", "message": "session expired or unknown"},
+                  path="v1/crm/GetTerminals")
+    expired = time.monotonic()
+    wait_for(lambda: Listener.objects.filter(pk=listener.pk, reconnects=1, state="connected",
+                                             connected_since__gt=listener.connected_since).exists(),
+             10, what="the listener on a new session")
+    assert time.monotonic() - expired < 4, "one check interval, then at once: not a keep-alive's nor a backoff's wait"
+    assert [r for r in caplog.records if r.getMessage().startswith("session expired at the PBX; logging in again")]
+    assert "reconnecting now" in caplog.text
+    line = sim.incoming(TERMINAL, "0612345678")
+    wait_for(lambda: Call.objects.filter(account=account, pbx_call_id=line["callId"]).exists(), 10,
+             what="a call on the new socket")
+
+
 def test_it_keeps_its_socket_when_redis_restarts_empty_and_forgets_the_lease(held, supervisor):
     """A Redis restart loses every lease key; stopping the runner then would leave calls unseen until a
     worker took the listener again, so the owner takes its lease back and keeps reading."""

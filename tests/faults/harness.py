@@ -212,11 +212,6 @@ class FaultIstraControl(IstraControl):
         """A clean close: every socket gets a close frame; the sessions stay valid."""
         return self._call("POST", "/websockets/close", code=code, reason=reason)
 
-    def expire_sessions(self, app: str | None = None, close_sockets: bool | None = None):
-        """Expire the sessions (of ``app``); ``close_sockets=False``: their sockets stay open, answering pings."""
-        body = {key: value for key, value in (("app", app), ("closeSockets", close_sockets)) if value is not None}
-        return self._call("POST", "/sessions/expire", **body)
-
 
 @dataclass
 class AgentSeat:

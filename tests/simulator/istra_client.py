@@ -85,8 +85,11 @@ class SocketClosed(Exception):
 class EventSocket:
     def __init__(self, ws: websocket.WebSocket):
         self.ws = ws
+        self._unread: list[dict[str, Any]] = []  # text frames that arrived while waiting for a pong
 
     def next_frame(self, timeout: float = 3.0) -> dict[str, Any]:
+        if self._unread:
+            return self._unread.pop(0)
         self.ws.settimeout(timeout)
         while True:
             try:
@@ -97,6 +100,33 @@ class EventSocket:
                 raise SocketClosed(struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else 1005)
             if opcode == websocket.ABNF.OPCODE_TEXT:
                 return json.loads(frame.data.decode("utf-8"))
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """Send a websocket ping: True when its pong comes back within ``timeout``."""
+        payload = str(time.monotonic_ns()).encode()
+        try:
+            self.ws.ping(payload)
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            raise SocketClosed(None) from None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.ws.settimeout(left)
+            try:
+                opcode, frame = self.ws.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                return False
+            except (websocket.WebSocketConnectionClosedException, ConnectionError):
+                raise SocketClosed(None) from None
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise SocketClosed(struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else 1005)
+            if opcode == websocket.ABNF.OPCODE_PONG and frame.data == payload:
+                return True
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self._unread.append(json.loads(frame.data.decode("utf-8")))
+        return False
+
+    def send_text(self, text: str) -> None:
+        self.ws.send(text)
 
     def next_item(self, timeout: float = 3.0) -> dict[str, Any]:
         frame = self.next_frame(timeout)

@@ -55,8 +55,11 @@ class IstraControl(ControlClient):
     def drop_websockets(self):
         return self._call("POST", "/websockets/drop")
 
-    def expire_sessions(self):
-        return self._call("POST", "/sessions/expire")
+    def expire_sessions(self, app=None, close_sockets=None):
+        """Expire the sessions of ``app`` (all when None); ``close_sockets`` None: the simulator's
+        ``expiryClosesSockets`` setting decides whether their websockets close or stay open."""
+        body = {"app": app, "closeSockets": close_sockets}
+        return self._call("POST", "/sessions/expire", **{k: v for k, v in body.items() if v is not None})
 
     def requests(self, since: int = 0):
         return self._call("GET", f"/requests?since={since}")

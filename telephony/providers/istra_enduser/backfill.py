@@ -25,9 +25,23 @@ How an entry is matched, so a call is never stored twice:
    calls from one customer a minute apart, one seen by a socket and one not,
    only the one the socket missed is created.
 
-Entries that ended less than ``SETTLE_AFTER`` ago are left for the next run: a
-socket's frames for them may still be on their way. Entries older than
-``HORIZON`` are not looked at (the sweep would not upload them either).
+A call the socket saw begin but never end (still ringing, dialling, talking or held
+here: the socket was down when the PBX ended it) is not "seen": the entry that
+matches it ends it, through the domain like any frame (its card, its hangup event
+and its upload follow), with the entry's outcome and times (``frames.history_end_update``).
+For that, an entry that matches a live call is taken as soon as it has ended.
+To keep a new call from being taken for an old one, a live call only matches an
+entry if it began before the entry ended (``LIVE_MATCH_SLACK``).
+
+Entries that ended less than ``SETTLE_AFTER`` ago are not made into new calls
+until the next run: a socket's frames for them may still be on their way. Entries
+older than ``HORIZON`` are not looked at (the sweep would not upload them either).
+
+Besides the periodic run, ``tasks.reconcile_after_reconnect_task`` runs this for
+the End User account of a myCrm account's user (the same login on the same server)
+right after each of the myCrm account's sockets (re)connects: myCrm has no list of
+the calls alive to catch up from, so a call that ended while its socket was down
+would otherwise stay live until the stale-call sweep (``telephony.sweep``) ends it.
 """
 
 from __future__ import annotations
@@ -52,6 +66,9 @@ from telephony.updates import FrameRejected
 logger = logging.getLogger(__name__)
 
 MATCH_TOLERANCE = timedelta(seconds=90)
+# A live call began before the entry ended, give or take the PBX's and our clocks: a call that began
+# later is a new call (the customer calling back), never the one the entry logged.
+LIVE_MATCH_SLACK = timedelta(seconds=5)
 # Shortened by the end-to-end tests (a real worker, so only the environment reaches it).
 SETTLE_AFTER = timedelta(seconds=int(os.environ.get("ENDUSER_BACKFILL_SETTLE_SECONDS", "60")))
 HORIZON = timedelta(days=2)
@@ -62,14 +79,16 @@ SOCKET_KINDS = (PbxAccount.Kind.ISTRA_MYCRM, PbxAccount.Kind.ISTRA_MYRCC)
 class BackfillReport:
     entries: int = 0
     created: list[int] = field(default_factory=list)  # call ids
+    ended_live: list[int] = field(default_factory=list)  # ids of socket calls the history ended
     already_backfilled: int = 0
     seen_by_socket: int = 0
     not_settled: int = 0
     too_old: int = 0
 
     def as_dict(self) -> dict:
-        return {"entries": self.entries, "created": len(self.created), "already_backfilled": self.already_backfilled,
-                "seen_by_socket": self.seen_by_socket, "not_settled": self.not_settled, "too_old": self.too_old}
+        return {"entries": self.entries, "created": len(self.created), "ended_live": len(self.ended_live),
+                "already_backfilled": self.already_backfilled, "seen_by_socket": self.seen_by_socket,
+                "not_settled": self.not_settled, "too_old": self.too_old}
 
 
 def platform_host(account: PbxAccount) -> str:
@@ -81,9 +100,20 @@ def socket_accounts(account: PbxAccount) -> list[int]:
     return [a.pk for a in PbxAccount.objects.filter(kind__in=SOCKET_KINDS) if platform_host(a) == host]
 
 
+def enduser_account_for(account: PbxAccount) -> PbxAccount | None:
+    """The enabled End User account of a socket account's user: the same login on the same server."""
+    login = (account.login or "").strip()
+    if not login:
+        return None
+    host = platform_host(account)
+    same_login = PbxAccount.objects.filter(kind=PbxAccount.Kind.ISTRA_ENDUSER, enabled=True, login__iexact=login)
+    return next((a for a in same_login.order_by("pk") if platform_host(a) == host), None)
+
+
 def backfill_account(account: PbxAccount, entries: list[frames.HistoryEntry] | None = None,
                      now=None) -> BackfillReport:
-    """Create the calls of ``entries`` (default: the PBX's whole history) that nothing recorded."""
+    """Create the calls of ``entries`` (default: the PBX's whole history) that nothing recorded,
+    and end the socket calls they show ended that are still live here."""
     if entries is None:
         entries = _fetch_history(account)
     now = now or timezone.now()
@@ -95,21 +125,30 @@ def backfill_account(account: PbxAccount, entries: list[frames.HistoryEntry] | N
         Call.objects.filter(account=account, pbx_call_id__in=[frames.history_call_id(e.id) for e in entries])
         .values_list("pbx_call_id", flat=True)
     )
-    due = []
+    ended = []  # entries of calls over at the PBX, settled or not (a live call they match ends now)
     for entry in sorted(entries, key=lambda e: e.started_at):
         if entry.started_at < now - HORIZON:
             report.too_old += 1
-        elif entry.ended_at > now - SETTLE_AFTER:
-            report.not_settled += 1
+        elif entry.ended_at > now:
+            report.not_settled += 1  # not over yet by our clock: nothing to end, nothing to create
         elif frames.history_call_id(entry.id) in already:
             report.already_backfilled += 1
         else:
-            due.append(entry)
-    seen = matcher.assign(due)
-    for entry in due:
-        if entry.id in seen:
+            ended.append(entry)
+    seen = matcher.assign(ended)
+    due = []
+    for entry in ended:
+        call = seen.get(entry.id)
+        if call is None:
+            if entry.ended_at > now - SETTLE_AFTER:
+                report.not_settled += 1
+            else:
+                due.append(entry)
+        elif call.state != Call.State.ENDED:
+            _end_live_call(call, entry, report)
+        else:
             report.seen_by_socket += 1
-            continue
+    for entry in due:
         try:
             updates = frames.history_updates(entry, account.pk, terminal_pbx_id)
         except FrameRejected as exc:  # e.g. a NUL in a label: not storable, skip this entry only
@@ -122,6 +161,26 @@ def backfill_account(account: PbxAccount, entries: list[frames.HistoryEntry] | N
         logger.info("backfilled call %s from the call history", applied.call.pk,
                     extra={"account_id": account.pk, "call_history_id": entry.id})
     return report
+
+
+def _end_live_call(call: Call, entry: frames.HistoryEntry, report: BackfillReport) -> None:
+    with transaction.atomic():
+        # Looked at again under the row lock: if its socket's own drop came meanwhile, that one has the last word.
+        live = Call.objects.select_for_update().filter(pk=call.pk).exclude(state=Call.State.ENDED).first()
+        if live is None:
+            report.seen_by_socket += 1
+            return
+        try:
+            update = frames.history_end_update(entry, live.account_id, live.pbx_call_id)
+        except FrameRejected as exc:
+            logger.warning("call-history entry %s cannot end call %s: %s", entry.id, call.pk, exc,
+                           extra={"account_id": call.account_id, "call_id": call.pk})
+            return
+        applied = apply_call_update(update)
+    if applied.changed:
+        report.ended_live.append(call.pk)
+        logger.info("ended call %s from the call history: its socket never said it ended", call.pk,
+                    extra={"account_id": call.account_id, "call_id": call.pk, "call_history_id": entry.id})
 
 
 def _fetch_history(account: PbxAccount) -> list[frames.HistoryEntry]:
@@ -179,6 +238,8 @@ class SocketCallMatcher:
         direction = Call.Direction.INBOUND if entry.incoming else Call.Direction.OUTBOUND
         if call.direction != direction:
             return False
+        if call.state != Call.State.ENDED and call.created_at > entry.ended_at + LIVE_MATCH_SLACK:
+            return False  # live, and begun after this entry's call was over: a later call, not this one
         if entry.user_number and call.terminal is not None and call.terminal.extension \
                 and call.terminal.extension != entry.user_number:
             return False  # another line of the same agent

@@ -31,6 +31,8 @@ from telephony.updates import CallUpdate, FrameRejected
 
 COUNTERS_MODEL = "v1/data/RestletApiSessionCounters"
 HISTORY_KIND = "callHistory"
+# A live call of a socket (myCrm, myRCC) that the call history says has ended: see history_end_update.
+HISTORY_ENDED_KIND = "history.ended"
 HISTORY_CALL_PREFIX = "history:"
 # remoteType values that are somebody on the platform, not a customer.
 INTERNAL_REMOTE_TYPES = frozenset({
@@ -259,3 +261,27 @@ def history_updates(entry: HistoryEntry, account_id: int, terminal_pbx_id: str |
         **common,
     ))
     return updates
+
+
+def history_end_update(entry: HistoryEntry, account_id: int, pbx_call_id: str) -> CallUpdate:
+    """The update that ends a socket's call (``account_id``, ``pbx_call_id``) the entry says has ended.
+
+    The socket saw the call begin but never end (it was down when the PBX ended it). The
+    entry's times and outcome are read as for a backfilled call (``history_updates``):
+    answered unless missed, at the end minus the talk time. The frame id is the
+    entry's, so ending the same call from the same entry again is a replay.
+    """
+    return CallUpdate(
+        account_id=account_id,
+        pbx_call_id=pbx_call_id,
+        state=u.ENDED,
+        kind=HISTORY_ENDED_KIND,
+        payload=entry.payload,
+        occurred_at=entry.ended_at,
+        answered_at=entry.answered_at,
+        ringing_ms=entry.ring_seconds * 1000,
+        talking_ms=0 if entry.missed else entry.talk_seconds * 1000,
+        # Left to the domain: hangup once answered (by the entry, or as the socket saw it), else no answer.
+        end_cause=None,
+        frame_id=history_call_id(entry.id),
+    )

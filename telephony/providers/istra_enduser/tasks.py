@@ -2,6 +2,8 @@
 
 Registered with ``app.autodiscover_tasks(["telephony.providers.istra_enduser"])``
 in ``ctihub/celery.py``; the beat schedule there runs ``backfill_enduser_accounts_task``.
+``reconcile_after_reconnect_task`` is queued by the myCrm provider each time one of
+its sockets (re)connects (``istra_mycrm.transport.MyCrmProvider.open_stream``).
 """
 
 from __future__ import annotations
@@ -33,11 +35,33 @@ def backfill_enduser_accounts_task() -> int:
 
 @shared_task(ignore_result=True)
 def backfill_account_task(account_id: int) -> dict:
-    from telephony.providers.istra_enduser.backfill import backfill_account
-
     account = PbxAccount.objects.filter(pk=account_id, kind=PbxAccount.Kind.ISTRA_ENDUSER, enabled=True).first()
     if account is None:
         return {}
+    return _backfill(account)
+
+
+@shared_task(ignore_result=True)
+def reconcile_after_reconnect_task(account_id: int) -> dict:
+    """After a myCrm socket (re)connected: end its calls the PBX ended meanwhile, from its user's call history.
+
+    myCrm lists no live calls to catch up from; the End User account with the same
+    login on the same server (if the admin configured one) has the history. Without
+    one, the stale-call sweep (``telephony.sweep``) ends such calls later.
+    """
+    from telephony.providers.istra_enduser.backfill import enduser_account_for
+
+    account = PbxAccount.objects.filter(pk=account_id, kind=PbxAccount.Kind.ISTRA_MYCRM).first()
+    enduser = enduser_account_for(account) if account is not None else None
+    if enduser is None:
+        return {}
+    return {"enduser_account_id": enduser.pk, **_backfill(enduser)}
+
+
+def _backfill(account: PbxAccount) -> dict:
+    from telephony.providers.istra_enduser.backfill import backfill_account
+
+    account_id = account.pk
     try:
         report = backfill_account(account)
     except ProviderError as exc:

@@ -19,7 +19,10 @@ answer, a new login and one retry when the 30-minute inactivity expiry hit,
   frame ``{"keepalive": "true"}`` on every supervisor keep-alive tick
   (``LISTENER_KEEPALIVE_SECONDS``, 20 s by default: within the doc's 30 s).
   Counter frames are not call updates: ``parse_frame`` pushes them to the
-  owner's console and returns no update.
+  owner's console and returns no update. The supervisor's session checks also
+  GET ``v1/logs/Notifications/bean`` on the socket's session: the 30-minute
+  inactivity expiry counts requests, and a 401 there is a session gone under
+  a socket left open.
 
 Resource paths follow the doc's section headings where its curl lines disagree
 (``v1/logs/Voicemail/bean/<id>`` for DELETE, ``v1/logs/Phone/bean/<id>``), and the
@@ -48,6 +51,8 @@ logger = logging.getLogger(__name__)
 APP = "myIstra"
 LISTENER_NAME = "ctihub-MixedLogs"
 KEEPALIVE_FRAME = {"keepalive": "true"}
+#: The session check (``EventStream.session_check``): the unread counters, a cheap authenticated GET.
+SESSION_CHECK_PATH = "v1/logs/Notifications/bean"
 PAGE_LENGTH = 50
 MAX_PAGES = 200  # a list that never ends must not loop forever
 MANUAL = "ManualSetting"
@@ -289,6 +294,7 @@ class EndUserProvider(Provider):
             spec.name, {"name": spec.name}, "v1/logs/Notifications/bean", {"listenerName": spec.name}
         )
         stream.keepalive_frame = KEEPALIVE_FRAME
+        stream.session_check = lambda: self.session.check_alive(SESSION_CHECK_PATH)
         if snapshot.content.strip():
             stream.initial_frames = (snapshot.text,)
         return stream

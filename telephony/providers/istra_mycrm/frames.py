@@ -13,9 +13,16 @@ on one terminal's listener. Events are transitions of that terminal's leg:
 
 ``ringingTime`` and ``talkingTime`` are durations in milliseconds, sent as strings.
 Frames carry no time, so they are dated when read.
+
+A ``callDropped`` whose ``talkingTime`` is above 0 was answered, even when no
+``callTalking`` came before it: the PBX sends nothing again for a call answered
+while our socket was down, and after the reconnect only the drop arrives. Its
+answer time is the end minus the talking time.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from django.utils import timezone
 
@@ -60,6 +67,7 @@ def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now)
         state = EVENT_STATES[event]
     number_e164 = read_text(item, "displayNumberE164")
     talking_ms = read_count(item, "talkingTime")
+    answered_at = _answered_at(now, talking_ms) if state == u.ENDED else None
     return CallUpdate(
         account_id=account_id,
         pbx_call_id=call_id,
@@ -77,8 +85,20 @@ def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now)
         external_phone=read_text(item, "acdId"),
         ringing_ms=read_count(item, "ringingTime"),
         talking_ms=talking_ms,
+        answered_at=answered_at,
         end_cause=_end_cause(item, incoming, talking_ms) if state == u.ENDED else None,
     )
+
+
+# No call talks for a month: a longer talkingTime is garbage, but still says "answered".
+MAX_PLAUSIBLE_TALK = timedelta(days=31)
+
+
+def _answered_at(dropped_at, talking_ms: int | None):
+    if not talking_ms:
+        return None
+    talked = timedelta(milliseconds=min(talking_ms, MAX_PLAUSIBLE_TALK // timedelta(milliseconds=1)))
+    return dropped_at - talked
 
 
 def _is_internal(item: dict) -> bool | None:

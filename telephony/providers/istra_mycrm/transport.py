@@ -11,6 +11,17 @@ decision on the websocket URL:
 2. open ``ws(s)://HOST/restletrouter/ws-service/myCrm`` with the session cookie;
 3. ``POST v1/service/EventListener/bean`` with the doc's two-line payload;
 4. ``GET v1/crm/CallLine?listenerName=..&terminalId=..`` to bind the listener.
+
+While the socket is up, the supervisor's session checks send ``GET v1/crm/GetTerminals`` on the same
+session: Istra expires a session without requests (websocket pings do not count), and a 401 there is
+how a session expired under a socket the PBX left open shows.
+
+myCrm has no list of the calls alive to read after a reconnect (myRCC has), so a
+call that ended while the socket was down would stay live here. Each (re)connect
+therefore queues ``reconcile_after_reconnect_task`` (its ``initial_frames``): the call
+history of the End User account with the same login on the same server, if the
+admin configured one, ends those calls; without one, the stale-call sweep
+(``telephony.sweep``) does, after ``CALL_STALE_<STATE>_SECONDS``.
 """
 
 from __future__ import annotations
@@ -25,6 +36,10 @@ from telephony.updates import CallUpdate
 
 APP = "myCrm"
 LISTENER_PREFIX = "ctihub-"
+#: The session check (``EventStream.session_check``): the cheapest authenticated myCrm GET.
+SESSION_CHECK_PATH = "v1/crm/GetTerminals"
+# Seconds between a (re)connect and its reconcile: the frames the reconnect itself brings are applied first.
+RECONCILE_DELAY_SECONDS = 2.0
 
 
 def listener_payload(name: str, terminal_pbx_id: str) -> str:
@@ -82,7 +97,17 @@ class MyCrmProvider(Provider):
             "v1/crm/CallLine",
             {"listenerName": spec.name, "terminalId": spec.terminal_pbx_id},
         )
+        stream.session_check = lambda: self.session.check_alive(SESSION_CHECK_PATH)
+        # Lazy: run by the supervisor once the socket is bound; it queues the reconcile and yields no frame.
+        stream.initial_frames = self._reconcile_later()
         return stream
+
+    def _reconcile_later(self):
+        from ctihub.tasks import enqueue
+        from telephony.providers.istra_enduser.tasks import reconcile_after_reconnect_task
+
+        enqueue(reconcile_after_reconnect_task, self.account.pk, countdown=RECONCILE_DELAY_SECONDS)
+        yield from ()
 
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
         return parse_mycrm_frame(text, self.account.pk, spec.terminal_pbx_id)

@@ -9,6 +9,10 @@ still thinks alive but missing from that list ended while the socket was down:
 its last snapshot is pulled (``GET v1/rcc/CallLine/<lineId>``) so it ends as it
 really did, or, if the PBX has forgotten the line, it is ended now.
 
+While the socket is up, the supervisor's session checks send ``GET v1/rcc/Extension?offset=0&length=1``
+on its session: the doc says the session "is expired after a (configurable) delay of inactivity", and
+websocket pings are not activity; a 401 there is a session expired under a socket left open.
+
 Call control is ``POST v1/rcc/CallLine/<lineId>/<action>``, only for actions the
 line's last snapshot allowed.
 """
@@ -36,6 +40,9 @@ APP = "myRCC"
 LISTENER_NAME = "CallLines"
 PAGE_LENGTH = 100
 MAX_PAGES = 1000  # a `next` link that never ends must not loop forever
+#: The session check (``EventStream.session_check``): one extension of the directory, a cheap authenticated GET.
+SESSION_CHECK_PATH = "v1/rcc/Extension"
+SESSION_CHECK_PARAMS = {"offset": 0, "length": 1}
 
 RCC_ACTIONS = {normalised: rcc for rcc, normalised in ACTION_NAMES.items()}
 
@@ -98,6 +105,7 @@ class MyRccProvider(Provider):
         )
         # Lazy: the supervisor reads these with its database slot held, after the listed lines are applied.
         stream.initial_frames = self._catch_up(current_lines.text if current_lines.content.strip() else None)
+        stream.session_check = lambda: self.session.check_alive(SESSION_CHECK_PATH, SESSION_CHECK_PARAMS)
         return stream
 
     def _catch_up(self, current_lines: str | None):

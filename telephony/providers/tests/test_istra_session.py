@@ -228,6 +228,40 @@ def test_it_does_not_log_in_again_when_told_the_socket_needs_this_session():
     assert fake.logins == 1
 
 
+@pytest.mark.parametrize("refusal", [
+    reply(401, {"code": "ROUTER_ERR_401", "message": "session expired"}),
+    reply(403, error_body("403_ROUTER_ERR_400")),
+])
+def test_it_checks_the_session_is_alive_with_one_get_and_never_logs_in_again(refusal):
+    session, fake = make_session()
+    session.login()
+    session.check_alive("v1/crm/GetTerminals")
+    fake.script("v1/crm/GetTerminals", refusal)
+    with pytest.raises(SessionExpired):
+        session.check_alive("v1/crm/GetTerminals")
+    assert fake.paths() == ["POST v1/service/Login", "GET v1/crm/GetTerminals", "GET v1/crm/GetTerminals"]
+    assert fake.sent[1].headers["Cookie"] == f"myCrm_SESSIONID={SESSION_ID}"
+
+
+def test_it_reports_a_failed_session_check_that_says_nothing_of_the_session_as_a_plain_error():
+    session, fake = make_session()
+    session.login()
+    fake.script("v1/crm/GetTerminals", reply(503, {"code": "ROUTER_ERR_503", "message": "IPTC not started"}),
+                requests.ReadTimeout("slow"))
+    for _ in range(2):
+        with pytest.raises(ProviderError) as failed:
+            session.check_alive("v1/crm/GetTerminals")
+        assert not isinstance(failed.value, SessionExpired) and not failed.value.permanent
+    assert fake.paths().count("GET v1/crm/GetTerminals") == 2, "sent once each: the next check comes soon"
+
+
+def test_it_does_not_log_in_to_check_a_session_already_closed():
+    session, fake = make_session()
+    with pytest.raises(SessionExpired):
+        session.check_alive("v1/crm/GetTerminals")
+    assert fake.sent == []
+
+
 def test_it_logs_in_once_when_two_threads_find_the_session_expired_together():
     session, fake = make_session()
     both_sent = threading.Barrier(2, timeout=5)

@@ -182,3 +182,139 @@ def test_the_schedule_queues_one_backfill_per_enabled_end_user_account(db, monke
     make_account(kind=PbxAccount.Kind.ISTRA_MYCRM)
     assert tasks.backfill_enduser_accounts_task() == 1
     assert queued_ids == [("telephony.providers.istra_enduser.tasks.backfill_account_task", (wanted.pk,))]
+
+
+# --- calls a socket saw begin but never end -------------------------------------------------------
+
+
+def socket_saw_ring(account, terminal, at: datetime, call_id="-77", number="0612345678", incoming=True) -> Call:
+    """What a myCrm socket stores from a callRinging, before it went down and missed the call's end."""
+    from telephony import updates as u
+    from telephony.domain import apply_call_update
+
+    applied = apply_call_update(u.CallUpdate(
+        account_id=account.pk, pbx_call_id=call_id, state=u.RINGING if incoming else u.DIALING, kind="callRinging",
+        payload={}, occurred_at=at, terminal_pbx_id=terminal.pbx_id, direction=u.INBOUND if incoming else u.OUTBOUND,
+        remote_number=number,
+    ))
+    return applied.call
+
+
+def test_it_ends_a_call_its_socket_saw_begin_but_never_end_without_waiting_and_only_once(setup):
+    enduser, mycrm, socket_terminal, _ = setup
+    call = socket_saw_ring(mycrm, socket_terminal, T0 + timedelta(seconds=1))
+    answered = entry(1, T0, missed=False, ring=6, talk=95)
+    just_after = answered.ended_at + timedelta(seconds=1)  # well inside SETTLE_AFTER: ending a live call needs no wait
+
+    report = backfill_account(enduser, [answered], now=just_after)
+    call.refresh_from_db()
+    assert (report.ended_live, report.created, report.seen_by_socket) == ([call.pk], [], 0)
+    assert (call.state, call.end_cause) == (Call.State.ENDED, "hangup")
+    assert call.answered_at == T0 + timedelta(seconds=6) == answered.ended_at - timedelta(seconds=95)
+    assert call.ended_at == T0 + timedelta(seconds=101)
+    assert (call.ringing_ms, call.talking_ms) == (6000, 95000)
+    assert call.events.last().kind == "history.ended"
+
+    again = backfill_account(enduser, [answered], now=LATER)
+    assert (again.ended_live, again.created, again.seen_by_socket) == ([], [], 1)
+    assert call.events.count() == 2 and Call.objects.count() == 1
+
+
+def test_it_ends_a_call_still_ringing_as_missed_when_the_history_says_so(setup):
+    enduser, mycrm, socket_terminal, _ = setup
+    call = socket_saw_ring(mycrm, socket_terminal, T0)
+    report = backfill_account(enduser, [entry(1, T0, missed=True, ring=20)], now=LATER)
+    call.refresh_from_db()
+    assert report.ended_live == [call.pk]
+    assert (call.state, call.end_cause, call.answered_at, call.ringing_ms, call.talking_ms) == (
+        Call.State.ENDED, "no_answer", None, 20000, 0)
+
+
+def test_it_never_ends_a_live_call_that_began_after_the_entrys_call_was_over(setup):
+    # The customer called back 30 s after a short missed call its socket never saw.
+    enduser, mycrm, socket_terminal, _ = setup
+    callback = socket_saw_ring(mycrm, socket_terminal, T0 + timedelta(seconds=30))
+    report = backfill_account(enduser, [entry(1, T0, missed=True, ring=5)], now=LATER)
+    callback.refresh_from_db()
+    assert callback.state == Call.State.RINGING
+    assert (report.ended_live, len(report.created)) == ([], 1)
+
+
+def test_a_call_ended_from_the_history_gets_its_hangup_event_and_one_upload(
+    integration, crm, queued, django_capture_on_commit_callbacks,  # noqa: F811
+):
+    crm.add_user(7, firstName="Ann")
+    agent = make_agent(extension_code="144", retailcrm_user_id="7")
+    enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, default_region="FR")
+    make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
+    mycrm = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, default_region="FR")
+    socket_terminal = make_terminal(mycrm, pbx_id=TERMINAL, agent=agent)
+    services.register_integration(integration)
+    started = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        call = socket_saw_ring(mycrm, socket_terminal, started)
+    services.sync_call(call.pk)  # its pop-up went out while it rang
+    queued.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = backfill_account(enduser, [entry(1, started, missed=False, ring=4, talk=42)])
+    assert report.ended_live == [call.pk]
+    assert ("sync_call_task", (call.pk,)) in queued  # handed to the CRM side like any ended call
+    services.sync_call(call.pk)
+    services.upload_outbox(integration.pk)
+    services.upload_outbox(integration.pk)
+    assert [(e["type"], e.get("hangupStatus")) for e in crm.events()] == [("in", None), ("hangup", "answered")]
+    uploaded = [record for upload in crm.uploads() for record in upload["calls"]]
+    assert [(r["externalId"], r["result"], r["duration"], r["durationWaiting"]) for r in uploaded] == [
+        (f"ctihub-{call.pk}", "answered", 42, 4)]
+
+
+# --- reconciling a myCrm account after its socket reconnects --------------------------------------
+
+
+def test_the_reconcile_after_a_reconnect_uses_the_end_user_account_of_the_same_login_and_server(db, monkeypatch):
+    from telephony.providers.istra_enduser import backfill, tasks
+
+    reconciled = []
+    monkeypatch.setattr(backfill, "backfill_account", lambda account: reconciled.append(account.pk) or
+                        backfill.BackfillReport())
+    host = "http://127.0.0.1:8100/restletrouter"
+    mycrm = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url=host, login="chatfield")
+    make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=host, login="bob")
+    make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url="https://other.example.com/restletrouter",
+                 login="chatfield")
+    make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=host, login="chatfield", enabled=False)
+    wanted = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=f"{host}/", login="Chatfield")
+
+    assert tasks.reconcile_after_reconnect_task(mycrm.pk)["enduser_account_id"] == wanted.pk
+    assert reconciled == [wanted.pk]
+    loner = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url=host, login="alice")
+    assert tasks.reconcile_after_reconnect_task(loner.pk) == {}  # no history: the stale-call sweep is its net
+    assert reconciled == [wanted.pk]
+
+
+def test_the_reconcile_after_a_reconnect_ends_a_call_from_the_users_history_at_the_pbx(sim):
+    from telephony.providers.istra_enduser.tasks import reconcile_after_reconnect_task
+
+    world = sim.state.istra
+    world.add_user("chatfield", "0000")
+    world.add_extension(TERMINAL, "144", label="Desk", owner="chatfield")
+    agent = make_agent(extension_code="144")
+    mycrm = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url=sim.istra_base, login="chatfield",
+                         password="0000", default_region="FR")
+    enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=sim.istra_base, login="chatfield",
+                           password="0000", default_region="FR")
+    make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
+    started = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    call = socket_saw_ring(mycrm, make_terminal(mycrm, pbx_id=TERMINAL, agent=agent), started + timedelta(seconds=1))
+    added = requests.post(f"{sim.url}/_sim/istra/enduser/history", timeout=5, json={
+        "login": "chatfield", "remoteNumber": "0612345678", "isIncoming": True, "isMissed": False,
+        "ringDurationSecond": 3, "talkDurationSecond": 20, "timestamp": int(started.timestamp()),
+    })
+    assert added.status_code == 201
+
+    report = reconcile_after_reconnect_task(mycrm.pk)
+    call.refresh_from_db()
+    assert (report["enduser_account_id"], report["ended_live"]) == (enduser.pk, 1)
+    assert (call.state, call.answered_at, call.talking_ms) == (
+        Call.State.ENDED, started + timedelta(seconds=3), 20000)

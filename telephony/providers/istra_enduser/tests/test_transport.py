@@ -380,6 +380,36 @@ def test_it_does_not_log_in_again_in_the_middle_of_binding_the_listener(provider
     wait_for(lambda: session.sockets == set(), 5, interval=0.02, what="the socket of the failed bind closed")
 
 
+def test_it_gives_the_stream_a_session_check_that_reads_the_counters_on_the_sockets_session(provider, platform):
+    [spec] = provider.listener_specs([])
+    stream = provider.open_stream(spec)
+    try:
+        [session] = platform.world.sessions.of_app("myIstra")
+        session.last_seen -= 100  # as if idle for long: only a request on this session brings it back
+        seq = platform.last_seq()
+        stream.session_check()
+        assert platform.received(seq) == [("GET", "v1/logs/Notifications/bean", 200)]
+        [check] = platform.world.requests_received(seq)
+        assert check["query"] == {}  # no listenerName: a plain read, not a second bind
+        assert f"myIstra_SESSIONID={session.id}" in check["headers"]["Cookie"]
+        assert time.monotonic() - session.last_seen < 5
+    finally:
+        provider.close_stream(spec, stream)
+
+
+def test_its_session_check_says_the_session_expired_and_does_not_log_in_again(provider, platform):
+    [spec] = provider.listener_specs([])
+    stream = provider.open_stream(spec)
+    try:
+        platform.world.expire_sessions()
+        seq = platform.last_seq()
+        with pytest.raises(SessionExpired):
+            stream.session_check()
+        assert platform.received(seq) == [("GET", "v1/logs/Notifications/bean", 401)]
+    finally:
+        provider.close_stream(spec, stream)
+
+
 def test_it_reads_counters_over_rest(provider, platform):
     platform.voicemail(**{"from": "0612345678"})
     platform.history(remoteNumber="0611111111", isIncoming=True, isMissed=True)

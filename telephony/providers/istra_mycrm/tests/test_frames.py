@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,38 @@ def test_it_gives_the_domain_the_docs_call_from_ringing_to_dropped():
     assert (call.state, call.direction, call.is_internal, call.end_cause) == (
         Call.State.ENDED, Call.Direction.INBOUND, True, u.END_TRANSFERRED)
     assert (call.ringing_ms, call.talking_ms, call.terminal.pbx_id) == (262, 81, TERMINAL)
+
+
+def test_it_reads_a_drop_with_talking_time_as_answered_at_the_end_minus_the_talking_time():
+    """Recorded from a PBX after an outage: the callTalking was never sent, only this drop."""
+    update = parse_one(fixture("event_call_dropped_after_outage"))
+    assert (update.state, update.end_cause, update.talking_ms, update.ringing_ms) == (u.ENDED, u.END_HANGUP, 1006, 1522)
+    assert update.occurred_at - update.answered_at == timedelta(milliseconds=1006)
+
+
+def test_it_reads_a_drop_without_talking_time_as_never_answered():
+    assert parse_one(frame(event="callDropped", dropCause="disconnect", incoming=True, talkingTime="0")).answered_at is None
+    assert parse_one(frame(event="callDropped", dropCause="noAnswer")).answered_at is None
+
+
+def test_it_still_ends_a_call_answered_whose_talking_time_is_implausibly_long():
+    update = parse_one(frame(event="callDropped", dropCause="disconnect", incoming=True, talkingTime="9" * 18))
+    assert update.state == u.ENDED and update.answered_at is not None
+
+
+@pytest.mark.django_db
+def test_it_stores_a_call_answered_while_the_socket_was_down_as_answered_and_tells_retailcrm_so():
+    from crm_sync.retailcrm import payloads
+
+    account = make_account()
+    make_terminal(account, pbx_id=TERMINAL)
+    ringing = frame(event="callRinging", incoming=True, displayNumber="0612345678",
+                    displayNumberE164="+33612345678", type="external").replace("-428", "-431")
+    for text in (ringing, fixture("event_call_dropped_after_outage")):
+        for update in parse_mycrm_frame(text, account.pk, TERMINAL):
+            apply_call_update(update)
+    call = Call.objects.get(account=account, pbx_call_id="-431")
+    assert (call.state, call.end_cause, call.talking_ms, call.ringing_ms) == (Call.State.ENDED, u.END_HANGUP, 1006, 1522)
+    assert call.ended_at - call.answered_at == timedelta(milliseconds=1006)
+    assert payloads.hangup_status(call) == "answered"
+    assert payloads.upload_result(call) == "answered"

@@ -12,7 +12,7 @@ from ctihub.http_client import HttpClient
 from telephony import updates as u
 from telephony.models import PbxAccount
 from telephony.providers import provider_for
-from telephony.providers.base import NotSupported, ProviderError
+from telephony.providers.base import NotSupported, ProviderError, SessionExpired
 from telephony.providers.istra_mycrm.transport import MyCrmProvider, listener_payload
 from tests.factories import make_account, make_call
 
@@ -235,3 +235,49 @@ def test_it_leaves_nothing_open_when_binding_the_listener_fails(provider, world)
     while session.sockets and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not session.sockets
+
+
+def test_it_gives_the_stream_a_session_check_that_keeps_the_sockets_session_active(provider, world):
+    (spec,) = provider.listener_specs([TERMINAL])
+    stream = provider.open_stream(spec)
+    try:
+        (session,) = world.sessions.of_app("myCrm")
+        session.last_seen -= 100  # as if idle for long: only a request on this session brings it back
+        seq = last_seq(world)
+        stream.session_check()
+        assert received(world, seq) == [("GET", "v1/crm/GetTerminals", 200)]
+        [check] = world.requests_received(seq)
+        assert (check["query"], check["body"]) == ({}, "")
+        assert f"myCrm_SESSIONID={session.id}" in check["headers"]["Cookie"]  # the socket's session, no other
+        assert time.monotonic() - session.last_seen < 5
+    finally:
+        provider.close_stream(spec, stream)
+
+
+def test_its_session_check_says_the_session_expired_and_does_not_log_in_again(provider, world):
+    (spec,) = provider.listener_specs([TERMINAL])
+    stream = provider.open_stream(spec)
+    try:
+        world.expire_sessions()
+        seq = last_seq(world)
+        with pytest.raises(SessionExpired):
+            stream.session_check()
+        assert received(world, seq) == [("GET", "v1/crm/GetTerminals", 401)]
+    finally:
+        provider.close_stream(spec, stream)
+
+
+def test_it_queues_a_reconcile_from_the_call_history_each_time_a_socket_is_bound(provider, monkeypatch):
+    # myCrm lists no live calls after a reconnect: the End User history of the same user ends what it missed.
+    queued = []
+    monkeypatch.setattr("ctihub.tasks.enqueue",
+                        lambda task, *args, countdown=None: queued.append((task.name, args, countdown)))
+    (spec,) = provider.listener_specs([TERMINAL])
+    stream = provider.open_stream(spec)
+    try:
+        assert queued == []  # queued when the supervisor takes the stream's catch-up, not before
+        assert list(stream.initial_frames) == []  # no frame of its own
+    finally:
+        provider.close_stream(spec, stream)
+    assert queued == [("telephony.providers.istra_enduser.tasks.reconcile_after_reconnect_task",
+                       (provider.account.pk,), 2.0)]

@@ -11,7 +11,7 @@ import pytest
 from telephony import updates as u
 from telephony.models import Call, PbxAccount
 from telephony.providers import provider_for
-from telephony.providers.base import ActionRefused, ProviderError
+from telephony.providers.base import ActionRefused, ProviderError, SessionExpired
 from telephony.providers.istra_myrcc import transport
 from telephony.providers.istra_myrcc.frames import parse_myrcc_frame
 from telephony.providers.istra_myrcc.transport import MyRccProvider
@@ -252,3 +252,35 @@ def test_it_logs_out_on_close(provider, world):
     provider.close()
     assert received(world)[-1] == ("POST", "v1/service/Logout", 204)
     assert world.sessions.of_app("myRCC") == []
+
+
+def test_it_gives_the_stream_a_session_check_that_reads_one_extension_on_the_sockets_session(provider, world):
+    (spec,) = provider.listener_specs([])
+    stream = provider.open_stream(spec)
+    list(stream.initial_frames)
+    try:
+        (session,) = world.sessions.of_app("myRCC")
+        session.last_seen -= 100  # as if idle for long: only a request on this session brings it back
+        seq = last_seq(world)
+        stream.session_check()
+        assert received(world, seq) == [("GET", "v1/rcc/Extension", 200)]
+        [check] = world.requests_received(seq)
+        assert check["query"] == {"offset": "0", "length": "1"}
+        assert f"myRCC_SESSIONID={session.id}" in check["headers"]["Cookie"]
+        assert time.monotonic() - session.last_seen < 5
+    finally:
+        provider.close_stream(spec, stream)
+
+
+def test_its_session_check_says_the_session_expired_and_does_not_log_in_again(provider, world):
+    (spec,) = provider.listener_specs([])
+    stream = provider.open_stream(spec)
+    list(stream.initial_frames)
+    try:
+        world.expire_sessions()
+        seq = last_seq(world)
+        with pytest.raises(SessionExpired):
+            stream.session_check()
+        assert received(world, seq) == [("GET", "v1/rcc/Extension", 401)]
+    finally:
+        provider.close_stream(spec, stream)
