@@ -269,6 +269,14 @@ class World:
     def group_of_account(self, account_id: int) -> Group:
         return next(group for group in self.groups if account_id in group.account_ids)
 
+    def listeners_expected(self) -> dict[int, int]:
+        """Account id -> how many listeners it holds: myCrm one per terminal, the others one."""
+        expected = {group.history_account_id: 1 for group in self.groups if group.history_account_id}
+        for group in self.groups:
+            if group.socket_account_id:
+                expected[group.socket_account_id] = len(group.seats) if group.kind != MYRCC else 1
+        return expected or {self.account_id: 1}
+
     def listener_ids(self) -> list[int]:
         from telephony.models import Listener
 
@@ -358,8 +366,10 @@ def wait_connected(world: World, timeout: float = 30) -> None:
     from telephony.models import Listener
 
     def connected():
-        states = [listener["state"] for listener in listeners(world)]
-        return states and all(state == Listener.State.CONNECTED for state in states)
+        held = listeners(world)
+        counts = collections.Counter(listener["account_id"] for listener in held)
+        return all(counts[account_id] >= n for account_id, n in world.listeners_expected().items()) \
+            and all(listener["state"] == Listener.State.CONNECTED for listener in held)
 
     wait_for(connected, timeout, interval=0.2, what="the accounts' listeners to connect")
 
@@ -1195,9 +1205,10 @@ def _check_call(world: World, group: Group, line: dict, evidence: _Evidence, fig
     external_id = f"ctihub-{call.pk}"
     types = collections.Counter(evidence.events.get(external_id, []))
     start = "in" if line["incoming"] else "out"
-    # Its start and hangup reach retailCRM exactly once if the socket saw the call begin; a call first known
-    # ended (a history entry, a drop after a reconnect) has at most one of each (a stale start is skipped).
-    saw_begin = group.kind == MYRCC or any(state != "dropped" for state in told)
+    # Its start and hangup reach retailCRM exactly once if the socket saw the call begin (myCrm: it was told
+    # the call ringing); a call first known later has at most one of each: a history entry, a drop after a
+    # reconnect, or a myCrm callHeld after one (it has no number, so the hub skips the events).
+    saw_begin = group.kind == MYRCC or "ringing" in told
     for kind in (start, "hangup"):
         if types[kind] > 1:
             figures.duplicated_events += 1
