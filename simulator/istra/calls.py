@@ -121,6 +121,7 @@ class Line:
     # or written to the user's call history): the fault suite's control read-out. A call never reported is one
     # no client could know of. ``reported`` is the union; ``reported_by`` splits it per application.
     reported: list[str] = field(default_factory=list)
+    history_ids: dict[str, str] = field(default_factory=dict)  # login -> the call-history entry it became
     reported_by: dict[str, list[str]] = field(default_factory=lambda: {app: [] for app in REPORTING_APPS})
 
     @property

@@ -26,11 +26,13 @@ POST     /_sim/istra/calls/outgoing                  {terminalId, to, label, e16
 GET      /_sim/istra/calls[/{callId}]                -  (every line ever, dropped ones too: ``history`` is
                                                       its states, ``reportedBy`` {myRCC, myCrm, myIstra}
                                                       the states a client of each app was told of,
-                                                      ``reported`` their union)
+                                                      ``reported`` their union, ``historyIds`` {login:
+                                                      callHistoryId} of the call-history entries it became)
 POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
 POST     /_sim/istra/websockets/drop                 -  (every socket, forgotten sessions' too)
+POST     /_sim/istra/websockets/close                {code, reason}  (a clean close: a close frame; sessions stay)
 GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored,
                                                       sessionLive false once its session is forgotten)
 POST     /_sim/istra/faults/mute-pings               {listener, mute, silent}  (stop answering pings; silent:
@@ -119,6 +121,7 @@ def line_view(world: IstraWorld, line: Line) -> dict[str, Any]:
         "history": list(line.history),
         "reported": list(line.reported),
         "reportedBy": {app: list(states) for app, states in line.reported_by.items()},
+        "historyIds": dict(line.history_ids),
         "createdMs": line.created_ms,
         "endedMs": line.ended_ms,
     }
@@ -254,6 +257,15 @@ async def drop_websockets(request: web.Request) -> dict[str, Any]:
 
 
 @_json_errors
+async def close_websockets(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    code, reason = body.get("code", 1000), body.get("reason", "")
+    if not isinstance(code, int) or not 1000 <= code <= 4999 or not isinstance(reason, str):
+        raise ValueError("code must be a websocket close code (1000-4999) and reason a string")
+    return {"closed": world_of(request).close_websockets(code, reason)}
+
+
+@_json_errors
 async def list_websockets(request: web.Request) -> list[dict[str, Any]]:
     return world_of(request).socket_stats()
 
@@ -355,6 +367,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/calls/{{callId}}", get_call)
     router.add_post(f"{PREFIX}/calls/{{callId}}/{{move}}", call_move)
     router.add_post(f"{PREFIX}/websockets/drop", drop_websockets)
+    router.add_post(f"{PREFIX}/websockets/close", close_websockets)
     router.add_get(f"{PREFIX}/websockets", list_websockets)
     router.add_post(f"{PREFIX}/faults/mute-pings", mute_pings)
     router.add_post(f"{PREFIX}/faults/push-frame", push_frame)

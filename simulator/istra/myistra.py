@@ -522,7 +522,7 @@ def history_recorder(world: "IstraWorld"):
         if extension is None or extension.owner is None:
             return
         talked = line.talking_since_ms is not None
-        world.enduser.add_history(extension.owner, HistoryEntry(
+        entry = world.enduser.add_history(extension.owner, HistoryEntry(
             id=_long_id(),
             timestamp=line.created_ms // 1000,
             incoming=line.incoming,
@@ -536,6 +536,7 @@ def history_recorder(world: "IstraWorld"):
             enterprise=extension.enterprise,
         ))
         line.report(APP, DROPPED)  # a myIstra client can now read it in the history
+        line.history_ids[extension.owner] = entry.id
 
     return record
 

@@ -199,6 +199,17 @@ def abort_all_sockets(world: "IstraWorld") -> int:
     return count
 
 
+def close_all_sockets(world: "IstraWorld", code: int, reason: str) -> int:
+    """Close every open socket (forgotten sessions' too) with a close frame, after its queued frames; the
+    sessions stay valid."""
+    count = 0
+    for session in world.sessions.with_sockets():
+        for socket in list(session.sockets):
+            socket.close(code, reason)
+            count += 1
+    return count
+
+
 def listener_sockets(world: "IstraWorld", listener_name: str | None = None, forgotten: bool = False) -> list[Socket]:
     """The sockets of every live session that holds ``listener_name`` (every socket when None).
 

@@ -266,6 +266,11 @@ class IstraWorld:
         return push.abort_all_sockets(self)
 
     @on_loop
+    def close_websockets(self, code: int = 1000, reason: str = "") -> int:
+        """Close every websocket cleanly, with a close frame (``code``, ``reason``): e.g. a PBX restarting."""
+        return push.close_all_sockets(self, code, reason)
+
+    @on_loop
     def mute_pings(self, listener: str | None = None, mute: bool = True, silent: bool = False) -> int:
         """Sockets holding ``listener`` (all when None) stop answering pings; ``silent`` also loses their frames.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import RCC_PASSWORD, PrivateRedis, fault_settings, seed_world, start_hub
+from tests.faults.harness import ISTRA_PASSWORDS, RCC_PASSWORD, PrivateRedis, fault_settings, seed_world, start_hub
 from tests.support.retailcrm_sim import API_KEY
 from tests.support.telepo_sim import TICKET as TELEPO_TICKET
 from tests.support.processes import Hub, subprocess_env
@@ -21,10 +21,10 @@ from tests.support.processes import Hub, subprocess_env
 from conftest import _wait_for_other_sessions_to_close, database_sessions  # noqa: E402  (the root conftest)
 
 
-def start_fault_hub(django_db_blocker, workers: int = 2, **settings: str) -> Hub:
+def start_fault_hub(django_db_blocker, workers: int = 2, settings_of=fault_settings, **settings: str) -> Hub:
     """A hub on the test database and (unless ``settings`` say otherwise) the test Redis."""
     with django_db_blocker.unblock():
-        env = subprocess_env(**fault_settings(**settings))
+        env = subprocess_env(**settings_of(**settings))
     return start_hub(env, workers)
 
 
@@ -50,7 +50,7 @@ def fault_db(django_db_setup, django_db_blocker):
 
 # Every credential the fault suite hands the hub: none may reach a line the hub writes, whatever broke.
 WEBHOOK_SECRET = "whsec-faults-7c2e0d"  # the Telepo fault tests' CRM connector secret
-SECRETS = [RCC_PASSWORD, API_KEY, TELEPO_TICKET, WEBHOOK_SECRET]
+SECRETS = [RCC_PASSWORD, *ISTRA_PASSWORDS, API_KEY, TELEPO_TICKET, WEBHOOK_SECRET]
 
 
 def assert_logs_keep_secrets(hub: Hub) -> None:

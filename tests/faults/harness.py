@@ -12,14 +12,18 @@ The promise under test is that ctihub never loses a call, whatever breaks. A fau
 
 API (kept small on purpose; ``tests/faults/test_crm_faults.py`` and ``test_telepo_faults.py`` build on it):
 
-``seed_world(hub, agents=4) -> World``
+``seed_world(hub, agents=4, kinds=(MYRCC,)) -> World``
     An Istra myRCC enterprise with ``agents`` extensions, one ctihub agent each (user ``fault-agent-N``,
     retailCRM user N+1), the account's listener connected, and a retailCRM integration registered at
-    the simulated retailCRM. ``World.istra`` / ``World.crm`` drive the two simulators.
+    the simulated retailCRM. ``World.istra`` / ``World.crm`` drive the two simulators. ``kinds=ISTRA_KINDS``
+    adds, on the same simulator and hub, the users of the other Istra kinds (``ISTRA_USERS``): a myCrm user
+    who also has an End User account, a myCrm user alone, an End User-only user; ``World.groups`` has one
+    ``Group`` per kind (its accounts and seats). ``istra_fault_settings`` are the hub's settings for them.
 ``Traffic(world, calls_per_second=2.0, seed=...)``
     A thread placing calls on free extensions through the simulator's control API: incoming and
     outgoing, answered or not, some held. ``start()``/``stop()`` (or ``with``); ``stop()`` lets the calls
     in progress finish. ``started`` counts calls placed; ``wait_for_calls(n)`` waits for ``n`` more.
+    In a world of several kinds, each kind gets an equal share of the calls.
 ``Consoles(world)``
     One console websocket per agent in a background thread, each reconnecting with backoff as the
     page does and keeping what it shows (snapshot, then cards by version). ``reconnects_ms`` lists
@@ -27,11 +31,16 @@ API (kept small on purpose; ``tests/faults/test_crm_faults.py`` and ``test_telep
 ``check_invariant(world, traffic, consoles=None, settle=60) -> Figures``
     Waits until the simulator has no live call and ctihub and retailCRM have caught up (or ``settle``
     seconds pass), then compares every call the simulator made with ctihub's database, retailCRM's
-    events and uploads, and every console's view. Asserts that every loss figure is 0 and returns them.
+    events and uploads, and every console's view. Asserts that every loss figure is 0 and returns them;
+    ``Figures.by_kind`` has them per Istra kind (each kind's rules: ``_check_call``). While it settles it
+    queues what beat would (the retailCRM sweep; for an Istra world the End User backfill and the
+    stale-call sweep), and with a myCrm user without history it waits the stale-call bound longer.
 ``Faults(world, consoles=None, redis=None, outage_seconds=4)``
     One method per fault (``Faults.KINDS``: PBX socket closed, pings unanswered, garbage frames, session
     expired, PBX 503, worker killed, workers restarted, daphne restarted, Redis restarted, database
-    connections dropped); each returns once the hub has recovered. ``inject(kind)`` counts them.
+    connections dropped; ``Faults.ISTRA_KINDS``: the PBX faults of every Istra kind, clean close, expiry
+    with sockets closed or left open, 503s then a close, a 10 s outage); each returns once the hub has
+    recovered. ``inject(kind)`` counts them; ``reconnects_ms[kind]`` times each listener's reconnect.
 ``run_with_faults(world, seed, inject, rounds=3, calls_between=3) -> (Figures, Faults)``
     The usual test body: consoles, traffic, ``inject(faults)`` each round, then ``check_invariant``.
 ``Figures.lines()``
@@ -39,7 +48,8 @@ API (kept small on purpose; ``tests/faults/test_crm_faults.py`` and ``test_telep
 ``fault_settings(**extra)``, ``start_hub(env, workers=2)``, ``PrivateRedis``
     The hub's settings for fault runs, starting one, and a private redis-server that may be restarted.
 ``wait_connected(world, timeout)``, ``listener_reconnects(world)``, ``wait_reconnected(world, before, timeout)``
-    Until the account's listener is connected; how often it went down; until it went down and came back.
+    Until the accounts' listeners are connected; how often they went down; until they went down and came
+    back. ``listeners(world)`` reads them all.
 
 Fixtures (``tests/faults/conftest.py``): ``fault_hub`` and ``fault_world`` (one per module: mark the tests
 ``pytest.mark.django_db``, not transactional, and have them write nothing themselves), ``private_redis``.
@@ -71,6 +81,25 @@ RCC_LOGIN, RCC_PASSWORD = "faults-rcc", "faults-rcc-secret"
 LISTENER_NAME = "CallLines"
 AGENT_PASSWORD = "agent-pass-123"
 
+# The Istra kinds a world can hold, as the fault figures name them. Each is one way an admin sets a user up:
+MYRCC = "myRCC"  # an enterprise's extensions, one myRCC account (it lists its call lines on reconnect)
+MYCRM_HISTORY = "myCrm+history"  # a myCrm user who also has an End User account (its call history)
+MYCRM = "myCrm"  # a myCrm user with nothing else: only the stale-call sweep ends a call whose end was lost
+ENDUSER = "End User"  # an End User account only: every call comes from the call-history backfill
+ISTRA_KINDS = (MYRCC, MYCRM_HISTORY, MYCRM, ENDUSER)
+CRM_ENTERPRISE = "faults-users"
+# login, password, terminals, kind (the myCrm and End User users of an Istra world)
+ISTRA_USERS = (
+    ("crm-hist", "crm-hist-secret-5b1e", 2, MYCRM_HISTORY),
+    ("crm-solo", "crm-solo-secret-9d4a", 2, MYCRM),
+    ("eu-solo", "eu-solo-secret-3c7f", 2, ENDUSER),
+)
+ISTRA_PASSWORDS = [password for _, password, _, _ in ISTRA_USERS]
+# What beat queues on a hub, that the settle of an Istra world queues itself (no beat process runs).
+BACKFILL_TASK = "telephony.providers.istra_enduser.tasks.backfill_enduser_accounts_task"
+STALE_SWEEP_TASK = "telephony.tasks.sweep_stale_calls_task"
+STALE_STATES = ("RINGING", "DIALING", "TALKING", "HELD")
+
 
 def fault_settings(**extra: str) -> dict[str, str]:
     """The hub's settings for fault runs: the test suite's fast supervisor timings, short HTTP timeouts."""
@@ -88,6 +117,24 @@ def fault_settings(**extra: str) -> dict[str, str]:
         "CONSOLE_RESYNC_SECONDS": "5",
         **extra,
     }
+
+
+def istra_fault_settings(**extra: str) -> dict[str, str]:
+    """``fault_settings`` for a world of every Istra kind: short timings for what must happen within a test.
+
+    The REST session check every 2 s (a session expired at the PBX is noticed within seconds); a call with no
+    news for 20 s is stale (the sweep bound a myCrm user without history waits for); a call-history entry is
+    settled 2 s after its call ended. The backoff cap is the production default: a reconnect after a fault
+    must be quick because the hub reconnects at once, not because the test capped its backoff.
+    """
+    return fault_settings(**{
+        "LISTENER_BACKOFF_CAP_SECONDS": "60",
+        "ISTRA_SESSION_CHECK_SECONDS": "2",
+        "CALL_SWEEP_SECONDS": "2",
+        **{f"CALL_STALE_{state}_SECONDS": "20" for state in STALE_STATES},
+        "ENDUSER_BACKFILL_SETTLE_SECONDS": "2",
+        **extra,
+    })
 
 
 def start_hub(env: dict[str, str], workers: int = 2) -> Hub:
@@ -158,6 +205,13 @@ class FaultIstraControl(IstraControl):
     def websockets(self):
         return self._call("GET", "/websockets")
 
+    def clear_requests(self):
+        return self._call("DELETE", "/requests")
+
+    def close_websockets(self, code: int = 1001, reason: str = "going away"):
+        """A clean close: every socket gets a close frame; the sessions stay valid."""
+        return self._call("POST", "/websockets/close", code=code, reason=reason)
+
 
 @dataclass
 class AgentSeat:
@@ -170,79 +224,166 @@ class AgentSeat:
 
 
 @dataclass
+class Group:
+    """One Istra kind in the world: the ctihub accounts serving one user (or the enterprise) and its seats.
+
+    A call placed on one of ``seats``' extensions is recorded under ``socket_account_id`` with the PBX's call
+    id (myRCC, myCrm), or under ``history_account_id`` as ``history:<callHistoryId>`` (End User backfill).
+    """
+
+    kind: str
+    login: str
+    seats: list[AgentSeat]
+    socket_account_id: int | None = None
+    history_account_id: int | None = None
+
+    @property
+    def account_ids(self) -> list[int]:
+        return [pk for pk in (self.socket_account_id, self.history_account_id) if pk is not None]
+
+
+@dataclass
 class World:
     hub: object
     istra: FaultIstraControl
     crm: RetailCrmControl
-    account_id: int
+    account_id: int  # the myRCC account
     integration_id: int
     seats: list[AgentSeat]
     # (start, end) epoch ms in which the process reading the PBX socket was dead or being replaced: a call
     # that began and ended inside one was at best told to a process that died before reading it.
     blind_windows: list[tuple[int, int]] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+
+    @property
+    def account_ids(self) -> list[int]:
+        return [pk for group in self.groups for pk in group.account_ids] or [self.account_id]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [group.kind for group in self.groups]
+
+    def group_of(self, extension_id: str) -> Group:
+        return next(group for group in self.groups if any(s.extension_id == extension_id for s in group.seats))
+
+    def group_of_account(self, account_id: int) -> Group:
+        return next(group for group in self.groups if account_id in group.account_ids)
+
+    def listeners_expected(self) -> dict[int, int]:
+        """Account id -> how many listeners it holds: myCrm one per terminal, the others one."""
+        expected = {group.history_account_id: 1 for group in self.groups if group.history_account_id}
+        for group in self.groups:
+            if group.socket_account_id:
+                expected[group.socket_account_id] = len(group.seats) if group.kind != MYRCC else 1
+        return expected or {self.account_id: 1}
 
     def listener_ids(self) -> list[int]:
         from telephony.models import Listener
 
-        return list(Listener.objects.filter(account_id=self.account_id).values_list("pk", flat=True))
+        return list(Listener.objects.filter(account_id__in=self.account_ids).values_list("pk", flat=True))
 
 
-def seed_world(hub, agents: int = 4) -> World:
-    """The enterprise, its agents and the retailCRM integration, as an admin would set them up."""
+def seed_world(hub, agents: int = 4, kinds: tuple[str, ...] = (MYRCC,)) -> World:
+    """The enterprise, its agents and the retailCRM integration, as an admin would set them up.
+
+    ``kinds`` adds users of the other Istra kinds on the same simulator and hub (``ISTRA_KINDS``: each
+    fault then hits every kind at once): ``ISTRA_USERS`` says who. Every terminal has its own agent.
+    """
     from crm_sync import services
     from crm_sync.models import RetailCrmIntegration
-    from telephony import control
-    from telephony.models import PbxAccount, Terminal
-    from tests.factories import make_account, make_agent
+    from telephony.models import PbxAccount
 
     istra, crm = FaultIstraControl(hub.sim_url), RetailCrmControl(hub.sim_url)
     crm.reset()
     crm.add_api_key(API_KEY)
+    base_url = f"{hub.sim_url}/restletrouter"
     istra.add_user(RCC_LOGIN, RCC_PASSWORD, enterprise=ENTERPRISE, myrcc=True)
-    seats = []
-    for n in range(agents):
-        extension_id, number = str(5985841581756136000 + n), str(301 + n)
-        istra.add_extension(extension_id, number, enterprise=ENTERPRISE, label=f"Agent {n}", myrcc=True)
-        crm.add_user(n + 1, firstName="Agent", lastName=str(n))
-        agent = make_agent(f"fault-agent-{n}", extension_code=number, retailcrm_user_id=str(n + 1))
-        seats.append(AgentSeat(f"fault-agent-{n}", agent.pk, extension_id, number, n + 1,
-                               session_cookie(agent.user.username)))
-    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url=f"{hub.sim_url}/restletrouter",
-                           login=RCC_LOGIN, password=RCC_PASSWORD, enterprise=ENTERPRISE)
-    control.sync_terminals(account)
-    for seat in seats:
-        Terminal.objects.filter(account=account, pbx_id=seat.extension_id).update(agent_id=seat.agent_id)
+    seats = [_seat(istra, crm, f"fault-agent-{n}", str(5985841581756136000 + n), str(301 + n), n + 1,
+                   enterprise=ENTERPRISE, label=f"Agent {n}", myrcc=True)
+             for n in range(agents)]
+    account = _account(PbxAccount.Kind.ISTRA_MYRCC, base_url, RCC_LOGIN, RCC_PASSWORD, seats, enterprise=ENTERPRISE)
+    groups = [Group(MYRCC, RCC_LOGIN, list(seats), socket_account_id=account.pk)]
+    for n, (login, password, terminals, kind) in enumerate(ISTRA_USERS):
+        if kind not in kinds:
+            continue
+        istra.add_user(login, password, enterprise=CRM_ENTERPRISE, mycrm=kind != ENDUSER, myrcc=False)
+        user_seats = []
+        for t in range(terminals):
+            number = str(401 + 10 * n + t)  # never an extension of the myRCC enterprise: the backfill matches by it
+            user_seats.append(_seat(istra, crm, f"fault-{login}-{t}", str(5985841581756137000 + 10 * n + t), number,
+                                    len(seats) + 1, enterprise=CRM_ENTERPRISE, owner=login, myrcc=False,
+                                    label=f"{login} {t}"))
+            seats.append(user_seats[-1])
+        group = Group(kind, login, user_seats)
+        if kind in (MYCRM_HISTORY, MYCRM):
+            group.socket_account_id = _account(PbxAccount.Kind.ISTRA_MYCRM, base_url, login, password, user_seats).pk
+        if kind in (MYCRM_HISTORY, ENDUSER):
+            group.history_account_id = _account(PbxAccount.Kind.ISTRA_ENDUSER, base_url, login, password,
+                                                user_seats).pk
+        groups.append(group)
     integration = RetailCrmIntegration.objects.create(name="faults-shop", crm_url=hub.sim_url, api_key=API_KEY,
                                                       module_code="ctihub")
     services.register_integration(integration)
-    world = World(hub, istra, crm, account.pk, integration.pk, seats)
+    world = World(hub, istra, crm, account.pk, integration.pk, seats, groups=groups)
     if hub.workers:
         wait_connected(world, 60)
     return world
+
+
+def _seat(istra: FaultIstraControl, crm: RetailCrmControl, username: str, extension_id: str, number: str,
+          crm_user_id: int, **extension) -> AgentSeat:
+    from tests.factories import make_agent
+
+    istra.add_extension(extension_id, number, **extension)
+    crm.add_user(crm_user_id, firstName="Agent", lastName=username)
+    agent = make_agent(username, extension_code=number, retailcrm_user_id=str(crm_user_id))
+    return AgentSeat(username, agent.pk, extension_id, number, crm_user_id, session_cookie(agent.user.username))
+
+
+def _account(kind: str, base_url: str, login: str, password: str, seats: list[AgentSeat], **fields):
+    """A PBX account, its terminals synced from the PBX and each given to its seat's agent."""
+    from telephony import control
+    from telephony.models import Terminal
+    from tests.factories import make_account
+
+    account = make_account(kind=kind, base_url=base_url, login=login, password=password, **fields)
+    control.sync_terminals(account)
+    for seat in seats:
+        Terminal.objects.filter(account=account, pbx_id=seat.extension_id).update(agent_id=seat.agent_id)
+    return account
+
+
+def listeners(world: World) -> list[dict]:
+    """Every listener of the world's accounts: ``id``, ``account_id``, ``name``, ``state``, ``reconnects``,
+    ``connected_since``."""
+    from telephony.models import Listener
+
+    return list(Listener.objects.filter(account_id__in=world.account_ids)
+                .values("id", "account_id", "name", "state", "reconnects", "connected_since"))
 
 
 def wait_connected(world: World, timeout: float = 30) -> None:
     from telephony.models import Listener
 
     def connected():
-        states = list(Listener.objects.filter(account_id=world.account_id).values_list("state", flat=True))
-        return states and all(state == Listener.State.CONNECTED for state in states)
+        held = listeners(world)
+        counts = collections.Counter(listener["account_id"] for listener in held)
+        return all(counts[account_id] >= n for account_id, n in world.listeners_expected().items()) \
+            and all(listener["state"] == Listener.State.CONNECTED for listener in held)
 
-    wait_for(connected, timeout, interval=0.2, what="the account's listeners to connect")
+    wait_for(connected, timeout, interval=0.2, what="the accounts' listeners to connect")
 
 
 def listener_owner(world: World) -> str:
-    """The supervisor holding the account's listener: ``host:pid:suffix`` of a worker process."""
+    """The supervisor holding the myRCC account's listener: ``host:pid:suffix`` of a worker process."""
     from telephony.models import Listener
 
     return Listener.objects.get(account_id=world.account_id).owner
 
 
 def listener_reconnects(world: World) -> int:
-    """How many times the account's listeners have gone down so far (``Listener.reconnects``)."""
-    from telephony.models import Listener
-
-    return sum(Listener.objects.filter(account_id=world.account_id).values_list("reconnects", flat=True))
+    """How many times the accounts' listeners have gone down so far (``Listener.reconnects``)."""
+    return sum(listener["reconnects"] for listener in listeners(world))
 
 
 def wait_reconnected(world: World, reconnects_before: int, timeout: float = 45) -> None:
@@ -254,22 +395,43 @@ def wait_reconnected(world: World, reconnects_before: int, timeout: float = 45) 
 
 # --- faults -------------------------------------------------------------------------------------
 
-GARBAGE_FRAMES = [
-    "{not json",
-    "[]",
-    "null",
-    json.dumps({"listenerName": LISTENER_NAME}),
-    json.dumps({"listenerName": LISTENER_NAME, "item": "nope"}),
-    json.dumps({"listenerName": LISTENER_NAME, "item": [{"lineId": None, "state": "talking"}]}),
-    json.dumps({"listenerName": LISTENER_NAME, "item": [{"restUri": "v1/rcc/CallLine/-1", "state": "exploded"}]}),
-    json.dumps({"listenerName": "SomebodyElse", "item": []}),
-    "\x00\x01\x02\xff",
-]
+def garbage_frames(listener: str = LISTENER_NAME) -> list[str]:
+    """Frames no Istra application sends, some of them addressed to ``listener``."""
+    return [
+        "{not json",
+        "[]",
+        "null",
+        json.dumps({"listenerName": listener}),
+        json.dumps({"listenerName": listener, "item": "nope"}),
+        json.dumps({"listenerName": listener, "item": [{"lineId": None, "state": "talking"}]}),
+        json.dumps({"listenerName": listener, "item": [{"restUri": "v1/rcc/CallLine/-1", "state": "exploded"}]}),
+        json.dumps({"listenerName": listener, "item": [{"callId": None, "event": "callDropped"}]}),
+        json.dumps({"listenerName": listener, "item": [{"callId": "-1", "event": "callExploded"}]}),
+        json.dumps({"listenerName": listener, "item": {"model": "v1/data/RestletApiSessionCounters",
+                                                       "unreadMissedCalls": "lots"}}),
+        json.dumps({"listenerName": "SomebodyElse", "item": []}),
+        "\x00\x01\x02\xff",
+    ]
+
+
+GARBAGE_FRAMES = garbage_frames()
+# A 4 MiB frame of JSON with a bad item in it, per application (items shaped like each one's).
+JUNK_ITEMS = {
+    "myRCC": {"restUri": "v1/rcc/CallLine/-999999", "state": "exploded", "displayedNumber": "0" * 64},
+    "myCrm": {"callId": "-999999", "event": "callExploded", "displayNumber": "0" * 64},
+    "myIstra": {"model": "v1/data/RestletApiSessionCounters", "unreadMissedCalls": "0" * 64},
+}
 
 
 class Faults:
     """Each method injects one fault into a running hub and returns once it is over and the hub has recovered
-    from it (the listener connected again, consoles back), so faults can follow each other in a loop.
+    from it (the listeners connected again, consoles back), so faults can follow each other in a loop.
+
+    A PBX fault hits every socket of the simulator, so every Istra kind of the world at once. Those with a
+    moment the PBX is reachable again (``timed``) note, per kind, how long each listener then took to be
+    connected again (``reconnects_ms[kind]``: its ``connected_since`` minus that moment, 0 if it came back
+    before). A listener that does not come back within ``recovery_timeout`` fails the fault, after the
+    sockets are cut so the hub's next tests start from fresh ones.
 
     ``redis`` is the hub's :class:`PrivateRedis` (needed only by ``redis_restarted``); ``consoles`` lets
     ``daphne_restarted`` wait for every console to come back. ``injected`` counts faults by name and
@@ -278,6 +440,9 @@ class Faults:
 
     KINDS = ("pbx_socket_closed", "pings_unanswered", "garbage_frames", "session_expired", "pbx_503",
              "worker_killed", "workers_restarted", "daphne_restarted", "redis_restarted", "database_dropped")
+    # The PBX faults of issue 13, each hitting every Istra kind (``seed_world(kinds=ISTRA_KINDS)``).
+    ISTRA_KINDS = ("pbx_socket_closed", "pbx_socket_closed_cleanly", "session_expired_sockets_closed",
+                   "session_expired_sockets_open", "pbx_503_then_close", "pbx_outage")
 
     def __init__(self, world: World, consoles: "Consoles | None" = None, redis: PrivateRedis | None = None,
                  outage_seconds: float = 4, recovery_timeout: float = 60):
@@ -286,10 +451,12 @@ class Faults:
         self.timeout = recovery_timeout
         self.injected: collections.Counter = collections.Counter()
         self.takeovers_s: list[float] = []
+        self.reconnects_ms: dict[str, list[float]] = collections.defaultdict(list)
 
-    def inject(self, kind: str) -> None:
-        getattr(self, kind)()
-        self.injected[kind] += 1
+    def inject(self, kind: str, label: str | None = None, **arguments) -> None:
+        """Inject the fault ``kind`` (a method name) and count it, under ``label`` if given."""
+        getattr(self, kind)(**arguments)
+        self.injected[label or kind] += 1
 
     # A worker reads a frame, then stores it a moment later (a burst, its database thread): what it read in
     # that moment before a SIGKILL dies with it. Seen once in six full runs under the parallel suite's load:
@@ -305,47 +472,132 @@ class Faults:
         finally:
             self.world.blind_windows.append((started, int(time.time() * 1000)))
 
-    def _reconnected_after(self, fault) -> None:
-        before = listener_reconnects(self.world)
-        fault()
-        wait_reconnected(self.world, before, self.timeout)
+    def _reconnected_after(self, fault, timed: bool = False) -> None:
+        """Run ``fault`` (it returns when the PBX was reachable again, epoch seconds, or None: now), then wait
+        until every listener has noticed it (its reconnect count grew) and is connected again."""
+        from telephony.models import Listener
+
+        before = {listener["id"]: listener["reconnects"] for listener in listeners(self.world)}
+        reachable_at = fault()
+        if not isinstance(reachable_at, float):  # e.g. the simulator's answer: reachable once it answered
+            reachable_at = time.time()
+
+        def back():
+            now = listeners(self.world)
+            done = all(listener["reconnects"] > before.get(listener["id"], -1)
+                       and listener["state"] == Listener.State.CONNECTED for listener in now)
+            return now if done else None
+
+        try:
+            now = wait_for(back, self.timeout, interval=0.1, what="every listener to notice the fault and connect")
+        except TimeoutError as exc:
+            slow = [f"{listener['name']} ({listener['state']}, {listener['reconnects']} reconnects)"
+                    for listener in listeners(self.world) if listener["reconnects"] <= before.get(listener["id"], -1)
+                    or listener["state"] != Listener.State.CONNECTED]
+            self._heal()
+            raise TimeoutError(f"{exc}; not back: {', '.join(slow)}") from None
+        if timed:
+            for listener in now:
+                since = listener["connected_since"].timestamp()
+                self.reconnects_ms[self.world.group_of_account(listener["account_id"]).kind].append(
+                    round(max(0.0, since - reachable_at) * 1000, 1))
+
+    def _heal(self) -> None:
+        """Cut every socket, so a hub that missed a fault starts the next test from fresh sessions."""
+        try:
+            self.world.istra.drop_websockets()
+            wait_connected(self.world, self.timeout)
+        except Exception:  # the failure being reported matters more than this one
+            pass
 
     def pbx_socket_closed(self) -> None:
-        self._reconnected_after(lambda: self.world.istra.drop_websockets())
+        """Every socket cut without a close frame (a network failure)."""
+        self._reconnected_after(lambda: self.world.istra.drop_websockets(), timed=True)
+
+    def pbx_socket_closed_cleanly(self, code: int = 1001) -> None:
+        """Every socket closed with a close frame (a PBX restarting); the sessions stay valid."""
+        self._reconnected_after(lambda: self.world.istra.close_websockets(code, "going away"), timed=True)
 
     def pings_unanswered(self, silent: bool = True) -> None:
         """``silent``: a half-open path (no pongs, no frames) the hub must notice on its own."""
         if silent:
-            self._reconnected_after(lambda: self.world.istra.mute_pings(silent=True))
+            self._reconnected_after(lambda: self.world.istra.mute_pings(None, silent=True))
         else:
-            self.world.istra.mute_pings()
+            self.world.istra.mute_pings(None)
             time.sleep(3 * float(self.hub.env.get("LISTENER_KEEPALIVE_SECONDS", "5")))
-            self.world.istra.mute_pings(mute=False)
+            self.world.istra.mute_pings(None, mute=False)
             wait_connected(self.world, self.timeout)
 
     def garbage_frames(self) -> None:
+        """Malformed frames on every listener, addressed to it; a 4 MiB one of not-JSON and one of bad JSON
+        on one listener of each application."""
+        from telephony.models import PbxAccount
+
         istra = self.world.istra
-        for text in GARBAGE_FRAMES:
-            istra.push_frame(text)
-        istra.push_frame("x", repeat=4 * 1024 * 1024)  # 4 MiB of not-JSON in one frame
-        junk = {"restUri": "v1/rcc/CallLine/-999999", "state": "exploded", "displayedNumber": "0" * 64}
-        istra.push_frame(json.dumps(junk) + ",", repeat=30000,  # a 4 MiB frame of JSON with a bad item in it
-                         prefix=f'{{"listenerName": "{LISTENER_NAME}", "item": [', suffix="{}]}")
+        apps = {PbxAccount.Kind.ISTRA_MYRCC: "myRCC", PbxAccount.Kind.ISTRA_MYCRM: "myCrm",
+                PbxAccount.Kind.ISTRA_ENDUSER: "myIstra"}
+        kinds = dict(PbxAccount.objects.filter(pk__in=self.world.account_ids).values_list("pk", "kind"))
+        names = sorted({(apps[kinds[listener["account_id"]]], listener["name"]) for listener in listeners(self.world)})
+        for _app, name in names:
+            for text in garbage_frames(name):
+                istra.push_frame(text, listener=name)
+        for app, name in dict(names).items():  # one listener of each application
+            istra.push_frame("x", repeat=4 * 1024 * 1024, listener=name)  # 4 MiB of not-JSON in one frame
+            istra.push_frame(json.dumps(JUNK_ITEMS[app]) + ",", repeat=30000, listener=name,
+                             prefix=f'{{"listenerName": "{name}", "item": [', suffix="{}]}")
         wait_connected(self.world, self.timeout)
 
-    def session_expired(self) -> None:
-        self._reconnected_after(lambda: self.world.istra.expire_sessions())
+    def session_expired(self, close_sockets: bool | None = None) -> None:
+        """The PBX forgets every session; ``close_sockets=False``: their sockets stay open, answering pings,
+        and only a REST request tells the hub (None: the simulator's ``expiryClosesSockets``)."""
+        self._reconnected_after(lambda: self.world.istra.expire_sessions(close_sockets=close_sockets), timed=True)
 
-    def pbx_503(self) -> None:
+    def session_expired_sockets_closed(self) -> None:
+        self.session_expired(close_sockets=True)
+
+    def session_expired_sockets_open(self) -> None:
+        self.session_expired(close_sockets=False)
+
+    def pbx_503(self, seconds: float | None = None) -> None:
         """IPTC down: REST answers 503, and the socket is cut, so the hub cannot come back (binding a listener
         is REST) until the outage ends; meanwhile calls go on, and it must catch up on them."""
         def outage():
             self.world.istra.set_iptc(False)
             self.world.istra.drop_websockets()
-            time.sleep(self.outage_seconds)
+            time.sleep(self.outage_seconds if seconds is None else seconds)
             self.world.istra.set_iptc(True)
+            return time.time()
 
-        self._reconnected_after(outage)
+        self._reconnected_after(outage, timed=True)
+
+    def pbx_outage(self, seconds: float = 10) -> None:
+        """A 10 s IPTC outage (``pbx_503``): calls end during it."""
+        self.pbx_503(seconds)
+
+    def pbx_503_then_close(self, count: int = 6) -> None:
+        """The next ``count`` requests to the PBX answer 503, then every socket is cut: the hub's first tries
+        to come back fail. The PBX is reachable again once the last of those 503s was answered."""
+        istra = self.world.istra
+
+        def fault():
+            istra.clear_requests()
+            istra.fail_next(count, 503)
+            istra.drop_websockets()
+            dropped_at = time.time()
+
+            def served():
+                answered = [entry["time"] for entry in istra.requests() if entry["status"] == 503]
+                return answered if len(answered) >= count else None
+
+            return max([dropped_at] + wait_for(served, self.timeout, interval=0.1,
+                                                 what=f"the hub's tries to meet the {count} 503s"))
+
+        self._reconnected_after(fault, timed=True)
+
+    def all_in_a_row(self) -> None:
+        """Every PBX fault of ``ISTRA_KINDS``, one right after another."""
+        for kind in self.ISTRA_KINDS:
+            self.inject(kind)
 
     def worker_killed(self) -> None:
         """SIGKILL the worker holding the listener; another takes it within the lease TTL; a new one is started."""
@@ -396,19 +648,20 @@ class Faults:
         return cut
 
 
-def run_with_faults(world: World, seed: int, inject, rounds: int = 3, calls_between: int = 3):
+def run_with_faults(world: World, seed: int, inject, rounds: int = 3, calls_between: int = 3,
+                    calls_per_second: float = 2.0, assert_clean: bool = True):
     """Steady calls with consoles open, ``inject(faults)`` ``rounds`` times while they run, then the invariant.
 
     Returns ``(figures, faults)``; ``inject`` is e.g. ``Faults.pbx_socket_closed`` or a lambda.
     """
     with Consoles(world) as consoles:
         faults = Faults(world, consoles)
-        with Traffic(world, seed=seed) as traffic:
+        with Traffic(world, calls_per_second=calls_per_second, seed=seed) as traffic:
             for _round in range(rounds):
                 traffic.wait_for_calls(calls_between)
                 inject(faults)
             traffic.wait_for_calls(calls_between)
-        return check_invariant(world, traffic, consoles), faults
+        return check_invariant(world, traffic, consoles, assert_clean=assert_clean), faults
 
 
 # --- traffic ------------------------------------------------------------------------------------
@@ -445,6 +698,8 @@ class Traffic(StartStop, threading.Thread):
         super().__init__(name="fault-traffic", daemon=True)
         self.istra = world.istra
         self.extensions = [seat.extension_id for seat in world.seats]
+        # A world of several kinds gets each kind's share of calls, whatever its number of extensions.
+        self.kinds = [[seat.extension_id for seat in group.seats] for group in world.groups]
         self.interval = 1.0 / calls_per_second
         self.rng = random.Random(seed)
         self.ring_seconds, self.talk_seconds = ring_seconds, talk_seconds
@@ -491,6 +746,10 @@ class Traffic(StartStop, threading.Thread):
 
     def _place_call(self) -> None:
         free = [e for e in self.extensions if e not in self._busy]
+        if len(self.kinds) > 1:
+            kinds = [[e for e in kind if e not in self._busy] for kind in self.kinds]
+            kinds = [kind for kind in kinds if kind]
+            free = rng_choice(self.rng, kinds) if kinds else []
         if not free:
             return
         extension, rng = rng_choice(self.rng, free), self.rng
@@ -673,7 +932,8 @@ def session_cookie(username: str) -> str:
 class Figures:
     calls_checked: int = 0
     calls_lost: int = 0  # the simulator made it; ctihub has no record, or retailCRM never got its upload
-    wrong_final_state: int = 0  # ctihub's record is not ended, or disagrees on answered/direction/agent
+    calls_stuck: int = 0  # ended at the PBX, still live in ctihub when the settle ended
+    wrong_final_state: int = 0  # ctihub's ended record disagrees on answered/direction/agent (/talking time)
     duplicated_records: int = 0
     duplicated_events: int = 0
     missing_events: int = 0
@@ -682,39 +942,78 @@ class Figures:
     snapshots_late: int = 0  # console sockets accepted that then sent no snapshot within 10 s
     # Calls the PBX never told any client of (they began and ended while no socket was bound), or told only
     # a worker that was killed before reading it (they began and ended while the socket changed hands):
-    # myRCC has no call history to learn them from, so they are counted apart and not checked.
+    # myRCC and a myCrm user without End User account have no call history to learn them from, so they are
+    # counted apart and not checked.
     calls_unreported: int = 0
-    reconnect_p99_ms: float = 0.0
-    reconnects: int = 0
+    # myCrm calls whose end was lost, ended by the stale-call sweep (end cause "swept"): not a loss, the
+    # hub's fallback for a user without call history; checked for what the hub could know.
+    calls_swept: int = 0
+    reconnect_p99_ms: float = 0.0  # consoles
+    reconnects: int = 0  # consoles
+    # PBX listeners: from the PBX reachable again to connected again (Faults.reconnects_ms), per kind.
+    listener_reconnects: int = 0
+    listener_reconnect_p50_ms: float = 0.0
+    listener_reconnect_p99_ms: float = 0.0
     problems: list[str] = field(default_factory=list)
+    by_kind: dict[str, "Figures"] = field(default_factory=dict)  # an Istra world's figures per kind
 
-    LOSS_FIGURES = ("calls_lost", "wrong_final_state", "duplicated_records", "duplicated_events",
+    LOSS_FIGURES = ("calls_lost", "calls_stuck", "wrong_final_state", "duplicated_records", "duplicated_events",
                     "missing_events", "duplicated_uploads", "stale_consoles", "snapshots_late")
+    CALL_FIGURES = ("calls_checked", "calls_unreported", "calls_swept", "calls_lost", "calls_stuck",
+                    "wrong_final_state", "duplicated_records", "duplicated_events", "missing_events",
+                    "duplicated_uploads")
 
     def lines(self) -> list[str]:
         return [f"{name}: {getattr(self, name)}" for name in (
-            "calls_checked", "calls_unreported", *self.LOSS_FIGURES, "reconnects", "reconnect_p99_ms")]
+            "calls_checked", "calls_unreported", "calls_swept", *self.LOSS_FIGURES, "reconnects",
+            "reconnect_p99_ms")]
 
     def assert_clean(self) -> None:
         bad = {name: getattr(self, name) for name in self.LOSS_FIGURES if getattr(self, name)}
         assert not bad and self.calls_checked, f"{bad} checked={self.calls_checked}; first problems: " + \
             "; ".join(self.problems[:15])
 
+    def add_reconnects(self, reconnects_ms: dict[str, list[float]]) -> None:
+        """The listeners' reconnect times of ``Faults.reconnects_ms``, per kind and in all."""
+        for kind, samples in reconnects_ms.items():
+            if kind in self.by_kind:
+                self.by_kind[kind]._set_reconnects(samples)
+        self._set_reconnects([sample for samples in reconnects_ms.values() for sample in samples])
 
-def p99(samples: list[float]) -> float:
+    def _set_reconnects(self, samples: list[float]) -> None:
+        self.listener_reconnects = len(samples)
+        self.listener_reconnect_p50_ms = round(percentile(samples, 0.5), 1)
+        self.listener_reconnect_p99_ms = round(percentile(samples, 0.99), 1)
+
+    def as_dict(self) -> dict:
+        """The call and reconnect figures, for a report line."""
+        names = (*self.CALL_FIGURES, "listener_reconnects", "listener_reconnect_p50_ms", "listener_reconnect_p99_ms")
+        return {name: getattr(self, name) for name in names}
+
+
+def percentile(samples: list[float], fraction: float) -> float:
     if not samples:
         return 0.0
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def p99(samples: list[float]) -> float:
+    return percentile(samples, 0.99)
 
 
 def check_invariant(world: World, traffic: Traffic, consoles: Consoles | None = None,
                     settle: float = 60, assert_clean: bool = True) -> Figures:
-    """Stop the traffic, let everything settle, then compare every call end to end."""
+    """Stop the traffic, let everything settle, then compare every call end to end.
+
+    A world with a myCrm user without call history settles for the stale-call bound longer: a call whose
+    end its socket missed is ended by the sweep only once it has had no news for that long.
+    """
     assert consoles is None or not consoles.stopped, "check the invariant while the consoles still run"
     if traffic.is_alive():
         traffic.stop()
     assert not traffic.errors, traffic.errors[:5]
+    settle += sweep_bound(world)
     settled = _settle(world, traffic, consoles, settle)
     figures = _compare(world, traffic, consoles)
     if not settled:
@@ -727,10 +1026,29 @@ def check_invariant(world: World, traffic: Traffic, consoles: Consoles | None = 
     return figures
 
 
+def sweep_bound(world: World) -> float:
+    """Seconds the stale-call sweep waits before ending a call, if the world has a myCrm user without history."""
+    if MYCRM not in world.kinds:
+        return 0.0
+    return max(float(world.hub.env.get(f"CALL_STALE_{state}_SECONDS", "0")) for state in STALE_STATES)
+
+
+def beat_tasks(world: World) -> list[str]:
+    """What beat would run for the world's kinds, that the settle queues itself: the End User backfill, the
+    stale-call sweep (a myRCC world alone needs neither)."""
+    tasks = []
+    if any(group.history_account_id for group in world.groups):
+        tasks.append(BACKFILL_TASK)
+    if any(group.kind != MYRCC for group in world.groups):
+        tasks.append(STALE_SWEEP_TASK)
+    return tasks
+
+
 def _settle(world: World, traffic: Traffic, consoles: Consoles | None, timeout: float) -> bool:
     """True once the simulator is idle and ctihub, retailCRM and every console agree."""
     deadline = time.monotonic() + timeout
     sweep_at = time.monotonic() + 10
+    beat, beat_at = beat_tasks(world), time.monotonic()
     while time.monotonic() < deadline:
         figures = _compare(world, traffic, consoles)
         # Late snapshots are counted once and for all; the rest can still come right.
@@ -739,36 +1057,52 @@ def _settle(world: World, traffic: Traffic, consoles: Consoles | None, timeout: 
         if time.monotonic() >= sweep_at:  # what beat would do every few minutes, sooner
             _run_crm_sweep(world)
             sweep_at = time.monotonic() + 10
+        if beat and time.monotonic() >= beat_at:  # the call-history backfill and stale-call sweep, every 2 s
+            _queue_tasks(world, beat)
+            beat_at = time.monotonic() + 2
         time.sleep(1)
     return False
 
 
 def _run_crm_sweep(world: World) -> None:
     """Queue the retailCRM sweep on the hub's own broker (a Redis-fault hub has a private one)."""
-    from crm_sync.tasks import sweep_task
+    _queue_tasks(world, ["crm_sync.tasks.sweep_task"])
+
+
+def _queue_tasks(world: World, names: list[str]) -> None:
+    """Queue the tasks ``names`` on the hub's own broker, as beat would."""
     from ctihub.celery import app
 
     try:
         with app.connection_for_write(world.hub.env["REDIS_URL"]) as connection:
-            sweep_task.apply_async(connection=connection)
+            for name in names:
+                app.send_task(name, connection=connection)
     except Exception:  # a broker that is being faulted: the next round tries again
         pass
+
+
+@dataclass
+class _Evidence:
+    """What ctihub and retailCRM hold, read once per comparison."""
+
+    records: dict  # (account id, pbx call id) -> [Call]
+    events: dict  # callExternalId -> [event type]
+    uploaded: collections.Counter  # externalId -> uploads carrying it
+    crm_calls: dict  # externalId -> retailCRM's call
 
 
 def _compare(world: World, traffic: Traffic, consoles: Consoles | None) -> Figures:
     from telephony.models import Call
 
     figures = Figures()
-    problems = figures.problems
     truth = {line["callId"]: line for line in world.istra.calls()}
     placed = {call.call_id: call for call in traffic.placed}
     still_live = [call_id for call_id in placed if truth.get(call_id, {}).get("state") != "dropped"]
     if still_live:
-        problems.append(f"simulator still has live calls {still_live[:5]}")
-    seats = {seat.extension_id: seat for seat in world.seats}
+        figures.problems.append(f"simulator still has live calls {still_live[:5]}")
     records = collections.defaultdict(list)
-    for call in Call.objects.filter(account_id=world.account_id):
-        records[call.pbx_call_id].append(call)
+    for call in Call.objects.filter(account_id__in=world.account_ids):
+        records[(call.account_id, call.pbx_call_id)].append(call)
     events = collections.defaultdict(list)
     for event in world.crm.events():
         events[event.get("callExternalId")].append(event["type"])
@@ -776,54 +1110,121 @@ def _compare(world: World, traffic: Traffic, consoles: Consoles | None) -> Figur
     for upload in world.crm.uploads():
         for call in upload["calls"]:
             uploaded[call.get("externalId")] += 1
-    crm_calls = world.crm.calls()
+    evidence = _Evidence(records, events, uploaded, world.crm.calls())
 
-    for call_id, placed_call in placed.items():
+    figures.by_kind = {group.kind: Figures() for group in world.groups}
+    for call_id in placed:
         line = truth.get(call_id)
         if line is None:
-            problems.append(f"{call_id}: the simulator has no record")
+            figures.problems.append(f"{call_id}: the simulator has no record")
             continue
-        if not line["reported"] or _inside_blind_window(line, world.blind_windows):
-            figures.calls_unreported += 1
-            continue
-        figures.calls_checked += 1
-        rows = records.get(call_id, [])
-        if not rows:
-            figures.calls_lost += 1
-            problems.append(f"{call_id}: no call record")
-            continue
-        if len(rows) > 1:
-            figures.duplicated_records += 1
-            problems.append(f"{call_id}: {len(rows)} call records")
-        call = rows[0]
-        answered = "talking" in line["history"]
-        expected = {"state": "ended", "answered": answered, "direction": "in" if line["incoming"] else "out",
-                    "agent": seats[line["terminalId"]].agent_id}
-        actual = {"state": call.state, "answered": call.answered_at is not None, "direction": call.direction,
-                  "agent": call.agent_id}
-        if actual != expected:
-            figures.wrong_final_state += 1
-            problems.append(f"{call_id} (call {call.pk}): {actual} != {expected}")
-        external_id = f"ctihub-{call.pk}"
-        types = collections.Counter(events.get(external_id, []))
-        start = "in" if line["incoming"] else "out"
-        for kind in (start, "hangup"):
-            if types[kind] > 1:
-                figures.duplicated_events += 1
-                problems.append(f"{call_id}: {types[kind]} {kind!r} events at retailCRM")
-            elif types[kind] == 0:
-                figures.missing_events += 1
-                problems.append(f"{call_id}: no {kind!r} event at retailCRM ({_sync_story(call)})")
-        if uploaded[external_id] > 1:
-            figures.duplicated_uploads += 1
-            problems.append(f"{call_id}: uploaded {uploaded[external_id]} times")
-        elif external_id not in crm_calls:
-            figures.calls_lost += 1
-            problems.append(f"{call_id}: never uploaded to retailCRM")
+        group = world.group_of(line["terminalId"])
+        _check_call(world, group, line, evidence, figures.by_kind[group.kind])
+    for kind, kind_figures in figures.by_kind.items():
+        for name in Figures.CALL_FIGURES:
+            setattr(figures, name, getattr(figures, name) + getattr(kind_figures, name))
+        prefix = f"{kind}: " if len(figures.by_kind) > 1 else ""
+        figures.problems += [prefix + problem for problem in kind_figures.problems]
     if consoles is not None:
-        figures.stale_consoles = _stale_console_cards(consoles, problems)
+        figures.stale_consoles = _stale_console_cards(consoles, figures.problems)
         figures.snapshots_late = consoles.snapshots_late
     return figures
+
+
+# Which application's clients tell the hub of a kind's calls as they happen (End User: none, only its history).
+LIVE_APP = {MYRCC: "myRCC", MYCRM_HISTORY: "myCrm", MYCRM: "myCrm", ENDUSER: None}
+TALKING_TOLERANCE_MS = 1500  # the call history counts whole seconds; frames and the history time it apart
+
+
+def _reported_by(line: dict) -> dict[str, list[str]]:
+    """The states a client of each application was told (a simulator without ``reportedBy``: myRCC's)."""
+    return line.get("reportedBy") or {"myRCC": list(line.get("reported") or [])}
+
+
+def _check_call(world: World, group: Group, line: dict, evidence: _Evidence, figures: Figures) -> None:
+    """One call of ``group``'s kind against ctihub's records and retailCRM, into ``figures``.
+
+    Which calls are checked: myRCC and a myCrm user without history, those their socket was told of (the
+    rest no client could know: ``calls_unreported``); a myCrm user with history and an End User account,
+    every call, since the call history has them all. A myCrm user with history has one record per call,
+    either the myCrm one (its call id) or the End User backfill's (``history:<id>``), never both.
+    """
+    problems = figures.problems
+    call_id = line["callId"]
+    told = _reported_by(line).get(LIVE_APP[group.kind] or "", [])
+    rows = list(evidence.records.get((group.socket_account_id, call_id), [])) if group.socket_account_id else []
+    history_id = (line.get("historyIds") or {}).get(group.login)
+    if group.history_account_id and history_id:
+        rows += evidence.records.get((group.history_account_id, f"history:{history_id}"), [])
+    ended_at_pbx = line["state"] == "dropped"
+    if group.kind in (MYRCC, MYCRM):
+        checkable = bool(told) and not _inside_blind_window(line, world.blind_windows)
+    else:
+        checkable = ended_at_pbx
+    if not checkable:
+        figures.calls_unreported += 1
+        if ended_at_pbx and any(row.state != "ended" for row in rows):
+            figures.calls_stuck += 1
+            problems.append(f"{call_id} (unreported): still {rows[0].state} in ctihub")
+        return
+    figures.calls_checked += 1
+    if not rows:
+        figures.calls_lost += 1
+        problems.append(f"{call_id}: no call record (told: {told}, history entry {history_id})")
+        return
+    if len(rows) > 1:
+        figures.duplicated_records += 1
+        problems.append(f"{call_id}: {len(rows)} call records ({[row.pbx_call_id for row in rows]})")
+    call = rows[0]
+    if call.state != "ended":
+        figures.calls_stuck += 1
+        problems.append(f"{call_id} (call {call.pk}): still {call.state} in ctihub, ended at the PBX "
+                        f"(told: {told}; {_sync_story(call)})")
+        return
+    swept = call.end_cause == "swept"
+    figures.calls_swept += swept
+    answered = "talking" in line["history"]
+    seat = next(s for s in group.seats if s.extension_id == line["terminalId"])
+    expected = {"state": "ended", "direction": "in" if line["incoming"] else "out", "agent": seat.agent_id}
+    actual = {"state": call.state, "direction": call.direction, "agent": call.agent_id}
+    if call.pbx_call_id.startswith("history:") and call.agent_id in {s.agent_id for s in group.seats}:
+        # The backfill gives a history entry the End User account's first terminal, not the entry's own
+        # (``backfill.backfill_account``): with one agent per terminal, the user's other agent may get it.
+        actual["agent"] = expected["agent"]
+    # A swept myCrm call is known answered only if its socket told it was: talking or held.
+    knows_answer = not (swept and group.kind == MYCRM) or any(state in ("talking", "held") for state in told)
+    if knows_answer:
+        expected["answered"], actual["answered"] = answered, call.answered_at is not None
+    if group.kind != MYRCC and not swept:
+        talking_ms = line["talkingTime"] if answered else 0
+        if abs((call.talking_ms or 0) - talking_ms) > TALKING_TOLERANCE_MS:
+            expected["talking_ms"], actual["talking_ms"] = f"{talking_ms}±{TALKING_TOLERANCE_MS}", call.talking_ms
+    if group.kind == MYCRM and "dropped" not in told:
+        # Nothing told the hub this call ended: only the stale-call sweep may have ended it.
+        expected["end_cause"], actual["end_cause"] = "swept", call.end_cause
+    if actual != expected:
+        figures.wrong_final_state += 1
+        problems.append(f"{call_id} (call {call.pk}{', swept' if swept else ''}): {actual} != {expected}")
+    external_id = f"ctihub-{call.pk}"
+    types = collections.Counter(evidence.events.get(external_id, []))
+    start = "in" if line["incoming"] else "out"
+    # Its start and hangup reach retailCRM exactly once if the socket saw the call begin (myCrm: it was told
+    # the call ringing); a call first known later has at most one of each: a history entry, a drop after a
+    # reconnect, or a myCrm callHeld after one (it has no number, so the hub skips the events).
+    saw_begin = group.kind == MYRCC or "ringing" in told
+    for kind in (start, "hangup"):
+        if types[kind] > 1:
+            figures.duplicated_events += 1
+            problems.append(f"{call_id}: {types[kind]} {kind!r} events at retailCRM")
+        elif types[kind] == 0 and saw_begin:
+            figures.missing_events += 1
+            problems.append(f"{call_id}: no {kind!r} event at retailCRM ({_sync_story(call)})")
+    if evidence.uploaded[external_id] > 1:
+        figures.duplicated_uploads += 1
+        problems.append(f"{call_id}: uploaded {evidence.uploaded[external_id]} times")
+    elif external_id not in evidence.crm_calls:
+        figures.calls_lost += 1
+        problems.append(f"{call_id}: never uploaded to retailCRM ({_sync_story(call)})")
 
 
 def _sync_story(call) -> str:

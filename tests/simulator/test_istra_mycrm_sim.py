@@ -323,6 +323,20 @@ def test_it_keeps_the_binding_when_the_websocket_is_dropped_and_reopened(crm, pl
     assert reopened.next_item()["event"] == "callRinging"
 
 
+def test_it_closes_the_websockets_cleanly_with_the_code_asked_and_keeps_the_session(crm, platform):
+    socket = listen(crm)
+
+    assert control(platform, "POST", "websockets/close", json={"code": 1001, "reason": "restarting"}).json() == \
+        {"closed": 1}
+
+    with pytest.raises(SocketClosed) as closed:
+        socket.next_frame(timeout=2)
+    assert closed.value.code == 1001  # a close frame, unlike websockets/drop
+    reopened = crm.open_socket()  # the same session: its cookie still opens a socket
+    platform.state.istra.incoming_call(TERMINAL, "0633333333")
+    assert reopened.next_item()["event"] == "callRinging"
+
+
 # --- PlaceCall errors ------------------------------------------------------------------------------
 
 def test_it_answers_400_err_0_for_a_terminal_that_is_not_the_users(crm):

@@ -248,6 +248,8 @@ def test_it_writes_a_dropped_call_into_the_users_history(istra, platform):
     control(platform, "POST", f"calls/{line['callId']}/answer")
     control(platform, "POST", f"calls/{line['callId']}/hangup", json={"cause": "disconnect"})
     [entry] = istra.get("v1/logs/Phone/bean").json()["items"]
+    assert control(platform, "GET", f"calls/{line['callId']}").json()["historyIds"] == \
+        {"chatfield": entry["callHistoryId"]}
     assert (entry["isIncoming"], entry["isMissed"], entry["remoteNumber"], entry["userNumber"]) == \
         (True, False, "0612345678", "144")
     assert re.fullmatch(r"\d{19}", entry["callHistoryId"]) and entry["restUri"].endswith(entry["callHistoryId"])
