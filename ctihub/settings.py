@@ -95,7 +95,8 @@ FIELD_ENCRYPTION_KEYS = [
     k.strip() for k in _required_in_production("FIELD_ENCRYPTION_KEY", _new_fernet_key).split(",") if k.strip()
 ]
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+# Not "testserver": Django's test runner adds it for the tests, and a production host never needs it.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # The public base URL of this hub: what retailCRM and Telepo are told to call back.
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
@@ -288,8 +289,10 @@ SECURE_REFERRER_POLICY = "same-origin"
 # Requests per second each caller (clientId, else address) may send to the public
 # endpoints (retailCRM callbacks, recordUrl, Telepo webhook); bursts up to 3x that. 429 past it.
 PUBLIC_RATE_LIMIT_PER_SECOND = strict_int("PUBLIC_RATE_LIMIT_PER_SECOND", 20, minimum=1)
-# Bearer token /metrics asks for; empty leaves it open (keep it off the public proxy then).
+# Bearer token /metrics asks for. Without one /metrics is refused, unless METRICS_PUBLIC opens it
+# (the default only with DEBUG: a development machine; keep an open /metrics off the public proxy).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = strict_bool("METRICS_PUBLIC", DEBUG)
 
 # Login throttling (django-axes) on /login/ and /admin/login/: after LOGIN_FAILURE_LIMIT failed logins
 # for one user name (from any address), or from one address (for any user names), that user name or
