@@ -234,7 +234,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             call_id = console.call_id_from(content.get("call"))
             if call_id is None:
                 raise console.Refused("which call?")
-            payload = content.get("payload", {})
+            payload = content.get("payload")
+            payload = {} if payload is None else payload
             if not isinstance(payload, dict):
                 raise console.Refused("the payload must be an object")
             return await database_sync_to_async(console.act_on_call)(

@@ -94,14 +94,19 @@ def runall(monkeypatch, settings):
     def fake_call_command(name, *args, **kwargs):
         seen["base_url_at"][name] = django_settings.PUBLIC_BASE_URL
 
+    def fake_seed_demo(self, options, children):
+        seen["base_url_at"]["_seed_demo"] = django_settings.PUBLIC_BASE_URL
+
     handlers = {}
+
+    def ctrl_c_at_first_sleep(seconds):
+        handlers[module.signal.SIGINT](module.signal.SIGINT, None)
+
     monkeypatch.setattr(module.subprocess, "Popen", fake_popen)
     monkeypatch.setattr(module, "call_command", fake_call_command)
     monkeypatch.setattr(module.signal, "signal", lambda signum, handler: handlers.__setitem__(signum, handler))
-    monkeypatch.setattr(module.time, "sleep", lambda seconds: handlers[module.signal.SIGINT](module.signal.SIGINT, None))
-    monkeypatch.setattr(module.Command, "_seed_demo",
-                        lambda self, options, children: seen["base_url_at"].__setitem__("_seed_demo",
-                                                                                     django_settings.PUBLIC_BASE_URL))
+    monkeypatch.setattr(module.time, "sleep", ctrl_c_at_first_sleep)
+    monkeypatch.setattr(module.Command, "_seed_demo", fake_seed_demo)
     settings.EMBEDDED_REDIS = False
 
     def run(*argv, env_base_url=None):
