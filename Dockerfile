@@ -4,6 +4,11 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 COPY . .
-RUN DEBUG=true CTIHUB_VAR_DIR=/tmp/build python manage.py collectstatic --noinput
+RUN DEBUG=true CTIHUB_VAR_DIR=/tmp/build python manage.py collectstatic --noinput && rm -rf /tmp/build
+# The hub runs as an unprivileged user: the code and static files stay root's (read-only to it);
+# only var/ (development secrets, SQLite, when no DATABASE_URL/SECRET_KEY are given) is its own.
+RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin ctihub \
+    && mkdir -p /app/var && chown ctihub:ctihub /app/var
+USER ctihub
 EXPOSE 8000
 CMD ["python", "-m", "ctihub.web", "-b", "0.0.0.0", "-p", "8000", "ctihub.asgi:application"]

@@ -1,7 +1,8 @@
 """ASGI entry point for daphne: Django over HTTP (on a thread pool, see ``http_pool``), Channels over websockets.
 
 Websockets are authenticated by the Django session and refused unless their
-Origin is one of ALLOWED_HOSTS, so another site cannot open an agent's feed.
+Origin is the hub's own or a CSRF-trusted one (ctihub/ws_security.py), so another
+site cannot open an agent's feed.
 """
 
 import gc

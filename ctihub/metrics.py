@@ -157,8 +157,14 @@ def render() -> bytes:
 
 @require_GET
 def metrics_view(request):
-    """``/metrics``; with METRICS_TOKEN set, only for ``Authorization: Bearer <token>``."""
+    """``/metrics``; with METRICS_TOKEN set, only for ``Authorization: Bearer <token>``.
+
+    Without a token it is refused unless METRICS_PUBLIC opens it (the default only with DEBUG): a
+    production hub that forgot its token must not show its traffic and integrations to anyone.
+    """
     token = settings.METRICS_TOKEN
+    if not token and not settings.METRICS_PUBLIC:
+        return JsonResponse({"error": "/metrics is closed: set METRICS_TOKEN (or METRICS_PUBLIC=true)"}, status=403)
     if token:
         offered = request.headers.get("Authorization", "")
         if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):

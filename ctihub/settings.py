@@ -10,6 +10,7 @@ import time, never a silent fallback.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -94,7 +95,8 @@ FIELD_ENCRYPTION_KEYS = [
     k.strip() for k in _required_in_production("FIELD_ENCRYPTION_KEY", _new_fernet_key).split(",") if k.strip()
 ]
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+# Not "testserver": Django's test runner adds it for the tests, and a production host never needs it.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # The public base URL of this hub: what retailCRM and Telepo are told to call back.
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
@@ -112,6 +114,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
+    "axes",
+    "csp",
     "ctihub",
     "accounts",
     "telephony",
@@ -128,6 +132,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the "too many attempts" page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ctihub.urls"
@@ -235,6 +242,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out user name or address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "accounts.throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -277,8 +289,41 @@ SECURE_REFERRER_POLICY = "same-origin"
 # Requests per second each caller (clientId, else address) may send to the public
 # endpoints (retailCRM callbacks, recordUrl, Telepo webhook); bursts up to 3x that. 429 past it.
 PUBLIC_RATE_LIMIT_PER_SECOND = strict_int("PUBLIC_RATE_LIMIT_PER_SECOND", 20, minimum=1)
-# Bearer token /metrics asks for; empty leaves it open (keep it off the public proxy then).
+# Bearer token /metrics asks for. Without one /metrics is refused, unless METRICS_PUBLIC opens it
+# (the default only with DEBUG: a development machine; keep an open /metrics off the public proxy).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = strict_bool("METRICS_PUBLIC", DEBUG)
+
+# Login throttling (django-axes) on /login/ and /admin/login/: after LOGIN_FAILURE_LIMIT failed logins
+# for one user name (from any address), or from one address (for any user names), that user name or
+# address is refused, even with the right password, until LOGIN_LOCKOUT_MINUTES pass without a new try.
+LOGIN_FAILURE_LIMIT = strict_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_LOCKOUT_MINUTES = strict_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own, not the pair
+AXES_LOCKOUT_CALLABLE = "accounts.throttle.lockout_response"  # 429 and registration/locked_out.html
+# Successful logins are in the access log already; axes would keep a row for each one forever.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+
+# Content-Security-Policy (django-csp): scripts, styles and everything else only from the hub itself,
+# so markup an attacker slipped into a page (a CRM field, a caller name) can run nothing. No page has
+# inline script, inline style or an event-handler attribute; keep it so (tests/security/test_csp.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "media-src": ["'self'"],
+        "connect-src": ["'self'"],  # CSP 3: 'self' covers ws:// and wss:// to the page's own host
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 # Threads per web process that handle HTTP requests (each keeps one database connection; a view
 # waiting on a PBX holds one); 16 matches the HTTP client's pool per host, so none opens a throwaway connection.
 WEB_POOL_THREADS = strict_int("WEB_POOL_THREADS", 16, minimum=1)

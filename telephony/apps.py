@@ -10,3 +10,8 @@ class TelephonyConfig(AppConfig):
         from telephony.providers.istra_enduser.recordings import register
 
         register()
+
+        # Logout, deactivation and a password change close the user's open consoles.
+        from telephony.console_sessions import connect_signals
+
+        connect_signals()

@@ -108,15 +108,45 @@ def _agent_json(agent: Agent) -> dict:
     }
 
 
+MAX_ID = 2**63 - 1  # a BIGINT primary key: past it the database raises instead of finding nothing
+# Payload keys that name another call: the page sends "call"; "other_call" is what providers read (a Call).
+OTHER_CALL_KEYS = ("call", "other_call")
+
+
+def call_id_from(value) -> int | None:
+    """A call id as the page sends it: a positive whole number (not ``true``, not "12", not 1.0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        return None
+    return value
+
+
+def _may_act_on(viewer: Viewer, call: Call | None) -> bool:
+    return call is not None and (viewer.is_supervisor or bool(viewer.agent and call.agent_id == viewer.agent.pk))
+
+
 def act_on_call(viewer: Viewer, call_id: int, action: str, payload: dict) -> dict:
     call = Call.objects.select_related("account").filter(pk=call_id).first()
-    if call is None or not (viewer.is_supervisor or (viewer.agent and call.agent_id == viewer.agent.pk)):
+    if not _may_act_on(viewer, call):
         raise Refused("this call is not yours")
-    if action in ("transfer", "merge", "conference_add") and "call" in payload:
-        other = viewer.visible_calls().filter(pk=payload["call"]).first()
-        if other is None:
+    if not all(value is None or isinstance(value, (str, int, float, bool)) for value in payload.values()):
+        raise Refused("the payload's values must be text or numbers")
+    # What a provider reads as "other_call" is always a Call resolved and checked here, never what the page sent.
+    named = [payload[key] for key in OTHER_CALL_KEYS if key in payload]
+    payload = {key: value for key, value in payload.items() if key not in OTHER_CALL_KEYS}
+    if named:
+        if len(named) > 1 and named[0] != named[1]:
+            raise Refused("which other call?")
+        other_id = call_id_from(named[0])
+        if other_id is None:
+            raise Refused("which other call?")
+        other = Call.objects.select_related("account").filter(pk=other_id).first()
+        if not _may_act_on(viewer, other):
             raise Refused("the other call is not yours")
-        payload = {**payload, "other_call": other}
+        if other.pk == call.pk:
+            raise Refused("pick another call than this one")
+        if other.account_id != call.account_id:
+            raise Refused("the other call is on another PBX account")
+        payload["other_call"] = other
     return control.call_action(call, action, payload)
 
 

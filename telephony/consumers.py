@@ -4,7 +4,10 @@ On connect the page gets a snapshot of the viewer's calls, then live card
 updates. The viewer joins its groups before the snapshot is read, so nothing
 that happens in between is missed; cards carry a version, so the page drops
 an update older than what it shows. Every incoming message is checked against
-who the viewer is: an agent only ever sees and drives their own calls.
+who the viewer is: an agent only ever sees and drives their own calls; and
+against the session the console was opened with: it closes (4401) once that
+session is over (telephony/console_sessions.py). Whatever the page sends, a
+malformed request gets an error reply and the socket stays open.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from telephony import console
+from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +33,8 @@ CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_NO_ROLE = 4400
 CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the page reconnects with backoff
 SNAPSHOT_TIMEOUT_SECONDS = 10
+# The page's requests are a few hundred bytes; anything much larger is not one of them.
+MAX_REQUEST_CHARS = 16_384
 JOIN_TIMEOUT_SECONDS = 2
 # Resync: a card is normally on the page within milliseconds of its commit; one this late was lost.
 IN_FLIGHT_GRACE = timedelta(seconds=3)
@@ -57,11 +63,16 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_LOGIN_REQUIRED)
             return
+        self.user_id = user.pk
+        session = self.scope.get("session")
+        self.session_key = getattr(session, "session_key", None)
         self.viewer = await database_sync_to_async(console.viewer_for)(user)
         if not self.viewer.has_role:
             await self.close(code=CLOSE_NO_ROLE)
             return
-        self.groups_joined = self.viewer.groups()
+        self.session_over = False  # from here on its requests are answered (a refused console's are not)
+        # Its user's group too: a logout, a deactivation or a password change closes this console at once.
+        self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
         self.shown: dict[int, tuple[int, bool, datetime]] = {}  # call id -> (version, live, when) as the page has it
         snapshot = asyncio.ensure_future(self._join_and_send_snapshot())
         try:
@@ -93,8 +104,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(snapshot)
 
     async def _join_groups(self):
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+        # Side by side: one round trip's wait for all of them, not one per group.
+        await asyncio.gather(*(self.channel_layer.group_add(group, self.channel_name) for group in self.groups_joined))
 
     async def disconnect(self, code):
         if getattr(self, "resync", None) is not None:
@@ -157,35 +168,99 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         """Anything else a feature pushes to a console (counters, voicemail...)."""
         await self.send_json(event["payload"])
 
+    async def console_session_check(self, event):
+        """Its user logged out (``ended_session``: that session), was deactivated or changed password."""
+        if getattr(self, "session_over", True):
+            return
+        ended = event.get("ended_session")
+        if (ended and ended == self.session_key) or not await self._session_valid():
+            await self._end_session()
+
+    # --- the session it was opened with -------------------------------------------------
+    async def _session_valid(self) -> bool:
+        return await database_sync_to_async(session_user_id)(self.session_key) == self.user_id
+
+    async def _end_session(self) -> None:
+        self.session_over = True
+        await self.close(code=CLOSE_LOGIN_REQUIRED)
+
     # --- from the page --------------------------------------------------------------
-    async def receive_json(self, content, **kwargs):
-        request_id = content.get("id") if isinstance(content, dict) else None
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """JSON text only; anything else is answered with an error, not a crash of the socket (1011)."""
+        if getattr(self, "session_over", True):
+            return
+        if text_data is None:
+            await self._reply_error(None, "send requests as JSON text, not binary frames")
+            return
+        if len(text_data) > MAX_REQUEST_CHARS:
+            await self._reply_error(None, "request too large")
+            return
         try:
+            content = await self.decode_json(text_data)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+            await self._reply_error(None, "not a JSON request")
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def receive_json(self, content, **kwargs):
+        if getattr(self, "session_over", True):
+            return  # refused or closing: nothing to answer
+        request_id = content.get("id") if isinstance(content, dict) else None
+        if not _is_scalar(request_id):
+            request_id = None  # echoed back as it came: only a plain value
+        try:
+            if not await self._session_valid():
+                await self._end_session()
+                return
             result = await self._dispatch(content if isinstance(content, dict) else {})
         except console.Refused as exc:
-            await self.send_json({"type": "result", "id": request_id, "ok": False, "error": str(exc)})
+            await self._reply_error(request_id, str(exc))
         except ProviderError as exc:
-            await self.send_json({"type": "result", "id": request_id, "ok": False, "error": f"PBX: {exc}"})
+            await self._reply_error(request_id, f"PBX: {exc}")
+        except Exception:
+            # A bug, not the page's fault: logged with its traceback, but the console stays open.
+            action = content.get("action") if isinstance(content, dict) else None
+            logger.exception("console request %r of user %s failed", action, self.user_id)
+            await self._reply_error(request_id, "ctihub could not do that (an internal error, logged)")
         else:
             await self.send_json({"type": "result", "id": request_id, "ok": True, "result": _jsonable(result)})
+
+    async def _reply_error(self, request_id, error: str) -> None:
+        await self.send_json({"type": "result", "id": request_id, "ok": False, "error": error})
 
     async def _dispatch(self, content: dict):
         action = content.get("action")
         if action == "call_action":
-            call_id = content.get("call")
-            if not isinstance(call_id, int):
+            call_id = console.call_id_from(content.get("call"))
+            if call_id is None:
                 raise console.Refused("which call?")
-            payload = content.get("payload") if isinstance(content.get("payload"), dict) else {}
+            payload = content.get("payload")
+            payload = {} if payload is None else payload
+            if not isinstance(payload, dict):
+                raise console.Refused("the payload must be an object")
             return await database_sync_to_async(console.act_on_call)(
-                self.viewer, call_id, str(content.get("name", "")), payload
+                self.viewer, call_id, _text(content.get("name")), payload
             )
         if action == "dial":
-            return await database_sync_to_async(console.dial)(self.viewer, str(content.get("number", "")))
+            return await database_sync_to_async(console.dial)(self.viewer, _text(content.get("number")))
         if action == "set_status":
-            return await database_sync_to_async(console.change_status)(self.viewer, str(content.get("status", "")))
+            return await database_sync_to_async(console.change_status)(self.viewer, _text(content.get("status")))
         if action == "snapshot":
             return await database_sync_to_async(console.snapshot)(self.viewer)
-        raise console.Refused(f"unknown request {action!r}")
+        if not _is_scalar(action):
+            raise console.Refused("unknown request")
+        raise console.Refused(f"unknown request {action!r}"[:200])
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _text(value) -> str:
+    """A text field of a request: a string, or a number written out; anything else is empty."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    return str(value)
 
 
 def _jsonable(value):

@@ -20,6 +20,7 @@ from tests.factories import make_account, make_agent, make_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+HOST = (b"host", b"127.0.0.1:8000")  # the origin must be the connection's own (ctihub/ws_security.py)
 
 
 def session_cookie(user) -> bytes:
@@ -30,7 +31,7 @@ def session_cookie(user) -> bytes:
 
 def headers_for(user=None, origin=ORIGIN) -> list:
     """Built before entering the event loop: logging in is synchronous ORM work."""
-    headers = [origin] if origin else []
+    headers = [HOST, origin] if origin else [HOST]
     if user is not None:
         headers.append((b"cookie", session_cookie(user)))
     return headers

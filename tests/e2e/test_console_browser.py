@@ -58,7 +58,7 @@ def test_it_pops_a_card_holds_from_it_survives_a_reload_and_closes_on_hangup(hub
 
 
 def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survives_a_daphne_restart(hub, browser):
-    from tests.support.browser import log_in
+    from tests.support.browser import csp_violations, log_in, wait_for_js
 
     hub.start(workers=1, web=True)
     sim, account = myrcc_world(hub)
@@ -77,15 +77,16 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     wait_for(lambda: [c for c in sim.calls() if c["terminalId"] == EXTENSION], 10, what="the call at the PBX")
     [line] = [c for c in sim.calls() if c["terminalId"] == EXTENSION]
     console.wait_for_selector(".card[data-state=dialing], .card[data-state=ringing]", timeout=10000)
-    wallboard.wait_for_function("document.querySelector('#calls tr') !== null", timeout=10000)
+    wait_for_js(wallboard, "document.querySelector('#calls tr') !== null", timeout=10000)
 
     # The PBX answers and the agent's status changes: the wallboard follows both live.
     sim.move(line["callId"], "answer")  # the agent's phone goes off-hook: the far end rings
     sim.move(line["callId"], "answer")  # the far end answers
     console.wait_for_selector(".card[data-state=talking] button[data-action=hold]", timeout=10000)
-    wallboard.wait_for_function("document.getElementById('count-talking').textContent === '1'", timeout=10000)
+    wait_for_js(wallboard, "document.getElementById('count-talking').textContent === '1'", timeout=10000)
     console.select_option("#status", "busy")
-    wallboard.wait_for_function(
+    wait_for_js(
+        wallboard,
         "[...document.querySelectorAll('#agents tr')].some(r => r.textContent.includes('jdoe') && r.textContent.includes('busy'))",
         timeout=10000,
     )
@@ -94,7 +95,7 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     # The PBX refuses the next hold: the card says why, and the call stays as it was.
     sim.fail_next(1, 503, app="myRCC", path="/hold")
     console.click(".card button[data-action=hold]")
-    console.wait_for_function("document.querySelector('.card .card-error').textContent.length > 0", timeout=10000)
+    wait_for_js(console, "document.querySelector('.card .card-error').textContent.length > 0", timeout=10000)
     assert "IPTC not started" in console.inner_text(".card .card-error")
     assert sim.call(line["callId"])["state"] == "talking"
 
@@ -111,5 +112,6 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
 
     sim.move(line["callId"], "hangup", cause="disconnect")
     console.wait_for_selector("#recent li.answered", timeout=10000)
-    wallboard.wait_for_function("document.querySelectorAll('#calls tr').length === 0", timeout=10000)
+    wait_for_js(wallboard, "document.querySelectorAll('#calls tr').length === 0", timeout=10000)
+    assert csp_violations(console) == [] and csp_violations(wallboard) == []  # the pages need no exception
 

@@ -38,7 +38,7 @@ def enduser_state(hub) -> dict:
 
 def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_saw_exactly_once(hub, browser):
     from telephony.providers.istra_enduser.tasks import backfill_account_task
-    from tests.support.browser import log_in
+    from tests.support.browser import log_in, wait_for_js
 
     hub = hub.start(workers=1, web=True)
     sim = IstraControl(hub.sim_url)
@@ -69,18 +69,18 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
     # A voicemail left at the PBX: the counter moves live and the message is listed.
     left = requests.post(f"{hub.sim_url}/_sim/istra/enduser/voicemails", timeout=5, json={
         "login": "chatfield", "from": "0612345678", "label": "Mme Martin", "durationSecond": 3}).json()
-    page.wait_for_function("document.getElementById('vm-unread-voicemails').textContent === '1'", timeout=15000)
+    wait_for_js(page, "document.getElementById('vm-unread-voicemails').textContent === '1'", timeout=15000)
     item = page.wait_for_selector(f"#vm-list li.unread[data-voicemail='{left['id']}']", timeout=10000)
     assert "Mme Martin (0612345678)" in item.inner_text()
 
     # It plays in the browser, streamed from the PBX through ctihub; playing it marks it read at the PBX.
     page.click(f"#vm-list li[data-voicemail='{left['id']}'] button[data-vm-action=play]")
-    page.wait_for_function("document.getElementById('vm-player').dataset.state === 'playing'", timeout=15000)
+    wait_for_js(page, "document.getElementById('vm-player').dataset.state === 'playing'", timeout=15000)
     # Played to the end: the browser decoded all three seconds it was sent.
-    page.wait_for_function("document.getElementById('vm-player').dataset.state === 'ended'", timeout=15000)
+    wait_for_js(page, "document.getElementById('vm-player').dataset.state === 'ended'", timeout=15000)
     assert abs(page.evaluate("document.getElementById('vm-player').currentTime") - 3) < 0.2
     assert page.evaluate("document.getElementById('vm-player').currentSrc").endswith(f"/{left['id']}.ogg")
-    page.wait_for_function("document.getElementById('vm-unread-voicemails').textContent === '0'", timeout=15000)
+    wait_for_js(page, "document.getElementById('vm-unread-voicemails').textContent === '0'", timeout=15000)
     assert enduser_state(hub)["voicemails"][0]["read"] is True
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-voicemail.png"), full_page=True)
@@ -92,7 +92,7 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
              30, what="both sockets back")
     second = requests.post(f"{hub.sim_url}/_sim/istra/enduser/voicemails", timeout=5, json={
         "login": "chatfield", "from": "0477889900"}).json()
-    page.wait_for_function("document.getElementById('vm-unread-voicemails').textContent === '1'", timeout=15000)
+    wait_for_js(page, "document.getElementById('vm-unread-voicemails').textContent === '1'", timeout=15000)
     page.wait_for_selector(f"#vm-list li.unread[data-voicemail='{second['id']}']", timeout=10000)
 
     # A call the myCrm socket sees (and that lands in the PBX's call history too)...
@@ -105,7 +105,7 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
     requests.post(f"{hub.sim_url}/_sim/istra/enduser/history", timeout=5, json={
         "login": "chatfield", "remoteNumber": "0611223344", "isIncoming": True, "isMissed": True,
         "timestamp": ten_minutes_ago}).raise_for_status()
-    page.wait_for_function("document.getElementById('vm-unread-missed').textContent === '1'", timeout=15000)
+    wait_for_js(page, "document.getElementById('vm-unread-missed').textContent === '1'", timeout=15000)
     assert len(enduser_state(hub)["history"]) == 2
 
     time.sleep(1.5)  # past ENDUSER_BACKFILL_SETTLE_SECONDS for the socket's call
@@ -123,7 +123,7 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
     assert sorted(c["phone"] for c in crm.calls().values()) == ["+33611223344", "+33698765432"]
 
     # The backfilled missed call is in the console's recent calls too.
-    page.wait_for_function("document.querySelector('#recent').textContent.includes('+33 6 11 22 33 44')", timeout=10000)
+    wait_for_js(page, "document.querySelector('#recent').textContent.includes('+33 6 11 22 33 44')", timeout=10000)
     page.screenshot(path=str(ARTIFACTS / "console-voicemail-backfilled.png"), full_page=True)
 
     # Deleting asks first (accepted above) and is gone at the PBX.

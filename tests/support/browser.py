@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -37,7 +38,32 @@ def browser(monkeypatch):
             instance.close()
 
 
+def wait_for_js(page, expression: str, timeout: float = 10000) -> None:
+    """``page.wait_for_function`` for the hub's pages: Playwright's polls its expression with ``eval()``,
+    which the hub's Content-Security-Policy (script-src 'self') forbids; ``page.evaluate`` goes through
+    the DevTools protocol, which may evaluate it."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression} still false after {timeout / 1000:.0f}s")
+        page.wait_for_timeout(100)
+
+
+def csp_violations(page) -> list[str]:
+    """What the browser refused on ``page`` under the Content-Security-Policy (watched from ``log_in`` on)."""
+    return list(getattr(page, "ctihub_csp_violations", []))
+
+
+def _watch_csp(page) -> None:
+    if hasattr(page, "ctihub_csp_violations"):
+        return
+    page.ctihub_csp_violations = []
+    page.on("console", lambda message: "Content Security Policy" in message.text
+            and page.ctihub_csp_violations.append(message.text))
+
+
 def log_in(page, base_url: str, username: str, password: str) -> None:
+    _watch_csp(page)
     page.goto(f"{base_url}/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", password)

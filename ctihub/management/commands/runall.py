@@ -35,9 +35,10 @@ class Command(BaseCommand):
                             help="Also point the demo at the simulated retailCRM (events, uploads, routing).")
 
     def handle(self, *args, **options):
+        child_env = dict(os.environ)
+        self._public_base_url_follows_port(options, child_env)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("ensure_demo_admin")
-        child_env = dict(os.environ)
         if settings.EMBEDDED_REDIS:
             # Started once here; the children get its URL and so never start their own.
             child_env["REDIS_URL"] = embedded_redis.ensure_running(settings.VAR_DIR)
@@ -71,6 +72,21 @@ class Command(BaseCommand):
                 embedded_redis.stop(settings.VAR_DIR)
         if exit_code:
             sys.exit(exit_code)
+
+    @staticmethod
+    def _public_base_url_follows_port(options, child_env: dict) -> None:
+        """Unless PUBLIC_BASE_URL is set (environment or .env), it is where this run serves: ``--port`` and
+        ``--host``. Otherwise ``--port 8010`` registered http://127.0.0.1:8000 as retailCRM's makeCallUrl and
+        printed :8000 links."""
+        if os.environ.get("PUBLIC_BASE_URL", "").strip():
+            return
+        host = options["host"]
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"  # all interfaces: this machine's own address reaches them
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address, as a URL writes it
+        settings.PUBLIC_BASE_URL = f"http://{host}:{options['port']}"
+        child_env["PUBLIC_BASE_URL"] = settings.PUBLIC_BASE_URL
 
     def _commands(self, options) -> dict[str, list[str]]:
         python = sys.executable

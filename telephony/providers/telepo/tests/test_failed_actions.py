@@ -138,7 +138,8 @@ def test_it_shows_the_agent_telepos_reason_when_it_refuses_an_action(running_sim
 
     async def scenario():
         comm = WebsocketCommunicator(application, "/ws/console/",
-                                     headers=[(b"origin", b"http://127.0.0.1:8000"), (b"cookie", cookie)])
+                                     headers=[(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000"),
+                                              (b"cookie", cookie)])
         connected, _ = await comm.connect()
         assert connected
         await comm.receive_json_from(timeout=5)  # the snapshot
