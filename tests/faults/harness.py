@@ -123,16 +123,20 @@ def istra_fault_settings(**extra: str) -> dict[str, str]:
     """``fault_settings`` for a world of every Istra kind: short timings for what must happen within a test.
 
     The REST session check every 2 s (a session expired at the PBX is noticed within seconds); a call with no
-    news for 20 s is stale (the sweep bound a myCrm user without history waits for); a call-history entry is
-    settled 2 s after its call ended. The backoff cap is the production default: a reconnect after a fault
-    must be quick because the hub reconnects at once, not because the test capped its backoff.
+    news for 30 s is stale (the sweep bound a myCrm user without history waits for: traffic's calls have news
+    every few seconds, and a hub on a loaded 2-core machine once lagged past 20 s and swept a live myRCC call);
+    a call-history entry is settled 2 s after its call ended; a missed call waits 5 s for its voicemail before
+    its upload (production: 180 s; the settle would time out first). The backoff cap is the production
+    default: a reconnect after a fault must be quick because the hub reconnects at once, not because the test
+    capped its backoff.
     """
     return fault_settings(**{
         "LISTENER_BACKOFF_CAP_SECONDS": "60",
         "ISTRA_SESSION_CHECK_SECONDS": "2",
         "CALL_SWEEP_SECONDS": "2",
-        **{f"CALL_STALE_{state}_SECONDS": "20" for state in STALE_STATES},
+        **{f"CALL_STALE_{state}_SECONDS": "30" for state in STALE_STATES},
         "ENDUSER_BACKFILL_SETTLE_SECONDS": "2",
+        "RETAILCRM_VOICEMAIL_WAIT_SECONDS": "5",
         **extra,
     })
 
