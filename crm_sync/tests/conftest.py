@@ -55,3 +55,21 @@ def queued(monkeypatch) -> list[tuple[str, tuple]]:
     monkeypatch.setattr("crm_sync.services._enqueue", record)
     return calls
 
+
+@pytest.fixture
+def world(integration, crm):
+    """An account, an agent on it known to retailCRM (user 7), a shop and a registered integration."""
+    from types import SimpleNamespace
+
+    from crm_sync import services
+    from crm_sync.models import ExternalPhone
+    from tests.factories import make_account, make_agent, make_terminal
+
+    crm.add_user(7, firstName="Ann")
+    crm.add_site("shop1")
+    account = make_account(default_region="FR")
+    agent = make_agent(extension_code="100", retailcrm_user_id="7")
+    terminal = make_terminal(account, agent=agent, extension="104")
+    ExternalPhone.objects.create(integration=integration, site_code="shop1", phone="+74999999999")
+    services.register_integration(integration)
+    return SimpleNamespace(integration=integration, crm=crm, account=account, agent=agent, terminal=terminal)

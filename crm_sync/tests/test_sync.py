@@ -11,24 +11,12 @@ from django.db import connection
 from django.utils import timezone
 
 from crm_sync import services
-from crm_sync.models import CrmCallSync, ExternalPhone
+from crm_sync.models import CrmCallSync
 from telephony import updates as u
 from telephony.models import Call
 from tests.factories import make_account, make_agent, make_call, make_terminal
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def world(integration, crm):
-    crm.add_user(7, firstName="Ann")
-    crm.add_site("shop1")
-    account = make_account(default_region="FR")
-    agent = make_agent(extension_code="100", retailcrm_user_id="7")
-    terminal = make_terminal(account, agent=agent, extension="104")
-    ExternalPhone.objects.create(integration=integration, site_code="shop1", phone="+74999999999")
-    services.register_integration(integration)
-    return SimpleNamespace(integration=integration, crm=crm, account=account, agent=agent, terminal=terminal)
 
 
 def ringing(world, **fields) -> Call:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from types import SimpleNamespace
 
 import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
 from crm_sync import services
-from crm_sync.models import ExternalPhone
-from crm_sync.tests.conftest import crm, integration, queued, running_simulator  # noqa: F401 (fixtures)
+from crm_sync.tests.conftest import crm, integration, queued, running_simulator, world  # noqa: F401 (fixtures)
 from telephony import updates as u
 from telephony.domain import apply_call_update
 from telephony.models import Call, CallEvent
 from telephony.sweep import SWEPT_KIND, sweep_stale_calls
-from tests.factories import make_account, make_agent, make_terminal
+from tests.factories import make_account
 from tests.test_settings import import_settings
 
 pytestmark = pytest.mark.django_db
@@ -149,18 +147,6 @@ def test_its_settings_default_sensibly_and_refuse_a_zero_bound(tmp_path):
 
 
 # --- what retailCRM hears -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def world(integration, crm):  # noqa: F811
-    crm.add_user(7, firstName="Ann")
-    crm.add_site("shop1")
-    account = make_account(default_region="FR")
-    agent = make_agent(extension_code="100", retailcrm_user_id="7")
-    terminal = make_terminal(account, agent=agent, extension="104")
-    ExternalPhone.objects.create(integration=integration, site_code="shop1", phone="+74999999999")
-    services.register_integration(integration)
-    return SimpleNamespace(integration=integration, crm=crm, account=account, terminal=terminal)
 
 
 def test_a_swept_call_gets_its_hangup_event_and_one_upload_with_what_is_known(world, queued, settings):  # noqa: F811

@@ -67,9 +67,10 @@ def assert_logs_keep_secrets(hub: Hub) -> None:
 
 
 @pytest.fixture(scope="module")
-def fault_hub(fault_db, django_db_blocker):
-    """Simulator + daphne + two Celery workers, on the test database and the test Redis."""
-    hub = start_fault_hub(django_db_blocker)
+def fault_hub(request, fault_db, django_db_blocker):
+    """Simulator + daphne + two Celery workers, on the test database and the test Redis; a module's
+    ``HUB_SETTINGS`` (a function like ``harness.fault_settings``) says how the hub is set up."""
+    hub = start_fault_hub(django_db_blocker, settings_of=getattr(request.module, "HUB_SETTINGS", fault_settings))
     try:
         yield hub
     finally:

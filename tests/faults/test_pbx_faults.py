@@ -20,7 +20,6 @@ import time
 
 import pytest
 
-from tests.faults.conftest import assert_logs_keep_secrets, start_fault_hub
 from tests.faults.harness import (
     ISTRA_KINDS, Consoles, Faults, Traffic, check_invariant, istra_fault_settings, listeners, run_with_faults,
     seed_world, wait_connected,
@@ -33,17 +32,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 
 REPORT = ARTIFACTS / "faults-istra.jsonl"
 RECONNECT_TARGET_MS = 5000  # from the PBX reachable again to every listener connected again
+# The module's hub (tests/faults/conftest.py fault_hub) runs with these settings.
+HUB_SETTINGS = istra_fault_settings
 CALLS_PER_SECOND = 3.0  # over ten extensions of four kinds, each kind gets a quarter of them
-
-
-@pytest.fixture(scope="module")
-def fault_hub(fault_db, django_db_blocker):
-    hub = start_fault_hub(django_db_blocker, settings_of=istra_fault_settings)
-    try:
-        yield hub
-    finally:
-        hub.stop()
-    assert_logs_keep_secrets(hub)
 
 
 @pytest.fixture(scope="module")
