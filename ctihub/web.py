@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     inherited = os.environ.get(LISTEN_FD_ENV)
     if inherited is not None:
         _serve(argv, inherited_fd=int(inherited), parent_pid=int(os.environ[PARENT_PID_ENV]))
-    elif configured_processes() == 1:
+    elif (processes := configured_processes()) == 1:
         _serve(argv)
     else:
-        sys.exit(Supervisor(argv, configured_processes()).run())
+        sys.exit(Supervisor(argv, processes).run())
 
 
 def configured_processes() -> int:
@@ -172,6 +172,9 @@ class Supervisor:
 
     def _start(self, slot: int) -> None:
         env = dict(os.environ, **{LISTEN_FD_ENV: str(self.sock.fileno()), PARENT_PID_ENV: str(os.getpid())})
+        # daphne writes its access log to stdout without flushing: block-buffered, the children's lines would
+        # interleave mid-line in the one log they share. Unbuffered, each line is one write.
+        env.setdefault("PYTHONUNBUFFERED", "1")
         self.children[slot] = subprocess.Popen([sys.executable, "-m", "ctihub.web", *self.argv], env=env,
                                                pass_fds=(self.sock.fileno(),))
         self.started_at[slot] = time.monotonic()

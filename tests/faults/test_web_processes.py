@@ -12,11 +12,13 @@ only a running child accepts from the shared socket.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
 import time
+from urllib.parse import urlencode
 
 import psutil
 import pytest
@@ -164,6 +166,31 @@ def test_it_replaces_a_web_process_killed_under_calls_and_its_consoles_reconnect
     finally:
         consoles.stop()
     assert "exited (code -9)" in hub.web.log()
+
+
+def test_it_places_a_makecallurl_call_whichever_web_process_answers(fault_world):
+    from crm_sync.models import RetailCrmIntegration
+
+    hub, seat = fault_world.hub, fault_world.seats[1]
+    client_id = RetailCrmIntegration.objects.get(pk=fault_world.integration_id).client_id
+    path = "/api/retailcrm/make-call?" + urlencode(
+        {"clientId": client_id, "code": seat.number, "userId": seat.crm_user_id, "phone": "+33612345671"})
+    children = web_children(hub.web)
+    try:
+        for child in children:
+            with paused([other for other in children if other is not child]):
+                connection = http.client.HTTPConnection("127.0.0.1", hub.web_port, timeout=30)
+                connection.request("GET", path)
+                answer = connection.getresponse()
+                body = answer.read()
+                assert connection.sock.getsockname()[1] in served_ports(child, hub.web_port)  # kept alive
+                connection.close()
+            assert answer.status == 200, body
+            assert json.loads(body)["success"] is True
+    finally:
+        for line in fault_world.istra.calls():
+            if line["state"] != "dropped":
+                fault_world.istra.move(line["callId"], "hangup", cause="disconnect")
 
 
 @pytest.fixture
