@@ -12,12 +12,12 @@ machine a bare DRF view tops out near 250 requests/s whatever the other core doe
 (issue 16). With ``WEB_PROCESSES`` above 1 (the default is the number of cores) this
 module is a small supervisor instead: it binds the port once and starts that many
 daphne children listening on that one socket (daphne's ``--fd``, an adopted Twisted
-port). Each new connection goes to whichever child accepts it first, so an idle child
-takes it before a busy one does. One shared socket rather than ``SO_REUSEPORT`` per
-child: that would hash each connection to one child's own queue however busy the
-child is, reset the connections queued on a child that dies, and daphne's Twisted
-endpoint strings cannot set it anyway. With one socket, what a dead child had not yet
-accepted waits for the others while its replacement starts.
+port). Each new connection goes to whichever child accepts it first: usually an idle
+one, as a child busy with a request is not waiting on the socket. One shared socket
+rather than ``SO_REUSEPORT`` per child: that would hash each connection to one child's
+own queue however busy the child is, reset the connections queued on a child that
+dies, and daphne's Twisted endpoint strings cannot set it anyway. With one socket,
+what a dead child had not yet accepted waits for the others while it is replaced.
 
 The supervisor restarts a child that dies: at once if it had been serving, after a
 pause if it died while starting, and after ``START_FAILURES_LIMIT`` such deaths in a
@@ -58,8 +58,9 @@ STOP_GRACE_SECONDS = 15
 # A child that dies sooner than this after its start never served: a broken setup, not a crash to restart at once.
 START_SECONDS = 10
 START_FAILURES_LIMIT = 3
-# Twisted listens with a backlog of 50: a connect storm (a deploy, a network blip: every console at once)
-# overflowed it and clients waited out SYN retries. The kernel caps it at net.core.somaxconn.
+# Twisted listens with a backlog of 50 (as a single daphne still does): in a connect storm (a deploy, a network
+# blip: every console at once) a full backlog drops SYNs and clients wait out SYN retries of 1 s, 3 s, 7 s.
+# The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = socket.SOMAXCONN
 
 
