@@ -1,4 +1,9 @@
-"""Real processes for the benchmarks: the simulator, daphne and a Celery worker on the benchmark database."""
+"""Real processes for the benchmarks: the simulator, daphne and a Celery worker on the benchmark database.
+
+daphne runs ``WEB_PROCESSES`` processes if the environment sets it (``WEB_PROCESSES=2 python -m bench...``),
+else one, as the figures of one process were always taken. With more than one, ``start_web()``'s process is
+their supervisor: ``web_cpu_seconds`` counts the CPU of the children that serve.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,14 @@ def hub_env(**extra: str) -> dict[str, str]:
                DEBUG="false")  # as in production: DEBUG's cursor wrapper costs every query
     env.update(extra)
     return env
+
+
+def web_cpu_seconds(web: ManagedProcess) -> float:
+    """User and system CPU time of daphne so far: the process and its children (the serving ones, if several)."""
+    import psutil
+
+    root = psutil.Process(web.process.pid)
+    return sum(sum(process.cpu_times()[:2]) for process in [root, *root.children(recursive=True)])
 
 
 class BenchHub:

@@ -327,6 +327,10 @@ CONTENT_SECURITY_POLICY = {
 # Threads per web process that handle HTTP requests (each keeps one database connection; a view
 # waiting on a PBX holds one); 16 matches the HTTP client's pool per host, so none opens a throwaway connection.
 WEB_POOL_THREADS = strict_int("WEB_POOL_THREADS", 16, minimum=1)
+# daphne processes sharing the web port (ctihub/web.py): one process is held to about one core by the GIL.
+# Each may hold WEB_POOL_THREADS database connections. In a container limited by a CPU quota, os.cpu_count()
+# still counts the host's cores: set it to the quota.
+WEB_PROCESSES = strict_int("WEB_PROCESSES", os.cpu_count() or 1, minimum=1)
 
 # --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000

@@ -30,6 +30,7 @@ def import_settings(script: str = "import ctihub.settings as s; print(s.DATABASE
         ({"LOG_LEVEL": "chatty"}, "is not a logging level"),
         ({"PUBLIC_BASE_URL": "ftp://hub"}, "must be an http(s) URL"),
         ({"GIL_SWITCH_INTERVAL_US": "50"}, "GIL_SWITCH_INTERVAL_US=50 must be at least 100"),
+        ({"WEB_PROCESSES": "0"}, "WEB_PROCESSES=0 must be at least 1"),
     ],
 )
 def test_it_refuses_to_start_on_a_bad_value(overrides, message, tmp_path):
@@ -53,6 +54,16 @@ def test_it_uses_postgresql_and_the_given_redis_when_configured(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["django.db.backends.postgresql", "redis://127.0.0.1:6379/3"]
+
+
+def test_it_runs_a_web_process_per_core_unless_told_otherwise(tmp_path):
+    script = "import os, ctihub.settings as s; print(s.WEB_PROCESSES, os.cpu_count())"
+    unset = import_settings(script, CTIHUB_VAR_DIR=str(tmp_path), WEB_PROCESSES="")
+    assert unset.returncode == 0, unset.stderr
+    processes, cores = unset.stdout.split()
+    assert processes == cores
+    told = import_settings(script, CTIHUB_VAR_DIR=str(tmp_path), WEB_PROCESSES="3")
+    assert told.stdout.split()[0] == "3"
 
 
 def test_it_hands_threads_the_gil_every_millisecond_in_daphne_and_the_worker(tmp_path):

@@ -114,10 +114,14 @@ def simulator_process(port: int) -> ManagedProcess:
 
 
 def daphne_process(port: int, env: dict[str, str], generation: int = 0) -> ManagedProcess:
-    """``generation``: how many daphnes ran on this port before (a restart must not truncate their log)."""
+    """``generation``: how many daphnes ran on this port before (a restart must not truncate their log).
+
+    One daphne process unless ``env`` sets ``WEB_PROCESSES``: a test reads the web process's own sockets and
+    CPU by its pid, and a supervisor with a child per core would cost each hub another Django process.
+    """
     name = f"daphne-{port}" if not generation else f"daphne-{port}-{generation}"
     return ManagedProcess(name, [sys.executable, "-m", "ctihub.web", "-b", "127.0.0.1", "-p", str(port),
-                                             "ctihub.asgi:application"], env)
+                                 "ctihub.asgi:application"], {"WEB_PROCESSES": "1", **env})
 
 
 class Hub:

@@ -1,5 +1,7 @@
 """Runs the whole hub in one terminal: daphne, a Celery worker, beat and the simulator.
 
+daphne is ``python -m ctihub.web``, which runs ``WEB_PROCESSES`` daphne processes on the one port.
+
 This is the newcomer's path and the demo. Production runs each process on its
 own (see docker-compose.yml). If one process dies the others are stopped, so a
 broken setup fails loudly instead of half-working.
@@ -47,7 +49,8 @@ class Command(BaseCommand):
         children = {name: subprocess.Popen(argv, env=child_env) for name, argv in commands.items()}
         if not options["no_simulator"]:
             self._seed_demo(options, children)
-        self.stdout.write(f"ctihub is up: {settings.PUBLIC_BASE_URL}/ (Ctrl-C stops everything)")
+        self.stdout.write(f"ctihub is up: {settings.PUBLIC_BASE_URL}/ ({settings.WEB_PROCESSES} web processes: "
+                          "WEB_PROCESSES; Ctrl-C stops everything)")
         exit_code = 0
         stopping = False
 

@@ -1,0 +1,23 @@
+"""``python -m ctihub.web``'s reading of daphne's arguments when several processes share the port."""
+
+import pytest
+
+from ctihub.web import listen_address
+
+
+def test_it_listens_where_daphnes_arguments_say_with_daphnes_defaults():
+    assert listen_address(["-b", "0.0.0.0", "-p", "8000", "ctihub.asgi:application"]) == ("0.0.0.0", 8000)
+    assert listen_address(["--port", "9000", "ctihub.asgi:application"]) == ("127.0.0.1", 9000)
+    assert listen_address(["ctihub.asgi:application"]) == ("127.0.0.1", 8000)
+
+
+@pytest.mark.parametrize("binding, reason", [
+    (["-u", "/tmp/ctihub.sock"], "with -u, -e or --fd set WEB_PROCESSES=1"),
+    (["--fd", "3"], "with -u, -e or --fd set WEB_PROCESSES=1"),
+    (["-e", "tcp:port=8000"], "with -u, -e or --fd set WEB_PROCESSES=1"),
+    (["-b", "::", "-p", "8000"], "IPv4 only, not ::; set WEB_PROCESSES=1"),
+])
+def test_it_refuses_a_binding_its_children_could_not_share(binding, reason):
+    with pytest.raises(SystemExit) as exited:
+        listen_address([*binding, "ctihub.asgi:application"])
+    assert reason in str(exited.value.code)
