@@ -14,6 +14,8 @@ from crm_sync import services
 from crm_sync.models import CrmCallSync
 from telephony import updates as u
 from telephony.models import Call
+from telephony.sweep import sweep_stale_calls
+from telephony.tests.test_sweep import NOW, live_call
 from tests.factories import make_account, make_agent, make_call, make_terminal
 
 pytestmark = pytest.mark.django_db
@@ -395,3 +397,28 @@ def test_the_sweep_finds_lost_syncs_due_hangups_and_due_outboxes(world):
     assert report.calls == sorted([lost.pk, hangup_due.pk])
     assert report.integrations == [world.integration.pk]
     assert fresh.pk not in report.calls
+
+
+# --- a call the stale-call sweep ended (telephony/sweep.py) --------------------------------------
+
+def test_a_swept_call_gets_its_hangup_event_and_one_upload_with_what_is_known(world, queued, settings):
+    settings.TIME_ZONE = "UTC"
+    settings.CALL_STALE_RINGING_SECONDS = 60  # its call had its last news 61 s before the sweep
+    call = live_call(world.account, u.RINGING, 61, terminal_pbx_id=world.terminal.pbx_id,
+                     remote_number="0412345670", external_phone="+74999999999")
+    services.sync_call(call.pk)  # the pop-up went out while it rang
+    assert [e["type"] for e in world.crm.events()] == ["in"]
+
+    sweep_stale_calls(now=NOW)
+    services.sync_call(call.pk)
+    services.sync_call(call.pk)
+    services.upload_outbox(world.integration.pk)
+    services.upload_outbox(world.integration.pk)
+
+    events = world.crm.events()
+    assert [(e["type"], e.get("hangupStatus")) for e in events] == [("in", None), ("hangup", "failed")]
+    uploaded = [record for upload in world.crm.uploads() for record in upload["calls"]]
+    assert len(uploaded) == 1
+    assert (uploaded[0]["externalId"], uploaded[0]["result"], uploaded[0]["duration"]) == (
+        f"ctihub-{call.pk}", "unknown", 0)
+    assert Call.objects.get(pk=call.pk).crm_sync_state == Call.CrmSync.SYNCED

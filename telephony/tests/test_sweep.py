@@ -8,8 +8,6 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from crm_sync import services
-from crm_sync.tests.conftest import crm, integration, queued, running_simulator, world  # noqa: F401 (fixtures)
 from telephony import updates as u
 from telephony.domain import apply_call_update
 from telephony.models import Call, CallEvent
@@ -146,29 +144,7 @@ def test_its_settings_default_sensibly_and_refuse_a_zero_bound(tmp_path):
     assert refused.returncode != 0 and "CALL_STALE_HELD_SECONDS=0 must be at least 1" in refused.stderr
 
 
-# --- what retailCRM hears -------------------------------------------------------------------------
-
-
-def test_a_swept_call_gets_its_hangup_event_and_one_upload_with_what_is_known(world, queued, settings):  # noqa: F811
-    settings.TIME_ZONE = "UTC"
-    call = live_call(world.account, u.RINGING, 61, terminal_pbx_id=world.terminal.pbx_id,
-                     remote_number="0412345670", external_phone="+74999999999")
-    services.sync_call(call.pk)  # the pop-up went out while it rang
-    assert [e["type"] for e in world.crm.events()] == ["in"]
-
-    sweep_stale_calls(now=NOW)
-    services.sync_call(call.pk)
-    services.sync_call(call.pk)
-    services.upload_outbox(world.integration.pk)
-    services.upload_outbox(world.integration.pk)
-
-    events = world.crm.events()
-    assert [(e["type"], e.get("hangupStatus")) for e in events] == [("in", None), ("hangup", "failed")]
-    uploaded = [record for upload in world.crm.uploads() for record in upload["calls"]]
-    assert len(uploaded) == 1
-    assert (uploaded[0]["externalId"], uploaded[0]["result"], uploaded[0]["duration"]) == (
-        f"ctihub-{call.pk}", "unknown", 0)
-    assert Call.objects.get(pk=call.pk).crm_sync_state == Call.CrmSync.SYNCED
+# What retailCRM hears of a swept call: crm_sync/tests/test_sync.py (the layer above).
 
 
 # --- what the admin sees --------------------------------------------------------------------------

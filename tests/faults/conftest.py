@@ -69,8 +69,10 @@ def assert_logs_keep_secrets(hub: Hub) -> None:
 @pytest.fixture(scope="module")
 def fault_hub(request, fault_db, django_db_blocker):
     """Simulator + daphne + two Celery workers, on the test database and the test Redis; a module's
-    ``HUB_SETTINGS`` (a function like ``harness.fault_settings``) says how the hub is set up."""
-    hub = start_fault_hub(django_db_blocker, settings_of=getattr(request.module, "HUB_SETTINGS", fault_settings))
+    ``HUB_SETTINGS`` (a function like ``harness.fault_settings``) says how the hub is set up, and
+    ``HUB_WORKERS`` how many workers it runs."""
+    hub = start_fault_hub(django_db_blocker, workers=getattr(request.module, "HUB_WORKERS", 2),
+                          settings_of=getattr(request.module, "HUB_SETTINGS", fault_settings))
     try:
         yield hub
     finally:

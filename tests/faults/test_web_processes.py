@@ -25,8 +25,7 @@ import pytest
 import requests
 import websocket
 
-from tests.faults.conftest import assert_logs_keep_secrets, start_fault_hub
-from tests.faults.harness import Consoles, Traffic, check_invariant, fault_settings, seed_world
+from tests.faults.harness import Consoles, Traffic, check_invariant, fault_settings
 from tests.support.consoles import Console
 from tests.support.processes import daphne_process, free_port, http_ok, subprocess_env, wait_for
 
@@ -34,6 +33,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 
 PROCESSES = 2
 RECONNECT_BOUND_MS = 5000
+# The module's hub (tests/faults/conftest.py): one worker, a daphne supervisor with PROCESSES children.
+HUB_WORKERS = 1
 
 
 def web_settings(**extra: str) -> dict[str, str]:
@@ -41,20 +42,7 @@ def web_settings(**extra: str) -> dict[str, str]:
     return fault_settings(WEB_PROCESSES=str(PROCESSES), CONSOLE_RESYNC_SECONDS="3600", **extra)
 
 
-@pytest.fixture(scope="module")
-def fault_hub(fault_db, django_db_blocker):
-    """Simulator, one worker and a daphne supervisor with two children."""
-    hub = start_fault_hub(django_db_blocker, workers=1, settings_of=web_settings)
-    try:
-        yield hub
-    finally:
-        hub.stop()
-    assert_logs_keep_secrets(hub)
-
-
-@pytest.fixture(scope="module")
-def fault_world(fault_hub):
-    return seed_world(fault_hub)
+HUB_SETTINGS = web_settings
 
 
 def web_children(web, but: tuple[int, ...] = ()) -> list[psutil.Process]:

@@ -17,7 +17,6 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from crm_sync.retailcrm import payloads
 from telephony import updates as u
 from telephony.models import Call
 from telephony.providers.telepo.reconcile import ABSENCE_GRACE, reconcile_user
@@ -83,7 +82,6 @@ def test_it_never_counts_a_voicemail_taking_the_call_as_the_agent_answering(acco
     call = the_call(sequence)
     assert (call.end_cause, call.answered_at, call.talking_ms) == (u.END_NO_ANSWER, None, 0)
     assert call.ended_at == at(sequence[5])  # the caller spoke to the voicemail until then
-    assert (payloads.hangup_status(call), payloads.upload_result(call)) == ("no answered", "no answer")
 
 
 def test_it_ends_a_call_a_queue_took_as_transferred_not_answered(account, terminal, queued):

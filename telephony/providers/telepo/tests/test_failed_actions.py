@@ -2,7 +2,8 @@
 
 The spec's own sample (``fixtures/transfer_answer.json``: "Call setup failed with
 status code 504") goes through the provider; the simulator answers FAILED on
-demand, and the refusal is followed to the agent's console and to makeCallUrl.
+demand, and the refusal is followed to the agent's console (to makeCallUrl:
+``crm_sync/tests/test_telepo_refusals.py``, the layer above).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
-from crm_sync.models import RetailCrmIntegration
 from ctihub.asgi import application
 from telephony import control
 from telephony import updates as u
@@ -104,22 +104,6 @@ def test_it_reports_a_make_call_the_simulator_refuses(account, terminal, world):
     with pytest.raises(ProviderError, match=f"^Telepo refused make: {SPEC_DESCRIPTION}$") as refused:
         provider_for(account).place_call(ALICE, "0612345678")
     assert refused.value.permanent and world.calls == {}
-
-
-@pytest.mark.django_db
-def test_it_answers_makecallurl_with_an_error_saying_why_telepo_refused(account, terminal, world, settings):
-    settings.PUBLIC_BASE_URL = "https://hub.example.com"
-    RetailCrmIntegration.objects.create(name="shop", crm_url="https://shop.retailcrm.ru", api_key="k",
-                                        client_id="client-id-0123456789")
-    terminal.agent.extension_code, terminal.agent.retailcrm_user_id = "100", "1"
-    terminal.agent.save()
-    world.fail_next("make")
-    response = Client().get("/api/retailcrm/make-call", {"clientId": "client-id-0123456789", "code": "100",
-                                                          "phone": "+33612345678", "userId": "1"})
-    assert response.status_code == 502
-    assert response.json() == {"success": False,
-                               "reason": f"the PBX did not place the call: Telepo refused make: {SPEC_DESCRIPTION}"}
-    assert world.calls == {}
 
 
 # --- the agent's console ------------------------------------------------------------------------------
