@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import statistics
+import time
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -103,3 +104,70 @@ def percentiles(samples_ms: list[float], prefix: str) -> None:
     figure(f"{prefix}_p99", pct(99), "ms")
     figure(f"{prefix}_max", ordered[-1], "ms")
     figure(f"{prefix}_mean", statistics.fmean(ordered), "ms")
+
+
+# --- What every benchmark prints about the machine, and how it fails -----------------------------
+
+CALIBRATION_LOOP = 2_000_000
+
+
+def calibration_ms() -> float:
+    """The time of a fixed pure-Python CPU loop (best of three), so figures from two machines compare.
+
+    A machine half as fast prints about twice the figure; divide a CPU cost by it to compare runs.
+    """
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        total = 0
+        for n in range(CALIBRATION_LOOP):
+            total += n * n % 7
+        best = min(best, time.process_time() - t0)
+    return best * 1000
+
+
+def machine_figures(label: str = "") -> None:
+    """The calibration loop's time and the load average, printed at the start (and end) of a run."""
+    prefix = f"{label}_" if label else ""
+    figure(f"{prefix}calibration_loop", calibration_ms(), "ms")
+    one, five, fifteen = os.getloadavg()
+    figure(f"{prefix}load_average", f"{one:.2f} / {five:.2f} / {fifteen:.2f}", "(1 / 5 / 15 min)")
+
+
+# What a benchmark has so far (consoles connected, errors by kind, ...): printed if it fails.
+progress: dict[str, object] = {}
+
+
+def run(main) -> None:
+    """Run a benchmark's ``main``: on any failure print what it has and the error, and exit 1.
+
+    Never a bare traceback: the figures printed so far stay, ``progress`` is printed, then one line
+    ``failed: <kind>: <message>``. ``BENCH_TRACEBACK=1`` prints the traceback too.
+    """
+    import traceback
+
+    machine_figures()
+    try:
+        main()
+    except KeyboardInterrupt:
+        _print_progress()
+        print("failed: interrupted", flush=True)
+        sys.exit(130)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _print_progress()
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a benchmark reports every failure the same way
+        _print_progress()
+        if os.environ.get("BENCH_TRACEBACK"):
+            traceback.print_exc()
+        message = str(exc) or repr(exc)
+        print(f"failed: {type(exc).__name__}: {message}", flush=True)
+        sys.exit(1)
+    machine_figures("end")
+
+
+def _print_progress() -> None:
+    for key, value in progress.items():
+        figure(f"so_far_{key}", value if not isinstance(value, dict) else
+               ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "none")

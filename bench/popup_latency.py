@@ -200,4 +200,6 @@ async def _traffic(session, sim_url, args, terminals) -> dict[tuple[str, str], f
 
 
 if __name__ == "__main__":
-    main()
+    from bench.common import run
+
+    run(main)

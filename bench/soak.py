@@ -98,4 +98,6 @@ def soak(args, kinds: list[str]) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    from bench.common import run
+
+    run(main)

@@ -331,6 +331,9 @@ WEB_POOL_THREADS = strict_int("WEB_POOL_THREADS", 16, minimum=1)
 # Each may hold WEB_POOL_THREADS database connections. In a container limited by a CPU quota, os.cpu_count()
 # still counts the host's cores: set it to the quota.
 WEB_PROCESSES = strict_int("WEB_PROCESSES", os.cpu_count() or 1, minimum=1)
+# The benchmarks' floors (bench/floors.py): a bare DRF view and a bare forwarding consumer served by the
+# same daphne as ctihub's own, so a benchmark can measure both side by side. Never set it in production.
+BENCH_FLOORS = strict_bool("BENCH_FLOORS", False)
 
 # --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000

@@ -25,8 +25,10 @@ def bench_env() -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
     redis_base = settings.REDIS_URL.rsplit("/", 1)[0]
-    env.update(BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:5432/ctihub_bench_smoke",
-               BENCH_REDIS_URL=f"{redis_base}/15", PYTHONPATH=str(REPO))
+    # Their own database and Redis database, so a benchmark run beside the suite cannot disturb them.
+    env.update(BENCH_DATABASE_URL=os.environ.get("BENCH_SMOKE_DATABASE_URL",
+                                                 "postgres://postgres@127.0.0.1:5432/ctihub_bench_smoke"),
+               BENCH_REDIS_URL=os.environ.get("BENCH_SMOKE_REDIS_URL", f"{redis_base}/15"), PYTHONPATH=str(REPO))
     return env
 
 
