@@ -101,7 +101,7 @@ def crm_token_wait(priority: str, seconds: float) -> None:
             if seconds <= bound:
                 pipe.hincrby(key, repr(bound), 1)
         pipe.hincrby(key, "count", 1)
-        if seconds > 0.001:
+        if seconds > 0:
             pipe.hincrby(key, "waited", 1)
             pipe.hincrbyfloat(key, "sum", seconds)
             pipe.eval(_KEEP_MAX, 1, key, repr(seconds))

@@ -177,12 +177,14 @@ class RateLimiter:
         """
         started = time.monotonic()
         waiter = uuid.uuid4().hex
+        tries = 0
         try:
             while True:
                 wait_ms = self.try_acquire(api_key, kind, priority, waiter)
+                tries += 1
                 if wait_ms == 0:
                     waited = time.monotonic() - started
-                    _record_wait(priority, waited)
+                    _record_wait(priority, waited if tries > 1 else 0.0)  # a first try's round trip is no wait
                     return waited
                 waited = time.monotonic() - started
                 if waited + wait_ms / 1000 > max_wait:
