@@ -81,7 +81,7 @@ def main() -> None:
         progress["calls_placed"] = len(placed)
         settle = args.settle or 15 + args.seconds
         _wait_for_events(hub, 2 * len(placed), settle)
-        cpu = _cpu(workers) - cpu_before  # before the uploads' wait: per event, not per idle second
+        cpu = [after - before for after, before in zip(_cpu(workers), cpu_before)]  # not the uploads' idle wait
         _wait_for_uploads(hub, len(placed), 5.0)
         depths.stop()
         _report(hub, args, placed, depths, cpu)
@@ -167,10 +167,11 @@ def _wait_for_uploads(hub, count: int, settle: float) -> None:
         time.sleep(0.5)
 
 
-def _cpu(workers) -> float:
+def _cpu(workers) -> list[float]:
+    """User + system CPU seconds of each worker process so far."""
     import psutil
 
-    return sum(sum(psutil.Process(w.process.pid).cpu_times()[:2]) for w in workers)
+    return [sum(psutil.Process(w.process.pid).cpu_times()[:2]) for w in workers]
 
 
 class QueueDepths(threading.Thread):
@@ -248,7 +249,7 @@ def _digits(text: str) -> str:
     return re.sub(r"\D", "", text or "")
 
 
-def _report(hub, args, placed: dict[str, str], depths: QueueDepths, cpu_seconds: float) -> None:
+def _report(hub, args, placed: dict[str, str], depths: QueueDepths, cpu_seconds: list[float]) -> None:
     from ctihub import metrics
 
     frames = _sim_get(hub, "/_sim/istra/frame-log")
@@ -316,8 +317,12 @@ def _report(hub, args, placed: dict[str, str], depths: QueueDepths, cpu_seconds:
     figure("uploads_sent_while_a_start_event_waited", overtaking, "", "0")
     events_count = len(set(received) & expected)
     if events_count:
-        # Both workers' CPU over the run (frames, events, uploads, idle sockets) per call event received.
-        figure("workers_cpu_per_call_event", 1000 * cpu_seconds / events_count, "ms")
+        # CPU over the run per call event received: the socket worker (frames, its share of tasks, uploads,
+        # idle sockets) and the call-events worker (the events' tasks and requests) apart.
+        figure("workers_cpu_per_call_event", 1000 * sum(cpu_seconds) / events_count, "ms")
+        figure("socket_worker_cpu_per_call_event", 1000 * cpu_seconds[0] / events_count, "ms")
+        if len(cpu_seconds) > 1:
+            figure("events_worker_cpu_per_call_event", 1000 * cpu_seconds[1] / events_count, "ms")
 
 
 def _most_in_any_second(times: list[float]) -> int:
