@@ -16,8 +16,8 @@ Figures: p50/p95/p99/max for start and hangup events apart; sent, received, miss
 requests/s at retailCRM (telephony: mean over the run and the most in any one-second window, limit
 40); what waited for the shared rate limit and how long (call events: high priority, uploads: low,
 ``ctihub.metrics.crm_token_wait``); the deepest the two Celery queues got; and
-``uploads_sent_while_a_start_event_waited``: uploads that reached retailCRM while a start event whose
-frame had left more than ``--waiting-after`` seconds before had still not (0 when start events go first).
+``uploads_sent_while_a_start_event_waited``: uploads that took a token while a call event had been
+refused one and had not got it yet, from the telephony bucket's own timeline (0 when events go first).
 Above the limit (``--rate 30``: 60 events a second for a bucket of 34) events queue and uploads wait.
 """
 
@@ -73,6 +73,7 @@ def main() -> None:
                  what="every terminal's listener connected")
         progress["listeners_connected"] = terminals
         _sim_post(hub, "/_sim/istra/frame-log", {"enabled": True})
+        _record_token_timeline()
         cpu_before = _cpu(workers)
         depths = QueueDepths()
         depths.start()
@@ -158,6 +159,40 @@ def _wait_for_events(hub, count: int, settle: float) -> None:
     deadline = time.monotonic() + settle
     while time.monotonic() < deadline and _events_in(hub) < count:
         time.sleep(0.5)
+
+
+def _timeline_key() -> str:
+    from crm_sync.retailcrm.ratelimit import TELEPHONY, RateLimiter
+    from tests.support.retailcrm_sim import API_KEY
+
+    return f"{RateLimiter().key(API_KEY, TELEPHONY)}:timeline"
+
+
+def _record_token_timeline() -> None:
+    """Have the telephony bucket note every grant and every call event's wait (while this list exists)."""
+    from ctihub.shared_redis import shared_redis
+
+    shared_redis().rpush(_timeline_key(), "on")
+    shared_redis().pexpire(_timeline_key(), 600_000)
+
+
+def uploads_granted_while_an_event_waited(entries: list[str]) -> tuple[int, int]:
+    """(uploads that took a token while a call event was refused one and had not got it yet, such waits)."""
+    waiting_since: dict[str, float] = {}
+    intervals, uploads = [], []
+    for entry in entries:
+        parts = entry.split()
+        if len(parts) != 4:
+            continue  # the marker
+        priority, what, waiter, now = parts[0], parts[1], parts[2], float(parts[3])
+        if priority == "1" and what == "waiting":
+            waiting_since.setdefault(waiter, now)
+        elif priority == "1" and what == "granted" and waiter in waiting_since:
+            intervals.append((waiting_since.pop(waiter), now))
+        elif priority == "0" and what == "granted":
+            uploads.append(now)
+    overtaking = sum(1 for u in uploads if any(begin < u < end for begin, end in intervals))
+    return overtaking, len(intervals)
 
 
 def _wait_for_uploads(hub, count: int, settle: float) -> None:
@@ -310,11 +345,19 @@ def _report(hub, args, placed: dict[str, str], depths: QueueDepths, cpu_seconds:
         figure(f"token_wait_{label}_max", 1000 * waits["max"], "ms")
     for queue, deepest in depths.deepest.items():
         figure(f"celery_queue_{queue}_deepest", deepest, "tasks")
-    # An upload that reached retailCRM while a start event, its frame long gone, still had not.
-    waiting = [(sent[key] + args.waiting_after, received.get(key, math.inf))
-               for key in expected if key[1] == START and key in sent]
-    overtaking = sum(1 for u in uploads if any(begin < u < end for begin, end in waiting))
+    # At the bucket: uploads that took a token while a call event waited for one (the bucket's own timeline).
+    from ctihub.shared_redis import shared_redis
+
+    timeline = [e.decode() for e in shared_redis().lrange(_timeline_key(), 0, -1)]
+    overtaking, waits = uploads_granted_while_an_event_waited(timeline)
+    figure("call_event_waits_for_a_token", waits)
     figure("uploads_sent_while_a_start_event_waited", overtaking, "", "0")
+    # Anywhere (frames, Celery queue, bucket): uploads that reached retailCRM while a start event whose frame
+    # left --waiting-after s before had not. Not 0 when the workers are short of CPU: events then wait
+    # before the bucket, where uploads do not compete with them.
+    late = [(sent[key] + args.waiting_after, received.get(key, math.inf))
+            for key in expected if key[1] == START and key in sent]
+    figure("uploads_received_while_a_start_event_was_late", sum(1 for u in uploads if any(b < u < e for b, e in late)))
     events_count = len(set(received) & expected)
     if events_count:
         # CPU over the run per call event received: the socket worker (frames, its share of tasks, uploads,

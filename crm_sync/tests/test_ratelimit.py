@@ -54,7 +54,7 @@ def test_it_never_lets_more_than_the_published_limit_through_in_any_second_acros
     for thread in threads:
         thread.join()
     assert most_in_any_second(granted) <= PUBLISHED_LIMITS[GENERAL]
-    # ...and it does let traffic through at close to its rate (2 of burst + 7.5/s).
+    # ...and it does let traffic through at close to its rate (1 of burst + 8.5/s).
     assert len(granted) >= 16
 
 
@@ -101,6 +101,7 @@ def test_it_lets_no_upload_take_a_token_while_a_call_event_waits_for_one():
     time.sleep(3 / rate)  # tokens enough for an upload and its reserve
     assert limiter.try_acquire("key-a", TELEPHONY, LOW) > 0  # the upload must wait: an event is waiting
     assert limiter.try_acquire("key-a", TELEPHONY, HIGH, "event-1") == 0  # the event takes its token
+    time.sleep(3 / rate)
     assert limiter.try_acquire("key-a", TELEPHONY, LOW) == 0  # nobody waits now: the upload goes
 
 
@@ -138,4 +139,5 @@ def test_it_unregisters_a_call_event_that_gave_up_waiting():
 def test_it_sustains_thirty_call_events_a_second_and_their_uploads_within_the_limit():
     # 15 new calls a second: 30 events a second, and the uploads gathered once a second.
     rate, capacity = rate_and_capacity(TELEPHONY)
-    assert rate >= 30 + 2 and capacity + rate <= 0.95 * PUBLISHED_LIMITS[TELEPHONY] + 1e-9
+    # ...with 4 requests of margin (118 ms at that rate) for requests bunching on their way to retailCRM.
+    assert rate >= 30 + 2 and capacity + rate <= PUBLISHED_LIMITS[TELEPHONY] - 4 + 1e-9
