@@ -179,7 +179,7 @@ def test_it_sends_a_start_event_before_the_uploads_waiting_with_it_for_the_rate_
     before = max([r["seq"] for r in crm.requests()], default=0)
 
     rate, _ = rate_and_capacity(TELEPHONY)
-    deficit_seconds = 6.0  # generous: the ringing frame must reach the bucket while the uploads wait
+    deficit_seconds = 8.0  # generous: the ringing frames must reach the bucket while the uploads wait
     redis = shared_redis()
     seconds, micros = redis.time()
     key = RateLimiter().key(API_KEY, TELEPHONY)
