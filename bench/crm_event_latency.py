@@ -55,7 +55,7 @@ def main() -> None:
     from tests.support.processes import celery_worker, wait_for
 
     terminals = int(math.ceil(args.rate * (args.call_seconds + 1.5))) + 5
-    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1"))
+    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true"))
     workers = []
     try:
         hub.start_simulator()
@@ -86,6 +86,8 @@ def main() -> None:
         _wait_for_uploads(hub, len(placed), 5.0)
         depths.stop()
         _report(hub, args, placed, depths, cpu)
+        if len(workers) > 1:
+            _floor(hub, args, workers[1], cpu[1])
     finally:
         hub.stop()
 
@@ -193,6 +195,39 @@ def uploads_granted_while_an_event_waited(entries: list[str]) -> tuple[int, int]
             uploads.append(now)
     overtaking = sum(1 for u in uploads if any(begin < u < end for begin, end in intervals))
     return overtaking, len(intervals)
+
+
+def _floor(hub, args, events_worker, events_worker_cpu: float) -> None:
+    """The call-events worker's floor, on the same process: a task that only sends one call event.
+
+    As many as the run's events, at the run's event rate; its CPU per event beside the run's.
+    """
+    from django.conf import settings
+
+    from crm_sync.models import RetailCrmIntegration
+    from crm_sync.tasks import bench_floor_event_task
+
+    received = _events_in(hub)
+    count = received
+    integration_id = RetailCrmIntegration.objects.get().pk
+    before = _cpu([events_worker])[0]
+    interval = 1.0 / (2 * args.rate)
+    started = time.monotonic()
+    for n in range(count):
+        delay = started + n * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        event = {"type": "in", "phone": f"+3362{n:07d}", "codes": ["1000"], "userIds": [100],
+                 "callExternalId": f"floor-{n}"}
+        bench_floor_event_task.apply_async((integration_id, event), queue=settings.CRM_EVENTS_QUEUE)
+    _wait_for_events(hub, received + count, 15 + args.seconds)
+    sent = _events_in(hub) - received
+    cpu = _cpu([events_worker])[0] - before
+    if sent:
+        floor_ms = 1000 * cpu / sent
+        figure("floor_events_sent", sent)
+        figure("floor_events_worker_cpu_per_event", floor_ms, "ms")
+        figure("events_worker_cpu_per_event_vs_floor", 1000 * events_worker_cpu / max(1, received) / floor_ms, "x")
 
 
 def _wait_for_uploads(hub, count: int, settle: float) -> None:

@@ -149,6 +149,19 @@ def route_call_task(integration_id: int, call_id: int) -> None:
 
 
 @shared_task(ignore_result=True)
+def bench_floor_event_task(integration_id: int, event: dict) -> None:
+    """The floor of a call event's cost for ``bench.crm_event_latency``: a task that sends one event and
+    does nothing else (no call, no claim, no bookkeeping). Refused unless ``BENCH_FLOORS`` is on."""
+    from django.conf import settings
+
+    if not settings.BENCH_FLOORS:
+        logger.warning("bench_floor_event_task refused: BENCH_FLOORS is off")
+        return
+    integration = RetailCrmIntegration.objects.get(pk=integration_id)
+    services.client_for(integration).call_event(event)
+
+
+@shared_task(ignore_result=True)
 def sweep_task() -> dict:
     """Beat: re-queue what lost tasks or outages left (see ``services.sweep``)."""
     report = services.sweep()
