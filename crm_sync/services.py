@@ -189,18 +189,31 @@ def sync_call(call_id: int) -> SyncReport:
         )
         return report
     busy, retry = None, None
+    was_pending = call.crm_sync_state == Call.CrmSync.PENDING
+    outboxed_any = False
     for integration in integrations:
         row, _ = CrmCallSync.objects.get_or_create(integration=integration, call=call)
+        read_after_claim = None
         try:
             report.sent += send_due_events(row, integration)
+            read_after_claim = row.call  # read under the claim (send_due_events): no need to read it again
         except EventsBusy as exc:
             busy = exc
         except RetryLater as exc:
             retry = exc
-        call.refresh_from_db()
+        if read_after_claim is not None:
+            call = read_after_claim
+        else:
+            call.refresh_from_db()
         if call.state == Call.State.ENDED and enter_outbox(row, call):
             report.outboxed.append(integration.pk)
-    _refresh_crm_sync_state([call_id])
+            outboxed_any = True
+        elif call.state == Call.State.ENDED:
+            outboxed_any = True  # already there: its upload may have settled the state
+    # A pending call stays pending after events sent without error and no outbox change (synced needs
+    # uploads, failed an error): the state's two statements are only needed otherwise.
+    if not (was_pending and busy is None and retry is None and not outboxed_any):
+        _refresh_crm_sync_state([call_id])
     if retry is not None:
         raise retry
     if busy is not None:
@@ -230,8 +243,11 @@ def send_due_events(row: CrmCallSync, integration: RetailCrmIntegration) -> list
         raise EventsBusy(f"events of call {row.call_id} are being sent by another worker")
     sent: list[str] = []
     try:
-        row.refresh_from_db()
-        call = Call.objects.select_related("agent").get(pk=row.call_id)
+        # The row and its call as they are now that the claim is ours, in one query.
+        fresh = CrmCallSync.objects.select_related("call__agent").get(pk=row.pk)
+        for f in CrmCallSync._meta.concrete_fields:
+            setattr(row, f.attname, getattr(fresh, f.attname))
+        call = row.call = fresh.call
         if row.events_in_flight:
             _settle_unknown_outcome(row, token)
         while True:
@@ -243,8 +259,11 @@ def send_due_events(row: CrmCallSync, integration: RetailCrmIntegration) -> list
                 row.events_skipped = step
                 break
             kind, sent_field, builder = step
-            site, external_phone = shop_of(row, call, integration)
-            _send_event(row, integration, token, kind, sent_field, builder(call, site, external_phone))
+            known = (row.site_code, row.external_phone)
+            site, external_phone = shop_of(row, call, integration, save=False)
+            # The shop, resolved once, is written with the in-flight mark (one statement).
+            shop = {"site_code": site, "external_phone": external_phone} if (site, external_phone) != known else {}
+            _send_event(row, integration, token, kind, sent_field, builder(call, site, external_phone), **shop)
             sent.append(kind)
     finally:
         _release(row.pk, "events", token)
@@ -285,9 +304,10 @@ def _settle_unknown_outcome(row: CrmCallSync, token: str) -> None:
     row.refresh_from_db()
 
 
-def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field: str, event: dict) -> None:
+def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field: str, event: dict,
+                **also) -> None:
     mine = CrmCallSync.objects.filter(pk=row.pk, events_claim=token)
-    mine.update(events_in_flight=kind)
+    mine.update(events_in_flight=kind, **also)
     try:
         client_for(integration).call_event(event)
     except RetailCrmError as exc:
@@ -313,7 +333,7 @@ def _send_event(row: CrmCallSync, integration, token: str, kind: str, sent_field
     setattr(row, sent_field, now)
 
 
-def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> tuple[str, str]:
+def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration, save: bool = True) -> tuple[str, str]:
     """(site code, external phone) of the call, resolved once and kept on the row.
 
     The external phone is the shop's number the call is about: the one the PBX gave (myCrm's
@@ -335,8 +355,9 @@ def shop_of(row: CrmCallSync, call: Call, integration: RetailCrmIntegration) -> 
             .first()
             or ""
         )
-    if site or external_phone:
+    if (site or external_phone) and save:
         CrmCallSync.objects.filter(pk=row.pk).update(site_code=site, external_phone=external_phone)
+    if site or external_phone:
         row.site_code, row.external_phone = site, external_phone
     return site, external_phone
 

@@ -9,6 +9,7 @@ to do, so an outage of any length only delays it.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from celery import shared_task
 
@@ -24,6 +25,14 @@ BUSY_COUNTDOWN = 1.0
 DRAIN_KEY = "ctihub:retailcrm:drain-scheduled:{}"
 REGISTER_KEY = "ctihub:retailcrm:register-pending:{}"
 REGISTER_DEBOUNCE = 2.0
+# A finished call's upload waits this long for the calls that end after it: one request carries them all
+# (up to 50). At 15 calls ending a second, one upload a second instead of fifteen, so the uploads leave
+# the call events retailCRM's telephony budget (they share it).
+UPLOAD_GATHER_SECONDS = 1.0
+# One drain of an integration's outbox at a time: a second one would only tie up another worker thread
+# waiting for the same tokens (uploads wait for call events, see ``ratelimit``).
+DRAINING_KEY = "ctihub:retailcrm:draining:{}"
+DRAIN_LEASE_MS = 300_000
 
 
 @shared_task(bind=True, ignore_result=True)
@@ -43,19 +52,50 @@ def sync_call_task(self, call_id: int) -> None:
         logger.warning("call %s: retailCRM still unavailable (%s); the sweep will retry", call_id, exc)
         return
     for integration_id in report.outboxed:
-        upload_calls_task.delay(integration_id)
+        schedule_drain(integration_id, UPLOAD_GATHER_SECONDS)
 
 
 @shared_task(ignore_result=True)
 def upload_calls_task(integration_id: int) -> None:
-    """Drain the integration's outbox; when retailCRM is unavailable, schedule one delayed drain."""
+    """Drain the integration's outbox; when retailCRM is unavailable, schedule one delayed drain.
+
+    When another drain of this outbox is running, it may be just finishing and miss the calls that
+    queued this one: look again shortly rather than leave them to the sweep.
+    """
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    token = uuid.uuid4().hex
+    key = DRAINING_KEY.format(integration_id)
+    try:
+        mine = _redis().set(key, token, nx=True, px=DRAIN_LEASE_MS)
+    except Exception:
+        logger.warning("could not take the drain lock; draining anyway", exc_info=True)
+        mine, key = True, None
+    if not mine:
+        schedule_drain(integration_id, UPLOAD_GATHER_SECONDS)
+        return
     try:
         report = services.upload_outbox(integration_id)
     except services.RetryLater as exc:
         schedule_drain(integration_id, exc.delay)
         return
+    finally:
+        if key is not None:
+            _release_drain_lock(key, token)
     if report.batches:
         logger.info("retailCRM upload for integration %s: %s", integration_id, report)
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def _release_drain_lock(key: str, token: str) -> None:
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    try:
+        _redis().eval(_RELEASE, 1, key, token)
+    except Exception:  # it lapses after DRAIN_LEASE_MS
+        logger.warning("could not release the drain lock", exc_info=True)
 
 
 def schedule_drain(integration_id: int, delay: float) -> None:
@@ -106,6 +146,19 @@ def queue_registration(integration_id: int) -> None:
 @shared_task(ignore_result=True)
 def route_call_task(integration_id: int, call_id: int) -> None:
     services.route_call(integration_id, call_id)
+
+
+@shared_task(ignore_result=True)
+def bench_floor_event_task(integration_id: int, event: dict) -> None:
+    """The floor of a call event's cost for ``bench.crm_event_latency``: a task that sends one event and
+    does nothing else (no call, no claim, no bookkeeping). Refused unless ``BENCH_FLOORS`` is on."""
+    from django.conf import settings
+
+    if not settings.BENCH_FLOORS:
+        logger.warning("bench_floor_event_task refused: BENCH_FLOORS is off")
+        return
+    integration = RetailCrmIntegration.objects.get(pk=integration_id)
+    services.client_for(integration).call_event(event)
 
 
 @shared_task(ignore_result=True)

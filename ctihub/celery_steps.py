@@ -17,7 +17,7 @@ class ListenerSupervisorStep(bootsteps.StartStopStep):
     def start(self, worker):
         from django.conf import settings
 
-        if not settings.LISTENER_SUPERVISOR:
+        if not settings.LISTENER_SUPERVISOR or not consumes_default_queue(worker):
             return
         from telephony.supervisor import Supervisor
 
@@ -28,3 +28,15 @@ class ListenerSupervisorStep(bootsteps.StartStopStep):
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
+
+
+def consumes_default_queue(worker) -> bool:
+    """False for a worker started for other queues only (``-Q call-events``: the retailCRM events worker).
+
+    Such a worker keeps its threads for its queue and holds no PBX sockets; the workers that consume the
+    default queue (every one started without ``-Q``) hold them.
+    """
+    from django.conf import settings
+
+    selected = worker.app.amqp.queues.consume_from
+    return not selected or settings.CELERY_TASK_DEFAULT_QUEUE in selected

@@ -36,6 +36,12 @@ CRM_ERRORS_KEY = f"{PREFIX}:crm_errors"  # field: error kind
 POPUP_KEY = f"{PREFIX}:popup"  # fields: bucket bounds, "count", "sum"
 # Seconds from a frame reaching ctihub to its card leaving for the browsers.
 POPUP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Seconds a retailCRM request waited for a token of the shared rate limit, by priority (high: call events).
+TOKEN_WAIT_KEY = f"{PREFIX}:crm_token_wait:{{}}"  # fields: bucket bounds, "count", "sum", "waited", "max"
+TOKEN_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+TOKEN_WAIT_PRIORITIES = ("high", "low")
+_KEEP_MAX = "local m = tonumber(redis.call('HGET', KEYS[1], 'max') or '0') " \
+            "if tonumber(ARGV[1]) > m then redis.call('HSET', KEYS[1], 'max', ARGV[1]) end"
 
 _redis = shared_redis
 
@@ -85,6 +91,31 @@ def popup_latency(seconds: float, cards: int = 1) -> None:
     _safely(record)
 
 
+def crm_token_wait(priority: str, seconds: float) -> None:
+    """A retailCRM request of ``priority`` took its token after ``seconds`` (0: at once)."""
+    key = TOKEN_WAIT_KEY.format(priority)
+
+    def record(r):
+        pipe = r.pipeline(transaction=False)
+        for bound in TOKEN_WAIT_BUCKETS:
+            if seconds <= bound:
+                pipe.hincrby(key, repr(bound), 1)
+        pipe.hincrby(key, "count", 1)
+        if seconds > 0:
+            pipe.hincrby(key, "waited", 1)
+            pipe.hincrbyfloat(key, "sum", seconds)
+            pipe.eval(_KEEP_MAX, 1, key, repr(seconds))
+        pipe.execute()
+
+    _safely(record)
+
+
+def crm_token_waits(priority: str) -> dict[str, float]:
+    """What ``crm_token_wait`` recorded for ``priority``: requests, how many waited, total and longest wait (s)."""
+    values = _read_hash(TOKEN_WAIT_KEY.format(priority))
+    return {name: float(values.get(name, 0)) for name in ("count", "waited", "sum", "max")}
+
+
 _recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
 
 
@@ -125,6 +156,18 @@ class HubCollector:
         buckets = [(repr(bound), float(popup.get(repr(bound), 0))) for bound in POPUP_BUCKETS] + [("+Inf", count)]
         histogram.add_metric([], buckets, float(popup.get("sum", 0)))
         yield histogram
+
+        waits = HistogramMetricFamily(
+            "ctihub_crm_token_wait_seconds",
+            "How long retailCRM requests waited for the shared rate limit, by priority (high: call events).",
+            labels=["priority"],
+        )
+        for priority in TOKEN_WAIT_PRIORITIES:
+            values = _read_hash(TOKEN_WAIT_KEY.format(priority))
+            count = float(values.get("count", 0))
+            buckets = [(repr(b), float(values.get(repr(b), 0))) for b in TOKEN_WAIT_BUCKETS] + [("+Inf", count)]
+            waits.add_metric([priority], buckets, float(values.get("sum", 0)))
+        yield waits
 
         yield from self._from_database()
 

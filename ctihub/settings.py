@@ -205,7 +205,20 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Every task is short (see the design notes); an hour covers the slowest retry.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# "sorted": a worker that consumes several queues takes from them in the order of their names
+# (kombu's default is round robin), so CRM_EVENTS_QUEUE, named to sort first, goes before the rest.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "queue_order_strategy": "sorted"}
+# retailCRM's call events pop its own card for the manager: they must not wait in line behind uploads,
+# history backfills or reconciles. Their tasks (and the responsible-manager lookup of a ringing call) go
+# to a queue of their own. Every worker consumes every queue unless told otherwise (-Q), the events
+# queue first; a dedicated events worker (``-Q call-events``, see README) keeps threads free for them.
+CRM_EVENTS_QUEUE = "call-events"
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = {CRM_EVENTS_QUEUE: {}, CELERY_TASK_DEFAULT_QUEUE: {}}
+CELERY_TASK_ROUTES = {
+    "crm_sync.tasks.sync_call_task": {"queue": CRM_EVENTS_QUEUE},
+    "crm_sync.tasks.route_call_task": {"queue": CRM_EVENTS_QUEUE},
+}
 CELERY_TASK_ALWAYS_EAGER = False
 # Threads, not forked children: the worker process also runs the socket supervisor's
 # threads, and forking a process that has running threads can deadlock the child.

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.e2e
 
 BENCHMARKS = {
     "upload_backlog": ["--calls", "120"],
+    "crm_event_latency": ["--rate", "3", "--seconds", "2", "--call-seconds", "0.5", "--events-concurrency", "2"],
     "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
@@ -47,3 +48,11 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert figures["sockets_held"] == "10" and figures["sockets_with_two_keepalives"] == "10"
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
+    if name == "crm_event_latency":
+        placed = int(figures["calls_placed"])
+        assert placed >= 5 and figures["events_received"] == figures["events_expected"] == str(2 * placed)
+        assert figures["frames_timed"] == str(2 * placed), done.stdout  # every event matched with its frame
+        for zero in ("events_missing", "events_duplicated", "limit_errors_at_retailcrm",
+                     "uploads_sent_while_a_start_event_waited"):
+            assert figures[zero] == "0", done.stdout
+        assert "start_event_latency_p99" in figures and "hangup_event_latency_p99" in figures

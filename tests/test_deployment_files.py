@@ -15,7 +15,7 @@ import yaml
 
 from tests.support.processes import REPO
 
-REQUIRED_SERVICES = {"web", "worker", "beat", "redis", "db"}
+REQUIRED_SERVICES = {"web", "worker", "events", "beat", "redis", "db"}
 
 
 def load_compose() -> dict:
@@ -34,7 +34,7 @@ def test_it_defines_web_worker_beat_redis_and_postgres_with_health_checks():
             else:
                 assert wait["condition"] == "service_completed_successfully", f"{name} -> {dependency}"
                 assert services[dependency]["restart"] == "no", f"{dependency} must run once"
-    for name in ("web", "worker", "redis", "db"):
+    for name in ("web", "worker", "events", "redis", "db"):
         assert "healthcheck" in services[name], name
     assert services["db"]["image"].startswith("postgres")
     assert services["redis"]["image"].startswith("redis")
@@ -43,7 +43,7 @@ def test_it_defines_web_worker_beat_redis_and_postgres_with_health_checks():
 
 def test_it_points_the_app_services_at_compose_postgres_and_redis():
     services = load_compose()["services"]
-    for name in ("web", "worker", "beat", "migrate"):
+    for name in ("web", "worker", "events", "beat", "migrate"):
         environment = services[name]["environment"]
         assert environment["DATABASE_URL"].startswith("postgres://") and "@db:" in environment["DATABASE_URL"]
         assert environment["REDIS_URL"].startswith("redis://redis:")

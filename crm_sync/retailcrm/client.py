@@ -14,7 +14,9 @@ encodes exactly as the official clients do:
 * GET parameters in the query string.
 
 Every request first takes a token from the Redis bucket of its API key (see
-``ratelimit``), so all workers together stay under retailCRM's limits. A 503 or
+``ratelimit``), so all workers together stay under retailCRM's limits; call events
+and the manager lookup take theirs before uploads (which only fill the history)
+when both wait. A 503 or
 429 ("slow down") is retried a few times with backoff (honouring
 ``Retry-After``); after that, and for anything else that is not a success, the
 answer becomes an exception that quotes what retailCRM said
@@ -37,7 +39,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from ctihub.http_client import HttpClient, HttpError
-from crm_sync.retailcrm.ratelimit import RateLimiter, RateLimitTimeout, bucket_class
+from crm_sync.retailcrm.ratelimit import HIGH, LOW, RateLimiter, RateLimitTimeout, bucket_class
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +187,7 @@ class RetailCrmClient:
             raise ValueError("nothing to upload")
         if len(calls) > MAX_CALLS_PER_UPLOAD:
             raise ValueError(f"retailCRM takes at most {MAX_CALLS_PER_UPLOAD} calls per upload, not {len(calls)}")
-        return self._request("POST", "/telephony/calls/upload", form=encode_form("calls", calls))
+        return self._request("POST", "/telephony/calls/upload", form=encode_form("calls", calls), priority=LOW)
 
     def responsible_manager(self, phone: str) -> dict:
         """The customer with this number, their manager (only if free and with a code) and links."""
@@ -193,22 +195,24 @@ class RetailCrmClient:
 
     # --- transport ----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, params: dict | None = None, form: dict | None = None) -> dict:
+    def _request(self, method: str, path: str, *, params: dict | None = None, form: dict | None = None,
+                 priority: str = HIGH) -> dict:
         try:
-            return self._send(method, path, params=params, form=form)
+            return self._send(method, path, params=params, form=form, priority=priority)
         except RetailCrmError as exc:
             from ctihub import metrics
 
             metrics.crm_error(_error_kind(exc))
             raise
 
-    def _send(self, method: str, path: str, *, params: dict | None = None, form: dict | None = None) -> dict:
+    def _send(self, method: str, path: str, *, params: dict | None = None, form: dict | None = None,
+              priority: str = HIGH) -> dict:
         url = f"{self.base_url}{API_PREFIX}{path}"
         kind = bucket_class(API_PREFIX + path)
         attempt = 0
         while True:
             try:
-                self.limiter.acquire(self.api_key, kind, self.max_rate_wait)
+                self.limiter.acquire(self.api_key, kind, self.max_rate_wait, priority)
             except RateLimitTimeout as exc:
                 raise RetailCrmUnavailable(str(exc)) from exc
             except redis.RedisError as exc:

@@ -10,6 +10,9 @@ import pytest
 
 from crm_sync.retailcrm.ratelimit import (
     GENERAL,
+    HIGH,
+    LOW,
+    LOW_RESERVE,
     PUBLISHED_LIMITS,
     TELEPHONY,
     RateLimiter,
@@ -51,7 +54,7 @@ def test_it_never_lets_more_than_the_published_limit_through_in_any_second_acros
     for thread in threads:
         thread.join()
     assert most_in_any_second(granted) <= PUBLISHED_LIMITS[GENERAL]
-    # ...and it does let traffic through at close to its rate (2 of burst + 7.5/s).
+    # ...and it does let traffic through at close to its rate (1 of burst + 8.5/s).
     assert len(granted) >= 16
 
 
@@ -86,3 +89,55 @@ def test_it_does_not_keep_the_api_key_in_redis():
 ])
 def test_it_counts_telephony_methods_against_their_own_limit(path, kind):
     assert bucket_class(path) == kind
+
+
+def test_it_lets_no_upload_take_a_token_while_a_call_event_waits_for_one():
+    limiter = fresh_limiter()
+    while limiter.try_acquire("key-a", TELEPHONY, HIGH, "drain") == 0:
+        pass  # the budget is spent ("drain" is now registered as waiting: forget it)
+    limiter.client.delete(f"{limiter.key('key-a', TELEPHONY)}:waiting")
+    assert limiter.try_acquire("key-a", TELEPHONY, HIGH, "event-1") > 0  # an event waits, registered
+    rate, _ = rate_and_capacity(TELEPHONY)
+    time.sleep(3 / rate)  # tokens enough for an upload and its reserve
+    assert limiter.try_acquire("key-a", TELEPHONY, LOW) > 0  # the upload must wait: an event is waiting
+    assert limiter.try_acquire("key-a", TELEPHONY, HIGH, "event-1") == 0  # the event takes its token
+    time.sleep(3 / rate)
+    assert limiter.try_acquire("key-a", TELEPHONY, LOW) == 0  # nobody waits now: the upload goes
+
+
+def test_it_leaves_a_token_for_the_next_call_event_when_an_upload_takes_one():
+    limiter = fresh_limiter()
+    _, capacity = rate_and_capacity(TELEPHONY)
+    taken = 0
+    while limiter.try_acquire("key-a", TELEPHONY, LOW) == 0:
+        taken += 1
+    assert taken == int(capacity) - LOW_RESERVE
+    assert limiter.try_acquire("key-a", TELEPHONY, HIGH) == 0  # the reserve is the event's
+
+
+def test_it_forgets_a_waiting_call_event_whose_worker_died():
+    limiter = fresh_limiter()
+    while limiter.try_acquire("key-a", TELEPHONY, HIGH, "gone") == 0:
+        pass  # "gone" is registered as waiting, and never comes back
+    rate, _ = rate_and_capacity(TELEPHONY)
+    deadline = time.monotonic() + 10
+    while limiter.try_acquire("key-a", TELEPHONY, LOW) != 0:
+        assert time.monotonic() < deadline, "uploads stayed blocked by a dead waiter"
+        time.sleep(0.05)
+
+
+def test_it_unregisters_a_call_event_that_gave_up_waiting():
+    limiter = fresh_limiter()
+    while limiter.try_acquire("key-a", TELEPHONY, HIGH, "x") == 0:
+        pass
+    limiter.client.delete(f"{limiter.key('key-a', TELEPHONY)}:waiting")
+    with pytest.raises(RateLimitTimeout):
+        limiter.acquire("key-a", TELEPHONY, max_wait=0.001)
+    assert limiter.client.zcard(f"{limiter.key('key-a', TELEPHONY)}:waiting") == 0
+
+
+def test_it_sustains_thirty_call_events_a_second_and_their_uploads_within_the_limit():
+    # 15 new calls a second: 30 events a second, and the uploads gathered once a second.
+    rate, capacity = rate_and_capacity(TELEPHONY)
+    # ...with 4 requests of margin (118 ms at that rate) for requests bunching on their way to retailCRM.
+    assert rate >= 30 + 2 and capacity + rate <= PUBLISHED_LIMITS[TELEPHONY] - 4 + 1e-9

@@ -352,6 +352,22 @@ async def clear_requests(request: web.Request) -> dict[str, Any]:
     return {"cleared": True}
 
 
+@_json_errors
+async def frame_log(request: web.Request) -> list[dict[str, Any]]:
+    """GET: the frames sent since ``?since=`` (seq), each with the time it left (``time.time()``)."""
+    return world_of(request).frames.since(int(request.query.get("since", "0")))
+
+
+@_json_errors
+async def configure_frame_log(request: web.Request) -> dict[str, Any]:
+    """POST ``{"enabled": true}``: start timing every websocket frame sent (false stops and empties it)."""
+    frames = world_of(request).frames
+    frames.enabled = bool((await read_body(request)).get("enabled", True))
+    if not frames.enabled:
+        frames.clear()
+    return {"enabled": frames.enabled}
+
+
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_post(f"{PREFIX}/reset", reset)
@@ -379,3 +395,5 @@ def add_routes(app: web.Application) -> None:
     router.add_post(f"{PREFIX}/faults/redirect-next", redirect_next)
     router.add_get(f"{PREFIX}/requests", list_requests)
     router.add_delete(f"{PREFIX}/requests", clear_requests)
+    router.add_get(f"{PREFIX}/frame-log", frame_log)
+    router.add_post(f"{PREFIX}/frame-log", configure_frame_log)

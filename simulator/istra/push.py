@@ -43,8 +43,10 @@ _CLOSE = object()
 
 
 class Socket:
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, session: Session):
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, session: Session,
+                 on_sent: Callable[[str], None] | None = None):
         self.ws = ws
+        self.on_sent = on_sent  # told each frame's text once it has gone out (the world's FrameLog)
         self.transport = transport
         self.session = session
         self.frames_sent = 0
@@ -83,6 +85,8 @@ class Socket:
             try:
                 await self.ws.send_str(item)
                 self.frames_sent += 1
+                if self.on_sent is not None:
+                    self.on_sent(item)
             except (ConnectionError, RuntimeError) as exc:  # the peer went away mid-send
                 logger.info("istra websocket send failed: %s", exc)
                 return
@@ -110,7 +114,7 @@ async def ws_service(request: web.Request) -> web.StreamResponse:
     # Pings are answered by hand so a fault can stop answering them (``Socket.answers_pings``).
     ws = web.WebSocketResponse(autoping=False)
     await ws.prepare(request)
-    socket = Socket(ws, request.transport, session)
+    socket = Socket(ws, request.transport, session, on_sent=world.frames.record)
     session.sockets.add(socket)
     try:
         async for message in ws:

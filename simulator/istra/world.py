@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import functools
 import itertools
+import json
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, TypeVar
@@ -123,6 +124,30 @@ class RequestLog:
         self.entries.clear()
 
 
+class FrameLog:
+    """When each websocket frame left for the client (``time.time()`` just after the send), off by default.
+
+    Benchmarks time a frame from the moment it leaves the PBX to what ctihub does with it (retailCRM's
+    call event). Kept only while ``enabled``: a long demo would otherwise grow it.
+    """
+
+    def __init__(self, limit: int = 200_000):
+        self.enabled = False
+        self.entries: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+        self._seq = itertools.count(1)
+
+    def record(self, text: str) -> None:
+        if self.enabled:
+            self.entries.append({"seq": next(self._seq), "time": time.time(), "text": text})
+
+    def since(self, seq: int = 0) -> list[dict[str, Any]]:
+        return [{"seq": e["seq"], "time": e["time"], "frame": json.loads(e["text"])}
+                for e in list(self.entries) if e["seq"] > seq]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
 class IstraWorld:
     def __init__(self) -> None:
         self.config = IstraConfig()
@@ -131,6 +156,7 @@ class IstraWorld:
         self.sessions = SessionStore(lambda: self.config.session_timeout)
         self.enduser = EndUserBook(self.sessions)  # myIstra: voicemail, call history, caller-ID
         self.requests = RequestLog()
+        self.frames = FrameLog()
         self.faults: list[Fault] = []
         self.redirects: list[Redirect] = []
         self.variance = Variance()
@@ -356,6 +382,8 @@ class IstraWorld:
         self.calls.clear()
         self.enduser.clear()
         self.requests.clear()
+        self.frames.enabled = False
+        self.frames.clear()
         self.faults.clear()
         self.redirects.clear()
         self.variance = Variance()

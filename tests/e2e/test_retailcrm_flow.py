@@ -143,3 +143,64 @@ def _whole_call(account, terminal, pbx_call_id, at):
                                    seq=2, **common))
     apply_call_update(u.CallUpdate(state=u.ENDED, kind="TERMINATED", occurred_at=at + timedelta(seconds=30),
                                    seq=3, end_cause=u.END_HANGUP, **common))
+
+
+
+def test_it_sends_a_start_event_before_the_uploads_waiting_with_it_for_the_rate_limit(hub):
+    # retailCRM's telephony budget is spent for the next few seconds and six outboxes (one API key, so one
+    # budget) are already waiting for it, drained by six threads here, when two calls ring: their start
+    # events, sent by the real call-events worker, must take the first two tokens. Without priorities
+    # they are two of eight requests polling for those tokens at the same moments.
+    import threading
+
+    from django.db import connection
+
+    from crm_sync import services
+    from crm_sync.retailcrm.ratelimit import TELEPHONY, RateLimiter, rate_and_capacity
+    from ctihub.shared_redis import shared_redis
+
+    hub.start(workers=1, web=False)
+    hub.start_events_worker()
+    istra, crm, account, agent, integration = crm_world(hub)
+    elsewhere = make_account(kind=PbxAccount.Kind.TELEPO, enterprise="other.example")  # no sockets to hold
+    ended = timezone.now() - timedelta(minutes=5)
+    outboxes = []
+    for n in range(6):
+        other = RetailCrmIntegration.objects.create(name=f"shop{n}", crm_url=hub.sim_url, api_key=API_KEY,
+                                                    module_code=f"ctihub{n}")
+        other.accounts.set([elsewhere])  # not the ringing call's: only its uploads share the budget
+        call = Call.objects.create(
+            account=elsewhere, pbx_call_id=f"old-{n}", direction=Call.Direction.INBOUND, state=Call.State.ENDED,
+            remote_number_e164=f"+3361000000{n}", created_at=ended, answered_at=ended, ended_at=ended,
+            end_cause="hangup",
+        )
+        CrmCallSync.objects.create(integration=other, call=call, outbox_at=ended, events_skipped="an old call")
+        outboxes.append(other.pk)
+    before = max([r["seq"] for r in crm.requests()], default=0)
+
+    rate, _ = rate_and_capacity(TELEPHONY)
+    deficit_seconds = 8.0  # generous: the ringing frames must reach the bucket while the uploads wait
+    redis = shared_redis()
+    seconds, micros = redis.time()
+    key = RateLimiter().key(API_KEY, TELEPHONY)
+    redis.hset(key, mapping={"tokens": str(-rate * deficit_seconds), "ts": str(seconds * 1_000_000 + micros)})
+    redis.pexpire(key, 60_000)
+
+    def drain(integration_id):
+        try:
+            services.upload_outbox(integration_id)
+        finally:
+            connection.close()
+
+    drains = [threading.Thread(target=drain, args=(pk,)) for pk in outboxes]
+    for thread in drains:
+        thread.start()
+    istra.incoming(AGENT_EXTENSION, "0612345678", label="Smith")
+    istra.incoming(AGENT_EXTENSION, "0698765432", label="Jones")
+    for thread in drains:
+        thread.join(60)
+    wait_for(lambda: len(crm.calls()) == 6 and [e["type"] for e in crm.events()] == ["in", "in"], 30,
+             interval=0.5, what="the two start events and the six uploads at retailCRM")
+    sent = [r["path"].rsplit("/", 2)[-2:] for r in crm.requests(before) if "/telephony/" in r["path"]]
+    assert sent[:2] == [["call", "event"]] * 2, sent  # the start events first, though the uploads asked before
+    assert sent.count(["calls", "upload"]) == 6, sent

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def clean_metrics():
     client = redis.Redis.from_url(django_settings.REDIS_URL)
-    client.delete(metrics.EVENTS_KEY, metrics.CRM_ERRORS_KEY, metrics.POPUP_KEY)
+    client.delete(metrics.EVENTS_KEY, metrics.CRM_ERRORS_KEY, metrics.POPUP_KEY,
+                  *(metrics.TOKEN_WAIT_KEY.format(p) for p in metrics.TOKEN_WAIT_PRIORITIES))
     yield
     client.close()
 
@@ -105,6 +106,18 @@ def test_it_counts_crm_errors_by_kind(client):
     text = scrape(client)
     assert value(text, 'ctihub_crm_errors_total{kind="auth"}') == 2
     assert value(text, 'ctihub_crm_errors_total{kind="refused"}') == 1
+
+
+def test_it_times_the_waits_for_retailcrms_rate_limit_by_priority(client):
+    metrics.crm_token_wait("high", 0.0)
+    metrics.crm_token_wait("high", 0.04)
+    metrics.crm_token_wait("low", 2.0)
+    text = scrape(client)
+    assert value(text, 'ctihub_crm_token_wait_seconds_count{priority="high"}') == 2
+    assert value(text, 'ctihub_crm_token_wait_seconds_bucket{le="0.001",priority="high"}') == 1
+    assert value(text, 'ctihub_crm_token_wait_seconds_bucket{le="1.0",priority="low"}') == 0
+    assert value(text, 'ctihub_crm_token_wait_seconds_sum{priority="low"}') == 2.0
+    assert metrics.crm_token_waits("high") == {"count": 2, "waited": 1, "sum": 0.04, "max": 0.04}
 
 
 def test_it_asks_for_the_bearer_token_when_one_is_set(client, settings):

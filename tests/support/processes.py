@@ -154,13 +154,23 @@ class Hub:
         wait_for(lambda: http_ok(f"{self.web_url}/healthz"), 30, what="daphne after a restart")
         return self.web
 
-    def start_worker(self) -> ManagedProcess:
+    def start_worker(self, *extra: str) -> ManagedProcess:
+        """A worker as production runs it: every queue (the call-events queue first), the PBX sockets."""
         # Numbered by every worker ever started, so a replacement never reuses (and truncates) a log.
         self._workers_started = getattr(self, "_workers_started", 0) + 1
-        worker = self._track(celery_worker(f"hub-worker-{self._workers_started - 1}-{self.sim_port}", self.env))
+        worker = self._track(celery_worker(f"hub-worker-{self._workers_started - 1}-{self.sim_port}", self.env,
+                                           *extra))
         wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
         assert worker.alive(), worker.log()[-3000:]
         self.workers.append(worker)
+        return worker
+
+    def start_events_worker(self, concurrency: int = 2) -> ManagedProcess:
+        """The dedicated retailCRM call-events worker (``-Q call-events``): no sockets, not in ``workers``."""
+        worker = self._track(celery_worker(f"hub-events-{self.sim_port}", self.env, "-Q", "call-events",
+                                           "--concurrency", str(concurrency)))
+        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="the call-events worker")
+        assert worker.alive(), worker.log()[-3000:]
         return worker
 
     def kill_worker(self, index: int = 0) -> ManagedProcess:

@@ -96,6 +96,9 @@ class Command(BaseCommand):
         commands = {
             "web": [python, "-m", "ctihub.web", "-b", options["host"], "-p", str(options["port"]), "ctihub.asgi:application"],
             "worker": [python, "-m", "celery", "-A", "ctihub", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+            # retailCRM's call events on threads of their own (no PBX sockets): see docs/performance.md.
+            "events": [python, "-m", "celery", "-A", "ctihub", "worker", "--loglevel", "INFO", "--concurrency", "4",
+                       "-Q", settings.CRM_EVENTS_QUEUE, "--hostname", "events@%h"],
             "beat": [
                 python, "-m", "celery", "-A", "ctihub", "beat", "--loglevel", "INFO",
                 "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),

@@ -1,0 +1,103 @@
+"""Call events ahead of everything else: their own Celery queue, consumed first; uploads gathered, one drain at a
+time; and few statements per event."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from django.conf import settings
+
+from crm_sync import tasks
+from crm_sync.models import CrmCallSync
+from ctihub.celery import app
+from ctihub.celery_steps import consumes_default_queue
+from ctihub.shared_redis import shared_redis
+
+
+@pytest.mark.parametrize("task", ["crm_sync.tasks.sync_call_task", "crm_sync.tasks.route_call_task"])
+def test_it_routes_a_call_event_and_a_ringing_calls_lookup_to_the_call_events_queue(task):
+    assert app.amqp.router.route({}, task)["queue"].name == settings.CRM_EVENTS_QUEUE
+
+
+def test_it_leaves_uploads_and_the_rest_on_the_default_queue():
+    for task in ("crm_sync.tasks.upload_calls_task", "crm_sync.tasks.sweep_task", "crm_sync.tasks.register_integration_task"):
+        assert app.amqp.router.route({}, task)["queue"].name == settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+def test_it_has_every_worker_take_call_events_before_anything_else():
+    # A worker started without -Q consumes every queue of task_queues; kombu's "sorted" order lists them by
+    # name in every BRPOP, and the first non-empty list answers.
+    names = list(app.amqp.queues)
+    assert set(names) == {settings.CRM_EVENTS_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE}
+    assert sorted(names)[0] == settings.CRM_EVENTS_QUEUE
+    assert app.conf.broker_transport_options["queue_order_strategy"] == "sorted"
+
+
+def _worker(consume_from):
+    return SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=SimpleNamespace(consume_from=consume_from))))
+
+
+def test_it_holds_pbx_sockets_only_in_workers_that_consume_the_default_queue():
+    assert consumes_default_queue(_worker(None))  # no -Q: every queue
+    assert consumes_default_queue(_worker({"celery": object(), "call-events": object()}))
+    assert not consumes_default_queue(_worker({"call-events": object()}))  # the call-events worker
+
+
+@pytest.fixture
+def drains(monkeypatch):
+    """Upload tasks queued (integration id, countdown), recorded instead of sent; the drain keys cleared."""
+    queued: list[tuple[int, float | None]] = []
+    monkeypatch.setattr(tasks.upload_calls_task, "apply_async",
+                        lambda args, countdown=None: queued.append((args[0], countdown)))
+    redis = shared_redis()
+    for pattern in ("ctihub:retailcrm:drain-scheduled:*", "ctihub:retailcrm:draining:*"):
+        for key in redis.scan_iter(pattern):
+            redis.delete(key)
+    return queued
+
+
+def test_it_gathers_the_uploads_of_calls_ending_together_into_one_drain(drains):
+    for _ in range(15):  # fifteen calls of one integration end within the second
+        tasks.schedule_drain(41, tasks.UPLOAD_GATHER_SECONDS)
+    tasks.schedule_drain(42, tasks.UPLOAD_GATHER_SECONDS)
+    assert drains == [(41, tasks.UPLOAD_GATHER_SECONDS), (42, tasks.UPLOAD_GATHER_SECONDS)]
+
+
+def test_it_looks_again_shortly_when_another_drain_of_the_outbox_is_running(drains, monkeypatch):
+    ran = []
+    monkeypatch.setattr(tasks.services, "upload_outbox", lambda integration_id: ran.append(integration_id))
+    shared_redis().set(tasks.DRAINING_KEY.format(41), "another worker's", px=60_000)
+    tasks.upload_calls_task(41)
+    assert ran == [] and drains == [(41, tasks.UPLOAD_GATHER_SECONDS)]
+
+
+def test_it_releases_the_drain_of_an_outbox_once_it_is_done(drains, monkeypatch):
+    monkeypatch.setattr(tasks.services, "upload_outbox",
+                        lambda integration_id: SimpleNamespace(batches=0))
+    tasks.upload_calls_task(41)
+    tasks.upload_calls_task(41)
+    assert drains == [] and not shared_redis().exists(tasks.DRAINING_KEY.format(41))
+
+
+@pytest.mark.django_db
+def test_it_sends_a_call_event_in_a_dozen_statements(world):
+    # The call-events worker spent 57% of its busy time waiting on PostgreSQL: 17 statements for a start
+    # event (the row and the call read twice, the shop written apart, the state refreshed for nothing).
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from crm_sync import services
+    from crm_sync.tests.test_sync import end, ringing
+
+    call = ringing(world)
+    with CaptureQueriesContext(connection) as start:
+        assert services.sync_call(call.pk).sent == ["in"]
+    end(call, answered=False)
+    with CaptureQueriesContext(connection) as hangup:
+        assert services.sync_call(call.pk).sent == ["hangup"]
+    assert len(start.captured_queries) <= 12, [q["sql"][:80] for q in start.captured_queries]
+    assert len(hangup.captured_queries) <= 13, [q["sql"][:80] for q in hangup.captured_queries]
+    row = CrmCallSync.objects.get(call=call)
+    assert (row.site_code, row.external_phone) == ("shop1", "+74999999999")  # the shop, written with the event
+    assert row.outbox_at is not None
