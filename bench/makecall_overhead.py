@@ -32,9 +32,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import queue
 import time
 
 import requests
+import urllib3
 
 from bench.common import figure, no_pauses_of_our_own, percentiles, progress, setup_django
 
@@ -42,6 +44,8 @@ AGENT_EXTENSION = "897778778"
 OVERHEAD_P99_TARGET_MS = 20.0
 CPU_RATIO_TARGET = 1.3
 SATURATION_RATIO_TARGET = 1.7
+# Threads of the load generator: requests in flight at most.
+SENDERS = 64
 
 
 def timed_run(rate: float, seconds: float, send, label: str = "") -> tuple[list[float], int, float]:
@@ -57,7 +61,7 @@ def timed_run(rate: float, seconds: float, send, label: str = "") -> tuple[list[
             ok = False
         return (time.perf_counter() - t0) * 1000, ok
 
-    with no_pauses_of_our_own(), concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+    with no_pauses_of_our_own(), concurrent.futures.ThreadPoolExecutor(max_workers=SENDERS) as pool:
         start = time.perf_counter()
         futures = []
         for n in range(total):
@@ -127,14 +131,25 @@ class Web:
                 for child in self.children()]
 
 
+class RotatingPool(urllib3.HTTPConnectionPool):
+    """Keep-alive connections used in turn (urllib3 reuses the last one returned): with several daphne
+    processes each connection stays with the child that accepted it, so the load spreads only if every
+    connection carries its share. The pool opens its ``maxsize`` connections first, then rotates them."""
+
+    QueueCls = queue.Queue
+
+
 class Load:
     """What the benchmark sends: placeCall to the PBX, the floor view and makeCallUrl."""
 
-    def __init__(self, provider, client_id: str):
+    def __init__(self, provider, client_id: str, connections: int):
         self.provider = provider
         self.http = requests.Session()
         self.http.trust_env = False  # the load generator's own CPU: no proxy look-up from the environment per request
-        self.http.mount("http://", requests.adapters.HTTPAdapter(pool_connections=64, pool_maxsize=64))
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections)
+        adapter.poolmanager.pool_classes_by_scheme = {**adapter.poolmanager.pool_classes_by_scheme,
+                                                      "http": RotatingPool}
+        self.http.mount("http://", adapter)
         self.query = f"clientId={client_id}&code=101&phone=%2B33612345678&userId=7"
 
     def pbx(self) -> bool:
@@ -254,6 +269,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="floor and makeCallUrl runs in turns, sharing --seconds")
     parser.add_argument("--processes", default="1", help="WEB_PROCESSES of daphne, or several: 1,2")
     parser.add_argument("--sweep", default="", help="rates to step through, START:STOP:STEP or a list")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="keep-alive connections to daphne, used in turn (more are opened while all are busy)")
     args = parser.parse_args()
     counts = [int(part) for part in args.processes.split(",") if part]
     setup_django()
@@ -283,7 +300,7 @@ def main() -> None:
         integration = RetailCrmIntegration.objects.create(name="bench", crm_url=sim_hub.sim_url, api_key="k" * 32)
         provider = provider_for(account)
         provider.test_connection()  # log in before timing
-        load = Load(provider, integration.client_id)
+        load = Load(provider, integration.client_id, args.connections)
 
         direct_runs: dict[float, list[float]] = {}
 
