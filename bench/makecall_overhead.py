@@ -46,6 +46,8 @@ CPU_RATIO_TARGET = 1.3
 SATURATION_RATIO_TARGET = 1.7
 # Threads of the load generator: requests in flight at most.
 SENDERS = 64
+# Keep-alive connections opened before the timing (more open only while all of them are busy).
+WARM_CONNECTIONS = 16
 
 
 def timed_run(rate: float, seconds: float, send, label: str = "") -> tuple[list[float], int, float]:
@@ -106,6 +108,29 @@ class Web:
                                     DEBUG="false", BENCH_FLOORS="true", WEB_PROCESSES=str(processes)))
         self.managed = self.hub.start_web()
         self.url = self.hub.web_url
+        if processes > 1:
+            self.wait_until_every_child_accepts()
+
+    def wait_until_every_child_accepts(self) -> None:
+        """/healthz answered by one child says nothing of the others, still loading Django maybe: a burst
+        opened then went to the first one."""
+        import socket
+
+        from tests.support.processes import wait_for
+
+        port = int(self.url.rsplit(":", 1)[1])
+
+        def every_child_accepts() -> bool:
+            held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4 * self.processes)]
+            try:
+                time.sleep(0.3)
+                return all(self.connections_by_child())
+            finally:
+                for sock in held:
+                    sock.close()
+
+        wait_for(lambda: len(self.children()) == self.processes and every_child_accepts(), 60, interval=0.5,
+                 what=f"{self.processes} daphne processes accepting")
 
     def stop(self) -> None:
         self.hub.stop()
@@ -131,22 +156,34 @@ class Web:
                 for child in self.children()]
 
 
-class RotatingPool(urllib3.HTTPConnectionPool):
-    """Keep-alive connections used in turn (urllib3 reuses the last one returned): with several daphne
-    processes each connection stays with the child that accepted it, so the load spreads only if every
-    connection carries its share. The pool opens its ``maxsize`` connections first, then rotates them."""
+class InTurn(queue.Queue):
+    """A connection pool's queue that hands out its idle connections oldest first, and a new one (None)
+    only when none is idle: as many connections as requests in flight at most, each carrying its share."""
 
-    QueueCls = queue.Queue
+    def _get(self):
+        for n, connection in enumerate(self.queue):
+            if connection is not None:
+                del self.queue[n]
+                return connection
+        return self.queue.popleft()
+
+
+class RotatingPool(urllib3.HTTPConnectionPool):
+    """Keep-alive connections used in turn. urllib3 reuses the last one returned, so at a steady rate a
+    couple of connections carried every request; with several daphne processes each connection stays with
+    the child that accepted it, and 93% of the requests went to one child."""
+
+    QueueCls = InTurn
 
 
 class Load:
     """What the benchmark sends: placeCall to the PBX, the floor view and makeCallUrl."""
 
-    def __init__(self, provider, client_id: str, connections: int):
+    def __init__(self, provider, client_id: str):
         self.provider = provider
         self.http = requests.Session()
         self.http.trust_env = False  # the load generator's own CPU: no proxy look-up from the environment per request
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=connections)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=SENDERS)
         adapter.poolmanager.pool_classes_by_scheme = {**adapter.poolmanager.pool_classes_by_scheme,
                                                       "http": RotatingPool}
         self.http.mount("http://", adapter)
@@ -166,11 +203,12 @@ class Load:
 
     def warm_up(self, web: Web) -> None:
         # Every daphne process logs in to the PBX and loads its caches before the timing: a few rounds of
-        # requests at once, so each process (whichever accepts a connection) answers some.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        # WARM_CONNECTIONS requests at once. Their connections, opened at once while every process is idle,
+        # spread over the processes and are the ones the timed runs use in turn.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=WARM_CONNECTIONS) as pool:
             for url in (self.floor_url(web), self.makecall_url(web)):
                 for _ in range(3 * web.processes):
-                    answers = list(pool.map(lambda _n: self.http.get(url, timeout=30), range(8)))
+                    answers = list(pool.map(lambda _n: self.http.get(url, timeout=30), range(WARM_CONNECTIONS)))
                     bad = [a for a in answers if a.status_code != 200]
                     assert not bad, f"warm-up of {url.split('?')[0]}: {bad[0].status_code} {bad[0].text[:200]}"
 
@@ -269,8 +307,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="floor and makeCallUrl runs in turns, sharing --seconds")
     parser.add_argument("--processes", default="1", help="WEB_PROCESSES of daphne, or several: 1,2")
     parser.add_argument("--sweep", default="", help="rates to step through, START:STOP:STEP or a list")
-    parser.add_argument("--connections", type=int, default=16,
-                        help="keep-alive connections to daphne, used in turn (more are opened while all are busy)")
     args = parser.parse_args()
     counts = [int(part) for part in args.processes.split(",") if part]
     setup_django()
@@ -300,7 +336,7 @@ def main() -> None:
         integration = RetailCrmIntegration.objects.create(name="bench", crm_url=sim_hub.sim_url, api_key="k" * 32)
         provider = provider_for(account)
         provider.test_connection()  # log in before timing
-        load = Load(provider, integration.client_id, args.connections)
+        load = Load(provider, integration.client_id)
 
         direct_runs: dict[float, list[float]] = {}
 

@@ -17,7 +17,7 @@ BENCHMARKS = {
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
-    "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2", "--connections", "4"],
+    "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
 }
 
