@@ -230,8 +230,8 @@ def print_spread(name: str, children: list[float], connections: list[int]) -> No
     figure(f"{name}web_children_connections", " / ".join(str(n) for n in connections))
 
 
-def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], name: str) -> tuple[int, float]:
-    """The default run for one process count: floor and makeCallUrl in turns at ``--rate``."""
+def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], name: str) -> int:
+    """The default run for one process count: floor and makeCallUrl in turns at ``--rate``; its errors."""
     web = Web(hub_env, processes)
     try:
         load.warm_up(web)
@@ -266,7 +266,7 @@ def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], nam
     figure(f"{name}overhead_p50", pct(makecall["latencies"], 50) - pct(direct, 50), "ms")
     figure(f"{name}overhead_p99", pct(makecall["latencies"], 99) - pct(direct, 99), "ms",
            f"<= {OVERHEAD_P99_TARGET_MS:.0f}")
-    return errors, makecall_cpu / floor_cpu
+    return errors
 
 
 def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str) -> float:
@@ -358,14 +358,11 @@ def main() -> None:
             best = {count: sweep(args, hub_env, load, count, direct_at, name_of(count)) for count in counts}
             if len(counts) > 1:
                 first, last = best[counts[0]], best[counts[-1]]
-                figure("makecall_saturation_ratio", last / first if first else 0.0, "",
+                figure("makecall_saturation_ratio", last / first if first else "n/a", "",
                        f">= {SATURATION_RATIO_TARGET} ({counts[-1]} processes over {counts[0]})")
             return
-        errors, ratios = 0, {}
         direct = direct_at(args.rate)
-        for count in counts:
-            count_errors, ratios[count] = cost_run(args, hub_env, load, count, direct, name_of(count))
-            errors += count_errors
+        errors = sum(cost_run(args, hub_env, load, count, direct, name_of(count)) for count in counts)
         figure("errors", errors, "", "0")
     finally:
         sim_hub.stop()
