@@ -18,9 +18,10 @@ rather than ``SO_REUSEPORT`` per child: that would hash each connection to one c
 own queue however busy the child is, reset the connections queued on a child that
 dies, and daphne's Twisted endpoint strings cannot set it anyway. With one socket,
 what a dead child had not yet accepted waits for the others while it is replaced.
-Each child accepts one connection per turn of its loop (Twisted accepts up to 100 at once,
-then as many as it got last time): a child woken by a burst took most of it, 15 or 17 of
-20 connections, and kept their keep-alive requests on one core.
+Each child accepts one connection per turn of its loop and then leaves the port to its
+siblings for a millisecond (Twisted accepts up to 100 at once, then as many as it got last
+time): a child woken by a burst took most of it, 15 or 17 of 20 connections, and kept their
+keep-alive requests on one core.
 
 The supervisor restarts a child that dies: at once if it had been serving, after a
 pause if it died while starting, and after ``START_FAILURES_LIMIT`` such deaths in a
@@ -127,11 +128,13 @@ def _accept_one_at_a_time() -> None:
     it ran again before its sibling was scheduled at all. After each connection it accepts, a child leaves
     the port to its siblings for ``ACCEPT_PAUSE_SECONDS`` (what is waiting stays queued in the kernel meanwhile).
     """
-    from twisted.internet import reactor, tcp
+    from twisted.internet import tcp
 
     accept = tcp.Port.doRead
 
     def doRead(port):
+        from twisted.internet import reactor  # daphne's own (asyncio), installed by the time a port is read
+
         port.numberAccepts = 1  # Twisted's own adaptive count grows to whatever one wake-up found waiting
         accept(port)
         if port.connected:
