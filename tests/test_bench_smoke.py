@@ -17,6 +17,7 @@ BENCHMARKS = {
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
+    "makecall_parts": ["--requests", "20"],
     "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
 }
@@ -54,6 +55,8 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         # Both costs measured on the same daphne, the floor a bare DRF view (bench/floor_views.py).
         assert float(figures["floor_cpu_per_request"]) > 0 and float(figures["makecall_cpu_per_request"]) > 0
         assert float(figures["makecall_cpu_ratio_to_floor"]) > 0
+    if name == "makecall_parts":
+        assert float(figures["makecall_thread_cpu_per_request"]) > float(figures["makecall_without_place_call"])
     if name == "makecall_overhead:sweep":
         assert "p1_makecall_saturation_rate" in figures and "p2_makecall_saturation_rate" in figures
         assert "makecall_saturation_ratio" in figures
