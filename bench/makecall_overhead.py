@@ -1,18 +1,30 @@
-"""Benchmark 4: what ctihub's makeCallUrl adds on top of the PBX's own answer.
+"""Benchmark 4: what ctihub's makeCallUrl adds on top of the PBX's own answer, and what it costs daphne.
 
-    .venv/bin/python -m bench.makecall_overhead [--rate 200] [--seconds 10]
+    .venv/bin/python -m bench.makecall_overhead [--rate 200] [--seconds 10] [--rounds 2] [--processes 1]
+    .venv/bin/python -m bench.makecall_overhead --sweep 100:800:50 --seconds 5 --processes 1,2
 
-Real parts: the simulator (myRCC placeCall) and daphne on PostgreSQL and Redis.
-Two runs at the same rate from the same thread pool: first placeCall sent
-straight to the simulated PBX through ctihub's own Istra session (the PBX's own
-answer time), then retailCRM's ``GET /api/retailcrm/make-call`` to daphne, which
-places the same call. The overhead figures are the differences of the two runs'
-percentiles. daphne runs as in production (``DEBUG=false``, ``WEB_POOL_THREADS``
-from the environment or its default) and answers one click before the timing
-starts, so its login to the PBX is not in the figures. The 1-minute load average
-is printed after each run: on a shared machine it says how much the figures are worth,
-and so does ``web_cpu_per_request`` (daphne's CPU time over the run divided by its
-requests), which depends far less on what else the machine runs.
+Real parts: the simulator (myRCC placeCall) and daphne on PostgreSQL and Redis, daphne run as in
+production (``DEBUG=false``, ``WEB_POOL_THREADS`` from the environment or its default) with
+``BENCH_FLOORS=true``, which also serves ``bench/floor_views.py``: a bare DRF view that parses
+makeCallUrl's query with a serializer and answers JSON, through the same request handling
+(``ctihub.http_pool``) and middleware. Each daphne answers one click before any timing, so its
+login to the PBX is not in the figures.
+
+The default run sends, at the same rate from the same thread pool: placeCall straight to the
+simulated PBX through ctihub's own Istra session (the PBX's own answer time), then, ``--rounds``
+times in turn, the floor view and retailCRM's ``GET /api/retailcrm/make-call`` (which places the
+same call). The overhead figures are the differences of the makeCallUrl and PBX percentiles. The
+CPU figures are daphne's CPU time (all its processes) over each phase divided by its requests:
+``floor_cpu_per_request``, ``makecall_cpu_per_request`` and their ratio
+``makecall_cpu_ratio_to_floor`` (target <= 1.3). Taken in the same run, in turns, the ratio
+depends far less on what else the machine runs than the latencies do.
+
+``--sweep START:STOP:STEP`` (or a list ``100,200,400``) steps the rate up for each process count of
+``--processes`` (``WEB_PROCESSES`` of a fresh daphne each) and prints the highest rate at which
+makeCallUrl's overhead p99 stays <= 20 ms with no error and the rate achieved
+(``makecall_saturation_rate``); with two counts, ``makecall_saturation_ratio`` (the last count's
+over the first's, target >= 1.7 for 2 over 1). With several daphne processes each run also prints
+how the work spread over them (``web_children_cpu_share``, ``web_children_connections``).
 """
 
 from __future__ import annotations
@@ -20,25 +32,38 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import queue
 import time
 
 import requests
+import urllib3
 
-from bench.common import figure, no_pauses_of_our_own, percentiles, setup_django
+from bench.common import figure, no_pauses_of_our_own, percentiles, progress, setup_django
 
 AGENT_EXTENSION = "897778778"
+OVERHEAD_P99_TARGET_MS = 20.0
+CPU_RATIO_TARGET = 1.3
+SATURATION_RATIO_TARGET = 1.7
+# Threads of the load generator: requests in flight at most.
+SENDERS = 64
+# Keep-alive connections opened before the timing (more open only while all of them are busy).
+WARM_CONNECTIONS = 16
 
 
-def timed_run(rate: float, seconds: float, send) -> tuple[list[float], int]:
+def timed_run(rate: float, seconds: float, send, label: str = "") -> tuple[list[float], int, float]:
+    """Send ``rate`` requests a second for ``seconds``: (latencies in ms, errors, rate achieved)."""
     latencies, errors = [], 0
-    interval, total = 1.0 / rate, int(rate * seconds)
+    interval, total = 1.0 / rate, max(1, int(rate * seconds))
 
     def one():
         t0 = time.perf_counter()
-        ok = send()
+        try:
+            ok = send()
+        except Exception:  # noqa: BLE001 - a refused or timed-out request counts as an error, not a crash
+            ok = False
         return (time.perf_counter() - t0) * 1000, ok
 
-    with no_pauses_of_our_own(), concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+    with no_pauses_of_our_own(), concurrent.futures.ThreadPoolExecutor(max_workers=SENDERS) as pool:
         start = time.perf_counter()
         futures = []
         for n in range(total):
@@ -51,18 +76,240 @@ def timed_run(rate: float, seconds: float, send) -> tuple[list[float], int]:
             latencies.append(ms)
             errors += not ok
         achieved = total / (time.perf_counter() - start)
-    figure("achieved_rate", achieved, "req/s")
-    figure("load_average_1min", os.getloadavg()[0])
-    return latencies, errors
+    if label:
+        figure(f"{label}_achieved_rate", achieved, "req/s")
+    return latencies, errors, achieved
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def parse_rates(text: str) -> list[float]:
+    if ":" in text:
+        start, stop, step = (float(part) for part in text.split(":"))
+        rates, rate = [], start
+        while rate <= stop + 1e-9:
+            rates.append(rate)
+            rate += step
+        return rates
+    return [float(part) for part in text.split(",") if part]
+
+
+class Web:
+    """One daphne (``WEB_PROCESSES`` processes) of the benchmark, and its CPU and connections."""
+
+    def __init__(self, hub_env, processes: int):
+        from bench.procs import BenchHub
+
+        self.processes = processes
+        self.hub = BenchHub(hub_env(LISTENER_SUPERVISOR="false", PUBLIC_RATE_LIMIT_PER_SECOND="100000",
+                                    DEBUG="false", BENCH_FLOORS="true", WEB_PROCESSES=str(processes)))
+        self.managed = self.hub.start_web()
+        self.url = self.hub.web_url
+        if processes > 1:
+            self.wait_until_every_child_accepts()
+
+    def wait_until_every_child_accepts(self) -> None:
+        """/healthz answered by one child says nothing of the others, still loading Django maybe: a burst
+        opened then went to the first one."""
+        import socket
+
+        from tests.support.processes import wait_for
+
+        port = int(self.url.rsplit(":", 1)[1])
+
+        def every_child_accepts() -> bool:
+            held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4 * self.processes)]
+            try:
+                time.sleep(0.3)
+                return all(self.connections_by_child())
+            finally:
+                for sock in held:
+                    sock.close()
+
+        wait_for(lambda: len(self.children()) == self.processes and every_child_accepts(), 60, interval=0.5,
+                 what=f"{self.processes} daphne processes accepting")
+
+    def stop(self) -> None:
+        self.hub.stop()
+
+    def cpu_seconds(self) -> float:
+        from bench.procs import web_cpu_seconds
+
+        return web_cpu_seconds(self.managed)
+
+    def children(self):
+        import psutil
+
+        root = psutil.Process(self.managed.process.pid)
+        return root.children() if self.processes > 1 else [root]
+
+    def cpu_by_child(self) -> list[float]:
+        return [sum(child.cpu_times()[:2]) for child in self.children()]
+
+    def connections_by_child(self) -> list[int]:
+        port = int(self.url.rsplit(":", 1)[1])
+        return [sum(1 for c in child.net_connections(kind="tcp")
+                    if c.status == "ESTABLISHED" and c.laddr and c.laddr.port == port)
+                for child in self.children()]
+
+
+class InTurn(queue.Queue):
+    """A connection pool's queue that hands out its idle connections oldest first, and a new one (None)
+    only when none is idle: as many connections as requests in flight at most, each carrying its share."""
+
+    def _get(self):
+        for n, connection in enumerate(self.queue):
+            if connection is not None:
+                del self.queue[n]
+                return connection
+        return self.queue.popleft()
+
+
+class RotatingPool(urllib3.HTTPConnectionPool):
+    """Keep-alive connections used in turn. urllib3 reuses the last one returned, so at a steady rate a
+    couple of connections carried every request; with several daphne processes each connection stays with
+    the child that accepted it, and 93% of the requests went to one child."""
+
+    QueueCls = InTurn
+
+
+class Load:
+    """What the benchmark sends: placeCall to the PBX, the floor view and makeCallUrl."""
+
+    def __init__(self, provider, client_id: str):
+        self.provider = provider
+        self.http = requests.Session()
+        self.http.trust_env = False  # the load generator's own CPU: no proxy look-up from the environment per request
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=SENDERS)
+        adapter.poolmanager.pool_classes_by_scheme = {**adapter.poolmanager.pool_classes_by_scheme,
+                                                      "http": RotatingPool}
+        self.http.mount("http://", adapter)
+        self.query = f"clientId={client_id}&code=101&phone=%2B33612345678&userId=7"
+
+    def pbx(self) -> bool:
+        return self.provider.place_call(AGENT_EXTENSION, "+33612345678") is not None
+
+    def get(self, url: str) -> bool:
+        return self.http.get(url, timeout=10).status_code == 200
+
+    def floor_url(self, web: Web) -> str:
+        return f"{web.url}/api/bench-floor/make-call?{self.query}"
+
+    def makecall_url(self, web: Web) -> str:
+        return f"{web.url}/api/retailcrm/make-call?{self.query}"
+
+    def warm_up(self, web: Web) -> None:
+        # Every daphne process logs in to the PBX and loads its caches before the timing: a few rounds of
+        # WARM_CONNECTIONS requests at once. Their connections, opened at once while every process is idle,
+        # spread over the processes and are the ones the timed runs use in turn.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=WARM_CONNECTIONS) as pool:
+            for url in (self.floor_url(web), self.makecall_url(web)):
+                for _ in range(3 * web.processes):
+                    answers = list(pool.map(lambda _n: self.http.get(url, timeout=30), range(WARM_CONNECTIONS)))
+                    bad = [a for a in answers if a.status_code != 200]
+                    assert not bad, f"warm-up of {url.split('?')[0]}: {bad[0].status_code} {bad[0].text[:200]}"
+
+
+def measured(web: Web, rate: float, seconds: float, send, label: str) -> dict:
+    """One timed run against ``web``: latencies, errors, daphne's CPU per request and its spread."""
+    cpu_before, children_before = web.cpu_seconds(), web.cpu_by_child()
+    latencies, errors, achieved = timed_run(rate, seconds, send)
+    cpu = web.cpu_seconds() - cpu_before
+    children = [after - before for after, before in zip(web.cpu_by_child(), children_before)]
+    progress[f"{label}_requests"] = int(progress.get(f"{label}_requests", 0)) + len(latencies)
+    return {"latencies": latencies, "errors": errors, "achieved": achieved, "cpu": cpu, "children": children,
+            "connections": web.connections_by_child()}
+
+
+def print_spread(name: str, children: list[float], connections: list[int]) -> None:
+    total = sum(children) or 1.0
+    figure(f"{name}web_children_cpu_share", " / ".join(f"{100 * c / total:.0f}" for c in children), "%")
+    figure(f"{name}web_children_connections", " / ".join(str(n) for n in connections))
+
+
+def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], name: str) -> int:
+    """The default run for one process count: floor and makeCallUrl in turns at ``--rate``; its errors."""
+    web = Web(hub_env, processes)
+    try:
+        load.warm_up(web)
+        floor = {"latencies": [], "errors": 0, "cpu": 0.0, "children": [0.0] * processes}
+        makecall = {"latencies": [], "errors": 0, "cpu": 0.0, "children": [0.0] * processes}
+        per_round = args.seconds / args.rounds
+        for n in range(args.rounds):
+            for label, totals, url in (("floor", floor, load.floor_url(web)),
+                                       ("makecall", makecall, load.makecall_url(web))):
+                print(f"# round {n + 1}/{args.rounds}: {label}, {processes} web process(es)", flush=True)
+                run = measured(web, args.rate, per_round, lambda url=url: load.get(url), label)
+                figure(f"{name}{label}_achieved_rate", run["achieved"], "req/s")
+                totals["latencies"] += run["latencies"]
+                totals["errors"] += run["errors"]
+                totals["cpu"] += run["cpu"]
+                totals["children"] = [a + b for a, b in zip(totals["children"], run["children"])]
+                totals["connections"] = run["connections"]
+        figure("load_average_1min", os.getloadavg()[0])
+    finally:
+        web.stop()
+    percentiles(floor["latencies"], f"{name}floor")
+    percentiles(makecall["latencies"], f"{name}makecall")
+    floor_cpu = floor["cpu"] * 1000 / len(floor["latencies"])
+    makecall_cpu = makecall["cpu"] * 1000 / len(makecall["latencies"])
+    figure(f"{name}floor_cpu_per_request", floor_cpu, "ms")
+    figure(f"{name}makecall_cpu_per_request", makecall_cpu, "ms")
+    figure(f"{name}makecall_cpu_ratio_to_floor", makecall_cpu / floor_cpu, "", f"<= {CPU_RATIO_TARGET}")
+    if processes > 1:
+        print_spread(f"{name}makecall_", makecall["children"], makecall["connections"])
+    errors = floor["errors"] + makecall["errors"]
+    figure(f"{name}errors_through_ctihub", errors)
+    figure(f"{name}overhead_p50", pct(makecall["latencies"], 50) - pct(direct, 50), "ms")
+    figure(f"{name}overhead_p99", pct(makecall["latencies"], 99) - pct(direct, 99), "ms",
+           f"<= {OVERHEAD_P99_TARGET_MS:.0f}")
+    return errors
+
+
+def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str) -> float:
+    """The highest rate of ``--sweep`` at which the overhead p99 is <= 20 ms, without error, rate achieved."""
+    web = Web(hub_env, processes)
+    best = 0.0
+    try:
+        load.warm_up(web)
+        for rate in parse_rates(args.sweep):
+            direct = direct_at(rate)
+            run = measured(web, rate, args.seconds, lambda: load.get(load.makecall_url(web)), "makecall")
+            overhead_p99 = pct(run["latencies"], 99) - pct(direct, 99)
+            ok = (overhead_p99 <= OVERHEAD_P99_TARGET_MS and run["errors"] == 0
+                  and run["achieved"] >= 0.95 * rate)
+            spread = ""
+            if processes > 1:
+                total = sum(run["children"]) or 1.0
+                spread = (", cpu share " + " / ".join(f"{100 * c / total:.0f}%" for c in run["children"])
+                          + ", connections " + " / ".join(str(n) for n in run["connections"]))
+            print(f"{name}sweep_{rate:g}: overhead_p99 {overhead_p99:.1f} ms, p50 {pct(run['latencies'], 50):.1f} ms, "
+                  f"achieved {run['achieved']:.0f} req/s, errors {run['errors']}, "
+                  f"cpu {run['cpu'] * 1000 / len(run['latencies']):.2f} ms/request{spread}, "
+                  f"load {os.getloadavg()[0]:.1f}, {'ok' if ok else 'over'}", flush=True)
+            if not ok:
+                break
+            best = rate
+    finally:
+        web.stop()
+    figure(f"{name}makecall_saturation_rate", best, "req/s")
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="seconds of each phase (floor, makeCallUrl), or of each step of a sweep")
+    parser.add_argument("--rounds", type=int, default=2, help="floor and makeCallUrl runs in turns, sharing --seconds")
+    parser.add_argument("--processes", default="1", help="WEB_PROCESSES of daphne, or several: 1,2")
+    parser.add_argument("--sweep", default="", help="rates to step through, START:STOP:STEP or a list")
     args = parser.parse_args()
+    counts = [int(part) for part in args.processes.split(",") if part]
     setup_django()
-    import psutil
     from django.contrib.auth import get_user_model
 
     from accounts.models import Agent
@@ -73,52 +320,52 @@ def main() -> None:
     from telephony.providers import provider_for
     from tests.support.sim_control import IstraControl
 
-    # The public-endpoint rate limit (PUBLIC_RATE_LIMIT_PER_SECOND) is not what this measures.
-    hub = BenchHub(hub_env(LISTENER_SUPERVISOR="false", PUBLIC_RATE_LIMIT_PER_SECOND="100000", DEBUG="false"))
+    sim_hub = BenchHub(hub_env())
     try:
-        hub.start_simulator()
-        sim = IstraControl(hub.sim_url)
+        sim_hub.start_simulator()
+        sim = IstraControl(sim_hub.sim_url)
         sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
         sim.add_extension(AGENT_EXTENSION, "101", enterprise="acme", myrcc=True)
         account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYRCC, enterprise="acme",
-                                            base_url=f"{hub.sim_url}/restletrouter", login="rccadmin", password="s3cret")
+                                            base_url=f"{sim_hub.sim_url}/restletrouter", login="rccadmin",
+                                            password="s3cret")
         control.sync_terminals(account)
         agent = Agent.objects.create(user=get_user_model().objects.create_user("ann"), extension_code="101",
                                      retailcrm_user_id="7")
         Terminal.objects.filter(account=account, pbx_id=AGENT_EXTENSION).update(agent=agent)
-        integration = RetailCrmIntegration.objects.create(name="bench", crm_url=hub.sim_url, api_key="k" * 32)
-        web = psutil.Process(hub.start_web().process.pid)
-
+        integration = RetailCrmIntegration.objects.create(name="bench", crm_url=sim_hub.sim_url, api_key="k" * 32)
         provider = provider_for(account)
         provider.test_connection()  # log in before timing
-        print("# straight to the PBX (placeCall through ctihub's Istra session)")
-        direct, direct_errors = timed_run(args.rate, args.seconds, lambda: bool(
-            provider.place_call(AGENT_EXTENSION, "+33612345678") is not None))
-        percentiles(direct, "pbx_answer")
+        load = Load(provider, integration.client_id)
 
-        http = requests.Session()
-        http.mount("http://", requests.adapters.HTTPAdapter(pool_connections=64, pool_maxsize=64))
-        url = (f"{hub.web_url}/api/retailcrm/make-call?clientId={integration.client_id}&code=101"
-               f"&phone=%2B33612345678&userId=7")
-        warm_up = http.get(url, timeout=10)
-        assert warm_up.status_code == 200, warm_up.text
-        print("# through ctihub's makeCallUrl")
-        cpu_before = sum(web.cpu_times()[:2])
-        via_hub, hub_errors = timed_run(args.rate, args.seconds, lambda: http.get(url, timeout=10).status_code == 200)
-        percentiles(via_hub, "makecall")
-        figure("web_cpu_per_request", (sum(web.cpu_times()[:2]) - cpu_before) * 1000 / len(via_hub), "ms")
+        direct_runs: dict[float, list[float]] = {}
+
+        def direct_at(rate: float) -> list[float]:
+            # The PBX's own answer time at this rate: placeCall straight to it through ctihub's Istra session.
+            if rate not in direct_runs:
+                print(f"# straight to the PBX at {rate:g} req/s (placeCall through ctihub's Istra session)",
+                      flush=True)
+                direct_runs[rate], errors, _achieved = timed_run(rate, args.seconds if args.sweep else
+                                                                  args.seconds / args.rounds, load.pbx)
+                assert errors == 0, f"{errors} placeCall straight to the PBX failed at {rate:g} req/s"
+                percentiles(direct_runs[rate], f"pbx_answer_{rate:g}" if args.sweep else "pbx_answer")
+            return direct_runs[rate]
+
+        def name_of(count: int) -> str:
+            return f"p{count}_" if len(counts) > 1 else ""
+
+        if args.sweep:
+            best = {count: sweep(args, hub_env, load, count, direct_at, name_of(count)) for count in counts}
+            if len(counts) > 1:
+                first, last = best[counts[0]], best[counts[-1]]
+                figure("makecall_saturation_ratio", last / first if first else "n/a", "",
+                       f">= {SATURATION_RATIO_TARGET} ({counts[-1]} processes over {counts[0]})")
+            return
+        direct = direct_at(args.rate)
+        errors = sum(cost_run(args, hub_env, load, count, direct, name_of(count)) for count in counts)
+        figure("errors", errors, "", "0")
     finally:
-        hub.stop()
-    direct.sort()
-    via_hub.sort()
-
-    def pct(values, p):
-        return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-    figure("errors", direct_errors + hub_errors, "", "0")
-    figure("errors_through_ctihub", hub_errors)
-    figure("overhead_p50", pct(via_hub, 50) - pct(direct, 50), "ms")
-    figure("overhead_p99", pct(via_hub, 99) - pct(direct, 99), "ms", "<= 20")
+        sim_hub.stop()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ rather than ``SO_REUSEPORT`` per child: that would hash each connection to one c
 own queue however busy the child is, reset the connections queued on a child that
 dies, and daphne's Twisted endpoint strings cannot set it anyway. With one socket,
 what a dead child had not yet accepted waits for the others while it is replaced.
+Each child accepts one connection per turn of its loop and then leaves the port to its
+siblings for a millisecond (Twisted accepts up to 100 at once, then as many as it got last
+time): a child woken by a burst took most of it, 15 or 17 of 20 connections, and kept their
+keep-alive requests on one core.
 
 The supervisor restarts a child that dies: at once if it had been serving, after a
 pause if it died while starting, and after ``START_FAILURES_LIMIT`` such deaths in a
@@ -62,6 +66,10 @@ START_FAILURES_LIMIT = 3
 # blip: every console at once) a full backlog drops SYNs and clients wait out SYN retries of 1 s, 3 s, 7 s.
 # The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = socket.SOMAXCONN
+# How long a child leaves the shared port to its siblings after accepting a connection: a burst of connections
+# spreads over the children, and a child caps at 1 / ACCEPT_PAUSE_SECONDS new connections a second (a connect
+# storm of 1,000 consoles over two children takes half a second of it).
+ACCEPT_PAUSE_SECONDS = 0.001
 
 
 class MaskedAccessLog(AccessLogGenerator):
@@ -96,6 +104,7 @@ def _serve(argv: list[str], inherited_fd: int | None = None, parent_pid: int | N
     if inherited_fd is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # before the reactor runs: Twisted then leaves it ignored
         _listen_on(interface, inherited_fd)
+        _accept_one_at_a_time()
         _leave_with(parent_pid)
     interface.run(argv)
 
@@ -110,6 +119,34 @@ def _listen_on(interface: cli.CommandLineInterface, fd: int) -> None:
         return parsed
 
     interface.parser.parse_args = parse_args
+
+
+def _accept_one_at_a_time() -> None:
+    """One ``accept`` per wake-up of this child's listening port, then a pause, so siblings get their share.
+
+    Every child is woken by a new connection; the first to run took what was waiting, and on a busy machine
+    it ran again before its sibling was scheduled at all. After each connection it accepts, a child leaves
+    the port to its siblings for ``ACCEPT_PAUSE_SECONDS`` (what is waiting stays queued in the kernel meanwhile).
+    """
+    from twisted.internet import tcp
+
+    accept = tcp.Port.doRead
+
+    def doRead(port):
+        from twisted.internet import reactor  # daphne's own (asyncio), installed by the time a port is read
+
+        port.numberAccepts = 1  # Twisted's own adaptive count grows to whatever one wake-up found waiting
+        accept(port)
+        if port.connected:
+            port.stopReading()
+            reactor.callLater(ACCEPT_PAUSE_SECONDS, _resume_accepting, port)
+
+    tcp.Port.doRead = doRead
+
+
+def _resume_accepting(port) -> None:
+    if port.connected:
+        port.startReading()
 
 
 def _leave_with(parent_pid: int) -> None:

@@ -17,6 +17,9 @@ BENCHMARKS = {
     "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
+    # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
+    "makecall_parts": ["--requests", "20"],
+    "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
 }
 
@@ -35,7 +38,8 @@ def bench_env() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_it_runs_the_benchmark_and_prints_its_figures(name):
-    done = subprocess.run([sys.executable, "-m", f"bench.{name}", *BENCHMARKS[name]], cwd=REPO, env=bench_env(),
+    module = name.split(":")[0]
+    done = subprocess.run([sys.executable, "-m", f"bench.{module}", *BENCHMARKS[name]], cwd=REPO, env=bench_env(),
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     figures = dict(re.findall(r"^(\w+): (\S+)", done.stdout, re.M))
@@ -56,3 +60,13 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
                      "uploads_sent_while_a_start_event_waited"):
             assert figures[zero] == "0", done.stdout
         assert "start_event_latency_p99" in figures and "hangup_event_latency_p99" in figures
+    if name == "makecall_overhead":
+        # Both costs measured on the same daphne, the floor a bare DRF view (bench/floor_views.py).
+        assert float(figures["floor_cpu_per_request"]) > 0 and float(figures["makecall_cpu_per_request"]) > 0
+        assert float(figures["makecall_cpu_ratio_to_floor"]) > 0
+    if name == "makecall_parts":
+        assert float(figures["makecall_thread_cpu_per_request"]) > float(figures["makecall_without_place_call"])
+    if name == "makecall_overhead:sweep":
+        assert "p1_makecall_saturation_rate" in figures and "p2_makecall_saturation_rate" in figures
+        assert "makecall_saturation_ratio" in figures
+        assert re.search(r"^p2_sweep_10: .*cpu share \d+% / \d+%, connections \d+ / \d+", done.stdout, re.M), done.stdout

@@ -103,6 +103,26 @@ def test_it_spreads_connections_over_every_web_process(fault_hub):
             sock.close()
 
 
+def test_it_shares_a_burst_of_connections_between_its_web_processes(fault_hub):
+    # A burst of keep-alive connections (a proxy's pool, retailCRM's clicks) is shared, not taken by whichever
+    # child woke first: their requests stay where the connection went for as long as it lives.
+    children = web_children(fault_hub.web)
+    counts = [0] * len(children)
+    for _burst in range(3):
+        held = [socket.create_connection(("127.0.0.1", fault_hub.web_port), timeout=5) for _ in range(20)]
+        try:
+            wait_for(lambda: sum(len(served_ports(child, fault_hub.web_port)) for child in children) >= 20, 10,
+                     interval=0.05, what="the burst accepted")
+            for n, child in enumerate(children):
+                counts[n] += len(served_ports(child, fault_hub.web_port))
+        finally:
+            for sock in held:
+                sock.close()
+        wait_for(lambda: not any(served_ports(child, fault_hub.web_port) for child in children), 10,
+                 interval=0.05, what="the burst's connections closed")
+    assert min(counts) >= 60 // 3, counts
+
+
 def test_it_gives_consoles_on_either_web_process_their_snapshot_and_the_workers_cards(fault_world):
     hub, seat = fault_world.hub, fault_world.seats[0]
     first, second = web_children(hub.web)

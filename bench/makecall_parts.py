@@ -1,0 +1,108 @@
+"""Where makeCallUrl's CPU goes, part by part, in one thread (the profile behind benchmark 4's ratio).
+
+    .venv/bin/python -m bench.makecall_parts [--requests 400]
+
+daphne's sampled profile shows its loop thread (Twisted, daphne, the same for every view) and
+misattributes the time threads wait for the GIL. This calls what a pool thread of
+``ctihub.http_pool`` does for a request (middleware, view, answer: ``PooledASGIHandler._respond``)
+in a loop in this process, against the simulator and Redis as the benchmark does, and prints the
+thread's CPU per request (best of three runs) for the floor view, makeCallUrl, and makeCallUrl
+with one part replaced at a time: placeCall answered at once, the rate limit's Redis script
+replaced by nothing. The differences are what each part costs inside a request, which on a busy
+2-core machine is well above what the same call costs alone in a loop (also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import os
+import time
+from unittest import mock
+
+from bench.common import figure, setup_django
+
+AGENT_EXTENSION = "897778778"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=400, help="requests per measurement (three of them)")
+    args = parser.parse_args()
+    # The floor view is routed only under BENCH_FLOORS; the rate limit's own limit is not what this measures.
+    os.environ["BENCH_FLOORS"] = "true"
+    os.environ["PUBLIC_RATE_LIMIT_PER_SECOND"] = "100000"
+    setup_django()
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import Agent
+    from bench.procs import BenchHub, hub_env
+    from crm_sync.models import RetailCrmIntegration
+    from ctihub import ratelimit
+    from ctihub.http_pool import PooledASGIHandler
+    from telephony import control
+    from telephony.models import PbxAccount, Terminal
+    from telephony.providers.istra_myrcc.transport import MyRccProvider
+    from tests.support.sim_control import IstraControl
+
+    hub = BenchHub(hub_env())
+    try:
+        hub.start_simulator()
+        sim = IstraControl(hub.sim_url)
+        sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
+        sim.add_extension(AGENT_EXTENSION, "101", enterprise="acme", myrcc=True)
+        account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYRCC, enterprise="acme",
+                                            base_url=f"{hub.sim_url}/restletrouter", login="rccadmin",
+                                            password="s3cret")
+        control.sync_terminals(account)
+        agent = Agent.objects.create(user=get_user_model().objects.create_user("ann"), extension_code="101",
+                                     retailcrm_user_id="7")
+        Terminal.objects.filter(account=account, pbx_id=AGENT_EXTENSION).update(agent=agent)
+        integration = RetailCrmIntegration.objects.create(name="bench", crm_url=hub.sim_url, api_key="k" * 32)
+
+        handler = PooledASGIHandler()
+        query = f"clientId={integration.client_id}&code=101&phone=%2B33612345678&userId=7".encode()
+
+        def respond(path: str) -> None:
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                     "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+                     "root_path": "", "headers": [(b"host", b"127.0.0.1"), (b"accept", b"*/*")],
+                     "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+            response = handler._respond(scope, io.BytesIO())
+            assert response.status_code == 200, response.content
+
+        def cpu_ms(work) -> float:
+            best = float("inf")
+            for _ in range(3):
+                started = time.thread_time()
+                for _ in range(args.requests):
+                    work()
+                best = min(best, (time.thread_time() - started) * 1000 / args.requests)
+            return best
+
+        floor, makecall = "/api/bench-floor/make-call", "/api/retailcrm/make-call"
+        for _ in range(50):  # log in to the PBX, fill the brief caches
+            respond(floor)
+            respond(makecall)
+        gc.collect()
+        gc.freeze()  # as daphne does once loaded
+        figure("floor_thread_cpu_per_request", cpu_ms(lambda: respond(floor)), "ms")
+        figure("makecall_thread_cpu_per_request", cpu_ms(lambda: respond(makecall)), "ms")
+        with mock.patch.object(MyRccProvider, "place_call", lambda self, *args: {}):
+            figure("makecall_without_place_call", cpu_ms(lambda: respond(makecall)), "ms")
+            with mock.patch.object(ratelimit, "take", lambda *args, **kwargs: 0):
+                figure("makecall_without_place_call_and_rate_limit", cpu_ms(lambda: respond(makecall)), "ms")
+        with mock.patch.object(ratelimit, "take", lambda *args, **kwargs: 0):
+            figure("makecall_without_rate_limit", cpu_ms(lambda: respond(makecall)), "ms")
+        provider, _lock = control._provider(account)
+        figure("place_call_alone", cpu_ms(lambda: provider.place_call(AGENT_EXTENSION, "+33612345678")), "ms")
+        figure("rate_limit_alone", cpu_ms(lambda: ratelimit.take("bench", "client:bench")), "ms")
+    finally:
+        hub.stop()
+
+
+if __name__ == "__main__":
+    from bench.common import run
+
+    run(main)
