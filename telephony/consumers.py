@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_NO_ROLE = 4400
-CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the page reconnects with backoff
+# "Try again later": the page reconnects with backoff (console.js retries every code it does not explain).
+# Not RFC 6455's 1013: daphne (autobahn) refuses to send any code but 1000 and 3000-4999, raised in the
+# consumer, and the browser saw 1011 (an internal error) instead.
+CLOSE_TRY_AGAIN = 4013
 SNAPSHOT_TIMEOUT_SECONDS = 10
 # The page's requests are a few hundred bytes; anything much larger is not one of them.
 MAX_REQUEST_CHARS = 16_384
@@ -158,8 +161,15 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     # --- from the layer ---------------------------------------------------------------
     async def call_card(self, event):
         card = event["card"]
-        if self.viewer.may_see(card):  # defence in depth: groups already scope this
-            await self._send_card(card)
+        if not self.viewer.may_see(card):  # defence in depth: groups already scope this
+            return
+        shown = self.shown.get(card["id"])
+        if shown is not None and shown[0] >= card["version"]:
+            # The page has this version already: the snapshot had it (a change between the join and the
+            # read), or a resync sent it while its publish was still on its way (a worker more than
+            # IN_FLIGHT_GRACE behind). Sent again it was a duplicate card (issue 16: 121 in one run).
+            return
+        await self._send_card(card)
 
     async def agent_status(self, event):
         await self.send_json({"type": "agent_status", "agent": event["agent"], "status": event["status"]})

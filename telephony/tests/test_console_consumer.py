@@ -112,6 +112,28 @@ def test_it_closes_a_console_whose_snapshot_cannot_be_sent_so_the_page_reconnect
     assert asyncio.run(closed_with(communicator(headers))) == consumers.CLOSE_TRY_AGAIN
 
 
+def test_it_closes_a_late_console_with_a_code_daphne_sends_and_the_page_retries():
+    """1013 passed the in-process communicator, but daphne refused it and the browser saw 1011."""
+    import re
+
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from telephony import consumers
+    from tests.support.processes import REPO
+
+    sent = []
+
+    class Recording(WebSocketProtocol):
+        def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+            sent.append(code)
+
+    Recording().serverClose(code=consumers.CLOSE_TRY_AGAIN)  # what daphne does with the consumer's close
+    assert sent == [consumers.CLOSE_TRY_AGAIN]
+    script = (REPO / "static" / "ctihub" / "console.js").read_text()
+    explained = re.search(r"const CLOSE_REASONS = \{(.*?)\};", script, re.S).group(1)
+    assert f"{consumers.CLOSE_TRY_AGAIN}:" not in explained  # a code it explains, it does not retry
+
+
 def test_it_closes_a_console_at_once_when_joining_its_group_hangs_past_a_cancel(monkeypatch, layer_in_memory):
     """After a Redis restart a group_add read hung for 20 s, its cancel ignored: the page must not wait on it."""
     import time
@@ -236,6 +258,44 @@ def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_come
 
     asyncio.run(scenario())
     assert published
+
+
+def test_it_never_sends_a_card_version_twice_when_its_publish_comes_after_the_resync(settings, monkeypatch,
+                                                                                     published):
+    """A worker seconds behind: the resync sends the card, then its publish arrives."""
+    from channels.layers import get_channel_layer
+
+    from telephony import consumers
+    from telephony.cards import agent_group, call_card
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.2))
+    account = make_account()
+    me = make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    early = ring(account, "t-me", "-0")  # in the snapshot: its publish comes after it
+    early_card = call_card(early)
+    connection.close()
+    headers = headers_for(me.user)
+
+    async def scenario():
+        comm = communicator(headers)
+        assert [c["id"] for c in (await open_console(comm))["calls"]] == [early.pk]
+        run = asyncio.get_running_loop().run_in_executor
+        call = await run(None, lambda: ring(account, "t-me", "-1"))  # its publish held back (`published`)
+        card = (await receive_type(comm, "card", timeout=4))["card"]
+        assert (card["id"], card["version"]) == (call.pk, 1)  # from the resync
+        layer = get_channel_layer()
+        late = await run(None, lambda: (call_card(call), connection.close())[0])
+        for one in (late, early_card):  # the late publishes
+            await layer.group_send(agent_group(me.pk), {"type": "call.card", "card": one})
+        assert await comm.receive_nothing(timeout=1.5, interval=0.1), "a card version sent twice"
+        newer = dict(late, version=2, state="talking")
+        await layer.group_send(agent_group(me.pk), {"type": "call.card", "card": newer})
+        assert (await receive_type(comm, "card"))["card"]["version"] == 2  # a newer version still goes
+        await comm.disconnect()
+
+    asyncio.run(scenario())
 
 
 def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():
