@@ -96,7 +96,7 @@ class _Client:
             errors["no_handshake_in_time"] += 1
             return
         except (aiohttp.ClientError, OSError) as exc:
-            errors[f"connect_{type(exc).__name__}"] += 1
+            errors[f"connect_{type(exc).__name__}: {str(exc)[:60]}"] += 1
             return
         try:
             message = await ws.receive(timeout=max(0.1, timeout - (time.monotonic() - started)))

@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--storm", action="store_true", help="only the connect storm: every console at once")
     parser.add_argument("--no-floor", action="store_true")
     args = parser.parse_args()
+    args.terminals = min(args.terminals, args.agents)  # each terminal has its own agent
     args.clients = args.clients or max(1, math.ceil(args.agents / SOCKETS_PER_CLIENT))
     setup_django()
     from bench.procs import BenchHub, hub_env
