@@ -234,6 +234,18 @@ class CpuMeter:
         return out
 
 
+def _redis_connections(hub) -> int:
+    """daphne's open connections to Redis: the channel layer's pool after the storm."""
+    import psutil
+    from django.conf import settings
+    from urllib.parse import urlparse
+
+    port = urlparse(settings.REDIS_URL).port or 6379
+    root = psutil.Process(hub.web.process.pid)
+    return sum(1 for process in [root, *root.children(recursive=True)] for c in process.net_connections("tcp")
+               if c.raddr and c.raddr.port == port)
+
+
 def _cpu_per(before: dict, after: dict, units: int) -> dict[str, float]:
     return {name: (after[name] - before[name]) * 1000 / max(1, units) for name in before}
 
@@ -245,8 +257,10 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     ws_url = hub.web_url.replace("http", "ws") + "/ws/console/"
     targets = [(ws_url, {"Cookie": cookie, "Origin": hub.web_url}) for cookie in cookies]
     progress.update(consoles_wanted=len(cookies))
-    started = time.monotonic()
+    meter = CpuMeter(hub, clients)
+    cpu_before, started = meter.read(), time.monotonic()
     connected_ms, errors = await clients.connect(targets, timeout=60)
+    cpu_after = meter.read()
     progress.update(consoles_connected=len(connected_ms), snapshots_received=len(connected_ms), errors=dict(errors))
     figure("storm_consoles", len(cookies))
     figure("storm_seconds_to_all_snapshots", time.monotonic() - started, "s", f"<= {STORM_LIMIT_S:.0f}")
@@ -255,13 +269,16 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     figure("storm_refused", refused, "", "0")
     figure("storm_errors", sum(errors.values()), "", "0")
     figure("storm_errors_by_kind", ", ".join(f"{k}={v}" for k, v in sorted(errors.items())) or "none")
+    figure("storm_cpu_per_console", ", ".join(f"{name} {ms:.2f}" for name, ms in
+                                              _cpu_per(cpu_before, cpu_after, len(cookies)).items()),
+           "ms (process CPU / consoles)")
+    figure("storm_daphne_redis_connections", _redis_connections(hub))
     if len(connected_ms) < len(cookies):
         raise RuntimeError(f"{len(cookies) - len(connected_ms)} of {len(cookies)} consoles got no snapshot")
     if args.storm:
         return
     import aiohttp
 
-    meter = CpuMeter(hub, clients)
     figure("agents_connected", len(connected_ms))
     figure("load_generator_processes", len(clients.pids()))
     calls = _Calls(terminals)

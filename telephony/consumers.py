@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -23,6 +24,7 @@ from django.utils import timezone
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from ctihub.ws_db import on_web_pool
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
@@ -59,6 +61,26 @@ async def finished_within(task: asyncio.Future, seconds: float) -> bool:
     return True
 
 
+_setup_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its semaphore
+
+
+def setup_slots() -> asyncio.Semaphore:
+    """How many consoles of this process set up (viewer, joins, snapshot) at once: the rest wait in turn.
+
+    All at once (a deploy, a network blip: every console reconnecting), each join opened Redis
+    connections of its own (1,763 for 1,000 consoles), the event loop and the database thread were
+    shared by all of them, and a join waited longer than ``JOIN_TIMEOUT_SECONDS`` behind the others:
+    848 of 1,000 consoles were closed to try again, which only made the next storm (issue 16). In
+    turn, each join is timed from its own start, and Redis sees a few dozen connections. One per
+    event loop: a semaphore belongs to the loop it first waits on (the tests run several).
+    """
+    loop = asyncio.get_running_loop()
+    slots = _setup_slots.get(loop)
+    if slots is None:
+        slots = _setup_slots[loop] = asyncio.Semaphore(settings.CONSOLE_SETUP_CONCURRENCY)
+    return slots
+
+
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
@@ -69,19 +91,17 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.pk
         session = self.scope.get("session")
         self.session_key = getattr(session, "session_key", None)
-        self.viewer = await database_sync_to_async(console.viewer_for)(user)
-        if not self.viewer.has_role:
-            await self.close(code=CLOSE_NO_ROLE)
-            return
-        self.session_over = False  # from here on its requests are answered (a refused console's are not)
-        # Its user's group too: a logout, a deactivation or a password change closes this console at once.
-        self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
         self.shown: dict[int, tuple[int, bool, datetime]] = {}  # call id -> (version, live, when) as the page has it
-        snapshot = asyncio.ensure_future(self._join_and_send_snapshot())
+        # The page gives up on a snapshot SNAPSHOT_TIMEOUT_SECONDS after it opened: so does this, its
+        # turn in the queue included.
+        snapshot = asyncio.ensure_future(self._set_up(user))
         try:
             sent = await finished_within(snapshot, SNAPSHOT_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             sent = False
+        if sent and snapshot.result() is None:
+            await self.close(code=CLOSE_NO_ROLE)
+            return
         if not sent:
             # A console left open without its snapshot would show nothing and never know: close it
             # so the page reconnects (seen after Redis restarts, group_add never answering).
@@ -89,6 +109,18 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         self.resync = asyncio.ensure_future(self._resync_forever())
+
+    async def _set_up(self, user) -> bool | None:
+        """In its turn: who the viewer is, its groups joined, its snapshot sent. None: no role, refused."""
+        async with setup_slots():
+            self.viewer = await on_web_pool(console.viewer_for)(user)
+            if not self.viewer.has_role:
+                return None
+            self.session_over = False  # from here on its requests are answered (a refused console's are not)
+            # Its user's group too: a logout, a deactivation or a password change closes this console at once.
+            self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
+            await self._join_and_send_snapshot()
+            return True
 
     async def _join_and_send_snapshot(self):
         joins = asyncio.ensure_future(self._join_groups())
@@ -102,7 +134,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             # gets its snapshot sooner on a new socket (a new connection) than by waiting here.
             raise asyncio.TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
         self.checked_until = timezone.now()  # what changed before this is in the snapshot
-        snapshot = await database_sync_to_async(console.snapshot)(self.viewer)
+        snapshot = await on_web_pool(console.snapshot)(self.viewer)
         self._note_shown(snapshot["calls"])
         await self.send_json(snapshot)
 
@@ -113,8 +145,13 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if getattr(self, "resync", None) is not None:
             self.resync.cancel()
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        groups = getattr(self, "groups_joined", [])
+        if groups:
+            # In turn too: every console of a stopping daphne or a dropped network leaves at once, and one
+            # Redis connection opened per discard kept daphne past its application close timeout.
+            async with setup_slots():
+                await asyncio.gather(*(self.channel_layer.group_discard(group, self.channel_name)
+                                       for group in groups))
 
     def _note_shown(self, cards: list[dict]) -> None:
         now = timezone.now()

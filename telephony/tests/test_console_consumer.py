@@ -380,3 +380,51 @@ def test_it_takes_hundreds_of_consoles_connecting_at_once():
         await asyncio.gather(*(comm.disconnect() for comm in comms))
 
     asyncio.run(scenario())
+
+
+def test_it_sets_consoles_up_a_few_at_a_time_on_the_web_pool_and_leaves_no_connection_open(settings, monkeypatch):
+    """A connect storm: each console's login, viewer and snapshot off asgiref's one thread, a few at once."""
+    import threading
+    import time
+
+    from telephony import console
+
+    settings.CONSOLE_SETUP_CONCURRENCY = 2
+    me = make_agent()
+    headers = headers_for(me.user)
+    running, most, threads = [0], [0], set()
+    lock = threading.Lock()
+    real_snapshot = console.snapshot
+
+    def slow_snapshot(viewer):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            threads.add(threading.current_thread().name)
+        time.sleep(0.1)
+        try:
+            return real_snapshot(viewer)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(console, "snapshot", slow_snapshot)
+
+    async def scenario():
+        comms = [communicator(headers) for _ in range(8)]
+        snapshots = await asyncio.gather(*(open_console(comm, timeout=30) for comm in comms))
+        assert {s["type"] for s in snapshots} == {"snapshot"}
+        await asyncio.gather(*(comm.disconnect() for comm in comms))
+
+    def others_connected() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    before = others_connected()
+    asyncio.run(scenario())
+    assert most[0] == 2, f"{most[0]} consoles set up at once"
+    assert threads and all(name.startswith("ctihub-web") for name in threads), threads
+    time.sleep(0.3)
+    assert others_connected() <= before  # the pool's threads closed theirs (CONN_MAX_AGE is 0 in the tests)
