@@ -80,10 +80,10 @@ class _Client:
         errors: collections.Counter = collections.Counter()
         opened = [asyncio.ensure_future(self.connect_one(url, headers, timeout, connected_ms, errors))
                   for url, headers in targets]
-        await asyncio.gather(*opened)
-        return connected_ms, dict(errors)
+        done = await asyncio.gather(*opened)
+        return connected_ms, dict(errors), [target for target, ok in zip(targets, done) if not ok]
 
-    async def connect_one(self, url, headers, timeout, connected_ms, errors) -> None:
+    async def connect_one(self, url, headers, timeout, connected_ms, errors) -> bool:
         import aiohttp
 
         started = time.monotonic()
@@ -91,27 +91,28 @@ class _Client:
             ws = await asyncio.wait_for(self.session.ws_connect(url, headers=headers, max_msg_size=0), timeout)
         except aiohttp.WSServerHandshakeError as exc:
             errors[f"refused_http_{exc.status}"] += 1
-            return
+            return False
         except asyncio.TimeoutError:
             errors["no_handshake_in_time"] += 1
-            return
+            return False
         except (aiohttp.ClientError, OSError) as exc:
             errors[f"connect_{type(exc).__name__}: {str(exc)[:60]}"] += 1
-            return
+            return False
         try:
             message = await ws.receive(timeout=max(0.1, timeout - (time.monotonic() - started)))
         except asyncio.TimeoutError:
             errors["no_snapshot_in_time"] += 1
             await ws.close()
-            return
+            return False
         if message.type != aiohttp.WSMsgType.TEXT:
             errors[f"closed_before_snapshot_{ws.close_code}"] += 1
-            return
+            return False
         if json.loads(message.data).get("type") != "snapshot":
             errors["first_message_not_a_snapshot"] += 1
         connected_ms.append((time.monotonic() - started) * 1000)
         self.sockets.append(ws)
         self.tasks.append(asyncio.ensure_future(self.listen(ws)))
+        return True
 
     async def listen(self, ws) -> None:
         seen: set[tuple] = set()
