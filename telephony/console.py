@@ -91,6 +91,15 @@ def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int]
     return cards_of([call for call in calls.order_by("created_at") if call.version > shown.get(call.pk, 0)])
 
 
+def cards_changed(live: set[int], since, until) -> list[tuple[dict, object]]:
+    """The resync of all the consoles of a process at once (``telephony.consumers.Resyncs``): every call
+    changed from ``since`` to before ``until``, and the calls in ``live`` (shown as not ended by some
+    console), each card with the call's ``updated_at``. Each console keeps what it may see and lacks."""
+    calls = list(Call.objects.select_related("account").filter(Q(pk__in=live) | Q(updated_at__gte=since),
+                                                               updated_at__lt=until).order_by("created_at"))
+    return list(zip(cards_of(calls), (call.updated_at for call in calls)))
+
+
 def missed_today() -> int:
     start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     return Call.objects.filter(

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import weakref
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from ctihub.ws_db import on_web_pool
@@ -81,6 +79,73 @@ def setup_slots() -> asyncio.Semaphore:
     return slots
 
 
+_resyncs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its Resyncs
+
+
+def resyncs() -> "Resyncs":
+    loop = asyncio.get_running_loop()
+    found = _resyncs.get(loop)
+    if found is None:
+        found = _resyncs[loop] = Resyncs()
+    return found
+
+
+class Resyncs:
+    """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the consoles of this process.
+
+    One database look for all of them (``console.cards_changed``), each console then taking what it
+    may see and does not have. It was one query per console and period: at 1,000 consoles 67 queries
+    a second, and daphne's CPU per card delivered twice a bare forwarding consumer's (issue 16).
+    Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely)
+    and looked at next time.
+    """
+
+    def __init__(self):
+        self.consoles: set[ConsoleConsumer] = set()
+        self.task: asyncio.Task | None = None
+
+    def add(self, consumer: "ConsoleConsumer") -> None:
+        self.consoles.add(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._forever())
+
+    def discard(self, consumer: "ConsoleConsumer") -> None:
+        self.consoles.discard(consumer)
+
+    async def _forever(self) -> None:
+        period = settings.CONSOLE_RESYNC_SECONDS
+        while self.consoles:
+            await asyncio.sleep(period)
+            try:
+                await self.once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("console resync failed; trying again in %ss", period, exc_info=True)
+
+    async def once(self) -> None:
+        consoles = list(self.consoles)
+        if not consoles:
+            return
+        until = timezone.now() - IN_FLIGHT_GRACE
+        windows = [consumer._resync_window(until) for consumer in consoles]
+        since = min(window[0] for window in windows)
+        live = set().union(*(window[2] for window in windows))
+        changed = await on_web_pool(console.cards_changed)(live, since, until)
+        for consumer, (own_since, versions, own_live) in zip(consoles, windows):
+            for card, updated_at in changed:
+                if card["version"] <= versions.get(card["id"], 0) or not consumer.viewer.may_see(card):
+                    continue
+                if card["id"] not in own_live and updated_at < own_since:
+                    continue  # before this console's window: its snapshot or an earlier look had it
+                logger.info("console of %s: call %s card v%s was never received; sent now",
+                            consumer.viewer.user.pk, card["id"], card["version"])
+                try:
+                    await consumer._send_card(card)
+                except Exception:  # a console closing meanwhile: the others still get theirs
+                    logger.debug("resync card not sent to a closing console", exc_info=True)
+
+
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
@@ -108,7 +173,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("console snapshot not sent within %ss; closing", SNAPSHOT_TIMEOUT_SECONDS)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.resync = asyncio.ensure_future(self._resync_forever())
+        resyncs().add(self)
 
     async def _set_up(self, user) -> bool | None:
         """In its turn: who the viewer is, its groups joined, its snapshot sent. None: no role, refused."""
@@ -143,8 +208,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         await asyncio.gather(*(self.channel_layer.group_add(group, self.channel_name) for group in self.groups_joined))
 
     async def disconnect(self, code):
-        if getattr(self, "resync", None) is not None:
-            self.resync.cancel()
+        resyncs().discard(self)
         groups = getattr(self, "groups_joined", [])
         if groups:
             # In turn too: every console of a stopping daphne or a dropped network leaves at once, and one
@@ -160,36 +224,17 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             if card["version"] >= version:
                 self.shown[card["id"]] = (card["version"], card["state"] != "ended", now)
 
-    async def _resync_forever(self) -> None:
-        """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the page (see
-        ``console.cards_newer_than_shown``); consoles spread out so they do not all ask at once."""
-        period = settings.CONSOLE_RESYNC_SECONDS
-        await asyncio.sleep(random.uniform(0.5, 1.0) * period)
-        while True:
-            try:
-                await self._resync_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("console resync failed; trying again in %ss", period, exc_info=True)
-            await asyncio.sleep(period)
-
-    async def _resync_once(self) -> None:
-        # Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely:
-        # sending them too would deliver them twice) and looked at next time; `updated_at` is stamped
-        # a moment before its commit, hence the margin behind where the last look stopped.
-        until = timezone.now() - IN_FLIGHT_GRACE
+    def _resync_window(self, until: datetime) -> tuple[datetime, dict[int, int], set[int]]:
+        """What this console's next resync looks at: changes since where its last look stopped, the
+        versions it has and the calls it shows live (see ``Resyncs``)."""
+        # `updated_at` is stamped a moment before its commit, hence the margin behind the last look.
         since = self.checked_until - COMMIT_MARGIN
         self.checked_until = max(self.checked_until, until)
         # An ended call shown before `since` only comes back if it changes again: forget it.
         self.shown = {call_id: shown for call_id, shown in self.shown.items() if shown[1] or shown[2] >= since}
         live = {call_id for call_id, (_version, is_live, _when) in self.shown.items() if is_live}
         versions = {call_id: version for call_id, (version, _live, _when) in self.shown.items()}
-        cards = await database_sync_to_async(console.cards_newer_than_shown)(self.viewer, versions, live, since, until)
-        for card in cards:
-            logger.info("console of %s: call %s card v%s was never received; sent now",
-                        self.viewer.user.pk, card["id"], card["version"])
-            await self._send_card(card)
+        return since, versions, live
 
     async def _send_card(self, card: dict) -> None:
         self._note_shown([card])
@@ -225,7 +270,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     # --- the session it was opened with -------------------------------------------------
     async def _session_valid(self) -> bool:
-        return await database_sync_to_async(session_user_id)(self.session_key) == self.user_id
+        return await on_web_pool(session_user_id)(self.session_key) == self.user_id
 
     async def _end_session(self) -> None:
         self.session_over = True
@@ -285,15 +330,15 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             payload = {} if payload is None else payload
             if not isinstance(payload, dict):
                 raise console.Refused("the payload must be an object")
-            return await database_sync_to_async(console.act_on_call)(
+            return await on_web_pool(console.act_on_call)(
                 self.viewer, call_id, _text(content.get("name")), payload
             )
         if action == "dial":
-            return await database_sync_to_async(console.dial)(self.viewer, _text(content.get("number")))
+            return await on_web_pool(console.dial)(self.viewer, _text(content.get("number")))
         if action == "set_status":
-            return await database_sync_to_async(console.change_status)(self.viewer, _text(content.get("status")))
+            return await on_web_pool(console.change_status)(self.viewer, _text(content.get("status")))
         if action == "snapshot":
-            return await database_sync_to_async(console.snapshot)(self.viewer)
+            return await on_web_pool(console.snapshot)(self.viewer)
         if not _is_scalar(action):
             raise console.Refused("unknown request")
         raise console.Refused(f"unknown request {action!r}"[:200])

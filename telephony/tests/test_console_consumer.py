@@ -428,3 +428,42 @@ def test_it_sets_consoles_up_a_few_at_a_time_on_the_web_pool_and_leaves_no_conne
     assert threads and all(name.startswith("ctihub-web") for name in threads), threads
     time.sleep(0.3)
     assert others_connected() <= before  # the pool's threads closed theirs (CONN_MAX_AGE is 0 in the tests)
+
+
+def test_it_resyncs_every_console_of_a_process_with_one_query_a_period(settings, monkeypatch, published):
+    """1,000 consoles asked the database 67 times a second; now the process asks once a period."""
+    import time
+
+    from telephony import console, consumers
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.2))
+    account = make_account()
+    alice, bob = make_agent("alice"), make_agent("bob")
+    make_terminal(account, pbx_id="t-alice", agent=alice)
+    make_terminal(account, pbx_id="t-bob", agent=bob)
+    headers = [headers_for(alice.user), headers_for(alice.user), headers_for(bob.user)]
+    looks = []
+    real = console.cards_changed
+
+    def counted(*args):
+        looks.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(console, "cards_changed", counted)
+
+    async def scenario():
+        comms = [communicator(h) for h in headers]
+        for comm in comms:
+            await open_console(comm)
+        run = asyncio.get_running_loop().run_in_executor
+        mine = await run(None, lambda: ring(account, "t-alice", "-1"))  # publishes lost (`published`)
+        theirs = await run(None, lambda: ring(account, "t-bob", "-2"))
+        got = [(await receive_type(comm, "card", timeout=5))["card"]["id"] for comm in comms]
+        assert got == [mine.pk, mine.pk, theirs.pk]
+        for comm in comms:
+            assert await comm.receive_nothing(timeout=1.5, interval=0.1), "a card sent twice or to another agent"
+        await asyncio.gather(*(comm.disconnect() for comm in comms))
+
+    asyncio.run(scenario())
+    assert looks and all(b - a > 0.5 for a, b in zip(looks, looks[1:])), "more than one look a period"
