@@ -15,6 +15,9 @@ BENCHMARKS = {
     "upload_backlog": ["--calls", "120"],
     "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
+    "popup_latency --sweep": ["--agents", "10", "--terminals", "3", "--sweep", "5,10", "--seconds", "1",
+                              "--clients", "2"],
+    "popup_latency --storm": ["--agents", "30", "--storm"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
 }
@@ -34,7 +37,8 @@ def bench_env() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_it_runs_the_benchmark_and_prints_its_figures(name):
-    done = subprocess.run([sys.executable, "-m", f"bench.{name}", *BENCHMARKS[name]], cwd=REPO, env=bench_env(),
+    module = name.split()[0]
+    done = subprocess.run([sys.executable, "-m", f"bench.{module}", *BENCHMARKS[name]], cwd=REPO, env=bench_env(),
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     figures = dict(re.findall(r"^(\w+): (\S+)", done.stdout, re.M))
@@ -45,5 +49,14 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert figures["upload_requests"] == "3" and figures["calls_uploaded"] == "120"
     if name == "sockets_per_worker":
         assert figures["sockets_held"] == "10" and figures["sockets_with_two_keepalives"] == "10"
+    if name == "popup_latency":
+        assert figures["cards_lost"] == "0" and float(figures["daphne_cpu_ratio_to_floor"]) > 0
+        assert "worker" in figures["cpu_per_event"] and figures["storm_refused"] == "0"
+    if name == "popup_latency --sweep":
+        assert re.search(r"^sweep_5_cards: lost 0, duplicated 0$", done.stdout, re.M), done.stdout
+        assert "sweep_5_cpu_per_event" in figures and "popup_saturation_rate" in figures
+    if name == "popup_latency --storm":
+        assert figures["storm_consoles"] == "30" and figures["storm_refused"] == "0"
+        assert figures["storm_errors"] == "0" and "storm_connect_to_snapshot_p99" in figures
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
