@@ -133,11 +133,9 @@ class Resyncs:
         live = set().union(*(window[2] for window in windows))
         changed = await on_web_pool(console.cards_changed)(live, since, until)
         for consumer, (own_since, versions, own_live) in zip(consoles, windows):
-            for card, updated_at in changed:
-                if card["version"] <= versions.get(card["id"], 0) or not consumer.viewer.may_see(card):
-                    continue
-                if card["id"] not in own_live and updated_at < own_since:
-                    continue  # before this console's window: its snapshot or an earlier look had it
+            # What it has now, not only before the look: a publish may have come in the meantime.
+            has = {**versions, **{call_id: shown[0] for call_id, shown in consumer.shown.items()}}
+            for card in console.newer_than_shown(consumer.viewer, changed, has, own_live, own_since):
                 logger.info("console of %s: call %s card v%s was never received; sent now",
                             consumer.viewer.user.pk, card["id"], card["version"])
                 try:
