@@ -10,6 +10,7 @@ cards of a real card's size with ``group_send`` and compares daphne's CPU per ca
 from __future__ import annotations
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.consumer import get_handler_name
 
 
 class FloorConsumer(AsyncJsonWebsocketConsumer):
@@ -21,6 +22,11 @@ class FloorConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def dispatch(self, message):
+        # As the console's: no hop to asgiref's sync thread per message (channels closes old database
+        # connections there), which a bare forwarder has no use for.
+        await getattr(self, get_handler_name(message))(message)
 
     async def call_card(self, event):
         await self.send_json({"type": "card", "card": event["card"]})

@@ -11,8 +11,12 @@ Old and broken connections are closed before and after each call, as ``database_
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 from asgiref.sync import sync_to_async
 from channels.auth import AuthMiddleware, CookieMiddleware, SessionMiddleware, get_user
+from django.conf import settings
 from django.db import close_old_connections
 
 from ctihub.http_pool import pool
@@ -32,8 +36,33 @@ def on_web_pool(func):
     return sync_to_async(closing_old_connections, thread_sensitive=False, executor=pool())
 
 
+_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its semaphore
+
+
+def setup_slots() -> asyncio.Semaphore:
+    """How many consoles of this process set up at once (viewer, joins, snapshot; leaving too): the
+    rest wait in turn.
+
+    All at once (a deploy, a network blip: every console reconnecting), each console's joins opened
+    Redis connections of their own (1,763 for 1,000 consoles), and a join waited longer than
+    ``JOIN_TIMEOUT_SECONDS`` behind the others: 848 of 1,000 consoles were closed to try again, which
+    only made the next storm (issue 16). In turn, each join is timed from its own start and Redis sees
+    a few dozen connections. One per event loop: a semaphore belongs to the loop it first waits on
+    (the tests run several).
+    """
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(settings.CONSOLE_SETUP_CONCURRENCY)
+    return slots
+
+
 class PooledAuthMiddleware(AuthMiddleware):
-    """Channels' own session-to-user check (``channels.auth.get_user``), run on the web pool."""
+    """Channels' own session-to-user check (``channels.auth.get_user``), run on the web pool.
+
+    Not in turn (``setup_slots``): it runs before the consumer accepts, and daphne rejects a
+    websocket not accepted within its connect timeout (5 s); the web pool's threads bound it.
+    """
 
     async def resolve_scope(self, scope):
         scope["user"]._wrapped = await on_web_pool(get_user.func)(scope)

@@ -21,8 +21,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.consumer import get_handler_name
 
-from ctihub.ws_db import on_web_pool
+from ctihub.ws_db import on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
@@ -57,26 +58,6 @@ async def finished_within(task: asyncio.Future, seconds: float) -> bool:
         return False
     task.result()
     return True
-
-
-_setup_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its semaphore
-
-
-def setup_slots() -> asyncio.Semaphore:
-    """How many consoles of this process set up (viewer, joins, snapshot) at once: the rest wait in turn.
-
-    All at once (a deploy, a network blip: every console reconnecting), each join opened Redis
-    connections of its own (1,763 for 1,000 consoles), the event loop and the database thread were
-    shared by all of them, and a join waited longer than ``JOIN_TIMEOUT_SECONDS`` behind the others:
-    848 of 1,000 consoles were closed to try again, which only made the next storm (issue 16). In
-    turn, each join is timed from its own start, and Redis sees a few dozen connections. One per
-    event loop: a semaphore belongs to the loop it first waits on (the tests run several).
-    """
-    loop = asyncio.get_running_loop()
-    slots = _setup_slots.get(loop)
-    if slots is None:
-        slots = _setup_slots[loop] = asyncio.Semaphore(settings.CONSOLE_SETUP_CONCURRENCY)
-    return slots
 
 
 _resyncs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its Resyncs
@@ -237,6 +218,16 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def _send_card(self, card: dict) -> None:
         self._note_shown([card])
         await self.send_json({"type": "card", "card": card})
+
+    async def dispatch(self, message):
+        """channels' own, without its ``aclose_old_connections()`` before every message: a hop to asgiref's
+        one sync thread and back for each card and each connect, to close connections that thread never
+        opens for a console (all its database calls run on the web pool, which closes its own:
+        ``ctihub.ws_db``)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- from the layer ---------------------------------------------------------------
     async def call_card(self, event):

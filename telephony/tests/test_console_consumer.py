@@ -467,3 +467,30 @@ def test_it_resyncs_every_console_of_a_process_with_one_query_a_period(settings,
 
     asyncio.run(scenario())
     assert looks and all(b - a > 0.5 for a, b in zip(looks, looks[1:])), "more than one look a period"
+
+
+def test_it_delivers_cards_without_a_hop_to_the_sync_thread_per_message(monkeypatch):
+    """channels closed old connections on asgiref's one sync thread before every message: a thread hop
+    per card, for a thread the console's database calls no longer use (they run on the web pool)."""
+    import channels.consumer
+
+    hops = []
+
+    async def counted():
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    account = make_account()
+    me = make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    headers = headers_for(me.user)
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-me", "-1"))
+        assert (await receive_type(comm, "card"))["card"]["state"] == "ringing"
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert hops == []
