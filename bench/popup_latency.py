@@ -1,16 +1,35 @@
 """Benchmark 1: pop-up latency, from the simulated PBX sending a frame to the agent's socket getting the card.
 
     .venv/bin/python -m bench.popup_latency [--agents 1000] [--terminals 100] [--rate 100] [--seconds 20]
+    .venv/bin/python -m bench.popup_latency --sweep [50,100,200,300,400,600] [--seconds 10]
+    .venv/bin/python -m bench.popup_latency --storm [--agents 1000]
 
 Real parts: the simulator (myCrm, one socket per terminal), one Celery worker
 holding those sockets, daphne, PostgreSQL and Redis. ``--agents`` authenticated
-console websockets are connected (the first ``--terminals`` of them own a
-terminal). The load is ``--rate`` PBX events per second across the terminals:
-each call rings, is answered and hangs up (one frame each). A frame's send time
-is taken just before the control request that makes the simulator send it, so
-the figure also holds that request's own round trip (it overstates, never
-understates). Lost: an expected card that never reached its agent; duplicated: the
-same card version reaching the same socket twice.
+console websockets are connected, all at once (the first ``--terminals`` of them own a
+terminal): the connect storm's figures (connect to snapshot p50/p99/max, refused, errors
+by kind) come first; ``--storm`` stops there. The load is ``--rate`` PBX events per second
+across the terminals: each call rings, is answered and hangs up (one frame each); when
+the time is up the calls under way are finished at the same pace. A frame's send time
+is taken just before the control request that makes the simulator send it, so the
+figure also holds that request's own round trip (it overstates, never understates).
+Lost: an expected card that never reached its agent; duplicated: the same card version
+reaching the same socket twice.
+
+The sockets live in ``--clients`` processes of their own (``bench/popup_clients.py``; by
+default one per 500 sockets), so the load generator is not what saturates. Each step prints
+every process's CPU per event (worker, daphne, simulator, load generator: this process and
+its clients), so a saturation says which one ran out.
+
+The floor (not with ``--sweep``): the consoles closed, as many sockets open on
+``bench/floor_consumer.py`` (a consumer that joins a group and forwards what comes, served
+on the same daphne because the benchmark sets ``BENCH_FLOORS``), and as many cards of the
+same size as the consoles received are sent to their groups with ``group_send`` at the same
+rate. daphne's CPU per card delivered, console and floor, and their ratio are printed.
+
+``--sweep``: steps of ``--seconds`` at each rate, up to the first past saturation (p99 over 1 s
+or a card lost); ``popup_saturation_rate`` is the highest rate whose p99 stayed <= 60 ms with
+no card lost or duplicated. ``--workers N`` starts N Celery workers to share the terminals' sockets.
 """
 
 from __future__ import annotations
@@ -18,11 +37,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import math
+import multiprocessing
+import os
 import time
 
-from bench.common import figure, no_pauses_of_our_own, percentiles, setup_django
+from bench.common import figure, no_pauses_of_our_own, percentiles, progress, setup_django
 
 STATES = ("ringing", "talking", "ended")
+P99_LIMIT_MS = 60.0
+SATURATED_P99_MS = 1000.0  # a step this late is past saturation; one over 60 ms may be a busy machine's
+STORM_LIMIT_S = 10.0
+SOCKETS_PER_CLIENT = 500
+DEFAULT_SWEEP = "50,100,200,300,400,600"
 
 
 def main() -> None:
@@ -31,40 +58,42 @@ def main() -> None:
     parser.add_argument("--terminals", type=int, default=100)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, default=0, help="load generator processes (default: one per 500 sockets)")
+    parser.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, default=None,
+                        help=f"comma-separated event rates (default {DEFAULT_SWEEP})")
+    parser.add_argument("--storm", action="store_true", help="only the connect storm: every console at once")
+    parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="Celery workers holding the terminals' sockets")
     args = parser.parse_args()
+    args.terminals = min(args.terminals, args.agents)  # each terminal has its own agent
+    args.clients = args.clients or max(1, math.ceil(args.agents / SOCKETS_PER_CLIENT))
     setup_django()
     from bench.procs import BenchHub, hub_env
     from tests.support.processes import wait_for
 
-    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1"))
+    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true"))
+    clients = None
     try:
         hub.start_simulator()
         terminals = _world(hub, args)
-        hub.start_web()
-        hub.start_worker()
+        hub.web = hub.start_web()
+        hub.workers = [hub.start_worker() for _ in range(args.workers)]
         from telephony.models import Listener
 
-        wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.terminals, 120, interval=0.5,
-                 what="every terminal's listener connected")
+        if not args.storm:
+            wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.terminals, 120,
+                     interval=0.5, what="every terminal's listener connected")
         cookies = _sessions(args.agents)
+        clients = Clients(args.clients)
         with no_pauses_of_our_own():
-            result = asyncio.run(_run(hub, args, terminals, cookies))
+            asyncio.run(_run(hub, args, terminals, cookies, clients))
     finally:
+        if clients is not None:
+            clients.stop()
         hub.stop()
-    sent, received, duplicates = result
-    latencies = []
-    lost = 0
-    for key, t0 in sent.items():
-        t1 = received.get(key)
-        if t1 is None:
-            lost += 1
-        else:
-            latencies.append((t1 - t0) * 1000)
-    figure("agents_connected", args.agents)
-    figure("frames_sent", len(sent))
-    figure("cards_lost", lost, "", "0")
-    figure("cards_duplicated", duplicates, "", "0")
-    percentiles(latencies, "popup_latency")
+
+
+# --- the world -----------------------------------------------------------------------------
 
 
 def _world(hub, args) -> list[tuple[str, int]]:
@@ -113,54 +142,255 @@ def _sessions(count: int) -> list[str]:
     return cookies
 
 
-async def _run(hub, args, terminals, cookies):
+# --- the load generator's processes ---------------------------------------------------------
+
+
+class Clients:
+    def __init__(self, count: int):
+        from bench.popup_clients import client_main
+
+        context = multiprocessing.get_context("spawn")  # nothing of this process's Django or its connections
+        self.pipes, self.processes = [], []
+        for _ in range(count):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=client_main, args=(theirs,), daemon=True)
+            process.start()
+            self.pipes.append(mine)
+            self.processes.append(process)
+
+    async def ask(self, commands: list[tuple]) -> list:
+        for pipe, command in zip(self.pipes, commands):
+            pipe.send(command)
+        return await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes))
+
+    async def ask_all(self, command: tuple) -> list:
+        return await self.ask([command] * len(self.pipes))
+
+    async def connect(self, targets: list[tuple[str, dict]], timeout: float):
+        """Each socket's connect-to-snapshot time, the errors by kind, and the targets that failed."""
+        shares = [targets[i::len(self.pipes)] for i in range(len(self.pipes))]
+        answers = await self.ask([("connect", share, timeout) for share in shares])
+        connected_ms, errors, failed = [], collections.Counter(), []
+        for ms, errs, failed_here in answers:
+            connected_ms += ms
+            errors.update(errs)
+            failed += failed_here
+        return connected_ms, errors, failed
+
+    async def count(self) -> int:
+        return sum(await self.ask_all(("count",)))
+
+    async def collect(self):
+        received, duplicates, count, sample = {}, 0, 0, None
+        for got, dups, n, one in await self.ask_all(("collect",)):
+            for key, at in got.items():
+                received[key] = min(at, received.get(key, at))
+            duplicates += dups
+            count += n
+            sample = sample or one
+        return received, duplicates, count, sample
+
+    async def close(self) -> None:
+        await self.ask_all(("close",))
+        for process in self.processes:
+            process.join(5)
+        self.processes = []
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+            process.join(5)
+        self.processes = []
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+
+# --- CPU per process ------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """User + system CPU seconds of each of the benchmark's processes (and their children) between two reads."""
+
+    def __init__(self, hub, clients: Clients):
+        import psutil
+
+        self.groups = {
+            "worker": [psutil.Process(worker.process.pid) for worker in hub.workers],
+            "daphne": [psutil.Process(hub.web.process.pid)],
+            "simulator": [psutil.Process(hub.processes[0].process.pid)],
+            "load_generator": [psutil.Process(os.getpid())] + [psutil.Process(pid) for pid in clients.pids()],
+        }
+
+    def read(self) -> dict[str, float]:
+        import psutil
+
+        out = {}
+        for name, roots in self.groups.items():
+            total = 0.0
+            for root in roots:
+                try:
+                    family = [root, *root.children(recursive=True)] if name != "load_generator" else [root]
+                    total += sum(sum(p.cpu_times()[:2]) for p in family)
+                except psutil.NoSuchProcess:
+                    pass
+            out[name] = total
+        return out
+
+
+def _redis_connections(hub) -> int:
+    """daphne's open connections to Redis: the channel layer's pool after the storm."""
+    import psutil
+    from django.conf import settings
+    from urllib.parse import urlparse
+
+    port = urlparse(settings.REDIS_URL).port or 6379
+    root = psutil.Process(hub.web.process.pid)
+    return sum(1 for process in [root, *root.children(recursive=True)] for c in process.net_connections("tcp")
+               if c.raddr and c.raddr.port == port)
+
+
+def _cpu_per(before: dict, after: dict, units: int) -> dict[str, float]:
+    return {name: (after[name] - before[name]) * 1000 / max(1, units) for name in before}
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
+    ws_url = hub.web_url.replace("http", "ws") + "/ws/console/"
+    targets = [(ws_url, {"Cookie": cookie, "Origin": hub.web_url}) for cookie in cookies]
+    progress.update(consoles_wanted=len(cookies))
+    meter = CpuMeter(hub, clients)
+    cpu_before, started = meter.read(), time.monotonic()
+    connected_ms, errors, failed = await clients.connect(targets, timeout=60)
+    cpu_after = meter.read()
+    progress.update(consoles_connected=len(connected_ms), snapshots_received=len(connected_ms), errors=dict(errors))
+    figure("storm_consoles", len(cookies))
+    figure("storm_seconds_to_all_snapshots", time.monotonic() - started, "s", f"<= {STORM_LIMIT_S:.0f}")
+    percentiles(connected_ms, "storm_connect_to_snapshot")
+    refused = sum(n for kind, n in errors.items() if kind.startswith(("refused", "closed")))
+    figure("storm_refused", refused, "", "0")
+    figure("storm_errors", sum(errors.values()), "", "0")
+    figure("storm_errors_by_kind", ", ".join(f"{k}={v}" for k, v in sorted(errors.items())) or "none")
+    figure("storm_cpu_per_console", ", ".join(f"{name} {ms:.2f}" for name, ms in
+                                              _cpu_per(cpu_before, cpu_after, len(cookies)).items()),
+           "ms (process CPU / consoles)")
+    figure("storm_daphne_redis_connections", _redis_connections(hub))
+    if args.storm and failed:
+        raise RuntimeError(f"{len(failed)} of {len(cookies)} consoles got no snapshot")
+    if args.storm:
+        return
+    # The latency run needs every console: those the storm refused try again, as the page does.
+    for _attempt in range(3):
+        if not failed:
+            break
+        await asyncio.sleep(1)
+        again_ms, again_errors, failed = await clients.connect(failed, timeout=60)
+        connected_ms += again_ms
+        figure("storm_reconnected", f"{len(again_ms)} ({', '.join(f'{k}={v}' for k, v in again_errors.items()) or 'no errors'})")
+    progress.update(consoles_connected=len(connected_ms), snapshots_received=len(connected_ms))
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cookies)} consoles got no snapshot")
     import aiohttp
 
-    received: dict[tuple[str, str], float] = {}
-    versions_seen: dict[int, set] = collections.defaultdict(set)
-    duplicates = 0
-    ws_url = hub.web_url.replace("http", "ws") + "/ws/console/"
-
-    async def agent_socket(n: int, session: aiohttp.ClientSession, ready: asyncio.Event, counter: list[int]):
-        nonlocal duplicates
-        async with session.ws_connect(ws_url, headers={"Cookie": cookies[n], "Origin": hub.web_url},
-                                      max_msg_size=0) as ws:
-            await ws.receive_json()  # the snapshot
-            counter[0] += 1
-            if counter[0] == len(cookies):
-                ready.set()
-            async for message in ws:
-                now = time.time()
-                data = message.json()
-                if data.get("type") != "card":
-                    continue
-                card = data["card"]
-                key = (card["id"], card["version"])
-                if key in versions_seen[n]:
-                    duplicates += 1
-                versions_seen[n].add(key)
-                received.setdefault((card["remote_number"], card["state"]), now)
-
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        ready, counter = asyncio.Event(), [0]
-        tasks = [asyncio.ensure_future(agent_socket(n, session, ready, counter)) for n in range(len(cookies))]
-        await asyncio.wait_for(ready.wait(), timeout=120)
-        sent = await _traffic(session, hub.sim_url, args, terminals)
-        await asyncio.sleep(5)  # let the last cards arrive
-        for task in tasks:
-            task.cancel()
-    return sent, received, duplicates
+    figure("agents_connected", len(connected_ms))
+    figure("load_generator_processes", len(clients.pids()))
+    calls = _Calls(terminals)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        if args.sweep is None:
+            step = await _step(session, hub, args, clients, meter, calls, args.rate, label="")
+            if not args.no_floor:
+                await _floor(hub, args, clients, meter, step)
+            return
+        held = 0
+        for rate in [float(r) for r in args.sweep.split(",") if r.strip()]:
+            step = await _step(session, hub, args, clients, meter, calls, rate, label=f"sweep_{rate:g}_")
+            if step["p99"] <= P99_LIMIT_MS and not step["lost"] and not step["duplicated"]:
+                held = max(held, rate)
+            figure(f"sweep_{rate:g}_held", "yes" if held == rate else "no", "", f"p99 <= {P99_LIMIT_MS:.0f} ms, 0 lost")
+            if step["p99"] > SATURATED_P99_MS or step["lost"]:
+                break  # saturated: the next steps would only queue more (their CPU per event is printed above)
+        figure("popup_saturation_rate", held, "events/s", ">= 300 at p99 <= 60 ms, 1,000 consoles")
 
 
-async def _traffic(session, sim_url, args, terminals) -> dict[tuple[str, str], float]:
-    """``rate`` moves a second: each terminal's call rings, then is answered, then hangs up."""
+class _Calls:
+    """Each terminal takes one call at a time through ringing, talking and ended."""
+
+    def __init__(self, terminals):
+        self.free = collections.deque(terminal_id for terminal_id, _agent in terminals)
+        self.under_way: collections.deque = collections.deque()  # (number, call id, next state index, terminal)
+        self.n = 0
+
+
+async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, label: str) -> dict:
+    cpu_before, t0 = meter.read(), time.monotonic()
+    sent = await _traffic(session, hub.sim_url, args.seconds, rate, calls)
+    progress.update(frames_sent=progress.get("frames_sent", 0) + len(sent))
+    cpu_after, until = await _last_cards(clients, meter, len(sent))
+    elapsed = until - t0
+    received, duplicates, delivered, sample = await clients.collect()
+    progress.update(cards_received=progress.get("cards_received", 0) + delivered)
+    latencies, lost, superseded = [], [], []
+    for key, at in sent.items():
+        if key in received:
+            latencies.append((received[key] - at) * 1000)
+        elif any((key[0], later) in received for later in STATES[STATES.index(key[1]) + 1:]):
+            # Its call's next card reached the socket first, and the console (as the page would) kept the
+            # newer one: the agent saw the call as it is, never a stale card. Counted, not as lost.
+            superseded.append(key)
+        else:
+            lost.append(key)
+    latencies.sort()
+    figure(f"{label}cards_superseded", len(superseded), "(a newer card of the call came first; the page shows that one)")
+    for name, keys in (("lost", lost), ("superseded", superseded)):
+        if keys:
+            figure(f"{label}cards_{name}_examples", ", ".join(f"{n} {state}" for n, state in sorted(keys)[:5]))
+    lost = len(lost)
+    p99 = latencies[min(len(latencies) - 1, int(round(0.99 * (len(latencies) - 1))))] if latencies else float("inf")
+    per_event = _cpu_per(cpu_before, cpu_after, len(sent))
+    if label:
+        p50 = latencies[len(latencies) // 2] if latencies else float("inf")
+        figure(f"{label}events", f"{len(sent)} in {elapsed:.1f} s ({len(sent) / args.seconds:.0f}/s asked {rate:g}/s)")
+        figure(f"{label}popup_latency", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {latencies[-1] if latencies else 0:.1f} ms")
+        figure(f"{label}cards", f"lost {lost}, duplicated {duplicates}")
+    else:
+        figure("frames_sent", len(sent))
+        figure("cards_lost", lost, "", "0")
+        figure("cards_duplicated", duplicates, "", "0")
+        percentiles(latencies, "popup_latency")
+    figure(f"{label}cpu_per_event", ", ".join(f"{name} {ms:.2f}" for name, ms in per_event.items()),
+           "ms (process CPU / events)")
+    figure(f"{label}cpu_busy", ", ".join(f"{name} {(cpu_after[name] - cpu_before[name]) / elapsed * 100:.0f}%"
+                                         for name in per_event), "(of one core)")
+    return {"p99": p99, "lost": lost, "duplicated": duplicates, "delivered": delivered, "sample": sample,
+            "daphne_ms_per_card": (cpu_after["daphne"] - cpu_before["daphne"]) * 1000 / max(1, delivered),
+            "rate": rate, "sockets": len(clients.pids()) and progress.get("consoles_connected", 0)}
+
+
+async def _last_cards(clients: Clients, meter: CpuMeter, expected: int) -> tuple[dict[str, float], float]:
+    """Waits until every card is in (5 s at most), and answers the CPU read when the last one came and
+    that time: a lost card must not lengthen the window whose CPU is divided by the cards."""
+    deadline = time.monotonic() + 5
+    count, at, read_at = -1, meter.read(), time.monotonic()
+    while time.monotonic() < deadline:
+        now_count = await clients.count()
+        if now_count != count:
+            count, at, read_at = now_count, meter.read(), time.monotonic()
+        if now_count >= expected:
+            break
+        await asyncio.sleep(0.05)
+    return at, read_at
+
+
+async def _traffic(session, sim_url, seconds: float, rate: float, calls: _Calls) -> dict[tuple[str, str], float]:
+    """``rate`` moves a second: each terminal's call rings, then is answered, then hangs up; after
+    ``seconds`` the calls under way are finished at the same pace, so every step ends with none."""
     base = f"{sim_url}/_sim/istra"
     sent: dict[tuple[str, str], float] = {}
-    calls: collections.deque = collections.deque()  # (number, call id, next state index)
-    deadline = time.monotonic() + args.seconds
-    interval = 1.0 / args.rate
-    n = 0
+    deadline = time.monotonic() + seconds
+    interval = 1.0 / rate
     next_at = time.monotonic()
     pending = []
 
@@ -175,28 +405,70 @@ async def _traffic(session, sim_url, args, terminals) -> dict[tuple[str, str], f
                 await r.read()
         sent[(number, STATES[state_index])] = t0
         if state_index < 2:
-            calls.append((number, call_id, state_index + 1, terminal_id))
+            calls.under_way.append((number, call_id, state_index + 1, terminal_id))
+        else:
+            calls.free.append(terminal_id)
 
-    free = collections.deque(terminals)
-    while time.monotonic() < deadline:
+    while True:
+        in_time = time.monotonic() < deadline
+        if not in_time and not calls.under_way:
+            if not pending or all(task.done() for task in pending):
+                break
         now = time.monotonic()
         if now < next_at:
             await asyncio.sleep(next_at - now)
         next_at += interval
-        if calls and (not free or n % 3):
-            number, call_id, index, terminal_id = calls.popleft()
-            if index == 2:
-                free.append((terminal_id, None))
+        if calls.under_way and (not calls.free or calls.n % 3 or not in_time):
+            number, call_id, index, terminal_id = calls.under_way.popleft()
             pending.append(asyncio.ensure_future(move(number, call_id, index, terminal_id)))
-        elif free:
-            terminal_id, _ = free.popleft()
-            n += 1
-            number = f"+336{n:08d}"
-            pending.append(asyncio.ensure_future(move(number, None, 0, terminal_id)))
+        elif calls.free and in_time:
+            terminal_id = calls.free.popleft()
+            calls.n += 1
+            pending.append(asyncio.ensure_future(move(f"+336{calls.n:08d}", None, 0, terminal_id)))
         else:
-            n += 1
+            calls.n += 1
     await asyncio.gather(*pending)
     return sent
+
+
+async def _floor(hub, args, clients: Clients, meter: CpuMeter, console: dict) -> None:
+    """As many sockets on the forwarding consumer, as many cards of the same size at the same rate."""
+    from channels.layers import get_channel_layer
+
+    sockets = progress["consoles_connected"]
+    await clients.close()  # the consoles gone: the floor's daphne holds only its own sockets
+    floor_clients = Clients(len(clients.pipes))
+    clients.processes = floor_clients.processes
+    clients.pipes = floor_clients.pipes
+    base = hub.web_url.replace("http", "ws") + "/ws/bench/floor/"
+    targets = [(f"{base}floor-{n}/", {"Origin": hub.web_url}) for n in range(sockets)]
+    connected_ms, errors, _failed = await clients.connect(targets, timeout=60)
+    if len(connected_ms) < sockets:
+        raise RuntimeError(f"floor: {sockets - len(connected_ms)} of {sockets} sockets not connected: {dict(errors)}")
+    meter.groups["load_generator"] = meter.groups["load_generator"][:1] + [
+        __import__("psutil").Process(pid) for pid in clients.pids()]
+    layer = get_channel_layer()
+    sample = dict(console["sample"] or {"id": 0, "version": 1, "remote_number": "", "state": "ringing"})
+    cards = console["delivered"]
+    receivers = max(1, args.terminals)
+    interval = 1.0 / console["rate"]
+    cpu_before = meter.read()
+    next_at = time.monotonic()
+    for n in range(cards):
+        now = time.monotonic()
+        if now < next_at:
+            await asyncio.sleep(next_at - now)
+        next_at += interval
+        card = dict(sample, id=n + 1, version=1, remote_number=f"+337{n:08d}", state=sample.get("state"))
+        await layer.group_send(f"floor-{n % receivers}", {"type": "call.card", "card": card})
+    cpu_after, _until = await _last_cards(clients, meter, cards)
+    _received, duplicates, delivered, _sample = await clients.collect()
+    floor_ms = (cpu_after["daphne"] - cpu_before["daphne"]) * 1000 / max(1, delivered)
+    figure("floor_cards", f"{delivered} of {cards} delivered, duplicated {duplicates}, to {sockets} sockets")
+    figure("daphne_cpu_per_card_console", console["daphne_ms_per_card"], "ms")
+    figure("daphne_cpu_per_card_floor", floor_ms, "ms")
+    figure("daphne_cpu_ratio_to_floor", console["daphne_ms_per_card"] / floor_ms if floor_ms else float("inf"), "",
+           "<= 1.5")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ use_configured_switch_interval()
 
 django_asgi_app = PooledASGIHandler()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from ctihub.routing import websocket_urlpatterns  # noqa: E402
+from ctihub.ws_db import PooledAuthMiddlewareStack  # noqa: E402
 from ctihub.ws_security import ExplainingOriginValidator  # noqa: E402
 
 if settings.EMBEDDED_REDIS:
@@ -37,7 +37,7 @@ if settings.EMBEDDED_REDIS:
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": ExplainingOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": ExplainingOriginValidator(PooledAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -106,7 +106,33 @@ def _serve(argv: list[str], inherited_fd: int | None = None, parent_pid: int | N
         _listen_on(interface, inherited_fd)
         _accept_one_at_a_time()
         _leave_with(parent_pid)
+    elif (own := _own_listening_socket(argv)) is not None:
+        _own_sockets.append(own)  # Twisted adopts a duplicate; this one must stay open as long
+        _listen_on(interface, own.fileno())
     interface.run(argv)
+
+
+_own_sockets: list[socket.socket] = []
+
+
+def _own_listening_socket(argv: list[str]) -> socket.socket | None:
+    """One process: the port bound here with ``LISTEN_BACKLOG``, as the supervisor binds it, not by Twisted.
+
+    Twisted listens with a backlog of 50: in a connect storm of 1,000 consoles the kernel counted
+    ~820 listen overflows, each a client waiting out a SYN retry (1 s, then 3 s). None when daphne's
+    arguments ask for another kind of socket (``-u``, ``-e``, ``--fd``, IPv6): daphne binds those itself.
+    """
+    args = cli.CommandLineInterface().parser.parse_args(argv)  # daphne's own usage errors, exit 2
+    if args.unix_socket or args.socket_strings or args.file_descriptor is not None:
+        return None
+    host = args.host or cli.DEFAULT_HOST
+    if ":" in host:
+        return None
+    port = cli.DEFAULT_PORT if args.port is None else args.port
+    try:
+        return socket.create_server((host, port), backlog=LISTEN_BACKLOG)  # SO_REUSEADDR, as Twisted
+    except OSError as exc:
+        sys.exit(f"ctihub.web: cannot listen on {host}:{port}: {exc}")
 
 
 def _listen_on(interface: cli.CommandLineInterface, fd: int) -> None:

@@ -87,8 +87,26 @@ def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int]
     those and at every visible call changed since ``since`` (a call whose first card never came), but
     not at changes from ``until`` on: their cards may still be on their way.
     """
-    calls = viewer.visible_calls().filter(Q(pk__in=live) | Q(updated_at__gte=since), updated_at__lt=until)
-    return cards_of([call for call in calls.order_by("created_at") if call.version > shown.get(call.pk, 0)])
+    return newer_than_shown(viewer, cards_changed(live, since, until), shown, live, since)
+
+
+def cards_changed(live: set[int], since, until) -> list[tuple[dict, object]]:
+    """What the resync of all the consoles of a process looks at, once (``telephony.consumers.Resyncs``):
+    every call changed from ``since`` to before ``until`` and the calls in ``live`` (shown as not ended
+    by some console), each card with its call's ``updated_at``; ``newer_than_shown`` then picks each
+    console's."""
+    calls = list(Call.objects.select_related("account").filter(Q(pk__in=live) | Q(updated_at__gte=since),
+                                                               updated_at__lt=until).order_by("created_at"))
+    return list(zip(cards_of(calls), (call.updated_at for call in calls)))
+
+
+def newer_than_shown(viewer: Viewer, changed: list[tuple[dict, object]], shown: dict[int, int], live: set[int],
+                     since) -> list[dict]:
+    """Of ``cards_changed``, those of one console: visible to it, in its window (changed since ``since``,
+    or shown live), and newer than the version it has."""
+    return [card for card, updated_at in changed
+            if viewer.may_see(card) and (card["id"] in live or updated_at >= since)
+            and card["version"] > shown.get(card["id"], 0)]
 
 
 def missed_today() -> int:

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import weakref
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.consumer import get_handler_name
 
+from ctihub.ws_db import on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
@@ -31,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_NO_ROLE = 4400
-CLOSE_TRY_AGAIN = 1013  # RFC 6455 "try again later": the page reconnects with backoff
+# "Try again later": the page reconnects with backoff (console.js retries every code it does not explain).
+# Not RFC 6455's 1013: daphne (autobahn) refuses to send any code but 1000 and 3000-4999, raised in the
+# consumer, and the browser saw 1011 (an internal error) instead.
+CLOSE_TRY_AGAIN = 4013
 SNAPSHOT_TIMEOUT_SECONDS = 10
 # The page's requests are a few hundred bytes; anything much larger is not one of them.
 MAX_REQUEST_CHARS = 16_384
@@ -56,6 +60,71 @@ async def finished_within(task: asyncio.Future, seconds: float) -> bool:
     return True
 
 
+_resyncs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its Resyncs
+
+
+def resyncs() -> "Resyncs":
+    loop = asyncio.get_running_loop()
+    found = _resyncs.get(loop)
+    if found is None:
+        found = _resyncs[loop] = Resyncs()
+    return found
+
+
+class Resyncs:
+    """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the consoles of this process.
+
+    One database look for all of them (``console.cards_changed``), each console then taking what it
+    may see and does not have. It was one query per console and period: at 1,000 consoles 67 queries
+    a second, and daphne's CPU per card delivered twice a bare forwarding consumer's (issue 16).
+    Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely)
+    and looked at next time.
+    """
+
+    def __init__(self):
+        self.consoles: set[ConsoleConsumer] = set()
+        self.task: asyncio.Task | None = None
+
+    def add(self, consumer: "ConsoleConsumer") -> None:
+        self.consoles.add(consumer)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._forever())
+
+    def discard(self, consumer: "ConsoleConsumer") -> None:
+        self.consoles.discard(consumer)
+
+    async def _forever(self) -> None:
+        period = settings.CONSOLE_RESYNC_SECONDS
+        while self.consoles:
+            await asyncio.sleep(period)
+            try:
+                await self.once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("console resync failed; trying again in %ss", period, exc_info=True)
+
+    async def once(self) -> None:
+        consoles = list(self.consoles)
+        if not consoles:
+            return
+        until = timezone.now() - IN_FLIGHT_GRACE
+        windows = [consumer._resync_window(until) for consumer in consoles]
+        since = min(window[0] for window in windows)
+        live = set().union(*(window[2] for window in windows))
+        changed = await on_web_pool(console.cards_changed)(live, since, until)
+        for consumer, (own_since, versions, own_live) in zip(consoles, windows):
+            # What it has now, not only before the look: a publish may have come in the meantime.
+            has = {**versions, **{call_id: shown[0] for call_id, shown in consumer.shown.items()}}
+            for card in console.newer_than_shown(consumer.viewer, changed, has, own_live, own_since):
+                logger.info("console of %s: call %s card v%s was never received; sent now",
+                            consumer.viewer.user.pk, card["id"], card["version"])
+                try:
+                    await consumer._send_card(card)
+                except Exception:  # a console closing meanwhile: the others still get theirs
+                    logger.debug("resync card not sent to a closing console", exc_info=True)
+
+
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
@@ -66,26 +135,36 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.pk
         session = self.scope.get("session")
         self.session_key = getattr(session, "session_key", None)
-        self.viewer = await database_sync_to_async(console.viewer_for)(user)
-        if not self.viewer.has_role:
-            await self.close(code=CLOSE_NO_ROLE)
-            return
-        self.session_over = False  # from here on its requests are answered (a refused console's are not)
-        # Its user's group too: a logout, a deactivation or a password change closes this console at once.
-        self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
         self.shown: dict[int, tuple[int, bool, datetime]] = {}  # call id -> (version, live, when) as the page has it
-        snapshot = asyncio.ensure_future(self._join_and_send_snapshot())
+        # The page gives up on a snapshot SNAPSHOT_TIMEOUT_SECONDS after it opened: so does this, its
+        # turn in the queue included.
+        snapshot = asyncio.ensure_future(self._set_up(user))
         try:
             sent = await finished_within(snapshot, SNAPSHOT_TIMEOUT_SECONDS)
         except asyncio.TimeoutError:
             sent = False
+        if sent and snapshot.result() is None:
+            await self.close(code=CLOSE_NO_ROLE)
+            return
         if not sent:
             # A console left open without its snapshot would show nothing and never know: close it
             # so the page reconnects (seen after Redis restarts, group_add never answering).
             logger.warning("console snapshot not sent within %ss; closing", SNAPSHOT_TIMEOUT_SECONDS)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.resync = asyncio.ensure_future(self._resync_forever())
+        resyncs().add(self)
+
+    async def _set_up(self, user) -> bool | None:
+        """In its turn: who the viewer is, its groups joined, its snapshot sent. None: no role, refused."""
+        async with setup_slots():
+            self.viewer = await on_web_pool(console.viewer_for)(user)
+            if not self.viewer.has_role:
+                return None
+            self.session_over = False  # from here on its requests are answered (a refused console's are not)
+            # Its user's group too: a logout, a deactivation or a password change closes this console at once.
+            self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
+            await self._join_and_send_snapshot()
+            return True
 
     async def _join_and_send_snapshot(self):
         joins = asyncio.ensure_future(self._join_groups())
@@ -99,7 +178,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             # gets its snapshot sooner on a new socket (a new connection) than by waiting here.
             raise asyncio.TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
         self.checked_until = timezone.now()  # what changed before this is in the snapshot
-        snapshot = await database_sync_to_async(console.snapshot)(self.viewer)
+        snapshot = await on_web_pool(console.snapshot)(self.viewer)
         self._note_shown(snapshot["calls"])
         await self.send_json(snapshot)
 
@@ -108,10 +187,14 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         await asyncio.gather(*(self.channel_layer.group_add(group, self.channel_name) for group in self.groups_joined))
 
     async def disconnect(self, code):
-        if getattr(self, "resync", None) is not None:
-            self.resync.cancel()
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        resyncs().discard(self)
+        groups = getattr(self, "groups_joined", [])
+        if groups:
+            # In turn too: every console of a stopping daphne or a dropped network leaves at once, and one
+            # Redis connection opened per discard kept daphne past its application close timeout.
+            async with setup_slots():
+                await asyncio.gather(*(self.channel_layer.group_discard(group, self.channel_name)
+                                       for group in groups))
 
     def _note_shown(self, cards: list[dict]) -> None:
         now = timezone.now()
@@ -120,46 +203,44 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             if card["version"] >= version:
                 self.shown[card["id"]] = (card["version"], card["state"] != "ended", now)
 
-    async def _resync_forever(self) -> None:
-        """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the page (see
-        ``console.cards_newer_than_shown``); consoles spread out so they do not all ask at once."""
-        period = settings.CONSOLE_RESYNC_SECONDS
-        await asyncio.sleep(random.uniform(0.5, 1.0) * period)
-        while True:
-            try:
-                await self._resync_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("console resync failed; trying again in %ss", period, exc_info=True)
-            await asyncio.sleep(period)
-
-    async def _resync_once(self) -> None:
-        # Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely:
-        # sending them too would deliver them twice) and looked at next time; `updated_at` is stamped
-        # a moment before its commit, hence the margin behind where the last look stopped.
-        until = timezone.now() - IN_FLIGHT_GRACE
+    def _resync_window(self, until: datetime) -> tuple[datetime, dict[int, int], set[int]]:
+        """What this console's next resync looks at: changes since where its last look stopped, the
+        versions it has and the calls it shows live (see ``Resyncs``)."""
+        # `updated_at` is stamped a moment before its commit, hence the margin behind the last look.
         since = self.checked_until - COMMIT_MARGIN
         self.checked_until = max(self.checked_until, until)
         # An ended call shown before `since` only comes back if it changes again: forget it.
         self.shown = {call_id: shown for call_id, shown in self.shown.items() if shown[1] or shown[2] >= since}
         live = {call_id for call_id, (_version, is_live, _when) in self.shown.items() if is_live}
         versions = {call_id: version for call_id, (version, _live, _when) in self.shown.items()}
-        cards = await database_sync_to_async(console.cards_newer_than_shown)(self.viewer, versions, live, since, until)
-        for card in cards:
-            logger.info("console of %s: call %s card v%s was never received; sent now",
-                        self.viewer.user.pk, card["id"], card["version"])
-            await self._send_card(card)
+        return since, versions, live
 
     async def _send_card(self, card: dict) -> None:
         self._note_shown([card])
         await self.send_json({"type": "card", "card": card})
 
+    async def dispatch(self, message):
+        """channels' own, without its ``aclose_old_connections()`` before every message: a hop to asgiref's
+        one sync thread and back for each card and each connect, to close connections that thread never
+        opens for a console (all its database calls run on the web pool, which closes its own:
+        ``ctihub.ws_db``)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     # --- from the layer ---------------------------------------------------------------
     async def call_card(self, event):
         card = event["card"]
-        if self.viewer.may_see(card):  # defence in depth: groups already scope this
-            await self._send_card(card)
+        if not self.viewer.may_see(card):  # defence in depth: groups already scope this
+            return
+        shown = self.shown.get(card["id"])
+        if shown is not None and shown[0] >= card["version"]:
+            # The page has this version already: the snapshot had it (a change between the join and the
+            # read), or a resync sent it while its publish was still on its way (a worker more than
+            # IN_FLIGHT_GRACE behind). Sent again it was a duplicate card (issue 16: 121 in one run).
+            return
+        await self._send_card(card)
 
     async def agent_status(self, event):
         await self.send_json({"type": "agent_status", "agent": event["agent"], "status": event["status"]})
@@ -178,7 +259,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     # --- the session it was opened with -------------------------------------------------
     async def _session_valid(self) -> bool:
-        return await database_sync_to_async(session_user_id)(self.session_key) == self.user_id
+        return await on_web_pool(session_user_id)(self.session_key) == self.user_id
 
     async def _end_session(self) -> None:
         self.session_over = True
@@ -238,15 +319,15 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             payload = {} if payload is None else payload
             if not isinstance(payload, dict):
                 raise console.Refused("the payload must be an object")
-            return await database_sync_to_async(console.act_on_call)(
+            return await on_web_pool(console.act_on_call)(
                 self.viewer, call_id, _text(content.get("name")), payload
             )
         if action == "dial":
-            return await database_sync_to_async(console.dial)(self.viewer, _text(content.get("number")))
+            return await on_web_pool(console.dial)(self.viewer, _text(content.get("number")))
         if action == "set_status":
-            return await database_sync_to_async(console.change_status)(self.viewer, _text(content.get("status")))
+            return await on_web_pool(console.change_status)(self.viewer, _text(content.get("status")))
         if action == "snapshot":
-            return await database_sync_to_async(console.snapshot)(self.viewer)
+            return await on_web_pool(console.snapshot)(self.viewer)
         if not _is_scalar(action):
             raise console.Refused("unknown request")
         raise console.Refused(f"unknown request {action!r}"[:200])

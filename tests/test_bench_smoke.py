@@ -16,6 +16,9 @@ BENCHMARKS = {
     "crm_event_latency": ["--rate", "3", "--seconds", "2", "--call-seconds", "0.5", "--events-concurrency", "2"],
     "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
+    "popup_latency:sweep": ["--agents", "10", "--terminals", "3", "--sweep", "5,10", "--seconds", "1",
+                            "--clients", "2"],
+    "popup_latency:storm": ["--agents", "30", "--storm"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
     "makecall_parts": ["--requests", "20"],
@@ -50,6 +53,15 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert figures["upload_requests"] == "3" and figures["calls_uploaded"] == "120"
     if name == "sockets_per_worker":
         assert figures["sockets_held"] == "10" and figures["sockets_with_two_keepalives"] == "10"
+    if name == "popup_latency":
+        assert figures["cards_lost"] == "0" and float(figures["daphne_cpu_ratio_to_floor"]) > 0
+        assert "worker" in figures["cpu_per_event"] and figures["storm_refused"] == "0"
+    if name == "popup_latency:sweep":
+        assert re.search(r"^sweep_5_cards: lost 0, duplicated 0$", done.stdout, re.M), done.stdout
+        assert "sweep_5_cpu_per_event" in figures and "popup_saturation_rate" in figures
+    if name == "popup_latency:storm":
+        assert figures["storm_consoles"] == "30" and figures["storm_refused"] == "0"
+        assert figures["storm_errors"] == "0" and "storm_connect_to_snapshot_p99" in figures
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
     if name == "crm_event_latency":

@@ -21,3 +21,23 @@ def test_it_refuses_a_binding_its_children_could_not_share(binding, reason):
     with pytest.raises(SystemExit) as exited:
         listen_address([*binding, "ctihub.asgi:application"])
     assert reason in str(exited.value.code)
+
+
+def test_it_binds_one_process_s_port_itself_with_the_long_backlog():
+    """Twisted's backlog of 50 overflowed ~820 times in a storm of 1,000 consoles (issue 16)."""
+    from ctihub.web import LISTEN_BACKLOG, _own_listening_socket
+    from tests.support.processes import free_port
+
+    port = free_port()
+    sock = _own_listening_socket(["-b", "127.0.0.1", "-p", str(port), "ctihub.asgi:application"])
+    try:
+        assert sock.getsockname() == ("127.0.0.1", port) and LISTEN_BACKLOG > 50
+        # The kernel's view: a listening socket's Send-Q is its backlog (ss -ltn).
+        import subprocess
+
+        listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.split()
+        assert int(listing[2]) == min(LISTEN_BACKLOG, int(open("/proc/sys/net/core/somaxconn").read())), listing
+    finally:
+        sock.close()
+    assert _own_listening_socket(["-u", "/tmp/ctihub.sock", "ctihub.asgi:application"]) is None
+    assert _own_listening_socket(["-b", "::1", "-p", str(port), "ctihub.asgi:application"]) is None

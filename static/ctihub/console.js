@@ -7,6 +7,8 @@
 "use strict";
 
 (function () {
+  // Codes after which retrying cannot help. Any other code reconnects with backoff, 4013 among them
+  // (the server's "try again later": a snapshot it could not send in time).
   const CLOSE_REASONS = {
     4401: "Your session has ended. Log in again to see your calls.",
     4403: "This page was opened from a site that is not ctihub, so the live feed was refused.",

@@ -1,4 +1,4 @@
-"""What a console's resync asks the database (``console.cards_newer_than_shown``)."""
+"""What a console's resync asks the database (``console.cards_newer_than_shown``, ``cards_changed``)."""
 
 from __future__ import annotations
 

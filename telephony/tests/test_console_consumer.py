@@ -112,6 +112,28 @@ def test_it_closes_a_console_whose_snapshot_cannot_be_sent_so_the_page_reconnect
     assert asyncio.run(closed_with(communicator(headers))) == consumers.CLOSE_TRY_AGAIN
 
 
+def test_it_closes_a_late_console_with_a_code_daphne_sends_and_the_page_retries():
+    """1013 passed the in-process communicator, but daphne refused it and the browser saw 1011."""
+    import re
+
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from telephony import consumers
+    from tests.support.processes import REPO
+
+    sent = []
+
+    class Recording(WebSocketProtocol):
+        def sendCloseFrame(self, code=None, reasonUtf8=None, isReply=False):
+            sent.append(code)
+
+    Recording().serverClose(code=consumers.CLOSE_TRY_AGAIN)  # what daphne does with the consumer's close
+    assert sent == [consumers.CLOSE_TRY_AGAIN]
+    script = (REPO / "static" / "ctihub" / "console.js").read_text()
+    explained = re.search(r"const CLOSE_REASONS = \{(.*?)\};", script, re.S).group(1)
+    assert f"{consumers.CLOSE_TRY_AGAIN}:" not in explained  # a code it explains, it does not retry
+
+
 def test_it_closes_a_console_at_once_when_joining_its_group_hangs_past_a_cancel(monkeypatch, layer_in_memory):
     """After a Redis restart a group_add read hung for 20 s, its cancel ignored: the page must not wait on it."""
     import time
@@ -238,6 +260,44 @@ def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_come
     assert published
 
 
+def test_it_never_sends_a_card_version_twice_when_its_publish_comes_after_the_resync(settings, monkeypatch,
+                                                                                     published):
+    """A worker seconds behind: the resync sends the card, then its publish arrives."""
+    from channels.layers import get_channel_layer
+
+    from telephony import consumers
+    from telephony.cards import agent_group, call_card
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.2))
+    account = make_account()
+    me = make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    early = ring(account, "t-me", "-0")  # in the snapshot: its publish comes after it
+    early_card = call_card(early)
+    connection.close()
+    headers = headers_for(me.user)
+
+    async def scenario():
+        comm = communicator(headers)
+        assert [c["id"] for c in (await open_console(comm))["calls"]] == [early.pk]
+        run = asyncio.get_running_loop().run_in_executor
+        call = await run(None, lambda: ring(account, "t-me", "-1"))  # its publish held back (`published`)
+        card = (await receive_type(comm, "card", timeout=4))["card"]
+        assert (card["id"], card["version"]) == (call.pk, 1)  # from the resync
+        layer = get_channel_layer()
+        late = await run(None, lambda: (call_card(call), connection.close())[0])
+        for one in (late, early_card):  # the late publishes
+            await layer.group_send(agent_group(me.pk), {"type": "call.card", "card": one})
+        assert await comm.receive_nothing(timeout=1.5, interval=0.1), "a card version sent twice"
+        newer = dict(late, version=2, state="talking")
+        await layer.group_send(agent_group(me.pk), {"type": "call.card", "card": newer})
+        assert (await receive_type(comm, "card"))["card"]["version"] == 2  # a newer version still goes
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+
+
 def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():
     account = make_account()
     alice, bob = make_agent("alice"), make_agent("bob")
@@ -320,3 +380,117 @@ def test_it_takes_hundreds_of_consoles_connecting_at_once():
         await asyncio.gather(*(comm.disconnect() for comm in comms))
 
     asyncio.run(scenario())
+
+
+def test_it_sets_consoles_up_a_few_at_a_time_on_the_web_pool_and_leaves_no_connection_open(settings, monkeypatch):
+    """A connect storm: each console's login, viewer and snapshot off asgiref's one thread, a few at once."""
+    import threading
+    import time
+
+    from telephony import console
+
+    settings.CONSOLE_SETUP_CONCURRENCY = 2
+    me = make_agent()
+    headers = headers_for(me.user)
+    running, most, threads = [0], [0], set()
+    lock = threading.Lock()
+    real_snapshot = console.snapshot
+
+    def slow_snapshot(viewer):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            threads.add(threading.current_thread().name)
+        time.sleep(0.1)
+        try:
+            return real_snapshot(viewer)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(console, "snapshot", slow_snapshot)
+
+    async def scenario():
+        comms = [communicator(headers) for _ in range(8)]
+        snapshots = await asyncio.gather(*(open_console(comm, timeout=30) for comm in comms))
+        assert {s["type"] for s in snapshots} == {"snapshot"}
+        await asyncio.gather(*(comm.disconnect() for comm in comms))
+
+    def others_connected() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    before = others_connected()
+    asyncio.run(scenario())
+    assert most[0] == 2, f"{most[0]} consoles set up at once"
+    assert threads and all(name.startswith("ctihub-web") for name in threads), threads
+    time.sleep(0.3)
+    assert others_connected() <= before  # the pool's threads closed theirs (CONN_MAX_AGE is 0 in the tests)
+
+
+def test_it_resyncs_every_console_of_a_process_with_one_query_a_period(settings, monkeypatch, published):
+    """1,000 consoles asked the database 67 times a second; now the process asks once a period."""
+    import time
+
+    from telephony import console, consumers
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.2))
+    account = make_account()
+    alice, bob = make_agent("alice"), make_agent("bob")
+    make_terminal(account, pbx_id="t-alice", agent=alice)
+    make_terminal(account, pbx_id="t-bob", agent=bob)
+    headers = [headers_for(alice.user), headers_for(alice.user), headers_for(bob.user)]
+    looks = []
+    real = console.cards_changed
+
+    def counted(*args):
+        looks.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(console, "cards_changed", counted)
+
+    async def scenario():
+        comms = [communicator(h) for h in headers]
+        for comm in comms:
+            await open_console(comm)
+        run = asyncio.get_running_loop().run_in_executor
+        mine = await run(None, lambda: ring(account, "t-alice", "-1"))  # publishes lost (`published`)
+        theirs = await run(None, lambda: ring(account, "t-bob", "-2"))
+        got = [(await receive_type(comm, "card", timeout=5))["card"]["id"] for comm in comms]
+        assert got == [mine.pk, mine.pk, theirs.pk]
+        for comm in comms:
+            assert await comm.receive_nothing(timeout=1.5, interval=0.1), "a card sent twice or to another agent"
+        await asyncio.gather(*(comm.disconnect() for comm in comms))
+
+    asyncio.run(scenario())
+    assert looks and all(b - a > 0.5 for a, b in zip(looks, looks[1:])), "more than one look a period"
+
+
+def test_it_delivers_cards_without_a_hop_to_the_sync_thread_per_message(monkeypatch):
+    """channels closed old connections on asgiref's one sync thread before every message: a thread hop
+    per card, for a thread the console's database calls no longer use (they run on the web pool)."""
+    import channels.consumer
+
+    hops = []
+
+    async def counted():
+        hops.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    account = make_account()
+    me = make_agent()
+    make_terminal(account, pbx_id="t-me", agent=me)
+    headers = headers_for(me.user)
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-me", "-1"))
+        assert (await receive_type(comm, "card"))["card"]["state"] == "ringing"
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert hops == []

@@ -1,0 +1,72 @@
+"""Database work of the websocket side (a console's login, viewer and snapshot) on the web pool's threads.
+
+``channels.db.database_sync_to_async`` runs every call of the process on asgiref's one
+"thread-sensitive" thread. In a connect storm (1,000 consoles at once: a deploy, a network blip)
+each console's session and user, then its viewer, then its snapshot queued on that one thread, one
+query after another, and each hop behind all the logins still waiting: 8-22 s for the last snapshot,
+and hundreds of consoles closed to try again (issue 16). On the web pool (``ctihub.http_pool``,
+``WEB_POOL_THREADS`` threads, each keeping its database connection) their round trips overlap.
+Old and broken connections are closed before and after each call, as ``database_sync_to_async`` means to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddleware, CookieMiddleware, SessionMiddleware, get_user
+from django.conf import settings
+from django.db import close_old_connections
+
+from ctihub.http_pool import pool
+
+
+def on_web_pool(func):
+    def closing_old_connections(*args, **kwargs):
+        # Inside the call, not around it as DatabaseSyncToAsync does: asgiref runs the call in a copy of
+        # the caller's context, and a connection it opened there was not the one closed outside it (every
+        # pool thread kept one open past CONN_MAX_AGE=0, found by the tests' database teardown).
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(closing_old_connections, thread_sensitive=False, executor=pool())
+
+
+_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its semaphore
+
+
+def setup_slots() -> asyncio.Semaphore:
+    """How many consoles of this process set up at once (viewer, joins, snapshot; leaving too): the
+    rest wait in turn.
+
+    All at once (a deploy, a network blip: every console reconnecting), each console's joins opened
+    Redis connections of their own (1,763 for 1,000 consoles), and a join waited longer than
+    ``JOIN_TIMEOUT_SECONDS`` behind the others: 848 of 1,000 consoles were closed to try again, which
+    only made the next storm (issue 16). In turn, each join is timed from its own start and Redis sees
+    a few dozen connections. One per event loop: a semaphore belongs to the loop it first waits on
+    (the tests run several).
+    """
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(settings.CONSOLE_SETUP_CONCURRENCY)
+    return slots
+
+
+class PooledAuthMiddleware(AuthMiddleware):
+    """Channels' own session-to-user check (``channels.auth.get_user``), run on the web pool.
+
+    Not in turn (``setup_slots``): it runs before the consumer accepts, and daphne rejects a
+    websocket not accepted within its connect timeout (5 s); the web pool's threads bound it.
+    """
+
+    async def resolve_scope(self, scope):
+        scope["user"]._wrapped = await on_web_pool(get_user.func)(scope)
+
+
+def PooledAuthMiddlewareStack(inner):  # noqa: N802 - named as channels' AuthMiddlewareStack
+    return CookieMiddleware(SessionMiddleware(PooledAuthMiddleware(inner)))
