@@ -170,3 +170,13 @@ def _wait_for_other_sessions_to_close(timeout: float = 10, keep: set[int] = froz
                  what="the hub's database sessions to close")
     except TimeoutError:
         pass  # reported by pytest-django's teardown if it matters
+
+
+@pytest.fixture
+def admin_user(db, django_user_model):
+    """pytest-django's ``admin_user`` ("admin", password "password"), its password hashed once per process."""
+    from tests.factories import password_hash
+
+    user, _ = django_user_model.objects.get_or_create(username="admin", defaults={
+        "email": "admin@example.com", "is_staff": True, "is_superuser": True, "password": password_hash("password")})
+    return user

@@ -30,7 +30,8 @@ def test_it_lets_one_thread_reload_an_expired_entry_while_the_others_keep_the_ol
     assert loading.wait(5)
     started = time.monotonic()
     assert cache.get("k", lambda: loads.append(1) or "v3") == "v1", "the old value while another thread reloads"
-    assert time.monotonic() - started < 0.5 and loads == [1]
+    # Not waiting for the reload, which holds until released (5 s at most): a busy machine still answers in far less.
+    assert time.monotonic() - started < 2.5 and loads == [1]
     release.set()
     reloader.join(5)
     assert cache.get("k", lambda: "v4") == "v2"

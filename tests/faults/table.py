@@ -1,11 +1,12 @@
 """The fault table per Istra kind, from the figures the PBX fault tests write.
 
-``tests/faults/test_pbx_faults.py`` appends one JSON line per test to ``test-artifacts/faults-istra.jsonl``
-(``write_line``): the test, the faults it injected, and per Istra kind its call figures and every listener
-reconnect time measured. This prints them as markdown, one row per kind over all tests (the closing note of
-issue 13), then one row per test and kind::
+``tests/faults/test_pbx_faults.py`` and ``test_pbx_session_faults.py`` append one JSON line per test to
+their own ``test-artifacts/faults-istra-<module>.jsonl`` (``write_line``): the test, the faults it injected,
+and per Istra kind its call figures and every listener reconnect time measured. This prints them as
+markdown, one row per kind over all tests of every file given (the closing note of issue 13), then one row
+per test and kind::
 
-    python -m tests.faults.table test-artifacts/faults-istra.jsonl
+    python -m tests.faults.table test-artifacts/faults-istra-*.jsonl
 
 Plain JSON in, text out: no Django, so it runs anywhere the file is.
 """
@@ -75,10 +76,10 @@ def table(lines: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if not argv:
         print(__doc__.strip().split("\n\n")[-2].strip(), file=sys.stderr)
         return 2
-    lines = [json.loads(text) for text in Path(argv[0]).read_text().splitlines() if text.strip()]
+    lines = [json.loads(text) for path in argv for text in Path(path).read_text().splitlines() if text.strip()]
     print(table(lines))
     return 0
 

@@ -36,6 +36,17 @@ def browser(monkeypatch):
             yield instance
         finally:
             instance.close()
+            _close_database_connections()
+
+
+def _close_database_connections() -> None:
+    """The database connection the test opened while Playwright ran (its own, not the test's usual one): left
+    open, every hub's teardown waited its full 10 s for the test database's sessions to go."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:  # a non-transactional test's own: rolled back by pytest-django
+            connection.close()
 
 
 def wait_for_js(page, expression: str, timeout: float = 10000) -> None:

@@ -80,6 +80,7 @@ class ManagedProcess:
         self.process = subprocess.Popen(
             argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self._signalled: int | None = None  # the signal ``request_stop`` sent, that ``stop`` need not send again
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -87,9 +88,16 @@ class ManagedProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+    def request_stop(self, sig=signal.SIGTERM) -> None:
+        """Ask it to stop and return at once (``stop`` then waits for it): processes stop side by side."""
         if self.alive():
             os.killpg(self.process.pid, sig)
+            self._signalled = sig
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.alive():
+            if self._signalled != sig:  # a second SIGTERM could cut a Celery worker's warm shutdown short
+                os.killpg(self.process.pid, sig)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -192,5 +200,13 @@ class Hub:
         return process
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
+        """Workers and daphne stop side by side (each takes a second or two to shut down cleanly; one after
+        the other, that was most of every hub's teardown), then the simulator: no worker sees its PBX go."""
+        simulator = getattr(self, "simulator", None)
+        hub = [process for process in reversed(self.processes) if process is not simulator]
+        for process in hub:
+            process.request_stop()
+        for process in hub:
             process.stop()
+        if simulator is not None:
+            simulator.stop()
