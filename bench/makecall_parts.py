@@ -29,6 +29,8 @@ AGENT_EXTENSION = "897778778"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=400, help="requests per measurement (three of them)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print cProfile's top N functions (internal time) over makeCallUrl's requests")
     args = parser.parse_args()
     # The floor view is routed only under BENCH_FLOORS; the rate limit's own limit is not what this measures.
     os.environ["BENCH_FLOORS"] = "true"
@@ -95,6 +97,15 @@ def main() -> None:
                 figure("makecall_without_place_call_and_rate_limit", cpu_ms(lambda: respond(makecall)), "ms")
         with mock.patch.object(ratelimit, "take", lambda *args, **kwargs: 0):
             figure("makecall_without_rate_limit", cpu_ms(lambda: respond(makecall)), "ms")
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.runcall(lambda: [respond(makecall) for _ in range(args.requests)])
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(args.profile)
+            stats.sort_stats("cumulative").print_stats(args.profile)
         provider, _lock = control._provider(account)
         figure("place_call_alone", cpu_ms(lambda: provider.place_call(AGENT_EXTENSION, "+33612345678")), "ms")
         figure("rate_limit_alone", cpu_ms(lambda: ratelimit.take("bench", "client:bench")), "ms")
