@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from ctihub.http_client import HttpClient
+from ctihub.http_client import HttpClient, HttpError
 
 
 class RecordingAdapter(requests.adapters.HTTPAdapter):
@@ -116,3 +116,98 @@ def test_it_sends_what_a_requests_session_would(echo_url):
     assert seen["headers"]["Cookie"] == "shop=42"
     assert seen["headers"].get("User-Agent") != "ctihub/1.0" and seen["headers"]["X-Extra"] == "1"
     assert seen["body"] == "raw"
+
+
+def session_prepared(method, url, *, headers=None, data=None, params=None, json=None, cookies=None):
+    """What a requests.Session with HttpClient's headers and jar would prepare for the same request."""
+    session = requests.Session()
+    session.headers["Accept-Encoding"] = "gzip, deflate"
+    session.headers["User-Agent"] = "ctihub/1.0"
+    if cookies:
+        session.cookies.update(cookies)
+    return session.prepare_request(requests.Request(method, url, headers=headers, data=data, params=params, json=json))
+
+
+PLAIN_REQUESTS = [  # what the PBX providers send: the body already in bytes, no params, an explicit Cookie
+    ("POST", "http://pbx.example/restletrouter/v1/rcc/Call", {"Content-Type": "application/json", "X-Application":
+     "myRCC;tok", "Cookie": "myRCC_SESSIONID=abc"}, b'{"destination": "+33612345678"}'),
+    ("GET", "http://pbx.example/restletrouter/v1/rcc/Extension?offset=0&length=1", {"Accept": "application/json"}, None),
+    ("POST", "http://pbx.example/logout", None, None),  # no body: Content-Length 0, as requests sends it
+    ("DELETE", "http://PBX.example:8080/a b/é?q=1 2", {"User-Agent": None}, b""),  # requoted, the header dropped
+]
+
+
+@pytest.mark.parametrize("method,url,headers,data", PLAIN_REQUESTS)
+def test_it_prepares_a_plain_request_as_requests_does_without_its_generic_prepare(monkeypatch, method, url, headers,
+                                                                                  data):
+    expected = session_prepared(method, url, headers=headers, data=data)
+    adapter = RecordingAdapter()
+    http = HttpClient("test", adapter=adapter)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("PreparedRequest.prepare: the plain request's URL, headers and body are built directly")
+
+    http.request(method, url, headers=headers, data=data)  # the first request of a URL parses it
+    monkeypatch.setattr(requests.PreparedRequest, "prepare", refused)
+    http.request(method, url, headers=headers, data=data)
+    for sent, _kwargs in adapter.sent:
+        assert (sent.method, sent.url, dict(sent.headers), sent.body) == (
+            expected.method, expected.url, dict(expected.headers), expected.body)
+        assert list(sent.headers) == list(expected.headers)  # in the same order on the wire
+        assert sent.hooks == {"response": []}
+
+
+@pytest.mark.parametrize("kwargs,cookies", [
+    ({"params": {"a": "1 2"}}, None),
+    ({"json": {"x": 1}}, None),
+    ({"data": {"form": "v"}}, None),
+    ({"data": "text body"}, None),
+    ({"data": b"body"}, {"shop": "42"}),  # a cookie in the jar: requests adds it
+])
+def test_it_prepares_any_other_request_as_requests_does(kwargs, cookies):
+    method, url = "POST", "http://crm.example/api/v5/x"
+    expected = session_prepared(method, url, cookies=cookies, **kwargs)
+    adapter = RecordingAdapter()
+    http = HttpClient("test", adapter=adapter)
+    if cookies:
+        http.session.cookies.update(cookies)
+    http.request(method, url, **kwargs)
+    sent, _kwargs = adapter.sent[0]
+    assert (sent.method, sent.url, dict(sent.headers), sent.body) == (
+        expected.method, expected.url, dict(expected.headers), expected.body)
+
+
+def test_it_sends_basic_auth_from_credentials_in_the_url_as_requests_does():
+    adapter = RecordingAdapter()
+    HttpClient("test", adapter=adapter).request("POST", "http://user:pw@pbx.example/a", data=b"x")
+    assert adapter.sent[0][0].headers["Authorization"] == "Basic dXNlcjpwdw=="
+
+
+@pytest.mark.parametrize("value", ["abc\r\nX-Injected: 1", " leading-space", "abc\nX-Injected: 1"])
+def test_it_refuses_a_header_value_that_would_inject_another_header(value):
+    adapter = RecordingAdapter()
+    http = HttpClient("test", adapter=adapter)
+    with pytest.raises(Exception) as raised:
+        http.request("POST", "http://pbx.example/a", headers={"Cookie": value}, data=b"x")
+    assert isinstance(raised.value, (requests.exceptions.InvalidHeader, HttpError))
+    assert adapter.sent == []
+
+
+def test_it_keeps_cookies_a_plain_request_is_answered_with(echo_url):
+    http = HttpClient("test")
+    http.request("POST", f"{echo_url}/first-plain", data=b"raw", headers={"Content-Type": "text/plain"})
+    assert http.session.cookies.get("shop") == "42"
+    seen = http.request("POST", f"{echo_url}/again", data=b"raw").json()
+    assert seen["headers"]["Cookie"] == "shop=42"
+    assert seen["headers"]["Content-Length"] == "3" and seen["body"] == "raw"
+
+
+def test_it_gives_a_plain_request_the_clients_timeouts_and_trust_store(monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    adapter = RecordingAdapter()
+    http = HttpClient("test", adapter=adapter, connect_timeout=1.5, read_timeout=4, verify="/etc/ssl/pbx.pem")
+    http.request("POST", "https://pbx.example/a", data=b"x")
+    http.request("POST", "https://pbx.example/a", data=b"x", timeout=(0.5, 1))
+    assert [(kwargs["timeout"], kwargs["verify"], kwargs["stream"]) for _sent, kwargs in adapter.sent] == [
+        ((1.5, 4), "/etc/ssl/pbx.pem", False), ((0.5, 1), "/etc/ssl/pbx.pem", False)]

@@ -56,6 +56,16 @@ def integration_for_client_id(client_id: str) -> RetailCrmIntegration | None:
     return INTEGRATIONS.get(key, lambda: services.integration_for_client_id(client_id))
 
 
+def integration_for_request(request, client_id: str) -> RetailCrmIntegration | None:
+    """``integration_for_client_id``, looked up once per request (the rate limit looks first, the view then)."""
+    remembered = getattr(request, "_ctihub_integration", None)
+    if remembered is not None and remembered[0] == client_id:
+        return remembered[1]
+    integration = integration_for_client_id(client_id)
+    request._ctihub_integration = (client_id, integration)
+    return integration
+
+
 def agent_for_code(code: str) -> Agent | None:
     return AGENTS.get(code, lambda: services.agent_for_code(code))
 
@@ -107,7 +117,7 @@ class _RetailCrmEndpoint(APIView):
         client_id_given = bool(request.query_params.get("clientId"))
         valid = query.is_valid()
         # clientId first: nobody learns what else is wrong without the secret.
-        integration = integration_for_client_id(request.query_params.get("clientId", ""))
+        integration = integration_for_request(request, request.query_params.get("clientId", ""))
         if integration is None:
             return refuse(status.HTTP_403_FORBIDDEN, "unknown clientId" if client_id_given else "clientId is required")
         if not valid:

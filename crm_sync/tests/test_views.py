@@ -199,6 +199,24 @@ def test_it_places_a_repeated_click_without_a_database_query(client, hub, placed
     assert [number for _terminal, number in placed] == ["+79121234567", "+79121234568"]
 
 
+def test_it_looks_the_client_id_up_once_per_click_for_the_rate_limit_and_the_view(client, hub, placed, monkeypatch):
+    from crm_sync.retailcrm import views
+
+    looked_up = []
+    original = views.integration_for_client_id
+
+    def counting(client_id):
+        looked_up.append(client_id)
+        return original(client_id)
+
+    monkeypatch.setattr(views, "integration_for_client_id", counting)
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    assert client.get(MAKE_CALL, params(phone="+79121234568")).status_code == 200
+    assert looked_up == [CLIENT_ID, CLIENT_ID]  # one a click, not one for the rate limit and one for the view
+    assert client.get(MAKE_CALL, params(clientId="wrong")).status_code == 403
+    assert looked_up[2:] == ["wrong"]
+
+
 def test_it_refuses_a_kept_client_id_at_once_when_its_integration_is_disabled_in_the_admin(client, hub, placed):
     assert client.get(MAKE_CALL, params()).status_code == 200
     integration = hub["integration"]

@@ -101,3 +101,14 @@ def test_it_limits_guessed_telepo_secrets_by_address_whatever_they_send(client, 
     # A known secret is not the guesser's address: it still gets through.
     known = client.post("/api/telepo/webhook/hook-one-5d1c", data="{", content_type="application/json")
     assert known.status_code == 400
+
+
+
+def test_it_counts_with_eval_when_redis_does_not_know_its_script(slow_limit, monkeypatch):
+    # As after a Redis restart: EVALSHA answers NOSCRIPT. (Not SCRIPT FLUSH: it would empty the whole
+    # server's script cache, other processes' too.)
+    monkeypatch.setattr(ratelimit, "TAKE_TOKEN_SHA", "0" * 40)
+    waits = [ratelimit.take("script-test", "addr:1") for _ in range(4)]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0  # a burst of 3, then the bucket is empty
+    monkeypatch.undo()
+    assert ratelimit.take("script-test", "addr:1") > 0  # EVALSHA counts in the same bucket
