@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--floor-units", type=int, default=300)
     parser.add_argument("--py-spy", default="", help="record the worker with py-spy to this file (flame graph)")
     args = parser.parse_args()
+    if args.frames / args.terminals > 90:
+        parser.error("at most 90 frames a terminal: a channel holds 100 messages, and every card is counted")
     setup_django()
     from bench.procs import BenchHub, hub_env
     from tests.support.processes import wait_for
@@ -67,6 +69,7 @@ def main() -> None:
         _traffic(sim, terminals, warm, rate=args.rate, first_call=0)
         wait_for(lambda: CallEvent.objects.count() >= warm, 30, interval=0.1, what="the warm-up frames stored")
         time.sleep(2)  # the warm-up's after-commit work and once-a-second writes are done
+        _delivered(empty=True)  # only the measured frames' cards are counted (the warm-up's may expire first)
         window = args.frames / args.rate
 
         idle_cpu = _cpu(worker)
@@ -89,6 +92,7 @@ def main() -> None:
             spy.send_signal(2)
             spy.wait(timeout=60)
         stored = CallEvent.objects.count() - warm
+        delivered = _delivered()
         if not worker.alive():
             raise RuntimeError("the worker died during the run")
         floor = _floor(hub.env, args.floor_units)
@@ -98,6 +102,7 @@ def main() -> None:
     per_frame = (busy_cpu - idle_per_second * busy_seconds) / stored
     figure("frames_sent", sent)
     figure("frames_stored", stored, "", str(sent))
+    figure("cards_delivered", delivered, "", f"{sent} (every frame's card in its agent's channel)")
     figure("frame_rate", sent / busy_seconds, "frames/s")
     figure("worker_idle_cpu", idle_per_second * 1000, "ms/s")
     figure("worker_busy_cpu", busy_cpu / busy_seconds * 1000, "ms/s")
@@ -106,6 +111,8 @@ def main() -> None:
     figure("worker_cpu_ratio_to_floor", per_frame / floor, "x", "<= 1.5")
     if stored != sent:
         raise RuntimeError(f"{sent} frames sent, {stored} stored")
+    if delivered != sent:
+        raise RuntimeError(f"{sent} cards published, {delivered} reached their agent's channel")
 
 
 class _Sim:
@@ -186,6 +193,28 @@ def _members() -> None:
         async_to_sync(layer.group_add)(group, f"bench-console.{group}")
 
 
+def _delivered(empty: bool = False) -> int:
+    """Cards waiting in the agents' channels (fewer than a channel's capacity each, and younger than its
+    expiry); ``empty``: throw them away."""
+    import redis
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+
+    from accounts.models import Agent
+    from telephony.cards import agent_group
+
+    layer = get_channel_layer()
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        keys = [f"{layer.prefix}bench-console.{agent_group(pk)}" for pk in Agent.objects.values_list("pk", flat=True)]
+        if empty:
+            client.delete(*keys)
+            return 0
+        return sum(client.zcard(key) for key in keys)
+    finally:
+        client.close()
+
+
 def _cpu(worker) -> float:
     import psutil
 
@@ -199,7 +228,7 @@ def _py_spy(worker, path: str):
     # A .txt file gets collapsed stacks (one line per stack, its sample count last), anything else a flame graph.
     kind = "raw" if path.endswith(".txt") else "flamegraph"
     spy = subprocess.Popen([str(sys.prefix) + "/bin/py-spy", "record", "-p", str(worker.process.pid), "-o", path,
-                            "--rate", "200", "--format", kind], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--rate", "200", "--gil", "--format", kind], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     return spy
 

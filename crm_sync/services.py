@@ -939,9 +939,10 @@ def card_fields(call: Call) -> dict:
 def card_fields_many(calls: list[Call]) -> dict[int, dict]:
     """``card_fields`` for many calls, in two queries at most (none for accounts no CRM serves)."""
     fields: dict[int, dict] = {call.pk: {"crm": None} for call in calls}
-    # Only incoming calls are looked up (responsible-manager routing).
+    # Only incoming calls are looked up, and only by responsible-manager routing: an account no routing
+    # integration serves has nothing to show, and its cards (every frame's) cost no query.
     looked_up = [c for c in calls if c.pk and c.direction == Call.Direction.INBOUND
-                 and serving_integrations(c.account_id)[0]]
+                 and serving_integrations(c.account_id)[1]]
     if not looked_up:
         return fields
     found: dict[int, CrmCallSync] = {}
