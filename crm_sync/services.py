@@ -157,10 +157,16 @@ def calls_changed(calls: list[Call]) -> None:
 
 
 def _start_events_settled(call_id: int, integration_ids: list[int]) -> bool:
-    settled = CrmCallSync.objects.filter(call_id=call_id, integration_id__in=integration_ids).filter(
-        Q(in_event_sent_at__isnull=False) | ~Q(events_skipped="")
-    )
-    return settled.count() == len(integration_ids)
+    """Every integration has sent the call's start event, or skipped its events.
+
+    In SQL: asked on every answered frame, and Django compiled this count for 0.5 ms of CPU, five
+    times what running it costs."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*) FROM {connection.ops.quote_name(CrmCallSync._meta.db_table)} WHERE call_id = %s"
+            " AND integration_id = ANY(%s) AND (in_event_sent_at IS NOT NULL OR events_skipped <> '')",
+            [call_id, list(integration_ids)])
+        return cursor.fetchone()[0] == len(integration_ids)
 
 
 # --- events -------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from ctihub.phones import e164_or_empty
@@ -135,16 +134,31 @@ def _apply_burst(updates: list[u.CallUpdate], received: float) -> list[AppliedUp
     return applied
 
 
+# The hot path's reads are written in SQL: every frame makes them, and Django's compiling of the same
+# two queries cost more CPU (0.5 ms of 0.8 for the lock, 0.5 of 0.6 for the terminals) than running them.
 def _lock_calls(updates: list[u.CallUpdate]) -> dict[tuple[int, str], Call]:
     wanted: dict[int, set[str]] = {}
     for update in updates:
         wanted.setdefault(update.account_id, set()).add(update.pbx_call_id)
-    query = Q()
-    for account_id, call_ids in wanted.items():
-        query |= Q(account_id=account_id, pbx_call_id__in=sorted(call_ids))
+    where, params = _by_account(wanted, "pbx_call_id")
     # Locked in id order, so two workers with overlapping bursts queue instead of deadlocking.
-    rows = Call.objects.select_for_update().filter(query).order_by("pk")
+    rows = Call.objects.raw(f"SELECT {_CALL_COLUMNS} FROM {_CALL_TABLE} WHERE {where} ORDER BY id FOR UPDATE", params)
     return {(call.account_id, call.pbx_call_id): call for call in rows}
+
+
+def _by_account(wanted: dict[int, set[str]], column: str) -> tuple[str, list]:
+    """``(account_id = %s AND <column> = ANY(%s)) OR ...`` for each account's set of ids."""
+    where = " OR ".join(f"(account_id = %s AND {column} = ANY(%s))" for _ in wanted)
+    params: list = []
+    for account_id, ids in wanted.items():
+        params += [account_id, sorted(ids)]
+    return where, params
+
+
+_CALL_TABLE = connection.ops.quote_name(Call._meta.db_table)
+_CALL_COLUMNS = ", ".join(connection.ops.quote_name(field.column) for field in Call._meta.concrete_fields)
+_TERMINAL_TABLE = connection.ops.quote_name(Terminal._meta.db_table)
+_EVENT_TABLE = connection.ops.quote_name(CallEvent._meta.db_table)
 
 
 def _terminals_of(updates: list[u.CallUpdate]) -> dict[tuple[int, str], tuple[int, int | None]]:
@@ -155,10 +169,10 @@ def _terminals_of(updates: list[u.CallUpdate]) -> dict[tuple[int, str], tuple[in
             wanted.setdefault(update.account_id, set()).add(update.terminal_pbx_id)
     if not wanted:
         return {}
-    query = Q()
-    for account_id, pbx_ids in wanted.items():
-        query |= Q(account_id=account_id, pbx_id__in=sorted(pbx_ids))
-    rows = Terminal.objects.filter(query).values_list("account_id", "pbx_id", "id", "agent_id")
+    where, params = _by_account(wanted, "pbx_id")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT account_id, pbx_id, id, agent_id FROM {_TERMINAL_TABLE} WHERE {where}", params)
+        rows = cursor.fetchall()
     return {(account_id, pbx_id): (pk, agent_id) for account_id, pbx_id, pk, agent_id in rows}
 
 
@@ -177,7 +191,9 @@ def _stored_dedupe_keys(updates: list[u.CallUpdate]) -> set[str]:
     ]
     if not keys:
         return set()
-    return set(CallEvent.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT dedupe_key FROM {_EVENT_TABLE} WHERE dedupe_key = ANY(%s)", [keys])
+        return {key for (key,) in cursor.fetchall()}
 
 
 def _new_call(update: u.CallUpdate, terminals) -> Call:
