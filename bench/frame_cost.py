@@ -23,6 +23,7 @@ the traffic window (``FILE.txt``: collapsed stacks, else an SVG flame graph) (it
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import subprocess
 import sys
@@ -40,10 +41,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="frames a second, one at a time")
     parser.add_argument("--terminals", type=int, default=4)
     parser.add_argument("--floor-units", type=int, default=300)
+    parser.add_argument("--threads", action="store_true",
+                        help="print the worker's CPU per frame by thread (named with py-spy dump)")
     parser.add_argument("--py-spy", default="", help="record the worker with py-spy to this file (flame graph)")
     args = parser.parse_args()
-    if args.frames / args.terminals > 90:
-        parser.error("at most 90 frames a terminal: a channel holds 100 messages, and every card is counted")
     setup_django()
     from bench.procs import BenchHub, hub_env
     from tests.support.processes import wait_for
@@ -69,16 +70,20 @@ def main() -> None:
         _traffic(sim, terminals, warm, rate=args.rate, first_call=0)
         wait_for(lambda: CallEvent.objects.count() >= warm, 30, interval=0.1, what="the warm-up frames stored")
         time.sleep(2)  # the warm-up's after-commit work and once-a-second writes are done
-        _delivered(empty=True)  # only the measured frames' cards are counted (the warm-up's may expire first)
+        deliveries = _Deliveries()
+        deliveries.take()  # only the measured frames' cards are counted
+        deliveries.count = 0
         window = args.frames / args.rate
 
-        idle_cpu = _cpu(worker)
+        idle_cpu, idle_system = _cpu(worker), _cpu(worker, slice(1, 2))
         time.sleep(window)
-        idle_cpu = _cpu(worker) - idle_cpu
+        idle_cpu, idle_system = _cpu(worker) - idle_cpu, _cpu(worker, slice(1, 2)) - idle_system
         progress["idle_window_seconds"] = round(window, 1)
 
         spy = _py_spy(worker, args.py_spy)
-        busy_cpu, started = _cpu(worker), time.monotonic()
+        threads_before = _thread_cpu(worker) if args.threads else {}
+        deliveries.start()
+        busy_cpu, busy_system, started = _cpu(worker), _cpu(worker, slice(1, 2)), time.monotonic()
         sent = _traffic(sim, terminals, args.frames, rate=args.rate, first_call=WARM_UP_CALLS)
         progress["frames_sent"] = sent
         wait_for(lambda: CallEvent.objects.count() >= warm + sent, 30, interval=0.05,
@@ -87,12 +92,14 @@ def main() -> None:
         # and never before the idle window's length.
         time.sleep(max(1.0 / args.rate, window - (time.monotonic() - started)))
         busy_seconds = time.monotonic() - started
-        busy_cpu = _cpu(worker) - busy_cpu
+        if args.threads:
+            _print_threads(worker, threads_before, sent)
+        busy_cpu, busy_system = _cpu(worker) - busy_cpu, _cpu(worker, slice(1, 2)) - busy_system
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=60)
         stored = CallEvent.objects.count() - warm
-        delivered = _delivered()
+        delivered = deliveries.stop()
         if not worker.alive():
             raise RuntimeError("the worker died during the run")
         floor = _floor(hub.env, args.floor_units)
@@ -107,6 +114,8 @@ def main() -> None:
     figure("worker_idle_cpu", idle_per_second * 1000, "ms/s")
     figure("worker_busy_cpu", busy_cpu / busy_seconds * 1000, "ms/s")
     figure("worker_cpu_per_frame", per_frame * 1000, "ms", "<= 3 ms")
+    system_per_frame = (busy_system - idle_system / window * busy_seconds) / stored
+    figure("worker_system_cpu_per_frame", system_per_frame * 1000, "ms", "(the kernel's share of it)")
     figure("floor_cpu_per_frame", floor * 1000, "ms")
     figure("worker_cpu_ratio_to_floor", per_frame / floor, "x", "<= 1.5")
     if stored != sent:
@@ -193,33 +202,84 @@ def _members() -> None:
         async_to_sync(layer.group_add)(group, f"bench-console.{group}")
 
 
-def _delivered(empty: bool = False) -> int:
-    """Cards waiting in the agents' channels (fewer than a channel's capacity each, and younger than its
-    expiry); ``empty``: throw them away."""
-    import redis
-    from channels.layers import get_channel_layer
-    from django.conf import settings
+class _Deliveries:
+    """Counts the cards reaching the agents' channels, taking them out every second (a channel's messages
+    expire after CHANNEL_LAYERS' ``expiry``, 30 s, and it holds ``capacity`` of them)."""
 
-    from accounts.models import Agent
-    from telephony.cards import agent_group
+    def __init__(self):
+        import threading
 
-    layer = get_channel_layer()
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    try:
-        keys = [f"{layer.prefix}bench-console.{agent_group(pk)}" for pk in Agent.objects.values_list("pk", flat=True)]
-        if empty:
-            client.delete(*keys)
-            return 0
-        return sum(client.zcard(key) for key in keys)
-    finally:
-        client.close()
+        import redis
+        from channels.layers import get_channel_layer
+        from django.conf import settings
+
+        from accounts.models import Agent
+        from telephony.cards import agent_group
+
+        prefix = get_channel_layer().prefix
+        self.keys = [f"{prefix}bench-console.{agent_group(pk)}" for pk in Agent.objects.values_list("pk", flat=True)]
+        self.client = redis.Redis.from_url(settings.REDIS_URL)
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def take(self) -> int:
+        pipe = self.client.pipeline(transaction=True)  # counted and removed at once: none lost in between
+        for key in self.keys:
+            pipe.zcard(key)
+            pipe.delete(key)
+        taken = sum((pipe.execute())[0::2])
+        self.count += taken
+        return taken
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.take()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.take()
+        self.client.close()
+        return self.count
 
 
-def _cpu(worker) -> float:
+def _cpu(worker, part: slice = slice(0, 2)) -> float:
+    """The worker's CPU seconds so far: user and system (``part``: one of them)."""
     import psutil
 
     process = psutil.Process(worker.process.pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
+    return sum(sum(p.cpu_times()[part]) for p in [process, *process.children(recursive=True)])
+
+
+def _thread_cpu(worker) -> dict[int, float]:
+    import psutil
+
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(worker.process.pid).threads()}
+
+
+def _print_threads(worker, before: dict[int, float], frames: int) -> None:
+    """Each thread's CPU over the traffic window per frame, busiest first, named by ``py-spy dump``."""
+    import json
+
+    after = _thread_cpu(worker)
+    names: dict[int, str] = {}
+    dump = subprocess.run([str(sys.prefix) + "/bin/py-spy", "dump", "--json", "-p", str(worker.process.pid)],
+                          capture_output=True, text=True, timeout=60)
+    try:
+        for thread in json.loads(dump.stdout):
+            names[thread.get("os_thread_id")] = thread.get("thread_name") or str(thread.get("thread_id"))
+    except ValueError:
+        pass
+    used = collections.Counter()
+    for tid, cpu in after.items():
+        name = re.sub(r"-\d+$", "-N", names.get(tid, "(not python)"))
+        used[name] += cpu - before.get(tid, 0.0)
+    for name, cpu in used.most_common(8):
+        figure(f"thread_cpu_per_frame[{name}]", cpu / frames * 1000, "ms")
 
 
 def _py_spy(worker, path: str):
