@@ -127,14 +127,15 @@ def _send_pipelined_or_each(layer, client: redis.Redis, sends: list[tuple[str, d
 publisher = _Publisher()
 
 
-# What channels-redis runs for one group_send, per connection: each channel that has room gets the message.
+# What channels-redis runs for one group_send, for many: each channel that has room gets its message, at
+# its own score (a channel's messages are received lowest score first: one time for all would lose order).
 _GROUP_SEND_LUA = """
+    local n = #KEYS
+    local expiry = ARGV[3 * n + 1]
     local over_capacity = 0
-    local current_time = ARGV[#ARGV - 1]
-    local expiry = ARGV[#ARGV]
-    for i=1,#KEYS do
-        if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[i + #KEYS]) then
-            redis.call('ZADD', KEYS[i], current_time, ARGV[i])
+    for i=1,n do
+        if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
+            redis.call('ZADD', KEYS[i], ARGV[2 * n + i], ARGV[i])
             redis.call('EXPIRE', KEYS[i], expiry)
         else
             over_capacity = over_capacity + 1
@@ -142,6 +143,17 @@ _GROUP_SEND_LUA = """
     end
     return over_capacity
 """
+_last_score = 0.0
+
+
+def _scores(count: int) -> list[str]:
+    """Increasing scores from now on, never below one given before (only the publisher's thread asks)."""
+    global _last_score
+    out = []
+    for _ in range(count):
+        _last_score = max(time.time(), _last_score + 1e-6)
+        out.append(repr(_last_score))
+    return out
 
 
 def _can_pipeline(layer) -> bool:
@@ -195,7 +207,7 @@ def _group_send_pipelined(layer, connection: redis.Redis, sends: list[tuple[str,
     pipe = connection.pipeline(transaction=False)
     for channel_key in dict.fromkeys(keys):
         pipe.zremrangebyscore(channel_key, min=0, max=int(time.time()) - int(layer.expiry))
-    pipe.eval(_GROUP_SEND_LUA, len(keys), *keys, *payloads, *capacities, time.time(), layer.expiry)
+    pipe.eval(_GROUP_SEND_LUA, len(keys), *keys, *payloads, *capacities, *_scores(len(keys)), layer.expiry)
     over_capacity = pipe.execute()[-1]
     if over_capacity:
         logger.info("%s of %s channels over capacity", over_capacity, len(keys))
