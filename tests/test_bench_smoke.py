@@ -17,6 +17,7 @@ BENCHMARKS = {
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
+    "frame_cost": ["--frames", "12", "--rate", "10", "--terminals", "2", "--floor-units", "20"],
 }
 
 
@@ -47,3 +48,7 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert figures["sockets_held"] == "10" and figures["sockets_with_two_keepalives"] == "10"
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
+    if name == "frame_cost":
+        assert figures["frames_stored"] == "12" and figures["cards_delivered"] == "12"
+        for cost in ("worker_cpu_per_frame", "floor_cpu_per_frame", "worker_cpu_ratio_to_floor", "calibration_loop"):
+            assert float(figures[cost]) > 0, done.stdout
