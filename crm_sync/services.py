@@ -157,10 +157,16 @@ def calls_changed(calls: list[Call]) -> None:
 
 
 def _start_events_settled(call_id: int, integration_ids: list[int]) -> bool:
-    settled = CrmCallSync.objects.filter(call_id=call_id, integration_id__in=integration_ids).filter(
-        Q(in_event_sent_at__isnull=False) | ~Q(events_skipped="")
-    )
-    return settled.count() == len(integration_ids)
+    """Every integration has sent the call's start event, or skipped its events.
+
+    In SQL: asked on every answered frame, and Django compiled this count for 0.5 ms of CPU, five
+    times what running it costs."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COUNT(*) FROM {connection.ops.quote_name(CrmCallSync._meta.db_table)} WHERE call_id = %s"
+            " AND integration_id = ANY(%s) AND (in_event_sent_at IS NOT NULL OR events_skipped <> '')",
+            [call_id, list(integration_ids)])
+        return cursor.fetchone()[0] == len(integration_ids)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -960,9 +966,10 @@ def card_fields(call: Call) -> dict:
 def card_fields_many(calls: list[Call]) -> dict[int, dict]:
     """``card_fields`` for many calls, in two queries at most (none for accounts no CRM serves)."""
     fields: dict[int, dict] = {call.pk: {"crm": None} for call in calls}
-    # Only incoming calls are looked up (responsible-manager routing).
+    # Only incoming calls are looked up, and only by responsible-manager routing: an account no routing
+    # integration serves has nothing to show, and its cards (every frame's) cost no query.
     looked_up = [c for c in calls if c.pk and c.direction == Call.Direction.INBOUND
-                 and serving_integrations(c.account_id)[0]]
+                 and serving_integrations(c.account_id)[1]]
     if not looked_up:
         return fields
     found: dict[int, CrmCallSync] = {}

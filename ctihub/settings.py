@@ -194,6 +194,10 @@ def _kombu_url(url: str) -> str:
 
 
 CELERY_BROKER_URL = _kombu_url(REDIS_URL)
+# kombu's Redis transport, keeping one publishing client per channel (see ctihub/broker.py); a URL that
+# names another transport (redis+socket, sentinel) keeps kombu's own.
+if urlparse(CELERY_BROKER_URL).scheme in ("redis", "rediss"):
+    CELERY_BROKER_TRANSPORT = "ctihub.broker:Transport"
 CELERY_RESULT_BACKEND = _kombu_url(REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

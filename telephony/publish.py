@@ -1,18 +1,22 @@
 """Pushing call cards to browsers through the Channels layer.
 
-Domain code runs in plain threads (socket listeners, Celery, Django views). A
-new event loop per publish would also mean a new Redis connection pool per
-publish (channels-redis keys its pools by loop), so one long-lived loop in a
-daemon thread sends everything, in order, from a queue.
+Domain code runs in plain threads (socket listeners, Celery, Django views). One
+long-lived daemon thread sends everything, in order, from a queue (see
+``_Publisher``): a new event loop per publish would also mean a new Redis
+connection pool per publish (channels-redis keys its pools by loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import queue
 import threading
+import time
 from concurrent.futures import Future
 
+import redis
 from channels.layers import get_channel_layer
 
 from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card, cards_of
@@ -22,40 +26,40 @@ logger = logging.getLogger(__name__)
 
 
 class _Publisher:
+    """One thread sends every message of the process, in the order handed over, from a queue.
+
+    With channels-redis on one Redis host (production's layer) it sends with a plain Redis client,
+    pipelined (``_group_send_pipelined``): a card's two group messages in two round trips, and
+    whatever queued up meanwhile in the same two. Any other layer (the in-memory one of some tests)
+    is sent to with its own ``group_send`` on the thread's event loop. Either way callers get a
+    Future that says when their messages left.
+    """
+
     def __init__(self):
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: queue.SimpleQueue | None = None
         self._pid: int | None = None
         self._in_flight: set[Future] = set()
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        import os
-
+    def _ensure_thread(self) -> queue.SimpleQueue:
         with self._lock:
             # After a fork (Celery prefork) the parent's thread is gone: start our own.
-            if self._loop is None or self._pid != os.getpid():
-                ready = threading.Event()
-                loop = asyncio.new_event_loop()
-
-                def run():
-                    asyncio.set_event_loop(loop)
-                    ready.set()
-                    loop.run_forever()
-
-                threading.Thread(target=run, name="channels-publisher", daemon=True).start()
-                ready.wait()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
+            if self._queue is None or self._pid != os.getpid():
+                self._queue, self._pid = queue.SimpleQueue(), os.getpid()
+                threading.Thread(target=self._run, args=(self._queue,), name="channels-publisher", daemon=True).start()
+            return self._queue
 
     def send(self, groups: list[str], message: dict) -> Future:
         return self.send_many([(groups, message)])
 
     def send_many(self, messages: list[tuple[list[str], dict]]) -> Future:
         """Send in the given order (a call's cards must not overtake each other)."""
-        future = asyncio.run_coroutine_threadsafe(self._send(messages), self._ensure_loop())
+        future: Future = Future()
+        inbox = self._ensure_thread()
         with self._lock:
             self._in_flight.add(future)
         future.add_done_callback(self._landed)
+        inbox.put((messages, future))
         return future
 
     def _landed(self, future: Future) -> None:
@@ -69,17 +73,144 @@ class _Publisher:
         for future in pending:
             future.result(timeout=timeout)
 
-    async def _send(self, messages: list[tuple[list[str], dict]]) -> None:
-        layer = get_channel_layer()
-        for groups, message in messages:
-            for group in groups:
+    def _run(self, inbox: queue.SimpleQueue) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        clients: dict[int, redis.Redis] = {}  # by layer: a settings change in tests gives a new layer
+        while True:
+            batch = [inbox.get()]
+            while True:  # what queued up while the last batch was sent goes in one go, still in order
                 try:
-                    await layer.group_send(group, message)
-                except Exception:  # a card not pushed is re-sent by the next snapshot; never crash the caller
-                    logger.exception("could not publish to %s", group)
+                    batch.append(inbox.get_nowait())
+                except queue.Empty:
+                    break
+            live = [(messages, future) for messages, future in batch if future.set_running_or_notify_cancel()]
+            sends = [(group, message) for messages, _future in live for groups, message in messages
+                     for group in groups]
+            try:
+                layer = get_channel_layer()
+                if sends and _can_pipeline(layer):
+                    client = clients.get(id(layer))
+                    if client is None:
+                        clients.clear()
+                        client = clients[id(layer)] = _redis_client(layer)
+                    _send_pipelined_or_each(layer, client, sends)
+                elif sends:
+                    loop.run_until_complete(_send_each(layer, sends))
+            except Exception:  # a card not pushed is re-sent by the console's resync; never stop the thread
+                logger.exception("could not publish %s messages", len(sends))
+            for _messages, future in live:
+                future.set_result(None)
+
+
+async def _send_each(layer, sends: list[tuple[str, dict]]) -> None:
+    for group, message in sends:
+        try:
+            await layer.group_send(group, message)
+        except Exception:  # a card not pushed is re-sent by the next snapshot; never crash the caller
+            logger.exception("could not publish to %s", group)
+
+
+def _send_pipelined_or_each(layer, client: redis.Redis, sends: list[tuple[str, dict]]) -> None:
+    try:
+        _group_send_pipelined(layer, client, sends)
+        return
+    except Exception:  # one at a time: a group that fails does not take the others with it
+        logger.warning("pipelined publish failed; sending group by group", exc_info=True)
+    for group, message in sends:
+        try:
+            _group_send_pipelined(layer, client, [(group, message)])
+        except Exception:
+            logger.exception("could not publish to %s", group)
 
 
 publisher = _Publisher()
+
+
+# What channels-redis runs for one group_send, for many: each channel that has room gets its message, at
+# its own score (a channel's messages are received lowest score first: one time for all would lose order).
+_GROUP_SEND_LUA = """
+    local n = #KEYS
+    local expiry = ARGV[3 * n + 1]
+    local over_capacity = 0
+    for i=1,n do
+        if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
+            redis.call('ZADD', KEYS[i], ARGV[2 * n + i], ARGV[i])
+            redis.call('EXPIRE', KEYS[i], expiry)
+        else
+            over_capacity = over_capacity + 1
+        end
+    end
+    return over_capacity
+"""
+_last_score = 0.0
+
+
+def _scores(count: int) -> list[str]:
+    """Increasing scores from now on, never below one given before (only the publisher's thread asks)."""
+    global _last_score
+    out = []
+    for _ in range(count):
+        _last_score = max(time.time(), _last_score + 1e-6)
+        out.append(repr(_last_score))
+    return out
+
+
+def _can_pipeline(layer) -> bool:
+    from channels_redis.core import RedisChannelLayer
+
+    # One Redis host given by its address: every group and channel key lives there (a ring of hosts hashes
+    # them apart; a Sentinel setup names its master elsewhere).
+    return type(layer) is RedisChannelLayer and layer.ring_size == 1 and "address" in layer.hosts[0] \
+        and "master_name" not in layer.hosts[0]
+
+
+def _redis_client(layer) -> redis.Redis:
+    """A plain client for the layer's Redis, with the options the layer's own connections get."""
+    host = dict(layer.hosts[0])
+    return redis.Redis.from_url(host.pop("address"), **host)
+
+
+def _group_send_pipelined(layer, connection: redis.Redis, sends: list[tuple[str, dict]]) -> None:
+    """Several ``group_send``s in two round trips to Redis, in order, with channels-redis's own semantics.
+
+    ``layer.group_send`` makes four round trips a group (expire the group's members, read them,
+    expire each member's old messages, run the push script); a card goes to two groups (the
+    supervisors and its agent), so eight a frame, each a wake-up of the publisher's loop. Here the
+    first round trip expires and reads every group's members, the second expires their old messages
+    and pushes every message with one script, the groups' in the order given (a channel in two
+    groups gets both messages, as with two group_sends). With a plain (not asyncio) client, from
+    the publisher's thread: an event loop's wake-ups and coroutines cost as much CPU as the sending.
+    """
+    pipe = connection.pipeline(transaction=False)
+    for group, _message in sends:
+        assert layer.require_valid_group_name(group), "Group name not valid"
+        key = layer._group_key(group)
+        pipe.zremrangebyscore(key, min=0, max=int(time.time()) - layer.group_expiry)
+        pipe.zrange(key, 0, -1)
+    members = pipe.execute()[1::2]
+    keys: list[str] = []
+    payloads: list[bytes] = []
+    capacities: list[int] = []
+    for (_group, message), names in zip(sends, members):
+        if not names:
+            continue
+        by_connection, key_to_message, key_to_capacity = layer._map_channel_keys_to_connection(
+            [name.decode("utf8") for name in names], message)
+        for channel_keys in by_connection.values():  # one host: all on connection 0
+            for channel_key in channel_keys:
+                keys.append(channel_key)
+                payloads.append(key_to_message[channel_key])
+                capacities.append(key_to_capacity[channel_key])
+    if not keys:
+        return
+    pipe = connection.pipeline(transaction=False)
+    for channel_key in dict.fromkeys(keys):
+        pipe.zremrangebyscore(channel_key, min=0, max=int(time.time()) - int(layer.expiry))
+    pipe.eval(_GROUP_SEND_LUA, len(keys), *keys, *payloads, *capacities, *_scores(len(keys)), layer.expiry)
+    over_capacity = pipe.execute()[-1]
+    if over_capacity:
+        logger.info("%s of %s channels over capacity", over_capacity, len(keys))
 
 
 def groups_for(call: Call) -> list[str]:

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "makecall_parts": ["--requests", "20"],
     "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
+    "frame_cost": ["--frames", "12", "--rate", "10", "--terminals", "2", "--floor-units", "20"],
 }
 
 
@@ -82,3 +83,7 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert "p1_makecall_saturation_rate" in figures and "p2_makecall_saturation_rate" in figures
         assert "makecall_saturation_ratio" in figures
         assert re.search(r"^p2_sweep_10: .*cpu share \d+% / \d+%, connections \d+ / \d+", done.stdout, re.M), done.stdout
+    if name == "frame_cost":
+        assert figures["frames_stored"] == "12" and figures["cards_delivered"] == "12"
+        for cost in ("worker_cpu_per_frame", "floor_cpu_per_frame", "worker_cpu_ratio_to_floor", "calibration_loop"):
+            assert float(figures[cost]) > 0, done.stdout

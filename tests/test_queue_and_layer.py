@@ -37,3 +37,74 @@ def test_it_sends_a_message_across_the_real_channels_redis_layer(settings):
         return message
 
     assert asyncio.run(round_trip()) == {"type": "call.update", "call_id": "-428"}
+
+
+def test_it_publishes_each_task_without_building_a_redis_client_for_it(monkeypatch):
+    """kombu built a redis.Redis (and its table of response callbacks) for every task it published."""
+    import redis
+
+    from ctihub.celery import app
+
+    made = []
+    real_init = redis.Redis.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    queue_name = f"test-unconsumed-{uuid.uuid4().hex}"
+    with app.connection_for_write() as connection, connection.Producer() as producer:
+        ping_task.apply_async(queue=queue_name, producer=producer)  # the channel's client is made here
+        monkeypatch.setattr(redis.Redis, "__init__", counting_init)
+        for _ in range(5):
+            ping_task.apply_async(queue=queue_name, producer=producer)
+        monkeypatch.undo()
+        assert connection.default_channel.client.llen(queue_name) == 6  # every task is in the queue
+        connection.default_channel.client.delete(queue_name)
+    assert made == []
+
+
+def test_it_pipelines_a_burst_of_cards_to_their_groups_in_order_in_two_round_trips():
+    """Each group_send of channels-redis is four round trips: a card to two groups was eight."""
+    from telephony.publish import _can_pipeline, _group_send_pipelined, _redis_client
+
+    async def members(layer, groups):
+        channels = {}
+        for group in groups:
+            channels[group] = await layer.new_channel()
+            await layer.group_add(group, channels[group])
+        await layer.group_add(groups[0], channels[groups[1]])  # one console in both groups
+        return channels
+
+    async def received(layer, channel, count):
+        return [await asyncio.wait_for(layer.receive(channel), timeout=5) for _ in range(count)]
+
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+    assert _can_pipeline(layer)
+    tag = uuid.uuid4().hex
+    groups = [f"sup-{tag}", f"agent-{tag}", f"empty-{tag}"]
+    loop = asyncio.new_event_loop()
+    try:
+        channels = loop.run_until_complete(members(layer, groups[:2]))
+        client = _redis_client(layer)
+        round_trips = []
+        real_execute = type(client.pipeline()).execute
+        sends = [(group, {"type": "call.card", "n": n}) for n in range(3) for group in groups]
+
+        def counting_execute(pipe, *args, **kwargs):
+            round_trips.append(len(pipe.command_stack))
+            return real_execute(pipe, *args, **kwargs)
+
+        import unittest.mock
+
+        with unittest.mock.patch.object(type(client.pipeline()), "execute", counting_execute):
+            _group_send_pipelined(layer, client, sends)
+        assert len(round_trips) == 2
+        supervisors = loop.run_until_complete(received(layer, channels[groups[0]], 3))
+        agent = loop.run_until_complete(received(layer, channels[groups[1]], 6))
+        assert [m["n"] for m in supervisors] == [0, 1, 2]
+        assert sorted(m["n"] for m in agent) == [0, 0, 1, 1, 2, 2]  # as a member of both groups
+        loop.run_until_complete(layer.flush())
+        client.close()
+    finally:
+        loop.close()

@@ -131,3 +131,16 @@ def test_it_lets_the_call_ring_as_usual_when_retailcrm_does_not_answer(routing):
     assert services.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
     assert routing.actions == []
     assert "503" in CrmCallSync.objects.get(call=call).last_error
+
+
+def test_it_asks_the_database_nothing_for_the_cards_of_an_account_no_routing_integration_serves(
+        integration, django_assert_num_queries):
+    """Every frame's card asked for retailCRM's fields in two queries, though only routing looks them up."""
+    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, enterprise="acme")
+    call = apply_call_update(u.CallUpdate(
+        account_id=account.pk, pbx_call_id="-78", state=u.RINGING, kind="ringing", payload={},
+        occurred_at=timezone.now(), direction=u.INBOUND, remote_number="+33612345678",
+    )).call
+    assert services.serving_integrations(account.pk) == ((integration.pk,), ())  # served, not routed
+    with django_assert_num_queries(0):
+        assert services.card_fields_many([call]) == {call.pk: {"crm": None}}

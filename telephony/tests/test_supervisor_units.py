@@ -358,3 +358,40 @@ def test_it_never_checks_a_removed_stream_nor_one_without_a_session_check(checks
     time.sleep(2.5 * INTERVAL)
     assert removed.times == []
     assert without not in checks._live
+
+
+# --- database threads ------------------------------------------------------------------------------
+
+def test_it_gives_work_to_the_database_thread_idle_the_shortest_time(monkeypatch):
+    """Handed round every thread in turn, a frame every tenth of a second found each thread's connection
+    closed after its quiet second: nearly every frame paid a new PostgreSQL connection."""
+    closed = []
+    monkeypatch.setattr(supervisor, "DB_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(supervisor.connection, "close", lambda: closed.append(threading.current_thread().name))
+    workers = supervisor.DbWorkers(4)
+    time.sleep(0.6)  # every thread has been quiet once
+    closed.clear()
+    names = set()
+    for _ in range(12):  # slower than one frame per thread per idle period if handed round
+        names.add(workers.run(lambda: threading.current_thread().name))
+        time.sleep(0.1)
+    assert len(names) == 1
+    assert workers.run(lambda: 42) == 42
+    with pytest.raises(ZeroDivisionError):
+        workers.run(lambda: 1 / 0)
+
+
+def test_it_queues_work_while_every_database_thread_is_busy_and_runs_all_of_it():
+    workers = supervisor.DbWorkers(2)
+    release = threading.Event()
+    results = []
+    threads = [threading.Thread(target=lambda n=n: results.append(workers.run(
+        lambda: release.wait(5) and n))) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    assert results == []  # two running, four waiting
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(results) == [0, 1, 2, 3, 4, 5]

@@ -1,0 +1,70 @@
+"""WebSocketStream against a bare websocket server: text frames decoded, and checked as UTF-8 in C."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import threading
+
+import pytest
+
+from telephony.providers import base
+from telephony.providers.base import StreamClosed, WebSocketStream
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def serve_frames(payloads: list[bytes]) -> tuple[str, threading.Thread]:
+    """A server that accepts one websocket and sends each payload as one unmasked text frame."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def run():
+        conn, _ = listener.accept()
+        with conn, listener:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key"))
+            accept = base64.b64encode(hashlib.sha1(key + GUID.encode()).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            for payload in payloads:
+                header = bytes([0x81, len(payload)]) if len(payload) < 126 else \
+                    bytes([0x81, 126]) + len(payload).to_bytes(2, "big")
+                conn.sendall(header + payload)
+            conn.recv(1)  # until the client goes
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return f"ws://127.0.0.1:{port}/", thread
+
+
+def test_it_checks_a_text_frames_utf8_without_websocket_clients_python_loop(monkeypatch):
+    """websocket-client's own check walked every byte in Python: a third of a millisecond per myCrm frame."""
+    def python_loop(_data):
+        raise AssertionError("UTF-8 checked byte by byte in Python")
+
+    monkeypatch.setattr("websocket._abnf.validate_utf8", python_loop)
+    frame = ('{"event": "callRinging", "displayName": "Zoë Lefèvre", "pad": "' + "x" * 400 + '"}').encode()
+    url, server = serve_frames([frame])
+    stream = WebSocketStream.connect(url, headers=[], timeout=5)
+    try:
+        assert stream.recv(5) == frame.decode()
+    finally:
+        stream.close()
+    server.join(5)
+
+
+def test_it_closes_the_stream_on_a_text_frame_that_is_not_utf8():
+    url, server = serve_frames([b'{"ok": 1}', b'{"name": "\xff\xfe"}'])
+    stream = WebSocketStream.connect(url, headers=[], timeout=5)
+    try:
+        assert stream.recv(5) == '{"ok": 1}'
+        with pytest.raises(StreamClosed, match="cannot decode"):
+            stream.recv(5)
+    finally:
+        stream.close()
+    server.join(5)
