@@ -53,10 +53,14 @@ def main() -> None:
     try:
         hub.start_simulator()
         terminals = _world(hub, args.terminals)
-        # Its own queue: the CRM tasks the hand-off queues are left in Redis, not run in the measured process.
+        # The default queue only, as a worker that holds sockets does: the CRM tasks the hand-off queues go to
+        # the call-events queue (an events worker's, in production) and are left in Redis, not run in the
+        # measured process. A worker without the default queue holds no sockets (ctihub/celery_steps.py).
+        from django.conf import settings
+
         from tests.support.processes import celery_worker
 
-        worker = celery_worker(f"bench-frame-cost-{hub.sim_port}", hub.env, "-Q", "bench-frame-cost")
+        worker = celery_worker(f"bench-frame-cost-{hub.sim_port}", hub.env, "-Q", settings.CELERY_TASK_DEFAULT_QUEUE)
         hub.processes.append(worker)
         wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
         from telephony.models import CallEvent, Listener

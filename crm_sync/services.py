@@ -164,8 +164,9 @@ def _start_events_settled(call_id: int, integration_ids: list[int]) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT COUNT(*) FROM {connection.ops.quote_name(CrmCallSync._meta.db_table)} WHERE call_id = %s"
-            " AND integration_id = ANY(%s) AND (in_event_sent_at IS NOT NULL OR events_skipped <> '')",
-            [call_id, list(integration_ids)])
+            f" AND integration_id IN ({', '.join(['%s'] * len(integration_ids))})"
+            " AND (in_event_sent_at IS NOT NULL OR events_skipped <> '')",
+            [call_id, *integration_ids])
         return cursor.fetchone()[0] == len(integration_ids)
 
 

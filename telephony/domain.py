@@ -143,7 +143,7 @@ def _lock_calls(updates: list[u.CallUpdate]) -> dict[tuple[int, str], Call]:
     where, params = _by_account(wanted, "pbx_call_id")
     # Locked in id order, so two workers with overlapping bursts queue instead of deadlocking.
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_CALL_COLUMNS} FROM {_CALL_TABLE} WHERE {where} ORDER BY id FOR UPDATE", params)
+        cursor.execute(f"SELECT {_CALL_COLUMNS} FROM {_CALL_TABLE} WHERE {where} ORDER BY id{_FOR_UPDATE}", params)
         rows = cursor.fetchall()
     calls = [_call_from_row(row) for row in rows]
     return {(call.account_id, call.pbx_call_id): call for call in calls}
@@ -171,12 +171,22 @@ def _call_from_row(row: tuple) -> Call:
 
 
 def _by_account(wanted: dict[int, set[str]], column: str) -> tuple[str, list]:
-    """``(account_id = %s AND <column> = ANY(%s)) OR ...`` for each account's set of ids."""
-    where = " OR ".join(f"(account_id = %s AND {column} = ANY(%s))" for _ in wanted)
+    """``(account_id = %s AND <column> IN (%s, ...)) OR ...`` for each account's set of ids.
+
+    ``IN`` rather than PostgreSQL's ``= ANY(%s)``: the embedded default (SQLite) runs this path too."""
+    where = " OR ".join(f"(account_id = %s AND {column} IN ({_placeholders(len(ids))}))" for ids in wanted.values())
     params: list = []
     for account_id, ids in wanted.items():
-        params += [account_id, sorted(ids)]
+        params += [account_id, *sorted(ids)]
     return where, params
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join(["%s"] * count)
+
+
+# SQLite (the embedded default) has no row locks; it writes one transaction at a time anyway.
+_FOR_UPDATE = " FOR UPDATE" if connection.features.has_select_for_update else ""
 
 
 _CALL_TABLE = connection.ops.quote_name(Call._meta.db_table)
@@ -217,7 +227,7 @@ def _stored_dedupe_keys(updates: list[u.CallUpdate]) -> set[str]:
     if not keys:
         return set()
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT dedupe_key FROM {_EVENT_TABLE} WHERE dedupe_key = ANY(%s)", [keys])
+        cursor.execute(f"SELECT dedupe_key FROM {_EVENT_TABLE} WHERE dedupe_key IN ({_placeholders(len(keys))})", keys)
         return {key for (key,) in cursor.fetchall()}
 
 
