@@ -66,7 +66,8 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
         return _rejected(account, str(exc))
     last_seq, answered = _last_seq_and_answered(account.pk, update.pbx_call_id)
     if last_seq is not None and update.seq <= last_seq and (answered or not branches.is_an_answer(update.payload)):
-        # Old news: a duplicate, a late or a replayed message (see _last_seq_and_answered). Telepo is alive all the same.
+        # Old news: a duplicate, a late or a replayed message (see _last_seq_and_answered).
+        # Telepo is alive all the same.
         _note_event(account)
         return JsonResponse({"ok": True, "applied": False})
     gap = _is_gap(last_seq, update.seq)
