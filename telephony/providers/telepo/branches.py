@@ -18,6 +18,9 @@ TERMINATED) under the call's ``call_id`` and its one ``seq_num`` sequence. So:
   keeps its state and ``answered_at`` stays empty. A call that ends so has the end
   cause ``no_answer`` (voicemail: the agent missed it) or ``transferred`` (a queue
   took it), the normalised causes that say so;
+* an older snapshot that saw the call answered (ACTIVE, HELD) gives a call held
+  as never answered its answer, though the call changed since it was asked
+  (``snapshot_answer``);
 * a snapshot cannot tell devices apart (its ``deviceIds`` have no type), so its
   ACTIVE for a call only a voicemail or a queue took does not make the agent's
   call answered either;
@@ -224,6 +227,25 @@ def settle_snapshot(update: CallUpdate, call: Call | None) -> CallUpdate:
         if taken_by(branches_of(stored_messages(call))) in NOT_THE_AGENT:
             return replace(update, state=call.state)
     return update
+
+
+def snapshot_answer(update: CallUpdate, call: Call | None, fetched_at) -> CallUpdate | None:
+    """The answer an older snapshot saw, for a call that changed since it was asked but is held as never
+    answered; None when it says nothing of the kind.
+
+    The snapshot's other news is older than the call's (``reconcile.apply_unless_newer``), but "it was
+    answered, at the latest when asked" stays true whatever came since, and may be the only word of it
+    (a CONFIRMED lost; the call ended as missed by a newer snapshot's absence). The agent's, not a
+    voicemail's (``settle_snapshot``). Only the answer: no state token or actions, an ended call
+    stays ended, a live one is talking.
+    """
+    if call is None or call.answered_at is not None or update.state not in ANSWERED_STATES:
+        return None
+    if frames.unknown_state(update) or taken_by(branches_of(stored_messages(call))) in NOT_THE_AGENT:
+        return None
+    state = u.ENDED if call.state == Call.State.ENDED else u.TALKING
+    return replace(update, state=state, answered_at=fetched_at, state_token=None, allowed_actions=None,
+                   end_cause=None)
 
 
 def _elsewhere_after_a_gap(update: CallUpdate, call: Call | None) -> bool:
