@@ -371,20 +371,31 @@ def _merge(call: Call, update: u.CallUpdate, terminals: dict) -> None:
 def _move_to_state(call: Call, update: u.CallUpdate) -> None:
     if call.state == Call.State.ENDED and update.state != u.ENDED:
         return
+    was_ended = call.state == Call.State.ENDED
     call.state = update.state
     if update.state in (u.TALKING, u.HELD) and call.answered_at is None:
         call.answered_at = update.answered_at or update.occurred_at
     if update.state == u.ENDED:
+        answered_late = False
         if call.answered_at is None and update.answered_at is not None:
             # The PBX says it was answered although we never saw it talking (myRCC coalesces snapshots,
-            # a Telepo CONFIRMED got lost): without this, an answered call would count as missed.
+            # a Telepo CONFIRMED got lost or came after the end): without this, an answered call would
+            # count as missed.
             call.answered_at = update.answered_at
+            answered_late = was_ended
         call.ended_at = call.ended_at or update.occurred_at
+        if answered_late and call.answered_at > call.ended_at:
+            call.answered_at = call.ended_at  # the end we had came first (a snapshot's): answered by then
         call.allowed_actions = []
         if update.end_cause:
             call.end_cause = update.end_cause
+        elif answered_late and call.end_cause == u.END_NO_ANSWER:
+            call.end_cause = u.END_HANGUP  # "missed" was only ever the lack of an answer
         elif not call.end_cause:
             call.end_cause = u.END_HANGUP if call.answered_at else u.END_NO_ANSWER
+        if answered_late:
+            # Ringing and talking were derived as never answered: derive them again.
+            call.ringing_ms = call.talking_ms = None
         _derive_durations(call, update)
 
 

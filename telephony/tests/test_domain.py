@@ -113,6 +113,28 @@ def test_it_counts_a_call_as_answered_when_the_pbx_says_so_though_no_talking_fra
 
 
 @pytest.mark.django_db
+def test_it_turns_a_call_ended_as_missed_into_an_answered_one_when_its_answer_comes_after_the_end(account):
+    # The end came first with nothing saying it was answered (a snapshot no longer listing the call);
+    # the PBX's answer, late, must not leave it missed, nor its durations those of a missed call.
+    apply_call_update(update(account, u.RINGING, "callAlerting", 0))
+    apply_call_update(update(account, u.ENDED, "snapshot", 30, frame_id="absent"))
+    assert Call.objects.get().end_cause == u.END_NO_ANSWER
+    apply_call_update(update(account, u.ENDED, "webhook", 5, frame_id="late", answered_at=T0 + timedelta(seconds=5)))
+    call = Call.objects.get()
+    assert (call.state, call.end_cause, call.answered_at, call.ended_at, call.ringing_ms, call.talking_ms) == (
+        "ended", u.END_HANGUP, T0 + timedelta(seconds=5), T0 + timedelta(seconds=30), 5000, 25000)
+
+
+@pytest.mark.django_db
+def test_it_keeps_a_cause_the_pbx_gave_when_an_answer_comes_after_the_end(account):
+    apply_call_update(update(account, u.RINGING, "callAlerting", 0))
+    apply_call_update(update(account, u.ENDED, "callDropped", 30, frame_id="end", end_cause=u.END_TRANSFERRED))
+    apply_call_update(update(account, u.ENDED, "webhook", 5, frame_id="late", answered_at=T0 + timedelta(seconds=5)))
+    call = Call.objects.get()
+    assert (call.end_cause, call.answered_at) == (u.END_TRANSFERRED, T0 + timedelta(seconds=5))
+
+
+@pytest.mark.django_db
 def test_it_takes_durations_from_the_pbx_when_it_gives_them(account):
     apply_call_update(update(account, u.RINGING, "callAlerting", 0))
     apply_call_update(update(account, u.ENDED, "callDropped", 1, ringing_ms=262, talking_ms=81))

@@ -18,6 +18,9 @@ TERMINATED) under the call's ``call_id`` and its one ``seq_num`` sequence. So:
   keeps its state and ``answered_at`` stays empty. A call that ends so has the end
   cause ``no_answer`` (voicemail: the agent missed it) or ``transferred`` (a queue
   took it), the normalised causes that say so;
+* an older snapshot that saw the call answered (ACTIVE, HELD) gives a call held
+  as never answered its answer, though the call changed since it was asked
+  (``snapshot_answer``);
 * a snapshot cannot tell devices apart (its ``deviceIds`` have no type), so its
   ACTIVE for a call only a voicemail or a queue took does not make the agent's
   call answered either;
@@ -26,6 +29,12 @@ TERMINATED) under the call's ``call_id`` and its one ``seq_num`` sequence. So:
   device of the same user answered, whose messages are late or lost: the call is
   left live and the snapshot the gap asks for decides (listed: it goes on;
   absent: it ends, with the cause its last TERMINATED gave).
+* an agent's answer (a CONFIRMED, or a TERMINATED HANGUP that implies one) for a
+  call we hold as never answered is always taken, however it comes: after the
+  call ended (the snapshot's absence ended it while its webhooks lagged, or an
+  end that did not say why came first) and below the call's ``last_seq``. It
+  gives the call its ``answered_at`` and nothing else (``late_answer``): an
+  answered call is never recorded as missed because its messages came late.
 
 Nothing new is stored: a call's branches are read back from its stored webhook
 events (their payloads are the messages as Telepo sent them) in the transaction
@@ -138,11 +147,45 @@ def absent_end_cause(call: Call) -> str | None:
 
 # --- settling an update against the call --------------------------------------------------------
 
+def is_an_answer(message: dict) -> bool:
+    """True when the message says the agent answered: their device's CONFIRMED, or the HANGUP that implies one."""
+    return _is_the_agent(message) and (message.get("state") == "CONFIRMED" or _ended_by_hangup(message))
+
+
+def late_answer(update: CallUpdate, call: Call | None) -> CallUpdate | None:
+    """The answer an agent's message brings to a call held as never answered that has moved past it; else None.
+
+    Past it: the call ended (the snapshot's absence, or a TERMINATED that did not say it was
+    answered, got in first), or a newer message came first (``seq`` at or below ``last_seq``:
+    the domain drops that as old news). Telepo's webhooks come duplicated, out of order and
+    behind its snapshot, so the answer may come last; dropped, the answered call would stay
+    missed. What it brings is the answer alone: an ended call stays ended (with the answer's
+    time, the domain makes its cause a hangup) and a live one takes it as talking; the message's
+    seq counts only when it is the newest.
+    """
+    if call is None or call.answered_at is not None or not is_an_answer(update.payload):
+        return None
+    older = update.seq is not None and call.last_seq is not None and update.seq <= call.last_seq
+    if call.state != Call.State.ENDED and not older:
+        return None  # in its turn: the usual way (below) takes it
+    seq = None if older else update.seq
+    if call.state == Call.State.ENDED:
+        # A HANGUP says it was answered at the latest when it ended: its own time, as implied_answer.
+        return replace(update, state=u.ENDED, answered_at=update.occurred_at, end_cause=None, allowed_actions=None,
+                       seq=seq)
+    if update.state == u.TALKING:
+        return replace(update, seq=None)
+    return frames.implied_answer(update)  # an older HANGUP of one branch: its answer, the call goes on
+
+
 def settle_webhook(update: CallUpdate, call: Call | None) -> list[CallUpdate]:
     """The updates one webhook message comes to, in order, for ``call`` (locked; None for a new call)."""
     body = update.payload
     state = body.get("state")
     live = call is not None and call.state != Call.State.ENDED
+    answer = late_answer(update, call)
+    if answer is not None:
+        return [answer]
     if call is not None and call.external_phone and update.external_phone is not None:
         # The number dialled is the call's first (or a snapshot's history): a later message of another
         # device names that device's number (see frames).
@@ -184,6 +227,25 @@ def settle_snapshot(update: CallUpdate, call: Call | None) -> CallUpdate:
         if taken_by(branches_of(stored_messages(call))) in NOT_THE_AGENT:
             return replace(update, state=call.state)
     return update
+
+
+def snapshot_answer(update: CallUpdate, call: Call | None, fetched_at) -> CallUpdate | None:
+    """The answer an older snapshot saw, for a call that changed since it was asked but is held as never
+    answered; None when it says nothing of the kind.
+
+    The snapshot's other news is older than the call's (``reconcile.apply_unless_newer``), but "it was
+    answered, at the latest when asked" stays true whatever came since, and may be the only word of it
+    (a CONFIRMED lost; the call ended as missed by a newer snapshot's absence). The agent's, not a
+    voicemail's (``settle_snapshot``). Only the answer: no state token or actions, an ended call
+    stays ended, a live one is talking.
+    """
+    if call is None or call.answered_at is not None or update.state not in ANSWERED_STATES:
+        return None
+    if frames.unknown_state(update) or taken_by(branches_of(stored_messages(call))) in NOT_THE_AGENT:
+        return None
+    state = u.ENDED if call.state == Call.State.ENDED else u.TALKING
+    return replace(update, state=state, answered_at=fetched_at, state_token=None, allowed_actions=None,
+                   end_cause=None)
 
 
 def _elsewhere_after_a_gap(update: CallUpdate, call: Call | None) -> bool:

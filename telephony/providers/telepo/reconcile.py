@@ -10,7 +10,7 @@ keeps its call live in its last known state (``branches.settle_snapshot``).
 
 A snapshot describes the PBX at the moment it was asked. A call that changed
 here after that moment (a webhook got in first) is left alone: the older
-snapshot must not undo it. With ``fullState``, a call we think is live but
+snapshot must not undo it, though an answer it saw still counts. With ``fullState``, a call we think is live but
 the snapshot no longer lists has ended at the PBX and is ended here, unless
 Telepo spoke of it less than ``ABSENCE_GRACE`` ago (see there).
 """
@@ -133,7 +133,9 @@ def apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> AppliedUpdat
     with transaction.atomic():
         current = branches.lock_call(update.account_id, update.pbx_call_id)
         if current is not None and current.updated_at >= fetched_at:
-            return None
+            # Older than the call's news, but an answer it saw is still news (branches.snapshot_answer).
+            answer = branches.snapshot_answer(update, current, fetched_at)
+            return apply_call_update(answer) if answer is not None else None
         return apply_call_update(branches.settle_snapshot(update, current))
 
 

@@ -64,9 +64,10 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
         update = parse_webhook_body(request.body, account.pk)
     except FrameRejected as exc:
         return _rejected(account, str(exc))
-    last_seq = _last_seq(account.pk, update.pbx_call_id)
-    if last_seq is not None and update.seq <= last_seq:
-        # Old news: a duplicate, a late or a replayed message (see _last_seq). Telepo is alive all the same.
+    last_seq, answered = _last_seq_and_answered(account.pk, update.pbx_call_id)
+    if last_seq is not None and update.seq <= last_seq and (answered or not branches.is_an_answer(update.payload)):
+        # Old news: a duplicate, a late or a replayed message (see _last_seq_and_answered).
+        # Telepo is alive all the same.
         _note_event(account)
         return JsonResponse({"ok": True, "applied": False})
     gap = _is_gap(last_seq, update.seq)
@@ -113,8 +114,9 @@ def _rejected(account: PbxAccount, reason: str) -> JsonResponse:
     return JsonResponse({"error": reason}, status=400)
 
 
-def _last_seq(account_id: int, call_id: str) -> int | None:
-    """The newest message number applied to this call, None for a call we never had a message of.
+def _last_seq_and_answered(account_id: int, call_id: str) -> tuple[int | None, bool]:
+    """The newest message number applied to this call (None for a call we never had a message of),
+    and whether we know the call was answered.
 
     Telepo's call ids are unique and it numbers a call's messages, so a message
     numbered at or below this was seen, or superseded, whatever its timestamp
@@ -123,8 +125,14 @@ def _last_seq(account_id: int, call_id: str) -> int | None:
     TERMINATED imply an answer to a call it cannot find. The domain drops such
     a message too; answering here keeps it from reaching the domain at all.
     last_seq only grows, so a message that is old news when read stays so.
+
+    Except an agent's answer for a call we hold as never answered: Telepo delivers out
+    of order and the end may come first, so that answer is news whatever its number
+    (``branches.late_answer``). Once the call is answered, it is old news too.
     """
-    return Call.objects.filter(account_id=account_id, pbx_call_id=call_id).values_list("last_seq", flat=True).first()
+    row = (Call.objects.filter(account_id=account_id, pbx_call_id=call_id)
+           .values_list("last_seq", "answered_at").first())
+    return (None, False) if row is None else (row[0], row[1] is not None)
 
 
 def _is_gap(last_seq: int | None, seq: int) -> bool:

@@ -11,6 +11,7 @@ from telephony import updates as u
 from telephony.domain import apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.telepo import tasks
+from telephony.providers.telepo.frames import parse_snapshot
 from telephony.providers.telepo.reconcile import (
     ABSENCE_GRACE,
     _live_calls_missing,
@@ -147,3 +148,45 @@ def test_it_logs_a_failed_user_reconcile_without_raising(account, terminal, worl
 def test_it_reconciles_when_a_worker_starts(queued):
     tasks._reconcile_on_start()
     assert queued == [("reconcile_telepo_accounts_task", ())]
+
+
+@pytest.mark.parametrize("since", ["ended-as-missed", "still-ringing"])
+def test_it_takes_the_answer_an_older_snapshot_saw_though_the_call_changed_since(account, terminal, world, since):
+    # Two reconciles overlap: the first asked while the call was ACTIVE at Telepo, the second (or a
+    # webhook) changed the call before the first applied. The call's other news wins, but "it was
+    # answered" is true whatever came since, and may be the only word of it (its CONFIRMED lost).
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    world.answer(sim_call.call_id)
+    asked_at = timezone.now()
+    snapshot = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, asked_at).updates[0]
+    if since == "ended-as-missed":
+        apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.ENDED,
+                                       kind="snapshot", payload={"absentFromSnapshot": True},
+                                       occurred_at=timezone.now(), frame_id="absent"))
+    else:
+        apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.RINGING,
+                                       kind="webhook", payload={}, occurred_at=timezone.now(), seq=1))
+    assert Call.objects.get().answered_at is None
+
+    assert apply_unless_newer(snapshot, asked_at).changed
+    call = Call.objects.get()
+    assert call.answered_at == asked_at  # at the latest when the snapshot was asked
+    if since == "ended-as-missed":
+        assert (call.state, call.end_cause) == ("ended", u.END_HANGUP)
+    else:
+        assert call.state == "talking"
+    assert apply_unless_newer(snapshot, asked_at) is None  # once
+
+
+def test_it_takes_no_answer_from_an_older_snapshot_of_a_call_only_a_voicemail_took(account, terminal, world):
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    world.answer(sim_call.call_id)
+    asked_at = timezone.now()
+    snapshot = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, asked_at).updates[0]
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.RINGING,
+                                   kind="webhook", payload={"state": "CONFIRMED", "device_type": "VOICEMAIL",
+                                                            "seq_num": 2}, occurred_at=timezone.now(), seq=2))
+    assert apply_unless_newer(snapshot, asked_at) is None
+    assert Call.objects.get().answered_at is None

@@ -19,6 +19,7 @@ from django.utils import timezone
 from telephony import updates as u
 from telephony.models import Call, CallEvent, PbxAccount
 from telephony.providers.telepo import views
+from telephony.providers.telepo.frames import parse_webhook
 from telephony.providers.telepo.reconcile import ABSENCE_GRACE, reconcile_user
 from telephony.providers.telepo.tests.conftest import ALICE, SECRET
 from tests.factories import make_account, make_agent, make_terminal
@@ -261,3 +262,75 @@ def test_it_records_the_implied_answer_once_when_the_end_comes_first(account, te
     kinds = list(CallEvent.objects.filter(call__pbx_call_id=call_id).order_by("id").values_list("payload__state",
                                                                                                  flat=True))
     assert kinds == ["TERMINATED", "TERMINATED"]  # the implied answer (from the hangup), then the end itself
+
+
+# --- an answer learnt after the end ----------------------------------------------------------------
+
+def ended_by_the_snapshot_before_its_answer_came(account, world, hang_up_reason: str | None = "HANGUP"):
+    """An answered call whose TRYING alone got in before Telepo's snapshot stopped listing it.
+
+    Telepo's webhooks lag behind its snapshot by more than the grace (a busy PBX, or ours): the
+    snapshot's absence ends the call with nothing that says it was answered. Returns the call id
+    and its CONFIRMED and TERMINATED, still on the way.
+    """
+    call_id, messages = answered_call(world)
+    if hang_up_reason is None:  # a TERMINATED that does not say why (the spec does not promise one)
+        messages[2] = {k: v for k, v in messages[2].items() if k != "termination-reason"}
+    post(messages[0])
+    Call.objects.filter(pbx_call_id=call_id).update(updated_at=timezone.now() - ABSENCE_GRACE - timedelta(seconds=1))
+    assert reconcile_user(account, ALICE).ended == 1
+    missed = the_call(account, call_id)
+    assert (missed.state, missed.end_cause, missed.answered_at) == ("ended", u.END_NO_ANSWER, None)
+    return call_id, messages[1], messages[2]
+
+
+@pytest.mark.parametrize("late", ["confirmed-first", "terminated-first"])
+def test_it_records_an_answer_that_arrives_after_the_snapshot_ended_the_call_as_missed(
+    account, terminal, world, queued, late
+):
+    call_id, confirmed, terminated = ended_by_the_snapshot_before_its_answer_came(account, world)
+    order = [confirmed, terminated] if late == "confirmed-first" else [terminated, confirmed]
+    for message in order + order:  # each delivered twice
+        assert post(message).status_code == 200
+    call = the_call(account, call_id)
+    assert (call.state, call.end_cause, call.last_seq) == ("ended", u.END_HANGUP, 3)
+    assert call.answered_at is not None and call.answered_at <= call.ended_at
+    assert call.talking_ms == int((call.ended_at - call.answered_at).total_seconds() * 1000)
+    assert call.ringing_ms == int((call.answered_at - call.created_at).total_seconds() * 1000)
+
+
+def test_it_takes_a_lower_seq_confirmed_after_an_end_that_does_not_say_why_for_the_answer(
+    account, terminal, world, queued
+):
+    call_id, messages = answered_call(world)
+    messages[2] = {k: v for k, v in messages[2].items() if k != "termination-reason"}
+    for message in (messages[0], messages[2], messages[1], messages[1]):  # the CONFIRMED last (and twice)
+        assert post(message).status_code == 200
+    call = the_call(account, call_id)
+    assert (call.state, call.end_cause, call.last_seq) == ("ended", u.END_HANGUP, 3)
+    assert call.answered_at == parse_webhook(messages[1], account.pk).occurred_at
+    assert events_of(call) == [1, 3, 2]  # each message stored once
+    version = call.version
+    assert post(messages[1]).json()["applied"] is False  # old news now that the answer is known
+    assert the_call(account, call_id).version == version
+
+
+def test_it_records_a_late_answer_after_a_snapshot_end_and_an_end_that_does_not_say_why(
+    account, terminal, world, queued
+):
+    call_id, confirmed, terminated = ended_by_the_snapshot_before_its_answer_came(account, world, None)
+    post(terminated)
+    post(confirmed)
+    call = the_call(account, call_id)
+    assert (call.state, call.end_cause, call.last_seq) == ("ended", u.END_HANGUP, 3)
+    assert call.answered_at is not None
+
+
+def test_it_keeps_a_voicemails_late_confirmed_from_answering_a_missed_call(account, terminal, world, queued):
+    call_id, messages = answered_call(world)
+    voicemail = {**messages[1], "device_type": "VOICEMAIL"}
+    unsaid = {k: v for k, v in messages[2].items() if k != "termination-reason"}
+    for message in (messages[0], unsaid, voicemail):
+        post(message)
+    call = the_call(account, call_id)
+    assert (call.state, call.end_cause, call.answered_at) == ("ended", u.END_NO_ANSWER, None)
