@@ -10,11 +10,22 @@ loop) is unchanged. Selected by ``CELERY_BROKER_TRANSPORT`` (ctihub/settings.py)
 
 from __future__ import annotations
 
+import redis
 from kombu.transport import redis as kombu_redis
 
 
 class Channel(kombu_redis.Channel):
     _publishing_client = None
+
+    def _get_pool(self, asynchronous=False):
+        # A worker whose Redis went away closes its connection, then its channel, which restores the
+        # messages it had not acked: that asks for a client, and kombu builds its pool from the closed
+        # connection's settings (None), an AttributeError that Celery calls unrecoverable: the worker
+        # exited on a Redis restart. As a connection error it is ignored and the worker reconnects.
+        try:
+            return super()._get_pool(asynchronous=asynchronous)
+        except AttributeError as exc:
+            raise redis.exceptions.ConnectionError("the broker connection is closed") from exc
 
     def _create_client(self, asynchronous=False):
         if asynchronous:

@@ -110,3 +110,23 @@ def test_it_pipelines_a_burst_of_cards_to_their_groups_in_order_in_two_round_tri
         client.close()
     finally:
         loop.close()
+
+
+def test_it_answers_a_client_asked_of_a_closed_broker_connection_with_a_connection_error():
+    """Celery ignores connection errors while it closes a lost connection, and exits on anything else.
+
+    A Redis restart closed the worker's connection; closing its channel then restored its unacked
+    messages, which asked for a client of the closed connection: an AttributeError, and the worker
+    exited ("Unrecoverable error"), holding no PBX socket until restarted.
+    """
+    import redis
+    from django.conf import settings
+    from kombu import Connection
+
+    connection = Connection(settings.REDIS_URL, transport="ctihub.broker:Transport")
+    channel = connection.default_channel
+    channel._create_client()
+    connection._close()
+    assert redis.exceptions.ConnectionError in connection.connection_errors
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel._create_client()
