@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Least, Now
 from django.utils import timezone
@@ -238,9 +238,21 @@ def _claim(row_id: int, claim_field: str, token: str, extra: Q | None = None) ->
 
 
 def _release(row_id: int, claim_field: str, token: str, **fields) -> None:
-    CrmCallSync.objects.filter(pk=row_id, **{f"{claim_field}_claim": token}).update(
-        **{f"{claim_field}_claimed_until": None, f"{claim_field}_claim": ""}, **fields
-    )
+    def release():
+        CrmCallSync.objects.filter(pk=row_id, **{f"{claim_field}_claim": token}).update(
+            **{f"{claim_field}_claimed_until": None, f"{claim_field}_claim": ""}, **fields
+        )
+
+    try:
+        release()
+    except (OperationalError, InterfaceError):
+        # The database dropped this connection between the claim and here (a restart, a failover): the
+        # claim would hold the call's events for CLAIM_LEASE, and a start event is stale after a minute,
+        # so it was never sent. Once more on a new connection (none inside a transaction: it is gone).
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        release()
 
 
 def send_due_events(row: CrmCallSync, integration: RetailCrmIntegration) -> list[str]:

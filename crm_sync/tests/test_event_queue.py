@@ -101,3 +101,18 @@ def test_it_sends_a_call_event_in_a_dozen_statements(world):
     row = CrmCallSync.objects.get(call=call)
     assert (row.site_code, row.external_phone) == ("shop1", "+74999999999")  # the shop, written with the event
     assert row.outbox_at is not None
+
+
+def test_it_sends_a_call_events_task_again_soon_when_the_database_dropped_its_connection(monkeypatch):
+    # Not left to the sweep: a start event is stale after a minute. (Run eagerly, each retry runs at once.)
+    from django.db import OperationalError
+
+    tries = []
+
+    def dropped(call_id):
+        tries.append(call_id)
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(tasks.services, "sync_call", dropped)
+    tasks.sync_call_task.apply(args=[1])
+    assert len(tries) == tasks.SELF_RETRIES + 1

@@ -83,6 +83,39 @@ def test_it_leaves_the_events_to_the_worker_holding_the_claim(world):
     assert [e["type"] for e in world.crm.events()] == ["in"]
 
 
+@pytest.mark.django_db(transaction=True)  # a dropped connection cannot live inside the test's transaction
+def test_it_frees_the_events_claim_when_the_database_drops_the_connection_after_the_claim(world, monkeypatch):
+    # Seen in the database-drop fault test: the claim committed, then PostgreSQL terminated the
+    # connection, and the release failed on it too: the claim held the call's events for CLAIM_LEASE,
+    # and by then its start event was stale, so retailCRM never heard of the call.
+    from django.db import OperationalError, connections
+
+    call = ringing(world)
+    real_due_event = services._due_event
+
+    def due_event_on_a_dropped_connection(row, call):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        finally:
+            other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")  # the connection is gone: OperationalError
+        return real_due_event(row, call)
+
+    monkeypatch.setattr(services, "_due_event", due_event_on_a_dropped_connection)
+    with pytest.raises(OperationalError):
+        services.sync_call(call.pk)
+    monkeypatch.setattr(services, "_due_event", real_due_event)
+    row = row_of(call, world)
+    assert row.events_claim == "" and row.events_claimed_until is None
+    assert services.sync_call(call.pk).sent == ["in"]  # at once, not after the claim's lease
+
+
 def test_it_takes_an_event_that_got_no_answer_as_delivered_and_never_resends_it(world, caplog):
     call = ringing(world)
     CrmCallSync.objects.create(integration=world.integration, call=call, events_in_flight="in")
