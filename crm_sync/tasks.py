@@ -12,7 +12,6 @@ import logging
 import uuid
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError, connection
 
 from crm_sync import services
 from crm_sync.models import RetailCrmIntegration
@@ -52,13 +51,6 @@ def sync_call_task(self, call_id: int) -> None:
             raise self.retry(countdown=exc.delay, max_retries=SELF_RETRIES)
         logger.warning("call %s: retailCRM still unavailable (%s); the sweep will retry", call_id, exc)
         return
-    except (OperationalError, InterfaceError) as exc:
-        # The database dropped the connection: a start event must not wait for the sweep (it is stale
-        # after a minute). Again on a new connection, shortly.
-        connection.close()
-        if self.request.retries < SELF_RETRIES:
-            raise self.retry(countdown=1, max_retries=SELF_RETRIES) from exc
-        raise
     for integration_id in report.outboxed:
         schedule_drain(integration_id, UPLOAD_GATHER_SECONDS)
 

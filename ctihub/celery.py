@@ -6,12 +6,28 @@ sockets are not tasks (see ``telephony.supervisor``).
 
 import os
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import after_setup_logger, beat_init, worker_init
+from django.db import InterfaceError, OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 
-app = Celery("ctihub")
+
+class HubTask(Task):
+    """Every task of the hub: one whose database connection was dropped runs again a second later.
+
+    A restart, a failover or ``pg_terminate_backend`` fails the one task using the connection; Django's
+    Celery fix-up closes that connection after it, so the retry gets a new one. Tasks take ids and are
+    idempotent (acks late, claims on rows), so a retry is safe, and nothing waits for a sweep: a
+    retailCRM start event left to one went stale and was never sent.
+    """
+
+    autoretry_for = (OperationalError, InterfaceError)
+    retry_kwargs = {"max_retries": 3, "countdown": 1}
+    retry_jitter = False
+
+
+app = Celery("ctihub", task_cls=HubTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider
