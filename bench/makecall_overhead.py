@@ -81,6 +81,30 @@ def timed_run(rate: float, seconds: float, send, label: str = "") -> tuple[list[
     return latencies, errors, achieved
 
 
+def click_world(sim_url: str):
+    """The world every makeCallUrl benchmark clicks in: a myRCC account on the simulator, agent ann
+    (code 101, retailCRM user 7) on its extension, and a retailCRM integration. Returns (account, integration)."""
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import Agent
+    from crm_sync.models import RetailCrmIntegration
+    from telephony import control
+    from telephony.models import PbxAccount, Terminal
+    from tests.support.sim_control import IstraControl
+
+    sim = IstraControl(sim_url)
+    sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
+    sim.add_extension(AGENT_EXTENSION, "101", enterprise="acme", myrcc=True)
+    account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYRCC, enterprise="acme",
+                                        base_url=f"{sim_url}/restletrouter", login="rccadmin", password="s3cret")
+    control.sync_terminals(account)
+    agent = Agent.objects.create(user=get_user_model().objects.create_user("ann"), extension_code="101",
+                                 retailcrm_user_id="7")
+    Terminal.objects.filter(account=account, pbx_id=AGENT_EXTENSION).update(agent=agent)
+    integration = RetailCrmIntegration.objects.create(name="bench", crm_url=sim_url, api_key="k" * 32)
+    return account, integration
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -310,30 +334,13 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(part) for part in args.processes.split(",") if part]
     setup_django()
-    from django.contrib.auth import get_user_model
-
-    from accounts.models import Agent
     from bench.procs import BenchHub, hub_env
-    from crm_sync.models import RetailCrmIntegration
-    from telephony import control
-    from telephony.models import PbxAccount, Terminal
     from telephony.providers import provider_for
-    from tests.support.sim_control import IstraControl
 
     sim_hub = BenchHub(hub_env())
     try:
         sim_hub.start_simulator()
-        sim = IstraControl(sim_hub.sim_url)
-        sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
-        sim.add_extension(AGENT_EXTENSION, "101", enterprise="acme", myrcc=True)
-        account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYRCC, enterprise="acme",
-                                            base_url=f"{sim_hub.sim_url}/restletrouter", login="rccadmin",
-                                            password="s3cret")
-        control.sync_terminals(account)
-        agent = Agent.objects.create(user=get_user_model().objects.create_user("ann"), extension_code="101",
-                                     retailcrm_user_id="7")
-        Terminal.objects.filter(account=account, pbx_id=AGENT_EXTENSION).update(agent=agent)
-        integration = RetailCrmIntegration.objects.create(name="bench", crm_url=sim_hub.sim_url, api_key="k" * 32)
+        account, integration = click_world(sim_hub.sim_url)
         provider = provider_for(account)
         provider.test_connection()  # log in before timing
         load = Load(provider, integration.client_id)

@@ -24,8 +24,7 @@ import time
 from unittest import mock
 
 from bench.common import figure, setup_django
-
-AGENT_EXTENSION = "897778778"
+from bench.makecall_overhead import AGENT_EXTENSION, click_world
 
 
 def main() -> None:
@@ -38,32 +37,16 @@ def main() -> None:
     os.environ["BENCH_FLOORS"] = "true"
     os.environ["PUBLIC_RATE_LIMIT_PER_SECOND"] = "100000"
     setup_django()
-    from django.contrib.auth import get_user_model
-
-    from accounts.models import Agent
     from bench.procs import BenchHub, hub_env
-    from crm_sync.models import RetailCrmIntegration
     from ctihub import ratelimit
     from ctihub.http_pool import PooledASGIHandler
     from telephony import control
-    from telephony.models import PbxAccount, Terminal
     from telephony.providers.istra_myrcc.transport import MyRccProvider
-    from tests.support.sim_control import IstraControl
 
     hub = BenchHub(hub_env())
     try:
         hub.start_simulator()
-        sim = IstraControl(hub.sim_url)
-        sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
-        sim.add_extension(AGENT_EXTENSION, "101", enterprise="acme", myrcc=True)
-        account = PbxAccount.objects.create(name="bench", kind=PbxAccount.Kind.ISTRA_MYRCC, enterprise="acme",
-                                            base_url=f"{hub.sim_url}/restletrouter", login="rccadmin",
-                                            password="s3cret")
-        control.sync_terminals(account)
-        agent = Agent.objects.create(user=get_user_model().objects.create_user("ann"), extension_code="101",
-                                     retailcrm_user_id="7")
-        Terminal.objects.filter(account=account, pbx_id=AGENT_EXTENSION).update(agent=agent)
-        integration = RetailCrmIntegration.objects.create(name="bench", crm_url=hub.sim_url, api_key="k" * 32)
+        account, integration = click_world(hub.sim_url)
 
         handler = PooledASGIHandler()
         query = f"clientId={integration.client_id}&code=101&phone=%2B33612345678&userId=7".encode()

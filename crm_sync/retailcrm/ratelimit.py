@@ -45,41 +45,10 @@ HIGH = "high"  # call events, the responsible-manager lookup of a ringing call
 LOW = "low"  # uploads to the call history, anything that can wait
 LOW_RESERVE = 1  # tokens a low-priority request leaves in the bucket
 
-# KEYS[1] the bucket; ARGV: rate (tokens/s), capacity, key ttl (ms).
-# Returns 0 when a token was taken, else how many milliseconds until one will be there.
-TAKE_TOKEN = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-local elapsed = now - ts
-if elapsed < 0 then elapsed = 0 end
-tokens = math.min(capacity, tokens + elapsed * rate / 1000000)
-local wait_ms = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait_ms = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-return wait_ms
-"""
-
-
-# The same bucket, with priorities. KEYS[1] the bucket, KEYS[2] the high-priority waiters (a sorted set:
-# waiter id -> when its registration lapses, in microseconds of Redis's clock), KEYS[3] a timeline that
-# only a benchmark creates (each grant, and each high request's refusals, appended while it exists).
-# ARGV: rate, capacity, key ttl (ms), priority (1 high, 0 low), waiter id, low reserve.
-# Returns 0 when a token was taken, else the milliseconds to wait before trying again.
-TAKE_TOKEN_BY_PRIORITY = """
+# The token bucket both scripts share: refill from Redis's clock up to the capacity. KEYS[1] the bucket;
+# ARGV[1] rate (tokens/s), ARGV[2] capacity, ARGV[3] the key's ttl (ms). Leaves `tokens`, `now_parts`,
+# `now`, `rate` and `wait_ms` (0) for the decision that follows, and BUCKET_SAVE writes the bucket back.
+_BUCKET_REFILL = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
 local rate = tonumber(ARGV[1])
@@ -96,6 +65,29 @@ local elapsed = now - ts
 if elapsed < 0 then elapsed = 0 end
 tokens = math.min(capacity, tokens + elapsed * rate / 1000000)
 local wait_ms = 0
+"""
+_BUCKET_SAVE = """
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ttl)
+"""
+
+# One token, no priorities (the inbound limit, ctihub.ratelimit).
+# Returns 0 when a token was taken, else how many milliseconds until one will be there.
+TAKE_TOKEN = _BUCKET_REFILL + """
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait_ms = math.ceil((1 - tokens) * 1000 / rate)
+end
+""" + _BUCKET_SAVE + "return wait_ms\n"
+
+
+# The same bucket, with priorities. KEYS[2] the high-priority waiters (a sorted set: waiter id -> when its
+# registration lapses, in microseconds of Redis's clock), KEYS[3] a timeline that only a benchmark creates
+# (each grant, and each high request's refusals, appended while it exists).
+# ARGV[4] priority (1 high, 0 low), ARGV[5] waiter id, ARGV[6] low reserve.
+# Returns 0 when a token was taken, else the milliseconds to wait before trying again.
+TAKE_TOKEN_BY_PRIORITY = _BUCKET_REFILL + """
 if ARGV[4] == '1' then
   if tokens >= 1 then
     tokens = tokens - 1
@@ -117,8 +109,7 @@ else
     wait_ms = math.ceil((need - tokens) * 1000 / rate)
   end
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], ttl)
+""" + _BUCKET_SAVE + """
 if redis.call('EXISTS', KEYS[3]) == 1 and (wait_ms == 0 or ARGV[4] == '1') then
   local what = 'waiting'
   if wait_ms == 0 then what = 'granted' end
