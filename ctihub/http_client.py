@@ -26,10 +26,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
-from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
-from requests.hooks import default_hooks, dispatch_hook
+from requests.cookies import extract_cookies_to_jar
+from requests.hooks import dispatch_hook
 from requests.structures import CaseInsensitiveDict
-from requests.utils import check_header_validity, get_auth_from_url
 from urllib3 import HTTPHeaderDict
 
 logger = logging.getLogger("ctihub.http")
@@ -43,8 +42,6 @@ LEAN_ARGUMENTS = frozenset({"headers", "params", "data", "json", "auth", "timeou
                             "allow_redirects"})
 # Hosts whose environment settings a client keeps (retailCRM's client meets one host per shop).
 MAX_HOSTS_REMEMBERED = 256
-# URLs whose prepared form a client keeps (_plain_prepared); a PBX or retailCRM client uses a few dozen.
-MAX_URLS_REMEMBERED = 1024
 
 
 class HttpError(Exception):
@@ -81,7 +78,6 @@ class HttpClient:
         self.session = requests.Session()
         self.session.trust_env = False  # the environment is read once per host: _environment_for
         self._environment: dict[tuple[str, str], tuple[dict, object]] = {}
-        self._prepared_urls: dict[str, str | None] = {}  # _plain_prepared: None for a URL with credentials
         if verify is True:
             # What requests would use instead of its own bundle (trust_env): read once here.
             verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
@@ -176,12 +172,10 @@ class HttpClient:
             merged.update(headers)
             for name in [name for name, value in merged.items() if value is None]:
                 del merged[name]
-        prepared = self._plain_prepared(method, url, merged, params, data, json, auth)
-        if prepared is None:
-            prepared = requests.PreparedRequest()
-            prepared.prepare(method=method.upper(), url=url, headers=merged, data=data or {}, json=json,
-                             params=params or {}, auth=auth or self.session.auth, cookies=self.session.cookies,
-                             hooks=self.session.hooks)
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method.upper(), url=url, headers=merged, data=data or {}, json=json,
+                         params=params or {}, auth=auth or self.session.auth, cookies=self.session.cookies,
+                         hooks=self.session.hooks)
         started = time.perf_counter()
         response = self.adapter.send(prepared, stream=bool(stream), timeout=timeout,
                                      verify=self.session.verify if verify is None else verify,
@@ -194,54 +188,9 @@ class HttpClient:
             response.content  # noqa: B018 - read the body now, as requests does, so the connection goes back
         return response
 
-    def _plain_prepared(self, method: str, url: str, headers: CaseInsensitiveDict, params, data, json,
-                        auth) -> requests.PreparedRequest | None:
-        """What ``PreparedRequest.prepare`` makes of the usual request, in a few steps; None for any other.
-
-        The usual request (every PBX request): no query parameters apart from the URL's own, a body
-        already in bytes or none, no auth, an empty cookie jar and no session hooks. For it ``prepare``
-        parsed and requoted the same URL every time, looked the body up against ``typing`` Protocols and
-        asked the empty jar for a Cookie header: a fifth of a PBX request's CPU in Python (issue 16).
-        Here the prepared URL is kept per URL, each header is still checked as ``prepare`` checks it
-        (no CR/LF or leading space: no header injection) and Content-Length is set as it sets it.
-        """
-        jar = self.session.cookies
-        if (params or json is not None or auth or self.session.auth or not isinstance(data, (bytes, type(None)))
-                or type(jar) is not RequestsCookieJar or jar._cookies or self.session.hooks != _NO_HOOKS):
-            return None
-        prepared_url = self._prepared_urls.get(url, "")
-        if prepared_url == "":
-            scratch = requests.PreparedRequest()
-            scratch.prepare_url(url, None)  # raises what prepare() raises for a bad URL, and is not kept then
-            # A URL with user:password@ gets basic auth from prepare(): not the usual request.
-            prepared_url = None if any(get_auth_from_url(scratch.url)) else scratch.url
-            if len(self._prepared_urls) >= MAX_URLS_REMEMBERED:
-                self._prepared_urls.clear()
-            self._prepared_urls[url] = prepared_url
-        if prepared_url is None:
-            return None
-        for header in headers.items():
-            if not isinstance(header[0], str):
-                return None
-            check_header_validity(header)
-        prepared = requests.PreparedRequest()
-        prepared.method = method.upper()
-        prepared.url = prepared_url
-        prepared.headers = headers
-        prepared._cookies = jar
-        if data:
-            prepared.body = data
-            headers["Content-Length"] = str(len(data))
-        elif prepared.method not in ("GET", "HEAD") and headers.get("Content-Length") is None:
-            headers["Content-Length"] = "0"
-        prepared.hooks = default_hooks()
-        return prepared
-
     def close(self) -> None:
         self.session.close()
 
-
-_NO_HOOKS = default_hooks()
 
 
 def _may_set_cookies(raw) -> bool:
