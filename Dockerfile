@@ -1,8 +1,10 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# The runtime set only (requirements.txt): every package pinned, and refused unless its file's hash is one
+# the lock lists. Tests, benchmarks, the simulator and the demo's tools are not in the image.
 COPY requirements.txt .
-RUN pip install -r requirements.txt
+RUN pip install --require-hashes -r requirements.txt
 COPY . .
 RUN DEBUG=true CTIHUB_VAR_DIR=/tmp/build python manage.py collectstatic --noinput && rm -rf /tmp/build
 # The hub runs as an unprivileged user: the code and static files stay root's (read-only to it);

