@@ -13,7 +13,9 @@ across the terminals: each call rings, is answered and hangs up (one frame each)
 the time is up the calls under way are finished at the same pace. A frame's send time
 is taken just before the control request that makes the simulator send it, so the
 figure also holds that request's own round trip (it overstates, never understates).
-Lost: an expected card that never reached its agent; duplicated: the same card version
+Each step also splits the latency by the simulator's frame log (``latency_split``): from the
+control request to the frame leaving the simulator (the harness), and from there to the card on
+its socket (worker, Redis, daphne). Lost: an expected card that never reached its agent; duplicated: the same card version
 reaching the same socket twice.
 
 The sockets live in ``--clients`` processes of their own (``bench/popup_clients.py``; by
@@ -345,6 +347,7 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     figure("load_generator_processes", len(clients.pids()))
     calls = _Calls(terminals)
     async with _Control(hub.sim_url) as session:
+        await session.post("/_sim/istra/frame-log", b'{"enabled": true}')  # when each frame left: the split
         if args.sweep is None:
             step = await _step(session, hub, args, clients, meter, calls, args.rate, label="")
             if not args.no_floor:
@@ -359,6 +362,40 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
             if step["p99"] > SATURATED_P99_MS or step["lost"]:
                 break  # saturated: the next steps would only queue more (their CPU per event is printed above)
         figure("popup_saturation_rate", held, "events/s", ">= 300 at p99 <= 60 ms, 1,000 consoles")
+
+
+EVENT_STATES = {"callRinging": "ringing", "callTalking": "talking", "callDropped": "ended"}
+
+
+async def _split(session, sent: dict, received: dict, label: str) -> None:
+    """Where the time went: from the control request to the frame leaving the simulator (the harness's
+    part), and from the frame leaving to the card reaching its socket (ctihub's: worker, Redis, daphne),
+    by the simulator's frame log. The frames of this step are read and then forgotten."""
+    frames = json.loads(await session.get("/_sim/istra/frame-log"))
+    await session.post("/_sim/istra/frame-log", b'{"enabled": false}')  # forgets them
+    await session.post("/_sim/istra/frame-log", b'{"enabled": true}')
+    left = {}
+    for entry in frames:
+        for item in entry["frame"].get("item", []):
+            state = EVENT_STATES.get(item.get("event"))
+            if state:
+                left.setdefault((item.get("displayNumber"), state), entry["time"])
+    before, after = [], []
+    for key, at in sent.items():
+        if key in left and key in received:
+            before.append((left[key] - at) * 1000)
+            after.append((received[key] - left[key]) * 1000)
+    if not before:
+        return
+    before.sort()
+    after.sort()
+
+    def p(values, q):
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+    figure(f"{label}latency_split", f"request_to_frame p50 {p(before, .5):.1f} p99 {p(before, .99):.1f}, "
+                                    f"frame_to_card p50 {p(after, .5):.1f} p99 {p(after, .99):.1f}",
+           f"ms ({len(before)} frames timed)")
 
 
 class _Calls:
@@ -389,6 +426,7 @@ async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, 
         else:
             lost.append(key)
     latencies.sort()
+    await _split(session, sent, received, label)
     figure(f"{label}cards_superseded", len(superseded), "(a newer card of the call came first; the page shows that one)")
     for name, keys in (("lost", lost), ("superseded", superseded)):
         if keys:
@@ -504,9 +542,15 @@ class _Control:
             writer.close()
         self.idle = []
 
+    async def get(self, path: str) -> bytes:
+        return await self._send(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (path.encode(), self.host.encode(), self.port))
+
     async def post(self, path: str, body: bytes) -> bytes:
-        request = (b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                   % (path.encode(), self.host.encode(), self.port, len(body))) + body
+        return await self._send((b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % (path.encode(), self.host.encode(), self.port, len(body)))
+                                + body)
+
+    async def _send(self, request: bytes) -> bytes:
         while self.idle:
             reader, writer, at = self.idle.pop()
             if time.monotonic() - at > self.IDLE_SECONDS:
