@@ -13,7 +13,9 @@ across the terminals: each call rings, is answered and hangs up (one frame each)
 the time is up the calls under way are finished at the same pace. A frame's send time
 is taken just before the control request that makes the simulator send it, so the
 figure also holds that request's own round trip (it overstates, never understates).
-Lost: an expected card that never reached its agent; duplicated: the same card version
+Each step also splits the latency by the simulator's frame log (``latency_split``): from the
+control request to the frame leaving the simulator (the harness), and from there to the card on
+its socket (worker, Redis, daphne). Lost: an expected card that never reached its agent; duplicated: the same card version
 reaching the same socket twice.
 
 The sockets live in ``--clients`` processes of their own (``bench/popup_clients.py``; by
@@ -29,7 +31,9 @@ rate. daphne's CPU per card delivered, console and floor, and their ratio are pr
 
 ``--sweep``: steps of ``--seconds`` at each rate, up to the first past saturation (p99 over 1 s
 or a card lost); ``popup_saturation_rate`` is the highest rate whose p99 stayed <= 60 ms with
-no card lost or duplicated. ``--workers N`` starts N Celery workers to share the terminals' sockets.
+no card lost or duplicated. ``--workers N`` starts N Celery workers to share the terminals' sockets: each holds at most
+``ceil(terminals / N)`` (``LISTENER_MAX_PER_WORKER``), so they split; ``listeners_per_worker`` shows it.
+The worker figures are the workers' sum (``cpu_busy`` over 100% is more than one core).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import math
 import multiprocessing
 import os
@@ -71,7 +76,12 @@ def main() -> None:
     from bench.procs import BenchHub, hub_env
     from tests.support.processes import wait_for
 
-    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true"))
+    extra = {}
+    if args.workers > 1:
+        # Each worker takes free listeners up to its cap, so the terminals split across the workers: without it
+        # the first worker to scan leases them all and the others hold nothing (issue 19 is the fair share).
+        extra["LISTENER_MAX_PER_WORKER"] = str(math.ceil(args.terminals / args.workers))
+    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true", **extra))
     clients = None
     try:
         hub.start_simulator()
@@ -83,6 +93,7 @@ def main() -> None:
         if not args.storm:
             wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.terminals, 120,
                      interval=0.5, what="every terminal's listener connected")
+        figure("listeners_per_worker", ", ".join(str(n) for n in _listeners_per_worker()))
         cookies = _sessions(args.agents)
         clients = Clients(args.clients)
         with no_pauses_of_our_own():
@@ -124,6 +135,18 @@ def _world(hub, args) -> list[tuple[str, int]]:
         Terminal.objects.filter(account=account, pbx_id=pbx_id).update(agent=agent)
         out.append((pbx_id, agent.pk))
     return out
+
+
+def _listeners_per_worker() -> list[int]:
+    """How many listeners each lease owner holds (telephony.leases), most first."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter("ctihub:lease:listener:*", count=1000))
+    owners = collections.Counter(client.mget(keys)) if keys else collections.Counter()
+    client.close()
+    return sorted(owners.values(), reverse=True)
 
 
 def _sessions(count: int) -> list[str]:
@@ -221,7 +244,32 @@ class CpuMeter:
             "daphne": [psutil.Process(hub.web.process.pid)],
             "simulator": [psutil.Process(hub.processes[0].process.pid)],
             "load_generator": [psutil.Process(os.getpid())] + [psutil.Process(pid) for pid in clients.pids()],
+            "driver": [psutil.Process(os.getpid())],  # of load_generator: the control requests, not the sockets
         }
+        from django.conf import settings
+
+        self.database = settings.DATABASES["default"]["NAME"]
+        self._backends: dict[tuple, float] = {}  # (pid, start) -> its CPU when last seen (an ended one keeps it)
+        self._processes: dict[tuple, object] = {}
+        self._listed_at = 0.0
+
+    def _postgres(self) -> float:
+        """The CPU of PostgreSQL's backends serving the benchmark's database (their title names it): on a
+        machine shared with others, the server's own total would count their work too."""
+        import psutil
+
+        if time.monotonic() - self._listed_at > 1.0:  # the process list at most once a second: it costs this process
+            self._listed_at = time.monotonic()
+            for process in psutil.process_iter(["name", "cmdline"]):
+                title = " ".join(process.info["cmdline"] or [])
+                if process.info["name"] in ("postgres", "postmaster") and f" {self.database} " in f"{title} ":
+                    self._processes.setdefault((process.pid, process.create_time()), process)
+        for key, process in list(self._processes.items()):
+            try:
+                self._backends[key] = sum(process.cpu_times()[:2])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                del self._processes[key]
+        return sum(self._backends.values())
 
     def read(self) -> dict[str, float]:
         import psutil
@@ -231,11 +279,12 @@ class CpuMeter:
             total = 0.0
             for root in roots:
                 try:
-                    family = [root, *root.children(recursive=True)] if name != "load_generator" else [root]
+                    family = [root, *root.children(recursive=True)] if name not in ("load_generator", "driver") else [root]
                     total += sum(sum(p.cpu_times()[:2]) for p in family)
                 except psutil.NoSuchProcess:
                     pass
             out[name] = total
+        out["postgres"] = self._postgres()
         return out
 
 
@@ -275,7 +324,8 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     figure("storm_errors", sum(errors.values()), "", "0")
     figure("storm_errors_by_kind", ", ".join(f"{k}={v}" for k, v in sorted(errors.items())) or "none")
     figure("storm_cpu_per_console", ", ".join(f"{name} {ms:.2f}" for name, ms in
-                                              _cpu_per(cpu_before, cpu_after, len(cookies)).items()),
+                                              _cpu_per(cpu_before, cpu_after, len(cookies)).items()
+                                              if name != "driver"),
            "ms (process CPU / consoles)")
     figure("storm_daphne_redis_connections", _redis_connections(hub))
     if args.storm and failed:
@@ -293,12 +343,11 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     progress.update(consoles_connected=len(connected_ms), snapshots_received=len(connected_ms))
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(cookies)} consoles got no snapshot")
-    import aiohttp
-
     figure("agents_connected", len(connected_ms))
     figure("load_generator_processes", len(clients.pids()))
     calls = _Calls(terminals)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with _Control(hub.sim_url) as session:
+        await session.post("/_sim/istra/frame-log", b'{"enabled": true}')  # when each frame left: the split
         if args.sweep is None:
             step = await _step(session, hub, args, clients, meter, calls, args.rate, label="")
             if not args.no_floor:
@@ -313,6 +362,40 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
             if step["p99"] > SATURATED_P99_MS or step["lost"]:
                 break  # saturated: the next steps would only queue more (their CPU per event is printed above)
         figure("popup_saturation_rate", held, "events/s", ">= 300 at p99 <= 60 ms, 1,000 consoles")
+
+
+EVENT_STATES = {"callRinging": "ringing", "callTalking": "talking", "callDropped": "ended"}
+
+
+async def _split(session, sent: dict, received: dict, label: str) -> None:
+    """Where the time went: from the control request to the frame leaving the simulator (the harness's
+    part), and from the frame leaving to the card reaching its socket (ctihub's: worker, Redis, daphne),
+    by the simulator's frame log. The frames of this step are read and then forgotten."""
+    frames = json.loads(await session.get("/_sim/istra/frame-log"))
+    await session.post("/_sim/istra/frame-log", b'{"enabled": false}')  # forgets them
+    await session.post("/_sim/istra/frame-log", b'{"enabled": true}')
+    left = {}
+    for entry in frames:
+        for item in entry["frame"].get("item", []):
+            state = EVENT_STATES.get(item.get("event"))
+            if state:
+                left.setdefault((item.get("displayNumber"), state), entry["time"])
+    before, after = [], []
+    for key, at in sent.items():
+        if key in left and key in received:
+            before.append((left[key] - at) * 1000)
+            after.append((received[key] - left[key]) * 1000)
+    if not before:
+        return
+    before.sort()
+    after.sort()
+
+    def p(values, q):
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+    figure(f"{label}latency_split", f"request_to_frame p50 {p(before, .5):.1f} p99 {p(before, .99):.1f}, "
+                                    f"frame_to_card p50 {p(after, .5):.1f} p99 {p(after, .99):.1f}",
+           f"ms ({len(before)} frames timed)")
 
 
 class _Calls:
@@ -343,6 +426,7 @@ async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, 
         else:
             lost.append(key)
     latencies.sort()
+    await _split(session, sent, received, label)
     figure(f"{label}cards_superseded", len(superseded), "(a newer card of the call came first; the page shows that one)")
     for name, keys in (("lost", lost), ("superseded", superseded)):
         if keys:
@@ -360,8 +444,12 @@ async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, 
         figure("cards_lost", lost, "", "0")
         figure("cards_duplicated", duplicates, "", "0")
         percentiles(latencies, "popup_latency")
-    figure(f"{label}cpu_per_event", ", ".join(f"{name} {ms:.2f}" for name, ms in per_event.items()),
+    figure(f"{label}cpu_per_event", ", ".join(f"{name} {ms:.2f}" for name, ms in per_event.items() if name != "driver"),
            "ms (process CPU / events)")
+    figure(f"{label}load_generator_cpu_per_event",
+           f"driver {per_event['driver']:.2f}, sockets {per_event['load_generator'] - per_event['driver']:.2f}",
+           "ms (this process's control requests / the socket processes' cards)")
+    per_event.pop("driver")
     figure(f"{label}cpu_busy", ", ".join(f"{name} {(cpu_after[name] - cpu_before[name]) / elapsed * 100:.0f}%"
                                          for name in per_event), "(of one core)")
     return {"p99": p99, "lost": lost, "duplicated": duplicates, "delivered": delivered, "sample": sample,
@@ -387,7 +475,7 @@ async def _last_cards(clients: Clients, meter: CpuMeter, expected: int) -> tuple
 async def _traffic(session, sim_url, seconds: float, rate: float, calls: _Calls) -> dict[tuple[str, str], float]:
     """``rate`` moves a second: each terminal's call rings, then is answered, then hangs up; after
     ``seconds`` the calls under way are finished at the same pace, so every step ends with none."""
-    base = f"{sim_url}/_sim/istra"
+    base = "/_sim/istra"
     sent: dict[tuple[str, str], float] = {}
     deadline = time.monotonic() + seconds
     interval = 1.0 / rate
@@ -397,12 +485,12 @@ async def _traffic(session, sim_url, seconds: float, rate: float, calls: _Calls)
     async def move(number, call_id, state_index, terminal_id):
         t0 = time.time()
         if state_index == 0:
-            async with session.post(f"{base}/calls/incoming", json={"terminalId": terminal_id, "from": number}) as r:
-                call_id = (await r.json())["callId"]
+            answer = await session.post(f"{base}/calls/incoming", b'{"terminalId": "%s", "from": "%s"}' % (
+                terminal_id.encode(), number.encode()))
+            call_id = json.loads(answer)["callId"]
         else:
             verb = "answer" if state_index == 1 else "hangup"
-            async with session.post(f"{base}/calls/{call_id}/{verb}", json={}) as r:
-                await r.read()
+            await session.post(f"{base}/calls/{call_id}/{verb}", b"{}")
         sent[(number, STATES[state_index])] = t0
         if state_index < 2:
             calls.under_way.append((number, call_id, state_index + 1, terminal_id))
@@ -429,6 +517,80 @@ async def _traffic(session, sim_url, seconds: float, rate: float, calls: _Calls)
             calls.n += 1
     await asyncio.gather(*pending)
     return sent
+
+
+class _Stale(Exception):
+    """A kept-alive connection the server had closed: the request was never read."""
+
+
+class _Control:
+    """The simulator's control API over a few kept-alive HTTP/1.1 connections, a request written and its
+    answer read by hand: aiohttp's client cost this process 0.4 ms of CPU a request, as much as the socket
+    processes' work on every card (and it is all on one GIL with the traffic's pacing). The simulator
+    (aiohttp's server) answers with a Content-Length; a non-2xx answer raises."""
+
+    IDLE_SECONDS = 20.0  # the server keeps an idle connection 75 s: one older than this is not reused
+
+    def __init__(self, url: str):
+        from urllib.parse import urlparse
+
+        parts = urlparse(url)
+        self.host, self.port = parts.hostname, parts.port or 80
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def __aenter__(self) -> "_Control":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for _reader, writer, _at in self.idle:
+            writer.close()
+        self.idle = []
+
+    async def get(self, path: str) -> bytes:
+        return await self._send(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (path.encode(), self.host.encode(), self.port))
+
+    async def post(self, path: str, body: bytes) -> bytes:
+        return await self._send((b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % (path.encode(), self.host.encode(), self.port, len(body)))
+                                + body)
+
+    async def _send(self, request: bytes) -> bytes:
+        while self.idle:
+            reader, writer, at = self.idle.pop()
+            if time.monotonic() - at > self.IDLE_SECONDS:
+                writer.close()
+                continue
+            try:
+                return await self._exchange(reader, writer, request, reused=True)
+            except _Stale:
+                continue  # closed by the server while idle, not a byte answered: sent again on another
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return await self._exchange(reader, writer, request)
+
+    async def _exchange(self, reader, writer, request: bytes, reused: bool = False) -> bytes:
+        writer.write(request)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            writer.close()
+            if reused and not getattr(exc, "partial", b""):
+                raise _Stale() from exc
+            raise
+        lower = head.lower()
+        at = lower.find(b"\r\ncontent-length:")
+        if at < 0:
+            writer.close()
+            raise RuntimeError(f"simulator answer without a Content-Length: {head[:200]!r}")
+        length = int(lower[at + 17:lower.index(b"\r\n", at + 2)])
+        body = await reader.readexactly(length)
+        if b"\r\nconnection: close" in lower:
+            writer.close()
+        else:
+            self.idle.append((reader, writer, time.monotonic()))
+        status = int(head[9:12])
+        if not 200 <= status < 300:
+            raise RuntimeError(f"simulator answered {status}: {body[:200]!r}")
+        return body
 
 
 async def _floor(hub, args, clients: Clients, meter: CpuMeter, console: dict) -> None:

@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo", action="store_true", help="Seed the demo enterprise (simulator/demo.py).")
     parser.add_argument("--demo-calls-per-minute", type=float, default=0.0,
                         help="With --demo: play demo calls at this rate (0: none).")
+    parser.add_argument("--access-log", action="store_true",
+                        help="Log every HTTP request at INFO (off: a benchmark's control requests and "
+                             "polls are thousands a second, and each line costs the simulator's CPU).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s simulator %(message)s")
     logger.info("simulator listening on http://%s:%s/", args.host, args.port)
     app = build_app(demo=args.demo, demo_calls_per_minute=args.demo_calls_per_minute)
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    web.run_app(app, host=args.host, port=args.port, print=None,
+                **({} if args.access_log else {"access_log": None}))

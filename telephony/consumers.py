@@ -113,10 +113,20 @@ class Resyncs:
         since = min(window[0] for window in windows)
         live = set().union(*(window[2] for window in windows))
         changed = await on_web_pool(console.cards_changed)(live, since, until)
+        # An agent's console looks only at its agent's cards (all it may see): each console going through
+        # every changed card cost consoles x cards a period, 1.5 million at 1,000 consoles and 300 events/s.
+        by_agent: dict[object, list] = {}
+        for item in changed:
+            by_agent.setdefault(item[0].get("agent"), []).append(item)
         for consumer, (own_since, versions, own_live) in zip(consoles, windows):
+            viewer = consumer.viewer
+            if viewer.is_supervisor:
+                mine = changed
+            else:
+                mine = by_agent.get(viewer.agent.pk, []) if viewer.agent is not None else []
             # What it has now, not only before the look: a publish may have come in the meantime.
             has = {**versions, **{call_id: shown[0] for call_id, shown in consumer.shown.items()}}
-            for card in console.newer_than_shown(consumer.viewer, changed, has, own_live, own_since):
+            for card in console.newer_than_shown(viewer, mine, has, own_live, own_since):
                 logger.info("console of %s: call %s card v%s was never received; sent now",
                             consumer.viewer.user.pk, card["id"], card["version"])
                 try:

@@ -647,6 +647,7 @@ class Supervisor(threading.Thread):
         self.scan_seconds = settings.LISTENER_SCAN_SECONDS
         self.keepalive_seconds = settings.LISTENER_KEEPALIVE_SECONDS
         self.backoff_cap_seconds = settings.LISTENER_BACKOFF_CAP_SECONDS
+        self.max_held = settings.LISTENER_MAX_PER_WORKER  # 0: every free listener this worker finds
         self.stop_event = threading.Event()
         self.runners: dict[int, ListenerRunner] = {}
         self._generations: dict[int, int] = {}
@@ -724,6 +725,8 @@ class Supervisor(threading.Thread):
                     continue
                 if time.monotonic() < self._take_new_after:
                     continue
+                if self.max_held and len(self.runners) >= self.max_held:
+                    continue  # left free for another worker (LISTENER_MAX_PER_WORKER)
                 if self.leases.acquire(listener.pk):
                     self._start_runner(account, listener, spec)
         for listener_id in set(self.runners) - wanted:

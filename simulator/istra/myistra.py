@@ -40,6 +40,7 @@ Where the document is silent or damaged, the simulator chooses:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import random
@@ -199,20 +200,24 @@ class EndUserBook:
 
     def add_history(self, login: str, entry: HistoryEntry) -> HistoryEntry:
         history = self.user(login).history
-        history.append(entry)
-        history.sort(key=lambda h: h.timestamp, reverse=True)
+        # Newest first, an entry after those of the same second already there (what a stable sort of the list
+        # with it appended gave): found by bisection, not a sort of the whole history for every call ended.
+        history.insert(bisect.bisect_right(history, -entry.timestamp, key=lambda h: -h.timestamp), entry)
         self.push_counters(login)
         return entry
 
     def push_counters(self, login: str) -> int:
         """Push the login's counters to every listener bound to Notifications; returns frames sent."""
-        counters = self.user(login).counters()
+        user = self.user(login)
+        counters = None  # counted only for a frame to send: a count goes through the whole history
         sent = 0
         for session in self.sessions.of_app(APP):
             if session.login != login or self.sessions.is_expired(session):
                 continue
             for name in sorted(self.subscriptions.get(session.id, set()) & set(session.listeners)):
                 for socket in list(session.sockets):
+                    if counters is None:
+                        counters = user.counters()
                     socket.send({"listenerName": name, "item": counters})
                     sent += 1
         return sent

@@ -96,9 +96,12 @@ class Socket:
 
 
 def send_to_session(session: Session, listener_name: str, items: list[dict[str, Any]]) -> None:
-    frame = {"listenerName": listener_name, "item": items}
-    for socket in list(session.sockets):
-        socket.send(frame)
+    sockets = list(session.sockets)
+    if not sockets:
+        return
+    text = json.dumps({"listenerName": listener_name, "item": items})  # once, whatever the sockets
+    for socket in sockets:
+        socket.send_raw(text)
 
 
 async def ws_service(request: web.Request) -> web.StreamResponse:

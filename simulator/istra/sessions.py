@@ -104,7 +104,9 @@ class SessionStore:
 
     def of_app(self, app: str) -> list[Session]:
         """The live sessions of ``app``: what pushes go to. One past its timeout but not yet swept is not live."""
-        return [s for s in self.sessions.values() if s.app == app and not self.is_expired(s)]
+        # One clock read and one timeout for all: this runs for every event, over every session.
+        oldest = time.monotonic() - self._timeout()
+        return [s for s in self.sessions.values() if s.app == app and s.last_seen >= oldest]
 
     def remove(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

@@ -275,3 +275,29 @@ def test_it_renews_a_held_lease_takes_back_a_vanished_one_and_never_takes_anothe
         assert theirs.holder(9002) == "them", "release is only the owner's"
     finally:
         client.delete(lease_key(9001), lease_key(9002), lease_key(9003))
+
+
+def test_it_holds_at_most_its_cap_of_listeners_and_leaves_the_rest_to_another_worker(
+        hub, fast_listeners, published, settings):
+    """The first worker to scan leased every listener, so a second worker held nothing and a benchmark's
+    ``--workers 2`` ran every socket in one process. With LISTENER_MAX_PER_WORKER each takes up to its cap."""
+    hub.start(workers=0, web=False)
+    sim = FaultIstraControl(hub.sim_url)
+    account = mycrm_account(hub, sim, terminals=(TERMINAL, "5985841581756135024", "5985841581756135025"))
+    settings.LISTENER_MAX_PER_WORKER = 2
+    first, second = Supervisor(owner="first-supervisor"), Supervisor(owner="second-supervisor")
+    first.start()
+    try:
+        wait_for(lambda: len(first.runners) == 2, 30, what="the first worker at its cap")
+        time.sleep(2.5)  # two more scans: it takes no third
+        assert len(first.runners) == 2
+        second.start()
+        listeners = wait_for(lambda: connected_listeners(account), 30, what="every listener connected")
+        assert len(listeners) == 3 and len(second.runners) == 1
+        holders = {listener.pk: first.leases.holder(listener.pk) for listener in listeners}
+        assert sorted(holders.values()) == ["first-supervisor", "first-supervisor", "second-supervisor"]
+        assert set(first.runners) | set(second.runners) == set(holders) and not set(first.runners) & set(second.runners)
+    finally:
+        for running in (first, second):
+            if running.is_alive():
+                running.stop(timeout=30)

@@ -447,3 +447,67 @@ def test_it_builds_in_process_and_is_driven_from_python():
 
     assert [f["item"][0]["event"] for f in frames] == ["callRinging", "callDropped"]
     assert frames[1]["item"][0]["dropCause"] == "noAnswer"
+
+
+def test_it_pushes_a_call_s_frames_without_going_through_the_calls_ended_before():
+    """A benchmark sends tens of thousands of calls through one simulator: each event scanned every line ever
+    made (the myRCC publisher's siblings, each line's ``actions``) and sorted and counted the user's whole
+    call history, so the simulator's CPU per frame grew the longer it ran. The frames stay exactly the same."""
+
+    class Watched(dict):
+        scans = 0
+
+        def values(self):
+            Watched.scans += 1
+            return super().values()
+
+    counted = []
+
+    async def scenario() -> list[str]:
+        from simulator.istra import myistra
+
+        state = SimulatorState()
+        world = state.istra
+        world.add_user("alice", "pw")
+        world.add_terminal("42", "201", owner="alice")
+        async with TestClient(TestServer(build_app(state))) as client:
+            for n in range(300):  # calls ended before: in the call book and in alice's history
+                world.hangup(world.incoming_call("42", f"06000{n:05d}").line_id, "noAnswer")
+            basic = "Basic " + base64.b64encode(b"ENDUSER:alice:pw").decode()
+            login = await client.post("/restletrouter/v1/service/Login",
+                                      headers={"X-Application": "myCrm", "Authorization": basic})
+            headers = {"X-Application": login.headers["X-Application"]}
+            ws = await client.ws_connect("/restletrouter/ws-service/myCrm")
+            await client.post("/restletrouter/v1/service/EventListener/bean", headers=headers,
+                              data='{"name":"L"}\n{"terminalId":"42"}')
+            await client.get("/restletrouter/v1/crm/CallLine?listenerName=L&terminalId=42", headers=headers)
+            world.calls.lines = Watched(world.calls.lines)
+            counters = myistra.EndUser.counters
+            myistra.EndUser.counters = lambda user: counted.append(user) or counters(user)
+            try:
+                line = world.incoming_call("42", "0611111111", label="Bea")
+                world.answer(line.line_id)
+                world.hangup(line.line_id)
+            finally:
+                myistra.EndUser.counters = counters
+            texts = [(await ws.receive(timeout=2)).data for _ in range(3)]
+            await ws.close()
+            history = world.enduser.user("alice").history
+            # Newest first, and within a second in the order they came: as a stable sort put them.
+            assert len(history) == 301 and sorted(history, key=lambda h: h.timestamp, reverse=True) == history
+            last = max(h.timestamp for h in history)
+            assert [h for h in history if h.timestamp == last][-1].remote_number == "0611111111"
+            return texts
+
+    texts = asyncio.run(scenario())
+
+    assert Watched.scans == 0, "an event went through every line ever made"
+    assert counted == [], "the myIstra counters were counted with nobody subscribed to them"
+    line_id = re.search(r'"callId": "(-\d+)"', texts[0]).group(1)
+    assert texts[0] == ('{"listenerName": "L", "item": [{"callId": "%s", "displayLabel": "Bea", "displayNumber": '
+                        '"0611111111", "displayNumberE164": "0611111111", "event": "callRinging", "incoming": true, '
+                        '"type": "external"}]}' % line_id)
+    assert re.fullmatch(r'\{"listenerName": "L", "item": \[\{"callId": "%s", "displayLabel": "Bea", "displayNumber": '
+                        r'"0611111111", "displayNumberE164": "0611111111", "dropCause": "disconnect", "event": '
+                        r'"callDropped", "incoming": true, "ringingTime": "\d+", "talkingTime": "\d+", '
+                        r'"type": "external"\}\]\}' % line_id, texts[2]), texts[2]
