@@ -435,16 +435,20 @@ def _assign_terminal_and_agent(call: Call, update: u.CallUpdate, terminals: dict
 def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: dict[int, str]) -> None:
     from crm_sync.services import calls_changed
     from ctihub import metrics
-    from telephony.publish import publish_cards
+    from telephony.publish import publish_cards, publisher
 
-    published = publish_cards([snapshot for _call, snapshot in changes])  # first: agents are waiting
-    # Pop-up latency: from the frame coming off the socket to its card leaving for the browsers; the
-    # events-applied counter rides on the same round trip to Redis, off this thread.
-    applied_kinds = [kinds.get(snapshot.account_id, "") for _call, snapshot in changes]
-    published.add_done_callback(
-        lambda _done: metrics.popup_latency_later(time.monotonic() - received, len(changes), applied_kinds))
-    latest = {call.pk: call for call, _snapshot in changes}  # the CRM side wants each call once, as it is now
-    calls_changed(list(latest.values()))
+    # The cards and the CRM hand-off (its tasks) leave together: one wake-up of the publisher's thread and
+    # one pipeline to Redis. The hand-off's work here is in memory but for an answered call's "start events
+    # settled" (one short query), which is all the cards may wait for.
+    with publisher.together():
+        published = publish_cards([snapshot for _call, snapshot in changes])
+        # Pop-up latency: from the frame coming off the socket to its card leaving for the browsers; the
+        # events-applied counter rides on the same round trip to Redis, off this thread.
+        applied_kinds = [kinds.get(snapshot.account_id, "") for _call, snapshot in changes]
+        published.add_done_callback(
+            lambda _done: metrics.popup_latency_later(time.monotonic() - received, len(changes), applied_kinds))
+        latest = {call.pk: call for call, _snapshot in changes}  # the CRM side wants each call once, as it is now
+        calls_changed(list(latest.values()))
 
 
 _account_cache: dict[int, tuple[float, PbxAccount]] = {}
