@@ -239,6 +239,45 @@ def test_it_applies_a_burst_with_as_many_statements_whatever_its_size(account, p
 
 
 @pytest.mark.django_db
+def test_it_locks_a_frames_call_and_reads_its_terminal_in_one_statement(account, published):
+    from django.test.utils import CaptureQueriesContext
+
+    agent = make_agent()
+    make_terminal(account, pbx_id="t1", agent=agent)
+    apply_call_update(update(account, u.RINGING, "callRinging", 0, terminal_pbx_id="t1", direction=u.INBOUND))
+    with CaptureQueriesContext(connection) as talking:
+        apply_call_update(update(account, u.TALKING, "callTalking", 5, terminal_pbx_id="t1"))
+    reads = [q["sql"] for q in talking.captured_queries if q["sql"].lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(reads) == 1, reads
+    call = Call.objects.get()
+    assert (call.state, call.agent_id, call.terminal.pbx_id) == (Call.State.TALKING, agent.pk, "t1")
+    # A frame whose terminal is unknown still finds (and locks) its call.
+    apply_call_update(update(account, u.ENDED, "callDropped", 9, terminal_pbx_id="unknown"))
+    assert Call.objects.get().state == Call.State.ENDED
+
+
+@pytest.mark.django_db
+def test_it_writes_only_the_columns_a_frame_changed(account, published):
+    from django.test.utils import CaptureQueriesContext
+
+    apply_call_update(update(account, u.RINGING, "callRinging", 0, direction=u.INBOUND, remote_number="0412345670",
+                             remote_label="Alice", allowed_actions=("answer",)))
+    with CaptureQueriesContext(connection) as talking:
+        apply_call_update(update(account, u.TALKING, "callTalking", 5, allowed_actions=("answer",)))
+    [statement] = [q["sql"] for q in talking.captured_queries if q["sql"].startswith("UPDATE")]
+    set_columns = statement.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+    for unchanged in ("remote_number_raw", "remote_label", "allowed_actions", "direction", "ended_at"):
+        assert f'"{unchanged}"' not in set_columns, statement
+    for changed in ("state", "answered_at", "version", "updated_at"):
+        assert f'"{changed}"' in set_columns, statement
+    call = Call.objects.get()
+    assert (call.state, call.remote_label, call.allowed_actions, call.version) == ("talking", "Alice", ["answer"], 2)
+    apply_call_update(update(account, u.ENDED, "callDropped", 9))
+    call = Call.objects.get()
+    assert (call.state, call.allowed_actions, call.talking_ms, call.version) == ("ended", [], 4000, 3)
+
+
+@pytest.mark.django_db
 def test_it_applies_a_burst_in_order_and_publishes_every_change_in_order(account, published,
                                                                          django_capture_on_commit_callbacks):
     agent = make_agent()
@@ -302,7 +341,7 @@ def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(
     def lock_missing_the_other_workers_call(updates):
         if blind["left"]:
             blind["left"] -= 1
-            return {}  # as if our read came before the other worker's insert committed
+            return {}, real_lock(updates)[1]  # as if our read came before the other worker's insert committed
         return real_lock(updates)
 
     monkeypatch.setattr(domain, "_lock_calls", lock_missing_the_other_workers_call)
