@@ -86,6 +86,7 @@ def main() -> None:
 
         spy = _py_spy(worker, args.py_spy)
         threads_before = _thread_cpu(worker) if args.threads else {}
+        hand_offs = _HandOffs()
         deliveries.start()
         busy_cpu, busy_system, started = _cpu(worker), _cpu(worker, slice(1, 2)), time.monotonic()
         sent = _traffic(sim, terminals, args.frames, rate=args.rate, first_call=WARM_UP_CALLS)
@@ -104,6 +105,7 @@ def main() -> None:
             spy.wait(timeout=60)
         stored = CallEvent.objects.count() - warm
         delivered = deliveries.stop()
+        handed_off = hand_offs.count()
         if not worker.alive():
             raise RuntimeError("the worker died during the run")
         floor = _floor(hub.env, args.floor_units)
@@ -114,6 +116,9 @@ def main() -> None:
     figure("frames_sent", sent)
     figure("frames_stored", stored, "", str(sent))
     figure("cards_delivered", delivered, "", f"{sent} (every frame's card in its agent's channel)")
+    # Every frame changes its call and no start event is ever sent (the CRM tasks are not run): each
+    # change is one sync of its call queued for the call-events worker.
+    figure("crm_hand_offs", handed_off, "", f"{sent} (one sync task a change, in the call-events queue)")
     figure("frame_rate", sent / busy_seconds, "frames/s")
     figure("worker_idle_cpu", idle_per_second * 1000, "ms/s")
     figure("worker_busy_cpu", busy_cpu / busy_seconds * 1000, "ms/s")
@@ -126,6 +131,29 @@ def main() -> None:
         raise RuntimeError(f"{sent} frames sent, {stored} stored")
     if delivered != sent:
         raise RuntimeError(f"{sent} cards published, {delivered} reached their agent's channel")
+    if handed_off != sent:
+        raise RuntimeError(f"{sent} changes, {handed_off} CRM hand-offs queued")
+
+
+class _HandOffs:
+    """The CRM hand-offs (``sync_call_task`` messages) queued in the call-events list from now on."""
+
+    def __init__(self):
+        import redis
+        from django.conf import settings
+
+        self.client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        self.queue = settings.CRM_EVENTS_QUEUE
+        self.before = self._sync_tasks()
+
+    def _sync_tasks(self) -> int:
+        import json
+
+        return sum(json.loads(raw)["headers"]["task"] == "crm_sync.tasks.sync_call_task"
+                   for raw in self.client.lrange(self.queue, 0, -1))
+
+    def count(self) -> int:
+        return self._sync_tasks() - self.before
 
 
 class _Sim:
@@ -271,7 +299,7 @@ def _print_threads(worker, before: dict[int, float], frames: int) -> None:
 
     after = _thread_cpu(worker)
     names: dict[int, str] = {}
-    dump = subprocess.run([str(sys.prefix) + "/bin/py-spy", "dump", "--json", "-p", str(worker.process.pid)],
+    dump = subprocess.run([_py_spy_path(), "dump", "--json", "-p", str(worker.process.pid)],
                           capture_output=True, text=True, timeout=60)
     try:
         for thread in json.loads(dump.stdout):
@@ -286,12 +314,21 @@ def _print_threads(worker, before: dict[int, float], frames: int) -> None:
         figure(f"thread_cpu_per_frame[{name}]", cpu / frames * 1000, "ms")
 
 
+def _py_spy_path() -> str:
+    """The venv's py-spy, else one on PATH (a shared venv may not have it: ``pip install --target DIR py-spy``)."""
+    import os
+    import shutil
+
+    own = str(sys.prefix) + "/bin/py-spy"
+    return own if os.path.exists(own) else (shutil.which("py-spy") or own)
+
+
 def _py_spy(worker, path: str):
     if not path:
         return None
     # A .txt file gets collapsed stacks (one line per stack, its sample count last), anything else a flame graph.
     kind = "raw" if path.endswith(".txt") else "flamegraph"
-    spy = subprocess.Popen([str(sys.prefix) + "/bin/py-spy", "record", "-p", str(worker.process.pid), "-o", path,
+    spy = subprocess.Popen([_py_spy_path(), "record", "-p", str(worker.process.pid), "-o", path,
                             "--rate", "200", "--gil", "--format", kind], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     return spy

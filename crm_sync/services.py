@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from ctihub.brief_cache import BriefCache
 from ctihub.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
-from ctihub.tasks import enqueue
+from ctihub.tasks import enqueue, enqueue_soon
 from accounts.models import Agent
 from crm_sync import recordings
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration, client_id_digests
@@ -99,7 +99,11 @@ def integrations_for(account_id: int):
     ).distinct()
 
 
-_enqueue = enqueue  # patched by tests at this name
+def _enqueue(task, *args, countdown: float | None = None) -> bool:  # patched by tests at this name
+    """Queue a task; at once off this thread (``enqueue_soon``): the event path hands calls over here."""
+    if countdown is None:
+        return enqueue_soon(task, *args)
+    return enqueue(task, *args, countdown=countdown)
 
 
 # --- call_changed: the entry point -------------------------------------------------------

@@ -9,12 +9,14 @@ connection pool per publish (channels-redis keys its pools by loop).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 
 import redis
 from channels.layers import get_channel_layer
@@ -23,6 +25,8 @@ from telephony.cards import SUPERVISORS_GROUP, agent_group, call_card, cards_of
 from telephony.models import Call
 
 logger = logging.getLogger(__name__)
+
+EXIT_DRAIN_SECONDS = 5.0
 
 
 class _Publisher:
@@ -40,6 +44,8 @@ class _Publisher:
         self._queue: queue.SimpleQueue | None = None
         self._pid: int | None = None
         self._in_flight: set[Future] = set()
+        self._gathering = threading.local()
+        self._exit_hooked = False
 
     def _ensure_thread(self) -> queue.SimpleQueue:
         with self._lock:
@@ -47,20 +53,65 @@ class _Publisher:
             if self._queue is None or self._pid != os.getpid():
                 self._queue, self._pid = queue.SimpleQueue(), os.getpid()
                 threading.Thread(target=self._run, args=(self._queue,), name="channels-publisher", daemon=True).start()
+                if not self._exit_hooked:
+                    self._exit_hooked = True
+                    atexit.register(self._drain_at_exit)
             return self._queue
+
+    def _drain_at_exit(self) -> None:
+        # A process that exits (a worker's warm shutdown) still sends what it handed over: the cards, and
+        # the CRM hand-off that would otherwise wait for the sweep.
+        if self._pid != os.getpid():
+            return
+        try:
+            self.drain(timeout=EXIT_DRAIN_SECONDS)
+        except Exception:
+            logger.warning("exiting with cards or tasks not sent", exc_info=True)
 
     def send(self, groups: list[str], message: dict) -> Future:
         return self.send_many([(groups, message)])
 
-    def send_many(self, messages: list[tuple[list[str], dict]]) -> Future:
-        """Send in the given order (a call's cards must not overtake each other)."""
-        future: Future = Future()
+    def send_many(self, messages: list[tuple[list[str], dict]], tasks: list[tuple[object, tuple]] = ()) -> Future:
+        """Send in the given order (a call's cards must not overtake each other), then queue ``tasks``.
+
+        ``tasks`` are (Celery task, args) whose messages ``ctihub.broker.direct_queue`` can push."""
+        gathered = getattr(self._gathering, "batch", None)
+        if gathered is not None:  # inside ``together()``: it leaves with the rest at the block's end
+            gathered[0].extend(messages)
+            gathered[1].extend(tasks)
+            return gathered[2]
+        return self._hand_over(list(messages), list(tasks), Future())
+
+    def _hand_over(self, messages: list, tasks: list, future: Future) -> Future:
         inbox = self._ensure_thread()
         with self._lock:
             self._in_flight.add(future)
         future.add_done_callback(self._landed)
-        inbox.put((messages, future))
+        inbox.put((messages, tasks, future))
         return future
+
+    def queue_tasks(self, tasks: list[tuple[object, tuple]]) -> Future:
+        """Queue Celery tasks from this thread, with whatever else it sends meanwhile, in one round trip."""
+        return self.send_many([], tasks)
+
+    @contextmanager
+    def together(self):
+        """What this thread hands over in the block leaves in one batch when it ends (in its order).
+
+        A frame's cards and its CRM hand-off are one wake-up of the publisher's thread and one
+        pipeline to Redis, instead of two; futures returned in the block say when the batch left."""
+        if getattr(self._gathering, "batch", None) is not None:
+            yield  # already gathering: the outer block sends
+            return
+        batch = self._gathering.batch = ([], [], Future())
+        try:
+            yield
+        finally:
+            self._gathering.batch = None
+            if batch[0] or batch[1]:
+                self._hand_over(*batch)
+            else:
+                batch[2].set_result(None)
 
     def _landed(self, future: Future) -> None:
         with self._lock:
@@ -84,22 +135,30 @@ class _Publisher:
                     batch.append(inbox.get_nowait())
                 except queue.Empty:
                     break
-            live = [(messages, future) for messages, future in batch if future.set_running_or_notify_cancel()]
-            sends = [(group, message) for messages, _future in live for groups, message in messages
+            live = [(messages, tasks, future) for messages, tasks, future in batch
+                    if future.set_running_or_notify_cancel()]
+            sends = [(group, message) for messages, _tasks, _future in live for groups, message in messages
                      for group in groups]
+            tasks = [task for _messages, tasks, _future in live for task in tasks]
             try:
                 layer = get_channel_layer()
-                if sends and _can_pipeline(layer):
+                if (sends or tasks) and _can_pipeline(layer):
                     client = clients.get(id(layer))
                     if client is None:
                         clients.clear()
                         client = clients[id(layer)] = _redis_client(layer)
-                    _send_pipelined_or_each(layer, client, sends)
+                    # The broker on the layer's Redis (one REDIS_URL): the tasks ride in the cards' pipeline.
+                    if tasks and _broker_is(client):
+                        tasks = _send_pipelined_or_each(layer, client, sends, tasks)
+                    elif sends:
+                        _send_pipelined_or_each(layer, client, sends)
                 elif sends:
                     loop.run_until_complete(_send_each(layer, sends))
             except Exception:  # a card not pushed is re-sent by the console's resync; never stop the thread
                 logger.exception("could not publish %s messages", len(sends))
-            for _messages, future in live:
+            if tasks:  # not sent with the cards
+                _queue_tasks(tasks)
+            for _messages, _tasks, future in live:
                 future.set_result(None)
 
 
@@ -111,10 +170,37 @@ async def _send_each(layer, sends: list[tuple[str, dict]]) -> None:
             logger.exception("could not publish to %s", group)
 
 
-def _send_pipelined_or_each(layer, client: redis.Redis, sends: list[tuple[str, dict]]) -> None:
+def _queue_tasks(tasks: list[tuple[object, tuple]]) -> None:
+    """Push the tasks' messages to the broker in one round trip; if that fails, each through Celery.
+
+    Celery's ``apply_async`` retries a broker that is away for a moment; a task that still could not be
+    queued is logged, and the periodic task that backs it (the CRM sweep) finds its work in the database.
+    If the push reached Redis but its answer was lost, a task is queued twice: the tasks handed over this
+    way are idempotent (a call's sync sends each event under a claim)."""
+    from ctihub import broker
+    from ctihub.tasks import enqueue
+
     try:
-        _group_send_pipelined(layer, client, sends)
+        broker.push_task_messages(tasks)
         return
+    except Exception:
+        logger.warning("could not push %s task messages; queuing them through Celery", len(tasks), exc_info=True)
+    for task, args in tasks:
+        enqueue(task, *args)
+
+
+def _broker_is(client: redis.Redis) -> bool:
+    from ctihub import broker
+
+    return broker.same_redis(client)
+
+
+def _send_pipelined_or_each(layer, client: redis.Redis, sends: list[tuple[str, dict]],
+                            tasks: list[tuple[object, tuple]] = ()) -> list[tuple[object, tuple]]:
+    """Send the cards and push the tasks' messages together; the tasks it may not have queued."""
+    try:
+        _group_send_pipelined(layer, client, sends, tasks)
+        return []
     except Exception:  # one at a time: a group that fails does not take the others with it
         logger.warning("pipelined publish failed; sending group by group", exc_info=True)
     for group, message in sends:
@@ -122,6 +208,7 @@ def _send_pipelined_or_each(layer, client: redis.Redis, sends: list[tuple[str, d
             _group_send_pipelined(layer, client, [(group, message)])
         except Exception:
             logger.exception("could not publish to %s", group)
+    return list(tasks)  # pushed or not, nobody knows: again (a task handed over here may run twice)
 
 
 publisher = _Publisher()
@@ -171,7 +258,8 @@ def _redis_client(layer) -> redis.Redis:
     return redis.Redis.from_url(host.pop("address"), **host)
 
 
-def _group_send_pipelined(layer, connection: redis.Redis, sends: list[tuple[str, dict]]) -> None:
+def _group_send_pipelined(layer, connection: redis.Redis, sends: list[tuple[str, dict]],
+                          tasks: list[tuple[object, tuple]] = ()) -> None:
     """Several ``group_send``s in two round trips to Redis, in order, with channels-redis's own semantics.
 
     ``layer.group_send`` makes four round trips a group (expire the group's members, read them,
@@ -181,14 +269,22 @@ def _group_send_pipelined(layer, connection: redis.Redis, sends: list[tuple[str,
     and pushes every message with one script, the groups' in the order given (a channel in two
     groups gets both messages, as with two group_sends). With a plain (not asyncio) client, from
     the publisher's thread: an event loop's wake-ups and coroutines cost as much CPU as the sending.
+
+    ``tasks``' messages (``ctihub.broker.task_messages``) are pushed to their queues in the first round
+    trip: the connection must be the broker's.
     """
+    from ctihub import broker
+
     pipe = connection.pipeline(transaction=False)
+    pushes = broker.task_messages(tasks) if tasks else {}
+    for queue_name, messages in pushes.items():
+        pipe.lpush(queue_name, *messages)
     for group, _message in sends:
         assert layer.require_valid_group_name(group), "Group name not valid"
         key = layer._group_key(group)
         pipe.zremrangebyscore(key, min=0, max=int(time.time()) - layer.group_expiry)
         pipe.zrange(key, 0, -1)
-    members = pipe.execute()[1::2]
+    members = pipe.execute()[len(pushes):][1::2]
     keys: list[str] = []
     payloads: list[bytes] = []
     capacities: list[int] = []

@@ -85,5 +85,6 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert re.search(r"^p2_sweep_10: .*cpu share \d+% / \d+%, connections \d+ / \d+", done.stdout, re.M), done.stdout
     if name == "frame_cost":
         assert figures["frames_stored"] == "12" and figures["cards_delivered"] == "12"
+        assert figures["crm_hand_offs"] == "12"  # one sync task a change, as the CRM hand-off queued it
         for cost in ("worker_cpu_per_frame", "floor_cpu_per_frame", "worker_cpu_ratio_to_floor", "calibration_loop"):
             assert float(figures[cost]) > 0, done.stdout

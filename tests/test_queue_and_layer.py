@@ -130,3 +130,113 @@ def test_it_answers_a_client_asked_of_a_closed_broker_connection_with_a_connecti
     assert redis.exceptions.ConnectionError in connection.connection_errors
     with pytest.raises(redis.exceptions.ConnectionError):
         channel._create_client()
+
+
+def _comparable_task_message(raw: bytes) -> dict:
+    """A task message less what differs from one publish to the next (ids) and the queue it was sent to."""
+    import json
+
+    message = json.loads(raw)
+    for name in ("id", "root_id"):
+        message["headers"][name] = "..."
+    for name in ("correlation_id", "delivery_tag"):
+        message["properties"][name] = "..."
+    message["properties"]["delivery_info"]["routing_key"] = "..."
+    return message
+
+
+def test_it_builds_a_task_message_as_celerys_apply_async_would_push_it():
+    """The CRM hand-off pushes its task's message itself (``ctihub.broker``): the events worker must read it
+    as one Celery queued, the ``call-events`` queue's priority included."""
+    import base64
+    import json
+
+    from django.conf import settings
+
+    from ctihub import broker
+    from ctihub.celery import app
+    from crm_sync.tasks import route_call_task, sync_call_task
+
+    assert broker.direct_queue(sync_call_task) == broker.direct_queue(route_call_task) == settings.CRM_EVENTS_QUEUE
+    queue_name = f"test-unconsumed-{uuid.uuid4().hex}"
+    with app.connection_for_write() as connection, connection.Producer() as producer:
+        sync_call_task.apply_async(args=(428,), queue=queue_name, producer=producer)
+        celerys = connection.default_channel.client.rpop(queue_name)
+    app.amqp.queues.pop(queue_name, None)
+    queue, task_id, ours = broker.task_message(sync_call_task, (428,))
+    assert queue == settings.CRM_EVENTS_QUEUE
+    assert json.loads(ours)["headers"]["id"] == task_id
+    assert json.loads(ours)["properties"]["delivery_info"]["routing_key"] == settings.CRM_EVENTS_QUEUE
+    assert _comparable_task_message(ours) == _comparable_task_message(celerys)
+    assert json.loads(base64.b64decode(json.loads(ours)["body"]))[0] == [428]
+
+
+def test_it_leaves_a_task_whose_message_needs_more_than_a_push_to_celery(monkeypatch):
+    from celery import signals
+
+    from ctihub import broker
+    from crm_sync.tasks import sync_call_task
+
+    assert broker.direct_queue(sync_call_task) is not None
+
+    def on_publish(**_kwargs):
+        pass
+
+    signals.before_task_publish.connect(on_publish)
+    try:
+        assert broker.direct_queue(sync_call_task) is None  # Celery would call the receiver: only it can
+    finally:
+        signals.before_task_publish.disconnect(on_publish)
+    monkeypatch.setattr(broker, "_direct_queues", {})
+    conf = sync_call_task.app.conf
+    eager = conf.task_always_eager
+    conf.task_always_eager = True  # apply_async would run it here and now
+    try:
+        assert broker.direct_queue(sync_call_task) is None
+    finally:
+        conf.task_always_eager = eager
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_it_runs_a_task_whose_message_was_pushed_without_apply_async(live_celery_worker):
+    from celery.result import AsyncResult
+
+    from ctihub import broker
+    from ctihub.shared_redis import shared_redis
+
+    account = make_account()
+    make_call(account)
+    queue, task_id, message = broker.task_message(ping_task, ())
+    shared_redis().lpush(queue, message)
+    assert AsyncResult(task_id).get(timeout=30) == {"pong": True, "calls": 1}
+
+
+def test_it_sends_what_was_handed_to_the_publisher_before_the_process_exits():
+    """The CRM hand-off leaves from the publisher's thread: a worker's warm shutdown must not drop it."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from ctihub.shared_redis import shared_redis
+
+    queue_name = f"test-unconsumed-{uuid.uuid4().hex}"
+    script = (
+        "import django; django.setup()\n"
+        "from ctihub import broker\n"
+        "from ctihub.tasks import ping_task\n"
+        "from telephony.publish import publisher\n"
+        "found = broker._direct(ping_task)\n"
+        f"broker._direct_queues[ping_task.name] = ({queue_name!r}, *found[1:])\n"
+        "publisher.queue_tasks([(ping_task, ())])\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "ctihub.settings"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=settings.BASE_DIR, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    try:
+        assert shared_redis().llen(queue_name) == 1
+    finally:
+        shared_redis().delete(queue_name)

@@ -3,6 +3,7 @@ time; and few statements per event."""
 
 from __future__ import annotations
 
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -122,7 +123,104 @@ def test_it_runs_a_task_again_soon_when_the_database_dropped_its_connection(monk
 def test_it_gives_every_task_of_the_hub_the_retry_on_a_dropped_connection():
     from django.db import InterfaceError, OperationalError
 
+    # Every task module, as a worker imports them at start: a test process has only those imported so far.
+    app.loader.import_default_modules()
     ours = [task for name, task in app.tasks.items() if name.split(".")[0] in ("crm_sync", "telephony", "ctihub")]
     assert len(ours) > 10
     for task in ours:
         assert {OperationalError, InterfaceError} <= set(task.autoretry_for), task.name
+
+
+@pytest.fixture
+def hand_off_queue(monkeypatch):
+    """The call-events queue, renamed for this test alone (no events worker of another test takes from it)."""
+    from ctihub import broker
+
+    name = f"test-call-events-{uuid.uuid4().hex}"
+    found = broker._direct(tasks.sync_call_task)
+    assert found is not None and found[0] == settings.CRM_EVENTS_QUEUE
+    monkeypatch.setitem(broker._direct_queues, tasks.sync_call_task.name, (name, *found[1:]))
+    yield name
+    shared_redis().delete(name)
+
+
+def _burst(account, terminal, pbx_call_id="-428"):
+    from django.utils import timezone
+
+    from telephony import updates as u
+
+    return [u.CallUpdate(account_id=account.pk, pbx_call_id=pbx_call_id, state=u.RINGING, kind="callRinging",
+                         payload={}, occurred_at=timezone.now(), terminal_pbx_id=terminal.pbx_id, direction=u.INBOUND,
+                         remote_number="+33612345678")]
+
+
+def _queued_syncs(queue_name) -> list[list]:
+    import base64
+    import json
+
+    messages = [json.loads(raw) for raw in reversed(shared_redis().lrange(queue_name, 0, -1))]  # oldest first
+    return [(m["headers"]["task"].rsplit(".", 1)[-1], json.loads(base64.b64decode(m["body"]))[0]) for m in messages]
+
+
+@pytest.mark.django_db
+def test_it_hands_a_frames_call_to_the_crm_in_the_cards_pipeline_without_apply_async(
+        hand_off_queue, monkeypatch, django_capture_on_commit_callbacks):
+    # Celery's apply_async, once a change, was a third of the socket worker's CPU for a frame.
+    from celery import Task
+    from redis.client import Pipeline
+
+    from crm_sync.models import RetailCrmIntegration
+    from telephony.domain import apply_call_updates
+    from telephony.models import Call
+    from telephony.publish import publisher
+    from tests.factories import make_account, make_terminal
+
+    RetailCrmIntegration.objects.create(name="shop", crm_url="http://127.0.0.1:9/", api_key="k")
+    account = make_account()
+    terminal = make_terminal(account)
+    applied = []
+    monkeypatch.setattr(Task, "apply_async", lambda task, *args, **kwargs: applied.append(task.name))
+    pipelines = []
+    real_execute = Pipeline.execute
+
+    def counting(pipe, *args, **kwargs):
+        pipelines.append([command[0][0] for command in pipe.command_stack])
+        return real_execute(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", counting)
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(_burst(account, terminal))
+    publisher.drain(timeout=10)
+    call = Call.objects.get()
+    assert _queued_syncs(hand_off_queue) == [("sync_call_task", [call.pk])]
+    assert applied == []
+    pushed = [commands for commands in pipelines if "LPUSH" in commands]
+    assert len(pushed) == 1 and "ZRANGE" in pushed[0]  # with the card's groups, in one round trip
+
+
+@pytest.mark.django_db
+def test_it_queues_the_hand_off_through_celery_when_the_push_fails(hand_off_queue, monkeypatch,
+                                                                  django_capture_on_commit_callbacks):
+    from celery import Task
+
+    from ctihub import broker
+    from crm_sync.models import RetailCrmIntegration
+    from telephony.domain import apply_call_updates
+    from telephony.models import Call
+    from telephony.publish import publisher
+    from tests.factories import make_account, make_terminal
+
+    RetailCrmIntegration.objects.create(name="shop", crm_url="http://127.0.0.1:9/", api_key="k")
+    account = make_account()
+    terminal = make_terminal(account)
+    applied = []
+    monkeypatch.setattr(Task, "apply_async", lambda task, args=(), **kwargs: applied.append((task.name, args)))
+
+    def refused(tasks_):
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(broker, "task_messages", refused)
+    with django_capture_on_commit_callbacks(execute=True):
+        apply_call_updates(_burst(account, terminal))
+    publisher.drain(timeout=10)
+    assert applied == [(tasks.sync_call_task.name, (Call.objects.get().pk,))]

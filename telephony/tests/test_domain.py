@@ -239,6 +239,48 @@ def test_it_applies_a_burst_with_as_many_statements_whatever_its_size(account, p
 
 
 @pytest.mark.django_db
+def test_it_applies_a_frame_to_its_call_in_two_statements(account, published):
+    # One reads: it locks the call and reads the terminal. One writes: it updates the call and stores the event.
+    from django.test.utils import CaptureQueriesContext
+
+    agent = make_agent()
+    make_terminal(account, pbx_id="t1", agent=agent)
+    apply_call_update(update(account, u.RINGING, "callRinging", 0, terminal_pbx_id="t1", direction=u.INBOUND))
+    with CaptureQueriesContext(connection) as talking:
+        apply_call_update(update(account, u.TALKING, "callTalking", 5, terminal_pbx_id="t1"))
+    statements = [q["sql"] for q in talking.captured_queries if "SAVEPOINT" not in q["sql"]]  # the test's transaction
+    assert len(statements) == 2, statements
+    assert "FOR UPDATE" in statements[0] and '"telephony_terminal"' in statements[0]
+    assert " SET " in statements[1] and '"telephony_callevent"' in statements[1]
+    call = Call.objects.get()
+    assert (call.state, call.agent_id, call.terminal.pbx_id) == (Call.State.TALKING, agent.pk, "t1")
+    # A frame whose terminal is unknown still finds (and locks) its call.
+    apply_call_update(update(account, u.ENDED, "callDropped", 9, terminal_pbx_id="unknown"))
+    assert Call.objects.get().state == Call.State.ENDED
+
+
+@pytest.mark.django_db
+def test_it_writes_only_the_columns_a_frame_changed(account, published):
+    from django.test.utils import CaptureQueriesContext
+
+    apply_call_update(update(account, u.RINGING, "callRinging", 0, direction=u.INBOUND, remote_number="0412345670",
+                             remote_label="Alice", allowed_actions=("answer",)))
+    with CaptureQueriesContext(connection) as talking:
+        apply_call_update(update(account, u.TALKING, "callTalking", 5, allowed_actions=("answer",)))
+    [statement] = [q["sql"] for q in talking.captured_queries if " SET " in q["sql"]]
+    set_columns = statement.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+    for unchanged in ("remote_number_raw", "remote_label", "allowed_actions", "direction", "ended_at"):
+        assert f'"{unchanged}"' not in set_columns, statement
+    for changed in ("state", "answered_at", "version", "updated_at"):
+        assert f'"{changed}"' in set_columns, statement
+    call = Call.objects.get()
+    assert (call.state, call.remote_label, call.allowed_actions, call.version) == ("talking", "Alice", ["answer"], 2)
+    apply_call_update(update(account, u.ENDED, "callDropped", 9))
+    call = Call.objects.get()
+    assert (call.state, call.allowed_actions, call.talking_ms, call.version) == ("ended", [], 4000, 3)
+
+
+@pytest.mark.django_db
 def test_it_applies_a_burst_in_order_and_publishes_every_change_in_order(account, published,
                                                                          django_capture_on_commit_callbacks):
     agent = make_agent()
@@ -302,7 +344,7 @@ def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(
     def lock_missing_the_other_workers_call(updates):
         if blind["left"]:
             blind["left"] -= 1
-            return {}  # as if our read came before the other worker's insert committed
+            return {}, real_lock(updates)[1]  # as if our read came before the other worker's insert committed
         return real_lock(updates)
 
     monkeypatch.setattr(domain, "_lock_calls", lock_missing_the_other_workers_call)
@@ -328,6 +370,7 @@ def test_it_notes_a_listeners_last_event_at_most_once_a_second(account, monkeypa
     clock = [1000.0]
     monkeypatch.setattr(domain.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(domain, "_touched", {})
+    monkeypatch.setattr(domain, "_touch_pending", set())
     with django_assert_num_queries(2):
         domain.touch_listener(listener.pk, account.pk)
     with django_assert_num_queries(0):
@@ -335,6 +378,59 @@ def test_it_notes_a_listeners_last_event_at_most_once_a_second(account, monkeypa
     clock[0] += 1.5
     with django_assert_num_queries(2):
         domain.touch_listener(listener.pk, account.pk)
+    assert Listener.objects.get(pk=listener.pk).last_event_at is not None
+
+
+@pytest.mark.django_db
+def test_it_notes_the_last_event_of_all_the_listeners_of_a_process_in_one_statement(
+        account, monkeypatch, django_assert_num_queries):
+    # Written one by one, each listener's "last event" was an autocommit a second: a worker holding hundreds of
+    # sockets made hundreds a second.
+    from telephony.models import Listener
+
+    first, second = (Listener.objects.create(account=account, name=f"l{n}") for n in range(2))
+    clock = [1000.0]
+    monkeypatch.setattr(domain.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(domain, "_touched", {})
+    monkeypatch.setattr(domain, "_touch_pending", set())
+    with django_assert_num_queries(2):
+        domain.touch_listener(first.pk, account.pk)
+    clock[0] += 0.5
+    with django_assert_num_queries(2):
+        domain.touch_listener(second.pk, account.pk)  # never written: at once, and the account with it
+    clock[0] += 0.2
+    with django_assert_num_queries(0):  # both written within the second: they wait
+        domain.touch_listener(first.pk, account.pk)
+        domain.touch_listener(second.pk, account.pk)
+    clock[0] += 0.4
+    with django_assert_num_queries(2):  # the first is due: the second and the account go with it
+        domain.touch_listener(first.pk, account.pk)
+    written = Listener.objects.filter(pk__in=[first.pk, second.pk]).values_list("last_event_at", flat=True)
+    assert len(set(written)) == 1
+    clock[0] += 0.5
+    with django_assert_num_queries(0):
+        domain.touch_listener(second.pk, account.pk)  # written half a second ago, with the first
+
+
+@pytest.mark.django_db
+def test_it_notes_a_last_event_again_when_its_write_failed(account, monkeypatch):
+    from django.db import OperationalError
+
+    from telephony.models import Listener
+
+    listener = Listener.objects.create(account=account, name="l1")
+    monkeypatch.setattr(domain, "_touched", {})
+    monkeypatch.setattr(domain, "_touch_pending", set())
+    real_write = domain._write_last_event
+
+    def dropped(rows):
+        raise OperationalError("the connection was dropped")
+
+    monkeypatch.setattr(domain, "_write_last_event", dropped)
+    with pytest.raises(OperationalError):
+        domain.touch_listener(listener.pk, account.pk)
+    monkeypatch.setattr(domain, "_write_last_event", real_write)
+    domain.touch_listener(listener.pk, account.pk)  # at once, not a second later
     assert Listener.objects.get(pk=listener.pk).last_event_at is not None
 
 
