@@ -68,8 +68,14 @@ def _dev_secret(filename: str, make) -> str:
     return value
 
 
+def _secret(name: str) -> str:
+    """A secret as given: django-environ reads a value starting with "$" as the name of another variable,
+    so a random key beginning with "$" (about one in fifty of Django's) would silently become empty."""
+    return os.environ.get(name, "")
+
+
 def _required_in_production(name: str, make_dev_value) -> str:
-    value = env.str(name, default="")
+    value = _secret(name)
     if value:
         return value
     if not DEBUG:
@@ -324,7 +330,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 PUBLIC_RATE_LIMIT_PER_SECOND = strict_int("PUBLIC_RATE_LIMIT_PER_SECOND", 20, minimum=1)
 # Bearer token /metrics asks for. Without one /metrics is refused, unless METRICS_PUBLIC opens it
 # (the default only with DEBUG: a development machine; keep an open /metrics off the public proxy).
-METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_TOKEN = _secret("METRICS_TOKEN")
 METRICS_PUBLIC = strict_bool("METRICS_PUBLIC", DEBUG)
 
 # Login throttling (django-axes) on /login/ and /admin/login/: after LOGIN_FAILURE_LIMIT failed logins

@@ -92,3 +92,13 @@ def test_it_hands_threads_the_gil_every_millisecond_in_daphne_and_the_worker(tmp
                              REDIS_URL=settings.REDIS_URL)
     assert result.returncode == 0, result.stderr
     assert [round(float(v), 6) for v in result.stdout.split()] == [0.0007, 0.0007]
+
+
+def test_it_takes_a_secret_key_that_starts_with_a_dollar_sign_as_it_is(tmp_path):
+    """django-environ would read "$abc" as a reference to a variable named abc, leaving the key empty."""
+    key = "$" + "k" * 49
+    result = import_settings("import ctihub.settings as s; print(s.SECRET_KEY, s.FIELD_ENCRYPTION_KEYS[0], s.METRICS_TOKEN)",
+                             CTIHUB_VAR_DIR=str(tmp_path), DEBUG="false", SECRET_KEY=key,
+                             FIELD_ENCRYPTION_KEY="$fernet", METRICS_TOKEN="$token", REDIS_URL="redis://127.0.0.1:6379/9")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [key, "$fernet", "$token"]
