@@ -261,16 +261,24 @@ def _redis_driver_info():
     return DriverInfo()
 
 
+# A channel of the layer is a web process's (all its consoles share one Redis set, a card is one message
+# per group): channels_redis's group_send skips a channel holding ``capacity`` messages, and the card comes
+# only with the next resync (CONSOLE_RESYNC_SECONDS). 1,000 was 500 cards of backlog, which a burst of
+# calls to 1,000 consoles reached; 10,000 is seconds of the batched receive's work (ctihub/channel_layer.py)
+# and at most a few MB in Redis for a process that died (its messages expire after ``expiry``).
+CHANNELS_CAPACITY = strict_int("CHANNELS_CAPACITY", 10_000, minimum=100)
+
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's, receiving a process's messages in batches (one round trip, not four, a message).
+        "BACKEND": "ctihub.channel_layer.BatchingRedisChannelLayer",
         "CONFIG": {
             "hosts": [{"address": REDIS_URL, "max_connections": CHANNELS_REDIS_MAX_CONNECTIONS,
                        "socket_timeout": CHANNELS_REDIS_SOCKET_TIMEOUT,
                        # redis-py 8 looks its own version up in the installed packages' metadata for every
                        # connection it opens (~0.3 ms quiet, ~10 ms on a busy machine): once is enough.
                        "driver_info": _redis_driver_info()}],
-            "capacity": 1000,
+            "capacity": CHANNELS_CAPACITY,
             "expiry": 30,
         },
     }

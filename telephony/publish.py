@@ -248,7 +248,7 @@ def _can_pipeline(layer) -> bool:
 
     # One Redis host given by its address: every group and channel key lives there (a ring of hosts hashes
     # them apart; a Sentinel setup names its master elsewhere).
-    return type(layer) is RedisChannelLayer and layer.ring_size == 1 and "address" in layer.hosts[0] \
+    return isinstance(layer, RedisChannelLayer) and layer.ring_size == 1 and "address" in layer.hosts[0] \
         and "master_name" not in layer.hosts[0]
 
 

@@ -22,7 +22,7 @@ def test_it_runs_a_task_in_a_real_celery_worker_through_redis(live_celery_worker
 
 
 def test_it_sends_a_message_across_the_real_channels_redis_layer(settings):
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "ctihub.channel_layer.BatchingRedisChannelLayer"
 
     async def round_trip():
         # A layer of its own: the shared one keeps connections bound to other tests' event loops.
