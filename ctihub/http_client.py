@@ -230,6 +230,14 @@ def _may_set_cookies(raw) -> bool:
     return "set-cookie" in headers or "set-cookie2" in headers
 
 
+def _readable(sock) -> bool:
+    """Whether an idle connection has something to read (an EOF: the server closed it). ``poll``, not
+    ``select``: daphne holds thousands of sockets, and ``select`` refuses a descriptor over 1023."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _RawAnswer:
     """What a ``Response.raw`` is read for here: headers one by one (``getlist("Set-Cookie")``) and the
     ``http.client`` answer requests' cookie extraction reads. The body is already in ``content``."""
@@ -312,8 +320,7 @@ class _KeptAlive:
             idle = self._idle.get(key)
             while idle:
                 connection = idle.pop()
-                sock = connection.sock
-                if sock is not None and not select.select([sock], [], [], 0)[0]:
+                if connection.sock is not None and not _readable(connection.sock):
                     return connection, True
                 connection.close()  # the server closed it (or sent something unasked) while it was idle
         scheme, host, port, verify = key

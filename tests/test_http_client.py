@@ -355,3 +355,28 @@ def test_it_turns_timeouts_and_refusals_on_its_own_connections_into_http_errors(
         port = unused.getsockname()[1]
     with pytest.raises(HttpError, match="ConnectionError"):
         http.request("GET", f"http://127.0.0.1:{port}/")
+
+
+def test_it_reuses_a_connection_whose_descriptor_is_over_1023(varied_server):
+    # daphne holds thousands of sockets: select() refuses a descriptor over 1023, poll() does not.
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200 if hard == resource.RLIM_INFINITY else min(hard, 1200)
+    if wanted < 1200:
+        pytest.skip(f"cannot open 1,200 descriptors here (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        url = f"http://127.0.0.1:{varied_server.server_port}"
+        http = HttpClient("test")
+        assert http.request("GET", f"{url}/gzip").ok
+        (connection,) = [c for connections in http._kept_alive._idle.values() for c in connections]
+        assert connection.sock.fileno() > 1023
+        assert http.request("GET", f"{url}/gzip").json() == {"zipped": True}
+        assert len(set(VariedHandler.peers)) == 1
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
