@@ -17,10 +17,13 @@ import functools
 import hashlib
 import logging
 import math
+import threading
 
 from django.conf import settings
 from django.http import JsonResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crm_sync.retailcrm.ratelimit import TAKE_TOKEN, _redis
 
@@ -47,20 +50,54 @@ def caller_of(request) -> str:
 TAKE_TOKEN_SHA = hashlib.sha1(TAKE_TOKEN.encode()).hexdigest()
 
 
+_held = threading.local()
+
+
+def _connection():
+    """This thread's own connection to the shared Redis, for the rate limit's one command a request.
+
+    redis-py's client (its pool, retry and observability layers around every command) cost twice
+    the round trip itself; one click pays this (issue 16). The same server, timeouts and connection
+    kind as the process's shared client (``shared_redis``), a new one after a fork.
+    """
+    client = _redis()
+    held = getattr(_held, "connection", None)
+    if held is None or held[0] is not client:
+        if held is not None:
+            held[1].disconnect()
+        pool = client.connection_pool
+        held = _held.connection = (client, pool.connection_class(**pool.connection_kwargs))
+    return held[1]
+
+
 def take(endpoint: str, caller: str, scale: int = 1) -> int:
     """0 when the caller may go on, else the milliseconds until it may (``scale`` times the usual rate).
 
-    ``EVALSHA`` straight through ``execute_command``, as redis-py's ``Script`` object sends it but
-    without its layers (one click pays this); a Redis that does not know the script yet (started
+    ``EVALSHA`` on this thread's connection; a Redis that does not know the script yet (started
     afresh, ``SCRIPT FLUSH``) gets it with ``EVAL``, which also loads it for the next ``EVALSHA``.
+    A connection the server closed while it was idle (a restart) is noticed before the command is
+    sent, as redis-py's pool does, and replaced; any other failure raises (``check`` lets the request
+    through) and the connection starts afresh next time.
     """
-    client = _redis()
+    connection = _connection()
     rate = float(settings.PUBLIC_RATE_LIMIT_PER_SECOND * scale)
     key = f"{PREFIX}:{endpoint}:{caller}"
     try:
-        wait_ms = client.execute_command("EVALSHA", TAKE_TOKEN_SHA, 1, key, rate, rate * BURST_FACTOR, 60000)
-    except NoScriptError:
-        wait_ms = client.execute_command("EVAL", TAKE_TOKEN, 1, key, rate, rate * BURST_FACTOR, 60000)
+        if getattr(connection, "_sock", None) is not None:  # send_command connects one that is not
+            try:
+                if connection.can_read():  # readable while idle: closed by the server, or out of step
+                    raise RedisConnectionError("the rate limit's connection has data")
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                connection.disconnect()
+        connection.send_command("EVALSHA", TAKE_TOKEN_SHA, 1, key, rate, rate * BURST_FACTOR, 60000)
+        try:
+            wait_ms = connection.read_response()
+        except NoScriptError:
+            connection.send_command("EVAL", TAKE_TOKEN, 1, key, rate, rate * BURST_FACTOR, 60000)
+            wait_ms = connection.read_response()
+    except BaseException:
+        connection.disconnect()  # an answer half read must not be the next request's
+        raise
     return int(wait_ms)
 
 

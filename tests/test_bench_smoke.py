@@ -83,6 +83,14 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert "p1_makecall_saturation_rate" in figures and "p2_makecall_saturation_rate" in figures
         assert "makecall_saturation_ratio" in figures
         assert re.search(r"^p2_sweep_10: .*cpu share \d+% / \d+%, connections \d+ / \d+", done.stdout, re.M), done.stdout
+        # Every step names each process's CPU per request, so a saturation names its process.
+        assert re.search(r"^p2_sweep_10_cpu: web [\d.]+ \+ [\d.]+ ms/request .*pbx [\d.]+ ms/request.*"
+                         r"load generator [\d.]+ ms/request.*web processes got \d+% of \d+ cores", done.stdout, re.M), \
+            done.stdout
+    if name.startswith("makecall_overhead"):
+        # The PBX side is the cheap responder, and the output says what it answers.
+        assert "# PBX: bench/pbx_responder.py answers every placeCall with the simulator's own answer" in done.stdout
+        assert int(figures["pbx_responder_place_call_answers"]) > 0
     if name == "frame_cost":
         assert figures["frames_stored"] == "12" and figures["cards_delivered"] == "12"
         assert figures["crm_hand_offs"] == "12"  # one sync task a change, as the CRM hand-off queued it

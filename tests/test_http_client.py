@@ -207,3 +207,195 @@ def test_it_gives_a_plain_request_the_clients_timeouts_and_trust_store(monkeypat
     http.request("POST", "https://pbx.example/a", data=b"x", timeout=(0.5, 1))
     assert [(kwargs["timeout"], kwargs["verify"], kwargs["stream"]) for _sent, kwargs in adapter.sent] == [
         ((1.5, 4), "/etc/ssl/pbx.pem", False), ((0.5, 1), "/etc/ssl/pbx.pem", False)]
+
+
+class VariedHandler(BaseHTTPRequestHandler):
+    """Answers as real servers do: gzip, chunked, repeated Set-Cookie, slow, closing; records connections."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as a PBX
+    peers: list = []
+
+    def do_GET(self):
+        type(self).peers.append(self.client_address)
+        if self.path == "/gzip":
+            import gzip
+
+            body = gzip.compress(b'{"zipped": true}')
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        elif self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"hello ", b"world"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/cookies":
+            self.send_response(200)
+            self.send_header("Set-Cookie", "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT")
+            self.send_header("Set-Cookie", "b=2; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/slow":
+            import time
+
+            time.sleep(1.5)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/close":
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            self.close_connection = True
+        else:
+            self.send_response(404)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"not found")
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def varied_server():
+    VariedHandler.peers = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), VariedHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_it_sends_the_usual_request_on_a_kept_alive_connection_of_its_own(varied_server, monkeypatch):
+    # requests' adapter and urllib3's pool were over half of a PBX request's CPU (issue 16): the usual
+    # request goes on the client's own kept-alive connection, with the same answer.
+    through_adapter = []
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send",
+                        lambda self, *args, **kwargs: through_adapter.append(args) or pytest.fail("adapter used"))
+    url = f"http://127.0.0.1:{varied_server.server_port}"
+    http = HttpClient("test")
+    for _ in range(3):
+        answer = http.request("GET", f"{url}/gzip")
+        assert answer.status_code == 200 and answer.json() == {"zipped": True}
+        assert answer.encoding == "utf-8" and answer.url == f"{url}/gzip" and answer.request.method == "GET"
+    assert through_adapter == []
+    assert len(set(VariedHandler.peers)) == 1  # one connection carried the three requests
+
+
+def test_it_answers_as_requests_would_on_its_own_connections(varied_server):
+    url = f"http://127.0.0.1:{varied_server.server_port}"
+    http = HttpClient("test")
+    assert http.request("GET", f"{url}/chunked").text == "hello world"
+    cookies = http.request("GET", f"{url}/cookies")
+    assert cookies.raw.headers.getlist("Set-Cookie") == [
+        "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT", "b=2; Path=/"]
+    assert cookies.headers["Set-Cookie"] == "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT, b=2; Path=/"
+    assert cookies.cookies.get("b") == "2" and http.session.cookies.get("a") == "1"
+    missing = http.request("GET", f"{url}/nothing")
+    assert (missing.status_code, missing.text, missing.ok) == (404, "not found", False)
+    head = http.request("HEAD", f"{url}/gzip")
+    assert head.status_code == 200 and head.content == b""
+    # The server closes after this answer, and the next request opens a new connection.
+    assert http.request("GET", f"{url}/close").text == "ok"
+    assert http.request("GET", f"{url}/gzip").json() == {"zipped": True}
+    assert len(set(VariedHandler.peers)) == 2
+
+
+class ForgetfulHandler(VariedHandler):
+    timeout = 0.2  # the server closes a connection idle this long, without a word (as a PBX's idle timeout)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+
+def test_it_opens_a_new_connection_when_the_server_closed_the_idle_one():
+    import time
+
+    VariedHandler.peers = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ForgetfulHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        http = HttpClient("test")
+        assert http.request("POST", f"{url}/gzip", data=b"x").ok
+        time.sleep(1)
+        # A POST is never sent twice: the closed connection is noticed before anything is sent on it.
+        assert http.request("POST", f"{url}/gzip", data=b"x").json() == {"zipped": True}
+        assert len(set(VariedHandler.peers)) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_it_turns_timeouts_and_refusals_on_its_own_connections_into_http_errors(varied_server):
+    url = f"http://127.0.0.1:{varied_server.server_port}"
+    http = HttpClient("test", connect_timeout=1, read_timeout=0.3, get_retries=0)
+    with pytest.raises(HttpError, match="ReadTimeout"):
+        http.request("GET", f"{url}/slow")
+    assert http.request("GET", f"{url}/gzip").ok  # the timed-out connection was not given back
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(HttpError, match="ConnectionError"):
+        http.request("GET", f"http://127.0.0.1:{port}/")
+
+
+def test_it_reuses_a_connection_whose_descriptor_is_over_1023(varied_server):
+    # daphne holds thousands of sockets: select() refuses a descriptor over 1023, poll() does not.
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200 if hard == resource.RLIM_INFINITY else min(hard, 1200)
+    if wanted < 1200:
+        pytest.skip(f"cannot open 1,200 descriptors here (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        url = f"http://127.0.0.1:{varied_server.server_port}"
+        http = HttpClient("test")
+        assert http.request("GET", f"{url}/gzip").ok
+        (connection,) = [c for connections in http._kept_alive._idle.values() for c in connections]
+        assert connection.sock.fileno() > 1023
+        assert http.request("GET", f"{url}/gzip").json() == {"zipped": True}
+        assert len(set(VariedHandler.peers)) == 1
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_it_prepares_a_url_once_however_often_it_is_sent(monkeypatch):
+    # Parsing, IDNA and requoting the same placeCall URL was 14% of a PBX request's CPU (issue 16).
+    from ctihub import http_client
+
+    http_client._PREPARED_URLS.clear()
+    prepared_urls = []
+    original = requests.PreparedRequest.prepare_url
+    monkeypatch.setattr(requests.PreparedRequest, "prepare_url",
+                        lambda self, url, params: prepared_urls.append(url) or original(self, url, params))
+    adapter = RecordingAdapter()
+    http = HttpClient("test", adapter=adapter)
+    for _ in range(3):
+        http.request("POST", "http://PBX.example/a b/é", data=b"x")
+    http.request("POST", "http://PBX.example/a b/é", data=b"x", params={"q": "1"})  # params: prepared each time
+    assert prepared_urls == ["http://PBX.example/a b/é", "http://PBX.example/a b/é"]
+    assert [sent.url for sent, _kwargs in adapter.sent] == ["http://pbx.example/a%20b/%C3%A9"] * 3 + [
+        "http://pbx.example/a%20b/%C3%A9?q=1"]

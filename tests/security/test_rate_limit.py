@@ -112,3 +112,26 @@ def test_it_counts_with_eval_when_redis_does_not_know_its_script(slow_limit, mon
     assert waits[:3] == [0, 0, 0] and waits[3] > 0  # a burst of 3, then the bucket is empty
     monkeypatch.undo()
     assert ratelimit.take("script-test", "addr:1") > 0  # EVALSHA counts in the same bucket
+
+
+def test_it_takes_a_token_without_redis_pys_client_layers(slow_limit, monkeypatch):
+    # redis-py's client (pool, retries, observability) cost twice the round trip itself on every click
+    # (issue 16): the rate limit sends its one command on its thread's own connection.
+    def not_this_way(*args, **kwargs):
+        raise AssertionError("the rate limit went through redis-py's client")
+
+    monkeypatch.setattr(redis.Redis, "execute_command", not_this_way)
+    waits = [ratelimit.take("layers-test", "addr:2") for _ in range(4)]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0
+
+
+def test_it_takes_a_token_on_a_new_connection_when_redis_closed_the_idle_one(slow_limit):
+    assert ratelimit.take("restart-test", "addr:3") == 0
+    connection = ratelimit._connection()
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    own_id = int(connection.send_command("CLIENT", "ID") or connection.read_response())
+    # Redis forgets the connection between two clicks (a restart, a timeout): the next click still counts.
+    assert client.client_kill_filter(_id=own_id) == 1
+    client.close()
+    assert [ratelimit.take("restart-test", "addr:3") for _ in range(3)][:2] == [0, 0]
+    assert ratelimit.take("restart-test", "addr:3") > 0  # the same bucket: 3 taken of a burst of 3
