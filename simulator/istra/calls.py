@@ -176,6 +176,17 @@ class CallBook:
     def observe(self, name: str, observer: Observer) -> None:
         self.observers[name] = observer  # keyed so registering twice is harmless
 
+    def forget(self, line_id: str) -> None:
+        """The PBX restarted and forgot the line: gone from every index, with no frame about it."""
+        line = self.lines.pop(str(line_id), None)
+        if line is None:
+            return
+        extension_lines = self._live.get(line.extension_id, {})
+        extension_lines.pop(line.line_id, None)
+        self._live_all.pop(line.line_id, None)
+        if not extension_lines:
+            self._live.pop(line.extension_id, None)
+
     # --- reading -----------------------------------------------------------------
 
     def line(self, line_id: str) -> Line | None:

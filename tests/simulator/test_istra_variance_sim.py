@@ -69,7 +69,7 @@ def test_it_answers_404_in_the_routers_shape_and_makes_a_line_pullable_again(sim
 
 def test_it_makes_a_line_unpullable_even_once_the_pbx_forgot_it(sim, world, rcc):
     line = world.incoming_call(JOHN, "0612345678").line_id
-    world.calls.lines.pop(line)
+    world.calls.forget(line)
     assert rcc.get(f"v1/rcc/CallLine/{line}").status_code == 400  # forgotten: "bad call line ID"
     control(sim, "unpullable-lines", {"lines": [line], "status": 503})
     assert rcc.get(f"v1/rcc/CallLine/{line}").status_code == 503

@@ -42,7 +42,7 @@ def test_it_ends_a_call_that_was_answered_and_hung_up_while_the_socket_was_down(
 def test_it_ends_a_call_the_pbx_no_longer_knows(provider, world):
     gone = world.incoming_call(ALICE, "0612345678").line_id
     connect_and_catch_up(provider)
-    world.calls.lines.pop(gone)  # the PBX restarted and forgot the line
+    world.calls.forget(gone)  # the PBX restarted and forgot the line
 
     connect_and_catch_up(provider)
 
