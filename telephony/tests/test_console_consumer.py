@@ -83,6 +83,21 @@ async def closed_with(comm):
     return (await comm.receive_output(timeout=5))["code"]
 
 
+
+def resync_each_second(settings, monkeypatch, grace_seconds: float) -> None:
+    """Consoles resync every second and leave a card younger than ``grace_seconds`` to its publish."""
+    from telephony import consumers
+
+    settings.CONSOLE_RESYNC_SECONDS = 1
+    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=grace_seconds))
+
+
+def agent_on(account, pbx_id: str, name: str | None = None):
+    """A new agent whose terminal ``pbx_id`` is on ``account``."""
+    agent = make_agent(name) if name else make_agent()
+    make_terminal(account, pbx_id=pbx_id, agent=agent)
+    return agent
+
 def test_it_refuses_an_unauthenticated_connection_with_a_code_the_page_explains(layer_in_memory):
     assert asyncio.run(closed_with(communicator(headers_for()))) == 4401
 
@@ -201,14 +216,10 @@ def answer(account, terminal_pbx_id, call_id):
 
 def test_it_sends_a_card_whose_publish_was_lost_on_the_next_resync_and_only_once(settings, monkeypatch, published):
     """A worker killed between commit and publish: the console learns the call from the database."""
-    from telephony import consumers
-
-    settings.CONSOLE_RESYNC_SECONDS = 1
-    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.5))
+    resync_each_second(settings, monkeypatch, grace_seconds=0.5)
     account = make_account()
-    me, other = make_agent(), make_agent()
-    make_terminal(account, pbx_id="t-me", agent=me)
-    make_terminal(account, pbx_id="t-other", agent=other)
+    me = agent_on(account, "t-me")
+    agent_on(account, "t-other")
     headers = headers_for(me.user)
 
     async def scenario():
@@ -236,13 +247,9 @@ def test_it_leaves_a_card_younger_than_the_grace_to_its_publish_so_it_never_come
                                                                                           published):
     import time
 
-    from telephony import consumers
-
-    settings.CONSOLE_RESYNC_SECONDS = 1
-    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=2.5))
+    resync_each_second(settings, monkeypatch, grace_seconds=2.5)
     account = make_account()
-    me = make_agent()
-    make_terminal(account, pbx_id="t-me", agent=me)
+    me = agent_on(account, "t-me")
     headers = headers_for(me.user)
 
     async def scenario():
@@ -265,14 +272,11 @@ def test_it_never_sends_a_card_version_twice_when_its_publish_comes_after_the_re
     """A worker seconds behind: the resync sends the card, then its publish arrives."""
     from channels.layers import get_channel_layer
 
-    from telephony import consumers
     from telephony.cards import agent_group, call_card
 
-    settings.CONSOLE_RESYNC_SECONDS = 1
-    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.2))
+    resync_each_second(settings, monkeypatch, grace_seconds=0.2)
     account = make_account()
-    me = make_agent()
-    make_terminal(account, pbx_id="t-me", agent=me)
+    me = agent_on(account, "t-me")
     early = ring(account, "t-me", "-0")  # in the snapshot: its publish comes after it
     early_card = call_card(early)
     connection.close()
@@ -322,9 +326,7 @@ def test_it_sends_each_card_only_to_its_agent_and_to_supervisors():
 
 def test_it_refuses_a_forged_subscription_and_actions_on_someone_elses_call():
     account = make_account()
-    alice, bob = make_agent("alice"), make_agent("bob")
-    make_terminal(account, pbx_id="t-alice", agent=alice)
-    make_terminal(account, pbx_id="t-bob", agent=bob)
+    alice, bob = agent_on(account, "t-alice", "alice"), agent_on(account, "t-bob", "bob")
     headers = headers_for(bob.user)
 
     async def scenario():
@@ -434,14 +436,11 @@ def test_it_resyncs_every_console_of_a_process_with_one_query_a_period(settings,
     """1,000 consoles asked the database 67 times a second; now the process asks once a period."""
     import time
 
-    from telephony import console, consumers
+    from telephony import console
 
-    settings.CONSOLE_RESYNC_SECONDS = 1
-    monkeypatch.setattr(consumers, "IN_FLIGHT_GRACE", timedelta(seconds=0.2))
+    resync_each_second(settings, monkeypatch, grace_seconds=0.2)
     account = make_account()
-    alice, bob = make_agent("alice"), make_agent("bob")
-    make_terminal(account, pbx_id="t-alice", agent=alice)
-    make_terminal(account, pbx_id="t-bob", agent=bob)
+    alice, bob = agent_on(account, "t-alice", "alice"), agent_on(account, "t-bob", "bob")
     headers = [headers_for(alice.user), headers_for(alice.user), headers_for(bob.user)]
     looks = []
     real = console.cards_changed
@@ -481,8 +480,7 @@ def test_it_delivers_cards_without_a_hop_to_the_sync_thread_per_message(monkeypa
 
     monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
     account = make_account()
-    me = make_agent()
-    make_terminal(account, pbx_id="t-me", agent=me)
+    me = agent_on(account, "t-me")
     headers = headers_for(me.user)
 
     async def scenario():
