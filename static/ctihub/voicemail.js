@@ -10,6 +10,7 @@
   let section = null;
   let lastUnread = null;
   let loading = null;
+  let loadAgain = false;
 
   function csrfToken() {
     const input = section.querySelector("input[name=csrfmiddlewaretoken]");
@@ -35,13 +36,18 @@
   }
 
   function load() {
-    // One request at a time: a burst of counter frames must not start a burst of PBX calls.
-    if (loading) return loading;
+    // One request at a time: a burst of counter frames must not start a burst of PBX calls. But a
+    // request asked for while one is in flight runs once more after it: the one in flight may have
+    // read the PBX before the voicemail that asked for it, and would leave the list without it.
+    if (loading) { loadAgain = true; return loading; }
     loading = fetch(section.dataset.listUrl, { credentials: "same-origin" })
       .then((response) => response.json())
       .then((data) => render(data.boxes || []))
       .catch(() => showError("Could not load your voicemail."))
-      .finally(() => { loading = null; });
+      .finally(() => {
+        loading = null;
+        if (loadAgain) { loadAgain = false; load(); }
+      });
     return loading;
   }
 
