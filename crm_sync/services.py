@@ -35,6 +35,7 @@ from ctihub.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
 from ctihub.tasks import enqueue, enqueue_soon
 from accounts.models import Agent
 from crm_sync import recordings
+from crm_sync.claims import CLAIM_LEASE, keeper
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration, client_id_digests
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmClient, RetailCrmError
@@ -42,9 +43,6 @@ from telephony.models import Call, PbxAccount, Terminal
 
 logger = logging.getLogger(__name__)
 
-# A claim outlives any single send (rate-limit wait + timeouts + retries stay well under it);
-# it only matters when a worker dies holding one.
-CLAIM_LEASE = timedelta(minutes=5)
 # An in/out event pops a card in retailCRM. For a call that ended longer ago than
 # this it would pop a card for a call that is long gone: skipped, the upload carries the call.
 START_EVENT_STALE_AFTER = timedelta(seconds=60)
@@ -265,32 +263,39 @@ def send_due_events(row: CrmCallSync, integration: RetailCrmIntegration) -> list
     if not _claim(row.pk, "events", token):
         raise EventsBusy(f"events of call {row.call_id} are being sent by another worker")
     sent: list[str] = []
+    renew = CrmCallSync.objects.filter(pk=row.pk, events_claim=token)
     try:
-        # The row and its call as they are now that the claim is ours, in one query.
-        fresh = CrmCallSync.objects.select_related("call__agent").get(pk=row.pk)
-        for f in CrmCallSync._meta.concrete_fields:
-            setattr(row, f.attname, getattr(fresh, f.attname))
-        call = row.call = fresh.call
-        if row.events_in_flight:
-            _settle_unknown_outcome(row, token)
-        while True:
-            step = _due_event(row, call)
-            if step is None:
-                break
-            if isinstance(step, str):
-                CrmCallSync.objects.filter(pk=row.pk, events_claim=token).update(events_skipped=step[:300])
-                row.events_skipped = step
-                break
-            kind, sent_field, builder = step
-            known = (row.site_code, row.external_phone)
-            site, external_phone = shop_of(row, call, integration, save=False)
-            # The shop, resolved once, is written with the in-flight mark (one statement).
-            shop = {"site_code": site, "external_phone": external_phone} if (site, external_phone) != known else {}
-            _send_event(row, integration, token, kind, sent_field, builder(call, site, external_phone), **shop)
-            sent.append(kind)
+        with keeper.keep(f"the events claim of call {row.call_id}",
+                         lambda: renew.update(events_claimed_until=Now() + CLAIM_LEASE)):
+            _send_claimed_events(row, integration, token, sent)
     finally:
         _release(row.pk, "events", token)
     return sent
+
+
+def _send_claimed_events(row: CrmCallSync, integration: RetailCrmIntegration, token: str, sent: list[str]) -> None:
+    # The row and its call as they are now that the claim is ours, in one query.
+    fresh = CrmCallSync.objects.select_related("call__agent").get(pk=row.pk)
+    for f in CrmCallSync._meta.concrete_fields:
+        setattr(row, f.attname, getattr(fresh, f.attname))
+    call = row.call = fresh.call
+    if row.events_in_flight:
+        _settle_unknown_outcome(row, token)
+    while True:
+        step = _due_event(row, call)
+        if step is None:
+            break
+        if isinstance(step, str):
+            CrmCallSync.objects.filter(pk=row.pk, events_claim=token).update(events_skipped=step[:300])
+            row.events_skipped = step
+            break
+        kind, sent_field, builder = step
+        known = (row.site_code, row.external_phone)
+        site, external_phone = shop_of(row, call, integration, save=False)
+        # The shop, resolved once, is written with the in-flight mark (one statement).
+        shop = {"site_code": site, "external_phone": external_phone} if (site, external_phone) != known else {}
+        _send_event(row, integration, token, kind, sent_field, builder(call, site, external_phone), **shop)
+        sent.append(kind)
 
 
 def _due_event(row: CrmCallSync, call: Call):
@@ -500,9 +505,22 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
     if integration is None:
         return report
     client = client_for(integration)
+    current = [""]  # the batch being uploaded: its claim is kept alive while the request waits
+
+    def renew():
+        if current[0]:
+            CrmCallSync.objects.filter(upload_claim=current[0]).update(upload_claimed_until=Now() + CLAIM_LEASE)
+
+    with keeper.keep(f"the upload claims of integration {integration_id}", renew):
+        _drain(integration_id, integration, client, report, current, max_batches)
+    return report
+
+
+def _drain(integration_id: int, integration, client, report: UploadReport, current: list[str],
+           max_batches: int | None) -> None:
     resumed = False
     while max_batches is None or report.batches < max_batches:
-        token = uuid.uuid4().hex
+        token = current[0] = uuid.uuid4().hex
         rows = claim_batch(integration_id, token)
         if not rows:
             break
@@ -526,7 +544,6 @@ def upload_outbox(integration_id: int, max_batches: int | None = None) -> Upload
         else:
             resumed = resumed or bool(_resume_postponed(integration_id))
         _refresh_crm_sync_state([row.call_id for row in rows])
-    return report
 
 
 def _still_waiting(row: CrmCallSync, record_url: str | None) -> bool:

@@ -14,6 +14,7 @@ import uuid
 from celery import shared_task
 
 from crm_sync import services
+from crm_sync.claims import CLAIM_LEASE, keeper
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmError
 
@@ -31,8 +32,10 @@ REGISTER_DEBOUNCE = 2.0
 UPLOAD_GATHER_SECONDS = 1.0
 # One drain of an integration's outbox at a time: a second one would only tie up another worker thread
 # waiting for the same tokens (uploads wait for call events, see ``ratelimit``).
+# A lease, renewed while the drain runs (``claims.keeper``): a worker killed in the middle of a drain
+# holds the outbox back for CLAIM_LEASE at most.
 DRAINING_KEY = "ctihub:retailcrm:draining:{}"
-DRAIN_LEASE_MS = 300_000
+DRAIN_LEASE_MS = int(CLAIM_LEASE.total_seconds() * 1000)
 
 
 @shared_task(bind=True, ignore_result=True)
@@ -75,7 +78,12 @@ def upload_calls_task(integration_id: int) -> None:
         schedule_drain(integration_id, UPLOAD_GATHER_SECONDS)
         return
     try:
-        report = services.upload_outbox(integration_id)
+        if key is None:
+            report = services.upload_outbox(integration_id)
+        else:
+            with keeper.keep(f"the drain lock of integration {integration_id}",
+                             lambda: _renew_drain_lock(key, token)):
+                report = services.upload_outbox(integration_id)
     except services.RetryLater as exc:
         schedule_drain(integration_id, exc.delay)
         return
@@ -87,6 +95,16 @@ def upload_calls_task(integration_id: int) -> None:
 
 
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+def _renew_drain_lock(key: str, token: str) -> None:
+    from crm_sync.retailcrm.ratelimit import _redis
+
+    if not _redis().eval(_RENEW, 1, key, token, DRAIN_LEASE_MS):
+        # Lapsed (the keeper was held back past the lease) and maybe taken: the rows' own claims still
+        # keep two drains from uploading the same call.
+        logger.warning("the drain lock %s was no longer ours", key)
 
 
 def _release_drain_lock(key: str, token: str) -> None:
