@@ -422,21 +422,27 @@ def test_it_refuses_a_websocket_without_a_session_cookie(platform):
     assert refused.value.status_code == 401
 
 
+async def _listen_as_alice_on_terminal_42(client):
+    """myCrm as a client does it: log in, open the socket, subscribe listener "L" to terminal 42, ask its lines."""
+    # Built by hand: aiohttp.BasicAuth refuses the ":" of "ENDUSER:alice".
+    basic = "Basic " + base64.b64encode(b"ENDUSER:alice:pw").decode()
+    login = await client.post("/restletrouter/v1/service/Login",
+                              headers={"X-Application": "myCrm", "Authorization": basic})
+    headers = {"X-Application": login.headers["X-Application"]}
+    ws = await client.ws_connect("/restletrouter/ws-service/myCrm")
+    await client.post("/restletrouter/v1/service/EventListener/bean", headers=headers,
+                      data='{"name":"L"}\n{"terminalId":"42"}')
+    await client.get("/restletrouter/v1/crm/CallLine?listenerName=L&terminalId=42", headers=headers)
+    return ws
+
+
 def test_it_builds_in_process_and_is_driven_from_python():
     async def scenario() -> list[dict]:
         state = SimulatorState()
         state.istra.add_user("alice", "pw")
         state.istra.add_terminal("42", "201", owner="alice")
         async with TestClient(TestServer(build_app(state))) as client:
-            # Built by hand: aiohttp.BasicAuth refuses the ":" of "ENDUSER:alice".
-            basic = "Basic " + base64.b64encode(b"ENDUSER:alice:pw").decode()
-            login = await client.post("/restletrouter/v1/service/Login",
-                                      headers={"X-Application": "myCrm", "Authorization": basic})
-            headers = {"X-Application": login.headers["X-Application"]}
-            ws = await client.ws_connect("/restletrouter/ws-service/myCrm")
-            await client.post("/restletrouter/v1/service/EventListener/bean", headers=headers,
-                              data='{"name":"L"}\n{"terminalId":"42"}')
-            await client.get("/restletrouter/v1/crm/CallLine?listenerName=L&terminalId=42", headers=headers)
+            ws = await _listen_as_alice_on_terminal_42(client)
             line = state.istra.incoming_call("42", "0600000000")
             state.istra.hangup(line.line_id, "noAnswer")
             frames = [await ws.receive_json(timeout=2) for _ in range(2)]
@@ -473,14 +479,7 @@ def test_it_pushes_a_call_s_frames_without_going_through_the_calls_ended_before(
         async with TestClient(TestServer(build_app(state))) as client:
             for n in range(300):  # calls ended before: in the call book and in alice's history
                 world.hangup(world.incoming_call("42", f"06000{n:05d}").line_id, "noAnswer")
-            basic = "Basic " + base64.b64encode(b"ENDUSER:alice:pw").decode()
-            login = await client.post("/restletrouter/v1/service/Login",
-                                      headers={"X-Application": "myCrm", "Authorization": basic})
-            headers = {"X-Application": login.headers["X-Application"]}
-            ws = await client.ws_connect("/restletrouter/ws-service/myCrm")
-            await client.post("/restletrouter/v1/service/EventListener/bean", headers=headers,
-                              data='{"name":"L"}\n{"terminalId":"42"}')
-            await client.get("/restletrouter/v1/crm/CallLine?listenerName=L&terminalId=42", headers=headers)
+            ws = await _listen_as_alice_on_terminal_42(client)
             world.calls.lines = Watched(world.calls.lines)
             counters = myistra.EndUser.counters
             myistra.EndUser.counters = lambda user: counted.append(user) or counters(user)
