@@ -15,7 +15,7 @@ def register() -> None:
     from telephony import plugins
 
     plugins.calls_committed.connect(hand_off, dispatch_uid="crm_sync.plugins.hand_off")
-    plugins.register_card_enricher(card_fields)
+    plugins.register_card_enricher(crm_fields)
 
 
 def hand_off(sender, calls, **kwargs) -> None:
@@ -24,7 +24,7 @@ def hand_off(sender, calls, **kwargs) -> None:
     services.calls_changed(calls)
 
 
-def card_fields(calls) -> dict[int, dict]:
+def crm_fields(calls) -> dict[int, dict]:
     from crm_sync import services
 
     return services.card_fields_many(calls)
