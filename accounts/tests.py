@@ -45,3 +45,27 @@ def test_it_shows_the_wallboard_to_supervisors_only(client):
     client.force_login(make_agent("grace", is_supervisor=True).user)
     response = client.get("/wallboard/")
     assert response.status_code == 200 and 'id="count-missed"' in response.content.decode()
+
+
+def test_it_announces_a_status_change_once_it_is_committed(django_capture_on_commit_callbacks):
+    from django.db import transaction
+
+    from accounts.models import Agent
+    from accounts.services import set_agent_status
+    from accounts.signals import agent_status_changed
+
+    agent = make_agent("frank")
+    heard = []
+
+    def receiver(sender, agent, status, source, **kwargs):
+        heard.append((sender, agent.pk, status, source, Agent.objects.get(pk=agent.pk).status))
+
+    agent_status_changed.connect(receiver, weak=False, dispatch_uid="test-status")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            with transaction.atomic():
+                set_agent_status(agent, "dinner", source="retailcrm")
+            assert heard == []  # not committed yet
+    finally:
+        agent_status_changed.disconnect(dispatch_uid="test-status")
+    assert heard == [(Agent, agent.pk, "dinner", "retailcrm", "dinner")]

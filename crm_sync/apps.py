@@ -7,3 +7,6 @@ class CrmSyncConfig(AppConfig):
 
     def ready(self):
         from crm_sync import signals  # noqa: F401  (connects the re-registration receivers)
+        from crm_sync.plugins import register
+
+        register()  # the call hand-off and the cards' retailCRM fields (telephony.plugins)

@@ -8,8 +8,9 @@ time. A changed call id, a forged signature or an age past
 
 Where audio comes from depends on the PBX (recordings where a PBX offers them;
 voicemail through the Istra End User API, issue 7). A source registers itself
-here with :func:`register_source`; the upload asks :func:`record_url_for`, and
-only calls some source has audio for get a ``recordUrl``.
+with the telephony core (``telephony.plugins.register_audio_source``, also
+``register_source`` here); the upload asks :func:`record_url_for`, and only
+calls some source has audio for get a ``recordUrl``.
 
 Some audio comes after the call: a caller who missed the agent is still
 leaving a voicemail when the call ends. A source says so with the optional
@@ -20,56 +21,27 @@ for the audio a bounded time (``crm_sync.services``, ``RETAILCRM_VOICEMAIL_WAIT_
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
 
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
+
+from telephony import plugins
 
 logger = logging.getLogger(__name__)
 
 SALT = "crm_sync.recordings.record-url"
 
 
-@dataclass(frozen=True)
-class Audio:
-    """Audio ready to stream: the bytes (or chunks) and the Content-Type retailCRM's player needs."""
-
-    content_type: str
-    chunks: Iterable[bytes]
-    length: int | None = None
-
-
-class AudioSource(Protocol):
-    name: str
-
-    def has_audio(self, call) -> bool:
-        """Cheap: is there audio for this call (decides whether the upload gets a recordUrl)?"""
-
-    def open(self, call) -> Audio | None:
-        """The audio, or None if it is gone."""
-
-    # Optional: ``may_get_audio(call) -> bool``, cheap (no PBX request): could audio for this
-    # finished call still appear (a voicemail being left)? Sources without it never make an upload wait.
-
-
-_sources: list[AudioSource] = []
-
-
-def register_source(source: AudioSource) -> None:
-    if any(existing.name == source.name for existing in _sources):
-        return
-    _sources.append(source)
-
-
-def unregister_source(name: str) -> None:
-    _sources[:] = [source for source in _sources if source.name != name]
-
-
-def sources() -> tuple[AudioSource, ...]:
-    return tuple(_sources)
+# The sources are a plug-in point of the telephony core (the PBX providers register theirs there).
+Audio = plugins.Audio
+AudioSource = plugins.AudioSource
+register_source = plugins.register_audio_source
+unregister_source = plugins.unregister_audio_source
+sources = plugins.audio_sources
+awaits_audio = plugins.awaits_audio
+open_audio = plugins.open_audio
+iter_chunks = plugins.iter_chunks
 
 
 def _signer() -> signing.TimestampSigner:
@@ -103,43 +75,4 @@ def record_url(call_id: int) -> str:
 
 def record_url_for(call) -> str | None:
     """A signed link if some source has audio for the call; None otherwise."""
-    for source in _sources:
-        try:
-            if source.has_audio(call):
-                return record_url(call.pk)
-        except Exception:  # a broken source must not stop the upload of the call itself
-            logger.exception("audio source %s failed on call %s", source.name, call.pk)
-    return None
-
-
-def awaits_audio(call) -> bool:
-    """True when some source may still get audio for the call: its upload waits for it a while."""
-    for source in _sources:
-        may_get_audio = getattr(source, "may_get_audio", None)
-        if may_get_audio is None:
-            continue
-        try:
-            if may_get_audio(call):
-                return True
-        except Exception:  # a broken source must not hold the upload of the call itself
-            logger.exception("audio source %s failed on call %s", source.name, call.pk)
-    return False
-
-
-def open_audio(call) -> Audio | None:
-    for source in _sources:
-        try:
-            audio = source.open(call)
-        except Exception:
-            logger.exception("audio source %s failed to open call %s", source.name, call.pk)
-            continue
-        if audio is not None:
-            return audio
-    return None
-
-
-def iter_chunks(audio: Audio) -> Iterator[bytes]:
-    if isinstance(audio.chunks, (bytes, bytearray)):
-        yield bytes(audio.chunks)
-        return
-    yield from audio.chunks
+    return record_url(call.pk) if plugins.has_audio(call) else None

@@ -2,8 +2,9 @@
 
 Entry points:
 
-* ``call_changed`` — ``telephony.domain`` calls it after every committed change
-  of a call; it only queues Celery tasks (``crm_sync.tasks``);
+* ``calls_changed`` — after every committed change of calls (``telephony.plugins``'
+  ``calls_committed``, connected by ``crm_sync.plugins``); it only queues Celery tasks
+  (``crm_sync.tasks``); ``call_changed`` does it for one call by id;
 * ``sync_call`` — the call's events (``in``/``out`` when it starts, ``hangup``
   when it ends), each exactly once, then the finished call into the outbox;
 * ``upload_outbox`` — finished calls to retailCRM's history, 50 at a time;
@@ -791,15 +792,15 @@ def terminal_for_integration(agent: Agent, integration: RetailCrmIntegration) ->
 def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
     """Show the shop's number as the caller-ID of the next call from ``terminal``.
 
-    Only the Istra End User API (myIstra) can set a user's caller-ID: when the
-    terminal's agent has an End User account on the same platform, it is set
-    there (and put back once the call is set up, see
-    ``telephony.providers.istra_enduser.callerid``). Otherwise, or when the PBX
-    refuses, this returns False and the PBX presents its default caller-ID.
+    Through the PBXs' caller-ID presenters (``telephony.plugins``): only the Istra End
+    User API (myIstra) can set a user's caller-ID, so when the terminal's agent has
+    an End User account on the same platform, it is set there (and put back once the
+    call is set up, see ``telephony.providers.istra_enduser.callerid``). Otherwise, or
+    when the PBX refuses, this returns False and the PBX presents its default caller-ID.
     """
-    from telephony.providers.istra_enduser.callerid import present_external_phone as present_on_enduser
+    from telephony.plugins import present_caller_id
 
-    return present_on_enduser(terminal, external_phone)
+    return present_caller_id(terminal, external_phone)
 
 
 # makeCallUrl reads numbers in the integration's country on every click.

@@ -19,5 +19,6 @@ urlpatterns = [
     *bench_floors,
     path("api/telepo/", include("telephony.providers.telepo.urls")),
     path("enduser/", include("telephony.providers.istra_enduser.urls")),
-    path("", include("accounts.urls")),
+    path("", include("telephony.urls")),  # the console and the wallboard
+    path("", include("accounts.urls")),  # log in and out
 ]

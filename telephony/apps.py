@@ -6,8 +6,9 @@ class TelephonyConfig(AppConfig):
     verbose_name = "Telephony"
 
     def ready(self):
-        # Voicemail audio is the recording retailCRM plays for a missed call (its recordUrl).
-        from telephony.providers.istra_enduser.recordings import register
+        # The End User API's voicemail audio (retailCRM's recordUrl of a missed call) and caller-ID
+        # (a click-to-call's shop number) plug into the core's registries (telephony.plugins).
+        from telephony.providers.istra_enduser.plugins import register
 
         register()
 
@@ -15,3 +16,9 @@ class TelephonyConfig(AppConfig):
         from telephony.console_sessions import connect_signals
 
         connect_signals()
+
+        # An agent's status change (accounts announces it) reaches their consoles and the wallboards.
+        from accounts.signals import agent_status_changed
+        from telephony.console import push_agent_status
+
+        agent_status_changed.connect(push_agent_status, dispatch_uid="telephony.console.push_agent_status")

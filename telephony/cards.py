@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ctihub.phones import for_people
 from telephony.models import Call
+from telephony.plugins import card_extras
 
 SUPERVISORS_GROUP = "supervisors"
 
@@ -12,8 +13,9 @@ def agent_group(agent_id: int) -> str:
     return f"agent-{agent_id}"
 
 
-def call_card(call: Call, crm: dict | None = None) -> dict:
-    """``crm``: retailCRM's fields when the caller looked them up already (for many cards at once)."""
+def call_card(call: Call, extras: dict | None = None) -> dict:
+    """``extras``: the card enrichers' fields (``telephony.plugins``) when the caller asked them already
+    (for many cards at once)."""
     number = call.remote_number_e164 or call.remote_number_raw
     return {
         "id": call.pk,
@@ -37,20 +39,12 @@ def call_card(call: Call, crm: dict | None = None) -> dict:
         "end_cause": call.end_cause,
         "answered": call.answered_at is not None,
         "actions": list(call.allowed_actions or []),
-        # retailCRM's customer, manager and links for this call, when the CRM side looked them up.
-        **(crm if crm is not None else crm_card_fields(call)),
+        # What the apps plugged in add (the CRM side: retailCRM's customer, manager and links).
+        **(extras if extras is not None else card_extras([call])[call.pk]),
     }
 
 
 def cards_of(calls: list[Call]) -> list[dict]:
-    """The cards of many calls, retailCRM's fields for all of them looked up together."""
-    from crm_sync.services import card_fields_many
-
-    crm = card_fields_many(calls)
-    return [call_card(call, crm[call.pk]) for call in calls]
-
-
-def crm_card_fields(call: Call) -> dict:
-    from crm_sync.services import card_fields
-
-    return card_fields(call)
+    """The cards of many calls, the enrichers asked once for all of them."""
+    extras = card_extras(calls)
+    return [call_card(call, extras[call.pk]) for call in calls]

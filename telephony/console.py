@@ -177,6 +177,15 @@ def dial(viewer: Viewer, number: str) -> dict:
     return control.place_call(viewer.agent, number)
 
 
+def push_agent_status(sender, agent: Agent, status: str, source: str, **kwargs) -> None:
+    """An agent's new status (``accounts.signals.agent_status_changed``, after commit) to their consoles and the
+    supervisors'."""
+    from telephony.publish import publish_to_groups
+
+    message = {"type": "agent.status", "agent": agent.pk, "status": status, "source": source}
+    publish_to_groups([agent_group(agent.pk), SUPERVISORS_GROUP], message)
+
+
 def change_status(viewer: Viewer, status: str) -> dict:
     if viewer.agent is None:
         raise Refused("only agents have a status")

@@ -475,7 +475,7 @@ def _assign_terminal_and_agent(call: Call, update: u.CallUpdate, terminals: dict
             if agent_id:
                 call.agent_id = agent_id
     if call.agent_id is None and update.local_party:
-        from accounts.services import agent_for_local_party
+        from telephony.parties import agent_for_local_party
 
         agent = agent_for_local_party(update.account_id, update.local_party)
         if agent is not None:
@@ -483,8 +483,8 @@ def _assign_terminal_and_agent(call: Call, update: u.CallUpdate, terminals: dict
 
 
 def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: dict[int, str]) -> None:
-    from crm_sync.services import calls_changed
     from ctihub import metrics
+    from telephony.plugins import calls_committed
     from telephony.publish import publish_cards, publisher
 
     # The cards and the CRM hand-off (its tasks) leave together: one wake-up of the publisher's thread and
@@ -497,8 +497,8 @@ def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: 
         applied_kinds = [kinds.get(snapshot.account_id, "") for _call, snapshot in changes]
         published.add_done_callback(
             lambda _done: metrics.popup_latency_later(time.monotonic() - received, len(changes), applied_kinds))
-        latest = {call.pk: call for call, _snapshot in changes}  # the CRM side wants each call once, as it is now
-        calls_changed(list(latest.values()))
+        latest = {call.pk: call for call, _snapshot in changes}  # each call once, as it is now
+        calls_committed.send(Call, calls=list(latest.values()))  # the CRM hand-off (telephony.plugins)
 
 
 _account_cache: dict[int, tuple[float, PbxAccount]] = {}

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.django_db
 
 def test_it_shows_a_state_the_pbx_named_that_we_do_not_know_next_to_the_state_kept():
     call = make_call(make_account(), state="talking", pbx_state="conferenced")
-    card = call_card(call, crm={})
+    card = call_card(call, extras={})
     assert (card["state"], card["pbx_state"]) == ("talking", "conferenced")
     call.pbx_state = ""
-    assert call_card(call, crm={})["pbx_state"] == ""
+    assert call_card(call, extras={})["pbx_state"] == ""

@@ -2,9 +2,10 @@
 
 retailCRM's click-to-call names the shop line the customer should see
 (``externalPhone``). Only the End User API can change what the PBX presents, so
-``present_external_phone`` (called by ``crm_sync.services.make_call`` before it
-places the call) finds the agent's End User account on the same platform, keeps
-the agent's current setting, and sets ``ManualSetting`` with the shop's E.164.
+``present_external_phone`` (a caller-ID presenter, ``telephony.plugins``, asked by
+the CRM side's click-to-call before it places the call) finds the agent's End User
+account on the same platform, keeps the agent's current setting, and sets
+``ManualSetting`` with the shop's E.164.
 
 When to put the agent's own setting back: the PBX applies the caller-ID when it
 dials the customer, which is after the agent's own phone answered the

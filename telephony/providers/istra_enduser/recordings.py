@@ -8,8 +8,8 @@ start and ``LEFT_WITHIN`` after it ended. The audio is streamed from the PBX in
 Such a call "can have voicemail" (``may_get_audio``): it is a missed incoming
 call from a known number, and its agent has a terminal on an enabled End User
 account. The caller is usually still recording when the call ends, so the
-upload of such a call waits for the message (``crm_sync.services``).
-Registered with ``crm_sync.recordings`` when the telephony app is ready.
+upload of such a call waits for the message (the CRM side asks ``awaits_audio``).
+Registered as an audio source (``telephony.plugins``) when the telephony app is ready (``plugins.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class VoicemailAudioSource:
         return accounts is not None and accounts.exists()
 
     def open(self, call):
-        from crm_sync.recordings import Audio
+        from telephony.plugins import Audio
 
         found = self._find(call)
         if found is None:
@@ -95,8 +95,3 @@ class VoicemailAudioSource:
                 return provider, found
         return None
 
-
-def register() -> None:
-    from crm_sync import recordings
-
-    recordings.register_source(VoicemailAudioSource())

@@ -1,3 +1,5 @@
+"""The console and the wallboard pages (their live side is ``telephony.consumers``)."""
+
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 

@@ -1,0 +1,24 @@
+"""What the End User API adds to the core's plug-in points (``telephony.plugins``), when telephony is ready.
+
+Voicemail audio (``recordings.py``) is an audio source: the recording retailCRM plays for a missed
+call. Its caller-ID setting (``callerid.py``) is a caller-ID presenter: a click-to-call shows the
+shop's number. Both modules are imported only when first used.
+"""
+
+from __future__ import annotations
+
+NAME = "istra_enduser"
+
+
+def register() -> None:
+    from telephony import plugins
+    from telephony.providers.istra_enduser.recordings import VoicemailAudioSource
+
+    plugins.register_audio_source(VoicemailAudioSource())
+    plugins.register_caller_id_presenter(NAME, present_external_phone)
+
+
+def present_external_phone(terminal, external_phone: str) -> bool:
+    from telephony.providers.istra_enduser import callerid
+
+    return callerid.present_external_phone(terminal, external_phone)
