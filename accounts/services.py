@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Q
 
 from accounts.models import Agent
-from ctihub.phones import e164_or_empty
+from ctihub.lib.phones import e164_or_empty
 
 
 def agent_for_local_party(account_id: int, local_party: dict[str, str]) -> Agent | None:

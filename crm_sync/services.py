@@ -30,8 +30,8 @@ from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Least, Now
 from django.utils import timezone
 
-from ctihub.brief_cache import BriefCache
-from ctihub.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
+from ctihub.lib.brief_cache import BriefCache
+from ctihub.lib.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
 from ctihub.tasks import enqueue, enqueue_soon
 from accounts.models import Agent
 from crm_sync import recordings

@@ -40,13 +40,13 @@ def _ensure_embedded_redis(**_kwargs):
     from django.conf import settings
 
     if settings.EMBEDDED_REDIS:
-        from ctihub import embedded_redis
+        from ctihub.lib import embedded_redis
 
         embedded_redis.ensure_running(settings.VAR_DIR)
 
 
 def _switch_threads_sooner(**_kwargs):
-    from ctihub.threads import use_configured_switch_interval
+    from ctihub.lib.threads import use_configured_switch_interval
 
     use_configured_switch_interval()
 
@@ -60,7 +60,7 @@ def _structured_logs(logger=None, **_kwargs):
     """Celery sets up the worker's own log handlers: give them the ids, the masking and LOG_FORMAT=json too."""
     from django.conf import settings
 
-    from ctihub.logs import ContextFilter, JsonFormatter
+    from ctihub.lib.logs import ContextFilter, JsonFormatter
 
     for handler in (logger or __import__("logging").getLogger()).handlers:
         handler.addFilter(ContextFilter())

@@ -30,10 +30,10 @@ def enqueue_soon(task, *args) -> bool:
     Its message is pushed by the publisher's thread (``telephony.publish``), with whatever else queued
     meanwhile, in one round trip to Redis, instead of one ``apply_async`` each (a third of the socket
     worker's CPU for a frame went there). A task whose message needs more than a push
-    (``ctihub.broker.direct_queue``) is queued here and now, as ``enqueue`` does. Either way a broker
+    (``ctihub.lib.broker.direct_queue``) is queued here and now, as ``enqueue`` does. Either way a broker
     failure is logged and left to the periodic task that backs the work.
     """
-    from ctihub import broker
+    from ctihub.lib import broker
 
     if broker.direct_queue(task) is None:
         return enqueue(task, *args)

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ctihub.phones import e164_or_empty
+from ctihub.lib.phones import e164_or_empty
 from telephony import updates as u
 from telephony.models import Call, CallEvent, Listener, PbxAccount, Terminal
 
@@ -484,7 +484,7 @@ def _assign_terminal_and_agent(call: Call, update: u.CallUpdate, terminals: dict
 
 def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: dict[int, str]) -> None:
     from crm_sync.services import calls_changed
-    from ctihub import metrics
+    from ctihub.lib import metrics
     from telephony.publish import publish_cards, publisher
 
     # The cards and the CRM hand-off (its tasks) leave together: one wake-up of the publisher's thread and

@@ -33,7 +33,7 @@ import uuid
 
 import redis
 
-from ctihub.shared_redis import shared_redis
+from ctihub.lib.shared_redis import shared_redis
 
 GENERAL = "general"
 TELEPHONY = "telephony"
@@ -71,7 +71,7 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], ttl)
 """
 
-# One token, no priorities (the inbound limit, ctihub.ratelimit).
+# One token, no priorities (the inbound limit, ctihub.lib.ratelimit).
 # Returns 0 when a token was taken, else how many milliseconds until one will be there.
 TAKE_TOKEN = _BUCKET_REFILL + """
 if tokens >= 1 then
@@ -171,7 +171,7 @@ class RateLimiter:
         """Wait for a token (at most ``max_wait`` seconds); returns the seconds waited.
 
         The sleeps are only this request's turn at the shared budget (the script says how long until a
-        token is there); what waited and how long is counted (``ctihub.metrics.crm_token_wait``).
+        token is there); what waited and how long is counted (``ctihub.lib.metrics.crm_token_wait``).
         """
         started = time.monotonic()
         waiter = uuid.uuid4().hex
@@ -203,6 +203,6 @@ class RateLimiter:
 
 
 def _record_wait(priority: str, seconds: float) -> None:
-    from ctihub import metrics
+    from ctihub.lib import metrics
 
     metrics.crm_token_wait(priority, seconds)

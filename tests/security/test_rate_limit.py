@@ -7,7 +7,7 @@ import redis
 from django.conf import settings as django_settings
 
 from crm_sync.models import RetailCrmIntegration
-from ctihub import ratelimit
+from ctihub.lib import ratelimit
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from ctihub.http_client import HttpClient
+from ctihub.lib.http_client import HttpClient
 from telephony import updates as u
 from telephony.models import PbxAccount
 from telephony.providers import provider_for

@@ -28,7 +28,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ctihub.shared_redis import shared_redis
+from ctihub.lib.shared_redis import shared_redis
 
 logger = logging.getLogger(__name__)
 
