@@ -7,3 +7,9 @@ class CrmSyncConfig(AppConfig):
 
     def ready(self):
         from crm_sync import signals  # noqa: F401  (connects the re-registration receivers)
+
+        # The upload outbox's depth on /metrics.
+        from crm_sync.metrics import outbox_depth
+        from ctihub.lib import metrics
+
+        metrics.add_collector(outbox_depth)

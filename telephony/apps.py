@@ -15,3 +15,9 @@ class TelephonyConfig(AppConfig):
         from telephony.console_sessions import connect_signals
 
         connect_signals()
+
+        # Listeners by state on /metrics.
+        from ctihub.lib import metrics
+        from telephony.metrics import listeners_by_state
+
+        metrics.add_collector(listeners_by_state)
