@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from ctihub.lib.brief_cache import BriefCache
 from ctihub.lib.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
-from ctihub.tasks import enqueue, enqueue_soon
+from ctihub.lib.queueing import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
 from crm_sync.claims import CLAIM_LEASE, keeper
@@ -40,6 +40,7 @@ from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration, cl
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmClient, RetailCrmError
 from telephony.models import Call, PbxAccount, Terminal
+from telephony.queueing import enqueue_soon
 
 logger = logging.getLogger(__name__)
 

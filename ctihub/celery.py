@@ -10,6 +10,8 @@ from celery import Celery, Task
 from celery.signals import after_setup_logger, beat_init, worker_init
 from django.db import InterfaceError, OperationalError
 
+from ctihub.lib import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 
 
@@ -28,6 +30,7 @@ class HubTask(Task):
 
 
 app = Celery("ctihub", task_cls=HubTask)
+broker.use_app(app)  # the event path pushes task messages to this app's broker itself
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider

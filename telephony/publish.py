@@ -178,7 +178,7 @@ def _queue_tasks(tasks: list[tuple[object, tuple]]) -> None:
     If the push reached Redis but its answer was lost, a task is queued twice: the tasks handed over this
     way are idempotent (a call's sync sends each event under a claim)."""
     from ctihub.lib import broker
-    from ctihub.tasks import enqueue
+    from ctihub.lib.queueing import enqueue
 
     try:
         broker.push_task_messages(tasks)
