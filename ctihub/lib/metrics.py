@@ -21,8 +21,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse

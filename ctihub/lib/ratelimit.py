@@ -19,7 +19,7 @@ import hashlib
 import logging
 import math
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
