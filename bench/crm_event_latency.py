@@ -15,7 +15,7 @@ dropped frame with its ``hangup`` by the caller's number. Both clocks are this m
 Figures: p50/p95/p99/max for start and hangup events apart; sent, received, missing, duplicated;
 requests/s at retailCRM (telephony: mean over the run and the most in any one-second window, limit
 40); what waited for the shared rate limit and how long (call events: high priority, uploads: low,
-``ctihub.metrics.crm_token_wait``); the deepest the two Celery queues got; and
+``ctihub.lib.metrics.crm_token_wait``); the deepest the two Celery queues got; and
 ``uploads_sent_while_a_start_event_waited``: uploads that took a token while a call event had been
 refused one and had not got it yet, from the telephony bucket's own timeline (0 when events go first).
 Above the limit (``--rate 30``: 60 events a second for a bucket of 34) events queue and uploads wait.
@@ -172,7 +172,7 @@ def _timeline_key() -> str:
 
 def _record_token_timeline() -> None:
     """Have the telephony bucket note every grant and every call event's wait (while this list exists)."""
-    from ctihub.shared_redis import shared_redis
+    from ctihub.lib.shared_redis import shared_redis
 
     shared_redis().rpush(_timeline_key(), "on")
     shared_redis().pexpire(_timeline_key(), 600_000)
@@ -256,7 +256,7 @@ class QueueDepths(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from ctihub.shared_redis import shared_redis
+        from ctihub.lib.shared_redis import shared_redis
 
         r = shared_redis()
         while not self._stop_event.wait(0.1):
@@ -320,7 +320,7 @@ def _digits(text: str) -> str:
 
 
 def _report(hub, args, placed: dict[str, str], depths: QueueDepths, cpu_seconds: list[float]) -> None:
-    from ctihub import metrics
+    from ctihub.lib import metrics
 
     frames = _sim_get(hub, "/_sim/istra/frame-log")
     sent: dict[tuple[str, str], float] = {}
@@ -383,7 +383,7 @@ def _report(hub, args, placed: dict[str, str], depths: QueueDepths, cpu_seconds:
     for queue, deepest in depths.deepest.items():
         figure(f"celery_queue_{queue}_deepest", deepest, "tasks")
     # At the bucket: uploads that took a token while a call event waited for one (the bucket's own timeline).
-    from ctihub.shared_redis import shared_redis
+    from ctihub.lib.shared_redis import shared_redis
 
     timeline = [e.decode() for e in shared_redis().lrange(_timeline_key(), 0, -1)]
     overtaking, waits = uploads_granted_while_an_event_waited(timeline)

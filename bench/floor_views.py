@@ -1,7 +1,7 @@
 """The floor of makeCallUrl (benchmark 4): a bare DRF view that parses the same query and answers JSON.
 
 Served by the same daphne as ctihub's own views, through the same request handling
-(``ctihub.http_pool``) and middleware, and routed only when ``settings.BENCH_FLOORS``
+(``ctihub.lib.http_pool``) and middleware, and routed only when ``settings.BENCH_FLOORS``
 is true (``ctihub/urls.py``). What makeCallUrl costs above this view is ctihub's own
 work: the clientId and agent look-ups, the rate limit, the PBX request, its logs.
 """

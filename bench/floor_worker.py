@@ -39,7 +39,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from ctihub.threads import use_configured_switch_interval
+    from ctihub.lib.threads import use_configured_switch_interval
 
     use_configured_switch_interval()  # as ctihub/celery.py does on worker_init
     from channels.layers import get_channel_layer

@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=200)
     args = parser.parse_args()
     setup_django()
-    from ctihub.threads import use_configured_switch_interval
+    from ctihub.lib.threads import use_configured_switch_interval
 
     use_configured_switch_interval()  # as in a worker (ctihub/celery.py)
     from django.contrib.auth import get_user_model

@@ -7,7 +7,7 @@ Real parts: the simulator (myRCC placeCall) and daphne on PostgreSQL and Redis, 
 production (``DEBUG=false``, ``WEB_POOL_THREADS`` from the environment or its default) with
 ``BENCH_FLOORS=true``, which also serves ``bench/floor_views.py``: a bare DRF view that parses
 makeCallUrl's query with a serializer and answers JSON, through the same request handling
-(``ctihub.http_pool``) and middleware. Each daphne answers one click before any timing, so its
+(``ctihub.lib.http_pool``) and middleware. Each daphne answers one click before any timing, so its
 login to the PBX is not in the figures.
 
 The default run sends, at the same rate from the same thread pool: placeCall straight to the

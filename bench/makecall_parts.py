@@ -4,7 +4,7 @@
 
 daphne's sampled profile shows its loop thread (Twisted, daphne, the same for every view) and
 misattributes the time threads wait for the GIL. This calls what a pool thread of
-``ctihub.http_pool`` does for a request (middleware, view, answer: ``PooledASGIHandler._respond``)
+``ctihub.lib.http_pool`` does for a request (middleware, view, answer: ``PooledASGIHandler._respond``)
 in a loop in this process, against the simulator and Redis as the benchmark does, and prints the
 thread's CPU per request (best of three runs) for the floor view, makeCallUrl, and makeCallUrl
 with one part replaced at a time: placeCall answered at once, the rate limit's Redis script
@@ -38,8 +38,8 @@ def main() -> None:
     os.environ["PUBLIC_RATE_LIMIT_PER_SECOND"] = "100000"
     setup_django()
     from bench.procs import BenchHub, hub_env
-    from ctihub import ratelimit
-    from ctihub.http_pool import PooledASGIHandler
+    from ctihub.lib import ratelimit
+    from ctihub.lib.http_pool import PooledASGIHandler
     from telephony import control
     from telephony.providers.istra_myrcc.transport import MyRccProvider
 

@@ -5,7 +5,7 @@ from django.utils.html import format_html_join
 from crm_sync import services
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmError
-from ctihub.secrets import secret_form_for
+from ctihub.lib.secrets import secret_form_for
 
 
 class IntegrationForm(secret_form_for(RetailCrmIntegration, ("api_key", "client_id"))):

@@ -10,3 +10,9 @@ class CrmSyncConfig(AppConfig):
         from crm_sync.plugins import register
 
         register()  # the call hand-off and the cards' retailCRM fields (telephony.plugins)
+
+        # The upload outbox's depth on /metrics.
+        from crm_sync.metrics import outbox_depth
+        from ctihub.lib import metrics
+
+        metrics.add_collector(outbox_depth)

@@ -7,8 +7,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from ctihub.phones import UnusablePhoneNumber, to_e164
-from ctihub.secrets import EncryptedTextField
+from ctihub.lib.phones import UnusablePhoneNumber, to_e164
+from ctihub.lib.secrets import EncryptedTextField
 
 
 def new_client_id() -> str:

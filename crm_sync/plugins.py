@@ -1,7 +1,7 @@
 """How the CRM side plugs into the telephony core (``telephony.plugins``), from ``CrmSyncConfig.ready()``.
 
 * ``calls_committed`` → ``services.calls_changed``: the hand-off of every committed change of a call
-  (its tasks ride in the publisher's pipeline with the cards, ``ctihub.tasks.enqueue_soon``);
+  (its tasks ride in the publisher's pipeline with the cards, ``telephony.queueing.enqueue_soon``);
 * a card enricher → ``services.card_fields_many``: retailCRM's customer, manager and links on the cards.
 
 Each receiver looks its function up when called, so a test that patches ``crm_sync.services`` sees

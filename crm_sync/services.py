@@ -31,9 +31,9 @@ from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Least, Now
 from django.utils import timezone
 
-from ctihub.brief_cache import BriefCache
-from ctihub.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
-from ctihub.tasks import enqueue, enqueue_soon
+from ctihub.lib.brief_cache import BriefCache
+from ctihub.lib.phones import UnusablePhoneNumber, e164_or_empty, region_of, to_e164
+from ctihub.lib.queueing import enqueue
 from accounts.models import Agent
 from crm_sync import recordings
 from crm_sync.claims import CLAIM_LEASE, keeper
@@ -41,6 +41,7 @@ from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration, cl
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmClient, RetailCrmError
 from telephony.models import Call, PbxAccount, Terminal
+from telephony.queueing import enqueue_soon
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """ASGI entry point for daphne: Django over HTTP (on a thread pool, see ``http_pool``), Channels over websockets.
 
 Websockets are authenticated by the Django session and refused unless their
-Origin is the hub's own or a CSRF-trusted one (ctihub/ws_security.py), so another
+Origin is the hub's own or a CSRF-trusted one (ctihub/lib/ws_security.py), so another
 site cannot open an agent's feed.
 """
 
@@ -15,8 +15,8 @@ django.setup(set_prefix=False)  # must run before importing consumers
 
 from django.conf import settings  # noqa: E402
 
-from ctihub.http_pool import PooledASGIHandler  # noqa: E402
-from ctihub.threads import use_configured_switch_interval  # noqa: E402
+from ctihub.lib.http_pool import PooledASGIHandler  # noqa: E402
+from ctihub.lib.threads import use_configured_switch_interval  # noqa: E402
 
 use_configured_switch_interval()
 
@@ -26,11 +26,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from ctihub.routing import websocket_urlpatterns  # noqa: E402
-from ctihub.ws_db import PooledAuthMiddlewareStack  # noqa: E402
-from ctihub.ws_security import ExplainingOriginValidator  # noqa: E402
+from ctihub.lib.ws_db import PooledAuthMiddlewareStack  # noqa: E402
+from ctihub.lib.ws_security import ExplainingOriginValidator  # noqa: E402
 
 if settings.EMBEDDED_REDIS:
-    from ctihub import embedded_redis
+    from ctihub.lib import embedded_redis
 
     embedded_redis.ensure_running(settings.VAR_DIR)
 

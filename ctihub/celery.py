@@ -10,6 +10,8 @@ from celery import Celery, Task
 from celery.signals import after_setup_logger, beat_init, worker_init
 from django.db import InterfaceError, OperationalError
 
+from ctihub.lib import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 
 
@@ -28,6 +30,7 @@ class HubTask(Task):
 
 
 app = Celery("ctihub", task_cls=HubTask)
+broker.use_app(app)  # the event path pushes task messages to this app's broker itself
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider
@@ -40,13 +43,13 @@ def _ensure_embedded_redis(**_kwargs):
     from django.conf import settings
 
     if settings.EMBEDDED_REDIS:
-        from ctihub import embedded_redis
+        from ctihub.lib import embedded_redis
 
         embedded_redis.ensure_running(settings.VAR_DIR)
 
 
 def _switch_threads_sooner(**_kwargs):
-    from ctihub.threads import use_configured_switch_interval
+    from ctihub.lib.threads import use_configured_switch_interval
 
     use_configured_switch_interval()
 
@@ -60,7 +63,7 @@ def _structured_logs(logger=None, **_kwargs):
     """Celery sets up the worker's own log handlers: give them the ids, the masking and LOG_FORMAT=json too."""
     from django.conf import settings
 
-    from ctihub.logs import ContextFilter, JsonFormatter
+    from ctihub.lib.logs import ContextFilter, JsonFormatter
 
     for handler in (logger or __import__("logging").getLogger()).handlers:
         handler.addFilter(ContextFilter())

@@ -183,7 +183,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED_REDIS = not REDIS_URL
 if EMBEDDED_REDIS:
-    from ctihub import embedded_redis
+    from ctihub.lib import embedded_redis
 
     REDIS_URL = embedded_redis.url_for(VAR_DIR)
     # Started lazily by ctihub.redis_url() so that management commands that never
@@ -200,10 +200,10 @@ def _kombu_url(url: str) -> str:
 
 
 CELERY_BROKER_URL = _kombu_url(REDIS_URL)
-# kombu's Redis transport, keeping one publishing client per channel (see ctihub/broker.py); a URL that
+# kombu's Redis transport, keeping one publishing client per channel (see ctihub/lib/broker.py); a URL that
 # names another transport (redis+socket, sentinel) keeps kombu's own.
 if urlparse(CELERY_BROKER_URL).scheme in ("redis", "rediss"):
-    CELERY_BROKER_TRANSPORT = "ctihub.broker:Transport"
+    CELERY_BROKER_TRANSPORT = "ctihub.lib.broker:Transport"
 CELERY_RESULT_BACKEND = _kombu_url(REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -233,7 +233,7 @@ CELERY_TASK_ALWAYS_EAGER = False
 # Threads, not forked children: the worker process also runs the socket supervisor's
 # threads, and forking a process that has running threads can deadlock the child.
 CELERY_WORKER_POOL = "threads"
-# Celery's own log line, with the ids structured logging adds (ctihub.logs; filter set in ctihub.celery).
+# Celery's own log line, with the ids structured logging adds (ctihub.lib.logs; filter set in ctihub.celery).
 CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s]%(ids)s %(message)s"
 CELERY_BEAT_SCHEDULE: dict = {}
 
@@ -243,14 +243,14 @@ CHANNELS_REDIS_MAX_CONNECTIONS = strict_int("CHANNELS_REDIS_MAX_CONNECTIONS", 20
 # A consumer waits for its messages with a 5 s BZPOPMIN, and redis-py (8.x) gives up reading after 5 s
 # by default: an idle console's consumer crashed (close 1011) every 5 s. Read for longer than the pop.
 CHANNELS_REDIS_SOCKET_TIMEOUT = 15
-# How long a thread of daphne or the worker may hold the GIL before another gets it (ctihub/threads.py).
+# How long a thread of daphne or the worker may hold the GIL before another gets it (ctihub/lib/threads.py).
 GIL_SWITCH_INTERVAL_US = strict_int("GIL_SWITCH_INTERVAL_US", 1000, minimum=100)
 # Each console asks the database this often for cards it should have had: a publish lost after its
 # commit (a worker killed in between, Redis restarting) would leave a card stale until a reload.
 CONSOLE_RESYNC_SECONDS = strict_int("CONSOLE_RESYNC_SECONDS", 15, minimum=1)
 # Consoles of one web process that join their groups and read their snapshot at the same time; the others
 # wait their turn (telephony/consumers.py). A connect storm of 1,000 all at once opened 1,763 Redis
-# connections and timed its own joins out (issue 16). Half the web pool's threads (ctihub/ws_db.py): the
+# connections and timed its own joins out (issue 16). Half the web pool's threads (ctihub/lib/ws_db.py): the
 # other half stays free for HTTP requests during a storm.
 CONSOLE_SETUP_CONCURRENCY = strict_int("CONSOLE_SETUP_CONCURRENCY", 8, minimum=1)
 
@@ -264,14 +264,14 @@ def _redis_driver_info():
 # A channel of the layer is a web process's (all its consoles share one Redis set, a card is one message
 # per group): channels_redis's group_send skips a channel holding ``capacity`` messages, and the card comes
 # only with the next resync (CONSOLE_RESYNC_SECONDS). 1,000 was 500 cards of backlog, which a burst of
-# calls to 1,000 consoles reached; 10,000 is seconds of the batched receive's work (ctihub/channel_layer.py)
+# calls to 1,000 consoles reached; 10,000 is seconds of the batched receive's work (ctihub/lib/channel_layer.py)
 # and at most a few MB in Redis for a process that died (its messages expire after ``expiry``).
 CHANNELS_CAPACITY = strict_int("CHANNELS_CAPACITY", 10_000, minimum=100)
 
 CHANNEL_LAYERS = {
     "default": {
         # channels_redis's, receiving a process's messages in batches (one round trip, not four, a message).
-        "BACKEND": "ctihub.channel_layer.BatchingRedisChannelLayer",
+        "BACKEND": "ctihub.lib.channel_layer.BatchingRedisChannelLayer",
         "CONFIG": {
             "hosts": [{"address": REDIS_URL, "max_connections": CHANNELS_REDIS_MAX_CONNECTIONS,
                        "socket_timeout": CHANNELS_REDIS_SOCKET_TIMEOUT,
@@ -382,7 +382,7 @@ WEB_PROCESSES = strict_int("WEB_PROCESSES", os.cpu_count() or 1, minimum=1)
 # same daphne as ctihub's own, so a benchmark can measure both side by side. Never set it in production.
 BENCH_FLOORS = strict_bool("BENCH_FLOORS", False)
 
-# --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
+# --- Outbound HTTP (one client layer: ctihub.lib.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000
 HTTP_READ_TIMEOUT = float(strict_int("HTTP_READ_TIMEOUT_MS", 10000, minimum=1)) / 1000
 
@@ -416,10 +416,10 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"ids": {"()": "ctihub.logs.ContextFilter"}},
+    "filters": {"ids": {"()": "ctihub.lib.logs.ContextFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(ids)s %(message)s"},
-        "json": {"()": "ctihub.logs.JsonFormatter"},
+        "json": {"()": "ctihub.lib.logs.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["ids"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

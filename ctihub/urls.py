@@ -3,8 +3,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from ctihub.health import healthz
-from ctihub.metrics import metrics_view
+from ctihub.lib.health import healthz
+from ctihub.lib.metrics import metrics_view
 
 # The benchmarks' floors (bench/floor_views.py): bare views on the same daphne and middleware, never in
 # production. Right after makeCallUrl's prefix, so both pay the same URL resolution.

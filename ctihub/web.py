@@ -4,7 +4,7 @@ daphne writes its access log (on by default) straight to stdout, outside Python'
 logging, with each request's full URL: retailCRM's ``clientId`` in the query of
 every makeCallUrl and changeUserStatusUrl call, the Telepo webhook's secret and a
 recordUrl's signature in the path. This runs daphne's own command line with the
-same log, masked the way ``ctihub.logs`` masks every other log line. Arguments are
+same log, masked the way ``ctihub.lib.logs`` masks every other log line. Arguments are
 daphne's.
 
 One daphne is one Python process, which the GIL keeps to about one core: on a 2-core
@@ -33,7 +33,7 @@ into that one SIGTERM) and stop by themselves if the supervisor disappears.
 
 Consoles and makeCallUrl work whichever child a request reaches: the channel layer,
 sessions, rate limits and metrics live in Redis and PostgreSQL, and the few caches a
-process keeps (``ctihub.brief_cache``) expire within seconds. ``WEB_PROCESSES=1`` runs
+process keeps (``ctihub.lib.brief_cache``) expire within seconds. ``WEB_PROCESSES=1`` runs
 daphne in this process as before, with no supervisor. Several processes need a TCP
 port on IPv4 (``-b``/``-p``): for ``-u``, ``-e`` or ``--fd`` set ``WEB_PROCESSES=1``.
 """
@@ -74,7 +74,7 @@ ACCEPT_PAUSE_SECONDS = 0.001
 
 class MaskedAccessLog(AccessLogGenerator):
     def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None):
-        from ctihub.logs import mask_secrets
+        from ctihub.lib.logs import mask_secrets
 
         super().write_entry(host, date, mask_secrets(request), status, length, ident, user)
 

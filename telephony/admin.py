@@ -5,7 +5,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from ctihub.secrets import secret_form_for
+from ctihub.lib.secrets import secret_form_for
 from telephony import control
 from telephony import updates as u
 from telephony.providers.base import ProviderError

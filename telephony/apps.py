@@ -22,3 +22,9 @@ class TelephonyConfig(AppConfig):
         from telephony.console import push_agent_status
 
         agent_status_changed.connect(push_agent_status, dispatch_uid="telephony.console.push_agent_status")
+
+        # Listeners by state on /metrics.
+        from ctihub.lib import metrics
+        from telephony.metrics import listeners_by_state
+
+        metrics.add_collector(listeners_by_state)

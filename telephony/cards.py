@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctihub.phones import for_people
+from ctihub.lib.phones import for_people
 from telephony.models import Call
 from telephony.plugins import card_extras
 

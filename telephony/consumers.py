@@ -23,7 +23,7 @@ from django.utils import timezone
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.consumer import get_handler_name
 
-from ctihub.ws_db import on_web_pool, setup_slots
+from ctihub.lib.ws_db import on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
@@ -233,7 +233,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         """channels' own, without its ``aclose_old_connections()`` before every message: a hop to asgiref's
         one sync thread and back for each card and each connect, to close connections that thread never
         opens for a console (all its database calls run on the web pool, which closes its own:
-        ``ctihub.ws_db``)."""
+        ``ctihub.lib.ws_db``)."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")

@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ctihub.phones import e164_or_empty
+from ctihub.lib.brief_cache import BriefCache
+from ctihub.lib.phones import e164_or_empty
 from telephony import updates as u
 from telephony.models import Call, CallEvent, Listener, PbxAccount, Terminal
 
@@ -483,7 +484,7 @@ def _assign_terminal_and_agent(call: Call, update: u.CallUpdate, terminals: dict
 
 
 def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: dict[int, str]) -> None:
-    from ctihub import metrics
+    from ctihub.lib import metrics
     from telephony.plugins import calls_committed
     from telephony.publish import publish_cards, publisher
 
@@ -501,18 +502,13 @@ def _publish_and_sync(changes: list[tuple[Call, Call]], received: float, kinds: 
         calls_committed.send(Call, calls=list(latest.values()))  # the CRM hand-off (telephony.plugins)
 
 
-_account_cache: dict[int, tuple[float, PbxAccount]] = {}
+_accounts = BriefCache("telephony-account", watch=(PbxAccount,))
 
 
 def _account(account_id: int) -> PbxAccount:
-    """Accounts change rarely; a few seconds of caching keeps the hot path to one query."""
-    now = timezone.now().timestamp()
-    cached = _account_cache.get(account_id)
-    if cached and now - cached[0] < 5:
-        return cached[1]
-    account = PbxAccount.objects.get(pk=account_id)
-    _account_cache[account_id] = (now, account)
-    return account
+    """Accounts change rarely; a few seconds of caching keeps the hot path to one query (an edit saved in
+    this process counts at once)."""
+    return _accounts.get(account_id, lambda: PbxAccount.objects.get(pk=account_id))
 
 
 # --- Listener and account status (written by the socket supervisor) -----------------

@@ -2,7 +2,7 @@ from django.core.validators import URLValidator
 from django.db import models
 from django.utils import timezone
 
-from ctihub.secrets import EncryptedTextField
+from ctihub.lib.secrets import EncryptedTextField
 
 WS_URL_VALIDATOR = URLValidator(schemes=["ws", "wss"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Q
 
 from accounts.models import Agent
-from ctihub.phones import e164_or_empty
+from ctihub.lib.phones import e164_or_empty
 from telephony.models import Terminal
 
 

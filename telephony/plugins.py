@@ -6,8 +6,8 @@ from its ``AppConfig.ready()``, as ``crm_sync`` does (``crm_sync/plugins.py``):
 
 * ``calls_committed`` — a signal sent once a transaction of ``telephony.domain`` that changed calls
   has committed, with ``calls`` (each changed call once, as it is now). It is sent on the committing
-  thread inside ``publisher.together()``: a task a receiver queues with ``ctihub.tasks.enqueue_soon``
-  leaves in the same batch, and Redis pipeline, as the calls' cards (``ctihub/broker.py``). A receiver
+  thread inside ``publisher.together()``: a task a receiver queues with ``telephony.queueing.enqueue_soon``
+  leaves in the same batch, and Redis pipeline, as the calls' cards (``ctihub/lib/broker.py``). A receiver
   must not block: it runs on the frame path.
 * card enrichers — ``register_card_enricher(fn)``: ``fn(calls) -> {call id: {field: value}}``, the
   fields it adds to each call's card, for many calls at once (every frame's cards ask).

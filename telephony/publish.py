@@ -74,7 +74,7 @@ class _Publisher:
     def send_many(self, messages: list[tuple[list[str], dict]], tasks: list[tuple[object, tuple]] = ()) -> Future:
         """Send in the given order (a call's cards must not overtake each other), then queue ``tasks``.
 
-        ``tasks`` are (Celery task, args) whose messages ``ctihub.broker.direct_queue`` can push."""
+        ``tasks`` are (Celery task, args) whose messages ``ctihub.lib.broker.direct_queue`` can push."""
         gathered = getattr(self._gathering, "batch", None)
         if gathered is not None:  # inside ``together()``: it leaves with the rest at the block's end
             gathered[0].extend(messages)
@@ -177,8 +177,8 @@ def _queue_tasks(tasks: list[tuple[object, tuple]]) -> None:
     queued is logged, and the periodic task that backs it (the CRM sweep) finds its work in the database.
     If the push reached Redis but its answer was lost, a task is queued twice: the tasks handed over this
     way are idempotent (a call's sync sends each event under a claim)."""
-    from ctihub import broker
-    from ctihub.tasks import enqueue
+    from ctihub.lib import broker
+    from ctihub.lib.queueing import enqueue
 
     try:
         broker.push_task_messages(tasks)
@@ -190,7 +190,7 @@ def _queue_tasks(tasks: list[tuple[object, tuple]]) -> None:
 
 
 def _broker_is(client: redis.Redis) -> bool:
-    from ctihub import broker
+    from ctihub.lib import broker
 
     return broker.same_redis(client)
 
@@ -270,10 +270,10 @@ def _group_send_pipelined(layer, connection: redis.Redis, sends: list[tuple[str,
     groups gets both messages, as with two group_sends). With a plain (not asyncio) client, from
     the publisher's thread: an event loop's wake-ups and coroutines cost as much CPU as the sending.
 
-    ``tasks``' messages (``ctihub.broker.task_messages``) are pushed to their queues in the first round
+    ``tasks``' messages (``ctihub.lib.broker.task_messages``) are pushed to their queues in the first round
     trip: the connection must be the broker's.
     """
-    from ctihub import broker
+    from ctihub.lib import broker
 
     pipe = connection.pipeline(transaction=False)
     pushes = broker.task_messages(tasks) if tasks else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ctihub.brief_cache import BriefCache, forget_all
+from ctihub.lib.brief_cache import BriefCache, forget_all
 
 
 def expired(cache: BriefCache, key, by: float) -> None:

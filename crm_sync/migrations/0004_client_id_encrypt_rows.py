@@ -7,7 +7,7 @@ are only given their digest.
 
 from django.db import migrations
 
-from ctihub.secrets import TOKEN_PREFIX, decrypt, encrypt
+from ctihub.lib.secrets import TOKEN_PREFIX, decrypt, encrypt
 
 
 def encrypt_client_ids(apps, schema_editor):

@@ -1,7 +1,7 @@
 """clientId encrypted at rest, step 3 of 3: the field decrypts, and the digest is required and unique."""
 
 import crm_sync.models
-import ctihub.secrets
+import ctihub.lib.secrets
 from django.db import migrations, models
 
 
@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='retailcrmintegration',
             name='client_id',
-            field=ctihub.secrets.EncryptedTextField(
+            field=ctihub.lib.secrets.EncryptedTextField(
                 blank=True, default=crm_sync.models.new_client_id,
                 help_text="retailCRM's credential on ctihub's endpoints, sent to it on registration.",
                 verbose_name='client id'),

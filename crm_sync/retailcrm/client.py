@@ -3,7 +3,7 @@
 Why not the official ``retailcrm`` package: it has no timeouts and keeps the
 request's parameters on the client object between calls (not thread-safe), and
 our Celery workers run threads. So this module owns the layer, on
-``ctihub.http_client.HttpClient`` (timeouts, redirects, masked logs), and
+``ctihub.lib.http_client.HttpClient`` (timeouts, redirects, masked logs), and
 encodes exactly as the official clients do:
 
 * the API key in the ``X-API-KEY`` header;
@@ -38,7 +38,7 @@ import redis
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from ctihub.http_client import HttpClient, HttpError
+from ctihub.lib.http_client import HttpClient, HttpError
 from crm_sync.retailcrm.ratelimit import HIGH, LOW, RateLimiter, RateLimitTimeout, bucket_class
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class RetailCrmClient:
         try:
             return self._send(method, path, params=params, form=form, priority=priority)
         except RetailCrmError as exc:
-            from ctihub import metrics
+            from ctihub.lib import metrics
 
             metrics.crm_error(_error_kind(exc))
             raise

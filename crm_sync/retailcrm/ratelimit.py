@@ -33,7 +33,8 @@ import uuid
 
 import redis
 
-from ctihub.shared_redis import shared_redis
+from ctihub.lib.shared_redis import shared_redis
+from ctihub.lib.token_bucket import BUCKET_REFILL, BUCKET_SAVE
 
 GENERAL = "general"
 TELEPHONY = "telephony"
@@ -45,49 +46,13 @@ HIGH = "high"  # call events, the responsible-manager lookup of a ringing call
 LOW = "low"  # uploads to the call history, anything that can wait
 LOW_RESERVE = 1  # tokens a low-priority request leaves in the bucket
 
-# The token bucket both scripts share: refill from Redis's clock up to the capacity. KEYS[1] the bucket;
-# ARGV[1] rate (tokens/s), ARGV[2] capacity, ARGV[3] the key's ttl (ms). Leaves `tokens`, `now_parts`,
-# `now`, `rate` and `wait_ms` (0) for the decision that follows, and BUCKET_SAVE writes the bucket back.
-_BUCKET_REFILL = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-if tokens == nil or ts == nil then
-  tokens = capacity
-  ts = now
-end
-local elapsed = now - ts
-if elapsed < 0 then elapsed = 0 end
-tokens = math.min(capacity, tokens + elapsed * rate / 1000000)
-local wait_ms = 0
-"""
-_BUCKET_SAVE = """
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], ttl)
-"""
-
-# One token, no priorities (the inbound limit, ctihub.ratelimit).
-# Returns 0 when a token was taken, else how many milliseconds until one will be there.
-TAKE_TOKEN = _BUCKET_REFILL + """
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait_ms = math.ceil((1 - tokens) * 1000 / rate)
-end
-""" + _BUCKET_SAVE + "return wait_ms\n"
-
-
-# The same bucket, with priorities. KEYS[2] the high-priority waiters (a sorted set: waiter id -> when its
-# registration lapses, in microseconds of Redis's clock), KEYS[3] a timeline that only a benchmark creates
-# (each grant, and each high request's refusals, appended while it exists).
+# The token bucket (``ctihub.lib.token_bucket``, the inbound limit's too), with priorities. KEYS[2] the
+# high-priority waiters (a sorted set: waiter id -> when its registration lapses, in microseconds of
+# Redis's clock), KEYS[3] a timeline that only a benchmark creates (each grant, and each high request's
+# refusals, appended while it exists).
 # ARGV[4] priority (1 high, 0 low), ARGV[5] waiter id, ARGV[6] low reserve.
 # Returns 0 when a token was taken, else the milliseconds to wait before trying again.
-TAKE_TOKEN_BY_PRIORITY = _BUCKET_REFILL + """
+TAKE_TOKEN_BY_PRIORITY = BUCKET_REFILL + """
 if ARGV[4] == '1' then
   if tokens >= 1 then
     tokens = tokens - 1
@@ -109,7 +74,7 @@ else
     wait_ms = math.ceil((need - tokens) * 1000 / rate)
   end
 end
-""" + _BUCKET_SAVE + """
+""" + BUCKET_SAVE + """
 if redis.call('EXISTS', KEYS[3]) == 1 and (wait_ms == 0 or ARGV[4] == '1') then
   local what = 'waiting'
   if wait_ms == 0 then what = 'granted' end
@@ -171,7 +136,7 @@ class RateLimiter:
         """Wait for a token (at most ``max_wait`` seconds); returns the seconds waited.
 
         The sleeps are only this request's turn at the shared budget (the script says how long until a
-        token is there); what waited and how long is counted (``ctihub.metrics.crm_token_wait``).
+        token is there); what waited and how long is counted (``ctihub.lib.metrics.crm_token_wait``).
         """
         started = time.monotonic()
         waiter = uuid.uuid4().hex
@@ -203,6 +168,6 @@ class RateLimiter:
 
 
 def _record_wait(priority: str, seconds: float) -> None:
-    from ctihub import metrics
+    from ctihub.lib import metrics
 
     metrics.crm_token_wait(priority, seconds)

@@ -26,9 +26,9 @@ from rest_framework.views import APIView
 from accounts.models import Agent
 from crm_sync import recordings, services
 from crm_sync.models import RetailCrmIntegration
-from ctihub.brief_cache import BriefCache
-from ctihub.phones import UnusablePhoneNumber
-from ctihub.ratelimit import rate_limited
+from crm_sync.retailcrm.inbound_limit import rate_limited
+from ctihub.lib.brief_cache import BriefCache
+from ctihub.lib.phones import UnusablePhoneNumber
 from telephony.models import Call
 from telephony.providers.base import ProviderError
 

@@ -13,7 +13,7 @@ import pytest
 from crm_sync import claims, services, tasks
 from crm_sync.models import CrmCallSync
 from crm_sync.tests.test_sync import end, ringing
-from ctihub.shared_redis import shared_redis
+from ctihub.lib.shared_redis import shared_redis
 
 
 @pytest.fixture

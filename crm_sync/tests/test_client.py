@@ -26,7 +26,7 @@ from crm_sync.retailcrm.client import (
     RetailCrmUnavailable,
 )
 from crm_sync.retailcrm.ratelimit import RateLimiter
-from ctihub.http_client import HttpClient
+from ctihub.lib.http_client import HttpClient
 
 
 class ScriptedAdapter(HTTPAdapter):

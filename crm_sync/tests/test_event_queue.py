@@ -13,7 +13,7 @@ from crm_sync import tasks
 from crm_sync.models import CrmCallSync
 from ctihub.celery import app
 from ctihub.celery_steps import consumes_default_queue
-from ctihub.shared_redis import shared_redis
+from ctihub.lib.shared_redis import shared_redis
 
 
 @pytest.mark.parametrize("task", ["crm_sync.tasks.sync_call_task", "crm_sync.tasks.route_call_task"])
@@ -134,7 +134,7 @@ def test_it_gives_every_task_of_the_hub_the_retry_on_a_dropped_connection():
 @pytest.fixture
 def hand_off_queue(monkeypatch):
     """The call-events queue, renamed for this test alone (no events worker of another test takes from it)."""
-    from ctihub import broker
+    from ctihub.lib import broker
 
     name = f"test-call-events-{uuid.uuid4().hex}"
     found = broker._direct(tasks.sync_call_task)
@@ -203,7 +203,7 @@ def test_it_queues_the_hand_off_through_celery_when_the_push_fails(hand_off_queu
                                                                   django_capture_on_commit_callbacks):
     from celery import Task
 
-    from ctihub import broker
+    from ctihub.lib import broker
     from crm_sync.models import RetailCrmIntegration
     from telephony.domain import apply_call_updates
     from telephony.models import Call

@@ -52,7 +52,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from ctihub.http_client import HttpClient, HttpError
+from ctihub.lib.http_client import HttpClient, HttpError
 from telephony.models import PbxAccount
 from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream
 from telephony.updates import FrameRejected

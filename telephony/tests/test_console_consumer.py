@@ -20,7 +20,7 @@ from tests.factories import make_account, make_agent, make_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
-HOST = (b"host", b"127.0.0.1:8000")  # the origin must be the connection's own (ctihub/ws_security.py)
+HOST = (b"host", b"127.0.0.1:8000")  # the origin must be the connection's own (ctihub/lib/ws_security.py)
 
 
 def session_cookie(user) -> bytes:

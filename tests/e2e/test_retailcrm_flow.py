@@ -160,7 +160,7 @@ def test_it_sends_a_start_event_before_the_uploads_waiting_with_it_for_the_rate_
 
     from crm_sync import services
     from crm_sync.retailcrm.ratelimit import TELEPHONY, RateLimiter, rate_and_capacity
-    from ctihub.shared_redis import shared_redis
+    from ctihub.lib.shared_redis import shared_redis
 
     hub.start(workers=1, web=False)
     hub.start_events_worker()

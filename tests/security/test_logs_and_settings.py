@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ctihub.logs import ContextFilter, JsonFormatter
+from ctihub.lib.logs import ContextFilter, JsonFormatter
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmClient, RetailCrmError
-from ctihub import metrics
+from ctihub.lib import metrics
 from telephony import updates as u
 from telephony.domain import apply_call_update
 from telephony.models import Listener

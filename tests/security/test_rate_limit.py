@@ -7,7 +7,8 @@ import redis
 from django.conf import settings as django_settings
 
 from crm_sync.models import RetailCrmIntegration
-from ctihub import ratelimit
+from crm_sync.retailcrm import inbound_limit
+from ctihub.lib import ratelimit
 
 pytestmark = pytest.mark.django_db
 
@@ -64,7 +65,7 @@ def test_it_lets_requests_through_when_redis_is_down(client, slow_limit, monkeyp
 def test_it_never_keeps_the_client_id_itself_in_redis(rf):
     RetailCrmIntegration.objects.create(name="shop", crm_url="https://shop.retailcrm.ru", api_key="k",
                                         client_id="secret-client-id")
-    caller = ratelimit.caller_of(rf.get("/api/retailcrm/make-call", {"clientId": "secret-client-id"}))
+    caller = inbound_limit.caller_of(rf.get("/api/retailcrm/make-call", {"clientId": "secret-client-id"}))
     assert "secret-client-id" not in caller and caller.startswith("client:")
 
 

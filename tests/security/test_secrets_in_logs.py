@@ -19,7 +19,7 @@ from django.urls import reverse
 from crm_sync import services
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmClient, RetailCrmError
-from ctihub.logs import ContextFilter
+from ctihub.lib.logs import ContextFilter
 from telephony.models import PbxAccount
 from telephony.providers import provider_for
 from telephony.providers.base import ProviderError

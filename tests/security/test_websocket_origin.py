@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from ctihub.asgi import application
-from ctihub.ws_security import CLOSE_FOREIGN_ORIGIN, ExplainingOriginValidator
+from ctihub.lib.ws_security import CLOSE_FOREIGN_ORIGIN, ExplainingOriginValidator
 from tests.factories import make_agent
 
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from ctihub import embedded_redis
+from ctihub.lib import embedded_redis
 
 STOP_GRACE_SECONDS = 10
 

@@ -56,7 +56,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ctihub.phones import e164_or_empty
+from ctihub.lib.phones import e164_or_empty
 from telephony.domain import apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.istra_enduser import frames

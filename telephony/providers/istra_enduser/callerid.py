@@ -27,7 +27,7 @@ from datetime import timezone as dt_timezone
 
 from django.utils import timezone
 
-from ctihub.phones import e164_or_empty
+from ctihub.lib.phones import e164_or_empty
 from telephony.models import Call, PbxAccount, Terminal
 from telephony.providers.base import ProviderError
 from telephony.providers.istra_enduser.backfill import platform_host
@@ -44,7 +44,7 @@ SETTING_UP = (Call.State.DIALING, Call.State.RINGING)
 
 
 def _redis():
-    from ctihub.shared_redis import shared_redis
+    from ctihub.lib.shared_redis import shared_redis
 
     return shared_redis()
 

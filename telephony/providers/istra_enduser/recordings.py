@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from ctihub.phones import e164_or_empty
+from ctihub.lib.phones import e164_or_empty
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from ctihub.http_client import HttpError
+from ctihub.lib.http_client import HttpError
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
 from telephony.providers.istra_enduser import frames
 from telephony.providers.istra_session import IstraSession, enduser_username

@@ -103,7 +103,7 @@ class MyCrmProvider(Provider):
         return stream
 
     def _reconcile_later(self):
-        from ctihub.tasks import enqueue
+        from ctihub.lib.queueing import enqueue
         from telephony.providers.istra_enduser.tasks import reconcile_after_reconnect_task
 
         enqueue(reconcile_after_reconnect_task, self.account.pk, countdown=RECONCILE_DELAY_SECONDS)

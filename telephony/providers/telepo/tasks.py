@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from celery.signals import worker_ready
 
-from ctihub.tasks import enqueue
+from ctihub.lib.queueing import enqueue
 from telephony.models import PbxAccount
 from telephony.providers.base import ProviderError
 

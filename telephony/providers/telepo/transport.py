@@ -23,8 +23,8 @@ from urllib.parse import quote
 
 from django.utils import timezone
 
-from ctihub.http_client import HttpClient, HttpError
-from ctihub.phones import e164_or_empty
+from ctihub.lib.http_client import HttpClient, HttpError
+from ctihub.lib.phones import e164_or_empty
 from telephony import updates as u
 from telephony.providers.base import ActionRefused, NotSupported, Provider, ProviderError, StateConflict
 from telephony.providers.istra_session import trust_store

@@ -10,7 +10,7 @@ does not list (a state, a termination reason...) is no such body: the message
 applies with that value kept as given (``frames``), and ``branches`` decides what
 it means for a call that rings, or is answered, on several devices.
 
-Rate limit (``ctihub.ratelimit``): one bucket per account, so a Telepo that
+Rate limit (``ctihub.lib.ratelimit``): one bucket per account, so a Telepo that
 floods us cannot starve the others. One account's webhook carries every state
 change of every call of a whole organisation, and Telepo is not known to retry
 a refused message, so its budget is ``ACCOUNT_RATE_SCALE`` times a retailCRM
@@ -31,7 +31,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from ctihub import ratelimit
+from ctihub.lib import ratelimit
 from telephony.domain import AppliedUpdate, apply_call_update, set_account_status
 from telephony.models import Call, PbxAccount
 from telephony.providers.telepo import branches

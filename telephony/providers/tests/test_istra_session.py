@@ -16,7 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPHeaderDict, HTTPResponse
 
-from ctihub.http_client import HttpClient
+from ctihub.lib.http_client import HttpClient
 from telephony.providers.base import ProviderError, SessionExpired
 from telephony.providers import istra_session
 from telephony.providers.istra_session import IstraSession, enduser_username, rcc_username, trust_store

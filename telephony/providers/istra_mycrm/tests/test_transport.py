@@ -8,7 +8,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from ctihub.http_client import HttpClient
+from ctihub.lib.http_client import HttpClient
 from telephony import updates as u
 from telephony.models import PbxAccount
 from telephony.providers import provider_for
@@ -270,7 +270,7 @@ def test_its_session_check_says_the_session_expired_and_does_not_log_in_again(pr
 def test_it_queues_a_reconcile_from_the_call_history_each_time_a_socket_is_bound(provider, monkeypatch):
     # myCrm lists no live calls after a reconnect: the End User history of the same user ends what it missed.
     queued = []
-    monkeypatch.setattr("ctihub.tasks.enqueue",
+    monkeypatch.setattr("ctihub.lib.queueing.enqueue",
                         lambda task, *args, countdown=None: queued.append((task.name, args, countdown)))
     (spec,) = provider.listener_specs([TERMINAL])
     stream = provider.open_stream(spec)

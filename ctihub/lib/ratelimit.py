@@ -1,14 +1,15 @@
 """Rate limits of the public endpoints (retailCRM callbacks, recordUrl, Telepo webhook).
 
 The same Redis token bucket as retailCRM's outbound limits
-(``crm_sync.retailcrm.ratelimit.TAKE_TOKEN``, one Lua script, Redis's clock),
-one bucket per caller: the ``clientId`` it authenticates with when it sends one,
-else its address. ``PUBLIC_RATE_LIMIT_PER_SECOND`` tokens a second, bursts up
+(``ctihub.lib.token_bucket.TAKE_TOKEN``, one Lua script, Redis's clock),
+one bucket per caller: who the caller is, the endpoint's app says (retailCRM's
+``clientId`` when it sends one, else its address: ``crm_sync.retailcrm.inbound_limit``;
+a Telepo account). ``PUBLIC_RATE_LIMIT_PER_SECOND`` tokens a second, bursts up
 to three times that; past it the answer is 429 with a JSON reason and
 ``Retry-After``. If Redis cannot be reached the request goes through (logged):
 refusing retailCRM because our own Redis is down would only add an outage.
 
-Use ``@rate_limited("name")`` on a view function or a DRF view's method.
+Use ``@rate_limited("name", caller_of)`` on a view function or a DRF view's method.
 """
 
 from __future__ import annotations
@@ -18,33 +19,21 @@ import hashlib
 import logging
 import math
 import threading
+from collections.abc import Callable
 
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from crm_sync.retailcrm.ratelimit import TAKE_TOKEN, _redis
+from ctihub.lib.shared_redis import shared_redis as _redis
+from ctihub.lib.token_bucket import TAKE_TOKEN
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "ctihub:public:rate"
 BURST_FACTOR = 3
-
-
-def caller_of(request) -> str:
-    """Who a request counts against: the clientId it presents if we gave it out, else its address.
-
-    An unknown clientId counts against the address: every guess its own bucket would let
-    someone guess clientIds at any rate.
-    """
-    from crm_sync.retailcrm.views import integration_for_request
-
-    client_id = request.GET.get("clientId", "")
-    if client_id and integration_for_request(request, client_id) is not None:
-        return "client:" + hashlib.sha256(client_id.encode()).hexdigest()[:24]  # never the secret itself
-    return "addr:" + (request.META.get("REMOTE_ADDR") or "unknown")
 
 
 TAKE_TOKEN_SHA = hashlib.sha1(TAKE_TOKEN.encode()).hexdigest()
@@ -109,14 +98,13 @@ def too_many(wait_ms: int) -> JsonResponse:
     return response
 
 
-def check(request, endpoint: str, caller: str | None = None, scale: int = 1) -> JsonResponse | None:
+def check(request, endpoint: str, caller: str, scale: int = 1) -> JsonResponse | None:
     """The 429 answer if ``request`` is over its limit, else None.
 
-    ``caller`` is for endpoints whose caller is not a clientId (the Telepo
-    webhook: its account); it must never be a secret itself. ``scale``
+    ``caller`` names the bucket (a clientId's digest, an address, the Telepo
+    webhook's account); it must never be a secret itself. ``scale``
     multiplies the limit for a caller that speaks for many people at once.
     """
-    caller = caller or caller_of(request)
     try:
         wait_ms = take(endpoint, caller, scale)
     except Exception:
@@ -128,14 +116,15 @@ def check(request, endpoint: str, caller: str | None = None, scale: int = 1) -> 
     return None
 
 
-def rate_limited(endpoint: str):
-    """Decorate a view function ``f(request, ...)`` or a method ``f(self, request, ...)``."""
+def rate_limited(endpoint: str, caller_of: Callable[[HttpRequest], str]):
+    """Decorate a view function ``f(request, ...)`` or a method ``f(self, request, ...)``: each request
+    counts against the bucket of ``caller_of(request)`` (see ``check``)."""
 
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             request = args[1] if len(args) > 1 and not hasattr(args[0], "META") else args[0]
-            refused = check(request, endpoint)
+            refused = check(request, endpoint, caller_of(request))
             return refused if refused is not None else view(*args, **kwargs)
 
         return wrapper

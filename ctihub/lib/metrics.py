@@ -5,10 +5,11 @@ Events are applied in Celery workers (socket listeners, tasks) and in daphne
 the pop-up latency histogram live in Redis (one ``HINCRBY`` per observation,
 shared by every process and surviving restarts of any one of them) and a
 custom collector turns them into Prometheus families at scrape time, together
-with what is read from the database then: listeners by state and the retailCRM
-upload outbox. prometheus_client's own multiprocess mode was not used: it
-needs ``PROMETHEUS_MULTIPROC_DIR`` shared by all processes (not true across
-containers) and its dead-process cleanup does not fit Celery's thread pool.
+with what the apps read from the database then (``add_collector``: listeners by
+state, the retailCRM upload outbox). prometheus_client's own multiprocess mode
+was not used: it needs ``PROMETHEUS_MULTIPROC_DIR`` shared by all processes (not
+true across containers) and its dead-process cleanup does not fit Celery's thread
+pool.
 
 Recording never fails the caller: a Redis error is logged and the observation lost.
 """
@@ -20,15 +21,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from ctihub.shared_redis import shared_redis
+from ctihub.lib.shared_redis import shared_redis
 
 logger = logging.getLogger(__name__)
 
@@ -219,27 +221,20 @@ class HubCollector:
             waits.add_metric([priority], buckets, float(values.get("sum", 0)))
         yield waits
 
-        yield from self._from_database()
+        for collect in _collectors:
+            yield from collect()
 
-    def _from_database(self):
-        from crm_sync.models import RetailCrmIntegration
-        from crm_sync.services import outbox_size
-        from django.db.models import Count
-        from telephony.models import Listener
 
-        sockets = GaugeMetricFamily("ctihub_listeners", "PBX event sockets by state.", labels=["state"])
-        counts = dict(Listener.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-        for state in Listener.State.values:
-            sockets.add_metric([state], counts.get(state, 0))
-        yield sockets
+# What the apps add (from their AppConfig.ready()): each a function yielding metric families, read at
+# scrape time after the hub's own, in the order added. The base package imports no app, so what only an
+# app knows (its tables: listeners by state, the upload outbox) is theirs to collect.
+_collectors: list[Callable[[], Iterable[Metric]]] = []
 
-        outbox = GaugeMetricFamily(
-            "ctihub_crm_outbox_depth", "Calls waiting for their upload to retailCRM, by integration.",
-            labels=["integration"],
-        )
-        for integration_id, name in RetailCrmIntegration.objects.values_list("id", "name"):
-            outbox.add_metric([name], outbox_size(integration_id))
-        yield outbox
+
+def add_collector(collect: Callable[[], Iterable[Metric]]) -> None:
+    """Have ``/metrics`` show the families ``collect()`` yields (once, however often it is added)."""
+    if collect not in _collectors:
+        _collectors.append(collect)
 
 
 def render() -> bytes:

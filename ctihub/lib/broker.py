@@ -172,10 +172,17 @@ def task_messages(tasks: list[tuple[object, tuple]]) -> dict[str, list[bytes]]:
 _pusher: tuple[int, str, redis.Redis] | None = None
 
 
-def _broker_url() -> str:
-    from ctihub.celery import app
+_app = None  # the project's Celery app (``use_app``): its broker is where the messages go
 
-    return app.conf.broker_url
+
+def use_app(app) -> None:
+    """Push task messages to ``app``'s broker (the project's Celery module says which app at its start)."""
+    global _app
+    _app = app
+
+
+def _broker_url() -> str:
+    return _app.conf.broker_url
 
 
 def push_task_messages(tasks: list[tuple[object, tuple]]) -> None:

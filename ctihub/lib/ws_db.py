@@ -4,7 +4,7 @@
 "thread-sensitive" thread. In a connect storm (1,000 consoles at once: a deploy, a network blip)
 each console's session and user, then its viewer, then its snapshot queued on that one thread, one
 query after another, and each hop behind all the logins still waiting: 8-22 s for the last snapshot,
-and hundreds of consoles closed to try again (issue 16). On the web pool (``ctihub.http_pool``,
+and hundreds of consoles closed to try again (issue 16). On the web pool (``ctihub.lib.http_pool``,
 ``WEB_POOL_THREADS`` threads, each keeping its database connection) their round trips overlap.
 Old and broken connections are closed before and after each call, as ``database_sync_to_async`` means to.
 """
@@ -19,7 +19,7 @@ from channels.auth import AuthMiddleware, CookieMiddleware, SessionMiddleware, g
 from django.conf import settings
 from django.db import close_old_connections
 
-from ctihub.http_pool import pool
+from ctihub.lib.http_pool import pool
 
 
 def on_web_pool(func):

@@ -21,7 +21,7 @@ _SECRET_PATH = re.compile(r"(/api/telepo/webhook/|/api/retailcrm/records/)[^\s/?
 
 
 def mask_secrets(text: str) -> str:
-    from ctihub.http_client import mask_url
+    from ctihub.lib.http_client import mask_url
 
     return mask_url(_SECRET_PATH.sub(r"\1***", text))
 
