@@ -49,6 +49,9 @@ def _switch_threads_sooner(**_kwargs):
     from ctihub.threads import use_configured_switch_interval
 
     use_configured_switch_interval()
+    from ctihub import card_trace
+
+    card_trace.watch_pauses("worker")  # only with CARD_TRACE (the pop-up benchmark)
 
 
 worker_init.connect(_ensure_embedded_redis, weak=False)

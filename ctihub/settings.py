@@ -381,6 +381,9 @@ WEB_PROCESSES = strict_int("WEB_PROCESSES", os.cpu_count() or 1, minimum=1)
 # The benchmarks' floors (bench/floors.py): a bare DRF view and a bare forwarding consumer served by the
 # same daphne as ctihub's own, so a benchmark can measure both side by side. Never set it in production.
 BENCH_FLOORS = strict_bool("BENCH_FLOORS", False)
+# Each call card's message carries the times it passed each stage (ctihub/card_trace.py), and the console
+# sends them beside the card: for the pop-up benchmark's breakdown. Off in production.
+CARD_TRACE = strict_bool("CARD_TRACE", False)
 
 # --- Outbound HTTP (one client layer: ctihub.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000

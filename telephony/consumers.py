@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from datetime import datetime, timedelta
 
@@ -225,9 +226,12 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         versions = {call_id: version for call_id, (version, _live, _when) in self.shown.items()}
         return since, versions, live
 
-    async def _send_card(self, card: dict) -> None:
+    async def _send_card(self, card: dict, trace: dict | None = None) -> None:
         self._note_shown([card])
-        await self.send_json({"type": "card", "card": card})
+        if trace is None:
+            await self.send_json({"type": "card", "card": card})
+        else:  # CARD_TRACE (the benchmark): when it passed each stage, and now
+            await self.send_json({"type": "card", "card": card, "trace": {**trace, "sent": time.time()}})
 
     async def dispatch(self, message):
         """channels' own, without its ``aclose_old_connections()`` before every message: a hop to asgiref's
@@ -250,7 +254,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             # read), or a resync sent it while its publish was still on its way (a worker more than
             # IN_FLIGHT_GRACE behind). Sent again it was a duplicate card (issue 16: 121 in one run).
             return
-        await self._send_card(card)
+        await self._send_card(card, event.get("trace"))
 
     async def agent_status(self, event):
         await self.send_json({"type": "agent_status", "agent": event["agent"], "status": event["status"]})

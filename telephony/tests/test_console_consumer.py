@@ -537,3 +537,43 @@ def test_it_resyncs_each_agent_s_console_from_its_own_cards_only(monkeypatch):
         assert each.sent == expected
     assert len(boss.sent) == len(changed) and nobody.sent == []
     assert len(checks) == 800 + len(changed), "a console looked at another agent's cards"
+
+
+def test_it_sends_a_card_with_the_times_it_passed_each_stage_when_traced(settings):
+    """CARD_TRACE (the pop-up benchmark): the card's message carries when it was handed to the publisher,
+    taken by its thread, pushed to Redis, fetched by daphne's layer and sent by the console, in that order;
+    without it the card comes alone."""
+    from ctihub import card_trace
+    from telephony.publish import publisher
+
+    account = make_account()
+    me = agent_on(account, "t-me")
+    headers = headers_for(me.user)
+
+    def ring_traced(call_id):
+        try:
+            with card_trace.frame_received(__import__("time").monotonic()):
+                return _ring(account, "t-me", call_id)
+        finally:
+            publisher.drain(5)
+            connection.close()
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        run = asyncio.get_running_loop().run_in_executor
+        settings.CARD_TRACE = True
+        await run(None, lambda: ring_traced("-1"))
+        traced = await receive_type(comm, "card")
+        settings.CARD_TRACE = False
+        await run(None, lambda: ring_traced("-2"))
+        plain = await receive_type(comm, "card")
+        await comm.disconnect()
+        return traced, plain
+
+    traced, plain = asyncio.run(scenario())
+    stages = ["received", "handed", "taken", "pushed", "fetched", "sent"]
+    assert set(traced["trace"]) == set(stages), traced["trace"]
+    times = [traced["trace"][stage] for stage in stages]
+    assert times == sorted(times), traced["trace"]
+    assert "trace" not in plain and plain["card"]["state"] == "ringing"

@@ -1,0 +1,114 @@
+"""When each call card passed each stage of its way to a browser, for the pop-up benchmark (``CARD_TRACE``).
+
+Off in production. With ``CARD_TRACE=true`` (``bench.popup_latency`` sets it for its processes) the card's
+message carries a ``trace``, a dict of wall-clock times (``time.time()``; the benchmark's processes share
+one machine, so one clock) stamped on the way:
+
+- ``received``: the worker read the frame off the PBX socket (the burst's first frame);
+- ``handed``: the frame's transaction committed and its card was handed to the publisher's thread;
+- ``taken``: the publisher's thread took it off its queue;
+- ``pushed``: the publisher read the groups' members (one Redis round trip) and is writing the message
+  to the channels (the second round trip);
+- ``fetched``: daphne's channel layer took it off Redis (``ctihub.channel_layer``);
+- ``sent``: the console consumer handed it to its websocket (daphne's event loop).
+
+The console sends the trace beside the card (``{"type": "card", "card": ..., "trace": ...}``); the page
+ignores it. A late card then says where it waited: the stall that a p99 hides is named by its stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+from django.conf import settings
+
+_local = threading.local()
+
+
+def enabled() -> bool:
+    return settings.CARD_TRACE
+
+
+@contextlib.contextmanager
+def frame_received(received_monotonic: float):
+    """Cards published in the block (on this thread: the transaction's on-commit) were read at this time."""
+    previous = getattr(_local, "received", None)
+    _local.received = received_monotonic
+    try:
+        yield
+    finally:
+        _local.received = previous
+
+
+def new_trace() -> dict | None:
+    """A trace for a card handed over now, or None when tracing is off."""
+    if not settings.CARD_TRACE:
+        return None
+    now = time.time()
+    trace = {"handed": now}
+    received = getattr(_local, "received", None)
+    if received is not None:
+        trace["received"] = now - (time.monotonic() - received)
+    return trace
+
+
+def stamp(message: dict, stage: str) -> None:
+    trace = message.get("trace")
+    if trace is not None:
+        trace[stage] = time.time()
+
+
+# --- the process's own pauses -----------------------------------------------------------------------
+
+PAUSES_KEY = "ctihub:trace:pauses"
+PAUSE_MIN_SECONDS = 0.005
+_pauses = None  # a deque while watched
+_process = ""
+
+
+def note_pause(kind: str, start: float, seconds: float) -> None:
+    """Something that held this process (or its event loop) from ``start`` (wall clock) for ``seconds``."""
+    if _pauses is not None and seconds >= PAUSE_MIN_SECONDS:
+        _pauses.append(f"{_process} {kind} {start:.4f} {seconds:.4f}")
+
+
+def watch_pauses(process: str) -> None:
+    """With ``CARD_TRACE``: each garbage collection of this process that stopped it for at least
+    ``PAUSE_MIN_SECONDS`` (and what else ``note_pause`` is told of), pushed to Redis (``PAUSES_KEY``:
+    "process kind start seconds") once a second by a thread of its own, for the benchmark to put beside
+    its late cards."""
+    global _pauses, _process
+    if not settings.CARD_TRACE or _pauses is not None:
+        return
+    import gc
+    from collections import deque
+
+    _pauses, _process = deque(maxlen=10_000), process
+    started: list[float] = [0.0]
+
+    def collected(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        took = time.perf_counter() - started[0]
+        note_pause(f"gc{info.get('generation')}", time.time() - took, took)
+
+    gc.callbacks.append(collected)
+    pauses = _pauses
+
+    def flush() -> None:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        while True:
+            time.sleep(1.0)
+            batch = [pauses.popleft() for _ in range(len(pauses))]
+            if batch:
+                try:
+                    client.rpush(PAUSES_KEY, *batch)
+                except Exception:  # a diagnosis, never a reason to fail
+                    pass
+
+    threading.Thread(target=flush, name="card-trace-pauses", daemon=True).start()
