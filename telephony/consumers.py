@@ -24,6 +24,7 @@ from django.utils import timezone
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.consumer import get_handler_name
 
+from ctihub import card_trace
 from ctihub.ws_db import on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
@@ -75,11 +76,18 @@ def resyncs() -> "Resyncs":
 class Resyncs:
     """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the consoles of this process.
 
-    One database look for all of them (``console.cards_changed``), each console then taking what it
-    may see and does not have. It was one query per console and period: at 1,000 consoles 67 queries
-    a second, and daphne's CPU per card delivered twice a bare forwarding consumer's (issue 16).
-    Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely)
-    and looked at next time.
+    One database look for all of them, each console then taking what it may see and does not have. It
+    was one query per console and period: at 1,000 consoles 67 queries a second, and daphne's CPU per card
+    delivered twice a bare forwarding consumer's (issue 16). Changes younger than IN_FLIGHT_GRACE are left
+    to their publish (still on its way, most likely) and looked at next time.
+
+    The look reads each changed call's id, version and agent only (``console.versions_changed``); cards are
+    built only for the calls some console lacks (``console.cards_for``), none when no publish was lost.
+    Building every changed call's card (``cards_changed``: the ORM rows, the account's secrets decrypted,
+    retailCRM's fields) cost a web pool thread 70-100 ms of CPU a period at 200 events/s, taken from daphne's
+    event loop by the GIL: the cards in flight meanwhile were late by as much (issue 16, third pass). And
+    the consoles are gone through ``RESYNC_CONSOLES_AT_ONCE`` at a time, the event loop serving cards in
+    between: all 1,000 in one go held it for 20-60 ms.
     """
 
     def __init__(self):
@@ -109,17 +117,25 @@ class Resyncs:
         consoles = list(self.consoles)
         if not consoles:
             return
+        held = _LoopTime()
         until = timezone.now() - IN_FLIGHT_GRACE
-        windows = [consumer._resync_window(until) for consumer in consoles]
+        windows = []
+        for n, consumer in enumerate(consoles):
+            windows.append(consumer._resync_window(until))
+            if n % RESYNC_CONSOLES_AT_ONCE == RESYNC_CONSOLES_AT_ONCE - 1:
+                await held.yield_()
         since = min(window[0] for window in windows)
         live = set().union(*(window[2] for window in windows))
-        changed = await on_web_pool(console.cards_changed)(live, since, until)
-        # An agent's console looks only at its agent's cards (all it may see): each console going through
-        # every changed card cost consoles x cards a period, 1.5 million at 1,000 consoles and 300 events/s.
+        await held.pause()
+        changed = await on_web_pool(console.versions_changed)(live, since, until)
+        held.resume()
+        # An agent's console looks only at its agent's calls (all it may see): each console going through
+        # every changed call cost consoles x calls a period, 1.5 million at 1,000 consoles and 300 events/s.
         by_agent: dict[object, list] = {}
         for item in changed:
             by_agent.setdefault(item[0].get("agent"), []).append(item)
-        for consumer, (own_since, versions, own_live) in zip(consoles, windows):
+        lacking: list[tuple[ConsoleConsumer, list[int]]] = []
+        for n, (consumer, (own_since, versions, own_live)) in enumerate(zip(consoles, windows)):
             viewer = consumer.viewer
             if viewer.is_supervisor:
                 mine = changed
@@ -127,13 +143,54 @@ class Resyncs:
                 mine = by_agent.get(viewer.agent.pk, []) if viewer.agent is not None else []
             # What it has now, not only before the look: a publish may have come in the meantime.
             has = {**versions, **{call_id: shown[0] for call_id, shown in consumer.shown.items()}}
-            for card in console.newer_than_shown(viewer, mine, has, own_live, own_since):
-                logger.info("console of %s: call %s card v%s was never received; sent now",
-                            consumer.viewer.user.pk, card["id"], card["version"])
-                try:
-                    await consumer._send_card(card)
-                except Exception:  # a console closing meanwhile: the others still get theirs
-                    logger.debug("resync card not sent to a closing console", exc_info=True)
+            ids = [call["id"] for call in console.newer_than_shown(viewer, mine, has, own_live, own_since)]
+            if ids:
+                lacking.append((consumer, ids))
+            if n % RESYNC_CONSOLES_AT_ONCE == RESYNC_CONSOLES_AT_ONCE - 1:
+                await held.yield_()
+        if lacking:
+            await held.pause()
+            cards = await on_web_pool(console.cards_for)({i for _consumer, ids in lacking for i in ids}, until)
+            held.resume()
+            for consumer, ids in lacking:
+                for call_id in ids:
+                    card = cards.get(call_id)
+                    shown = consumer.shown.get(call_id)
+                    if card is None or (shown is not None and shown[0] >= card["version"]):
+                        continue  # gone, or its publish came while the cards were read
+                    logger.info("console of %s: call %s card v%s was never received; sent now",
+                                consumer.viewer.user.pk, card["id"], card["version"])
+                    try:
+                        await consumer._send_card(card)
+                    except Exception:  # a console closing meanwhile: the others still get theirs
+                        logger.debug("resync card not sent to a closing console", exc_info=True)
+        held.done()
+
+
+# Consoles a resync goes through between two turns of the event loop: ~2-3 ms of it at a time.
+RESYNC_CONSOLES_AT_ONCE = 100
+
+
+class _LoopTime:
+    """How long a resync held daphne's event loop in its longest stretch, for the benchmark's breakdown
+    (``ctihub.card_trace.note_pause``: only with CARD_TRACE)."""
+
+    def __init__(self):
+        self.started_wall, self.started = time.time(), time.perf_counter()
+
+    async def yield_(self) -> None:
+        await self.pause()
+        self.resume()
+
+    async def pause(self) -> None:
+        card_trace.note_pause("resync", self.started_wall, time.perf_counter() - self.started)
+        await asyncio.sleep(0)
+
+    def resume(self) -> None:
+        self.started_wall, self.started = time.time(), time.perf_counter()
+
+    def done(self) -> None:
+        card_trace.note_pause("resync", self.started_wall, time.perf_counter() - self.started)
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
