@@ -426,9 +426,9 @@ async def _split(session, sent: dict, received: dict, label: str, traces: dict |
         _stage_split(left, received, traces, label, started_at, _pauses())
 
 
-def _pauses() -> list[tuple[str, float, float]]:
+def _pauses() -> list[tuple[str, float, float, float]]:
     """What paused ctihub's processes since the last read (ctihub/card_trace.py): ("<process>-<kind>", start,
-    seconds), a kind being a garbage collection ("gc2": of generation 2) or what the process noted."""
+    seconds, CPU seconds), a kind being a garbage collection ("gc2": of generation 2) or what the process noted."""
     import redis
     from django.conf import settings
 
@@ -444,8 +444,8 @@ def _pauses() -> list[tuple[str, float, float]]:
         client.close()
     out = []
     for line in raw:
-        process, kind, start, seconds = line.decode().split()
-        out.append((f"{process}-{kind}", float(start), float(seconds)))
+        process, kind, start, seconds, cpu = line.decode().split()
+        out.append((f"{process}-{kind}", float(start), float(seconds), float(cpu)))
     return out
 
 
@@ -454,7 +454,7 @@ def _q(values: list[float], q: float) -> float:
 
 
 def _stage_split(left: dict, received: dict, traces: dict, label: str, started_at: float | None,
-                 pauses: list[tuple[str, float, float]] = ()) -> None:
+                 pauses: list[tuple[str, float, float, float]] = ()) -> None:
     by_stage: dict[str, list[float]] = {name: [] for name, _a, _b in STAGES}
     slow_by_stage: collections.Counter = collections.Counter()
     slow: list[tuple[float, tuple, dict]] = []
@@ -482,17 +482,19 @@ def _stage_split(left: dict, received: dict, traces: dict, label: str, started_a
            f"(cards over {SLOW_MS:.0f} ms from frame to socket, by the stage they waited longest in)")
     if pauses or slow:
         step_start = started_at or 0.0
-        by_process: dict[str, list[float]] = {}
-        for process, start, seconds in pauses:
+        by_process: dict[str, list[tuple[float, float]]] = {}
+        for process, start, seconds, cpu in pauses:
             if start >= step_start:
-                by_process.setdefault(process, []).append(seconds * 1000)
+                by_process.setdefault(process, []).append((seconds * 1000, cpu * 1000))
         figure(f"{label}pauses", ", ".join(
-            f"{process} {len(v)} (max {max(v):.0f}, total {sum(v):.0f} ms)" for process, v in sorted(by_process.items()))
-            or "none", f"(ctihub's processes' collections and resyncs of {PAUSE_MIN_MS:.0f} ms or more in the step)")
+            f"{process} {len(v)} (max {max(w for w, _c in v):.0f}, total {sum(w for w, _c in v):.0f} ms; "
+            f"CPU max {max(c for _w, c in v):.0f})" for process, v in sorted(by_process.items()))
+            or "none", f"(ctihub's processes' collections and resyncs of {PAUSE_MIN_MS:.0f} ms or more in the step; "
+                       "CPU: the pausing thread's own)")
         during = collections.Counter()
         for total, _key, parts in slow:
             begin, end = parts["frame_at"], parts["frame_at"] + total / 1000
-            hit = {process for process, start, seconds in pauses if start < end and start + seconds > begin}
+            hit = {process for process, start, seconds, _cpu in pauses if start < end and start + seconds > begin}
             during.update(hit or {"no pause"})
         if slow:
             figure(f"{label}slow_cards_during_a_pause", ", ".join(f"{k} {n}" for k, n in during.most_common()),

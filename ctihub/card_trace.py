@@ -68,16 +68,18 @@ _pauses = None  # a deque while watched
 _process = ""
 
 
-def note_pause(kind: str, start: float, seconds: float) -> None:
-    """Something that held this process (or its event loop) from ``start`` (wall clock) for ``seconds``."""
+def note_pause(kind: str, start: float, seconds: float, cpu_seconds: float | None = None) -> None:
+    """Something that held this process (or its event loop) from ``start`` (wall clock) for ``seconds``, of
+    which ``cpu_seconds`` its thread's own CPU (a busy machine stretches the wall time, not the CPU)."""
     if _pauses is not None and seconds >= PAUSE_MIN_SECONDS:
-        _pauses.append(f"{_process} {kind} {start:.4f} {seconds:.4f}")
+        cpu = seconds if cpu_seconds is None else cpu_seconds
+        _pauses.append(f"{_process} {kind} {start:.4f} {seconds:.4f} {cpu:.4f}")
 
 
 def watch_pauses(process: str) -> None:
     """With ``CARD_TRACE``: each garbage collection of this process that stopped it for at least
     ``PAUSE_MIN_SECONDS`` (and what else ``note_pause`` is told of), pushed to Redis (``PAUSES_KEY``:
-    "process kind start seconds") once a second by a thread of its own, for the benchmark to put beside
+    "process kind start seconds cpu_seconds") once a second by a thread of its own, for the benchmark to put beside
     its late cards."""
     global _pauses, _process
     if not settings.CARD_TRACE or _pauses is not None:
@@ -86,14 +88,14 @@ def watch_pauses(process: str) -> None:
     from collections import deque
 
     _pauses, _process = deque(maxlen=10_000), process
-    started: list[float] = [0.0]
+    started: list[float] = [0.0, 0.0]
 
     def collected(phase: str, info: dict) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[:] = time.perf_counter(), time.thread_time()
             return
         took = time.perf_counter() - started[0]
-        note_pause(f"gc{info.get('generation')}", time.time() - took, took)
+        note_pause(f"gc{info.get('generation')}", time.time() - took, took, time.thread_time() - started[1])
 
     gc.callbacks.append(collected)
     pauses = _pauses

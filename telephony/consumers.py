@@ -172,25 +172,26 @@ RESYNC_CONSOLES_AT_ONCE = 100
 
 
 class _LoopTime:
-    """How long a resync held daphne's event loop in its longest stretch, for the benchmark's breakdown
+    """How long a resync held daphne's event loop in each stretch, for the benchmark's breakdown
     (``ctihub.card_trace.note_pause``: only with CARD_TRACE)."""
 
     def __init__(self):
-        self.started_wall, self.started = time.time(), time.perf_counter()
+        self.resume()
 
     async def yield_(self) -> None:
         await self.pause()
         self.resume()
 
     async def pause(self) -> None:
-        card_trace.note_pause("resync", self.started_wall, time.perf_counter() - self.started)
+        self.done()
         await asyncio.sleep(0)
 
     def resume(self) -> None:
-        self.started_wall, self.started = time.time(), time.perf_counter()
+        self.started_wall, self.started, self.started_cpu = time.time(), time.perf_counter(), time.thread_time()
 
     def done(self) -> None:
-        card_trace.note_pause("resync", self.started_wall, time.perf_counter() - self.started)
+        card_trace.note_pause("resync", self.started_wall, time.perf_counter() - self.started,
+                              time.thread_time() - self.started_cpu)
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):

@@ -47,6 +47,6 @@ def test_it_pushes_a_process_s_collections_and_noted_pauses_only_when_tracing():
     kinds = [line.split()[1] for line in lines]
     assert "resync" in kinds and "too_short" not in kinds, lines
     assert "gc2" in kinds, lines  # the full collection of 400,000 cycles took more than 5 ms
-    process, _kind, start, seconds = lines[kinds.index("resync")].split()
-    assert process == "probe" and float(seconds) == 0.02 and float(start) > 1.7e9
+    process, _kind, start, seconds, cpu = lines[kinds.index("resync")].split()
+    assert process == "probe" and float(seconds) == float(cpu) == 0.02 and float(start) > 1.7e9
     assert run_probe("false") == []
