@@ -25,6 +25,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.consumer import get_handler_name
 
 from ctihub import card_trace
+from ctihub.console_heap import console_heap
 from ctihub.ws_db import on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
@@ -222,6 +223,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         resyncs().add(self)
+        self._heap = console_heap()  # the same one at its close, whatever the settings are then
+        self._heap.set_up()
 
     async def _set_up(self, user) -> bool | None:
         """In its turn: who the viewer is, its groups joined, its snapshot sent. None: no role, refused."""
@@ -257,6 +260,10 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         resyncs().discard(self)
+        heap = getattr(self, "_heap", None)
+        if heap is not None:
+            self._heap = None
+            heap.closed()
         groups = getattr(self, "groups_joined", [])
         if groups:
             # In turn too: every console of a stopping daphne or a dropped network leaves at once, and one

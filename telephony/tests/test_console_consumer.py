@@ -676,3 +676,29 @@ def test_it_sends_a_card_with_the_times_it_passed_each_stage_when_traced(setting
     times = [traced["trace"][stage] for stage in stages]
     assert times == sorted(times), traced["trace"]
     assert "trace" not in plain and plain["card"]["state"] == "ringing"
+
+
+def test_it_tells_the_process_s_console_heap_of_each_console_set_up_and_closed(monkeypatch):
+    """So that daphne freezes a settled wave of consoles out of the collector's full walks (ctihub/console_heap.py)."""
+    from telephony import consumers
+
+    told = []
+
+    class Heap:
+        def set_up(self):
+            told.append("set up")
+
+        def closed(self):
+            told.append("closed")
+
+    monkeypatch.setattr(consumers, "console_heap", Heap)
+    account = make_account()
+    headers = headers_for(agent_on(account, "t-me").user)
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert told == ["set up", "closed"]
