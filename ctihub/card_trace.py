@@ -114,3 +114,46 @@ def watch_pauses(process: str) -> None:
                     pass
 
     threading.Thread(target=flush, name="card-trace-pauses", daemon=True).start()
+    watch_thread_lag()
+
+
+LAG_PROBE_SECONDS = 0.01
+_loops_watched: set = set()
+
+
+def watch_thread_lag() -> None:
+    """With ``CARD_TRACE``: a thread that sleeps ``LAG_PROBE_SECONDS`` at a time and notes ("lag") each wake-up
+    late by 5 ms or more: the process could not run a thread that long (no core, or the GIL held)."""
+    if _pauses is None:
+        return
+
+    def probe() -> None:
+        while True:
+            asked = time.perf_counter() + LAG_PROBE_SECONDS
+            cpu = time.thread_time()
+            time.sleep(LAG_PROBE_SECONDS)
+            late = time.perf_counter() - asked
+            note_pause("lag", time.time() - late, late, time.thread_time() - cpu)
+
+    threading.Thread(target=probe, name="card-trace-lag", daemon=True).start()
+
+
+def watch_loop_lag() -> None:
+    """With ``CARD_TRACE``, in an event loop: notes ("loop_lag") each turn of it late by 5 ms or more."""
+    if _pauses is None:
+        return
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if loop in _loops_watched:
+        return
+    _loops_watched.add(loop)
+
+    async def probe() -> None:
+        while True:
+            asked = time.perf_counter() + LAG_PROBE_SECONDS
+            await asyncio.sleep(LAG_PROBE_SECONDS)
+            late = time.perf_counter() - asked
+            note_pause("loop_lag", time.time() - late, late, 0.0)
+
+    loop.create_task(probe())

@@ -99,6 +99,7 @@ class Resyncs:
         self.consoles.add(consumer)
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._forever())
+            card_trace.watch_loop_lag()  # only with CARD_TRACE (the pop-up benchmark)
 
     def discard(self, consumer: "ConsoleConsumer") -> None:
         self.consoles.discard(consumer)
