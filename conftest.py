@@ -53,6 +53,13 @@ def _block_network(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _no_console_heap_freeze(settings):
+    """daphne freezes its consoles' objects (ctihub/lib/console_heap.py); in the tests' own process that would
+    keep every later test's cyclic garbage. tests/test_console_heap.py turns it on where it is the subject."""
+    settings.CONSOLE_HEAP_FREEZE = False
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each test its own channels-redis layer: one instance keeps receive locks and buffers of
     the event loop that used it, and a test's asyncio.run is a new loop. A console test once

@@ -7,7 +7,9 @@ several of these (``--clients``), each on its own core's worth of GIL, and drive
 - ``("connect", [(url, headers), ...], timeout)``: opens them all at once; answers each socket's
   connect-to-snapshot time and what went wrong with the others, by kind;
 - ``("count",)``: how many cards arrived so far;
-- ``("collect",)``: the first arrival time of each card key, duplicates, a sample card, then forgets them;
+- ``("collect",)``: the first arrival time of each card key, duplicates, a sample card, the stage times of
+  each card key's first arrival (``CARD_TRACE``: ``ctihub/lib/card_trace.py``, with ``client``: its arrival), then
+  forgets them;
 - ``("close",)``: closes every socket and ends.
 
 A card's key is ``(remote_number, state)``: the benchmark sends each number through each state once.
@@ -33,6 +35,7 @@ class _Client:
     def __init__(self, conn):
         self.conn = conn
         self.received: dict[tuple, float] = {}
+        self.traces: dict[tuple, dict] = {}
         self.count = 0
         self.duplicates = 0
         self.sample = None
@@ -65,8 +68,8 @@ class _Client:
                 elif command[0] == "count":
                     self.conn.send(self.count)
                 elif command[0] == "collect":
-                    self.conn.send((self.received, self.duplicates, self.count, self.sample))
-                    self.received, self.duplicates, self.count = {}, 0, 0
+                    self.conn.send((self.received, self.duplicates, self.count, self.sample, self.traces))
+                    self.received, self.duplicates, self.count, self.traces = {}, 0, 0, {}
                 elif command[0] == "close":
                     for task in self.tasks:
                         task.cancel()
@@ -130,5 +133,9 @@ class _Client:
             key = (card["remote_number"], card["state"])
             if key not in self.received:
                 self.received[key] = now
+                trace = data.get("trace")
+                if trace is not None:
+                    trace["client"] = now
+                    self.traces[key] = trace
             if self.sample is None:
                 self.sample = card

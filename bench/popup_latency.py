@@ -16,7 +16,15 @@ figure also holds that request's own round trip (it overstates, never understate
 Each step also splits the latency by the simulator's frame log (``latency_split``): from the
 control request to the frame leaving the simulator (the harness), and from there to the card on
 its socket (worker, Redis, daphne). Lost: an expected card that never reached its agent; duplicated: the same card version
-reaching the same socket twice.
+reaching the same socket twice. ctihub's processes run with ``CARD_TRACE`` (ctihub/lib/card_trace.py): each card carries
+the times it passed each stage, so ``stage_split`` splits frame-to-socket by stage (p50 / p99 / max),
+``slow_cards_by_stage`` names where each card over 60 ms waited longest, ``slow_card`` shows the slowest whole, and
+``pauses`` lists the garbage collections and console resyncs of 5 ms or more that held daphne or the worker,
+``slow_cards_during_a_pause`` how many late cards were in flight during one ("lag": a thread of the process woke
+5 ms or more late; "loop_lag": daphne's event loop; "publish_write": the worker's write of the cards to Redis). Each
+step also samples the whole machine every 50 ms (``machine``: cores busy, the share of the time a task waited for a
+core or for I/O, from /proc/stat and /proc/pressure) and counts the late cards that were in flight while it was
+saturated (``slow_cards_and_the_machine``): on two shared cores that, not ctihub, is often what made them late.
 
 The sockets live in ``--clients`` processes of their own (``bench/popup_clients.py``; by
 default one per 500 sockets), so the load generator is not what saturates. Each step prints
@@ -81,7 +89,8 @@ def main() -> None:
         # Each worker takes free listeners up to its cap, so the terminals split across the workers: without it
         # the first worker to scan leases them all and the others hold nothing (issue 19 is the fair share).
         extra["LISTENER_MAX_PER_WORKER"] = str(math.ceil(args.terminals / args.workers))
-    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true", **extra))
+    # CARD_TRACE: each card carries its stage times to the socket (ctihub/lib/card_trace.py), for the breakdown.
+    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true", CARD_TRACE="true", **extra))
     clients = None
     try:
         hub.start_simulator()
@@ -204,14 +213,17 @@ class Clients:
         return sum(await self.ask_all(("count",)))
 
     async def collect(self):
-        received, duplicates, count, sample = {}, 0, 0, None
-        for got, dups, n, one in await self.ask_all(("collect",)):
+        received, duplicates, count, sample, traces = {}, 0, 0, None, {}
+        for got, dups, n, one, traced in await self.ask_all(("collect",)):
             for key, at in got.items():
-                received[key] = min(at, received.get(key, at))
+                if at < received.get(key, at + 1):
+                    received[key] = at
+                    if key in traced:
+                        traces[key] = traced[key]
             duplicates += dups
             count += n
             sample = sample or one
-        return received, duplicates, count, sample
+        return received, duplicates, count, sample, traces
 
     async def close(self) -> None:
         await self.ask_all(("close",))
@@ -304,6 +316,56 @@ def _cpu_per(before: dict, after: dict, units: int) -> dict[str, float]:
     return {name: (after[name] - before[name]) * 1000 / max(1, units) for name in before}
 
 
+class Machine:
+    """The whole machine every ``INTERVAL`` seconds, from a thread of this process: how busy its cores were
+    (/proc/stat) and how long runnable tasks waited for a core or for I/O (Linux's pressure stall
+    information, /proc/pressure/{cpu,io}: the share of the time at least one task waited). A late card
+    whose way overlapped windows of the machine saturated, or tasks waiting for a core, was late for the
+    machine's sake; GIL waits do not show here (a thread waiting for the GIL sleeps)."""
+
+    INTERVAL = 0.05
+
+    def __init__(self):
+        import threading
+
+        self.samples: list[tuple[float, float, float, float, float]] = []  # wall, busy, total, cpu_some, io_some
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="machine-sampler", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float, float, float]:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        total = sum(fields[:8])
+
+        def some(path: str) -> float:
+            try:
+                with open(path) as f:
+                    return float(f.readline().rsplit("total=", 1)[1])
+            except (OSError, IndexError, ValueError):
+                return 0.0
+
+        return time.time(), total - idle, total, some("/proc/pressure/cpu"), some("/proc/pressure/io")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self.samples.append(self._read())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def windows(self, start: float, end: float) -> list[tuple[float, float, float, float, float]]:
+        """(from, to, busy share of all cores, CPU pressure share, I/O pressure share) of each interval."""
+        out = []
+        samples = [s for s in self.samples if start - self.INTERVAL <= s[0] <= end + self.INTERVAL]
+        for (t0, b0, n0, c0, i0), (t1, b1, n1, c1, i1) in zip(samples, samples[1:]):
+            span = max(1e-6, t1 - t0)
+            out.append((t0, t1, (b1 - b0) / max(1.0, n1 - n0), (c1 - c0) / 1e6 / span, (i1 - i0) / 1e6 / span))
+        return out
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -312,6 +374,7 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     targets = [(ws_url, {"Cookie": cookie, "Origin": hub.web_url}) for cookie in cookies]
     progress.update(consoles_wanted=len(cookies))
     meter = CpuMeter(hub, clients)
+    machine = Machine()
     cpu_before, started = meter.read(), time.monotonic()
     connected_ms, errors, failed = await clients.connect(targets, timeout=60)
     cpu_after = meter.read()
@@ -349,13 +412,13 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     async with _Control(hub.sim_url) as session:
         await session.post("/_sim/istra/frame-log", b'{"enabled": true}')  # when each frame left: the split
         if args.sweep is None:
-            step = await _step(session, hub, args, clients, meter, calls, args.rate, label="")
+            step = await _step(session, hub, args, clients, meter, calls, args.rate, label="", machine=machine)
             if not args.no_floor:
                 await _floor(hub, args, clients, meter, step)
             return
         held = 0
         for rate in [float(r) for r in args.sweep.split(",") if r.strip()]:
-            step = await _step(session, hub, args, clients, meter, calls, rate, label=f"sweep_{rate:g}_")
+            step = await _step(session, hub, args, clients, meter, calls, rate, label=f"sweep_{rate:g}_", machine=machine)
             if step["p99"] <= P99_LIMIT_MS and not step["lost"] and not step["duplicated"]:
                 held = max(held, rate)
             figure(f"sweep_{rate:g}_held", "yes" if held == rate else "no", "", f"p99 <= {P99_LIMIT_MS:.0f} ms, 0 lost")
@@ -367,10 +430,32 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
 EVENT_STATES = {"callRinging": "ringing", "callTalking": "talking", "callDropped": "ended"}
 
 
-async def _split(session, sent: dict, received: dict, label: str) -> None:
+# A card's way, stage by stage (ctihub/lib/card_trace.py): the name of each stage, and the two stamps around it
+# ("frame": the simulator's frame log, "client": the socket's arrival).
+STAGES = (
+    ("pbx_socket", "frame", "received"),  # the simulator's write to the worker's listener reading the frame
+    ("transaction", "received", "handed"),  # parse, a database thread, the transaction and its commit, the card
+    ("publisher_queue", "handed", "taken"),  # waiting for the worker's publisher thread
+    ("members_read", "taken", "pushed"),  # the publisher's first Redis round trip (the groups' members)
+    ("redis_to_daphne", "pushed", "fetched"),  # the push, and daphne's channel layer taking it off Redis
+    ("daphne_loop", "fetched", "sent"),  # daphne's event loop: the consumer's turn, the card's JSON
+    ("websocket", "sent", "client"),  # Twisted's write, the kernel, the load generator's socket process
+)
+SLOW_MS = P99_LIMIT_MS
+PAUSE_MIN_MS = 5.0  # ctihub.lib.card_trace.PAUSE_MIN_SECONDS
+
+
+async def _split(session, sent: dict, received: dict, label: str, traces: dict | None = None,
+                 started_at: float | None = None, machine: Machine | None = None) -> None:
     """Where the time went: from the control request to the frame leaving the simulator (the harness's
     part), and from the frame leaving to the card reaching its socket (ctihub's: worker, Redis, daphne),
-    by the simulator's frame log. The frames of this step are read and then forgotten."""
+    by the simulator's frame log. The frames of this step are read and then forgotten.
+
+    With the cards' stage times (``traces``: the benchmark's processes run with ``CARD_TRACE``), ctihub's
+    part is split by stage (``stage_split``: p50 / p99 / max of each), and each card slower than
+    ``SLOW_MS`` from frame to socket is counted under the stage where it waited longest (``slow_cards_by_stage``);
+    the slowest few are printed whole, with when they left (seconds into the step), so a stall can be
+    matched with what else happened then."""
     frames = json.loads(await session.get("/_sim/istra/frame-log"))
     await session.post("/_sim/istra/frame-log", b'{"enabled": false}')  # forgets them
     await session.post("/_sim/istra/frame-log", b'{"enabled": true}')
@@ -389,13 +474,107 @@ async def _split(session, sent: dict, received: dict, label: str) -> None:
         return
     before.sort()
     after.sort()
-
-    def p(values, q):
-        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-    figure(f"{label}latency_split", f"request_to_frame p50 {p(before, .5):.1f} p99 {p(before, .99):.1f}, "
-                                    f"frame_to_card p50 {p(after, .5):.1f} p99 {p(after, .99):.1f}",
+    figure(f"{label}latency_split", f"request_to_frame p50 {_q(before, .5):.1f} p99 {_q(before, .99):.1f}, "
+                                    f"frame_to_card p50 {_q(after, .5):.1f} p99 {_q(after, .99):.1f}",
            f"ms ({len(before)} frames timed)")
+    if traces:
+        _stage_split(left, received, traces, label, started_at, _pauses(), machine)
+
+
+def _pauses() -> list[tuple[str, float, float, float]]:
+    """What paused ctihub's processes since the last read (ctihub/lib/card_trace.py): ("<process>-<kind>", start,
+    seconds, CPU seconds), a kind being a garbage collection ("gc2": of generation 2) or what the process noted."""
+    import redis
+    from django.conf import settings
+
+    from ctihub.lib.card_trace import PAUSES_KEY
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        pipe = client.pipeline()
+        pipe.lrange(PAUSES_KEY, 0, -1)
+        pipe.delete(PAUSES_KEY)
+        raw = pipe.execute()[0]
+    finally:
+        client.close()
+    out = []
+    for line in raw:
+        process, kind, start, seconds, cpu = line.decode().split()
+        out.append((f"{process}-{kind}", float(start), float(seconds), float(cpu)))
+    return out
+
+
+def _q(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def _stage_split(left: dict, received: dict, traces: dict, label: str, started_at: float | None,
+                 pauses: list[tuple[str, float, float, float]] = (), machine: Machine | None = None) -> None:
+    by_stage: dict[str, list[float]] = {name: [] for name, _a, _b in STAGES}
+    slow_by_stage: collections.Counter = collections.Counter()
+    slow: list[tuple[float, tuple, dict]] = []
+    timed = 0
+    for key, trace in traces.items():
+        if key not in left or key not in received:
+            continue
+        stamps = dict(trace, frame=left[key])
+        if any(stamps.get(a) is None or stamps.get(b) is None for _name, a, b in STAGES):
+            continue
+        timed += 1
+        parts = {name: (stamps[b] - stamps[a]) * 1000 for name, a, b in STAGES}
+        for name, ms in parts.items():
+            by_stage[name].append(ms)
+        total = (stamps["client"] - stamps["frame"]) * 1000
+        if total > SLOW_MS:
+            slow_by_stage[max(parts, key=parts.get)] += 1
+            slow.append((total, key, dict(parts, frame_at=stamps["frame"])))
+    if not timed:
+        return
+    figure(f"{label}stage_split", "; ".join(
+        f"{name} {_q(sorted(v), .5):.1f} / {_q(sorted(v), .99):.1f} / {max(v):.0f}" for name, v in by_stage.items()),
+        f"ms p50 / p99 / max ({timed} cards)")
+    figure(f"{label}slow_cards_by_stage", ", ".join(f"{name} {n}" for name, n in slow_by_stage.most_common()) or "none",
+           f"(cards over {SLOW_MS:.0f} ms from frame to socket, by the stage they waited longest in)")
+    if pauses or slow:
+        step_start = started_at or 0.0
+        by_process: dict[str, list[tuple[float, float]]] = {}
+        for process, start, seconds, cpu in pauses:
+            if start >= step_start:
+                by_process.setdefault(process, []).append((seconds * 1000, cpu * 1000))
+        figure(f"{label}pauses", ", ".join(
+            f"{process} {len(v)} (max {max(w for w, _c in v):.0f}, total {sum(w for w, _c in v):.0f} ms; "
+            f"CPU max {max(c for _w, c in v):.0f})" for process, v in sorted(by_process.items()))
+            or "none", f"(ctihub's processes' collections and resyncs of {PAUSE_MIN_MS:.0f} ms or more in the step; "
+                       "CPU: the pausing thread's own)")
+        during = collections.Counter()
+        for total, _key, parts in slow:
+            begin, end = parts["frame_at"], parts["frame_at"] + total / 1000
+            hit = {process for process, start, seconds, _cpu in pauses if start < end and start + seconds > begin}
+            during.update(hit or {"no pause"})
+        if slow and machine is not None:
+            contended = collections.Counter()
+            for total, _key, parts in slow:
+                begin, end = parts["frame_at"], parts["frame_at"] + total / 1000
+                windows = [w for w in machine.windows(begin, end) if w[0] < end and w[1] > begin]
+                if any(w[2] >= 0.95 for w in windows):
+                    contended["machine saturated"] += 1
+                elif any(w[3] >= 0.5 for w in windows):
+                    contended["tasks waiting for a core"] += 1
+                elif any(w[4] >= 0.5 for w in windows):
+                    contended["tasks waiting for I/O"] += 1
+                else:
+                    contended["none of these"] += 1
+            figure(f"{label}slow_cards_and_the_machine", ", ".join(f"{k} {n}" for k, n in contended.most_common()),
+                   f"(of {len(slow)} cards over the limit: during a {Machine.INTERVAL * 1000:.0f} ms window with the "
+                   "cores >= 95% busy, else with a task waiting for a core or for I/O half of it)")
+        if slow:
+            figure(f"{label}slow_cards_during_a_pause", ", ".join(f"{k} {n}" for k, n in during.most_common()),
+                   f"(of {len(slow)} cards over the limit, those whose way overlapped such a pause)")
+    slow.sort(key=lambda item: item[0], reverse=True)
+    for total, key, parts in slow[:3]:
+        at = parts.pop("frame_at") - started_at if started_at is not None else 0.0
+        figure(f"{label}slow_card", f"{total:.0f} ms at {at:.2f} s ({key[1]}): " + ", ".join(
+            f"{name} {ms:.1f}" for name, ms in parts.items() if ms >= 1.0), "ms")
 
 
 class _Calls:
@@ -407,13 +586,14 @@ class _Calls:
         self.n = 0
 
 
-async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, label: str) -> dict:
-    cpu_before, t0 = meter.read(), time.monotonic()
+async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, label: str,
+                machine: Machine | None = None) -> dict:
+    cpu_before, t0, wall_t0 = meter.read(), time.monotonic(), time.time()
     sent = await _traffic(session, hub.sim_url, args.seconds, rate, calls)
     progress.update(frames_sent=progress.get("frames_sent", 0) + len(sent))
     cpu_after, until = await _last_cards(clients, meter, len(sent))
     elapsed = until - t0
-    received, duplicates, delivered, sample = await clients.collect()
+    received, duplicates, delivered, sample, traces = await clients.collect()
     progress.update(cards_received=progress.get("cards_received", 0) + delivered)
     latencies, lost, superseded = [], [], []
     for key, at in sent.items():
@@ -426,7 +606,7 @@ async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, 
         else:
             lost.append(key)
     latencies.sort()
-    await _split(session, sent, received, label)
+    await _split(session, sent, received, label, traces, wall_t0, machine)
     figure(f"{label}cards_superseded", len(superseded), "(a newer card of the call came first; the page shows that one)")
     for name, keys in (("lost", lost), ("superseded", superseded)):
         if keys:
@@ -452,6 +632,18 @@ async def _step(session, hub, args, clients, meter, calls: _Calls, rate: float, 
     per_event.pop("driver")
     figure(f"{label}cpu_busy", ", ".join(f"{name} {(cpu_after[name] - cpu_before[name]) / elapsed * 100:.0f}%"
                                          for name in per_event), "(of one core)")
+    if machine is not None:
+        windows = machine.windows(wall_t0, wall_t0 + elapsed)
+        if windows:
+            cores = os.cpu_count() or 1
+            busy = sum(w[2] for w in windows) / len(windows) * 100 * cores
+            ours = sum(cpu_after[name] - cpu_before[name] for name in per_event) / elapsed * 100
+            figure(f"{label}machine", f"busy {busy:.0f}% of {cores * 100}% (the processes above {ours:.0f}%, the rest "
+                   f"{max(0.0, busy - ours):.0f}%: Redis, the kernel, other work); a task waiting for a core "
+                   f"{sum(w[3] for w in windows) / len(windows) * 100:.0f}% of the time, for I/O "
+                   f"{sum(w[4] for w in windows) / len(windows) * 100:.0f}%; saturated (busy >= 95%) in "
+                   f"{sum(1 for w in windows if w[2] >= 0.95)} of {len(windows)} windows of "
+                   f"{Machine.INTERVAL * 1000:.0f} ms")
     return {"p99": p99, "lost": lost, "duplicated": duplicates, "delivered": delivered, "sample": sample,
             "daphne_ms_per_card": (cpu_after["daphne"] - cpu_before["daphne"]) * 1000 / max(1, delivered),
             "rate": rate, "sockets": len(clients.pids()) and progress.get("consoles_connected", 0)}
@@ -624,7 +816,7 @@ async def _floor(hub, args, clients: Clients, meter: CpuMeter, console: dict) ->
         card = dict(sample, id=n + 1, version=1, remote_number=f"+337{n:08d}", state=sample.get("state"))
         await layer.group_send(f"floor-{n % receivers}", {"type": "call.card", "card": card})
     cpu_after, _until = await _last_cards(clients, meter, cards)
-    _received, duplicates, delivered, _sample = await clients.collect()
+    _received, duplicates, delivered, _sample, _traces = await clients.collect()
     floor_ms = (cpu_after["daphne"] - cpu_before["daphne"]) * 1000 / max(1, delivered)
     figure("floor_cards", f"{delivered} of {cards} delivered, duplicated {duplicates}, to {sockets} sockets")
     figure("daphne_cpu_per_card_console", console["daphne_ms_per_card"], "ms")

@@ -15,10 +15,12 @@ django.setup(set_prefix=False)  # must run before importing consumers
 
 from django.conf import settings  # noqa: E402
 
+from ctihub.lib import card_trace  # noqa: E402
 from ctihub.lib.http_pool import PooledASGIHandler  # noqa: E402
 from ctihub.lib.threads import use_configured_switch_interval  # noqa: E402
 
 use_configured_switch_interval()
+card_trace.watch_pauses("daphne")  # only with CARD_TRACE (the pop-up benchmark)
 
 django_asgi_app = PooledASGIHandler()
 

@@ -7,7 +7,7 @@ sockets are not tasks (see ``telephony.supervisor``).
 import os
 
 from celery import Celery, Task
-from celery.signals import after_setup_logger, beat_init, worker_init
+from celery.signals import after_setup_logger, beat_init, worker_init, worker_ready
 from django.db import InterfaceError, OperationalError
 
 from ctihub.lib import broker
@@ -52,10 +52,25 @@ def _switch_threads_sooner(**_kwargs):
     from ctihub.lib.threads import use_configured_switch_interval
 
     use_configured_switch_interval()
+    from ctihub.lib import card_trace
+
+    card_trace.watch_pauses("worker")  # only with CARD_TRACE (the pop-up benchmark)
+
+
+def _freeze_what_startup_made(**_kwargs):
+    """Everything the worker loaded to start (Django, Celery, kombu, the models, the tasks: some 130,000
+    objects) lives as long as it does. Left to the collector, each full collection walked all of it with
+    every thread of the process stopped: 75-165 ms, every frame and card in flight late by as much (issue
+    16's pop-up p99). Frozen, as daphne does (ctihub/asgi.py), a full collection walks only what came after."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 worker_init.connect(_ensure_embedded_redis, weak=False)
 worker_init.connect(_switch_threads_sooner, weak=False)
+worker_ready.connect(_freeze_what_startup_made, weak=False)
 beat_init.connect(_ensure_embedded_redis, weak=False)
 
 

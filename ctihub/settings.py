@@ -248,6 +248,9 @@ GIL_SWITCH_INTERVAL_US = strict_int("GIL_SWITCH_INTERVAL_US", 1000, minimum=100)
 # Each console asks the database this often for cards it should have had: a publish lost after its
 # commit (a worker killed in between, Redis restarting) would leave a card stale until a reload.
 CONSOLE_RESYNC_SECONDS = strict_int("CONSOLE_RESYNC_SECONDS", 15, minimum=1)
+# daphne freezes each settled wave of console setups out of the garbage collector's full walks
+# (ctihub/lib/console_heap.py): at 1,000 consoles a full collection stopped it for 130-190 ms. Off in the tests' process.
+CONSOLE_HEAP_FREEZE = strict_bool("CONSOLE_HEAP_FREEZE", True)
 # Consoles of one web process that join their groups and read their snapshot at the same time; the others
 # wait their turn (telephony/consumers.py). A connect storm of 1,000 all at once opened 1,763 Redis
 # connections and timed its own joins out (issue 16). Half the web pool's threads (ctihub/lib/ws_db.py): the
@@ -381,6 +384,9 @@ WEB_PROCESSES = strict_int("WEB_PROCESSES", os.cpu_count() or 1, minimum=1)
 # The benchmarks' floors (bench/floors.py): a bare DRF view and a bare forwarding consumer served by the
 # same daphne as ctihub's own, so a benchmark can measure both side by side. Never set it in production.
 BENCH_FLOORS = strict_bool("BENCH_FLOORS", False)
+# Each call card's message carries the times it passed each stage (ctihub/lib/card_trace.py), and the console
+# sends them beside the card: for the pop-up benchmark's breakdown. Off in production.
+CARD_TRACE = strict_bool("CARD_TRACE", False)
 
 # --- Outbound HTTP (one client layer: ctihub.lib.http_client) ---------------------------
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000

@@ -100,6 +100,23 @@ def cards_changed(live: set[int], since, until) -> list[tuple[dict, object]]:
     return list(zip(cards_of(calls), (call.updated_at for call in calls)))
 
 
+def versions_changed(live: set[int], since, until) -> list[tuple[dict, object]]:
+    """What the resync of all the consoles of a process looks at, once (``telephony.consumers.Resyncs``):
+    every call changed from ``since`` to before ``until`` and the calls in ``live``, each as its id, version
+    and agent (``{"id", "version", "agent"}``: what ``newer_than_shown`` and ``Viewer.may_see`` read) with
+    its ``updated_at``. No card is built: ``cards_for`` builds those some console lacks."""
+    rows = (Call.objects.filter(Q(pk__in=live) | Q(updated_at__gte=since), updated_at__lt=until)
+            .order_by("created_at").values_list("id", "version", "agent_id", "updated_at"))
+    return [({"id": call_id, "version": version, "agent": agent_id}, updated_at)
+            for call_id, version, agent_id, updated_at in rows]
+
+
+def cards_for(ids: set[int], until) -> dict[int, dict]:
+    """The cards of these calls by id, those changed before ``until`` (a later change's card is on its way)."""
+    calls = list(Call.objects.select_related("account").filter(pk__in=ids, updated_at__lt=until).order_by("created_at"))
+    return {card["id"]: card for card in cards_of(calls)}
+
+
 def newer_than_shown(viewer: Viewer, changed: list[tuple[dict, object]], shown: dict[int, int], live: set[int],
                      since) -> list[dict]:
     """Of ``cards_changed``, those of one console: visible to it, in its window (changed since ``since``,

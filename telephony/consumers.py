@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from datetime import datetime, timedelta
 
@@ -23,6 +24,8 @@ from django.utils import timezone
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.consumer import get_handler_name
 
+from ctihub.lib import card_trace
+from ctihub.lib.console_heap import console_heap
 from ctihub.lib.ws_db import on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
@@ -74,11 +77,18 @@ def resyncs() -> "Resyncs":
 class Resyncs:
     """Every CONSOLE_RESYNC_SECONDS, the cards a lost publish kept from the consoles of this process.
 
-    One database look for all of them (``console.cards_changed``), each console then taking what it
-    may see and does not have. It was one query per console and period: at 1,000 consoles 67 queries
-    a second, and daphne's CPU per card delivered twice a bare forwarding consumer's (issue 16).
-    Changes younger than IN_FLIGHT_GRACE are left to their publish (still on its way, most likely)
-    and looked at next time.
+    One database look for all of them, each console then taking what it may see and does not have. It
+    was one query per console and period: at 1,000 consoles 67 queries a second, and daphne's CPU per card
+    delivered twice a bare forwarding consumer's (issue 16). Changes younger than IN_FLIGHT_GRACE are left
+    to their publish (still on its way, most likely) and looked at next time.
+
+    The look reads each changed call's id, version and agent only (``console.versions_changed``); cards are
+    built only for the calls some console lacks (``console.cards_for``), none when no publish was lost.
+    Building every changed call's card (``cards_changed``: the ORM rows, the account's secrets decrypted,
+    retailCRM's fields) cost a web pool thread 70-100 ms of CPU a period at 200 events/s, taken from daphne's
+    event loop by the GIL: the cards in flight meanwhile were late by as much (issue 16, third pass). And
+    the consoles are gone through ``RESYNC_CONSOLES_AT_ONCE`` at a time, the event loop serving cards in
+    between: all 1,000 in one go held it for 20-60 ms.
     """
 
     def __init__(self):
@@ -89,6 +99,7 @@ class Resyncs:
         self.consoles.add(consumer)
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._forever())
+            card_trace.watch_loop_lag()  # only with CARD_TRACE (the pop-up benchmark)
 
     def discard(self, consumer: "ConsoleConsumer") -> None:
         self.consoles.discard(consumer)
@@ -108,17 +119,25 @@ class Resyncs:
         consoles = list(self.consoles)
         if not consoles:
             return
+        held = _LoopTime()
         until = timezone.now() - IN_FLIGHT_GRACE
-        windows = [consumer._resync_window(until) for consumer in consoles]
+        windows = []
+        for n, consumer in enumerate(consoles):
+            windows.append(consumer._resync_window(until))
+            if n % RESYNC_CONSOLES_AT_ONCE == RESYNC_CONSOLES_AT_ONCE - 1:
+                await held.yield_()
         since = min(window[0] for window in windows)
         live = set().union(*(window[2] for window in windows))
-        changed = await on_web_pool(console.cards_changed)(live, since, until)
-        # An agent's console looks only at its agent's cards (all it may see): each console going through
-        # every changed card cost consoles x cards a period, 1.5 million at 1,000 consoles and 300 events/s.
+        await held.pause()
+        changed = await on_web_pool(console.versions_changed)(live, since, until)
+        held.resume()
+        # An agent's console looks only at its agent's calls (all it may see): each console going through
+        # every changed call cost consoles x calls a period, 1.5 million at 1,000 consoles and 300 events/s.
         by_agent: dict[object, list] = {}
         for item in changed:
             by_agent.setdefault(item[0].get("agent"), []).append(item)
-        for consumer, (own_since, versions, own_live) in zip(consoles, windows):
+        lacking: list[tuple[ConsoleConsumer, list[int]]] = []
+        for n, (consumer, (own_since, versions, own_live)) in enumerate(zip(consoles, windows)):
             viewer = consumer.viewer
             if viewer.is_supervisor:
                 mine = changed
@@ -126,13 +145,55 @@ class Resyncs:
                 mine = by_agent.get(viewer.agent.pk, []) if viewer.agent is not None else []
             # What it has now, not only before the look: a publish may have come in the meantime.
             has = {**versions, **{call_id: shown[0] for call_id, shown in consumer.shown.items()}}
-            for card in console.newer_than_shown(viewer, mine, has, own_live, own_since):
-                logger.info("console of %s: call %s card v%s was never received; sent now",
-                            consumer.viewer.user.pk, card["id"], card["version"])
-                try:
-                    await consumer._send_card(card)
-                except Exception:  # a console closing meanwhile: the others still get theirs
-                    logger.debug("resync card not sent to a closing console", exc_info=True)
+            ids = [call["id"] for call in console.newer_than_shown(viewer, mine, has, own_live, own_since)]
+            if ids:
+                lacking.append((consumer, ids))
+            if n % RESYNC_CONSOLES_AT_ONCE == RESYNC_CONSOLES_AT_ONCE - 1:
+                await held.yield_()
+        if lacking:
+            await held.pause()
+            cards = await on_web_pool(console.cards_for)({i for _consumer, ids in lacking for i in ids}, until)
+            held.resume()
+            for consumer, ids in lacking:
+                for call_id in ids:
+                    card = cards.get(call_id)
+                    shown = consumer.shown.get(call_id)
+                    if card is None or (shown is not None and shown[0] >= card["version"]):
+                        continue  # gone, or its publish came while the cards were read
+                    logger.info("console of %s: call %s card v%s was never received; sent now",
+                                consumer.viewer.user.pk, card["id"], card["version"])
+                    try:
+                        await consumer._send_card(card)
+                    except Exception:  # a console closing meanwhile: the others still get theirs
+                        logger.debug("resync card not sent to a closing console", exc_info=True)
+        held.done()
+
+
+# Consoles a resync goes through between two turns of the event loop: ~2-3 ms of it at a time.
+RESYNC_CONSOLES_AT_ONCE = 100
+
+
+class _LoopTime:
+    """How long a resync held daphne's event loop in each stretch, for the benchmark's breakdown
+    (``ctihub.lib.card_trace.note_pause``: only with CARD_TRACE)."""
+
+    def __init__(self):
+        self.resume()
+
+    async def yield_(self) -> None:
+        await self.pause()
+        self.resume()
+
+    async def pause(self) -> None:
+        self.done()
+        await asyncio.sleep(0)
+
+    def resume(self) -> None:
+        self.started_wall, self.started, self.started_cpu = time.time(), time.perf_counter(), time.thread_time()
+
+    def done(self) -> None:
+        card_trace.note_pause("resync", self.started_wall, time.perf_counter() - self.started,
+                              time.thread_time() - self.started_cpu)
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -163,6 +224,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         resyncs().add(self)
+        self._heap = console_heap()  # the same one at its close, whatever the settings are then
+        self._heap.set_up()
 
     async def _set_up(self, user) -> bool | None:
         """In its turn: who the viewer is, its groups joined, its snapshot sent. None: no role, refused."""
@@ -198,6 +261,10 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         resyncs().discard(self)
+        heap = getattr(self, "_heap", None)
+        if heap is not None:
+            self._heap = None
+            heap.closed()
         groups = getattr(self, "groups_joined", [])
         if groups:
             # In turn too: every console of a stopping daphne or a dropped network leaves at once, and one
@@ -225,9 +292,12 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         versions = {call_id: version for call_id, (version, _live, _when) in self.shown.items()}
         return since, versions, live
 
-    async def _send_card(self, card: dict) -> None:
+    async def _send_card(self, card: dict, trace: dict | None = None) -> None:
         self._note_shown([card])
-        await self.send_json({"type": "card", "card": card})
+        if trace is None:
+            await self.send_json({"type": "card", "card": card})
+        else:  # CARD_TRACE (the benchmark): when it passed each stage, and now
+            await self.send_json({"type": "card", "card": card, "trace": {**trace, "sent": time.time()}})
 
     async def dispatch(self, message):
         """channels' own, without its ``aclose_old_connections()`` before every message: a hop to asgiref's
@@ -250,7 +320,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             # read), or a resync sent it while its publish was still on its way (a worker more than
             # IN_FLIGHT_GRACE behind). Sent again it was a duplicate card (issue 16: 121 in one run).
             return
-        await self._send_card(card)
+        await self._send_card(card, event.get("trace"))
 
     async def agent_status(self, event):
         await self.send_json({"type": "agent_status", "agent": event["agent"], "status": event["status"]})

@@ -57,9 +57,13 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
     if name == "popup_latency":
         assert figures["cards_lost"] == "0" and float(figures["daphne_cpu_ratio_to_floor"]) > 0
         assert "worker" in figures["cpu_per_event"] and figures["storm_refused"] == "0"
+        # Each card's time split by stage (CARD_TRACE), and the machine beside it.
+        assert re.search(r"^stage_split: pbx_socket .*; websocket [\d.]+ / [\d.]+ / \d+ ms", done.stdout, re.M), done.stdout
+        assert "machine" in figures and "pauses" in figures
     if name == "popup_latency:sweep":
         assert re.search(r"^sweep_5_cards: lost 0, duplicated 0$", done.stdout, re.M), done.stdout
         assert "sweep_5_cpu_per_event" in figures and "popup_saturation_rate" in figures
+        assert "sweep_5_stage_split" in figures and "sweep_5_machine" in figures
     if name == "popup_latency:storm":
         assert figures["storm_consoles"] == "30" and figures["storm_refused"] == "0"
         assert figures["storm_errors"] == "0" and "storm_connect_to_snapshot_p99" in figures

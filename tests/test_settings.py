@@ -94,6 +94,22 @@ def test_it_hands_threads_the_gil_every_millisecond_in_daphne_and_the_worker(tmp
     assert [round(float(v), 6) for v in result.stdout.split()] == [0.0007, 0.0007]
 
 
+def test_it_freezes_what_the_worker_loaded_so_a_full_collection_skips_it(tmp_path):
+    """A full collection walked the worker's ~130,000 startup objects with every thread stopped: 75-165 ms
+    of every card in flight (docs/performance.md, pop-up saturation, third pass)."""
+    from django.conf import settings
+
+    script = (
+        "import gc; from celery.signals import worker_ready; from ctihub.celery import app; "
+        "import django; django.setup(); before = gc.get_freeze_count(); worker_ready.send(sender=None); "
+        "print(before, gc.get_freeze_count())"
+    )
+    result = import_settings(script, CTIHUB_VAR_DIR=str(tmp_path), REDIS_URL=settings.REDIS_URL)
+    assert result.returncode == 0, result.stderr
+    before, after = (int(v) for v in result.stdout.split())
+    assert before == 0 and after > 50_000, result.stdout
+
+
 def test_it_takes_a_secret_key_that_starts_with_a_dollar_sign_as_it_is(tmp_path):
     """django-environ would read "$abc" as a reference to a variable named abc, leaving the key empty."""
     key = "$" + "k" * 49

@@ -443,13 +443,13 @@ def test_it_resyncs_every_console_of_a_process_with_one_query_a_period(settings,
     alice, bob = agent_on(account, "t-alice", "alice"), agent_on(account, "t-bob", "bob")
     headers = [headers_for(alice.user), headers_for(alice.user), headers_for(bob.user)]
     looks = []
-    real = console.cards_changed
+    real = console.versions_changed
 
     def counted(*args):
         looks.append(time.monotonic())
         return real(*args)
 
-    monkeypatch.setattr(console, "cards_changed", counted)
+    monkeypatch.setattr(console, "versions_changed", counted)
 
     async def scenario():
         comms = [communicator(h) for h in headers]
@@ -504,9 +504,11 @@ def test_it_resyncs_each_agent_s_console_from_its_own_cards_only(monkeypatch):
 
     now = timezone.now()
     agents = [SimpleNamespace(pk=n, is_supervisor=False) for n in range(1, 41)]
-    changed = [({"id": n, "version": 2, "agent": agents[n % 40].pk, "state": "ringing"}, now) for n in range(1, 801)]
-    changed.append(({"id": 900, "version": 1, "agent": None, "state": "ringing"}, now))  # a call nobody's
-    monkeypatch.setattr(console, "cards_changed", lambda live, since, until: changed)
+    changed = [({"id": n, "version": 2, "agent": agents[n % 40].pk}, now) for n in range(1, 801)]
+    changed.append(({"id": 900, "version": 1, "agent": None}, now))  # a call nobody's
+    monkeypatch.setattr(console, "versions_changed", lambda live, since, until: changed)
+    monkeypatch.setattr(console, "cards_for", lambda ids, until: {
+        call["id"]: dict(call, state="ringing") for call, _at in changed if call["id"] in ids})
     checks = []
     real_may_see = console.Viewer.may_see
     monkeypatch.setattr(console.Viewer, "may_see", lambda viewer, card: checks.append(1) or real_may_see(viewer, card))
@@ -537,3 +539,166 @@ def test_it_resyncs_each_agent_s_console_from_its_own_cards_only(monkeypatch):
         assert each.sent == expected
     assert len(boss.sent) == len(changed) and nobody.sent == []
     assert len(checks) == 800 + len(changed), "a console looked at another agent's cards"
+
+
+def test_it_builds_cards_only_for_the_calls_a_console_lacks(monkeypatch):
+    """Every changed call's card was built each period (70-100 ms of a web pool thread at 200 events/s, taken
+    from daphne's event loop by the GIL); now only the ids and versions are read, and cards built for what
+    some console lacks: none when no publish was lost."""
+    from types import SimpleNamespace
+
+    from telephony import console, consumers
+
+    now = timezone.now()
+    agents = [SimpleNamespace(pk=n, is_supervisor=False) for n in range(1, 4)]
+    changed = [({"id": n, "version": 3, "agent": agents[n % 3].pk}, now) for n in range(1, 31)]
+    monkeypatch.setattr(console, "versions_changed", lambda live, since, until: changed)
+    built = []
+
+    def cards_for(ids, until):
+        built.append(set(ids))
+        return {call["id"]: dict(call, state="talking") for call, _at in changed if call["id"] in ids}
+
+    monkeypatch.setattr(console, "cards_for", cards_for)
+
+    class Console:
+        def __init__(self, viewer, has: dict[int, int]):
+            self.viewer, self.has, self.sent = viewer, has, []
+            self.shown = {call_id: (version, True, now) for call_id, version in has.items()}
+
+        def _resync_window(self, until):
+            return now - timedelta(minutes=1), dict(self.has), set()
+
+        async def _send_card(self, card):
+            self.sent.append((card["id"], card["version"]))
+
+    user = SimpleNamespace(pk=1, is_superuser=False)
+
+    def has_all(agent):
+        return {call["id"]: 3 for call, _at in changed if call["agent"] == agent.pk}
+
+    consoles = [Console(console.Viewer(user, agent), has_all(agent)) for agent in agents]
+    resyncs = consumers.Resyncs()
+    resyncs.consoles = set(consoles)
+    asyncio.run(resyncs.once())
+    assert built == [] and all(each.sent == [] for each in consoles)
+
+    lacking = has_all(agents[0])
+    stale = min(lacking)
+    lacking[stale] = 2  # this console missed version 3 of one call
+    consoles[0] = Console(console.Viewer(user, agents[0]), lacking)
+    resyncs.consoles = set(consoles)
+    asyncio.run(resyncs.once())
+    assert built == [{stale}]
+    assert consoles[0].sent == [(stale, 3)] and consoles[1].sent == consoles[2].sent == []
+
+
+def test_it_lets_the_event_loop_deliver_cards_while_it_resyncs_a_thousand_consoles(monkeypatch):
+    """Going through 1,000 consoles in one stretch held daphne's event loop 20-60 ms a period: every card
+    arriving meanwhile waited. The loop now gets a turn every RESYNC_CONSOLES_AT_ONCE consoles."""
+    from types import SimpleNamespace
+
+    from telephony import console, consumers
+
+    now = timezone.now()
+    monkeypatch.setattr(console, "versions_changed", lambda live, since, until: [])
+
+    class Console:
+        shown: dict = {}
+
+        def __init__(self, viewer):
+            self.viewer = viewer
+
+        def _resync_window(self, until):
+            return now - timedelta(minutes=1), {}, set()
+
+    user = SimpleNamespace(pk=1, is_superuser=False)
+    resyncs = consumers.Resyncs()
+    resyncs.consoles = {Console(console.Viewer(user, SimpleNamespace(pk=n, is_supervisor=False)))
+                        for n in range(1000)}
+    turns = []
+
+    async def scenario():
+        async def other_work():
+            while True:
+                turns.append(1)
+                await asyncio.sleep(0)
+
+        other = asyncio.ensure_future(other_work())
+        await asyncio.sleep(0)
+        before = len(turns)
+        await resyncs.once()
+        during = len(turns) - before
+        other.cancel()
+        return during
+
+    during = asyncio.run(scenario())
+    # Two passes over the consoles (their windows, then what each lacks), each giving the loop a turn every
+    # RESYNC_CONSOLES_AT_ONCE consoles, and the look itself.
+    assert during >= 2 * 1000 // consumers.RESYNC_CONSOLES_AT_ONCE, during
+
+
+def test_it_sends_a_card_with_the_times_it_passed_each_stage_when_traced(settings):
+    """CARD_TRACE (the pop-up benchmark): the card's message carries when it was handed to the publisher,
+    taken by its thread, pushed to Redis, fetched by daphne's layer and sent by the console, in that order;
+    without it the card comes alone."""
+    from ctihub.lib import card_trace
+    from telephony.publish import publisher
+
+    account = make_account()
+    me = agent_on(account, "t-me")
+    headers = headers_for(me.user)
+
+    def ring_traced(call_id):
+        try:
+            with card_trace.frame_received(__import__("time").monotonic()):
+                return _ring(account, "t-me", call_id)
+        finally:
+            publisher.drain(5)
+            connection.close()
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        run = asyncio.get_running_loop().run_in_executor
+        settings.CARD_TRACE = True
+        await run(None, lambda: ring_traced("-1"))
+        traced = await receive_type(comm, "card")
+        settings.CARD_TRACE = False
+        await run(None, lambda: ring_traced("-2"))
+        plain = await receive_type(comm, "card")
+        await comm.disconnect()
+        return traced, plain
+
+    traced, plain = asyncio.run(scenario())
+    stages = ["received", "handed", "taken", "pushed", "fetched", "sent"]
+    assert set(traced["trace"]) == set(stages), traced["trace"]
+    times = [traced["trace"][stage] for stage in stages]
+    assert times == sorted(times), traced["trace"]
+    assert "trace" not in plain and plain["card"]["state"] == "ringing"
+
+
+def test_it_tells_the_process_s_console_heap_of_each_console_set_up_and_closed(monkeypatch):
+    """So that daphne freezes a settled wave of consoles out of the collector's full walks (ctihub/lib/console_heap.py)."""
+    from telephony import consumers
+
+    told = []
+
+    class Heap:
+        def set_up(self):
+            told.append("set up")
+
+        def closed(self):
+            told.append("closed")
+
+    monkeypatch.setattr(consumers, "console_heap", Heap)
+    account = make_account()
+    headers = headers_for(agent_on(account, "t-me").user)
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert told == ["set up", "closed"]
