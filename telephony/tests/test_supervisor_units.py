@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from telephony import domain, supervisor
+from telephony import domain
 from telephony.providers.base import EventStream, ListenerSpec, ProviderError, SessionExpired, StreamClosed
+from telephony.sockets import supervisor
 
 SOON = 0.1  # "at once", give or take a busy machine
 
@@ -309,7 +310,7 @@ def test_it_interrupts_the_stream_itself_when_no_one_asked_to_be_told(checks):
 
 
 def test_it_leaves_the_stream_alone_when_a_check_fails_for_another_reason(checks, caplog):
-    caplog.set_level(logging.INFO, logger="telephony.supervisor")
+    caplog.set_level(logging.INFO, logger="telephony.sockets.supervisor")
     check = Checked(then=ProviderError("Istra myCrm failed GET v1/crm/GetTerminals: HTTP 503", status=503))
     checks.add(check.stream)
     time.sleep(3.5 * INTERVAL)

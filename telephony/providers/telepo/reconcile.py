@@ -168,7 +168,7 @@ def _ended_at_pbx(call: Call, user_id: str, fetched_at: datetime) -> CallUpdate:
 def request_reconcile(account_id: int, user_id: str, delay: float = RECONCILE_DEBOUNCE_SECONDS) -> bool:
     """Reconcile the user soon; a burst of webhooks for one user makes one snapshot request."""
     from telephony.providers.telepo import tasks
-    from telephony.supervisor import redis_client
+    from telephony.sockets.supervisor import redis_client
 
     try:
         client = redis_client()

@@ -56,7 +56,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from telephony import domain
-from telephony.leases import LeaseStore
+from telephony.sockets.leases import LeaseStore
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_class, provider_for
 from telephony.providers.base import EventStream, ListenerSpec, ProviderError, SessionExpired, StreamClosed
