@@ -55,7 +55,7 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
-from telephony import domain
+from telephony import domain, status
 from telephony.sockets.leases import LeaseStore
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_class, provider_for
@@ -471,7 +471,7 @@ class ListenerRunner(threading.Thread):
         provider = provider_for(self.account)
         stream = None
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
-        self._retry_db(lambda: domain.set_listener_state(
+        self._retry_db(lambda: status.set_listener_state(
             self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
         try:
             with self.supervisor.connect_slot(self.stop_event) as may_connect:
@@ -493,8 +493,8 @@ class ListenerRunner(threading.Thread):
             self.supervisor.session_checks.add(stream, expired=lambda reason: self._session_expired(stream, reason),
                                                group=self.account.pk, log_extra=self._log_extra)
             opened = time.monotonic()
-            self._retry_db(lambda: domain.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
-            self._retry_db(lambda: domain.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
+            self._retry_db(lambda: status.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
+            self._retry_db(lambda: status.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             connected_at = time.monotonic()
             logger.info("listener connected", extra=self._log_extra)
             self._apply_burst(provider, initial_frames, opened)
@@ -578,14 +578,14 @@ class ListenerRunner(threading.Thread):
         def store() -> bool:
             domain.apply_call_updates(updates, received=received)
             try:
-                domain.touch_listener(self.listener_id, self.account.pk)
+                status.touch_listener(self.listener_id, self.account.pk)
             except (OperationalError, InterfaceError):
                 connection.close()
                 return False
             return True
 
         if not self._retry_db(store):
-            self._retry_db(lambda: domain.touch_listener(self.listener_id, self.account.pk))
+            self._retry_db(lambda: status.touch_listener(self.listener_id, self.account.pk))
 
     def _retry_db(self, operation):
         while True:
@@ -615,9 +615,9 @@ class ListenerRunner(threading.Thread):
             delay = backoff_delay(now - down_since, base=BACKOFF_BASE_SECONDS, cap=cap)
             logger.warning("listener down (%s); reconnecting in %.1fs", reason, delay, extra=self._log_extra)
         def note_it():
-            domain.set_listener_state(self.listener_id, Listener.State.BACKOFF, error=reason)
-            domain.count_reconnect(self.listener_id)
-            domain.set_account_status(self.account.pk, PbxAccount.Status.DEGRADED, reason)
+            status.set_listener_state(self.listener_id, Listener.State.BACKOFF, error=reason)
+            status.count_reconnect(self.listener_id)
+            status.set_account_status(self.account.pk, PbxAccount.Status.DEGRADED, reason)
 
         try:
             db_workers().run(note_it)
@@ -631,8 +631,8 @@ class ListenerRunner(threading.Thread):
         self.failed_permanently = True
         logger.error("listener failed and needs an admin: %s", reason, extra=self._log_extra)
         def note_it():
-            domain.set_listener_state(self.listener_id, Listener.State.FAILED, error=reason)
-            domain.set_account_status(self.account.pk, PbxAccount.Status.FAILED, reason)
+            status.set_listener_state(self.listener_id, Listener.State.FAILED, error=reason)
+            status.set_account_status(self.account.pk, PbxAccount.Status.FAILED, reason)
 
         self._retry_db(note_it)
 
@@ -761,7 +761,7 @@ class Supervisor(threading.Thread):
         for listener_id, runner in list(self.runners.items()):
             runner.join(timeout=5)
             try:
-                domain.set_listener_state(listener_id, Listener.State.IDLE, owner="")
+                status.set_listener_state(listener_id, Listener.State.IDLE, owner="")
             except Exception:
                 logger.info("could not mark listener %s idle", listener_id)
             self.leases.release(listener_id)

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from telephony import domain
+from telephony import domain, status
 from telephony.providers.base import EventStream, ListenerSpec, ProviderError, SessionExpired, StreamClosed
 from telephony.sockets import supervisor
 
@@ -122,10 +122,10 @@ def no_database(monkeypatch):
     """The runner's database writes, recorded instead of made."""
     states: list[str] = []
     monkeypatch.setattr(supervisor, "db_workers", InlineDb)
-    monkeypatch.setattr(domain, "set_listener_state", lambda listener_id, state, **kwargs: states.append(state))
-    monkeypatch.setattr(domain, "set_account_status", lambda *args, **kwargs: None)
-    monkeypatch.setattr(domain, "count_reconnect", lambda listener_id: None)
-    monkeypatch.setattr(domain, "touch_listener", lambda *args: None)
+    monkeypatch.setattr(status, "set_listener_state", lambda listener_id, state, **kwargs: states.append(state))
+    monkeypatch.setattr(status, "set_account_status", lambda *args, **kwargs: None)
+    monkeypatch.setattr(status, "count_reconnect", lambda listener_id: None)
+    monkeypatch.setattr(status, "touch_listener", lambda *args: None)
     monkeypatch.setattr(domain, "apply_call_updates", lambda updates, received=None: [])
     return states
 

@@ -25,11 +25,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from telephony import updates as u
-from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update, set_account_status
+from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.base import ProviderError
 from telephony.providers.telepo import branches
 from telephony.providers.telepo.frames import SNAPSHOT_KIND, parse_call_state, parse_snapshot
+from telephony.status import set_account_status
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
