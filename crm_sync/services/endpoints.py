@@ -131,6 +131,6 @@ def make_call(integration: RetailCrmIntegration, agent: Agent, phone_e164: str, 
 
 def change_user_status(agent: Agent, status: str) -> Agent:
     """Store the status retailCRM reports, push it to consoles; routing reads it."""
-    from accounts.services import set_agent_status
+    from accounts.domain import set_agent_status
 
     return set_agent_status(agent, status, source="retailcrm")
