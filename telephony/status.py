@@ -1,7 +1,9 @@
 """Listener and account status: what the admin shows of each PBX account and socket.
 
 Written by the socket supervisor (``telephony.sockets``) and by the providers without a socket (a
-webhook, a snapshot, a backfill) when they learn an account is up or failing. Never on a call's path.
+webhook, a snapshot, a backfill) when they learn an account is up or failing. No call's transaction
+writes here; a socket's runner notes its last event (``touch_listener``) after each burst, at most once
+a second a row.
 """
 
 from __future__ import annotations
