@@ -50,8 +50,8 @@ def test_it_shows_the_wallboard_to_supervisors_only(client):
 def test_it_announces_a_status_change_once_it_is_committed(django_capture_on_commit_callbacks):
     from django.db import transaction
 
+    from accounts.domain import set_agent_status
     from accounts.models import Agent
-    from accounts.services import set_agent_status
     from accounts.signals import agent_status_changed
 
     agent = make_agent("frank")

@@ -147,7 +147,7 @@ def _world(hub, args) -> list[tuple[str, int]]:
 
 
 def _listeners_per_worker() -> list[int]:
-    """How many listeners each lease owner holds (telephony.leases), most first."""
+    """How many listeners each lease owner holds (telephony.sockets.leases), most first."""
     import redis
     from django.conf import settings
 

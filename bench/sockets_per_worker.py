@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--keepalive", type=float, default=10.0)
     parser.add_argument("--hold", type=float, default=30.0)
     parser.add_argument("--connect-concurrency", type=int, default=None,
-                        help="logins at once (default: telephony.supervisor.CONNECT_CONCURRENCY)")
+                        help="logins at once (default: telephony.sockets.supervisor.CONNECT_CONCURRENCY)")
     args = parser.parse_args()
     os.environ.update(LISTENER_KEEPALIVE_SECONDS=str(int(args.keepalive)), LISTENER_SCAN_SECONDS="2",
                       LISTENER_LEASE_TTL_MS="30000")
@@ -41,8 +41,8 @@ def main() -> None:
     from telephony import control
     from telephony.models import Listener, PbxAccount
     from telephony.providers import base
-    from telephony import supervisor as supervisor_module
-    from telephony.supervisor import Supervisor
+    from telephony.sockets import supervisor as supervisor_module
+    from telephony.sockets.supervisor import Supervisor
     from tests.support.processes import wait_for
     from tests.support.sim_control import IstraControl
 

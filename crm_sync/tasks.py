@@ -17,6 +17,7 @@ from crm_sync import services
 from crm_sync.claims import CLAIM_LEASE, keeper
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmError
+from crm_sync.services import handoff
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def queue_registration(integration_id: int) -> None:
             return
     except Exception:
         logger.warning("could not debounce a registration; sending it anyway", exc_info=True)
-    services._enqueue(register_integration_task, integration_id, countdown=REGISTER_DEBOUNCE)
+    handoff._enqueue(register_integration_task, integration_id, countdown=REGISTER_DEBOUNCE)
 
 
 @shared_task(ignore_result=True)

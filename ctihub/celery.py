@@ -1,7 +1,7 @@
 """The Celery app: JSON only, Redis broker, beat schedule from settings.
 
 Tasks are short ``*_task`` functions that take ids and call the domain; the PBX
-sockets are not tasks (see ``telephony.supervisor``).
+sockets are not tasks (see ``telephony.sockets.supervisor``).
 """
 
 import os

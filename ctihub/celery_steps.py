@@ -6,7 +6,7 @@ from celery import bootsteps
 
 
 class ListenerSupervisorStep(bootsteps.StartStopStep):
-    """Starts ``telephony.supervisor.Supervisor`` when the worker starts, stops it cleanly at shutdown."""
+    """Starts ``telephony.sockets.supervisor.Supervisor`` when the worker starts, stops it cleanly at shutdown."""
 
     requires = {"celery.worker.components:Pool"}
 
@@ -19,7 +19,7 @@ class ListenerSupervisorStep(bootsteps.StartStopStep):
 
         if not settings.LISTENER_SUPERVISOR or not consumes_default_queue(worker):
             return
-        from telephony.supervisor import Supervisor
+        from telephony.sockets.supervisor import Supervisor
 
         self.supervisor = Supervisor(owner=f"{worker.hostname}:{os.getpid()}")
         self.supervisor.start()

@@ -392,7 +392,7 @@ CARD_TRACE = strict_bool("CARD_TRACE", False)
 HTTP_CONNECT_TIMEOUT = float(strict_int("HTTP_CONNECT_TIMEOUT_MS", 3000, minimum=1)) / 1000
 HTTP_READ_TIMEOUT = float(strict_int("HTTP_READ_TIMEOUT_MS", 10000, minimum=1)) / 1000
 
-# --- PBX sockets held by workers (telephony.supervisor) ----------------------------
+# --- PBX sockets held by workers (telephony.sockets.supervisor) ----------------------------
 LISTENER_SUPERVISOR = strict_bool("LISTENER_SUPERVISOR", True)
 LISTENER_LEASE_TTL_MS = strict_int("LISTENER_LEASE_TTL_MS", 15000, minimum=1000)
 LISTENER_SCAN_SECONDS = strict_int("LISTENER_SCAN_SECONDS", 5, minimum=1)

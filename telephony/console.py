@@ -12,8 +12,8 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.domain import set_agent_status
 from accounts.models import Agent
-from accounts.services import set_agent_status
 from telephony import control
 from telephony.cards import SUPERVISORS_GROUP, agent_group, cards_of
 from telephony.models import Call

@@ -115,7 +115,7 @@ def sync_terminals(account: PbxAccount) -> tuple[int, int]:
 
 def restart_listeners(account: PbxAccount) -> int:
     """Ask whichever worker holds them to reconnect; failed listeners get another chance."""
-    from telephony.supervisor import request_restart
+    from telephony.sockets.supervisor import request_restart
 
     count = Listener.objects.filter(account=account).exclude(state=Listener.State.STOPPED).update(
         state=Listener.State.IDLE, last_error=""

@@ -7,7 +7,7 @@ from django.contrib.messages import get_messages
 
 from simulator.harness import RunningSimulator
 from telephony.models import Listener, PbxAccount, Terminal
-from telephony.supervisor import restart_key
+from telephony.sockets.supervisor import restart_key
 from tests.factories import make_account
 
 TERMINAL = "5985841581756135023"  # a 64-bit id: must arrive digit for digit

@@ -52,7 +52,7 @@ def queued(monkeypatch) -> list[tuple[str, tuple]]:
         calls.append((task.name.rsplit(".", 1)[-1], args))
         return True
 
-    monkeypatch.setattr("crm_sync.services._enqueue", record)
+    monkeypatch.setattr("crm_sync.services.handoff._enqueue", record)
     return calls
 
 

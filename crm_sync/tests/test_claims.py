@@ -20,7 +20,7 @@ from ctihub.lib.shared_redis import shared_redis
 def fast_keeper(monkeypatch):
     """A keeper renewing every 50 ms, in place of the process's (which renews every few seconds)."""
     keeper = claims.LeaseKeeper(every=0.05)
-    monkeypatch.setattr(services, "keeper", keeper)
+    monkeypatch.setattr(claims, "keeper", keeper)
     monkeypatch.setattr(tasks, "keeper", keeper)
     return keeper
 
@@ -60,7 +60,7 @@ def test_it_frees_the_work_of_a_dead_holder_within_seconds_not_minutes():
 @pytest.mark.django_db(transaction=True)
 def test_it_keeps_a_slow_uploads_claim_alive_past_the_lease(world, fast_keeper, monkeypatch):
     # The keeper renews on its own connection: the test's rows must be committed (transaction=True).
-    monkeypatch.setattr(services, "CLAIM_LEASE", timedelta(seconds=0.5))
+    monkeypatch.setattr(claims, "CLAIM_LEASE", timedelta(seconds=0.5))
     call = end(ringing(world))
     services.sync_call(call.pk)
     seen_during_upload = []
@@ -71,7 +71,7 @@ def test_it_keeps_a_slow_uploads_claim_alive_past_the_lease(world, fast_keeper, 
         seen_during_upload.append(list(services._due_outbox(world.integration.pk).values_list("call_id", flat=True)))
         return upload(client, integration, rows, token, report, record_urls)
 
-    monkeypatch.setattr(services, "_upload_rows", slow_upload)
+    monkeypatch.setattr(services.outbox, "_upload_rows", slow_upload)
     assert services.upload_outbox(world.integration.pk).uploaded == 1
     assert seen_during_upload == [[]]
     assert CrmCallSync.objects.get(call=call).upload_claim == ""
@@ -80,7 +80,7 @@ def test_it_keeps_a_slow_uploads_claim_alive_past_the_lease(world, fast_keeper, 
 @pytest.mark.django_db(transaction=True)
 def test_it_lets_a_claim_lapse_once_nobody_renews_it(world, monkeypatch):
     # The other side: a holder that stopped (its worker killed) frees the call after the lease.
-    monkeypatch.setattr(services, "CLAIM_LEASE", timedelta(seconds=0.3))
+    monkeypatch.setattr(claims, "CLAIM_LEASE", timedelta(seconds=0.3))
     call = end(ringing(world))
     services.sync_call(call.pk)
     assert [row.call_id for row in services.claim_batch(world.integration.pk, "a-dead-worker")] == [call.pk]
@@ -91,7 +91,7 @@ def test_it_lets_a_claim_lapse_once_nobody_renews_it(world, monkeypatch):
 
 @pytest.mark.django_db(transaction=True)
 def test_it_keeps_an_events_claim_alive_while_retailcrm_takes_its_time(world, fast_keeper, monkeypatch):
-    monkeypatch.setattr(services, "CLAIM_LEASE", timedelta(seconds=0.5))
+    monkeypatch.setattr(claims, "CLAIM_LEASE", timedelta(seconds=0.5))
     call = ringing(world)
     claimed_while_sending = []
     send = services._send_event
@@ -101,7 +101,7 @@ def test_it_keeps_an_events_claim_alive_while_retailcrm_takes_its_time(world, fa
         claimed_while_sending.append(services._claim(row.pk, "events", "another-worker"))
         return send(row, *args, **kwargs)
 
-    monkeypatch.setattr(services, "_send_event", slow_send)
+    monkeypatch.setattr(services.events, "_send_event", slow_send)
     assert services.sync_call(call.pk).sent == ["in"]
     assert claimed_while_sending == [False]
     assert [e["type"] for e in world.crm.events()] == ["in"]

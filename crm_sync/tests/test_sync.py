@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from crm_sync import services
 from crm_sync.models import CrmCallSync
+from crm_sync.retailcrm import payloads
 from telephony import updates as u
 from telephony.models import Call
 from telephony.sweep import sweep_stale_calls
@@ -107,10 +108,10 @@ def test_it_frees_the_events_claim_when_the_database_drops_the_connection_after_
             cursor.execute("SELECT 1")  # the connection is gone: OperationalError
         return real_due_event(row, call)
 
-    monkeypatch.setattr(services, "_due_event", due_event_on_a_dropped_connection)
+    monkeypatch.setattr(services.events, "_due_event", due_event_on_a_dropped_connection)
     with pytest.raises(OperationalError):
         services.sync_call(call.pk)
-    monkeypatch.setattr(services, "_due_event", real_due_event)
+    monkeypatch.setattr(services.events, "_due_event", real_due_event)
     row = row_of(call, world)
     assert row.events_claim == "" and row.events_claimed_until is None
     assert services.sync_call(call.pk).sent == ["in"]  # at once, not after the claim's lease
@@ -343,14 +344,14 @@ def test_it_sends_a_refused_batch_one_by_one_so_one_bad_call_holds_back_no_other
     bad = end(ringing(world, pbx_call_id="-2"))
     for call in (good, bad):
         services.sync_call(call.pk)
-    real_record = services.payloads.upload_record
+    real_record = payloads.upload_record
 
     def record_with_a_negative_duration_for_bad(call, **kwargs):
         # The database cannot hold a negative duration; the record retailCRM refuses is made here.
         record = real_record(call, **kwargs)
         return {**record, "duration": -5000} if call.pk == bad.pk else record
 
-    monkeypatch.setattr(services.payloads, "upload_record", record_with_a_negative_duration_for_bad)
+    monkeypatch.setattr(payloads, "upload_record", record_with_a_negative_duration_for_bad)
     report = services.upload_outbox(world.integration.pk)
     assert (report.uploaded, report.refused) == (1, 1)
     assert list(world.crm.calls()) == [f"ctihub-{good.pk}"]

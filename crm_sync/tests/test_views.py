@@ -110,7 +110,7 @@ def test_it_reads_a_phone_without_country_in_the_country_of_the_integrations_sho
 def test_it_places_the_call_without_the_caller_id_change_when_external_phone_is_no_number(client, hub, placed,
                                                                                          monkeypatch, caplog):
     presented = []
-    monkeypatch.setattr("crm_sync.services.present_external_phone",
+    monkeypatch.setattr("crm_sync.services.endpoints.present_external_phone",
                         lambda terminal, phone: presented.append(phone) or True)
     response = client.get(MAKE_CALL, params(externalPhone="shop"))
     assert response.status_code == 200, response.content
@@ -174,7 +174,7 @@ def test_it_answers_502_when_the_agent_has_no_terminal_on_the_integrations_accou
 
 def test_it_passes_the_shops_number_to_the_caller_id_hook_which_does_not_fake_it(client, hub, placed, monkeypatch):
     seen = []
-    monkeypatch.setattr("crm_sync.services.present_external_phone",
+    monkeypatch.setattr("crm_sync.services.endpoints.present_external_phone",
                         lambda terminal, phone: seen.append((terminal.pk, phone)) or True)
     response = client.get(MAKE_CALL, params(externalPhone="+74999999999"))
     assert response.json()["callerIdPresented"] is True

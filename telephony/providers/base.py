@@ -4,7 +4,7 @@ A provider knows how to talk to one PBX API for one ``PbxAccount``: REST calls
 (test the login, fetch terminals, place a call, act on a call) and, where the
 PBX pushes events, the sockets (which listeners the account needs, how to open
 one, how to read its frames into ``CallUpdate`` objects). Providers override
-only what differs; ``telephony.domain`` and ``telephony.supervisor`` do the rest.
+only what differs; ``telephony.domain`` and ``telephony.sockets.supervisor`` do the rest.
 """
 
 from __future__ import annotations

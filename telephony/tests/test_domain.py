@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from telephony import updates as u
-from telephony import domain
+from telephony import domain, status
 from telephony.domain import apply_call_update, apply_call_updates
 from telephony.models import Call, CallEvent
 from tests.factories import make_account, make_agent, make_terminal
@@ -368,16 +368,16 @@ def test_it_notes_a_listeners_last_event_at_most_once_a_second(account, monkeypa
 
     listener = Listener.objects.create(account=account, name="l1")
     clock = [1000.0]
-    monkeypatch.setattr(domain.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(domain, "_touched", {})
-    monkeypatch.setattr(domain, "_touch_pending", set())
+    monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(status, "_touched", {})
+    monkeypatch.setattr(status, "_touch_pending", set())
     with django_assert_num_queries(2):
-        domain.touch_listener(listener.pk, account.pk)
+        status.touch_listener(listener.pk, account.pk)
     with django_assert_num_queries(0):
-        domain.touch_listener(listener.pk, account.pk)  # the same second: the admin shows no difference
+        status.touch_listener(listener.pk, account.pk)  # the same second: the admin shows no difference
     clock[0] += 1.5
     with django_assert_num_queries(2):
-        domain.touch_listener(listener.pk, account.pk)
+        status.touch_listener(listener.pk, account.pk)
     assert Listener.objects.get(pk=listener.pk).last_event_at is not None
 
 
@@ -390,26 +390,26 @@ def test_it_notes_the_last_event_of_all_the_listeners_of_a_process_in_one_statem
 
     first, second = (Listener.objects.create(account=account, name=f"l{n}") for n in range(2))
     clock = [1000.0]
-    monkeypatch.setattr(domain.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(domain, "_touched", {})
-    monkeypatch.setattr(domain, "_touch_pending", set())
+    monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(status, "_touched", {})
+    monkeypatch.setattr(status, "_touch_pending", set())
     with django_assert_num_queries(2):
-        domain.touch_listener(first.pk, account.pk)
+        status.touch_listener(first.pk, account.pk)
     clock[0] += 0.5
     with django_assert_num_queries(2):
-        domain.touch_listener(second.pk, account.pk)  # never written: at once, and the account with it
+        status.touch_listener(second.pk, account.pk)  # never written: at once, and the account with it
     clock[0] += 0.2
     with django_assert_num_queries(0):  # both written within the second: they wait
-        domain.touch_listener(first.pk, account.pk)
-        domain.touch_listener(second.pk, account.pk)
+        status.touch_listener(first.pk, account.pk)
+        status.touch_listener(second.pk, account.pk)
     clock[0] += 0.4
     with django_assert_num_queries(2):  # the first is due: the second and the account go with it
-        domain.touch_listener(first.pk, account.pk)
+        status.touch_listener(first.pk, account.pk)
     written = Listener.objects.filter(pk__in=[first.pk, second.pk]).values_list("last_event_at", flat=True)
     assert len(set(written)) == 1
     clock[0] += 0.5
     with django_assert_num_queries(0):
-        domain.touch_listener(second.pk, account.pk)  # written half a second ago, with the first
+        status.touch_listener(second.pk, account.pk)  # written half a second ago, with the first
 
 
 @pytest.mark.django_db
@@ -419,18 +419,18 @@ def test_it_notes_a_last_event_again_when_its_write_failed(account, monkeypatch)
     from telephony.models import Listener
 
     listener = Listener.objects.create(account=account, name="l1")
-    monkeypatch.setattr(domain, "_touched", {})
-    monkeypatch.setattr(domain, "_touch_pending", set())
-    real_write = domain._write_last_event
+    monkeypatch.setattr(status, "_touched", {})
+    monkeypatch.setattr(status, "_touch_pending", set())
+    real_write = status._write_last_event
 
     def dropped(rows):
         raise OperationalError("the connection was dropped")
 
-    monkeypatch.setattr(domain, "_write_last_event", dropped)
+    monkeypatch.setattr(status, "_write_last_event", dropped)
     with pytest.raises(OperationalError):
-        domain.touch_listener(listener.pk, account.pk)
-    monkeypatch.setattr(domain, "_write_last_event", real_write)
-    domain.touch_listener(listener.pk, account.pk)  # at once, not a second later
+        status.touch_listener(listener.pk, account.pk)
+    monkeypatch.setattr(status, "_write_last_event", real_write)
+    status.touch_listener(listener.pk, account.pk)  # at once, not a second later
     assert Listener.objects.get(pk=listener.pk).last_event_at is not None
 
 

@@ -16,8 +16,8 @@ import redis
 from telephony import domain
 from telephony.models import Call, Listener, PbxAccount
 from telephony.providers import base
-from telephony.leases import LeaseStore, lease_key
-from telephony.supervisor import Supervisor, request_restart
+from telephony.sockets.leases import LeaseStore, lease_key
+from telephony.sockets.supervisor import Supervisor, request_restart
 from tests.e2e.test_istra_sockets import TERMINAL, connected_listeners, mycrm_account
 from tests.faults.harness import FaultIstraControl
 from tests.support.processes import wait_for
@@ -261,7 +261,7 @@ def test_it_leaves_other_owners_one_lease_ttl_to_take_their_leases_back_after_a_
 
 
 def test_it_renews_a_held_lease_takes_back_a_vanished_one_and_never_takes_another_owners():
-    from telephony.supervisor import redis_client
+    from telephony.sockets.supervisor import redis_client
 
     client = redis_client()
     mine, theirs = LeaseStore(client, "me", 5000), LeaseStore(client, "them", 5000)

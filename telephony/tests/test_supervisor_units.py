@@ -16,8 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from telephony import domain, supervisor
+from telephony import domain, status
 from telephony.providers.base import EventStream, ListenerSpec, ProviderError, SessionExpired, StreamClosed
+from telephony.sockets import database, keepalives
+from telephony.sockets import runner as runners
 
 SOON = 0.1  # "at once", give or take a busy machine
 
@@ -120,11 +122,11 @@ class InlineDb:
 def no_database(monkeypatch):
     """The runner's database writes, recorded instead of made."""
     states: list[str] = []
-    monkeypatch.setattr(supervisor, "db_workers", InlineDb)
-    monkeypatch.setattr(domain, "set_listener_state", lambda listener_id, state, **kwargs: states.append(state))
-    monkeypatch.setattr(domain, "set_account_status", lambda *args, **kwargs: None)
-    monkeypatch.setattr(domain, "count_reconnect", lambda listener_id: None)
-    monkeypatch.setattr(domain, "touch_listener", lambda *args: None)
+    monkeypatch.setattr(runners, "db_workers", InlineDb)
+    monkeypatch.setattr(status, "set_listener_state", lambda listener_id, state, **kwargs: states.append(state))
+    monkeypatch.setattr(status, "set_account_status", lambda *args, **kwargs: None)
+    monkeypatch.setattr(status, "count_reconnect", lambda listener_id: None)
+    monkeypatch.setattr(status, "touch_listener", lambda *args: None)
     monkeypatch.setattr(domain, "apply_call_updates", lambda updates, received=None: [])
     return states
 
@@ -132,20 +134,20 @@ def no_database(monkeypatch):
 @pytest.fixture
 def fast_rules(monkeypatch):
     # raising=False: the test must also run (and fail) on code without HEALTHY_SECONDS.
-    monkeypatch.setattr(supervisor, "HEALTHY_SECONDS", 0.2, raising=False)
-    monkeypatch.setattr(supervisor, "BACKOFF_BASE_SECONDS", 0.05)
+    monkeypatch.setattr(runners, "HEALTHY_SECONDS", 0.2, raising=False)
+    monkeypatch.setattr(runners, "BACKOFF_BASE_SECONDS", 0.05)
 
 
 def jitter(monkeypatch, pick):
     """Make the jitter deterministic: ``pick(low, high)``."""
-    monkeypatch.setattr(supervisor.random, "uniform", pick)
+    monkeypatch.setattr(runners.random, "uniform", pick)
 
 
 def run_runner(monkeypatch, provider: FakeProvider, opens: int, owner: FakeSupervisor | None = None,
-               timeout: float = 20) -> supervisor.ListenerRunner:
+               timeout: float = 20) -> runners.ListenerRunner:
     """Run a runner on ``provider`` until it has opened ``opens`` sockets, then stop it."""
-    monkeypatch.setattr(supervisor, "provider_for", lambda account: provider)
-    runner = supervisor.ListenerRunner(owner or FakeSupervisor(), SimpleNamespace(pk=1), SimpleNamespace(pk=7),
+    monkeypatch.setattr(runners, "provider_for", lambda account: provider)
+    runner = runners.ListenerRunner(owner or FakeSupervisor(), SimpleNamespace(pk=1), SimpleNamespace(pk=7),
                             ListenerSpec(name="fake"))
     runner.start()
     deadline = time.monotonic() + timeout
@@ -164,11 +166,11 @@ def run_runner(monkeypatch, provider: FakeProvider, opens: int, owner: FakeSuper
 
 def test_it_bounds_the_delay_by_a_quarter_of_the_time_down_between_the_base_and_the_cap():
     for _ in range(200):
-        assert 0.25 <= supervisor.backoff_delay(0) <= 0.5  # the base, jittered in its upper half
-        assert 1.25 <= supervisor.backoff_delay(10) <= 2.5  # back within a quarter of a 10 s outage
-        assert 30 <= supervisor.backoff_delay(600, cap=60) <= 60
-        assert 2.5 <= supervisor.backoff_delay(600, cap=5) <= 5
-    assert len({round(supervisor.backoff_delay(10), 6) for _ in range(20)}) > 1, "jittered"
+        assert 0.25 <= runners.backoff_delay(0) <= 0.5  # the base, jittered in its upper half
+        assert 1.25 <= runners.backoff_delay(10) <= 2.5  # back within a quarter of a 10 s outage
+        assert 30 <= runners.backoff_delay(600, cap=60) <= 60
+        assert 2.5 <= runners.backoff_delay(600, cap=5) <= 5
+    assert len({round(runners.backoff_delay(10), 6) for _ in range(20)}) > 1, "jittered"
 
 
 # --- reconnects ------------------------------------------------------------------------------------
@@ -188,14 +190,14 @@ def test_it_reconnects_at_once_each_time_a_healthy_socket_closes_after_an_outage
 def test_it_backs_off_longer_for_each_failure_in_a_row_up_to_the_cap(monkeypatch, no_database, fast_rules):
     jitter(monkeypatch, lambda low, high: high)
     chosen: list[tuple[float, float]] = []
-    real = supervisor.backoff_delay
+    real = runners.backoff_delay
 
     def recorded(seconds_down, **kwargs):
         delay = real(seconds_down, **kwargs)
         chosen.append((seconds_down, delay))
         return delay
 
-    monkeypatch.setattr(supervisor, "backoff_delay", recorded)
+    monkeypatch.setattr(runners, "backoff_delay", recorded)
     failures = [ProviderError("HTTP 503", status=503)] * 14
     provider = FakeProvider(0.3, *failures, None)
     run_runner(monkeypatch, provider, opens=16, owner=FakeSupervisor(backoff_cap_seconds=0.3))
@@ -224,9 +226,9 @@ def test_it_does_not_reconnect_at_once_forever_to_a_pbx_that_closes_each_socket_
 
 def test_it_reconnects_at_once_when_a_session_check_finds_the_session_expired(monkeypatch, no_database, fast_rules):
     """Even a socket up for less than HEALTHY_SECONDS: the PBX said why it is useless, and it is no hot loop."""
-    monkeypatch.setattr(supervisor, "HEALTHY_SECONDS", 60)
+    monkeypatch.setattr(runners, "HEALTHY_SECONDS", 60)
     jitter(monkeypatch, lambda low, high: high)
-    checks = supervisor.SessionChecks(0.2)
+    checks = keepalives.SessionChecks(0.2)
     checks.start()
     expired = SessionExpired("Istra myCrm session expired during GET v1/crm/GetTerminals", status=401)
     verdicts = deque([expired])
@@ -252,7 +254,7 @@ INTERVAL = 0.2
 
 @pytest.fixture
 def checks():
-    running = supervisor.SessionChecks(INTERVAL, threads=3, per_group=2)
+    running = keepalives.SessionChecks(INTERVAL, threads=3, per_group=2)
     running.start()
     yield running
     running.stop()
@@ -309,7 +311,7 @@ def test_it_interrupts_the_stream_itself_when_no_one_asked_to_be_told(checks):
 
 
 def test_it_leaves_the_stream_alone_when_a_check_fails_for_another_reason(checks, caplog):
-    caplog.set_level(logging.INFO, logger="telephony.supervisor")
+    caplog.set_level(logging.INFO, logger="telephony.sockets.keepalives")
     check = Checked(then=ProviderError("Istra myCrm failed GET v1/crm/GetTerminals: HTTP 503", status=503))
     checks.add(check.stream)
     time.sleep(3.5 * INTERVAL)
@@ -366,9 +368,9 @@ def test_it_gives_work_to_the_database_thread_idle_the_shortest_time(monkeypatch
     """Handed round every thread in turn, a frame every tenth of a second found each thread's connection
     closed after its quiet second: nearly every frame paid a new PostgreSQL connection."""
     closed = []
-    monkeypatch.setattr(supervisor, "DB_IDLE_SECONDS", 0.3)
-    monkeypatch.setattr(supervisor.connection, "close", lambda: closed.append(threading.current_thread().name))
-    workers = supervisor.DbWorkers(4)
+    monkeypatch.setattr(database, "DB_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(database.connection, "close", lambda: closed.append(threading.current_thread().name))
+    workers = database.DbWorkers(4)
     time.sleep(0.6)  # every thread has been quiet once
     closed.clear()
     names = set()
@@ -382,7 +384,7 @@ def test_it_gives_work_to_the_database_thread_idle_the_shortest_time(monkeypatch
 
 
 def test_it_queues_work_while_every_database_thread_is_busy_and_runs_all_of_it():
-    workers = supervisor.DbWorkers(2)
+    workers = database.DbWorkers(2)
     release = threading.Event()
     results = []
     threads = [threading.Thread(target=lambda n=n: results.append(workers.run(

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def record(**extra) -> logging.LogRecord:
-    rec = logging.LogRecord("telephony.supervisor", logging.WARNING, __file__, 1, "frame rejected: %s", ("bad",), None)
+    rec = logging.LogRecord("telephony.sockets.supervisor", logging.WARNING, __file__, 1, "frame rejected: %s", ("bad",), None)
     for key, value in extra.items():
         setattr(rec, key, value)
     ContextFilter().filter(rec)
@@ -25,15 +25,15 @@ def record(**extra) -> logging.LogRecord:
 def test_it_puts_the_ids_in_plain_lines_and_nothing_when_there_are_none():
     formatter = logging.Formatter("%(levelname)s %(name)s%(ids)s %(message)s")
     assert formatter.format(record(account_id=3, listener_id=7)) == (
-        "WARNING telephony.supervisor [account=3 listener=7] frame rejected: bad")
-    assert formatter.format(record()) == "WARNING telephony.supervisor frame rejected: bad"
+        "WARNING telephony.sockets.supervisor [account=3 listener=7] frame rejected: bad")
+    assert formatter.format(record()) == "WARNING telephony.sockets.supervisor frame rejected: bad"
 
 
 def test_it_writes_one_json_object_per_line_with_the_ids():
     line = json.loads(JsonFormatter().format(record(account_id=3, listener_id=7, call_id=42)))
     assert line["message"] == "frame rejected: bad"
     assert (line["account_id"], line["listener_id"], line["call_id"]) == (3, 7, 42)
-    assert line["level"] == "WARNING" and line["logger"] == "telephony.supervisor"
+    assert line["level"] == "WARNING" and line["logger"] == "telephony.sockets.supervisor"
     assert "call_id" not in json.loads(JsonFormatter().format(record(account_id=3)))
 
 

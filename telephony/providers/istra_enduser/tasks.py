@@ -66,7 +66,7 @@ def _backfill(account: PbxAccount) -> dict:
         report = backfill_account(account)
     except ProviderError as exc:
         # The next scheduled run tries again; the admin sees why on the account.
-        from telephony.domain import set_account_status
+        from telephony.status import set_account_status
 
         logger.warning("call-history backfill failed: %s", exc, extra={"account_id": account_id})
         set_account_status(account_id, account.status, f"call-history backfill: {exc}")  # the error, not the status

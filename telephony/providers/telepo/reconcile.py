@@ -25,11 +25,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from telephony import updates as u
-from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update, set_account_status
+from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.base import ProviderError
 from telephony.providers.telepo import branches
 from telephony.providers.telepo.frames import SNAPSHOT_KIND, parse_call_state, parse_snapshot
+from telephony.status import set_account_status
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def _ended_at_pbx(call: Call, user_id: str, fetched_at: datetime) -> CallUpdate:
 def request_reconcile(account_id: int, user_id: str, delay: float = RECONCILE_DEBOUNCE_SECONDS) -> bool:
     """Reconcile the user soon; a burst of webhooks for one user makes one snapshot request."""
     from telephony.providers.telepo import tasks
-    from telephony.supervisor import redis_client
+    from telephony.sockets.supervisor import redis_client
 
     try:
         client = redis_client()

@@ -32,11 +32,12 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from ctihub.lib import ratelimit
-from telephony.domain import AppliedUpdate, apply_call_update, set_account_status
+from telephony.domain import AppliedUpdate, apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.telepo import branches
 from telephony.providers.telepo.frames import parse_webhook_body
 from telephony.providers.telepo.reconcile import request_reconcile
+from telephony.status import set_account_status
 from telephony.updates import FrameRejected
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,47 @@
+"""The module's registration in retailCRM: codes, shops, URLs."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Agent
+from crm_sync.models import RetailCrmIntegration
+from crm_sync.retailcrm import payloads
+from crm_sync.retailcrm.client import RetailCrmError
+from crm_sync.services.common import client_for
+
+
+def registered_agents():
+    """Agents retailCRM can know: both a retailCRM user id and a code."""
+    return Agent.objects.exclude(extension_code="").exclude(retailcrm_user_id="").order_by("extension_code")
+
+
+def registration_payload(integration: RetailCrmIntegration) -> dict:
+    return payloads.registration_payload(integration, registered_agents(), integration.external_phones.all())
+
+
+def register_integration(integration: RetailCrmIntegration) -> dict:
+    """Create or update the module in retailCRM; keeps what it said it does not know."""
+    try:
+        answer = client_for(integration).edit_module(integration.module_code, registration_payload(integration))
+    except RetailCrmError as exc:
+        RetailCrmIntegration.objects.filter(pk=integration.pk).update(last_error=str(exc)[:2000])
+        integration.last_error = str(exc)
+        raise
+    info = answer.get("info") if isinstance(answer.get("info"), dict) else {}
+    fields = {
+        "registered_at": timezone.now(),
+        "last_error": "",
+        "not_exist_user_ids": [str(x) for x in info.get("notExistUsersIds") or []],
+        "not_exist_site_codes": [str(x) for x in info.get("notExistSiteCodes") or []],
+    }
+    RetailCrmIntegration.objects.filter(pk=integration.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(integration, name, value)
+    return answer
+
+
+def integrations_to_reregister():
+    """Enabled integrations, and disabled ones retailCRM knows (so it hears they are inactive)."""
+    return RetailCrmIntegration.objects.filter(Q(enabled=True) | Q(registered_at__isnull=False))
