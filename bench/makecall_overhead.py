@@ -177,6 +177,22 @@ class Web:
     def cpu_by_child(self) -> list[float]:
         return [sum(child.cpu_times()[:2]) for child in self.children()]
 
+    def kernel_and_switches(self) -> tuple[float, int]:
+        """The serving processes' system CPU seconds and voluntary context switches of all their threads
+        (each one a thread that slept: waiting on a socket, a lock, the pool's queue) so far."""
+        system, switches = 0.0, 0
+        for child in self.children():
+            try:
+                system += child.cpu_times().system
+                for task in os.listdir(f"/proc/{child.pid}/task"):
+                    with open(f"/proc/{child.pid}/task/{task}/status") as status:
+                        for line in status:
+                            if line.startswith("voluntary_ctxt_switches:"):
+                                switches += int(line.split()[1])
+            except OSError:  # a thread gone meanwhile: its switches are not counted
+                continue
+        return system, switches
+
     def local_ports_by_child(self) -> list[set[int]]:
         """For each daphne process, the client-side ports of the connections it holds."""
         port = int(self.url.rsplit(":", 1)[1])
@@ -461,15 +477,18 @@ def measured(web: Web, raw: RawLoad, target: str, rate: float, seconds: float, l
     """One timed run against ``web``: latencies, errors, CPU per request of daphne and of every other process."""
     with no_pauses_of_our_own():  # its collection before the CPU figures start
         cpu_before, children_before, others_before = web.cpu_seconds(), web.cpu_by_child(), others.cpu()
+        kernel_before = web.kernel_and_switches()
         started = time.perf_counter()
         latencies, errors, achieved = raw.run(target, rate, seconds)
         wall = time.perf_counter() - started
         cpu = web.cpu_seconds() - cpu_before
         children = [after - before for after, before in zip(web.cpu_by_child(), children_before)]
         other_cpu = {name: after - others_before[name] for name, after in others.cpu().items()}
+        kernel = [after - before for after, before in zip(web.kernel_and_switches(), kernel_before)]
     progress[f"{label}_requests"] = int(progress.get(f"{label}_requests", 0)) + len(latencies)
     return {"latencies": latencies, "errors": errors, "achieved": achieved, "cpu": cpu, "children": children,
-            "connections": web.connections_by_child(), "others": other_cpu, "wall": wall}
+            "connections": web.connections_by_child(), "others": other_cpu, "wall": wall,
+            "web_system": kernel[0], "web_sleeps": kernel[1]}
 
 
 def cpu_line(run: dict) -> str:
@@ -478,7 +497,8 @@ def cpu_line(run: dict) -> str:
     wall = run["wall"]
     children = " + ".join(f"{c * 1000 / requests_done:.2f}" for c in run["children"])
     busy = " + ".join(f"{c / wall:.2f}" for c in run["children"])
-    parts = [f"web {children} ms/request ({busy} cores)"]
+    parts = [f"web {children} ms/request ({busy} cores; kernel {run['web_system'] * 1000 / requests_done:.2f} ms, "
+             f"{run['web_sleeps'] / requests_done:.1f} thread sleeps a request)"]
     for name, seconds in run["others"].items():
         if name == "machine":
             continue
