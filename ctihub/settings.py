@@ -138,7 +138,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    # django-csp's, its header built once per configuration (ctihub/security_headers.py).
+    "ctihub.security_headers.PolicyOnceMiddleware",
     # Last, as django-axes asks: it turns a refused login into the "too many attempts" page.
     "axes.middleware.AxesMiddleware",
 ]
