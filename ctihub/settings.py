@@ -317,6 +317,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+    # DRF's own, its answer kept per Accept header (ctihub/negotiation.py).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "ctihub.negotiation.RememberedNegotiation",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ctihub API",
