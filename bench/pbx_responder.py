@@ -70,7 +70,7 @@ class Responder:
 class Connection:
     """One client connection: requests parsed from its buffer in order, answers written as they come."""
 
-    def __init__(self, sock: socket.socket, loop: "Loop"):
+    def __init__(self, sock: socket.socket, loop: Loop):
         self.sock = sock
         self.loop = loop
         self.buffer = b""

@@ -43,11 +43,11 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
+from requests._internal_utils import to_native_string
 from requests.adapters import HTTPAdapter
 from requests.cookies import extract_cookies_to_jar
 from requests.hooks import dispatch_hook
 from requests.structures import CaseInsensitiveDict
-from requests._internal_utils import to_native_string
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, check_header_validity, get_encoding_from_headers
 from urllib3 import HTTPHeaderDict
 

@@ -154,7 +154,7 @@ def rate_limited(endpoint: str, meanwhile: str = ""):
             def early() -> None:
                 try:
                     request._ctihub_early = (meanwhile, getattr(args[0], meanwhile)(request))
-                except Exception:  # noqa: BLE001 - the view does it again and answers (or raises) as before
+                except Exception:  # noqa: BLE001, S110 - the view does it again and answers (or raises) as before
                     pass
 
             refused = check(request, endpoint, meanwhile=early if meanwhile else None)
