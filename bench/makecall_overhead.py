@@ -30,12 +30,13 @@ how the work spread over them (``web_children_cpu_share``, ``web_children_connec
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import concurrent.futures
 import os
 import queue
 import re
+import select
+import socket
 import time
 
 import requests
@@ -177,6 +178,22 @@ class Web:
     def cpu_by_child(self) -> list[float]:
         return [sum(child.cpu_times()[:2]) for child in self.children()]
 
+    def kernel_and_switches(self) -> tuple[float, int]:
+        """The serving processes' system CPU seconds and voluntary context switches of all their threads
+        (each one a thread that slept: waiting on a socket, a lock, the pool's queue) so far."""
+        system, switches = 0.0, 0
+        for child in self.children():
+            try:
+                system += child.cpu_times().system
+                for task in os.listdir(f"/proc/{child.pid}/task"):
+                    with open(f"/proc/{child.pid}/task/{task}/status") as status:
+                        for line in status:
+                            if line.startswith("voluntary_ctxt_switches:"):
+                                switches += int(line.split()[1])
+            except OSError:  # a thread gone meanwhile: its switches are not counted
+                continue
+        return system, switches
+
     def local_ports_by_child(self) -> list[set[int]]:
         """For each daphne process, the client-side ports of the connections it holds."""
         port = int(self.url.rsplit(":", 1)[1])
@@ -255,143 +272,155 @@ class Load:
         self.http.close()  # the timed runs open their own connections (RawLoad): these would only linger
 
 
-class RawConnection(asyncio.Protocol):
+class RawConnection:
     """One keep-alive connection of the load generator: a request written as bytes built once, its answer
     framed by Content-Length (daphne always sends one for these views)."""
 
-    def __init__(self, load: "RawLoad"):
-        self.load = load
-        self.transport = None
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
         self.buffer = b""
         self.started = 0.0
         self.closed = False
 
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        found = _CONTENT_LENGTH.search(self.buffer, 0, end)
-        if found is None:  # chunked or no framing: not what these views send
-            self.load.answered(self, ok=False, close=True)
-            return
-        whole = end + 4 + int(found.group(1))
-        if len(self.buffer) < whole:
-            return
-        ok = self.buffer[9:12] == b"200"
-        self.buffer = self.buffer[whole:]
-        self.load.answered(self, ok=ok, close=False)
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
-        if self.started:
-            self.load.answered(self, ok=False, close=True)
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sock.close()
 
 
 class RawLoad:
-    """The load generator: keep-alive HTTP/1.1 connections on one asyncio loop, requests built once.
+    """The load generator: keep-alive HTTP/1.1 connections on one thread's ``epoll``, requests built once.
 
-    Threads of ``requests`` cost this process ~0.5 ms of CPU a request near the top rates, on the same
-    two cores as the daphne processes it measures; this costs a tenth of that (printed at every sweep
-    step as ``load generator``). Idle connections are used oldest first, a new one opens only when none
-    is idle, at most ``SENDERS`` requests in flight (more wait here, as they waited for a thread).
+    Threads of ``requests`` cost this process ~0.5 ms of CPU a request near the top rates, an asyncio loop
+    0.12-0.37 ms, on the same two cores as the daphne processes it measures; this is a plain ``epoll`` loop
+    (its CPU is printed at every step as ``load generator``). Idle connections are used oldest first, a new
+    one opens only when none is idle, at most ``SENDERS`` requests in flight (more wait here, as they
+    waited for a thread).
     """
 
     def __init__(self, web_url: str):
         host, port = web_url.split("//", 1)[1].split(":")
         self.host, self.port = host, int(port)
-        self.loop = asyncio.new_event_loop()
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, RawConnection] = {}
         self.idle: collections.deque[RawConnection] = collections.deque()
         self.connections: list[RawConnection] = []
-        self.waiting: collections.deque = collections.deque()
+        self.waiting = 0
         self.request = b""
         self.latencies: list[float] = []
         self.errors = 0
-        self.in_flight = 0
         self.completed = 0
-        self.finished: asyncio.Future | None = None
-        self.expected = 0
 
     def build(self, target: str) -> bytes:
         return (f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: */*\r\n"
                 f"User-Agent: ctihub-bench\r\n\r\n").encode()
 
-    async def _open(self) -> RawConnection:
-        _transport, connection = await self.loop.create_connection(lambda: RawConnection(self), self.host, self.port)
+    def _open(self) -> RawConnection:
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = RawConnection(sock)
+        self.by_fd[sock.fileno()] = connection
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
         self.connections.append(connection)
         return connection
+
+    def _drop(self, connection: RawConnection) -> None:
+        if not connection.closed:
+            self.by_fd.pop(connection.sock.fileno(), None)
+            self.epoll.unregister(connection.sock.fileno())
+            connection.close()
 
     def open(self, count: int, web: "Web") -> None:
         """``count`` connections, as many to each daphne process (``web``): each stays with the process that
         accepted it, and a burst opened at once split 4 / 12 when one process was scheduled late. Opened in
         bursts while every process is idle; those beyond a process's share are closed again."""
         share = count // web.processes
-
-        async def opening():
-            for connection in await asyncio.gather(*(self._open() for _ in range(count))):
-                self.idle.append(connection)
         for _attempt in range(10):
-            self.loop.run_until_complete(opening())
+            opened = [self._open() for _ in range(count)]
+            self.idle.extend(opened)
             time.sleep(0.2)  # every process has accepted what it will
             by_child = web.local_ports_by_child()
             kept: collections.deque[RawConnection] = collections.deque()
             taken = [0] * web.processes
             for connection in self.idle:
-                port = connection.transport.get_extra_info("sockname")[1]
+                port = connection.sock.getsockname()[1]
                 child = next((n for n, ports in enumerate(by_child) if port in ports), None)
                 if child is not None and taken[child] < share:
                     taken[child] += 1
                     kept.append(connection)
                 else:
-                    connection.closed = True
-                    connection.transport.close()
+                    self._drop(connection)
             self.idle = kept
             self.connections = list(kept)
             if len(kept) >= share * web.processes:
                 break
-        self.loop.run_until_complete(asyncio.sleep(0.05))
+        time.sleep(0.05)
 
     def close(self) -> None:
         for connection in self.connections:
-            if connection.transport is not None:
-                connection.transport.close()
-        self.loop.run_until_complete(asyncio.sleep(0.05))
-        self.loop.close()
+            self._drop(connection)
+        self.epoll.close()
 
     def _send(self, connection: RawConnection) -> None:
-        self.in_flight += 1
         connection.started = time.perf_counter()
-        connection.transport.write(self.request)
+        try:
+            sent = connection.sock.send(self.request)
+        except OSError:
+            sent = -1
+        if sent != len(self.request):  # a request of ~200 bytes on an idle connection: all of it, or broken
+            connection.started = 0.0
+            self._drop(connection)
+            self._done(ok=False)
 
     def _dispatch(self) -> None:
         while self.idle and self.idle[0].closed:
             self.idle.popleft()
         if self.idle:
             self._send(self.idle.popleft())
-        elif len(self.connections) - sum(c.closed for c in self.connections) < SENDERS:
-            async def opened():
-                try:
-                    self._send(await self._open())
-                except OSError:
-                    self._done(ok=False)
-            self.loop.create_task(opened())
+        elif sum(not c.closed for c in self.connections) < SENDERS:
+            try:
+                self._send(self._open())
+            except OSError:
+                self._done(ok=False)
         else:
-            self.waiting.append(None)
+            self.waiting += 1
 
-    def answered(self, connection: RawConnection, ok: bool, close: bool) -> None:
-        self.in_flight -= 1
+    def _readable(self, connection: RawConnection) -> None:
+        try:
+            data = connection.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            started = connection.started
+            self._drop(connection)
+            if started:
+                self._answered(connection, ok=False)
+            return
+        buffer = connection.buffer = connection.buffer + data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        found = _CONTENT_LENGTH.search(buffer, 0, end)
+        if found is None:  # chunked or no framing: not what these views send
+            self._drop(connection)
+            self._answered(connection, ok=False)
+            return
+        whole = end + 4 + int(found.group(1))
+        if len(buffer) < whole:
+            return
+        connection.buffer = buffer[whole:]
+        self._answered(connection, ok=buffer[9:12] == b"200")
+
+    def _answered(self, connection: RawConnection, ok: bool) -> None:
         self.latencies.append((time.perf_counter() - connection.started) * 1000)
         connection.started = 0.0
-        if close and connection.transport is not None:
-            connection.closed = True
-            connection.transport.close()
         self._done(ok)
         if not connection.closed:
             if self.waiting:
-                self.waiting.popleft()
+                self.waiting -= 1
                 self._send(connection)
             else:
                 self.idle.append(connection)
@@ -399,35 +428,38 @@ class RawLoad:
     def _done(self, ok: bool) -> None:
         self.errors += not ok
         self.completed += 1
-        if self.completed >= self.expected and self.finished is not None and not self.finished.done():
-            self.finished.set_result(None)
 
     def run(self, target: str, rate: float, seconds: float) -> tuple[list[float], int, float]:
         """``rate`` requests a second for ``seconds``: (latencies in ms, errors, rate achieved)."""
         self.request = self.build(target)
-        self.latencies, self.errors, self.completed = [], 0, 0
-        total = self.expected = max(1, int(rate * seconds))
-
-        async def sending():
-            self.finished = self.loop.create_future()
-            start = time.perf_counter()
-            sent = 0
-            while sent < total:
-                due = min(total, int((time.perf_counter() - start) * rate) + 1)
+        self.latencies, self.errors, self.completed, self.waiting = [], 0, 0, 0
+        total = max(1, int(rate * seconds))
+        poll, by_fd = self.epoll.poll, self.by_fd
+        start = time.perf_counter()
+        sent, deadline = 0, None
+        while self.completed < total:
+            now = time.perf_counter()
+            if sent < total:
+                due = min(total, int((now - start) * rate) + 1)
                 while sent < due:
                     self._dispatch()
                     sent += 1
-                await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-            try:
-                await asyncio.wait_for(asyncio.shield(self.finished), 30)
-            except asyncio.TimeoutError:  # answers still missing: errors; their connections are not reused
-                for connection in self.connections:
-                    if connection.started and connection.transport is not None:
-                        connection.closed, connection.started = True, 0.0
-                        connection.transport.close()
-            return total / (time.perf_counter() - start)
-
-        achieved = self.loop.run_until_complete(sending())
+                timeout = max(0.0, start + sent / rate - now) if sent < total else 0.0
+                if sent == total:
+                    deadline = time.perf_counter() + 30
+            else:
+                timeout = deadline - now
+                if timeout <= 0:  # answers still missing: errors; their connections are not reused
+                    for connection in list(self.connections):
+                        if connection.started and not connection.closed:
+                            connection.started = 0.0
+                            self._drop(connection)
+                    break
+            for fd, _events in poll(timeout):
+                connection = by_fd.get(fd)
+                if connection is not None:
+                    self._readable(connection)
+        achieved = total / (time.perf_counter() - start)  # the last answer in, as before
         missing = total - self.completed
         return self.latencies, self.errors + missing, achieved
 
@@ -461,15 +493,18 @@ def measured(web: Web, raw: RawLoad, target: str, rate: float, seconds: float, l
     """One timed run against ``web``: latencies, errors, CPU per request of daphne and of every other process."""
     with no_pauses_of_our_own():  # its collection before the CPU figures start
         cpu_before, children_before, others_before = web.cpu_seconds(), web.cpu_by_child(), others.cpu()
+        kernel_before = web.kernel_and_switches()
         started = time.perf_counter()
         latencies, errors, achieved = raw.run(target, rate, seconds)
         wall = time.perf_counter() - started
         cpu = web.cpu_seconds() - cpu_before
         children = [after - before for after, before in zip(web.cpu_by_child(), children_before)]
         other_cpu = {name: after - others_before[name] for name, after in others.cpu().items()}
+        kernel = [after - before for after, before in zip(web.kernel_and_switches(), kernel_before)]
     progress[f"{label}_requests"] = int(progress.get(f"{label}_requests", 0)) + len(latencies)
     return {"latencies": latencies, "errors": errors, "achieved": achieved, "cpu": cpu, "children": children,
-            "connections": web.connections_by_child(), "others": other_cpu, "wall": wall}
+            "connections": web.connections_by_child(), "others": other_cpu, "wall": wall,
+            "web_system": kernel[0], "web_sleeps": kernel[1]}
 
 
 def cpu_line(run: dict) -> str:
@@ -478,7 +513,8 @@ def cpu_line(run: dict) -> str:
     wall = run["wall"]
     children = " + ".join(f"{c * 1000 / requests_done:.2f}" for c in run["children"])
     busy = " + ".join(f"{c / wall:.2f}" for c in run["children"])
-    parts = [f"web {children} ms/request ({busy} cores)"]
+    parts = [f"web {children} ms/request ({busy} cores; kernel {run['web_system'] * 1000 / requests_done:.2f} ms, "
+             f"{run['web_sleeps'] / requests_done:.1f} thread sleeps a request)"]
     for name, seconds in run["others"].items():
         if name == "machine":
             continue

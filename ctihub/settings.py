@@ -138,7 +138,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    # django-csp's, its header built once per configuration (ctihub/security_headers.py).
+    "ctihub.security_headers.PolicyOnceMiddleware",
     # Last, as django-axes asks: it turns a refused login into the "too many attempts" page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -319,6 +320,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+    # DRF's own, its answer kept per Accept header (ctihub/lib/negotiation.py).
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "ctihub.lib.negotiation.RememberedNegotiation",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ctihub API",

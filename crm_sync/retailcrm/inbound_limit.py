@@ -24,6 +24,7 @@ def caller_of(request) -> str:
     return "addr:" + (request.META.get("REMOTE_ADDR") or "unknown")
 
 
-def rate_limited(endpoint: str):
-    """Decorate a view function ``f(request, ...)`` or a method ``f(self, request, ...)``."""
-    return ratelimit.rate_limited(endpoint, caller_of)
+def rate_limited(endpoint: str, meanwhile: str = ""):
+    """Decorate a view function ``f(request, ...)`` or a method ``f(self, request, ...)`` (``meanwhile``:
+    see ``ctihub.lib.ratelimit.rate_limited``)."""
+    return ratelimit.rate_limited(endpoint, caller_of, meanwhile)

@@ -29,6 +29,7 @@ from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.inbound_limit import rate_limited
 from ctihub.lib.brief_cache import BriefCache
 from ctihub.lib.phones import UnusablePhoneNumber
+from ctihub.lib.ratelimit import early_result
 from telephony.models import Call
 from telephony.providers.base import ProviderError
 
@@ -133,6 +134,10 @@ class _RetailCrmEndpoint(APIView):
             )
         return data, integration, agent
 
+    def identified(self, request):
+        """``identify``'s answer: the one found while Redis answered the rate limit, else found now."""
+        return early_result(request, "identify", lambda: self.identify(request))
+
 
 class MakeCallView(_RetailCrmEndpoint):
     """makeCallUrl: retailCRM asks us to dial a number from a manager's phone."""
@@ -153,9 +158,9 @@ class MakeCallView(_RetailCrmEndpoint):
         },
         tags=["retailCRM"],
     )
-    @rate_limited("retailcrm-make-call")
+    @rate_limited("retailcrm-make-call", meanwhile="identify")
     def get(self, request):
-        identified = self.identify(request)
+        identified = self.identified(request)
         if isinstance(identified, Response):
             return identified
         data, integration, agent = identified
@@ -194,9 +199,9 @@ class UserStatusView(_RetailCrmEndpoint):
         },
         tags=["retailCRM"],
     )
-    @rate_limited("retailcrm-user-status")
+    @rate_limited("retailcrm-user-status", meanwhile="identify")
     def get(self, request):
-        identified = self.identify(request)
+        identified = self.identified(request)
         if isinstance(identified, Response):
             return identified
         data, _integration, agent = identified

@@ -217,6 +217,42 @@ def test_it_looks_the_client_id_up_once_per_click_for_the_rate_limit_and_the_vie
     assert looked_up[2:] == ["wrong"]
 
 
+def test_it_validates_the_click_while_redis_answers_its_rate_limit(client, hub, placed, monkeypatch):
+    # The thread sent the rate limit's command and then slept until Redis answered: on every click a sleep
+    # and a wake-up that cost daphne more CPU than the command (issue 16). The query is read in between;
+    # the PBX is called only after the answer, and the query is read once.
+    from crm_sync.retailcrm import views
+    from ctihub.lib import ratelimit
+
+    steps = []
+    connection = ratelimit._connection()
+    send, read = connection.send_command, connection.read_response
+    monkeypatch.setattr(connection, "send_command", lambda *args, **kw: (steps.append("send"), send(*args, **kw))[1])
+    monkeypatch.setattr(connection, "read_response", lambda *args, **kw: (steps.append("read"), read(*args, **kw))[1])
+    identify = views.MakeCallView.identify
+    monkeypatch.setattr(views.MakeCallView, "identify", lambda self, request: (steps.append("identify"),
+                                                                                identify(self, request))[1])
+    assert client.get(MAKE_CALL, params()).status_code == 200
+    assert steps == ["send", "identify", "read"]
+    assert len(placed) == 1
+
+
+def test_it_answers_a_click_whose_early_validation_failed_as_before(client, hub, placed, monkeypatch):
+    from crm_sync.retailcrm import views
+
+    identify, calls = views.MakeCallView.identify, []
+
+    def failing_once(self, request):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the database went away")
+        return identify(self, request)
+
+    monkeypatch.setattr(views.MakeCallView, "identify", failing_once)
+    assert client.get(MAKE_CALL, params()).status_code == 200  # the view looked again
+    assert len(calls) == 2 and len(placed) == 1
+
+
 def test_it_refuses_a_kept_client_id_at_once_when_its_integration_is_disabled_in_the_admin(client, hub, placed):
     assert client.get(MAKE_CALL, params()).status_code == 200
     integration = hub["integration"]
