@@ -138,8 +138,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # django-csp's, its header built once per configuration (ctihub/security_headers.py).
-    "ctihub.security_headers.PolicyOnceMiddleware",
+    "csp.middleware.CSPMiddleware",
     # Last, as django-axes asks: it turns a refused login into the "too many attempts" page.
     "axes.middleware.AxesMiddleware",
 ]
