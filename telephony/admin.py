@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 SECRET_FIELDS = ("password", "api_token", "webhook_secret")
 LIVE_STATUS_FIELDS = ("status", "status_since", "last_event_at", "last_error", "last_error_at")
-# What the PBX told every process about this account (telephony.providers.istra_session).
+# What the PBX told every process about this account (telephony.providers.istra.session).
 PBX_MEMORY_FIELDS = ("login_refusal", "moved_permanently")
 
 

@@ -69,7 +69,7 @@ class PbxAccount(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     # Istra suspends an account after too many failed logins in a row (myIstra doc, "Istra Password Policy"):
     # once a login is refused, every process holds its logins with these credentials until an admin saves the
-    # account or ISTRA_LOGIN_COOLDOWN_SECONDS pass (telephony.providers.istra_session). Kept here, not in
+    # account or ISTRA_LOGIN_COOLDOWN_SECONDS pass (telephony.providers.istra.session). Kept here, not in
     # Redis, so the admin shows it next to the status and any save of the account clears it.
     login_refused_at = models.DateTimeField(
         "login refused at", null=True, blank=True, help_text="Last refused (or re-tried) Istra login."

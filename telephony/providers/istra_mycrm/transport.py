@@ -30,8 +30,8 @@ import json
 from functools import cached_property
 
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
+from telephony.providers.istra.session import IstraSession, enduser_username
 from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
-from telephony.providers.istra_session import IstraSession, enduser_username
 from telephony.updates import CallUpdate
 
 APP = "myCrm"
