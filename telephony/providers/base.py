@@ -290,5 +290,9 @@ class Provider:
         if stream is not None:
             stream.close()
 
+    def prepare_shared(self) -> None:
+        """Build what threads sharing this provider use, once, before they do (a provider whose
+        capabilities allow parallel requests; ``registry.cached_provider``)."""
+
     def close(self) -> None:
         """Log out and release connections."""

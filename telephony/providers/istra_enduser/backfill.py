@@ -184,9 +184,9 @@ def _end_live_call(call: Call, entry: frames.HistoryEntry, report: BackfillRepor
 
 
 def _fetch_history(account: PbxAccount) -> list[frames.HistoryEntry]:
-    from telephony.control import _provider
+    from telephony.providers.registry import cached_provider
 
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     with lock:
         return provider.history()
 

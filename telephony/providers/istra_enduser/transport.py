@@ -153,6 +153,9 @@ class EndUserProvider(Provider):
     actions = ()
     holds_sockets = True
 
+    def prepare_shared(self) -> None:
+        self.session  # the one IstraSession every thread of the cached provider shares
+
     @cached_property
     def session(self) -> EndUserSession:
         require_https(self.account.base_url)

@@ -57,6 +57,9 @@ class MyCrmProvider(Provider):
     actions = ()
     holds_sockets = True
 
+    def prepare_shared(self) -> None:
+        self.session  # the one IstraSession every thread of the cached provider shares
+
     @cached_property
     def session(self) -> IstraSession:
         return IstraSession(self.account, APP, enduser_username(self.account.login), http=self.http)

@@ -68,6 +68,9 @@ class MyRccProvider(Provider):
     actions = tuple(RCC_ACTIONS)
     holds_sockets = True
 
+    def prepare_shared(self) -> None:
+        self.session  # the one IstraSession every thread of the cached provider shares
+
     @cached_property
     def session(self) -> IstraSession:
         return IstraSession(

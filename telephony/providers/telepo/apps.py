@@ -1,0 +1,26 @@
+from django.apps import AppConfig
+
+
+class TelepoConfig(AppConfig):
+    """MiCloud Telepo: REST call control; call events come to our CRM connector webhook."""
+
+    name = "telephony.providers.telepo"
+    verbose_name = "MiCloud Telepo"
+
+    def ready(self):
+        from telephony.providers import registry
+
+        registry.register(registry.ProviderApp(
+            kind="telepo",
+            label="MiCloud Telepo",
+            provider="telephony.providers.telepo.transport.TelepoProvider",
+            url_prefix="api/telepo/",  # the CRM connector webhook
+            beat={
+                # Bring every user's calls to the PBX's call-state snapshot: a missed webhook never leaves a call stuck.
+                "telepo-reconcile": {
+                    "task": "telephony.providers.telepo.tasks.reconcile_telepo_accounts_task",
+                    "schedule": 60.0,
+                },
+            },
+            admin_notes="telephony.providers.telepo.admin.notes",
+        ))
