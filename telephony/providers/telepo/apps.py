@@ -1,5 +1,7 @@
 from django.apps import AppConfig
 
+URL_PREFIX = "api/telepo/"
+
 
 class TelepoConfig(AppConfig):
     """MiCloud Telepo: REST call control; call events come to our CRM connector webhook."""
@@ -14,7 +16,7 @@ class TelepoConfig(AppConfig):
             kind="telepo",
             label="MiCloud Telepo",
             provider="telephony.providers.telepo.transport.TelepoProvider",
-            url_prefix="api/telepo/",  # the CRM connector webhook
+            url_prefix=URL_PREFIX,  # the CRM connector webhook
             beat={
                 # Bring every user's calls to the PBX's call-state snapshot: a missed webhook never leaves a call stuck.
                 "telepo-reconcile": {
@@ -24,3 +26,7 @@ class TelepoConfig(AppConfig):
             },
             admin_notes="telephony.providers.telepo.admin.notes",
         ))
+        # The webhook's last segment is its secret: never in a log line.
+        from ctihub.lib import logs
+
+        logs.add_secret_path(f"/{URL_PREFIX}webhook/")
