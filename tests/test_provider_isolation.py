@@ -149,3 +149,17 @@ def test_it_mounts_each_providers_urls_under_its_prefix():
 
     assert reverse("telepo-webhook", args=["s"]) == f"/{registry.get('telepo').url_prefix}webhook/s"
     assert reverse("enduser-voicemails") == f"/{registry.get('istra_enduser').url_prefix}voicemails/"
+
+
+def test_it_finds_what_each_provider_declares_it_can_do_registered():
+    from telephony import plugins
+    from telephony.providers.base import Provider
+
+    audio = {owner(type(source).__module__) for source in plugins.audio_sources()}
+    for kind in PROVIDERS:
+        declared = registry.capabilities(kind)
+        assert (kind in audio) == declared.audio, kind
+        assert (kind in plugins._caller_id_presenters) == declared.caller_id, kind
+        # A provider shared by threads builds its shared state once, up front (registry.cached_provider).
+        shares = registry.provider_class(kind).prepare_shared is not Provider.prepare_shared
+        assert shares == declared.parallel_requests, kind
