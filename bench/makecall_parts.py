@@ -40,7 +40,7 @@ def main() -> None:
     from bench.procs import BenchHub, hub_env
     from ctihub.lib import ratelimit
     from ctihub.lib.http_pool import PooledASGIHandler
-    from telephony import control
+    from telephony.providers import registry
     from telephony.providers.istra_myrcc.transport import MyRccProvider
 
     hub = BenchHub(hub_env())
@@ -103,7 +103,7 @@ def main() -> None:
             stats = pstats.Stats(profiler)
             stats.sort_stats("tottime").print_stats(args.profile)
             stats.sort_stats("cumulative").print_stats(args.profile)
-        provider, _lock = control._provider(account)
+        provider, _lock = registry.cached_provider(account)
         figure("place_call_alone", cpu_ms(lambda: provider.place_call(AGENT_EXTENSION, "+33612345678")), "ms")
         figure("rate_limit_alone", cpu_ms(lambda: ratelimit.take("bench", "client:bench")), "ms")
     finally:

@@ -11,6 +11,11 @@ class CrmSyncConfig(AppConfig):
 
         register()  # the call hand-off and the cards' retailCRM fields (telephony.plugins)
 
+        # A recordUrl's last segment is its signature: never in a log line.
+        from ctihub.lib import logs
+
+        logs.add_secret_path("/api/retailcrm/records/")
+
         # The upload outbox's depth on /metrics.
         from crm_sync.metrics import outbox_depth
         from ctihub.lib import metrics

@@ -32,10 +32,7 @@ class HubTask(Task):
 app = Celery("ctihub", task_cls=HubTask)
 broker.use_app(app)  # the event path pushes task messages to this app's broker itself
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
-app.autodiscover_tasks(["telephony.providers.telepo"])  # reconcile tasks live with their provider
-app.autodiscover_tasks(["telephony.providers.istra_enduser"])  # call-history backfill, caller-ID restore
-app.autodiscover_tasks(["telephony.providers.istra_myrcc"])  # lines a reconnect could not pull, pulled again
+app.autodiscover_tasks()  # every installed app's tasks.py, the PBX providers' included
 app.steps["worker"].add("ctihub.celery_steps:ListenerSupervisorStep")
 
 

@@ -125,6 +125,11 @@ INSTALLED_APPS = [
     "ctihub",
     "accounts",
     "telephony",
+    # The PBX providers: one line each (telephony/providers/<kind>/apps.py registers the rest).
+    "telephony.providers.istra_mycrm",
+    "telephony.providers.istra_myrcc",
+    "telephony.providers.istra_enduser",
+    "telephony.providers.telepo",
     "crm_sync",
 ]
 
@@ -465,13 +470,4 @@ CELERY_BEAT_SCHEDULE["crm-sync-sweep"] = {
     "task": "crm_sync.tasks.sweep_task",
     "schedule": float(RETAILCRM_SWEEP_SECONDS),
 }
-# Telepo: bring every user's calls to the PBX's call-state snapshot, so a missed webhook never leaves a call stuck.
-CELERY_BEAT_SCHEDULE["telepo-reconcile"] = {
-    "task": "telephony.providers.telepo.tasks.reconcile_telepo_accounts_task",
-    "schedule": 60.0,
-}
-# Istra End User API: create the calls the call history has and no socket saw.
-CELERY_BEAT_SCHEDULE["enduser-backfill"] = {
-    "task": "telephony.providers.istra_enduser.tasks.backfill_enduser_accounts_task",
-    "schedule": 120.0,
-}
+# The PBX providers add their own entries (telephony/providers/<kind>/apps.py, registry.register).

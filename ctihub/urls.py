@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from ctihub.lib.health import healthz
 from ctihub.lib.metrics import metrics_view
+from telephony.providers import registry
 
 # The benchmarks' floors (bench/floor_views.py): bare views on the same daphne and middleware, never in
 # production. Right after makeCallUrl's prefix, so both pay the same URL resolution.
@@ -17,8 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/retailcrm/", include("crm_sync.urls")),
     *bench_floors,
-    path("api/telepo/", include("telephony.providers.telepo.urls")),
-    path("enduser/", include("telephony.providers.istra_enduser.urls")),
+    *registry.url_patterns(),  # each PBX provider's own (telephony/providers/<kind>/urls.py), as it registered
     path("", include("telephony.urls")),  # the console and the wallboard
     path("", include("accounts.urls")),  # log in and out
 ]

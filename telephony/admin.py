@@ -4,18 +4,21 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import admin, messages
 from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from ctihub.lib.secrets import secret_form_for
 from telephony import control
 from telephony import updates as u
-from telephony.providers.base import ProviderError
 from telephony.models import Call, CallEvent, Listener, PbxAccount, Terminal
+from telephony.providers import registry
+from telephony.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
 
 SECRET_FIELDS = ("password", "api_token", "webhook_secret")
 LIVE_STATUS_FIELDS = ("status", "status_since", "last_event_at", "last_error", "last_error_at")
-# What the PBX told every process about this account (telephony.providers.istra_session).
+# What the PBX told every process about this account (telephony.providers.istra.session).
 PBX_MEMORY_FIELDS = ("login_refusal", "moved_permanently")
 
 
@@ -50,12 +53,12 @@ class PbxAccountAdmin(admin.ModelAdmin):
     list_filter = ("kind", "enabled", "status")
     search_fields = ("name", "base_url", "enterprise", "login")
     readonly_fields = LIVE_STATUS_FIELDS + PBX_MEMORY_FIELDS + (
-        "created_at", "updated_at", "telepo_setup", "call_history_reconcile")
+        "created_at", "updated_at", "provider_notes")
     inlines = [TerminalInline, ListenerInline]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled")}),
         ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region",
-                                   "telepo_setup", "call_history_reconcile")}),
+                                   "provider_notes")}),
         ("Credentials (write-only)", {"fields": SECRET_FIELDS}),
         ("Live status", {"fields": LIVE_STATUS_FIELDS + PBX_MEMORY_FIELDS + ("created_at", "updated_at")}),
     )
@@ -118,35 +121,15 @@ class PbxAccountAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} accounts go back to their base URL at their next login.",
                           messages.SUCCESS)
 
-    @admin.display(description="Telepo setup")
-    def telepo_setup(self, obj):
-        # Telepo lists no users and must be told where to post: say both (the secret stays write-only).
-        if obj is None or obj.kind != PbxAccount.Kind.TELEPO:
-            return "-"
-        return (f"CRM connector webhook URL: {settings.PUBLIC_BASE_URL}/api/telepo/webhook/<webhook secret>. "
-                "Add one terminal per Telepo user: PBX id = userId, extension = the deviceId to call from.")
-
-    @admin.display(description="Calls whose end a socket missed")
-    def call_history_reconcile(self, obj):
-        # myCrm has no list of live calls to catch up from after a reconnect: say what ends a call it missed.
-        from telephony.providers.istra_enduser.backfill import enduser_account_for
-
+    @admin.display(description="About this PBX")
+    def provider_notes(self, obj):
+        # What the account's provider says of it (telephony/providers/<kind>/admin.py): setup, reconciling.
         if obj is None or obj.pk is None:
             return "-"
-        if obj.kind == PbxAccount.Kind.ISTRA_ENDUSER:
-            return ("This account's call history also ends the calls of a myCrm account with the same login on the "
-                    "same server that its sockets saw begin but not end (after each of its reconnects, and every "
-                    "2 minutes), and creates the calls no socket saw.")
-        if obj.kind != PbxAccount.Kind.ISTRA_MYCRM:
+        notes = registry.admin_notes(obj)
+        if not notes:
             return "-"
-        enduser = enduser_account_for(obj)
-        if enduser is not None:
-            return (f"Reconciled after each reconnect from the call history of the End User account "
-                    f"'{enduser.name}' (same login, same server).")
-        return ("No enabled End User account with this login on this server: a call whose end was lost while a "
-                "socket was down is ended (end cause 'swept') once it has had no news for "
-                "CALL_STALE_<STATE>_SECONDS. Add an End User account with the same login to end it from the "
-                "call history right after the reconnect.")
+        return format_html_join(mark_safe("<br>"), "{}: {}", notes)
 
     @admin.action(description="Test the connection (log in and look around)")
     def test_connection(self, request, queryset):

@@ -6,12 +6,6 @@ class TelephonyConfig(AppConfig):
     verbose_name = "Telephony"
 
     def ready(self):
-        # The End User API's voicemail audio (retailCRM's recordUrl of a missed call) and caller-ID
-        # (a click-to-call's shop number) plug into the core's registries (telephony.plugins).
-        from telephony.providers.istra_enduser.plugins import register
-
-        register()
-
         # Logout, deactivation and a password change close the user's open consoles.
         from telephony.console_sessions import connect_signals
 

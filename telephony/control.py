@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Iterable
-from contextlib import nullcontext
 
 from django.db import transaction
 from django.utils import timezone
@@ -19,8 +17,9 @@ from django.utils import timezone
 from accounts.models import Agent
 from telephony import updates as u
 from telephony.models import Call, Listener, PbxAccount, Terminal
-from telephony.providers import PROVIDERS, provider_class, provider_for
+from telephony.providers import registry
 from telephony.providers.base import ActionRefused, ListenerSpec, Provider, ProviderError
+from telephony.providers.registry import cached_provider, one_at_a_time, provider_class, provider_for
 
 logger = logging.getLogger(__name__)
 
@@ -33,52 +32,9 @@ class NoTerminal(ProviderError):
 
 
 # --- A provider per account, reused for REST calls (one login, not one per click) ------
+# The cache is the registry's (``cached_provider``): the providers' own modules use it too.
 
-# An Istra provider's state is its IstraSession, which serialises only its own login and
-# renewal: its REST requests may run side by side, so one slow PBX answer does not queue
-# every other click-to-call of the account behind it. The others keep Provider's contract
-# of one thread at a time.
-PARALLEL_KINDS = frozenset({
-    PbxAccount.Kind.ISTRA_MYCRM, PbxAccount.Kind.ISTRA_MYRCC, PbxAccount.Kind.ISTRA_ENDUSER,
-})
-
-
-def _one_at_a_time(account: PbxAccount, lock: threading.Lock):
-    return nullcontext() if account.kind in PARALLEL_KINDS else lock
-
-
-_providers: dict[int, tuple[object, Provider, threading.Lock]] = {}
-_providers_lock = threading.Lock()
-
-
-def _provider(account: PbxAccount) -> tuple[Provider, threading.Lock]:
-    """Reuse the account's logged-in provider until the account is edited."""
-    with _providers_lock:
-        cached = _providers.get(account.pk)
-        if cached and cached[0] == account.updated_at:
-            return cached[1], cached[2]
-        if cached:
-            _close_quietly(cached[1])
-        provider = provider_for(account)
-        if account.kind in PARALLEL_KINDS:
-            provider.session  # built here, once, not by the first two threads to share it
-        lock = threading.Lock()
-        _providers[account.pk] = (account.updated_at, provider, lock)
-        return provider, lock
-
-
-def _close_quietly(provider: Provider) -> None:
-    try:
-        provider.close()
-    except Exception:  # logging out of a stale session must not fail the new request
-        logger.info("closing a stale provider failed", exc_info=True)
-
-
-def forget_providers() -> None:
-    with _providers_lock:
-        for _, provider, _ in _providers.values():
-            _close_quietly(provider)
-        _providers.clear()
+forget_providers = registry.forget_providers
 
 
 # --- Admin-facing operations ---------------------------------------------------------
@@ -90,7 +46,7 @@ def test_connection(account: PbxAccount) -> str:
 
 def sync_terminals(account: PbxAccount) -> tuple[int, int]:
     """Mirror the PBX's terminal list; returns (seen, deactivated). Agents stay assigned."""
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     with lock:
         infos = provider.fetch_terminals()
     now = timezone.now()
@@ -189,7 +145,7 @@ def _fallback_order(terminal: Terminal) -> tuple:
 @functools.cache
 def _kinds_that_dial() -> tuple[str, ...]:
     """The PBX kinds whose provider places calls (overrides ``Provider.place_call``)."""
-    return tuple(kind for kind in PROVIDERS if provider_class(kind).place_call is not Provider.place_call)
+    return tuple(kind for kind in registry.kinds() if provider_class(kind).place_call is not Provider.place_call)
 
 
 def terminal_for(agent_or_terminal: Agent | Terminal) -> Terminal:
@@ -204,8 +160,8 @@ def terminal_for(agent_or_terminal: Agent | Terminal) -> Terminal:
 def place_call(agent_or_terminal: Agent | Terminal, number: str) -> dict:
     """Dial ``number`` from the agent's terminal; returns the PBX's answer."""
     terminal = terminal_for(agent_or_terminal)
-    provider, lock = _provider(terminal.account)
-    with _one_at_a_time(terminal.account, lock):
+    provider, lock = cached_provider(terminal.account)
+    with one_at_a_time(terminal.account, lock):
         answer = provider.place_call(terminal.pbx_id, number)
     logger.info("placed a call", extra={"account_id": terminal.account_id, "terminal": terminal.pbx_id})
     return answer or {}
@@ -220,7 +176,7 @@ def call_action(call: Call, action: str, payload: dict | None = None) -> dict:
     if call.allowed_actions and action not in call.allowed_actions:
         allowed = ", ".join(call.allowed_actions)
         raise ActionRefused(f"{action} is not possible now (the PBX allows: {allowed})")
-    provider, lock = _provider(call.account)
-    with _one_at_a_time(call.account, lock):
+    provider, lock = cached_provider(call.account)
+    with one_at_a_time(call.account, lock):
         answer = provider.call_action(call, action, payload or {})
     return answer or {}

@@ -3,8 +3,19 @@ from django.db import models
 from django.utils import timezone
 
 from ctihub.lib.secrets import EncryptedTextField
+from telephony.providers import registry
 
 WS_URL_VALIDATOR = URLValidator(schemes=["ws", "wss"])
+
+
+class _Kinds:
+    """``PbxAccount.Kind``: each registered provider's kind as an attribute of its name in capitals."""
+
+    def __getattr__(self, name: str) -> str:
+        kind = name.lower()
+        if name.isupper() and kind in registry.kinds():
+            return kind
+        raise AttributeError(f"no PBX kind {kind!r} is registered (is its provider in INSTALLED_APPS?)")
 
 
 class PbxAccount(models.Model):
@@ -20,11 +31,9 @@ class PbxAccount(models.Model):
     hand.
     """
 
-    class Kind(models.TextChoices):
-        ISTRA_MYCRM = "istra_mycrm", "Istra myCrm (end user, per terminal)"
-        ISTRA_MYRCC = "istra_myrcc", "Istra myRCC (enterprise call control)"
-        ISTRA_ENDUSER = "istra_enduser", "Istra End User API (myIstra)"
-        TELEPO = "telepo", "MiCloud Telepo"
+    #: The registered kinds by name, ``PbxAccount.Kind.TELEPO == "telepo"``: the providers' apps register
+    #: them (``telephony.providers.registry``); the core names none.
+    Kind = _Kinds()
 
     class Status(models.TextChoices):
         DISABLED = "disabled", "Disabled"
@@ -34,7 +43,7 @@ class PbxAccount(models.Model):
         FAILED = "failed", "Failed (needs an admin)"
 
     name = models.CharField(max_length=100, unique=True)
-    kind = models.CharField(max_length=20, choices=Kind.choices)
+    kind = models.CharField(max_length=20, choices=registry.kind_choices)
     base_url = models.URLField(
         max_length=300, help_text="Istra: https://HOST/restletrouter. Telepo: https://HOST."
     )
@@ -69,7 +78,7 @@ class PbxAccount(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     # Istra suspends an account after too many failed logins in a row (myIstra doc, "Istra Password Policy"):
     # once a login is refused, every process holds its logins with these credentials until an admin saves the
-    # account or ISTRA_LOGIN_COOLDOWN_SECONDS pass (telephony.providers.istra_session). Kept here, not in
+    # account or ISTRA_LOGIN_COOLDOWN_SECONDS pass (telephony.providers.istra.session). Kept here, not in
     # Redis, so the admin shows it next to the status and any save of the account clears it.
     login_refused_at = models.DateTimeField(
         "login refused at", null=True, blank=True, help_text="Last refused (or re-tried) Istra login."

@@ -13,7 +13,7 @@ from its ``AppConfig.ready()``, as ``crm_sync`` does (``crm_sync/plugins.py``):
   fields it adds to each call's card, for many calls at once (every frame's cards ask).
 * audio sources — ``register_audio_source(source)``: audio of a call (a recording, a voicemail) for
   whoever plays it (retailCRM's ``recordUrl``). The PBX providers register theirs
-  (``telephony.apps``); the CRM side asks ``has_audio``, ``awaits_audio`` and ``open_audio``.
+  (their ``AppConfig.ready()``); the CRM side asks ``has_audio``, ``awaits_audio`` and ``open_audio``.
 * caller-ID presenters — ``register_caller_id_presenter(name, fn)``: ``fn(terminal, phone) -> bool``
   shows ``phone`` as the caller-ID of the next call from ``terminal`` (True once the PBX took it).
   The PBX providers that can register theirs; ``present_caller_id`` asks them in turn.

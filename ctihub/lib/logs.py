@@ -15,15 +15,29 @@ import re
 from datetime import datetime, timezone
 
 ID_FIELDS = ("account_id", "listener_id", "call_id")
-# URL paths whose last segment is a credential (Telepo's webhook secret, a signed recordUrl):
-# Django logs the path of every 4xx/5xx ("Bad Request: /api/telepo/webhook/<secret>").
-_SECRET_PATH = re.compile(r"(/api/telepo/webhook/|/api/retailcrm/records/)[^\s/?\"']+")
+# URL paths whose last segment is a credential (a PBX webhook's secret, a signed recordUrl): Django
+# logs the path of every 4xx/5xx ("Bad Request: /api/<pbx>/webhook/<secret>"). The apps that serve
+# such paths add their prefixes (``add_secret_path``) from ``AppConfig.ready()``.
+_secret_prefixes: list[str] = []
+_SECRET_PATH: re.Pattern | None = None
+
+
+def add_secret_path(prefix: str) -> None:
+    """Mask, in every log line, the path segment that follows ``prefix`` (e.g. "/api/x/webhook/")."""
+    global _SECRET_PATH
+    if prefix in _secret_prefixes:
+        return
+    _secret_prefixes.append(prefix)
+    alternatives = "|".join(re.escape(known) for known in _secret_prefixes)
+    _SECRET_PATH = re.compile(rf"({alternatives})[^\s/?\"']+")
 
 
 def mask_secrets(text: str) -> str:
     from ctihub.lib.http_client import mask_url
 
-    return mask_url(_SECRET_PATH.sub(r"\1***", text))
+    if _SECRET_PATH is not None:
+        text = _SECRET_PATH.sub(r"\1***", text)
+    return mask_url(text)
 
 
 class ContextFilter(logging.Filter):

@@ -1,31 +1,17 @@
-"""One package per PBX API, the same files in each.
+"""The PBX providers: one Django app per PBX API, the same files in each.
 
-``telephony/providers/<kind>/`` holds ``transport.py`` (the ``Provider``
-subclass: REST calls and sockets), ``frames.py`` (PBX frames into
-``CallUpdate``), ``views.py`` where the PBX calls us, and ``tests/`` with the
-specs' payloads as fixtures. Adding a PBX means copying one folder and adding a
-line to ``PROVIDERS``.
+``telephony/providers/<kind>/`` holds ``apps.py`` (its ``AppConfig``: registers the kind, its Provider
+class, its capabilities, URL prefix, beat entries and admin notes with ``registry``), ``transport.py``
+(the ``Provider`` subclass: REST calls and sockets), ``frames.py`` (PBX frames into ``CallUpdate``),
+``tasks.py`` (its Celery tasks), ``urls.py`` and ``views.py`` (where the PBX or the console calls us),
+``admin.py`` (what the account's admin page says about it) and ``tests/`` with the specs' payloads as
+fixtures; a file stays, with a docstring, where a provider has nothing of the kind. Adding a PBX means
+adding one folder and its line in ``INSTALLED_APPS``: nothing outside the folder names it
+(``tests/test_provider_isolation.py``). ``istra/`` is not a provider: what the three Istra APIs share.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+from telephony.providers.registry import provider_class, provider_for
 
-PROVIDERS = {
-    "istra_mycrm": "telephony.providers.istra_mycrm.transport.MyCrmProvider",
-    "istra_myrcc": "telephony.providers.istra_myrcc.transport.MyRccProvider",
-    "istra_enduser": "telephony.providers.istra_enduser.transport.EndUserProvider",
-    "telepo": "telephony.providers.telepo.transport.TelepoProvider",
-}
-
-
-def provider_class(kind: str):
-    try:
-        module_path, class_name = PROVIDERS[kind].rsplit(".", 1)
-    except KeyError:
-        raise LookupError(f"no provider for PBX kind {kind!r}") from None
-    return getattr(import_module(module_path), class_name)
-
-
-def provider_for(account, http=None):
-    return provider_class(account.kind)(account, http=http)
+__all__ = ["provider_class", "provider_for"]

@@ -14,11 +14,12 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import websocket
 
+from ctihub.lib import trust_store as trust_stores
 from telephony.updates import CallUpdate
 
 
@@ -59,6 +60,15 @@ class NotSupported(ProviderError):
     def __init__(self, message: str, **kwargs):
         kwargs.setdefault("permanent", True)
         super().__init__(message, **kwargs)
+
+
+def trust_store(ca_bundle: str) -> bool | str:
+    """What to verify the PBX's certificate against (``ctihub.lib.trust_store``): the system CAs plus the
+    account's PEM; a bundle that is not PEM is the admin's to fix (a permanent ``ProviderError``)."""
+    try:
+        return trust_stores.trust_store(ca_bundle)
+    except trust_stores.NotPem as exc:
+        raise ProviderError(str(exc), permanent=True) from None
 
 
 class StreamClosed(Exception):
@@ -137,7 +147,7 @@ class WebSocketStream(EventStream):
 
     @classmethod
     def connect(cls, url: str, *, headers: list[str], timeout: float, sslopt: dict | None = None,
-                keepalive_frame: dict | None = None) -> "WebSocketStream":
+                keepalive_frame: dict | None = None) -> WebSocketStream:
         try:
             # UTF-8 is checked by ``recv``'s strict decode, in C: websocket-client's own check walks each
             # frame byte by byte in Python, a third of a millisecond for a myCrm frame.
@@ -279,6 +289,10 @@ class Provider:
         """Clean shutdown: delete the listener at the PBX and close the socket."""
         if stream is not None:
             stream.close()
+
+    def prepare_shared(self) -> None:
+        """Build what threads sharing this provider use, once, before they do (a provider whose
+        capabilities allow parallel requests; ``registry.cached_provider``)."""
 
     def close(self) -> None:
         """Log out and release connections."""

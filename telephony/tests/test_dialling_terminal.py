@@ -27,7 +27,7 @@ class DialRecorder:
 @pytest.fixture
 def pbx(monkeypatch):
     recorder = DialRecorder()
-    monkeypatch.setattr(control, "_provider", lambda account: (recorder, threading.Lock()))
+    monkeypatch.setattr(control, "cached_provider", lambda account: (recorder, threading.Lock()))
     return recorder
 
 

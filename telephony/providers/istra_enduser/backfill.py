@@ -72,7 +72,8 @@ LIVE_MATCH_SLACK = timedelta(seconds=5)
 # Shortened by the end-to-end tests (a real worker, so only the environment reaches it).
 SETTLE_AFTER = timedelta(seconds=int(os.environ.get("ENDUSER_BACKFILL_SETTLE_SECONDS", "60")))
 HORIZON = timedelta(days=2)
-SOCKET_KINDS = (PbxAccount.Kind.ISTRA_MYCRM, PbxAccount.Kind.ISTRA_MYRCC)
+# Plain strings: read when the module is imported, which need not wait for every provider to register.
+SOCKET_KINDS = ("istra_mycrm", "istra_myrcc")
 
 
 @dataclass
@@ -184,9 +185,9 @@ def _end_live_call(call: Call, entry: frames.HistoryEntry, report: BackfillRepor
 
 
 def _fetch_history(account: PbxAccount) -> list[frames.HistoryEntry]:
-    from telephony.control import _provider
+    from telephony.providers.registry import cached_provider
 
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     with lock:
         return provider.history()
 

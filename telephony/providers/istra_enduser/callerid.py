@@ -70,7 +70,7 @@ def enduser_account_for(terminal: Terminal) -> PbxAccount | None:
 
 def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
     """Set the caller-ID to ``external_phone`` for the next call; True once the PBX accepted it."""
-    from telephony.control import _provider
+    from telephony.providers.registry import cached_provider
     from telephony.providers.istra_enduser.tasks import enqueue, restore_caller_id_task
 
     account = enduser_account_for(terminal)
@@ -81,7 +81,7 @@ def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
         logger.warning("not presenting %r: not a phone number", external_phone, extra={"account_id": account.pk})
         return False
     key = SAVED_KEY.format(account.pk)
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     saved_now = False
     try:
         with lock:
@@ -102,7 +102,7 @@ def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
 
 def restore_caller_id(account_id: int) -> str:
     """'restored', 'nothing to restore', or 'waiting' (a call is still being set up: ask again later)."""
-    from telephony.control import _provider
+    from telephony.providers.registry import cached_provider
 
     client = _redis()
     key = SAVED_KEY.format(account_id)
@@ -122,7 +122,7 @@ def restore_caller_id(account_id: int) -> str:
     if account is None:
         client.delete(key)
         return "nothing to restore"
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     with lock:
         provider.restore_caller_id(CallerId(str(saved.get("choice") or ""), str(saved.get("number") or "")))
     client.delete(key)

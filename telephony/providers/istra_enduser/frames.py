@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from telephony import updates as u
-from telephony.providers.istra_session import read_count, read_flag, read_text
+from telephony.providers.istra.framing import read_count, read_flag, read_text
 from telephony.updates import CallUpdate, FrameRejected
 
 COUNTERS_MODEL = "v1/data/RestletApiSessionCounters"

@@ -1,4 +1,4 @@
-"""What the End User API adds to the core's plug-in points (``telephony.plugins``), when telephony is ready.
+"""What the End User API adds to the core's plug-in points (``telephony.plugins``), from its ``apps.py``.
 
 Voicemail audio (``recordings.py``) is an audio source: the recording retailCRM plays for a missed
 call. Its caller-ID setting (``callerid.py``) is a caller-ID presenter: a click-to-call shows the

@@ -1,7 +1,7 @@
 """Celery tasks of the End User provider: small, id in.
 
-Registered with ``app.autodiscover_tasks(["telephony.providers.istra_enduser"])``
-in ``ctihub/celery.py``; the beat schedule there runs ``backfill_enduser_accounts_task``.
+Found by Celery's autodiscovery (this app is installed); its beat entry (``apps.py``) runs
+``backfill_enduser_accounts_task``.
 ``reconcile_after_reconnect_task`` is queued by the myCrm provider each time one of
 its sockets (re)connects (``istra_mycrm.transport.MyCrmProvider.open_stream``).
 """

@@ -1,7 +1,7 @@
 """Centile Istra End User REST API (myIstra): one agent's own view of their telephony.
 
 One account is one end user (``ENDUSER:<login>``). The session is the shared
-Istra one (``istra_session.IstraSession``: Basic login with ``X-Application:
+Istra one (``istra.session.IstraSession``: Basic login with ``X-Application:
 myIstra``, the ``myIstra_SESSIONID`` cookie, the CSRF token re-read from every
 answer, a new login and one retry when the 30-minute inactivity expiry hit,
 ``{code, message}`` errors said plainly, gzip). What differs lives here:
@@ -42,8 +42,8 @@ import requests
 
 from ctihub.lib.http_client import HttpError
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
+from telephony.providers.istra.session import IstraSession, enduser_username
 from telephony.providers.istra_enduser import frames
-from telephony.providers.istra_session import IstraSession, enduser_username
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,9 @@ class EndUserProvider(Provider):
     kind = "istra_enduser"
     actions = ()
     holds_sockets = True
+
+    def prepare_shared(self) -> None:
+        self.session  # the one IstraSession every thread of the cached provider shares
 
     @cached_property
     def session(self) -> EndUserSession:

@@ -27,6 +27,7 @@ from telephony.console import viewer_for
 from telephony.models import PbxAccount, Terminal
 from telephony.providers.base import ProviderError
 from telephony.providers.istra_enduser import frames
+from telephony.providers.registry import cached_provider
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,6 @@ def _account(request, account_id: int) -> PbxAccount:
     if account is None or not (viewer.is_supervisor or _accounts_of(viewer).filter(pk=account.pk).exists()):
         raise Http404("no such voicemail box")  # the same answer for "not yours" and "does not exist"
     return account
-
-
-def _provider(account: PbxAccount):
-    from telephony.control import _provider as cached_provider
-
-    return cached_provider(account)
 
 
 def _pbx_error(exc: ProviderError) -> JsonResponse:
@@ -78,7 +73,7 @@ def voicemail_list(request):
     viewer = viewer_for(request.user)
     boxes = []
     for account in _accounts_of(viewer):
-        provider, lock = _provider(account)
+        provider, lock = cached_provider(account)
         box = {"account": account.pk, "name": account.name, "voicemails": [], "counters": None, "error": ""}
         try:
             with lock:
@@ -99,7 +94,7 @@ def voicemail_read(request, account_id: int, voicemail_id: str):
     read = _body(request).get("read")
     if not isinstance(read, bool):
         return JsonResponse({"ok": False, "error": 'say {"read": true} or {"read": false}'}, status=400)
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     try:
         with lock:
             voicemail = provider.mark_voicemail(voicemail_id, read)
@@ -114,7 +109,7 @@ def voicemail_delete(request, account_id: int, voicemail_id: str):
     account = _account(request, account_id)
     if _body(request).get("confirm") is not True:
         return JsonResponse({"ok": False, "error": "deleting a voicemail cannot be undone: confirm it"}, status=400)
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     try:
         with lock:
             provider.delete_voicemail(voicemail_id)
@@ -132,7 +127,7 @@ def voicemail_call_me(request, account_id: int, voicemail_id: str):
     terminal = Terminal.objects.filter(account=account, active=True).order_by("id").first()
     if terminal is None:
         return JsonResponse({"ok": False, "error": "this voicemail box has no terminal to ring"}, status=409)
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     try:
         with lock:
             voicemail = provider.voicemail(voicemail_id)
@@ -150,7 +145,7 @@ def voicemail_audio(request, account_id: int, voicemail_id: str, audio_format: s
     account = _account(request, account_id)
     if audio_format not in frames.AUDIO_FORMATS:
         raise Http404("no such audio format")
-    provider, lock = _provider(account)
+    provider, lock = cached_provider(account)
     try:
         with lock:
             audio = provider.voicemail_audio(voicemail_id, audio_format)

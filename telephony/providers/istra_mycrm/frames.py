@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from telephony import updates as u
 from telephony.providers import unexpected
-from telephony.providers.istra_session import frame_items, read_count, read_flag, read_text
+from telephony.providers.istra.framing import frame_items, read_count, read_flag, read_text
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ import json
 from functools import cached_property
 
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
+from telephony.providers.istra.session import IstraSession, enduser_username
 from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
-from telephony.providers.istra_session import IstraSession, enduser_username
 from telephony.updates import CallUpdate
 
 APP = "myCrm"
@@ -56,6 +56,9 @@ class MyCrmProvider(Provider):
     kind = "istra_mycrm"
     actions = ()
     holds_sockets = True
+
+    def prepare_shared(self) -> None:
+        self.session  # the one IstraSession every thread of the cached provider shares
 
     @cached_property
     def session(self) -> IstraSession:

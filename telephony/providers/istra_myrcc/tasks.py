@@ -6,8 +6,7 @@ then (a 404, a 5xx, no answer) must not keep the listener from connecting: its c
 left as it is and the line is pulled again here, later, on a session of its own, a few
 times (``PULL_RETRY_DELAYS``). Past those the next reconnect asks again.
 
-Registered with ``app.autodiscover_tasks(["telephony.providers.istra_myrcc"])`` in
-``ctihub/celery.py``.
+Found by Celery's autodiscovery (this app is installed).
 """
 
 from __future__ import annotations

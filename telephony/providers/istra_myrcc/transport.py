@@ -29,8 +29,16 @@ from urllib.parse import quote
 
 from telephony import updates as u
 from telephony.providers.base import (
-    ActionRefused, EventStream, ListenerSpec, Provider, ProviderError, SessionExpired, TerminalInfo,
+    ActionRefused,
+    EventStream,
+    ListenerSpec,
+    Provider,
+    ProviderError,
+    SessionExpired,
+    TerminalInfo,
 )
+from telephony.providers.istra.framing import frame_items
+from telephony.providers.istra.session import IstraSession, rcc_username
 from telephony.providers.istra_myrcc.frames import (
     ACTION_NAMES,
     EXTENSION_URI_PREFIX,
@@ -40,7 +48,6 @@ from telephony.providers.istra_myrcc.frames import (
     line_id_of,
     parse_myrcc_frame,
 )
-from telephony.providers.istra_session import IstraSession, frame_items, rcc_username
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,9 @@ class MyRccProvider(Provider):
     kind = "istra_myrcc"
     actions = tuple(RCC_ACTIONS)
     holds_sockets = True
+
+    def prepare_shared(self) -> None:
+        self.session  # the one IstraSession every thread of the cached provider shares
 
     @cached_property
     def session(self) -> IstraSession:

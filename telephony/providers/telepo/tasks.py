@@ -1,7 +1,7 @@
 """Celery tasks of the Telepo provider: snapshot reconciles, small and id in.
 
-Registered with ``app.autodiscover_tasks(["telephony.providers.telepo"])`` in
-``ctihub/celery.py``; the beat schedule there runs ``reconcile_telepo_accounts_task``.
+Found by Celery's autodiscovery (this app is installed); its beat entry (``apps.py``) runs
+``reconcile_telepo_accounts_task``.
 """
 
 from __future__ import annotations

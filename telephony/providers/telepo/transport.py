@@ -26,8 +26,7 @@ from django.utils import timezone
 from ctihub.lib.http_client import HttpClient, HttpError
 from ctihub.lib.phones import e164_or_empty
 from telephony import updates as u
-from telephony.providers.base import ActionRefused, NotSupported, Provider, ProviderError, StateConflict
-from telephony.providers.istra_session import trust_store
+from telephony.providers.base import ActionRefused, NotSupported, Provider, ProviderError, StateConflict, trust_store
 
 logger = logging.getLogger(__name__)
 

@@ -38,15 +38,12 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from datetime import timedelta
 from http.cookiejar import DefaultCookiePolicy
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import certifi
 import requests
 from django.conf import settings
 from django.db import DatabaseError
@@ -54,8 +51,8 @@ from django.utils import timezone
 
 from ctihub.lib.http_client import HttpClient, HttpError
 from telephony.models import PbxAccount
-from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream
-from telephony.updates import FrameRejected
+from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream, trust_store
+from telephony.providers.istra.errors import LoginHeld, error_from_response, session_lost
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +62,6 @@ LISTENER_PATH = "v1/service/EventListener/bean"
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 PERMANENT_REDIRECTS = (301, 308)
-
-
-class LoginHeld(ProviderError):
-    """No login sent: these credentials were refused lately (see the module doc).
-
-    Its status is the refusal's 401, so what tells a refused login from a failed request (myRCC's
-    line pulls) tells this one too.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(message, permanent=True, status=401)
 
 
 def enduser_username(login: str) -> str:
@@ -188,7 +174,7 @@ class IstraSession:
     def _credentials(self) -> str:
         """A keyed hash of the user name and password: which credentials a refusal is about."""
         secret = settings.SECRET_KEY.encode("utf-8")
-        message = f"{self.username}\n{self.account.password}".encode("utf-8")
+        message = f"{self.username}\n{self.account.password}".encode()
         return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
 
     def _shared_state(self) -> dict | None:
@@ -317,7 +303,7 @@ class IstraSession:
         self.ensure_logged_in()
         token_used = self._token
         response = self._send_on_session(method, path, params, body, retry_on_timeout)
-        if _session_lost(response):
+        if session_lost(response):
             if not relogin:
                 raise error_from_response(response, self.app, f"{method} {path}")
             logger.info("%s session expired (HTTP %s); logging in again", self.app, response.status_code)
@@ -508,7 +494,7 @@ def _when(moment) -> str:
 # --- Istra's answers --------------------------------------------------------------------------
 
 def _basic_authorization(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def _token_from(response: requests.Response, app: str) -> str | None:
@@ -539,160 +525,7 @@ def _set_cookie_headers(response: requests.Response) -> list[str]:
     return [value] if value else []
 
 
-def _error_fields(response: requests.Response) -> tuple[str, str]:
-    try:
-        body = response.json()
-    except ValueError:
-        return "", response.text.strip()[:200]
-    if not isinstance(body, dict):
-        return "", ""
-    return str(body.get("code") or ""), str(body.get("message") or body.get("firstMessage") or "")
-
-
-def _session_lost(response: requests.Response) -> bool:
-    """Istra forgot (or refuses) our session, as opposed to refusing the user."""
-    if response.status_code == 401:
-        return _error_fields(response)[0] != "MYCRM_ERR_403"
-    if response.status_code == 403:
-        return _error_fields(response)[0] == "ROUTER_ERR_400"
-    return False
-
-
-def error_from_response(
-    response: requests.Response, app: str, what: str, *, during_login: bool = False
-) -> ProviderError:
-    """Istra's error answer, said for an admin, with ``permanent`` set when retrying cannot help."""
-    status = response.status_code
-    code, message = _error_fields(response)
-    said = f" ({code}: {message})" if code else (f" ({message})" if message else "")
-    fields = {"code": code, "status": status}
-    if status == 401 and code == "MYCRM_ERR_403":
-        return ProviderError(
-            f"Istra refused {what}: the user's extension is not allowed to use myCrm{said}. "
-            "Enable the CRM rights for this user in Istra's web administration.",
-            permanent=True, **fields,
-        )
-    if status == 401 and during_login:
-        credentials = "login, password and enterprise" if app == "myRCC" else "login and password"
-        return ProviderError(f"Istra {app} refused {what}{said}: check the {credentials}", permanent=True, **fields)
-    if status == 401:
-        return SessionExpired(f"Istra {app} session expired during {what}{said}", **fields)
-    if status == 403 and code == "ROUTER_ERR_400":
-        return SessionExpired(
-            f"Istra {app} says the session cookie does not match the authorisation sent, during {what}{said}",
-            **fields,
-        )
-    if status == 400 and code == "ERR_0":
-        return ProviderError(f"Istra {app} refused {what} as a bad request{said}", permanent=True, **fields)
-    if status == 512:
-        return ProviderError(f"Istra {app}: the terminal is out of service, during {what}{said}", **fields)
-    if status == 503 and code == "ROUTER_ERR_503":
-        return ProviderError(
-            f"Istra {app}: the telephony core (IPTC) is not started, during {what}{said}", **fields
-        )
-    if status >= 500 or status in (408, 429):
-        return ProviderError(f"Istra {app} failed {what}: HTTP {status}{said}", **fields)
-    return ProviderError(f"Istra {app} refused {what}: HTTP {status}{said}", permanent=True, **fields)
-
-
-# --- TLS ------------------------------------------------------------------------------------------
-
-_trust_files: dict[str, str] = {}
-_trust_files_lock = threading.Lock()
-
-
-def trust_store(ca_bundle: str) -> bool | str:
-    """What to verify the PBX's certificate against: the system CAs plus the account's PEM.
-
-    Verification is never turned off. A bundle becomes one file per distinct
-    content, written once per process, so reconnecting does not pile up files.
-    """
-    pem = (ca_bundle or "").strip()
-    if not pem:
-        return True
-    if "-----BEGIN CERTIFICATE-----" not in pem:
-        raise ProviderError("the account's trusted CA bundle is not PEM text (-----BEGIN CERTIFICATE-----)",
-                            permanent=True)
-    digest = hashlib.sha256(pem.encode("utf-8")).hexdigest()[:24]
-    with _trust_files_lock:
-        path = _trust_files.get(digest)
-        if path and os.path.exists(path):
-            return path
-        with open(certifi.where(), encoding="utf-8") as system_cas:
-            combined = system_cas.read().rstrip("\n") + "\n" + pem + "\n"
-        path = os.path.join(tempfile.gettempdir(), f"ctihub-ca-{digest}.pem")
-        fd, partial = tempfile.mkstemp(prefix="ctihub-ca-", suffix=".partial")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(combined)
-        os.replace(partial, path)
-        _trust_files[digest] = path
-        return path
-
-
 def _ignore_cookie_jar(http: HttpClient) -> None:
     # The session cookie travels in our explicit Cookie header only; a jar copy
     # would be sent alongside it on login (a stale session) and not to a redirect host.
     http.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-
-
-# --- websocket frames -------------------------------------------------------------------------------
-
-def frame_items(text: str) -> list[dict]:
-    """The items of an Istra event frame ``{"listenerName": .., "item": [..]}``.
-
-    Also reads a ``{"count": .., "results": [..]}`` list (myRCC's GET CallLine),
-    which carries the same items. Numbers stay strings, so a 64-bit id never
-    passes through a float.
-    """
-    try:
-        data = json.loads(text, parse_int=str, parse_float=str)
-    except (TypeError, ValueError) as exc:
-        raise FrameRejected(f"not JSON: {exc}") from None
-    except RecursionError:  # nested deeper than the decoder goes: no PBX frame looks like that
-        raise FrameRejected("not JSON: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise FrameRejected("an Istra frame is a JSON object")
-    items = data.get("item", data.get("results"))
-    if isinstance(items, dict):
-        items = [items]
-    if not isinstance(items, list):
-        raise FrameRejected("an Istra frame has an item list")
-    if not all(isinstance(item, dict) for item in items):
-        raise FrameRejected("every item of an Istra frame is an object")
-    return items
-
-
-def read_text(item: dict, key: str) -> str | None:
-    """A string field; None when absent or empty (Istra sends "" for "nothing to show")."""
-    value = item.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise FrameRejected(f"{key} is not text: {value!r}")
-    return value
-
-
-def read_flag(item: dict, key: str) -> bool | None:
-    value = item.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return value
-    if value in ("true", "false"):
-        return value == "true"
-    raise FrameRejected(f"{key} is not true or false: {value!r}")
-
-
-# Counts, durations and epoch milliseconds fit in 20 digits; a longer string is not one
-# (and int() refuses strings past 4300 digits with a ValueError a socket would die of).
-MAX_COUNT_DIGITS = 20
-
-
-def read_count(item: dict, key: str) -> int | None:
-    """A non-negative integer the PBX may send as a number or as a string of digits."""
-    value = item.get(key)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_COUNT_DIGITS:
-        return int(value)
-    raise FrameRejected(f"{key} is not a whole number: {value[:40] if isinstance(value, str) else value!r}")

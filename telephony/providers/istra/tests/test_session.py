@@ -17,11 +17,11 @@ from requests.adapters import HTTPAdapter
 from urllib3 import HTTPHeaderDict, HTTPResponse
 
 from ctihub.lib.http_client import HttpClient
-from telephony.providers.base import ProviderError, SessionExpired
-from telephony.providers import istra_session
-from telephony.providers.istra_session import IstraSession, enduser_username, rcc_username, trust_store
+from telephony.providers.base import ProviderError, SessionExpired, trust_store
+from telephony.providers.istra import session as istra_session
+from telephony.providers.istra.session import IstraSession, enduser_username, rcc_username
 
-MYCRM_FIXTURES = Path(__file__).resolve().parents[1] / "istra_mycrm" / "tests" / "fixtures"
+MYCRM_FIXTURES = Path(__file__).resolve().parents[2] / "istra_mycrm" / "tests" / "fixtures"
 BASE_URL = "http://istra1/restletrouter"
 SESSION_ID = "3353130538180092770"
 

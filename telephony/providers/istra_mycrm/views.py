@@ -1,0 +1,1 @@
+"""Views of the myCrm provider: none (see ``urls.py``)."""

@@ -1,0 +1,19 @@
+from django.apps import AppConfig
+
+
+class IstraMyRccConfig(AppConfig):
+    """Centile Istra myRCC: an enterprise's call lines, over one RCC administrator's session."""
+
+    name = "telephony.providers.istra_myrcc"
+    verbose_name = "Istra myRCC"
+
+    def ready(self):
+        from telephony.providers import registry
+
+        registry.register(registry.ProviderApp(
+            kind="istra_myrcc",
+            label="Istra myRCC (enterprise call control)",
+            provider="telephony.providers.istra_myrcc.transport.MyRccProvider",
+            capabilities=registry.Capabilities(parallel_requests=True),  # one shared IstraSession
+            admin_notes="telephony.providers.istra_myrcc.admin.notes",
+        ))

@@ -1,0 +1,1 @@
+"""Views of the myRCC provider: none (see ``urls.py``)."""

@@ -1,0 +1,32 @@
+from django.apps import AppConfig
+
+URL_PREFIX = "api/telepo/"
+
+
+class TelepoConfig(AppConfig):
+    """MiCloud Telepo: REST call control; call events come to our CRM connector webhook."""
+
+    name = "telephony.providers.telepo"
+    verbose_name = "MiCloud Telepo"
+
+    def ready(self):
+        from telephony.providers import registry
+
+        registry.register(registry.ProviderApp(
+            kind="telepo",
+            label="MiCloud Telepo",
+            provider="telephony.providers.telepo.transport.TelepoProvider",
+            url_prefix=URL_PREFIX,  # the CRM connector webhook
+            beat={
+                # Bring every user's calls to the PBX's call-state snapshot: a missed webhook never leaves a call stuck.
+                "telepo-reconcile": {
+                    "task": "telephony.providers.telepo.tasks.reconcile_telepo_accounts_task",
+                    "schedule": 60.0,
+                },
+            },
+            admin_notes="telephony.providers.telepo.admin.notes",
+        ))
+        # The webhook's last segment is its secret: never in a log line.
+        from ctihub.lib import logs
+
+        logs.add_secret_path(f"/{URL_PREFIX}webhook/")
