@@ -142,8 +142,12 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
 
 try:  # psycopg 3 (Django's names, as its create_cursor uses them)
     from django.db.backends.postgresql.base import TIMESTAMPTZ_OID as _TIMESTAMPTZ_OID
-    from django.db.backends.postgresql.base import ServerBindingCursor as _ServerBindingCursor
-    from django.db.backends.postgresql.psycopg_any import register_tzloader as _register_tzloader
+    from django.db.backends.postgresql.base import (
+        ServerBindingCursor as _ServerBindingCursor,
+    )
+    from django.db.backends.postgresql.psycopg_any import (
+        register_tzloader as _register_tzloader,
+    )
     from psycopg.pq import Format
 
     _TEXT = Format.TEXT

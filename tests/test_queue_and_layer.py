@@ -3,9 +3,8 @@
 import asyncio
 import uuid
 
-import redis.connection
-
 import pytest
+import redis.connection
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 
