@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import pytest
+import redis.connection
 from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import channel_layers
 
@@ -90,16 +91,17 @@ def test_it_pipelines_a_burst_of_cards_to_their_groups_in_order_in_two_round_tri
         channels = loop.run_until_complete(members(layer, groups[:2]))
         client = _redis_client(layer)
         round_trips = []
-        real_execute = type(client.pipeline()).execute
+        real_send = redis.connection.Connection.send_packed_command
         sends = [(group, {"type": "call.card", "n": n}) for n in range(3) for group in groups]
 
-        def counting_execute(pipe, *args, **kwargs):
-            round_trips.append(len(pipe.command_stack))
-            return real_execute(pipe, *args, **kwargs)
+        def counting_send(connection, *args, **kwargs):
+            round_trips.append(args)
+            return real_send(connection, *args, **kwargs)
 
         import unittest.mock
 
-        with unittest.mock.patch.object(type(client.pipeline()), "execute", counting_execute):
+        client.ping()  # connected: the connection's own handshake is not one of the round trips counted
+        with unittest.mock.patch.object(redis.connection.Connection, "send_packed_command", counting_send):
             _group_send_pipelined(layer, client, sends)
         assert len(round_trips) == 2
         supervisors = loop.run_until_complete(received(layer, channels[groups[0]], 3))
@@ -110,6 +112,38 @@ def test_it_pipelines_a_burst_of_cards_to_their_groups_in_order_in_two_round_tri
         client.close()
     finally:
         loop.close()
+
+
+def test_it_reads_every_reply_of_a_round_trip_before_raising_an_error_reply():
+    """The publisher's connection stays in step with Redis when one command of a batch fails."""
+    from telephony.publish import _redis_client, _Wire
+
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+    wire = _Wire(_redis_client(layer))
+    key = f"wire-{uuid.uuid4().hex}"
+    try:
+        wire.execute([("SET", key, "a string")])
+        with pytest.raises(redis.ResponseError):
+            wire.execute([("LPUSH", key, b"x"), ("GET", key), ("STRLEN", key)])  # LPUSH on a string: an error
+        assert wire.execute([("GET", key), ("DEL", key)]) == [b"a string", 1]  # the next replies are its own
+    finally:
+        wire.client.delete(key)
+        wire.close()
+
+
+def test_it_connects_again_after_a_round_trip_that_failed():
+    from telephony.publish import _redis_client, _Wire
+
+    layer = channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+    wire = _Wire(_redis_client(layer))
+    try:
+        assert wire.execute([("PING",)]) == [b"PONG"]
+        wire._connection._sock.close()  # Redis went away under it
+        with pytest.raises(redis.ConnectionError):
+            wire.execute([("ECHO", "lost")])
+        assert wire.execute([("ECHO", "back"), ("ECHO", 7), ("ECHO", 0.5)]) == [b"back", b"7", b"0.5"]
+    finally:
+        wire.close()
 
 
 def test_it_answers_a_client_asked_of_a_closed_broker_connection_with_a_connection_error():

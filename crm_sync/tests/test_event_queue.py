@@ -167,9 +167,9 @@ def test_it_hands_a_frames_call_to_the_crm_in_the_cards_pipeline_without_apply_a
         hand_off_queue, monkeypatch, django_capture_on_commit_callbacks):
     # Celery's apply_async, once a change, was a third of the socket worker's CPU for a frame.
     from celery import Task
-    from redis.client import Pipeline
 
     from crm_sync.models import RetailCrmIntegration
+    from telephony import publish
     from telephony.domain import apply_call_updates
     from telephony.models import Call
     from telephony.publish import publisher
@@ -180,14 +180,14 @@ def test_it_hands_a_frames_call_to_the_crm_in_the_cards_pipeline_without_apply_a
     terminal = make_terminal(account)
     applied = []
     monkeypatch.setattr(Task, "apply_async", lambda task, *args, **kwargs: applied.append(task.name))
-    pipelines = []
-    real_execute = Pipeline.execute
+    pipelines = []  # the commands of each round trip the publisher sends
+    real_pack = publish._pack
 
-    def counting(pipe, *args, **kwargs):
-        pipelines.append([command[0][0] for command in pipe.command_stack])
-        return real_execute(pipe, *args, **kwargs)
+    def counting(commands):
+        pipelines.append([command[0] for command in commands])
+        return real_pack(commands)
 
-    monkeypatch.setattr(Pipeline, "execute", counting)
+    monkeypatch.setattr(publish, "_pack", counting)
     with django_capture_on_commit_callbacks(execute=True):
         apply_call_updates(_burst(account, terminal))
     publisher.drain(timeout=10)

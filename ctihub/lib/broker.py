@@ -118,6 +118,8 @@ def task_message(task, args: tuple) -> tuple[str, str, bytes]:
     from kombu.utils.uuid import uuid
 
     queue, delivery_mode, repr_maxlevels = _direct(task)
+    # A shared task is a proxy that looks the task up again on every attribute read: once a message.
+    task = task._get_current_object() if hasattr(type(task), "_get_current_object") else task
     app = task.app
     amqp = app.amqp
     task_id = uuid()
@@ -126,8 +128,10 @@ def task_message(task, args: tuple) -> tuple[str, str, bytes]:
         task_id, task.name, args, {}, reply_to=app.thread_oid, origin=_origin_name(),
         root_id=parent and (parent.request.root_id or parent.request.id), parent_id=parent and parent.request.id,
         ignore_result=task.ignore_result,
-        # What as_task_v2 would write, without reading Celery's settings twice a message.
-        argsrepr=saferepr(args, amqp.argsrepr_maxsize, maxlevels=repr_maxlevels),
+        # What as_task_v2 would write, without reading Celery's settings twice a message. The event path's
+        # arguments are a few ids, whose saferepr is their repr (the slow generic walk is for the rest).
+        argsrepr=(repr(args) if len(args) < 8 and all(type(arg) is int for arg in args)
+                  else saferepr(args, amqp.argsrepr_maxsize, maxlevels=repr_maxlevels)),
         kwargsrepr=saferepr({}, amqp.kwargsrepr_maxsize, maxlevels=repr_maxlevels),
     )
     envelope = {

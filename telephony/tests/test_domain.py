@@ -260,6 +260,36 @@ def test_it_applies_a_frame_to_its_call_in_two_statements(account, published):
 
 
 @pytest.mark.django_db
+def test_it_runs_a_bursts_statements_on_one_cursor_that_binds_values_on_the_server(account, published, monkeypatch):
+    # A new cursor a statement, and every value quoted into the SQL in Python, cost more than the statements.
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    cursors = []
+
+    class Counted(ServerBindingCursor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.statements = []
+            cursors.append(self)
+
+        def execute(self, query, params=None, **kwargs):
+            self.statements.append(query)
+            return super().execute(query, params, **kwargs)
+
+    monkeypatch.setattr(domain, "_ServerBindingCursor", Counted)
+    make_terminal(account, pbx_id="t1", agent=make_agent())
+    apply_call_updates([update(account, u.RINGING, "callRinging", 0, terminal_pbx_id="t1", direction=u.INBOUND,
+                               remote_label="O'Brien"),
+                        update(account, u.TALKING, "callTalking", 5, terminal_pbx_id="t1", frame_id="f2")])
+    assert len(cursors) == 1
+    # The lock and the terminals, the stored frames, the new call, its events: values as parameters, not text.
+    assert len(cursors[0].statements) == 4 and all("O'Brien" not in sql for sql in cursors[0].statements)
+    call = Call.objects.get()
+    assert (call.state, call.remote_label, call.terminal.pbx_id) == (Call.State.TALKING, "O'Brien", "t1")
+    assert CallEvent.objects.filter(call=call).count() == 2
+
+
+@pytest.mark.django_db
 def test_it_writes_only_the_columns_a_frame_changed(account, published):
     from django.test.utils import CaptureQueriesContext
 
@@ -341,11 +371,11 @@ def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(
     real_lock = domain._lock_calls
     blind = {"left": 1}
 
-    def lock_missing_the_other_workers_call(updates):
+    def lock_missing_the_other_workers_call(cursor, updates):
         if blind["left"]:
             blind["left"] -= 1
-            return {}, real_lock(updates)[1]  # as if our read came before the other worker's insert committed
-        return real_lock(updates)
+            return {}, real_lock(cursor, updates)[1]  # as if our read came before the other worker's insert committed
+        return real_lock(cursor, updates)
 
     monkeypatch.setattr(domain, "_lock_calls", lock_missing_the_other_workers_call)
     applied = apply_call_updates([update(account, u.TALKING, "callTalking", 2, pbx_call_id="-1"),
