@@ -12,8 +12,8 @@ import contextlib
 import gc
 import os
 import statistics
-import time
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 

@@ -9,8 +9,8 @@ cards of a real card's size with ``group_send`` and compares daphne's CPU per ca
 
 from __future__ import annotations
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 
 class FloorConsumer(AsyncJsonWebsocketConsumer):

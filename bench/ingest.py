@@ -21,7 +21,6 @@ import argparse
 import json
 import threading
 import time
-from pathlib import Path
 
 from bench.common import REPO, figure, setup_django
 

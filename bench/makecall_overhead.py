@@ -331,7 +331,7 @@ class RawLoad:
             self.epoll.unregister(connection.sock.fileno())
             connection.close()
 
-    def open(self, count: int, web: "Web") -> None:
+    def open(self, count: int, web: Web) -> None:
         """``count`` connections, as many to each daphne process (``web``): each stays with the process that
         accepted it, and a burst opened at once split 4 / 12 when one process was scheduled late. Opened in
         bursts while every process is idle; those beyond a process's share are closed again."""

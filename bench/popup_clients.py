@@ -95,7 +95,7 @@ class _Client:
         except aiohttp.WSServerHandshakeError as exc:
             errors[f"refused_http_{exc.status}"] += 1
             return False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             errors["no_handshake_in_time"] += 1
             return False
         except (aiohttp.ClientError, OSError) as exc:
@@ -103,7 +103,7 @@ class _Client:
             return False
         try:
             message = await ws.receive(timeout=max(0.1, timeout - (time.monotonic() - started)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             errors["no_snapshot_in_time"] += 1
             await ws.close()
             return False

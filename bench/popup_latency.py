@@ -302,9 +302,10 @@ class CpuMeter:
 
 def _redis_connections(hub) -> int:
     """daphne's open connections to Redis: the channel layer's pool after the storm."""
+    from urllib.parse import urlparse
+
     import psutil
     from django.conf import settings
-    from urllib.parse import urlparse
 
     port = urlparse(settings.REDIS_URL).port or 6379
     root = psutil.Process(hub.web.process.pid)
@@ -730,7 +731,7 @@ class _Control:
         self.host, self.port = parts.hostname, parts.port or 80
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
-    async def __aenter__(self) -> "_Control":
+    async def __aenter__(self) -> _Control:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -11,8 +11,15 @@ import os
 
 from django.conf import settings
 
-from tests.support.processes import ManagedProcess, celery_worker, daphne_process, free_port, http_ok, \
-    simulator_process, wait_for
+from tests.support.processes import (
+    ManagedProcess,
+    celery_worker,
+    daphne_process,
+    free_port,
+    http_ok,
+    simulator_process,
+    wait_for,
+)
 
 
 def hub_env(**extra: str) -> dict[str, str]:

@@ -47,8 +47,15 @@ def main() -> None:
 
 def soak(args, kinds: list[str]) -> bool:
     from bench.procs import hub_env
-    from tests.faults.harness import Consoles, PrivateRedis, Traffic, check_invariant, fault_settings, seed_world, \
-        start_hub
+    from tests.faults.harness import (
+        Consoles,
+        PrivateRedis,
+        Traffic,
+        check_invariant,
+        fault_settings,
+        seed_world,
+        start_hub,
+    )
 
     redis_server = PrivateRedis().start()
     hub = None

@@ -26,6 +26,7 @@ def main() -> None:
     setup_django()
     from datetime import timedelta
 
+    from django.contrib.auth import get_user_model
     from django.db import connection
     from django.utils import timezone
 
@@ -35,7 +36,6 @@ def main() -> None:
     from simulator.harness import RunningSimulator
     from telephony.models import Call, PbxAccount
     from tests.support.retailcrm_sim import API_KEY, RetailCrmControl
-    from django.contrib.auth import get_user_model
 
     with RunningSimulator() as sim:
         crm = RetailCrmControl(sim.url)

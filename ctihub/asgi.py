@@ -27,9 +27,9 @@ django_asgi_app = PooledASGIHandler()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
-from ctihub.routing import websocket_urlpatterns  # noqa: E402
 from ctihub.lib.ws_db import PooledAuthMiddlewareStack  # noqa: E402
 from ctihub.lib.ws_security import ExplainingOriginValidator  # noqa: E402
+from ctihub.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.EMBEDDED_REDIS:
     from ctihub.lib import embedded_redis

@@ -8,8 +8,9 @@ adds the errors of its own world (``json_errors({IstraError: ...})``).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 

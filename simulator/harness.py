@@ -41,7 +41,7 @@ class RunningSimulator:
         """What an account's base URL would be: ``http://HOST/restletrouter``."""
         return f"{self.url}/restletrouter"
 
-    def start(self) -> "RunningSimulator":
+    def start(self) -> RunningSimulator:
         self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout=10):
@@ -59,7 +59,7 @@ class RunningSimulator:
         self._thread.join(timeout=5)
         self._loop = None
 
-    def __enter__(self) -> "RunningSimulator":
+    def __enter__(self) -> RunningSimulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

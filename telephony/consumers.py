@@ -18,11 +18,10 @@ import time
 import weakref
 from datetime import datetime, timedelta
 
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone
-
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from channels.consumer import get_handler_name
 
 from ctihub.lib import card_trace
 from ctihub.lib.console_heap import console_heap
@@ -66,7 +65,7 @@ async def finished_within(task: asyncio.Future, seconds: float) -> bool:
 _resyncs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its Resyncs
 
 
-def resyncs() -> "Resyncs":
+def resyncs() -> Resyncs:
     loop = asyncio.get_running_loop()
     found = _resyncs.get(loop)
     if found is None:
@@ -95,13 +94,13 @@ class Resyncs:
         self.consoles: set[ConsoleConsumer] = set()
         self.task: asyncio.Task | None = None
 
-    def add(self, consumer: "ConsoleConsumer") -> None:
+    def add(self, consumer: ConsoleConsumer) -> None:
         self.consoles.add(consumer)
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._forever())
             card_trace.watch_loop_lag()  # only with CARD_TRACE (the pop-up benchmark)
 
-    def discard(self, consumer: "ConsoleConsumer") -> None:
+    def discard(self, consumer: ConsoleConsumer) -> None:
         self.consoles.discard(consumer)
 
     async def _forever(self) -> None:
@@ -212,7 +211,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         snapshot = asyncio.ensure_future(self._set_up(user))
         try:
             sent = await finished_within(snapshot, SNAPSHOT_TIMEOUT_SECONDS)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             sent = False
         if sent and snapshot.result() is None:
             await self.close(code=CLOSE_NO_ROLE)
@@ -249,7 +248,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if not joined:
             # One Redis round trip each, normally: a join this slow is a dead connection, and the page
             # gets its snapshot sooner on a new socket (a new connection) than by waiting here.
-            raise asyncio.TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
+            raise TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
         self.checked_until = timezone.now()  # what changed before this is in the snapshot
         snapshot = await on_web_pool(console.snapshot)(self.viewer)
         self._note_shown(snapshot["calls"])

@@ -95,7 +95,7 @@ TEXT_LIMITS = {
 EARLIEST, LATEST = datetime(1900, 1, 1), datetime(9000, 1, 1)
 
 
-def _check_storable(update: "CallUpdate") -> None:
+def _check_storable(update: CallUpdate) -> None:
     if len(update.pbx_call_id) > MAX_ID_LENGTH:
         raise FrameRejected(f"call id longer than {MAX_ID_LENGTH} characters")
     if update.terminal_pbx_id is not None and (

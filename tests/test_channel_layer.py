@@ -161,7 +161,7 @@ def test_it_puts_back_a_batch_whose_reply_was_lost_and_delivers_it_once(monkeypa
 async def _anything_more(layer, channel):
     try:
         yield await asyncio.wait_for(layer.receive(channel), timeout=1)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return
 
 

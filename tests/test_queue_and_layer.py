@@ -187,9 +187,9 @@ def test_it_builds_a_task_message_as_celerys_apply_async_would_push_it():
 
     from django.conf import settings
 
-    from ctihub.lib import broker
-    from ctihub.celery import app
     from crm_sync.tasks import route_call_task, sync_call_task
+    from ctihub.celery import app
+    from ctihub.lib import broker
 
     assert broker.direct_queue(sync_call_task) == broker.direct_queue(route_call_task) == settings.CRM_EVENTS_QUEUE
     queue_name = f"test-unconsumed-{uuid.uuid4().hex}"
@@ -208,8 +208,8 @@ def test_it_builds_a_task_message_as_celerys_apply_async_would_push_it():
 def test_it_leaves_a_task_whose_message_needs_more_than_a_push_to_celery(monkeypatch):
     from celery import signals
 
-    from ctihub.lib import broker
     from crm_sync.tasks import sync_call_task
+    from ctihub.lib import broker
 
     assert broker.direct_queue(sync_call_task) is not None
 

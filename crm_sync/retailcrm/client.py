@@ -38,8 +38,8 @@ import redis
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from ctihub.lib.http_client import HttpClient, HttpError
 from crm_sync.retailcrm.ratelimit import HIGH, LOW, RateLimiter, RateLimitTimeout, bucket_class
+from ctihub.lib.http_client import HttpClient, HttpError
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class RetailCrmClient:
         self.max_rate_wait = max_rate_wait
 
     @classmethod
-    def for_integration(cls, integration, **kwargs) -> "RetailCrmClient":
+    def for_integration(cls, integration, **kwargs) -> RetailCrmClient:
         return cls(integration.crm_url, integration.api_key, **kwargs)
 
     @property

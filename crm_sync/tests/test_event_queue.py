@@ -203,8 +203,8 @@ def test_it_queues_the_hand_off_through_celery_when_the_push_fails(hand_off_queu
                                                                   django_capture_on_commit_callbacks):
     from celery import Task
 
-    from ctihub.lib import broker
     from crm_sync.models import RetailCrmIntegration
+    from ctihub.lib import broker
     from telephony.domain import apply_call_updates
     from telephony.models import Call
     from telephony.publish import publisher

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ from tests.factories import make_account, make_agent, make_call
 
 pytestmark = pytest.mark.django_db
 
-T0 = datetime(2026, 3, 4, 9, 15, 30, tzinfo=dt_timezone.utc)
+T0 = datetime(2026, 3, 4, 9, 15, 30, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from typing import Callable, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from django.db.models import Model
 from django.db.models.signals import m2m_changed, post_delete, post_save
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _generation = 0  # bumped by every watched change; a value loaded before the bump is not kept
-_caches: list["BriefCache"] = []
+_caches: list[BriefCache] = []
 _watched: set[type] = set()
 
 

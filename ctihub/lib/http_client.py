@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import select
-import socket
 import ssl
 import threading
 import time
@@ -460,7 +459,7 @@ class _KeptAlive:
             if connection.sock is None:
                 try:
                     connection.connect()
-                except (socket.timeout, TimeoutError) as exc:
+                except TimeoutError as exc:
                     raise requests.exceptions.ConnectTimeout(str(exc), request=prepared) from exc
             connection.sock.settimeout(read_timeout)
             try:
@@ -472,7 +471,7 @@ class _KeptAlive:
                 connection.endheaders(body)
                 answer = connection.getresponse()
                 content = answer.read()
-            except (socket.timeout, TimeoutError) as exc:
+            except TimeoutError as exc:
                 raise requests.exceptions.ReadTimeout(str(exc), request=prepared) from exc
         except requests.RequestException:
             connection.close()

@@ -18,8 +18,8 @@ Nothing here knows about HTTP.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from simulator.istra.directory import Directory, Extension
 
@@ -68,7 +68,7 @@ class InvalidTransition(Exception):
 class ActionRefused(Exception):
     """The action is not in the line's current ``actions`` list."""
 
-    def __init__(self, line: "Line", action: str):
+    def __init__(self, line: Line, action: str):
         super().__init__(f"{action} not allowed on {line.line_id} ({line.state})")
         self.line = line
         self.action = action
@@ -93,7 +93,7 @@ class Party:
         return self.extension_id is not None
 
     @classmethod
-    def of_extension(cls, extension: Extension) -> "Party":
+    def of_extension(cls, extension: Extension) -> Party:
         return cls(extension.number, extension.label, extension.e164, extension.photo, extension.id)
 
 

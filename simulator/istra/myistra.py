@@ -47,7 +47,7 @@ import random
 import struct
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -190,7 +190,7 @@ class EndUserBook:
         if duration < 1 or duration > 600:
             raise ValueError("durationSecond must be between 1 and 600")
         stamp = int(timestamp if timestamp is not None else time.time())
-        when = datetime.fromtimestamp(stamp, tz=timezone.utc)
+        when = datetime.fromtimestamp(stamp, tz=UTC)
         msgid = f"{when:%Y%m%d%H%M%S}{next(self._msg_seq):03d}-313-{lra or '144'}"
         voicemail = Voicemail(_long_id(), msgid, stamp, duration, remote_number, remote_label, internal, priority,
                               lra=lra or "144")
@@ -284,7 +284,7 @@ def ogg_opus_silence(seconds: int) -> bytes:
 
 # --- login ------------------------------------------------------------------------------------
 
-def authenticate(world: "IstraWorld", user: str, password: str) -> tuple[str, str]:
+def authenticate(world: IstraWorld, user: str, password: str) -> tuple[str, str]:
     """Basic user ``ENDUSER:<login>`` with the user's (digits) password."""
     credentials = split_enduser(user, password)
     if credentials is None:
@@ -516,7 +516,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 # --- calls become history -----------------------------------------------------------------------
 
-def history_recorder(world: "IstraWorld"):
+def history_recorder(world: IstraWorld):
     """The CallBook observer: a dropped line of a user's terminal lands in that user's call history."""
 
     def record(transition: Transition) -> None:

@@ -27,7 +27,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -195,7 +196,7 @@ def close_session_sockets(session: Session, code: int, reason: str) -> None:
         socket.close(code, reason)
 
 
-def abort_all_sockets(world: "IstraWorld") -> int:
+def abort_all_sockets(world: IstraWorld) -> int:
     """Cut every open socket, those of forgotten sessions included."""
     count = 0
     for session in world.sessions.with_sockets():
@@ -206,7 +207,7 @@ def abort_all_sockets(world: "IstraWorld") -> int:
     return count
 
 
-def close_all_sockets(world: "IstraWorld", code: int, reason: str) -> int:
+def close_all_sockets(world: IstraWorld, code: int, reason: str) -> int:
     """Close every open socket (forgotten sessions' too) with a close frame, after its queued frames; the
     sessions stay valid."""
     count = 0
@@ -217,7 +218,7 @@ def close_all_sockets(world: "IstraWorld", code: int, reason: str) -> int:
     return count
 
 
-def listener_sockets(world: "IstraWorld", listener_name: str | None = None, forgotten: bool = False) -> list[Socket]:
+def listener_sockets(world: IstraWorld, listener_name: str | None = None, forgotten: bool = False) -> list[Socket]:
     """The sockets of every live session that holds ``listener_name`` (every socket when None).
 
     ``forgotten``: those of sessions expired with their sockets left open as well.

@@ -11,7 +11,8 @@ answer when the client accepts it (myIstra §VII.A.4 recommends
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 

@@ -25,9 +25,10 @@ import binascii
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import wraps
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -49,7 +50,7 @@ class Listener:
     name: str
     terminal_id: str | None = None  # myCrm: the terminal named in the creation payload
     bound_terminals: set[str] = field(default_factory=set)  # myCrm: bound by GET v1/crm/CallLine
-    pusher: "Coalescer | None" = None  # myRCC: set once GET v1/rcc/CallLine?listenerName= started monitoring
+    pusher: Coalescer | None = None  # myRCC: set once GET v1/rcc/CallLine?listenerName= started monitoring
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Session:
     enterprise: str
     last_seen: float = field(default_factory=time.monotonic)
     listeners: dict[str, Listener] = field(default_factory=dict)
-    sockets: set["Socket"] = field(default_factory=set)
+    sockets: set[Socket] = field(default_factory=set)
     rotate_pending: bool = False
 
     @property
@@ -187,11 +188,11 @@ def split_enduser(user: str, password: str) -> tuple[str, str] | None:
 
 # --- authenticated requests ---------------------------------------------------------
 
-def world_of(request: web.Request) -> "IstraWorld":
+def world_of(request: web.Request) -> IstraWorld:
     return request.config_dict[STATE].istra
 
 
-def resolve_session(request: web.Request, world: "IstraWorld") -> Session:
+def resolve_session(request: web.Request, world: IstraWorld) -> Session:
     """The request's session, or the 401/403 the router answers."""
     app, token = parse_x_application(request.headers.get("X-Application"))
     session_id = _session_cookie(request, app)

@@ -18,8 +18,9 @@ import functools
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from simulator.istra import push
 from simulator.istra.calls import CallBook, InvalidTransition, Line, Party
@@ -34,7 +35,7 @@ def on_loop(method: F) -> F:
     """Run ``method`` on the server's loop when called from another thread."""
 
     @functools.wraps(method)
-    def wrapper(self: "IstraWorld", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: IstraWorld, *args: Any, **kwargs: Any) -> Any:
         loop = self.loop
         try:
             running = asyncio.get_running_loop()

@@ -42,7 +42,7 @@ async def _deliver(session: aiohttp.ClientSession, world: TelepoWorld, url: str 
             async with session.post(url, json=body) as response:
                 entry["status"] = response.status
                 entry["answer"] = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             entry["error"] = f"{exc.__class__.__name__}: {exc}"
     world.record_delivery(entry)
 

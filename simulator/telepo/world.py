@@ -42,7 +42,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,7 +81,7 @@ STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 
 
 def now_stamp() -> str:
-    return _stamp(datetime.now(timezone.utc))
+    return _stamp(datetime.now(UTC))
 
 
 def shift_stamp(stamp: str, seconds: float) -> str:

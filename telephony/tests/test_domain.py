@@ -7,8 +7,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from telephony import updates as u
 from telephony import domain, status
+from telephony import updates as u
 from telephony.domain import apply_call_update, apply_call_updates
 from telephony.models import Call, CallEvent
 from tests.factories import make_account, make_agent, make_terminal

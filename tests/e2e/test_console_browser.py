@@ -2,8 +2,8 @@
 
 import pytest
 
-from telephony import control
 from accounts.models import Agent
+from telephony import control
 from telephony.models import Listener, PbxAccount
 from tests.factories import make_account, make_agent
 from tests.support.processes import ARTIFACTS, wait_for

@@ -8,7 +8,7 @@ again, a call no socket saw is, and retailCRM gets each call exactly once.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -101,7 +101,7 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
     sim.move(line["callId"], "hangup", cause="disconnect")
     wait_for(lambda: Call.objects.filter(account=mycrm, state="ended").exists(), 15, what="the socket's call")
     # ...and one no socket saw: it reached the PBX's history only.
-    ten_minutes_ago = int((datetime.now(timezone.utc) - timedelta(minutes=10)).timestamp())
+    ten_minutes_ago = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp())
     requests.post(f"{hub.sim_url}/_sim/istra/enduser/history", timeout=5, json={
         "login": "chatfield", "remoteNumber": "0611223344", "isIncoming": True, "isMissed": True,
         "timestamp": ten_minutes_ago}).raise_for_status()

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import _wait_for_other_sessions_to_close, database_sessions  # noqa: E402  (the root conftest)
 from tests.faults.harness import ISTRA_PASSWORDS, RCC_PASSWORD, PrivateRedis, fault_settings, seed_world, start_hub
+from tests.support.processes import Hub, subprocess_env
 from tests.support.retailcrm_sim import API_KEY
 from tests.support.telepo_sim import TICKET as TELEPO_TICKET
-from tests.support.processes import Hub, subprocess_env
-
-from conftest import _wait_for_other_sessions_to_close, database_sessions  # noqa: E402  (the root conftest)
 
 
 def start_fault_hub(django_db_blocker, workers: int = 2, settings_of=fault_settings, **settings: str) -> Hub:

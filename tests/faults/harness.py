@@ -161,7 +161,7 @@ class PrivateRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         import redis
 
         self.process = subprocess.Popen(
@@ -448,7 +448,7 @@ class Faults:
     ISTRA_KINDS = ("pbx_socket_closed", "pbx_socket_closed_cleanly", "session_expired_sockets_closed",
                    "session_expired_sockets_open", "pbx_503_then_close", "pbx_outage")
 
-    def __init__(self, world: World, consoles: "Consoles | None" = None, redis: PrivateRedis | None = None,
+    def __init__(self, world: World, consoles: Consoles | None = None, redis: PrivateRedis | None = None,
                  outage_seconds: float = 4, recovery_timeout: float = 60):
         self.world, self.hub, self.consoles, self.redis = world, world.hub, consoles, redis
         self.outage_seconds = outage_seconds
@@ -887,7 +887,7 @@ class Consoles(StartStop):
                                                     timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
                     try:
                         first = await ws.receive(timeout=self.SNAPSHOT_WITHIN)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         # Accepted, then nothing: the page would show an empty console. Counted, then retried.
                         self.snapshots_late += 1
                         raise
@@ -959,7 +959,7 @@ class Figures:
     listener_reconnect_p50_ms: float = 0.0
     listener_reconnect_p99_ms: float = 0.0
     problems: list[str] = field(default_factory=list)
-    by_kind: dict[str, "Figures"] = field(default_factory=dict)  # an Istra world's figures per kind
+    by_kind: dict[str, Figures] = field(default_factory=dict)  # an Istra world's figures per kind
 
     LOSS_FIGURES = ("calls_lost", "calls_stuck", "wrong_final_state", "duplicated_records", "duplicated_events",
                     "missing_events", "duplicated_uploads", "stale_consoles", "snapshots_late")

@@ -10,9 +10,9 @@ arbitrary text, and accept only the documented outcomes.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 import json
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -258,7 +258,7 @@ def test_it_reads_any_telepo_snapshot_as_updates_or_a_rejection(body):
     from telephony.providers.telepo.frames import parse_snapshot
 
     try:
-        result = parse_snapshot(body, 7, "alice@organization.org", datetime.now(timezone.utc))
+        result = parse_snapshot(body, 7, "alice@organization.org", datetime.now(UTC))
     except FrameRejected:
         return
     # A snapshot also says which calls it listed and which it skipped (one unreadable call skips alone).

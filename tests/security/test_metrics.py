@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -45,7 +45,7 @@ def value(text: str, sample: str) -> float:
 
 def test_it_counts_applied_events_and_times_the_popups(client, django_capture_on_commit_callbacks):
     account = make_account(kind="istra_myrcc")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with django_capture_on_commit_callbacks(execute=True):
         for state in (u.RINGING, u.TALKING, u.ENDED):
             apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id="-1", state=state, kind=state,

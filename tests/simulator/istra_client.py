@@ -68,7 +68,7 @@ class IstraClient:
 
     # --- websocket ---------------------------------------------------------------------
 
-    def open_socket(self, timeout: float = 3.0) -> "EventSocket":
+    def open_socket(self, timeout: float = 3.0) -> EventSocket:
         url = self.base.replace("http://", "ws://", 1) + f"ws-service/{self.app}"
         ws = websocket.create_connection(url, cookie=f"{self.app}_SESSIONID={self.session_id}", timeout=timeout)
         return EventSocket(ws)

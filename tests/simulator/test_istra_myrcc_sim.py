@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+
 import pytest
 import requests
 

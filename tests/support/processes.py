@@ -144,7 +144,7 @@ class Hub:
         self.processes: list[ManagedProcess] = []
         self.workers: list[ManagedProcess] = []
 
-    def start(self, workers: int = 1, web: bool = True) -> "Hub":
+    def start(self, workers: int = 1, web: bool = True) -> Hub:
         self.simulator = self._track(simulator_process(self.sim_port))
         wait_for(lambda: http_ok(f"{self.sim_url}/_sim/health"), 30, what="the simulator")
         if web:

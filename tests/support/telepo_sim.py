@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.support.sim_control import ControlClient
-
 from tests.support.processes import wait_for
+from tests.support.sim_control import ControlClient
 
 TICKET = "19654.VDo1ZDYwNTdmNzNjY2I5Mjdl"
 DOMAIN = "organization.org"

@@ -22,8 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 
@@ -70,8 +69,8 @@ def enduser_account_for(terminal: Terminal) -> PbxAccount | None:
 
 def present_external_phone(terminal: Terminal, external_phone: str) -> bool:
     """Set the caller-ID to ``external_phone`` for the next call; True once the PBX accepted it."""
-    from telephony.providers.registry import cached_provider
     from telephony.providers.istra_enduser.tasks import enqueue, restore_caller_id_task
+    from telephony.providers.registry import cached_provider
 
     account = enduser_account_for(terminal)
     if account is None:
@@ -110,7 +109,7 @@ def restore_caller_id(account_id: int) -> str:
     if raw is None:
         return "nothing to restore"
     saved = json.loads(raw)
-    since = datetime.fromtimestamp(float(saved.get("since", 0)), tz=dt_timezone.utc)
+    since = datetime.fromtimestamp(float(saved.get("since", 0)), tz=UTC)
     waited_too_long = timezone.now() - since > RESTORE_GIVE_UP
     setting_up = Call.objects.filter(
         agent_id__in=owner_agent_ids(account_id), direction=Call.Direction.OUTBOUND, state__in=SETTING_UP,

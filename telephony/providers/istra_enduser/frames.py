@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from telephony import updates as u
 from telephony.providers.istra.framing import read_count, read_flag, read_text
@@ -61,7 +61,7 @@ def read_time(item: dict, key: str) -> datetime | None:
         raise FrameRejected(f"{key} is not a UNIX time: {value[:40]!r}")
     seconds = int(value) / 1000 if int(value) > 10**11 else int(value)
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return datetime.fromtimestamp(seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):  # past what a datetime (or the platform) can hold
         raise FrameRejected(f"{key} is not a UNIX time: {value!r}") from None
 

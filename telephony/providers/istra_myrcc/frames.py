@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.utils import timezone
 
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 LINE_URI_PREFIX = "v1/rcc/CallLine/"
 EXTENSION_URI_PREFIX = "v1/rcc/Extension/"
 EXTENSION_LINK_KEYS = ("extension", "uriExtension", "extensionURI")
-EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 LINE_STATES = {
     "prompting": u.DIALING,  # the agent's own phone is prompted to start an outgoing call

@@ -47,8 +47,9 @@ the call live in its last known state here, with the raw value in the event.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 from telephony import updates as u
 from telephony.models import Call, CallEvent

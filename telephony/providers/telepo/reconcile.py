@@ -52,7 +52,7 @@ class ReconcileReport:
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def add(self, other: "ReconcileReport") -> None:
+    def add(self, other: ReconcileReport) -> None:
         self.users += other.users
         self.applied += other.applied
         self.ended += other.ended

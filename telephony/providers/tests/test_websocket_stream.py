@@ -9,7 +9,6 @@ import threading
 
 import pytest
 
-from telephony.providers import base
 from telephony.providers.base import StreamClosed, WebSocketStream
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -12,14 +12,14 @@ from crm_sync.tests.conftest import crm, integration, queued  # noqa: F401 (fixt
 from telephony.models import Call, PbxAccount
 from telephony.providers.istra_enduser import frames
 from telephony.providers.istra_enduser.backfill import MATCH_TOLERANCE, backfill_account
-from telephony.providers.istra_enduser.tests.conftest import fixture_json
 from telephony.providers.istra_enduser.tasks import backfill_account_task
+from telephony.providers.istra_enduser.tests.conftest import fixture_json
 from tests.factories import make_account, make_agent, make_call, make_terminal
 
 pytestmark = pytest.mark.django_db
 
 TERMINAL = "5985841581756135023"
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LATER = T0 + timedelta(hours=1)  # "now" for the backfill: every entry has settled
 
 
@@ -136,7 +136,7 @@ def test_it_backfills_from_the_pbx_history_and_the_call_reaches_retailcrm_once(
                            password="0000", default_region="FR")
     make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
     services.register_integration(integration)
-    ten_minutes_ago = int((datetime.now(timezone.utc) - timedelta(minutes=10)).timestamp())
+    ten_minutes_ago = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp())
     added = requests.post(f"{sim.url}/_sim/istra/enduser/history", timeout=5, json={
         "login": "chatfield", "remoteNumber": "0612345678", "isIncoming": True, "isMissed": True,
         "timestamp": ten_minutes_ago,
@@ -250,7 +250,7 @@ def test_a_call_ended_from_the_history_gets_its_hangup_event_and_one_upload(
     mycrm = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, default_region="FR")
     socket_terminal = make_terminal(mycrm, pbx_id=TERMINAL, agent=agent)
     services.register_integration(integration)
-    started = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     with django_capture_on_commit_callbacks(execute=True):
         call = socket_saw_ring(mycrm, socket_terminal, started)
     services.sync_call(call.pk)  # its pop-up went out while it rang
@@ -305,7 +305,7 @@ def test_the_reconcile_after_a_reconnect_ends_a_call_from_the_users_history_at_t
     enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=sim.istra_base, login="chatfield",
                            password="0000", default_region="FR")
     make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
-    started = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+    started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     call = socket_saw_ring(mycrm, make_terminal(mycrm, pbx_id=TERMINAL, agent=agent), started + timedelta(seconds=1))
     added = requests.post(f"{sim.url}/_sim/istra/enduser/history", timeout=5, json={
         "login": "chatfield", "remoteNumber": "0612345678", "isIncoming": True, "isMissed": False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -44,7 +44,7 @@ def test_it_rejects_frames_that_make_no_sense(text):
 def test_it_reads_voicemails_with_ids_as_strings_and_the_play_number():
     first, second = [frames.parse_voicemail(item) for item in fixture_json("voicemail_list.json")["items"]]
     assert first.id == "8967300633232582577"  # above 2**53: a float would change it
-    assert first.received_at == datetime(2016, 2, 19, 17, 8, 45, tzinfo=timezone.utc)
+    assert first.received_at == datetime(2016, 2, 19, 17, 8, 45, tzinfo=UTC)
     assert (first.duration_seconds, first.read, first.internal) == (12, False, False)
     assert first.play_number == "555;lra=144;cd msgid=20160219170845749-313-144"
     assert first.callback_number == "00612345678"
@@ -63,8 +63,8 @@ def test_it_turns_a_missed_call_into_one_ended_unanswered_call():
     [update] = frames.history_updates(entry, account_id=7, terminal_pbx_id="5985841581756135023")
     assert update.pbx_call_id == "history:9007199254740993123"
     assert (update.state, update.direction, update.is_internal) == (u.ENDED, u.INBOUND, False)
-    assert update.started_at == datetime(2016, 2, 19, 17, 8, 20, tzinfo=timezone.utc)
-    assert update.occurred_at == datetime(2016, 2, 19, 17, 8, 41, tzinfo=timezone.utc)
+    assert update.started_at == datetime(2016, 2, 19, 17, 8, 20, tzinfo=UTC)
+    assert update.occurred_at == datetime(2016, 2, 19, 17, 8, 41, tzinfo=UTC)
     assert (update.ringing_ms, update.talking_ms, update.end_cause) == (21000, 0, u.END_NO_ANSWER)
     assert update.answered_at is None
     assert update.remote_number == "0612345678"
@@ -75,8 +75,8 @@ def test_it_turns_an_answered_call_into_talking_then_ended_so_the_answer_time_is
     entry = frames.parse_history_entry(fixture_json("call_history.json")["items"][1])
     talking, ended = frames.history_updates(entry, account_id=7, terminal_pbx_id=None)
     assert (talking.state, ended.state) == (u.TALKING, u.ENDED)
-    assert talking.answered_at == ended.answered_at == datetime(2016, 2, 19, 13, 53, 26, tzinfo=timezone.utc)
-    assert ended.occurred_at == datetime(2016, 2, 19, 13, 55, 1, tzinfo=timezone.utc)
+    assert talking.answered_at == ended.answered_at == datetime(2016, 2, 19, 13, 53, 26, tzinfo=UTC)
+    assert ended.occurred_at == datetime(2016, 2, 19, 13, 55, 1, tzinfo=UTC)
     assert (ended.direction, ended.talking_ms, ended.end_cause) == (u.OUTBOUND, 95000, u.END_HANGUP)
     assert talking.frame_id != ended.frame_id  # two events of the same call, each stored once
     assert ended.remote_label == "Boulangerie Martin"
@@ -89,7 +89,7 @@ def test_it_marks_a_call_with_an_internal_station_internal():
 
 def test_it_reads_a_millisecond_timestamp_too():
     item = {**fixture_json("call_history.json")["items"][0], "timestamp": "1455901700000"}
-    assert frames.parse_history_entry(item).started_at == datetime(2016, 2, 19, 17, 8, 20, tzinfo=timezone.utc)
+    assert frames.parse_history_entry(item).started_at == datetime(2016, 2, 19, 17, 8, 20, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("change", [{"callHistoryId": None, "restUri": None}, {"timestamp": "yesterday"},

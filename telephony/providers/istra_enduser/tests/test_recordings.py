@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
@@ -14,7 +14,7 @@ from tests.factories import make_account, make_agent, make_call, make_terminal
 
 pytestmark = pytest.mark.django_db
 TERMINAL = "5985841581756135023"
-LEFT_AT = datetime(2026, 11, 30, 9, 0, 30, tzinfo=dt_timezone.utc)
+LEFT_AT = datetime(2026, 11, 30, 9, 0, 30, tzinfo=UTC)
 
 
 @pytest.fixture

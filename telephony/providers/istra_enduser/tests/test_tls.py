@@ -30,7 +30,7 @@ def _name(common_name: str) -> x509.Name:
 
 def private_ca_and_server_cert(tmp_path):
     """A CA nobody's system trusts, and a certificate it issued for 127.0.0.1."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder().subject_name(_name("ctihub test CA")).issuer_name(_name("ctihub test CA"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from telephony.providers.telepo.frames import (
 from telephony.updates import FrameRejected
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FETCHED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+FETCHED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def fixture(name: str) -> str:
@@ -43,7 +43,7 @@ def test_it_reads_the_specs_sample_message_as_a_rejected_outgoing_call():
     assert (update.account_id, update.pbx_call_id, update.seq, update.frame_id) == (
         7, "8Z7SCgOCRyCewZ6yHmDR3g", 5, "seq5")
     assert (update.state, update.direction, update.end_cause) == (u.ENDED, u.OUTBOUND, u.END_REJECTED)
-    assert update.occurred_at == datetime(2018, 2, 2, 12, 34, 57, 699000, tzinfo=timezone.utc)
+    assert update.occurred_at == datetime(2018, 2, 2, 12, 34, 57, 699000, tzinfo=UTC)
     assert (update.remote_number, update.remote_label, update.is_internal) == ("+12201", "user1@test.com", True)
     assert update.terminal_pbx_id == "user2@test.org"
     assert update.local_party == {"user_id": "user2@test.org", "email": "user2@test.com", "number": "+12202"}

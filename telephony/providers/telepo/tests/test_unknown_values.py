@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -147,14 +147,14 @@ def test_it_reads_the_simulators_snapshot_with_a_status_renamed(account, termina
 # --- the card shows the PBX's word --------------------------------------------------------------------
 
 def test_it_names_an_unknown_webhook_state_or_snapshot_status_as_the_pbx_state_and_a_known_one_not():
-    from datetime import datetime, timezone as dt_timezone
+    from datetime import datetime
 
     from telephony.providers.telepo.frames import parse_call_state, parse_webhook
 
     early, confirmed, referred, _ = fixture("webhooks_unknown_state")
     assert [parse_webhook(m, 1).pbx_state for m in (early, confirmed, referred)] == [None, None, "REFERRED"]
     assert parse_webhook({**early, "state": None}, 1).pbx_state == "None"  # no word: said so, not left blank
-    now = datetime.now(dt_timezone.utc)
+    now = datetime.now(UTC)
     calls = {c["callId"]: c for c in fixture("snapshot_unknown_status")["calls"]}
     assert parse_call_state(calls["c-queued"], 1, ALICE, now).pbx_state == "QUEUED"
     assert parse_call_state(calls["c-active"], 1, ALICE, now).pbx_state is None
