@@ -107,7 +107,7 @@ def _world(hub, terminals: int) -> list[str]:
     from django.contrib.auth import get_user_model
 
     from accounts.models import Agent
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.models import RetailCrmIntegration
     from telephony import control
     from telephony.models import PbxAccount, Terminal
@@ -132,7 +132,7 @@ def _world(hub, terminals: int) -> list[str]:
         Terminal.objects.filter(account=account, pbx_id=pbx_id).update(agent=agent)
     integration = RetailCrmIntegration.objects.create(name="bench", crm_url=hub.sim_url, api_key=API_KEY,
                                                       module_code="ctihub", client_id="bench-client-id-0123456789")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     return ids
 
 

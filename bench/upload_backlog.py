@@ -31,7 +31,7 @@ def main() -> None:
     from django.utils import timezone
 
     from accounts.models import Agent
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.models import CrmCallSync, RetailCrmIntegration
     from simulator.harness import RunningSimulator
     from telephony.models import Call, PbxAccount
@@ -64,7 +64,7 @@ def main() -> None:
 
         def drain():
             try:
-                reports.append(services.upload_outbox(integration.pk))
+                reports.append(crm_domain.upload_outbox(integration.pk))
             finally:
                 connection.close()
 

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.utils.html import format_html_join
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmError
 from ctihub.lib.secrets import secret_form_for
@@ -63,13 +63,13 @@ class RetailCrmIntegrationAdmin(admin.ModelAdmin):
 
     @admin.display(description="calls waiting for upload")
     def outbox(self, obj):
-        return services.outbox_size(obj.pk) if obj.pk else 0
+        return crm_domain.outbox_size(obj.pk) if obj.pk else 0
 
     @admin.action(description="Register / update the telephony module in retailCRM")
     def register_module(self, request, queryset):
         for integration in queryset:
             try:
-                services.register_integration(integration)
+                crm_domain.register_integration(integration)
             except RetailCrmError as exc:
                 self.message_user(request, f"{integration}: {exc}", messages.ERROR)
                 continue

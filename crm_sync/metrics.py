@@ -6,8 +6,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 
 def outbox_depth():
+    from crm_sync.domain import outbox_size
     from crm_sync.models import RetailCrmIntegration
-    from crm_sync.services import outbox_size
 
     outbox = GaugeMetricFamily(
         "ctihub_crm_outbox_depth", "Calls waiting for their upload to retailCRM, by integration.",

@@ -1,10 +1,10 @@
 """How the CRM side plugs into the telephony core (``telephony.plugins``), from ``CrmSyncConfig.ready()``.
 
-* ``calls_committed`` → ``services.calls_changed``: the hand-off of every committed change of a call
+* ``calls_committed`` → ``crm_domain.calls_changed``: the hand-off of every committed change of a call
   (its tasks ride in the publisher's pipeline with the cards, ``telephony.queueing.enqueue_soon``);
-* a card enricher → ``services.card_fields_many``: retailCRM's customer, manager and links on the cards.
+* a card enricher → ``crm_domain.card_fields_many``: retailCRM's customer, manager and links on the cards.
 
-Each receiver looks its function up when called, so a test that patches ``crm_sync.services`` sees
+Each receiver looks its function up when called, so a test that patches ``crm_sync.domain`` sees
 its patch used.
 """
 
@@ -19,12 +19,12 @@ def register() -> None:
 
 
 def hand_off(sender, calls, **kwargs) -> None:
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
 
-    services.calls_changed(calls)
+    crm_domain.calls_changed(calls)
 
 
 def crm_fields(calls) -> dict[int, dict]:
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
 
-    return services.card_fields_many(calls)
+    return crm_domain.card_fields_many(calls)

@@ -15,7 +15,7 @@ calls some source has audio for get a ``recordUrl``.
 Some audio comes after the call: a caller who missed the agent is still
 leaving a voicemail when the call ends. A source says so with the optional
 ``may_get_audio`` (cheap, no PBX request), and the upload of such a call waits
-for the audio a bounded time (``crm_sync.services``, ``RETAILCRM_VOICEMAIL_WAIT_SECONDS``).
+for the audio a bounded time (``crm_sync.domain``, ``RETAILCRM_VOICEMAIL_WAIT_SECONDS``).
 """
 
 from __future__ import annotations

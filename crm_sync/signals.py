@@ -26,7 +26,7 @@ def _reregister(integration_ids) -> None:
 
 
 def _all_integrations():
-    from crm_sync.services import integrations_to_reregister
+    from crm_sync.domain import integrations_to_reregister
 
     return integrations_to_reregister().values_list("id", flat=True)
 

@@ -1,4 +1,4 @@
-"""Celery tasks of the CRM side: small, id in, a call into ``crm_sync.services``.
+"""Celery tasks of the CRM side: small, id in, a call into ``crm_sync.domain``.
 
 Retry policy: a task retries itself a few times with backoff when retailCRM is
 unavailable; past that, the periodic ``sweep_task`` (``CELERY_BEAT_SCHEDULE``)
@@ -13,11 +13,11 @@ import uuid
 
 from celery import shared_task
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.claims import CLAIM_LEASE, keeper
+from crm_sync.domain import handoff
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmError
-from crm_sync.services import handoff
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ DRAIN_LEASE_MS = int(CLAIM_LEASE.total_seconds() * 1000)
 def sync_call_task(self, call_id: int) -> None:
     """The call's due events, then a finished call into the outbox and its upload."""
     try:
-        report = services.sync_call(call_id)
-    except services.EventsBusy:
+        report = crm_domain.sync_call(call_id)
+    except crm_domain.EventsBusy:
         # The holder may have read the call before this change committed: look again shortly.
         if self.request.retries < BUSY_RETRIES:
             raise self.retry(countdown=BUSY_COUNTDOWN, max_retries=BUSY_RETRIES)
         logger.warning("call %s: events claim stayed busy; the sweep will finish", call_id)
         return
-    except services.RetryLater as exc:
+    except crm_domain.RetryLater as exc:
         if self.request.retries < SELF_RETRIES:
             raise self.retry(countdown=exc.delay, max_retries=SELF_RETRIES)
         logger.warning("call %s: retailCRM still unavailable (%s); the sweep will retry", call_id, exc)
@@ -80,12 +80,12 @@ def upload_calls_task(integration_id: int) -> None:
         return
     try:
         if key is None:
-            report = services.upload_outbox(integration_id)
+            report = crm_domain.upload_outbox(integration_id)
         else:
             with keeper.keep(f"the drain lock of integration {integration_id}",
                              lambda: _renew_drain_lock(key, token)):
-                report = services.upload_outbox(integration_id)
-    except services.RetryLater as exc:
+                report = crm_domain.upload_outbox(integration_id)
+    except crm_domain.RetryLater as exc:
         schedule_drain(integration_id, exc.delay)
         return
     finally:
@@ -143,10 +143,10 @@ def register_integration_task(self, integration_id: int) -> None:
     if integration is None:
         return
     try:
-        services.register_integration(integration)
+        crm_domain.register_integration(integration)
     except RetailCrmError as exc:
         if exc.retryable and self.request.retries < SELF_RETRIES:
-            raise self.retry(countdown=services.backoff(self.request.retries + 1), max_retries=SELF_RETRIES)
+            raise self.retry(countdown=crm_domain.backoff(self.request.retries + 1), max_retries=SELF_RETRIES)
         logger.warning("registering integration %s failed: %s", integration_id, exc)
 
 
@@ -164,7 +164,7 @@ def queue_registration(integration_id: int) -> None:
 
 @shared_task(ignore_result=True)
 def route_call_task(integration_id: int, call_id: int) -> None:
-    services.route_call(integration_id, call_id)
+    crm_domain.route_call(integration_id, call_id)
 
 
 @shared_task(ignore_result=True)
@@ -177,13 +177,13 @@ def bench_floor_event_task(integration_id: int, event: dict) -> None:
         logger.warning("bench_floor_event_task refused: BENCH_FLOORS is off")
         return
     integration = RetailCrmIntegration.objects.get(pk=integration_id)
-    services.client_for(integration).call_event(event)
+    crm_domain.client_for(integration).call_event(event)
 
 
 @shared_task(ignore_result=True)
 def sweep_task() -> dict:
-    """Beat: re-queue what lost tasks or outages left (see ``services.sweep``)."""
-    report = services.sweep()
+    """Beat: re-queue what lost tasks or outages left (see ``crm_domain.sweep``)."""
+    report = crm_domain.sweep()
     for call_id in report.calls:
         sync_call_task.delay(call_id)
     for integration_id in report.integrations:

@@ -86,14 +86,14 @@ def test_it_catches_an_import_inside_a_function_and_a_relative_one():
     source = (
         "import os\n"
         "def hand_off():\n"
-        "    from crm_sync.services import calls_changed\n"
+        "    from crm_sync.domain import calls_changed\n"
         "    if True:\n"
         "        import crm_sync.tasks as tasks\n"
         "from .. import cards\n"
         "from . import plugins\n"
     )
     found = imported_modules(source, "telephony.providers.kind")
-    assert (3, "crm_sync.services") in found and (3, "crm_sync.services.calls_changed") in found
+    assert (3, "crm_sync.domain") in found and (3, "crm_sync.domain.calls_changed") in found
     assert (5, "crm_sync.tasks") in found
     assert (6, "telephony.cards") in found
     assert (7, "telephony.providers.plugins") in found

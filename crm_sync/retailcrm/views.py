@@ -5,7 +5,7 @@ registration, in the query string. So: unknown ``clientId`` 403, unknown
 ``code`` 404, bad input 400, each with ``{"success": false, "reason": ...}``.
 An ``externalPhone`` that is no phone number is not bad enough to refuse the
 call: makeCallUrl places it without the caller-ID change and its answer has a
-``warning``. The views validate and delegate to ``crm_sync.services``.
+``warning``. The views validate and delegate to ``crm_sync.domain``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import Agent
-from crm_sync import recordings, services
+from crm_sync import domain as crm_domain
+from crm_sync import recordings
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.inbound_limit import rate_limited
 from ctihub.lib.brief_cache import BriefCache
@@ -54,7 +55,7 @@ AGENTS = BriefCache("retailcrm-agent-by-code", watch=(Agent,))
 
 def integration_for_client_id(client_id: str) -> RetailCrmIntegration | None:
     key = hashlib.sha256(client_id.encode()).digest()  # look-ups compare digests, never the secret byte by byte
-    return INTEGRATIONS.get(key, lambda: services.integration_for_client_id(client_id))
+    return INTEGRATIONS.get(key, lambda: crm_domain.integration_for_client_id(client_id))
 
 
 def integration_for_request(request, client_id: str) -> RetailCrmIntegration | None:
@@ -68,7 +69,7 @@ def integration_for_request(request, client_id: str) -> RetailCrmIntegration | N
 
 
 def agent_for_code(code: str) -> Agent | None:
-    return AGENTS.get(code, lambda: services.agent_for_code(code))
+    return AGENTS.get(code, lambda: crm_domain.agent_for_code(code))
 
 
 def refuse(http_status: int, reason: str) -> Response:
@@ -165,14 +166,14 @@ class MakeCallView(_RetailCrmEndpoint):
             return identified
         data, integration, agent = identified
         try:
-            numbers = services.make_call_numbers(integration, data["phone"], data.get("externalPhone") or "")
+            numbers = crm_domain.make_call_numbers(integration, data["phone"], data.get("externalPhone") or "")
         except UnusablePhoneNumber as exc:
             return refuse(status.HTTP_400_BAD_REQUEST, f"phone: {exc}")
         if numbers.warning:
             # The shop's number only changes the caller-ID: a bad one must not cost the manager the call.
             logger.warning("makeCallUrl of %s: %s", integration, numbers.warning)
         try:
-            answer = services.make_call(integration, agent, numbers.phone, numbers.external_phone)
+            answer = crm_domain.make_call(integration, agent, numbers.phone, numbers.external_phone)
         except ProviderError as exc:
             return refuse(status.HTTP_502_BAD_GATEWAY, f"the PBX did not place the call: {exc}")
         body = {"success": True, "callerIdPresented": answer["callerIdPresented"]}
@@ -205,7 +206,7 @@ class UserStatusView(_RetailCrmEndpoint):
         if isinstance(identified, Response):
             return identified
         data, _integration, agent = identified
-        services.change_user_status(agent, data["status"])
+        crm_domain.change_user_status(agent, data["status"])
         return Response({"success": True})
 
 

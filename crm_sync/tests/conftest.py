@@ -52,7 +52,7 @@ def queued(monkeypatch) -> list[tuple[str, tuple]]:
         calls.append((task.name.rsplit(".", 1)[-1], args))
         return True
 
-    monkeypatch.setattr("crm_sync.services.handoff._enqueue", record)
+    monkeypatch.setattr("crm_sync.domain.handoff._enqueue", record)
     return calls
 
 
@@ -61,7 +61,7 @@ def world(integration, crm):
     """An account, an agent on it known to retailCRM (user 7), a shop and a registered integration."""
     from types import SimpleNamespace
 
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.models import ExternalPhone
     from tests.factories import make_account, make_agent, make_terminal
 
@@ -71,5 +71,5 @@ def world(integration, crm):
     agent = make_agent(extension_code="100", retailcrm_user_id="7")
     terminal = make_terminal(account, agent=agent, extension="104")
     ExternalPhone.objects.create(integration=integration, site_code="shop1", phone="+74999999999")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     return SimpleNamespace(integration=integration, crm=crm, account=account, agent=agent, terminal=terminal)

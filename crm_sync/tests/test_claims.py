@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from crm_sync import claims, services, tasks
+from crm_sync import claims, tasks
+from crm_sync import domain as crm_domain
 from crm_sync.models import CrmCallSync
 from crm_sync.tests.test_sync import end, ringing
 from ctihub.lib.shared_redis import shared_redis
@@ -62,17 +63,17 @@ def test_it_keeps_a_slow_uploads_claim_alive_past_the_lease(world, fast_keeper, 
     # The keeper renews on its own connection: the test's rows must be committed (transaction=True).
     monkeypatch.setattr(claims, "CLAIM_LEASE", timedelta(seconds=0.5))
     call = end(ringing(world))
-    services.sync_call(call.pk)
+    crm_domain.sync_call(call.pk)
     seen_during_upload = []
-    upload = services._upload_rows
+    upload = crm_domain._upload_rows
 
     def slow_upload(client, integration, rows, token, report, record_urls):
         time.sleep(1.5)  # three leases: without renewals another drain could claim these calls now
-        seen_during_upload.append(list(services._due_outbox(world.integration.pk).values_list("call_id", flat=True)))
+        seen_during_upload.append(list(crm_domain._due_outbox(world.integration.pk).values_list("call_id", flat=True)))
         return upload(client, integration, rows, token, report, record_urls)
 
-    monkeypatch.setattr(services.outbox, "_upload_rows", slow_upload)
-    assert services.upload_outbox(world.integration.pk).uploaded == 1
+    monkeypatch.setattr(crm_domain.outbox, "_upload_rows", slow_upload)
+    assert crm_domain.upload_outbox(world.integration.pk).uploaded == 1
     assert seen_during_upload == [[]]
     assert CrmCallSync.objects.get(call=call).upload_claim == ""
 
@@ -82,11 +83,11 @@ def test_it_lets_a_claim_lapse_once_nobody_renews_it(world, monkeypatch):
     # The other side: a holder that stopped (its worker killed) frees the call after the lease.
     monkeypatch.setattr(claims, "CLAIM_LEASE", timedelta(seconds=0.3))
     call = end(ringing(world))
-    services.sync_call(call.pk)
-    assert [row.call_id for row in services.claim_batch(world.integration.pk, "a-dead-worker")] == [call.pk]
-    assert services.claim_batch(world.integration.pk, "another") == []
+    crm_domain.sync_call(call.pk)
+    assert [row.call_id for row in crm_domain.claim_batch(world.integration.pk, "a-dead-worker")] == [call.pk]
+    assert crm_domain.claim_batch(world.integration.pk, "another") == []
     time.sleep(0.5)
-    assert services.upload_outbox(world.integration.pk).uploaded == 1
+    assert crm_domain.upload_outbox(world.integration.pk).uploaded == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -94,15 +95,15 @@ def test_it_keeps_an_events_claim_alive_while_retailcrm_takes_its_time(world, fa
     monkeypatch.setattr(claims, "CLAIM_LEASE", timedelta(seconds=0.5))
     call = ringing(world)
     claimed_while_sending = []
-    send = services._send_event
+    send = crm_domain._send_event
 
     def slow_send(row, *args, **kwargs):
         time.sleep(1.5)
-        claimed_while_sending.append(services._claim(row.pk, "events", "another-worker"))
+        claimed_while_sending.append(crm_domain._claim(row.pk, "events", "another-worker"))
         return send(row, *args, **kwargs)
 
-    monkeypatch.setattr(services.events, "_send_event", slow_send)
-    assert services.sync_call(call.pk).sent == ["in"]
+    monkeypatch.setattr(crm_domain.events, "_send_event", slow_send)
+    assert crm_domain.sync_call(call.pk).sent == ["in"]
     assert claimed_while_sending == [False]
     assert [e["type"] for e in world.crm.events()] == ["in"]
 
@@ -119,7 +120,7 @@ def test_it_renews_the_drain_lock_while_the_drain_runs_and_releases_it_after(fas
         during.append(redis.pttl(key))
         return SimpleNamespace(batches=0)
 
-    monkeypatch.setattr(tasks.services, "upload_outbox", slow_drain)
+    monkeypatch.setattr(tasks.crm_domain, "upload_outbox", slow_drain)
     tasks.upload_calls_task(43)
     assert len(during) == 1 and 0 < during[0] <= 300
     assert not redis.exists(key)
@@ -131,7 +132,7 @@ def test_it_drains_once_a_dead_workers_drain_lock_lapsed(monkeypatch):
     redis = shared_redis()
     redis.set(key, "a killed worker's token", px=tasks.DRAIN_LEASE_MS)
     drained, scheduled = [], []
-    monkeypatch.setattr(tasks.services, "upload_outbox",
+    monkeypatch.setattr(tasks.crm_domain, "upload_outbox",
                         lambda integration_id: drained.append(integration_id) or SimpleNamespace(batches=0))
     monkeypatch.setattr(tasks, "schedule_drain", lambda integration_id, delay: scheduled.append(integration_id))
     tasks.upload_calls_task(44)

@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import RetailCrmIntegration, client_id_digests
 from crm_sync.retailcrm import payloads
 
@@ -41,31 +41,31 @@ def test_it_stores_the_client_id_encrypted_with_a_keyed_digest_beside_it():
 def test_it_finds_only_an_enabled_integration_with_exactly_this_client_id():
     integration = make(client_id=CLIENT_ID)
     make("other")
-    assert services.integration_for_client_id(CLIENT_ID) == integration
+    assert crm_domain.integration_for_client_id(CLIENT_ID) == integration
     for wrong in ("", CLIENT_ID[:-1], CLIENT_ID + "x", CLIENT_ID.upper()):
-        assert services.integration_for_client_id(wrong) is None, wrong
+        assert crm_domain.integration_for_client_id(wrong) is None, wrong
     RetailCrmIntegration.objects.filter(pk=integration.pk).update(enabled=False)
-    assert services.integration_for_client_id(CLIENT_ID) is None
+    assert crm_domain.integration_for_client_id(CLIENT_ID) is None
 
 
 def test_it_generates_a_client_id_when_none_is_given_and_keeps_the_digest_in_step():
     integration = make()
     assert len(integration.client_id) >= 32
-    assert services.integration_for_client_id(integration.client_id) == integration
+    assert crm_domain.integration_for_client_id(integration.client_id) == integration
     integration.client_id = "client-id-rotated-by-hand"
     integration.save(update_fields=["client_id"])
-    assert services.integration_for_client_id("client-id-rotated-by-hand") == integration
-    assert services.integration_for_client_id(CLIENT_ID) is None
+    assert crm_domain.integration_for_client_id("client-id-rotated-by-hand") == integration
+    assert crm_domain.integration_for_client_id(CLIENT_ID) is None
 
 
 def test_it_still_finds_the_integration_after_the_field_key_rotates_and_moves_it_to_the_new_key(settings):
     integration = make(client_id=CLIENT_ID)
     old_digest = stored_row(integration.pk)[1]
     settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), *settings.FIELD_ENCRYPTION_KEYS]
-    assert services.integration_for_client_id(CLIENT_ID) == integration
+    assert crm_domain.integration_for_client_id(CLIENT_ID) == integration
     new_digest = stored_row(integration.pk)[1]
     assert new_digest != old_digest and new_digest == client_id_digests(CLIENT_ID)[0]
-    assert services.integration_for_client_id(CLIENT_ID + "x") is None
+    assert crm_domain.integration_for_client_id(CLIENT_ID + "x") is None
 
 
 def test_it_sends_retailcrm_the_client_id_itself_on_registration():
@@ -100,10 +100,10 @@ def test_it_keeps_the_client_id_write_only_in_the_admin(admin_client):
     assert (integration.name, integration.client_id) == ("renamed", generated)  # blank keeps it
 
     assert admin_client.post(url, integration_form(integration, client_id=CLIENT_ID)).status_code == 302
-    assert services.integration_for_client_id(CLIENT_ID) is None  # disabled by the form above
+    assert crm_domain.integration_for_client_id(CLIENT_ID) is None  # disabled by the form above
     RetailCrmIntegration.objects.filter(pk=integration.pk).update(enabled=True)
-    assert services.integration_for_client_id(CLIENT_ID) == integration
-    assert services.integration_for_client_id(generated) is None
+    assert crm_domain.integration_for_client_id(CLIENT_ID) == integration
+    assert crm_domain.integration_for_client_id(generated) is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -125,4 +125,4 @@ def test_it_encrypts_client_ids_stored_before_the_migration_and_decrypts_them_go
     for pk, client_id in ((current.pk, CLIENT_ID), (legacy.pk, "legacy-client-id-0042")):
         column, digest = stored_row(pk)
         assert column.startswith("fernet:") and client_id not in column
-        assert services.integration_for_client_id(client_id).pk == pk
+        assert crm_domain.integration_for_client_id(client_id).pk == pk

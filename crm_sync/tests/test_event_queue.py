@@ -67,14 +67,14 @@ def test_it_gathers_the_uploads_of_calls_ending_together_into_one_drain(drains):
 
 def test_it_looks_again_shortly_when_another_drain_of_the_outbox_is_running(drains, monkeypatch):
     ran = []
-    monkeypatch.setattr(tasks.services, "upload_outbox", lambda integration_id: ran.append(integration_id))
+    monkeypatch.setattr(tasks.crm_domain, "upload_outbox", lambda integration_id: ran.append(integration_id))
     shared_redis().set(tasks.DRAINING_KEY.format(41), "another worker's", px=60_000)
     tasks.upload_calls_task(41)
     assert ran == [] and drains == [(41, tasks.UPLOAD_GATHER_SECONDS)]
 
 
 def test_it_releases_the_drain_of_an_outbox_once_it_is_done(drains, monkeypatch):
-    monkeypatch.setattr(tasks.services, "upload_outbox",
+    monkeypatch.setattr(tasks.crm_domain, "upload_outbox",
                         lambda integration_id: SimpleNamespace(batches=0))
     tasks.upload_calls_task(41)
     tasks.upload_calls_task(41)
@@ -88,15 +88,15 @@ def test_it_sends_a_call_event_in_a_dozen_statements(world):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.tests.test_sync import end, ringing
 
     call = ringing(world)
     with CaptureQueriesContext(connection) as start:
-        assert services.sync_call(call.pk).sent == ["in"]
+        assert crm_domain.sync_call(call.pk).sent == ["in"]
     end(call, answered=False)
     with CaptureQueriesContext(connection) as hangup:
-        assert services.sync_call(call.pk).sent == ["hangup"]
+        assert crm_domain.sync_call(call.pk).sent == ["hangup"]
     assert len(start.captured_queries) <= 12, [q["sql"][:80] for q in start.captured_queries]
     assert len(hangup.captured_queries) <= 13, [q["sql"][:80] for q in hangup.captured_queries]
     row = CrmCallSync.objects.get(call=call)
@@ -115,7 +115,7 @@ def test_it_runs_a_task_again_soon_when_the_database_dropped_its_connection(monk
         tries.append(call_id)
         raise OperationalError("terminating connection due to administrator command")
 
-    monkeypatch.setattr(tasks.services, "sync_call", dropped)
+    monkeypatch.setattr(tasks.crm_domain, "sync_call", dropped)
     tasks.sync_call_task.apply(args=[1])
     assert len(tries) == 1 + app.Task.retry_kwargs["max_retries"]
 

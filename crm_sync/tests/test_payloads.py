@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from crm_sync.domain import registration_payload
 from crm_sync.models import ExternalPhone
 from crm_sync.retailcrm import payloads
-from crm_sync.services import registration_payload
 from crm_sync.tests.conftest import fixture_json
 from telephony import updates as u
 from telephony.models import Call

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.messages import get_messages
 from django.utils import timezone
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import CrmCallSync, ExternalPhone
 from telephony import updates as u
 from telephony.domain import apply_call_update
@@ -79,7 +79,7 @@ def routing(integration, crm, monkeypatch):
     integration.manager_routing = True
     integration.save()
     integration.shared_lines.set([switchboard])
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     actions: list[tuple[str, dict]] = []
 
     def call_action(call, action, payload):
@@ -102,11 +102,11 @@ def ring_switchboard(world, number="+33612345678") -> Call:
 
 def test_it_redirects_a_switchboard_call_to_the_free_manager_and_keeps_the_customer_for_the_card(routing):
     call = ring_switchboard(routing)
-    assert services.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.REDIRECTED
+    assert crm_domain.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.REDIRECTED
     assert routing.actions == [("redirect", {"destination": "101"})]
-    crm = services.card_fields(call)["crm"]
+    crm = crm_domain.card_fields(call)["crm"]
     assert (crm["customer"]["firstName"], crm["links"]["customerLink"]) == ("Jane", f"{routing.crm.url}/customers/42")
-    assert services.route_call(routing.integration.pk, call.pk) == "already routed"
+    assert crm_domain.route_call(routing.integration.pk, call.pk) == "already routed"
     assert len(routing.actions) == 1
 
 
@@ -114,21 +114,21 @@ def test_it_lets_the_call_ring_as_usual_when_the_manager_is_busy_in_ctihub(routi
     routing.manager.status = "dinner"
     routing.manager.save()
     call = ring_switchboard(routing)
-    assert services.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
+    assert crm_domain.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
     assert routing.actions == []
 
 
 def test_it_lets_the_call_ring_as_usual_when_the_caller_has_no_manager(routing):
     call = ring_switchboard(routing, number="+33699999999")
-    assert services.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
+    assert crm_domain.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
     assert routing.actions == []
-    assert "newCustomerLink" in services.card_fields(call)["crm"]["links"]
+    assert "newCustomerLink" in crm_domain.card_fields(call)["crm"]["links"]
 
 
 def test_it_lets_the_call_ring_as_usual_when_retailcrm_does_not_answer(routing):
     routing.crm.configure(down=True)
     call = ring_switchboard(routing)
-    assert services.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
+    assert crm_domain.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.RANG_AS_USUAL
     assert routing.actions == []
     assert "503" in CrmCallSync.objects.get(call=call).last_error
 
@@ -141,6 +141,6 @@ def test_it_asks_the_database_nothing_for_the_cards_of_an_account_no_routing_int
         account_id=account.pk, pbx_call_id="-78", state=u.RINGING, kind="ringing", payload={},
         occurred_at=timezone.now(), direction=u.INBOUND, remote_number="+33612345678",
     )).call
-    assert services.serving_integrations(account.pk) == ((integration.pk,), ())  # served, not routed
+    assert crm_domain.serving_integrations(account.pk) == ((integration.pk,), ())  # served, not routed
     with django_assert_num_queries(0):
-        assert services.card_fields_many([call]) == {call.pk: {"crm": None}}
+        assert crm_domain.card_fields_many([call]) == {call.pk: {"crm": None}}

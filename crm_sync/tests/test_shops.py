@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from django.test import Client
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import ExternalPhone
 from simulator.istra import myrcc as sim_myrcc
 from telephony import control
@@ -39,7 +39,7 @@ def shops(integration, crm):
     ExternalPhone.objects.create(integration=integration, site_code="shop1", phone=SHOP1)
     ExternalPhone.objects.create(integration=integration, site_code="shop2", phone=SHOP2)
     agent = make_agent("ann", extension_code="100", retailcrm_user_id="7")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     return SimpleNamespace(integration=integration, crm=crm, agent=agent)
 
 
@@ -73,7 +73,7 @@ def ring_on_myrcc(rcc, extension_id: str) -> Call:
 def test_it_names_the_shop_of_the_one_pstn_number_of_the_myrcc_extension_a_call_rang(rcc):
     assert Terminal.objects.get(account=rcc.account, pbx_id=ONE_NUMBER).pstn_numbers == [SHOP1]
     call = ring_on_myrcc(rcc, ONE_NUMBER)
-    assert services.sync_call(call.pk).sent == ["in"]
+    assert crm_domain.sync_call(call.pk).sent == ["in"]
     [event] = rcc.crm.events()
     assert event == {"type": "in", "phone": "+33612345678", "codes": ["100"], "userIds": [7], "site": "shop1",
                      "externalPhone": SHOP1, "callExternalId": f"ctihub-{call.pk}"}
@@ -82,7 +82,7 @@ def test_it_names_the_shop_of_the_one_pstn_number_of_the_myrcc_extension_a_call_
 def test_it_names_no_shop_for_an_extension_with_several_pstn_numbers(rcc):
     # myRCC's call line does not say which of them was dialled: no shop rather than perhaps the wrong one.
     call = ring_on_myrcc(rcc, TWO_NUMBERS)
-    services.sync_call(call.pk)
+    crm_domain.sync_call(call.pk)
     [event] = rcc.crm.events()
     assert "externalPhone" not in event and "site" not in event
 
@@ -122,7 +122,7 @@ def test_it_names_the_shop_of_the_telepo_users_number_a_call_came_in_on(telepo):
     ringing = telepo.world.incoming_call(ALICE, "+33612345678", display_name="Smith")
     post_webhooks(telepo, ringing.call_id)
     call = Call.objects.get(account=telepo.account, pbx_call_id=ringing.call_id)
-    services.sync_call(call.pk)
+    crm_domain.sync_call(call.pk)
     [event] = telepo.crm.events()
     assert (event["type"], event["externalPhone"], event["site"]) == ("in", SHOP1, "shop1")
 
@@ -137,6 +137,6 @@ def test_it_names_the_shop_a_telepo_caller_dialled_before_the_call_was_sent_on_t
     telepo.world.answer(ringing.call_id)
     post_webhooks(telepo, ringing.call_id)  # later messages name Alice's own number again: it stays
     assert Call.objects.get(pk=call.pk).external_phone == SHOP2
-    services.sync_call(call.pk)
+    crm_domain.sync_call(call.pk)
     [event] = telepo.crm.events()
     assert (event["externalPhone"], event["site"]) == (SHOP2, "shop2")

@@ -15,7 +15,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from telephony import updates as u
 from telephony.models import Call
 from telephony.providers.telepo.reconcile import ABSENCE_GRACE, reconcile_user
@@ -42,7 +42,7 @@ def test_it_uploads_a_call_answered_after_the_snapshot_ended_it_as_answered_with
     monkeypatch.setattr("telephony.providers.telepo.tasks.enqueue", lambda task, *args, countdown=None: True)
     settings.RETAILCRM_VOICEMAIL_WAIT_SECONDS = 0  # a missed call's upload waits for nothing: due at once
     crm.add_user(1, firstName="Alice")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     terminal.agent.extension_code, terminal.agent.retailcrm_user_id = "100", "1"
     terminal.agent.save()
     sim_call = world.incoming_call(ALICE, "+33612345678")
@@ -52,17 +52,17 @@ def test_it_uploads_a_call_answered_after_the_snapshot_ended_it_as_answered_with
 
     post(trying)
     call = Call.objects.get(pbx_call_id=sim_call.call_id)
-    services.sync_call(call.pk)  # the start event
+    crm_domain.sync_call(call.pk)  # the start event
     # Telepo's webhooks lag past the grace: its snapshot no longer lists the call, which ends as missed.
     Call.objects.filter(pk=call.pk).update(updated_at=timezone.now() - ABSENCE_GRACE - timedelta(seconds=1))
     assert reconcile_user(account, ALICE).ended == 1
     assert Call.objects.get(pk=call.pk).end_cause == u.END_NO_ANSWER
-    services.sync_call(call.pk)  # the hangup event, and the call into the outbox
+    crm_domain.sync_call(call.pk)  # the hangup event, and the call into the outbox
     for message in (terminated, confirmed, terminated, confirmed):  # late, out of order, twice
         post(message)
-        services.sync_call(call.pk)
+        crm_domain.sync_call(call.pk)
 
-    assert services.upload_outbox(integration.pk).uploaded == 1
+    assert crm_domain.upload_outbox(integration.pk).uploaded == 1
     uploaded = crm.calls()[f"ctihub-{call.pk}"]
     assert uploaded["result"] == "answered"
     assert Counter(e["type"] for e in crm.events() if e.get("callExternalId") == f"ctihub-{call.pk}") == {

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from accounts.models import Agent
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import ExternalPhone, RetailCrmIntegration
 from telephony.providers.base import ProviderError
 from tests.factories import make_account, make_agent, make_terminal
@@ -110,7 +110,7 @@ def test_it_reads_a_phone_without_country_in_the_country_of_the_integrations_sho
 def test_it_places_the_call_without_the_caller_id_change_when_external_phone_is_no_number(client, hub, placed,
                                                                                          monkeypatch, caplog):
     presented = []
-    monkeypatch.setattr("crm_sync.services.endpoints.present_external_phone",
+    monkeypatch.setattr("crm_sync.domain.endpoints.present_external_phone",
                         lambda terminal, phone: presented.append(phone) or True)
     response = client.get(MAKE_CALL, params(externalPhone="shop"))
     assert response.status_code == 200, response.content
@@ -174,7 +174,7 @@ def test_it_answers_502_when_the_agent_has_no_terminal_on_the_integrations_accou
 
 def test_it_passes_the_shops_number_to_the_caller_id_hook_which_does_not_fake_it(client, hub, placed, monkeypatch):
     seen = []
-    monkeypatch.setattr("crm_sync.services.endpoints.present_external_phone",
+    monkeypatch.setattr("crm_sync.domain.endpoints.present_external_phone",
                         lambda terminal, phone: seen.append((terminal.pk, phone)) or True)
     response = client.get(MAKE_CALL, params(externalPhone="+74999999999"))
     assert response.json()["callerIdPresented"] is True
@@ -185,7 +185,7 @@ def test_it_finds_the_integration_by_the_client_ids_keyed_digest_in_one_query(cl
                                                                               django_assert_num_queries):
     RetailCrmIntegration.objects.create(name="other", crm_url="https://o.retailcrm.ru", api_key="k2")
     with django_assert_num_queries(1) as queries:  # indexed: no loop over the integrations, no early exit to time
-        found = services.integration_for_client_id(CLIENT_ID)
+        found = crm_domain.integration_for_client_id(CLIENT_ID)
     assert found == hub["integration"]
     (sql,) = [q["sql"] for q in queries.captured_queries]
     assert "client_id_digest" in sql and CLIENT_ID not in sql

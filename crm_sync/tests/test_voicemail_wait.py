@@ -14,7 +14,7 @@ import pytest
 import requests
 from django.utils import timezone
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import CrmCallSync
 from telephony import control
 from telephony import updates as u
@@ -45,7 +45,7 @@ def world(integration, crm, running_simulator, settings):
     rcc = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url=running_simulator.istra_base, enterprise="e1",
                        default_region="FR")
     terminal = make_terminal(rcc, agent=agent, extension="104")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     yield SimpleNamespace(sim=running_simulator, integration=integration, crm=crm, agent=agent, rcc=rcc,
                           terminal=terminal)
     control.forget_providers()
@@ -87,12 +87,12 @@ def time_passes(seconds: float) -> None:
         })
 
 
-def beat(world) -> services.UploadReport:
+def beat(world) -> crm_domain.UploadReport:
     """What beat and the drain it queues do: the sweep finds the due outbox, the drain uploads it."""
-    report = services.sweep()
+    report = crm_domain.sweep()
     if world.integration.pk not in report.integrations:
-        return services.UploadReport()
-    return services.upload_outbox(world.integration.pk)
+        return crm_domain.UploadReport()
+    return crm_domain.upload_outbox(world.integration.pk)
 
 
 def uploaded_records(world) -> list[dict]:
@@ -101,8 +101,8 @@ def uploaded_records(world) -> list[dict]:
 
 def test_it_uploads_a_missed_call_once_with_the_voicemail_left_5_s_after_it_ended(world, client):
     call = finished_call(world)
-    services.sync_call(call.pk)
-    assert services.upload_outbox(world.integration.pk).uploaded == 0  # the caller is still recording
+    crm_domain.sync_call(call.pk)
+    assert crm_domain.upload_outbox(world.integration.pk).uploaded == 0  # the caller is still recording
     assert uploaded_records(world) == []
     row = CrmCallSync.objects.get(call=call)
     assert row.record_wait_until == call.ended_at + timedelta(seconds=180)
@@ -124,7 +124,7 @@ def test_it_uploads_a_missed_call_once_with_the_voicemail_left_5_s_after_it_ende
 
 def test_it_uploads_a_missed_call_once_without_record_url_once_the_wait_is_over_when_no_voicemail_comes(world):
     call = finished_call(world)
-    services.sync_call(call.pk)
+    crm_domain.sync_call(call.pk)
     looks = 0
     for _ in range(17):  # 170 s of looks every 10 s: nothing yet, nothing uploaded
         time_passes(LOOK)
@@ -152,8 +152,8 @@ def test_it_holds_only_missed_incoming_calls_that_can_have_a_voicemail(world):
     elsewhere = finished_call(world, agent=no_enduser)  # no End User account: no voicemail to wait for
     missed = finished_call(world)
     for call in (answered, outgoing, elsewhere, missed):
-        services.sync_call(call.pk)
-    report = services.upload_outbox(world.integration.pk)
+        crm_domain.sync_call(call.pk)
+    report = crm_domain.upload_outbox(world.integration.pk)
     assert report.uploaded == 3
     assert sorted(r["externalId"] for r in uploaded_records(world)) == sorted(
         f"ctihub-{c.pk}" for c in (answered, outgoing, elsewhere))
@@ -165,5 +165,5 @@ def test_it_holds_only_missed_incoming_calls_that_can_have_a_voicemail(world):
 def test_it_does_not_wait_when_the_wait_is_set_to_zero(world, settings):
     settings.RETAILCRM_VOICEMAIL_WAIT_SECONDS = 0
     call = finished_call(world)
-    services.sync_call(call.pk)
-    assert services.upload_outbox(world.integration.pk).uploaded == 1
+    crm_domain.sync_call(call.pk)
+    assert crm_domain.upload_outbox(world.integration.pk).uploaded == 1

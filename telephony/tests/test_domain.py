@@ -349,7 +349,7 @@ def test_it_publishes_each_card_as_the_call_was_at_that_change(account, monkeypa
 def test_it_hands_each_call_of_a_burst_to_the_crm_once_as_it_ended_up(account, published, monkeypatch,
                                                                       django_capture_on_commit_callbacks):
     handed = []
-    monkeypatch.setattr("crm_sync.services.calls_changed", lambda calls: handed.extend((c.pk, c.state) for c in calls))
+    monkeypatch.setattr("crm_sync.domain.calls_changed", lambda calls: handed.extend((c.pk, c.state) for c in calls))
     with django_capture_on_commit_callbacks(execute=True):
         apply_call_updates(burst_of(account, 2))
     assert sorted(state for _pk, state in handed) == ["ended", "ended"]

@@ -70,7 +70,7 @@ def test_it_ends_a_swept_call_with_what_is_known_publishes_it_and_hands_it_to_th
     account, published, monkeypatch, django_capture_on_commit_callbacks,
 ):
     handed = []
-    monkeypatch.setattr("crm_sync.services.calls_changed", lambda calls: handed.extend((c.pk, c.state) for c in calls))
+    monkeypatch.setattr("crm_sync.domain.calls_changed", lambda calls: handed.extend((c.pk, c.state) for c in calls))
     call = live_call(account, u.TALKING, 3600)
     answered_at, last_news = call.answered_at, call.updated_at
     with django_capture_on_commit_callbacks(execute=True):

@@ -39,9 +39,9 @@ def crm_world(hub, *, routing=False):
     )
     if routing:
         integration.shared_lines.set(Terminal.objects.filter(account=account, pbx_id=SHARED_LINE))
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
 
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     wait_for(lambda: Listener.objects.filter(account=account, state="connected").exists(), 30, what="the listener")
     return istra, crm, account, agent, integration
 
@@ -105,13 +105,13 @@ def test_it_keeps_everything_through_a_retailcrm_outage_and_two_workers_drain_it
     agent = make_agent("ann", extension_code="101", retailcrm_user_id="7")
     terminal = make_terminal(account, agent=agent, extension="101")
     integration = RetailCrmIntegration.objects.create(name="shop", crm_url=hub.sim_url, api_key=API_KEY)
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
 
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     crm.configure(down=True)
     calls = 90
     # Calls that ended moments ago: their pop-up events are still worth sending once retailCRM is back
-    # (past a minute they are not, and only the upload goes: see crm_sync.services.START_EVENT_STALE_AFTER).
+    # (past a minute they are not, and only the upload goes: see crm_sync.domain.START_EVENT_STALE_AFTER).
     started = timezone.now() - timedelta(seconds=45)
     for n in range(calls):
         _whole_call(account, terminal, f"-{1000 + n}", started + timedelta(milliseconds=100 * n))
@@ -158,7 +158,7 @@ def test_it_sends_a_start_event_before_the_uploads_waiting_with_it_for_the_rate_
 
     from django.db import connection
 
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.retailcrm.ratelimit import TELEPHONY, RateLimiter, rate_and_capacity
     from ctihub.lib.shared_redis import shared_redis
 
@@ -191,7 +191,7 @@ def test_it_sends_a_start_event_before_the_uploads_waiting_with_it_for_the_rate_
 
     def drain(integration_id):
         try:
-            services.upload_outbox(integration_id)
+            crm_domain.upload_outbox(integration_id)
         finally:
             connection.close()
 

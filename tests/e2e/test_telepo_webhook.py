@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import RetailCrmIntegration
 from telephony.models import Call, PbxAccount
 from telephony.providers.telepo.tasks import reconcile_telepo_accounts_task
@@ -55,7 +55,7 @@ def test_it_pops_a_telepo_call_for_the_right_agent_and_uploads_it_to_retailcrm_e
     crm.add_api_key(API_KEY)
     integration = RetailCrmIntegration.objects.create(name="shop", crm_url=hub.sim_url, api_key=API_KEY,
                                                       module_code="ctihub", client_id="client-id-0123456789")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     alice_console, bob_console = Console(hub, alice), Console(hub, bob)
 
     call = telepo.incoming(ALICE, "+33612345678", displayName="Bob Smith")

@@ -293,7 +293,7 @@ def seed_world(hub, agents: int = 4, kinds: tuple[str, ...] = (MYRCC,)) -> World
     ``kinds`` adds users of the other Istra kinds on the same simulator and hub (``ISTRA_KINDS``: each
     fault then hits every kind at once): ``ISTRA_USERS`` says who. Every terminal has its own agent.
     """
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.models import RetailCrmIntegration
     from telephony.models import PbxAccount
 
@@ -327,7 +327,7 @@ def seed_world(hub, agents: int = 4, kinds: tuple[str, ...] = (MYRCC,)) -> World
         groups.append(group)
     integration = RetailCrmIntegration.objects.create(name="faults-shop", crm_url=hub.sim_url, api_key=API_KEY,
                                                       module_code="ctihub")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     world = World(hub, istra, crm, account.pk, integration.pk, seats, groups=groups)
     if hub.workers:
         wait_connected(world, 60)

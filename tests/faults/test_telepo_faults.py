@@ -71,7 +71,7 @@ class Played:
 @pytest.fixture(scope="module")
 def telepo_world(fault_hub):
     """A Telepo organisation posting to the hub, its agents known to the simulated retailCRM."""
-    from crm_sync import services
+    from crm_sync import domain as crm_domain
     from crm_sync.models import RetailCrmIntegration
     from telephony.models import PbxAccount
     from tests.factories import make_account, make_agent, make_terminal
@@ -92,7 +92,7 @@ def telepo_world(fault_hub):
         agents[user_id] = agent.pk
     integration = RetailCrmIntegration.objects.create(name="telepo-faults", crm_url=fault_hub.sim_url,
                                                       api_key=API_KEY, module_code="ctihub")
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     telepo.set_webhook_url(f"{fault_hub.web_url}/api/telepo/webhook/{SECRET}")
     return TelepoWorld(fault_hub, telepo, crm, account.pk, agents)
 

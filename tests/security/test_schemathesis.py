@@ -43,8 +43,8 @@ def registered(db, settings, monkeypatch):
 
     if not Agent.objects.filter(extension_code="104").exists():
         make_agent(extension_code="104", retailcrm_user_id="1")
-    monkeypatch.setattr("crm_sync.services.make_call", lambda *args, **kwargs: {"callerIdPresented": False})
-    monkeypatch.setattr("crm_sync.services.change_user_status", lambda *args, **kwargs: None)
+    monkeypatch.setattr("crm_sync.domain.make_call", lambda *args, **kwargs: {"callerIdPresented": False})
+    monkeypatch.setattr("crm_sync.domain.change_user_status", lambda *args, **kwargs: None)
     yield
     signals.request_started.connect(close_old_connections)
     signals.request_finished.connect(close_old_connections)

@@ -16,7 +16,7 @@ from django.contrib import admin
 from django.db import connection
 from django.urls import reverse
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm.client import RetailCrmClient, RetailCrmError
 from ctihub.lib.logs import ContextFilter
@@ -99,12 +99,12 @@ def test_it_keeps_every_secret_out_of_logs_errors_and_answers(sim, captured, adm
     integration = RetailCrmIntegration.objects.create(name="shop", crm_url=sim.url, api_key=CRM_API_KEY,
                                                       module_code="ctihub", client_id=CLIENT_ID)
     # Registration is the one request that carries the clientId out, in its body.
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     assert crm.modules()["ctihub"]["integrations"]["telephony"]["clientId"] == CLIENT_ID
     revoked = RetailCrmIntegration.objects.create(name="revoked", crm_url=sim.url, api_key=CRM_API_KEY + "-revoked",
                                                   module_code="ctihub2", client_id=CLIENT_ID + "-2")
     with pytest.raises(RetailCrmError) as registration_refused:
-        services.register_integration(revoked)
+        crm_domain.register_integration(revoked)
     seen.append(("the refused registration's error", str(registration_refused.value)))
     with connection.cursor() as cursor:  # what a database dump would hold
         cursor.execute("SELECT client_id, client_id_digest, api_key FROM crm_sync_retailcrmintegration")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from crm_sync import services
+from crm_sync import domain as crm_domain
 from crm_sync.tests.conftest import crm, integration, queued  # noqa: F401 (fixtures)
 from telephony.models import Call, PbxAccount
 from telephony.providers.istra_enduser import frames
@@ -135,7 +135,7 @@ def test_it_backfills_from_the_pbx_history_and_the_call_reaches_retailcrm_once(
     enduser = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=sim.istra_base, login="chatfield",
                            password="0000", default_region="FR")
     make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     ten_minutes_ago = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp())
     added = requests.post(f"{sim.url}/_sim/istra/enduser/history", timeout=5, json={
         "login": "chatfield", "remoteNumber": "0612345678", "isIncoming": True, "isMissed": True,
@@ -151,10 +151,10 @@ def test_it_backfills_from_the_pbx_history_and_the_call_reaches_retailcrm_once(
     [call] = Call.objects.filter(account=enduser)
     assert ("sync_call_task", (call.pk,)) in queued
 
-    sync = services.sync_call(call.pk)
+    sync = crm_domain.sync_call(call.pk)
     assert sync.sent == []  # the call ended long ago: no pop-up in retailCRM, only the history
-    services.upload_outbox(integration.pk)
-    services.upload_outbox(integration.pk)
+    crm_domain.upload_outbox(integration.pk)
+    crm_domain.upload_outbox(integration.pk)
     uploaded = [record for upload in crm.uploads() for record in upload["calls"]]
     assert len(uploaded) == 1  # once, although the backfill ran twice and the outbox was drained twice
     [stored] = crm.calls().values()
@@ -249,20 +249,20 @@ def test_a_call_ended_from_the_history_gets_its_hangup_event_and_one_upload(
     make_terminal(enduser, pbx_id=TERMINAL, agent=agent)
     mycrm = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, default_region="FR")
     socket_terminal = make_terminal(mycrm, pbx_id=TERMINAL, agent=agent)
-    services.register_integration(integration)
+    crm_domain.register_integration(integration)
     started = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     with django_capture_on_commit_callbacks(execute=True):
         call = socket_saw_ring(mycrm, socket_terminal, started)
-    services.sync_call(call.pk)  # its pop-up went out while it rang
+    crm_domain.sync_call(call.pk)  # its pop-up went out while it rang
     queued.clear()
 
     with django_capture_on_commit_callbacks(execute=True):
         report = backfill_account(enduser, [entry(1, started, missed=False, ring=4, talk=42)])
     assert report.ended_live == [call.pk]
     assert ("sync_call_task", (call.pk,)) in queued  # handed to the CRM side like any ended call
-    services.sync_call(call.pk)
-    services.upload_outbox(integration.pk)
-    services.upload_outbox(integration.pk)
+    crm_domain.sync_call(call.pk)
+    crm_domain.upload_outbox(integration.pk)
+    crm_domain.upload_outbox(integration.pk)
     assert [(e["type"], e.get("hangupStatus")) for e in crm.events()] == [("in", None), ("hangup", "answered")]
     uploaded = [record for upload in crm.uploads() for record in upload["calls"]]
     assert [(r["externalId"], r["result"], r["duration"], r["durationWaiting"]) for r in uploaded] == [

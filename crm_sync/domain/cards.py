@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from crm_sync.domain.handoff import serving_integrations
 from crm_sync.models import CrmCallSync
-from crm_sync.services.handoff import serving_integrations
 from telephony.models import Call
 
 # The card of a manager's leg of a redirected call shows the lookup made for the shared line.

@@ -6,10 +6,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Agent
+from crm_sync.domain.common import client_for
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import RetailCrmError
-from crm_sync.services.common import client_for
 
 
 def registered_agents():

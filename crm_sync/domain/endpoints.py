@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.models import Agent
+from crm_sync.domain.shops import remember_click_to_call
 from crm_sync.models import ExternalPhone, RetailCrmIntegration, client_id_digests
-from crm_sync.services.shops import remember_click_to_call
 from ctihub.lib.brief_cache import BriefCache
 from ctihub.lib.phones import UnusablePhoneNumber, region_of, to_e164
 from telephony.models import PbxAccount, Terminal

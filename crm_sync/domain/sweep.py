@@ -8,10 +8,10 @@ from datetime import timedelta
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from crm_sync.domain.common import ACTIVE_STATES
+from crm_sync.domain.events import START_EVENT_STALE_AFTER
+from crm_sync.domain.outbox import _due_outbox
 from crm_sync.models import CrmCallSync, RetailCrmIntegration
-from crm_sync.services.common import ACTIVE_STATES
-from crm_sync.services.events import START_EVENT_STALE_AFTER
-from crm_sync.services.outbox import _due_outbox
 from telephony.models import Call
 
 # Sweep: calls whose tasks were lost are picked up once they are this old...

@@ -1,8 +1,8 @@
 """Domain functions of the CRM side: what reaches retailCRM about calls, agents and the module.
 
-One module by concern; this package re-exports their names, so ``crm_sync.services.sync_call`` reads as
-before. A test that patches a name patches it in the module that looks it up (``crm_sync.services.events._due_event``,
-``crm_sync.services.handoff._enqueue``, ``crm_sync.claims.CLAIM_LEASE``), not here.
+One module by concern; this package re-exports their names, so ``crm_sync.domain.sync_call`` reads as
+before. A test that patches a name patches it in the module that looks it up (``crm_sync.domain.events._due_event``,
+``crm_sync.domain.handoff._enqueue``, ``crm_sync.claims.CLAIM_LEASE``), not here.
 
 * ``handoff`` — ``calls_changed``, after every committed change of calls (``telephony.plugins``'
   ``calls_committed``, connected by ``crm_sync.plugins``); it only queues Celery tasks
@@ -23,12 +23,12 @@ Exactly once: every send is done by the holder of a claim on the call's
 after retailCRM accepted. See ``CrmCallSync`` for the rules.
 """
 
-from crm_sync.services.cards import (  # noqa: F401
+from crm_sync.domain.cards import (  # noqa: F401
     ROUTED_CARD_WINDOW,
     card_fields,
     card_fields_many,
 )
-from crm_sync.services.common import (  # noqa: F401
+from crm_sync.domain.common import (  # noqa: F401
     ACTIVE_STATES,
     BACKOFF_CAP,
     BACKOFF_FIRST,
@@ -38,7 +38,7 @@ from crm_sync.services.common import (  # noqa: F401
     client_for,
     integrations_for,
 )
-from crm_sync.services.endpoints import (  # noqa: F401
+from crm_sync.domain.endpoints import (  # noqa: F401
     MakeCallNumbers,
     _regions,
     _terminals,
@@ -51,7 +51,7 @@ from crm_sync.services.endpoints import (  # noqa: F401
     present_external_phone,
     terminal_for_integration,
 )
-from crm_sync.services.events import (  # noqa: F401
+from crm_sync.domain.events import (  # noqa: F401
     EVENT_BACKOFF_CAP,
     START_EVENT_STALE_AFTER,
     EventsBusy,
@@ -65,7 +65,7 @@ from crm_sync.services.events import (  # noqa: F401
     send_due_events,
     sync_call,
 )
-from crm_sync.services.handoff import (  # noqa: F401
+from crm_sync.domain.handoff import (  # noqa: F401
     SERVING,
     _enqueue,
     _start_events_settled,
@@ -73,7 +73,7 @@ from crm_sync.services.handoff import (  # noqa: F401
     calls_changed,
     serving_integrations,
 )
-from crm_sync.services.outbox import (  # noqa: F401
+from crm_sync.domain.outbox import (  # noqa: F401
     RECORD_RECHECK,
     UploadReport,
     _drain,
@@ -94,18 +94,18 @@ from crm_sync.services.outbox import (  # noqa: F401
     upload_outbox,
     upload_skip_reason,
 )
-from crm_sync.services.registration import (  # noqa: F401
+from crm_sync.domain.registration import (  # noqa: F401
     integrations_to_reregister,
     register_integration,
     registered_agents,
     registration_payload,
 )
-from crm_sync.services.routing import (  # noqa: F401
+from crm_sync.domain.routing import (  # noqa: F401
     _routing_done,
     free_manager_extension,
     route_call,
 )
-from crm_sync.services.shops import (  # noqa: F401
+from crm_sync.domain.shops import (  # noqa: F401
     CLICK_TO_CALL_MEMORY_SECONDS,
     _click_to_call_key,
     dialled_number,
@@ -113,7 +113,7 @@ from crm_sync.services.shops import (  # noqa: F401
     remember_click_to_call,
     shop_of,
 )
-from crm_sync.services.sweep import (  # noqa: F401
+from crm_sync.domain.sweep import (  # noqa: F401
     START_EVENT_SWEEP_GRACE,
     SWEEP_GRACE,
     SWEEP_HORIZON,

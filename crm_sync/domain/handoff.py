@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from django.db import connection
 
+from crm_sync.domain.common import integrations_for
 from crm_sync.models import CrmCallSync, RetailCrmIntegration
-from crm_sync.services.common import integrations_for
 from ctihub.lib.brief_cache import BriefCache
 from ctihub.lib.queueing import enqueue
 from telephony.models import Call

@@ -15,11 +15,11 @@ from django.db.models.functions import Least, Now
 from django.utils import timezone
 
 from crm_sync import claims, recordings
+from crm_sync.domain.common import RetryLater, _refresh_crm_sync_state, backoff, client_for
+from crm_sync.domain.shops import shop_of
 from crm_sync.models import CrmCallSync, RetailCrmIntegration
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import MAX_CALLS_PER_UPLOAD, RetailCrmAuthError, RetailCrmError
-from crm_sync.services.common import RetryLater, _refresh_crm_sync_state, backoff, client_for
-from crm_sync.services.shops import shop_of
 from telephony.models import Call
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Agent
+from crm_sync.domain.common import ACTIVE_STATES, client_for
 from crm_sync.models import CrmCallSync, RetailCrmIntegration
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import RetailCrmError
-from crm_sync.services.common import ACTIVE_STATES, client_for
 from telephony.models import Call
 
 logger = logging.getLogger(__name__)
