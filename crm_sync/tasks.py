@@ -162,6 +162,28 @@ def queue_registration(integration_id: int) -> None:
     handoff._enqueue(register_integration_task, integration_id, countdown=REGISTER_DEBOUNCE)
 
 
+@shared_task(bind=True, ignore_result=True)
+def push_agent_status_task(self, agent_id: int, integration_ids: list[int] | None = None) -> None:
+    """The agent's status as it is now to retailCRM (``services.agent_status``); the integrations that were
+    unavailable are tried again with backoff, alone. No sweep backs it: the agent's next change sends
+    their status again."""
+    from crm_sync.services import agent_status
+
+    try:
+        report = agent_status.push_agent_status(agent_id, integration_ids)
+    except agent_status.StatusBusy:
+        if self.request.retries < BUSY_RETRIES:
+            raise self.retry(countdown=BUSY_COUNTDOWN, max_retries=BUSY_RETRIES)
+        logger.warning("agent %s: another task kept sending their status; giving up on this one", agent_id)
+        return
+    if report.retry:
+        if self.request.retries < SELF_RETRIES:
+            raise self.retry(args=(agent_id, report.retry), countdown=services.backoff(self.request.retries + 1),
+                             max_retries=SELF_RETRIES)
+        logger.warning("agent %s's status %r not sent: retailCRM integrations %s still unavailable",
+                       agent_id, report.status, report.retry)
+
+
 @shared_task(ignore_result=True)
 def route_call_task(integration_id: int, call_id: int) -> None:
     services.route_call(integration_id, call_id)
