@@ -166,7 +166,7 @@ def queue_registration(integration_id: int) -> None:
 def push_agent_status_task(self, agent_id: int, integration_ids: list[int] | None = None) -> None:
     """The agent's status as it is now to retailCRM (``services.agent_status``); the integrations that were
     unavailable are tried again with backoff, alone. No sweep backs it: the agent's next change sends
-    their status again."""
+    their status again. On the default queue: it never holds a call-events worker's thread."""
     from crm_sync.services import agent_status
 
     try:
