@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+import redis
 from celery import shared_task
 
 from crm_sync import services
@@ -175,6 +176,11 @@ def push_agent_status_task(self, agent_id: int, integration_ids: list[int] | Non
         if self.request.retries < BUSY_RETRIES:
             raise self.retry(countdown=BUSY_COUNTDOWN, max_retries=BUSY_RETRIES)
         logger.warning("agent %s: another task kept sending their status; giving up on this one", agent_id)
+        return
+    except redis.RedisError as exc:  # the coalescing and the one-sender lease live there (and the rate limit)
+        if self.request.retries < SELF_RETRIES:
+            raise self.retry(countdown=services.backoff(self.request.retries + 1), max_retries=SELF_RETRIES)
+        logger.warning("agent %s's status not sent: Redis unavailable (%s)", agent_id, exc)
         return
     if report.retry:
         if self.request.retries < SELF_RETRIES:

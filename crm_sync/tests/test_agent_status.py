@@ -166,6 +166,35 @@ def test_it_retries_with_backoff_only_the_integrations_that_were_unavailable(sta
                         "max_retries": tasks.SELF_RETRIES}]
 
 
+def test_it_retries_the_task_shortly_while_another_sends_or_redis_is_away(status_world, monkeypatch):
+    import redis
+
+    retried = []
+
+    class Retry(Exception):
+        pass
+
+    def retry(**kwargs):
+        retried.append(kwargs)
+        return Retry()
+
+    monkeypatch.setattr(tasks.push_agent_status_task, "retry", retry)
+    agent_status._redis().set(agent_status.SENDING_KEY.format(status_world.agent.pk), "someone")
+    with pytest.raises(Retry):
+        tasks.push_agent_status_task.run(status_world.agent.pk)
+
+    class Away:
+        def __getattr__(self, name):
+            raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(agent_status, "_redis", Away)
+    with pytest.raises(Retry):
+        tasks.push_agent_status_task.run(status_world.agent.pk)
+    assert retried == [{"countdown": tasks.BUSY_COUNTDOWN, "max_retries": tasks.BUSY_RETRIES},
+                       {"countdown": services.backoff(1), "max_retries": tasks.SELF_RETRIES}]
+    assert status_world.crm.status_changes() == []
+
+
 def test_it_lets_one_task_at_a_time_send_an_agents_status(status_world):
     agent_status._redis().set(agent_status.SENDING_KEY.format(status_world.agent.pk), "someone")
     with pytest.raises(agent_status.StatusBusy):
