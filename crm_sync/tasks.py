@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+import redis
 from celery import shared_task
 
 from crm_sync import domain as crm_domain
@@ -160,6 +161,33 @@ def queue_registration(integration_id: int) -> None:
     except Exception:
         logger.warning("could not debounce a registration; sending it anyway", exc_info=True)
     handoff._enqueue(register_integration_task, integration_id, countdown=REGISTER_DEBOUNCE)
+
+
+@shared_task(bind=True, ignore_result=True)
+def push_agent_status_task(self, agent_id: int, integration_ids: list[int] | None = None) -> None:
+    """The agent's status as it is now to retailCRM (``crm_domain.agent_status``); the integrations that were
+    unavailable are tried again with backoff, alone. No sweep backs it: the agent's next change sends
+    their status again. On the default queue: it never holds a call-events worker's thread."""
+    from crm_sync.domain import agent_status
+
+    try:
+        report = agent_status.push_agent_status(agent_id, integration_ids)
+    except agent_status.StatusBusy:
+        if self.request.retries < BUSY_RETRIES:
+            raise self.retry(countdown=BUSY_COUNTDOWN, max_retries=BUSY_RETRIES)
+        logger.warning("agent %s: another task kept sending their status; giving up on this one", agent_id)
+        return
+    except redis.RedisError as exc:  # the coalescing and the one-sender lease live there (and the rate limit)
+        if self.request.retries < SELF_RETRIES:
+            raise self.retry(countdown=crm_domain.backoff(self.request.retries + 1), max_retries=SELF_RETRIES)
+        logger.warning("agent %s's status not sent: Redis unavailable (%s)", agent_id, exc)
+        return
+    if report.retry:
+        if self.request.retries < SELF_RETRIES:
+            raise self.retry(args=(agent_id, report.retry), countdown=crm_domain.backoff(self.request.retries + 1),
+                             max_retries=SELF_RETRIES)
+        logger.warning("agent %s's status %r not sent: retailCRM integrations %s still unavailable",
+                       agent_id, report.status, report.retry)
 
 
 @shared_task(ignore_result=True)

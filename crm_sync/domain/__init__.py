@@ -14,6 +14,8 @@ before. A test that patches a name patches it in the module that looks it up (``
 * ``routing`` — ``route_call``: responsible-manager routing of a shared line's call;
 * ``registration`` — ``register_integration``: the module's registration (codes, shops, URLs);
 * ``endpoints`` — ``make_call`` / ``change_user_status`` and the lookups: what the endpoints retailCRM calls do;
+* ``agent_status`` — ``status_changed`` / ``push_agent_status``: a status set in ctihub to retailCRM, not one
+  retailCRM sent (``accounts.signals.agent_status_changed``, connected by ``crm_sync.plugins``);
 * ``cards`` — ``card_fields_many``: what a call card shows from retailCRM;
 * ``sweep`` — the periodic catch-up for anything a lost task or an outage left;
 * ``common`` — retry and backoff, the client, the integrations serving an account, ``crm_sync_state``.

@@ -33,6 +33,7 @@ import random
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
 
 import redis
 import requests
@@ -192,6 +193,18 @@ class RetailCrmClient:
     def responsible_manager(self, phone: str) -> dict:
         """The customer with this number, their manager (only if free and with a code) and links."""
         return self._request("GET", "/telephony/manager", params={"phone": phone, "details": "true"})
+
+    def user_status(self, user_id: str, status: str) -> dict:
+        """Set a manager's status (``POST /users/{id}/status``, form field ``status``: free, busy, dinner,
+        break), as the official clients' ``user_status``/``usersStatus`` send it: a plain value, not JSON.
+
+        Its token comes from the general bucket (not under ``/telephony/``), apart from the call events':
+        however many statuses change, no call event waits for one. ``HIGH`` there, because ``LOW`` can never
+        be served in that bucket: its capacity is one token (``BURST_SHARE`` of 10) and a low request
+        wants one more than it takes (``LOW_RESERVE``); its only other users are the rare registrations.
+        """
+        return self._request("POST", f"/users/{quote(str(user_id), safe='')}/status", form={"status": status},
+                             priority=HIGH)
 
     # --- transport ----------------------------------------------------------------------
 

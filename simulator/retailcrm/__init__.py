@@ -4,7 +4,7 @@
 
 * ``/api/v5/integration-modules/{code}/edit`` and ``/api/v5/integration-modules/{code}``;
 * ``/api/v5/telephony/call/event``, ``/api/v5/telephony/calls/upload``,
-  ``/api/v5/telephony/manager``;
+  ``/api/v5/telephony/manager``; ``/api/v5/users/{id}/status`` (a manager's status);
 * ``/_sim/retailcrm/...``: the control API (``control.py``), including the caller
   side (``caller.py``: requests to makeCallUrl and changeUserStatusUrl).
 

@@ -1,4 +1,5 @@
-"""retailCRM's API v5, the methods ctihub uses: ``/api/v5/integration-modules/...`` and ``/api/v5/telephony/...``.
+"""retailCRM's API v5, the methods ctihub uses: ``/api/v5/integration-modules/...``, ``/api/v5/telephony/...``
+and ``/api/v5/users/{id}/status``.
 
 Every request goes through :func:`endpoint`: logged (with its form fields, for
 tests to assert exact encodings), slowed or failed when the control API says
@@ -99,6 +100,11 @@ async def manager(request: web.Request, world: RetailCrmWorld, form: dict[str, s
     return 200, world.manager(dict(request.query), origin)
 
 
+@endpoint
+async def user_status(request: web.Request, world: RetailCrmWorld, form: dict[str, str]):
+    return 200, world.set_user_status(request.match_info["id"], form)
+
+
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_post("/api/v5/integration-modules/{code}/edit", edit_module)
@@ -106,3 +112,4 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/api/v5/telephony/call/event", call_event)
     router.add_post("/api/v5/telephony/calls/upload", calls_upload)
     router.add_get("/api/v5/telephony/manager", manager)
+    router.add_post("/api/v5/users/{id}/status", user_status)

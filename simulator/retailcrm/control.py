@@ -20,6 +20,7 @@ GET      /_sim/retailcrm/modules                -  (every registered integration
 GET      /_sim/retailcrm/events                 -  (call events received, oldest first)
 GET      /_sim/retailcrm/calls                  -  (uploaded calls, by externalId)
 GET      /_sim/retailcrm/uploads                -  (every upload request: calls, processed, duplicates)
+GET      /_sim/retailcrm/status-changes         -  (every user status set through the API: userId, status)
 GET      /_sim/retailcrm/requests?since=<seq>   -  (every API request: method, path, form, apiKey, status)
 GET      /_sim/retailcrm/stats                  -  (requests, rateLimited, maxPerSecond per kind, statuses)
 POST     /_sim/retailcrm/make-call              {userId, phone, externalPhone, code, clientId, module}
@@ -143,6 +144,11 @@ async def uploads(request):
 
 
 @_json_errors
+async def status_changes(request):
+    return list(world_of(request).status_changes)
+
+
+@_json_errors
 async def requests_log(request):
     return world_of(request).requests_since(int(request.query.get("since", "0")))
 
@@ -192,6 +198,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/events", events)
     router.add_get(f"{PREFIX}/calls", calls)
     router.add_get(f"{PREFIX}/uploads", uploads)
+    router.add_get(f"{PREFIX}/status-changes", status_changes)
     router.add_get(f"{PREFIX}/requests", requests_log)
     router.add_get(f"{PREFIX}/stats", stats)
     router.add_get(f"{PREFIX}/outgoing", outgoing)

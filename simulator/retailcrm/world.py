@@ -11,6 +11,7 @@ What it enforces, from retailCRM's documentation and official clients:
 * the API key (``X-API-KEY`` header or ``apiKey`` parameter): 403 without a known one;
 * 10 requests per second per key, 40 for ``/telephony/*`` methods, counted in a
   sliding one-second window; past that, 503 (what retailCRM answers);
+* a user's status (``POST /users/{id}/status``): free, busy, dinner or break, else 400; 404 for no such user;
 * at most 50 calls per upload; ``duplicateCalls`` for an ``externalId`` it already has;
 * errors as ``{"success": false, "errorMsg": ..., "errors": ...}``.
 """
@@ -111,6 +112,7 @@ class RetailCrmWorld:
             self.events: list[dict[str, Any]] = []
             self.calls: dict[str, dict[str, Any]] = {}
             self.uploads: list[dict[str, Any]] = []
+            self.status_changes: list[dict[str, Any]] = []  # every POST /users/{id}/status retailCRM accepted
             self.requests: list[dict[str, Any]] = []
             self.outgoing: list[dict[str, Any]] = []
             self.rate_limited = 0
@@ -386,6 +388,23 @@ class RetailCrmWorld:
                 answer["manager"] = {**view, "code": code} if details else {"id": manager["id"], "code": code}
         return answer
 
+    def set_user_status(self, user_id: str, form: dict[str, str]) -> dict[str, Any]:
+        """``POST /api/v5/users/{id}/status``: the form's ``status`` (a plain value) becomes the user's."""
+        status = form.get("status")
+        if not status:
+            raise ApiError(400, "Errors in the input parameters", {"status": "This value should not be blank."})
+        if status not in USER_STATUSES:
+            raise ApiError(400, "Errors in the input parameters",
+                           {"status": f"The value must be one of {', '.join(USER_STATUSES)}."})
+        with self.lock:
+            user = self.users.get(str(user_id))
+            if user is None:
+                raise ApiError(404, "Not found")
+            user["status"] = status
+            self.status_changes.append({"seq": len(self.status_changes) + 1, "time": time.time(),
+                                        "userId": user["id"], "status": status})
+        return {"success": True}
+
     # --- views ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -394,7 +413,8 @@ class RetailCrmWorld:
                 "config": asdict(self.config), "apiKeys": len(self.api_keys), "sites": list(self.sites.values()),
                 "users": list(self.users.values()), "customers": list(self.customers.values()),
                 "modules": dict(self.modules), "events": len(self.events), "calls": len(self.calls),
-                "uploads": len(self.uploads), "rateLimited": self.rate_limited,
+                "uploads": len(self.uploads), "statusChanges": len(self.status_changes),
+                "rateLimited": self.rate_limited,
             }
 
     def requests_since(self, seq: int = 0) -> list[dict[str, Any]]:

@@ -95,6 +95,38 @@ def test_it_routes_a_switchboard_call_to_the_free_responsible_manager_and_pops_o
     page.screenshot(path=str(ARTIFACTS / "console-routed-card.png"), full_page=True)
 
 
+def test_it_sends_a_console_status_to_retailcrm_and_does_not_echo_retailcrms_own(hub, settings):
+    from crm_sync import domain as crm_domain
+    from tests.support.consoles import Console
+
+    hub.start(workers=1, web=True)
+    settings.PUBLIC_BASE_URL = hub.web_url  # the changeUserStatusUrl registered with retailCRM
+    crm = RetailCrmControl(hub.sim_url)
+    crm.reset()
+    crm.add_api_key(API_KEY)
+    crm.add_user(7, firstName="Ann")
+    agent = make_agent("ann", extension_code="101", retailcrm_user_id="7")
+    crm_domain.register_integration(RetailCrmIntegration.objects.create(name="shop", crm_url=hub.sim_url,
+                                                                      api_key=API_KEY))
+    console = Console(hub, agent)
+    try:
+        assert console.set_status("dinner")["ok"]
+        wait_for(lambda: crm.status_changes() == [{"userId": 7, "status": "dinner"}], 15,
+                 what="the console's status at retailCRM")
+
+        answer = crm.user_status(userId=7, status="break")  # a manager's change in retailCRM
+        assert answer["status"] == 200, answer
+        console.wait(lambda m: m.get("type") == "agent_status" and m["status"] == "break", what="retailCRM's status")
+        # The console's next change lands after anything the previous ones queued (one worker, in order).
+        assert console.set_status("free")["ok"]
+        wait_for(lambda: crm.status_changes()[-1:] == [{"userId": 7, "status": "free"}], 15,
+                 what="the console's second status at retailCRM")
+    finally:
+        console.close()
+    assert crm.status_changes() == [{"userId": 7, "status": "dinner"}, {"userId": 7, "status": "free"}]
+    assert crm.users()["7"]["status"] == "free"
+
+
 def test_it_keeps_everything_through_a_retailcrm_outage_and_two_workers_drain_it_within_the_limit(hub):
     hub.start(workers=2, web=False)
     crm = RetailCrmControl(hub.sim_url)

@@ -49,6 +49,13 @@ class Console:
         self.ws.send(json.dumps({"action": "call_action", "call": call_id, "name": name, "id": request_id}))
         return self.wait(lambda m: m.get("type") == "result" and m.get("id") == request_id, what=f"{name} result")
 
+    def set_status(self, status: str) -> dict:
+        """The status select's change, as console.js sends it."""
+        self._requests += 1
+        request_id = self._requests
+        self.ws.send(json.dumps({"action": "set_status", "status": status, "id": request_id}))
+        return self.wait(lambda m: m.get("type") == "result" and m.get("id") == request_id, what="set_status result")
+
     def cards(self, listen: float) -> list[dict]:
         deadline = time.monotonic() + listen
         while time.monotonic() < deadline:

@@ -43,6 +43,13 @@ class RetailCrmControl(ControlClient):
     def uploads(self):
         return self._call("GET", "/uploads")
 
+    def status_changes(self):
+        """The statuses set through ``POST /api/v5/users/{id}/status``, oldest first: [{userId, status}]."""
+        return [{"userId": c["userId"], "status": c["status"]} for c in self._call("GET", "/status-changes")]
+
+    def users(self):
+        return {str(user["id"]): user for user in self._call("GET", "/state")["users"]}
+
     def requests(self, since: int = 0):
         return self._call("GET", f"/requests?since={since}")
 
