@@ -24,7 +24,7 @@ from tests.factories import make_account, make_agent, make_call, make_terminal
 pytestmark = pytest.mark.django_db
 ENDUSER_TERMINAL = "5985841581756135023"
 CALLER = "+33612345678"
-LOOK = 10  # seconds between two looks at the voicemail (services.RECORD_RECHECK)
+LOOK = 10  # seconds between two looks at the voicemail (crm_domain.RECORD_RECHECK)
 
 
 @pytest.fixture
