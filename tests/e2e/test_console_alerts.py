@@ -114,17 +114,24 @@ def test_it_notifies_a_hidden_tab_of_a_ringing_call_once_rings_counts_and_keeps_
     wait_for_js(page, "window.__alerts.made.length === 2")
     assert page.evaluate(NOTES)[1]["title"] == "+33 6 11 11 11 11"
     assert page.title() == f"(2) Ringing — {base_title}"
-    # A click on it brings the tab forward and closes it.
-    page.evaluate("window.__alerts.made[1].dispatchEvent(new Event('click'))")
-    assert page.evaluate("window.__alerts.focused") == 1 and page.evaluate("window.__alerts.made[1].closed")
-    fourth = call("-4", u.RINGING, number="+33622222222")
+    # retailCRM finds the customer while it rings: the notification is replaced (same tag), not added to.
+    customers["+33611111111"] = {"id": 8, "firstName": "Jean", "lastName": "Dupont"}
+    call("-3", u.RINGING, number="+33611111111", remote_label="DUPONT")
     wait_for_js(page, "window.__alerts.made.length === 3")
+    replaced = page.evaluate(NOTES)[2]
+    assert replaced["title"] == "Jean Dupont" and replaced["tag"] == f"call-{third.pk}"
+    assert "+33 6 11 11 11 11" in replaced["body"]
+    # A click on it brings the tab forward and closes it.
+    page.evaluate("window.__alerts.made[2].dispatchEvent(new Event('click'))")
+    assert page.evaluate("window.__alerts.focused") == 1 and page.evaluate("window.__alerts.made[2].closed")
+    fourth = call("-4", u.RINGING, number="+33622222222")
+    wait_for_js(page, "window.__alerts.made.length === 4")
     page.evaluate("window.__setHidden(false)")  # the agent looks: no notification left up
-    assert page.evaluate("window.__alerts.made[2].closed")
+    assert page.evaluate("window.__alerts.made[3].closed")
     for c in (second, third, fourth):
         call(c.pbx_call_id, u.ENDED, end_cause=u.END_HANGUP, number=c.remote_number_e164)
     wait_for_js(page, f"document.title === {base_title!r}")
-    assert page.evaluate("window.__alerts.made.length") == 3
+    assert page.evaluate("window.__alerts.made.length") == 4
 
     # Notifications off; a reload shows both switches as saved, asks nothing, and plays nothing before a click.
     page.click("#alerts-desktop")
