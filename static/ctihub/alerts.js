@@ -216,6 +216,8 @@
       // Old Safari takes a callback and returns nothing: its answer shows on the next check below.
     }
     showPermission();
+    // The button is gone: keep a keyboard user's place in the control.
+    if (root.querySelector("#alerts-enable").hidden) root.querySelector("#alerts-desktop").focus();
   }
 
   async function save(input, field) {
