@@ -30,3 +30,18 @@ def set_agent_status(agent: Agent, status: str, source: str = "console") -> Agen
         transaction.on_commit(
             lambda: agent_status_changed.send(Agent, agent=agent, status=status, source=source))
     return agent
+
+
+def set_console_alerts(agent: Agent, *, desktop: bool | None = None, sound: bool | None = None) -> Agent:
+    """Store the console's alert switches (desktop notifications, ring sound); ``None`` leaves one as it is.
+    Only the given fields are written, so a save from one tab does not undo the other switch saved from another."""
+    fields = {}
+    if desktop is not None:
+        fields["desktop_notifications"] = bool(desktop)
+    if sound is not None:
+        fields["ring_sound"] = bool(sound)
+    if fields:
+        Agent.objects.filter(pk=agent.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(agent, name, value)
+    return agent

@@ -35,6 +35,12 @@ class Agent(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FREE)
     status_changed_at = models.DateTimeField(default=timezone.now)
     is_supervisor = models.BooleanField(default=False, help_text="Sees every call and the wallboard.")
+    # The console's alerts for a ringing call, switched in the console and kept here (not in the browser) so
+    # they follow the agent to another machine. The browser's own permission is asked for apart, per browser.
+    desktop_notifications = models.BooleanField(
+        default=True, help_text="The console shows a desktop notification when a call rings and its tab is hidden."
+    )
+    ring_sound = models.BooleanField(default=False, help_text="The console plays a ring while a call rings.")
     # By name: accounts imports no telephony module (telephony's Terminal.agent points back here).
     dialling_terminal = models.ForeignKey(
         "telephony.Terminal",

@@ -136,6 +136,8 @@
   function render() {
     if (document.body.dataset.page === "console") renderConsole();
     if (document.body.dataset.page === "wallboard") renderWallboard();
+    // Every card as this page now holds it (snapshot and versions applied): for alerts.js and the like.
+    document.dispatchEvent(new CustomEvent("ctihub:calls", { detail: { calls: [...calls.values()], me } }));
   }
 
   function renderConsole() {
