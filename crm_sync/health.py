@@ -56,7 +56,7 @@ def _row(integration: RetailCrmIntegration, now) -> HealthRow:
         status, label = health.DEGRADED, "Registered; uploads stalled"
     else:
         status, label = health.OK, "Registered"
-    waiting = f"{integration.outbox} calls waiting" if integration.outbox else "empty"
+    waiting = f"{integration.outbox} call{'s' if integration.outbox > 1 else ''} waiting" if integration.outbox else "empty"
     return HealthRow(name=integration.name, status=status, state_label=label, url=health.change_url(integration),
                      last_event_at=integration.last_upload, last_error=health.error_text(integration.last_error),
                      detail=waiting, fix=fix)

@@ -162,7 +162,7 @@ def listeners_section(limit: int | None = None) -> HealthSection:
         status = STATUSES[listener.severity]
         fix = None
         if status == DOWN or listener.state == Listener.State.BACKOFF:
-            fix = HealthFix("Restart its account's listeners", PbxAccount, "restart_listeners", listener.account_id)
+            fix = HealthFix("Restart listeners", PbxAccount, "restart_listeners", listener.account_id)
         detail = listener.account.name
         if listener.reconnects:
             detail += f" · {listener.reconnects} reconnects"

@@ -83,7 +83,7 @@ def test_it_shows_every_account_listener_and_integration_worst_first_with_a_word
     assert [status_of(row) for row in integrations] == ["down", "ok"]
     assert "failing-crm" in integrations[0] and "403 wrong apiKey" in integrations[0]
     assert "Registration failed" in integrations[0]
-    assert "2 min ago" in integrations[1] and "1 calls waiting" in integrations[1]
+    assert "2 min ago" in integrations[1] and "1 call waiting" in integrations[1]
     assert reverse("admin:crm_sync_retailcrmintegration_change", args=[world["fine"].pk]) in integrations[1]
 
 
@@ -185,7 +185,7 @@ def test_it_marks_an_integration_whose_uploads_stalled_as_degraded(admin_client)
     CrmCallSync.objects.create(integration=integration, call=make_call(account), uploaded_at=now - timedelta(hours=1))
     CrmCallSync.objects.create(integration=integration, call=make_call(account), outbox_at=now - timedelta(hours=1))
     row = rows_of(admin_client.get(INDEX).content.decode(), "retailcrm_integrations")[0]
-    assert status_of(row) == "degraded" and "uploads stalled" in row and "1 calls waiting" in row
+    assert status_of(row) == "degraded" and "uploads stalled" in row and "1 call waiting" in row
 
 
 def test_it_shows_a_staff_user_only_what_they_may_view_and_no_fix_they_may_not_run(client, world):
