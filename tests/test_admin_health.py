@@ -148,8 +148,11 @@ def test_it_reads_as_many_queries_for_twenty_accounts_as_for_one(admin_client, d
     assert len(rows_of(page, "pbx_accounts")) == 1
     for n in range(1, 20):
         add_account(n)
-    with django_assert_num_queries(len(one)):
+    with django_assert_num_queries(len(one)) as twenty:
         page = admin_client.get(INDEX).content.decode()
+    sql = " ".join(query["sql"] for query in twenty.captured_queries)
+    for secret_column in ('"password"', '"api_token"', '"webhook_secret"', '"api_key"', '"client_id"'):
+        assert secret_column not in sql.replace('"auth_user"."password"', ""), secret_column  # never read, let alone shown
     assert len(rows_of(page, "pbx_accounts")) == 20 and len(rows_of(page, "listeners")) == 20
     assert len(rows_of(page, "retailcrm_integrations")) == 20
 
@@ -210,6 +213,20 @@ def test_it_keeps_the_index_up_when_a_plugged_in_section_fails(admin_client, wor
     page = response.content.decode()
     assert response.status_code == 200
     assert "broken-plugin could not be read: RuntimeError" in page and "failing-crm" in page
+
+
+def test_it_keeps_one_health_section_when_one_is_registered_twice():
+    def section():
+        return health.HealthSection("twice", "Twice", PbxAccount)
+
+    plugins.register_health_section("twice", section)
+    plugins.register_health_section("twice", lambda: health.HealthSection("other", "Other", PbxAccount))
+    try:
+        assert [s.key for s in health.sections()].count("twice") == 1
+        assert "other" not in [s.key for s in health.sections()]
+    finally:
+        plugins.unregister_health_section("twice")
+    assert "twice" not in [s.key for s in health.sections()]
 
 
 @pytest.mark.parametrize(("seconds", "expected"), [
