@@ -219,6 +219,8 @@ class CrmCallSync(models.Model):
                 condition=models.Q(outbox_at__isnull=False, uploaded_at__isnull=True, upload_skipped=""),
             ),
             models.Index(fields=["looked_up_at"], name="crm_call_sync_lookup"),
+            # The last upload of an integration (the admin's health, crm_sync.health): one index step.
+            models.Index(fields=["integration", "uploaded_at"], name="crm_call_sync_uploaded"),
         ]
 
     def __str__(self):

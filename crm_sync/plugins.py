@@ -5,6 +5,7 @@
 * a card enricher → ``crm_domain.card_fields_many``: retailCRM's customer, manager and links on the cards;
 * ``accounts.signals.agent_status_changed`` → ``crm_domain.agent_status.status_changed``: a status set in
   ctihub to retailCRM (two-way status).
+* a health section → ``crm_sync.health``: the integrations on the admin's index.
 
 Each receiver looks its function up when called, so a test that patches ``crm_sync.domain`` sees
 its patch used.
@@ -20,6 +21,7 @@ def register() -> None:
     plugins.calls_committed.connect(hand_off, dispatch_uid="crm_sync.plugins.hand_off")
     plugins.register_card_enricher(crm_fields)
     agent_status_changed.connect(status_to_crm, dispatch_uid="crm_sync.plugins.status_to_crm")
+    plugins.register_health_section("retailcrm_integrations", integrations_health)
 
 
 def hand_off(sender, calls, **kwargs) -> None:
@@ -38,3 +40,9 @@ def status_to_crm(sender, agent, status, source, **kwargs) -> None:
     from crm_sync.domain import agent_status
 
     agent_status.status_changed(agent, status, source)
+
+
+def integrations_health():
+    from crm_sync.health import integrations_section
+
+    return integrations_section()

@@ -111,7 +111,7 @@ if urlparse(PUBLIC_BASE_URL).scheme not in ("http", "https"):
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "ctihub.apps.CtihubAdminConfig",  # django.contrib.admin, its site ctihub's (ctihub/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -17,6 +17,10 @@ from its ``AppConfig.ready()``, as ``crm_sync`` does (``crm_sync/plugins.py``):
 * caller-ID presenters — ``register_caller_id_presenter(name, fn)``: ``fn(terminal, phone) -> bool``
   shows ``phone`` as the caller-ID of the next call from ``terminal`` (True once the PBX took it).
   The PBX providers that can register theirs; ``present_caller_id`` asks them in turn.
+* health sections — ``register_health_section(name, provider)``: ``provider() -> telephony.health.HealthSection``,
+  the rows of one kind of thing (status, last event, last error, a link, a fix) the admin's index shows
+  after the core's own (PBX accounts, listeners). A provider runs a bounded number of queries, whatever
+  the number of its rows.
 
 Registering the same name (or the same function) twice keeps one: ``ready()`` may run more than once in tests.
 """
@@ -170,3 +174,21 @@ def present_caller_id(terminal, phone: str) -> bool:
 
     False when no presenter can (the PBX then presents its default caller-ID)."""
     return any(presenter(terminal, phone) for presenter in list(_caller_id_presenters.values()))
+
+
+# --- health sections ------------------------------------------------------------------------------
+
+HealthSectionProvider = Callable[[], object]  # -> telephony.health.HealthSection
+_health_sections: dict[str, HealthSectionProvider] = {}
+
+
+def register_health_section(name: str, provider: HealthSectionProvider) -> None:
+    _health_sections.setdefault(name, provider)
+
+
+def unregister_health_section(name: str) -> None:
+    _health_sections.pop(name, None)
+
+
+def health_section_providers() -> tuple[tuple[str, HealthSectionProvider], ...]:
+    return tuple(_health_sections.items())

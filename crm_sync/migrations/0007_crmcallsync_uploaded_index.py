@@ -1,0 +1,20 @@
+# The admin's health reads each integration's last upload (crm_sync.health): one step down this index.
+# Built concurrently: the call syncs' table is the hub's biggest, and its writes must not wait for the build.
+
+from django.contrib.postgres.operations import AddIndexConcurrently
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    atomic = False
+
+    dependencies = [
+        ('crm_sync', '0006_crmcallsync_record_wait_until'),
+    ]
+
+    operations = [
+        AddIndexConcurrently(
+            model_name='crmcallsync',
+            index=models.Index(fields=['integration', 'uploaded_at'], name='crm_call_sync_uploaded'),
+        ),
+    ]
