@@ -259,7 +259,7 @@
       if (n % 2 === 0) chart.appendChild(svg("text", { class: "hour", x: n * SLOT + SLOT / 2, y: PLOT + 18, "text-anchor": "middle" }, hour.label));
     });
     box.replaceChildren(chart);
-    setText("chart-scale", interpolate(gettext("Tallest bar: %(tallest)s calls"), { tallest }));
+    setText("chart-scale", interpolate(gettext("Top of the scale: %(tallest)s"), { tallest }));
     renderRows(document.getElementById("hours"), today.hours, (h) => h.start, (tr, hour) => {
       if (!tr.children.length) {
         const th = document.createElement("th");
