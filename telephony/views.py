@@ -10,15 +10,18 @@ from django.views.decorators.http import require_POST
 
 from accounts.domain import set_console_alerts
 from telephony.console import viewer_for
+from telephony.wallboard import chart, figures
 
 ALERT_SWITCHES = {"desktop": "desktop_notifications", "sound": "ring_sound"}
 
 
-def _role_or_explain(request, template: str, supervisor_only: bool = False):
+def _role_or_explain(request, template: str, supervisor_only: bool = False, context=None):
+    """``context``: a function of no argument giving the page's own context, asked only once the viewer may see it."""
     viewer = viewer_for(request.user)
     if not viewer.has_role or (supervisor_only and not viewer.is_supervisor):
         return render(request, "accounts/no_role.html", {"supervisor_only": supervisor_only}, status=403)
-    return render(request, template, {"viewer": viewer, "statuses": ["free", "busy", "dinner", "break"]})
+    return render(request, template, {"viewer": viewer, "statuses": ["free", "busy", "dinner", "break"],
+                                      **(context() if context else {})})
 
 
 @login_required
@@ -28,7 +31,23 @@ def console(request):
 
 @login_required
 def wallboard(request):
-    return _role_or_explain(request, "wallboard.html", supervisor_only=True)
+    return _role_or_explain(request, "wallboard.html", supervisor_only=True, context=_wallboard_context)
+
+
+def _wallboard_context() -> dict:
+    """Today's figures and the calls-per-hour chart drawn on the server: the page reads right before its
+    websocket is live (wallboard.js then draws them again from each snapshot and card)."""
+    today = figures()
+    return {"today": today, "chart": chart(today["hours"]),
+            "average_answer": _minutes_seconds(today["average_answer_ms"])}
+
+
+def _minutes_seconds(ms: int | None) -> str:
+    """As wallboard.js writes a duration: m:ss."""
+    if ms is None:
+        return "—"
+    seconds = ms // 1000
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 @login_required
