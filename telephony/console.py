@@ -16,6 +16,7 @@ from accounts.domain import set_agent_status
 from accounts.models import Agent
 from telephony import control, wallboard
 from telephony.cards import SUPERVISORS_GROUP, agent_group, cards_of
+from telephony.history import unreturned_missed
 from telephony.models import Call
 
 RECENT_WINDOW = timedelta(minutes=30)
@@ -72,6 +73,8 @@ def snapshot(viewer: Viewer) -> dict:
         "me": _agent_json(viewer.agent) if viewer.agent else None,
         "supervisor": viewer.is_supervisor,
         "calls": cards_of(live + recent),
+        # Today's missed calls nobody returned, by number (console_unreturned.html counts them, live).
+        "unreturned_missed": unreturned_missed(viewer),
     }
     if viewer.is_supervisor:
         data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]

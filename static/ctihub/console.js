@@ -257,11 +257,31 @@
     dialog.showModal();
   }
 
+  // A recent call: its time, who and how it ended, and a call-back button (the console's own "dial").
   function summaryItem(card) {
+    const t = (text) => (window.gettext ? window.gettext(text) : text);
     const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.dateTime = card.created_at;
+    time.textContent = new Date(card.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const text = document.createElement("span");
     const outcome = card.answered ? `answered, talked ${formatDuration((card.talking_ms || 0) / 1000)}` : "missed";
-    li.textContent = `${card.direction === "in" ? "From" : "To"} ${card.remote_number_display || card.remote_number || "unknown"}` +
-      `${card.remote_label ? " (" + card.remote_label + ")" : ""}: ${outcome}`;
+    text.textContent = ` ${card.direction === "in" ? "From" : "To"} ${card.remote_number_display || card.remote_number || "unknown"}` +
+      `${card.remote_label ? " (" + card.remote_label + ")" : ""}: ${outcome} `;
+    li.append(time, text);
+    if (me && card.remote_number) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "call-back";
+      button.textContent = t("Call back");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        const result = await send({ action: "dial", number: card.remote_number });
+        button.disabled = false;
+        notice(result.ok ? t("Calling %(number)s…").replace("%(number)s", card.remote_number_display || card.remote_number) : result.error);
+      });
+      li.append(button);
+    }
     li.dataset.call = card.id;
     li.className = card.answered ? "answered" : "missed";
     return li;
