@@ -9,6 +9,7 @@ import time, never a silent fallback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -132,6 +133,9 @@ INSTALLED_APPS = [
     "telephony.providers.telepo",
     "crm_sync",
 ]
+# The development tools (runall, the demo, the simulator) where the simulator is: a checkout, never the image.
+if importlib.util.find_spec("simulator") is not None:
+    INSTALLED_APPS.append("simulator")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

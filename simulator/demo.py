@@ -8,7 +8,7 @@ transferred to a colleague, some are missed. It uses the same world methods as
 the control API, so the hub sees exactly what a real PBX would push.
 
 The credentials here are the simulator's own (a fake PBX on 127.0.0.1); ctihub's
-demo seeding (``ctihub.demo``) uses the same constants to point an account at it.
+demo seeding (``simulator.hub_demo``) uses the same constants to point an account at it.
 """
 
 from __future__ import annotations

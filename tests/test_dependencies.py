@@ -29,10 +29,8 @@ DEV_ONLY = {"pytest", "pytest-django", "pytest-xdist", "pytest-timeout", "hypoth
 FIRST_PARTY = {"accounts", "crm_sync", "ctihub", "telephony"}
 
 # Imports of development code that the image's modules make on purpose, each on a path production never
-# takes. Issue #17 moves the demo out of ctihub; until then these are the known ones, and a new one fails.
+# takes (the demo and runall live in the simulator's app since issue 17); a new one fails.
 DEV_IMPORTS_ALLOWED = {
-    # runall's demo (./scripts/run): the simulator's demo enterprise; only runall imports ctihub.demo.
-    ("ctihub/demo.py", "simulator"),
     # The benchmarks' floors, served only with BENCH_FLOORS=true, which production never sets.
     ("ctihub/routing.py", "bench"),
     # The embedded Redis of a checkout with no REDIS_URL, imported only when it starts one.

@@ -39,8 +39,6 @@ ALLOWED = {
     ("telephony.providers.istra_enduser.backfill", "istra_mycrm"),
     ("telephony.providers.istra_enduser.backfill", "istra_myrcc"),
     ("telephony.providers.istra_enduser.tasks", "istra_mycrm"),
-    # Development only: ./scripts/run's demo puts a myRCC account on the simulator.
-    ("ctihub.demo", "istra_myrcc"),
 }
 
 

@@ -82,7 +82,7 @@ class FakeProcess:
 @pytest.fixture
 def runall(monkeypatch, settings):
     """``runall`` without its processes: what it starts, prints and has PUBLIC_BASE_URL be at each step."""
-    from ctihub.management.commands import runall as module
+    from simulator.management.commands import runall as module
 
     seen = {"children": {}, "base_url_at": {}}
 

@@ -115,7 +115,7 @@ class Command(BaseCommand):
         """Once the simulator answers: the demo account and agents, and their logins for the newcomer."""
         import requests
 
-        from ctihub.demo import ensure_demo
+        from simulator.hub_demo import ensure_demo
 
         sim_url = f"http://127.0.0.1:{options['simulator_port']}"
         deadline = time.monotonic() + 30
