@@ -9,6 +9,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from accounts.domain import set_console_alerts
+from accounts.models import Agent
 from telephony.console import viewer_for
 
 ALERT_SWITCHES = {"desktop": "desktop_notifications", "sound": "ring_sound"}
@@ -18,7 +19,8 @@ def _role_or_explain(request, template: str, supervisor_only: bool = False):
     viewer = viewer_for(request.user)
     if not viewer.has_role or (supervisor_only and not viewer.is_supervisor):
         return render(request, "accounts/no_role.html", {"supervisor_only": supervisor_only}, status=403)
-    return render(request, template, {"viewer": viewer, "statuses": ["free", "busy", "dinner", "break"]})
+    # (value, label): the value is what the console sends, the label in the page's language.
+    return render(request, template, {"viewer": viewer, "statuses": Agent.Status.choices})
 
 
 @login_required
