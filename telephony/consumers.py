@@ -22,6 +22,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone, translation
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation.trans_real import parse_accept_lang_header
 
@@ -396,7 +397,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         except console.Refused as exc:
             await self._reply_error(request_id, exc)  # made text in the page's language
         except ProviderError as exc:
-            await self._reply_error(request_id, f"PBX: {exc}")
+            await self._reply_error(request_id, format_lazy("PBX: {}", exc))
         except Exception:
             # A bug, not the page's fault: logged with its traceback, but the console stays open.
             action = content.get("action") if isinstance(content, dict) else None
