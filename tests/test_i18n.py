@@ -30,6 +30,8 @@ DOMAINS = ("django", "djangojs")
 BRAND_WORDS = ("ctihub",)
 # Attributes a person reads (or hears, from a screen reader).
 READ_ATTRIBUTES = ("aria-label", "placeholder", "title", "alt", "label")
+# Blocks whose content is a value, not text (base.html puts {% block page %} in an attribute).
+VALUE_BLOCKS = ("page",)
 MARK = "\u2063"  # what a marked string or a value becomes in the page the checker reads
 
 
@@ -41,7 +43,7 @@ def unmarked_strings(source: str) -> list[str]:
     The template's tokens are put back together with every marked string and every {{ value }} as one
     invisible mark and every other tag dropped, then read as HTML: the text between tags and the attributes
     people read must hold nothing but marks, brand names, digits and punctuation."""
-    page, in_blocktranslate, in_comment = [], False, False
+    page, in_blocktranslate, in_comment, in_value = [], False, False, False
     for token in Lexer(source).tokenize():
         if token.token_type == TokenType.COMMENT:
             continue
@@ -59,8 +61,12 @@ def unmarked_strings(source: str) -> list[str]:
                 in_blocktranslate = False
             elif name in ("translate", "trans"):
                 page.append(MARK)
+            elif name == "block" and contents.split()[1:2] and contents.split()[1] in VALUE_BLOCKS:
+                in_value = True
+            elif name == "endblock":
+                in_value = False
             continue
-        if in_comment or in_blocktranslate:
+        if in_comment or in_blocktranslate or in_value:
             continue
         page.append(MARK if token.token_type == TokenType.VAR else contents)
     reader = _ReadText()
@@ -108,7 +114,7 @@ def test_it_marks_every_string_of_every_template_for_translation(template):
 
 
 def test_it_finds_the_unmarked_strings_of_a_template():
-    source = """{% load i18n %}{# a comment #}<h1>Live calls</h1><p>{% translate "Marked" %} · ctihub</p>
+    source = """{% load i18n %}{# a comment #}{% block page %}console{% endblock %}<h1>Live calls</h1><p>{% translate "Marked" %} · ctihub</p>
         <nav aria-label="Main"></nav><input placeholder="{% translate 'Number' %}">{% comment %}Notes{% endcomment %}
         <p>{% blocktranslate %}Hello {{ name }}{% endblocktranslate %}</p><span title="{{ value }}">{{ n }} ringing</span>
         <option value="x" {% if on %}selected{% endif %}>{{ label }}</option><b>12:00 — 3</b>"""
