@@ -87,7 +87,7 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     console.select_option("#status", "busy")
     wait_for_js(
         wallboard,
-        "[...document.querySelectorAll('#agents tr')].some(r => r.textContent.includes('jdoe') && r.textContent.includes('busy'))",
+        "[...document.querySelectorAll('#agents tr')].some(r => r.textContent.includes('jdoe') && r.textContent.includes('Busy'))",
         timeout=10000,
     )
     assert Agent.objects.get(pk=agent_id).status == "busy"
