@@ -226,3 +226,26 @@ def test_it_answers_a_console_in_the_language_of_its_page(compiled):
     with translation.override("ru"):
         assert str(refusal) == "введите номер телефона или добавочный"
     assert str(refusal) == "enter a phone number or an extension"
+
+
+@pytest.mark.django_db
+def test_it_shows_the_admin_in_russian_and_french(admin_client, compiled):
+    from django.urls import reverse
+
+    from tests.factories import make_account, make_call, make_terminal
+
+    account = make_account(status="failed", last_error="HTTP 401")
+    agent = make_agent("olga")
+    make_terminal(account, agent=agent)
+    make_call(account, agent=agent)
+    pages = [reverse("admin:index"), reverse("admin:telephony_pbxaccount_changelist"),
+             reverse("admin:telephony_pbxaccount_change", args=[account.pk]), reverse("admin:telephony_call_changelist"),
+             reverse("admin:accounts_agent_change", args=[agent.pk]), reverse("admin:crm_sync_retailcrmintegration_add")]
+    for language, words in {"ru": ("Учётные записи АТС", "Сбой (нужен администратор)", "Проверить подключение"),
+                            "fr": ("Comptes PBX", "En échec (un administrateur doit intervenir)", "Tester la connexion")}.items():
+        seen = ""
+        for url in pages:
+            response = admin_client.get(url, HTTP_ACCEPT_LANGUAGE=language)
+            assert response.status_code == 200, (language, url)
+            seen += response.content.decode()
+        assert all(word in seen for word in words), (language, [w for w in words if w not in seen])
