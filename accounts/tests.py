@@ -44,7 +44,7 @@ def test_it_shows_the_wallboard_to_supervisors_only(client):
     assert client.get("/wallboard/").status_code == 403
     client.force_login(make_agent("grace", is_supervisor=True).user)
     response = client.get("/wallboard/")
-    assert response.status_code == 200 and 'id="count-missed"' in response.content.decode()
+    assert response.status_code == 200 and 'id="fig-missed"' in response.content.decode()
 
 
 def test_it_announces_a_status_change_once_it_is_committed(django_capture_on_commit_callbacks):

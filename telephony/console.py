@@ -15,8 +15,9 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts.domain import set_agent_status
 from accounts.models import Agent
-from telephony import control
+from telephony import control, wallboard
 from telephony.cards import SUPERVISORS_GROUP, agent_group, cards_of
+from telephony.history import unreturned_missed
 from telephony.models import Call
 
 RECENT_WINDOW = timedelta(minutes=30)
@@ -64,7 +65,7 @@ def viewer_for(user) -> Viewer:
 
 
 def snapshot(viewer: Viewer) -> dict:
-    """Live calls and recent ones; supervisors also get agents and counters."""
+    """Live calls and recent ones; supervisors also get the agents and today's figures (``telephony.wallboard``)."""
     now = timezone.now()
     calls = viewer.visible_calls()
     live = list(calls.exclude(state=Call.State.ENDED).order_by("created_at"))
@@ -74,10 +75,12 @@ def snapshot(viewer: Viewer) -> dict:
         "me": _agent_json(viewer.agent) if viewer.agent else None,
         "supervisor": viewer.is_supervisor,
         "calls": cards_of(live + recent),
+        # Today's missed calls nobody returned, by number (console_unreturned.html counts them, live).
+        "unreturned_missed": unreturned_missed(viewer),
     }
     if viewer.is_supervisor:
         data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]
-        data["missed_today"] = missed_today()
+        data["wallboard"] = wallboard.figures(now)
     return data
 
 
@@ -126,13 +129,6 @@ def newer_than_shown(viewer: Viewer, changed: list[tuple[dict, object]], shown: 
     return [card for card, updated_at in changed
             if viewer.may_see(card) and (card["id"] in live or updated_at >= since)
             and card["version"] > shown.get(card["id"], 0)]
-
-
-def missed_today() -> int:
-    start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    return Call.objects.filter(
-        direction=Call.Direction.INBOUND, state=Call.State.ENDED, answered_at__isnull=True, created_at__gte=start
-    ).count()
 
 
 def _agent_json(agent: Agent) -> dict:

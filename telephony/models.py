@@ -250,6 +250,8 @@ class Call(models.Model):
             models.Index(fields=["crm_sync_state", "ended_at"], name="call_crm_sync"),
             # Every supervisor console asks for the calls changed since its last look (its resync).
             models.Index(fields=["updated_at"], name="call_updated"),
+            # The wallboard's figures read today's calls (telephony.wallboard): a day's rows, not the history.
+            models.Index(fields=["created_at"], name="call_created"),
         ]
 
     def __str__(self):

@@ -1,8 +1,9 @@
 # The admin's health reads each integration's last upload (crm_sync.health): one step down this index.
 # Built concurrently: the call syncs' table is the hub's biggest, and its writes must not wait for the build.
 
-from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
+
+from ctihub.lib.db_operations import AddIndexConcurrentlyOnPostgres
 
 
 class Migration(migrations.Migration):
@@ -13,7 +14,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        AddIndexConcurrently(
+        AddIndexConcurrentlyOnPostgres(
             model_name='crmcallsync',
             index=models.Index(fields=['integration', 'uploaded_at'], name='crm_call_sync_uploaded'),
         ),

@@ -42,8 +42,6 @@
   }
 
   const calls = new Map(); // call id -> card
-  let agents = new Map();
-  let missedToday = 0;
   let me = null;
   let socket = null;
   let requestSeq = 0;
@@ -113,14 +111,10 @@
       me = message.me;
       calls.clear();
       for (const card of message.calls) calls.set(card.id, card);
-      if (message.agents) agents = new Map(message.agents.map((a) => [a.id, a]));
-      if (typeof message.missed_today === "number") missedToday = message.missed_today;
       render();
     } else if (message.type === "card") {
       applyCard(message.card);
     } else if (message.type === "agent_status") {
-      const agent = agents.get(message.agent);
-      if (agent) agent.status = message.status;
       if (me && me.id === message.agent) {
         me.status = message.status;
         const select = document.getElementById("status");
@@ -137,9 +131,6 @@
   function applyCard(card) {
     const shown = calls.get(card.id);
     if (shown && shown.version >= card.version) return; // stale or repeated
-    const becameMissed = card.state === "ended" && !card.answered && card.direction === "in" &&
-      (!shown || shown.state !== "ended");
-    if (becameMissed) missedToday += 1;
     calls.set(card.id, card);
     render();
   }
@@ -147,7 +138,6 @@
   // --- rendering ----------------------------------------------------------------------
   function render() {
     if (document.body.dataset.page === "console") renderConsole();
-    if (document.body.dataset.page === "wallboard") renderWallboard();
     // Every card as this page now holds it (snapshot and versions applied): for alerts.js and the like.
     document.dispatchEvent(new CustomEvent("ctihub:calls", { detail: { calls: [...calls.values()], me } }));
   }
@@ -284,50 +274,38 @@
     dialog.showModal();
   }
 
+  // A recent call: its time, who and how it ended, and a call-back button (the console's own "dial").
   function summaryItem(card) {
     const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.dateTime = card.created_at;
+    time.textContent = new Date(card.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const text = document.createElement("span");
     const outcome = card.answered
       ? interpolate(gettext("answered, talked %(duration)s"), { duration: formatDuration((card.talking_ms || 0) / 1000) })
       : gettext("missed");
     const number = card.remote_number_display || card.remote_number || gettext("unknown");
     const who = card.remote_label ? `${number} (${card.remote_label})` : number;
-    li.textContent = interpolate(card.direction === "in" ? gettext("From %(who)s: %(outcome)s") : gettext("To %(who)s: %(outcome)s"),
-      { who, outcome });
+    text.textContent = ` ${interpolate(card.direction === "in" ? gettext("From %(who)s: %(outcome)s")
+      : gettext("To %(who)s: %(outcome)s"), { who, outcome })} `;
+    li.append(time, text);
+    if (me && card.remote_number) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "call-back";
+      button.textContent = gettext("Call back");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        const result = await send({ action: "dial", number: card.remote_number });
+        button.disabled = false;
+        notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number: card.remote_number_display || card.remote_number })
+          : result.error);
+      });
+      li.append(button);
+    }
     li.dataset.call = card.id;
     li.className = card.answered ? "answered" : "missed";
     return li;
-  }
-
-  function renderWallboard() {
-    const live = [...calls.values()].filter((c) => c.state !== "ended").sort(byCreated);
-    for (const state of ["ringing", "talking", "held"]) {
-      document.getElementById(`count-${state}`).textContent = live.filter((c) => c.state === state || (state === "ringing" && c.state === "dialing")).length;
-    }
-    document.getElementById("count-missed").textContent = missedToday;
-    const rows = live.map((c) => row([stateText(c), c.direction === "in" ? gettext("In") : gettext("Out"),
-      c.remote_number_display || c.remote_number || "?", agentName(c.agent), timerText(c)], c.id));
-    document.getElementById("calls").replaceChildren(...rows);
-    const agentRows = [...agents.values()].map((a) => {
-      const current = live.find((c) => c.agent === a.id);
-      return row([a.name, a.code, STATUS_LABELS[a.status] || a.status, current ? `${stateText(current)} ${current.remote_number_display || ""}` : "—"]);
-    });
-    document.getElementById("agents").replaceChildren(...agentRows);
-  }
-
-  function row(cells, callId) {
-    const tr = document.createElement("tr");
-    if (callId) tr.dataset.call = callId;
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = text == null ? "" : String(text);
-      tr.appendChild(td);
-    }
-    return tr;
-  }
-
-  function agentName(id) {
-    const agent = agents.get(id);
-    return agent ? agent.name : "—";
   }
 
   // --- timers -------------------------------------------------------------------------
@@ -347,7 +325,6 @@
       const card = calls.get(Number(el.dataset.call));
       if (card) el.querySelector(".timer").textContent = timerText(card);
     }
-    if (document.body.dataset.page === "wallboard") renderWallboard();
   }
 
   const byCreated = (a, b) => a.created_at.localeCompare(b.created_at);
@@ -385,6 +362,12 @@
     const el = document.getElementById("notice");
     if (el) el.textContent = text || "";
   }
+
+  // Another script asks for a fresh snapshot on the open socket (wallboard.js: today's figures at midnight).
+  document.addEventListener("ctihub:refresh", async () => {
+    const result = await send({ action: "snapshot" });
+    if (result.ok && result.result && result.result.type === "snapshot") handle(result.result);
+  });
 
   document.addEventListener("DOMContentLoaded", () => {
     wireControls();

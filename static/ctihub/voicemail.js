@@ -71,7 +71,9 @@
     section.querySelector("#vm-unread-voicemails").textContent = counters.unreadVoiceMails;
     section.querySelector("#vm-unread-missed").textContent = counters.unreadMissedCalls;
     section.querySelector("#vm-unread-texts").textContent = counters.unreadTextMessages;
-    const changed = lastUnread !== null && lastUnread !== counters.unreadVoiceMails;
+    // Before the first list has come back (lastUnread null) a change is a change too: the first list may
+    // have been read from the PBX before the voicemail these counters announce (load() then runs once more).
+    const changed = lastUnread !== counters.unreadVoiceMails;
     lastUnread = counters.unreadVoiceMails;
     return changed;
   }

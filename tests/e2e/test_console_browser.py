@@ -83,11 +83,11 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     sim.move(line["callId"], "answer")  # the agent's phone goes off-hook: the far end rings
     sim.move(line["callId"], "answer")  # the far end answers
     console.wait_for_selector(".card[data-state=talking] button[data-action=hold]", timeout=10000)
-    wait_for_js(wallboard, "document.getElementById('count-talking').textContent === '1'", timeout=10000)
+    wait_for_js(wallboard, "document.getElementById('fig-talking').textContent === '1'", timeout=10000)
     console.select_option("#status", "busy")
     wait_for_js(
         wallboard,
-        "[...document.querySelectorAll('#agents tr')].some(r => r.textContent.includes('jdoe') && r.textContent.includes('Busy'))",
+        "[...document.querySelectorAll('#agents tr')].some(r => r.textContent.includes('jdoe') && r.dataset.status === 'busy')",
         timeout=10000,
     )
     assert Agent.objects.get(pk=agent_id).status == "busy"

@@ -62,7 +62,7 @@ def test_it_keeps_the_wallboard_for_supervisors(client, world):
 
 def test_it_shows_an_agent_no_other_agents_call_on_any_page(client, world):
     client.force_login(world["alice"].user)
-    for url in ("/", "/wallboard/", "/enduser/voicemails/"):
+    for url in ("/", "/wallboard/", "/enduser/voicemails/", "/history/", "/history/?agent=%d" % world["bob"].pk):
         response = client.get(url)
         assert response.status_code < 500, url
         assert b"+33412345670" not in response.content, url
@@ -79,7 +79,7 @@ def test_it_refuses_an_agent_the_voicemail_box_of_another_agent(client, world):
 
 
 def test_it_asks_anonymous_visitors_to_log_in_everywhere_but_the_public_endpoints(client, world):
-    for url in ("/", "/wallboard/", "/enduser/voicemails/", "/admin/"):
+    for url in ("/", "/wallboard/", "/enduser/voicemails/", "/admin/", "/history/", "/history/calls.csv"):
         response = client.get(url)
         assert response.status_code == 302 and "login" in response["Location"], url
 

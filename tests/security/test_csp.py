@@ -85,7 +85,7 @@ def test_it_sends_the_policy_on_every_kind_of_page(client):
     assert policy(client.get("/api/schema/"))["script-src"] == ["'self'"]
     assert policy(client.post("/api/retailcrm/make-call"))["script-src"] == ["'self'"]
     client.force_login(boss.user)
-    for url in ("/", "/wallboard/", "/admin/", "/admin/telephony/pbxaccount/", "/enduser/voicemails/"):
+    for url in ("/", "/wallboard/", "/admin/", "/admin/telephony/pbxaccount/", "/enduser/voicemails/", "/history/"):
         assert policy(client.get(url))["script-src"] == ["'self'"], url
 
 
@@ -94,10 +94,12 @@ def test_it_serves_pages_with_nothing_inline_for_the_policy_to_block(client):
     agent = make_agent("carol")
     client.force_login(agent.user)
     pages["/ (agent)"] = client.get("/")
+    pages["/history/ (agent)"] = client.get("/history/")
     boss = make_agent("boss", is_supervisor=True)
     client.force_login(boss.user)
     pages["/wallboard/"] = client.get("/wallboard/")
     pages["/ (supervisor)"] = client.get("/")
+    pages["/history/ (supervisor)"] = client.get("/history/")
     for label, response in pages.items():
         assert response.status_code == 200, label
         assert inline_content(response.content.decode()) == [], label

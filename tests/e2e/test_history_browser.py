@@ -1,0 +1,71 @@
+"""The call history in a real browser, on real daphne and the simulator: filter, then call back from a row.
+
+No worker: the history reads the database, and a call back is a REST request to the PBX (myRCC's makeCall)
+made by the web process itself, as the console's dial is.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from telephony import control
+from telephony.models import Call, PbxAccount
+from tests.factories import make_account, make_agent, make_call
+from tests.support.processes import ARTIFACTS, wait_for
+from tests.support.sim_control import IstraControl
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+EXTENSION = "897778778"
+
+
+def test_it_filters_the_history_and_calls_a_missed_caller_back(hub, browser):
+    from tests.support.browser import csp_violations, log_in, wait_for_js
+
+    hub.start(workers=0, web=True)
+    sim = IstraControl(hub.sim_url)
+    sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
+    sim.add_extension(EXTENSION, "101", enterprise="acme", label="John Doe", myrcc=True)
+    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url=f"{hub.sim_url}/restletrouter",
+                           login="rccadmin", password="s3cret", enterprise="acme")
+    control.sync_terminals(account)
+    agent = make_agent("jdoe")
+    account.terminals.filter(pbx_id=EXTENSION).update(agent=agent)
+    at = timezone.now() - timedelta(minutes=10)
+    for number, answered in (("+33612345678", False), ("+33687654321", True)):
+        make_call(account, agent=agent, state=Call.State.ENDED, remote_number_e164=number, created_at=at,
+                  ended_at=at + timedelta(seconds=30), answered_at=at if answered else None,
+                  talking_ms=30000 if answered else None, end_cause="hangup" if answered else "no_answer")
+
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    log_in(page, hub.web_url, "jdoe", "agent-pass-123")
+    # The console's recent calls: each with its time and a call-back button; one missed caller to call back.
+    wait_for_js(page, "document.querySelectorAll('#recent li button.call-back').length === 2")
+    assert page.get_attribute("#unreturned", "data-count") == "1"
+    assert page.locator("#recent li time").count() == 2
+
+    page.click("nav a[href='/history/']")
+    page.wait_for_selector("#history-rows")
+    assert page.locator("#history-rows tr").count() == 2
+    page.select_option("#id_result", "missed")
+    page.click(".history-filters button[type=submit]")
+    page.wait_for_url(lambda url: "result=missed" in url)
+    assert page.locator("#history-rows tr").count() == 1
+    assert "+33 6 12 34 56 78" in page.inner_text("#history-rows")
+    assert "result=missed" in page.get_attribute("#export", "href")
+    # The export of the filtered calls, streamed by daphne chunk by chunk.
+    export = page.request.get(hub.web_url + page.get_attribute("#export", "href"))
+    assert export.ok and export.headers["content-type"].startswith("text/csv")
+    lines = export.text().lstrip("\ufeff").splitlines()
+    assert len(lines) == 2 and "'+33612345678" in lines[1] and "Missed" in lines[1]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "history-missed.png"), full_page=True)
+
+    page.click("#history-rows button.call-back")
+    wait_for(lambda: [c for c in sim.calls() if c["terminalId"] == EXTENSION], 10, what="the call back at the PBX")
+    [line] = [c for c in sim.calls() if c["terminalId"] == EXTENSION]
+    assert line["remote"]["number"].endswith("612345678"), line
+    wait_for_js(page, "document.getElementById('history-notice').textContent.startsWith('Calling')")
+    assert csp_violations(page) == []

@@ -1,0 +1,112 @@
+"""The wallboard in a real browser, on real daphne and Redis: the agent grid, the floor's figures and the chart, live.
+
+The calls are committed by this process (``apply_call_update``), which publishes their cards as a worker would.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.utils import timezone
+
+from telephony import plugins
+from telephony import updates as u
+from telephony.domain import apply_call_update
+from telephony.models import Call
+from tests.factories import make_account, make_agent, make_call, make_terminal
+from tests.support.processes import ARTIFACTS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+ROW = "document.querySelector('#agents tr[data-agent=\"{id}\"]')"
+HOURS_SUM = "[...document.querySelectorAll('#hours tr')].reduce((s, r) => s + Number(r.children[{n}].textContent), 0)"
+BARS_UP = ("[...document.querySelectorAll('#chart rect.bar-{kind}')]"
+           ".filter(r => Number(r.getAttribute('height')) > 0).length")
+
+# A card as console.js passes it on (its "ctihub:message" event), for a call that came in `ago` seconds ago and
+# has ended since: what wallboard.js counts, without a call at the PBX.
+SEND_CARD = """(c) => {
+  const at = (s) => new Date(Date.now() - s * 1000).toISOString();
+  const card = {id: c.id, version: c.version, agent: c.agent, direction: "in", internal: false, state: "ended",
+    created_at: at(c.ago), answered_at: c.answered ? at(c.ago - 1) : null, ended_at: at(c.ago - 2)};
+  document.dispatchEvent(new CustomEvent("ctihub:message", {detail: {type: "card", card}}));
+}"""
+
+
+def text(page, element_id: str) -> str:
+    return page.inner_text(f"#{element_id}")
+
+
+def test_it_follows_an_agent_from_ringing_to_talking_with_the_figures_and_the_chart(hub, browser, monkeypatch):
+    from tests.support.browser import csp_violations, log_in, wait_for_js
+
+    hub.start(workers=0, web=True)
+    account = make_account()
+    agent = make_agent("jdoe")
+    make_terminal(account, pbx_id="t-1", agent=agent)
+    make_agent("boss", is_supervisor=True)
+    make_call(account, agent=agent, state=Call.State.ENDED)  # missed earlier today
+    monkeypatch.setattr(plugins, "_card_enrichers", [lambda calls: {
+        c.pk: {"crm": {"customer": {"id": 7, "firstName": "Marie", "lastName": "Curie"}}} for c in calls}])
+
+    def call(state, **fields):
+        return apply_call_update(u.CallUpdate(
+            account_id=account.pk, pbx_call_id="c-1", state=state, kind=state, payload={},
+            occurred_at=timezone.now(), terminal_pbx_id="t-1", direction=u.INBOUND, remote_number="+33612345678",
+            **fields,
+        )).call
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    log_in(page, hub.web_url, "boss", "agent-pass-123")
+    page.goto(f"{hub.web_url}/wallboard/")
+    page.wait_for_selector("#connection[data-state=live]", timeout=10000)
+    row = ROW.format(id=agent.pk)
+    wait_for_js(page, f"{row} !== null && {row}.dataset.status === 'free'")
+    assert (text(page, "fig-answered"), text(page, "fig-missed"), text(page, "fig-rate")) == ("0", "1", "0 %")
+    assert page.evaluate(f"{row}.querySelector('td.missed').textContent") == "1"
+
+    # It rings: the agent's row says with whom, the floor counts it and the longest ring ticks.
+    call(u.RINGING)
+    wait_for_js(page, f"{row}.dataset.call === 'ringing'")
+    assert "Marie Curie (+33 6 12 34 56 78)" in page.evaluate(f"{row}.textContent")
+    assert text(page, "fig-ringing") == "1"
+    first = text(page, "fig-longest")
+    wait_for_js(page, f"!['—', {first!r}].includes(document.getElementById('fig-longest').textContent)", timeout=5000)
+
+    # Answered: the figures, the agent's count and the chart follow.
+    call(u.TALKING)
+    wait_for_js(page, "document.getElementById('fig-answered').textContent === '1'")
+    wait_for_js(page, f"{row}.dataset.call === 'talking'")
+    assert (text(page, "fig-ringing"), text(page, "fig-longest"), text(page, "fig-talking")) == ("0", "—", "1")
+    assert text(page, "fig-rate") == "50 %" and re.fullmatch(r"0:\d\d", text(page, "fig-wait"))
+    assert page.evaluate(f"{row}.querySelector('td.answered').textContent") == "1"
+    assert page.evaluate(HOURS_SUM.format(n=1)) == 1 and page.evaluate(HOURS_SUM.format(n=2)) == 1
+    assert page.evaluate(BARS_UP.format(kind="answered")) == 1 and page.evaluate(BARS_UP.format(kind="missed")) == 1
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "wallboard-figures.png"), full_page=True)
+
+    # The server's count again (as every quarter of an hour and at midnight): the same, nothing counted twice.
+    page.evaluate("window.__snapshots = 0; document.addEventListener('ctihub:message', "
+                  "e => { if (e.detail.type === 'snapshot') window.__snapshots += 1; })")
+    page.evaluate("document.dispatchEvent(new CustomEvent('ctihub:refresh'))")
+    wait_for_js(page, "window.__snapshots === 1")
+    assert (text(page, "fig-answered"), text(page, "fig-missed"), text(page, "fig-rate")) == ("1", "1", "50 %")
+    assert page.evaluate(f"{row}.querySelector('td.answered').textContent") == "1"
+
+    # Hung up: the agent is free of it, and the answered call stays counted.
+    call(u.ENDED, end_cause=u.END_HANGUP)
+    wait_for_js(page, f"{row}.dataset.call === ''")
+    assert (text(page, "fig-answered"), text(page, "fig-talking")) == ("1", "0")
+
+    # Cards as the resync may bring them: a call seen first ended (answered) counts once, however often its
+    # card comes; a call that ended before the snapshot was counted by the server, so not again here.
+    page.evaluate(SEND_CARD, {"id": 10**9, "version": 3, "agent": agent.pk, "ago": 2, "answered": True})
+    wait_for_js(page, "document.getElementById('fig-answered').textContent === '2'")
+    for version in (3, 4):
+        page.evaluate(SEND_CARD, {"id": 10**9, "version": version, "agent": agent.pk, "ago": 2, "answered": True})
+    page.evaluate(SEND_CARD, {"id": 10**9 + 1, "version": 9, "agent": agent.pk, "ago": 60, "answered": False})
+    page.wait_for_timeout(1200)  # a second's render at least
+    assert (text(page, "fig-answered"), text(page, "fig-missed"), text(page, "fig-rate")) == ("2", "1", "67 %")
+    assert page.evaluate(f"{row}.querySelector('td.answered').textContent") == "2"
+    assert csp_violations(page) == []
