@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('accounts', '0004_verbose_names_translated'),
         ('crm_sync', '0007_crmcallsync_uploaded_index'),
-        ('telephony', '0006_verbose_names_translated'),
+        ('telephony', '0007_verbose_names_translated'),
     ]
 
     operations = [

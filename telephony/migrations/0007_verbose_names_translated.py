@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0004_verbose_names_translated'),
-        ('telephony', '0005_pbxaccount_kind_from_registry'),
+        ('telephony', '0006_call_created'),
     ]
 
     operations = [
