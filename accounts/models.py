@@ -2,8 +2,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
-DIALLING_TERMINAL_NOT_OWN = (
+DIALLING_TERMINAL_NOT_OWN = _(
     "Choose one of this agent's own active terminals: a terminal is given to an agent on the terminal's page."
 )
 
@@ -22,38 +23,40 @@ class Agent(models.Model):
     """
 
     class Status(models.TextChoices):
-        FREE = "free", "Free"
-        BUSY = "busy", "Busy"
-        DINNER = "dinner", "Dinner"
-        BREAK = "break", "Break"
+        FREE = "free", _("Free")
+        BUSY = "busy", _("Busy")
+        DINNER = "dinner", _("Dinner")
+        BREAK = "break", _("Break")
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent")
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, verbose_name=_("user"), on_delete=models.CASCADE, related_name="agent")
     extension_code = models.CharField(
-        max_length=32, blank=True, help_text="The code retailCRM knows this agent by (its 'additional code')."
+        _("extension code"), max_length=32, blank=True, help_text=_("The code retailCRM knows this agent by (its 'additional code').")
     )
-    retailcrm_user_id = models.CharField("retailCRM user id", max_length=32, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.FREE)
-    status_changed_at = models.DateTimeField(default=timezone.now)
-    is_supervisor = models.BooleanField(default=False, help_text="Sees every call and the wallboard.")
+    retailcrm_user_id = models.CharField(_("retailCRM user id"), max_length=32, blank=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.FREE)
+    status_changed_at = models.DateTimeField(_("status changed at"), default=timezone.now)
+    is_supervisor = models.BooleanField(_("is supervisor"), default=False, help_text=_("Sees every call and the wallboard."))
     # The console's alerts for a ringing call, switched in the console and kept here (not in the browser) so
     # they follow the agent to another machine. The browser's own permission is asked for apart, per browser.
     desktop_notifications = models.BooleanField(
-        default=True, help_text="The console shows a desktop notification when a call rings and its tab is hidden."
+        _("desktop notifications"), default=True, help_text=_("The console shows a desktop notification when a call rings and its tab is hidden.")
     )
-    ring_sound = models.BooleanField(default=False, help_text="The console plays a ring while a call rings.")
+    ring_sound = models.BooleanField(_("ring sound"), default=False, help_text=_("The console plays a ring while a call rings."))
     # By name: accounts imports no telephony module (telephony's Terminal.agent points back here).
     dialling_terminal = models.ForeignKey(
-        "telephony.Terminal",
+        "telephony.Terminal", verbose_name=_("dialling terminal"),
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
         related_name="+",
-        help_text="The terminal this agent's calls are placed from, from the console and from retailCRM. One of "
+        help_text=_("The terminal this agent's calls are placed from, from the console and from retailCRM. One of "
         "the agent's own active terminals. Blank: one on an account that can also control calls (myRCC, Telepo) "
-        "before one that can only dial, then by account name.",
+        "before one that can only dial, then by account name."),
     )
 
     class Meta:
+        verbose_name = _("agent")
+        verbose_name_plural = _("agents")
         ordering = ["user__username"]
         constraints = [
             models.UniqueConstraint(

@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
 from django.db import transaction
 from django.utils.html import format_html_join
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from crm_sync import domain as crm_domain
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
@@ -16,8 +18,8 @@ class IntegrationForm(secret_form_for(RetailCrmIntegration, ("api_key", "client_
         field = self.fields["client_id"]
         field.required = False
         if not (self.instance.pk and self.instance.client_id):
-            field.help_text = ("retailCRM's credential on our endpoints. Leave blank to generate one; "
-                               "stored encrypted, never shown again.")
+            field.help_text = _("retailCRM's credential on our endpoints. Leave blank to generate one; "
+                                "stored encrypted, never shown again.")
 
 
 class ExternalPhoneInline(admin.TabularInline):
@@ -35,37 +37,38 @@ class RetailCrmIntegrationAdmin(admin.ModelAdmin):
     readonly_fields = ("client_id_hint", "registered_at", "last_error", "unknown_to_retailcrm", "outbox")
     fieldsets = (
         (None, {"fields": ("name", "crm_url", "api_key", "client_id", "module_code", "enabled", "time_zone")}),
-        ("Calls", {"fields": ("accounts", "manager_routing", "shared_lines")}),
-        ("Registration in retailCRM", {
+        (_("Calls"), {"fields": ("accounts", "manager_routing", "shared_lines")}),
+        (_("Registration in retailCRM"), {
             "fields": ("client_id_hint", "registered_at", "last_error", "unknown_to_retailcrm", "outbox"),
         }),
     )
     inlines = [ExternalPhoneInline]
     actions = ["register_module"]
 
-    @admin.display(description="client id fingerprint")
+    @admin.display(description=_("client id fingerprint"))
     def client_id_hint(self, obj):
         """Not a single character of the clientId: a fingerprint of its keyed digest tells two apart."""
         if not obj.client_id_digest:
             return "-"
-        return f"{obj.client_id_fingerprint} (the clientId itself is sent to retailCRM on registration)"
+        return gettext("%(fingerprint)s (the clientId itself is sent to retailCRM on registration)") % {
+            "fingerprint": obj.client_id_fingerprint}
 
-    @admin.display(description="retailCRM does not know")
+    @admin.display(description=_("retailCRM does not know"))
     def unknown_to_retailcrm(self, obj):
         lines = []
         if obj.not_exist_user_ids:
-            lines.append(("user ids (fix the agents' retailCRM user id)", ", ".join(obj.not_exist_user_ids)))
+            lines.append((gettext("user ids (fix the agents' retailCRM user id)"), ", ".join(obj.not_exist_user_ids)))
         if obj.not_exist_site_codes:
-            lines.append(("site codes (fix the external phones)", ", ".join(obj.not_exist_site_codes)))
+            lines.append((gettext("site codes (fix the external phones)"), ", ".join(obj.not_exist_site_codes)))
         if not lines:
-            return "nothing" if obj.registered_at else "-"
+            return gettext("nothing") if obj.registered_at else "-"
         return format_html_join("", "<div>{}: <strong>{}</strong></div>", lines)
 
-    @admin.display(description="calls waiting for upload")
+    @admin.display(description=_("calls waiting for upload"))
     def outbox(self, obj):
         return crm_domain.outbox_size(obj.pk) if obj.pk else 0
 
-    @admin.action(description="Register / update the telephony module in retailCRM")
+    @admin.action(description=_("Register / update the telephony module in retailCRM"))
     def register_module(self, request, queryset):
         for integration in queryset:
             try:
@@ -75,14 +78,16 @@ class RetailCrmIntegrationAdmin(admin.ModelAdmin):
                 continue
             unknown = []
             if integration.not_exist_user_ids:
-                unknown.append(f"unknown user ids {', '.join(integration.not_exist_user_ids)}")
+                unknown.append(gettext("unknown user ids %(ids)s") % {"ids": ", ".join(integration.not_exist_user_ids)})
             if integration.not_exist_site_codes:
-                unknown.append(f"unknown site codes {', '.join(integration.not_exist_site_codes)}")
+                unknown.append(gettext("unknown site codes %(codes)s") % {
+                    "codes": ", ".join(integration.not_exist_site_codes)})
             if unknown:
-                self.message_user(request, f"{integration}: registered, but retailCRM reports {'; '.join(unknown)}",
-                                  messages.WARNING)
+                self.message_user(request, gettext("%(integration)s: registered, but retailCRM reports %(unknown)s") % {
+                    "integration": integration, "unknown": "; ".join(unknown)}, messages.WARNING)
             else:
-                self.message_user(request, f"{integration}: registered in retailCRM", messages.SUCCESS)
+                self.message_user(request, gettext("%(integration)s: registered in retailCRM") % {
+                    "integration": integration}, messages.SUCCESS)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)

@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class CrmSyncConfig(AppConfig):
     name = "crm_sync"
-    verbose_name = "CRM sync"
+    verbose_name = _("CRM sync")
 
     def ready(self):
         from crm_sync import signals  # noqa: F401  (connects the re-registration receivers)

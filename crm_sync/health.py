@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.db.models import Count, IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext, ngettext
 
 from crm_sync.models import CrmCallSync, RetailCrmIntegration
 from telephony import health
@@ -36,27 +37,28 @@ def integrations_section(limit: int | None = None) -> HealthSection:
     rows = [_row(integration, now) for integration in integrations]
     counts = {status: sum(1 for row in rows if row.status == status) for status in health.STATUSES}
     rows.sort(key=lambda row: health.STATUSES.index(row.status))  # stable: by name within a status
-    return HealthSection("retailcrm_integrations", "retailCRM integrations", RetailCrmIntegration,
-                         rows[:limit or health.ROW_LIMIT], counts, detail_title="Upload outbox",
-                         last_event_title="Last upload")
+    return HealthSection("retailcrm_integrations", gettext("retailCRM integrations"), RetailCrmIntegration,
+                         rows[:limit or health.ROW_LIMIT], counts, detail_title=gettext("Upload outbox"),
+                         last_event_title=gettext("Last upload"))
 
 
 def _row(integration: RetailCrmIntegration, now) -> HealthRow:
     fix = None
     if not integration.enabled:
-        status, label = health.OFF, "Disabled"
+        status, label = health.OFF, gettext("Disabled")
     elif integration.last_error:
-        status, label = health.DOWN, "Registration failed"
-        fix = HealthFix("Re-register in retailCRM", RetailCrmIntegration, "register_module", integration.pk)
+        status, label = health.DOWN, gettext("Registration failed")
+        fix = HealthFix(gettext("Re-register in retailCRM"), RetailCrmIntegration, "register_module", integration.pk)
     elif integration.registered_at is None:
-        status, label = health.DEGRADED, "Not registered"
-        fix = HealthFix("Register in retailCRM", RetailCrmIntegration, "register_module", integration.pk)
+        status, label = health.DEGRADED, gettext("Not registered")
+        fix = HealthFix(gettext("Register in retailCRM"), RetailCrmIntegration, "register_module", integration.pk)
     elif integration.outbox and (integration.last_upload is None
                                  or now - integration.last_upload > UPLOADS_STALLED_AFTER):
-        status, label = health.DEGRADED, "Registered; uploads stalled"
+        status, label = health.DEGRADED, gettext("Registered; uploads stalled")
     else:
-        status, label = health.OK, "Registered"
-    waiting = f"{integration.outbox} call{'s' if integration.outbox > 1 else ''} waiting" if integration.outbox else "empty"
+        status, label = health.OK, gettext("Registered")
+    waiting = (ngettext("%(count)s call waiting", "%(count)s calls waiting", integration.outbox)
+               % {"count": integration.outbox} if integration.outbox else gettext("empty"))
     return HealthRow(name=integration.name, status=status, state_label=label, url=health.change_url(integration),
                      last_event_at=integration.last_upload, last_error=health.error_text(integration.last_error),
                      detail=waiting, fix=fix)

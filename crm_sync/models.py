@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext_lazy as _
 
 from ctihub.lib.phones import UnusablePhoneNumber, to_e164
 from ctihub.lib.secrets import EncryptedTextField
@@ -54,45 +55,46 @@ class RetailCrmIntegration(models.Model):
     know, shown to the admin.
     """
 
-    name = models.CharField(max_length=100, unique=True)
-    crm_url = models.URLField("retailCRM URL", max_length=300, help_text="e.g. https://example.retailcrm.ru")
-    api_key = EncryptedTextField("API key")
-    module_code = models.SlugField(max_length=100, default="ctihub", help_text="The integration module's code.")
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    crm_url = models.URLField(_("retailCRM URL"), max_length=300, help_text=_("e.g. https://example.retailcrm.ru"))
+    api_key = EncryptedTextField(_("API key"))
+    module_code = models.SlugField(_("module code"), max_length=100, default="ctihub", help_text=_("The integration module's code."))
     client_id = EncryptedTextField(
-        "client id", blank=True, default=new_client_id,
-        help_text="retailCRM's credential on ctihub's endpoints, sent to it on registration.",
+        _("client id"), blank=True, default=new_client_id,
+        help_text=_("retailCRM's credential on ctihub's endpoints, sent to it on registration."),
     )
-    client_id_digest = models.CharField(max_length=64, unique=True, editable=False)
-    enabled = models.BooleanField(default=True)
+    client_id_digest = models.CharField(_("client id digest"), max_length=64, unique=True, editable=False)
+    enabled = models.BooleanField(_("enabled"), default=True)
     manager_routing = models.BooleanField(
-        "route to the responsible manager",
+        _("route to the responsible manager"),
         default=False,
-        help_text="Ask retailCRM for the customer's manager and redirect shared-line calls to them.",
+        help_text=_("Ask retailCRM for the customer's manager and redirect shared-line calls to them."),
     )
     accounts = models.ManyToManyField(
-        "telephony.PbxAccount", blank=True, related_name="crm_integrations", help_text="None selected: all accounts."
+        "telephony.PbxAccount", verbose_name=_("accounts"), blank=True, related_name="crm_integrations", help_text=_("None selected: all accounts.")
     )
     shared_lines = models.ManyToManyField(
-        "telephony.Terminal",
+        "telephony.Terminal", verbose_name=_("shared lines"),
         blank=True,
         related_name="+",
-        help_text="ACD or switchboard extensions: their incoming calls go to the customer's responsible manager "
-        "when routing is on.",
+        help_text=_("ACD or switchboard extensions: their incoming calls go to the customer's responsible manager "
+        "when routing is on."),
     )
     time_zone = models.CharField(
-        max_length=64,
+        _("time zone"), max_length=64,
         blank=True,
         validators=[check_time_zone],
-        help_text="The retailCRM account's time zone (e.g. Europe/Moscow): call dates are sent in it. "
-        "Blank: the hub's TIME_ZONE.",
+        help_text=_("The retailCRM account's time zone (e.g. Europe/Moscow): call dates are sent in it. "
+        "Blank: the hub's TIME_ZONE."),
     )
-    registered_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    not_exist_user_ids = models.JSONField(default=list, blank=True)
-    not_exist_site_codes = models.JSONField(default=list, blank=True)
+    registered_at = models.DateTimeField(_("registered at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    not_exist_user_ids = models.JSONField(_("not exist user ids"), default=list, blank=True)
+    not_exist_site_codes = models.JSONField(_("not exist site codes"), default=list, blank=True)
 
     class Meta:
-        verbose_name = "retailCRM integration"
+        verbose_name_plural = _("retailCRM integrations")
+        verbose_name = _("retailCRM integration")
 
     def __str__(self):
         return self.name
@@ -115,11 +117,13 @@ class RetailCrmIntegration(models.Model):
 class ExternalPhone(models.Model):
     """A shop's public number: calls to it are shown as that shop in retailCRM."""
 
-    integration = models.ForeignKey(RetailCrmIntegration, on_delete=models.CASCADE, related_name="external_phones")
-    site_code = models.CharField("retailCRM site code", max_length=100)
-    phone = models.CharField(max_length=32, help_text="E.164, e.g. +74999999999")
+    integration = models.ForeignKey(RetailCrmIntegration, verbose_name=_("integration"), on_delete=models.CASCADE, related_name="external_phones")
+    site_code = models.CharField(_("retailCRM site code"), max_length=100)
+    phone = models.CharField(_("phone"), max_length=32, help_text=_("E.164, e.g. +74999999999"))
 
     class Meta:
+        verbose_name = _("external phone")
+        verbose_name_plural = _("external phones")
         ordering = ["site_code"]
         constraints = [models.UniqueConstraint(fields=["integration", "phone"], name="external_phone_unique")]
 
@@ -157,59 +161,59 @@ class CrmCallSync(models.Model):
     """
 
     class Routing(models.TextChoices):
-        NONE = "", "Not routed"
-        LOOKING = "looking", "Asking retailCRM"
-        REDIRECTED = "redirected", "Redirected to the manager"
-        RANG_AS_USUAL = "as_usual", "Rang as usual"
-        FAILED = "failed", "Redirect failed"
+        NONE = "", _("Not routed")
+        LOOKING = "looking", _("Asking retailCRM")
+        REDIRECTED = "redirected", _("Redirected to the manager")
+        RANG_AS_USUAL = "as_usual", _("Rang as usual")
+        FAILED = "failed", _("Redirect failed")
 
-    integration = models.ForeignKey(RetailCrmIntegration, on_delete=models.CASCADE, related_name="call_syncs")
-    call = models.ForeignKey("telephony.Call", on_delete=models.CASCADE, related_name="crm_syncs")
-    created_at = models.DateTimeField(default=timezone.now)
+    integration = models.ForeignKey(RetailCrmIntegration, verbose_name=_("integration"), on_delete=models.CASCADE, related_name="call_syncs")
+    call = models.ForeignKey("telephony.Call", verbose_name=_("call"), on_delete=models.CASCADE, related_name="crm_syncs")
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
 
-    in_event_sent_at = models.DateTimeField("in/out event sent at", null=True, blank=True)
-    hangup_event_sent_at = models.DateTimeField(null=True, blank=True)
-    events_skipped = models.CharField(max_length=300, blank=True)
-    events_claimed_until = models.DateTimeField(null=True, blank=True)
-    events_claim = models.CharField(max_length=32, blank=True)
+    in_event_sent_at = models.DateTimeField(_("in/out event sent at"), null=True, blank=True)
+    hangup_event_sent_at = models.DateTimeField(_("hangup event sent at"), null=True, blank=True)
+    events_skipped = models.CharField(_("events skipped"), max_length=300, blank=True)
+    events_claimed_until = models.DateTimeField(_("events claimed until"), null=True, blank=True)
+    events_claim = models.CharField(_("events claim"), max_length=32, blank=True)
     # Set just before an event goes out, cleared once retailCRM answered. Still set
     # later means the sender died or lost the answer: the event is then taken as
     # delivered, never sent twice (a pop-up shown twice is worse than a lost one).
-    events_in_flight = models.CharField(max_length=8, blank=True)
-    events_attempts = models.PositiveIntegerField(default=0)
-    events_next_at = models.DateTimeField(null=True, blank=True)
-    site_code = models.CharField(max_length=100, blank=True, help_text="The shop the call is shown as.")
-    external_phone = models.CharField(max_length=32, blank=True)
+    events_in_flight = models.CharField(_("events in flight"), max_length=8, blank=True)
+    events_attempts = models.PositiveIntegerField(_("events attempts"), default=0)
+    events_next_at = models.DateTimeField(_("events next at"), null=True, blank=True)
+    site_code = models.CharField(_("site code"), max_length=100, blank=True, help_text=_("The shop the call is shown as."))
+    external_phone = models.CharField(_("external phone"), max_length=32, blank=True)
 
-    outbox_at = models.DateTimeField(null=True, blank=True)
-    uploaded_at = models.DateTimeField(null=True, blank=True)
-    upload_skipped = models.CharField(max_length=300, blank=True)
-    upload_claimed_until = models.DateTimeField(null=True, blank=True)
-    upload_claim = models.CharField(max_length=32, blank=True)
-    upload_attempts = models.PositiveIntegerField(default=0)
-    upload_next_at = models.DateTimeField(null=True, blank=True)
+    outbox_at = models.DateTimeField(_("outbox at"), null=True, blank=True)
+    uploaded_at = models.DateTimeField(_("uploaded at"), null=True, blank=True)
+    upload_skipped = models.CharField(_("upload skipped"), max_length=300, blank=True)
+    upload_claimed_until = models.DateTimeField(_("upload claimed until"), null=True, blank=True)
+    upload_claim = models.CharField(_("upload claim"), max_length=32, blank=True)
+    upload_attempts = models.PositiveIntegerField(_("upload attempts"), default=0)
+    upload_next_at = models.DateTimeField(_("upload next at"), null=True, blank=True)
     record_wait_until = models.DateTimeField(
-        null=True, blank=True,
-        help_text="A missed call whose caller may be leaving a voicemail: its upload waits for the message "
-        "until then at most.",
+        _("record wait until"), null=True, blank=True,
+        help_text=_("A missed call whose caller may be leaving a voicemail: its upload waits for the message "
+        "until then at most."),
     )
-    was_duplicate = models.BooleanField(default=False, help_text="retailCRM already had this call when it was sent.")
+    was_duplicate = models.BooleanField(_("was duplicate"), default=False, help_text=_("retailCRM already had this call when it was sent."))
 
-    routing = models.CharField(max_length=12, choices=Routing.choices, blank=True, default=Routing.NONE)
+    routing = models.CharField(_("routing"), max_length=12, choices=Routing.choices, blank=True, default=Routing.NONE)
     routed_agent = models.ForeignKey(
-        "accounts.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        "accounts.Agent", verbose_name=_("routed agent"), on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
-    looked_up_at = models.DateTimeField(null=True, blank=True)
-    crm_manager = models.JSONField(null=True, blank=True)
-    crm_customer = models.JSONField(null=True, blank=True)
-    crm_links = models.JSONField(null=True, blank=True)
+    looked_up_at = models.DateTimeField(_("looked up at"), null=True, blank=True)
+    crm_manager = models.JSONField(_("crm manager"), null=True, blank=True)
+    crm_customer = models.JSONField(_("crm customer"), null=True, blank=True)
+    crm_links = models.JSONField(_("crm links"), null=True, blank=True)
 
-    last_error = models.TextField(blank=True)
-    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    last_error_at = models.DateTimeField(_("last error at"), null=True, blank=True)
 
     class Meta:
-        verbose_name = "call sent to retailCRM"
-        verbose_name_plural = "calls sent to retailCRM"
+        verbose_name = _("call sent to retailCRM")
+        verbose_name_plural = _("calls sent to retailCRM")
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["integration", "call"], name="crm_call_sync_unique")]
         indexes = [

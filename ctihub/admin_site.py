@@ -10,12 +10,13 @@ fixes they are offered (whoever may change the fix's model).
 from __future__ import annotations
 
 from django.contrib.admin import AdminSite
+from django.utils.translation import gettext_lazy as _
 
 
 class CtihubAdminSite(AdminSite):
-    site_header = "ctihub"
-    site_title = "ctihub admin"
-    index_title = "ctihub at a glance"
+    site_header = "ctihub"  # the brand, in every language
+    site_title = _("ctihub admin")
+    index_title = _("ctihub at a glance")
     index_template = "admin/ctihub_index.html"
 
     def index(self, request, extra_context=None):

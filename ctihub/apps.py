@@ -1,11 +1,12 @@
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
+from django.utils.translation import gettext_lazy as _
 
 
 class CtihubConfig(AppConfig):
     default = True  # "ctihub" in INSTALLED_APPS; the admin's config below is named in full
     name = "ctihub"
-    verbose_name = "ctihub core"
+    verbose_name = _("ctihub core")
 
 
 class CtihubAdminConfig(admin_apps.AdminConfig):

@@ -142,6 +142,9 @@ MIDDLEWARE = [
     # daphne serves no static files itself; WhiteNoise does, compressed and cached.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language: the chooser's cookie (django.views.i18n.set_language), else the browser's Accept-Language.
+    # After the session, before CommonMiddleware, as Django's i18n documentation asks.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -310,7 +313,11 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = "en"
+# The console, wallboard, voicemail, login and admin in these (README, "Languages"): catalogs in locale/,
+# compiled by scripts/setup; refreshed by scripts/messages.
+LANGUAGES = [("en", "English"), ("ru", "Русский"), ("fr", "Français")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True

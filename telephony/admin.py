@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext, pgettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from ctihub.lib.secrets import secret_form_for
 from telephony import control
@@ -57,43 +59,49 @@ class PbxAccountAdmin(admin.ModelAdmin):
     inlines = [TerminalInline, ListenerInline]
     fieldsets = (
         (None, {"fields": ("name", "kind", "enabled")}),
-        ("Connection", {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region",
+        (_("Connection"), {"fields": ("base_url", "ws_url", "enterprise", "login", "ca_bundle", "default_region",
                                    "provider_notes")}),
-        ("Credentials (write-only)", {"fields": SECRET_FIELDS}),
-        ("Live status", {"fields": LIVE_STATUS_FIELDS + PBX_MEMORY_FIELDS + ("created_at", "updated_at")}),
+        (_("Credentials (write-only)"), {"fields": SECRET_FIELDS}),
+        (_("Live status"), {"fields": LIVE_STATUS_FIELDS + PBX_MEMORY_FIELDS + ("created_at", "updated_at")}),
     )
     actions = ["test_connection", "sync_terminals", "restart_listeners", "forget_redirect"]
 
-    @admin.display(description="Refused login")
+    @admin.display(description=_("Refused login"))
     def login_refusal(self, obj):
         if obj is None or obj.login_refused_at is None:
             return "-"
         ends = login_hold_ends(obj)
-        hold = ("until you save this account (with the right password) or until "
-                f"{timezone.localtime(ends):%Y-%m-%d %H:%M:%S %Z}, then one login is tried"
-                if ends > timezone.now() else "over: the next login is tried")
-        return (f"Refused at {timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M:%S %Z}: "
-                f"{obj.login_refused_reason or 'HTTP 401'}. Istra suspends an account after too many failed logins "
-                f"in a row, so nothing logs in with these credentials {hold}.")
+        if ends > timezone.now():
+            hold = gettext("until you save this account (with the right password) or until %(ends)s, then one "
+                           "login is tried") % {"ends": f"{timezone.localtime(ends):%Y-%m-%d %H:%M:%S %Z}"}
+        else:
+            hold = gettext("over: the next login is tried")
+        return gettext("Refused at %(at)s: %(reason)s. Istra suspends an account after too many failed logins in a "
+                       "row, so nothing logs in with these credentials %(hold)s.") % {
+            "at": f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M:%S %Z}",
+            "reason": obj.login_refused_reason or "HTTP 401", "hold": hold}
 
-    @admin.display(description="Login refused")
+    @admin.display(description=_("Login refused"))
     def login_refusal_short(self, obj):
         if obj.login_refused_at is None:
             return "-"
         ends = login_hold_ends(obj)
         if ends <= timezone.now():
-            return f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M} (hold over)"
-        return (f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M}, "
-                f"held until a save or {timezone.localtime(ends):%H:%M}")
+            return gettext("%(at)s (hold over)") % {"at": f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M}"}
+        return gettext("%(at)s, held until a save or %(ends)s") % {
+            "at": f"{timezone.localtime(obj.login_refused_at):%Y-%m-%d %H:%M}",
+            "ends": f"{timezone.localtime(ends):%H:%M}"}
 
-    @admin.display(description="Moved permanently to")
+    @admin.display(description=_("Moved permanently to"))
     def moved_permanently(self, obj):
         if obj is None or not obj.redirected_base_url:
             return "-"
-        when = f" at {timezone.localtime(obj.redirected_at):%Y-%m-%d %H:%M:%S %Z}" if obj.redirected_at else ""
-        return (f"{obj.redirected_base_url} (the PBX's permanent redirect{when}): every request and the websocket "
-                "go there. Edit the base URL, or use the action \"Forget the remembered redirect\", to go back to "
-                "the base URL.")
+        when = (gettext("the PBX's permanent redirect at %(when)s")
+                % {"when": f"{timezone.localtime(obj.redirected_at):%Y-%m-%d %H:%M:%S %Z}"}
+                if obj.redirected_at else gettext("the PBX's permanent redirect"))
+        return gettext("%(url)s (%(redirect)s): every request and the websocket go there. Edit the base URL, or use "
+                       "the action \"Forget the remembered redirect\", to go back to the base URL.") % {
+            "url": obj.redirected_base_url, "redirect": when}
 
     def save_model(self, request, obj, form, change):
         """Any save lifts a login refusal (the admin has looked at the account); a new base URL drops a redirect."""
@@ -109,19 +117,19 @@ class PbxAccountAdmin(admin.ModelAdmin):
                 count = control.restart_listeners(obj)
             except Exception:
                 logger.warning("could not restart the listeners of account %s", obj.pk, exc_info=True)
-                self.message_user(request, f"{obj.name}: logins allowed again; use \"Restart listeners\" to "
-                                  "reconnect its sockets.", messages.WARNING)
+                self.message_user(request, gettext("%(account)s: logins allowed again; use \"Restart listeners\" to "
+                                                   "reconnect its sockets.") % {"account": obj.name}, messages.WARNING)
             else:
-                self.message_user(request, f"{obj.name}: logins allowed again; {count} listeners restarting.",
-                                  messages.INFO)
+                self.message_user(request, gettext("%(account)s: logins allowed again; %(count)s listeners restarting.")
+                                  % {"account": obj.name, "count": count}, messages.INFO)
 
-    @admin.action(description="Forget the remembered redirect (go back to the base URL)")
+    @admin.action(description=_("Forget the remembered redirect (go back to the base URL)"))
     def forget_redirect(self, request, queryset):
         count = queryset.exclude(redirected_base_url="").update(redirected_base_url="", redirected_at=None)
-        self.message_user(request, f"{count} accounts go back to their base URL at their next login.",
-                          messages.SUCCESS)
+        self.message_user(request, gettext("%(count)s accounts go back to their base URL at their next login.")
+                          % {"count": count}, messages.SUCCESS)
 
-    @admin.display(description="About this PBX")
+    @admin.display(description=_("About this PBX"))
     def provider_notes(self, obj):
         # What the account's provider says of it (telephony/providers/<kind>/admin.py): setup, reconciling.
         if obj is None or obj.pk is None:
@@ -131,33 +139,37 @@ class PbxAccountAdmin(admin.ModelAdmin):
             return "-"
         return format_html_join(mark_safe("<br>"), "{}: {}", notes)
 
-    @admin.action(description="Test the connection (log in and look around)")
+    @admin.action(description=_("Test the connection (log in and look around)"))
     def test_connection(self, request, queryset):
         for account in queryset:
-            self._report(request, account, "connection test", lambda: control.test_connection(account))
+            self._report(request, account, gettext("connection test"), lambda: control.test_connection(account))
 
-    @admin.action(description="Sync terminals / extensions from the PBX")
+    @admin.action(description=_("Sync terminals / extensions from the PBX"))
     def sync_terminals(self, request, queryset):
         def sync(account):
             seen, deactivated = control.sync_terminals(account)
-            return f"{seen} terminals listed by the PBX, {deactivated} no longer listed (deactivated)"
+            return gettext("%(seen)s terminals listed by the PBX, %(deactivated)s no longer listed (deactivated)") % {
+                "seen": seen, "deactivated": deactivated}
 
         for account in queryset:
-            self._report(request, account, "terminal sync", lambda: sync(account))
+            self._report(request, account, gettext("terminal sync"), lambda: sync(account))
 
-    @admin.action(description="Restart listeners (reconnect their sockets)")
+    @admin.action(description=_("Restart listeners (reconnect their sockets)"))
     def restart_listeners(self, request, queryset):
         for account in queryset:
-            self._report(request, account, "restart", lambda: f"{control.restart_listeners(account)} listeners restarting")
+            self._report(request, account, gettext("restart"), lambda: gettext("%(count)s listeners restarting") % {
+                "count": control.restart_listeners(account)})
 
     def _report(self, request, account, what, operation):
         try:
             result = operation()
         except ProviderError as exc:
-            kind = "permanent: fix the account" if exc.permanent else "temporary: will be retried"
-            self.message_user(request, f"{account.name}: {what} failed ({kind}): {exc}", messages.ERROR)
+            kind = gettext("permanent: fix the account") if exc.permanent else gettext("temporary: will be retried")
+            self.message_user(request, gettext("%(account)s: %(what)s failed (%(kind)s): %(error)s") % {
+                "account": account.name, "what": what, "kind": kind, "error": exc}, messages.ERROR)
         else:
-            self.message_user(request, f"{account.name}: {what} OK: {result}", messages.SUCCESS)
+            self.message_user(request, gettext("%(account)s: %(what)s OK: %(result)s") % {
+                "account": account.name, "what": what, "result": result}, messages.SUCCESS)
 
 
 @admin.register(Terminal)
@@ -193,21 +205,21 @@ class CallEventInline(admin.TabularInline):
 # The normalised end causes (telephony.updates) as people read them; "swept" marks the calls the hub ended
 # itself because the PBX said nothing more about them (telephony.sweep).
 END_CAUSE_LABELS = {
-    u.END_HANGUP: "Hung up",
-    u.END_NO_ANSWER: "No answer",
-    u.END_CANCELLED: "Cancelled by the caller",
-    u.END_BUSY: "Busy",
-    u.END_REJECTED: "Rejected",
-    u.END_TRANSFERRED: "Transferred",
-    u.END_ANSWERED_ELSEWHERE: "Answered elsewhere",
-    u.END_UNAVAILABLE: "Unavailable",
-    u.END_FAILED: "Failed",
-    u.END_SWEPT: "Swept (no news from the PBX)",
+    u.END_HANGUP: _("Hung up"),
+    u.END_NO_ANSWER: _("No answer"),
+    u.END_CANCELLED: _("Cancelled by the caller"),
+    u.END_BUSY: pgettext_lazy("end cause", "Busy"),  # the line was busy: not the agent status "Busy"
+    u.END_REJECTED: _("Rejected"),
+    u.END_TRANSFERRED: _("Transferred"),
+    u.END_ANSWERED_ELSEWHERE: _("Answered elsewhere"),
+    u.END_UNAVAILABLE: _("Unavailable"),
+    u.END_FAILED: _("Failed"),
+    u.END_SWEPT: _("Swept (no news from the PBX)"),
 }
 
 
 class EndCauseFilter(admin.SimpleListFilter):
-    title = "end cause"
+    title = _("end cause")
     parameter_name = "end_cause"
 
     def lookups(self, request, model_admin):
@@ -231,7 +243,7 @@ class CallAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     inlines = [CallEventInline]
 
-    @admin.display(description="end cause", ordering="end_cause")
+    @admin.display(description=_("end cause"), ordering="end_cause")
     def end_cause_label(self, obj):
         return END_CAUSE_LABELS.get(obj.end_cause, obj.end_cause) or "-"
 

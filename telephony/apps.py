@@ -1,9 +1,10 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class TelephonyConfig(AppConfig):
     name = "telephony"
-    verbose_name = "Telephony"
+    verbose_name = _("Telephony")
 
     def ready(self):
         # Logout, deactivation and a password change close the user's open consoles.

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from accounts.domain import set_agent_status
 from accounts.models import Agent
@@ -24,7 +25,8 @@ RECENT_LIMIT = 20
 
 
 class Refused(Exception):
-    """An action the viewer may not take; the message is shown on the card."""
+    """An action the viewer may not take; the message is shown on the card, in the page's language (a lazy
+    translation, made text by the consumer under the page's language)."""
 
 
 class Viewer:
@@ -158,35 +160,35 @@ def _may_act_on(viewer: Viewer, call: Call | None) -> bool:
 def act_on_call(viewer: Viewer, call_id: int, action: str, payload: dict) -> dict:
     call = Call.objects.select_related("account").filter(pk=call_id).first()
     if not _may_act_on(viewer, call):
-        raise Refused("this call is not yours")
+        raise Refused(_("this call is not yours"))
     if not all(value is None or isinstance(value, (str, int, float, bool)) for value in payload.values()):
-        raise Refused("the payload's values must be text or numbers")
+        raise Refused(_("the payload's values must be text or numbers"))
     # What a provider reads as "other_call" is always a Call resolved and checked here, never what the page sent.
     named = [payload[key] for key in OTHER_CALL_KEYS if key in payload]
     payload = {key: value for key, value in payload.items() if key not in OTHER_CALL_KEYS}
     if named:
         if len(named) > 1 and named[0] != named[1]:
-            raise Refused("which other call?")
+            raise Refused(_("which other call?"))
         other_id = call_id_from(named[0])
         if other_id is None:
-            raise Refused("which other call?")
+            raise Refused(_("which other call?"))
         other = Call.objects.select_related("account").filter(pk=other_id).first()
         if not _may_act_on(viewer, other):
-            raise Refused("the other call is not yours")
+            raise Refused(_("the other call is not yours"))
         if other.pk == call.pk:
-            raise Refused("pick another call than this one")
+            raise Refused(_("pick another call than this one"))
         if other.account_id != call.account_id:
-            raise Refused("the other call is on another PBX account")
+            raise Refused(_("the other call is on another PBX account"))
         payload["other_call"] = other
     return control.call_action(call, action, payload)
 
 
 def dial(viewer: Viewer, number: str) -> dict:
     if viewer.agent is None:
-        raise Refused("only agents with a terminal can place calls")
+        raise Refused(_("only agents with a terminal can place calls"))
     number = (number or "").strip()
     if not number or len(number) > 40 or not all(ch.isdigit() or ch in "+*# ()-." for ch in number):
-        raise Refused("enter a phone number or an extension")
+        raise Refused(_("enter a phone number or an extension"))
     return control.place_call(viewer.agent, number)
 
 
@@ -201,7 +203,7 @@ def push_agent_status(sender, agent: Agent, status: str, source: str, **kwargs) 
 
 def change_status(viewer: Viewer, status: str) -> dict:
     if viewer.agent is None:
-        raise Refused("only agents have a status")
+        raise Refused(_("only agents have a status"))
     try:
         set_agent_status(viewer.agent, status, source="console")
     except ValueError as exc:

@@ -21,7 +21,10 @@ from datetime import datetime, timedelta
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.text import format_lazy
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation.trans_real import parse_accept_lang_header
 
 from ctihub.lib import card_trace
 from ctihub.lib.console_heap import console_heap
@@ -60,6 +63,24 @@ async def finished_within(task: asyncio.Future, seconds: float) -> bool:
         return False
     task.result()
     return True
+
+
+def language_of(scope) -> str:
+    """The language of the agent's page, for the refusals this socket sends it: the chooser's cookie, else
+    the browser's Accept-Language, else the default (as LocaleMiddleware picks a page's, without a path)."""
+    wanted = []
+    cookie = (scope.get("cookies") or {}).get(settings.LANGUAGE_COOKIE_NAME)
+    if cookie:
+        wanted.append(cookie)
+    for name, value in scope.get("headers") or ():
+        if name == b"accept-language":
+            wanted += [code for code, _q in parse_accept_lang_header(value.decode("latin-1")) if code != "*"]
+    for code in wanted:
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE
 
 
 _resyncs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its Resyncs
@@ -350,15 +371,15 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if getattr(self, "session_over", True):
             return
         if text_data is None:
-            await self._reply_error(None, "send requests as JSON text, not binary frames")
+            await self._reply_error(None, _("send requests as JSON text, not binary frames"))
             return
         if len(text_data) > MAX_REQUEST_CHARS:
-            await self._reply_error(None, "request too large")
+            await self._reply_error(None, _("request too large"))
             return
         try:
             content = await self.decode_json(text_data)
         except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-            await self._reply_error(None, "not a JSON request")
+            await self._reply_error(None, _("not a JSON request"))
             return
         await self.receive_json(content, **kwargs)
 
@@ -374,18 +395,21 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
                 return
             result = await self._dispatch(content if isinstance(content, dict) else {})
         except console.Refused as exc:
-            await self._reply_error(request_id, str(exc))
+            await self._reply_error(request_id, exc)  # made text in the page's language
         except ProviderError as exc:
-            await self._reply_error(request_id, f"PBX: {exc}")
+            await self._reply_error(request_id, format_lazy("PBX: {}", exc))
         except Exception:
             # A bug, not the page's fault: logged with its traceback, but the console stays open.
             action = content.get("action") if isinstance(content, dict) else None
             logger.exception("console request %r of user %s failed", action, self.user_id)
-            await self._reply_error(request_id, "ctihub could not do that (an internal error, logged)")
+            await self._reply_error(request_id, _("ctihub could not do that (an internal error, logged)"))
         else:
             await self.send_json({"type": "result", "id": request_id, "ok": True, "result": _jsonable(result)})
 
-    async def _reply_error(self, request_id, error: str) -> None:
+    async def _reply_error(self, request_id, error) -> None:
+        """``error``: text, a lazy translation or a ``Refused``, made text here in the page's language."""
+        with translation.override(language_of(self.scope)):
+            error = str(error)
         await self.send_json({"type": "result", "id": request_id, "ok": False, "error": error})
 
     async def _dispatch(self, content: dict):
@@ -393,11 +417,11 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if action == "call_action":
             call_id = console.call_id_from(content.get("call"))
             if call_id is None:
-                raise console.Refused("which call?")
+                raise console.Refused(_("which call?"))
             payload = content.get("payload")
             payload = {} if payload is None else payload
             if not isinstance(payload, dict):
-                raise console.Refused("the payload must be an object")
+                raise console.Refused(_("the payload must be an object"))
             return await on_web_pool(console.act_on_call)(
                 self.viewer, call_id, _text(content.get("name")), payload
             )
@@ -408,7 +432,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         if action == "snapshot":
             return await on_web_pool(console.snapshot)(self.viewer)
         if not _is_scalar(action):
-            raise console.Refused("unknown request")
+            raise console.Refused(_("unknown request"))
         raise console.Refused(f"unknown request {action!r}"[:200])
 
 

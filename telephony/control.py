@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.translation import gettext, gettext_lazy
 
 from accounts.models import Agent
 from telephony import updates as u
@@ -167,15 +169,20 @@ def place_call(agent_or_terminal: Agent | Terminal, number: str) -> dict:
     return answer or {}
 
 
+# Text when shown (in the console's language: telephony.consumers), not when raised.
+_not_possible_now = lazy(lambda action, allowed: gettext("%(action)s is not possible now (the PBX allows: %(allowed)s)")
+                         % {"action": action, "allowed": allowed}, str)
+
+
 def call_action(call: Call, action: str, payload: dict | None = None) -> dict:
     """Perform ``action`` (a normalised name) on ``call`` if the PBX allows it right now."""
     if action not in u.ACTIONS:
         raise ActionRefused(f"unknown action {action!r}")
     if call.state == Call.State.ENDED:
-        raise ActionRefused("the call has ended")
+        raise ActionRefused(gettext_lazy("the call has ended"))
     if call.allowed_actions and action not in call.allowed_actions:
         allowed = ", ".join(call.allowed_actions)
-        raise ActionRefused(f"{action} is not possible now (the PBX allows: {allowed})")
+        raise ActionRefused(_not_possible_now(action, allowed))
     provider, lock = cached_provider(call.account)
     with one_at_a_time(call.account, lock):
         answer = provider.call_action(call, action, payload or {})

@@ -21,6 +21,8 @@ from datetime import datetime
 
 from django.db.models import Case, Count, IntegerField, Model, Q, Value, When
 from django.urls import reverse
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from ctihub.lib.logs import mask_secrets
 from telephony import plugins
@@ -69,7 +71,7 @@ class HealthSection:
     rows: list[HealthRow] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # every object's status, shown or not
     detail_title: str = ""
-    last_event_title: str = "Last event"
+    last_event_title: str = _("Last event")
     error: str = ""  # the section could not be read
 
     @property
@@ -131,15 +133,15 @@ def accounts_section(limit: int | None = None) -> HealthSection:
         status = STATUSES[account.severity]
         fix = None
         if status == DOWN:
-            fix = HealthFix("Test the connection", PbxAccount, "test_connection", account.pk)
+            fix = HealthFix(gettext("Test the connection"), PbxAccount, "test_connection", account.pk)
         rows.append(HealthRow(
             name=account.name, status=status,
-            state_label=account.get_status_display() if account.enabled else "Disabled",
+            state_label=account.get_status_display() if account.enabled else gettext("Disabled"),
             url=change_url(account), last_event_at=account.last_event_at, last_error=error_text(account.last_error),
             detail=account.get_kind_display(), fix=fix,
         ))
-    return HealthSection("pbx_accounts", "PBX accounts", PbxAccount, rows, _counts(PbxAccount.objects, ACCOUNT_CONDITIONS),
-                         detail_title="Kind")
+    return HealthSection("pbx_accounts", gettext("PBX accounts"), PbxAccount, rows, _counts(PbxAccount.objects, ACCOUNT_CONDITIONS),
+                         detail_title=gettext("Kind"))
 
 
 # --- listeners ------------------------------------------------------------------------------------
@@ -162,18 +164,19 @@ def listeners_section(limit: int | None = None) -> HealthSection:
         status = STATUSES[listener.severity]
         fix = None
         if status == DOWN or listener.state == Listener.State.BACKOFF:
-            fix = HealthFix("Restart listeners", PbxAccount, "restart_listeners", listener.account_id)
+            fix = HealthFix(gettext("Restart listeners"), PbxAccount, "restart_listeners", listener.account_id)
         detail = listener.account.name
         if listener.reconnects:
-            detail += f" · {listener.reconnects} reconnects"
+            detail += " · " + ngettext("%(count)s reconnect", "%(count)s reconnects", listener.reconnects) % {
+                "count": listener.reconnects}
         rows.append(HealthRow(
             name=str(listener), status=status,
-            state_label=listener.get_state_display() if listener.account.enabled else "Account disabled",
+            state_label=listener.get_state_display() if listener.account.enabled else gettext("Account disabled"),
             url=change_url(listener), last_event_at=listener.last_event_at, last_error=error_text(listener.last_error),
             detail=detail, fix=fix,
         ))
-    return HealthSection("listeners", "Listeners (PBX sockets)", Listener, rows,
-                         _counts(Listener.objects, LISTENER_CONDITIONS), detail_title="Account")
+    return HealthSection("listeners", gettext("Listeners (PBX sockets)"), Listener, rows,
+                         _counts(Listener.objects, LISTENER_CONDITIONS), detail_title=gettext("Account"))
 
 
 # --- all of them ----------------------------------------------------------------------------------
@@ -187,5 +190,5 @@ def sections() -> list[HealthSection]:
             found.append(provider())
         except Exception as exc:  # one broken section must not take the admin's index down with it
             logger.exception("health section %s failed", name)
-            found.append(HealthSection(name, name, Model, error=f"could not be read: {type(exc).__name__}"))
+            found.append(HealthSection(name, name, Model, error=gettext("could not be read: %(error)s") % {"error": type(exc).__name__}))
     return found

@@ -1,6 +1,7 @@
 from django.core.validators import URLValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from ctihub.lib.secrets import EncryptedTextField
 from telephony.providers import registry
@@ -36,70 +37,71 @@ class PbxAccount(models.Model):
     Kind = _Kinds()
 
     class Status(models.TextChoices):
-        DISABLED = "disabled", "Disabled"
-        CONNECTING = "connecting", "Connecting"
-        CONNECTED = "connected", "Connected"
-        DEGRADED = "degraded", "Degraded (retrying)"
-        FAILED = "failed", "Failed (needs an admin)"
+        DISABLED = "disabled", _("Disabled")
+        CONNECTING = "connecting", _("Connecting")
+        CONNECTED = "connected", _("Connected")
+        DEGRADED = "degraded", _("Degraded (retrying)")
+        FAILED = "failed", _("Failed (needs an admin)")
 
-    name = models.CharField(max_length=100, unique=True)
-    kind = models.CharField(max_length=20, choices=registry.kind_choices)
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    kind = models.CharField(_("kind"), max_length=20, choices=registry.kind_choices)
     base_url = models.URLField(
-        max_length=300, help_text="Istra: https://HOST/restletrouter. Telepo: https://HOST."
+        _("base url"), max_length=300, help_text=_("Istra: https://HOST/restletrouter. Telepo: https://HOST.")
     )
     ws_url = models.CharField(
-        "websocket URL override",
+        _("websocket URL override"),
         max_length=300,
         blank=True,
         validators=[WS_URL_VALIDATOR],
-        help_text="Leave blank to use ws(s)://HOST/restletrouter/ws-service/<app>.",
+        help_text=_("Leave blank to use ws(s)://HOST/restletrouter/ws-service/<app>."),
     )
     enterprise = models.CharField(
-        max_length=200, blank=True, help_text="myRCC: the enterprise to monitor. Telepo: the organisation's domain."
+        _("enterprise"), max_length=200, blank=True, help_text=_("myRCC: the enterprise to monitor. Telepo: the organisation's domain.")
     )
-    login = models.CharField(max_length=200, blank=True, help_text="Istra login (without the ENDUSER: prefix).")
-    password = EncryptedTextField(blank=True)
-    api_token = EncryptedTextField("API token", blank=True, help_text="Telepo call-control API ticket.")
+    login = models.CharField(_("login"), max_length=200, blank=True, help_text=_("Istra login (without the ENDUSER: prefix)."))
+    password = EncryptedTextField(_("password"), blank=True)
+    api_token = EncryptedTextField(_("API token"), blank=True, help_text=_("Telepo call-control API ticket."))
     webhook_secret = EncryptedTextField(
-        blank=True, help_text="Telepo: the secret in the CRM connector webhook URL."
+        _("webhook secret"), blank=True, help_text=_("Telepo: the secret in the CRM connector webhook URL.")
     )
     ca_bundle = models.TextField(
-        "trusted CA bundle (PEM)", blank=True, help_text="Trust this CA for the PBX's certificate, in addition to the system's."
+        _("trusted CA bundle (PEM)"), blank=True, help_text=_("Trust this CA for the PBX's certificate, in addition to the system's.")
     )
     default_region = models.CharField(
-        max_length=2, blank=True, help_text="Country (ISO 3166, e.g. FR) for numbers the PBX gives without one."
+        _("default region"), max_length=2, blank=True, help_text=_("Country (ISO 3166, e.g. FR) for numbers the PBX gives without one.")
     )
-    enabled = models.BooleanField(default=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
 
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONNECTING)
-    status_since = models.DateTimeField(default=timezone.now)
-    last_event_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    last_error_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.CONNECTING)
+    status_since = models.DateTimeField(_("status since"), default=timezone.now)
+    last_event_at = models.DateTimeField(_("last event at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    last_error_at = models.DateTimeField(_("last error at"), null=True, blank=True)
     # Istra suspends an account after too many failed logins in a row (myIstra doc, "Istra Password Policy"):
     # once a login is refused, every process holds its logins with these credentials until an admin saves the
     # account or ISTRA_LOGIN_COOLDOWN_SECONDS pass (telephony.providers.istra.session). Kept here, not in
     # Redis, so the admin shows it next to the status and any save of the account clears it.
     login_refused_at = models.DateTimeField(
-        "login refused at", null=True, blank=True, help_text="Last refused (or re-tried) Istra login."
+        _("login refused at"), null=True, blank=True, help_text=_("Last refused (or re-tried) Istra login.")
     )
-    login_refused_reason = models.TextField("why the login was refused", blank=True)
+    login_refused_reason = models.TextField(_("why the login was refused"), blank=True)
     #: A keyed hash of the refused user name and password: other credentials (a process still holding the
     #: previous password, or new ones) are not held by a refusal of these.
-    login_refused_credentials = models.CharField(max_length=64, blank=True, editable=False)
+    login_refused_credentials = models.CharField(_("login refused credentials"), max_length=64, blank=True, editable=False)
     # myRCC may move an enterprise to another host with a permanent redirect (301/308): every later request
     # and the websocket go straight there. Cleared when the base URL is edited in the admin.
     redirected_base_url = models.CharField(
-        "moved permanently to", max_length=300, blank=True,
-        help_text="Where the PBX said this account's base URL moved permanently (HTTP 301/308).",
+        _("moved permanently to"), max_length=300, blank=True,
+        help_text=_("Where the PBX said this account's base URL moved permanently (HTTP 301/308)."),
     )
-    redirected_at = models.DateTimeField("moved at", null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    redirected_at = models.DateTimeField(_("moved at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name_plural = _("PBX accounts")
         ordering = ["name"]
-        verbose_name = "PBX account"
+        verbose_name = _("PBX account")
 
     def __str__(self):
         return f"{self.name} ({self.get_kind_display()})"
@@ -113,21 +115,23 @@ class Terminal(models.Model):
     on it pops on.
     """
 
-    account = models.ForeignKey(PbxAccount, on_delete=models.CASCADE, related_name="terminals")
-    pbx_id = models.CharField("PBX id", max_length=200)
-    extension = models.CharField(max_length=64, blank=True)
-    label = models.CharField(max_length=200, blank=True)
-    device_model = models.CharField(max_length=200, blank=True)
-    department = models.CharField(max_length=200, blank=True)
-    photo_url = models.URLField(max_length=500, blank=True)
-    pstn_numbers = models.JSONField(default=list, blank=True, help_text="E.164 numbers reaching this terminal.")
+    account = models.ForeignKey(PbxAccount, verbose_name=_("account"), on_delete=models.CASCADE, related_name="terminals")
+    pbx_id = models.CharField(_("PBX id"), max_length=200)
+    extension = models.CharField(_("extension"), max_length=64, blank=True)
+    label = models.CharField(_("label"), max_length=200, blank=True)
+    device_model = models.CharField(_("device model"), max_length=200, blank=True)
+    department = models.CharField(_("department"), max_length=200, blank=True)
+    photo_url = models.URLField(_("photo url"), max_length=500, blank=True)
+    pstn_numbers = models.JSONField(_("pstn numbers"), default=list, blank=True, help_text=_("E.164 numbers reaching this terminal."))
     agent = models.ForeignKey(
-        "accounts.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="terminals"
+        "accounts.Agent", verbose_name=_("agent"), on_delete=models.SET_NULL, null=True, blank=True, related_name="terminals"
     )
-    active = models.BooleanField(default=True, help_text="False once the PBX stopped listing it.")
-    synced_at = models.DateTimeField(null=True, blank=True)
+    active = models.BooleanField(_("active"), default=True, help_text=_("False once the PBX stopped listing it."))
+    synced_at = models.DateTimeField(_("synced at"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("terminal")
+        verbose_name_plural = _("terminals")
         ordering = ["account", "extension", "pbx_id"]
         constraints = [models.UniqueConstraint(fields=["account", "pbx_id"], name="terminal_unique_pbx_id")]
 
@@ -145,25 +149,27 @@ class Listener(models.Model):
     """
 
     class State(models.TextChoices):
-        IDLE = "idle", "Idle (waiting for a worker)"
-        CONNECTING = "connecting", "Connecting"
-        CONNECTED = "connected", "Connected"
-        BACKOFF = "backoff", "Reconnecting after an error"
-        FAILED = "failed", "Failed (needs an admin)"
-        STOPPED = "stopped", "Stopped"
+        IDLE = "idle", _("Idle (waiting for a worker)")
+        CONNECTING = "connecting", _("Connecting")
+        CONNECTED = "connected", _("Connected")
+        BACKOFF = "backoff", _("Reconnecting after an error")
+        FAILED = "failed", _("Failed (needs an admin)")
+        STOPPED = "stopped", _("Stopped")
 
-    account = models.ForeignKey(PbxAccount, on_delete=models.CASCADE, related_name="listeners")
-    terminal = models.ForeignKey(Terminal, on_delete=models.CASCADE, null=True, blank=True, related_name="listeners")
-    name = models.CharField(max_length=100)
-    state = models.CharField(max_length=16, choices=State.choices, default=State.IDLE)
-    owner = models.CharField(max_length=200, blank=True, help_text="The worker holding this socket.")
-    connected_since = models.DateTimeField(null=True, blank=True)
-    last_event_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    reconnects = models.PositiveIntegerField(default=0)
-    updated_at = models.DateTimeField(auto_now=True)
+    account = models.ForeignKey(PbxAccount, verbose_name=_("account"), on_delete=models.CASCADE, related_name="listeners")
+    terminal = models.ForeignKey(Terminal, verbose_name=_("terminal"), on_delete=models.CASCADE, null=True, blank=True, related_name="listeners")
+    name = models.CharField(_("name"), max_length=100)
+    state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.IDLE)
+    owner = models.CharField(_("owner"), max_length=200, blank=True, help_text=_("The worker holding this socket."))
+    connected_since = models.DateTimeField(_("connected since"), null=True, blank=True)
+    last_event_at = models.DateTimeField(_("last event at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    reconnects = models.PositiveIntegerField(_("reconnects"), default=0)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("listener")
+        verbose_name_plural = _("listeners")
         ordering = ["account", "name"]
         constraints = [models.UniqueConstraint(fields=["account", "name"], name="listener_unique_name")]
 
@@ -185,55 +191,57 @@ class Call(models.Model):
     """
 
     class Direction(models.TextChoices):
-        INBOUND = "in", "Incoming"
-        OUTBOUND = "out", "Outgoing"
+        INBOUND = "in", _("Incoming")
+        OUTBOUND = "out", _("Outgoing")
 
     class State(models.TextChoices):
-        RINGING = "ringing", "Ringing"
-        DIALING = "dialing", "Dialling"
-        TALKING = "talking", "Talking"
-        HELD = "held", "On hold"
-        ENDED = "ended", "Ended"
+        RINGING = "ringing", _("Ringing")
+        DIALING = "dialing", _("Dialling")
+        TALKING = "talking", _("Talking")
+        HELD = "held", _("On hold")
+        ENDED = "ended", _("Ended")
 
     class CrmSync(models.TextChoices):
-        PENDING = "pending", "Pending"
-        SYNCED = "synced", "Synced"
-        FAILED = "failed", "Failed (will retry)"
-        SKIPPED = "skipped", "No CRM integration"
+        PENDING = "pending", _("Pending")
+        SYNCED = "synced", _("Synced")
+        FAILED = "failed", _("Failed (will retry)")
+        SKIPPED = "skipped", _("No CRM integration")
 
-    account = models.ForeignKey(PbxAccount, on_delete=models.PROTECT, related_name="calls")
-    pbx_call_id = models.CharField("PBX call id", max_length=200)
-    terminal = models.ForeignKey(Terminal, on_delete=models.SET_NULL, null=True, blank=True, related_name="calls")
+    account = models.ForeignKey(PbxAccount, verbose_name=_("account"), on_delete=models.PROTECT, related_name="calls")
+    pbx_call_id = models.CharField(_("PBX call id"), max_length=200)
+    terminal = models.ForeignKey(Terminal, verbose_name=_("terminal"), on_delete=models.SET_NULL, null=True, blank=True, related_name="calls")
     agent = models.ForeignKey(
-        "accounts.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="calls"
+        "accounts.Agent", verbose_name=_("agent"), on_delete=models.SET_NULL, null=True, blank=True, related_name="calls"
     )
-    direction = models.CharField(max_length=3, choices=Direction.choices)
-    is_internal = models.BooleanField(default=False)
-    state = models.CharField(max_length=10, choices=State.choices)
+    direction = models.CharField(_("direction"), max_length=3, choices=Direction.choices)
+    is_internal = models.BooleanField(_("is internal"), default=False)
+    state = models.CharField(_("state"), max_length=10, choices=State.choices)
     # The PBX's own name for a state it sent that we do not know ("offering"): the call stays live in
     # ``state`` (its last known one), and the card shows both. Empty once a known state arrives.
     pbx_state = models.CharField(
-        "PBX state", max_length=40, blank=True, help_text="A state the PBX sent that ctihub does not know."
+        _("PBX state"), max_length=40, blank=True, help_text=_("A state the PBX sent that ctihub does not know.")
     )
-    remote_number_e164 = models.CharField("remote number (E.164)", max_length=32, blank=True)
-    remote_number_raw = models.CharField("remote number as given", max_length=200, blank=True)
-    remote_label = models.CharField(max_length=200, blank=True)
-    external_phone = models.CharField(max_length=32, blank=True, help_text="The shop's number the call came in on.")
-    site_code = models.CharField(max_length=100, blank=True, help_text="The retailCRM shop of external_phone.")
-    created_at = models.DateTimeField(default=timezone.now)
-    answered_at = models.DateTimeField(null=True, blank=True)
-    ended_at = models.DateTimeField(null=True, blank=True)
-    ringing_ms = models.PositiveBigIntegerField(null=True, blank=True)
-    talking_ms = models.PositiveBigIntegerField(null=True, blank=True)
-    end_cause = models.CharField(max_length=32, blank=True)
-    allowed_actions = models.JSONField(default=list, blank=True)
-    state_token = models.CharField(max_length=32, blank=True)
-    last_seq = models.BigIntegerField(null=True, blank=True)
-    version = models.PositiveIntegerField(default=0)
-    crm_sync_state = models.CharField(max_length=10, choices=CrmSync.choices, default=CrmSync.PENDING)
-    updated_at = models.DateTimeField(auto_now=True)
+    remote_number_e164 = models.CharField(_("remote number (E.164)"), max_length=32, blank=True)
+    remote_number_raw = models.CharField(_("remote number as given"), max_length=200, blank=True)
+    remote_label = models.CharField(_("remote label"), max_length=200, blank=True)
+    external_phone = models.CharField(_("external phone"), max_length=32, blank=True, help_text=_("The shop's number the call came in on."))
+    site_code = models.CharField(_("site code"), max_length=100, blank=True, help_text=_("The retailCRM shop of external_phone."))
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    answered_at = models.DateTimeField(_("answered at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), null=True, blank=True)
+    ringing_ms = models.PositiveBigIntegerField(_("ringing ms"), null=True, blank=True)
+    talking_ms = models.PositiveBigIntegerField(_("talking ms"), null=True, blank=True)
+    end_cause = models.CharField(_("end cause"), max_length=32, blank=True)
+    allowed_actions = models.JSONField(_("allowed actions"), default=list, blank=True)
+    state_token = models.CharField(_("state token"), max_length=32, blank=True)
+    last_seq = models.BigIntegerField(_("last seq"), null=True, blank=True)
+    version = models.PositiveIntegerField(_("version"), default=0)
+    crm_sync_state = models.CharField(_("crm sync state"), max_length=10, choices=CrmSync.choices, default=CrmSync.PENDING)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("call")
+        verbose_name_plural = _("calls")
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["account", "pbx_call_id"], name="call_unique_pbx_call_id")]
         indexes = [
@@ -262,13 +270,15 @@ class CallEvent(models.Model):
     frame or a redelivered webhook is a no-op.
     """
 
-    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=40)
-    payload = models.JSONField()
-    received_at = models.DateTimeField(default=timezone.now)
-    dedupe_key = models.CharField(max_length=255, unique=True)
+    call = models.ForeignKey(Call, verbose_name=_("call"), on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(_("kind"), max_length=40)
+    payload = models.JSONField(_("payload"))
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+    dedupe_key = models.CharField(_("dedupe key"), max_length=255, unique=True)
 
     class Meta:
+        verbose_name = _("call event")
+        verbose_name_plural = _("call events")
         ordering = ["received_at", "id"]
 
     def __str__(self):

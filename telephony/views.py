@@ -29,7 +29,8 @@ def _role_or_explain(request, template: str, supervisor_only: bool = False, cont
     """``context``: a function of no argument giving the page's own context, asked only once the viewer may see it."""
     viewer = viewer_for(request.user)
     return _no_role(request, viewer, supervisor_only) or render(
-        request, template, {"viewer": viewer, "statuses": ["free", "busy", "dinner", "break"],
+        # statuses: (value, label), the value what the console sends, the label in the page's language.
+        request, template, {"viewer": viewer, "statuses": Agent.Status.choices,
                             **(context() if context else {})})
 
 

@@ -7,26 +7,38 @@
 "use strict";
 
 (function () {
+  // Django's JavaScript catalog (the page loads /jsi18n/ first) gives gettext and interpolate in the
+  // page's language; without it (a page that does not load it) the English text is shown as it is.
+  const gettext = window.gettext || ((text) => text);
+  const interpolate = window.interpolate ? (format, values) => window.interpolate(format, values, true)
+    : (format, values) => format.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
+
   // Codes after which retrying cannot help. Any other code reconnects with backoff, 4013 among them
   // (the server's "try again later": a snapshot it could not send in time).
   const CLOSE_REASONS = {
-    4401: "Your session has ended. Log in again to see your calls.",
-    4403: "This page was opened from a site that is not ctihub, so the live feed was refused.",
-    4400: "Your account is not set up as an agent. Ask your admin.",
+    4401: gettext("Your session has ended. Log in again to see your calls."),
+    4403: gettext("This page was opened from a site that is not ctihub, so the live feed was refused."),
+    4400: gettext("Your account is not set up as an agent. Ask your admin."),
   };
   const ACTION_LABELS = {
-    answer: "Answer", hold: "Hold", resume: "Resume", redirect: "Transfer…", transfer: "Connect to…",
-    merge: "Merge with…", add_party: "Add party…", send_dtmf: "Keypad", hangup: "Hang up", leave: "Leave",
+    answer: gettext("Answer"), hold: gettext("Hold"), resume: gettext("Resume"), redirect: gettext("Transfer…"),
+    transfer: gettext("Connect to…"), merge: gettext("Merge with…"), add_party: gettext("Add party…"),
+    send_dtmf: gettext("Keypad"), hangup: gettext("Hang up"), leave: gettext("Leave"),
     // Telepo's own actions.
-    alternate: "Swap calls", park: "Park", pickup: "Pick up", mute: "Mute", unmute: "Unmute",
-    move: "Move to device…", conference_add: "Conference with…",
+    alternate: gettext("Swap calls"), park: gettext("Park"), pickup: gettext("Pick up"), mute: gettext("Mute"),
+    unmute: gettext("Unmute"), move: gettext("Move to device…"), conference_add: gettext("Conference with…"),
   };
-  const STATE_LABELS = { ringing: "Ringing", dialing: "Dialling", talking: "Talking", held: "On hold", ended: "Ended" };
+  const STATE_LABELS = {
+    ringing: gettext("Ringing"), dialing: gettext("Dialling"), talking: gettext("Talking"), held: gettext("On hold"),
+    ended: gettext("Ended"),
+  };
+
+  const STATUS_LABELS = { free: gettext("Free"), busy: gettext("Busy"), dinner: gettext("Dinner"), break: gettext("Break") };
 
   // The state, and the PBX's own word when it sent one we do not know (the call stays in its last known state).
   function stateText(card) {
     const label = STATE_LABELS[card.state] || card.state;
-    return card.pbx_state ? `${label} (PBX: ${card.pbx_state})` : label;
+    return card.pbx_state ? interpolate(gettext("%(state)s (PBX: %(pbx_state)s)"), { state: label, pbx_state: card.pbx_state }) : label;
   }
 
   const calls = new Map(); // call id -> card
@@ -40,14 +52,14 @@
   let attempt = 0;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    setConnection("connecting", attempt ? "Reconnecting…" : "Connecting…");
+    setConnection("connecting", attempt ? gettext("Reconnecting…") : gettext("Connecting…"));
     socket = new WebSocket(`${scheme}://${location.host}/ws/console/`);
     const opened = socket;
     // A server that accepted us but never sends the snapshot (its channel layer stuck) is no
     // connection at all: drop it and reconnect, as for any other loss.
     let snapshotTimer = null;
     opened.addEventListener("open", () => {
-      setConnection("connecting", "Loading…");
+      setConnection("connecting", gettext("Loading…"));
       snapshotTimer = setTimeout(() => opened.close(), SNAPSHOT_TIMEOUT_MS);
     });
     opened.addEventListener("message", (event) => {
@@ -56,7 +68,7 @@
         clearTimeout(snapshotTimer);
         snapshotTimer = null;
         attempt = 0;
-        setConnection("live", "Live");
+        setConnection("live", gettext("Live"));
       }
       handle(message);
     });
@@ -68,7 +80,7 @@
       }
       const delay = Math.min(30000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
       attempt += 1;
-      setConnection("offline", `Connection lost. Retrying in ${Math.round(delay / 1000)} s…`);
+      setConnection("offline", interpolate(gettext("Connection lost. Retrying in %(seconds)s s…"), { seconds: Math.round(delay / 1000) }));
       setTimeout(connect, delay);
     });
   }
@@ -83,7 +95,7 @@
   function send(message) {
     return new Promise((resolve) => {
       if (!socket || socket.readyState !== WebSocket.OPEN) {
-        resolve({ ok: false, error: "not connected; try again in a moment" });
+        resolve({ ok: false, error: gettext("not connected; try again in a moment") });
         return;
       }
       const id = ++requestSeq;
@@ -153,23 +165,27 @@
     const el = document.createElement("article");
     el.className = "card";
     el.dataset.call = card.id;
-    el.setAttribute("aria-label", "Call");
+    el.setAttribute("aria-label", gettext("Call"));
     el.innerHTML = `
-      <header><span class="direction"></span><span class="state"></span><span class="timer" aria-label="Duration"></span></header>
+      <header><span class="direction"></span><span class="state"></span><span class="timer"></span></header>
       <p class="number"></p><p class="label"></p><p class="shop"></p><p class="crm"></p>
-      <div class="actions" role="group" aria-label="Call actions"></div>
+      <div class="actions" role="group"></div>
       <p class="card-error" role="alert"></p>`;
+    // Attributes set apart from the markup: a translation is text, never HTML.
+    el.querySelector(".timer").setAttribute("aria-label", gettext("Duration"));
+    el.querySelector(".actions").setAttribute("aria-label", gettext("Call actions"));
     return el;
   }
 
   function fillCard(el, card) {
     el.dataset.state = card.state;
     el.dataset.version = card.version;
-    el.querySelector(".direction").textContent = card.direction === "in" ? "Incoming" : "Outgoing";
+    el.querySelector(".direction").textContent = card.direction === "in" ? gettext("Incoming") : gettext("Outgoing");
     el.querySelector(".state").textContent = stateText(card);
-    el.querySelector(".number").textContent = card.remote_number_display || card.remote_number || "Unknown number";
+    el.querySelector(".number").textContent = card.remote_number_display || card.remote_number || gettext("Unknown number");
     el.querySelector(".label").textContent = card.remote_label || "";
-    el.querySelector(".shop").textContent = card.external_phone ? `Shop line ${card.site_code || card.external_phone}` : "";
+    el.querySelector(".shop").textContent = card.external_phone
+      ? interpolate(gettext("Shop line %(shop)s"), { shop: card.site_code || card.external_phone }) : "";
     fillCrm(el.querySelector(".crm"), card.crm);
     el.querySelector(".timer").textContent = timerText(card);
     const actions = el.querySelector(".actions");
@@ -182,14 +198,14 @@
   }
 
   const CRM_LINK_LABELS = {
-    customerLink: "Customer in retailCRM", newCustomerLink: "New customer", newOrderLink: "New order",
-    lastOrderLink: "Last order",
+    customerLink: gettext("Customer in retailCRM"), newCustomerLink: gettext("New customer"),
+    newOrderLink: gettext("New order"), lastOrderLink: gettext("Last order"),
   };
 
   // retailCRM's manager lookup: the customer (an object), and links to open in the CRM.
   function fillCrm(el, crm) {
     const customer = crm && crm.customer;
-    const name = customer ? [customer.firstName, customer.lastName].filter(Boolean).join(" ") || `Customer #${customer.id}` : "";
+    const name = customer ? [customer.firstName, customer.lastName].filter(Boolean).join(" ") || interpolate(gettext("Customer #%(id)s"), { id: customer.id }) : "";
     const links = Object.entries((crm && crm.links) || {}).filter(([key, url]) => CRM_LINK_LABELS[key] && /^https?:/.test(url));
     const signature = JSON.stringify([name, links]);
     if (el.dataset.signature === signature) return;
@@ -225,16 +241,17 @@
   async function runAction(callId, action, button) {
     const payload = {};
     if (action === "redirect" || action === "add_party") {
-      const destination = prompt("Number or extension to " + (action === "redirect" ? "transfer to" : "add"));
+      const destination = prompt(action === "redirect" ? gettext("Number or extension to transfer to")
+        : gettext("Number or extension to add"));
       if (!destination) return;
       payload.destination = destination;
     } else if (action === "move") {
-      const device = prompt("Device to move the call to");
+      const device = prompt(gettext("Device to move the call to"));
       if (!device) return;
       payload.device_id = device;
     } else if (action === "transfer" || action === "merge" || action === "conference_add") {
       const others = [...calls.values()].filter((c) => c.id !== callId && c.state !== "ended");
-      if (!others.length) { showCardError(callId, "You need a second call for that."); return; }
+      if (!others.length) { showCardError(callId, gettext("You need a second call for that.")); return; }
       payload.call = others[0].id;
     } else if (action === "send_dtmf") {
       openKeypad(callId);
@@ -259,26 +276,30 @@
 
   // A recent call: its time, who and how it ended, and a call-back button (the console's own "dial").
   function summaryItem(card) {
-    const t = (text) => (window.gettext ? window.gettext(text) : text);
     const li = document.createElement("li");
     const time = document.createElement("time");
     time.dateTime = card.created_at;
     time.textContent = new Date(card.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     const text = document.createElement("span");
-    const outcome = card.answered ? `answered, talked ${formatDuration((card.talking_ms || 0) / 1000)}` : "missed";
-    text.textContent = ` ${card.direction === "in" ? "From" : "To"} ${card.remote_number_display || card.remote_number || "unknown"}` +
-      `${card.remote_label ? " (" + card.remote_label + ")" : ""}: ${outcome} `;
+    const outcome = card.answered
+      ? interpolate(gettext("answered, talked %(duration)s"), { duration: formatDuration((card.talking_ms || 0) / 1000) })
+      : gettext("missed");
+    const number = card.remote_number_display || card.remote_number || gettext("unknown");
+    const who = card.remote_label ? `${number} (${card.remote_label})` : number;
+    text.textContent = ` ${interpolate(card.direction === "in" ? gettext("From %(who)s: %(outcome)s")
+      : gettext("To %(who)s: %(outcome)s"), { who, outcome })} `;
     li.append(time, text);
     if (me && card.remote_number) {
       const button = document.createElement("button");
       button.type = "button";
       button.className = "call-back";
-      button.textContent = t("Call back");
+      button.textContent = gettext("Call back");
       button.addEventListener("click", async () => {
         button.disabled = true;
         const result = await send({ action: "dial", number: card.remote_number });
         button.disabled = false;
-        notice(result.ok ? t("Calling %(number)s…").replace("%(number)s", card.remote_number_display || card.remote_number) : result.error);
+        notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number: card.remote_number_display || card.remote_number })
+          : result.error);
       });
       li.append(button);
     }
@@ -314,7 +335,8 @@
     if (status) {
       status.addEventListener("change", async () => {
         const result = await send({ action: "set_status", status: status.value });
-        notice(result.ok ? `Status set to ${status.value}.` : result.error);
+        notice(result.ok ? interpolate(gettext("Status set to %(status)s."), { status: STATUS_LABELS[status.value] || status.value })
+          : result.error);
       });
     }
     const dial = document.getElementById("dial");
@@ -323,7 +345,7 @@
         event.preventDefault();
         const number = dial.elements.number.value;
         const result = await send({ action: "dial", number });
-        notice(result.ok ? `Calling ${number}…` : result.error);
+        notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number }) : result.error);
       });
     }
     const keypad = document.getElementById("keypad");

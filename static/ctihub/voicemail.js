@@ -7,6 +7,11 @@
 "use strict";
 
 (function () {
+  // Django's JavaScript catalog (loaded by the page first); without it, the English text as it is.
+  const gettext = window.gettext || ((text) => text);
+  const interpolate = window.interpolate ? (format, values) => window.interpolate(format, values, true)
+    : (format, values) => format.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
+
   let section = null;
   let lastUnread = null;
   let loading = null;
@@ -27,7 +32,7 @@
       const data = await response.json().catch(() => ({ ok: false, error: `HTTP ${response.status}` }));
       return response.ok ? data : { ok: false, error: data.error || `HTTP ${response.status}` };
     } catch (error) {
-      return { ok: false, error: "ctihub cannot be reached; try again" };
+      return { ok: false, error: gettext("ctihub cannot be reached; try again") };
     }
   }
 
@@ -43,7 +48,7 @@
     loading = fetch(section.dataset.listUrl, { credentials: "same-origin" })
       .then((response) => response.json())
       .then((data) => render(data.boxes || []))
-      .catch(() => showError("Could not load your voicemail."))
+      .catch(() => showError(gettext("Could not load your voicemail.")))
       .finally(() => {
         loading = null;
         if (loadAgain) { loadAgain = false; load(); }
@@ -80,17 +85,18 @@
     const from = document.createElement("span");
     from.className = "vm-from";
     from.textContent = vm.remote_label && vm.remote_label !== vm.remote_number
-      ? `${vm.remote_label} (${vm.remote_number})` : (vm.remote_number || "Unknown caller");
+      ? `${vm.remote_label} (${vm.remote_number})` : (vm.remote_number || gettext("Unknown caller"));
     const when = document.createElement("span");
     when.className = "vm-when";
     const date = vm.received_at ? new Date(vm.received_at).toLocaleString() : "";
-    when.textContent = `${date} · ${vm.duration} s${vm.read ? "" : " · new"}`;
+    const length = interpolate(gettext("%(seconds)s s"), { seconds: vm.duration });
+    when.textContent = `${date} · ${length}${vm.read ? "" : " · " + gettext("new")}`;
     li.append(from, when,
-      button("Play", "play", () => play(vm, li)),
-      button(vm.read ? "Mark unread" : "Mark read", "toggle-read", () => setRead(vm, !vm.read)),
-      button("Call me to hear it", "call-me", () => callMe(vm)),
-      button("Delete", "delete", () => remove(vm)),
-      link("Download (MP4)", vm.audio.mp4), link("AU", vm.audio.au));
+      button(gettext("Play"), "play", () => play(vm, li)),
+      button(vm.read ? gettext("Mark unread") : gettext("Mark read"), "toggle-read", () => setRead(vm, !vm.read)),
+      button(gettext("Call me to hear it"), "call-me", () => callMe(vm)),
+      button(gettext("Delete"), "delete", () => remove(vm)),
+      link(gettext("Download (MP4)"), vm.audio.mp4), link("AU", vm.audio.au));
     return li;
   }
 
@@ -116,7 +122,7 @@
     player.dataset.voicemail = vm.id;
     player.dataset.state = "loading";
     player.src = vm.audio.ogg;
-    player.play().catch((error) => { player.dataset.state = "error"; showError(`Cannot play: ${error.message}`); });
+    player.play().catch((error) => { player.dataset.state = "error"; showError(interpolate(gettext("Cannot play: %(error)s"), { error: error.message })); });
     if (!vm.read) setRead(vm, true);
   }
 
@@ -130,12 +136,13 @@
     const result = await post(`/enduser/voicemails/${vm.account}/${vm.id}/call-me`);
     showError(result.ok ? "" : result.error);
     const notice = document.getElementById("notice");
-    if (notice && result.ok) notice.textContent = `Your phone (${result.terminal}) will ring and play the message.`;
+    if (notice && result.ok) notice.textContent = interpolate(gettext("Your phone (%(terminal)s) will ring and play the message."),
+      { terminal: result.terminal });
   }
 
   async function remove(vm) {
     // Irreversible at the PBX: the audio file is deleted too.
-    if (!window.confirm("Delete this voicemail for good? This cannot be undone.")) return;
+    if (!window.confirm(gettext("Delete this voicemail for good? This cannot be undone."))) return;
     const result = await post(`/enduser/voicemails/${vm.account}/${vm.id}/delete`, { confirm: true });
     if (!result.ok) { showError(result.error); return; }
     load();
@@ -158,7 +165,7 @@
     const player = section.querySelector("#vm-player");
     player.addEventListener("playing", () => { player.dataset.state = "playing"; });
     player.addEventListener("ended", () => { player.dataset.state = "ended"; });
-    player.addEventListener("error", () => { player.dataset.state = "error"; showError("The audio could not be played."); });
+    player.addEventListener("error", () => { player.dataset.state = "error"; showError(gettext("The audio could not be played.")); });
     load();
   });
 })();
