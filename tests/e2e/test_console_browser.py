@@ -122,10 +122,11 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
 def test_it_lets_the_agent_choose_the_other_call_remove_a_conference_party_and_transfer_blind(hub, browser):
     """Telepo (issue 18, point 6): with three calls the card asks which to conference with; the conference's
     card removes a party; a transfer to a number says its type and whether it is blind."""
+    from telephony.providers.telepo.tasks import reconcile_telepo_accounts_task
     from tests.e2e.test_telepo_webhook import ALICE, telepo_hub
     from tests.support.browser import csp_violations, log_in, wait_for_js
 
-    telepo, _account, _alice, _bob = telepo_hub(hub)
+    telepo, account, _alice, _bob = telepo_hub(hub)
     page = browser.new_page(viewport={"width": 1000, "height": 800})
     log_in(page, hub.web_url, "alice", "agent-pass-123")
     page.wait_for_selector("#connection[data-state=live]", timeout=10000)
@@ -134,9 +135,24 @@ def test_it_lets_the_agent_choose_the_other_call_remove_a_conference_party_and_t
         call = telepo.incoming(ALICE, f"+3361234560{n}", displayName=f"Caller {n}")
         telepo.answer(call["callId"])
         ids.append(call["callId"])
-    # The snapshot each webhook asks for brings Telepo's own actions: a second call makes conference possible.
-    wait_for_js(page, "document.querySelectorAll('.card button[data-action=conference_add]').length === 3",
-                timeout=30000)
+    # The snapshot each webhook asks for brings Telepo's own actions (a second call makes conference possible);
+    # one more, as the periodic reconcile does, once the three are up: the test waits on no debounce timing.
+    wait_for_js(page, "document.querySelectorAll('.card[data-state=talking], .card[data-state=held]').length === 3",
+                timeout=20000)
+    reconcile_telepo_accounts_task.delay()
+    try:
+        wait_for_js(page, "document.querySelectorAll('.card button[data-action=conference_add]').length === 3",
+                    timeout=30000)
+    except TimeoutError:
+        # Seen once in ten runs under load: Telepo's snapshot of all three calls skipped as unreadable. Say why.
+        from django.utils import timezone
+
+        from telephony.providers import provider_for
+        from telephony.providers.telepo.frames import parse_snapshot
+
+        shown = page.evaluate("[...document.querySelectorAll('.card .actions')].map(a => a.dataset.actions)")
+        skipped = parse_snapshot(provider_for(account).snapshot(ALICE), account.pk, ALICE, timezone.now()).skipped
+        raise AssertionError(f"cards' actions {shown}; the snapshot skips {skipped}") from None
     first, second, third = (page.locator(".card", has_text=f"56 0{n}") for n in (1, 2, 3))
 
     # Two other calls qualify: the card asks which one, listing each by number, name and state.
