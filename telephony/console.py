@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from accounts.domain import set_agent_status
@@ -18,7 +19,8 @@ from accounts.models import Agent
 from telephony import control, wallboard
 from telephony.cards import SUPERVISORS_GROUP, agent_group, cards_of
 from telephony.history import unreturned_missed
-from telephony.models import Call
+from telephony.models import Call, PbxAccount
+from telephony.providers import registry
 
 RECENT_WINDOW = timedelta(minutes=30)
 RECENT_LIMIT = 20
@@ -77,11 +79,28 @@ def snapshot(viewer: Viewer) -> dict:
         "calls": cards_of(live + recent),
         # Today's missed calls nobody returned, by number (console_unreturned.html counts them, live).
         "unreturned_missed": unreturned_missed(viewer),
+        "controls": controls(),
     }
     if viewer.is_supervisor:
         data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]
         data["wallboard"] = wallboard.figures(now)
     return data
+
+
+def controls() -> dict[str, dict]:
+    """Account id (a JSON key: text) -> what the card's call control may offer on that account's calls
+    (the provider's registered ``Capabilities``). In the snapshot, not on every card: cards are built and
+    published for every event, and the accounts are few and rarely change (an account added since the
+    page's snapshot gets the plain controls until the next reconnect)."""
+    found = {}
+    for account_id, kind in PbxAccount.objects.values_list("pk", "kind"):
+        try:
+            caps = registry.capabilities(kind)
+        except LookupError:  # a kind whose provider is no longer installed: its calls get no extras
+            continue
+        found[str(account_id)] = {"transfer_types": list(caps.transfer_types), "blind_transfer": caps.blind_transfer,
+                                  "remove_party": caps.remove_party}
+    return found
 
 
 def cards_newer_than_shown(viewer: Viewer, shown: dict[int, int], live: set[int], since, until) -> list[dict]:
@@ -144,6 +163,9 @@ def _agent_json(agent: Agent) -> dict:
 MAX_ID = 2**63 - 1  # a BIGINT primary key: past it the database raises instead of finding nothing
 # Payload keys that name another call: the page sends "call"; "other_call" is what providers read (a Call).
 OTHER_CALL_KEYS = ("call", "other_call")
+# The conference party to remove (``conference_remove``): the page sends "party", the id of the agent's call
+# (leg) that is in the conference; "party_call" is what providers read (a Call).
+PARTY_KEYS = ("party", "party_call")
 
 
 def call_id_from(value) -> int | None:
@@ -163,24 +185,50 @@ def act_on_call(viewer: Viewer, call_id: int, action: str, payload: dict) -> dic
         raise Refused(_("this call is not yours"))
     if not all(value is None or isinstance(value, (str, int, float, bool)) for value in payload.values()):
         raise Refused(_("the payload's values must be text or numbers"))
-    # What a provider reads as "other_call" is always a Call resolved and checked here, never what the page sent.
-    named = [payload[key] for key in OTHER_CALL_KEYS if key in payload]
-    payload = {key: value for key, value in payload.items() if key not in OTHER_CALL_KEYS}
-    if named:
-        if len(named) > 1 and named[0] != named[1]:
-            raise Refused(_("which other call?"))
-        other_id = call_id_from(named[0])
-        if other_id is None:
-            raise Refused(_("which other call?"))
-        other = Call.objects.select_related("account").filter(pk=other_id).first()
-        if not _may_act_on(viewer, other):
-            raise Refused(_("the other call is not yours"))
-        if other.pk == call.pk:
-            raise Refused(_("pick another call than this one"))
-        if other.account_id != call.account_id:
-            raise Refused(_("the other call is on another PBX account"))
+    # What a provider reads as "other_call" or "party_call" is always a Call resolved and checked here,
+    # never what the page sent.
+    other = _named_call(viewer, call, payload, OTHER_CALL_KEYS, _OTHER_CALL_REFUSALS)
+    party = _named_call(viewer, call, payload, PARTY_KEYS, _PARTY_REFUSALS)
+    payload = {key: value for key, value in payload.items() if key not in OTHER_CALL_KEYS + PARTY_KEYS}
+    if other is not None:
         payload["other_call"] = other
+    if party is not None:
+        payload["party_call"] = party
     return control.call_action(call, action, payload)
+
+
+# Why a call named in a payload is refused, shown on the card: (which, not yours, elsewhere, ended).
+_OTHER_CALL_REFUSALS = (
+    gettext_lazy("which other call?"), gettext_lazy("the other call is not yours"),
+    gettext_lazy("the other call is on another PBX account"), gettext_lazy("the other call has ended"),
+)
+_PARTY_REFUSALS = (
+    gettext_lazy("which party?"), gettext_lazy("that party's call is not yours"),
+    gettext_lazy("that party's call is on another PBX account"), gettext_lazy("that party has left already"),
+)
+
+
+def _named_call(viewer: Viewer, call: Call, payload: dict, keys: tuple[str, str], refusals: tuple) -> Call | None:
+    """The viewer's other live call, on the same account, that one of ``keys`` of the payload names, if any."""
+    which, not_yours, elsewhere, ended = (str(text) for text in refusals)
+    named = [payload[key] for key in keys if key in payload]
+    if not named:
+        return None
+    if len(named) > 1 and named[0] != named[1]:
+        raise Refused(which)
+    other_id = call_id_from(named[0])
+    if other_id is None:
+        raise Refused(which)
+    other = Call.objects.select_related("account").filter(pk=other_id).first()
+    if not _may_act_on(viewer, other):
+        raise Refused(not_yours)
+    if other.pk == call.pk:
+        raise Refused(gettext("pick another call than this one"))
+    if other.account_id != call.account_id:
+        raise Refused(elsewhere)
+    if other.state == Call.State.ENDED:
+        raise Refused(ended)
+    return other
 
 
 def dial(viewer: Viewer, number: str) -> dict:

@@ -34,6 +34,7 @@
   };
 
   const STATUS_LABELS = { free: gettext("Free"), busy: gettext("Busy"), dinner: gettext("Dinner"), break: gettext("Break") };
+  ACTION_LABELS.conference_remove = gettext("Remove party…"); // Telepo: a conference's card (controls.remove_party)
 
   // The state, and the PBX's own word when it sent one we do not know (the call stays in its last known state).
   function stateText(card) {
@@ -46,6 +47,7 @@
   let socket = null;
   let requestSeq = 0;
   const pending = new Map();
+  let controls = {}; // account id -> what its PBX's call control offers (console.controls in the snapshot)
 
   // --- connection ------------------------------------------------------------------
   const SNAPSHOT_TIMEOUT_MS = 10000;
@@ -111,6 +113,7 @@
       me = message.me;
       calls.clear();
       for (const card of message.calls) calls.set(card.id, card);
+      controls = message.controls || {};
       render();
     } else if (message.type === "card") {
       applyCard(message.card);
@@ -190,7 +193,7 @@
     el.querySelector(".timer").textContent = timerText(card);
     const actions = el.querySelector(".actions");
     // A stable order (the labels' order), whatever order the PBX lists them in.
-    const allowed = Object.keys(ACTION_LABELS).filter((a) => (card.actions || []).includes(a));
+    const allowed = Object.keys(ACTION_LABELS).filter((a) => (card.actions || []).includes(a) && offered(card, a));
     if (actions.dataset.actions !== allowed.join(",")) {
       actions.dataset.actions = allowed.join(",");
       actions.replaceChildren(...allowed.map((a) => actionButton(card.id, a)));
@@ -239,8 +242,12 @@
   }
 
   async function runAction(callId, action, button) {
-    const payload = {};
-    if (action === "redirect" || action === "add_party") {
+    let payload = {};
+    const card = calls.get(callId);
+    if (action === "redirect" && card && (pbxControls(card).transfer_types.length || pbxControls(card).blind_transfer)) {
+      payload = await chooseTransfer(card);
+      if (!payload) return;
+    } else if (action === "redirect" || action === "add_party") {
       const destination = prompt(action === "redirect" ? gettext("Number or extension to transfer to")
         : gettext("Number or extension to add"));
       if (!destination) return;
@@ -250,9 +257,16 @@
       if (!device) return;
       payload.device_id = device;
     } else if (action === "transfer" || action === "merge" || action === "conference_add") {
-      const others = [...calls.values()].filter((c) => c.id !== callId && c.state !== "ended");
+      const others = card ? otherCalls(card) : [];
       if (!others.length) { showCardError(callId, gettext("You need a second call for that.")); return; }
-      payload.call = others[0].id;
+      // With one other call there is nothing to choose; with several the agent says which.
+      const other = others.length === 1 ? others[0] : await chooseCall(card, action, others);
+      if (!other) return;
+      payload.call = other.id;
+    } else if (action === "conference_remove") {
+      const party = card ? await chooseParty(card) : null;
+      if (!party) return;
+      payload.party = party.id;
     } else if (action === "send_dtmf") {
       openKeypad(callId);
       return;
@@ -261,6 +275,162 @@
     const result = await send({ action: "call_action", call: callId, name: action, payload });
     button.disabled = false;
     showCardError(callId, result.ok ? "" : result.error);
+  }
+
+  // --- call control choices: the other call, the party to remove, how to transfer ---------------------
+  // Django's JavaScript catalog defines gettext globally; until a page loads it, the text as is (an assignment,
+  // not a declaration: a gettext of this script's own would take precedence, and not clash).
+  if (!window.gettext) window.gettext = (text) => text;
+  // Read when shown, not when this script runs: the catalog may come later.
+  function transferTypeLabel(value) {
+    const labels = {
+      BASIC: gettext("Basic"), VOICEMAIL: gettext("To their voicemail"), CAMP_ON: gettext("Camp on (wait until free)"),
+      DIVERSION_BYPASS: gettext("Bypass their diversions"),
+    };
+    return labels[value] || value;
+  }
+
+  function pbxControls(card) {
+    const found = controls[String(card.account)] || {};
+    return { transfer_types: found.transfer_types || [], blind_transfer: !!found.blind_transfer,
+      remove_party: !!found.remove_party };
+  }
+
+  // Whether the card offers ``action``: the PBX allows it now and ctihub can drive it on that PBX.
+  function offered(card, action) {
+    return action !== "conference_remove" || pbxControls(card).remove_party;
+  }
+
+  // The agent's other live calls on the same PBX account: the only ones a transfer or a merge can join.
+  function otherCalls(card) {
+    return [...calls.values()].filter((c) => c.id !== card.id && c.state !== "ended" &&
+      c.account === card.account && c.agent === card.agent).sort(byCreated);
+  }
+
+  // The conference's other parties: Telepo lists a conference's participants by call id (its legs), and
+  // every leg in the conference offers conference_remove.
+  function conferenceParties(card) {
+    return otherCalls(card).filter((c) => (c.actions || []).includes("conference_remove"));
+  }
+
+  function callText(c) {
+    const number = c.remote_number_display || c.remote_number || gettext("Unknown number");
+    return [number, c.remote_label, stateText(c)].filter(Boolean).join(" · ");
+  }
+
+  // A modal dialog built by ``fill(body, done)``; resolves with what ``done`` was given, or null (cancelled).
+  function openCallDialog(title, fill) {
+    let dialog = document.getElementById("call-dialog");
+    if (!dialog) {
+      dialog = document.createElement("dialog");
+      dialog.id = "call-dialog";
+      dialog.className = "call-dialog";
+      document.body.appendChild(dialog);
+    }
+    if (dialog.open) dialog.close(); // the one before is cancelled
+    return new Promise((resolve) => {
+      let chosen = null;
+      const heading = document.createElement("h3");
+      heading.textContent = title;
+      const body = document.createElement("div");
+      body.className = "choices";
+      const cancel = document.createElement("button");
+      cancel.type = "button";
+      cancel.className = "cancel";
+      cancel.textContent = gettext("Cancel");
+      cancel.addEventListener("click", () => dialog.close());
+      fill(body, (value) => { chosen = value; dialog.close(); });
+      dialog.setAttribute("aria-label", title);
+      dialog.replaceChildren(heading, body, cancel);
+      dialog.addEventListener("close", () => resolve(chosen), { once: true });
+      dialog.showModal();
+    });
+  }
+
+  function choiceList(body, items, label, done) {
+    const list = document.createElement("ul");
+    for (const c of items) {
+      const li = document.createElement("li");
+      const text = document.createElement("span");
+      text.textContent = callText(c);
+      const pick = document.createElement("button");
+      pick.type = "button";
+      pick.dataset.choice = c.id;
+      pick.textContent = label;
+      pick.setAttribute("aria-label", `${label}: ${callText(c)}`);
+      pick.addEventListener("click", () => done(c));
+      li.append(text, " ", pick);
+      list.appendChild(li);
+    }
+    body.appendChild(list);
+  }
+
+  function chooseCall(card, action, others) {
+    const titles = { transfer: gettext("Connect this call to which call?"), merge: gettext("Merge with which call?"),
+      conference_add: gettext("Conference with which call?") };
+    return openCallDialog(titles[action], (body, done) => choiceList(body, others, gettext("Choose"), done));
+  }
+
+  function chooseParty(card) {
+    const parties = conferenceParties(card);
+    return openCallDialog(gettext("Remove whom from the conference?"), (body, done) => {
+      if (!parties.length) {
+        const none = document.createElement("p");
+        none.textContent = gettext("No other party of this conference is shown here.");
+        body.appendChild(none);
+        return;
+      }
+      choiceList(body, parties, gettext("Remove"), done);
+    });
+  }
+
+  // Transfer to a number where the PBX lets the agent say how (Telepo's blind flag and transfer type).
+  function chooseTransfer(card) {
+    const offer = pbxControls(card);
+    return openCallDialog(gettext("Transfer to a number"), (body, done) => {
+      const form = document.createElement("form");
+      form.className = "transfer";
+      const number = document.createElement("input");
+      number.name = "destination";
+      number.required = true;
+      number.inputMode = "tel";
+      number.autocomplete = "off";
+      const numberLabel = document.createElement("label");
+      numberLabel.append(gettext("Number or extension"), " ", number);
+      form.appendChild(numberLabel);
+      let type = null;
+      if (offer.transfer_types.length) {
+        type = document.createElement("select");
+        type.name = "type";
+        for (const value of offer.transfer_types) type.add(new Option(transferTypeLabel(value), value));
+        const typeLabel = document.createElement("label");
+        typeLabel.append(gettext("Transfer type"), " ", type);
+        form.appendChild(typeLabel);
+      }
+      let blind = null;
+      if (offer.blind_transfer) {
+        blind = document.createElement("input");
+        blind.type = "checkbox";
+        blind.name = "blind";
+        const blindLabel = document.createElement("label");
+        blindLabel.append(blind, " ", gettext("Blind: drop my call as soon as the transfer starts"));
+        form.appendChild(blindLabel);
+      }
+      const submit = document.createElement("button");
+      submit.type = "submit";
+      submit.textContent = gettext("Transfer");
+      form.appendChild(submit);
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        const payload = { destination: number.value.trim() };
+        if (!payload.destination) return;
+        if (type) payload.type = type.value;
+        if (blind) payload.blind = blind.checked;
+        done(payload);
+      });
+      body.appendChild(form);
+      setTimeout(() => number.focus(), 0);
+    });
   }
 
   function showCardError(callId, text) {

@@ -39,6 +39,15 @@ class Capabilities:
     caller_id: bool = False
     #: It has calls' audio (it registers an audio source).
     audio: bool = False
+    #: The extended types its transfer to a number (``redirect``) takes, the first the default (Telepo's
+    #: BASIC, VOICEMAIL, CAMP_ON, DIVERSION_BYPASS); empty: the PBX has none, the card asks only the number.
+    transfer_types: tuple[str, ...] = ()
+    #: Its transfer to a number can leave the agent's call up or clear it once the transfer starts
+    #: (Telepo's ``blind``): the card lets the agent choose. Otherwise the PBX decides (myRCC's redirect).
+    blind_transfer: bool = False
+    #: It removes one party from a conference (``conference_remove``), each party being another call of
+    #: the agent's in the conference. myRCC cannot: it only leaves (``leave``) or ends its own line.
+    remove_party: bool = False
 
 
 @dataclass(frozen=True)

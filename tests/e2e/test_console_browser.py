@@ -1,5 +1,7 @@
 """The agent console in a real browser, on real daphne, a real worker and the simulator."""
 
+import json
+
 import pytest
 
 from accounts.models import Agent
@@ -115,3 +117,75 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     wait_for_js(wallboard, "document.querySelectorAll('#calls tr').length === 0", timeout=10000)
     assert csp_violations(console) == [] and csp_violations(wallboard) == []  # the pages need no exception
 
+
+
+def test_it_lets_the_agent_choose_the_other_call_remove_a_conference_party_and_transfer_blind(hub, browser):
+    """Telepo (issue 18, point 6): with three calls the card asks which to conference with; the conference's
+    card removes a party; a transfer to a number says its type and whether it is blind."""
+    from telephony.providers.telepo.tasks import reconcile_telepo_accounts_task
+    from tests.e2e.test_telepo_webhook import ALICE, telepo_hub
+    from tests.support.browser import csp_violations, log_in, wait_for_js
+
+    telepo, account, _alice, _bob = telepo_hub(hub)
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    log_in(page, hub.web_url, "alice", "agent-pass-123")
+    page.wait_for_selector("#connection[data-state=live]", timeout=10000)
+    ids = []
+    for n in (1, 2, 3):
+        call = telepo.incoming(ALICE, f"+3361234560{n}", displayName=f"Caller {n}")
+        telepo.answer(call["callId"])
+        ids.append(call["callId"])
+    # The snapshot each webhook asks for brings Telepo's own actions (a second call makes conference possible);
+    # one more, as the periodic reconcile does, once the three are up: the test waits on no debounce timing.
+    wait_for_js(page, "document.querySelectorAll('.card[data-state=talking], .card[data-state=held]').length === 3",
+                timeout=20000)
+    reconcile_telepo_accounts_task.delay()
+    try:
+        wait_for_js(page, "document.querySelectorAll('.card button[data-action=conference_add]').length === 3",
+                    timeout=30000)
+    except TimeoutError:
+        # Seen once in ten runs under load: Telepo's snapshot of all three calls skipped as unreadable. Say why.
+        from django.utils import timezone
+
+        from telephony.providers import provider_for
+        from telephony.providers.telepo.frames import parse_snapshot
+
+        shown = page.evaluate("[...document.querySelectorAll('.card .actions')].map(a => a.dataset.actions)")
+        skipped = parse_snapshot(provider_for(account).snapshot(ALICE), account.pk, ALICE, timezone.now()).skipped
+        raise AssertionError(f"cards' actions {shown}; the snapshot skips {skipped}") from None
+    first, second, third = (page.locator(".card", has_text=f"56 0{n}") for n in (1, 2, 3))
+
+    # Two other calls qualify: the card asks which one, listing each by number, name and state.
+    first.locator("button[data-action=conference_add]").click()
+    page.wait_for_selector("#call-dialog[open] li", timeout=5000)
+    assert page.locator("#call-dialog li").count() == 2
+    assert "56 02" in page.inner_text("#call-dialog") and "56 03" in page.inner_text("#call-dialog")
+    page.locator("#call-dialog li", has_text="56 03").locator("button").click()
+    wait_for(lambda: telepo.call(ids[0])["conference"], 10, what="the conference at the PBX")
+    (conference,) = [r for r in telepo.requests() if "/conferenceadd/" in r["path"]]
+    assert json.loads(conference["body"])["targetCallId"] == ids[2]
+
+    # The conference's card lists its other party (the third call, not the second) and removes it.
+    first.locator("button[data-action=conference_remove]").wait_for(timeout=10000)
+    wait_for_js(page, "[...document.querySelectorAll('.card')].filter(c => c.textContent.includes('56 03'))"
+                      ".some(c => c.querySelector('button[data-action=conference_remove]'))", timeout=15000)
+    first.locator("button[data-action=conference_remove]").click()
+    page.wait_for_selector("#call-dialog[open] li", timeout=5000)
+    assert page.locator("#call-dialog li").count() == 1 and "56 03" in page.inner_text("#call-dialog li")
+    page.click("#call-dialog li button")
+    wait_for(lambda: telepo.call(ids[2])["status"] == "TERMINATED", 10, what="the party removed at the PBX")
+    third.wait_for(state="detached", timeout=10000)
+    assert first.locator(".card-error").inner_text() == ""
+
+    # A blind transfer of the second call to a number, of the type the agent picked.
+    second.locator("button[data-action=redirect]").click()
+    page.fill("#call-dialog input[name=destination]", "+15555")
+    page.select_option("#call-dialog select[name=type]", "CAMP_ON")
+    page.check("#call-dialog input[name=blind]")
+    page.click("#call-dialog button[type=submit]")
+    wait_for(lambda: telepo.call(ids[1])["status"] == "TERMINATED", 10, what="the blind transfer at the PBX")
+    assert telepo.call(ids[1])["transfers"] == [{"destination": "tel:+15555", "type": "CAMP_ON", "blind": True}]
+    second.wait_for(state="detached", timeout=10000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-call-control.png"), full_page=True)
+    assert csp_violations(page) == []

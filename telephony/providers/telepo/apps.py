@@ -17,6 +17,12 @@ class TelepoConfig(AppConfig):
             label="MiCloud Telepo",
             provider="telephony.providers.telepo.transport.TelepoProvider",
             url_prefix=URL_PREFIX,  # the CRM connector webhook
+            # The spec's singlesteptransfer: "blind" and its "type" enum (BASIC the default); and
+            # "Remove a participant from an ad-hoc conference".
+            capabilities=registry.Capabilities(
+                transfer_types=("BASIC", "VOICEMAIL", "CAMP_ON", "DIVERSION_BYPASS"), blind_transfer=True,
+                remove_party=True,
+            ),
             beat={
                 # Bring every user's calls to the PBX's call-state snapshot: a missed webhook never leaves a call stuck.
                 "telepo-reconcile": {

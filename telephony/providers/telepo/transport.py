@@ -54,6 +54,10 @@ PATHS = {
     "snapshot": "/api/call/state/v1/snapshot/{domain}/{userId}",
 }
 CALL_ACTIONS = tuple(a for a in PATHS if a in u.ACTIONS)
+# Actions that change the user's other calls too (the target leg, the conference's other legs): the answer
+# is the acted-on call's state only, so the user's snapshot is asked for (a conference leg's card then
+# offers removing it, a transferred target ends).
+AFFECTS_OTHER_CALLS = (u.TRANSFER, u.CONFERENCE_ADD, u.CONFERENCE_REMOVE, u.ALTERNATE)
 TRANSFER_TYPES = ("BASIC", "VOICEMAIL", "CAMP_ON", "DIVERSION_BYPASS")
 CONFLICT_STATUSES = (409, 412)
 DTMF_DIGITS = re.compile(r"^[0-9*#A-Da-d]{1,32}$")
@@ -114,6 +118,8 @@ class TelepoProvider(Provider):
             self._refresh_soon(user_id)
             _raise_if_failed(answer, action)
         self._absorb(answer, user_id, requested_at)
+        if action in AFFECTS_OTHER_CALLS:
+            self._refresh_soon(user_id)
         return answer
 
     # --- requests ---------------------------------------------------------------------
@@ -172,7 +178,7 @@ class TelepoProvider(Provider):
         elif action == u.MOVE:
             body["deviceId"] = _required(payload, "device_id", "move needs the device to move the call to")
         elif action == u.CONFERENCE_REMOVE:
-            body["participantId"] = _required(payload, "participant_id", "conference_remove needs the participant")
+            body["participantId"] = _participant(payload)
         elif action in (u.ANSWER, u.PICKUP) and payload.get("device_id"):
             body["deviceId"] = str(payload["device_id"])
         return body
@@ -184,8 +190,10 @@ class TelepoProvider(Provider):
         transfer_type = str(payload.get("type") or "BASIC").upper()
         if transfer_type not in TRANSFER_TYPES:
             raise ActionRefused(f"transfer type must be one of {', '.join(TRANSFER_TYPES)}")
-        return {"blind": bool(payload.get("blind", False)), "type": transfer_type,
-                "destination": self.tel_uri(destination)}
+        blind = payload.get("blind", False)
+        if not isinstance(blind, bool):  # "false" from a form would read as True
+            raise ActionRefused("blind must be true or false")
+        return {"blind": blind, "type": transfer_type, "destination": self.tel_uri(destination)}
 
     def _device_of(self, user_id: str) -> str:
         terminal = self.account.terminals.filter(pbx_id=user_id).only("extension").first()
@@ -211,8 +219,8 @@ class TelepoProvider(Provider):
 
         try:
             reconcile.request_reconcile(self.account.pk, user_id)
-        except Exception:  # the refusal is what the agent must hear; the periodic reconcile catches up
-            logger.warning("could not ask for a Telepo snapshot after a refusal", extra={"account_id": self.account.pk},
+        except Exception:  # the action's outcome is what the agent must hear; the periodic reconcile catches up
+            logger.warning("could not ask for a Telepo snapshot", extra={"account_id": self.account.pk},
                            exc_info=True)
 
     def _refresh_after_conflict(self, user_id: str) -> None:
@@ -261,6 +269,19 @@ def _target_call(action: str, payload: dict) -> dict:
     if token is not None:
         body["targetStateToken"] = token
     return body
+
+
+def _participant(payload: dict) -> str:
+    """The conference participant to remove: the agent's call (leg) in the conference the console named
+    (``party_call``, checked to be the agent's), or a participant id as Telepo lists it.
+
+    Telepo lists a conference's participants by call id (the spec's sample: ``participants[].id`` is the
+    ``callId``), so a leg's call id is its participant id.
+    """
+    party = payload.get("party_call")
+    if party is not None:
+        return party.pbx_call_id
+    return _required(payload, "participant_id", "conference_remove needs the participant")
 
 
 def _required(payload: dict, key: str, message: str) -> str:

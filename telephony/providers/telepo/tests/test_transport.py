@@ -258,6 +258,7 @@ def test_it_reports_a_stale_target_token_as_a_conflict_too(provider, account, wo
     (u.MOVE, {}, "device"),
     (u.TRANSFER, {}, "other call"),
     (u.CONFERENCE_REMOVE, {}, "participant"),
+    (u.REDIRECT, {"destination": "+15555", "blind": "false"}, "blind"),  # a form's text would read as True
 ])
 def test_it_refuses_an_incomplete_action_before_any_request(provider, account, world, action, payload, message):
     call = hub_call(account, world, talking(world))
@@ -319,3 +320,58 @@ def test_it_reports_an_unreachable_pbx_as_worth_retrying(db):
     with pytest.raises(ProviderError, match="did not answer") as failed:
         provider_for(account).snapshot(ALICE)
     assert not failed.value.permanent
+
+
+def test_it_removes_the_agents_other_conference_leg_by_its_call_id(provider, account, world):
+    """The console names the party as the agent's call (``party_call``); Telepo lists participants by call id."""
+    sim_call = conference(world)
+    (first_id,) = [p["id"] for p in sim_call.participants if p["id"] != sim_call.call_id]
+    party, call = hub_call(account, world, world.call(first_id)), hub_call(account, world, sim_call)
+    assert u.CONFERENCE_REMOVE in call.allowed_actions
+    seq = last_seq(world)
+    answer = provider.call_action(call, u.CONFERENCE_REMOVE, {"party_call": party})
+    (request,) = requests_after(world, seq)
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert (request["method"], request["path"], request["status"], headers["authorization"]) == (
+        "POST", f"{CONTROL}/conferenceremove/{DOMAIN}/{ALICE}/{sim_call.call_id}", 200, f"Bearer {TICKET}")
+    assert json.loads(request["body"]) == {"stateToken": int(call.state_token), "participantId": first_id}
+    assert [p["id"] for p in answer["participants"]] == [sim_call.call_id]
+    assert (world.call(first_id).status, world.call(sim_call.call_id).status) == ("TERMINATED", "ACTIVE")
+
+
+def test_it_reports_a_party_telepo_does_not_know_in_the_conference_as_refused(provider, account, world):
+    sim_call = conference(world)
+    call = hub_call(account, world, sim_call)
+    with pytest.raises(ActionRefused, match="HTTP 404"):
+        provider.call_action(call, u.CONFERENCE_REMOVE, {"participant_id": "not-a-participant"})
+    assert len(world.call(sim_call.call_id).participants) == 2
+
+
+@pytest.mark.parametrize(("blind", "status"), [(False, "ACTIVE"), (True, "TERMINATED")])
+def test_it_sends_a_transfer_to_a_number_blind_or_not_with_its_type(provider, account, world, blind, status):
+    sim_call = talking(world)
+    call = hub_call(account, world, sim_call)
+    seq = last_seq(world)
+    provider.call_action(call, u.REDIRECT, {"destination": "102", "type": "voicemail", "blind": blind})
+    (request,) = requests_after(world, seq)
+    assert request["path"] == f"{CONTROL}/singlesteptransfer/{DOMAIN}/{ALICE}/{sim_call.call_id}"
+    assert json.loads(request["body"]) == {"stateToken": int(call.state_token), "blind": blind, "type": "VOICEMAIL",
+                                           "destination": f"tel:102;phone-context={DOMAIN}"}
+    assert world.call(sim_call.call_id).status == status  # blind: Telepo clears the agent's call
+
+
+@pytest.mark.parametrize("action", [u.CONFERENCE_ADD, u.TRANSFER])
+def test_it_asks_for_the_users_snapshot_after_an_action_that_changes_their_other_calls(provider, account, world,
+                                                                                        queued, action):
+    first, second = held(world), talking(world, "+33622222222")
+    other, call = hub_call(account, world, first), hub_call(account, world, second)
+    provider.call_action(call, action, {"other_call": other})
+    assert ("reconcile_user_task", (account.pk, ALICE)) in queued
+
+
+def test_it_declares_the_transfer_types_blind_transfers_and_party_removal_it_sends():
+    from telephony.providers import registry
+
+    caps = registry.capabilities("telepo")
+    assert (caps.transfer_types, caps.blind_transfer, caps.remove_party) == (transport.TRANSFER_TYPES, True, True)
+    assert caps.transfer_types[0] == "BASIC"  # the spec's default, the chooser's first
