@@ -60,6 +60,17 @@ def _no_console_heap_freeze(settings):
 
 
 @pytest.fixture(autouse=True)
+def _language_reset():
+    """Each test starts in the default language. Django's LocaleMiddleware activates a request's language on
+    the thread and never deactivates it: a test client request in French left the next test's refusals
+    in French."""
+    yield
+    from django.utils import translation
+
+    translation.deactivate()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each test its own channels-redis layer: one instance keeps receive locks and buffers of
     the event loop that used it, and a test's asyncio.run is a new loop. A console test once
