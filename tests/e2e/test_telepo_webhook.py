@@ -101,8 +101,11 @@ def test_it_ends_calls_right_through_duplicated_reordered_and_lost_webhooks(hub)
     call = wait_for(lambda: stored(account, first, state="ended"), SETTLE_S, what="the first call to end")
     assert [d["status"] for d in telepo.deliveries()] == [200] * 6
     assert (call.agent, call.end_cause, call.last_seq, call.answered_at is not None) == (alice, "hangup", 3, True)
-    # The end and the answer it implies; the CONFIRMED and EARLY that came late changed nothing.
-    assert [e.payload["seq_num"] for e in call.events.order_by("id")] == [3, 3]
+    # The end and the answer it implies; the CONFIRMED and EARLY that came late changed nothing. (Webhook
+    # events only: on a busy machine the worker's start-up reconcile, worker_ready, can run while the
+    # webhooks are held and read the call from Telepo's snapshot first, a snapshot event of its own.)
+    webhook_events = [e.payload["seq_num"] for e in call.events.order_by("id") if "seq_num" in e.payload]
+    assert webhook_events == [3, 3]
 
     # The TERMINATED is lost: the call stays up until the periodic snapshot reconcile, run by the worker.
     telepo.drop_next(1, state="TERMINATED")
