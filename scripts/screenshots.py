@@ -71,9 +71,10 @@ def main() -> None:
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
             agent = browser.new_page(viewport=VIEWPORT)
             login(agent, web, "alice", passwords["alice"])
-            # A few demo calls in: a live card and recent calls on the console.
+            # A few demo calls in: recent calls and a live card on the console at the same time.
+            wait_for(lambda: agent.locator("#recent li").count() > 0, 120, "a recent call on alice's console")
             wait_for(lambda: agent.locator("#cards .card").count() > 0, 120, "a card on alice's console")
-            time.sleep(2)
+            time.sleep(1)
             agent.screenshot(path=str(OUT / "console.png"))
             supervisor = browser.new_page(viewport=VIEWPORT)
             login(supervisor, web, "supervisor", passwords["supervisor"])
