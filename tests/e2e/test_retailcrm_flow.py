@@ -127,6 +127,37 @@ def test_it_sends_a_console_status_to_retailcrm_and_does_not_echo_retailcrms_own
     assert crm.users()["7"]["status"] == "free"
 
 
+def test_it_sends_the_status_an_agent_picks_in_the_browser_to_retailcrm_and_shows_retailcrms(hub, browser, settings):
+    # The same two ways as above, through the page: the console's status select (console.js) to retailCRM,
+    # and retailCRM's change to the select, not sent back.
+    from crm_sync import domain as crm_domain
+    from tests.factories import AGENT_PASSWORD
+    from tests.support.browser import csp_violations, log_in, wait_for_js
+
+    hub.start(workers=1, web=True)
+    settings.PUBLIC_BASE_URL = hub.web_url
+    crm = RetailCrmControl(hub.sim_url)
+    crm.reset()
+    crm.add_api_key(API_KEY)
+    crm.add_user(7, firstName="Ann")
+    make_agent("ann", extension_code="101", retailcrm_user_id="7")
+    crm_domain.register_integration(RetailCrmIntegration.objects.create(name="shop", crm_url=hub.sim_url,
+                                                                      api_key=API_KEY))
+    page = browser.new_page()
+    log_in(page, hub.web_url, "ann", AGENT_PASSWORD)
+    page.select_option("#status", "busy")
+    wait_for(lambda: crm.status_changes() == [{"userId": 7, "status": "busy"}], 15,
+             what="the status picked in the page at retailCRM")
+
+    answer = crm.user_status(userId=7, status="dinner")  # a manager's change in retailCRM
+    assert answer["status"] == 200, answer
+    wait_for_js(page, "document.getElementById('status').value === 'dinner'", timeout=15000)
+    page.wait_for_timeout(1500)  # room for an echo to arrive, if one were sent
+    assert crm.status_changes() == [{"userId": 7, "status": "busy"}]
+    assert csp_violations(page) == []
+    page.close()
+
+
 def test_it_keeps_everything_through_a_retailcrm_outage_and_two_workers_drain_it_within_the_limit(hub):
     hub.start(workers=2, web=False)
     crm = RetailCrmControl(hub.sim_url)
