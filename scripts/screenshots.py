@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,27 +17,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the test suite's helpers: one way to find a port, wait and start chromium
+
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.support.processes import free_port, wait_for  # noqa: E402
+
 OUT = REPO / "docs" / "screenshots"
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 VIEWPORT = {"width": 1280, "height": 800}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:  # not up yet
-            pass
-        time.sleep(0.5)
-    sys.exit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def login(page, web: str, user: str, password: str) -> None:
@@ -63,17 +48,16 @@ def main() -> None:
          "--demo-traffic", "--demo-calls-per-minute", "90", "--demo-crm"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: b"ctihub is up" in (var / "runall.log").read_bytes(), 120, "the demo to start")
+        wait_for(lambda: b"ctihub is up" in (var / "runall.log").read_bytes(), 120, what="the demo to start")
         passwords = json.loads((var / "demo-agents.json").read_text())
         OUT.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             agent = browser.new_page(viewport=VIEWPORT)
             login(agent, web, "alice", passwords["alice"])
             # A few demo calls in: recent calls and a live card on the console at the same time.
-            wait_for(lambda: agent.locator("#recent li").count() > 0, 120, "a recent call on alice's console")
-            wait_for(lambda: agent.locator("#cards .card").count() > 0, 120, "a card on alice's console")
+            wait_for(lambda: agent.locator("#recent li").count() > 0, 120, what="a recent call on alice's console")
+            wait_for(lambda: agent.locator("#cards .card").count() > 0, 120, what="a card on alice's console")
             time.sleep(1)
             agent.screenshot(path=str(OUT / "console.png"))
             supervisor = browser.new_page(viewport=VIEWPORT)

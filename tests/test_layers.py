@@ -58,10 +58,14 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
     return found
 
 
-def forbidden_imports(app: str) -> list[str]:
+def suite_modules_of(app: str) -> list[Path]:
+    return sorted(set((REPO / app).rglob("*.py")) - set(product_modules(app)))
+
+
+def forbidden_imports(app: str, modules=product_modules) -> list[str]:
     above = MAY_NOT_IMPORT[app]
     bad: dict[str, str] = {}
-    for path in product_modules(app):
+    for path in modules(app):
         module = module_name(path)
         for line, name in imported_modules(path.read_text(), module, path.name == "__init__.py"):
             where = f"{path.relative_to(REPO)}:{line}"
@@ -74,6 +78,14 @@ def forbidden_imports(app: str) -> list[str]:
 def test_it_finds_no_import_of_an_app_above_in_the_apps_modules(app):
     assert product_modules(app), f"no module found for {app}"
     assert forbidden_imports(app) == []
+
+
+@pytest.mark.parametrize("app", sorted(MAY_NOT_IMPORT))
+def test_it_finds_no_import_of_an_app_above_in_the_apps_tests_either(app):
+    # A lower layer's tests exercise it through its own hooks (telephony.plugins); what needs the layer
+    # above is that layer's test (crm_sync/tests/test_enduser_*.py).
+    assert suite_modules_of(app), f"no test module found for {app}"
+    assert forbidden_imports(app, suite_modules_of) == []
 
 
 def test_it_reads_the_providers_as_telephony_modules():

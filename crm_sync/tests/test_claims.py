@@ -51,11 +51,17 @@ def test_it_keeps_renewing_the_other_leases_when_one_renewal_fails(caplog):
     assert "could not renew the lease of the drain lock of integration 7" in caplog.text
 
 
-def test_it_frees_the_work_of_a_dead_holder_within_seconds_not_minutes():
-    # What a killed worker leaves: nothing renews its claims and its drain lock, so they last one lease.
-    assert claims.CLAIM_LEASE <= timedelta(seconds=30)
-    assert tasks.DRAIN_LEASE_MS <= 30_000
-    assert claims.RENEW_EVERY * 4 <= claims.CLAIM_LEASE.total_seconds()
+def test_it_takes_the_drain_lock_for_a_lease_of_seconds_not_minutes(monkeypatch):
+    # What a killed worker leaves behind is what the drain took: nothing renews it once the worker is gone.
+    key = tasks.DRAINING_KEY.format(45)
+    redis = shared_redis()
+    redis.delete(key)
+    ttl = []
+    monkeypatch.setattr(tasks.crm_domain, "upload_outbox",
+                        lambda integration_id: ttl.append(redis.pttl(key)) or SimpleNamespace(batches=0))
+    tasks.upload_calls_task(45)
+    assert len(ttl) == 1 and 0 < ttl[0] <= 30_000
+    assert claims.RENEW_EVERY * 4 <= claims.CLAIM_LEASE.total_seconds()  # renewed well inside the lease
 
 
 @pytest.mark.django_db(transaction=True)

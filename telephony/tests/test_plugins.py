@@ -26,19 +26,6 @@ def frame(account, pbx_call_id, state, at):
                         payload={}, occurred_at=T0 + timedelta(seconds=at), direction=u.INBOUND)
 
 
-@pytest.fixture
-def committed():
-    """The calls each ``calls_committed`` carried: [(call id, state), ...] a send."""
-    sends = []
-
-    def receiver(sender, calls, **kwargs):
-        sends.append([(call.pk, call.state) for call in calls])
-
-    plugins.calls_committed.connect(receiver, weak=False, dispatch_uid="test-committed")
-    yield sends
-    plugins.calls_committed.disconnect(dispatch_uid="test-committed")
-
-
 def test_it_tells_the_plugins_of_a_bursts_calls_once_each_and_only_after_commit(
         committed, published, django_capture_on_commit_callbacks):
     account = make_account()

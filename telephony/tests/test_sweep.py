@@ -67,10 +67,8 @@ def test_it_sweeps_a_call_without_news_past_its_states_bound_and_not_a_younger_o
 
 
 def test_it_ends_a_swept_call_with_what_is_known_publishes_it_and_hands_it_to_the_crm(
-    account, published, monkeypatch, django_capture_on_commit_callbacks,
+    account, published, committed, django_capture_on_commit_callbacks,
 ):
-    handed = []
-    monkeypatch.setattr("crm_sync.domain.calls_changed", lambda calls: handed.extend((c.pk, c.state) for c in calls))
     call = live_call(account, u.TALKING, 3600)
     answered_at, last_news = call.answered_at, call.updated_at
     with django_capture_on_commit_callbacks(execute=True):
@@ -82,11 +80,11 @@ def test_it_ends_a_swept_call_with_what_is_known_publishes_it_and_hands_it_to_th
     assert call.talking_ms == int((last_news - answered_at).total_seconds() * 1000)
     assert call.events.last().kind == SWEPT_KIND
     assert published == [call.pk]
-    assert handed == [(call.pk, Call.State.ENDED)]
+    assert committed == [[(call.pk, Call.State.ENDED)]]  # the core's hook, which the CRM side listens to
 
     with django_capture_on_commit_callbacks(execute=True):
         assert sweep_stale_calls(now=NOW + timedelta(hours=1)) == []  # swept once
-    assert published == [call.pk] and len(handed) == 1
+    assert published == [call.pk] and len(committed) == 1
 
 
 def test_it_takes_a_start_frame_for_a_swept_calls_id_as_a_new_call_at_once(account):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import requests
 
-from crm_sync import domain as crm_domain
-from crm_sync.tests.conftest import crm, integration  # noqa: F401 (fixtures)
 from telephony import control
 from telephony.models import Call, PbxAccount
 from telephony.providers.istra_enduser import callerid
@@ -93,12 +91,3 @@ def test_it_says_no_for_an_agent_without_an_end_user_account_on_that_platform(se
     _, enduser, socket_terminal, _ = setup
     PbxAccount.objects.filter(pk=enduser.pk).update(base_url="https://another-istra.example.com/restletrouter")
     assert callerid.present_external_phone(socket_terminal, SHOP) is False
-
-
-def test_retailcrm_click_to_call_presents_the_shop_and_places_the_call(setup, integration, crm):  # noqa: F811
-    sim, enduser, socket_terminal, agent = setup
-    answer = crm_domain.make_call(integration, agent, "+33612345678", SHOP)
-    assert answer["callerIdPresented"] is True
-    assert caller_id_at_pbx(sim)["customCallerID"] == SHOP
-    [line] = sim.state.istra.calls.lines.values()
-    assert (line.extension_id, line.destination) == (TERMINAL, "+33612345678")

@@ -11,6 +11,7 @@ from crm_sync import recordings
 from telephony import control
 from telephony.models import Call, PbxAccount
 from tests.factories import make_account, make_agent, make_call, make_terminal
+from tests.simulator.conftest import running_simulator, sim  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 TERMINAL = "5985841581756135023"
