@@ -482,7 +482,9 @@ class H2Load:
     from when it is sent, as ``RawLoad`` times those waiting for a connection. Latencies come from their
     ``--log-file`` (start, status, microseconds to the end of the answer); their CPU (``wait4``'s rusage,
     start-up included) is added to the step's ``load generator`` figure; the spread of their connections
-    over the daphne processes is read mid-step.
+    over the daphne processes is read mid-step. Not the default: those connections, opened afresh each
+    step, split unevenly over several daphne processes (2 / 6 and 1 / 7 at 350-375 req/s: a busy process
+    accepts later), so with ``--processes 2`` one process saturates early (``--generator h2load``).
     """
 
     def __init__(self, web: Web):
@@ -510,17 +512,20 @@ class H2Load:
         for log in logs:
             if os.path.exists(log):
                 os.remove(log)  # h2load appends
+        def spawn(log: str) -> subprocess.Popen:
+            return subprocess.Popen(
+                ["h2load", "--h1", "-c", "1", f"--rps={rate / self.connections:.6f}",
+                 "-D", f"{max(1, round(seconds * 1000))}ms", "--log-file", log, "-H", "user-agent: ctihub-bench",
+                 self.web.url + target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
         processes = []
         started = time.perf_counter()
         for n, log in enumerate(logs):
             delay = started + n / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            processes.append(subprocess.Popen(
-                ["h2load", "--h1", "-c", "1", f"--rps={rate / self.connections:.6f}",
-                 "-D", f"{max(1, round(seconds * 1000))}ms", "--log-file", log, "-H", "user-agent: ctihub-bench",
-                 self.web.url + target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        self.sampling_cpu = 0.0
+            processes.append(spawn(log))
+        self.child_cpu, self.sampling_cpu = 0.0, 0.0
 
         def sample() -> None:
             # Reading every socket of the machine (psutil) is the benchmark's looking, not load: not counted.
@@ -530,7 +535,8 @@ class H2Load:
 
         sampler = threading.Timer(min(1.0, seconds / 2), sample)
         sampler.start()
-        self.child_cpu, latencies, errors = 0.0, [], 0
+        latencies, errors = [], 0
+        statuses: collections.Counter = collections.Counter()
         for process, log in zip(processes, logs):
             output = process.stdout.read()
             _pid, status, usage = os.wait4(process.pid, 0)
@@ -545,6 +551,7 @@ class H2Load:
                             answered += 1
                             latencies.append(int(parts[2]) / 1000)
                             errors += parts[1] != "200"
+                            statuses[parts[1]] += 1
             except FileNotFoundError:
                 pass
             counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", output)
@@ -555,14 +562,16 @@ class H2Load:
                 # Failed and timed out; one still in flight when the step's time was up is neither (nor logged).
                 errors += int(counts[2]) + int(counts[4])
         sampler.join()
+        if errors:
+            print(f"# h2load: answers by status {dict(statuses)}, errors {errors}", flush=True)
         return latencies, errors, len(latencies) / seconds
 
 
 def make_generator(kind: str, web: Web):
-    """The load generator of ``--generator``: h2load when asked or (auto) installed, else ``RawLoad``."""
+    """The load generator of ``--generator``: ``RawLoad`` or h2load."""
     import shutil
 
-    if kind == "h2load" or (kind == "auto" and shutil.which("h2load")):
+    if kind == "h2load":
         if not shutil.which("h2load"):
             raise SystemExit("--generator h2load: h2load is not installed (apt-get install -y nghttp2-client)")
         return H2Load(web)
@@ -570,14 +579,13 @@ def make_generator(kind: str, web: Web):
 
 
 def describe_generator(kind: str) -> None:
-    import shutil
 
-    if kind == "h2load" or (kind == "auto" and shutil.which("h2load")):
+    if kind == "h2load":
         print(f"# load generator: h2load (nghttp2-client): {H2LOAD_CONNECTIONS} processes of one HTTP/1.1 keep-alive "
               f"connection each, started 1/rate apart", flush=True)
     else:
-        why = " (h2load not installed: apt-get install -y nghttp2-client for the cheaper one)" if kind == "auto" else ""
-        print(f"# load generator: this process's epoll loop (RawLoad){why}", flush=True)
+        print("# load generator: this process's epoll loop (RawLoad; --generator h2load for the cheaper one)",
+              flush=True)
 
 
 class Others:
@@ -884,9 +892,11 @@ def main() -> None:
                         help="placeCall answered with the simulator's own answer by nginx (auto: when installed; "
                              "~0.01 ms a placeCall) or bench/pbx_responder.py (~0.05-0.07 ms), or by the full "
                              "simulator; everything else goes to the simulator")
-    parser.add_argument("--generator", choices=("auto", "h2load", "python"), default="auto",
-                        help="the load generator: h2load (auto: when installed; ~0.02 ms a request) or this "
-                             "process's epoll loop (~0.10 ms)")
+    parser.add_argument("--generator", choices=("python", "h2load"), default="python",
+                        help="the load generator: this process's epoll loop (~0.10 ms a request; its kept-alive "
+                             "connections split evenly over the daphne processes) or h2load (Debian nghttp2-client; "
+                             "~0.02 ms a request, ~0.04 with its start-ups, but its fresh connections each step split "
+                             "up to 1 / 7 over two daphne processes)")
     args = parser.parse_args()
     counts = [int(part) for part in args.processes.split(",") if part]
     setup_django()
