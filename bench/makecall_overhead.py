@@ -591,10 +591,13 @@ def describe_generator(kind: str) -> None:
 class Others:
     """The processes beside daphne whose CPU a step reports: the PBX side, this load generator, Redis."""
 
-    def __init__(self, pbx_pids: list[int]):
+    def __init__(self, pbx_pids: list[int], simulator_pid: int | None = None):
         import psutil
 
-        self.processes = {"pbx": [psutil.Process(pid) for pid in pbx_pids], "load generator": [psutil.Process()]}
+        self.processes = {"pbx": [psutil.Process(pid) for pid in pbx_pids if pid != simulator_pid],
+                          "load generator": [psutil.Process()]}
+        if simulator_pid in pbx_pids and len(pbx_pids) > 1:  # its own line: idle but for logins, its timers
+            self.processes["simulator"] = [psutil.Process(simulator_pid)]
         redis = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("redis-server")]
         if redis:
             self.processes["redis (shared with others)"] = redis[:1]
@@ -937,7 +940,7 @@ def main() -> None:
         else:
             print("# PBX: the full simulator", flush=True)
         describe_generator(args.generator)
-        others = Others(pbx_pids)
+        others = Others(pbx_pids, sim_hub.processes[0].process.pid)
 
         direct_runs: dict[float, list[float]] = {}
 
