@@ -16,8 +16,11 @@ times in turn, the floor view and retailCRM's ``GET /api/retailcrm/make-call`` (
 same call). The overhead figures are the differences of the makeCallUrl and PBX percentiles. The
 CPU figures are daphne's CPU time (all its processes) over each phase divided by its requests:
 ``floor_cpu_per_request``, ``makecall_cpu_per_request`` and their ratio
-``makecall_cpu_ratio_to_floor`` (target <= 1.3). Taken in the same run, in turns, the ratio
-depends far less on what else the machine runs than the latencies do.
+``makecall_cpu_ratio_to_floor``. Taken in the same run, in turns, the ratio depends far less on
+what else the machine runs than the latencies do; and since the machine's speed drifts between
+rounds (other work, a slower period), each round's floor and makeCallUrl are also compared with each
+other: one line per round (``round_N_cpu_per_request``), ``makecall_cpu_ratio_rounds`` and their
+median ``makecall_cpu_ratio_median`` (target <= 1.3), the figure to compare.
 
 ``--sweep START:STOP:STEP`` (or a list ``100,200,400``) steps the rate up for each process count of
 ``--processes`` (``WEB_PROCESSES`` of a fresh daphne each) and prints the highest rate at which
@@ -37,6 +40,7 @@ import queue
 import re
 import select
 import socket
+import statistics
 import time
 
 import requests
@@ -53,6 +57,8 @@ SENDERS = 64
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
 # Keep-alive connections opened before the timing (more open only while all of them are busy).
 WARM_CONNECTIONS = 16
+# h2load processes (one connection each) of a step: steady arrivals, spread over the daphne processes.
+H2LOAD_CONNECTIONS = 8
 
 
 def timed_run(rate: float, seconds: float, send, label: str = "") -> tuple[list[float], int, float]:
@@ -464,13 +470,134 @@ class RawLoad:
         return self.latencies, self.errors + missing, achieved
 
 
+class H2Load:
+    """The load generator when ``h2load`` (Debian's ``nghttp2-client``) is installed: C, ~0.02 ms of CPU a
+    request against ~0.10 for ``RawLoad``'s Python, on the same two cores as the daphne processes measured.
+
+    One ``h2load`` sends all its connections' requests at the same instant (its ``--rps`` timers start
+    together: bursts of ``-c`` requests), which is not the steady arrival this benchmark times. So each
+    step runs ``H2LOAD_CONNECTIONS`` ``h2load`` processes of one keep-alive HTTP/1.1 connection each,
+    ``rate / H2LOAD_CONNECTIONS`` requests a second each (``--rps``, ``-D``), started ``1 / rate`` apart:
+    their requests interleave. A request its connection could not send on time waits for it and is timed
+    from when it is sent, as ``RawLoad`` times those waiting for a connection. Latencies come from their
+    ``--log-file`` (start, status, microseconds to the end of the answer); their CPU (``wait4``'s rusage,
+    start-up included) is added to the step's ``load generator`` figure; the spread of their connections
+    over the daphne processes is read mid-step. Not the default: those connections, opened afresh each
+    step, split unevenly over several daphne processes (2 / 6 and 1 / 7 at 350-375 req/s: a busy process
+    accepts later), so with ``--processes 2`` one process saturates early (``--generator h2load``).
+    """
+
+    def __init__(self, web: Web):
+        import tempfile
+
+        self.web = web
+        self.directory = tempfile.mkdtemp(prefix="makecall-h2load-")
+        self.child_cpu = 0.0
+        self.spread: list[int] | None = None
+        self.connections = H2LOAD_CONNECTIONS
+
+    def open(self, count: int, web: Web) -> None:
+        self.connections = max(H2LOAD_CONNECTIONS, web.processes)  # each h2load opens its own, every step
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def run(self, target: str, rate: float, seconds: float) -> tuple[list[float], int, float]:
+        import subprocess
+        import threading
+
+        logs = [os.path.join(self.directory, f"requests-{n}.log") for n in range(self.connections)]
+        for log in logs:
+            if os.path.exists(log):
+                os.remove(log)  # h2load appends
+        def spawn(log: str) -> subprocess.Popen:
+            return subprocess.Popen(
+                ["h2load", "--h1", "-c", "1", f"--rps={rate / self.connections:.6f}",
+                 "-D", f"{max(1, round(seconds * 1000))}ms", "--log-file", log, "-H", "user-agent: ctihub-bench",
+                 self.web.url + target], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        processes = []
+        started = time.perf_counter()
+        for n, log in enumerate(logs):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            processes.append(spawn(log))
+        self.child_cpu, self.sampling_cpu = 0.0, 0.0
+
+        def sample() -> None:
+            # Reading every socket of the machine (psutil) is the benchmark's looking, not load: not counted.
+            begun = time.thread_time()
+            self.spread = self.web.connections_by_child()
+            self.sampling_cpu = time.thread_time() - begun
+
+        sampler = threading.Timer(min(1.0, seconds / 2), sample)
+        sampler.start()
+        latencies, errors = [], 0
+        statuses: collections.Counter = collections.Counter()
+        for process, log in zip(processes, logs):
+            output = process.stdout.read()
+            _pid, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            self.child_cpu += usage.ru_utime + usage.ru_stime
+            answered = 0
+            try:
+                with open(log) as lines:
+                    for line in lines:
+                        parts = line.split("\t")
+                        if len(parts) >= 3:
+                            answered += 1
+                            latencies.append(int(parts[2]) / 1000)
+                            errors += parts[1] != "200"
+                            statuses[parts[1]] += 1
+            except FileNotFoundError:
+                pass
+            counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", output)
+            if process.returncode != 0 or counts is None:
+                print(f"# h2load exited {process.returncode}: {output[-600:]}", flush=True)
+                errors += max(1, int(rate * seconds / self.connections) - answered)
+            else:
+                # Failed and timed out; one still in flight when the step's time was up is neither (nor logged).
+                errors += int(counts[2]) + int(counts[4])
+        sampler.join()
+        if errors:
+            print(f"# h2load: answers by status {dict(statuses)}, errors {errors}", flush=True)
+        return latencies, errors, len(latencies) / seconds
+
+
+def make_generator(kind: str, web: Web):
+    """The load generator of ``--generator``: ``RawLoad`` or h2load."""
+    import shutil
+
+    if kind == "h2load":
+        if not shutil.which("h2load"):
+            raise SystemExit("--generator h2load: h2load is not installed (apt-get install -y nghttp2-client)")
+        return H2Load(web)
+    return RawLoad(web.url)
+
+
+def describe_generator(kind: str) -> None:
+
+    if kind == "h2load":
+        print(f"# load generator: h2load (nghttp2-client): {H2LOAD_CONNECTIONS} processes of one HTTP/1.1 keep-alive "
+              f"connection each, started 1/rate apart", flush=True)
+    else:
+        print("# load generator: this process's epoll loop (RawLoad; --generator h2load for the cheaper one)",
+              flush=True)
+
+
 class Others:
     """The processes beside daphne whose CPU a step reports: the PBX side, this load generator, Redis."""
 
-    def __init__(self, pbx_pids: list[int]):
+    def __init__(self, pbx_pids: list[int], simulator_pid: int | None = None):
         import psutil
 
-        self.processes = {"pbx": [psutil.Process(pid) for pid in pbx_pids], "load generator": [psutil.Process()]}
+        self.processes = {"pbx": [psutil.Process(pid) for pid in pbx_pids if pid != simulator_pid],
+                          "load generator": [psutil.Process()]}
+        if simulator_pid in pbx_pids and len(pbx_pids) > 1:  # its own line: idle but for logins, its timers
+            self.processes["simulator"] = [psutil.Process(simulator_pid)]
         redis = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("redis-server")]
         if redis:
             self.processes["redis (shared with others)"] = redis[:1]
@@ -488,7 +615,7 @@ class Others:
         return found
 
 
-def measured(web: Web, raw: RawLoad, target: str, rate: float, seconds: float, label: str,
+def measured(web: Web, raw: RawLoad | H2Load, target: str, rate: float, seconds: float, label: str,
              others: Others) -> dict:
     """One timed run against ``web``: latencies, errors, CPU per request of daphne and of every other process."""
     with no_pauses_of_our_own():  # its collection before the CPU figures start
@@ -500,10 +627,13 @@ def measured(web: Web, raw: RawLoad, target: str, rate: float, seconds: float, l
         cpu = web.cpu_seconds() - cpu_before
         children = [after - before for after, before in zip(web.cpu_by_child(), children_before)]
         other_cpu = {name: after - others_before[name] for name, after in others.cpu().items()}
+        # h2load's own processes, less this process's reading of the connections meanwhile
+        other_cpu["load generator"] += getattr(raw, "child_cpu", 0.0) - getattr(raw, "sampling_cpu", 0.0)
         kernel = [after - before for after, before in zip(web.kernel_and_switches(), kernel_before)]
     progress[f"{label}_requests"] = int(progress.get(f"{label}_requests", 0)) + len(latencies)
+    connections = getattr(raw, "spread", None) or web.connections_by_child()
     return {"latencies": latencies, "errors": errors, "achieved": achieved, "cpu": cpu, "children": children,
-            "connections": web.connections_by_child(), "others": other_cpu, "wall": wall,
+            "connections": connections, "others": other_cpu, "wall": wall,
             "web_system": kernel[0], "web_sleeps": kernel[1]}
 
 
@@ -515,10 +645,14 @@ def cpu_line(run: dict) -> str:
     busy = " + ".join(f"{c / wall:.2f}" for c in run["children"])
     parts = [f"web {children} ms/request ({busy} cores; kernel {run['web_system'] * 1000 / requests_done:.2f} ms, "
              f"{run['web_sleeps'] / requests_done:.1f} thread sleeps a request)"]
+    harness = 0.0
     for name, seconds in run["others"].items():
         if name == "machine":
             continue
+        harness += seconds
         parts.append(f"{name} {seconds * 1000 / requests_done:.2f} ms/request ({seconds / wall:.2f} cores)")
+    # What the benchmark's own side (PBX, load generator, Redis) takes from the cores daphne runs on.
+    parts.append(f"harness {harness * 1000 / requests_done:.2f} ms/request ({harness / wall:.2f} cores)")
     cores = os.cpu_count() or 1
     parts.append(f"web processes got {100 * sum(run['children']) / (cores * wall):.0f}% of {cores} cores, "
                  f"the whole machine was {100 * run['others']['machine'] / (cores * wall):.0f}% busy "
@@ -538,23 +672,32 @@ def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], nam
     raw = None
     try:
         load.warm_up(web)
-        raw = RawLoad(web.url)
+        raw = make_generator(args.generator, web)
         raw.open(WARM_CONNECTIONS, web)
         floor = {"latencies": [], "errors": 0, "cpu": 0.0, "children": [0.0] * processes}
         makecall = {"latencies": [], "errors": 0, "cpu": 0.0, "children": [0.0] * processes}
         per_round = args.seconds / args.rounds
+        ratios = []
         for n in range(args.rounds):
+            per_request = {}
             for label, totals, target in (("floor", floor, load.floor_target()),
                                           ("makecall", makecall, load.makecall_target())):
                 print(f"# round {n + 1}/{args.rounds}: {label}, {processes} web process(es)", flush=True)
                 run = measured(web, raw, target, args.rate, per_round, label, others)
                 figure(f"{name}{label}_achieved_rate", run["achieved"], "req/s")
                 print(f"# {label} cpu: {cpu_line(run)}", flush=True)
+                per_request[label] = run["cpu"] * 1000 / max(1, len(run["latencies"]))
                 totals["latencies"] += run["latencies"]
                 totals["errors"] += run["errors"]
                 totals["cpu"] += run["cpu"]
                 totals["children"] = [a + b for a, b in zip(totals["children"], run["children"])]
                 totals["connections"] = run["connections"]
+            # The floor and makeCallUrl of one round ran seconds apart: a change of the machine's speed (other
+            # work, a slower period) between rounds moves both; the ratio of each round is what it measures.
+            ratios.append(per_request["makecall"] / per_request["floor"] if per_request["floor"] else float("nan"))
+            print(f"{name}round_{n + 1}_cpu_per_request: floor {per_request['floor']:.2f} ms, makecall "
+                  f"{per_request['makecall']:.2f} ms, ratio {ratios[-1]:.2f}, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
         figure("load_average_1min", os.getloadavg()[0])
     finally:
         if raw is not None:
@@ -566,7 +709,10 @@ def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], nam
     makecall_cpu = makecall["cpu"] * 1000 / len(makecall["latencies"])
     figure(f"{name}floor_cpu_per_request", floor_cpu, "ms")
     figure(f"{name}makecall_cpu_per_request", makecall_cpu, "ms")
-    figure(f"{name}makecall_cpu_ratio_to_floor", makecall_cpu / floor_cpu, "", f"<= {CPU_RATIO_TARGET}")
+    figure(f"{name}makecall_cpu_ratio_to_floor", makecall_cpu / floor_cpu, "", "all rounds' CPU over all rounds'")
+    figure(f"{name}makecall_cpu_ratio_rounds", " ".join(f"{r:.2f}" for r in ratios))
+    figure(f"{name}makecall_cpu_ratio_median", statistics.median(ratios), "",
+           f"<= {CPU_RATIO_TARGET}, the median of {len(ratios)} rounds' ratios")
     if processes > 1:
         print_spread(f"{name}makecall_", makecall["children"], makecall["connections"])
     errors = floor["errors"] + makecall["errors"]
@@ -597,7 +743,7 @@ def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str, other
     raw = None
     try:
         load.warm_up(web)
-        raw = RawLoad(web.url)
+        raw = make_generator(args.generator, web)
         raw.open(WARM_CONNECTIONS, web)
         for rate in parse_rates(args.sweep):
             direct = direct_at(rate)
@@ -646,19 +792,114 @@ def start_pbx(sim_hub, kind: str):
     return url, [responder.process.pid, sim_hub.processes[0].process.pid], stats
 
 
+_NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 600s;
+  log_format placed "1";
+  server {{
+    listen 127.0.0.1:{port} backlog=512;
+    location ~ /placeCall$ {{
+      default_type "{content_type}";
+      if ($request_method = POST) {{
+        access_log {dir}/placed.log placed buffer=64k flush=1s;
+{headers}        return {status} '{body}';
+      }}
+      proxy_pass {upstream};
+    }}
+    location / {{ proxy_pass {upstream}; }}
+  }}
+}}
+"""
+# Headers nginx writes itself (or that frame the answer): not copied from the simulator's answer.
+_NGINX_OWN = {"content-type", "content-length", "date", "server", "connection", "keep-alive", "transfer-encoding"}
+
+
+def _nginx_quoted(text: str) -> str | None:
+    """``text`` in nginx's single quotes, or None if it has a ``$`` (nginx would read a variable)."""
+    if "$" in text:
+        return None
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def start_nginx(sim_hub, answer: dict):
+    """nginx in front of the simulator, answering every myRCC placeCall (POST) with ``answer`` (the simulator's
+    own, as bench/pbx_responder.py recorded it): (URL, its pids, a count of placeCall answered), or None with
+    the reason printed. Debian's ``nginx-light`` (or any nginx on PATH); the benchmark does not install it."""
+    import shutil
+    import tempfile
+    import time as time_module
+
+    import psutil
+
+    from tests.support.processes import ManagedProcess, free_port, http_ok, wait_for
+
+    binary = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    if not binary:
+        print("# PBX: nginx not installed (apt-get install -y nginx-light for the cheaper PBX side): "
+              "bench/pbx_responder.py answers", flush=True)
+        return None
+    body = _nginx_quoted(answer["body"])
+    headers = [(name, _nginx_quoted(value)) for name, value in answer.get("headers", [])
+               if name.lower() not in _NGINX_OWN]
+    if body is None or any(value is None for _name, value in headers) or '"' in (answer["content_type"] or ""):
+        print("# PBX: the placeCall answer has a '$' or a quote nginx would read: bench/pbx_responder.py answers",
+              flush=True)
+        return None
+    directory, port = tempfile.mkdtemp(prefix="makecall-nginx-"), free_port()
+    conf = os.path.join(directory, "nginx.conf")
+    with open(conf, "w") as out:
+        out.write(_NGINX_CONF.format(
+            dir=directory, port=port, upstream=sim_hub.sim_url, status=answer["status"], body=body,
+            content_type=answer["content_type"] or "application/json",
+            headers="".join(f"        add_header {name} '{value}' always;\n" for name, value in headers)))
+    server = ManagedProcess(f"pbx-nginx-{port}", [binary, "-p", directory, "-e", f"{directory}/error.log", "-c", conf],
+                            dict(os.environ))
+    sim_hub.processes.append(server)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{url}/_sim/health"), 30, what="nginx in front of the simulator")
+    master = psutil.Process(server.process.pid)
+    pids = [master.pid] + [child.pid for child in master.children()]
+
+    def answered() -> int:
+        time_module.sleep(1.2)  # its access log is flushed every second
+        try:
+            with open(os.path.join(directory, "placed.log")) as log:
+                return sum(1 for _ in log)
+        except FileNotFoundError:
+            return 0
+
+    return url, pids, answered
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="seconds of each phase (floor, makeCallUrl), or of each step of a sweep")
-    parser.add_argument("--rounds", type=int, default=2, help="floor and makeCallUrl runs in turns, sharing --seconds")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="floor and makeCallUrl runs in turns (ABAB...), sharing --seconds; the ratio's figure "
+                             "is the median of the rounds' ratios")
     parser.add_argument("--processes", default="1", help="WEB_PROCESSES of daphne, or several: 1,2")
     parser.add_argument("--sweep", default="", help="rates to step through, START:STOP:STEP or a list")
     parser.add_argument("--step-retries", type=int, default=1,
                         help="a sweep step over the target is run again this many times before the sweep stops")
-    parser.add_argument("--pbx", choices=("responder", "simulator"), default="responder",
-                        help="placeCall answered by bench/pbx_responder.py with the simulator's own answer "
-                             "(default: little CPU), or by the full simulator")
+    parser.add_argument("--pbx", choices=("auto", "nginx", "responder", "simulator"), default="auto",
+                        help="placeCall answered with the simulator's own answer by nginx (auto: when installed; "
+                             "~0.01 ms a placeCall) or bench/pbx_responder.py (~0.05-0.07 ms), or by the full "
+                             "simulator; everything else goes to the simulator")
+    parser.add_argument("--generator", choices=("python", "h2load"), default="python",
+                        help="the load generator: this process's epoll loop (~0.10 ms a request; its kept-alive "
+                             "connections split evenly over the daphne processes) or h2load (Debian nghttp2-client; "
+                             "~0.02 ms a request, ~0.04 with its start-ups, but its fresh connections each step split "
+                             "up to 1 / 7 over two daphne processes)")
     args = parser.parse_args()
     counts = [int(part) for part in args.processes.split(",") if part]
     setup_django()
@@ -675,14 +916,31 @@ def main() -> None:
         provider.test_connection()  # log in before timing
         load = Load(provider, integration.client_id)
         provider.place_call(AGENT_EXTENSION, "+33612345678")  # the responder's placeCall answer, from the simulator
+        answered = None
         if stats is not None:
             answer = stats()["place_call_answer"]
-            print(f"# PBX: bench/pbx_responder.py answers every placeCall with the simulator's own answer to the "
+            answered = lambda: stats()["answered"]  # noqa: E731
+            served = start_nginx(sim_hub, answer) if args.pbx in ("auto", "nginx") else None
+            if served is not None:
+                from telephony.models import PbxAccount
+
+                nginx_url, nginx_pids, answered = served
+                PbxAccount.objects.filter(pk=account.pk).update(base_url=f"{nginx_url}/restletrouter")
+                account.refresh_from_db()
+                provider = provider_for(account)
+                provider.test_connection()
+                load.provider = provider
+                pbx_pids = [*nginx_pids, sim_hub.processes[0].process.pid]  # the responder, idle now, not counted
+                server = "nginx (1 worker)"
+            else:
+                server = "bench/pbx_responder.py"
+            print(f"# PBX: {server} answers every placeCall with the simulator's own answer to the "
                   f"first one: {answer['status']} {answer['content_type']} {answer['body']}; everything else "
                   f"(login, directory) goes to the simulator", flush=True)
         else:
             print("# PBX: the full simulator", flush=True)
-        others = Others(pbx_pids)
+        describe_generator(args.generator)
+        others = Others(pbx_pids, sim_hub.processes[0].process.pid)
 
         direct_runs: dict[float, list[float]] = {}
 
@@ -710,8 +968,8 @@ def main() -> None:
             direct = direct_at(args.rate)
             errors = sum(cost_run(args, hub_env, load, count, direct, name_of(count), others) for count in counts)
             figure("errors", errors, "", "0")
-        if stats is not None:
-            figure("pbx_responder_place_call_answers", stats()["answered"])
+        if answered is not None:
+            figure("pbx_responder_place_call_answers", answered())
     finally:
         sim_hub.stop()
 

@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests per measurement (three of them)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print cProfile's top N functions (internal time) over makeCallUrl's requests")
+    parser.add_argument("--callers", default="", metavar="REGEX",
+                        help="with --profile, also print who called the functions matching REGEX")
     args = parser.parse_args()
     # The floor view is routed only under BENCH_FLOORS; the rate limit's own limit is not what this measures.
     os.environ["BENCH_FLOORS"] = "true"
@@ -103,6 +105,8 @@ def main() -> None:
             stats = pstats.Stats(profiler)
             stats.sort_stats("tottime").print_stats(args.profile)
             stats.sort_stats("cumulative").print_stats(args.profile)
+            if args.callers:
+                stats.print_callers(args.callers)
         provider, _lock = registry.cached_provider(account)
         figure("place_call_alone", cpu_ms(lambda: provider.place_call(AGENT_EXTENSION, "+33612345678")), "ms")
         figure("rate_limit_alone", cpu_ms(lambda: ratelimit.take("bench", "client:bench")), "ms")

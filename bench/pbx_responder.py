@@ -58,7 +58,9 @@ class Responder:
         if method == "POST" and target.split("?")[0].endswith("/placeCall") and answer.status_code == 200:
             self.place_call_answer = raw
             self.place_call_described = {"status": answer.status_code, "content_type": answer.headers.get("Content-Type"),
-                                         "body": content.decode("utf-8", "replace")}
+                                         "body": content.decode("utf-8", "replace"),
+                                         "headers": [[name, value] for name, value in answer.raw.headers.items()
+                                                     if name.lower() not in _HOP_BY_HOP]}
         return raw
 
     def stats(self) -> bytes:

@@ -475,3 +475,178 @@ def test_it_reads_a_plain_answers_headers_without_the_email_package(varied_serve
         "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT", "b=2; Path=/"]
     assert http.session.cookies.get("b") == "2"
     assert http.request("GET", f"{url}/chunked").text == "hello world"
+
+
+WRITTEN_REQUESTS = [
+    ("GET", "http://pbx.example/restletrouter/v1/rcc/Extension?x=1", {"Accept": "application/json"}, None),
+    ("POST", "http://127.0.0.1:8123/restletrouter/v1/rcc/Extension/897778778/placeCall",
+     {"Content-Type": "application/json", "X-Application": "myRCC;token", "Cookie": "JSESSIONID=abc"},
+     b'{"destination": "+33612345678"}'),
+    ("PUT", "https://pbx.example:443/a", {"Host": "other.example"}, b"x"),
+    ("DELETE", "https://[::1]:8443/a", {}, None),
+    ("GET", "http://[::1]/b", {"X-Empty": ""}, None),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "headers", "body"), WRITTEN_REQUESTS)
+def test_it_writes_a_request_as_http_client_does_in_one_piece(method, url, headers, body):
+    # http.client wrote the head and the body in two sends, after a dozen calls a header line (issue 16).
+    import http.client
+    from urllib.parse import urlsplit
+
+    from ctihub.lib.http_client import _request_bytes
+
+    prepared = requests.Request(method, url, headers=headers, data=body).prepare()
+    parts = urlsplit(prepared.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+
+    class Written:
+        def __init__(self):
+            self.data = []
+
+        def sendall(self, data):
+            self.data.append(bytes(data))
+
+    connection = http.client.HTTPConnection(parts.hostname, port)
+    connection.default_port = 443 if parts.scheme == "https" else 80
+    connection.sock = written = Written()
+    connection.putrequest(prepared.method, target, skip_host="Host" in prepared.headers, skip_accept_encoding=True)
+    for name, value in prepared.headers.items():
+        connection.putheader(name, value)
+    connection.endheaders(prepared.body)
+    assert _request_bytes(prepared, target, parts.scheme, parts.hostname, port, prepared.body) == b"".join(written.data)
+
+
+@pytest.mark.parametrize(("target", "headers"), [("/a b", {}), ("/a", {"X-Bytes": b"v"}), ("/a", {"X-Latin": "caf\xe9"})])
+def test_it_leaves_to_http_client_a_request_it_writes_its_own_way(target, headers):
+    from ctihub.lib.http_client import _request_bytes
+
+    prepared = requests.Request("GET", "http://pbx.example/a", headers=headers).prepare()
+    assert _request_bytes(prepared, target, "http", "pbx.example", 80, None) is None
+
+
+CANNED_ANSWERS = {
+    "plain": b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 11\r\n\r\n{\"a\": true}",
+    "cookies": b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; Path=/\r\nContent-Length: 0\r\n\r\n",
+    "no reason": b"HTTP/1.1 404\r\nContent-Length: 9\r\nX-Spaced: \t value  \r\n\r\nnot found",
+    "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+    "http/1.0": b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "folded": b"HTTP/1.1 200 OK\r\nX-Folded: first\r\n  second\r\nContent-Length: 2\r\n\r\nok",
+    "no content": b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+    "bare lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    "split": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n|hello",  # the body written after a pause
+    "gzip": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n",
+}
+
+
+@pytest.fixture
+def canned_server():
+    """A server that answers every request on a connection with the bytes of CANNED_ANSWERS[path]."""
+    import gzip
+    import socket
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(sock):
+        with sock:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = sock.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(data) < length:
+                    data += sock.recv(65536)
+                data = data[length:]
+                name = head.split(b" ")[1].decode().lstrip("/").replace("%20", " ")
+                answer = CANNED_ANSWERS[name]
+                if name == "gzip":
+                    body = gzip.compress(b'{"zipped": true}')
+                    answer = answer % len(body) + body
+                first, _, rest = answer.partition(b"|")
+                sock.sendall(first)
+                if rest:
+                    time.sleep(0.05)
+                    sock.sendall(rest)
+                if b"close" in answer or answer.startswith(b"HTTP/1.0"):
+                    return
+
+    def accept():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.mark.parametrize("name", sorted(CANNED_ANSWERS))
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_it_reads_an_answer_as_requests_does(canned_server, name, method):
+    http, reference = HttpClient("test"), requests.Session()
+    for _ in range(2):  # the second time on the kept-alive connection, unless the server closed it
+        ours = http.request(method, f"{canned_server}/{name}")
+        theirs = reference.request(method, f"{canned_server}/{name}")
+        assert (ours.status_code, ours.reason, ours.content, ours.encoding) == (
+            theirs.status_code, theirs.reason, theirs.content, theirs.encoding)
+        if name != "folded":  # the client's own connections keep a folded value as http.client reads it
+            # ("first\r\n  second"; urllib3 unfolds it): so before this reader too, left as it was
+            assert list(ours.headers.items()) == list(theirs.headers.items())
+            assert list(ours.raw.headers.items()) == list(theirs.raw.headers.items())
+        assert ours.cookies.get_dict() == theirs.cookies.get_dict()
+        assert http.session.cookies.get_dict() == reference.cookies.get_dict()
+
+
+def test_it_reads_the_usual_answer_without_http_clients_request_and_reader(varied_server, monkeypatch):
+    # http.client's request writing and its buffered reader were a fifth of a PBX request's CPU (issue 16).
+    import http.client
+
+    from ctihub.lib import http_client
+
+    def not_this_way(*args, **kwargs):
+        raise AssertionError("the usual request went through http.client's writer or reader")
+
+    monkeypatch.setattr(http.client.HTTPConnection, "putrequest", not_this_way)
+    monkeypatch.setattr(http_client._Answer, "begin", not_this_way)
+    url = f"http://127.0.0.1:{varied_server.server_port}"
+    http = HttpClient("test")
+    for _ in range(3):
+        assert http.request("GET", f"{url}/gzip").json() == {"zipped": True}
+    cookies = http.request("GET", f"{url}/cookies")
+    assert cookies.raw.headers.getlist("Set-Cookie") == [
+        "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT", "b=2; Path=/"]
+    assert http.session.cookies.get("b") == "2"
+    assert len(set(VariedHandler.peers)) == 1
+
+
+def test_it_merges_and_folds_headers_without_the_mappings_generic_methods(varied_server, monkeypatch):
+    # CaseInsensitiveDict's inherited update and items walked every header a few times a request: ~10% of a
+    # PBX request's CPU (issue 16). The same headers, spelling and order, built on its store.
+    from requests.structures import CaseInsensitiveDict
+
+    http = HttpClient("test")  # requests.Session builds its default headers with update: not a request's work
+    updates, update = [], CaseInsensitiveDict.update
+
+    def recorded(self, *args, **kwargs):
+        if (args and args[0]) or kwargs:
+            updates.append(args)
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(CaseInsensitiveDict, "update", recorded)
+    url = f"http://127.0.0.1:{varied_server.server_port}"
+    answer = http.request("GET", f"{url}/cookies", headers={"x-a": "1", "user-agent": "mine", "Accept-Encoding": None})
+    assert updates == []
+    assert answer.headers["set-cookie"] == "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT, b=2; Path=/"
+    assert list(answer.request.headers.items())[:2] == [("user-agent", "mine"), ("Accept", "*/*")]
+    assert "Accept-Encoding" not in answer.request.headers and answer.request.headers["X-A"] == "1"

@@ -226,8 +226,9 @@ def test_it_validates_the_click_while_redis_answers_its_rate_limit(client, hub, 
 
     steps = []
     connection = ratelimit._connection()
-    send, read = connection.send_command, connection.read_response
-    monkeypatch.setattr(connection, "send_command", lambda *args, **kw: (steps.append("send"), send(*args, **kw))[1])
+    send, read = connection.send_packed_command, connection.read_response
+    monkeypatch.setattr(connection, "send_packed_command",
+                        lambda *args, **kw: (steps.append("send"), send(*args, **kw))[1])
     monkeypatch.setattr(connection, "read_response", lambda *args, **kw: (steps.append("read"), read(*args, **kw))[1])
     identify = views.MakeCallView.identify
     monkeypatch.setattr(views.MakeCallView, "identify", lambda self, request: (steps.append("identify"),

@@ -29,6 +29,7 @@ import datetime
 import email.parser
 import http.client
 import http.cookiejar
+import io
 import logging
 import os
 import re
@@ -190,11 +191,7 @@ class HttpClient:
         looked at the environment; on a PBX request that was a fifth of its CPU (issue 16).
         """
         assert not allow_redirects  # _send_following_redirects follows them itself
-        merged = CaseInsensitiveDict(self.session.headers)
-        if headers:
-            merged.update(headers)
-            for name in [name for name, value in merged.items() if value is None]:
-                del merged[name]
+        merged = _merged_headers(self.session.headers, headers)
         prepared = _Prepared()
         prepared.prepare(method=method.upper(), url=url, headers=merged, data=data or {}, json=json,
                          params=params or {}, auth=auth or self.session.auth, cookies=self.session.cookies,
@@ -225,6 +222,37 @@ class HttpClient:
 
 
 
+def _merged_headers(session_headers, headers) -> CaseInsensitiveDict:
+    """``CaseInsensitiveDict(session_headers)`` updated with ``headers``, ``None`` values dropped, as
+    ``_send_prepared`` did with the mapping's own methods (a generic ``update`` and ``items``, ~10% of a PBX
+    request's CPU, issue 16): the same keys, their spelling (the last one given) and order."""
+    merged = CaseInsensitiveDict()
+    store = merged._store
+    if isinstance(session_headers, CaseInsensitiveDict):
+        store.update(session_headers._store)
+    else:
+        for name, value in session_headers.items():
+            store[name.lower()] = (name, value)
+    if headers:
+        for name, value in (headers._store.values() if isinstance(headers, CaseInsensitiveDict) else headers.items()):
+            store[name.lower()] = (name, value)
+        for lowered in [lowered for lowered, (_name, value) in store.items() if value is None]:
+            del store[lowered]
+    return merged
+
+
+def _folded(pairs) -> CaseInsensitiveDict:
+    """``CaseInsensitiveDict(HTTPHeaderDict(pairs))``, as requests folds an answer's headers (a repeated one
+    joined with ", " under its first spelling), without the two mappings' generic methods (issue 16)."""
+    folded = CaseInsensitiveDict()
+    store = folded._store
+    for name, value in pairs:
+        lowered = name.lower()
+        found = store.get(lowered)
+        store[lowered] = (found[0], f"{found[1]}, {value}") if found is not None else (name, value)
+    return folded
+
+
 def _may_set_cookies(raw) -> bool:
     """False when an answer has no Set-Cookie header (the jar would stay as it is); urllib3's headers only."""
     headers = getattr(raw, "headers", None)
@@ -251,7 +279,7 @@ class _Prepared(requests.PreparedRequest):
     def prepare_headers(self, headers) -> None:
         self.headers = CaseInsensitiveDict()
         if headers:
-            for header in headers.items():
+            for header in (headers._store.values() if isinstance(headers, CaseInsensitiveDict) else headers.items()):
                 try:
                     known = header in _VALID_HEADERS
                 except TypeError:  # not hashable: not a str or bytes value, which the check refuses
@@ -380,6 +408,172 @@ def _decoded(body: bytes, encoding: str) -> bytes:
     return body
 
 
+# What http.client refuses in a request line's target (its _contains_disallowed_url_pchar_re).
+_DISALLOWED_IN_TARGET = re.compile("[\x00-\x20\x7f]")
+_PLAIN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def _request_bytes(prepared, target: str, scheme: str, host: str, port: int, body) -> bytes | None:
+    """The request as ``http.client`` writes it (``putrequest``, ``putheader``, ``endheaders``), in one piece.
+
+    ``http.client`` sends the head and the body in two ``send`` calls, after a dozen calls per header line
+    (issue 16: ~10% of a PBX request's CPU; two writes wake the PBX side twice). None when the request
+    has anything ``http.client`` would check and refuse, or encode otherwise than plain ASCII (a method
+    of its own, a target with a control character or a space, a header name or value that is not an ASCII
+    string, a non-ASCII host): those go through ``http.client`` itself, which raises or writes them as before.
+    """
+    method = prepared.method
+    if method not in _PLAIN_METHODS or _DISALLOWED_IN_TARGET.search(target) or _DISALLOWED_IN_TARGET.search(host):
+        return None
+    lines = [f"{method} {target} HTTP/1.1"]
+    headers = prepared.headers
+    if "Host" not in headers:
+        if ":" in host:
+            host = f"[{host}]"
+        lines.append(f"Host: {host}" if port == (443 if scheme == "https" else 80) else f"Host: {host}:{port}")
+    for name, value in headers.items():
+        if value.__class__ is not str or name.__class__ is not str:
+            return None  # bytes or int values: http.client's own encoding
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    head = "\r\n".join(lines)
+    if not head.isascii():  # http.client writes names in ASCII, values in Latin-1: its own path
+        return None
+    return head.encode("ascii") + body if body else head.encode("ascii")
+
+
+# An answer read without http.client: HTTP/1.1, a final status with a body, plain header lines.
+_PLAIN_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([2-5]\d\d)(?: ([^\r\n]*))?\r\n")
+_PLAIN_ANSWER_HEADER = re.compile(rb"([\x21-\x39\x3b-\x7e]+):([^\r\n]*)")
+_MAX_HEAD = 65536
+
+
+class _Replayed(io.RawIOBase):
+    """A socket's stream with the bytes already read from it first: ``http.client`` reads an answer
+    the plain reader gave up on from its start."""
+
+    def __init__(self, already: bytes, sock):
+        self._already = already
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._already:
+            n = min(len(buffer), len(self._already))
+            buffer[:n] = self._already[:n]
+            self._already = self._already[n:]
+            return n
+        return self._sock.recv_into(buffer)
+
+
+class _ReplaySocket:
+    def __init__(self, already: bytes, sock):
+        self._already, self._sock = already, sock
+
+    def makefile(self, _mode):
+        return io.BufferedReader(_Replayed(self._already, self._sock))
+
+
+class _PlainAnswer:
+    """What ``_KeptAlive.send`` reads of an ``http.client`` answer, for one read without it."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], will_close: bool):
+        self.status, self.reason, self._headers, self.will_close = status, reason, headers, will_close
+        self._msg = None
+
+    def getheaders(self) -> list[tuple[str, str]]:
+        return self._headers
+
+    @property
+    def msg(self) -> http.client.HTTPMessage:
+        """The headers as ``http.client`` gives them (requests' cookie extraction reads ``msg``)."""
+        if self._msg is None:
+            self._msg = http.client.HTTPMessage()
+            for name, value in self._headers:
+                self._msg.set_raw(name, value)
+        return self._msg
+
+
+def _read_answer(sock, method: str):
+    """(answer, body) of the request just written on ``sock``, read as ``http.client`` reads it.
+
+    The usual answer (HTTP/1.1, a status of 200-599 with a body framed by one Content-Length, up to 100
+    plain header lines, nothing after the body) is read here with one or two ``recv``: ``http.client``'s
+    buffered reader, line by line, and its answer object were a fifth of a PBX request's CPU (issue 16).
+    Anything else (chunked, a 1xx, 204 or 304, an answer to HEAD, a folded header, HTTP/1.0) is handed
+    with the bytes already read to ``http.client`` itself, which reads it from the start as before.
+    """
+    data = sock.recv(65536)
+    blank = _blank_line(data)
+    while blank < 0 and data and len(data) < _MAX_HEAD:
+        more = sock.recv(65536)
+        if not more:
+            break
+        data += more
+        blank = _blank_line(data)
+    end = data.find(b"\r\n\r\n")
+    # The head ends at its first blank line, a bare LF one included (http.client's reader takes those too).
+    answer = _plain_answer(data, end, method) if end >= 0 and blank == end + 1 else None
+    if answer is None:
+        fallback = _Answer(_ReplaySocket(data, sock), method=method)
+        fallback.begin()
+        return fallback, fallback.read()
+    answer, start, length = answer
+    body = data[start:start + length]
+    while len(body) < length:
+        more = sock.recv(max(65536, length - len(body)))
+        if not more:
+            raise http.client.IncompleteRead(body, length - len(body))
+        body += more
+    if len(data) - start > length or len(body) > length:  # bytes after the answer: the connection is out of step
+        answer.will_close = True
+        body = body[:length]
+    return answer, body
+
+
+def _blank_line(data: bytes) -> int:
+    """Where the first empty line (after a LF: CRLF or a bare LF) starts, less one; -1 if none yet."""
+    found = [at for at in (data.find(b"\n\r\n"), data.find(b"\n\n")) if at >= 0]
+    return min(found) if found else -1
+
+
+def _plain_answer(data: bytes, end: int, method: str):
+    """(answer, where the body starts, its length) of a usual answer's head, else None."""
+    status_line = _PLAIN_STATUS_LINE.match(data)
+    if status_line is None or method == "HEAD":
+        return None
+    status = int(status_line[1])
+    if status in (204, 304):
+        return None
+    head = data[status_line.end():end]
+    lines = head.split(b"\r\n") if head else []
+    if len(lines) > http.client._MAXHEADERS:
+        return None
+    headers, length, will_close = [], None, False
+    match = _PLAIN_ANSWER_HEADER.fullmatch
+    for line in lines:
+        plain = match(line)
+        if plain is None:
+            return None
+        name, value = plain[1].decode("iso-8859-1"), plain[2].decode("iso-8859-1").lstrip(" \t")
+        lowered = name.lower()
+        if lowered == "content-length":
+            if length is not None or not (value.strip().isascii() and value.strip().isdigit()):
+                return None  # repeated or odd: http.client's own checks
+            length = int(value)
+        elif lowered == "transfer-encoding":
+            return None
+        elif lowered == "connection" and not any(n.lower() == "connection" for n, _v in headers):
+            will_close = "close" in value.lower()  # http.client reads the first one
+        headers.append((name, value))
+    if length is None:
+        return None
+    reason = (status_line[2] or b"").decode("iso-8859-1").strip()
+    return _PlainAnswer(status, reason, headers, will_close), end + 4, length
+
+
 class _KeptAlive:
     """Kept-alive ``http.client`` connections per (scheme, host, port, trust store), used one request at a time.
 
@@ -463,14 +657,19 @@ class _KeptAlive:
                     raise requests.exceptions.ConnectTimeout(str(exc), request=prepared) from exc
             connection.sock.settimeout(read_timeout)
             try:
-                # Host from the URL unless the request has its own, as urllib3 writes it.
-                connection.putrequest(prepared.method, target, skip_host="Host" in prepared.headers,
-                                      skip_accept_encoding=True)
-                for name, value in prepared.headers.items():
-                    connection.putheader(name, value)
-                connection.endheaders(body)
-                answer = connection.getresponse()
-                content = answer.read()
+                written = _request_bytes(prepared, target, scheme, parts.hostname, port, body)
+                if written is None:  # something http.client checks and refuses, or encodes its own way
+                    # Host from the URL unless the request has its own, as urllib3 writes it.
+                    connection.putrequest(prepared.method, target, skip_host="Host" in prepared.headers,
+                                          skip_accept_encoding=True)
+                    for name, value in prepared.headers.items():
+                        connection.putheader(name, value)
+                    connection.endheaders(body)
+                    answer = connection.getresponse()
+                    content = answer.read()
+                else:
+                    connection.sock.sendall(written)
+                    answer, content = _read_answer(connection.sock, prepared.method)
             except TimeoutError as exc:
                 raise requests.exceptions.ReadTimeout(str(exc), request=prepared) from exc
         except requests.RequestException:
@@ -491,12 +690,13 @@ class _KeptAlive:
             connection.close()
         else:
             self._release(key, connection)
+        pairs = answer.getheaders()
         headers = HTTPHeaderDict()
-        for name, value in answer.getheaders():
+        for name, value in pairs:
             headers.add(name, value)
         response = requests.Response()
         response.status_code = answer.status
-        response.headers = CaseInsensitiveDict(headers)
+        response.headers = _folded(pairs)
         response.encoding = get_encoding_from_headers(response.headers)
         response.raw = _RawAnswer(headers, answer)
         response.reason = answer.reason

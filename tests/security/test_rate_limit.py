@@ -136,3 +136,16 @@ def test_it_takes_a_token_on_a_new_connection_when_redis_closed_the_idle_one(slo
     client.close()
     assert [ratelimit.take("restart-test", "addr:3") for _ in range(3)][:2] == [0, 0]
     assert ratelimit.take("restart-test", "addr:3") > 0  # the same bucket: 3 taken of a burst of 3
+
+
+def test_it_packs_a_buckets_command_once_however_often_it_is_taken(slow_limit, monkeypatch):
+    # redis-py's encoder and packer were a third of the rate limit's Python on every click (issue 16).
+    from redis.connection import AbstractConnection
+
+    packed = []
+    pack = AbstractConnection.pack_command
+    monkeypatch.setattr(AbstractConnection, "pack_command", lambda self, *args: packed.append(args) or pack(self, *args))
+    waits = [ratelimit.take("packing-test", "addr:4") for _ in range(4)] + [ratelimit.take("packing-test", "addr:5")]
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0 and waits[4] == 0  # each bucket counts as before
+    assert [args[3] for args in packed] == [f"{ratelimit.PREFIX}:packing-test:addr:4",
+                                            f"{ratelimit.PREFIX}:packing-test:addr:5"]
