@@ -24,7 +24,7 @@ BENCHMARKS = {
     "makecall_parts": ["--requests", "20"],
     "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
-    "frame_cost": ["--frames", "12", "--rate", "10", "--terminals", "2", "--floor-units", "20"],
+    "frame_cost": ["--frames", "12", "--rounds", "2", "--rate", "10", "--terminals", "2", "--back-to-back-units", "20"],
 }
 
 
