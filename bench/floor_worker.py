@@ -1,6 +1,6 @@
 """The floor of the worker's path of one live frame: what our own stack cannot do it for less.
 
-    python -m bench.floor_worker [--units 300]
+    python -m bench.floor_worker [--units 300] [--rate 0] [--serve]
 
 Started by ``bench.frame_cost`` with exactly the Celery worker's environment (``DEBUG=false``, the
 database and Redis URLs, ``DATABASE_CONN_MAX_AGE``, the keys) and, as the worker does on
@@ -10,6 +10,14 @@ then one channels ``group_send`` of a card-sized message to a group that has a m
 long-lived event loop (as ``telephony.publish`` keeps one). It prints this process's CPU time per
 unit, measured after a warm-up, as ``floor_cpu_per_frame``. Nothing here parses, logs or queues a
 task: the worker's extra cost over it is what the frame path adds.
+
+``--rate R`` paces the units at R a second, one at a time, as the benchmark sends the worker its
+frames (0: back to back). The pace matters as much as the code: the same units cost 1.5-2.0 ms back
+to back and 2.9-3.1 ms at 10 a second on the project's machine (each unit then finds the caches,
+the branch predictors and the database's backend cold), so a worker fed 10 frames a second is
+compared with a floor fed the same way. ``--serve`` keeps the process for rounds: each line
+``UNITS RATE`` read from stdin runs that many units and answers ``CPU_SECONDS WALL_SECONDS``, so
+``bench.frame_cost`` interleaves floor and worker rounds without a Django start-up between them.
 
 It writes to the database it is given, under an account of its own (disabled, so no worker holds
 a socket for it), and cleans up after itself.
@@ -33,6 +41,8 @@ FLOOR_GROUP = "bench-floor"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--units", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=0.0, help="units a second, one at a time (0: back to back)")
+    parser.add_argument("--serve", action="store_true", help="rounds asked for on stdin, one a line: UNITS RATE")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
@@ -73,13 +83,33 @@ def main() -> None:
         card = call_card(call, {"crm": None})
         loop.run_until_complete(layer.group_send(FLOOR_GROUP, {"type": "call.card", "card": card}))
 
-    try:
-        for n in range(WARM_UP):
-            unit(n)
+    done = 0
+
+    def measure(units: int, rate: float) -> tuple[float, float]:
+        """``units`` units, at ``rate`` a second if given: (CPU seconds of this process, wall seconds)."""
+        nonlocal done
         started_cpu, started = time.process_time(), time.perf_counter()
-        for n in range(WARM_UP, WARM_UP + args.units):
-            unit(n)
-        cpu, elapsed = time.process_time() - started_cpu, time.perf_counter() - started
+        next_at = time.monotonic()
+        for _ in range(units):
+            if rate > 0:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at += 1.0 / rate
+            unit(done)
+            done += 1
+        return time.process_time() - started_cpu, time.perf_counter() - started
+
+    try:
+        measure(WARM_UP, 0.0)
+        if args.serve:
+            print("ready", flush=True)
+            for line in sys.stdin:
+                units, rate = line.split()
+                cpu, elapsed = measure(int(units), float(rate))
+                print(f"{cpu:.9f} {elapsed:.6f}", flush=True)
+            return
+        cpu, elapsed = measure(args.units, args.rate)
     finally:
         loop.run_until_complete(layer.group_discard(FLOOR_GROUP, f"{FLOOR_GROUP}-member.{tag}"))
         loop.close()

@@ -24,7 +24,7 @@ BENCHMARKS = {
     "makecall_parts": ["--requests", "20"],
     "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
-    "frame_cost": ["--frames", "12", "--rate", "10", "--terminals", "2", "--floor-units", "20"],
+    "frame_cost": ["--frames", "12", "--rounds", "2", "--rate", "10", "--terminals", "2", "--back-to-back-units", "20"],
 }
 
 
@@ -98,6 +98,7 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert int(figures["pbx_responder_place_call_answers"]) > 0
     if name == "frame_cost":
         assert figures["frames_stored"] == "12" and figures["cards_delivered"] == "12"
-        assert figures["crm_hand_offs"] == "12"  # one sync task a change, as the CRM hand-off queued it
+        # One sync task a call a commit (the run fails otherwise): 12, or fewer if two frames of a call were one burst.
+        assert 0 < int(figures["crm_hand_offs"]) <= 12
         for cost in ("worker_cpu_per_frame", "floor_cpu_per_frame", "worker_cpu_ratio_to_floor", "calibration_loop"):
             assert float(figures[cost]) > 0, done.stdout

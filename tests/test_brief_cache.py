@@ -62,3 +62,14 @@ def test_it_keeps_no_entry_for_a_row_that_is_gone():
     expired(cache, "k", by=6)
     assert cache.get("k", lambda: None) is None
     assert cache.get("k", lambda: "back") == "back"
+
+
+def test_it_hands_out_a_kept_tuple_as_it_is_and_a_copy_of_anything_else():
+    from collections import namedtuple
+
+    brief = namedtuple("Brief", "kind region")("mycrm", "FR")
+    cache = BriefCache("test-immutable", watch=(), ttl=5)
+    cache.get("t", lambda: brief)
+    cache.get("l", lambda: ["a"])
+    assert cache.get("t", lambda: None) is brief  # nothing to copy: it cannot change
+    assert cache.get("l", lambda: None) == ["a"] and cache.get("l", lambda: None) is not cache._entries["l"][1]

@@ -10,6 +10,7 @@ nothing is not kept: a stream of wrong keys must not fill the memory or hide a r
 
 Callers get a copy of the cached instance, never the instance itself: a view may set
 attributes on what it got (``set_agent_status`` does) while another thread reads the same row.
+A tuple (a named one too) is handed out as it is kept: it cannot be changed.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class BriefCache:
         now = time.monotonic()
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
-            return _copy(hit[1])
+            return copy_value(hit[1])
         with _lock:
             # One thread reloads an expired entry; the others keep the value it replaces meanwhile. When
             # all of them reloaded at once, makeCallUrl stalled 20-60 ms every ttl at 200 requests/s.
@@ -55,7 +56,7 @@ class BriefCache:
             if not reloading:
                 self._loading.add(key)
         if reloading:
-            return _copy(hit[1])
+            return copy_value(hit[1])
         try:
             generation = _generation
             value = load()
@@ -66,7 +67,7 @@ class BriefCache:
                 if generation == _generation:
                     if key not in self._entries and len(self._entries) >= self.max_entries:
                         self._entries.pop(next(iter(self._entries)))  # the oldest key
-                    self._entries[key] = (now, _copy(value))
+                    self._entries[key] = (now, copy_value(value))
             return value
         finally:
             with _lock:
@@ -77,13 +78,16 @@ class BriefCache:
             self._entries.clear()
 
 
-def _copy(value):
-    """``copy.copy``; for a model instance, the same copy in half the time.
+def copy_value(value):
+    """``copy.copy``; for a model instance, the same copy in half the time (the domain's snapshot of a call at
+    each change uses it too).
 
     ``copy.copy`` of a model goes through ``Model.__reduce__``: ``__getstate__`` (its ``__dict__``
     with its own ``_state`` and fields cache) and then ``model_unpickle``, which looks the model up
     in the app registry again, and ``__setstate__``. makeCallUrl copies five cached values a request.
     """
+    if isinstance(value, tuple):  # immutable: a named tuple's copy.copy would build it again
+        return value
     if isinstance(value, Model):
         state = value.__getstate__()
         if "_memoryview_attrs" not in state:  # those __setstate__ turns back into memoryviews

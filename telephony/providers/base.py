@@ -160,6 +160,7 @@ class WebSocketStream(EventStream):
             raise ProviderError(message, status=exc.status_code) from exc
         except (OSError, websocket.WebSocketException) as exc:
             raise ProviderError(f"cannot open websocket {url}: {exc.__class__.__name__}: {exc}") from exc
+        _read_in_chunks(ws)
         return cls(ws, keepalive_frame)
 
     def recv(self, timeout: float) -> str | None:
@@ -231,6 +232,20 @@ class WebSocketStream(EventStream):
             self.ws.close(timeout=1)
         except Exception:  # closing a broken socket may fail; it is gone either way
             pass
+
+
+#: What one read of a socket asks for: a frame and whatever came behind it, in one system call.
+READ_CHUNK = 16384
+
+
+def _read_in_chunks(ws: websocket.WebSocket) -> None:
+    """websocket-client reads a frame in three reads of exactly what it needs next (its header's 2 bytes, its
+    length, its payload), each a poll and a recv on a socket with a timeout: six system calls and three passes
+    through its Python for one myCrm frame. Its buffer keeps what a read brought beyond what was asked
+    (``recv_strict``), so one read of up to ``READ_CHUNK`` bytes serves the frame and any behind it; ``pending``
+    counts what waits in that buffer."""
+    raw = ws.frame_buffer.recv
+    ws.frame_buffer.recv = lambda bufsize: raw(max(bufsize, READ_CHUNK))
 
 
 def _ready(sock, event: int) -> bool | None:

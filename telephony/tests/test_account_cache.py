@@ -20,11 +20,12 @@ def test_it_reads_an_account_once_within_its_few_seconds(django_assert_num_queri
     account = make_account()
     domain._account(account.pk)
     with django_assert_num_queries(0):
-        assert domain._account(account.pk).pk == account.pk
+        assert domain._account(account.pk).kind == account.kind
 
 
-def test_it_hands_out_a_copy_that_a_caller_may_change():
+def test_it_hands_out_what_the_frame_path_reads_of_an_account_and_no_caller_may_change_it():
     account = make_account(default_region="FR")
     domain._account(account.pk)
-    domain._account(account.pk).default_region = "GB"
-    assert domain._account(account.pk).default_region == "FR"
+    with pytest.raises(AttributeError):
+        domain._account(account.pk).default_region = "GB"
+    assert domain._account(account.pk) == (account.kind, "FR")

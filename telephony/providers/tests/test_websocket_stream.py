@@ -67,3 +67,34 @@ def test_it_closes_the_stream_on_a_text_frame_that_is_not_utf8():
     finally:
         stream.close()
     server.join(5)
+
+
+def test_it_reads_a_frame_and_those_behind_it_in_one_read_of_the_socket():
+    """websocket-client read each frame in three reads (header, length, payload), each a poll and a recv."""
+    frames = [('{"event": "callRinging", "n": %d, "pad": "%s"}' % (n, "x" * 200)).encode() for n in range(3)]
+    url, server = serve_frames(frames)
+    stream = WebSocketStream.connect(url, headers=[], timeout=5)
+    reads = []
+    real_recv = stream.ws.sock.recv
+
+    class CountingSocket:  # socket.socket's methods are read-only: a proxy counts the reads
+        def __getattr__(self, name):
+            return getattr(real_sock, name)
+
+        def recv(self, size):
+            data = real_recv(size)
+            reads.append(len(data))
+            return data
+
+    real_sock = stream.ws.sock
+    try:
+        import time
+
+        time.sleep(0.3)  # all three frames in the socket's buffer
+        stream.ws.sock = CountingSocket()
+        assert [stream.recv(5) for _ in frames] == [frame.decode() for frame in frames]
+        assert len(reads) == 1 and not stream.pending()
+    finally:
+        stream.ws.sock = real_sock
+        stream.close()
+    server.join(5)
