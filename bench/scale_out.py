@@ -158,13 +158,13 @@ def lease_owners(client) -> dict[int, str]:
 
 
 def _counts(client, workers) -> tuple[dict[str, int], int]:
-    """Listeners held per live worker (by its pid in the owner id, ``host:pid:suffix``), and by anyone."""
+    """Listeners held per live worker (by its pid in the owner id, ``host:pid:suffix`` today), and by anyone."""
     owners = lease_owners(client)
     by_pid = {str(worker.process.pid): f"worker_{worker.number}" for worker in workers}
     counts = dict.fromkeys(by_pid.values(), 0)
     for owner in owners.values():
-        parts = owner.split(":")
-        name = by_pid.get(parts[1] if len(parts) > 1 else "", f"other:{owner}")
+        # Any part of the id that is a worker's pid: the host name and suffix around it may change shape.
+        name = next((by_pid[part] for part in owner.split(":") if part in by_pid), f"other:{owner}")
         counts[name] = counts.get(name, 0) + 1
     return counts, len(owners)
 
