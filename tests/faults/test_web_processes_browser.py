@@ -4,7 +4,9 @@
 (``static/ctihub/console.js``: backoff, snapshot timer, version checks) that must bring an agent back, on
 a real daphne supervisor, a real Celery worker and the simulator. Each page records what its sockets
 received (a ``WebSocket`` wrapper added before the page's scripts) and what it shows (its ``ctihub:calls``
-event); a reconnect is timed by the page's own clock, from its socket's close to its next snapshot.
+event); a reconnect is timed by the page's own clock, from its socket's close to its next snapshot. A socket
+the page gives up on itself (its keep-alive: no pong in time) is recorded as dropped, and what it brings
+afterwards as ignored, as console.js ignores it.
 
 Which process serves a page is chosen by pausing the other one (SIGSTOP) while the page connects: only a
 running child accepts from the shared socket. Holding the supervisor (SIGSTOP too) keeps a stopped child
@@ -27,6 +29,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 
 HUB_SETTINGS = web_settings
 HUB_WORKERS = 1
+# The product's promise for a hung web process: each console back, with its snapshot, within 10 s of the hang
+# (console.js: a ping every 3 s, given up after 3 s without its pong, then a reconnect of about a second).
+HUNG_BACK_BOUND_MS = 10000
 
 # Before the page's own scripts: every socket console.js opens is a recorded one. Times are the page's clock.
 RECORDER = """
@@ -38,10 +43,14 @@ RECORDER = """
   window.WebSocket = class extends Native {
     constructor(...args) {
       super(...args);
-      const socket = sockets++;
+      const socket = this.socketNumber = sockets++;
       record({ socket, kind: "connect" });
       this.addEventListener("message", (event) => {
         const message = JSON.parse(event.data);
+        if (this.dropped) { // console.js gave up on this socket and ignores what it still brings
+          record({ socket, kind: "ignored", type: message.type });
+          return;
+        }
         if (message.type === "snapshot") {
           record({ socket, kind: "snapshot", calls: message.calls.map((c) => [c.id, c.version, c.state]) });
         } else if (message.type === "card") {
@@ -49,6 +58,16 @@ RECORDER = """
         }
       });
       this.addEventListener("close", (event) => record({ socket, kind: "close", code: event.code }));
+    }
+
+    // console.js closes a socket itself only when it gives up on it (no snapshot, or no pong, in time): it
+    // reconnects at once and ignores the socket from then on, whenever its close event comes.
+    close(...args) {
+      if (!this.dropped && this.readyState !== Native.CLOSED) {
+        this.dropped = true;
+        record({ socket: this.socketNumber, kind: "drop" });
+      }
+      super.close(...args);
     }
   };
   // What the page shows once it applied a message (snapshot and version checks done): console.js's own state.
@@ -109,7 +128,7 @@ class BrowserConsoles:
             view.snapshots = sum(event["kind"] == "snapshot" for event in events)
             last = max(event["socket"] for event in events)
             view.connected = any(e["socket"] == last and e["kind"] == "snapshot" for e in events) \
-                and not any(e["socket"] == last and e["kind"] == "close" for e in events)
+                and not any(e["socket"] == last and e["kind"] in ("close", "drop") for e in events)
         self.close_codes = collections.Counter(e["code"] for events in self._events for e in events
                                                if e["kind"] == "close")
 
@@ -123,14 +142,17 @@ class BrowserConsoles:
 
     @property
     def reconnects_ms(self) -> list[float]:
-        """Per lost socket that had its snapshot: from its close to the page's next snapshot (page clock)."""
+        """Per lost socket that had its snapshot: from its close (or the page giving up on it, whichever came
+        first) to the page's next snapshot (page clock)."""
         self.sync()
         figures = []
         for events in self._events:
-            lost_at = None
+            lost_at, lost = None, set()
             for event in events:
-                if event["kind"] == "close" and lost_at is None and self._had_snapshot(events, event["socket"]):
-                    lost_at = event["t"]
+                if event["kind"] in ("close", "drop") and event["socket"] not in lost \
+                        and self._had_snapshot(events, event["socket"]):
+                    lost.add(event["socket"])
+                    lost_at = event["t"] if lost_at is None else lost_at
                 elif event["kind"] == "snapshot" and lost_at is not None:
                     figures.append(event["t"] - lost_at)
                     lost_at = None
@@ -140,6 +162,22 @@ class BrowserConsoles:
         """Per page, the page-clock epoch ms of each snapshot it got."""
         self.sync()
         return [[e["t"] for e in events if e["kind"] == "snapshot"] for events in self._events]
+
+    def ignored(self) -> int:
+        self.sync()
+        return sum(e["kind"] == "ignored" for events in self._events for e in events)
+
+    def how_lost(self) -> list[dict[int, str]]:
+        """Per page, for each socket it lost: "close" (its close event came first) or "drop" (the page gave up)."""
+        self.sync()
+        out = []
+        for events in self._events:
+            lost: dict[int, str] = {}
+            for event in events:
+                if event["kind"] in ("close", "drop"):
+                    lost.setdefault(event["socket"], event["kind"])
+            out.append(lost)
+        return out
 
     @staticmethod
     def _had_snapshot(events, socket: int) -> bool:
@@ -258,3 +296,36 @@ def test_it_loses_no_card_when_a_web_process_is_killed_under_calls(fault_world, 
     print(f"pages: {len(consoles.pages)}, reconnect p99 {p99(reconnects):.0f} ms, "
           f"kill to snapshot max {max(from_kill):.0f} ms, processes: {PROCESSES}")
     assert "exited (code -9)" in hub.web.log()
+
+
+def test_it_moves_every_console_off_a_hung_web_process_within_seconds_and_loses_no_card(fault_world, consoles_on):
+    # A web process that hangs rather than dies (SIGSTOP: as a stuck event loop looks from outside) keeps its
+    # sockets open, the kernel acknowledging whatever comes. No close tells the page: its keep-alive (a ping
+    # the consumer must answer, static/ctihub/console.js) gives the socket up and it reconnects through the
+    # shared port to the running process.
+    hub = fault_world.hub
+    hung, running = web_children(hub.web)
+    consoles = consoles_on(hung)
+    with Traffic(fault_world, calls_per_second=2.0, seed=59) as traffic:
+        traffic.wait_for_calls(4)
+        stopped_at_ms = time.time() * 1000
+        hung.suspend()
+        try:
+            wait_for(lambda: all(times[-1] > stopped_at_ms for times in consoles.snapshot_times()), 60,
+                     interval=0.2, what="every page's snapshot from the running process")
+            back_ms = [times[-1] - stopped_at_ms for times in consoles.snapshot_times()]
+            traffic.wait_for_calls(4)  # these calls' cards reach the pages through the running process only
+            # Given up on by the page, not closed: nothing else could have told it.
+            assert all(lost == {0: "drop"} for lost in consoles.how_lost()), consoles.how_lost()
+            assert {c.pid for c in web_children(hub.web)} == {hung.pid, running.pid}  # no exit the supervisor saw
+        finally:
+            hung.resume()
+    # Timed by each page (same host, same clock): from the stop to its snapshot on the running process.
+    assert max(back_ms) <= HUNG_BACK_BOUND_MS, back_ms
+    check_every_card(fault_world, traffic, consoles)
+    # Resumed, the process writes what it held to the sockets the pages gave up on: they ignore it.
+    time.sleep(2)
+    check_every_card(fault_world, traffic, consoles)
+    assert all(view.connected for view in consoles.views)
+    print(f"pages: {len(consoles.pages)}, stop to snapshot: {', '.join(f'{ms:.0f}' for ms in sorted(back_ms))} ms; "
+          f"after the resume the pages ignored {consoles.ignored()} messages of their old sockets")
