@@ -10,6 +10,9 @@ several of these (``--clients``), each on its own core's worth of GIL, and drive
 - ``("collect",)``: the first arrival time of each card key, duplicates, a sample card, the stage times of
   each card key's first arrival (``CARD_TRACE``: ``ctihub/lib/card_trace.py``, with ``client``: its arrival), then
   forgets them;
+- ``("keepalive", every, seconds)``: each socket pings as console.js does (its exact text) every ``every``
+  seconds, spread over the interval, for ``seconds``; answers the pings sent, the pongs received and each
+  pong's round trip in ms;
 - ``("close",)``: closes every socket and ends.
 
 A card's key is ``(remote_number, state)``: the benchmark sends each number through each state once.
@@ -70,6 +73,8 @@ class _Client:
                 elif command[0] == "collect":
                     self.conn.send((self.received, self.duplicates, self.count, self.sample, self.traces))
                     self.received, self.duplicates, self.count, self.traces = {}, 0, 0, {}
+                elif command[0] == "keepalive":
+                    self.conn.send(await self.keepalive(command[1], command[2]))
                 elif command[0] == "close":
                     for task in self.tasks:
                         task.cancel()
@@ -117,11 +122,38 @@ class _Client:
         self.tasks.append(asyncio.ensure_future(self.listen(ws)))
         return True
 
+    async def keepalive(self, every: float, seconds: float):
+        import random
+
+        ping = '{"type":"ping"}'  # telephony.consumers.PING, as console.js sends it
+        self.pinged, self.pong_ms, sent = {}, [], [0]
+
+        async def pinger(ws) -> None:
+            await asyncio.sleep(random.uniform(0, every))  # the pages opened at different times
+            while True:
+                self.pinged[id(ws)] = time.monotonic()
+                await ws.send_str(ping)
+                sent[0] += 1
+                await asyncio.sleep(every)
+
+        pingers = [asyncio.ensure_future(pinger(ws)) for ws in self.sockets]
+        await asyncio.sleep(seconds)
+        for task in pingers:
+            task.cancel()
+        await asyncio.sleep(min(every, 2.0))  # the last pings' pongs
+        pong_ms, self.pong_ms, self.pinged = self.pong_ms, [], {}
+        return sent[0], len(pong_ms), pong_ms
+
     async def listen(self, ws) -> None:
         seen: set[tuple] = set()
         async for message in ws:
             now = time.time()
             data = json.loads(message.data)
+            if data.get("type") == "pong":
+                pinged = getattr(self, "pinged", {}).get(id(ws))
+                if pinged is not None:
+                    self.pong_ms.append((time.monotonic() - pinged) * 1000)
+                continue
             if data.get("type") != "card":
                 continue
             card = data["card"]
