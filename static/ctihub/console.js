@@ -51,13 +51,16 @@
 
   // --- connection ------------------------------------------------------------------
   const SNAPSHOT_TIMEOUT_MS = 10000;
-  // Keep-alive: once it has its snapshot the page pings every PING_EVERY_MS and drops the socket when the
-  // pong is not back within PONG_WITHIN_MS. A web process that hangs rather than dies (stopped, its loop
+  // Keep-alive: once it has its snapshot the page pings every pingEveryMs and drops the socket when the
+  // pong is not back within pongWithinMs. A web process that hangs rather than dies (stopped, its loop
   // stuck) keeps its sockets open and the page would wait for cards forever; with these, it is noticed
-  // within 6 s and the page is on another process with its snapshot well within 10 s. The consumer answers
-  // without a database query (telephony/consumers.py, PING). window.ctihubKeepAlive (set before this script)
-  // overrides them; { pingEveryMs: 0 } turns the keep-alive off (the tests check it is what saves a page).
-  const KEEP_ALIVE = { pingEveryMs: 3000, pongWithinMs: 3000, ...(window.ctihubKeepAlive || {}) };
+  // within 7 s and the page is on another process with its snapshot within 10 s. 4 s, not less: in a
+  // connect storm of 1,000 consoles a healthy daphne's pongs took up to 3 s (bench.popup_latency
+  // --keepalive-storm), and a page that drops a healthy socket adds to the storm. A ping costs daphne about
+  // what a card does, hence not more often. The consumer answers without a database query
+  // (telephony/consumers.py, PING). window.ctihubKeepAlive (set before this script) overrides them;
+  // { pingEveryMs: 0 } turns the keep-alive off (the tests check it is what saves a page).
+  const KEEP_ALIVE = { pingEveryMs: 3000, pongWithinMs: 4000, ...(window.ctihubKeepAlive || {}) };
   const PING = '{"type":"ping"}';
   let attempt = 0;
   function connect() {

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 HUB_SETTINGS = web_settings
 HUB_WORKERS = 1
 # The product's promise for a hung web process: each console back, with its snapshot, within 10 s of the hang
-# (console.js: a ping every 3 s, given up after 3 s without its pong, then a reconnect of about a second).
+# (console.js: a ping every 3 s, given up after 4 s without its pong, then a reconnect of about a second).
 HUNG_BACK_BOUND_MS = 10000
 
 # Before the page's own scripts: every socket console.js opens is a recorded one. Times are the page's clock.
