@@ -19,7 +19,7 @@ BENCHMARKS = {
     "popup_latency:sweep": ["--agents", "10", "--terminals", "3", "--sweep", "5,10", "--seconds", "1",
                             "--clients", "2"],
     "popup_latency:storm": ["--agents", "30", "--storm"],
-    "popup_latency:keepalive": ["--agents", "10", "--keepalive", "--seconds", "4"],
+    "popup_latency:keepalive": ["--agents", "15", "--keepalive", "--keepalive-storm", "5", "--seconds", "4"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
     "makecall_parts": ["--requests", "20"],
@@ -82,6 +82,8 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert int(figures["keepalive_pings_sent"]) >= 10
         assert figures["keepalive_pongs_received"] == figures["keepalive_pings_sent"], done.stdout
         assert "keepalive_daphne_cpu_per_ping" in figures and "keepalive_pong_p99" in figures
+        assert figures["keepalive_storm_pongs_received"] == figures["keepalive_storm_pings_sent"], done.stdout
+        assert "keepalive_storm_pongs_later_than_the_page_waits" in figures
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
     if name == "crm_event_latency":
