@@ -62,6 +62,10 @@
   // { pingEveryMs: 0 } turns the keep-alive off (the tests check it is what saves a page).
   const KEEP_ALIVE = { pingEveryMs: 3000, pongWithinMs: 4000, ...(window.ctihubKeepAlive || {}) };
   const PING = '{"type":"ping"}';
+  let pingNow = () => {}; // the live socket's ping
+  // A hidden tab's timers are slowed by the browser (to once a minute after a while, in Chromium): when the
+  // agent comes back to it, its socket is checked at once rather than at its next slowed tick.
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) pingNow(); });
   let attempt = 0;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -92,13 +96,15 @@
       setConnection("offline", interpolate(gettext("Connection lost. Retrying in %(seconds)s s…"), { seconds: Math.round(delay / 1000) }));
       setTimeout(connect, delay);
     }
+    function ping() {
+      if (socket !== opened || pongTimer !== null) return; // given up, or the last ping's timer is running
+      opened.send(PING);
+      pongTimer = setTimeout(() => lost(), KEEP_ALIVE.pongWithinMs);
+    }
     function keepAlive() {
       if (!(KEEP_ALIVE.pingEveryMs > 0)) return;
-      pingTimer = setInterval(() => {
-        if (pongTimer !== null) return; // the last ping's own timer is running
-        opened.send(PING);
-        pongTimer = setTimeout(() => lost(), KEEP_ALIVE.pongWithinMs);
-      }, KEEP_ALIVE.pingEveryMs);
+      pingTimer = setInterval(ping, KEEP_ALIVE.pingEveryMs);
+      pingNow = ping;
     }
     opened.addEventListener("open", () => {
       if (socket !== opened) return;
