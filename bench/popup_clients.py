@@ -10,6 +10,10 @@ several of these (``--clients``), each on its own core's worth of GIL, and drive
 - ``("collect",)``: the first arrival time of each card key, duplicates, a sample card, the stage times of
   each card key's first arrival (``CARD_TRACE``: ``ctihub/lib/card_trace.py``, with ``client``: its arrival), then
   forgets them;
+- ``("ping_start", every)``: from now on each socket open now pings as console.js does (its exact text)
+  every ``every`` seconds, spread over the interval; answers at once;
+- ``("ping_stop",)``: stops them and, after the last pongs' wait, answers the pings sent, the pongs received
+  and each pong's round trip in ms;
 - ``("close",)``: closes every socket and ends.
 
 A card's key is ``(remote_number, state)``: the benchmark sends each number through each state once.
@@ -70,6 +74,11 @@ class _Client:
                 elif command[0] == "collect":
                     self.conn.send((self.received, self.duplicates, self.count, self.sample, self.traces))
                     self.received, self.duplicates, self.count, self.traces = {}, 0, 0, {}
+                elif command[0] == "ping_start":
+                    self.ping_start(command[1])
+                    self.conn.send("started")
+                elif command[0] == "ping_stop":
+                    self.conn.send(await self.ping_stop())
                 elif command[0] == "close":
                     for task in self.tasks:
                         task.cancel()
@@ -117,11 +126,40 @@ class _Client:
         self.tasks.append(asyncio.ensure_future(self.listen(ws)))
         return True
 
+    def ping_start(self, every: float) -> None:
+        import random
+
+        ping = '{"type":"ping"}'  # telephony.consumers.PING, as console.js sends it
+        self.pinged, self.pong_ms, self.ping_every, sent = {}, [], every, [0]
+
+        async def pinger(ws) -> None:
+            await asyncio.sleep(random.uniform(0, every))  # the pages opened at different times
+            while True:
+                self.pinged[id(ws)] = time.monotonic()
+                await ws.send_str(ping)
+                sent[0] += 1
+                await asyncio.sleep(every)
+
+        self.pings_sent = sent
+        self.pingers = [asyncio.ensure_future(pinger(ws)) for ws in self.sockets]
+
+    async def ping_stop(self):
+        for task in self.pingers:
+            task.cancel()
+        await asyncio.sleep(min(self.ping_every, 2.0))  # the last pings' pongs
+        pong_ms, self.pong_ms, self.pinged = self.pong_ms, [], {}
+        return self.pings_sent[0], len(pong_ms), pong_ms
+
     async def listen(self, ws) -> None:
         seen: set[tuple] = set()
         async for message in ws:
             now = time.time()
             data = json.loads(message.data)
+            if data.get("type") == "pong":
+                pinged = getattr(self, "pinged", {}).get(id(ws))
+                if pinged is not None:
+                    self.pong_ms.append((time.monotonic() - pinged) * 1000)
+                continue
             if data.get("type") != "card":
                 continue
             card = data["card"]

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.popup_latency [--agents 1000] [--terminals 100] [--rate 100] [--seconds 20]
     .venv/bin/python -m bench.popup_latency --sweep [50,100,200,300,400,600] [--seconds 10]
     .venv/bin/python -m bench.popup_latency --storm [--agents 1000]
+    .venv/bin/python -m bench.popup_latency --keepalive [--agents 1000] [--seconds 20]
 
 Real parts: the simulator (myCrm, one socket per terminal), one Celery worker
 holding those sockets, daphne, PostgreSQL and Redis. ``--agents`` authenticated
@@ -36,6 +37,12 @@ The floor (not with ``--sweep``): the consoles closed, as many sockets open on
 on the same daphne because the benchmark sets ``BENCH_FLOORS``), and as many cards of the
 same size as the consoles received are sent to their groups with ``group_send`` at the same
 rate. daphne's CPU per card delivered, console and floor, and their ratio are printed.
+
+``--keepalive``: after the storm, daphne's CPU over ``--seconds`` with every console idle, then over as
+long with each sending console.js's keep-alive ping every 3 s (its pong's round trip too); the difference is
+the keep-alive's cost, per ping and as a share of a core. ``--keepalive-storm N`` keeps N of the
+``--agents`` out of the first storm and connects them all at once while the others ping: the pongs' round
+trips then, and how many came later than the page waits (it would drop a healthy socket).
 
 ``--sweep``: steps of ``--seconds`` at each rate, up to the first past saturation (p99 over 1 s
 or a card lost); ``popup_saturation_rate`` is the highest rate whose p99 stayed <= 60 ms with
@@ -75,6 +82,11 @@ def main() -> None:
     parser.add_argument("--sweep", nargs="?", const=DEFAULT_SWEEP, default=None,
                         help=f"comma-separated event rates (default {DEFAULT_SWEEP})")
     parser.add_argument("--storm", action="store_true", help="only the connect storm: every console at once")
+    parser.add_argument("--keepalive", action="store_true",
+                        help="after the storm, daphne's CPU for the consoles' keep-alive pings, then stop")
+    parser.add_argument("--keepalive-storm", type=int, default=0,
+                        help="with --keepalive: consoles kept out of the first storm, connected at once while the "
+                             "others ping")
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="Celery workers holding the terminals' sockets")
     args = parser.parse_args()
@@ -99,7 +111,7 @@ def main() -> None:
         hub.workers = [hub.start_worker() for _ in range(args.workers)]
         from telephony.models import Listener
 
-        if not args.storm:
+        if not (args.storm or args.keepalive):
             wait_for(lambda: Listener.objects.filter(state="connected").count() >= args.terminals, 120,
                      interval=0.5, what="every terminal's listener connected")
         figure("listeners_per_worker", ", ".join(str(n) for n in _listeners_per_worker()))
@@ -373,6 +385,8 @@ class Machine:
 async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
     ws_url = hub.web_url.replace("http", "ws") + "/ws/console/"
     targets = [(ws_url, {"Cookie": cookie, "Origin": hub.web_url}) for cookie in cookies]
+    held_back = targets[len(targets) - args.keepalive_storm:] if args.keepalive and args.keepalive_storm else []
+    targets, cookies = targets[:len(targets) - len(held_back)], cookies[:len(targets) - len(held_back)]
     progress.update(consoles_wanted=len(cookies))
     meter = CpuMeter(hub, clients)
     machine = Machine()
@@ -409,6 +423,9 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
         raise RuntimeError(f"{len(failed)} of {len(cookies)} consoles got no snapshot")
     figure("agents_connected", len(connected_ms))
     figure("load_generator_processes", len(clients.pids()))
+    if args.keepalive:
+        await _keepalive(args, clients, meter, held_back)
+        return
     calls = _Calls(terminals)
     async with _Control(hub.sim_url) as session:
         await session.post("/_sim/istra/frame-log", b'{"enabled": true}')  # when each frame left: the split
@@ -426,6 +443,55 @@ async def _run(hub, args, terminals, cookies, clients: Clients) -> None:
             if step["p99"] > SATURATED_P99_MS or step["lost"]:
                 break  # saturated: the next steps would only queue more (their CPU per event is printed above)
         figure("popup_saturation_rate", held, "events/s", ">= 300 at p99 <= 60 ms, 1,000 consoles")
+
+
+KEEPALIVE_EVERY_S = 3.0  # console.js: KEEP_ALIVE.pingEveryMs
+KEEPALIVE_WAIT_MS = 4000  # console.js: KEEP_ALIVE.pongWithinMs
+
+
+async def _keepalive(args, clients: Clients, meter: CpuMeter, held_back: list) -> None:
+    """daphne's CPU with every console idle, then with each pinging every KEEPALIVE_EVERY_S as the page does:
+    the difference, per ping and as a share of a core for these consoles."""
+    idle_before = meter.read()
+    await asyncio.sleep(args.seconds)
+    idle_after = meter.read()
+    await clients.ask_all(("ping_start", KEEPALIVE_EVERY_S))
+    await asyncio.sleep(args.seconds)
+    answers = await clients.ask_all(("ping_stop",))
+    ping_after = meter.read()
+    sent = sum(a[0] for a in answers)
+    pong_ms = [ms for a in answers for ms in a[2]]
+    idle_s = idle_after["daphne"] - idle_before["daphne"]
+    # The pinging window: the clients' seconds and their wait for the last pongs (min(every, 2) s).
+    window = args.seconds + min(KEEPALIVE_EVERY_S, 2.0)
+    ping_s = ping_after["daphne"] - idle_after["daphne"]
+    extra_s = ping_s - idle_s * window / args.seconds
+    figure("keepalive_consoles", args.agents - len(held_back))
+    figure("keepalive_pings_sent", sent)
+    figure("keepalive_pongs_received", sum(a[1] for a in answers), "", "= pings sent")
+    percentiles(pong_ms, "keepalive_pong")
+    figure("keepalive_daphne_cpu_idle", idle_s * 1000 / args.seconds, "ms per s")
+    figure("keepalive_daphne_cpu_pinging", ping_s * 1000 / window, "ms per s")
+    figure("keepalive_daphne_cpu_per_ping", extra_s * 1000 / max(1, sent), "ms")
+    figure("keepalive_daphne_core_share", extra_s / window * 100, "%",
+           f"of one core, {args.agents - len(held_back)} consoles pinging every {KEEPALIVE_EVERY_S:g} s")
+    if not held_back:
+        return
+    # The pongs while other consoles storm in (a deploy, the other process's consoles moving over): one
+    # later than the page waits (4 s) would make it drop a healthy socket and reconnect, adding to the storm.
+    await clients.ask_all(("ping_start", KEEPALIVE_EVERY_S))
+    started = time.monotonic()
+    connected_ms, errors, failed = await clients.connect(held_back, timeout=60)
+    figure("keepalive_storm_consoles", f"{len(held_back)} ({len(connected_ms)} with their snapshot, "
+           f"{time.monotonic() - started:.1f} s)")
+    await asyncio.sleep(KEEPALIVE_EVERY_S)
+    answers = await clients.ask_all(("ping_stop",))
+    sent, pong_ms = sum(a[0] for a in answers), [ms for a in answers for ms in a[2]]
+    figure("keepalive_storm_pings_sent", sent)
+    figure("keepalive_storm_pongs_received", len(pong_ms), "", "= pings sent")
+    percentiles(pong_ms, "keepalive_storm_pong")
+    figure("keepalive_storm_pongs_later_than_the_page_waits", sum(ms > KEEPALIVE_WAIT_MS for ms in pong_ms), "",
+           "0")
 
 
 EVENT_STATES = {"callRinging": "ringing", "callTalking": "talking", "callDropped": "ended"}

@@ -48,6 +48,12 @@ JOIN_TIMEOUT_SECONDS = 2
 # Resync: a card is normally on the page within milliseconds of its commit; one this late was lost.
 IN_FLIGHT_GRACE = timedelta(seconds=3)
 COMMIT_MARGIN = timedelta(seconds=1)
+# The page's keep-alive (console.js): it sends exactly PING every few seconds once it has its snapshot and
+# reconnects when PONG does not come back in time. A hung web process (stopped, its loop stuck) keeps its
+# sockets open, and only an answer proves it still serves them. Compared as text and answered here, before
+# any JSON decoding or session check: thousands of consoles ping, and a pong must cost no database query.
+PING = '{"type":"ping"}'
+PONG = '{"type":"pong"}'
 
 
 async def finished_within(task: asyncio.Future, seconds: float) -> bool:
@@ -369,6 +375,9 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         """JSON text only; anything else is answered with an error, not a crash of the socket (1011)."""
         if getattr(self, "session_over", True):
+            return
+        if text_data == PING:
+            await self.send(text_data=PONG)
             return
         if text_data is None:
             await self._reply_error(None, _("send requests as JSON text, not binary frames"))

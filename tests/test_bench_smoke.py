@@ -19,11 +19,14 @@ BENCHMARKS = {
     "popup_latency:sweep": ["--agents", "10", "--terminals", "3", "--sweep", "5,10", "--seconds", "1",
                             "--clients", "2"],
     "popup_latency:storm": ["--agents", "30", "--storm"],
+    "popup_latency:keepalive": ["--agents", "15", "--keepalive", "--keepalive-storm", "5", "--seconds", "4"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
     "makecall_parts": ["--requests", "20"],
     "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
+    "scale_out": ["--workers", "2", "--listeners", "6", "--rate", "2", "--baseline", "3", "--rebalance-timeout", "6",
+                  "--settle", "10"],
     "frame_cost": ["--frames", "12", "--rounds", "2", "--rate", "10", "--terminals", "2", "--back-to-back-units", "20"],
 }
 
@@ -54,6 +57,14 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert figures["upload_requests"] == "3" and figures["calls_uploaded"] == "120"
     if name == "sockets_per_worker":
         assert figures["sockets_held"] == "10" and figures["sockets_with_two_keepalives"] == "10"
+    if name == "scale_out":
+        # Every listener held by someone after the joins and after the leave; the frames counted. Fair shares
+        # and frames kept through moves are issue 19's points 1 and 2: printed, not asserted here.
+        assert re.search(r"^share_2_workers: worker_0 \d+ .*worker_1 \d+ .*; unheld 0$", done.stdout, re.M), done.stdout
+        assert re.search(r"^share_1_workers_after_leave: worker_1 6 .*; unheld 0$", done.stdout, re.M), done.stdout
+        assert "rebalance_after_join_2" in figures and "rebalance_after_leave" in figures
+        assert int(figures["calls_placed"]) > 0 and int(figures["frames_per_call"]) >= 3
+        assert "frames_lost_during_moves" in figures and "frames_duplicated_during_moves" in figures
     if name == "popup_latency":
         assert figures["cards_lost"] == "0" and float(figures["daphne_cpu_ratio_to_floor"]) > 0
         assert "worker" in figures["cpu_per_event"] and figures["storm_refused"] == "0"
@@ -67,6 +78,12 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
     if name == "popup_latency:storm":
         assert figures["storm_consoles"] == "30" and figures["storm_refused"] == "0"
         assert figures["storm_errors"] == "0" and "storm_connect_to_snapshot_p99" in figures
+    if name == "popup_latency:keepalive":
+        assert int(figures["keepalive_pings_sent"]) >= 10
+        assert figures["keepalive_pongs_received"] == figures["keepalive_pings_sent"], done.stdout
+        assert "keepalive_daphne_cpu_per_ping" in figures and "keepalive_pong_p99" in figures
+        assert figures["keepalive_storm_pongs_received"] == figures["keepalive_storm_pings_sent"], done.stdout
+        assert "keepalive_storm_pongs_later_than_the_page_waits" in figures
     if name == "ingest":
         assert figures["events_stored"] == "90" and figures["calls_ended"] == "30"
     if name == "crm_event_latency":

@@ -51,6 +51,21 @@
 
   // --- connection ------------------------------------------------------------------
   const SNAPSHOT_TIMEOUT_MS = 10000;
+  // Keep-alive: once it has its snapshot the page pings every pingEveryMs and drops the socket when the
+  // pong is not back within pongWithinMs. A web process that hangs rather than dies (stopped, its loop
+  // stuck) keeps its sockets open and the page would wait for cards forever; with these, it is noticed
+  // within 7 s and the page is on another process with its snapshot within 10 s. 4 s, not less: in a
+  // connect storm of 1,000 consoles a healthy daphne's pongs took up to 3 s (bench.popup_latency
+  // --keepalive-storm), and a page that drops a healthy socket adds to the storm. A ping costs daphne about
+  // what a card does, hence not more often. The consumer answers without a database query
+  // (telephony/consumers.py, PING). window.ctihubKeepAlive (set before this script) overrides them;
+  // { pingEveryMs: 0 } turns the keep-alive off (the tests check it is what saves a page).
+  const KEEP_ALIVE = { pingEveryMs: 3000, pongWithinMs: 4000, ...(window.ctihubKeepAlive || {}) };
+  const PING = '{"type":"ping"}';
+  let pingNow = () => {}; // the live socket's ping
+  // A hidden tab's timers are slowed by the browser (to once a minute after a while, in Chromium): when the
+  // agent comes back to it, its socket is checked at once rather than at its next slowed tick.
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) pingNow(); });
   let attempt = 0;
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -60,31 +75,60 @@
     // A server that accepted us but never sends the snapshot (its channel layer stuck) is no
     // connection at all: drop it and reconnect, as for any other loss.
     let snapshotTimer = null;
+    let pingTimer = null;
+    let pongTimer = null;
+    // This socket is done with (closed, or given up on): the page reconnects, once. Given up on, it is closed
+    // without waiting for its close event: a hung server never completes the closing handshake and the
+    // browser waits a minute or more for it. Whatever it still delivers later is ignored.
+    function lost(code) {
+      if (socket !== opened) return;
+      socket = null;
+      clearTimeout(snapshotTimer);
+      clearInterval(pingTimer);
+      clearTimeout(pongTimer);
+      if (CLOSE_REASONS[code]) {
+        setConnection("refused", CLOSE_REASONS[code]);
+        return; // retrying cannot help
+      }
+      if (opened.readyState !== WebSocket.CLOSED) opened.close();
+      const delay = Math.min(30000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
+      attempt += 1;
+      setConnection("offline", interpolate(gettext("Connection lost. Retrying in %(seconds)s s…"), { seconds: Math.round(delay / 1000) }));
+      setTimeout(connect, delay);
+    }
+    function ping() {
+      if (socket !== opened || pongTimer !== null) return; // given up, or the last ping's timer is running
+      opened.send(PING);
+      pongTimer = setTimeout(() => lost(), KEEP_ALIVE.pongWithinMs);
+    }
+    function keepAlive() {
+      if (!(KEEP_ALIVE.pingEveryMs > 0)) return;
+      pingTimer = setInterval(ping, KEEP_ALIVE.pingEveryMs);
+      pingNow = ping;
+    }
     opened.addEventListener("open", () => {
+      if (socket !== opened) return;
       setConnection("connecting", gettext("Loading…"));
-      snapshotTimer = setTimeout(() => opened.close(), SNAPSHOT_TIMEOUT_MS);
+      snapshotTimer = setTimeout(() => lost(), SNAPSHOT_TIMEOUT_MS);
     });
     opened.addEventListener("message", (event) => {
+      if (socket !== opened) return; // given up on: its process came back, but the page has moved on
       const message = JSON.parse(event.data);
+      if (message.type === "pong") {
+        clearTimeout(pongTimer);
+        pongTimer = null;
+        return;
+      }
       if (message.type === "snapshot" && snapshotTimer !== null) {
         clearTimeout(snapshotTimer);
         snapshotTimer = null;
         attempt = 0;
         setConnection("live", gettext("Live"));
+        keepAlive();
       }
       handle(message);
     });
-    opened.addEventListener("close", (event) => {
-      clearTimeout(snapshotTimer);
-      if (CLOSE_REASONS[event.code]) {
-        setConnection("refused", CLOSE_REASONS[event.code]);
-        return; // retrying cannot help
-      }
-      const delay = Math.min(30000, 500 * 2 ** attempt) * (0.5 + Math.random() / 2);
-      attempt += 1;
-      setConnection("offline", interpolate(gettext("Connection lost. Retrying in %(seconds)s s…"), { seconds: Math.round(delay / 1000) }));
-      setTimeout(connect, delay);
-    });
+    opened.addEventListener("close", (event) => lost(event.code));
   }
 
   function setConnection(state, text) {

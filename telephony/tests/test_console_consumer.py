@@ -203,6 +203,33 @@ def test_it_sends_a_snapshot_of_my_calls_then_live_updates():
     asyncio.run(scenario())
 
 
+def test_it_answers_the_page_s_keep_alive_ping_without_a_database_query(monkeypatch):
+    """console.js pings every few seconds and reconnects without the pong: a thousand consoles' pings must
+    cost no query, not even the session check every request gets."""
+    from telephony import consumers
+
+    account = make_account()
+    me = agent_on(account, "t-me")
+    headers = headers_for(me.user)
+    checks = []
+    real_check = consumers.session_user_id
+    monkeypatch.setattr(consumers, "session_user_id", lambda key: checks.append(key) or real_check(key))
+
+    async def scenario():
+        comm = communicator(headers)
+        await open_console(comm)
+        for _ in range(3):
+            await comm.send_to(text_data=consumers.PING)
+            assert await comm.receive_json_from(timeout=5) == {"type": "pong"}
+        # Still a console: its calls' cards come after the pongs.
+        await asyncio.get_running_loop().run_in_executor(None, lambda: ring(account, "t-me", "-1"))
+        assert (await receive_type(comm, "card"))["card"]["state"] == "ringing"
+        await comm.disconnect()
+
+    asyncio.run(scenario())
+    assert checks == []
+
+
 def answer(account, terminal_pbx_id, call_id):
     try:
         return apply_call_update(u.CallUpdate(

@@ -6,7 +6,9 @@ The calls are committed by this process (``apply_call_update``), which publishes
 from __future__ import annotations
 
 import re
+import time
 
+import psutil
 import pytest
 from django.utils import timezone
 
@@ -110,3 +112,72 @@ def test_it_follows_an_agent_from_ringing_to_talking_with_the_figures_and_the_ch
     assert (text(page, "fig-answered"), text(page, "fig-missed"), text(page, "fig-rate")) == ("2", "1", "67 %")
     assert page.evaluate(f"{row}.querySelector('td.answered').textContent") == "2"
     assert csp_violations(page) == []
+
+
+COUNT_SOCKETS = """(() => {
+  const Native = window.WebSocket;
+  window.__opened = 0;
+  window.WebSocket = class extends Native {
+    constructor(...args) { super(...args); window.__opened += 1; }
+  };
+})();"""
+
+
+def live_wallboard(hub, browser, keep_alive: str | None = None):
+    """A supervisor's wallboard, live, on the hub's one daphne; ``keep_alive``: console.js's override."""
+    from tests.support.browser import log_in
+
+    hub.start(workers=0, web=True)
+    account = make_account()
+    agent = make_agent("jdoe")
+    make_terminal(account, pbx_id="t-1", agent=agent)
+    make_agent("boss", is_supervisor=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.add_init_script(COUNT_SOCKETS)
+    if keep_alive:
+        page.add_init_script(f"window.ctihubKeepAlive = {keep_alive};")
+    log_in(page, hub.web_url, "boss", "agent-pass-123")
+    page.goto(f"{hub.web_url}/wallboard/")
+    page.wait_for_selector("#connection[data-state=live]", timeout=10000)
+    return page, account, agent
+
+
+def test_it_gives_up_the_socket_of_a_hung_web_process_and_comes_back_live(hub, browser):
+    # The wallboard lives on console.js's socket, so it has the console's keep-alive: a daphne that hangs
+    # (SIGSTOP: its sockets stay open, no close reaches the page) is noticed by the missing pong. With one
+    # daphne there is nowhere else to go: the page shows it is offline and is live again once daphne runs.
+    from tests.support.browser import wait_for_js
+
+    page, account, agent = live_wallboard(hub, browser)
+    daphne = psutil.Process(hub.web.process.pid)
+    stopped_at = time.monotonic()
+    daphne.suspend()
+    try:
+        # A ping every 3 s, given up after 4 s without its pong: within 7 s; bounded generously.
+        wait_for_js(page, "document.getElementById('connection').dataset.state !== 'live'", timeout=15000)
+        noticed_s = time.monotonic() - stopped_at
+    finally:
+        daphne.resume()
+    page.wait_for_selector("#connection[data-state=live]", timeout=30000)
+    assert page.evaluate("window.__opened") >= 2  # live on a new socket, not the old one come back
+    apply_call_update(u.CallUpdate(
+        account_id=account.pk, pbx_call_id="c-1", state=u.RINGING, kind="callAlerting", payload={},
+        occurred_at=timezone.now(), terminal_pbx_id="t-1", direction=u.INBOUND, remote_number="+33612345678"))
+    wait_for_js(page, f"{ROW.format(id=agent.pk)}.dataset.call === 'ringing'")
+    print(f"the wallboard noticed the hung daphne after {noticed_s:.1f} s")
+
+
+def test_it_checks_its_socket_at_once_when_its_tab_shows_again(hub, browser):
+    # A hidden tab's timers are slowed by the browser (as rarely as once a minute): shown again, the page pings
+    # at once. Here the regular ping is a minute away, so only that ping can notice the hung daphne in time.
+    from tests.support.browser import wait_for_js
+
+    page, _account, _agent = live_wallboard(hub, browser, keep_alive="{ pingEveryMs: 60000, pongWithinMs: 4000 }")
+    daphne = psutil.Process(hub.web.process.pid)
+    daphne.suspend()
+    try:
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # the page is visible
+        wait_for_js(page, "document.getElementById('connection').dataset.state !== 'live'", timeout=15000)
+    finally:
+        daphne.resume()
+    page.wait_for_selector("#connection[data-state=live]", timeout=30000)
