@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from telephony import updates as u
@@ -19,7 +21,7 @@ from telephony.providers.telepo.reconcile import (
     reconcile_account,
     reconcile_user,
 )
-from telephony.providers.telepo.tests.conftest import ALICE
+from telephony.providers.telepo.tests.conftest import ALICE, SECRET
 from tests.factories import make_account
 
 pytestmark = pytest.mark.django_db
@@ -42,6 +44,48 @@ def test_it_is_idempotent(account, terminal, world):
     version = Call.objects.get().version
     report = reconcile_user(account, ALICE)
     assert (report.applied, report.skipped, Call.objects.get().version) == (0, 1, version)
+
+
+def test_it_takes_the_actions_another_call_brings_though_the_state_token_is_the_same(account, terminal, world):
+    # Telepo's stateToken follows the call's own state: a second call of the user makes transfer and
+    # conference possible on the first without a new token. Read as a replay of the snapshot stored
+    # under that token, the first call's card would never offer them (#18's browser test, under load).
+    first = world.incoming_call(ALICE, "+33612345601")
+    world.answer(first.call_id)
+    reconcile_user(account, ALICE)
+    call = Call.objects.get(pbx_call_id=first.call_id)
+    token = call.state_token
+    assert u.CONFERENCE_ADD not in call.allowed_actions
+    second = world.incoming_call(ALICE, "+33612345602")
+    world.answer(second.call_id)
+    assert str(world.call(first.call_id).state_token) == token  # the premise: the first call's token stays
+
+    report = reconcile_user(account, ALICE)
+    call.refresh_from_db()
+    assert (call.state_token, u.CONFERENCE_ADD in call.allowed_actions) == (token, True)
+    assert (report.applied, report.skipped) == (2, 0)
+    assert reconcile_user(account, ALICE).skipped == 2  # and then nothing is news
+
+
+def test_it_gives_back_the_token_and_actions_a_late_webhook_took_from_the_call(account, terminal, world, queued):
+    # Telepo's webhooks lag behind its snapshot: the EARLY and CONFIRMED of an answer the snapshot already
+    # showed come after it, and each clears the call's token (a webhook says the state changed). The
+    # snapshot they ask for has the same token as the first: it must give it back, with the actions.
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    world.answer(sim_call.call_id)
+    reconcile_user(account, ALICE)
+    token = str(world.call(sim_call.call_id).state_token)
+    assert Call.objects.get().state_token == token
+    for message in [m for m in world.sent if m["call_id"] == sim_call.call_id]:
+        response = Client().post(f"/api/telepo/webhook/{SECRET}", data=json.dumps(message),
+                                 content_type="application/json")
+        assert response.json() == {"ok": True, "applied": True}
+    assert (Call.objects.get().state_token, queued) == ("", [("reconcile_user_task", (account.pk, ALICE))])
+
+    report = reconcile_user(account, ALICE)
+    call = Call.objects.get()
+    assert (call.state, call.state_token, report.applied) == ("talking", token, 1)
+    assert call.allowed_actions == [u.HOLD, u.PARK, u.MUTE, u.SEND_DTMF, u.MOVE, u.REDIRECT, u.HANGUP]
 
 
 def test_it_moves_a_call_to_the_snapshots_state(account, terminal, world):
