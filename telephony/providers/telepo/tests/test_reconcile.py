@@ -64,7 +64,7 @@ def test_it_takes_the_actions_another_call_brings_though_the_state_token_is_the_
     call.refresh_from_db()
     assert (call.state_token, u.CONFERENCE_ADD in call.allowed_actions) == (token, True)
     assert (report.applied, report.skipped) == (2, 0)
-    assert reconcile_user(account, ALICE).skipped == 2  # and then nothing is news
+    assert reconcile_user(account, ALICE).unchanged == 2  # and then nothing is news
 
 
 def test_it_gives_back_the_token_and_actions_a_late_webhook_took_from_the_call(account, terminal, world, queued):
@@ -86,6 +86,16 @@ def test_it_gives_back_the_token_and_actions_a_late_webhook_took_from_the_call(a
     call = Call.objects.get()
     assert (call.state, call.state_token, report.applied) == ("talking", token, 1)
     assert call.allowed_actions == [u.HOLD, u.PARK, u.MUTE, u.SEND_DTMF, u.MOVE, u.REDIRECT, u.HANGUP]
+
+
+def test_it_tells_a_snapshot_older_than_the_calls_news_from_one_that_changes_nothing(account, terminal, world):
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    assert (reconcile_user(account, ALICE).unchanged, reconcile_user(account, ALICE).older) == (1, 0)
+    Call.objects.update(updated_at=timezone.now() + timedelta(minutes=1))  # news newer than any snapshot asked now
+    report = reconcile_user(account, ALICE)
+    assert (report.older, report.unchanged, report.skipped, report.applied) == (1, 0, 1, 0)
+    assert Call.objects.get(pbx_call_id=sim_call.call_id).state == "ringing"
 
 
 def test_it_moves_a_call_to_the_snapshots_state(account, terminal, world):
@@ -179,7 +189,8 @@ def test_it_queues_one_reconcile_per_enabled_telepo_account(account, queued):
 
 def test_it_runs_the_account_task_on_the_simulator(account, terminal, world):
     world.incoming_call(ALICE, "+33612345678")
-    assert tasks.reconcile_account_task(account.pk) == {"users": 1, "applied": 1, "ended": 0, "errors": 0}
+    assert tasks.reconcile_account_task(account.pk) == {"users": 1, "applied": 1, "ended": 0, "unchanged": 0,
+                                                        "older": 0, "unreadable": 0, "errors": 0}
     assert tasks.reconcile_account_task(999_999) == {}
 
 
