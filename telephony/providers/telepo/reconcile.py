@@ -9,8 +9,9 @@ Each call of a snapshot is read on its own: one that cannot be read is skipped
 keeps its call live in its last known state (``branches.settle_snapshot``).
 
 A snapshot describes the PBX at the moment it was asked. A call that changed
-here after that moment (a webhook got in first) is left alone: the older
-snapshot must not undo it, though an answer it saw still counts. With ``fullState``, a call we think is live but
+here after that moment (a webhook got in first, or a snapshot or action answer
+asked later) is left alone: the older snapshot must not undo it, though an
+answer it saw still counts. With ``fullState``, a call we think is live but
 the snapshot no longer lists has ended at the PBX and is ended here, unless
 Telepo spoke of it less than ``ABSENCE_GRACE`` ago (see there).
 """
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from telephony import updates as u
 from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update
-from telephony.models import Call, PbxAccount
+from telephony.models import Call, CallEvent, PbxAccount
 from telephony.providers.base import ProviderError
 from telephony.providers.telepo import branches
 from telephony.providers.telepo.frames import SNAPSHOT_KIND, parse_call_state, parse_snapshot
@@ -154,11 +155,27 @@ def _apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> tuple[Appli
     """``apply_unless_newer``'s answer, and whether the call had changed since ``fetched_at``."""
     with transaction.atomic():
         current = branches.lock_call(update.account_id, update.pbx_call_id)
-        if current is not None and current.updated_at >= fetched_at:
+        if current is not None and _news_since(current, fetched_at):
             # Older than the call's news, but an answer it saw is still news (branches.snapshot_answer).
             answer = branches.snapshot_answer(update, current, fetched_at)
             return (apply_call_update(answer) if answer is not None else None), True
         return apply_call_update(branches.settle_snapshot(update, current)), False
+
+
+def _news_since(call: Call, fetched_at: datetime) -> bool:
+    """True when what the call holds is newer than ``fetched_at``.
+
+    A webhook is news as of when it was applied (``updated_at``: Telepo's timestamp is another clock); a
+    snapshot or an action's answer as of when it was asked (its event's ``received_at``), however late it
+    was written. Otherwise a snapshot asked before an action was sent, but written while the action was
+    under way, made the action's answer look older than it and dropped it: the card stayed as it was
+    until the next periodic reconcile. The call's newest event is its newest change (each change stores
+    one, under the call's lock), and what it held before is older still.
+    """
+    if call.updated_at < fetched_at:
+        return False
+    newest = CallEvent.objects.filter(call_id=call.pk).order_by("-id").values_list("kind", "received_at").first()
+    return newest is None or newest[0] != SNAPSHOT_KIND or newest[1] >= fetched_at
 
 
 def _count(report: ReconcileReport, applied: AppliedUpdate | None, older: bool) -> None:

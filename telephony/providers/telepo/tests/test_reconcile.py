@@ -17,6 +17,7 @@ from telephony.providers.telepo.frames import parse_snapshot
 from telephony.providers.telepo.reconcile import (
     ABSENCE_GRACE,
     _live_calls_missing,
+    apply_call_state,
     apply_unless_newer,
     reconcile_account,
     reconcile_user,
@@ -92,10 +93,37 @@ def test_it_tells_a_snapshot_older_than_the_calls_news_from_one_that_changes_not
     sim_call = world.incoming_call(ALICE, "+33612345678")
     reconcile_user(account, ALICE)
     assert (reconcile_user(account, ALICE).unchanged, reconcile_user(account, ALICE).older) == (1, 0)
-    Call.objects.update(updated_at=timezone.now() + timedelta(minutes=1))  # news newer than any snapshot asked now
+    # A webhook's news, as of a minute from now: newer than any snapshot asked now.
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.RINGING,
+                                   kind="webhook", payload={}, occurred_at=timezone.now(), seq=1))
+    Call.objects.update(updated_at=timezone.now() + timedelta(minutes=1))
     report = reconcile_user(account, ALICE)
     assert (report.older, report.unchanged, report.skipped, report.applied) == (1, 0, 1, 0)
     assert Call.objects.get(pbx_call_id=sim_call.call_id).state == "ringing"
+
+
+def test_it_applies_an_actions_answer_over_a_snapshot_asked_before_the_action_though_applied_after(
+        account, terminal, world):
+    # A webhook's reconcile asks for the snapshot (the call ACTIVE), the agent holds the call, the reconcile
+    # applies its snapshot while the hold is under way, then the hold's answer (HELD) comes back. The answer
+    # is the newer news: the snapshot was asked before the hold was sent, whenever it was written. Judged by
+    # when the snapshot was written, the answer was dropped and the card stayed "talking" until the next
+    # periodic reconcile (the e2e test of a Telepo call's hold, under load).
+    sim_call = world.incoming_call(ALICE, "+33612345678", display_name="Bob Smith")
+    reconcile_user(account, ALICE)
+    world.answer(sim_call.call_id)
+    asked_at = timezone.now()
+    (snapshot,) = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, asked_at).updates
+    requested_at = timezone.now()
+    answer = world.act(world.user(ALICE), "hold", sim_call.call_id, {})
+
+    assert apply_unless_newer(snapshot, asked_at).changed
+    assert apply_call_state(account, ALICE, answer, requested_at).changed
+    call = Call.objects.get()
+    assert (call.state, call.state_token) == ("held", str(answer["stateToken"]))
+    # The other way round, the older snapshot changes nothing: it is older than the answer.
+    assert apply_unless_newer(snapshot, asked_at) is None
+    assert Call.objects.get().state == "held"
 
 
 def test_it_moves_a_call_to_the_snapshots_state(account, terminal, world):
