@@ -19,7 +19,7 @@ Telepo spoke of it less than ``ABSENCE_GRACE`` ago (see there).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -158,7 +158,10 @@ def _apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> tuple[Appli
         if current is not None and _news_since(current, fetched_at):
             # Older than the call's news, but an answer it saw is still news (branches.snapshot_answer).
             answer = branches.snapshot_answer(update, current, fetched_at)
-            return (apply_call_update(answer) if answer is not None else None), True
+            if answer is None:
+                return None, True
+            # Written over newer news: its event is news as of now, not as of when it was asked (_news_since).
+            return apply_call_update(replace(answer, occurred_at=max(fetched_at, timezone.now()))), True
         return apply_call_update(branches.settle_snapshot(update, current)), False
 
 
@@ -170,7 +173,8 @@ def _news_since(call: Call, fetched_at: datetime) -> bool:
     was written. Otherwise a snapshot asked before an action was sent, but written while the action was
     under way, made the action's answer look older than it and dropped it: the card stayed as it was
     until the next periodic reconcile. The call's newest event is its newest change (each change stores
-    one, under the call's lock), and what it held before is older still.
+    one, under the call's lock), and what it held before is older still: a snapshot is written only when
+    newer than the call's news, and the answer an older one brings is news as of when it is written.
     """
     if call.updated_at < fetched_at:
         return False

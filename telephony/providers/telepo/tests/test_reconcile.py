@@ -126,6 +126,27 @@ def test_it_applies_an_actions_answer_over_a_snapshot_asked_before_the_action_th
     assert Call.objects.get().state == "held"
 
 
+def test_it_keeps_a_webhooks_news_from_a_snapshot_asked_before_it_after_an_older_ones_answer(
+        account, terminal, world):
+    # The answer an older snapshot brings is written over the webhook's newer news: it must not make the
+    # call's news look as old as that snapshot, or a snapshot asked between the two would undo the webhook.
+    sim_call = world.incoming_call(ALICE, "+33612345678", display_name="Bob Smith")
+    reconcile_user(account, ALICE)
+    ringing_token = Call.objects.get().state_token
+    world.answer(sim_call.call_id)
+    first_asked = timezone.now()
+    (first,) = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, first_asked).updates
+    second_asked = timezone.now()
+    (second,) = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, second_asked).updates
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.RINGING,
+                                   kind="webhook", payload={}, occurred_at=timezone.now(), seq=1))
+
+    assert apply_unless_newer(first, first_asked).changed  # its answer only
+    assert apply_unless_newer(second, second_asked) is None
+    call = Call.objects.get()
+    assert (call.state, call.answered_at, call.state_token) == ("talking", first_asked, ringing_token)
+
+
 def test_it_moves_a_call_to_the_snapshots_state(account, terminal, world):
     sim_call = world.incoming_call(ALICE, "+33612345678")
     reconcile_user(account, ALICE)
