@@ -59,9 +59,12 @@ def test_it_notifies_a_hidden_tab_of_a_ringing_call_once_rings_counts_and_keeps_
     agent = make_agent("jdoe")
     make_terminal(account, pbx_id="t-1", agent=agent)
     # retailCRM's lookup, as crm_sync's card enricher puts it on the card.
-    customers = {"+33612345678": {"id": 7, "firstName": "Marie", "lastName": "Curie"}}
+    # Its shop: the customer's site (crm_sync.domain.cards.shop_codes).
+    customers = {"+33612345678": {"id": 7, "firstName": "Marie", "lastName": "Curie", "site": "shop-paris"}}
     monkeypatch.setattr(plugins, "_card_enrichers", [lambda calls: {
-        c.pk: {"crm": {"customer": customers[c.remote_number_e164]} if c.remote_number_e164 in customers else None}
+        c.pk: {"crm": {"customer": customers[c.remote_number_e164],
+                       "shop": customers[c.remote_number_e164].get("site")} if c.remote_number_e164 in customers
+               else None}
         for c in calls}])
 
     def call(pbx_call_id, state, number="+33612345678", **fields):
@@ -92,7 +95,8 @@ def test_it_notifies_a_hidden_tab_of_a_ringing_call_once_rings_counts_and_keeps_
     wait_for_js(page, "window.__alerts.made.length === 1")
     [note] = page.evaluate(NOTES)
     assert note["title"] == "Marie Curie" and note["tag"] == f"call-{first.pk}"
-    assert "+33412345600" in note["body"] and "+33 6 12 34 56 78" in note["body"]
+    assert note["body"].splitlines() == ["Incoming call, shop shop-paris", "+33 6 12 34 56 78"]
+    assert page.inner_text(f'.card[data-call="{first.pk}"] .shop') == "Shop shop-paris"
     assert page.title() == f"(1) Ringing — {base_title}"
     assert page.get_attribute("#alerts", "data-sound") == "ringing"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
