@@ -93,6 +93,10 @@ class RetailCrmIntegration(models.Model):
     last_error = models.TextField(_("last error"), blank=True)
     not_exist_user_ids = models.JSONField(_("not exist user ids"), default=list, blank=True)
     not_exist_site_codes = models.JSONField(_("not exist site codes"), default=list, blank=True)
+    site_names = models.JSONField(
+        _("shop names"), default=dict, blank=True, editable=False,
+        help_text=_("retailCRM's shops, code to name, read when the module is registered."),
+    )
 
     class Meta:
         verbose_name_plural = _("retailCRM integrations")

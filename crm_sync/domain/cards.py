@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.db.models import F
 from django.utils import timezone
 
 from crm_sync.domain.handoff import serving_integrations
@@ -29,9 +30,10 @@ def card_fields_many(calls: list[Call]) -> dict[int, dict]:
     if not looked_up:
         return fields
     found: dict[int, CrmCallSync] = {}
+    # The integration's shop names ride along (a join, not a query more).
     for row in CrmCallSync.objects.filter(
         call_id__in={c.pk for c in looked_up}, looked_up_at__isnull=False
-    ).order_by("looked_up_at"):
+    ).annotate(shop_names=F("integration__site_names")).order_by("looked_up_at"):
         found[row.call_id] = row  # the latest lookup wins
     # The manager's own leg of a redirected call: show what the lookup for the shared line found.
     legs = [c for c in looked_up if c.pk not in found and c.agent_id and c.remote_number_e164]
@@ -41,7 +43,7 @@ def card_fields_many(calls: list[Call]) -> dict[int, dict]:
             call__account_id__in={c.account_id for c in legs},
             call__remote_number_e164__in={c.remote_number_e164 for c in legs},
             looked_up_at__gte=timezone.now() - ROUTED_CARD_WINDOW,
-        ).select_related("call").order_by("looked_up_at")
+        ).annotate(shop_names=F("integration__site_names")).select_related("call").order_by("looked_up_at")
         latest = {(r.routed_agent_id, r.call.account_id, r.call.remote_number_e164): r for r in routed}
         for call in legs:
             row = latest.get((call.agent_id, call.account_id, call.remote_number_e164))
@@ -51,18 +53,21 @@ def card_fields_many(calls: list[Call]) -> dict[int, dict]:
     for call in looked_up:
         row = found.get(call.pk)
         if row is not None:
+            code = shops.get(call.pk, "")
+            names = row.shop_names if isinstance(row.shop_names, dict) else {}
             fields[call.pk] = {"crm": {"customer": row.crm_customer, "manager": row.crm_manager,
                                        "links": row.crm_links, "routing": row.routing,
-                                       "shop": shops.get(call.pk) or None}}
+                                       "shop": names.get(code) or code or None}}
     return fields
 
 
 def shop_codes(calls: list[Call], found: dict[int, CrmCallSync]) -> dict[int, str]:
     """{call id: the code of the retailCRM shop (site) the call is about}, for the calls looked up.
 
-    The agent (and the notification of a hidden console) names the shop, not the number dialled: the
-    customer's own site as retailCRM answered it, else the shop the call was resolved to
-    (``shops.shop_of``), else the shop whose external phone the PBX said was dialled.
+    The agent (and the notification of a hidden console) sees the shop by its name (the integration's
+    ``site_names``), not the number dialled. The code: the customer's own site as retailCRM answered
+    it, else the shop the call was resolved to (``shops.shop_of``), else the shop whose external phone
+    the PBX said was dialled.
     """
     codes: dict[int, str] = {}
     by_phone: dict[tuple[int, str], list[int]] = {}
