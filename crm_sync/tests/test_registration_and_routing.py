@@ -127,6 +127,22 @@ def test_it_names_the_shop_on_the_card_from_the_customers_site_else_the_dialled_
     assert crm_domain.card_fields(call)["crm"]["shop"] == "shop-paris"  # no name known: its code
 
 
+def test_it_keeps_the_shops_names_it_knew_when_retailcrm_does_not_give_them(routing, monkeypatch, caplog):
+    from crm_sync.retailcrm.client import RetailCrmClient, RetailCrmError
+
+    routing.crm.add_site("shop-lyon", name="Lyon store")
+    crm_domain.register_integration(routing.integration)
+
+    def refused(self):
+        raise RetailCrmError("retailCRM refused GET /reference/sites (403): access denied", status=403)
+
+    monkeypatch.setattr(RetailCrmClient, "sites", refused)
+    crm_domain.register_integration(routing.integration)  # registered all the same
+    routing.integration.refresh_from_db()
+    assert routing.integration.site_names == {"shop-lyon": "Lyon store"} and routing.integration.registered_at
+    assert f"integration {routing.integration.name}: the shops' names not read" in caplog.text
+
+
 def test_it_lets_the_call_ring_as_usual_when_the_manager_is_busy_in_ctihub(routing):
     routing.manager.status = "dinner"
     routing.manager.save()
