@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from django.utils.functional import lazy
+from django.utils.translation import gettext
+
 from accounts.models import Agent
 from accounts.signals import agent_status_changed
+
+# Text when shown (the console makes it text in the agent's language), not when raised.
+_unknown_status = lazy(lambda status, expected: gettext("unknown status %(status)s; expected one of %(expected)s")
+                       % {"status": status, "expected": expected}, str)
 
 
 class NotAnAgent(PermissionError):
@@ -23,7 +30,7 @@ def set_agent_status(agent: Agent, status: str, source: str = "console") -> Agen
     from django.utils import timezone
 
     if status not in Agent.Status.values:
-        raise ValueError(f"unknown status {status!r}; expected one of {', '.join(Agent.Status.values)}")
+        raise ValueError(_unknown_status(repr(status)[:60], ", ".join(Agent.Status.values)))
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(status=status, status_changed_at=timezone.now())
         agent.status = status

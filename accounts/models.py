@@ -2,6 +2,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 DIALLING_TERMINAL_NOT_OWN = _(
@@ -77,4 +78,5 @@ class Agent(models.Model):
 
     def __str__(self):
         full_name = self.user.get_full_name()
-        return f"{full_name or self.user.username} ({self.extension_code or 'no code'})"
+        code = self.extension_code or gettext("no code")  # outside the f-string, where makemessages finds it
+        return f"{full_name or self.user.username} ({code})"

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from ctihub.lib.phones import UnusablePhoneNumber, to_e164
@@ -38,7 +39,8 @@ def check_time_zone(value: str) -> None:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"{value!r} is not a time zone name (e.g. Europe/Moscow)") from None
+        raise ValidationError(_("%(value)s is not a time zone name (e.g. Europe/Moscow)"),
+                              params={"value": repr(value)[:80]}) from None
 
 
 class RetailCrmIntegration(models.Model):
@@ -91,6 +93,10 @@ class RetailCrmIntegration(models.Model):
     last_error = models.TextField(_("last error"), blank=True)
     not_exist_user_ids = models.JSONField(_("not exist user ids"), default=list, blank=True)
     not_exist_site_codes = models.JSONField(_("not exist site codes"), default=list, blank=True)
+    site_names = models.JSONField(
+        _("shop names"), default=dict, blank=True, editable=False,
+        help_text=_("retailCRM's shops, code to name, read when the module is registered."),
+    )
 
     class Meta:
         verbose_name_plural = _("retailCRM integrations")
@@ -133,8 +139,11 @@ class ExternalPhone(models.Model):
     def clean(self):
         try:
             self.phone = to_e164(self.phone)
-        except UnusablePhoneNumber as exc:
-            raise ValidationError({"phone": str(exc)}) from None
+        except UnusablePhoneNumber:
+            # The admin's words, in the admin's language (the library's reason is for logs and the API).
+            raise ValidationError({"phone": ValidationError(
+                _("%(value)s is not a phone number: enter it with its country code, e.g. +79121234567"),
+                params={"value": repr(self.phone)[:80]})}) from None
 
 
 class CrmCallSync(models.Model):
@@ -228,4 +237,5 @@ class CrmCallSync(models.Model):
         ]
 
     def __str__(self):
-        return f"call {self.call_id} -> {self.integration_id}"
+        return gettext("call %(call)s -> integration %(integration)s") % {"call": self.call_id,
+                                                                          "integration": self.integration_id}

@@ -255,6 +255,6 @@ def change_status(viewer: Viewer, status: str) -> dict:
     try:
         set_agent_status(viewer.agent, status, source="console")
     except ValueError as exc:
-        raise Refused(str(exc)) from None
+        raise Refused(exc.args[0] if exc.args else str(exc)) from None  # a lazy translation stays lazy
     return {"status": status}
 

@@ -22,7 +22,8 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.utils import timezone, translation
-from django.utils.text import format_lazy
+from django.utils.functional import lazy
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation.trans_real import parse_accept_lang_header
 
@@ -34,6 +35,10 @@ from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
+
+# Text when sent, in the page's language (``_reply_error``), not when raised.
+_pbx_said = lazy(lambda error: gettext("PBX: %(error)s") % {"error": error}, str)
+_unknown_request = lazy(lambda action: gettext("unknown request %(action)s") % {"action": action}, str)
 
 CLOSE_LOGIN_REQUIRED = 4401
 CLOSE_NO_ROLE = 4400
@@ -406,7 +411,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         except console.Refused as exc:
             await self._reply_error(request_id, exc)  # made text in the page's language
         except ProviderError as exc:
-            await self._reply_error(request_id, format_lazy("PBX: {}", exc))
+            await self._reply_error(request_id, _pbx_said(exc))
         except Exception:
             # A bug, not the page's fault: logged with its traceback, but the console stays open.
             action = content.get("action") if isinstance(content, dict) else None
@@ -442,7 +447,7 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             return await on_web_pool(console.snapshot)(self.viewer)
         if not _is_scalar(action):
             raise console.Refused(_("unknown request"))
-        raise console.Refused(f"unknown request {action!r}"[:200])
+        raise console.Refused(_unknown_request(repr(action)[:180]))
 
 
 def _is_scalar(value) -> bool:

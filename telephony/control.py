@@ -155,7 +155,7 @@ def terminal_for(agent_or_terminal: Agent | Terminal) -> Terminal:
         return agent_or_terminal
     terminal = dialling_terminal(agent_or_terminal)
     if terminal is None:
-        raise NoTerminal(f"{agent_or_terminal} has no active terminal: assign one in the admin")
+        raise NoTerminal(_no_terminal(str(agent_or_terminal)))
     return terminal
 
 
@@ -170,6 +170,9 @@ def place_call(agent_or_terminal: Agent | Terminal, number: str) -> dict:
 
 
 # Text when shown (in the console's language: telephony.consumers), not when raised.
+_no_terminal = lazy(lambda agent: gettext("%(agent)s has no active terminal: assign one in the admin")
+                    % {"agent": agent}, str)
+_unknown_action = lazy(lambda action: gettext("unknown action %(action)s") % {"action": action}, str)
 _not_possible_now = lazy(lambda action, allowed: gettext("%(action)s is not possible now (the PBX allows: %(allowed)s)")
                          % {"action": action, "allowed": allowed}, str)
 
@@ -177,7 +180,7 @@ _not_possible_now = lazy(lambda action, allowed: gettext("%(action)s is not poss
 def call_action(call: Call, action: str, payload: dict | None = None) -> dict:
     """Perform ``action`` (a normalised name) on ``call`` if the PBX allows it right now."""
     if action not in u.ACTIONS:
-        raise ActionRefused(f"unknown action {action!r}")
+        raise ActionRefused(_unknown_action(repr(action)[:100]))
     if call.state == Call.State.ENDED:
         raise ActionRefused(gettext_lazy("the call has ended"))
     if call.allowed_actions and action not in call.allowed_actions:

@@ -255,7 +255,8 @@ class Call(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.get_direction_display()} {self.remote_number_e164 or self.remote_number_raw} ({self.state})"
+        number = self.remote_number_e164 or self.remote_number_raw
+        return f"{self.get_direction_display()} {number} ({self.get_state_display()})"
 
     @property
     def was_answered(self) -> bool:

@@ -249,3 +249,42 @@ def test_it_shows_the_admin_in_russian_and_french(admin_client, compiled):
             assert response.status_code == 200, (language, url)
             seen += response.content.decode()
         assert all(word in seen for word in words), (language, [w for w in words if w not in seen])
+
+
+@pytest.mark.django_db
+def test_it_translates_the_errors_raised_before_the_language_is_known(compiled):
+    """Refusals raised in a worker thread or a provider (no language active there) stay lazy: the console and
+    the admin make them text in the agent's or the admin's language."""
+    from django.core.exceptions import ValidationError
+
+    from crm_sync.models import check_time_zone
+    from telephony.console import Viewer, change_status
+    from telephony.providers import registry
+    from telephony.providers.base import ActionRefused
+    from telephony.providers.telepo.transport import TelepoProvider
+    from tests.factories import make_account
+
+    agent = make_agent("olga", extension_code="")
+    with pytest.raises(Refused) as status:
+        change_status(Viewer(agent.user, agent), "lunch")
+    telepo = TelepoProvider(make_account(kind="telepo", base_url="https://telepo.example", enterprise="acme.org"))
+    with pytest.raises(ActionRefused) as number:
+        telepo.tel_uri("the shop")
+    with pytest.raises(ValidationError) as zone:
+        check_time_zone("Moscow")
+    label = dict(registry.kind_choices())["istra_myrcc"]
+
+    def shown():
+        return [str(status.value), str(number.value), " ".join(zone.value.messages), str(agent), str(label)]
+
+    with translation.override("ru"):
+        assert shown() == ["неизвестный статус 'lunch'; ожидается один из: free, busy, dinner, break",
+                           "'the shop' — не номер телефона и не URI tel: или sip:",
+                           "'Moscow' — не название часового пояса (например, Europe/Moscow)",
+                           "olga (нет кода)", "Istra myRCC (управление вызовами предприятия)"]
+    with translation.override("fr"):
+        assert shown() == ["statut inconnu 'lunch' ; valeurs attendues : free, busy, dinner, break",
+                           "'the shop' n'est ni un numéro de téléphone, ni une URI tel: ou sip:",
+                           "'Moscow' n'est pas un nom de fuseau horaire (par exemple Europe/Moscow)",
+                           "olga (pas de code)", "Istra myRCC (contrôle des appels de l'entreprise)"]
+    assert str(status.value) == "unknown status 'lunch'; expected one of free, busy, dinner, break"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.db.models import Q
 from django.utils import timezone
 
@@ -10,6 +12,8 @@ from crm_sync.domain.common import client_for
 from crm_sync.models import RetailCrmIntegration
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import RetailCrmError
+
+logger = logging.getLogger(__name__)
 
 
 def registered_agents():
@@ -36,10 +40,30 @@ def register_integration(integration: RetailCrmIntegration) -> dict:
         "not_exist_user_ids": [str(x) for x in info.get("notExistUsersIds") or []],
         "not_exist_site_codes": [str(x) for x in info.get("notExistSiteCodes") or []],
     }
+    names = site_names(integration)
+    if names is not None:
+        fields["site_names"] = names
     RetailCrmIntegration.objects.filter(pk=integration.pk).update(**fields)
     for name, value in fields.items():
         setattr(integration, name, value)
     return answer
+
+
+def site_names(integration: RetailCrmIntegration) -> dict[str, str] | None:
+    """{site code: name} of retailCRM's shops, for the cards and notifications to name a call's shop
+    (``cards.shop_codes``). Read when the module is registered, not per call: one request, no rate
+    limit spent while phones ring. None when retailCRM did not say: the names known before are kept."""
+    try:
+        answer = client_for(integration).sites()
+    except RetailCrmError as exc:
+        logger.warning("integration %s: the shops' names not read: %s", integration.name, exc)
+        return None
+    sites = answer.get("sites")
+    if isinstance(sites, list):  # an empty dict comes as [] from PHP's json_encode
+        sites = {}
+    if not isinstance(sites, dict):
+        return None
+    return {str(code): str(site.get("name") or code) for code, site in sites.items() if isinstance(site, dict)}
 
 
 def integrations_to_reregister():

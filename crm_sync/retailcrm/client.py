@@ -194,6 +194,10 @@ class RetailCrmClient:
         """The customer with this number, their manager (only if free and with a code) and links."""
         return self._request("GET", "/telephony/manager", params={"phone": phone, "details": "true"})
 
+    def sites(self) -> dict:
+        """The shops (``GET /reference/sites``): ``sites``, {code: {"code", "name", ...}}."""
+        return self._request("GET", "/reference/sites")
+
     def user_status(self, user_id: str, status: str) -> dict:
         """Set a manager's status (``POST /users/{id}/status``, form field ``status``: free, busy, dinner,
         break), as the official clients' ``user_status``/``usersStatus`` send it: a plain value, not JSON.

@@ -110,6 +110,39 @@ def test_it_redirects_a_switchboard_call_to_the_free_manager_and_keeps_the_custo
     assert len(routing.actions) == 1
 
 
+def test_it_names_the_shop_on_the_card_from_the_customers_site_else_the_dialled_shops_number(routing):
+    routing.crm.add_site("shop-lyon", name="Lyon store")  # its name, read when the module is registered
+    crm_domain.register_integration(routing.integration)
+    assert routing.integration.site_names == {"shop-lyon": "Lyon store"}
+    routing.crm.add_customer(43, phones=["+33611111111"], firstName="Paul", site="shop-lyon")
+    call = ring_switchboard(routing, number="+33611111111")
+    crm_domain.route_call(routing.integration.pk, call.pk)
+    assert crm_domain.card_fields(call)["crm"]["shop"] == "Lyon store"
+    # A caller retailCRM does not know, on a shop's number: that shop (its external phone, the PBX said).
+    ExternalPhone.objects.create(integration=routing.integration, site_code="shop-paris", phone="+33412345600")
+    Call.objects.filter(pk=call.pk).update(remote_number_e164="+33699999999", external_phone="+33412345600")
+    CrmCallSync.objects.filter(call=call).update(routing=CrmCallSync.Routing.NONE)
+    call.refresh_from_db()
+    crm_domain.route_call(routing.integration.pk, call.pk)
+    assert crm_domain.card_fields(call)["crm"]["shop"] == "shop-paris"  # no name known: its code
+
+
+def test_it_keeps_the_shops_names_it_knew_when_retailcrm_does_not_give_them(routing, monkeypatch, caplog):
+    from crm_sync.retailcrm.client import RetailCrmClient, RetailCrmError
+
+    routing.crm.add_site("shop-lyon", name="Lyon store")
+    crm_domain.register_integration(routing.integration)
+
+    def refused(self):
+        raise RetailCrmError("retailCRM refused GET /reference/sites (403): access denied", status=403)
+
+    monkeypatch.setattr(RetailCrmClient, "sites", refused)
+    crm_domain.register_integration(routing.integration)  # registered all the same
+    routing.integration.refresh_from_db()
+    assert routing.integration.site_names == {"shop-lyon": "Lyon store"} and routing.integration.registered_at
+    assert f"integration {routing.integration.name}: the shops' names not read" in caplog.text
+
+
 def test_it_lets_the_call_ring_as_usual_when_the_manager_is_busy_in_ctihub(routing):
     routing.manager.status = "dinner"
     routing.manager.save()

@@ -1,5 +1,5 @@
 """retailCRM's API v5, the methods ctihub uses: ``/api/v5/integration-modules/...``, ``/api/v5/telephony/...``
-and ``/api/v5/users/{id}/status``.
+``/api/v5/users/{id}/status`` and ``/api/v5/reference/sites`` (the shops' names).
 
 Every request goes through :func:`endpoint`: logged (with its form fields, for
 tests to assert exact encodings), slowed or failed when the control API says
@@ -101,6 +101,12 @@ async def manager(request: web.Request, world: RetailCrmWorld, form: dict[str, s
 
 
 @endpoint
+async def sites(request: web.Request, world: RetailCrmWorld, form: dict[str, str]):
+    with world.lock:
+        return 200, {"success": True, "sites": {code: dict(site) for code, site in world.sites.items()}}
+
+
+@endpoint
 async def user_status(request: web.Request, world: RetailCrmWorld, form: dict[str, str]):
     return 200, world.set_user_status(request.match_info["id"], form)
 
@@ -113,3 +119,4 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/api/v5/telephony/calls/upload", calls_upload)
     router.add_get("/api/v5/telephony/manager", manager)
     router.add_post("/api/v5/users/{id}/status", user_status)
+    router.add_get("/api/v5/reference/sites", sites)

@@ -111,7 +111,7 @@ async def update_user(request):
 @_json_errors
 async def add_customer(request):
     body = await read_body(request)
-    only(body, {"id", "phones", "firstName", "lastName", "email", "managerId"})
+    only(body, {"id", "phones", "firstName", "lastName", "email", "managerId", "site"})
     phones = required(body, "phones")
     if not isinstance(phones, list) or not all(isinstance(p, str) for p in phones):
         raise ValueError("phones must be a list of strings")
@@ -119,6 +119,7 @@ async def add_customer(request):
         str(required(body, "id")), phones=phones, first_name=body.get("firstName", ""),
         last_name=body.get("lastName", ""), email=body.get("email", ""),
         manager_id=str(body["managerId"]) if body.get("managerId") is not None else None,
+        site=str(body.get("site") or ""),
     )
     return web.json_response(customer, status=201)
 

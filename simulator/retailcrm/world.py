@@ -162,11 +162,13 @@ class RetailCrmWorld:
             return user
 
     def add_customer(self, customer_id: str, *, phones: list[str], first_name: str = "", last_name: str = "",
-                     email: str = "", manager_id: str | None = None) -> dict[str, Any]:
+                     email: str = "", manager_id: str | None = None, site: str = "") -> dict[str, Any]:
         with self.lock:
             self.customers[str(customer_id)] = {
                 "id": int_if_digits(customer_id), "firstName": first_name, "lastName": last_name, "email": email,
                 "phones": [{"number": p} for p in phones], "managerId": manager_id,
+                # As retailCRM's: the code of the shop (site) the customer belongs to.
+                **({"site": site} if site else {}),
             }
             return self.customers[str(customer_id)]
 

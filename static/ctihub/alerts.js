@@ -76,8 +76,11 @@
   function notificationText(card) {
     const number = card.remote_number_display || card.remote_number || gettext("Unknown number");
     const name = callerName(card);
-    const shop = card.site_code || card.external_phone || "";
-    const lines = [shop ? interpolate(gettext("Incoming call, shop line %(shop)s"), { shop }) : gettext("Incoming call")];
+    // The shop retailCRM knows the call is about (crm_sync's enricher), else the shop's line the PBX gave.
+    const crmShop = card.crm && card.crm.shop;
+    const line = card.site_code || card.external_phone || "";
+    const lines = [crmShop ? interpolate(gettext("Incoming call, shop %(shop)s"), { shop: crmShop })
+      : line ? interpolate(gettext("Incoming call, shop line %(shop)s"), { shop: line }) : gettext("Incoming call")];
     if (name && name !== number) lines.push(number);
     return { title: name || number, body: lines.join("\n") };
   }

@@ -231,8 +231,9 @@
     el.querySelector(".state").textContent = stateText(card);
     el.querySelector(".number").textContent = card.remote_number_display || card.remote_number || gettext("Unknown number");
     el.querySelector(".label").textContent = card.remote_label || "";
-    el.querySelector(".shop").textContent = card.external_phone
-      ? interpolate(gettext("Shop line %(shop)s"), { shop: card.site_code || card.external_phone }) : "";
+    const crmShop = card.crm && card.crm.shop; // the shop retailCRM knows the call is about
+    el.querySelector(".shop").textContent = crmShop ? interpolate(gettext("Shop %(shop)s"), { shop: crmShop })
+      : card.external_phone ? interpolate(gettext("Shop line %(shop)s"), { shop: card.site_code || card.external_phone }) : "";
     fillCrm(el.querySelector(".crm"), card.crm);
     el.querySelector(".timer").textContent = timerText(card);
     const actions = el.querySelector(".actions");

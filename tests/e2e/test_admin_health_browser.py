@@ -29,6 +29,7 @@ def test_it_shows_a_down_listener_and_a_failing_integration_and_leads_to_their_f
                             last_event_at=now - timedelta(minutes=40))
     down = Listener.objects.create(account=account, name="desk-down", state=Listener.State.FAILED,
                                    last_error="socket refused: 403 forbidden")
+    broken = make_account(name="old-pbx", status=PbxAccount.Status.FAILED, last_error="login refused: 401")
     RetailCrmIntegration.objects.create(name="shop-crm", crm_url="https://shop.retailcrm.ru", api_key="crm-key-e2e",
                                         last_error="403 wrong apiKey")
 
@@ -53,6 +54,19 @@ def test_it_shows_a_down_listener_and_a_failing_integration_and_leads_to_their_f
         colour = "el => getComputedStyle(el).backgroundColor"
         assert status.evaluate(colour) != ok_status.evaluate(colour)  # the stylesheet loaded, under the CSP
         assert "40 min ago" in page.locator("#health-listeners tr[data-status=ok]").inner_text()
+
+        # Each PBX account's row: its status (word), last event, last error, and a link and a button to fix it.
+        accounts = page.locator("#health-pbx_accounts")
+        failed = accounts.locator("tr[data-status=down]")
+        assert failed.count() == 1
+        cells = failed.locator("th, td").all_inner_texts()
+        assert cells[0] == "old-pbx" and " ".join(cells[1].lower().split()) == "down failed (needs an admin)"
+        assert cells[2] == "never" and cells[3] == "login refused: 401"
+        assert failed.locator("th a").get_attribute("href") == f"/admin/telephony/pbxaccount/{broken.pk}/change/"
+        assert failed.locator("button", has_text="Test the connection").is_visible()
+        healthy = accounts.locator("tr[data-status=ok]")
+        assert "main-pbx" in healthy.inner_text() and healthy.locator("time").count() == 1
+        assert healthy.locator("button").count() == 0  # nothing to fix
 
         integration = page.locator("#health-retailcrm_integrations tr[data-status=down]")
         assert "shop-crm" in integration.inner_text() and "403 wrong apiKey" in integration.inner_text()

@@ -59,9 +59,13 @@ def test_it_notifies_a_hidden_tab_of_a_ringing_call_once_rings_counts_and_keeps_
     agent = make_agent("jdoe")
     make_terminal(account, pbx_id="t-1", agent=agent)
     # retailCRM's lookup, as crm_sync's card enricher puts it on the card.
-    customers = {"+33612345678": {"id": 7, "firstName": "Marie", "lastName": "Curie"}}
+    # Its shop: the customer's site, by the name retailCRM gives it (crm_sync.domain.cards).
+    customers = {"+33612345678": {"id": 7, "firstName": "Marie", "lastName": "Curie", "site": "shop-paris"}}
+    shops = {"shop-paris": "Paris store"}
     monkeypatch.setattr(plugins, "_card_enrichers", [lambda calls: {
-        c.pk: {"crm": {"customer": customers[c.remote_number_e164]} if c.remote_number_e164 in customers else None}
+        c.pk: {"crm": {"customer": customers[c.remote_number_e164],
+                       "shop": shops.get(customers[c.remote_number_e164].get("site"))}
+               if c.remote_number_e164 in customers else None}
         for c in calls}])
 
     def call(pbx_call_id, state, number="+33612345678", **fields):
@@ -92,7 +96,8 @@ def test_it_notifies_a_hidden_tab_of_a_ringing_call_once_rings_counts_and_keeps_
     wait_for_js(page, "window.__alerts.made.length === 1")
     [note] = page.evaluate(NOTES)
     assert note["title"] == "Marie Curie" and note["tag"] == f"call-{first.pk}"
-    assert "+33412345600" in note["body"] and "+33 6 12 34 56 78" in note["body"]
+    assert note["body"].splitlines() == ["Incoming call, shop Paris store", "+33 6 12 34 56 78"]
+    assert page.inner_text(f'.card[data-call="{first.pk}"] .shop') == "Shop Paris store"
     assert page.title() == f"(1) Ringing — {base_title}"
     assert page.get_attribute("#alerts", "data-sound") == "ringing"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from telephony import control
+from telephony import control, history
 from telephony.models import Call, PbxAccount
 from tests.factories import make_account, make_agent, make_call
 from tests.support.processes import ARTIFACTS, wait_for
@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 EXTENSION = "897778778"
 
 
-def test_it_filters_the_history_and_calls_a_missed_caller_back(hub, browser):
+def test_it_filters_the_history_calls_a_missed_caller_back_and_shows_a_supervisor_every_agents_pages(
+        hub, browser):
     from tests.support.browser import csp_violations, log_in, wait_for_js
 
     hub.start(workers=0, web=True)
@@ -69,3 +70,35 @@ def test_it_filters_the_history_and_calls_a_missed_caller_back(hub, browser):
     assert line["remote"]["number"].endswith("612345678"), line
     wait_for_js(page, "document.getElementById('history-notice').textContent.startsWith('Calling')")
     assert csp_violations(page) == []
+
+    # A supervisor sees every agent's calls (jdoe's two, a colleague's page and more), a page at a time.
+    make_agent("boss", is_supervisor=True)
+    colleague = make_agent("asmith")
+    earlier = at - timedelta(hours=1)
+    Call.objects.bulk_create([
+        Call(account=account, agent=colleague, pbx_call_id=f"old-{i}", direction=Call.Direction.INBOUND,
+             state=Call.State.ENDED, remote_number_e164=f"+336100000{i:02d}", created_at=earlier - timedelta(minutes=i),
+             ended_at=earlier - timedelta(minutes=i) + timedelta(seconds=5), end_cause="no_answer")
+        for i in range(history.PAGE_SIZE)])
+    total = history.PAGE_SIZE + 2
+    boss = browser.new_context(viewport={"width": 1100, "height": 700}).new_page()
+    log_in(boss, hub.web_url, "boss", "agent-pass-123")
+    boss.goto(f"{hub.web_url}/history/")
+    assert boss.inner_text("#history-count") == f"{total} calls"
+    assert boss.locator("#history-rows tr").count() == history.PAGE_SIZE
+    agents = boss.locator("#history-rows tr td:nth-child(2)").all_inner_texts()  # the Agent column
+    assert agents[:2] == ["jdoe", "jdoe"] and set(agents[2:]) == {"asmith"}
+    boss.click("nav.pages a[rel=next]")
+    boss.wait_for_url(lambda url: "page=2" in url)
+    assert boss.locator("#history-rows tr").count() == total - history.PAGE_SIZE
+    assert "Page 2 of 2" in boss.inner_text("nav.pages")
+    # Searched by number, as an agent types it (national, spaced): that one call, whichever page it was on.
+    boss.fill("#id_number", "06 10 00 00 49")
+    boss.click(".history-filters button[type=submit]")
+    boss.wait_for_url(lambda url: "number=" in url and "page=" not in url)
+    assert boss.locator("#history-rows tr").count() == 1
+    row = boss.inner_text("#history-rows")
+    assert "asmith" in row and "+33 6 10 00 00 49" in row
+    assert boss.locator("nav.pages").count() == 0
+    assert csp_violations(boss) == []
+    boss.context.close()

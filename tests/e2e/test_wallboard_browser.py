@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 ROW = "document.querySelector('#agents tr[data-agent=\"{id}\"]')"
 HOURS_SUM = "[...document.querySelectorAll('#hours tr')].reduce((s, r) => s + Number(r.children[{n}].textContent), 0)"
+DURATION = "{row}.children[4].textContent"  # how long the agent's call has rung, or been talked on
 BARS_UP = ("[...document.querySelectorAll('#chart rect.bar-{kind}')]"
            ".filter(r => Number(r.getAttribute('height')) > 0).length")
 
@@ -72,6 +73,7 @@ def test_it_follows_an_agent_from_ringing_to_talking_with_the_figures_and_the_ch
     call(u.RINGING)
     wait_for_js(page, f"{row}.dataset.call === 'ringing'")
     assert "Marie Curie (+33 6 12 34 56 78)" in page.evaluate(f"{row}.textContent")
+    assert re.fullmatch(r"\d+:\d\d", page.evaluate(DURATION.format(row=row)))
     assert text(page, "fig-ringing") == "1"
     first = text(page, "fig-longest")
     wait_for_js(page, f"!['—', {first!r}].includes(document.getElementById('fig-longest').textContent)", timeout=5000)
@@ -83,6 +85,10 @@ def test_it_follows_an_agent_from_ringing_to_talking_with_the_figures_and_the_ch
     assert (text(page, "fig-ringing"), text(page, "fig-longest"), text(page, "fig-talking")) == ("0", "—", "1")
     assert text(page, "fig-rate") == "50 %" and re.fullmatch(r"0:\d\d", text(page, "fig-wait"))
     assert page.evaluate(f"{row}.querySelector('td.answered').textContent") == "1"
+    # For how long: counted from the answer, and ticking (the grid renders every second).
+    talked = page.evaluate(DURATION.format(row=row))
+    assert re.fullmatch(r"0:\d\d", talked) and "Talking: Marie Curie" in page.evaluate(f"{row}.textContent")
+    wait_for_js(page, f"![{talked!r}, ''].includes({DURATION.format(row=row)})", timeout=5000)
     assert page.evaluate(HOURS_SUM.format(n=1)) == 1 and page.evaluate(HOURS_SUM.format(n=2)) == 1
     assert page.evaluate(BARS_UP.format(kind="answered")) == 1 and page.evaluate(BARS_UP.format(kind="missed")) == 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -99,6 +105,7 @@ def test_it_follows_an_agent_from_ringing_to_talking_with_the_figures_and_the_ch
     # Hung up: the agent is free of it, and the answered call stays counted.
     call(u.ENDED, end_cause=u.END_HANGUP)
     wait_for_js(page, f"{row}.dataset.call === ''")
+    assert page.evaluate(DURATION.format(row=row)) == ""
     assert (text(page, "fig-answered"), text(page, "fig-talking")) == ("1", "0")
 
     # Cards as the resync may bring them: a call seen first ended (answered) counts once, however often its

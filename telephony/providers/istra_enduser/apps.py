@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy
 
 
 class IstraEndUserConfig(AppConfig):
@@ -13,7 +14,7 @@ class IstraEndUserConfig(AppConfig):
 
         registry.register(registry.ProviderApp(
             kind="istra_enduser",
-            label="Istra End User API (myIstra)",
+            label=gettext_lazy("Istra End User API (myIstra)"),
             provider="telephony.providers.istra_enduser.transport.EndUserProvider",
             capabilities=registry.Capabilities(parallel_requests=True, caller_id=True, audio=True),
             url_prefix="enduser/",  # the console's voicemail endpoints

@@ -39,6 +39,7 @@ from functools import cached_property
 from urllib.parse import quote, urlsplit
 
 import requests
+from django.utils.translation import gettext_lazy, ngettext
 
 from ctihub.lib.http_client import HttpError
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
@@ -185,7 +186,8 @@ class EndUserProvider(Provider):
         info = self.user_info()
         count = len(info.terminals)
         who = info.name or self.account.login
-        return f"{who}{f' ({info.enterprise})' if info.enterprise else ''}: {count} terminal{'s' if count != 1 else ''}"
+        terminals = ngettext("%(count)s terminal", "%(count)s terminals", count) % {"count": count}
+        return f"{who}{f' ({info.enterprise})' if info.enterprise else ''}: {terminals}"
 
     def fetch_terminals(self) -> list[TerminalInfo]:
         return list(self.user_info().terminals)
@@ -194,14 +196,15 @@ class EndUserProvider(Provider):
         """``POST v1/user/Terminal/<id>/placeCall``; a POST is never re-sent on a slow answer."""
         destination = (destination or "").strip()
         if not destination:
-            raise ProviderError("placeCall needs a destination", permanent=True)
+            raise ProviderError(gettext_lazy("placeCall needs a destination"), permanent=True)
         answer = self.session.request_json(
             "POST", f"v1/user/Terminal/{quote(terminal_pbx_id, safe='')}/placeCall", body={"destination": destination}
         )
         return answer if isinstance(answer, dict) else {}
 
     def call_action(self, call, action: str, payload: dict) -> dict:
-        raise NotSupported("the End User API has no call control: use a myRCC account to answer, hold or transfer")
+        raise NotSupported(gettext_lazy("the End User API has no call control: use a myRCC account to answer, hold "
+                                        "or transfer"))
 
     # --- voicemail ------------------------------------------------------------------------------
     def voicemail_page(self, offset: int = 0, length: int = PAGE_LENGTH) -> list[frames.Voicemail]:

@@ -21,6 +21,7 @@ import logging
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
+from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 
 from telephony.console import viewer_for
@@ -49,7 +50,7 @@ def _account(request, account_id: int) -> PbxAccount:
 
 def _pbx_error(exc: ProviderError) -> JsonResponse:
     status = 404 if exc.status == 404 else 502
-    return JsonResponse({"ok": False, "error": f"PBX: {exc}"}, status=status)
+    return JsonResponse({"ok": False, "error": gettext("PBX: %(error)s") % {"error": exc}}, status=status)
 
 
 def _body(request) -> dict:
@@ -82,7 +83,7 @@ def voicemail_list(request):
             box["voicemails"] = [voicemail_json(account, v) for v in voicemails]
             box["counters"] = counters.as_message()
         except ProviderError as exc:
-            box["error"] = f"PBX: {exc}"
+            box["error"] = gettext("PBX: %(error)s") % {"error": exc}
         boxes.append(box)
     return JsonResponse({"boxes": boxes})
 
@@ -93,7 +94,7 @@ def voicemail_read(request, account_id: int, voicemail_id: str):
     account = _account(request, account_id)
     read = _body(request).get("read")
     if not isinstance(read, bool):
-        return JsonResponse({"ok": False, "error": 'say {"read": true} or {"read": false}'}, status=400)
+        return JsonResponse({"ok": False, "error": gettext('Expected {"read": true} or {"read": false}.')}, status=400)
     provider, lock = cached_provider(account)
     try:
         with lock:
@@ -108,7 +109,8 @@ def voicemail_read(request, account_id: int, voicemail_id: str):
 def voicemail_delete(request, account_id: int, voicemail_id: str):
     account = _account(request, account_id)
     if _body(request).get("confirm") is not True:
-        return JsonResponse({"ok": False, "error": "deleting a voicemail cannot be undone: confirm it"}, status=400)
+        return JsonResponse({"ok": False, "error": gettext("deleting a voicemail cannot be undone: confirm it")},
+                            status=400)
     provider, lock = cached_provider(account)
     try:
         with lock:
@@ -126,13 +128,14 @@ def voicemail_call_me(request, account_id: int, voicemail_id: str):
     account = _account(request, account_id)
     terminal = Terminal.objects.filter(account=account, active=True).order_by("id").first()
     if terminal is None:
-        return JsonResponse({"ok": False, "error": "this voicemail box has no terminal to ring"}, status=409)
+        return JsonResponse({"ok": False, "error": gettext("this voicemail box has no terminal to ring")}, status=409)
     provider, lock = cached_provider(account)
     try:
         with lock:
             voicemail = provider.voicemail(voicemail_id)
             if not voicemail.play_number:
-                return JsonResponse({"ok": False, "error": "the PBX gave no number to play this message"}, status=409)
+                return JsonResponse({"ok": False, "error": gettext("the PBX gave no number to play this message")},
+                                    status=409)
             provider.place_call(terminal.pbx_id, voicemail.play_number)
     except ProviderError as exc:
         return _pbx_error(exc)

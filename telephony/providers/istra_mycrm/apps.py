@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy
 
 
 class IstraMyCrmConfig(AppConfig):
@@ -12,7 +13,7 @@ class IstraMyCrmConfig(AppConfig):
 
         registry.register(registry.ProviderApp(
             kind="istra_mycrm",
-            label="Istra myCrm (end user, per terminal)",
+            label=gettext_lazy("Istra myCrm (end user, per terminal)"),
             provider="telephony.providers.istra_mycrm.transport.MyCrmProvider",
             capabilities=registry.Capabilities(parallel_requests=True),  # one shared IstraSession
             admin_notes="telephony.providers.istra_mycrm.admin.notes",

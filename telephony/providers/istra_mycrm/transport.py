@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 from functools import cached_property
 
+from django.utils.translation import gettext_lazy, ngettext
+
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
 from telephony.providers.istra.session import IstraSession, enduser_username
 from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
@@ -67,7 +69,7 @@ class MyCrmProvider(Provider):
     # --- REST -------------------------------------------------------------------------
     def test_connection(self) -> str:
         count = len(self.fetch_terminals())
-        return f"{count} terminal{'s' if count != 1 else ''}"
+        return ngettext("%(count)s terminal", "%(count)s terminals", count) % {"count": count}
 
     def fetch_terminals(self) -> list[TerminalInfo]:
         answer = self.session.request_json("GET", "v1/crm/GetTerminals")
@@ -87,7 +89,8 @@ class MyCrmProvider(Provider):
         return answer if isinstance(answer, dict) else {}
 
     def call_action(self, call, action: str, payload: dict) -> dict:
-        raise NotSupported("myCrm has no call control: use a myRCC account to answer, hold or transfer calls")
+        raise NotSupported(gettext_lazy("myCrm has no call control: use a myRCC account to answer, hold or transfer "
+                                        "calls"))
 
     # --- Sockets ------------------------------------------------------------------------
     def listener_specs(self, terminal_pbx_ids: list[str]) -> list[ListenerSpec]:

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy
 
 
 class IstraMyRccConfig(AppConfig):
@@ -12,7 +13,7 @@ class IstraMyRccConfig(AppConfig):
 
         registry.register(registry.ProviderApp(
             kind="istra_myrcc",
-            label="Istra myRCC (enterprise call control)",
+            label=gettext_lazy("Istra myRCC (enterprise call control)"),
             provider="telephony.providers.istra_myrcc.transport.MyRccProvider",
             capabilities=registry.Capabilities(parallel_requests=True),  # one shared IstraSession
             admin_notes="telephony.providers.istra_myrcc.admin.notes",

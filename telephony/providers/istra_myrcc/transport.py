@@ -27,6 +27,9 @@ import logging
 from functools import cached_property
 from urllib.parse import quote
 
+from django.utils.functional import lazy
+from django.utils.translation import gettext, gettext_lazy, ngettext
+
 from telephony import updates as u
 from telephony.providers.base import (
     ActionRefused,
@@ -85,7 +88,8 @@ class MyRccProvider(Provider):
     # --- REST -------------------------------------------------------------------------
     def test_connection(self) -> str:
         count = len(self.fetch_terminals())
-        return f"{count} extension{'s' if count != 1 else ''} in {self.account.enterprise}"
+        return ngettext("%(count)s extension in %(enterprise)s", "%(count)s extensions in %(enterprise)s", count) % {
+            "count": count, "enterprise": self.account.enterprise}
 
     def fetch_terminals(self) -> list[TerminalInfo]:
         """The enterprise's whole extension directory, following ``next`` page after page."""
@@ -111,8 +115,8 @@ class MyRccProvider(Provider):
 
     def call_action(self, call, action: str, payload: dict) -> dict:
         if action not in (call.allowed_actions or ()) or action not in RCC_ACTIONS:
-            allowed = ", ".join(call.allowed_actions or ()) or "nothing"
-            raise ActionRefused(f"{action} is not possible on this call now (the PBX allows: {allowed})")
+            allowed = ", ".join(call.allowed_actions or ())
+            raise ActionRefused(_not_possible(action, allowed) if allowed else _nothing_possible(action))
         answer = self.session.request_json(
             "POST", f"{LINE_URI_PREFIX}{quote(call.pbx_call_id, safe='')}/{RCC_ACTIONS[action]}",
             body=_action_body(action, payload),
@@ -272,21 +276,30 @@ def _extension(item: dict) -> TerminalInfo:
     )
 
 
+# What the agent reads on the card, in the console's language when shown (telephony.consumers), not when raised.
+_not_possible = lazy(lambda action, allowed: gettext("%(action)s is not possible on this call now (the PBX allows: "
+                                                     "%(allowed)s)") % {"action": action, "allowed": allowed}, str)
+_nothing_possible = lazy(lambda action: gettext("%(action)s is not possible on this call now (the PBX allows "
+                                                "nothing)") % {"action": action}, str)
+_needs_other_call = lazy(lambda action: gettext("%(action)s needs the other call") % {"action": action}, str)
+_needs_destination = lazy(lambda action: gettext("%(action)s needs a destination number") % {"action": action}, str)
+
+
 def _action_body(action: str, payload: dict) -> dict | None:
     """The JSON the doc's action table asks for, from what the console sends."""
     if action in (u.MERGE, u.TRANSFER):
         other_call = payload.get("other_call")
         if other_call is None:
-            raise ActionRefused(f"{action} needs the other call")
+            raise ActionRefused(_needs_other_call(action))
         return {"line": f"{LINE_URI_PREFIX}{other_call.pbx_call_id}"}
     if action in (u.REDIRECT, u.ADD_PARTY):
         destination = str(payload.get("destination") or "").strip()
         if not destination:
-            raise ActionRefused(f"{action} needs a destination number")
+            raise ActionRefused(_needs_destination(action))
         return {"destination": destination}
     if action == u.SEND_DTMF:
         digits = str(payload.get("digits") or "").strip()
         if not digits:
-            raise ActionRefused("send_dtmf needs digits")
+            raise ActionRefused(gettext_lazy("send_dtmf needs digits"))
         return {"dtmfs": digits}
     return None

@@ -4,6 +4,11 @@ Both describe one call of one Telepo user. A webhook carries ``seq_num`` per
 call, so the domain drops duplicates and late deliveries (``seq <= last_seq``)
 and never revives a terminated call. A snapshot carries no sequence number but a
 ``stateToken``; it is state, not a transition, so applying it twice is a no-op.
+Its token does not name it, though: the token follows the call's own state, while
+the call's actions also change with the user's other calls (a second call makes
+conference and transfer possible on the first) and a webhook that lags behind the
+snapshot clears the token we hold. A snapshot is a frame of its own each time it is
+asked (``token<N>@<asked at>``); whether it is news is the domain's comparison.
 
 One value we do not know never costs the rest of a message, nor a snapshot its
 other calls: the spec lists the webhook's states but shows only two snapshot
@@ -343,7 +348,9 @@ def parse_call_state(call: Any, account_id: int, user_id: str, fetched_at: datet
         external_phone=dialled_number(call) if direction == u.INBOUND else None,
         allowed_actions=parse_actions(call.get("actions")),
         state_token=str(token) if isinstance(token, int) and not isinstance(token, bool) else None,
-        frame_id=f"token{token}" if token is not None else None,
+        # Not the token alone: a later snapshot under the same token may bring other actions, or give
+        # back the token a late webhook cleared; stored as a replay of the first, it would be dropped.
+        frame_id=f"token{token}@{fetched_at.isoformat()}" if token is not None else None,
         pbx_state=None if known else pbx_state_of(status),
     )
 

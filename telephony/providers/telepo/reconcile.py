@@ -9,8 +9,9 @@ Each call of a snapshot is read on its own: one that cannot be read is skipped
 keeps its call live in its last known state (``branches.settle_snapshot``).
 
 A snapshot describes the PBX at the moment it was asked. A call that changed
-here after that moment (a webhook got in first) is left alone: the older
-snapshot must not undo it, though an answer it saw still counts. With ``fullState``, a call we think is live but
+here after that moment (a webhook got in first, or a snapshot or action answer
+asked later) is left alone: the older snapshot must not undo it, though an
+answer it saw still counts. With ``fullState``, a call we think is live but
 the snapshot no longer lists has ended at the PBX and is ended here, unless
 Telepo spoke of it less than ``ABSENCE_GRACE`` ago (see there).
 """
@@ -18,7 +19,7 @@ Telepo spoke of it less than ``ABSENCE_GRACE`` ago (see there).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -26,7 +27,7 @@ from django.utils import timezone
 
 from telephony import updates as u
 from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update
-from telephony.models import Call, PbxAccount
+from telephony.models import Call, CallEvent, PbxAccount
 from telephony.providers.base import ProviderError
 from telephony.providers.telepo import branches
 from telephony.providers.telepo.frames import SNAPSHOT_KIND, parse_call_state, parse_snapshot
@@ -49,15 +50,29 @@ class ReconcileReport:
     users: int = 0
     applied: int = 0
     ended: int = 0
-    skipped: int = 0
+    # Skipped, each for its reason: the call already was as the snapshot says; the call changed since
+    # the snapshot was asked (its news wins); the snapshot's call could not be read.
+    unchanged: int = 0
+    older: int = 0
+    unreadable: int = 0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return self.unchanged + self.older + self.unreadable
 
     def add(self, other: ReconcileReport) -> None:
         self.users += other.users
         self.applied += other.applied
         self.ended += other.ended
-        self.skipped += other.skipped
+        self.unchanged += other.unchanged
+        self.older += other.older
+        self.unreadable += other.unreadable
         self.errors.extend(other.errors)
+
+    def counts(self) -> dict[str, int]:
+        return {"users": self.users, "applied": self.applied, "ended": self.ended, "unchanged": self.unchanged,
+                "older": self.older, "unreadable": self.unreadable, "errors": len(self.errors)}
 
 
 def reconcile_account(account: PbxAccount) -> ReconcileReport:
@@ -104,9 +119,9 @@ def reconcile_user(account: PbxAccount, user_id: str, provider=None) -> Reconcil
         parsed = parse_snapshot(body, account.pk, user_id, fetched_at)
     except FrameRejected as exc:
         raise ProviderError(f"Telepo's snapshot of {user_id} makes no sense: {exc}") from None
-    report = ReconcileReport(users=1, skipped=len(parsed.skipped))
+    report = ReconcileReport(users=1, unreadable=len(parsed.skipped))
     for update in parsed.updates:
-        _count(report, apply_unless_newer(update, fetched_at))
+        _count(report, *_apply_unless_newer(update, fetched_at))
     # A call the snapshot lists but we could not read has not ended; one we could not even
     # name might be any of the calls not listed, so then no absence proves an end.
     if body.get("fullState", True) is not False and not parsed.unnamed_skipped:
@@ -120,6 +135,8 @@ def reconcile_user(account: PbxAccount, user_id: str, provider=None) -> Reconcil
             from telephony.providers.telepo import tasks
 
             tasks.enqueue(tasks.reconcile_user_task, account.pk, user_id, countdown=ABSENCE_GRACE.total_seconds())
+    # Every applied webhook asks for one: debug, not info. Says why a card kept what it had.
+    logger.debug("Telepo snapshot of %s: %s", user_id, report.counts(), extra={"account_id": account.pk})
     return report
 
 
@@ -131,20 +148,47 @@ def apply_call_state(account: PbxAccount, user_id: str, state: dict, fetched_at:
 def apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> AppliedUpdate | None:
     """The update as the call's branches settle it (an unknown status keeps the call's state, a call
     only a voicemail or a queue took is not answered), unless the call changed since ``fetched_at``."""
+    return _apply_unless_newer(update, fetched_at)[0]
+
+
+def _apply_unless_newer(update: CallUpdate, fetched_at: datetime) -> tuple[AppliedUpdate | None, bool]:
+    """``apply_unless_newer``'s answer, and whether the call had changed since ``fetched_at``."""
     with transaction.atomic():
         current = branches.lock_call(update.account_id, update.pbx_call_id)
-        if current is not None and current.updated_at >= fetched_at:
+        if current is not None and _news_since(current, fetched_at):
             # Older than the call's news, but an answer it saw is still news (branches.snapshot_answer).
             answer = branches.snapshot_answer(update, current, fetched_at)
-            return apply_call_update(answer) if answer is not None else None
-        return apply_call_update(branches.settle_snapshot(update, current))
+            if answer is None:
+                return None, True
+            # Written over newer news: its event is news as of now, not as of when it was asked (_news_since).
+            return apply_call_update(replace(answer, occurred_at=max(fetched_at, timezone.now()))), True
+        return apply_call_update(branches.settle_snapshot(update, current)), False
 
 
-def _count(report: ReconcileReport, applied: AppliedUpdate | None) -> None:
+def _news_since(call: Call, fetched_at: datetime) -> bool:
+    """True when what the call holds is newer than ``fetched_at``.
+
+    A webhook is news as of when it was applied (``updated_at``: Telepo's timestamp is another clock); a
+    snapshot or an action's answer as of when it was asked (its event's ``received_at``), however late it
+    was written. Otherwise a snapshot asked before an action was sent, but written while the action was
+    under way, made the action's answer look older than it and dropped it: the card stayed as it was
+    until the next periodic reconcile. The call's newest event is its newest change (each change stores
+    one, under the call's lock), and what it held before is older still: a snapshot is written only when
+    newer than the call's news, and the answer an older one brings is news as of when it is written.
+    """
+    if call.updated_at < fetched_at:
+        return False
+    newest = CallEvent.objects.filter(call_id=call.pk).order_by("-id").values_list("kind", "received_at").first()
+    return newest is None or newest[0] != SNAPSHOT_KIND or newest[1] >= fetched_at
+
+
+def _count(report: ReconcileReport, applied: AppliedUpdate | None, older: bool) -> None:
     if applied is not None and applied.changed:
         report.applied += 1
+    elif older:
+        report.older += 1
     else:
-        report.skipped += 1
+        report.unchanged += 1
 
 
 def _live_calls_missing(account: PbxAccount, user_id: str, listed: set[str], fetched_at: datetime):

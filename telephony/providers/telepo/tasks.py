@@ -35,8 +35,7 @@ def reconcile_account_task(account_id: int) -> dict:
     account = PbxAccount.objects.filter(pk=account_id, kind=PbxAccount.Kind.TELEPO, enabled=True).first()
     if account is None:
         return {}
-    report = reconcile_account(account)
-    return {"users": report.users, "applied": report.applied, "ended": report.ended, "errors": len(report.errors)}
+    return reconcile_account(account).counts()
 
 
 @shared_task(ignore_result=True)

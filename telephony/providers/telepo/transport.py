@@ -22,6 +22,8 @@ from functools import cached_property
 from urllib.parse import quote
 
 from django.utils import timezone
+from django.utils.functional import lazy
+from django.utils.translation import gettext, gettext_lazy, ngettext
 
 from ctihub.lib.http_client import HttpClient, HttpError
 from ctihub.lib.phones import e164_or_empty
@@ -76,14 +78,18 @@ class TelepoProvider(Provider):
     def test_connection(self) -> str:
         users = list(self.account.terminals.filter(active=True).values_list("pbx_id", flat=True))
         if not users:
-            raise ProviderError("add one terminal per Telepo user (PBX id = the userId) to test the API ticket",
-                                permanent=True)
+            raise ProviderError(gettext_lazy("add one terminal per Telepo user (PBX id = the userId) to test the API "
+                                             "ticket"), permanent=True)
         calls = sum(len(self.snapshot(user_id).get("calls") or []) for user_id in users)
-        return f"{_plural(len(users), 'Telepo user')} reachable, {_plural(calls, 'call')} now"
+        # Shown in the admin's language (telephony.admin runs it in the request).
+        reachable = ngettext("%(count)s Telepo user reachable", "%(count)s Telepo users reachable", len(users))
+        now = ngettext("%(count)s call now", "%(count)s calls now", calls)
+        return f"{reachable % {'count': len(users)}}, {now % {'count': calls}}"
 
     def fetch_terminals(self):
-        raise NotSupported("Telepo does not list its users over the call-control API: add one terminal per "
-                           "Telepo user (PBX id = userId, extension = the deviceId to place calls from)")
+        raise NotSupported(gettext_lazy("Telepo does not list its users over the call-control API: add one terminal "
+                                        "per Telepo user (PBX id = userId, extension = the deviceId to place calls "
+                                        "from)"))
 
     def snapshot(self, user_id: str) -> dict:
         answer = self.request("GET", "snapshot", userId=user_id)
@@ -108,11 +114,8 @@ class TelepoProvider(Provider):
             answer = self.request("POST", action, body=body, userId=user_id, callId=call.pbx_call_id)
         except StateConflict as exc:
             self._refresh_after_conflict(user_id)
-            raise StateConflict(
-                f"the call changed at the PBX before the {action} reached it; its state is refreshed: "
-                "look at the call again and retry if it still makes sense",
-                code=exc.code or "STATE_TOKEN_MISMATCH", status=exc.status,
-            ) from exc
+            raise StateConflict(_changed_meanwhile(action), code=exc.code or "STATE_TOKEN_MISMATCH",
+                                status=exc.status) from exc
         if _failed(answer):
             # The call's state in a refusal is not news to act on; the snapshot says where the call is.
             self._refresh_soon(user_id)
@@ -158,7 +161,7 @@ class TelepoProvider(Provider):
         if digits and all(ch.isdigit() or ch in "*#" for ch in digits):
             # A short internal number is only meaningful inside the organisation (RFC 3966 local number).
             return f"tel:{digits};phone-context={self.account.enterprise}"
-        raise ActionRefused(f"{number!r} is not a phone number, a tel: or a sip: URI")
+        raise ActionRefused(_not_a_number(repr(number)[:60]))
 
     # --- bodies -----------------------------------------------------------------------
     def _body(self, action: str, call, payload: dict) -> dict:
@@ -173,10 +176,11 @@ class TelepoProvider(Provider):
         elif action == u.SEND_DTMF:
             digits = str(payload.get("digits") or "").strip()
             if not DTMF_DIGITS.match(digits):
-                raise ActionRefused("send_dtmf needs digits (0-9, *, #, A-D)")
+                raise ActionRefused(gettext_lazy("send_dtmf needs digits (0-9, *, #, A-D)"))
             body["digits"] = digits
         elif action == u.MOVE:
-            body["deviceId"] = _required(payload, "device_id", "move needs the device to move the call to")
+            body["deviceId"] = _required(payload, "device_id",
+                                         gettext_lazy("move needs the device to move the call to"))
         elif action == u.CONFERENCE_REMOVE:
             body["participantId"] = _participant(payload)
         elif action in (u.ANSWER, u.PICKUP) and payload.get("device_id"):
@@ -186,20 +190,19 @@ class TelepoProvider(Provider):
     def _single_step_transfer(self, payload: dict) -> dict:
         destination = str(payload.get("destination") or "").strip()
         if not destination:
-            raise ActionRefused("redirect needs a destination number")
+            raise ActionRefused(gettext_lazy("redirect needs a destination number"))
         transfer_type = str(payload.get("type") or "BASIC").upper()
         if transfer_type not in TRANSFER_TYPES:
-            raise ActionRefused(f"transfer type must be one of {', '.join(TRANSFER_TYPES)}")
+            raise ActionRefused(_transfer_types(", ".join(TRANSFER_TYPES)))
         blind = payload.get("blind", False)
         if not isinstance(blind, bool):  # "false" from a form would read as True
-            raise ActionRefused("blind must be true or false")
+            raise ActionRefused(gettext_lazy("blind must be true or false"))
         return {"blind": blind, "type": transfer_type, "destination": self.tel_uri(destination)}
 
     def _device_of(self, user_id: str) -> str:
         terminal = self.account.terminals.filter(pbx_id=user_id).only("extension").first()
         if terminal is None or not terminal.extension:
-            raise ProviderError(f"set the deviceId to call from as the extension of Telepo user {user_id}",
-                                permanent=True)
+            raise ProviderError(_no_device(user_id), permanent=True)
         return terminal.extension
 
     # --- keeping our calls right ---------------------------------------------------------
@@ -237,8 +240,19 @@ class TelepoProvider(Provider):
             self.client.close()
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'s' if count != 1 else ''}"
+# What the agent (or the admin) reads, in their language when shown (the console, an admin message), not when
+# raised; Telepo's own words (its eventDescription) stay as Telepo wrote them.
+_changed_meanwhile = lazy(lambda action: gettext(
+    "the call changed at the PBX before the %(action)s reached it; its state is refreshed: look at the call "
+    "again and retry if it still makes sense") % {"action": action}, str)
+_not_a_number = lazy(lambda number: gettext("%(number)s is not a phone number, a tel: or a sip: URI")
+                     % {"number": number}, str)
+_transfer_types = lazy(lambda types: gettext("transfer type must be one of %(types)s") % {"types": types}, str)
+_no_device = lazy(lambda user: gettext("set the deviceId to call from as the extension of Telepo user %(user)s")
+                  % {"user": user}, str)
+_needs_other_call = lazy(lambda action: gettext("%(action)s needs the other call") % {"action": action}, str)
+_refused = lazy(lambda action, reason: gettext("Telepo refused %(action)s: %(reason)s")
+                % {"action": action, "reason": reason}, str)
 
 
 def _user_of(call) -> str:
@@ -252,7 +266,7 @@ def _user_of(call) -> str:
                    .values_list("pbx_id", flat=True).first())
         if user_id:
             return user_id
-    raise ActionRefused("this call has no Telepo user: ctihub cannot act on it")
+    raise ActionRefused(gettext_lazy("this call has no Telepo user: ctihub cannot act on it"))
 
 
 def _token(value) -> int | None:
@@ -263,7 +277,7 @@ def _token(value) -> int | None:
 def _target_call(action: str, payload: dict) -> dict:
     other = payload.get("other_call")
     if other is None:
-        raise ActionRefused(f"{action} needs the other call")
+        raise ActionRefused(_needs_other_call(action))
     body = {"targetCallId": other.pbx_call_id}
     token = _token(other.state_token)
     if token is not None:
@@ -281,7 +295,7 @@ def _participant(payload: dict) -> str:
     party = payload.get("party_call")
     if party is not None:
         return party.pbx_call_id
-    return _required(payload, "participant_id", "conference_remove needs the participant")
+    return _required(payload, "participant_id", gettext_lazy("conference_remove needs the participant"))
 
 
 def _required(payload: dict, key: str, message: str) -> str:
@@ -302,8 +316,8 @@ def _raise_if_failed(answer: dict, path_key: str) -> None:
     """
     if not _failed(answer):
         return
-    description = str(answer.get("eventDescription") or "").strip()[:500] or "no reason given"
-    raise ProviderError(f"Telepo refused {path_key}: {description}", permanent=True, code="FAILED")
+    description = str(answer.get("eventDescription") or "").strip()[:500] or gettext_lazy("no reason given")
+    raise ProviderError(_refused(path_key, description), permanent=True, code="FAILED")
 
 
 def _error(response, path_key: str) -> ProviderError:

@@ -133,7 +133,7 @@ def test_it_reads_the_specs_snapshot_sample_as_a_held_outgoing_internal_call():
         "+46277464", "+46277464", "Bob Bobson")
     assert update.allowed_actions == (u.MOVE, u.TRANSFER, u.REDIRECT, u.RESUME, u.PARK)
     assert (update.state_token, update.frame_id, update.seq, update.occurred_at) == (
-        "487345453", "token487345453", None, FETCHED)
+        "487345453", f"token487345453@{FETCHED.isoformat()}", None, FETCHED)
 
 
 def test_it_reads_the_specs_action_answer_with_its_flattened_actions_and_device_ids():

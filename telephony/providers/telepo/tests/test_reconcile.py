@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from telephony import updates as u
@@ -15,11 +17,12 @@ from telephony.providers.telepo.frames import parse_snapshot
 from telephony.providers.telepo.reconcile import (
     ABSENCE_GRACE,
     _live_calls_missing,
+    apply_call_state,
     apply_unless_newer,
     reconcile_account,
     reconcile_user,
 )
-from telephony.providers.telepo.tests.conftest import ALICE
+from telephony.providers.telepo.tests.conftest import ALICE, SECRET
 from tests.factories import make_account
 
 pytestmark = pytest.mark.django_db
@@ -42,6 +45,106 @@ def test_it_is_idempotent(account, terminal, world):
     version = Call.objects.get().version
     report = reconcile_user(account, ALICE)
     assert (report.applied, report.skipped, Call.objects.get().version) == (0, 1, version)
+
+
+def test_it_takes_the_actions_another_call_brings_though_the_state_token_is_the_same(account, terminal, world):
+    # Telepo's stateToken follows the call's own state: a second call of the user makes transfer and
+    # conference possible on the first without a new token. Read as a replay of the snapshot stored
+    # under that token, the first call's card would never offer them (#18's browser test, under load).
+    first = world.incoming_call(ALICE, "+33612345601")
+    world.answer(first.call_id)
+    reconcile_user(account, ALICE)
+    call = Call.objects.get(pbx_call_id=first.call_id)
+    token = call.state_token
+    assert u.CONFERENCE_ADD not in call.allowed_actions
+    second = world.incoming_call(ALICE, "+33612345602")
+    world.answer(second.call_id)
+    assert str(world.call(first.call_id).state_token) == token  # the premise: the first call's token stays
+
+    report = reconcile_user(account, ALICE)
+    call.refresh_from_db()
+    assert (call.state_token, u.CONFERENCE_ADD in call.allowed_actions) == (token, True)
+    assert (report.applied, report.skipped) == (2, 0)
+    assert reconcile_user(account, ALICE).unchanged == 2  # and then nothing is news
+
+
+def test_it_gives_back_the_token_and_actions_a_late_webhook_took_from_the_call(account, terminal, world, queued):
+    # Telepo's webhooks lag behind its snapshot: the EARLY and CONFIRMED of an answer the snapshot already
+    # showed come after it, and each clears the call's token (a webhook says the state changed). The
+    # snapshot they ask for has the same token as the first: it must give it back, with the actions.
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    world.answer(sim_call.call_id)
+    reconcile_user(account, ALICE)
+    token = str(world.call(sim_call.call_id).state_token)
+    assert Call.objects.get().state_token == token
+    for message in [m for m in world.sent if m["call_id"] == sim_call.call_id]:
+        response = Client().post(f"/api/telepo/webhook/{SECRET}", data=json.dumps(message),
+                                 content_type="application/json")
+        assert response.json() == {"ok": True, "applied": True}
+    assert (Call.objects.get().state_token, queued) == ("", [("reconcile_user_task", (account.pk, ALICE))])
+
+    report = reconcile_user(account, ALICE)
+    call = Call.objects.get()
+    assert (call.state, call.state_token, report.applied) == ("talking", token, 1)
+    assert call.allowed_actions == [u.HOLD, u.PARK, u.MUTE, u.SEND_DTMF, u.MOVE, u.REDIRECT, u.HANGUP]
+
+
+def test_it_tells_a_snapshot_older_than_the_calls_news_from_one_that_changes_nothing(account, terminal, world):
+    sim_call = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    assert (reconcile_user(account, ALICE).unchanged, reconcile_user(account, ALICE).older) == (1, 0)
+    # A webhook's news, as of a minute from now: newer than any snapshot asked now.
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.RINGING,
+                                   kind="webhook", payload={}, occurred_at=timezone.now(), seq=1))
+    Call.objects.update(updated_at=timezone.now() + timedelta(minutes=1))
+    report = reconcile_user(account, ALICE)
+    assert (report.older, report.unchanged, report.skipped, report.applied) == (1, 0, 1, 0)
+    assert Call.objects.get(pbx_call_id=sim_call.call_id).state == "ringing"
+
+
+def test_it_applies_an_actions_answer_over_a_snapshot_asked_before_the_action_though_applied_after(
+        account, terminal, world):
+    # A webhook's reconcile asks for the snapshot (the call ACTIVE), the agent holds the call, the reconcile
+    # applies its snapshot while the hold is under way, then the hold's answer (HELD) comes back. The answer
+    # is the newer news: the snapshot was asked before the hold was sent, whenever it was written. Judged by
+    # when the snapshot was written, the answer was dropped and the card stayed "talking" until the next
+    # periodic reconcile (the e2e test of a Telepo call's hold, under load).
+    sim_call = world.incoming_call(ALICE, "+33612345678", display_name="Bob Smith")
+    reconcile_user(account, ALICE)
+    world.answer(sim_call.call_id)
+    asked_at = timezone.now()
+    (snapshot,) = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, asked_at).updates
+    requested_at = timezone.now()
+    answer = world.act(world.user(ALICE), "hold", sim_call.call_id, {})
+
+    assert apply_unless_newer(snapshot, asked_at).changed
+    assert apply_call_state(account, ALICE, answer, requested_at).changed
+    call = Call.objects.get()
+    assert (call.state, call.state_token) == ("held", str(answer["stateToken"]))
+    # The other way round, the older snapshot changes nothing: it is older than the answer.
+    assert apply_unless_newer(snapshot, asked_at) is None
+    assert Call.objects.get().state == "held"
+
+
+def test_it_keeps_a_webhooks_news_from_a_snapshot_asked_before_it_after_an_older_ones_answer(
+        account, terminal, world):
+    # The answer an older snapshot brings is written over the webhook's newer news: it must not make the
+    # call's news look as old as that snapshot, or a snapshot asked between the two would undo the webhook.
+    sim_call = world.incoming_call(ALICE, "+33612345678", display_name="Bob Smith")
+    reconcile_user(account, ALICE)
+    ringing_token = Call.objects.get().state_token
+    world.answer(sim_call.call_id)
+    first_asked = timezone.now()
+    (first,) = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, first_asked).updates
+    second_asked = timezone.now()
+    (second,) = parse_snapshot(world.snapshot(ALICE), account.pk, ALICE, second_asked).updates
+    apply_call_update(u.CallUpdate(account_id=account.pk, pbx_call_id=sim_call.call_id, state=u.RINGING,
+                                   kind="webhook", payload={}, occurred_at=timezone.now(), seq=1))
+
+    assert apply_unless_newer(first, first_asked).changed  # its answer only
+    assert apply_unless_newer(second, second_asked) is None
+    call = Call.objects.get()
+    assert (call.state, call.answered_at, call.state_token) == ("talking", first_asked, ringing_token)
 
 
 def test_it_moves_a_call_to_the_snapshots_state(account, terminal, world):
@@ -135,7 +238,8 @@ def test_it_queues_one_reconcile_per_enabled_telepo_account(account, queued):
 
 def test_it_runs_the_account_task_on_the_simulator(account, terminal, world):
     world.incoming_call(ALICE, "+33612345678")
-    assert tasks.reconcile_account_task(account.pk) == {"users": 1, "applied": 1, "ended": 0, "errors": 0}
+    assert tasks.reconcile_account_task(account.pk) == {"users": 1, "applied": 1, "ended": 0, "unchanged": 0,
+                                                        "older": 0, "unreadable": 0, "errors": 0}
     assert tasks.reconcile_account_task(999_999) == {}
 
 
