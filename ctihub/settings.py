@@ -421,6 +421,14 @@ LISTENER_BACKOFF_CAP_SECONDS = strict_int("LISTENER_BACKOFF_CAP_SECONDS", 60, mi
 # listeners while the others are at their cap. For splitting a known set of terminals across N workers
 # (bench.popup_latency --workers N); leave it 0 unless workers x cap covers every listener with room to spare.
 LISTENER_MAX_PER_WORKER = strict_int("LISTENER_MAX_PER_WORKER", 0, minimum=0)
+# Fair share (telephony.sockets.fair_share): each worker beats in Redis; one silent this long is dead and its
+# share goes to the others. A few supervisor cycles (one every lease TTL / 3 at most).
+LISTENER_HEARTBEAT_TTL_MS = strict_int("LISTENER_HEARTBEAT_TTL_MS", 15000, minimum=1000)
+# A worker may hold this many listeners beyond ceil(listeners / live workers) while nobody short takes them.
+LISTENER_SHARE_SLACK = strict_int("LISTENER_SHARE_SLACK", 1, minimum=0)
+# A listener offered to another worker and not taken this long is withdrawn; a worker stopping cleanly waits
+# at most this long for others to take its listeners over before it closes what is left.
+LISTENER_HANDOVER_SECONDS = strict_int("LISTENER_HANDOVER_SECONDS", 15, minimum=1)
 # Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
 LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
 # How often each Istra listener's session gets a cheap authenticated GET: it keeps the session active
