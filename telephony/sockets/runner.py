@@ -54,8 +54,15 @@ def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: 
 class ListenerRunner(threading.Thread):
     """One socket, reconnecting until told to stop."""
 
-    def __init__(self, supervisor: Supervisor, account: PbxAccount, listener: Listener, spec: ListenerSpec):
+    def __init__(self, supervisor: Supervisor, account: PbxAccount, listener: Listener, spec: ListenerSpec,
+                 taking_over: bool = False):
         super().__init__(name=f"listener-{listener.pk}", daemon=True)
+        #: Set while the socket is connected and the frames it found at connect are stored: what a handover
+        #: waits for before the listener's previous owner closes its own socket.
+        self.connected = threading.Event()
+        #: Opening a socket beside another worker's (a handover): the listener is not "connecting" meanwhile.
+        self.taking_over = taking_over
+        self.started_at = time.monotonic()
         self.supervisor = supervisor
         self.account = account
         self.listener_id = listener.pk
@@ -109,8 +116,10 @@ class ListenerRunner(threading.Thread):
         provider = provider_for(self.account)
         stream = None
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
-        self._retry_db(lambda: status.set_listener_state(
-            self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
+        if not self.taking_over:
+            self._retry_db(lambda: status.set_listener_state(
+                self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
+        self.taking_over = False  # a reconnect after the handover is an ordinary one
         try:
             with self.supervisor.connect_slot(self.stop_event) as may_connect:
                 if not may_connect:
@@ -131,13 +140,16 @@ class ListenerRunner(threading.Thread):
             self.supervisor.session_checks.add(stream, expired=lambda reason: self._session_expired(stream, reason),
                                                group=self.account.pk, log_extra=self._log_extra)
             opened = time.monotonic()
-            self._retry_db(lambda: status.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
+            self._retry_db(lambda: status.set_listener_state(self.listener_id, Listener.State.CONNECTED, error="",
+                                                             owner=self.supervisor.owner))
             self._retry_db(lambda: status.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             connected_at = time.monotonic()
             logger.info("listener connected", extra=self._log_extra)
             self._apply_burst(provider, initial_frames, opened)
+            self.connected.set()
             self._pump(provider, stream, generation)
         finally:
+            self.connected.clear()
             if connected_at is not None:  # measured before the cleanup, which may wait on a slow PBX
                 self._up_seconds = time.monotonic() - connected_at
             if stream is not None:
