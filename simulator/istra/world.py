@@ -321,7 +321,7 @@ class IstraWorld:
     @on_loop
     def socket_stats(self) -> list[dict[str, Any]]:
         return [
-            {"session": session.id, "app": session.app, "listeners": sorted(session.listeners),
+            {"session": session.id, "app": session.app, "login": session.login, "listeners": sorted(session.listeners),
              "sessionLive": self.sessions.is_live(session),
              "framesSent": socket.frames_sent, "framesWithheld": socket.frames_withheld,
              "pingsIgnored": socket.pings_ignored, "answersPings": socket.answers_pings, "silent": socket.silent}
