@@ -12,6 +12,8 @@ within 10% of its share (``fair_share.balanced``: within one listener where 10% 
 from __future__ import annotations
 
 import collections
+import datetime
+import re
 import signal
 import time
 
@@ -62,13 +64,26 @@ def _redis(world):
     return redis.Redis.from_url(world.hub.env["REDIS_URL"])
 
 
-def worker_id(worker) -> str:
-    """The id a worker's supervisor beats and leases with: ``<hostname>:<pid>`` (``ctihub.celery_steps``)."""
-    import re
+SUPERVISOR_STARTED = re.compile(r"^\[([\d-]+ [\d:,]+): INFO/MainProcess\] listener supervisor (\S+) started", re.M)
 
-    match = re.search(r"(\S+@\S+) v\d", worker.log())  # the banner: "-------------- name@host v5.x"
-    assert match, worker.log()[:2000]
-    return f"{match.group(1)}:{worker.process.pid}"
+
+def _supervisor_started(worker) -> tuple[float, str]:
+    """When (epoch seconds) the worker's supervisor started, and the id it beats and leases with."""
+    match = wait_for(lambda: SUPERVISOR_STARTED.search(worker.log()), 30, what="the worker's supervisor")
+    when = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the log's local time
+    return when, match.group(2)
+
+
+def worker_id(worker) -> str:
+    return _supervisor_started(worker)[1]
+
+
+def join(world) -> float:
+    """Start one more worker; seconds from its supervisor's start to the listeners held once and balanced."""
+    worker = world.hub.start_worker()
+    started, _ = _supervisor_started(worker)
+    wait_balanced(world, hub_worker_ids(world))
+    return time.time() - started
 
 
 def holding(world) -> dict:
@@ -156,15 +171,15 @@ def test_it_shares_the_listeners_fairly_as_workers_join_and_leave_losing_no_fram
     within the bound, and under steady calls no frame is lost or stored twice while listeners move."""
     world, hub = fault_world, fault_world.hub
     wait_balanced(world, hub_worker_ids(world))
+    [first] = hub_worker_ids(world)
+    assert set(holding(world)["owners"].values()) == {first}
     reconnects_before = moving_reconnects(world)
     timings = {}
     with Traffic(world, calls_per_second=CALLS_PER_SECOND, seed=191) as traffic:
         traffic.wait_for_calls(4)
-        hub.start_worker()
-        timings["join 1->2"] = wait_balanced(world, hub_worker_ids(world))
+        timings["join 1->2"] = join(world)
         traffic.wait_for_calls(4)
-        hub.start_worker()
-        timings["join 2->3"] = wait_balanced(world, hub_worker_ids(world))
+        timings["join 2->3"] = join(world)
         traffic.wait_for_calls(4)
         leaving = hub.workers.pop(0)
         left_at = time.monotonic()
@@ -172,6 +187,8 @@ def test_it_shares_the_listeners_fairly_as_workers_join_and_leave_losing_no_fram
         stopped_in = time.monotonic() - left_at
         timings["leave 3->2"] = max(stopped_in, wait_balanced(world, hub_worker_ids(world)))
         traffic.wait_for_calls(4)
+    # The first worker held every listener and has left: each one, of every kind, moved at least once.
+    assert first not in set(holding(world)["owners"].values())
     figures = check_invariant(world, traffic, settle=90)
     frames = frames_check(world, traffic)
     print(f"rebalance seconds: {timings}; clean stop took {stopped_in:.1f} s; frames {frames}; "
@@ -185,24 +202,31 @@ def test_it_shares_the_listeners_fairly_as_workers_join_and_leave_losing_no_fram
     assert not unchecked, f"no call checked for {unchecked}"
 
 
-def test_it_holds_every_listener_once_when_a_worker_is_killed_in_the_middle_of_a_rebalance(fault_world):
+@pytest.mark.parametrize("victim", ["owner", "taker"])
+def test_it_holds_every_listener_once_when_a_worker_is_killed_in_the_middle_of_a_rebalance(fault_world, victim):
+    """SIGKILL the worker handing a listener over (the taker is left with half a handover: it takes the lease
+    once the owner's expires) or the one taking it (the owner never closed: it keeps the listener)."""
     world, hub = fault_world, fault_world.hub
+    while len(hub.workers) > 1:  # one worker holding everything: the next join moves half of it
+        hub.workers.pop().stop()
     wait_balanced(world, hub_worker_ids(world))
     client = _redis(world)
+
+    def taken():
+        return {i: state for i, state in offers(client, world.listener_ids()).items() if "|" in state}
+
     try:
-        hub.start_worker()  # the others offer it their surplus
-        wait_for(lambda: offers(client, world.listener_ids()), 30, interval=0.02, what="a handover under way")
-        state = offers(client, world.listener_ids())
+        hub.start_worker()
+        state = wait_for(taken, 30, interval=0.01, what="a handover under way")
     finally:
         client.close()
-    # Kill an owner handing a listener over (the taker is left with half a handover).
-    owner = next(iter(state.values())).split("|")[0]
-    index = next(n for n, worker in enumerate(hub.workers) if worker_id(worker) == owner)
-    hub.kill_worker(index)
-    # Its leases expire (3 s), its heartbeat too; the listeners are then taken and balanced again.
+    owner, taker = next(iter(state.values())).split("|")[:2]
+    killed = owner if victim == "owner" else taker
+    hub.kill_worker(next(n for n, worker in enumerate(hub.workers) if worker_id(worker) == killed))
+    # The dead worker's leases and heartbeat expire (3 s); its listeners are then taken and balanced again.
     took = wait_balanced(world, hub_worker_ids(world), timeout=90)
     wait_connected(world, 60)
-    print(f"held once and balanced again {took:.1f} s after the kill")
+    print(f"{victim} killed mid-handover ({state}): held once and balanced again {took:.1f} s after")
 
 
 def test_it_holds_every_listener_once_when_two_workers_start_at_the_same_moment(fault_world):
