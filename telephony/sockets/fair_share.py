@@ -31,6 +31,7 @@ class Decision:
     free: list[int] = field(default_factory=list)  # ... tried in this order (each worker starts elsewhere)
     take_offers: int = 0  # how many offered listeners to take after that
     offer: list[int] = field(default_factory=list)  # own listeners to offer now
+    on_offer: int = 0  # how many of its listeners should be on offer, untaken: withdraw those beyond it
 
 
 def targets(listener_count: int, live_workers: Iterable[str]) -> dict[str, int]:
@@ -85,6 +86,7 @@ def decide(listener_ids: Iterable[int], live_workers: Iterable[str], holders: Ma
     take = max(0, target - len(mine) - want)
 
     offer: list[int] = []
+    count = 0
     surplus = len(mine) - target
     if surplus > 0:
         short_after_free = max(0, others_short - len(free))
@@ -94,7 +96,8 @@ def decide(listener_ids: Iterable[int], live_workers: Iterable[str], holders: Ma
         already = [i for i in mine if i in offered]
         fresh = [i for i in reversed(mine) if i not in offered and moving.get(i) is None]
         offer = fresh[:max(0, count - len(already))]
-    return Decision(target=target, cap=cap, acquire=want, free=free_order, take_offers=take, offer=offer)
+    return Decision(target=target, cap=cap, acquire=want, free=free_order, take_offers=take, offer=offer,
+                    on_offer=count)
 
 
 def balanced(counts: Mapping[str, int], listener_count: int, tolerance: float = 0.10) -> bool:

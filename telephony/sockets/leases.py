@@ -203,10 +203,30 @@ class LeaseStore:
         keys = [lease_key(listener_id), offer_key(listener_id), OFFERS_KEY]
         return bool(self._take(keys=keys, args=[owner, self.owner, self.ttl_ms, listener_id]))
 
+    def offer_many(self, listener_ids: list[int]) -> dict[int, bool]:
+        """``offer`` for many in one round trip: a worker leaving offers all it holds, and renews the offers."""
+        if not listener_ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for listener_id in listener_ids:
+            self._offer(keys=[lease_key(listener_id), offer_key(listener_id), OFFERS_KEY],
+                        args=[self.owner, self.ttl_ms, listener_id], client=pipe)
+        return {listener_id: bool(done) for listener_id, done in zip(listener_ids, pipe.execute())}
+
     def claim(self, listener_id: int, owner: str, ready: bool) -> int:
         """The taker's renewal of a handover: 2 the lease is ours now, 1 still under way, 0 lost."""
         keys = [lease_key(listener_id), offer_key(listener_id)]
         return int(self._claim(keys=keys, args=[owner, self.owner, "1" if ready else "0", self.ttl_ms]))
+
+    def claim_many(self, claims: list[tuple[int, str, bool]]) -> dict[int, int]:
+        """``claim`` for many (listener id, owner, ready) in one round trip: a worker takes hundreds at a join."""
+        if not claims:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for listener_id, owner, ready in claims:
+            self._claim(keys=[lease_key(listener_id), offer_key(listener_id)],
+                        args=[owner, self.owner, "1" if ready else "0", self.ttl_ms], client=pipe)
+        return {claim[0]: int(result) for claim, result in zip(claims, pipe.execute())}
 
     def hand_off(self, listener_id: int, taker: str) -> bool:
         """The owner's last step: the lease becomes the taker's, whose socket is up."""

@@ -189,6 +189,8 @@ class Supervisor(threading.Thread):
                 logger.warning("lost the lease on listener %s; stopping it", listener_id)
                 self.runners.pop(listener_id).stop()
                 self.offered.pop(listener_id, None)
+        if self.offered:  # untaken offers expire with the lease TTL unless renewed (a taken one is refused)
+            self.leases.offer_many(list(self.offered))
 
     def _scan(self) -> None:
         close_old_connections()
@@ -242,10 +244,17 @@ class Supervisor(threading.Thread):
                 self._start_runner(*self._candidates[listener_id], taking_over=True)
                 to_take -= 1
         if offer:
-            for listener_id in decision.offer:
-                if listener_id in self.runners and self.leases.offer(listener_id):
-                    logger.info("offering listener %s to a worker short of its share", listener_id)
-                    self.offered[listener_id] = time.monotonic()
+            mine_untaken = sorted(i for i, owner in untaken.items() if owner == self.owner and i in self.offered)
+            for listener_id in mine_untaken[decision.on_offer:]:  # nobody is short of them any more
+                if self.leases.withdraw(listener_id):
+                    self.offered.pop(listener_id, None)
+        if offer and decision.offer:
+            done = self.leases.offer_many([i for i in decision.offer if i in self.runners and i not in self.taking])
+            offered = [listener_id for listener_id, ok in done.items() if ok]
+            for listener_id in offered:
+                self.offered[listener_id] = time.monotonic()
+            if offered:
+                logger.info("offering %d listeners to workers short of their share", len(offered))
 
     def _move_handovers(self) -> None:
         """Between scans: finish the handovers under way, on either side, and take offers if short."""
@@ -258,6 +267,7 @@ class Supervisor(threading.Thread):
 
     def _claim_taken(self) -> None:
         """Taker's side: renew each handover, say when our socket is up, and note when the lease is ours."""
+        claims, given_up = [], []
         for listener_id, owner in list(self.taking.items()):
             runner = self.runners.get(listener_id)
             if runner is None or not runner.is_alive():
@@ -266,9 +276,12 @@ class Supervisor(threading.Thread):
                 continue
             ready = runner.connected.is_set()
             if not ready and time.monotonic() - runner.started_at > self.handover_seconds:
-                claimed = 0  # our socket never came up (a login refused, a PBX down): the owner keeps it
+                given_up.append(listener_id)  # our socket never came up (a login refused, a PBX down)
             else:
-                claimed = self.leases.claim(listener_id, owner, ready=ready)
+                claims.append((listener_id, owner, ready))
+        results = {**self.leases.claim_many(claims), **{listener_id: 0 for listener_id in given_up}}
+        for listener_id, claimed in results.items():
+            owner = self.taking[listener_id]
             if claimed == 2:
                 self.taking.pop(listener_id)
                 logger.info("took listener %s over from %s", listener_id, owner)
@@ -289,12 +302,10 @@ class Supervisor(threading.Thread):
                 self.offered.pop(listener_id)
             elif state is None:  # its taker died or called it off: we never closed, we keep it
                 self.offered.pop(listener_id)
-            elif state == self.owner:  # nobody took it yet
+            elif state == self.owner:  # nobody took it yet (``_renew_leases`` renews the offer)
                 if now - self.offered[listener_id] > self.handover_seconds and not self._leaving:
                     self.leases.withdraw(listener_id)
                     self.offered.pop(listener_id)
-                else:
-                    self.leases.offer(listener_id)  # renews it
             elif state.endswith("|ready"):
                 owner, taker, _ = state.split("|")
                 if owner == self.owner and self.leases.hand_off(listener_id, taker):
@@ -320,8 +331,9 @@ class Supervisor(threading.Thread):
                 renew_at = time.monotonic() + self.ttl_ms / 3000
                 if not self._others_live():
                     break  # they are stopping too: nobody will take the rest
-            for listener_id in self.runners:
-                if listener_id not in self.offered and self.leases.offer(listener_id):
+            fresh = [listener_id for listener_id in self.runners if listener_id not in self.offered]
+            for listener_id, done in self.leases.offer_many(fresh).items():
+                if done:
                     self.offered[listener_id] = time.monotonic()  # again, if a taker died half-way
             self._hand_off_ready()
             time.sleep(HANDOVER_TICK_SECONDS)

@@ -63,6 +63,14 @@ def test_it_counts_its_untaken_offers_and_listeners_moving_away_when_offering_ag
     assert joiner.take_offers == 30, "the listeners coming to it count as its own"
 
 
+def test_it_keeps_on_offer_only_what_the_others_are_still_short():
+    holders = {i: "a" for i in IDS}
+    assert decide(IDS, ["a", "b"], holders, "a", offered=IDS[:50]).on_offer == 50
+    moving = {i: "b" for i in IDS[:40]}
+    assert decide(IDS, ["a", "b"], holders, "a", moving=moving, offered=IDS[40:50]).on_offer == 10
+    assert decide(IDS, ["a"], holders, "a", offered=IDS[40:50]).on_offer == 0, "the short worker died"
+
+
 def test_it_offers_nothing_within_its_target_nor_when_nobody_is_short():
     holders = {i: ("a" if i <= 50 else "b") for i in IDS}
     assert decide(IDS, ["a", "b"], holders, "a").offer == []
