@@ -426,7 +426,7 @@ LISTENER_HEARTBEAT_TTL_MS = strict_int("LISTENER_HEARTBEAT_TTL_MS", 15000, minim
 # A worker may hold this many listeners beyond ceil(listeners / live workers) while nobody short takes them.
 LISTENER_SHARE_SLACK = strict_int("LISTENER_SHARE_SLACK", 1, minimum=0)
 # A listener offered to another worker and not taken this long is withdrawn; a worker stopping cleanly waits
-# at most this long for others to take its listeners over before it closes what is left.
+# this long for others to take its listeners over (twice as long for handovers under way), then closes the rest.
 LISTENER_HANDOVER_SECONDS = strict_int("LISTENER_HANDOVER_SECONDS", 15, minimum=1)
 # Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
 LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)

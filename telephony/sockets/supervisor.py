@@ -14,7 +14,8 @@ Listeners are shared fairly across workers (``fair_share``): each supervisor bea
 every scan decides from the live workers and the lease holders whether this worker takes free listeners, takes
 listeners other workers offer, or offers its surplus. A listener moves make-before-break (``leases``: offer,
 take, the taker's socket connected, hand-off, then the old owner closes), and a supervisor told to stop offers
-all its listeners and waits (``LISTENER_HANDOVER_SECONDS`` at most) for other workers to take them over.
+all its listeners and waits (``LISTENER_HANDOVER_SECONDS``, twice that for handovers under way, at most) for
+other workers to take them over.
 
 Reconnects: the first after a socket that had been healthy (connected for
 ``HEALTHY_SECONDS``) is immediate, since calls placed while nobody listens are
@@ -174,9 +175,10 @@ class Supervisor(threading.Thread):
         self._stop_all()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Hand the listeners over to other live workers (``LISTENER_HANDOVER_SECONDS`` at most), then stop."""
+        """Hand the listeners over to other live workers (``LISTENER_HANDOVER_SECONDS``, twice that for handovers
+        under way, at most), then stop."""
         self.stop_event.set()
-        self.join(self.handover_seconds + 10 if timeout is None else timeout)
+        self.join(2 * self.handover_seconds + 10 if timeout is None else timeout)
 
     def _renew_leases(self) -> None:
         for listener_id, runner in list(self.runners.items()):
@@ -290,11 +292,13 @@ class Supervisor(threading.Thread):
                 self.taking.pop(listener_id)
                 self.runners.pop(listener_id).stop()
 
-    def _hand_off_ready(self) -> None:
-        """Owner's side: give each listener whose taker's socket is up to it, then close ours."""
+    def _hand_off_ready(self) -> int:
+        """Owner's side: give each listener whose taker's socket is up to it, then close ours. Returns how many
+        of ours are taken and not handed off yet."""
         ids = list(self.offered)
         states = offers(self._redis, ids)
         now = time.monotonic()
+        in_flight = 0
         for listener_id in ids:
             state = states.get(listener_id)
             if listener_id not in self.runners:
@@ -312,6 +316,9 @@ class Supervisor(threading.Thread):
                     self.offered.pop(listener_id)
                     self.runners.pop(listener_id).stop()
                     logger.info("handed listener %s over to %s", listener_id, taker)
+            else:
+                in_flight += 1  # taken, the taker's socket not up yet
+        return in_flight
 
     def _hand_over_all(self) -> None:
         """Stopping cleanly: leave the live workers, offer every listener held, and wait (bounded) for takers."""
@@ -323,9 +330,13 @@ class Supervisor(threading.Thread):
         if not self.runners or not self._others_live():
             return
         logger.info("offering %d listeners to the other workers before stopping", len(self.runners))
-        deadline = time.monotonic() + self.handover_seconds
-        renew_at = 0.0
-        while self.runners and time.monotonic() < deadline:
+        # Takers get LISTENER_HANDOVER_SECONDS; handovers already under way then (a taker logging in, on a
+        # worker that took hundreds at once) as long again to finish, rather than be cut and left unheld.
+        started, renew_at, in_flight = time.monotonic(), 0.0, 0
+        while self.runners:
+            elapsed = time.monotonic() - started
+            if elapsed >= 2 * self.handover_seconds or (elapsed >= self.handover_seconds and not in_flight):
+                break
             if time.monotonic() >= renew_at:
                 self._renew_leases()
                 renew_at = time.monotonic() + self.ttl_ms / 3000
@@ -335,7 +346,7 @@ class Supervisor(threading.Thread):
             for listener_id, done in self.leases.offer_many(fresh).items():
                 if done:
                     self.offered[listener_id] = time.monotonic()  # again, if a taker died half-way
-            self._hand_off_ready()
+            in_flight = self._hand_off_ready()
             time.sleep(HANDOVER_TICK_SECONDS)
         for listener_id in list(self.offered):
             self.leases.withdraw(listener_id)
