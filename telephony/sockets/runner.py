@@ -38,6 +38,10 @@ IDLE_RECV_SECONDS = 60.0
 #: A burst is the frame that woke the runner plus those already waiting, within these bounds.
 BURST_MAX_FRAMES = 200
 BURST_MAX_SECONDS = 0.02
+#: A runner handed over (``retire``) is stopped once it waits in recv with nothing pending, looked at this often,
+#: or after ``RETIRE_CAP_SECONDS`` whatever it is doing.
+RETIRE_CHECK_SECONDS = 0.1
+RETIRE_CAP_SECONDS = 30.0
 
 
 def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -63,6 +67,8 @@ class ListenerRunner(threading.Thread):
         #: Opening a socket beside another worker's (a handover): the listener is not "connecting" meanwhile.
         self.taking_over = taking_over
         self.started_at = time.monotonic()
+        self._waiting = False  # in recv, all frames read stored: what ``retire`` waits for
+        self._retire_by = 0.0
         self.supervisor = supervisor
         self.account = account
         self.listener_id = listener.pk
@@ -82,6 +88,29 @@ class ListenerRunner(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.interrupt("listener stopped")
+
+    def retire(self) -> None:
+        """Handed over to another worker: store the frames that already reached this socket, then stop.
+
+        The new owner's socket has been up since before the hand-off, so it has every frame sent since; but
+        a frame sent before it connected may still sit in this socket's buffer behind a slow burst, and an
+        interrupt would drop it. So the runner is stopped only once it waits in recv with nothing pending.
+        """
+        self._retire_by = time.monotonic() + RETIRE_CAP_SECONDS
+        self._retire_check()
+
+    def _retire_check(self) -> None:
+        if self.stop_event.is_set() or not self.is_alive():
+            return
+        with self._stream_lock:
+            stream = self._stream
+        idle = stream is None or (self._waiting and not stream.pending())
+        if idle or time.monotonic() >= self._retire_by:
+            self.stop()
+            return
+        timer = threading.Timer(RETIRE_CHECK_SECONDS, self._retire_check)
+        timer.daemon = True
+        timer.start()
 
     def interrupt(self, reason: str) -> None:
         """Wake the runner out of recv; it then looks at why (stop, restart) itself."""
@@ -180,7 +209,11 @@ class ListenerRunner(threading.Thread):
     def _pump(self, provider, stream: EventStream, generation: int) -> None:
         while not self._should_end(generation):
             try:
-                text = stream.recv(IDLE_RECV_SECONDS)
+                self._waiting = True
+                try:
+                    text = stream.recv(IDLE_RECV_SECONDS)
+                finally:
+                    self._waiting = False
             except StreamClosed:
                 if self._should_end(generation):
                     return  # we interrupted it ourselves

@@ -118,6 +118,8 @@ class Supervisor(threading.Thread):
         #: What the last scan found: listener id -> (account, listener, spec), the listeners to share.
         self._candidates: dict[int, tuple[PbxAccount, Listener, ListenerSpec]] = {}
         self._leaving = False
+        #: Runners handed over, storing what already reached their sockets before they close (``retire``).
+        self._retiring: list[ListenerRunner] = []
         self._generations: dict[int, int] = {}
         self._redis = redis_client()
         self.leases = LeaseStore(self._redis, self.owner, self.ttl_ms)
@@ -314,7 +316,9 @@ class Supervisor(threading.Thread):
                 owner, taker, _ = state.split("|")
                 if owner == self.owner and self.leases.hand_off(listener_id, taker):
                     self.offered.pop(listener_id)
-                    self.runners.pop(listener_id).stop()
+                    retiring = self.runners.pop(listener_id)
+                    retiring.retire()  # closes once what reached it is stored
+                    self._retiring = [r for r in self._retiring if r.is_alive()] + [retiring]
                     logger.info("handed listener %s over to %s", listener_id, taker)
             else:
                 in_flight += 1  # taken, the taker's socket not up yet
@@ -393,6 +397,9 @@ class Supervisor(threading.Thread):
             self.leases.release(listener_id)
         self.runners.clear()
         self.taking.clear()
+        drained_by = time.monotonic() + 5  # handed over at shutdown: let them store what reached them
+        for retiring in self._retiring:
+            retiring.join(max(0.0, drained_by - time.monotonic()))
         with contextlib.suppress(redis.RedisError):
             workers.leave(self._redis, self.owner)
         self._redis.close()
