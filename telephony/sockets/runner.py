@@ -69,6 +69,8 @@ class ListenerRunner(threading.Thread):
         self.started_at = time.monotonic()
         self._waiting = False  # in recv, all frames read stored: what ``retire`` waits for
         self._retire_by = 0.0
+        #: Close without deleting the PBX listener: another worker's socket listens under the same name.
+        self.keep_listener = False
         self.supervisor = supervisor
         self.account = account
         self.listener_id = listener.pk
@@ -85,7 +87,11 @@ class ListenerRunner(threading.Thread):
         self._up_seconds = 0.0
         self._session_gone = False
 
-    def stop(self) -> None:
+    def stop(self, *, keep_listener: bool = False) -> None:
+        """Stop for good. ``keep_listener``: another worker's socket uses the listener (a handover called off
+        on the taker's side): close ours without deleting the listener at the PBX."""
+        if keep_listener:
+            self.keep_listener = True
         self.stop_event.set()
         self.interrupt("listener stopped")
 
@@ -96,6 +102,7 @@ class ListenerRunner(threading.Thread):
         a frame sent before it connected may still sit in this socket's buffer behind a slow burst, and an
         interrupt would drop it. So the runner is stopped only once it waits in recv with nothing pending.
         """
+        self.keep_listener = True  # the new owner listens under the same name: see ``close_stream``
         self._retire_by = time.monotonic() + RETIRE_CAP_SECONDS
         self._retire_check()
 
@@ -188,7 +195,7 @@ class ListenerRunner(threading.Thread):
                 self._stream = None
             self.generation = None
             try:
-                provider.close_stream(self.spec, stream)
+                provider.close_stream(self.spec, stream, keep_listener=self.keep_listener)
                 provider.close()
             except Exception:  # the PBX may already be gone; cleanup is best effort
                 logger.info("listener cleanup failed", extra=self._log_extra, exc_info=True)

@@ -292,7 +292,7 @@ class Supervisor(threading.Thread):
             elif claimed == 0:
                 logger.info("handover of listener %s from %s called off; closing our socket", listener_id, owner)
                 self.taking.pop(listener_id)
-                self.runners.pop(listener_id).stop()
+                self.runners.pop(listener_id).stop(keep_listener=True)  # the owner still listens under its name
 
     def _hand_off_ready(self) -> int:
         """Owner's side: give each listener whose taker's socket is up to it, then close ours. Returns how many
@@ -328,9 +328,9 @@ class Supervisor(threading.Thread):
         """Stopping cleanly: leave the live workers, offer every listener held, and wait (bounded) for takers."""
         self._leaving = True
         workers.leave(self._redis, self.owner)
-        for listener_id in list(self.taking):  # half-taken ones: their owners keep them
+        for listener_id in list(self.taking):  # half-taken ones: their owners keep them, listening under the name
             self.taking.pop(listener_id)
-            self.runners.pop(listener_id).stop()
+            self.runners.pop(listener_id).stop(keep_listener=True)
         if not self.runners or not self._others_live():
             return
         logger.info("offering %d listeners to the other workers before stopping", len(self.runners))

@@ -82,7 +82,7 @@ class FakeProvider:
     def parse_frame(self, text, spec):
         return []
 
-    def close_stream(self, spec, stream):
+    def close_stream(self, spec, stream, *, keep_listener=False):
         pass
 
     def close(self):
