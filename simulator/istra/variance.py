@@ -30,8 +30,9 @@ POST     /_sim/istra/faults/unpullable-lines     {lines: [lineId...], status}  (
                                                  pullable again) -> {lineId: status}
 POST     /_sim/istra/faults/state-names          {names: {state: name}}  (replaces the map; {} is off)
 POST     /_sim/istra/faults/line-state           {callId, state}  (state null: the real name again)
-POST     /_sim/istra/faults/bean-scope           {scope}  ("session" or "user"; the user beans are
-                                                 forgotten on a change) -> {scope}
+POST     /_sim/istra/faults/bean-scope           {scope}  ("session" or "user"; to user: the beans the
+                                                 sessions hold become their users'; to session: the
+                                                 user beans are forgotten) -> {scope}
 =======  ======================================  =============================================
 
 Python callers use the functions of the same names with the world as first argument.
@@ -46,7 +47,7 @@ from aiohttp import web
 from simulator.control_api import json_errors, only, read_body, required
 from simulator.istra import errors
 from simulator.istra.calls import Line
-from simulator.istra.sessions import world_of
+from simulator.istra.sessions import user_key, world_of
 from simulator.istra.world import IstraWorld, on_loop
 
 PREFIX = "/_sim/istra/faults"
@@ -128,6 +129,9 @@ def bean_scope(world: IstraWorld, scope: str) -> dict[str, str]:
     if scope != world.variance.bean_scope:
         world.variance.bean_scope = scope
         world.variance.user_beans.clear()
+        if scope == "user":  # the beans the sessions hold now become their users'
+            for session in [*world.sessions.sessions.values(), *world.sessions.lingering.values()]:
+                world.variance.user_beans.setdefault(user_key(session), set()).update(session.listeners)
     return {"scope": scope}
 
 
