@@ -440,13 +440,29 @@ class IstraSession:
         self.login()
         stream = self.open_websocket()
         try:
-            self.request("POST", LISTENER_PATH, body=listener_body, relogin=False)
+            self._create_listener(name, listener_body)
             answer = self.request("GET", bind_path, params=bind_params, relogin=False)
         except BaseException:
             stream.close()
             self.logout()
             raise
         return stream, answer
+
+    def _create_listener(self, name: str, listener_body: dict | str) -> None:
+        """Create listener ``name``; a refusal that may mean "it exists" (a 4xx other than 401) is let through.
+
+        A handover's taker creates the name the owner's socket still listens under. If the PBX's listeners are
+        the user's rather than the session's, and it refuses a name that exists rather than replacing it (the
+        docs say neither), the listener the taker needs is there: the bind says whether it is.
+        """
+        try:
+            self.request("POST", LISTENER_PATH, body=listener_body, relogin=False)
+        except ProviderError as exc:
+            if isinstance(exc, SessionExpired) or exc.status is None or not 400 <= exc.status < 500 \
+                    or exc.status == 401:
+                raise
+            logger.info("%s refused to create listener %s (%s); binding it anyway, in case it exists",
+                        self.app, name, exc)
 
     def close_listener(self, name: str, stream: EventStream | None, *, keep_listener: bool = False) -> None:
         """Delete the listener (best effort: it dies with its session anyway) and close the socket.

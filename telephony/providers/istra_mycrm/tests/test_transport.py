@@ -233,6 +233,28 @@ def test_it_closes_a_handed_over_listeners_socket_and_logs_out_without_deleting_
     assert world.sessions.of_app("myCrm") == []
 
 
+def test_it_binds_a_listener_another_session_holds_when_the_pbx_refuses_to_create_it_again(sim, provider, world):
+    # A handover's taker, on a PBX whose listeners are the user's and which refuses a name that exists.
+    from simulator.istra import variance
+
+    variance.bean_scope(world, "user")
+    (spec,) = provider.listener_specs([TERMINAL])
+    owners = provider.open_stream(spec)
+    taker = provider_for(mycrm_account(sim))
+    try:
+        world.fail_next(1, status=409, body={"code": "ERR_409", "message": "listener exists"}, path="EventListener")
+        seq = last_seq(world)
+        stream = taker.open_stream(spec)
+        assert [request[::2] for request in received(world, seq)][-2:] == [("POST", 409), ("GET", 200)]
+        world.incoming_call(TERMINAL, "0612345678")
+        assert read_updates(taker, spec, stream, 1), "the taker's socket hears the listener's calls"
+        assert read_updates(provider, spec, owners, 1), "and so does the owner's, until it closes"
+        taker.close_stream(spec, stream, keep_listener=True)
+    finally:
+        taker.close()
+        provider.close_stream(spec, owners)
+
+
 def test_it_leaves_nothing_open_when_binding_the_listener_fails(provider, world):
     world.fail_next(1, status=512, body={"code": "ERR_100", "message": "Terminal out of service"},
                     path="v1/crm/CallLine")
