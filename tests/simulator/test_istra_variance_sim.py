@@ -196,6 +196,17 @@ def test_it_keeps_a_user_bean_past_its_session_for_another_session_to_bind(sim, 
     assert control(sim, "variance", method="GET").json()["userBeans"] == {"myRCC:rcc@e1": ["CallLines"]}
 
 
+def test_it_makes_the_beans_sessions_hold_their_users_when_switched_to_user_scope(sim, world):
+    (old, new), (_, new_socket) = two_monitoring_sessions(sim, world)
+
+    control(sim, "bean-scope", {"scope": "user"})
+    assert control(sim, "variance", method="GET").json()["userBeans"] == {"myRCC:rcc@e1": ["CallLines"]}
+    assert old.delete("v1/service/EventListener/bean/CallLines").status_code == 200
+
+    world.incoming_call(JOHN, "0612345678")
+    new_socket.assert_silent(0.5)
+
+
 def test_it_refuses_an_unknown_bean_scope(sim, world):
     answer = control(sim, "bean-scope", {"scope": "enterprise"})
     assert answer.status_code == 400 and "scope" in answer.json()["error"]
