@@ -6,7 +6,11 @@ from celery import bootsteps
 
 
 class ListenerSupervisorStep(bootsteps.StartStopStep):
-    """Starts ``telephony.sockets.supervisor.Supervisor`` when the worker starts, stops it cleanly at shutdown."""
+    """Starts ``telephony.sockets.supervisor.Supervisor`` when the worker starts, stops it cleanly at shutdown.
+
+    At a warm shutdown the supervisor first hands its listeners over to the other live workers (at most
+    ``LISTENER_HANDOVER_SECONDS``), so a deploy restarting workers one by one loses no frame.
+    """
 
     requires = {"celery.worker.components:Pool"}
 

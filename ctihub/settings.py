@@ -416,11 +416,18 @@ LISTENER_LEASE_TTL_MS = strict_int("LISTENER_LEASE_TTL_MS", 15000, minimum=1000)
 LISTENER_SCAN_SECONDS = strict_int("LISTENER_SCAN_SECONDS", 5, minimum=1)
 LISTENER_KEEPALIVE_SECONDS = strict_int("LISTENER_KEEPALIVE_SECONDS", 20, minimum=1)
 LISTENER_BACKOFF_CAP_SECONDS = strict_int("LISTENER_BACKOFF_CAP_SECONDS", 60, minimum=1)
-# At most this many listeners held by one worker process (0: no cap). Not a fair share (issue 19): a worker
-# takes free listeners up to the cap, and nobody takes what is over workers x cap, nor a dead worker's
-# listeners while the others are at their cap. For splitting a known set of terminals across N workers
-# (bench.popup_latency --workers N); leave it 0 unless workers x cap covers every listener with room to spare.
+# At most this many listeners held by one worker process (0: no cap but the fair share's). Workers share the
+# listeners fairly by themselves (telephony.sockets.fair_share); this caps each share too, so that past
+# workers x cap nobody holds the rest. For benchmarks pinning a known split; leave it 0 in production.
 LISTENER_MAX_PER_WORKER = strict_int("LISTENER_MAX_PER_WORKER", 0, minimum=0)
+# Fair share (telephony.sockets.fair_share): each worker beats in Redis; one silent this long is dead and its
+# share goes to the others. Capped at LISTENER_LEASE_TTL_MS: a dead worker must not outlive its leases.
+LISTENER_HEARTBEAT_TTL_MS = strict_int("LISTENER_HEARTBEAT_TTL_MS", 15000, minimum=1000)
+# A worker may hold this many listeners beyond ceil(listeners / live workers) while nobody short takes them.
+LISTENER_SHARE_SLACK = strict_int("LISTENER_SHARE_SLACK", 1, minimum=0)
+# A listener offered to another worker and not taken this long is withdrawn; a worker stopping cleanly waits
+# this long for others to take its listeners over (twice as long for handovers under way), then closes the rest.
+LISTENER_HANDOVER_SECONDS = strict_int("LISTENER_HANDOVER_SECONDS", 15, minimum=1)
 # Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
 LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
 # How often each Istra listener's session gets a cheap authenticated GET: it keeps the session active

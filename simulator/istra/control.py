@@ -33,7 +33,7 @@ POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
 POST     /_sim/istra/websockets/drop                 -  (every socket, forgotten sessions' too)
 POST     /_sim/istra/websockets/close                {code, reason}  (a clean close: a close frame; sessions stay)
-GET      /_sim/istra/websockets                      -  (per socket: frames sent/withheld, pings ignored,
+GET      /_sim/istra/websockets                      -  (per socket: its login, frames sent/withheld, pings ignored,
                                                       sessionLive false once its session is forgotten)
 POST     /_sim/istra/faults/mute-pings               {listener, mute, silent}  (stop answering pings; silent:
                                                       frames are lost too, a half-open connection)

@@ -5,6 +5,12 @@ JSON objects on two lines, ``{"name":"CallLines"}`` then
 ``{"terminalId":"5985841581756135023"}``, and its Content-Length (57) matches
 exactly that, so the body is read as a sequence of JSON objects merged into one.
 A single object (with or without ``terminalId``) is accepted as well.
+
+The docs never say whose a bean is. By default it is its session's: deleting it acts on that
+session only, and it dies with the session. With ``faults/bean-scope`` ``{"scope": "user"}``
+(``variance.py``) it is the user's: any session of the user may bind it (each session's binding
+is its own), deleting it ends it for every session of the user, and it outlives the session
+that created it (a client that never deletes it leaks it).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from simulator.istra import errors
-from simulator.istra.sessions import Listener, Session, authenticated, world_of
+from simulator.istra.sessions import Listener, Session, authenticated, user_key, world_of
 
 
 def parse_json_objects(text: str) -> dict[str, Any]:
@@ -51,14 +57,28 @@ async def create_listener(request: web.Request, session: Session) -> web.Respons
     if terminal_id is not None:
         terminal_id = str(terminal_id)
         _check_own_terminal(request, session, terminal_id)
-    _drop_listener(session, name)  # creating an existing name replaces it
+    world = world_of(request)
+    _drop_listener(session, name)  # creating an existing name replaces it (this session's binding of it)
     session.listeners[name] = Listener(name, terminal_id)
+    if world.variance.bean_scope == "user":
+        world.variance.user_beans.setdefault(user_key(session), set()).add(name)
     return web.json_response({"name": name, "restUri": listener_uri(name)})
 
 
 @authenticated(iptc=False)
 async def delete_listener(request: web.Request, session: Session) -> web.Response:
     name = request.match_info["name"]
+    world = world_of(request)
+    if world.variance.bean_scope == "user":
+        beans = world.variance.user_beans.get(user_key(session), set())
+        if name not in beans:
+            raise errors.bad_request("bad listener name")
+        beans.discard(name)
+        # The user's bean: gone for every session of the user, the monitoring each started with it too.
+        for other in [*world.sessions.sessions.values(), *world.sessions.lingering.values()]:
+            if user_key(other) == user_key(session):
+                _drop_listener(other, name)
+        return web.Response(status=200)
     if name not in session.listeners:
         raise errors.bad_request("bad listener name")
     _drop_listener(session, name)  # this also stops the monitoring it started (myRCC §3.3)

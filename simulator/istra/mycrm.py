@@ -26,7 +26,7 @@ from aiohttp import web
 from simulator.istra import errors
 from simulator.istra.calls import DROPPED, HELD, RINGING, TALKING, Line, Transition
 from simulator.istra.push import send_to_session
-from simulator.istra.sessions import Session, authenticated, split_enduser, world_of
+from simulator.istra.sessions import Session, authenticated, bean_of, split_enduser, world_of
 from simulator.istra.world import IstraWorld
 
 APP = "myCrm"
@@ -56,7 +56,7 @@ async def get_terminals(request: web.Request, session: Session) -> web.Response:
 
 @authenticated(APP)
 async def listen(request: web.Request, session: Session) -> web.Response:
-    listener = session.listeners.get(request.query.get("listenerName", ""))
+    listener = bean_of(world_of(request), session, request.query.get("listenerName", ""))
     if listener is None:
         raise errors.bad_request("bad listener name")
     terminal_id = _own_terminal(request, session).id

@@ -55,7 +55,7 @@ from aiohttp import web
 from simulator.control_api import json_errors, only, read_body
 from simulator.istra import errors
 from simulator.istra.calls import DROPPED, Transition
-from simulator.istra.sessions import Session, SessionStore, authenticated, split_enduser, world_of
+from simulator.istra.sessions import Session, SessionStore, authenticated, bean_of, split_enduser, world_of
 
 if TYPE_CHECKING:
     from simulator.istra.world import IstraWorld
@@ -496,7 +496,7 @@ async def notifications(request: web.Request, session: Session) -> web.Response:
     name = request.query.get("listenerName")
     book = world_of(request).enduser
     if name is not None:
-        if name not in session.listeners:
+        if bean_of(world_of(request), session, name) is None:
             raise _bad("bad listener name")
         book.subscriptions.setdefault(session.id, set()).add(name)
     return web.json_response(book.user(session.login).counters())

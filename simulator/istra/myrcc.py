@@ -34,7 +34,7 @@ from simulator.istra.calls import ACTION_PARAMS, DROPPED, ActionRefused, BadActi
 from simulator.istra.directory import Extension
 from simulator.istra.listeners import parse_json_objects
 from simulator.istra.push import Coalescer
-from simulator.istra.sessions import Session, authenticated, world_of
+from simulator.istra.sessions import Session, authenticated, bean_of, world_of
 from simulator.istra.world import IstraWorld
 
 APP = "myRCC"
@@ -214,7 +214,7 @@ def _line_visible(world: IstraWorld, line: Line, session: Session) -> bool:
 
 
 def _start_monitoring(world: IstraWorld, session: Session, listener_name: str) -> None:
-    listener = session.listeners.get(listener_name)
+    listener = bean_of(world, session, listener_name)
     if listener is None:
         raise errors.bad_request("bad listener name")  # "The listener identifier must be created previously"
     if listener.pusher is None:

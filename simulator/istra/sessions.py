@@ -73,6 +73,20 @@ class Session:
         self.last_seen = time.monotonic()
 
 
+def user_key(session: Session) -> tuple[str, str, str]:
+    return (session.app, session.login, session.enterprise)
+
+
+def bean_of(world: IstraWorld, session: Session, name: str) -> Listener | None:
+    """The listener bean ``name`` as ``session`` sees it: its own, or (beans scoped per user) one another
+    session of the same user created, which this session then binds on its own (``variance.py``)."""
+    listener = session.listeners.get(name)
+    if listener is None and world.variance.bean_scope == "user" \
+            and name in world.variance.user_beans.get(user_key(session), ()):
+        listener = session.listeners[name] = Listener(name)
+    return listener
+
+
 class SessionStore:
     """The live sessions, and the forgotten ones whose websockets were left open.
 

@@ -15,6 +15,11 @@ simulator send what the specs leave open. All are off by default (and in the dem
   be shown in a state name of the test's choosing (pushed at once, as a new
   snapshot, and shown until the line's state changes).
 
+* **Bean scope** (all three apps): the docs never say whose a ``v1/service/EventListener/bean``
+  is. ``session`` (the default): its creating session's, deleted with it. ``user``: the user's,
+  shared by all the user's sessions (each binds it on its own), deleted for all of them by any
+  one, and outliving its session (``listeners.py``). The variance view lists the user beans.
+
 Control routes (JSON; errors as in ``control.py``):
 
 =======  ======================================  =============================================
@@ -25,6 +30,9 @@ POST     /_sim/istra/faults/unpullable-lines     {lines: [lineId...], status}  (
                                                  pullable again) -> {lineId: status}
 POST     /_sim/istra/faults/state-names          {names: {state: name}}  (replaces the map; {} is off)
 POST     /_sim/istra/faults/line-state           {callId, state}  (state null: the real name again)
+POST     /_sim/istra/faults/bean-scope           {scope}  ("session" or "user"; to user: the beans the
+                                                 sessions hold become their users'; to session: the
+                                                 user beans are forgotten) -> {scope}
 =======  ======================================  =============================================
 
 Python callers use the functions of the same names with the world as first argument.
@@ -39,7 +47,7 @@ from aiohttp import web
 from simulator.control_api import json_errors, only, read_body, required
 from simulator.istra import errors
 from simulator.istra.calls import Line
-from simulator.istra.sessions import world_of
+from simulator.istra.sessions import user_key, world_of
 from simulator.istra.world import IstraWorld, on_loop
 
 PREFIX = "/_sim/istra/faults"
@@ -110,9 +118,29 @@ def line_state(world: IstraWorld, call_id: str, name: str | None) -> dict[str, A
     return {"callId": line.line_id, "state": line.state, "shown": shown_state(world, line)}
 
 
+BEAN_SCOPES = ("session", "user")
+
+
+@on_loop
+def bean_scope(world: IstraWorld, scope: str) -> dict[str, str]:
+    """Listener beans are their session's (``session``) or shared by the user's sessions (``user``)."""
+    if scope not in BEAN_SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(BEAN_SCOPES)}")
+    if scope != world.variance.bean_scope:
+        world.variance.bean_scope = scope
+        world.variance.user_beans.clear()
+        if scope == "user":  # the beans the sessions hold now become their users'
+            for session in [*world.sessions.sessions.values(), *world.sessions.lingering.values()]:
+                world.variance.user_beans.setdefault(user_key(session), set()).update(session.listeners)
+    return {"scope": scope}
+
+
 def view(world: IstraWorld) -> dict[str, Any]:
     variance = world.variance
     return {
+        "beanScope": variance.bean_scope,
+        "userBeans": {f"{app}:{login}@{enterprise}": sorted(names)
+                      for (app, login, enterprise), names in variance.user_beans.items() if names},
         "unpullableLines": dict(variance.unpullable),
         "stateNames": dict(variance.state_names),
         "lineStates": {line_id: {"state": state, "shown": name}
@@ -152,9 +180,17 @@ async def post_line_state(request: web.Request) -> dict[str, Any]:
     return line_state(world_of(request), str(required(body, "callId")), body.get("state"))
 
 
+@json_errors()
+async def post_bean_scope(request: web.Request) -> dict[str, str]:
+    body = await read_body(request)
+    only(body, {"scope"})
+    return bean_scope(world_of(request), required(body, "scope"))
+
+
 def add_control_routes(app: web.Application) -> None:
     router = app.router
     router.add_get(f"{PREFIX}/variance", get_variance)
     router.add_post(f"{PREFIX}/unpullable-lines", post_unpullable_lines)
     router.add_post(f"{PREFIX}/state-names", post_state_names)
     router.add_post(f"{PREFIX}/line-state", post_line_state)
+    router.add_post(f"{PREFIX}/bean-scope", post_bean_scope)

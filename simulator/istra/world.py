@@ -101,6 +101,9 @@ class Variance:
     unpullable: dict[str, int] = field(default_factory=dict)  # line id -> status its GET answers
     state_names: dict[str, str] = field(default_factory=dict)  # state -> the name snapshots show
     line_state_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # line id -> (state, name)
+    # "session": a listener bean is its session's (it dies with it); "user": the user's, shared by all its sessions
+    bean_scope: str = "session"
+    user_beans: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (app, login, ent) -> names
 
 
 class RequestLog:
@@ -321,7 +324,7 @@ class IstraWorld:
     @on_loop
     def socket_stats(self) -> list[dict[str, Any]]:
         return [
-            {"session": session.id, "app": session.app, "listeners": sorted(session.listeners),
+            {"session": session.id, "app": session.app, "login": session.login, "listeners": sorted(session.listeners),
              "sessionLive": self.sessions.is_live(session),
              "framesSent": socket.frames_sent, "framesWithheld": socket.frames_withheld,
              "pingsIgnored": socket.pings_ignored, "answersPings": socket.answers_pings, "silent": socket.silent}

@@ -300,8 +300,12 @@ class Provider:
         """Turn one frame into updates; raise FrameRejected for a frame that makes no sense."""
         raise NotSupported(f"{self.kind} has no event socket")
 
-    def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
-        """Clean shutdown: delete the listener at the PBX and close the socket."""
+    def close_stream(self, spec: ListenerSpec, stream: EventStream | None, *, keep_listener: bool = False) -> None:
+        """Clean shutdown: delete the listener at the PBX and close the socket.
+
+        ``keep_listener``: the listener lives on in another worker's socket (handed over, or a handover called
+        off on the taker's side): close the socket without deleting anything the other one may use.
+        """
         if stream is not None:
             stream.close()
 

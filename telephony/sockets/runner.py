@@ -38,6 +38,10 @@ IDLE_RECV_SECONDS = 60.0
 #: A burst is the frame that woke the runner plus those already waiting, within these bounds.
 BURST_MAX_FRAMES = 200
 BURST_MAX_SECONDS = 0.02
+#: A runner handed over (``retire``) is stopped once it waits in recv with nothing pending, looked at this often,
+#: or after ``RETIRE_CAP_SECONDS`` whatever it is doing.
+RETIRE_CHECK_SECONDS = 0.1
+RETIRE_CAP_SECONDS = 30.0
 
 
 def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -54,8 +58,19 @@ def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: 
 class ListenerRunner(threading.Thread):
     """One socket, reconnecting until told to stop."""
 
-    def __init__(self, supervisor: Supervisor, account: PbxAccount, listener: Listener, spec: ListenerSpec):
+    def __init__(self, supervisor: Supervisor, account: PbxAccount, listener: Listener, spec: ListenerSpec,
+                 taking_over: bool = False):
         super().__init__(name=f"listener-{listener.pk}", daemon=True)
+        #: Set while the socket is connected and the frames it found at connect are stored: what a handover
+        #: waits for before the listener's previous owner closes its own socket.
+        self.connected = threading.Event()
+        #: Opening a socket beside another worker's (a handover): the listener is not "connecting" meanwhile.
+        self.taking_over = taking_over
+        self.started_at = time.monotonic()
+        self._waiting = False  # in recv, all frames read stored: what ``retire`` waits for
+        self._retire_by = 0.0
+        #: Close without deleting the PBX listener: another worker's socket listens under the same name.
+        self.keep_listener = False
         self.supervisor = supervisor
         self.account = account
         self.listener_id = listener.pk
@@ -72,9 +87,37 @@ class ListenerRunner(threading.Thread):
         self._up_seconds = 0.0
         self._session_gone = False
 
-    def stop(self) -> None:
+    def stop(self, *, keep_listener: bool = False) -> None:
+        """Stop for good. ``keep_listener``: another worker's socket uses the listener (a handover called off
+        on the taker's side): close ours without deleting the listener at the PBX."""
+        if keep_listener:
+            self.keep_listener = True
         self.stop_event.set()
         self.interrupt("listener stopped")
+
+    def retire(self) -> None:
+        """Handed over to another worker: store the frames that already reached this socket, then stop.
+
+        The new owner's socket has been up since before the hand-off, so it has every frame sent since; but
+        a frame sent before it connected may still sit in this socket's buffer behind a slow burst, and an
+        interrupt would drop it. So the runner is stopped only once it waits in recv with nothing pending.
+        """
+        self.keep_listener = True  # the new owner listens under the same name: see ``close_stream``
+        self._retire_by = time.monotonic() + RETIRE_CAP_SECONDS
+        self._retire_check()
+
+    def _retire_check(self) -> None:
+        if self.stop_event.is_set() or not self.is_alive():
+            return
+        with self._stream_lock:
+            stream = self._stream
+        idle = stream is None or (self._waiting and not stream.pending())
+        if idle or time.monotonic() >= self._retire_by:
+            self.stop()
+            return
+        timer = threading.Timer(RETIRE_CHECK_SECONDS, self._retire_check)
+        timer.daemon = True
+        timer.start()
 
     def interrupt(self, reason: str) -> None:
         """Wake the runner out of recv; it then looks at why (stop, restart) itself."""
@@ -109,8 +152,10 @@ class ListenerRunner(threading.Thread):
         provider = provider_for(self.account)
         stream = None
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
-        self._retry_db(lambda: status.set_listener_state(
-            self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
+        if not self.taking_over:
+            self._retry_db(lambda: status.set_listener_state(
+                self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
+        self.taking_over = False  # a reconnect after the handover is an ordinary one
         try:
             with self.supervisor.connect_slot(self.stop_event) as may_connect:
                 if not may_connect:
@@ -131,13 +176,16 @@ class ListenerRunner(threading.Thread):
             self.supervisor.session_checks.add(stream, expired=lambda reason: self._session_expired(stream, reason),
                                                group=self.account.pk, log_extra=self._log_extra)
             opened = time.monotonic()
-            self._retry_db(lambda: status.set_listener_state(self.listener_id, Listener.State.CONNECTED, error=""))
+            self._retry_db(lambda: status.set_listener_state(self.listener_id, Listener.State.CONNECTED, error="",
+                                                             owner=self.supervisor.owner))
             self._retry_db(lambda: status.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
             connected_at = time.monotonic()
             logger.info("listener connected", extra=self._log_extra)
             self._apply_burst(provider, initial_frames, opened)
+            self.connected.set()
             self._pump(provider, stream, generation)
         finally:
+            self.connected.clear()
             if connected_at is not None:  # measured before the cleanup, which may wait on a slow PBX
                 self._up_seconds = time.monotonic() - connected_at
             if stream is not None:
@@ -147,7 +195,7 @@ class ListenerRunner(threading.Thread):
                 self._stream = None
             self.generation = None
             try:
-                provider.close_stream(self.spec, stream)
+                provider.close_stream(self.spec, stream, keep_listener=self.keep_listener)
                 provider.close()
             except Exception:  # the PBX may already be gone; cleanup is best effort
                 logger.info("listener cleanup failed", extra=self._log_extra, exc_info=True)
@@ -168,7 +216,11 @@ class ListenerRunner(threading.Thread):
     def _pump(self, provider, stream: EventStream, generation: int) -> None:
         while not self._should_end(generation):
             try:
-                text = stream.recv(IDLE_RECV_SECONDS)
+                self._waiting = True
+                try:
+                    text = stream.recv(IDLE_RECV_SECONDS)
+                finally:
+                    self._waiting = False
             except StreamClosed:
                 if self._should_end(generation):
                     return  # we interrupted it ourselves

@@ -10,6 +10,13 @@ frames to ``telephony.domain.apply_call_updates``, and reconnects. Losing the
 lease stops the runner at once, so a listener never has two owners for longer
 than one renew.
 
+Listeners are shared fairly across workers (``fair_share``): each supervisor beats in Redis (``workers``), and
+every scan decides from the live workers and the lease holders whether this worker takes free listeners, takes
+listeners other workers offer, or offers its surplus. A listener moves make-before-break (``leases``: offer,
+take, the taker's socket connected, hand-off, then the old owner closes), and a supervisor told to stop offers
+all its listeners and waits (``LISTENER_HANDOVER_SECONDS``, twice that for handovers under way, at most) for
+other workers to take them over.
+
 Reconnects: the first after a socket that had been healthy (connected for
 ``HEALTHY_SECONDS``) is immediate, since calls placed while nobody listens are
 lost. Failures in a row then wait a jittered delay that grows with how long the
@@ -56,14 +63,18 @@ from telephony import status
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_class, provider_for
 from telephony.providers.base import ListenerSpec
+from telephony.sockets import workers
+from telephony.sockets.fair_share import decide
 from telephony.sockets.keepalives import KeepAlives, SessionChecks
-from telephony.sockets.leases import LeaseStore
+from telephony.sockets.leases import OFFERS_KEY, LeaseStore, lease_owners, offers
 from telephony.sockets.runner import ListenerRunner
 
 logger = logging.getLogger(__name__)
 
 #: Logins (and socket opens) one worker runs at once.
 CONNECT_CONCURRENCY = 8
+#: How often handovers under way are moved on, and offers looked at, between scans.
+HANDOVER_TICK_SECONDS = 0.25
 
 
 def restart_key(account_id: int) -> str:
@@ -93,9 +104,22 @@ class Supervisor(threading.Thread):
         self.scan_seconds = settings.LISTENER_SCAN_SECONDS
         self.keepalive_seconds = settings.LISTENER_KEEPALIVE_SECONDS
         self.backoff_cap_seconds = settings.LISTENER_BACKOFF_CAP_SECONDS
-        self.max_held = settings.LISTENER_MAX_PER_WORKER  # 0: every free listener this worker finds
+        self.max_held = settings.LISTENER_MAX_PER_WORKER  # 0: no cap but the fair share's
+        self.slack = settings.LISTENER_SHARE_SLACK
+        self.heartbeat_ttl_ms = workers.heartbeat_ttl_ms()
+        self.handover_seconds = settings.LISTENER_HANDOVER_SECONDS
         self.stop_event = threading.Event()
+        #: Every runner of this worker: the listeners it holds, and those it is taking over (``taking``).
         self.runners: dict[int, ListenerRunner] = {}
+        #: Listener -> the worker handing it over to us (our socket opens beside theirs; the lease is theirs).
+        self.taking: dict[int, str] = {}
+        #: Listener we hold -> when we offered it to the others.
+        self.offered: dict[int, float] = {}
+        #: What the last scan found: listener id -> (account, listener, spec), the listeners to share.
+        self._candidates: dict[int, tuple[PbxAccount, Listener, ListenerSpec]] = {}
+        self._leaving = False
+        #: Runners handed over, storing what already reached their sockets before they close (``retire``).
+        self._retiring: list[ListenerRunner] = []
         self._generations: dict[int, int] = {}
         self._redis = redis_client()
         self.leases = LeaseStore(self._redis, self.owner, self.ttl_ms)
@@ -126,13 +150,17 @@ class Supervisor(threading.Thread):
         self.keepalives.start()
         self.session_checks.start()
         renew_every = self.ttl_ms / 3000
-        next_scan = 0.0
+        next_renew = next_scan = 0.0
         while not self.stop_event.is_set():
             try:
-                self._renew_leases()
+                if time.monotonic() >= next_renew:
+                    workers.beat(self._redis, self.owner)  # before the renewals: it expires before the leases
+                    self._renew_leases()
+                    next_renew = time.monotonic() + renew_every
                 if time.monotonic() >= next_scan:
                     self._scan()
                     next_scan = time.monotonic() + self.scan_seconds
+                self._move_handovers()
             except redis.RedisError as exc:
                 self._take_new_after = time.monotonic() + self.ttl_ms / 1000
                 logger.warning("supervisor cycle failed (%s); retrying", exc)
@@ -141,44 +169,195 @@ class Supervisor(threading.Thread):
                 close_old_connections()
             except Exception:
                 logger.exception("supervisor cycle crashed; retrying")
-            self.stop_event.wait(min(renew_every, self.scan_seconds))
+            self.stop_event.wait(min(renew_every, self.scan_seconds, HANDOVER_TICK_SECONDS))
+        try:
+            self._hand_over_all()
+        except Exception:  # Redis or the database gone at shutdown: close what is held, as before
+            logger.exception("handing the listeners over at shutdown failed")
         self._stop_all()
 
-    def stop(self, timeout: float = 10) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Hand the listeners over to other live workers (``LISTENER_HANDOVER_SECONDS``, twice that for handovers
+        under way, at most), then stop."""
         self.stop_event.set()
-        self.join(timeout)
+        self.join(2 * self.handover_seconds + 10 if timeout is None else timeout)
 
     def _renew_leases(self) -> None:
         for listener_id, runner in list(self.runners.items()):
             if not runner.is_alive():
                 self._forget(listener_id)
-        renewed = self.leases.renew_many(list(self.runners))
-        for listener_id, held in renewed.items():
-            if not held:
+        held = [listener_id for listener_id in self.runners if listener_id not in self.taking]
+        renewed = self.leases.renew_many(held)
+        for listener_id, still_held in renewed.items():
+            if not still_held:
                 logger.warning("lost the lease on listener %s; stopping it", listener_id)
                 self.runners.pop(listener_id).stop()
+                self.offered.pop(listener_id, None)
+        if self.offered:  # untaken offers expire with the lease TTL unless renewed (a taken one is refused)
+            self.leases.offer_many(list(self.offered))
 
     def _scan(self) -> None:
         close_old_connections()
         accounts = [a for a in PbxAccount.objects.filter(enabled=True) if provider_class(a.kind).holds_sockets]
         self._refresh_generations([a.pk for a in accounts])
         wanted: set[int] = set()
+        candidates = {}
         for account in accounts:
             provider = provider_for(account)
             for listener, spec in _ensure_listeners(account, provider):
                 wanted.add(listener.pk)
-                if listener.pk in self.runners or listener.state == Listener.State.FAILED:
-                    continue
-                if time.monotonic() < self._take_new_after:
-                    continue
-                if self.max_held and len(self.runners) >= self.max_held:
-                    continue  # left free for another worker (LISTENER_MAX_PER_WORKER)
-                if self.leases.acquire(listener.pk):
-                    self._start_runner(account, listener, spec)
+                if listener.state != Listener.State.FAILED or listener.pk in self.runners:
+                    candidates[listener.pk] = (account, listener, spec)
+        self._candidates = candidates
         for listener_id in set(self.runners) - wanted:
             logger.info("listener %s no longer needed; stopping it", listener_id)
             self.runners[listener_id].stop()
+            self.taking.pop(listener_id, None)
+            self.offered.pop(listener_id, None)
             self._forget(listener_id)
+        self._rebalance(offer=True)
+
+    def _rebalance(self, offer: bool) -> None:
+        """Move towards this worker's fair share: free listeners first, then others' offers; offer a surplus."""
+        if self._leaving or time.monotonic() < self._take_new_after or not self._candidates:
+            return
+        ids = sorted(self._candidates)
+        holders = lease_owners(self._redis, ids)
+        states = offers(self._redis, ids)
+        moving = {i: state.split("|")[1] for i, state in states.items() if "|" in state}
+        untaken = {i: state for i, state in states.items() if "|" not in state}
+        live = workers.live_workers(self._redis, self.heartbeat_ttl_ms)
+        decision = decide(ids, live, holders, self.owner, slack=self.slack, moving=moving, offered=untaken,
+                          max_held=self.max_held)
+        acquired = 0
+        for listener_id in decision.free:
+            if acquired >= decision.acquire:
+                break
+            if listener_id not in self.runners and self.leases.acquire(listener_id):
+                self._start_runner(*self._candidates[listener_id])
+                acquired += 1
+        to_take = decision.take_offers + (decision.acquire - acquired)
+        for listener_id, owner in untaken.items():
+            if to_take <= 0:
+                break
+            if owner == self.owner or listener_id in self.runners or holders.get(listener_id) != owner:
+                continue
+            if self.leases.take(listener_id, owner):
+                logger.info("taking listener %s over from %s", listener_id, owner)
+                self.taking[listener_id] = owner
+                self._start_runner(*self._candidates[listener_id], taking_over=True)
+                to_take -= 1
+        if offer:
+            mine_untaken = sorted(i for i, owner in untaken.items() if owner == self.owner and i in self.offered)
+            for listener_id in mine_untaken[decision.on_offer:]:  # nobody is short of them any more
+                if self.leases.withdraw(listener_id):
+                    self.offered.pop(listener_id, None)
+        if offer and decision.offer:
+            done = self.leases.offer_many([i for i in decision.offer if i in self.runners and i not in self.taking])
+            offered = [listener_id for listener_id, ok in done.items() if ok]
+            for listener_id in offered:
+                self.offered[listener_id] = time.monotonic()
+            if offered:
+                logger.info("offering %d listeners to workers short of their share", len(offered))
+
+    def _move_handovers(self) -> None:
+        """Between scans: finish the handovers under way, on either side, and take offers if short."""
+        if self.taking:
+            self._claim_taken()
+        if self.offered:
+            self._hand_off_ready()
+        if not self._leaving and self._redis.zcard(OFFERS_KEY):
+            self._rebalance(offer=False)
+
+    def _claim_taken(self) -> None:
+        """Taker's side: renew each handover, say when our socket is up, and note when the lease is ours."""
+        claims, given_up = [], []
+        for listener_id, owner in list(self.taking.items()):
+            runner = self.runners.get(listener_id)
+            if runner is None or not runner.is_alive():
+                self.taking.pop(listener_id)
+                self.runners.pop(listener_id, None)  # its state expires: the owner keeps the listener
+                continue
+            ready = runner.connected.is_set()
+            if not ready and time.monotonic() - runner.started_at > self.handover_seconds:
+                given_up.append(listener_id)  # our socket never came up (a login refused, a PBX down)
+            else:
+                claims.append((listener_id, owner, ready))
+        results = {**self.leases.claim_many(claims), **{listener_id: 0 for listener_id in given_up}}
+        for listener_id, claimed in results.items():
+            owner = self.taking[listener_id]
+            if claimed == 2:
+                self.taking.pop(listener_id)
+                logger.info("took listener %s over from %s", listener_id, owner)
+            elif claimed == 0:
+                logger.info("handover of listener %s from %s called off; closing our socket", listener_id, owner)
+                self.taking.pop(listener_id)
+                self.runners.pop(listener_id).stop(keep_listener=True)  # the owner still listens under its name
+
+    def _hand_off_ready(self) -> int:
+        """Owner's side: give each listener whose taker's socket is up to it, then close ours. Returns how many
+        of ours are taken and not handed off yet."""
+        ids = list(self.offered)
+        states = offers(self._redis, ids)
+        now = time.monotonic()
+        in_flight = 0
+        for listener_id in ids:
+            state = states.get(listener_id)
+            if listener_id not in self.runners:
+                self.leases.withdraw(listener_id)
+                self.offered.pop(listener_id)
+            elif state is None:  # its taker died or called it off: we never closed, we keep it
+                self.offered.pop(listener_id)
+            elif state == self.owner:  # nobody took it yet (``_renew_leases`` renews the offer)
+                if now - self.offered[listener_id] > self.handover_seconds and not self._leaving:
+                    self.leases.withdraw(listener_id)
+                    self.offered.pop(listener_id)
+            elif state.endswith("|ready"):
+                owner, taker, _ = state.split("|")
+                if owner == self.owner and self.leases.hand_off(listener_id, taker):
+                    self.offered.pop(listener_id)
+                    retiring = self.runners.pop(listener_id)
+                    retiring.retire()  # closes once what reached it is stored
+                    self._retiring = [r for r in self._retiring if r.is_alive()] + [retiring]
+                    logger.info("handed listener %s over to %s", listener_id, taker)
+            else:
+                in_flight += 1  # taken, the taker's socket not up yet
+        return in_flight
+
+    def _hand_over_all(self) -> None:
+        """Stopping cleanly: leave the live workers, offer every listener held, and wait (bounded) for takers."""
+        self._leaving = True
+        workers.leave(self._redis, self.owner)
+        for listener_id in list(self.taking):  # half-taken ones: their owners keep them, listening under the name
+            self.taking.pop(listener_id)
+            self.runners.pop(listener_id).stop(keep_listener=True)
+        if not self.runners or not self._others_live():
+            return
+        logger.info("offering %d listeners to the other workers before stopping", len(self.runners))
+        # Takers get LISTENER_HANDOVER_SECONDS; handovers already under way then (a taker logging in, on a
+        # worker that took hundreds at once) as long again to finish, rather than be cut and left unheld.
+        started, renew_at, in_flight = time.monotonic(), 0.0, 0
+        while self.runners:
+            elapsed = time.monotonic() - started
+            if elapsed >= 2 * self.handover_seconds or (elapsed >= self.handover_seconds and not in_flight):
+                break
+            if time.monotonic() >= renew_at:
+                self._renew_leases()
+                renew_at = time.monotonic() + self.ttl_ms / 3000
+                if not self._others_live():
+                    break  # they are stopping too: nobody will take the rest
+            fresh = [listener_id for listener_id in self.runners if listener_id not in self.offered]
+            for listener_id, done in self.leases.offer_many(fresh).items():
+                if done:
+                    self.offered[listener_id] = time.monotonic()  # again, if a taker died half-way
+            in_flight = self._hand_off_ready()
+            time.sleep(HANDOVER_TICK_SECONDS)
+        for listener_id in list(self.offered):
+            self.leases.withdraw(listener_id)
+        logger.info("%d listeners left to close at shutdown", len(self.runners))
+
+    def _others_live(self) -> bool:
+        return any(worker != self.owner for worker in workers.live_workers(self._redis, self.heartbeat_ttl_ms))
 
     def _refresh_generations(self, account_ids: list[int]) -> None:
         if not account_ids:
@@ -190,14 +369,17 @@ class Supervisor(threading.Thread):
             if opened_under is not None and opened_under != self.restart_generation(runner.account.pk):
                 runner.interrupt("restart requested")
 
-    def _start_runner(self, account: PbxAccount, listener: Listener, spec: ListenerSpec) -> None:
-        runner = ListenerRunner(self, account, listener, spec)
+    def _start_runner(self, account: PbxAccount, listener: Listener, spec: ListenerSpec,
+                      taking_over: bool = False) -> None:
+        runner = ListenerRunner(self, account, listener, spec, taking_over=taking_over)
         self.runners[listener.pk] = runner
         runner.start()
 
     def _forget(self, listener_id: int) -> None:
         self.runners.pop(listener_id, None)
-        self.leases.release(listener_id)
+        self.offered.pop(listener_id, None)
+        if self.taking.pop(listener_id, None) is None:  # a half-taken listener's lease is its owner's
+            self.leases.release(listener_id)
 
     def _stop_all(self) -> None:
         for runner in self.runners.values():
@@ -206,12 +388,20 @@ class Supervisor(threading.Thread):
         self.session_checks.stop()
         for listener_id, runner in list(self.runners.items()):
             runner.join(timeout=5)
+            if listener_id in self.taking:
+                continue  # half-taken: its owner still holds it
             try:
                 status.set_listener_state(listener_id, Listener.State.IDLE, owner="")
             except Exception:
                 logger.info("could not mark listener %s idle", listener_id)
             self.leases.release(listener_id)
         self.runners.clear()
+        self.taking.clear()
+        drained_by = time.monotonic() + 5  # handed over at shutdown: let them store what reached them
+        for retiring in self._retiring:
+            retiring.join(max(0.0, drained_by - time.monotonic()))
+        with contextlib.suppress(redis.RedisError):
+            workers.leave(self._redis, self.owner)
         self._redis.close()
         connection.close()  # this thread's, from scanning: it would outlive the thread
         logger.info("listener supervisor %s stopped", self.owner)

@@ -251,11 +251,18 @@ def test_it_leaves_other_owners_one_lease_ttl_to_take_their_leases_back_after_a_
     store.client.delete(lease_key(listener.pk))
     rival.start()
     try:
-        time.sleep(supervisor.ttl_ms / 1000 + 1.5)  # past the rival's hold-off: the owner has taken it back
+        # Through the rival's hold-off the owner takes its lease back. (The rival, first by id, is then owed
+        # the listener by the fair share, and gets it by a handover: still no reconnect.)
+        holders, hold_off_ends = set(), time.monotonic() + supervisor.ttl_ms / 1000
+        while time.monotonic() < hold_off_ends:
+            holders.add(store.holder(listener.pk))
+            time.sleep(0.05)
         assert failures, "the rival saw Redis down"
-        assert store.holder(listener.pk) == supervisor.owner
-        assert not rival.runners, "the rival took a listener whose owner was still reading it"
+        assert store.holder(listener.pk) == supervisor.owner or listener.pk in rival.taking
+        assert "rival-supervisor" not in holders, "the rival took a listener whose owner was still reading it"
+        time.sleep(1.5)
         assert Listener.objects.get(pk=listener.pk).reconnects == 0
+        assert len(set(supervisor.runners) - set(supervisor.taking) | set(rival.runners) - set(rival.taking)) == 1
     finally:
         rival.stop(timeout=30)
 

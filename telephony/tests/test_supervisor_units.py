@@ -82,7 +82,7 @@ class FakeProvider:
     def parse_frame(self, text, spec):
         return []
 
-    def close_stream(self, spec, stream):
+    def close_stream(self, spec, stream, *, keep_listener=False):
         pass
 
     def close(self):
@@ -397,3 +397,67 @@ def test_it_queues_work_while_every_database_thread_is_busy_and_runs_all_of_it()
     for thread in threads:
         thread.join(5)
     assert sorted(results) == [0, 1, 2, 3, 4, 5]
+
+
+# --- retire (a listener handed over to another worker) ---------------------------------------------------
+
+class QueuedStream(FakeStream):
+    """Frames the test puts in its buffer, read in order; ``pending`` while any is left."""
+
+    def __init__(self):
+        super().__init__(None)
+        self.frames: deque[str] = deque()
+        self.arrived = threading.Event()
+
+    def push(self, *texts: str) -> None:
+        self.frames.extend(texts)
+        self.arrived.set()
+
+    def recv(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            if self._interrupted.is_set():
+                raise StreamClosed(self.reason)
+            if time.monotonic() >= deadline:
+                return None
+            self.arrived.wait(0.01)
+            self.arrived.clear()
+        if self._interrupted.is_set():  # an interrupt drops what the buffer still holds, as a socket's would
+            raise StreamClosed(self.reason)
+        return self.frames.popleft()
+
+    def pending(self) -> bool:
+        return bool(self.frames)
+
+
+@pytest.mark.parametrize("how", ["retire", "stop"])
+def test_it_stores_the_frames_already_on_a_handed_over_socket_before_closing_it(monkeypatch, no_database, how):
+    stream, stored, slow = QueuedStream(), [], threading.Event()
+    provider = FakeProvider()
+    provider.open_stream = lambda spec: stream
+    provider.parse_frame = lambda text, spec: [text]
+
+    def apply(updates, received=None):
+        if updates[0] == "first":
+            slow.set()
+            time.sleep(0.5)  # a slow burst: the PBX sends more meanwhile, before the new owner connected
+        stored.extend(updates)
+
+    monkeypatch.setattr(domain, "apply_call_updates", apply)
+    monkeypatch.setattr(runners, "provider_for", lambda account: provider)
+    runner = runners.ListenerRunner(FakeSupervisor(), SimpleNamespace(pk=1), SimpleNamespace(pk=7),
+                                    ListenerSpec(name="fake"))
+    runner.start()
+    try:
+        stream.push("first")
+        assert slow.wait(5)
+        stream.push("second", "third")
+        getattr(runner, how)()
+        runner.join(5)
+        assert not runner.is_alive()
+    finally:
+        runner.stop()
+    if how == "retire":
+        assert stored == ["first", "second", "third"]
+    else:  # what a plain stop loses: why a handover retires the old owner's runner
+        assert stored == ["first"]

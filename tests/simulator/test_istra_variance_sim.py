@@ -8,6 +8,7 @@ import requests
 from tests.simulator.istra_client import IstraClient
 
 JOHN, ALICE = "897778778", "4588897"
+OFF = {"beanScope": "session", "userBeans": {}, "unpullableLines": {}, "stateNames": {}, "lineStates": {}}
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def monitor(client: IstraClient):
 
 
 def test_it_has_every_switch_off_until_a_test_turns_one_on(sim, world):
-    assert control(sim, "variance", method="GET").json() == {"unpullableLines": {}, "stateNames": {}, "lineStates": {}}
+    assert control(sim, "variance", method="GET").json() == OFF
 
 
 # --- unpullable lines ------------------------------------------------------------------------------
@@ -139,5 +140,73 @@ def test_it_turns_every_switch_off_on_reset(sim, world):
     control(sim, "unpullable-lines", {"lines": [line]})
     control(sim, "state-names", {"names": {"held": "onHold"}})
     control(sim, "line-state", {"callId": line, "state": "offering"})
+    control(sim, "bean-scope", {"scope": "user"})
     assert requests.post(f"{sim.url}/_sim/istra/reset", timeout=5).status_code == 200
-    assert control(sim, "variance", method="GET").json() == {"unpullableLines": {}, "stateNames": {}, "lineStates": {}}
+    assert control(sim, "variance", method="GET").json() == OFF
+
+
+# --- bean scope --------------------------------------------------------------------------------------
+
+def two_monitoring_sessions(sim, world):
+    """Two sessions of the same myRCC user, each with its socket bound to a listener named CallLines."""
+    clients = [IstraClient(sim.istra_base, "myRCC") for _ in range(2)]
+    sockets = []
+    for client in clients:
+        assert client.login("rcc|e1", "secret").status_code == 200
+        sockets.append(monitor(client)[0])
+    return clients, sockets
+
+
+def test_it_keeps_a_sessions_bean_when_another_session_deletes_the_same_name_by_default(sim, world):
+    (old, new), (_, new_socket) = two_monitoring_sessions(sim, world)
+
+    assert old.delete("v1/service/EventListener/bean/CallLines").status_code == 200
+
+    line = world.incoming_call(JOHN, "0612345678").line_id
+    assert new_socket.next_item()["lineId"] == line
+    assert control(sim, "variance", method="GET").json()["userBeans"] == {}
+
+
+def test_it_ends_a_user_bean_for_every_session_of_the_user_once_one_deletes_it(sim, world):
+    assert control(sim, "bean-scope", {"scope": "user"}).json() == {"scope": "user"}
+    (old, new), (_, new_socket) = two_monitoring_sessions(sim, world)
+    assert control(sim, "variance", method="GET").json()["userBeans"] == {"myRCC:rcc@e1": ["CallLines"]}
+
+    assert old.delete("v1/service/EventListener/bean/CallLines").status_code == 200
+
+    world.incoming_call(JOHN, "0612345678")
+    new_socket.assert_silent(0.5)
+    assert new.delete("v1/service/EventListener/bean/CallLines").status_code == 400  # gone for it too
+    assert control(sim, "variance", method="GET").json()["userBeans"] == {}
+
+
+def test_it_keeps_a_user_bean_past_its_session_for_another_session_to_bind(sim, world):
+    control(sim, "bean-scope", {"scope": "user"})
+    creator = IstraClient(sim.istra_base, "myRCC")
+    assert creator.login("rcc|e1", "secret").status_code == 200
+    assert creator.post("v1/service/EventListener/bean", json={"name": "CallLines"}).status_code == 200
+    assert creator.post("v1/service/Logout").status_code == 204
+
+    other = IstraClient(sim.istra_base, "myRCC")
+    assert other.login("rcc|e1", "secret").status_code == 200
+    socket = other.open_socket()
+    assert other.get("v1/rcc/CallLine", params={"listenerName": "CallLines"}).status_code == 200  # never created here
+    line = world.incoming_call(JOHN, "0612345678").line_id
+    assert socket.next_item()["lineId"] == line
+    assert control(sim, "variance", method="GET").json()["userBeans"] == {"myRCC:rcc@e1": ["CallLines"]}
+
+
+def test_it_makes_the_beans_sessions_hold_their_users_when_switched_to_user_scope(sim, world):
+    (old, new), (_, new_socket) = two_monitoring_sessions(sim, world)
+
+    control(sim, "bean-scope", {"scope": "user"})
+    assert control(sim, "variance", method="GET").json()["userBeans"] == {"myRCC:rcc@e1": ["CallLines"]}
+    assert old.delete("v1/service/EventListener/bean/CallLines").status_code == 200
+
+    world.incoming_call(JOHN, "0612345678")
+    new_socket.assert_silent(0.5)
+
+
+def test_it_refuses_an_unknown_bean_scope(sim, world):
+    answer = control(sim, "bean-scope", {"scope": "enterprise"})
+    assert answer.status_code == 400 and "scope" in answer.json()["error"]

@@ -61,5 +61,12 @@ class IstraControl(ControlClient):
         body = {"app": app, "closeSockets": close_sockets}
         return self._call("POST", "/sessions/expire", **{k: v for k, v in body.items() if v is not None})
 
+    def bean_scope(self, scope: str):
+        """Listener beans scoped per ``session`` (the default) or shared by the ``user``'s sessions."""
+        return self._call("POST", "/faults/bean-scope", scope=scope)
+
+    def variance(self):
+        return self._call("GET", "/faults/variance")
+
     def requests(self, since: int = 0):
         return self._call("GET", f"/requests?since={since}")

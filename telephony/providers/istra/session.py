@@ -432,28 +432,51 @@ class IstraSession:
         Returns the socket and the bind answer (myRCC's lists the current call
         lines). Nothing here logs in again: the listener must be bound from the
         session the websocket belongs to, so an expired session is an error the
-        caller retries from the start. On failure nothing is left open.
+        caller retries from the start. On failure the socket is closed and the
+        session logged out, but the listener is not deleted: the docs never say
+        whether it is the session's or the user's, and if the user's, another
+        worker's socket may be bound to it (a handover under way); a session's
+        goes with the logout, a user's is created again by the next try.
         """
         self.login()
         stream = self.open_websocket()
-        listener_created = False
         try:
-            self.request("POST", LISTENER_PATH, body=listener_body, relogin=False)
-            listener_created = True
+            self._create_listener(name, listener_body)
             answer = self.request("GET", bind_path, params=bind_params, relogin=False)
         except BaseException:
-            if listener_created:
-                self.delete_listener(name)
             stream.close()
+            self.logout()
             raise
         return stream, answer
 
-    def close_listener(self, name: str, stream: EventStream | None) -> None:
-        """Delete the listener (best effort: it dies with its session anyway) and close the socket."""
+    def _create_listener(self, name: str, listener_body: dict | str) -> None:
+        """Create listener ``name``; a refusal that may mean "it exists" (a 4xx other than 401) is let through.
+
+        A handover's taker creates the name the owner's socket still listens under. If the PBX's listeners are
+        the user's rather than the session's, and it refuses a name that exists rather than replacing it (the
+        docs say neither), the listener the taker needs is there: the bind says whether it is.
+        """
+        try:
+            self.request("POST", LISTENER_PATH, body=listener_body, relogin=False)
+        except ProviderError as exc:
+            if isinstance(exc, SessionExpired) or exc.status is None or not 400 <= exc.status < 500 \
+                    or exc.status == 401:
+                raise
+            logger.info("%s refused to create listener %s (%s); binding it anyway, in case it exists",
+                        self.app, name, exc)
+
+    def close_listener(self, name: str, stream: EventStream | None, *, keep_listener: bool = False) -> None:
+        """Delete the listener (best effort: it dies with its session anyway) and close the socket.
+
+        ``keep_listener``: close the socket only. A listener handed over to another worker keeps its name, and
+        the Istra docs never say whether a listener is its session's or shared by the user's sessions; if
+        shared, deleting it here would end the new owner's (docs/architecture.md, "Listeners across workers").
+        """
         if stream is None:
             return
         try:
-            self.delete_listener(name)
+            if not keep_listener:
+                self.delete_listener(name)
         finally:
             stream.close()
 

@@ -324,8 +324,8 @@ class EndUserProvider(Provider):
             publish_counters(self.account.pk, counters)
         return []
 
-    def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
-        self.session.close_listener(spec.name, stream)
+    def close_stream(self, spec: ListenerSpec, stream: EventStream | None, *, keep_listener: bool = False) -> None:
+        self.session.close_listener(spec.name, stream, keep_listener=keep_listener)
 
     def close(self) -> None:
         if "session" in self.__dict__:

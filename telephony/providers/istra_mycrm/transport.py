@@ -118,8 +118,8 @@ class MyCrmProvider(Provider):
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
         return parse_mycrm_frame(text, self.account.pk, spec.terminal_pbx_id)
 
-    def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
-        self.session.close_listener(spec.name, stream)
+    def close_stream(self, spec: ListenerSpec, stream: EventStream | None, *, keep_listener: bool = False) -> None:
+        self.session.close_listener(spec.name, stream, keep_listener=keep_listener)
 
     def close(self) -> None:
         if "session" in self.__dict__:

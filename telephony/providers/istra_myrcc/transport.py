@@ -198,8 +198,8 @@ class MyRccProvider(Provider):
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:
         return parse_myrcc_frame(text, self.account.pk, self.line_states)
 
-    def close_stream(self, spec: ListenerSpec, stream: EventStream | None) -> None:
-        self.session.close_listener(spec.name, stream)
+    def close_stream(self, spec: ListenerSpec, stream: EventStream | None, *, keep_listener: bool = False) -> None:
+        self.session.close_listener(spec.name, stream, keep_listener=keep_listener)
 
     def close(self) -> None:
         if "session" in self.__dict__:

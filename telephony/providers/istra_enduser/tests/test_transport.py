@@ -18,7 +18,6 @@ from telephony.providers.base import NotSupported, ProviderError, SessionExpired
 from telephony.providers.istra_enduser import frames
 from telephony.providers.istra_enduser.transport import KEEPALIVE_FRAME, LISTENER_NAME, CallerId, EndUserProvider
 from tests.factories import make_account
-from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -390,9 +389,10 @@ def test_it_does_not_log_in_again_in_the_middle_of_binding_the_listener(provider
                              app="myIstra", path="Notifications")
     with pytest.raises(SessionExpired):
         provider.open_stream(provider.listener_specs([])[0])
-    [session] = platform.world.sessions.of_app("myIstra")  # one login: none in the middle of the bind
-    # The client closed its socket before raising; the simulator hears the close a moment later.
-    wait_for(lambda: session.sockets == set(), 5, interval=0.02, what="the socket of the failed bind closed")
+    paths = [entry["path"] for entry in platform.world.requests_received()]
+    assert sum(path.endswith("v1/service/Login") for path in paths) == 1  # none in the middle of the bind
+    assert paths[-1].endswith("v1/service/Logout")  # then nothing left open: the socket closed, logged out
+    assert platform.world.sessions.of_app("myIstra") == []
 
 
 def test_it_gives_the_stream_a_session_check_that_reads_the_counters_on_the_sockets_session(provider, platform):

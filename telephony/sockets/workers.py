@@ -1,0 +1,48 @@
+"""The live workers that hold listeners: each announces itself in Redis with a heartbeat.
+
+One sorted set, ``WORKERS_KEY``: member the worker's id (its supervisor's owner id, the value its leases hold),
+score the epoch milliseconds of its last beat. A supervisor beats on every cycle (a few times a lease TTL); a
+worker whose last beat is older than ``LISTENER_HEARTBEAT_TTL_MS`` (at most the lease TTL) is dead and drops out (its entry is removed
+by whoever reads next). A worker that stops cleanly leaves at once (``leave``) before handing its listeners over.
+
+``live_workers(client)`` is the public reading (the scale-out benchmark uses it beside
+``telephony.sockets.leases.lease_owners``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from django.conf import settings
+
+WORKERS_KEY = "ctihub:listener-workers"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def heartbeat_ttl_ms() -> int:
+    """``LISTENER_HEARTBEAT_TTL_MS``, but never longer than the lease TTL: a dead worker's leases must not
+    expire while it still counts as live, or its share would wait, unheld, for its heartbeat to run out."""
+    return min(settings.LISTENER_HEARTBEAT_TTL_MS, settings.LISTENER_LEASE_TTL_MS)
+
+
+def beat(client: redis.Redis, worker: str) -> None:
+    client.zadd(WORKERS_KEY, {worker: _now_ms()})
+
+
+def leave(client: redis.Redis, worker: str) -> None:
+    client.zrem(WORKERS_KEY, worker)
+
+
+def live_workers(client: redis.Redis, ttl_ms: int | None = None) -> list[str]:
+    """The ids of the workers whose last beat is younger than ``ttl_ms`` (default: the setting), sorted."""
+    ttl_ms = heartbeat_ttl_ms() if ttl_ms is None else ttl_ms
+    oldest = _now_ms() - ttl_ms
+    pipe = client.pipeline(transaction=False)
+    pipe.zremrangebyscore(WORKERS_KEY, "-inf", f"({oldest}")
+    pipe.zrangebyscore(WORKERS_KEY, oldest, "+inf")
+    _, members = pipe.execute()
+    return sorted(member.decode() if isinstance(member, bytes) else member for member in members)

@@ -1,0 +1,120 @@
+"""Leases, handovers and the live workers on the real Redis (``telephony.sockets.leases``, ``workers``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from telephony.sockets import workers
+from telephony.sockets.leases import OFFERS_KEY, LeaseStore, lease_key, lease_owners, offer_key, offers
+from telephony.sockets.supervisor import redis_client
+
+IDS = (9101, 9102, 9103)
+
+
+@pytest.fixture
+def client():
+    client = redis_client()
+    keys = [lease_key(i) for i in IDS] + [offer_key(i) for i in IDS]
+    client.delete(*keys, OFFERS_KEY, workers.WORKERS_KEY)
+    yield client
+    client.delete(*keys, OFFERS_KEY, workers.WORKERS_KEY)
+    client.close()
+
+
+def test_it_moves_a_lease_only_once_the_takers_socket_is_up(client):
+    old, new = LeaseStore(client, "old", 5000), LeaseStore(client, "new", 5000)
+    assert old.acquire(9101)
+    assert old.offer(9101) and offers(client) == {9101: "old"}
+    assert new.take(9101, "old")
+    assert offers(client) == {}, "a taken offer is no longer open"
+    assert not old.hand_off(9101, "new"), "not before the taker's socket is up"
+    assert new.claim(9101, "old", ready=False) == 1
+    assert not old.hand_off(9101, "new")
+    assert new.claim(9101, "old", ready=True) == 1
+    assert offers(client, [9101]) == {9101: "old|new|ready"}
+    assert old.renew_many([9101]) == {9101: True}, "the owner holds it until it hands it off"
+    assert old.hand_off(9101, "new")
+    assert lease_owners(client, [9101]) == {9101: "new"} and not client.exists(offer_key(9101))
+    assert new.claim(9101, "old", ready=True) == 2
+    assert old.renew_many([9101]) == {9101: False}
+
+
+def test_it_lets_only_one_of_two_takers_take_an_offer(client):
+    old = LeaseStore(client, "old", 5000)
+    old.acquire(9101)
+    old.offer(9101)
+    takers = [LeaseStore(redis_client(), f"taker-{n}", 5000) for n in range(8)]
+    barrier, won = threading.Barrier(len(takers)), []
+
+    def take(store):
+        barrier.wait()
+        if store.take(9101, "old"):
+            won.append(store.owner)
+
+    threads = [threading.Thread(target=take, args=(store,)) for store in takers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in takers:
+        store.client.close()
+    assert len(won) == 1 and offers(client, [9101]) == {9101: f"old|{won[0]}"}
+    loser = next(store for store in takers if store.owner != won[0])
+    assert loser.claim(9101, "old", ready=True) == 0, "the loser's claim is refused"
+
+
+def test_it_gives_the_lease_to_a_ready_taker_when_the_owner_dies_and_keeps_it_with_the_owner_when_the_taker_dies(
+        client):
+    old, new = LeaseStore(client, "old", 5000), LeaseStore(client, "new", 300)
+    old.acquire(9101)
+    old.offer(9101)
+    new.take(9101, "old")
+    new.claim(9101, "old", ready=True)
+    client.delete(lease_key(9101))  # the owner died: its lease expired
+    assert new.claim(9101, "old", ready=True) == 2
+    assert lease_owners(client, [9101]) == {9101: "new"}
+
+    old.acquire(9102)
+    old.offer(9102)
+    new.take(9102, "old")
+    new.claim(9102, "old", ready=False)  # renewed for 300 ms, then the taker dies
+    time.sleep(0.5)
+    assert offers(client, [9102]) == {} and not old.hand_off(9102, "new")
+    assert lease_owners(client, [9102]) == {9102: "old"}
+
+
+def test_it_refuses_offers_of_listeners_not_held_and_withdraws_only_untaken_ones(client):
+    old, other = LeaseStore(client, "old", 5000), LeaseStore(client, "other", 5000)
+    other.acquire(9101)
+    assert not old.offer(9101), "only the lease's holder offers it"
+    old.acquire(9102)
+    old.acquire(9103)
+    old.offer(9102)
+    old.offer(9103)
+    other.take(9103, "old")
+    assert old.withdraw(9102) and not old.withdraw(9103)
+    assert offers(client) == {} and offers(client, [9103]) == {9103: "old|other"}
+    assert client.zcard(OFFERS_KEY) == 0
+
+
+def test_it_lists_every_lease_holder(client):
+    LeaseStore(client, "a", 5000).acquire(9101)
+    LeaseStore(client, "b", 5000).acquire(9103)
+    owners = lease_owners(client)
+    assert owners[9101] == "a" and owners[9103] == "b" and 9102 not in owners
+
+
+def test_it_drops_a_worker_whose_heartbeat_stopped(client):
+    workers.beat(client, "alive")
+    workers.beat(client, "quiet")
+    assert workers.live_workers(client, 1000) == ["alive", "quiet"]
+    time.sleep(0.6)
+    workers.beat(client, "alive")
+    time.sleep(0.6)
+    assert workers.live_workers(client, 1000) == ["alive"]
+    assert client.zcard(workers.WORKERS_KEY) == 1, "a dead worker's entry is removed"
+    workers.leave(client, "alive")
+    assert workers.live_workers(client, 1000) == []
