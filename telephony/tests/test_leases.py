@@ -86,6 +86,54 @@ def test_it_gives_the_lease_to_a_ready_taker_when_the_owner_dies_and_keeps_it_wi
     assert lease_owners(client, [9102]) == {9102: "old"}
 
 
+def test_it_gives_a_taken_offer_back_to_its_owner_at_once_when_the_taker_calls_it_off(client):
+    old, new, other = (LeaseStore(client, name, 5000) for name in ("old", "new", "other"))
+    old.acquire(9101)
+    old.offer(9101)
+    assert new.take(9101, "old")
+    assert not other.call_off(9101, "old"), "only the taker calls its handover off"
+    assert offers(client, [9101]) == {9101: "old|new"}
+    assert new.call_off(9101, "old")
+    assert offers(client, [9101]) == {}, "not counted as the taker's until the state expires"
+    assert lease_owners(client, [9101]) == {9101: "old"} and new.claim(9101, "old", ready=True) == 0
+    assert old.offer(9101) and offers(client) == {9101: "old"}, "the owner may offer it again"
+
+
+class SlowRunner:
+    """A taker's runner still logging in (its socket never came up), started long ago."""
+
+    def __init__(self):
+        self.connected = threading.Event()
+        self.started_at = time.monotonic() - 3600
+        self.stopped_keeping_listener = None
+
+    def is_alive(self):
+        return True
+
+    def stop(self, keep_listener=False):
+        self.stopped_keeping_listener = keep_listener
+
+
+def test_it_calls_off_at_once_a_handover_whose_socket_did_not_come_up_in_time(client):
+    from telephony.sockets.supervisor import Supervisor
+
+    old = LeaseStore(client, "old", 5000)
+    old.acquire(9101)
+    old.offer(9101)
+    taker = Supervisor(owner="taker")
+    try:
+        assert taker.leases.take(9101, "old")
+        runner = taker.runners[9101] = SlowRunner()
+        taker.taking[9101] = "old"
+        taker._claim_taken()
+    finally:
+        taker._redis.close()
+    assert runner.stopped_keeping_listener is True and 9101 not in taker.taking
+    # Left as "old|taker" until it expired, it counted as the taker's: the owner neither kept nor re-offered it.
+    assert offers(client, [9101]) == {}
+    assert lease_owners(client, [9101]) == {9101: "old"}
+
+
 def test_it_refuses_offers_of_listeners_not_held_and_withdraws_only_untaken_ones(client):
     old, other = LeaseStore(client, "old", 5000), LeaseStore(client, "other", 5000)
     other.acquire(9101)
