@@ -357,7 +357,8 @@ class Supervisor(threading.Thread):
         states = offers(self._redis, ids)
         now = time.monotonic()
         self._retiring = [r for r in self._retiring if r.is_alive()]
-        in_flight = 0
+        in_flight = handed = 0
+        stale = []
         for listener_id in ids:
             state = states.get(listener_id)
             if listener_id not in self.runners:
@@ -366,11 +367,8 @@ class Supervisor(threading.Thread):
             elif state is None:  # its taker died or called it off: we never closed, we keep it
                 self.offered.pop(listener_id)
             elif state == self.owner:  # nobody took it yet (``_renew_leases`` renews the offer)
-                # Only if the withdrawal holds: taken meanwhile, it is handed off at a next tick (forgotten here,
-                # the taker's socket would wait ready, renewing, for a hand-off that never comes).
-                if now - self.offered[listener_id] > self.handover_seconds and not self._leaving \
-                        and self.leases.withdraw(listener_id):
-                    self.offered.pop(listener_id)
+                if now - self.offered[listener_id] > self.handover_seconds and not self._leaving:
+                    stale.append(listener_id)
             elif state.endswith("|ready"):
                 owner, taker, _ = state.split("|")
                 if owner == self.owner and self.leases.hand_off(listener_id, taker):
@@ -379,9 +377,20 @@ class Supervisor(threading.Thread):
                     retiring.retire()  # closes once what reached it is stored
                     self._retiring.append(retiring)
                     self._moves["handed_off"] += 1
+                    handed += 1
                     logger.debug("handed listener %s over to %s", listener_id, taker)
             else:
                 in_flight += 1  # taken, the taker's socket not up yet
+        # Offers untaken for LISTENER_HANDOVER_SECONDS are withdrawn, unless takers are still taking ours: a join
+        # moving 1,000 listeners takes longer than that, and withdrawing the rest only to offer them again at the
+        # next scan left the taker idle meanwhile. Offers nobody is short of are withdrawn by the scans.
+        if stale and not in_flight and not handed:
+            for listener_id in stale:
+                # Only if the withdrawal holds: taken meanwhile, it is handed off at a next tick (forgotten here,
+                # the taker's socket would wait ready, renewing, for a hand-off that never comes).
+                if self.leases.withdraw(listener_id):
+                    self.offered.pop(listener_id)
+                    self._moves["withdrawn_untaken"] += 1
         return in_flight
 
     def _hand_over_all(self) -> None:

@@ -134,6 +134,33 @@ def test_it_calls_off_at_once_a_handover_whose_socket_did_not_come_up_in_time(cl
     assert lease_owners(client, [9101]) == {9101: "old"}
 
 
+class HeldRunner(SlowRunner):
+    def retire(self):
+        pass
+
+
+def test_it_withdraws_offers_left_untaken_only_once_no_taker_is_taking_its_offers(client):
+    from telephony.sockets.supervisor import Supervisor
+
+    owner = Supervisor(owner="old")
+    taker = LeaseStore(client, "new", 5000)
+    try:
+        owner.leases.ttl_ms = 5000
+        for listener_id in IDS:
+            assert owner.leases.acquire(listener_id) and owner.leases.offer(listener_id)
+            owner.runners[listener_id] = HeldRunner()
+            owner.offered[listener_id] = time.monotonic() - owner.handover_seconds - 1  # all offered long ago
+        assert taker.take(9101, "old")  # a taker still at work on one of them
+        owner._hand_off_ready()
+        assert offers(client) == {9102: "old", 9103: "old"}, "a join takes longer than LISTENER_HANDOVER_SECONDS"
+        taker.call_off(9101, "old")
+        owner._hand_off_ready()  # 9101: called off, kept
+        owner._hand_off_ready()
+        assert offers(client) == {} and owner.offered == {}, "nobody takes them: withdrawn"
+    finally:
+        owner._redis.close()
+
+
 def test_it_refuses_offers_of_listeners_not_held_and_withdraws_only_untaken_ones(client):
     old, other = LeaseStore(client, "old", 5000), LeaseStore(client, "other", 5000)
     other.acquire(9101)
