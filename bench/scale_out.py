@@ -51,6 +51,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of calls before the first move")
     parser.add_argument("--rebalance-timeout", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=30.0, help="seconds to wait for the last calls to end")
+    parser.add_argument("--trace", action="store_true",
+                        help="print, each second of a move, what each worker holds and the handovers open, taken "
+                             "and ready (read from Redis)")
+    parser.add_argument("--worker-log-level", default="WARNING",
+                        help="LOG_LEVEL of the workers (INFO: each supervisor's line a scan about its moves, in "
+                             "test-artifacts/bench-scale-<n>-<port>.log)")
     args = parser.parse_args()
     os.environ.update(LISTENER_SCAN_SECONDS=str(args.scan), LISTENER_KEEPALIVE_SECONDS="20")
     setup_django()
@@ -60,7 +66,7 @@ def main() -> None:
     from bench.procs import BenchHub, hub_env
     from telephony.models import Listener
 
-    hub = BenchHub(hub_env())
+    hub = BenchHub(hub_env(LOG_LEVEL=args.worker_log_level))
     client = redis.Redis.from_url(settings.REDIS_URL)
     workers: list = []
     traffic = None
@@ -70,6 +76,7 @@ def main() -> None:
         figure("listeners", args.listeners)
         figure("scan_period", args.scan, "s")
         figure("lease_ttl", settings.LISTENER_LEASE_TTL_MS / 1000, "s")
+        figure("handover_concurrency", getattr(settings, "LISTENER_HANDOVER_CONCURRENCY", "n/a (shared: 8)"))
         started = time.monotonic()
         workers.append(_start_worker(hub, 0))
         _wait(lambda: Listener.objects.filter(state="connected").count() >= args.listeners, 600,
@@ -85,13 +92,13 @@ def main() -> None:
         for k in range(1, args.workers):
             worker = _start_worker(hub, k)
             workers.append(worker)
-            moves.append(_rebalance(f"join_{k + 1}", client, workers, args))
+            moves.append(_rebalance(f"join_{k + 1}", client, workers, args, hub=hub))
         _share(f"share_{len(workers)}_workers", client, workers, args.listeners)
         if args.workers > 1:
             leaving = workers.pop(0)
             at = time.monotonic()
             leaving.process.send_signal(signal.SIGTERM)  # the worker itself: its warm shutdown hands leases back
-            moves.append(_rebalance("leave", client, workers, args, since=at, leaving=leaving))
+            moves.append(_rebalance("leave", client, workers, args, since=at, leaving=leaving, hub=hub))
             _share(f"share_{len(workers)}_workers_after_leave", client, workers, args.listeners)
         else:
             figure("rebalance_after_join", "n/a (one worker)")
@@ -175,15 +182,36 @@ def _balanced(counts: dict[str, int], held: int, workers, listeners: int) -> boo
                                      for w in workers)
 
 
-def _rebalance(name: str, client, workers, args, since: float | None = None, leaving=None) -> tuple[float, float]:
+def _cpu_seconds(processes) -> dict[str, float]:
+    """User and system CPU seconds so far of each process (and its children: a worker's prefork child)."""
+    import psutil
+
+    seconds = {}
+    for process in processes:
+        try:
+            root = psutil.Process(process.process.pid)
+            seconds[process.name] = sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+        except psutil.Error:
+            continue
+    return seconds
+
+
+def _rebalance(name: str, client, workers, args, since: float | None = None, leaving=None,
+               hub=None) -> tuple[float, float]:
     """Seconds until balanced after a join (from the new worker ready) or a leave (from its SIGTERM)."""
     since = workers[-1].ready_at if since is None else since
+    owners_before = lease_owners(client)
+    cpu_before = _cpu_seconds(hub.processes) if hub is not None else {}
     deadline = since + args.rebalance_timeout
     unheld_max = 0
     counts, held = _counts(client, workers)
+    next_trace = since
     while True:
         counts, held = _counts(client, workers)
         unheld_max = max(unheld_max, args.listeners - held)
+        if args.trace and time.monotonic() >= next_trace:
+            _trace(name, time.monotonic() - since, client, workers, counts, held, args.listeners)
+            next_trace += 1.0
         if _balanced(counts, held, workers, args.listeners) and (leaving is None or not leaving.alive()):
             took = time.monotonic() - since
             figure(f"rebalance_after_{name}", took, "s", f"<= {2 * args.scan} (two scan periods)")
@@ -194,11 +222,32 @@ def _rebalance(name: str, client, workers, args, since: float | None = None, lea
             break
         time.sleep(0.25)
     figure(f"unheld_max_{name}", unheld_max)
+    if hub is not None:  # what the moves cost each side: logins a second the simulator and a worker can do
+        took = time.monotonic() - since
+        cpu_after = _cpu_seconds(hub.processes)
+        owners_after = lease_owners(client)
+        moved = sum(1 for i, owner in owners_after.items() if owners_before.get(i) not in (None, owner))
+        spent = {n: cpu_after[n] - cpu_before.get(n, 0.0) for n in cpu_after}
+        figure(f"moved_{name}", moved)
+        figure(f"cpu_{name}", ", ".join(f"{n.split('-')[0] if n.startswith('simulator') else n} {c:.1f} s"
+                                         for n, c in sorted(spent.items()) if c >= 0.05) + f" over {took:.1f} s")
     if leaving is not None:
         code = leaving.process.wait(timeout=60)
         figure("leave_stop_seconds", time.monotonic() - since, "s")
         figure("leave_exit_code", code)
     return since, time.monotonic()
+
+
+def _trace(name: str, at: float, client, workers, counts, held: int, listeners: int) -> None:
+    """One line: who holds what, and the handovers by state (open: offered, untaken; taken: the taker logging
+    in; ready: the taker's socket up, the owner's hand-off to come)."""
+    from telephony.sockets import leases
+
+    keys = list(client.scan_iter(match=leases.offer_key("*"), count=1000))
+    states = [v.decode() for v in client.mget(keys) if v] if keys else []
+    by_state = collections.Counter("ready" if s.endswith("|ready") else "taken" if "|" in s else "open" for s in states)
+    print(f"  trace {name} +{at:5.1f}s: {_counts_text(counts, held, listeners)}; offers open {by_state['open']}, "
+          f"taken {by_state['taken']}, ready {by_state['ready']}", flush=True)
 
 
 def _counts_text(counts: dict[str, int], held: int, listeners: int) -> str:

@@ -428,6 +428,10 @@ LISTENER_SHARE_SLACK = strict_int("LISTENER_SHARE_SLACK", 1, minimum=0)
 # A listener offered to another worker and not taken this long is withdrawn; a worker stopping cleanly waits
 # this long for others to take its listeners over (twice as long for handovers under way), then closes the rest.
 LISTENER_HANDOVER_SECONDS = strict_int("LISTENER_HANDOVER_SECONDS", 15, minimum=1)
+# Logins one worker runs at once to take listeners over from other workers (a join, a clean stop), beside the 8
+# it runs for listeners it starts holding. How fast listeners move is how fast the PBX takes logins: raise it
+# for a PBX that takes more, lower it for one that must not be stormed (every joining worker runs this many).
+LISTENER_HANDOVER_CONCURRENCY = strict_int("LISTENER_HANDOVER_CONCURRENCY", 32, minimum=1)
 # Database connections the socket threads of one worker share (PostgreSQL allows 100 in all by default).
 LISTENER_DB_CONNECTIONS = strict_int("LISTENER_DB_CONNECTIONS", 20, minimum=1)
 # How often each Istra listener's session gets a cheap authenticated GET: it keeps the session active

@@ -29,7 +29,9 @@ class Decision:
     cap: int  # listeners it may hold at most (free ones beyond its target, while nobody short takes them)
     acquire: int = 0  # how many free listeners to lease now ...
     free: list[int] = field(default_factory=list)  # ... tried in this order (each worker starts elsewhere)
-    take_offers: int = 0  # how many offered listeners to take after that
+    take_offers: int = 0  # how many offered listeners to take after that ...
+    take_order: list[int] = field(default_factory=list)  # ... tried in this order (each taker starts elsewhere)
+    take_room: int | None = None  # handovers it may start now, whatever it is short of (None: no bound)
     offer: list[int] = field(default_factory=list)  # own listeners to offer now
     on_offer: int = 0  # how many of its listeners should be on offer, untaken: withdraw those beyond it
 
@@ -49,14 +51,18 @@ def cap_of(listener_count: int, workers: int, slack: int) -> int:
 
 def decide(listener_ids: Iterable[int], live_workers: Iterable[str], holders: Mapping[int, str], me: str, *,
            slack: int = 1, moving: Mapping[int, str] | None = None, offered: Iterable[int] = (),
-           max_held: int = 0) -> Decision:
+           max_held: int = 0, max_taking: int = 0, ready: Iterable[int] = ()) -> Decision:
     """What worker ``me`` should do about its share of ``listener_ids``.
 
     ``holders``: listener -> the worker whose lease it is (listeners without a lease are free). ``moving``:
     listener -> the worker taking it over (an offer taken, the handover under way): it counts as the taker's.
     ``offered``: listeners offered and not taken yet. ``max_held`` (``LISTENER_MAX_PER_WORKER``, 0: none)
     caps target and cap alike. Holders that are not live workers keep their listeners until their leases
-    expire: those listeners are neither free nor anyone's share.
+    expire: those listeners are neither free nor anyone's share. ``max_taking`` (0: none): handovers this
+    worker may have logging in at once (taken, its socket not up yet: those in ``moving`` but not in ``ready``,
+    whose taker's socket is up and which wait for their owner's hand-off). A taker that took every offer
+    at once would queue hundreds of logins behind its connect slots and give up those still waiting after
+    ``LISTENER_HANDOVER_SECONDS``; taking a few slots' worth and the rest as they finish keeps them all moving.
     """
     ids = sorted(set(listener_ids))
     moving = moving or {}
@@ -84,6 +90,15 @@ def decide(listener_ids: Iterable[int], live_workers: Iterable[str], holders: Ma
     free_order = free[start:] + free[:start]  # would each win some and lose the rest
 
     take = max(0, target - len(mine) - want)
+    take_room = None
+    if max_taking:
+        ready = set(ready)
+        under_way = sum(1 for i, taker in moving.items() if taker == me and i in owner and i not in ready)
+        take_room = max(0, max_taking - under_way)
+        take = min(take, take_room)
+    takeable = [i for i in ids if i in offered and holders.get(i) not in (None, me) and i not in moving]
+    first = (workers.index(me) * len(takeable)) // len(workers) if takeable else 0  # as for the free ones
+    take_order = takeable[first:] + takeable[:first] if take or want else []
 
     offer: list[int] = []
     count = 0
@@ -96,8 +111,8 @@ def decide(listener_ids: Iterable[int], live_workers: Iterable[str], holders: Ma
         already = [i for i in mine if i in offered]
         fresh = [i for i in reversed(mine) if i not in offered and moving.get(i) is None]
         offer = fresh[:max(0, count - len(already))]
-    return Decision(target=target, cap=cap, acquire=want, free=free_order, take_offers=take, offer=offer,
-                    on_offer=count)
+    return Decision(target=target, cap=cap, acquire=want, free=free_order, take_offers=take,
+                    take_order=take_order, take_room=take_room, offer=offer, on_offer=count)
 
 
 def balanced(counts: Mapping[str, int], listener_count: int, tolerance: float = 0.10) -> bool:

@@ -25,7 +25,8 @@ Handover (a listener moving between two live workers, make-before-break), on a s
 
 Each side renews what it wrote with the lease TTL. If the taker dies, its state expires and the owner keeps
 the listener (it never closed); if the owner dies, its lease expires and the taker's ``claim`` takes the lease
-with its socket already open; an offer nobody takes is withdrawn (``withdraw``).
+with its socket already open; an offer nobody takes is withdrawn (``withdraw``); a taker whose socket does not
+come up in time gives it up (``call_off``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# The taker giving up before its socket came up (a login refused, too slow). KEYS offer; ARGV owner, taker
+_CALL_OFF = """
+local offer = redis.call('GET', KEYS[1])
+if offer == ARGV[1] .. '|' .. ARGV[2] or offer == ARGV[1] .. '|' .. ARGV[2] .. '|ready' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
 #: Listener ids offered and not taken yet (score: the listener id): where a worker short of its share looks.
 OFFERS_KEY = "ctihub:lease:offers"
 LEASE_PREFIX = "ctihub:lease:listener:"
@@ -164,6 +175,7 @@ class LeaseStore:
         self._take = client.register_script(_TAKE)
         self._claim = client.register_script(_CLAIM)
         self._hand_off = client.register_script(_HAND_OFF)
+        self._call_off = client.register_script(_CALL_OFF)
 
     def acquire(self, listener_id: int) -> bool:
         return bool(self.client.set(lease_key(listener_id), self.owner, nx=True, px=self.ttl_ms))
@@ -227,6 +239,12 @@ class LeaseStore:
             self._claim(keys=[lease_key(listener_id), offer_key(listener_id)],
                         args=[owner, self.owner, "1" if ready else "0", self.ttl_ms], client=pipe)
         return {claim[0]: int(result) for claim, result in zip(claims, pipe.execute())}
+
+    def call_off(self, listener_id: int, owner: str) -> bool:
+        """The taker gives a handover up: the state goes at once, so the owner (which never closed) sees it
+        kept and may offer it again, rather than wait for the state to expire (the lease TTL) meanwhile
+        counted as the taker's."""
+        return bool(self._call_off(keys=[offer_key(listener_id)], args=[owner, self.owner]))
 
     def hand_off(self, listener_id: int, taker: str) -> bool:
         """The owner's last step: the lease becomes the taker's, whose socket is up."""

@@ -152,17 +152,19 @@ class ListenerRunner(threading.Thread):
         provider = provider_for(self.account)
         stream = None
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
-        if not self.taking_over:
+        handover = self.taking_over
+        if not handover:
             self._retry_db(lambda: status.set_listener_state(
                 self.listener_id, Listener.State.CONNECTING, owner=self.supervisor.owner))
         self.taking_over = False  # a reconnect after the handover is an ordinary one
         try:
-            with self.supervisor.connect_slot(self.stop_event) as may_connect:
+            with self.supervisor.connect_slot(self.stop_event, handover=handover) as may_connect:
                 if not may_connect:
                     return
                 # A provider may read the database to log in (Istra: a login refused lately is not sent again)
                 # and to catch up (myRCC: the calls that ended while we were away). Only CONNECT_CONCURRENCY
-                # threads get here at once, and each gives its connection back, failed or not.
+                # threads (LISTENER_HANDOVER_CONCURRENCY more taking listeners over) get here at once, and each
+                # gives its connection back, failed or not.
                 try:
                     stream = provider.open_stream(self.spec)
                     initial_frames = list(getattr(stream, "initial_frames", ()) or ())

@@ -47,6 +47,7 @@ listener). What the admin shows of listeners and accounts is written by ``teleph
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -71,8 +72,13 @@ from telephony.sockets.runner import ListenerRunner
 
 logger = logging.getLogger(__name__)
 
-#: Logins (and socket opens) one worker runs at once.
+#: Logins (and socket opens) one worker runs at once for listeners it starts holding (a worker starting, a
+#: listener free, a reconnect): at a PBX restart every worker's sockets log in again at once.
 CONNECT_CONCURRENCY = 8
+#: Handovers a worker has under way (taken, its socket not the owner's yet), in ``LISTENER_HANDOVER_CONCURRENCY``
+#: (the logins it runs at once for them): enough queued behind the running ones that a slot freed is used at
+#: the next tick, few enough that none waits ``LISTENER_HANDOVER_SECONDS`` for a slot and is given up.
+TAKING_PER_HANDOVER_SLOT = 2
 #: How often handovers under way are moved on, and offers looked at, between scans.
 HANDOVER_TICK_SECONDS = 0.25
 
@@ -108,6 +114,7 @@ class Supervisor(threading.Thread):
         self.slack = settings.LISTENER_SHARE_SLACK
         self.heartbeat_ttl_ms = workers.heartbeat_ttl_ms()
         self.handover_seconds = settings.LISTENER_HANDOVER_SECONDS
+        self.handover_concurrency = settings.LISTENER_HANDOVER_CONCURRENCY
         self.stop_event = threading.Event()
         #: Every runner of this worker: the listeners it holds, and those it is taking over (``taking``).
         self.runners: dict[int, ListenerRunner] = {}
@@ -126,6 +133,14 @@ class Supervisor(threading.Thread):
         self.keepalives = KeepAlives(self.keepalive_seconds)
         self.session_checks = SessionChecks(settings.ISTRA_SESSION_CHECK_SECONDS)
         self._connects = threading.BoundedSemaphore(CONNECT_CONCURRENCY)
+        # Handovers log in on slots of their own: a join moving hundreds of listeners must not queue behind (or
+        # hold up) the reconnects, and its pace is the PBX's to allow (LISTENER_HANDOVER_CONCURRENCY).
+        self._handover_connects = threading.BoundedSemaphore(self.handover_concurrency)
+        #: The live workers at the last look: a change (a worker joined or left) rebalances at once.
+        self._live: list[str] = []
+        #: What this worker did about its share since the last scan's log line (``_log_moves``).
+        self._moves: collections.Counter = collections.Counter()
+        self._last_decision = None
         # Redis restarted empty holds no leases: a listener looks free though its owner still reads it.
         # Until one TTL after the last Redis error seen here, only leases already held are taken (back).
         self._take_new_after = 0.0
@@ -134,16 +149,18 @@ class Supervisor(threading.Thread):
         return self._generations.get(account_id, 0)
 
     @contextlib.contextmanager
-    def connect_slot(self, stop_event: threading.Event):
-        """One of ``CONNECT_CONCURRENCY`` places to log in and open a socket; False if stopped while waiting."""
-        while not self._connects.acquire(timeout=0.5):
+    def connect_slot(self, stop_event: threading.Event, handover: bool = False):
+        """One of ``CONNECT_CONCURRENCY`` places to log in and open a socket (``handover``: one of
+        ``LISTENER_HANDOVER_CONCURRENCY``, a taker's); False if stopped while waiting."""
+        slots = self._handover_connects if handover else self._connects
+        while not slots.acquire(timeout=0.5):
             if stop_event.is_set():
                 yield False
                 return
         try:
             yield True
         finally:
-            self._connects.release()
+            slots.release()
 
     def run(self) -> None:
         logger.info("listener supervisor %s started", self.owner)
@@ -159,6 +176,7 @@ class Supervisor(threading.Thread):
                     next_renew = time.monotonic() + renew_every
                 if time.monotonic() >= next_scan:
                     self._scan()
+                    self._log_moves()
                     next_scan = time.monotonic() + self.scan_seconds
                 self._move_handovers()
             except redis.RedisError as exc:
@@ -225,10 +243,13 @@ class Supervisor(threading.Thread):
         holders = lease_owners(self._redis, ids)
         states = offers(self._redis, ids)
         moving = {i: state.split("|")[1] for i, state in states.items() if "|" in state}
+        ready = [i for i, state in states.items() if state.endswith("|ready")]
         untaken = {i: state for i, state in states.items() if "|" not in state}
-        live = workers.live_workers(self._redis, self.heartbeat_ttl_ms)
+        live = self._live = workers.live_workers(self._redis, self.heartbeat_ttl_ms)
         decision = decide(ids, live, holders, self.owner, slack=self.slack, moving=moving, offered=untaken,
-                          max_held=self.max_held)
+                          max_held=self.max_held, max_taking=TAKING_PER_HANDOVER_SLOT * self.handover_concurrency,
+                          ready=ready)
+        self._last_decision = decision
         acquired = 0
         for listener_id in decision.free:
             if acquired >= decision.acquire:
@@ -236,38 +257,68 @@ class Supervisor(threading.Thread):
             if listener_id not in self.runners and self.leases.acquire(listener_id):
                 self._start_runner(*self._candidates[listener_id])
                 acquired += 1
+        self._moves["acquired"] += acquired
         to_take = decision.take_offers + (decision.acquire - acquired)
-        for listener_id, owner in untaken.items():
+        if decision.take_room is not None:
+            to_take = min(to_take, decision.take_room)
+        for listener_id in decision.take_order:
             if to_take <= 0:
                 break
+            owner = untaken[listener_id]
             if owner == self.owner or listener_id in self.runners or holders.get(listener_id) != owner:
                 continue
             if self.leases.take(listener_id, owner):
-                logger.info("taking listener %s over from %s", listener_id, owner)
+                logger.debug("taking listener %s over from %s", listener_id, owner)
                 self.taking[listener_id] = owner
                 self._start_runner(*self._candidates[listener_id], taking_over=True)
                 to_take -= 1
+                self._moves["taken"] += 1
+            else:
+                self._moves["take_lost"] += 1  # another taker was first
         if offer:
             mine_untaken = sorted(i for i, owner in untaken.items() if owner == self.owner and i in self.offered)
             for listener_id in mine_untaken[decision.on_offer:]:  # nobody is short of them any more
                 if self.leases.withdraw(listener_id):
                     self.offered.pop(listener_id, None)
+                    self._moves["withdrawn"] += 1
         if offer and decision.offer:
             done = self.leases.offer_many([i for i in decision.offer if i in self.runners and i not in self.taking])
             offered = [listener_id for listener_id, ok in done.items() if ok]
             for listener_id in offered:
                 self.offered[listener_id] = time.monotonic()
-            if offered:
-                logger.info("offering %d listeners to workers short of their share", len(offered))
+            self._moves["offered"] += len(offered)
 
     def _move_handovers(self) -> None:
-        """Between scans: finish the handovers under way, on either side, and take offers if short."""
+        """Between scans: finish the handovers under way, on either side, and take offers if short; a worker
+        joining or leaving rebalances (offers included) at once rather than at the next scan."""
         if self.taking:
             self._claim_taken()
         if self.offered:
             self._hand_off_ready()
-        if not self._leaving and self._redis.zcard(OFFERS_KEY):
+        if self._leaving:
+            return
+        if workers.live_workers(self._redis, self.heartbeat_ttl_ms) != self._live:
+            self._rebalance(offer=True)
+        elif self._short() and self._redis.zcard(OFFERS_KEY):
             self._rebalance(offer=False)
+
+    def _short(self) -> bool:
+        """Under its target at the last decision (taking included): only then are offers worth a look
+        between scans (a worker joining or leaving is looked at every tick)."""
+        decision = self._last_decision
+        return decision is None or len(self.runners) < decision.target
+
+    def _log_moves(self) -> None:
+        """One line a scan while listeners move: what this worker did about its share since the last one."""
+        decision = self._last_decision
+        if not self._moves or decision is None:
+            return
+        held = sum(1 for listener_id in self.runners if listener_id not in self.taking)
+        done = ", ".join(f"{what} {n}" for what, n in sorted(self._moves.items()))
+        logger.info("share: holds %d (target %d, cap %d), %d taking, %d on offer, %d live workers; since the last "
+                    "scan: %s", held, decision.target, decision.cap, len(self.taking), len(self.offered),
+                    len(self._live), done)
+        self._moves.clear()
 
     def _claim_taken(self) -> None:
         """Taker's side: renew each handover, say when our socket is up, and note when the lease is ours."""
@@ -283,13 +334,18 @@ class Supervisor(threading.Thread):
                 given_up.append(listener_id)  # our socket never came up (a login refused, a PBX down)
             else:
                 claims.append((listener_id, owner, ready))
+        for listener_id in given_up:  # the owner keeps it (it never closed), and may offer it again at once
+            self.leases.call_off(listener_id, self.taking[listener_id])
+        self._moves["given_up"] += len(given_up)
         results = {**self.leases.claim_many(claims), **{listener_id: 0 for listener_id in given_up}}
         for listener_id, claimed in results.items():
             owner = self.taking[listener_id]
             if claimed == 2:
                 self.taking.pop(listener_id)
-                logger.info("took listener %s over from %s", listener_id, owner)
+                self._moves["claimed"] += 1
+                logger.debug("took listener %s over from %s", listener_id, owner)
             elif claimed == 0:
+                self._moves["called_off"] += 1
                 logger.info("handover of listener %s from %s called off; closing our socket", listener_id, owner)
                 self.taking.pop(listener_id)
                 self.runners.pop(listener_id).stop(keep_listener=True)  # the owner still listens under its name
@@ -300,7 +356,9 @@ class Supervisor(threading.Thread):
         ids = list(self.offered)
         states = offers(self._redis, ids)
         now = time.monotonic()
-        in_flight = 0
+        self._retiring = [r for r in self._retiring if r.is_alive()]
+        in_flight = handed = 0
+        stale = []
         for listener_id in ids:
             state = states.get(listener_id)
             if listener_id not in self.runners:
@@ -310,18 +368,29 @@ class Supervisor(threading.Thread):
                 self.offered.pop(listener_id)
             elif state == self.owner:  # nobody took it yet (``_renew_leases`` renews the offer)
                 if now - self.offered[listener_id] > self.handover_seconds and not self._leaving:
-                    self.leases.withdraw(listener_id)
-                    self.offered.pop(listener_id)
+                    stale.append(listener_id)
             elif state.endswith("|ready"):
                 owner, taker, _ = state.split("|")
                 if owner == self.owner and self.leases.hand_off(listener_id, taker):
                     self.offered.pop(listener_id)
                     retiring = self.runners.pop(listener_id)
                     retiring.retire()  # closes once what reached it is stored
-                    self._retiring = [r for r in self._retiring if r.is_alive()] + [retiring]
-                    logger.info("handed listener %s over to %s", listener_id, taker)
+                    self._retiring.append(retiring)
+                    self._moves["handed_off"] += 1
+                    handed += 1
+                    logger.debug("handed listener %s over to %s", listener_id, taker)
             else:
                 in_flight += 1  # taken, the taker's socket not up yet
+        # Offers untaken for LISTENER_HANDOVER_SECONDS are withdrawn, unless takers are still taking ours: a join
+        # moving 1,000 listeners takes longer than that, and withdrawing the rest only to offer them again at the
+        # next scan left the taker idle meanwhile. Offers nobody is short of are withdrawn by the scans.
+        if stale and not in_flight and not handed:
+            for listener_id in stale:
+                # Only if the withdrawal holds: taken meanwhile, it is handed off at a next tick (forgotten here,
+                # the taker's socket would wait ready, renewing, for a hand-off that never comes).
+                if self.leases.withdraw(listener_id):
+                    self.offered.pop(listener_id)
+                    self._moves["withdrawn_untaken"] += 1
         return in_flight
 
     def _hand_over_all(self) -> None:

@@ -95,6 +95,39 @@ def test_it_leaves_a_dead_workers_listeners_alone_until_their_leases_expire():
     assert decision.acquire == 50 and sorted(decision.free) == IDS[50:]
 
 
+def test_it_takes_offers_only_while_fewer_than_max_taking_handovers_are_under_way():
+    holders = {i: "a" for i in IDS}
+    offered = IDS[:50]
+    assert decide(IDS, ["a", "b"], holders, "b", offered=offered).take_offers == 50, "no bound by default"
+    decision = decide(IDS, ["a", "b"], holders, "b", offered=offered, max_taking=32)
+    assert (decision.take_offers, decision.take_room) == (32, 32)
+    # 30 taken, their sockets not up yet: 2 more now, though b is short of 20 more than that
+    moving = {i: "b" for i in IDS[50:80]}
+    decision = decide(IDS, ["a", "b"], holders, "b", moving=moving, offered=offered, max_taking=32)
+    assert (decision.take_offers, decision.take_room) == (2, 2)
+    moving = {i: "b" for i in IDS[50:82]}
+    assert decide(IDS, ["a", "b"], holders, "b", moving=moving, offered=offered, max_taking=32).take_offers == 0
+    # those whose socket is up wait for their owner's hand-off, logging in no more: they leave room
+    decision = decide(IDS, ["a", "b"], holders, "b", moving=moving, offered=offered, max_taking=32,
+                      ready=IDS[50:60])
+    assert (decision.take_offers, decision.take_room) == (10, 10)
+    # another worker's handovers under way do not count against b's
+    moving = {i: "c" for i in IDS[50:82]}
+    assert decide(IDS, ["a", "b", "c"], holders, "b", moving=moving, offered=offered,
+                  max_taking=32).take_room == 32
+
+
+def test_it_lists_the_offers_to_take_without_its_own_or_taken_ones_each_taker_starting_elsewhere():
+    holders = {i: "a" for i in IDS}
+    offered = IDS[:60]
+    moving = {IDS[0]: "c"}  # offered, then taken by c
+    b = decide(IDS, ["a", "b", "c"], holders, "b", moving=moving, offered=offered)
+    c = decide(IDS, ["a", "b", "c"], holders, "c", moving=moving, offered=offered)
+    assert sorted(b.take_order) == sorted(c.take_order) == IDS[1:60]
+    assert b.take_order[0] != c.take_order[0], "two takers racing for the same offers would each lose half"
+    assert decide(IDS, ["a", "b"], holders, "a", offered=offered).take_order == [], "a takes none of its own"
+
+
 def _simulate(listeners: list[int], workers: list[str], holders: dict[int, str], rounds: int) -> dict[int, str]:
     """Every worker decides in turn and its moves happen at once (offers taken by the short workers)."""
     offered: dict[int, str] = {}

@@ -86,6 +86,81 @@ def test_it_gives_the_lease_to_a_ready_taker_when_the_owner_dies_and_keeps_it_wi
     assert lease_owners(client, [9102]) == {9102: "old"}
 
 
+def test_it_gives_a_taken_offer_back_to_its_owner_at_once_when_the_taker_calls_it_off(client):
+    old, new, other = (LeaseStore(client, name, 5000) for name in ("old", "new", "other"))
+    old.acquire(9101)
+    old.offer(9101)
+    assert new.take(9101, "old")
+    assert not other.call_off(9101, "old"), "only the taker calls its handover off"
+    assert offers(client, [9101]) == {9101: "old|new"}
+    assert new.call_off(9101, "old")
+    assert offers(client, [9101]) == {}, "not counted as the taker's until the state expires"
+    assert lease_owners(client, [9101]) == {9101: "old"} and new.claim(9101, "old", ready=True) == 0
+    assert old.offer(9101) and offers(client) == {9101: "old"}, "the owner may offer it again"
+
+
+class SlowRunner:
+    """A taker's runner still logging in (its socket never came up), started long ago."""
+
+    def __init__(self):
+        self.connected = threading.Event()
+        self.started_at = time.monotonic() - 3600
+        self.stopped_keeping_listener = None
+
+    def is_alive(self):
+        return True
+
+    def stop(self, keep_listener=False):
+        self.stopped_keeping_listener = keep_listener
+
+
+def test_it_calls_off_at_once_a_handover_whose_socket_did_not_come_up_in_time(client):
+    from telephony.sockets.supervisor import Supervisor
+
+    old = LeaseStore(client, "old", 5000)
+    old.acquire(9101)
+    old.offer(9101)
+    taker = Supervisor(owner="taker")
+    try:
+        assert taker.leases.take(9101, "old")
+        runner = taker.runners[9101] = SlowRunner()
+        taker.taking[9101] = "old"
+        taker._claim_taken()
+    finally:
+        taker._redis.close()
+    assert runner.stopped_keeping_listener is True and 9101 not in taker.taking
+    # Left as "old|taker" until it expired, it counted as the taker's: the owner neither kept nor re-offered it.
+    assert offers(client, [9101]) == {}
+    assert lease_owners(client, [9101]) == {9101: "old"}
+
+
+class HeldRunner(SlowRunner):
+    def retire(self):
+        pass
+
+
+def test_it_withdraws_offers_left_untaken_only_once_no_taker_is_taking_its_offers(client):
+    from telephony.sockets.supervisor import Supervisor
+
+    owner = Supervisor(owner="old")
+    taker = LeaseStore(client, "new", 5000)
+    try:
+        owner.leases.ttl_ms = 5000
+        for listener_id in IDS:
+            assert owner.leases.acquire(listener_id) and owner.leases.offer(listener_id)
+            owner.runners[listener_id] = HeldRunner()
+            owner.offered[listener_id] = time.monotonic() - owner.handover_seconds - 1  # all offered long ago
+        assert taker.take(9101, "old")  # a taker still at work on one of them
+        owner._hand_off_ready()
+        assert offers(client) == {9102: "old", 9103: "old"}, "a join takes longer than LISTENER_HANDOVER_SECONDS"
+        taker.call_off(9101, "old")
+        owner._hand_off_ready()  # 9101: called off, kept
+        owner._hand_off_ready()
+        assert offers(client) == {} and owner.offered == {}, "nobody takes them: withdrawn"
+    finally:
+        owner._redis.close()
+
+
 def test_it_refuses_offers_of_listeners_not_held_and_withdraws_only_untaken_ones(client):
     old, other = LeaseStore(client, "old", 5000), LeaseStore(client, "other", 5000)
     other.acquire(9101)

@@ -109,7 +109,7 @@ class FakeSupervisor:
         return 0
 
     @contextlib.contextmanager
-    def connect_slot(self, stop_event):
+    def connect_slot(self, stop_event, handover=False):
         yield True
 
 
