@@ -17,15 +17,9 @@
 "use strict";
 
 (function () {
-  // Django's JavaScript catalog (django.views.i18n.JavaScriptCatalog) defines gettext and interpolate
-  // once its script is on the page; until then the English text is shown as it is.
-  function gettext(text) {
-    return window.gettext ? window.gettext(text) : text;
-  }
-  function interpolate(format, values) {
-    return window.interpolate ? window.interpolate(format, values, true)
-      : format.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
-  }
+  // Django's catalog or static/ctihub/i18n.js (base.html loads one of them before this file) defines both.
+  const gettext = (text) => window.gettext(text);
+  const interpolate = (format, values) => window.interpolate(format, values, true);
 
   const RING_PERIOD_MS = 3000;
   let root = null;

@@ -7,11 +7,9 @@
 "use strict";
 
 (function () {
-  // Django's JavaScript catalog (the page loads /jsi18n/ first) gives gettext and interpolate in the
-  // page's language; without it (a page that does not load it) the English text is shown as it is.
-  const gettext = window.gettext || ((text) => text);
-  const interpolate = window.interpolate ? (format, values) => window.interpolate(format, values, true)
-    : (format, values) => format.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
+  // Django's catalog or static/ctihub/i18n.js (base.html loads one of them before this file) defines both.
+  const gettext = (text) => window.gettext(text);
+  const interpolate = (format, values) => window.interpolate(format, values, true);
 
   // Codes after which retrying cannot help. Any other code reconnects with backoff, 4013 among them
   // (the server's "try again later": a snapshot it could not send in time).

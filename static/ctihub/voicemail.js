@@ -7,10 +7,9 @@
 "use strict";
 
 (function () {
-  // Django's JavaScript catalog (loaded by the page first); without it, the English text as it is.
-  const gettext = window.gettext || ((text) => text);
-  const interpolate = window.interpolate ? (format, values) => window.interpolate(format, values, true)
-    : (format, values) => format.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
+  // Django's catalog or static/ctihub/i18n.js (base.html loads one of them before this file) defines both.
+  const gettext = (text) => window.gettext(text);
+  const interpolate = (format, values) => window.interpolate(format, values, true);
 
   let section = null;
   let lastUnread = null;

@@ -10,14 +10,9 @@
 "use strict";
 
 (function () {
-  // Django's JavaScript catalog defines gettext and interpolate once its script is on the page.
-  function gettext(text) {
-    return window.gettext ? window.gettext(text) : text;
-  }
-  function interpolate(format, values) {
-    return window.interpolate ? window.interpolate(format, values, true)
-      : format.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
-  }
+  // Django's catalog or static/ctihub/i18n.js (base.html loads one of them before this file) defines both.
+  const gettext = (text) => window.gettext(text);
+  const interpolate = (format, values) => window.interpolate(format, values, true);
 
   const REFRESH_MS = 15 * 60 * 1000;
   const COMMIT_MARGIN_MS = 1000; // a change is stamped a moment before its commit (telephony.consumers)
