@@ -5,34 +5,20 @@ import json
 import pytest
 
 from accounts.models import Agent
-from telephony import control
-from telephony.models import Call, Listener, PbxAccount
-from tests.factories import make_account, make_agent
+from telephony.models import Call
+from tests.factories import make_agent
+from tests.support.istra_worlds import MYRCC_EXTENSION as EXTENSION
+from tests.support.istra_worlds import myrcc_world
 from tests.support.processes import ARTIFACTS, wait_for
-from tests.support.sim_control import IstraControl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-EXTENSION = "897778778"
-
-
-def myrcc_world(hub):
-    sim = IstraControl(hub.sim_url)
-    sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
-    sim.add_extension(EXTENSION, "101", enterprise="acme", label="John Doe", myrcc=True)
-    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url=f"{hub.sim_url}/restletrouter",
-                           login="rccadmin", password="s3cret", enterprise="acme")
-    control.sync_terminals(account)
-    agent = make_agent("jdoe")
-    account.terminals.filter(pbx_id=EXTENSION).update(agent=agent)
-    wait_for(lambda: Listener.objects.filter(account=account, state="connected").exists(), 30, what="the listener")
-    return sim, account
 
 
 def test_it_pops_a_card_holds_from_it_survives_a_reload_and_closes_on_hangup(hub, browser):
     from tests.support.browser import log_in
 
     hub.start(workers=1, web=True)
-    sim, _ = myrcc_world(hub)
+    sim, _, _ = myrcc_world(hub)
     page = browser.new_page(viewport={"width": 1000, "height": 700})
     log_in(page, hub.web_url, "jdoe", "agent-pass-123")
 
@@ -63,7 +49,7 @@ def test_it_dials_shows_a_refusal_on_the_card_keeps_the_wallboard_live_and_survi
     from tests.support.browser import csp_violations, log_in, wait_for_js
 
     hub.start(workers=1, web=True)
-    sim, account = myrcc_world(hub)
+    sim, account, _ = myrcc_world(hub)
     agent_id = account.terminals.get(pbx_id=EXTENSION).agent_id
     make_agent("boss", is_supervisor=True)
     console = browser.new_page(viewport={"width": 380, "height": 800})  # a narrow, phone-sized screen

@@ -11,14 +11,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from telephony import control, history
-from telephony.models import Call, PbxAccount
-from tests.factories import make_account, make_agent, make_call
+from telephony import history
+from telephony.models import Call
+from tests.factories import make_agent, make_call
+from tests.support.istra_worlds import MYRCC_EXTENSION as EXTENSION
+from tests.support.istra_worlds import myrcc_world
 from tests.support.processes import ARTIFACTS, wait_for
-from tests.support.sim_control import IstraControl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-EXTENSION = "897778778"
 
 
 def test_it_filters_the_history_calls_a_missed_caller_back_and_shows_a_supervisor_every_agents_pages(
@@ -26,14 +26,7 @@ def test_it_filters_the_history_calls_a_missed_caller_back_and_shows_a_superviso
     from tests.support.browser import csp_violations, log_in, wait_for_js
 
     hub.start(workers=0, web=True)
-    sim = IstraControl(hub.sim_url)
-    sim.add_user("rccadmin", "s3cret", enterprise="acme", myrcc=True)
-    sim.add_extension(EXTENSION, "101", enterprise="acme", label="John Doe", myrcc=True)
-    account = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC, base_url=f"{hub.sim_url}/restletrouter",
-                           login="rccadmin", password="s3cret", enterprise="acme")
-    control.sync_terminals(account)
-    agent = make_agent("jdoe")
-    account.terminals.filter(pbx_id=EXTENSION).update(agent=agent)
+    sim, account, agent = myrcc_world(hub, listening=False)
     at = timezone.now() - timedelta(minutes=10)
     for number, answered in (("+33612345678", False), ("+33687654321", True)):
         make_call(account, agent=agent, state=Call.State.ENDED, remote_number_e164=number, created_at=at,
