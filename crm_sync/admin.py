@@ -68,7 +68,7 @@ class RetailCrmIntegrationAdmin(admin.ModelAdmin):
     def outbox(self, obj):
         return crm_domain.outbox_size(obj.pk) if obj.pk else 0
 
-    @admin.action(description=_("Register / update the telephony module in retailCRM"))
+    @admin.action(permissions=["change"], description=_("Register / update the telephony module in retailCRM"))
     def register_module(self, request, queryset):
         for integration in queryset:
             try:

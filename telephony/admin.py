@@ -123,7 +123,7 @@ class PbxAccountAdmin(admin.ModelAdmin):
                 self.message_user(request, gettext("%(account)s: logins allowed again; %(count)s listeners restarting.")
                                   % {"account": obj.name, "count": count}, messages.INFO)
 
-    @admin.action(description=_("Forget the remembered redirect (go back to the base URL)"))
+    @admin.action(permissions=["change"], description=_("Forget the remembered redirect (go back to the base URL)"))
     def forget_redirect(self, request, queryset):
         count = queryset.exclude(redirected_base_url="").update(redirected_base_url="", redirected_at=None)
         self.message_user(request, gettext("%(count)s accounts go back to their base URL at their next login.")
@@ -139,12 +139,12 @@ class PbxAccountAdmin(admin.ModelAdmin):
             return "-"
         return format_html_join(mark_safe("<br>"), "{}: {}", notes)
 
-    @admin.action(description=_("Test the connection (log in and look around)"))
+    @admin.action(permissions=["change"], description=_("Test the connection (log in and look around)"))
     def test_connection(self, request, queryset):
         for account in queryset:
             self._report(request, account, gettext("connection test"), lambda: control.test_connection(account))
 
-    @admin.action(description=_("Sync terminals / extensions from the PBX"))
+    @admin.action(permissions=["change"], description=_("Sync terminals / extensions from the PBX"))
     def sync_terminals(self, request, queryset):
         def sync(account):
             seen, deactivated = control.sync_terminals(account)
@@ -154,7 +154,7 @@ class PbxAccountAdmin(admin.ModelAdmin):
         for account in queryset:
             self._report(request, account, gettext("terminal sync"), lambda: sync(account))
 
-    @admin.action(description=_("Restart listeners (reconnect their sockets)"))
+    @admin.action(permissions=["change"], description=_("Restart listeners (reconnect their sockets)"))
     def restart_listeners(self, request, queryset):
         for account in queryset:
             self._report(request, account, gettext("restart"), lambda: gettext("%(count)s listeners restarting") % {

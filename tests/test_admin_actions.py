@@ -84,3 +84,36 @@ def test_it_restarts_an_accounts_listeners_and_gives_failed_ones_another_chance(
     assert (failed.state, failed.last_error) == (Listener.State.IDLE, "")
     assert int(client.get(restart_key(account.pk))) == before + 1  # what the holding worker watches
     client.close()
+
+
+@pytest.fixture
+def viewer_client(client, django_user_model):
+    """A staff member who may look at PBX accounts and retailCRM integrations but not change them."""
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_pbxaccount", "view_retailcrmintegration"]))
+    client.force_login(viewer)
+    return client
+
+
+@pytest.mark.django_db
+def test_it_offers_the_actions_that_change_an_account_only_to_those_who_may_change_it(viewer_client, admin_client):
+    # Each action changes the account or its PBX (a forgotten redirect, restarted sockets, a registration in
+    # retailCRM): one who may only view it neither sees them nor runs them by posting the form.
+    account = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url="https://pbx.invalid",
+                           redirected_base_url="https://elsewhere.invalid")
+    assert 'name="action"' not in viewer_client.get(CHANGELIST).content.decode()
+    assert 'value="forget_redirect"' in admin_client.get(CHANGELIST).content.decode()
+    viewer_client.post(CHANGELIST, {"action": "forget_redirect", "_selected_action": [account.pk]}, follow=True)
+    account.refresh_from_db()
+    assert account.redirected_base_url == "https://elsewhere.invalid"
+    run_action(admin_client, "forget_redirect", account)
+    account.refresh_from_db()
+    assert account.redirected_base_url == ""
+    from crm_sync.models import RetailCrmIntegration
+
+    RetailCrmIntegration.objects.create(name="shop", crm_url="https://shop.retailcrm.invalid", api_key="k")
+    integrations = "/admin/crm_sync/retailcrmintegration/"
+    assert 'value="register_module"' not in viewer_client.get(integrations).content.decode()
+    assert 'value="register_module"' in admin_client.get(integrations).content.decode()
