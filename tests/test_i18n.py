@@ -210,6 +210,22 @@ def test_it_translates_the_login_page_and_the_javascript_strings(client, compile
     assert "Звонит" not in english_js and "\\u0417\\u0432\\u043e\\u043d\\u0438\\u0442" not in english_js
 
 
+@pytest.mark.django_db
+def test_it_lets_the_browser_keep_the_javascript_strings_and_never_in_the_wrong_language(client, compiled):
+    russian = client.get("/jsi18n/", HTTP_ACCEPT_LANGUAGE="ru")
+    etag = russian["ETag"]
+    assert "no-cache" in russian["Cache-Control"] and etag
+    # Asked again with what it kept: nothing to send.
+    again = client.get("/jsi18n/", HTTP_ACCEPT_LANGUAGE="ru", HTTP_IF_NONE_MATCH=etag)
+    assert again.status_code == 304 and again["ETag"] == etag and not again.content
+    # The same script kept, but the page is now French (the chooser's cookie over the browser's language):
+    # the French script, whole, not a 304 that would leave the Russian strings in a French page.
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = "fr"
+    french = client.get("/jsi18n/", HTTP_ACCEPT_LANGUAGE="ru", HTTP_IF_NONE_MATCH=etag)
+    assert french.status_code == 200 and french["ETag"] != etag
+    assert french.content.decode() != russian.content.decode() and "Sonne" in french.content.decode()
+
+
 def test_it_answers_a_console_in_the_language_of_its_page(compiled):
     def scope(cookie=None, accept=None):
         return {"cookies": {settings.LANGUAGE_COOKIE_NAME: cookie} if cookie else {},
