@@ -55,8 +55,13 @@ SATURATION_RATIO_TARGET = 1.7
 # Threads of the load generator: requests in flight at most.
 SENDERS = 64
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
-# Keep-alive connections opened before the timing (more open only while all of them are busy).
+# Keep-alive connections of the warm-up (``requests``' pool, threads).
 WARM_CONNECTIONS = 16
+# Keep-alive connections the load generator opens before the timing, as many to each daphne process: all it
+# may use (``SENDERS``). It opened more only when all were busy, i.e. when requests were already late: each
+# new one a blocking connect in its only thread and an accept by a busy daphne process (one per millisecond),
+# on the requests that were late, and at 425 req/s 16 became 48 in the first second of a step.
+OPEN_CONNECTIONS = SENDERS
 # h2load processes (one connection each) of a step: steady arrivals, spread over the daphne processes.
 H2LOAD_CONNECTIONS = 8
 
@@ -184,9 +189,10 @@ class Web:
     def cpu_by_child(self) -> list[float]:
         return [sum(child.cpu_times()[:2]) for child in self.children()]
 
-    def kernel_and_switches(self) -> tuple[float, int]:
-        """The serving processes' system CPU seconds and voluntary context switches of all their threads
-        (each one a thread that slept: waiting on a socket, a lock, the pool's queue) so far."""
+    def kernel_and_switches(self) -> tuple[float, int, float]:
+        """The serving processes' system CPU seconds, voluntary context switches of all their threads (each
+        one a thread that slept: waiting on a socket, a lock, the pool's queue) and the seconds their threads
+        were runnable but waited for a core (``schedstat``), so far."""
         system, switches = 0.0, 0
         for child in self.children():
             try:
@@ -198,7 +204,7 @@ class Web:
                                 switches += int(line.split()[1])
             except OSError:  # a thread gone meanwhile: its switches are not counted
                 continue
-        return system, switches
+        return system, switches, run_queue_seconds([child.pid for child in self.children()])
 
     def local_ports_by_child(self) -> list[set[int]]:
         """For each daphne process, the client-side ports of the connections it holds."""
@@ -212,6 +218,25 @@ class Web:
         return [sum(1 for c in child.net_connections(kind="tcp")
                     if c.status == "ESTABLISHED" and c.laddr and c.laddr.port == port)
                 for child in self.children()]
+
+
+def run_queue_seconds(pids: list[int]) -> float:
+    """Seconds the threads of ``pids`` spent runnable, waiting for a core (``/proc/PID/task/TID/schedstat``'s
+    second field; 0 where the kernel keeps no schedstats). On two cores shared by the daphne processes, the
+    PBX side, Redis and this load generator, a request crosses ~10 thread wake-ups; each may wait here."""
+    waited = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as stat:
+                    waited += int(stat.read().split()[1])
+            except (OSError, IndexError, ValueError):  # a thread gone meanwhile, or no schedstats
+                continue
+    return waited / 1e9
 
 
 class InTurn(queue.Queue):
@@ -287,6 +312,7 @@ class RawConnection:
         self.buffer = b""
         self.started = 0.0
         self.closed = False
+        self.child = -1  # which daphne process accepted it (RawLoad.open), -1 not known
 
     def close(self) -> None:
         if not self.closed:
@@ -299,9 +325,10 @@ class RawLoad:
 
     Threads of ``requests`` cost this process ~0.5 ms of CPU a request near the top rates, an asyncio loop
     0.12-0.37 ms, on the same two cores as the daphne processes it measures; this is a plain ``epoll`` loop
-    (its CPU is printed at every step as ``load generator``). Idle connections are used oldest first, a new
-    one opens only when none is idle, at most ``SENDERS`` requests in flight (more wait here, as they
-    waited for a thread).
+    (its CPU is printed at every step as ``load generator``). Its connections are all opened before the
+    timing (``open``, ``OPEN_CONNECTIONS``) and used oldest first; during a run one opens only to replace
+    one the server closed. A request due while every connection is busy waits here and is timed from
+    when it was due, not from when it could be sent: its wait is part of its latency.
     """
 
     def __init__(self, web_url: str):
@@ -311,11 +338,15 @@ class RawLoad:
         self.by_fd: dict[int, RawConnection] = {}
         self.idle: collections.deque[RawConnection] = collections.deque()
         self.connections: list[RawConnection] = []
-        self.waiting = 0
+        self.waiting: collections.deque[float] = collections.deque()  # due times of requests with no connection
+        self.late = 0  # requests of the run that waited for a connection
         self.request = b""
         self.latencies: list[float] = []
+        self.samples: list[tuple[float, float, int]] = []  # (sent, ms, daphne process) of each answer
         self.errors = 0
         self.completed = 0
+        self.opened_during_run = 0
+        self.opened = 0  # connections open() left open: one the server closes is replaced, no more opened
 
     def build(self, target: str) -> bytes:
         return (f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: */*\r\n"
@@ -340,27 +371,30 @@ class RawLoad:
     def open(self, count: int, web: Web) -> None:
         """``count`` connections, as many to each daphne process (``web``): each stays with the process that
         accepted it, and a burst opened at once split 4 / 12 when one process was scheduled late. Opened in
-        bursts while every process is idle; those beyond a process's share are closed again."""
+        bursts while every process is idle; those beyond a process's share are closed again. Kept in turns
+        of the processes (used oldest first, consecutive requests go to one process, then the other)."""
         share = count // web.processes
         for _attempt in range(10):
             opened = [self._open() for _ in range(count)]
             self.idle.extend(opened)
             time.sleep(0.2)  # every process has accepted what it will
             by_child = web.local_ports_by_child()
-            kept: collections.deque[RawConnection] = collections.deque()
-            taken = [0] * web.processes
+            kept: list[list[RawConnection]] = [[] for _ in range(web.processes)]
             for connection in self.idle:
                 port = connection.sock.getsockname()[1]
                 child = next((n for n, ports in enumerate(by_child) if port in ports), None)
-                if child is not None and taken[child] < share:
-                    taken[child] += 1
-                    kept.append(connection)
+                if child is not None and len(kept[child]) < share:
+                    connection.child = child
+                    kept[child].append(connection)
                 else:
                     self._drop(connection)
-            self.idle = kept
-            self.connections = list(kept)
-            if len(kept) >= share * web.processes:
+            self.idle = collections.deque(c for turn in zip(*kept) for c in turn)
+            self.connections = list(self.idle)
+            if len(self.idle) >= share * web.processes:
                 break
+            self.idle.extend(c for own in kept for c in own[min(map(len, kept)):])  # the uneven rest, kept
+            self.connections = list(self.idle)
+        self.opened = len(self.connections)
         time.sleep(0.05)
 
     def close(self) -> None:
@@ -368,8 +402,8 @@ class RawLoad:
             self._drop(connection)
         self.epoll.close()
 
-    def _send(self, connection: RawConnection) -> None:
-        connection.started = time.perf_counter()
+    def _send(self, connection: RawConnection, due: float | None = None) -> None:
+        connection.started = time.perf_counter() if due is None else due
         try:
             sent = connection.sock.send(self.request)
         except OSError:
@@ -384,13 +418,15 @@ class RawLoad:
             self.idle.popleft()
         if self.idle:
             self._send(self.idle.popleft())
-        elif sum(not c.closed for c in self.connections) < SENDERS:
+        elif sum(not c.closed for c in self.connections) < self.opened:  # one the server closed: replaced
             try:
+                self.opened_during_run += 1
                 self._send(self._open())
             except OSError:
                 self._done(ok=False)
         else:
-            self.waiting += 1
+            self.waiting.append(time.perf_counter())
+            self.late += 1
 
     def _readable(self, connection: RawConnection) -> None:
         try:
@@ -421,13 +457,14 @@ class RawLoad:
         self._answered(connection, ok=buffer[9:12] == b"200")
 
     def _answered(self, connection: RawConnection, ok: bool) -> None:
-        self.latencies.append((time.perf_counter() - connection.started) * 1000)
+        ms = (time.perf_counter() - connection.started) * 1000
+        self.latencies.append(ms)
+        self.samples.append((connection.started, ms, connection.child))
         connection.started = 0.0
         self._done(ok)
         if not connection.closed:
             if self.waiting:
-                self.waiting -= 1
-                self._send(connection)
+                self._send(connection, self.waiting.popleft())
             else:
                 self.idle.append(connection)
 
@@ -438,10 +475,11 @@ class RawLoad:
     def run(self, target: str, rate: float, seconds: float) -> tuple[list[float], int, float]:
         """``rate`` requests a second for ``seconds``: (latencies in ms, errors, rate achieved)."""
         self.request = self.build(target)
-        self.latencies, self.errors, self.completed, self.waiting = [], 0, 0, 0
+        self.latencies, self.samples, self.errors, self.completed = [], [], 0, 0
+        self.waiting, self.late, self.opened_during_run = collections.deque(), 0, 0
         total = max(1, int(rate * seconds))
         poll, by_fd = self.epoll.poll, self.by_fd
-        start = time.perf_counter()
+        start = self.started = time.perf_counter()
         sent, deadline = 0, None
         while self.completed < total:
             now = time.perf_counter()
@@ -612,6 +650,8 @@ class Others:
                 found[name] = sum(sum(p.cpu_times()[:2]) for p in processes)
             except Exception:  # noqa: BLE001 - a process gone or not ours to read: no figure, not a failure
                 found[name] = float("nan")
+        found["queued"] = run_queue_seconds([p.pid for name, processes in self.processes.items()
+                                             if name != "simulator" for p in processes])
         return found
 
 
@@ -634,7 +674,28 @@ def measured(web: Web, raw: RawLoad | H2Load, target: str, rate: float, seconds:
     connections = getattr(raw, "spread", None) or web.connections_by_child()
     return {"latencies": latencies, "errors": errors, "achieved": achieved, "cpu": cpu, "children": children,
             "connections": connections, "others": other_cpu, "wall": wall,
-            "web_system": kernel[0], "web_sleeps": kernel[1]}
+            "web_system": kernel[0], "web_sleeps": kernel[1], "web_queued": kernel[2],
+            # RawLoad's own: each answer's (sent, ms, process), when the run began, the requests that waited
+            # for a connection and the connections it had to open meanwhile (the server closed one)
+            "samples": getattr(raw, "samples", None), "began": getattr(raw, "started", 0.0),
+            "late": getattr(raw, "late", 0), "opened": getattr(raw, "opened_during_run", 0)}
+
+
+def tail_line(run: dict, limit_ms: float) -> str:
+    """Where a run's requests over ``limit_ms`` were: on which daphne process, in which second of the run, and
+    whether the load generator had no idle connection for them: a warm-up, one process or the harness."""
+    samples = run.get("samples")
+    if samples is None:
+        return f"over {limit_ms:.1f} ms: not traced with this load generator"
+    slow = [(sent - run["began"], child) for sent, ms, child in samples if ms > limit_ms]
+    by_child = collections.Counter(child for _sent, child in slow)
+    children = sorted({child for _sent, _ms, child in samples})
+    seconds = max(1, int(run["wall"] + 0.999))
+    by_second = collections.Counter(min(seconds - 1, int(sent)) for sent, _child in slow)
+    return (f"{len(slow)} of {len(samples)} requests over {limit_ms:.1f} ms (PBX p99 + target): "
+            + " / ".join(f"{by_child[c]}" for c in children) + " on each process, "
+            + " / ".join(str(by_second[n]) for n in range(seconds)) + " in each second of the run; "
+            f"{run['late']} waited for an idle connection, {run['opened']} opened during the run")
 
 
 def cpu_line(run: dict) -> str:
@@ -644,15 +705,17 @@ def cpu_line(run: dict) -> str:
     children = " + ".join(f"{c * 1000 / requests_done:.2f}" for c in run["children"])
     busy = " + ".join(f"{c / wall:.2f}" for c in run["children"])
     parts = [f"web {children} ms/request ({busy} cores; kernel {run['web_system'] * 1000 / requests_done:.2f} ms, "
-             f"{run['web_sleeps'] / requests_done:.1f} thread sleeps a request)"]
+             f"{run['web_sleeps'] / requests_done:.1f} thread sleeps a request, "
+             f"{run['web_queued'] * 1000 / requests_done:.2f} ms waiting for a core a request)"]
     harness = 0.0
     for name, seconds in run["others"].items():
-        if name == "machine":
+        if name in ("machine", "queued"):
             continue
         harness += seconds
         parts.append(f"{name} {seconds * 1000 / requests_done:.2f} ms/request ({seconds / wall:.2f} cores)")
     # What the benchmark's own side (PBX, load generator, Redis) takes from the cores daphne runs on.
-    parts.append(f"harness {harness * 1000 / requests_done:.2f} ms/request ({harness / wall:.2f} cores)")
+    parts.append(f"harness {harness * 1000 / requests_done:.2f} ms/request ({harness / wall:.2f} cores; "
+                 f"{run['others']['queued'] * 1000 / requests_done:.2f} ms waiting for a core a request)")
     cores = os.cpu_count() or 1
     parts.append(f"web processes got {100 * sum(run['children']) / (cores * wall):.0f}% of {cores} cores, "
                  f"the whole machine was {100 * run['others']['machine'] / (cores * wall):.0f}% busy "
@@ -673,7 +736,7 @@ def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], nam
     try:
         load.warm_up(web)
         raw = make_generator(args.generator, web)
-        raw.open(WARM_CONNECTIONS, web)
+        raw.open(OPEN_CONNECTIONS, web)
         floor = {"latencies": [], "errors": 0, "cpu": 0.0, "children": [0.0] * processes}
         makecall = {"latencies": [], "errors": 0, "cpu": 0.0, "children": [0.0] * processes}
         per_round = args.seconds / args.rounds
@@ -723,7 +786,8 @@ def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], nam
     return errors
 
 
-def print_step(name: str, rate: float, run: dict, overhead_p99: float, ok: bool, processes: int) -> None:
+def print_step(name: str, rate: float, run: dict, overhead_p99: float, ok: bool, processes: int,
+               limit_ms: float) -> None:
     spread = ""
     if processes > 1:
         total = sum(run["children"]) or 1.0
@@ -734,6 +798,7 @@ def print_step(name: str, rate: float, run: dict, overhead_p99: float, ok: bool,
           f"cpu {run['cpu'] * 1000 / max(1, len(run['latencies'])):.2f} ms/request{spread}, "
           f"load {os.getloadavg()[0]:.1f}, {'ok' if ok else 'over'}", flush=True)
     print(f"{name}sweep_{rate:g}_cpu: {cpu_line(run)}", flush=True)
+    print(f"{name}sweep_{rate:g}_tail: {tail_line(run, limit_ms)}", flush=True)
 
 
 def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str, others: Others) -> float:
@@ -744,9 +809,12 @@ def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str, other
     try:
         load.warm_up(web)
         raw = make_generator(args.generator, web)
-        raw.open(WARM_CONNECTIONS, web)
+        raw.open(OPEN_CONNECTIONS, web)
         for rate in parse_rates(args.sweep):
             direct = direct_at(rate)
+            if args.step_warmup > 0:
+                # Not timed: daphne idled while placeCall went straight to the PBX; a step measures the rate held.
+                raw.run(load.makecall_target(), rate, args.step_warmup)
             for attempt in range(1 + args.step_retries):
                 if attempt:
                     print(f"{name}sweep_{rate:g}: once more (a step over the target is run again "
@@ -755,7 +823,7 @@ def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str, other
                 overhead_p99 = pct(run["latencies"], 99) - pct(direct, 99)
                 ok = (overhead_p99 <= OVERHEAD_P99_TARGET_MS and run["errors"] == 0
                       and run["achieved"] >= 0.95 * rate)
-                print_step(name, rate, run, overhead_p99, ok, processes)
+                print_step(name, rate, run, overhead_p99, ok, processes, pct(direct, 99) + OVERHEAD_P99_TARGET_MS)
                 if ok:
                     break
             if not ok:
@@ -891,6 +959,9 @@ def main() -> None:
     parser.add_argument("--sweep", default="", help="rates to step through, START:STOP:STEP or a list")
     parser.add_argument("--step-retries", type=int, default=1,
                         help="a sweep step over the target is run again this many times before the sweep stops")
+    parser.add_argument("--step-warmup", type=float, default=1.0,
+                        help="seconds at a step's rate before it is timed (daphne idled while placeCall went "
+                             "straight to the PBX at that rate)")
     parser.add_argument("--pbx", choices=("auto", "nginx", "responder", "simulator"), default="auto",
                         help="placeCall answered with the simulator's own answer by nginx (auto: when installed; "
                              "~0.01 ms a placeCall) or bench/pbx_responder.py (~0.05-0.07 ms), or by the full "

@@ -108,6 +108,9 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert re.search(r"^p2_sweep_10_cpu: web [\d.]+ \+ [\d.]+ ms/request .*pbx [\d.]+ ms/request.*"
                          r"load generator [\d.]+ ms/request.*web processes got \d+% of \d+ cores", done.stdout, re.M), \
             done.stdout
+        # ... and where its slow requests were: which process, which second, for want of a connection or not.
+        assert re.search(r"^p2_sweep_10_tail: \d+ of \d+ requests over [\d.]+ ms .*: \d+ / \d+ on each process, "
+                         r".* 0 opened during the run$", done.stdout, re.M), done.stdout
     if name.startswith("makecall_overhead"):
         # The PBX side is the cheap responder, and the output says what it answers.
         assert re.search(r"^# PBX: (nginx \(1 worker\)|bench/pbx_responder\.py) answers every placeCall with the "

@@ -103,6 +103,14 @@ def test_it_spreads_connections_over_every_web_process(fault_hub):
             sock.close()
 
 
+def test_it_runs_each_web_process_in_a_session_of_its_own(fault_hub):
+    # Linux's autogroup shares a busy core between sessions: in their supervisor's session, two children
+    # together got the CPU of one process whenever anything else wanted the cores.
+    children = web_children(fault_hub.web)
+    assert [os.getsid(child.pid) for child in children] == [child.pid for child in children]
+    assert os.getsid(fault_hub.web.process.pid) not in {child.pid for child in children}
+
+
 def test_it_shares_a_burst_of_connections_between_its_web_processes(fault_hub):
     # A burst of keep-alive connections (a proxy's pool, retailCRM's clicks) is shared, not taken by whichever
     # child woke first: their requests stay where the connection went for as long as it lives.
