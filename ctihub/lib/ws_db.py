@@ -40,8 +40,8 @@ _slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop ->
 
 
 def setup_slots() -> asyncio.Semaphore:
-    """How many consoles of this process set up at once (viewer, joins, snapshot; leaving too): the
-    rest wait in turn.
+    """How many consoles of this process join their groups at once (leaving too): the rest wait in turn.
+    Their viewers and snapshots are read in batches (``Batched``), not here.
 
     All at once (a deploy, a network blip: every console reconnecting), each console's joins opened
     Redis connections of their own (1,763 for 1,000 consoles), and a join waited longer than
@@ -70,3 +70,55 @@ class PooledAuthMiddleware(AuthMiddleware):
 
 def PooledAuthMiddlewareStack(inner):  # noqa: N802 - named as channels' AuthMiddlewareStack
     return CookieMiddleware(SessionMiddleware(PooledAuthMiddleware(inner)))
+
+
+class Batched:
+    """One function of many consoles' calls, run once for all the calls waiting: ``func(items) -> results``,
+    a result per item in order, on the web pool.
+
+    In a connect storm each console read its viewer and its snapshot alone: the same few queries, their ORM
+    compile and round trip a thousand times over, half of daphne's CPU per console (issue 16). Here the calls
+    made while one batch is read wait for the next, and that one reads them all: one console alone waits for
+    nothing but its own read. A caller that gave up (its console closed) is left out of its batch if that
+    batch has not started, and its result dropped if it has; a batch that fails fails each of its callers.
+    One batch at a time per event loop, at most ``most`` items each.
+    """
+
+    def __init__(self, func, most: int):
+        self.func = func
+        self.most = most
+        self._loops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> (waiting, task)
+
+    async def __call__(self, item):
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = [[], None]
+        future = loop.create_future()
+        state[0].append((item, future))
+        if state[1] is None or state[1].done():
+            state[1] = loop.create_task(self._drain(state))
+        return await future
+
+    async def _drain(self, state) -> None:
+        waiting = state[0]
+        while waiting:
+            batch = [(item, future) for item, future in waiting[: self.most] if not future.done()]
+            del waiting[: self.most]
+            if not batch:
+                continue
+            try:
+                results = await on_web_pool(self.func)([item for item, _future in batch])
+            except Exception as exc:
+                for _item, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled (the loop closing): each caller is told so
+                for _item, future in batch + waiting:
+                    future.cancel()
+                waiting.clear()
+                raise
+            for (_item, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
