@@ -156,7 +156,8 @@ class Batched:
     compile and round trip a thousand times over, half of daphne's CPU per console (issue 16). Here the calls
     made while one batch is read wait for the next, and that one reads them all: one console alone waits for
     nothing but its own read. A caller that gave up (its console closed) is left out of its batch if that
-    batch has not started, and its result dropped if it has; a batch that fails fails each of its callers.
+    batch has not started, and its result dropped if it has. A batch that fails is read again item by item,
+    so what fails one console (a bad row, say) fails that console only, as when each read alone.
     One batch at a time per event loop, at most ``most`` items each.
     """
 
@@ -184,20 +185,29 @@ class Batched:
             if not batch:
                 continue
             try:
-                results = await on_web_pool(self.func)([item for item, _future in batch])
-            except Exception as exc:
-                for _item, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+                await self._read(batch)
             except BaseException:  # cancelled (the loop closing): each caller is told so
                 for _item, future in batch + waiting:
                     future.cancel()
                 waiting.clear()
                 raise
-            for (_item, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+
+    async def _read(self, batch: list) -> None:
+        try:
+            results = await on_web_pool(self.func)([item for item, _future in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                for one in batch:
+                    if not one[1].done():
+                        await self._read([one])
+                return
+            future = batch[0][1]
+            if not future.done():
+                future.set_exception(exc)
+            return
+        for (_item, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 # The sockets opening together, checked together: at most this many to a read.
