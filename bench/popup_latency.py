@@ -2,11 +2,12 @@
 
     .venv/bin/python -m bench.popup_latency [--agents 1000] [--terminals 100] [--rate 100] [--seconds 20]
     .venv/bin/python -m bench.popup_latency --sweep [50,100,200,300,400,600] [--seconds 10]
-    .venv/bin/python -m bench.popup_latency --storm [--agents 1000]
+    .venv/bin/python -m bench.popup_latency --storm [--agents 1000] [--web-processes 1]
     .venv/bin/python -m bench.popup_latency --keepalive [--agents 1000] [--seconds 20]
 
 Real parts: the simulator (myCrm, one socket per terminal), one Celery worker
-holding those sockets, daphne, PostgreSQL and Redis. ``--agents`` authenticated
+holding those sockets, daphne (``--web-processes`` processes on one port, by default
+``settings.WEB_PROCESSES`` as deployed: one per core; its CPU is theirs together), PostgreSQL and Redis. ``--agents`` authenticated
 console websockets are connected, all at once (the first ``--terminals`` of them own a
 terminal): the connect storm's figures (connect to snapshot p50/p99/max, refused, errors
 by kind) come first; ``--storm`` stops there. The load is ``--rate`` PBX events per second
@@ -89,11 +90,18 @@ def main() -> None:
                              "others ping")
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="Celery workers holding the terminals' sockets")
+    parser.add_argument("--web-processes", type=int, default=0,
+                        help="daphne processes on the one port (WEB_PROCESSES; default: settings.WEB_PROCESSES, "
+                             "as deployed: one per core)")
     args = parser.parse_args()
     args.terminals = min(args.terminals, args.agents)  # each terminal has its own agent
     args.clients = args.clients or max(1, math.ceil(args.agents / SOCKETS_PER_CLIENT))
     setup_django()
-    from bench.procs import BenchHub, hub_env
+    from django.conf import settings
+
+    from bench.procs import BenchHub, hub_env, wait_until_every_web_process_accepts
+
+    args.web_processes = args.web_processes or settings.WEB_PROCESSES
     from tests.support.processes import wait_for
 
     extra = {}
@@ -102,12 +110,15 @@ def main() -> None:
         # the first worker to scan leases them all and the others hold nothing (issue 19 is the fair share).
         extra["LISTENER_MAX_PER_WORKER"] = str(math.ceil(args.terminals / args.workers))
     # CARD_TRACE: each card carries its stage times to the socket (ctihub/lib/card_trace.py), for the breakdown.
-    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true", CARD_TRACE="true", **extra))
+    hub = BenchHub(hub_env(LISTENER_SCAN_SECONDS="1", BENCH_FLOORS="true", CARD_TRACE="true",
+                           WEB_PROCESSES=str(args.web_processes), **extra))
     clients = None
     try:
         hub.start_simulator()
         terminals = _world(hub, args)
         hub.web = hub.start_web()
+        wait_until_every_web_process_accepts(hub.web, hub.web_url, args.web_processes)
+        figure("web_processes", args.web_processes)
         hub.workers = [hub.start_worker() for _ in range(args.workers)]
         from telephony.models import Listener
 

@@ -67,3 +67,35 @@ class BenchHub:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+
+
+def web_processes_of(web: ManagedProcess, processes: int) -> list:
+    """The processes that serve: the supervisor's children with several, else daphne itself."""
+    import psutil
+
+    root = psutil.Process(web.process.pid)
+    return root.children() if processes > 1 else [root]
+
+
+def wait_until_every_web_process_accepts(web: ManagedProcess, url: str, processes: int) -> None:
+    """/healthz answered by one process says nothing of the others, still loading Django maybe: a storm opened
+    then would go to the first one and time the second one's start (as ``bench.makecall_overhead`` waits)."""
+    import socket
+    import time
+
+    if processes < 2:
+        return
+    port = int(url.rsplit(":", 1)[1])
+
+    def every_one_accepts() -> bool:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4 * processes)]
+        try:
+            time.sleep(0.3)
+            return all(any(c.status == "ESTABLISHED" and c.laddr and c.laddr.port == port
+                           for c in child.net_connections(kind="tcp")) for child in web_processes_of(web, processes))
+        finally:
+            for sock in held:
+                sock.close()
+
+    wait_for(lambda: len(web_processes_of(web, processes)) == processes and every_one_accepts(), 60, interval=0.5,
+             what=f"{processes} daphne processes accepting")

@@ -7,9 +7,11 @@ is here, so it can be tested without a websocket and called through
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
-from django.db.models import Q
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_lazy
 from django.utils.translation import gettext_lazy as _
@@ -18,7 +20,7 @@ from accounts.domain import set_agent_status
 from accounts.models import Agent
 from telephony import control, wallboard
 from telephony.cards import SUPERVISORS_GROUP, agent_group, cards_of
-from telephony.history import unreturned_missed
+from telephony.history import unreturned_missed, unreturned_missed_by_agent
 from telephony.models import Call, PbxAccount
 from telephony.providers import registry
 
@@ -62,33 +64,91 @@ class Viewer:
 
 
 def viewer_for(user) -> Viewer:
-    agent = Agent.objects.filter(user=user).first() if user.is_authenticated else None
-    if agent is not None:
-        # The user is the one just looked up: without this the snapshot's ``me`` (``_agent_json``) read it
-        # again, one query and its ORM compile per console, 4% of daphne's CPU in a connect storm (issue 16).
-        agent.user = user
-    return Viewer(user, agent)
+    return viewers_for([user])[0]
+
+
+def viewers_for(users: list) -> list[Viewer]:
+    """The viewers of many users (consoles connecting together) with one query: one each was 4% of daphne's CPU
+    in a connect storm (issue 16)."""
+    ids = [user.pk for user in users if user.is_authenticated]
+    agents = {agent.user_id: agent for agent in Agent.objects.filter(user_id__in=ids)} if ids else {}
+    viewers = []
+    for user in users:
+        agent = agents.get(user.pk) if user.is_authenticated else None
+        if agent is not None:
+            # Its own copy, whose user is the one given: without it the snapshot's ``me`` (``_agent_json``) read
+            # the user again, one query and its ORM compile per console (issue 16).
+            agent = copy.copy(agent)
+            agent.user = user
+        viewers.append(Viewer(user, agent))
+    return viewers
 
 
 def snapshot(viewer: Viewer) -> dict:
     """Live calls and recent ones; supervisors also get the agents and today's figures (``telephony.wallboard``)."""
+    return snapshots([viewer])[0]
+
+
+def snapshots(viewers: list[Viewer]) -> list[dict]:
+    """``snapshot`` of each viewer, read together: consoles that connect at once (a deploy, a network blip)
+    share the queries. One console at a time, its live calls, recent calls, unreturned missed calls and
+    accounts' controls were four queries and their ORM work each, 45% of daphne's CPU in a connect storm
+    (issue 16). Here: the agents' live and recent calls in two queries, their unreturned missed calls in one,
+    the supervisors' (all the calls) once, the controls once. Each viewer still gets exactly what its own
+    ``snapshot`` read would have; what was read is only shared between snapshots read in the same moment.
+    """
     now = timezone.now()
-    calls = viewer.visible_calls()
-    live = list(calls.exclude(state=Call.State.ENDED).order_by("created_at"))
-    recent = list(calls.filter(state=Call.State.ENDED, ended_at__gte=now - RECENT_WINDOW).order_by("-ended_at")[:RECENT_LIMIT])
-    data = {
-        "type": "snapshot",
-        "me": _agent_json(viewer.agent) if viewer.agent else None,
-        "supervisor": viewer.is_supervisor,
-        "calls": cards_of(live + recent),
-        # Today's missed calls nobody returned, by number (console_unreturned.html counts them, live).
-        "unreturned_missed": unreturned_missed(viewer),
-        "controls": controls(),
-    }
-    if viewer.is_supervisor:
-        data["agents"] = [_agent_json(a) for a in Agent.objects.select_related("user")]
-        data["wallboard"] = wallboard.figures(now)
-    return data
+    agent_ids = list(dict.fromkeys(v.agent.pk for v in viewers if not v.is_supervisor and v.agent is not None))
+    calls_of_agent: dict[int, list[Call]] = {agent_id: [] for agent_id in agent_ids}
+    if agent_ids:
+        calls = Call.objects.select_related("account").filter(agent__in=agent_ids)
+        live = calls.exclude(state=Call.State.ENDED).order_by("created_at")
+        # Each agent's RECENT_LIMIT newest ended calls, as its own query's slice read them.
+        rank = Window(RowNumber(), partition_by=[F("agent_id")], order_by=[F("ended_at").desc(), F("pk").desc()])
+        recent = calls.filter(state=Call.State.ENDED, ended_at__gte=now - RECENT_WINDOW).annotate(_rank=rank) \
+            .filter(_rank__lte=RECENT_LIMIT).order_by("-ended_at", "-pk")
+        for call in [*live, *recent]:
+            calls_of_agent[call.agent_id].append(call)
+        unreturned = unreturned_missed_by_agent(agent_ids)
+        read = [call for agent_calls in calls_of_agent.values() for call in agent_calls]
+        cards_of_agent: dict[int, list[dict]] = {agent_id: [] for agent_id in agent_ids}
+        for call, card in zip(read, cards_of(read)):
+            cards_of_agent[call.agent_id].append(card)
+    supervisors = [viewer for viewer in viewers if viewer.is_supervisor]
+    if supervisors:
+        calls = Call.objects.select_related("account")
+        live = list(calls.exclude(state=Call.State.ENDED).order_by("created_at"))
+        recent = list(calls.filter(state=Call.State.ENDED, ended_at__gte=now - RECENT_WINDOW)
+                      .order_by("-ended_at", "-pk")[:RECENT_LIMIT])
+        supervised = {
+            "calls": cards_of(live + recent),
+            "unreturned_missed": unreturned_missed(supervisors[0]),
+            "agents": [_agent_json(a) for a in Agent.objects.select_related("user")],
+            "wallboard": wallboard.figures(now),
+        }
+    shared_controls = controls()
+    found = []
+    for viewer in viewers:
+        data = {
+            "type": "snapshot",
+            "me": _agent_json(viewer.agent) if viewer.agent else None,
+            "supervisor": viewer.is_supervisor,
+        }
+        if viewer.is_supervisor:
+            data["calls"] = list(supervised["calls"])
+            # Today's missed calls nobody returned, by number (console_unreturned.html counts them, live).
+            data["unreturned_missed"] = list(supervised["unreturned_missed"])
+        elif viewer.agent is not None:
+            data["calls"] = list(cards_of_agent[viewer.agent.pk])
+            data["unreturned_missed"] = list(unreturned[viewer.agent.pk])
+        else:  # no role: nothing to see (the consumer refuses it before any snapshot)
+            data["calls"], data["unreturned_missed"] = [], []
+        data["controls"] = shared_controls
+        if viewer.is_supervisor:
+            data["agents"] = supervised["agents"]
+            data["wallboard"] = supervised["wallboard"]
+        found.append(data)
+    return found
 
 
 def controls() -> dict[str, dict]:

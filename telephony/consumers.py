@@ -29,7 +29,7 @@ from django.utils.translation.trans_real import parse_accept_lang_header
 
 from ctihub.lib import card_trace
 from ctihub.lib.console_heap import console_heap
-from ctihub.lib.ws_db import on_web_pool, setup_slots
+from ctihub.lib.ws_db import Batched, on_web_pool, setup_slots
 from telephony import console
 from telephony.console_sessions import session_user_id, user_group
 from telephony.providers.base import ProviderError
@@ -227,6 +227,14 @@ class _LoopTime:
                               time.thread_time() - self.started_cpu)
 
 
+# Consoles that connect together (a deploy, a network blip: all of them) read their viewers and their
+# snapshots together, at most this many to a read (``ctihub.lib.ws_db.Batched``). Looked up at each call,
+# not bound here, so a test's stand-in counts.
+SETUP_BATCH_MOST = 100
+_viewers = Batched(lambda users: console.viewers_for(users), SETUP_BATCH_MOST)
+_snapshots = Batched(lambda viewers: console.snapshots(viewers), SETUP_BATCH_MOST)
+
+
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
@@ -259,30 +267,32 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         self._heap.set_up()
 
     async def _set_up(self, user) -> bool | None:
-        """In its turn: who the viewer is, its groups joined, its snapshot sent. None: no role, refused."""
-        async with setup_slots():
-            self.viewer = await on_web_pool(console.viewer_for)(user)
-            if not self.viewer.has_role:
-                return None
-            self.session_over = False  # from here on its requests are answered (a refused console's are not)
-            # Its user's group too: a logout, a deactivation or a password change closes this console at once.
-            self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
-            await self._join_and_send_snapshot()
-            return True
+        """Who the viewer is, its groups joined (in its turn), its snapshot sent. None: no role, refused."""
+        self.viewer = await _viewers(user)
+        if not self.viewer.has_role:
+            return None
+        self.session_over = False  # from here on its requests are answered (a refused console's are not)
+        # Its user's group too: a logout, a deactivation or a password change closes this console at once.
+        self.groups_joined = [*self.viewer.groups(), user_group(user.pk)]
+        await self._join_and_send_snapshot()
+        return True
 
     async def _join_and_send_snapshot(self):
-        joins = asyncio.ensure_future(self._join_groups())
-        try:
-            joined = await finished_within(joins, JOIN_TIMEOUT_SECONDS)
-        except asyncio.CancelledError:
-            joins.cancel()
-            raise
+        async with setup_slots():
+            joins = asyncio.ensure_future(self._join_groups())
+            try:
+                joined = await finished_within(joins, JOIN_TIMEOUT_SECONDS)
+            except asyncio.CancelledError:
+                joins.cancel()
+                raise
         if not joined:
             # One Redis round trip each, normally: a join this slow is a dead connection, and the page
             # gets its snapshot sooner on a new socket (a new connection) than by waiting here.
             raise TimeoutError(f"group_add took over {JOIN_TIMEOUT_SECONDS}s")
-        self.checked_until = timezone.now()  # what changed before this is in the snapshot
-        snapshot = await on_web_pool(console.snapshot)(self.viewer)
+        # What changed before this is in the snapshot: its read starts after this moment (its batch's
+        # read starts once every console in it has joined).
+        self.checked_until = timezone.now()
+        snapshot = await _snapshots(self.viewer)
         self._note_shown(snapshot["calls"])
         await self.send_json(snapshot)
 

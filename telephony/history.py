@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -261,21 +262,48 @@ def unreturned_missed(viewer, since: datetime | None = None) -> list[str]:
     returned: no call with that number answered since the missed one began to ring (a colleague's leg of the
     same call, answered while this one rang, counts) and no outgoing call to it since (by anyone). Each
     number once, newest missed first, at most ``UNRETURNED_MAX``. One query."""
-    if since is None:
-        since = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
-    missed = Call.objects.filter(RESULT_FILTERS[MISSED], direction=u.INBOUND, created_at__gte=since) \
-        .exclude(remote_number_e164="")
+    since = _start_of_today() if since is None else since
+    missed = _unreturned_missed_calls(since)
     if not viewer.is_supervisor:
         missed = missed.filter(agent=viewer.agent)
+    rows = missed.order_by("-created_at").values_list("remote_number_e164", flat=True)
+    return _newest_numbers(rows[: UNRETURNED_MAX * 5])
+
+
+def unreturned_missed_by_agent(agent_ids: list[int], since: datetime | None = None) -> dict[int, list[str]]:
+    """``unreturned_missed`` of many agents (not supervisors) in one query: {agent id: its numbers}, each as
+    the agent's own would be. A connect storm asked once per console, 15% of daphne's CPU (issue 16)."""
+    since = _start_of_today() if since is None else since
+    # Each agent's newest UNRETURNED_MAX * 5 rows, as its own query's slice reads.
+    rank = Window(RowNumber(), partition_by=[F("agent_id")], order_by=[F("created_at").desc(), F("pk").desc()])
+    rows = _unreturned_missed_calls(since).filter(agent__in=agent_ids).annotate(_rank=rank) \
+        .filter(_rank__lte=UNRETURNED_MAX * 5).order_by("agent_id", "-created_at", "-pk") \
+        .values_list("agent_id", "remote_number_e164")
+    numbers: dict[int, list[str]] = {}
+    for agent_id, number in rows:
+        numbers.setdefault(agent_id, []).append(number)
+    return {agent_id: _newest_numbers(numbers.get(agent_id, ())) for agent_id in agent_ids}
+
+
+def _start_of_today() -> datetime:
+    return timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _unreturned_missed_calls(since: datetime) -> QuerySet:
+    missed = Call.objects.filter(RESULT_FILTERS[MISSED], direction=u.INBOUND, created_at__gte=since) \
+        .exclude(remote_number_e164="")
     # ``updated_at >= since`` adds nothing (a call answered or made after ``since`` was updated after it) but
     # lets the planner read only the day's calls by their index (call_updated), not every call ever.
     returned = Call.objects.filter(
         Q(answered_at__gte=OuterRef("created_at")) | Q(direction=u.OUTBOUND, created_at__gt=OuterRef("created_at")),
         remote_number_e164=OuterRef("remote_number_e164"), updated_at__gte=since,
     )
+    return missed.filter(~Exists(returned))
+
+
+def _newest_numbers(rows) -> list[str]:
     latest: dict[str, None] = {}
-    rows = missed.filter(~Exists(returned)).order_by("-created_at").values_list("remote_number_e164", flat=True)
-    for number in rows[: UNRETURNED_MAX * 5]:
+    for number in rows:
         latest.setdefault(number, None)
         if len(latest) >= UNRETURNED_MAX:
             break

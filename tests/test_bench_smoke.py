@@ -18,7 +18,8 @@ BENCHMARKS = {
     "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
     "popup_latency:sweep": ["--agents", "10", "--terminals", "3", "--sweep", "5,10", "--seconds", "1",
                             "--clients", "2"],
-    "popup_latency:storm": ["--agents", "30", "--storm"],
+    "popup_latency:storm": ["--agents", "30", "--storm"],  # as many web processes as deployed (one per core)
+    "popup_latency:storm_one_process": ["--agents", "30", "--storm", "--web-processes", "1"],
     "popup_latency:keepalive": ["--agents", "15", "--keepalive", "--keepalive-storm", "5", "--seconds", "4"],
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
@@ -75,7 +76,10 @@ def test_it_runs_the_benchmark_and_prints_its_figures(name):
         assert re.search(r"^sweep_5_cards: lost 0, duplicated 0$", done.stdout, re.M), done.stdout
         assert "sweep_5_cpu_per_event" in figures and "popup_saturation_rate" in figures
         assert "sweep_5_stage_split" in figures and "sweep_5_machine" in figures
-    if name == "popup_latency:storm":
+    if name.startswith("popup_latency:storm"):
+        from django.conf import settings
+
+        assert figures["web_processes"] == ("1" if name.endswith("one_process") else str(settings.WEB_PROCESSES))
         assert figures["storm_consoles"] == "30" and figures["storm_refused"] == "0"
         assert figures["storm_errors"] == "0" and "storm_connect_to_snapshot_p99" in figures
     if name == "popup_latency:keepalive":

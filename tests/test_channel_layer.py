@@ -198,3 +198,37 @@ def test_it_raises_in_a_waiting_receive_when_redis_is_unreachable():
         assert not isinstance(raised.value, asyncio.TimeoutError)
 
     asyncio.run(run())
+
+
+def test_it_joins_a_group_in_one_round_trip_as_channels_redis_does_in_two(monkeypatch):
+    """Two joins a console, a thousand consoles at once in a connect storm (issue 16)."""
+    from redis.asyncio.client import Pipeline
+
+    layer = _layer()
+    group = f"agent-{uuid.uuid4().hex}"
+    trips: list[str] = []
+    real_execute, real_pipeline = AsyncRedis.execute_command, Pipeline.execute
+
+    async def counting_execute(self, *args, **options):
+        trips.append(str(args[0]).upper())
+        return await real_execute(self, *args, **options)
+
+    async def counting_pipeline(self, *args, **kwargs):
+        trips.append("pipeline of " + " ".join(str(command[0][0]).upper() for command in self.command_stack))
+        return await real_pipeline(self, *args, **kwargs)
+
+    async def run():
+        channel = await layer.new_channel()
+        monkeypatch.setattr(AsyncRedis, "execute_command", counting_execute)
+        monkeypatch.setattr(Pipeline, "execute", counting_pipeline)
+        await layer.group_add(group, channel)
+        monkeypatch.undo()
+        connection = layer.connection(layer.consistent_hash(group))
+        members = await connection.zrange(layer._group_key(group), 0, -1)
+        ttl = await connection.ttl(layer._group_key(group))
+        await layer.flush()
+        return channel, members, ttl
+
+    channel, members, ttl = asyncio.run(run())
+    assert trips == ["pipeline of ZADD EXPIRE"]
+    assert members == [channel.encode()] and 0 < ttl <= layer.group_expiry

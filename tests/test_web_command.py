@@ -41,3 +41,27 @@ def test_it_binds_one_process_s_port_itself_with_the_long_backlog():
         sock.close()
     assert _own_listening_socket(["-u", "/tmp/ctihub.sock", "ctihub.asgi:application"]) is None
     assert _own_listening_socket(["-b", "::1", "-p", str(port), "ctihub.asgi:application"]) is None
+
+
+def test_it_pretty_prints_a_websocket_s_options_only_for_a_debug_line_written(monkeypatch):
+    """autobahn formatted them for every websocket, logged or not: 5% of daphne's CPU in a connect storm."""
+    import pprint
+
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+    from autobahn.websocket import protocol
+    from twisted.internet.testing import StringTransport
+
+    from ctihub import web
+
+    made = []
+    monkeypatch.setattr(protocol, "pformat", lambda value: made.append(value) or pprint.pformat(value))
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    factory.buildProtocol(None).makeConnection(StringTransport())
+    assert len(made) == 1  # autobahn's own: each connection, debug lines off
+    made.clear()
+    monkeypatch.setattr(pprint, "pformat", lambda value: made.append(value) or "pretty")
+    web.pretty_print_only_when_logged()
+    factory.buildProtocol(None).makeConnection(StringTransport())
+    assert made == []
+    assert f"{protocol.pformat([('a', 1)])}" == "pretty"  # the text, when a line is written

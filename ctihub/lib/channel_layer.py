@@ -95,6 +95,19 @@ class BatchingRedisChannelLayer(RedisChannelLayer):
         self._slot = 0
         self._take_sha: str | None = None
 
+    async def group_add(self, group, channel):
+        """channels_redis's (``ZADD`` the channel, ``EXPIRE`` the group) in one round trip, not two: in a
+        connect storm each console joins two groups, and the commands' own redis-py work on daphne's event
+        loop was 12% of its busy CPU (issue 16)."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        group_key = self._group_key(group)
+        connection = self.connection(self.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zadd(group_key, {channel: time.time()})
+            pipe.expire(group_key, self.group_expiry)
+            await pipe.execute()
+
     async def receive(self, channel):
         if "!" not in channel:
             return await super().receive(channel)

@@ -1,6 +1,7 @@
 """The console websocket: who may connect, what they see, and what they may do."""
 
 import asyncio
+import json
 from datetime import timedelta
 
 import pytest
@@ -412,32 +413,40 @@ def test_it_takes_hundreds_of_consoles_connecting_at_once():
 
 
 def test_it_sets_consoles_up_a_few_at_a_time_on_the_web_pool_and_leaves_no_connection_open(settings, monkeypatch):
-    """A connect storm: each console's login, viewer and snapshot off asgiref's one thread, a few at once."""
+    """A connect storm: each console's login, viewer and snapshot off asgiref's one thread, its joins a few at once."""
     import threading
     import time
+
+    from channels.layers import get_channel_layer
 
     from telephony import console
 
     settings.CONSOLE_SETUP_CONCURRENCY = 2
     me = make_agent()
     headers = headers_for(me.user)
-    running, most, threads = [0], [0], set()
+    joining, most, threads = [0], [0], set()
     lock = threading.Lock()
-    real_snapshot = console.snapshot
+    real_snapshots = console.snapshots
 
-    def slow_snapshot(viewer):
+    def snapshots_on_which_thread(viewers):
         with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
             threads.add(threading.current_thread().name)
-        time.sleep(0.1)
-        try:
-            return real_snapshot(viewer)
-        finally:
-            with lock:
-                running[0] -= 1
+        return real_snapshots(viewers)
 
-    monkeypatch.setattr(console, "snapshot", slow_snapshot)
+    monkeypatch.setattr(console, "snapshots", snapshots_on_which_thread)
+    layer = type(get_channel_layer())
+    real_group_add = layer.group_add
+
+    async def slow_group_add(self, group, channel):
+        joining[0] += 1
+        most[0] = max(most[0], joining[0])
+        try:
+            await asyncio.sleep(0.05)
+            return await real_group_add(self, group, channel)
+        finally:
+            joining[0] -= 1
+
+    monkeypatch.setattr(layer, "group_add", slow_group_add)
 
     async def scenario():
         comms = [communicator(headers) for _ in range(8)]
@@ -453,10 +462,56 @@ def test_it_sets_consoles_up_a_few_at_a_time_on_the_web_pool_and_leaves_no_conne
 
     before = others_connected()
     asyncio.run(scenario())
-    assert most[0] == 2, f"{most[0]} consoles set up at once"
+    # Two consoles at a time, each joining its agent's group and its user's side by side.
+    assert most[0] == 2 * 2, f"{most[0]} joins at once"
     assert threads and all(name.startswith("ctihub-web") for name in threads), threads
     time.sleep(0.3)
     assert others_connected() <= before  # the pool's threads closed theirs (CONN_MAX_AGE is 0 in the tests)
+
+
+def test_it_reads_the_snapshots_of_consoles_connecting_together_in_one_go(monkeypatch):
+    """1,000 consoles at once read the same few queries 1,000 times over: half of daphne's CPU in a storm."""
+    from telephony import console
+
+    account = make_account()
+    alice, bob = agent_on(account, "t-alice", "alice"), agent_on(account, "t-bob", "bob")
+    boss = make_agent(is_supervisor=True)
+    ring(account, "t-alice", "c-alice")
+    ring(account, "t-bob", "c-bob")
+    people = [alice] * 3 + [bob] * 3 + [boss] * 2
+    headers = [headers_for(agent.user) for agent in people]
+    reads, viewer_reads = [], []
+    real_snapshots, real_viewers = console.snapshots, console.viewers_for
+
+    def counted_snapshots(viewers):
+        reads.append(len(viewers))
+        return real_snapshots(viewers)
+
+    def counted_viewers(users):
+        viewer_reads.append(len(users))
+        return real_viewers(users)
+
+    monkeypatch.setattr(console, "snapshots", counted_snapshots)
+    monkeypatch.setattr(console, "viewers_for", counted_viewers)
+
+    async def scenario():
+        comms = [communicator(h) for h in headers]
+        snapshots = await asyncio.gather(*(open_console(comm, timeout=30) for comm in comms))
+        await asyncio.gather(*(comm.disconnect() for comm in comms))
+        return snapshots
+
+    snapshots = asyncio.run(scenario())
+    assert sum(reads) == len(people) and len(reads) < len(people), reads
+    assert sum(viewer_reads) == len(people) and len(viewer_reads) < len(people), viewer_reads
+    # Each still sees what it would have seen alone: its own calls, or all of them.
+    for agent, snapshot in zip(people, snapshots, strict=True):
+        alone = console.snapshot(console.viewer_for(agent.user))
+        for figures in (snapshot, alone):
+            figures.get("wallboard", {}).pop("as_of", None)  # the moment it was read
+        assert snapshot == json.loads(json.dumps(alone))
+        assert snapshot["me"]["id"] == agent.pk
+    assert [c["remote_label"] for c in snapshots[0]["calls"]] == ["Alice"]
+    assert len(snapshots[-1]["calls"]) == 2
 
 
 def test_it_resyncs_every_console_of_a_process_with_one_query_a_period(settings, monkeypatch, published):

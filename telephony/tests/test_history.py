@@ -292,6 +292,49 @@ def test_it_counts_each_unreturned_missed_caller_of_today_once(world):
     assert set(history.unreturned_missed(boss, since)) == {"+33600000001", "+33600000004", "+33600000007"}
 
 
+def test_it_reads_many_agents_unreturned_missed_numbers_at_once_as_each_alone(world, monkeypatch,
+                                                                               django_assert_num_queries):
+    """Consoles connecting together read them in one query (issue 16), each agent's bounded as its own."""
+    account, alice, bob = world["account"], world["alice"], world["bob"]
+    monkeypatch.setattr(history, "UNRETURNED_MAX", 2)
+    now = timezone.now()
+    since = now - timedelta(minutes=50)
+    for minutes_ago, number in [(40, "+33600000001"), (30, "+33600000002"), (20, "+33600000002"),
+                                (15, "+33600000002"), (10, "+33600000002"), (9, "+33600000002"),
+                                (8, "+33600000002"), (5, "+33600000003")]:
+        ended(account, alice, number=number, at=now - timedelta(minutes=minutes_ago))
+    ended(account, bob, number="+33600000007", at=now - timedelta(minutes=30))
+    carol = make_agent("carol")
+    agents = [alice, bob, carol]
+    alone = {agent.pk: history.unreturned_missed(console.Viewer(agent.user, agent), since) for agent in agents}
+    with django_assert_num_queries(1):
+        together = history.unreturned_missed_by_agent([agent.pk for agent in agents], since)
+    assert together == alone
+    # Alice's newest ten rows hold only two numbers: her own query reads no further (UNRETURNED_MAX * 5).
+    assert together[alice.pk] == ["+33600000003", "+33600000002"]
+    assert together[carol.pk] == []
+
+
+def test_it_reads_consoles_snapshots_together_as_each_alone(world, monkeypatch, django_assert_max_num_queries):
+    account, alice, bob, boss = world["account"], world["alice"], world["bob"], world["boss"]
+    monkeypatch.setattr(console, "RECENT_LIMIT", 2)
+    now = timezone.now()
+    for minutes_ago in (20, 15, 10):
+        ended(account, alice, at=now - timedelta(minutes=minutes_ago))
+    ended(account, alice, at=now - timedelta(hours=2))  # not recent
+    ended(account, bob, at=now - timedelta(minutes=12))
+    make_call(account, agent=bob, state=Call.State.RINGING, remote_number_e164="+33600000010")
+    viewers = console.viewers_for([alice.user, bob.user, boss.user, alice.user])
+    alone = [console.snapshot(viewer) for viewer in viewers]
+    with django_assert_max_num_queries(12):  # not more for more consoles
+        together = console.snapshots(viewers)
+    for snapshot in (*alone, *together):
+        snapshot["wallboard"] = snapshot.get("wallboard", {}) and {**snapshot["wallboard"], "as_of": None}
+    assert together == alone
+    assert [len(snapshot["calls"]) for snapshot in together] == [2, 2, 3, 2]
+    assert together[1]["calls"][0]["state"] != "ended"  # live first
+
+
 def test_it_sends_the_unreturned_missed_numbers_with_the_consoles_snapshot(world):
     alice = world["alice"]
     ended(world["account"], alice, number="+33600000001", at=timezone.now() - timedelta(seconds=30))
