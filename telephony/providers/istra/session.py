@@ -88,6 +88,8 @@ class IstraSession:
         self.username = username
         #: Where requests go: the account's base URL, or where the PBX said it moved permanently.
         self.base_url = _with_slash(getattr(account, "redirected_base_url", "") or account.base_url)
+        #: A client given is the caller's (shared by many sessions): only one made here is closed here.
+        self._owns_http = http is None
         self.http = http or HttpClient(f"istra.{app}", verify=trust_store(account.ca_bundle))
         _ignore_cookie_jar(self.http)
         self._http_without_retries: HttpClient | None = None
@@ -131,9 +133,10 @@ class IstraSession:
 
     def close(self) -> None:
         self.logout()
-        self.http.close()
-        if self._http_without_retries is not None:
-            self._http_without_retries.close()
+        if self._owns_http:  # the retry-less copy shares its adapter (a borrowed client's): left with it
+            self.http.close()
+            if self._http_without_retries is not None:
+                self._http_without_retries.close()
 
     def _login_locked(self) -> None:
         # Every login of every Istra API comes through here: the one place that holds a refused one.
