@@ -17,7 +17,14 @@ from ctihub.lib.http_client import shared_client
 from telephony import domain, status
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_for
-from telephony.providers.base import EventStream, ListenerSpec, ProviderError, StreamClosed, trust_store
+from telephony.providers.base import (
+    EventStream,
+    ListenerSpec,
+    ProviderError,
+    StreamClosed,
+    database_work_on,
+    trust_store,
+)
 from telephony.sockets.database import GroupCommit, db_workers
 from telephony.updates import FrameRejected
 
@@ -182,7 +189,8 @@ class ListenerRunner(threading.Thread):
                 # threads (LISTENER_HANDOVER_CONCURRENCY more taking listeners over) get here at once, and each
                 # gives its connection back, failed or not.
                 try:
-                    stream = provider.open_stream(self.spec)
+                    with database_work_on(db_workers().run):  # the login's read: on a kept connection
+                        stream = provider.open_stream(self.spec)
                     initial_frames = list(getattr(stream, "initial_frames", ()) or ())
                 finally:
                     connection.close()

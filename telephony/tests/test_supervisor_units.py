@@ -488,3 +488,30 @@ def test_it_opens_every_socket_of_an_account_over_the_process_s_one_client_for_i
             runner.join(5)
     assert len(given) == 2 and given[0] is given[1] is not None
     assert given[0].name == "fake.sockets"
+
+
+def test_it_logs_in_with_the_provider_s_database_reads_on_the_database_threads(monkeypatch, no_database):
+    # A runner thread keeps no connection: a read of its own opened one each login (issue 19).
+    from telephony.providers.base import run_database
+
+    class RecordingDb:
+        inside = False
+
+        def run(self, operation):
+            RecordingDb.inside = True
+            try:
+                return operation()
+            finally:
+                RecordingDb.inside = False
+
+    monkeypatch.setattr(runners, "db_workers", RecordingDb)
+    reads = []
+
+    class ReadingProvider(FakeProvider):
+        def open_stream(self, spec):
+            reads.append(run_database(lambda: RecordingDb.inside))
+            return super().open_stream(spec)
+
+    run_runner(monkeypatch, ReadingProvider(10), opens=1)
+    assert reads == [True]
+    assert run_database(lambda: RecordingDb.inside) is False  # elsewhere: in the calling thread

@@ -52,7 +52,14 @@ from django.utils import timezone
 
 from ctihub.lib.http_client import HttpClient, HttpError
 from telephony.models import PbxAccount
-from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream, trust_store
+from telephony.providers.base import (
+    EventStream,
+    ProviderError,
+    SessionExpired,
+    WebSocketStream,
+    run_database,
+    trust_store,
+)
 from telephony.providers.istra.errors import LoginHeld, error_from_response, session_lost
 
 logger = logging.getLogger(__name__)
@@ -186,9 +193,9 @@ class IstraSession:
         if not self._stored:
             return None
         try:
-            return PbxAccount.objects.filter(pk=self.account.pk).values(
+            return run_database(lambda: PbxAccount.objects.filter(pk=self.account.pk).values(
                 "login_refused_at", "login_refused_reason", "login_refused_credentials", "redirected_base_url",
-            ).first()
+            ).first())
         except DatabaseError as exc:  # one login too many is better than no socket during a database outage
             logger.warning("%s cannot read the account's login refusal (%s); logging in anyway", self.app, exc,
                            extra={"account_id": self.account.pk})
