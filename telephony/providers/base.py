@@ -275,6 +275,35 @@ def _read_in_chunks(ws: websocket.WebSocket) -> None:
     ws.frame_buffer.recv = lambda bufsize: raw(max(bufsize, READ_CHUNK))
 
 
+def _recv_line(sock) -> bytes:
+    """One line of the handshake's answer, as websocket-client's ``recv_line`` (installed in its place below).
+
+    Its own reads the answer's headers a byte per system call, each through its Python: ~200 for a PBX's
+    101, a quarter of the CPU a worker spends taking a listener over (issue 19). On a plain socket a line is
+    read in two: a peek at what has come, then exactly up to the line's end, so nothing after the headers (a
+    first frame) is taken from the socket. A TLS socket cannot peek: byte by byte, as before.
+    """
+    if type(sock) is not socket.socket or sock.gettimeout() == 0:
+        return _recv_line_byte_wise(sock)
+    line = b""
+    while True:
+        try:
+            peeked = sock.recv(READ_CHUNK, socket.MSG_PEEK)
+            if not peeked:
+                raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+            end = peeked.find(b"\n")
+            got = sock.recv(len(peeked) if end < 0 else end + 1)  # bytes already there: returned at once
+        except TimeoutError as exc:  # as websocket-client's own says a timeout
+            raise websocket.WebSocketTimeoutException(str(exc) or "Connection timed out") from exc
+        line += got
+        if got.endswith(b"\n"):
+            return line
+
+
+_recv_line_byte_wise = websocket._socket.recv_line
+websocket._http.recv_line = _recv_line  # what its handshake's read_headers calls
+
+
 def _ready(sock, event: int) -> bool | None:
     """Whether ``sock`` is ready for ``event`` now (poll, not select: a worker's descriptors go past 1024);
     None if the socket is closed or broken, which the next read or write reports."""
