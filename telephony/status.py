@@ -31,6 +31,17 @@ def set_listener_state(listener_id: int, state: str, *, owner: str | None = None
     Listener.objects.filter(pk=listener_id).update(**fields)
 
 
+def set_listeners_connected(connected: list[tuple[int, int, str]]) -> None:
+    """What ``set_listener_state(CONNECTED, owner=owner, error="")`` and ``set_account_status(CONNECTED)`` write,
+    for many (listener id, account id, owner) at once: one statement an owner, one an account."""
+    now = timezone.now()
+    for owner in sorted({owner for _, _, owner in connected}):
+        Listener.objects.filter(pk__in=sorted({i for i, _, o in connected if o == owner})).update(
+            state=Listener.State.CONNECTED, updated_at=now, owner=owner, last_error="", connected_since=now)
+    for account_id in sorted({account_id for _, account_id, _ in connected}):
+        set_account_status(account_id, PbxAccount.Status.CONNECTED)
+
+
 def count_reconnect(listener_id: int) -> None:
     from django.db.models import F
 

@@ -650,3 +650,12 @@ def test_it_merges_and_folds_headers_without_the_mappings_generic_methods(varied
     assert answer.headers["set-cookie"] == "a=1; Path=/; Expires=Wed, 21 Oct 2037 07:28:00 GMT, b=2; Path=/"
     assert list(answer.request.headers.items())[:2] == [("user-agent", "mine"), ("Accept", "*/*")]
     assert "Accept-Encoding" not in answer.request.headers and answer.request.headers["X-A"] == "1"
+
+
+def test_it_gives_one_shared_client_a_name_and_trust_store():
+    from ctihub.lib.http_client import shared_client
+
+    first = shared_client("test.shared")
+    assert shared_client("test.shared") is first
+    assert shared_client("test.shared", verify=False) is not first
+    assert shared_client("test.other") is not first

@@ -221,6 +221,29 @@ class HttpClient:
             self._kept_alive.close()
 
 
+_shared: dict[tuple, HttpClient] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(name: str, *, verify: bool | str = True) -> HttpClient:
+    """One client per ``name`` and trust store for the whole process, its kept-alive connections shared by
+    every thread (``HttpClient`` is thread-safe: the connections are lent one request at a time).
+
+    For callers that would otherwise build a client per short-lived object: a listener's socket logs in on a
+    session of its own, and building a client for each (a ``requests.Session``, the environment read for the
+    host, a new TCP connection) was a quarter of the CPU a worker spent taking a listener over (issue 19).
+    Never close it: it is the process's.
+    """
+    key = (name, verify)
+    client = _shared.get(key)
+    if client is None:
+        with _shared_lock:
+            client = _shared.get(key)
+            if client is None:
+                client = _shared[key] = HttpClient(name, verify=verify)
+    return client
+
+
 
 def _merged_headers(session_headers, headers) -> CaseInsensitiveDict:
     """``CaseInsensitiveDict(session_headers)`` updated with ``headers``, ``None`` values dropped, as

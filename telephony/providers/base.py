@@ -9,6 +9,8 @@ only what differs; ``telephony.domain`` and ``telephony.sockets.supervisor`` do 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import select
 import socket
@@ -21,6 +23,31 @@ import websocket
 
 from ctihub.lib import trust_store as trust_stores
 from telephony.updates import CallUpdate
+
+#: Where a provider's own database reads run (``run_database``): in the calling thread unless the caller says.
+_database_runner: contextvars.ContextVar = contextvars.ContextVar("provider_database_runner", default=None)
+
+
+def run_database(operation):
+    """``operation()``, on the threads the caller named (``database_work_on``), else here.
+
+    A listener's runner thread has no database connection of its own to keep (a worker runs thousands):
+    a read it made while logging in (Istra's refused-login check) opened and closed a PostgreSQL connection
+    each time, a sixth of a handover's CPU on the taker (issue 19). The supervisor's database threads keep
+    theirs.
+    """
+    runner = _database_runner.get()
+    return operation() if runner is None else runner(operation)
+
+
+@contextlib.contextmanager
+def database_work_on(runner):
+    """Within the block, ``run_database(operation)`` is ``runner(operation)`` in this thread."""
+    token = _database_runner.set(runner)
+    try:
+        yield
+    finally:
+        _database_runner.reset(token)
 
 
 class ProviderError(Exception):
@@ -246,6 +273,35 @@ def _read_in_chunks(ws: websocket.WebSocket) -> None:
     counts what waits in that buffer."""
     raw = ws.frame_buffer.recv
     ws.frame_buffer.recv = lambda bufsize: raw(max(bufsize, READ_CHUNK))
+
+
+def _recv_line(sock) -> bytes:
+    """One line of the handshake's answer, as websocket-client's ``recv_line`` (installed in its place below).
+
+    Its own reads the answer's headers a byte per system call, each through its Python: ~200 for a PBX's
+    101, a quarter of the CPU a worker spends taking a listener over (issue 19). On a plain socket a line is
+    read in two: a peek at what has come, then exactly up to the line's end, so nothing after the headers (a
+    first frame) is taken from the socket. A TLS socket cannot peek: byte by byte, as before.
+    """
+    if type(sock) is not socket.socket or sock.gettimeout() == 0:
+        return _recv_line_byte_wise(sock)
+    line = b""
+    while True:
+        try:
+            peeked = sock.recv(READ_CHUNK, socket.MSG_PEEK)
+            if not peeked:
+                raise websocket.WebSocketConnectionClosedException("Connection to remote host was lost.")
+            end = peeked.find(b"\n")
+            got = sock.recv(len(peeked) if end < 0 else end + 1)  # bytes already there: returned at once
+        except TimeoutError as exc:  # as websocket-client's own says a timeout
+            raise websocket.WebSocketTimeoutException(str(exc) or "Connection timed out") from exc
+        line += got
+        if got.endswith(b"\n"):
+            return line
+
+
+_recv_line_byte_wise = websocket._socket.recv_line
+websocket._http.recv_line = _recv_line  # what its handshake's read_headers calls
 
 
 def _ready(sock, event: int) -> bool | None:

@@ -91,3 +91,58 @@ def db_workers() -> DbWorkers:
         if _db_workers is None or _db_workers_pid != os.getpid():  # a forked child has no threads
             _db_workers, _db_workers_pid = DbWorkers(settings.LISTENER_DB_CONNECTIONS), os.getpid()
         return _db_workers
+
+
+class _Entry:
+    __slots__ = ("item", "event", "lead", "error")
+
+    def __init__(self, item):
+        self.item, self.event, self.lead, self.error = item, threading.Event(), False, None
+
+
+class GroupCommit:
+    """Writes that many socket threads make at once, done in one statement for all that are waiting.
+
+    ``add(item)`` returns once ``write([items])`` (on the database threads) wrote this item, or raises what it
+    raised. The first caller writes; those that come while it writes wait, and the first of them then writes
+    all of theirs in one go: no delay added when alone, one statement for a whole crowd. A worker joining
+    takes hundreds of listeners over, each noting its socket connected (issue 19): one UPDATE each, compiled
+    by the ORM and sent on its own, was a fifth of the taker's CPU a move.
+    """
+
+    def __init__(self, write):
+        self._write = write
+        self._lock = threading.Lock()
+        self._pending: list[_Entry] = []
+        self._writing = False
+
+    def add(self, item) -> None:
+        entry = _Entry(item)
+        with self._lock:
+            self._pending.append(entry)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            entry.event.wait()
+            if not entry.lead:  # written by the batch of the one that wrote while we came
+                if entry.error is not None:
+                    raise entry.error
+                return
+        with self._lock:
+            batch, self._pending = self._pending, []
+        error = None
+        try:
+            db_workers().run(lambda: self._write([e.item for e in batch]))
+        except BaseException as exc:  # every waiter of the batch gets it, and retries as it would have alone
+            error = exc
+        with self._lock:
+            for waiting in batch:
+                waiting.lead, waiting.error = False, error
+                waiting.event.set()
+            if self._pending:  # came while we wrote: the first of them writes them all
+                self._pending[0].lead = True
+                self._pending[0].event.set()
+            else:
+                self._writing = False
+        if error is not None:
+            raise error

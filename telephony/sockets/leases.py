@@ -240,6 +240,26 @@ class LeaseStore:
                         args=[owner, self.owner, "1" if ready else "0", self.ttl_ms], client=pipe)
         return {claim[0]: int(result) for claim, result in zip(claims, pipe.execute())}
 
+    def take_many(self, takes: list[tuple[int, str]]) -> dict[int, bool]:
+        """``take`` for many (listener id, owner) in one round trip: a worker joining takes dozens a tick."""
+        if not takes:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for listener_id, owner in takes:
+            self._take(keys=[lease_key(listener_id), offer_key(listener_id), OFFERS_KEY],
+                       args=[owner, self.owner, self.ttl_ms, listener_id], client=pipe)
+        return {take[0]: bool(result) for take, result in zip(takes, pipe.execute())}
+
+    def hand_off_many(self, hand_offs: list[tuple[int, str]]) -> dict[int, bool]:
+        """``hand_off`` for many (listener id, taker) in one round trip: an owner hands dozens off a tick."""
+        if not hand_offs:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for listener_id, taker in hand_offs:
+            self._hand_off(keys=[lease_key(listener_id), offer_key(listener_id)],
+                           args=[self.owner, taker, self.ttl_ms], client=pipe)
+        return {hand_off[0]: bool(result) for hand_off, result in zip(hand_offs, pipe.execute())}
+
     def call_off(self, listener_id: int, owner: str) -> bool:
         """The taker gives a handover up: the state goes at once, so the owner (which never closed) sees it
         kept and may offer it again, rather than wait for the state to expire (the lease TTL) meanwhile

@@ -4,6 +4,7 @@ reconnects, at once after a healthy socket, after a growing jittered delay after
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -12,11 +13,19 @@ from typing import TYPE_CHECKING
 from django.db import InterfaceError, OperationalError, connection
 
 from ctihub.lib import card_trace
+from ctihub.lib.http_client import shared_client
 from telephony import domain, status
 from telephony.models import Listener, PbxAccount
 from telephony.providers import provider_for
-from telephony.providers.base import EventStream, ListenerSpec, ProviderError, StreamClosed
-from telephony.sockets.database import db_workers
+from telephony.providers.base import (
+    EventStream,
+    ListenerSpec,
+    ProviderError,
+    StreamClosed,
+    database_work_on,
+    trust_store,
+)
+from telephony.sockets.database import GroupCommit, db_workers
 from telephony.updates import FrameRejected
 
 if TYPE_CHECKING:  # the supervisor imports the runner
@@ -42,6 +51,17 @@ BURST_MAX_SECONDS = 0.02
 #: or after ``RETIRE_CAP_SECONDS`` whatever it is doing.
 RETIRE_CHECK_SECONDS = 0.1
 RETIRE_CAP_SECONDS = 30.0
+
+
+_connected_notes: tuple[int, GroupCommit] | None = None
+
+
+def connected_notes() -> GroupCommit:
+    """The process's group commit of "listener connected" (a forked child gets its own)."""
+    global _connected_notes
+    if _connected_notes is None or _connected_notes[0] != os.getpid():
+        _connected_notes = (os.getpid(), GroupCommit(status.set_listeners_connected))
+    return _connected_notes[1]
 
 
 def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -149,7 +169,10 @@ class ListenerRunner(threading.Thread):
     def _hold_socket_once(self) -> None:
         self._up_seconds, self._session_gone = 0.0, False
         connected_at = None
-        provider = provider_for(self.account)
+        # Every socket of the account logs in and binds over the process's one client for it: a client (and a
+        # TCP connection) per socket was a quarter of a handover's CPU on the taker's side (issue 19).
+        provider = provider_for(self.account, http=shared_client(
+            f"{self.account.kind}.sockets", verify=trust_store(self.account.ca_bundle)))
         stream = None
         generation = self.generation = self.supervisor.restart_generation(self.account.pk)
         handover = self.taking_over
@@ -166,7 +189,8 @@ class ListenerRunner(threading.Thread):
                 # threads (LISTENER_HANDOVER_CONCURRENCY more taking listeners over) get here at once, and each
                 # gives its connection back, failed or not.
                 try:
-                    stream = provider.open_stream(self.spec)
+                    with database_work_on(db_workers().run):  # the login's read: on a kept connection
+                        stream = provider.open_stream(self.spec)
                     initial_frames = list(getattr(stream, "initial_frames", ()) or ())
                 finally:
                     connection.close()
@@ -178,9 +202,7 @@ class ListenerRunner(threading.Thread):
             self.supervisor.session_checks.add(stream, expired=lambda reason: self._session_expired(stream, reason),
                                                group=self.account.pk, log_extra=self._log_extra)
             opened = time.monotonic()
-            self._retry_db(lambda: status.set_listener_state(self.listener_id, Listener.State.CONNECTED, error="",
-                                                             owner=self.supervisor.owner))
-            self._retry_db(lambda: status.set_account_status(self.account.pk, PbxAccount.Status.CONNECTED))
+            self._note_connected()
             connected_at = time.monotonic()
             logger.info("listener connected", extra=self._log_extra)
             self._apply_burst(provider, initial_frames, opened)
@@ -280,6 +302,16 @@ class ListenerRunner(threading.Thread):
 
         if not self._retry_db(store):
             self._retry_db(lambda: status.touch_listener(self.listener_id, self.account.pk))
+
+    def _note_connected(self) -> None:
+        """The listener and its account connected, in one statement with the other sockets connecting now."""
+        while True:
+            try:
+                return connected_notes().add((self.listener_id, self.account.pk, self.supervisor.owner))
+            except (OperationalError, InterfaceError) as exc:
+                logger.warning("database unavailable (%s); retrying", exc, extra=self._log_extra)
+                if self.stop_event.wait(DB_RETRY_SECONDS):
+                    raise
 
     def _retry_db(self, operation):
         while True:

@@ -261,17 +261,21 @@ class Supervisor(threading.Thread):
         to_take = decision.take_offers + (decision.acquire - acquired)
         if decision.take_room is not None:
             to_take = min(to_take, decision.take_room)
+        chosen: dict[int, str] = {}
         for listener_id in decision.take_order:
-            if to_take <= 0:
+            if len(chosen) >= to_take:
                 break
             owner = untaken[listener_id]
             if owner == self.owner or listener_id in self.runners or holders.get(listener_id) != owner:
                 continue
-            if self.leases.take(listener_id, owner):
-                logger.debug("taking listener %s over from %s", listener_id, owner)
-                self.taking[listener_id] = owner
+            chosen[listener_id] = owner
+        # In one round trip (a Redis call each was an owner's and a taker's CPU a move, issue 19); one lost to
+        # another taker is made up for at a next tick.
+        for listener_id, took in self.leases.take_many(list(chosen.items())).items():
+            if took:
+                logger.debug("taking listener %s over from %s", listener_id, chosen[listener_id])
+                self.taking[listener_id] = chosen[listener_id]
                 self._start_runner(*self._candidates[listener_id], taking_over=True)
-                to_take -= 1
                 self._moves["taken"] += 1
             else:
                 self._moves["take_lost"] += 1  # another taker was first
@@ -359,6 +363,7 @@ class Supervisor(threading.Thread):
         self._retiring = [r for r in self._retiring if r.is_alive()]
         in_flight = handed = 0
         stale = []
+        ready: dict[int, str] = {}  # ours, the taker's socket up: listener -> taker
         for listener_id in ids:
             state = states.get(listener_id)
             if listener_id not in self.runners:
@@ -371,16 +376,19 @@ class Supervisor(threading.Thread):
                     stale.append(listener_id)
             elif state.endswith("|ready"):
                 owner, taker, _ = state.split("|")
-                if owner == self.owner and self.leases.hand_off(listener_id, taker):
-                    self.offered.pop(listener_id)
-                    retiring = self.runners.pop(listener_id)
-                    retiring.retire()  # closes once what reached it is stored
-                    self._retiring.append(retiring)
-                    self._moves["handed_off"] += 1
-                    handed += 1
-                    logger.debug("handed listener %s over to %s", listener_id, taker)
+                if owner == self.owner:
+                    ready[listener_id] = taker
             else:
                 in_flight += 1  # taken, the taker's socket not up yet
+        for listener_id, handed_off in self.leases.hand_off_many(list(ready.items())).items():  # one round trip
+            if handed_off:
+                self.offered.pop(listener_id)
+                retiring = self.runners.pop(listener_id)
+                retiring.retire()  # closes once what reached it is stored
+                self._retiring.append(retiring)
+                self._moves["handed_off"] += 1
+                handed += 1
+                logger.debug("handed listener %s over to %s", listener_id, ready[listener_id])
         # Offers untaken for LISTENER_HANDOVER_SECONDS are withdrawn, unless takers are still taking ours: a join
         # moving 1,000 listeners takes longer than that, and withdrawing the rest only to offer them again at the
         # next scan left the taker idle meanwhile. Offers nobody is short of are withdrawn by the scans.

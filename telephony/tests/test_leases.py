@@ -193,3 +193,15 @@ def test_it_drops_a_worker_whose_heartbeat_stopped(client):
     assert client.zcard(workers.WORKERS_KEY) == 1, "a dead worker's entry is removed"
     workers.leave(client, "alive")
     assert workers.live_workers(client, 1000) == []
+
+
+def test_it_takes_and_hands_off_many_in_one_go_as_one_by_one(client):
+    old, new, late = (LeaseStore(client, name, 5000) for name in ("old", "new", "late"))
+    for listener_id in IDS:
+        assert old.acquire(listener_id) and old.offer(listener_id)
+    assert late.take(9103, "old")
+    assert new.take_many([(9101, "old"), (9102, "old"), (9103, "old")]) == {9101: True, 9102: True, 9103: False}
+    assert new.claim(9101, "old", ready=True) == 1 and new.claim(9102, "old", ready=False) == 1
+    assert old.hand_off_many([(9101, "new"), (9102, "new")]) == {9101: True, 9102: False}, "9102 not up yet"
+    assert lease_owners(client, IDS) == {9101: "new", 9102: "old", 9103: "old"}
+    assert old.hand_off_many([]) == {} and new.take_many([]) == {}

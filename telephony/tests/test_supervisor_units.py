@@ -125,6 +125,7 @@ def no_database(monkeypatch):
     monkeypatch.setattr(runners, "db_workers", InlineDb)
     monkeypatch.setattr(status, "set_listener_state", lambda listener_id, state, **kwargs: states.append(state))
     monkeypatch.setattr(status, "set_account_status", lambda *args, **kwargs: None)
+    monkeypatch.setattr(runners, "connected_notes", lambda: SimpleNamespace(add=lambda item: states.append("connected")))
     monkeypatch.setattr(status, "count_reconnect", lambda listener_id: None)
     monkeypatch.setattr(status, "touch_listener", lambda *args: None)
     monkeypatch.setattr(domain, "apply_call_updates", lambda updates, received=None: [])
@@ -146,8 +147,8 @@ def jitter(monkeypatch, pick):
 def run_runner(monkeypatch, provider: FakeProvider, opens: int, owner: FakeSupervisor | None = None,
                timeout: float = 20) -> runners.ListenerRunner:
     """Run a runner on ``provider`` until it has opened ``opens`` sockets, then stop it."""
-    monkeypatch.setattr(runners, "provider_for", lambda account: provider)
-    runner = runners.ListenerRunner(owner or FakeSupervisor(), SimpleNamespace(pk=1), SimpleNamespace(pk=7),
+    monkeypatch.setattr(runners, "provider_for", lambda account, http=None: provider)
+    runner = runners.ListenerRunner(owner or FakeSupervisor(), SimpleNamespace(pk=1, kind="fake", ca_bundle=""), SimpleNamespace(pk=7),
                             ListenerSpec(name="fake"))
     runner.start()
     deadline = time.monotonic() + timeout
@@ -444,8 +445,8 @@ def test_it_stores_the_frames_already_on_a_handed_over_socket_before_closing_it(
         stored.extend(updates)
 
     monkeypatch.setattr(domain, "apply_call_updates", apply)
-    monkeypatch.setattr(runners, "provider_for", lambda account: provider)
-    runner = runners.ListenerRunner(FakeSupervisor(), SimpleNamespace(pk=1), SimpleNamespace(pk=7),
+    monkeypatch.setattr(runners, "provider_for", lambda account, http=None: provider)
+    runner = runners.ListenerRunner(FakeSupervisor(), SimpleNamespace(pk=1, kind="fake", ca_bundle=""), SimpleNamespace(pk=7),
                                     ListenerSpec(name="fake"))
     runner.start()
     try:
@@ -461,3 +462,56 @@ def test_it_stores_the_frames_already_on_a_handed_over_socket_before_closing_it(
         assert stored == ["first", "second", "third"]
     else:  # what a plain stop loses: why a handover retires the old owner's runner
         assert stored == ["first"]
+
+
+def test_it_opens_every_socket_of_an_account_over_the_process_s_one_client_for_it(monkeypatch, no_database):
+    # A client (and a TCP connection) built for each socket was a quarter of a handover's CPU (issue 19).
+    given = []
+
+    def provider_for(account, http=None):
+        given.append(http)
+        return FakeProvider(10)
+
+    monkeypatch.setattr(runners, "provider_for", provider_for)
+    account = SimpleNamespace(pk=1, kind="fake", ca_bundle="")
+    started = [runners.ListenerRunner(FakeSupervisor(), account, SimpleNamespace(pk=n), ListenerSpec(name=f"l{n}"))
+               for n in (7, 8)]
+    for runner in started:
+        runner.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(given) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        for runner in started:
+            runner.stop()
+            runner.join(5)
+    assert len(given) == 2 and given[0] is given[1] is not None
+    assert given[0].name == "fake.sockets"
+
+
+def test_it_logs_in_with_the_provider_s_database_reads_on_the_database_threads(monkeypatch, no_database):
+    # A runner thread keeps no connection: a read of its own opened one each login (issue 19).
+    from telephony.providers.base import run_database
+
+    class RecordingDb:
+        inside = False
+
+        def run(self, operation):
+            RecordingDb.inside = True
+            try:
+                return operation()
+            finally:
+                RecordingDb.inside = False
+
+    monkeypatch.setattr(runners, "db_workers", RecordingDb)
+    reads = []
+
+    class ReadingProvider(FakeProvider):
+        def open_stream(self, spec):
+            reads.append(run_database(lambda: RecordingDb.inside))
+            return super().open_stream(spec)
+
+    run_runner(monkeypatch, ReadingProvider(10), opens=1)
+    assert reads == [True]
+    assert run_database(lambda: RecordingDb.inside) is False  # elsewhere: in the calling thread

@@ -52,7 +52,14 @@ from django.utils import timezone
 
 from ctihub.lib.http_client import HttpClient, HttpError
 from telephony.models import PbxAccount
-from telephony.providers.base import EventStream, ProviderError, SessionExpired, WebSocketStream, trust_store
+from telephony.providers.base import (
+    EventStream,
+    ProviderError,
+    SessionExpired,
+    WebSocketStream,
+    run_database,
+    trust_store,
+)
 from telephony.providers.istra.errors import LoginHeld, error_from_response, session_lost
 
 logger = logging.getLogger(__name__)
@@ -88,6 +95,8 @@ class IstraSession:
         self.username = username
         #: Where requests go: the account's base URL, or where the PBX said it moved permanently.
         self.base_url = _with_slash(getattr(account, "redirected_base_url", "") or account.base_url)
+        #: A client given is the caller's (shared by many sessions): only one made here is closed here.
+        self._owns_http = http is None
         self.http = http or HttpClient(f"istra.{app}", verify=trust_store(account.ca_bundle))
         _ignore_cookie_jar(self.http)
         self._http_without_retries: HttpClient | None = None
@@ -131,9 +140,10 @@ class IstraSession:
 
     def close(self) -> None:
         self.logout()
-        self.http.close()
-        if self._http_without_retries is not None:
-            self._http_without_retries.close()
+        if self._owns_http:  # the retry-less copy shares its adapter (a borrowed client's): left with it
+            self.http.close()
+            if self._http_without_retries is not None:
+                self._http_without_retries.close()
 
     def _login_locked(self) -> None:
         # Every login of every Istra API comes through here: the one place that holds a refused one.
@@ -183,9 +193,9 @@ class IstraSession:
         if not self._stored:
             return None
         try:
-            return PbxAccount.objects.filter(pk=self.account.pk).values(
+            return run_database(lambda: PbxAccount.objects.filter(pk=self.account.pk).values(
                 "login_refused_at", "login_refused_reason", "login_refused_credentials", "redirected_base_url",
-            ).first()
+            ).first())
         except DatabaseError as exc:  # one login too many is better than no socket during a database outage
             logger.warning("%s cannot read the account's login refusal (%s); logging in anyway", self.app, exc,
                            extra={"account_id": self.account.pk})

@@ -27,6 +27,8 @@ admin configured one, ends those calls; without one, the stale-call sweep
 from __future__ import annotations
 
 import json
+import threading
+import time
 from functools import cached_property
 
 from django.utils.translation import gettext_lazy, ngettext
@@ -42,6 +44,12 @@ LISTENER_PREFIX = "ctihub-"
 SESSION_CHECK_PATH = "v1/crm/GetTerminals"
 # Seconds between a (re)connect and its reconcile: the frames the reconnect itself brings are applied first.
 RECONCILE_DELAY_SECONDS = 2.0
+# A reconcile reads the whole account's history: one queued to run at least this long after a socket connected
+# covers that socket too. A worker joining takes hundreds of an account's sockets over, and one reconcile task
+# each (queued, then run by some worker) was a sixth of the taker's CPU a move and as much again elsewhere.
+RECONCILE_COVERS_AFTER_SECONDS = RECONCILE_DELAY_SECONDS / 2
+_reconciles_due: dict[int, float] = {}  # account id -> when its last queued reconcile runs (time.monotonic)
+_reconciles_lock = threading.Lock()
 
 
 def listener_payload(name: str, terminal_pbx_id: str) -> str:
@@ -112,7 +120,15 @@ class MyCrmProvider(Provider):
         from ctihub.lib.queueing import enqueue
         from telephony.providers.istra_enduser.tasks import reconcile_after_reconnect_task
 
-        enqueue(reconcile_after_reconnect_task, self.account.pk, countdown=RECONCILE_DELAY_SECONDS)
+        now = time.monotonic()
+        with _reconciles_lock:
+            due = _reconciles_due.get(self.account.pk)
+            if due is not None and due - now >= RECONCILE_COVERS_AFTER_SECONDS:
+                return  # the one queued runs late enough after this socket connected
+            _reconciles_due[self.account.pk] = now + RECONCILE_DELAY_SECONDS
+        if not enqueue(reconcile_after_reconnect_task, self.account.pk, countdown=RECONCILE_DELAY_SECONDS):
+            with _reconciles_lock:  # not queued: the next socket to connect queues one
+                _reconciles_due.pop(self.account.pk, None)
         yield from ()
 
     def parse_frame(self, text: str, spec: ListenerSpec) -> list[CallUpdate]:

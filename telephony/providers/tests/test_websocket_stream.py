@@ -98,3 +98,30 @@ def test_it_reads_a_frame_and_those_behind_it_in_one_read_of_the_socket():
         stream.ws.sock = real_sock
         stream.close()
     server.join(5)
+
+
+
+def test_it_reads_the_handshake_a_line_at_a_time_leaving_what_follows_the_headers_on_the_socket():
+    # websocket-client read the headers a byte per system call: a quarter of a handover's CPU (issue 19).
+    import websocket
+
+    from telephony.providers import base
+
+    assert websocket._http.recv_line is base._recv_line  # what its handshake reads the headers with
+    ours, theirs = socket.socketpair()
+    try:
+        ours.settimeout(0.5)
+        theirs.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi")
+        assert [base._recv_line(ours) for _ in range(3)] == [
+            b"HTTP/1.1 101 Switching Protocols\r\n", b"Upgrade: websocket\r\n", b"\r\n"]
+        assert ours.recv(16) == b"\x81\x02hi", "the first frame is still the socket's"
+        theirs.sendall(b"Upgr")
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            base._recv_line(ours)  # half a line, then nothing
+        theirs.sendall(b"ade: x\r\n")
+        assert base._recv_line(ours) == b"ade: x\r\n"  # the half read before the timeout is the caller's loss
+        theirs.close()
+        with pytest.raises(websocket.WebSocketConnectionClosedException):
+            base._recv_line(ours)
+    finally:
+        ours.close()

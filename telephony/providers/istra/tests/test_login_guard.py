@@ -168,3 +168,21 @@ def test_it_holds_the_myrcc_line_pulls_after_a_refused_login(sim, platform):
     for attempt in range(3):
         assert "no login sent" in pull_lines_task(account.pk, ["-5"], attempt)["error"]
     assert logins(platform) == [401]
+
+
+def test_it_reads_the_refusal_where_the_caller_says_and_still_holds_the_login(platform, enduser):
+    # A listener's runner has the read made on the supervisor's database threads (issue 19): same answer.
+    from telephony.providers.base import database_work_on
+
+    account, _ = enduser
+    refuse_the_listener(account)
+    reads = []
+
+    def on_database_threads(operation):
+        reads.append(operation)
+        return operation()
+
+    with database_work_on(on_database_threads):
+        held = refuse_the_listener(account)
+    assert "no login sent" in str(held) and len(reads) == 1
+    assert logins(platform) == [401]

@@ -482,3 +482,14 @@ def test_it_refuses_a_bundle_that_is_not_pem():
     with pytest.raises(ProviderError) as refused:
         trust_store("not a certificate")
     assert refused.value.permanent
+
+
+def test_it_leaves_open_a_client_it_was_given_and_closes_one_it_made(monkeypatch):
+    # The supervisor's sockets share one client an account (issue 19): a listener closing must not close it.
+    closed = []
+    monkeypatch.setattr(HttpClient, "close", lambda client: closed.append(client.name))
+    given, _ = make_session()
+    given.close()
+    made = IstraSession(make_account(), "myCrm", "ENDUSER:x")
+    made.close()
+    assert closed == ["istra.myCrm"]

@@ -312,3 +312,32 @@ def test_it_queues_a_reconcile_from_the_call_history_each_time_a_socket_is_bound
         provider.close_stream(spec, stream)
     assert queued == [("telephony.providers.istra_enduser.tasks.reconcile_after_reconnect_task",
                        (provider.account.pk,), 2.0)]
+
+
+def test_it_queues_one_reconcile_for_the_sockets_of_an_account_bound_within_a_second(provider, monkeypatch):
+    # A worker joining takes hundreds of the account's sockets over: the reconcile reads the whole account's
+    # history, so one queued to run a second or more after a socket connected covers it (issue 19).
+    queued = []
+
+    def enqueue(task, *args, countdown=None):
+        queued.append((args, countdown))
+        return True
+
+    monkeypatch.setattr("ctihub.lib.queueing.enqueue", enqueue)
+    now = [1000.0]
+    monkeypatch.setattr("telephony.providers.istra_mycrm.transport.time.monotonic", lambda: now[0])
+    first, second = provider.listener_specs([TERMINAL, DESK])
+    streams = []
+    try:
+        for spec, at in ((first, 1000.0), (second, 1000.9)):
+            now[0] = at
+            stream = provider_for(provider.account).open_stream(spec)
+            streams.append((spec, stream))
+            assert list(stream.initial_frames) == []
+        assert queued == [((provider.account.pk,), 2.0)]  # the second runs 1.1 s after its socket: covered
+        now[0] = 1001.1  # the queued one runs 0.9 s from now: too soon after this socket connected
+        assert list(provider_for(provider.account)._reconcile_later()) == []
+        assert queued == [((provider.account.pk,), 2.0)] * 2
+    finally:
+        for spec, stream in streams:
+            provider.close_stream(spec, stream)
