@@ -193,3 +193,78 @@ def test_it_drops_a_worker_whose_heartbeat_stopped(client):
     assert client.zcard(workers.WORKERS_KEY) == 1, "a dead worker's entry is removed"
     workers.leave(client, "alive")
     assert workers.live_workers(client, 1000) == []
+
+
+def test_it_tells_its_watchers_when_a_worker_joins_leaves_or_is_dropped_and_not_at_every_beat(client):
+    changes = workers.watch(client)
+    try:
+        def published(timeout=1.0):  # the next message published (its subscription's confirmation left out)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                message = changes.get_message(timeout=left)
+                if message is not None:
+                    return message["data"].decode()
+            return None
+
+        workers.beat(client, "joiner")
+        assert published() == "joiner"
+        workers.beat(client, "joiner")
+        assert published(0.3) is None, "a beat of a worker already live is no change"
+        workers.beat(client, "quiet")
+        assert published() == "quiet"
+        time.sleep(0.6)
+        workers.beat(client, "joiner")
+        assert workers.live_workers(client, 500) == ["joiner"]  # the read that drops "quiet" tells
+        assert published() == "dropped"
+        workers.leave(client, "joiner")
+        assert published() == "joiner"
+        workers.leave(client, "joiner")
+        assert published(0.3) is None, "leaving twice is no change"
+    finally:
+        changes.close()
+
+
+def test_it_waits_for_its_next_scan_at_its_share_and_rebalances_at_once_when_a_worker_joins(client, settings,
+                                                                                            monkeypatch):
+    from telephony.sockets.fair_share import Decision
+    from telephony.sockets.supervisor import Supervisor
+
+    settings.LISTENER_SCAN_SECONDS = 60
+    settings.LISTENER_LEASE_TTL_MS = 60000
+    live_reads, rebalances = [], []
+    real_live_workers = workers.live_workers
+
+    def live_workers(*args, **kwargs):
+        live_reads.append(time.monotonic())
+        return real_live_workers(*args, **kwargs)
+
+    def scan(self):  # one listener, none of it ours to hold: at its share with nothing under way
+        self._candidates = {IDS[0]: None}
+        self._live = real_live_workers(self._redis, self.heartbeat_ttl_ms)
+        self._last_decision = Decision(target=0, cap=1)
+
+    def rebalance(self, offer):
+        rebalances.append((time.monotonic(), offer))
+        self._live = real_live_workers(self._redis, self.heartbeat_ttl_ms)
+
+    monkeypatch.setattr(workers, "live_workers", live_workers)
+    monkeypatch.setattr(Supervisor, "_scan", scan)
+    monkeypatch.setattr(Supervisor, "_rebalance", rebalance)
+    supervisor = Supervisor(owner="at-its-share")
+    supervisor.start()
+    try:
+        time.sleep(0.5)  # its first scan and cycle, and the wake its own first beat published
+        del live_reads[:], rebalances[:]
+        time.sleep(1.5)  # six ticks of HANDOVER_TICK_SECONDS
+        assert (live_reads, rebalances) == ([], []), "it read the live workers between scans with nothing to do"
+        joined = time.monotonic()
+        workers.beat(client, "joiner")
+        deadline = time.monotonic() + 3
+        while not rebalances and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rebalances and rebalances[0][1] is True, "it did not offer its share when a worker joined"
+        assert rebalances[0][0] - joined < 0.5
+    finally:
+        stopping = time.monotonic()
+        supervisor.stop(timeout=5)
+        assert not supervisor.is_alive() and time.monotonic() - stopping < 2
