@@ -338,10 +338,11 @@ class Supervisor(threading.Thread):
             if not connection.can_read(timeout=timeout):
                 return False
             changed = False
-            while True:  # everything that came (None: the subscription's own confirmation)
+            for _ in range(100):  # everything that came (None: the subscription's own confirmation); bounded
                 changed = self._changes.get_message(timeout=0) is not None or changed
                 if not connection.can_read(timeout=0):
-                    return changed
+                    break
+            return changed
         except redis.RedisError as exc:
             # Redis gone: subscribe again on the next wait; meanwhile the ticks and scans look at the live
             # workers themselves, as they do a change missed while unsubscribed.
