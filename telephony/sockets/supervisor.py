@@ -81,7 +81,7 @@ CONNECT_CONCURRENCY = 8
 TAKING_PER_HANDOVER_SLOT = 2
 #: How often handovers under way are moved on, and offers looked at, between scans, while the worker has any under
 #: way or is off its share (``_busy``); otherwise it waits for the next renewal or scan, or a change among the
-#: live workers (``workers.CHANGES_CHANNEL``), whichever comes first.
+#: live workers (``workers.changes_channel``), whichever comes first.
 HANDOVER_TICK_SECONDS = 0.25
 #: How often a supervisor waiting for a change looks at its stop event (a wake without any Redis round trip).
 STOP_POLL_SECONDS = 0.5
@@ -133,7 +133,7 @@ class Supervisor(threading.Thread):
         self._retiring: list[ListenerRunner] = []
         self._generations: dict[int, int] = {}
         self._redis = redis_client()
-        self._changes: redis.client.PubSub | None = None  # workers.CHANGES_CHANNEL, subscribed by ``_changed``
+        self._changes: redis.client.PubSub | None = None  # workers.changes_channel, subscribed by ``_changed``
         self.leases = LeaseStore(self._redis, self.owner, self.ttl_ms)
         self.keepalives = KeepAlives(self.keepalive_seconds)
         self.session_checks = SessionChecks(settings.ISTRA_SESSION_CHECK_SECONDS)

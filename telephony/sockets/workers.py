@@ -6,7 +6,7 @@ worker whose last beat is older than ``LISTENER_HEARTBEAT_TTL_MS`` (at most the 
 by whoever reads next). A worker that stops cleanly leaves at once (``leave``) before handing its listeners over.
 
 A change of the live set (a worker's first beat, a leave, a dead worker dropped) is also published on
-``CHANGES_CHANNEL``: supervisors at their share wait on it (``watch``) instead of reading the set every tick, so
+``CHANGES_CHANNEL`` (suffixed with the Redis database: channels are not scoped by it): supervisors at their share wait on it (``watch``) instead of reading the set every tick, so
 an idle worker costs no Redis round trip between scans and still offers its surplus as soon as a worker joins.
 
 ``live_workers(client)`` is the public reading (the scale-out benchmark uses it beside
@@ -34,20 +34,26 @@ def heartbeat_ttl_ms() -> int:
     return min(settings.LISTENER_HEARTBEAT_TTL_MS, settings.LISTENER_LEASE_TTL_MS)
 
 
+def changes_channel(client: redis.Redis) -> str:
+    """``CHANGES_CHANNEL`` of ``client``'s database: a publish reaches every database's subscribers, and the
+    workers of another database (another deployment, a test run beside this one) are not ours."""
+    return f"{CHANGES_CHANNEL}:{client.connection_pool.connection_kwargs.get('db', 0)}"
+
+
 def beat(client: redis.Redis, worker: str) -> None:
     if client.zadd(WORKERS_KEY, {worker: _now_ms()}):  # new in the set: joined (or back after it expired)
-        client.publish(CHANGES_CHANNEL, worker)
+        client.publish(changes_channel(client), worker)
 
 
 def leave(client: redis.Redis, worker: str) -> None:
     if client.zrem(WORKERS_KEY, worker):
-        client.publish(CHANGES_CHANNEL, worker)
+        client.publish(changes_channel(client), worker)
 
 
 def watch(client: redis.Redis) -> redis.client.PubSub:
-    """A subscription to ``CHANGES_CHANNEL``, on a connection of its own (the caller closes it)."""
+    """A subscription to ``changes_channel(client)``, on a connection of its own (the caller closes it)."""
     changes = client.pubsub(ignore_subscribe_messages=True)
-    changes.subscribe(CHANGES_CHANNEL)
+    changes.subscribe(changes_channel(client))
     return changes
 
 
@@ -60,5 +66,5 @@ def live_workers(client: redis.Redis, ttl_ms: int | None = None) -> list[str]:
     pipe.zrangebyscore(WORKERS_KEY, oldest, "+inf")
     dropped, members = pipe.execute()
     if dropped:  # a dead worker: those at their share hear of it now, not at their next scan
-        client.publish(CHANGES_CHANNEL, "dropped")
+        client.publish(changes_channel(client), "dropped")
     return sorted(member.decode() if isinstance(member, bytes) else member for member in members)

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from telephony.sockets import workers
 from telephony.sockets.leases import OFFERS_KEY, LeaseStore, lease_key, lease_owners, offer_key, offers
@@ -220,6 +221,18 @@ def test_it_tells_its_watchers_when_a_worker_joins_leaves_or_is_dropped_and_not_
         assert published() == "joiner"
         workers.leave(client, "joiner")
         assert published(0.3) is None, "leaving twice is no change"
+        # Channels are not scoped by database: a watcher of another one (only subscribed: it writes nothing there).
+        other_database = redis.Redis(connection_pool=redis.ConnectionPool(
+            **{**client.connection_pool.connection_kwargs, "db": client.connection_pool.connection_kwargs["db"] + 1}))
+        elsewhere = workers.watch(other_database)
+        try:
+            assert elsewhere.get_message(timeout=1.0) is None  # its subscription's confirmation, left out
+            workers.beat(client, "joiner")
+            assert published() == "joiner"
+            assert elsewhere.get_message(timeout=0.3) is None, "a worker of another database is none of its own"
+        finally:
+            elsewhere.close()
+            other_database.close()
     finally:
         changes.close()
 
