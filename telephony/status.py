@@ -82,12 +82,19 @@ def touch_listener(listener_id: int, account_id: int) -> None:
 def _write_last_event(rows: set[tuple[str, int]]) -> None:
     # In SQL, as the frame path's other statements (the ORM compiled each for more than it cost to run).
     now = timezone.now()
+    statements = []
     for kind, table in (("listener", _LISTENER_TABLE), ("account", _ACCOUNT_TABLE)):
         ids = sorted(pk for row_kind, pk in rows if row_kind == kind)
         if ids:
-            with connection.cursor() as cursor:
-                cursor.execute(f"UPDATE {table} SET last_event_at = %s WHERE id IN ({', '.join(['%s'] * len(ids))})",
-                               [now, *ids])
+            statements.append((f"UPDATE {table} SET last_event_at = %s WHERE id IN ({', '.join(['%s'] * len(ids))})",
+                               [now, *ids]))
+    if len(statements) == 2 and connection.vendor == "postgresql":
+        # One round trip, not two: the listeners' UPDATE as a data-modifying CTE of the accounts' (one autocommit).
+        (listeners, listener_params), (accounts, account_params) = statements
+        statements = [(f"WITH listeners AS ({listeners}) {accounts}", [*listener_params, *account_params])]
+    with connection.cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
 
 
 _LISTENER_TABLE = connection.ops.quote_name(Listener._meta.db_table)

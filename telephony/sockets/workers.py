@@ -5,6 +5,10 @@ score the epoch milliseconds of its last beat. A supervisor beats on every cycle
 worker whose last beat is older than ``LISTENER_HEARTBEAT_TTL_MS`` (at most the lease TTL) is dead and drops out (its entry is removed
 by whoever reads next). A worker that stops cleanly leaves at once (``leave``) before handing its listeners over.
 
+A change of the live set (a worker's first beat, a leave, a dead worker dropped) is also published on
+``CHANGES_CHANNEL`` (suffixed with the Redis database: channels are not scoped by it): supervisors at their share wait on it (``watch``) instead of reading the set every tick, so
+an idle worker costs no Redis round trip between scans and still offers its surplus as soon as a worker joins.
+
 ``live_workers(client)`` is the public reading (the scale-out benchmark uses it beside
 ``telephony.sockets.leases.lease_owners``).
 """
@@ -17,6 +21,7 @@ import redis
 from django.conf import settings
 
 WORKERS_KEY = "ctihub:listener-workers"
+CHANGES_CHANNEL = "ctihub:listener-workers:changes"
 
 
 def _now_ms() -> int:
@@ -29,12 +34,27 @@ def heartbeat_ttl_ms() -> int:
     return min(settings.LISTENER_HEARTBEAT_TTL_MS, settings.LISTENER_LEASE_TTL_MS)
 
 
+def changes_channel(client: redis.Redis) -> str:
+    """``CHANGES_CHANNEL`` of ``client``'s database: a publish reaches every database's subscribers, and the
+    workers of another database (another deployment, a test run beside this one) are not ours."""
+    return f"{CHANGES_CHANNEL}:{client.connection_pool.connection_kwargs.get('db', 0)}"
+
+
 def beat(client: redis.Redis, worker: str) -> None:
-    client.zadd(WORKERS_KEY, {worker: _now_ms()})
+    if client.zadd(WORKERS_KEY, {worker: _now_ms()}):  # new in the set: joined (or back after it expired)
+        client.publish(changes_channel(client), worker)
 
 
 def leave(client: redis.Redis, worker: str) -> None:
-    client.zrem(WORKERS_KEY, worker)
+    if client.zrem(WORKERS_KEY, worker):
+        client.publish(changes_channel(client), worker)
+
+
+def watch(client: redis.Redis) -> redis.client.PubSub:
+    """A subscription to ``changes_channel(client)``, on a connection of its own (the caller closes it)."""
+    changes = client.pubsub(ignore_subscribe_messages=True)
+    changes.subscribe(changes_channel(client))
+    return changes
 
 
 def live_workers(client: redis.Redis, ttl_ms: int | None = None) -> list[str]:
@@ -44,5 +64,7 @@ def live_workers(client: redis.Redis, ttl_ms: int | None = None) -> list[str]:
     pipe = client.pipeline(transaction=False)
     pipe.zremrangebyscore(WORKERS_KEY, "-inf", f"({oldest}")
     pipe.zrangebyscore(WORKERS_KEY, oldest, "+inf")
-    _, members = pipe.execute()
+    dropped, members = pipe.execute()
+    if dropped:  # a dead worker: those at their share hear of it now, not at their next scan
+        client.publish(changes_channel(client), "dropped")
     return sorted(member.decode() if isinstance(member, bytes) else member for member in members)

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from telephony.sockets import workers
 from telephony.sockets.leases import OFFERS_KEY, LeaseStore, lease_key, lease_owners, offer_key, offers
@@ -205,3 +206,90 @@ def test_it_takes_and_hands_off_many_in_one_go_as_one_by_one(client):
     assert old.hand_off_many([(9101, "new"), (9102, "new")]) == {9101: True, 9102: False}, "9102 not up yet"
     assert lease_owners(client, IDS) == {9101: "new", 9102: "old", 9103: "old"}
     assert old.hand_off_many([]) == {} and new.take_many([]) == {}
+
+
+def test_it_tells_its_watchers_when_a_worker_joins_leaves_or_is_dropped_and_not_at_every_beat(client):
+    changes = workers.watch(client)
+    try:
+        def published(timeout=1.0):  # the next message published (its subscription's confirmation left out)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                message = changes.get_message(timeout=left)
+                if message is not None:
+                    return message["data"].decode()
+            return None
+
+        workers.beat(client, "joiner")
+        assert published() == "joiner"
+        workers.beat(client, "joiner")
+        assert published(0.3) is None, "a beat of a worker already live is no change"
+        workers.beat(client, "quiet")
+        assert published() == "quiet"
+        time.sleep(0.6)
+        workers.beat(client, "joiner")
+        assert workers.live_workers(client, 500) == ["joiner"]  # the read that drops "quiet" tells
+        assert published() == "dropped"
+        workers.leave(client, "joiner")
+        assert published() == "joiner"
+        workers.leave(client, "joiner")
+        assert published(0.3) is None, "leaving twice is no change"
+        # Channels are not scoped by database: a watcher of another one (only subscribed: it writes nothing there).
+        other_database = redis.Redis(connection_pool=redis.ConnectionPool(
+            **{**client.connection_pool.connection_kwargs, "db": client.connection_pool.connection_kwargs["db"] + 1}))
+        elsewhere = workers.watch(other_database)
+        try:
+            assert elsewhere.get_message(timeout=1.0) is None  # its subscription's confirmation, left out
+            workers.beat(client, "joiner")
+            assert published() == "joiner"
+            assert elsewhere.get_message(timeout=0.3) is None, "a worker of another database is none of its own"
+        finally:
+            elsewhere.close()
+            other_database.close()
+    finally:
+        changes.close()
+
+
+def test_it_waits_for_its_next_scan_at_its_share_and_rebalances_at_once_when_a_worker_joins(client, settings,
+                                                                                            monkeypatch):
+    from telephony.sockets.fair_share import Decision
+    from telephony.sockets.supervisor import Supervisor
+
+    settings.LISTENER_SCAN_SECONDS = 60
+    settings.LISTENER_LEASE_TTL_MS = 60000
+    live_reads, rebalances = [], []
+    real_live_workers = workers.live_workers
+
+    def live_workers(*args, **kwargs):
+        live_reads.append(time.monotonic())
+        return real_live_workers(*args, **kwargs)
+
+    def scan(self):  # one listener, none of it ours to hold: at its share with nothing under way
+        self._candidates = {IDS[0]: None}
+        self._live = real_live_workers(self._redis, self.heartbeat_ttl_ms)
+        self._last_decision = Decision(target=0, cap=1)
+
+    def rebalance(self, offer):
+        rebalances.append((time.monotonic(), offer))
+        self._live = real_live_workers(self._redis, self.heartbeat_ttl_ms)
+
+    monkeypatch.setattr(workers, "live_workers", live_workers)
+    monkeypatch.setattr(Supervisor, "_scan", scan)
+    monkeypatch.setattr(Supervisor, "_rebalance", rebalance)
+    supervisor = Supervisor(owner="at-its-share")
+    supervisor.start()
+    try:
+        time.sleep(0.5)  # its first scan and cycle, and the wake its own first beat published
+        del live_reads[:], rebalances[:]
+        time.sleep(1.5)  # six ticks of HANDOVER_TICK_SECONDS
+        assert (live_reads, rebalances) == ([], []), "it read the live workers between scans with nothing to do"
+        joined = time.monotonic()
+        workers.beat(client, "joiner")
+        deadline = time.monotonic() + 3
+        while not rebalances and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rebalances and rebalances[0][1] is True, "it did not offer its share when a worker joined"
+        assert rebalances[0][0] - joined < 0.5
+    finally:
+        stopping = time.monotonic()
+        supervisor.stop(timeout=5)
+        assert not supervisor.is_alive() and time.monotonic() - stopping < 2
