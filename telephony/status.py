@@ -18,7 +18,11 @@ from telephony.models import Listener, PbxAccount
 
 
 def set_listener_state(listener_id: int, state: str, *, owner: str | None = None, error: str | None = None) -> None:
-    now = timezone.now()
+    Listener.objects.filter(pk=listener_id).update(**_state_fields(state, timezone.now(), owner, error))
+
+
+def _state_fields(state: str, now, owner: str | None, error: str | None) -> dict:
+    """What a listener's row says of a new state: one definition for one socket and for many at once."""
     fields: dict = {"state": state, "updated_at": now}
     if owner is not None:
         fields["owner"] = owner
@@ -28,7 +32,7 @@ def set_listener_state(listener_id: int, state: str, *, owner: str | None = None
         fields["connected_since"] = now
     elif state in (Listener.State.BACKOFF, Listener.State.IDLE, Listener.State.STOPPED, Listener.State.FAILED):
         fields["connected_since"] = None
-    Listener.objects.filter(pk=listener_id).update(**fields)
+    return fields
 
 
 def set_listeners_connected(connected: list[tuple[int, int, str]]) -> None:
@@ -37,7 +41,7 @@ def set_listeners_connected(connected: list[tuple[int, int, str]]) -> None:
     now = timezone.now()
     for owner in sorted({owner for _, _, owner in connected}):
         Listener.objects.filter(pk__in=sorted({i for i, _, o in connected if o == owner})).update(
-            state=Listener.State.CONNECTED, updated_at=now, owner=owner, last_error="", connected_since=now)
+            **_state_fields(Listener.State.CONNECTED, now, owner, ""))
     for account_id in sorted({account_id for _, account_id, _ in connected}):
         set_account_status(account_id, PbxAccount.Status.CONNECTED)
 

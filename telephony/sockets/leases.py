@@ -200,10 +200,30 @@ class LeaseStore:
         return value.decode() if value else None
 
     # --- handover (see the module's docstring) ---------------------------------------------
+    # Each script's keys and arguments are made in one place, for one listener and for many in one round trip.
+    def _offer_call(self, listener_id: int) -> tuple[list, list]:
+        return [lease_key(listener_id), offer_key(listener_id), OFFERS_KEY], [self.owner, self.ttl_ms, listener_id]
+
+    def _take_call(self, listener_id: int, owner: str) -> tuple[list, list]:
+        return ([lease_key(listener_id), offer_key(listener_id), OFFERS_KEY],
+                [owner, self.owner, self.ttl_ms, listener_id])
+
+    def _claim_call(self, listener_id: int, owner: str, ready: bool) -> tuple[list, list]:
+        return [lease_key(listener_id), offer_key(listener_id)], [owner, self.owner, "1" if ready else "0", self.ttl_ms]
+
+    def _hand_off_call(self, listener_id: int, taker: str) -> tuple[list, list]:
+        return [lease_key(listener_id), offer_key(listener_id)], [self.owner, taker, self.ttl_ms]
+
+    def _in_one_round_trip(self, script, calls: list[tuple[list, list]]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return pipe.execute()
+
     def offer(self, listener_id: int) -> bool:
         """Offer a listener this worker holds (again: an untaken offer is renewed)."""
-        keys = [lease_key(listener_id), offer_key(listener_id), OFFERS_KEY]
-        return bool(self._offer(keys=keys, args=[self.owner, self.ttl_ms, listener_id]))
+        keys, args = self._offer_call(listener_id)
+        return bool(self._offer(keys=keys, args=args))
 
     def withdraw(self, listener_id: int) -> bool:
         """Take back an offer nobody took (a taken one is the taker's to finish or let expire)."""
@@ -212,53 +232,41 @@ class LeaseStore:
 
     def take(self, listener_id: int, owner: str) -> bool:
         """Take ``owner``'s offer of a listener; False if another taker was first or the offer is gone."""
-        keys = [lease_key(listener_id), offer_key(listener_id), OFFERS_KEY]
-        return bool(self._take(keys=keys, args=[owner, self.owner, self.ttl_ms, listener_id]))
+        keys, args = self._take_call(listener_id, owner)
+        return bool(self._take(keys=keys, args=args))
 
     def offer_many(self, listener_ids: list[int]) -> dict[int, bool]:
         """``offer`` for many in one round trip: a worker leaving offers all it holds, and renews the offers."""
         if not listener_ids:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for listener_id in listener_ids:
-            self._offer(keys=[lease_key(listener_id), offer_key(listener_id), OFFERS_KEY],
-                        args=[self.owner, self.ttl_ms, listener_id], client=pipe)
-        return {listener_id: bool(done) for listener_id, done in zip(listener_ids, pipe.execute())}
+        done = self._in_one_round_trip(self._offer, [self._offer_call(listener_id) for listener_id in listener_ids])
+        return {listener_id: bool(result) for listener_id, result in zip(listener_ids, done)}
 
     def claim(self, listener_id: int, owner: str, ready: bool) -> int:
         """The taker's renewal of a handover: 2 the lease is ours now, 1 still under way, 0 lost."""
-        keys = [lease_key(listener_id), offer_key(listener_id)]
-        return int(self._claim(keys=keys, args=[owner, self.owner, "1" if ready else "0", self.ttl_ms]))
+        keys, args = self._claim_call(listener_id, owner, ready)
+        return int(self._claim(keys=keys, args=args))
 
     def claim_many(self, claims: list[tuple[int, str, bool]]) -> dict[int, int]:
         """``claim`` for many (listener id, owner, ready) in one round trip: a worker takes hundreds at a join."""
         if not claims:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for listener_id, owner, ready in claims:
-            self._claim(keys=[lease_key(listener_id), offer_key(listener_id)],
-                        args=[owner, self.owner, "1" if ready else "0", self.ttl_ms], client=pipe)
-        return {claim[0]: int(result) for claim, result in zip(claims, pipe.execute())}
+        done = self._in_one_round_trip(self._claim, [self._claim_call(*claim) for claim in claims])
+        return {claim[0]: int(result) for claim, result in zip(claims, done)}
 
     def take_many(self, takes: list[tuple[int, str]]) -> dict[int, bool]:
         """``take`` for many (listener id, owner) in one round trip: a worker joining takes dozens a tick."""
         if not takes:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for listener_id, owner in takes:
-            self._take(keys=[lease_key(listener_id), offer_key(listener_id), OFFERS_KEY],
-                       args=[owner, self.owner, self.ttl_ms, listener_id], client=pipe)
-        return {take[0]: bool(result) for take, result in zip(takes, pipe.execute())}
+        done = self._in_one_round_trip(self._take, [self._take_call(*take) for take in takes])
+        return {take[0]: bool(result) for take, result in zip(takes, done)}
 
     def hand_off_many(self, hand_offs: list[tuple[int, str]]) -> dict[int, bool]:
         """``hand_off`` for many (listener id, taker) in one round trip: an owner hands dozens off a tick."""
         if not hand_offs:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for listener_id, taker in hand_offs:
-            self._hand_off(keys=[lease_key(listener_id), offer_key(listener_id)],
-                           args=[self.owner, taker, self.ttl_ms], client=pipe)
-        return {hand_off[0]: bool(result) for hand_off, result in zip(hand_offs, pipe.execute())}
+        done = self._in_one_round_trip(self._hand_off, [self._hand_off_call(*hand_off) for hand_off in hand_offs])
+        return {hand_off[0]: bool(result) for hand_off, result in zip(hand_offs, done)}
 
     def call_off(self, listener_id: int, owner: str) -> bool:
         """The taker gives a handover up: the state goes at once, so the owner (which never closed) sees it
@@ -268,5 +276,5 @@ class LeaseStore:
 
     def hand_off(self, listener_id: int, taker: str) -> bool:
         """The owner's last step: the lease becomes the taker's, whose socket is up."""
-        keys = [lease_key(listener_id), offer_key(listener_id)]
-        return bool(self._hand_off(keys=keys, args=[self.owner, taker, self.ttl_ms]))
+        keys, args = self._hand_off_call(listener_id, taker)
+        return bool(self._hand_off(keys=keys, args=args))

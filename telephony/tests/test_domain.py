@@ -400,22 +400,29 @@ def test_it_stores_a_frame_repeated_within_a_burst_once(account, published):
     assert Call.objects.get().version == 2
 
 
-@pytest.mark.django_db
-def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(account, published, monkeypatch):
-    apply_call_update(update(account, u.RINGING, "callRinging", pbx_call_id="-1"))
+def lock_missing_the_other_workers_call_once(monkeypatch) -> dict:
+    """The next lock reads no call, as if it came before another worker's INSERT committed; the returned
+    dict's ``left`` says whether that read is still to come."""
     real_lock = domain._lock_calls
     blind = {"left": 1}
 
-    def lock_missing_the_other_workers_call(cursor, updates):
+    def lock(cursor, updates):
         if blind["left"]:
             blind["left"] -= 1
-            return {}, real_lock(cursor, updates)[1]  # as if our read came before the other worker's insert committed
+            return {}, real_lock(cursor, updates)[1]
         return real_lock(cursor, updates)
 
-    monkeypatch.setattr(domain, "_lock_calls", lock_missing_the_other_workers_call)
+    monkeypatch.setattr(domain, "_lock_calls", lock)
+    return blind
+
+
+@pytest.mark.django_db
+def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(account, published, monkeypatch):
+    apply_call_update(update(account, u.RINGING, "callRinging", pbx_call_id="-1"))
+    blind = lock_missing_the_other_workers_call_once(monkeypatch)
     applied = apply_call_updates([update(account, u.TALKING, "callTalking", 2, pbx_call_id="-1"),
                                   update(account, u.RINGING, "callRinging", 3, pbx_call_id="-2")])
-    assert [a.changed for a in applied] == [True, True]
+    assert [a.changed for a in applied] == [True, True] and blind["left"] == 0  # the blind read did happen
     assert Call.objects.get(pbx_call_id="-1").state == Call.State.TALKING
     assert Call.objects.count() == 2 and CallEvent.objects.count() == 3
 
@@ -424,16 +431,7 @@ def test_it_applies_a_burst_one_by_one_when_another_worker_created_a_call_first(
 def test_it_applies_a_ringing_frame_again_when_another_worker_stored_its_call_first(account, published, monkeypatch):
     # The new call's INSERT rides in the event's statement: its IntegrityError must still lead to the retry.
     apply_call_update(update(account, u.RINGING, "callRinging", pbx_call_id="-1"))
-    real_lock = domain._lock_calls
-    blind = {"left": 1}
-
-    def lock_missing_the_other_workers_call(cursor, updates):
-        if blind["left"]:
-            blind["left"] -= 1
-            return {}, real_lock(cursor, updates)[1]  # as if our read came before the other worker's insert committed
-        return real_lock(cursor, updates)
-
-    monkeypatch.setattr(domain, "_lock_calls", lock_missing_the_other_workers_call)
+    blind = lock_missing_the_other_workers_call_once(monkeypatch)
     [applied] = apply_call_updates([update(account, u.TALKING, "callTalking", 2, pbx_call_id="-1")])
     assert applied.changed and blind["left"] == 0
     assert Call.objects.get().state == Call.State.TALKING and CallEvent.objects.count() == 2
