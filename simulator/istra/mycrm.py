@@ -25,7 +25,7 @@ from aiohttp import web
 
 from simulator.istra import errors
 from simulator.istra.calls import DROPPED, HELD, RINGING, TALKING, Line, Transition
-from simulator.istra.push import send_to_session
+from simulator.istra.push import once, send_to_session
 from simulator.istra.sessions import Session, authenticated, bean_of, split_enduser, world_of
 from simulator.istra.world import IstraWorld
 
@@ -132,8 +132,8 @@ def publisher(world: IstraWorld):
     """The CallBook observer that pushes events to the live sessions listening to the terminal.
 
     A session that has expired gets nothing, even if its websocket was left open. The line's
-    ``reported_by["myCrm"]`` records the state once the event reached a socket that delivers
-    (not a silent one): a call that rang and ended while no socket was bound is one no myCrm
+    ``reported_by["myCrm"]`` records the state once the event has been written to a socket
+    (not withheld by a silent one): a call that rang and ended while no socket was bound is one no myCrm
     client could know of.
     """
 
@@ -141,14 +141,12 @@ def publisher(world: IstraWorld):
         event = event_for(transition)
         if event is None:
             return
-        line = transition.line
-        delivered = False
+        line, state = transition.line, transition.line.state
+        # Told once the frame has left a socket, whichever session's socket writes it first.
+        told = once(lambda: line.report(APP, state))
         for session in world.sessions.of_app(APP):
             for listener in list(session.listeners.values()):
                 if line.extension_id in listener.bound_terminals:
-                    send_to_session(session, listener.name, [event])
-                    delivered = delivered or any(not socket.silent for socket in session.sockets)
-        if delivered:
-            line.report(APP, line.state)
+                    send_to_session(session, listener.name, [event], told)
 
     return publish

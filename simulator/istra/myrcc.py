@@ -225,13 +225,13 @@ def _start_monitoring(world: IstraWorld, session: Session, listener_name: str) -
         )
 
 
-def _render_for_push(world: IstraWorld, session: Session, line_id: str) -> dict[str, Any] | None:
+def _render_for_push(world: IstraWorld, session: Session, line_id: str):
+    """The line's snapshot, and what to call once a socket has written it: the state is then told."""
     line = world.calls.line(line_id)
     if line is None or not _line_visible(world, line, session):
         return None
-    if any(not socket.silent for socket in session.sockets):
-        line.report(APP, line.state)
-    return snapshot(world, line)
+    state = line.state
+    return snapshot(world, line), lambda: line.report(APP, state)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -59,10 +59,11 @@ class Socket:
         self._writer = asyncio.ensure_future(self._write())
 
     def send(self, frame: dict[str, Any]) -> None:
-        self._outbox.put_nowait(json.dumps(frame))
+        self._outbox.put_nowait((json.dumps(frame), None))
 
-    def send_raw(self, text: str) -> None:
-        self._outbox.put_nowait(text)
+    def send_raw(self, text: str, on_delivered: Callable[[], None] | None = None) -> None:
+        """Queue ``text``; ``on_delivered`` is called once it has gone out, not when a silent socket drops it."""
+        self._outbox.put_nowait((text, on_delivered))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close after the frames already queued have gone out."""
@@ -77,17 +78,22 @@ class Socket:
     async def _write(self) -> None:
         while True:
             item = await self._outbox.get()
-            if isinstance(item, tuple) and item[0] is _CLOSE:
+            if item[0] is _CLOSE:
                 await self.ws.close(code=item[1], message=item[2].encode())
                 return
+            # Silence is read when the frame would leave, not when it was queued: a frame queued just before
+            # a fault is lost with the others, and must not count as told.
             if self.silent:
                 self.frames_withheld += 1
                 continue
+            text, on_delivered = item
             try:
-                await self.ws.send_str(item)
+                await self.ws.send_str(text)
                 self.frames_sent += 1
                 if self.on_sent is not None:
-                    self.on_sent(item)
+                    self.on_sent(text)
+                if on_delivered is not None:
+                    on_delivered()
             except (ConnectionError, RuntimeError) as exc:  # the peer went away mid-send
                 logger.info("istra websocket send failed: %s", exc)
                 return
@@ -96,13 +102,30 @@ class Socket:
         self._writer.cancel()
 
 
-def send_to_session(session: Session, listener_name: str, items: list[dict[str, Any]]) -> None:
+def once(callback: Callable[[], None] | None) -> Callable[[], None] | None:
+    """``callback``, called at most once whichever of several sockets delivers first."""
+    if callback is None:
+        return None
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            callback()
+
+    return call
+
+
+def send_to_session(session: Session, listener_name: str, items: list[dict[str, Any]],
+                    on_delivered: Callable[[], None] | None = None) -> None:
+    """Send a frame to every socket of ``session``; ``on_delivered`` once one of them has written it."""
     sockets = list(session.sockets)
     if not sockets:
         return
     text = json.dumps({"listenerName": listener_name, "item": items})  # once, whatever the sockets
     for socket in sockets:
-        socket.send_raw(text)
+        socket.send_raw(text, on_delivered)
 
 
 async def ws_service(request: web.Request) -> web.StreamResponse:
@@ -144,7 +167,7 @@ class Coalescer:
         self,
         session: Session,
         listener_name: str,
-        render: Callable[[str], dict[str, Any] | None],
+        render: Callable[[str], tuple[dict[str, Any], Callable[[], None] | None] | None],
         interval: Callable[[], float],
     ):
         self.session = session
@@ -172,9 +195,10 @@ class Coalescer:
         self._last_flush = time.monotonic()
         dirty, self._dirty = list(self._dirty), {}
         for line_id in dirty:
-            item = self._render(line_id)
-            if item is not None:
-                send_to_session(self.session, self.listener_name, [item])
+            rendered = self._render(line_id)
+            if rendered is not None:
+                item, on_delivered = rendered
+                send_to_session(self.session, self.listener_name, [item], once(on_delivered))
 
     def cancel(self) -> None:
         if self._timer is not None:

@@ -339,6 +339,28 @@ def test_it_does_not_count_a_mycrm_event_lost_on_a_silent_socket_as_told(platfor
     assert line(platform, call_id)["reportedBy"]["myCrm"] == []
 
 
+
+def test_it_counts_as_told_only_a_frame_written_before_its_socket_went_silent(platform):
+    """The frame is queued, then the path dies before the socket's writer sends it: lost, so not told. Seen once
+    in CI: a myCrm ``talking`` queued just before a half-open fault counted as told, and the check expected
+    the hub to know the call was answered."""
+    import concurrent.futures
+
+    socket = listen_mycrm(logged_in(platform, "myCrm"))
+    world = platform.state.istra
+    done: concurrent.futures.Future = concurrent.futures.Future()
+
+    def ring_then_die() -> None:  # one loop callback: the writer task cannot run between the two
+        done.set_result(world.incoming_call(TERMINAL, "0612345678").line_id)
+        world.mute_pings(None, silent=True)
+
+    world.loop.call_soon_threadsafe(ring_then_die)
+    call_id = done.result(timeout=5)
+
+    socket.assert_silent(0.3)
+    assert line(platform, call_id)["reportedBy"]["myCrm"] == []
+
+
 def test_it_reports_nothing_to_myistra_for_a_terminal_without_an_owner(platform):
     platform.state.istra.add_extension("42", "142")
     world = platform.state.istra
