@@ -1,4 +1,11 @@
-"""A tiny run of every benchmark, so the scripts in bench/ cannot rot (their figures live in docs/performance.md)."""
+"""What the benchmark smoke tests share: each benchmark's tiny arguments, how it is run, what its output must show.
+
+The tests are split over three modules (``test_popup.py``, ``test_makecall.py``, ``test_pipeline.py``) so that
+``--dist loadfile`` runs them in three test processes at once: as one module they held one process for 2.5
+minutes on a fast machine, over 5 on one half as fast, and ended the suite alone. Each test process gets its own
+benchmark database and Redis database (``bench_env``), so two benchmarks running at once cannot take each
+other's tasks.
+"""
 
 import os
 import re
@@ -6,11 +13,7 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
 from tests.support.processes import REPO
-
-pytestmark = pytest.mark.e2e
 
 BENCHMARKS = {
     "upload_backlog": ["--calls", "120"],
@@ -34,14 +37,20 @@ BENCHMARKS = {
 
 
 def bench_env() -> dict[str, str]:
+    """The benchmark's environment: a database and a Redis database of its own, one per test process."""
     from django.conf import settings
+
+    from tests.support.parallel import BENCHMARK_DATABASES, worker_index
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
     redis_base = settings.REDIS_URL.rsplit("/", 1)[0]
-    # Their own database and Redis database, so a benchmark run beside the suite cannot disturb them.
-    env.update(BENCH_DATABASE_URL=os.environ.get("BENCH_SMOKE_DATABASE_URL",
-                                                 "postgres://postgres@127.0.0.1:5432/ctihub_bench_smoke"),
-               BENCH_REDIS_URL=os.environ.get("BENCH_SMOKE_REDIS_URL", f"{redis_base}/15"), PYTHONPATH=str(REPO))
+    index = worker_index()
+    # Redis databases 15, 14, 13 for test processes 0, 1, 2 (the suite's own stay below BENCHMARK_DATABASES).
+    redis_db = 15 - index % (16 - BENCHMARK_DATABASES)
+    database = os.environ.get("BENCH_SMOKE_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ctihub_bench_smoke")
+    env.update(BENCH_DATABASE_URL=database + (f"_{index}" if index else ""),
+               BENCH_REDIS_URL=os.environ.get("BENCH_SMOKE_REDIS_URL", f"{redis_base}/{redis_db}"),
+               PYTHONPATH=str(REPO))
     return env
 
 
@@ -69,9 +78,8 @@ def run_benchmark(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
-@pytest.mark.timeout(RUN_LIMIT_S + 60)
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_it_runs_the_benchmark_and_prints_its_figures(name):
+def run_and_check(name: str) -> None:
+    """Run the benchmark ``name`` ("module" or "module:variant") tiny, and check what it printed."""
     module = name.split(":")[0]
     done = run_benchmark([sys.executable, "-m", f"bench.{module}", *BENCHMARKS[name]])
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

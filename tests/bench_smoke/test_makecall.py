@@ -1,0 +1,15 @@
+"""A tiny run of each request benchmark: makeCallUrl's cost, parts and sweep; the upload backlog; ingest."""
+
+import pytest
+
+from tests.bench_smoke.runner import RUN_LIMIT_S, run_and_check
+
+pytestmark = pytest.mark.e2e
+
+NAMES = ['makecall_overhead', 'makecall_overhead:sweep', 'makecall_parts', 'upload_backlog', 'ingest']
+
+
+@pytest.mark.timeout(RUN_LIMIT_S + 60)
+@pytest.mark.parametrize("name", NAMES)
+def test_it_runs_the_benchmark_and_prints_its_figures(name):
+    run_and_check(name)

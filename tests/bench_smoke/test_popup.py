@@ -1,0 +1,15 @@
+"""A tiny run of each pop-up benchmark: latency, the sweep, the storms, the keep-alives."""
+
+import pytest
+
+from tests.bench_smoke.runner import RUN_LIMIT_S, run_and_check
+
+pytestmark = pytest.mark.e2e
+
+NAMES = ['popup_latency', 'popup_latency:keepalive', 'popup_latency:storm', 'popup_latency:storm_one_process', 'popup_latency:sweep']
+
+
+@pytest.mark.timeout(RUN_LIMIT_S + 60)
+@pytest.mark.parametrize("name", NAMES)
+def test_it_runs_the_benchmark_and_prints_its_figures(name):
+    run_and_check(name)
