@@ -110,8 +110,9 @@ PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rs
 if urlparse(PUBLIC_BASE_URL).scheme not in ("http", "https"):
     raise ImproperlyConfigured(f"PUBLIC_BASE_URL={PUBLIC_BASE_URL!r} must be an http(s) URL")
 
+# Not "daphne": its app only swaps runserver for an ASGI one, and ctihub is served by `manage.py web` (daphne
+# itself). As an app it loaded Twisted into every process, Celery workers included: 0.19 s of CPU each start.
 INSTALLED_APPS = [
-    "daphne",
     "ctihub.apps.CtihubAdminConfig",  # django.contrib.admin, its site ctihub's (ctihub/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
