@@ -2,9 +2,9 @@
 
 The tests are split over three modules (``test_popup.py``, ``test_makecall.py``, ``test_pipeline.py``) so that
 ``--dist loadfile`` runs them in three test processes at once: as one module they held one process for 2.5
-minutes on a fast machine, over 5 on one half as fast, and ended the suite alone. Each test process gets its own
-benchmark database and Redis database (``bench_env``), so two benchmarks running at once cannot take each
-other's tasks.
+minutes on a fast machine, over 5 on one half as fast, and ended the suite alone. Each module gets its own
+module its own benchmark database and Redis database (``bench_env``), so two benchmarks running at once cannot
+take each other's tasks.
 """
 
 import os
@@ -36,20 +36,20 @@ BENCHMARKS = {
 }
 
 
-def bench_env() -> dict[str, str]:
-    """The benchmark's environment: a database and a Redis database of its own, one per test process."""
+def bench_env(slot: int) -> dict[str, str]:
+    """The benchmark's environment: a database and a Redis database of the smoke module's own (``slot`` 0-2)."""
     from django.conf import settings
 
-    from tests.support.parallel import BENCHMARK_DATABASES, worker_index
+    from tests.support.parallel import BENCHMARK_DATABASES
 
+    assert 0 <= slot < 16 - BENCHMARK_DATABASES, slot
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
     redis_base = settings.REDIS_URL.rsplit("/", 1)[0]
-    index = worker_index()
-    # Redis databases 15, 14, 13 for test processes 0, 1, 2 (the suite's own stay below BENCHMARK_DATABASES).
-    redis_db = 15 - index % (16 - BENCHMARK_DATABASES)
+    # Per module, not per test process: a module runs in one process, so however many processes there are, two
+    # modules running at once never share a database (Redis 15, 14, 13; the suite's own stay below 13).
     database = os.environ.get("BENCH_SMOKE_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/ctihub_bench_smoke")
-    env.update(BENCH_DATABASE_URL=database + (f"_{index}" if index else ""),
-               BENCH_REDIS_URL=os.environ.get("BENCH_SMOKE_REDIS_URL", f"{redis_base}/{redis_db}"),
+    env.update(BENCH_DATABASE_URL=database + (f"_{slot}" if slot else ""),
+               BENCH_REDIS_URL=os.environ.get("BENCH_SMOKE_REDIS_URL", f"{redis_base}/{15 - slot}"),
                PYTHONPATH=str(REPO))
     return env
 
@@ -58,8 +58,8 @@ def bench_env() -> dict[str, str]:
 RUN_LIMIT_S = 300
 
 
-def run_benchmark(argv: list[str]) -> subprocess.CompletedProcess:
-    process = subprocess.Popen(argv, cwd=REPO, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def run_benchmark(argv: list[str], slot: int = 0) -> subprocess.CompletedProcess:
+    process = subprocess.Popen(argv, cwd=REPO, env=bench_env(slot), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
         stdout, stderr = process.communicate(timeout=RUN_LIMIT_S)
@@ -78,10 +78,11 @@ def run_benchmark(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
-def run_and_check(name: str) -> None:
-    """Run the benchmark ``name`` ("module" or "module:variant") tiny, and check what it printed."""
+def run_and_check(name: str, slot: int) -> None:
+    """Run the benchmark ``name`` ("module" or "module:variant") tiny on the databases of ``slot`` (one per smoke
+    module), and check what it printed."""
     module = name.split(":")[0]
-    done = run_benchmark([sys.executable, "-m", f"bench.{module}", *BENCHMARKS[name]])
+    done = run_benchmark([sys.executable, "-m", f"bench.{module}", *BENCHMARKS[name]], slot)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     figures = dict(re.findall(r"^(\w+): (\S+)", done.stdout, re.M))
     for zero in ("limit_errors", "duplicates", "cards_lost", "cards_duplicated", "errors"):

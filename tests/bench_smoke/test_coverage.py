@@ -21,3 +21,11 @@ def test_it_runs_every_benchmark_in_exactly_one_smoke_module():
 def test_it_has_a_tiny_run_of_every_benchmark_module():
     modules = {path.stem for path in (REPO / "bench").glob("*.py")} - NOT_BENCHMARKS
     assert modules == {name.split(":")[0] for name in BENCHMARKS}
+
+
+def test_it_gives_each_smoke_module_databases_of_its_own():
+    """Modules run side by side in any two test processes: the same databases would mix their tasks."""
+    from tests.bench_smoke.runner import bench_env
+
+    envs = [bench_env(module.SLOT) for module in (test_popup, test_makecall, test_pipeline)]
+    assert len({env["BENCH_REDIS_URL"] for env in envs}) == len({env["BENCH_DATABASE_URL"] for env in envs}) == 3

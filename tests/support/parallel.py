@@ -5,7 +5,7 @@ reads the same ``REDIS_URL``: their Celery queues, leases, channel groups and ra
 hub of one worker running the other's tasks. Loaded with ``-p`` (pytest.ini), before pytest-django
 reads the settings, so the settings and every process a test starts see the worker's own database:
 ``gw0`` keeps the configured one, ``gwN`` takes the N-th next (below 13: the benchmarks use 14 and 15, and the
-benchmark smoke tests 15, 14 and 13, one per test process: ``tests/bench_smoke/runner.py``).
+benchmark smoke modules 15, 14 and 13, one each: ``tests/bench_smoke/runner.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,6 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 
 BENCHMARK_DATABASES = 13
-
-
-def worker_index() -> int:
-    """This test process's index: N for xdist's ``gwN``, 0 when the tests run in one process."""
-    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 
 
 def _worker_redis_url(url: str, worker: str) -> str:
