@@ -78,6 +78,18 @@ def run_benchmark(argv: list[str], slot: int = 0) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
+def smoke_test(slot: int, names: list[str]):
+    """A smoke module's test: each benchmark of ``names`` run tiny on the databases of ``slot``, a test each."""
+    import pytest
+
+    @pytest.mark.timeout(RUN_LIMIT_S + 60)
+    @pytest.mark.parametrize("name", names)
+    def test_it_runs_the_benchmark_and_prints_its_figures(name):
+        run_and_check(name, slot)
+
+    return test_it_runs_the_benchmark_and_prints_its_figures
+
+
 def run_and_check(name: str, slot: int) -> None:
     """Run the benchmark ``name`` ("module" or "module:variant") tiny on the databases of ``slot`` (one per smoke
     module), and check what it printed."""
