@@ -142,7 +142,7 @@ def publisher(world: IstraWorld):
         if event is None:
             return
         line, state = transition.line, transition.line.state
-        # Told once the frame has left a socket, whichever session's socket writes it first.
+        # Told once, whichever session's socket writes the frame first (send_to_session: once per session).
         told = once(lambda: line.report(APP, state))
         for session in world.sessions.of_app(APP):
             for listener in list(session.listeners.values()):

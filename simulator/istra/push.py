@@ -119,10 +119,11 @@ def once(callback: Callable[[], None] | None) -> Callable[[], None] | None:
 
 def send_to_session(session: Session, listener_name: str, items: list[dict[str, Any]],
                     on_delivered: Callable[[], None] | None = None) -> None:
-    """Send a frame to every socket of ``session``; ``on_delivered`` once one of them has written it."""
+    """Send a frame to every socket of ``session``; ``on_delivered`` once, when the first of them has written it."""
     sockets = list(session.sockets)
     if not sockets:
         return
+    on_delivered = once(on_delivered)  # here, not in each caller: a session may have an old and a new socket
     text = json.dumps({"listenerName": listener_name, "item": items})  # once, whatever the sockets
     for socket in sockets:
         socket.send_raw(text, on_delivered)
@@ -198,7 +199,7 @@ class Coalescer:
             rendered = self._render(line_id)
             if rendered is not None:
                 item, on_delivered = rendered
-                send_to_session(self.session, self.listener_name, [item], once(on_delivered))
+                send_to_session(self.session, self.listener_name, [item], on_delivered)
 
     def cancel(self) -> None:
         if self._timer is not None:
