@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from ctihub.lib.brief_cache import BriefCache, copy_value
 from ctihub.lib.phones import e164_or_empty
+from telephony import plugins
 from telephony import updates as u
 from telephony.models import Call, CallEvent, PbxAccount, Terminal
 
@@ -113,6 +114,19 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
                 # A replay of a frame stored under a call whose id the PBX has since recycled.
                 stored = CallEvent.objects.select_related("call").get(dedupe_key=_dedupe_key(update, None))
                 applied.append(AppliedUpdate(stored.call, False))
+                continue
+            recorded = plugins.recorded_elsewhere(update) if update.state == u.ENDED else None
+            if recorded is not None:
+                # A drop of a call we never saw, late enough that the call history's backfill stored the call
+                # meanwhile (under the End User account): a second record would reach retailCRM twice. The
+                # frame is kept as an event of that call, which also claims it for this one frame.
+                logger.info("%s of call %s: already stored as call %s (from the call history)", update.kind,
+                            update.pbx_call_id, recorded.pk, extra={"account_id": update.account_id,
+                                                                    "call_id": recorded.pk})
+                dedupe_key = _dedupe_key(update, None)
+                stored_frames.add(dedupe_key)
+                events.append(_Event(recorded, update.kind[:40], update.payload, update.occurred_at, dedupe_key))
+                applied.append(AppliedUpdate(recorded, False))
                 continue
             call = _new_call(update, terminals)
             calls[key] = call

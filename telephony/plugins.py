@@ -17,6 +17,10 @@ from its ``AppConfig.ready()``, as ``crm_sync`` does (``crm_sync/plugins.py``):
 * caller-ID presenters — ``register_caller_id_presenter(name, fn)``: ``fn(terminal, phone) -> bool``
   shows ``phone`` as the caller-ID of the next call from ``terminal`` (True once the PBX took it).
   The PBX providers that can register theirs; ``present_caller_id`` asks them in turn.
+* record finders — ``register_record_finder(name, finder)``: ``finder(update) -> Call | None``, a call
+  already stored under another account (the End User call history's backfill) that a socket's first frame
+  of a call, a drop, tells of again. The domain asks them only for a call it would otherwise create
+  already ended (a drop after a reconnect, rare on the frame path), inside the frame's transaction.
 * health sections — ``register_health_section(name, provider)``: ``provider() -> telephony.health.HealthSection``,
   the rows of one kind of thing (status, last event, last error, a link, a fix) the admin's index shows
   after the core's own (PBX accounts, listeners). A provider runs a bounded number of queries, whatever
@@ -174,6 +178,29 @@ def present_caller_id(terminal, phone: str) -> bool:
 
     False when no presenter can (the PBX then presents its default caller-ID)."""
     return any(presenter(terminal, phone) for presenter in list(_caller_id_presenters.values()))
+
+
+# --- record finders -------------------------------------------------------------------------------
+
+RecordFinder = Callable[[object], object]
+_record_finders: dict[str, RecordFinder] = {}
+
+
+def register_record_finder(name: str, finder: RecordFinder) -> None:
+    _record_finders[name] = finder
+
+
+def unregister_record_finder(name: str) -> None:
+    _record_finders.pop(name, None)
+
+
+def recorded_elsewhere(update):
+    """The call stored elsewhere that ``update`` (the first frame of a call, ended) tells of, else None."""
+    for finder in tuple(_record_finders.values()):
+        found = finder(update)
+        if found is not None:
+            return found
+    return None
 
 
 # --- health sections ------------------------------------------------------------------------------

@@ -250,3 +250,69 @@ class SocketCallMatcher:
         theirs = _digits(call.remote_number_raw) or _digits(call.remote_number_e164)
         ours = _digits(entry.remote_number)
         return bool(ours) and ours == theirs
+
+
+# How much later than the PBX ended a call its socket's drop may still come and be taken for a call the
+# backfill stored: the backfill waits SETTLE_AFTER for such frames, this waits for frames later still.
+LATE_DROP_WINDOW = timedelta(minutes=15)
+# The call history counts whole seconds; a drop's talkingTime is in milliseconds.
+TALK_TIME_SLACK_MS = 2000
+
+
+def backfilled_call_for(update) -> Call | None:
+    """The call the backfill stored for the call a socket's drop tells of, the socket's first frame of it.
+
+    The reverse of ``SocketCallMatcher`` (``telephony.plugins.register_record_finder``): a drop that came
+    so late (a socket down, then a PBX that delivers it after the reconnect; a worker far behind) that the
+    backfill found no socket call for the history's entry and stored it as ``history:<id>``. The same
+    platform's End User accounts are looked at for an unclaimed backfilled call on the same line, in the
+    same direction, with the same remote number, answered or missed as the drop says (the same talk time,
+    to the second), that ended at most ``LATE_DROP_WINDOW`` before the drop came; the one that ended last
+    is taken. Unclaimed: no socket frame was taken for it yet (each backfilled call stands for one call).
+    """
+    if update.pbx_call_id.startswith(frames.HISTORY_CALL_PREFIX):
+        return None
+    account = PbxAccount.objects.filter(pk=update.account_id).only("kind", "base_url", "default_region").first()
+    if account is None or account.kind not in SOCKET_KINDS:
+        return None
+    host = platform_host(account)
+    enduser_ids = [a.pk for a in PbxAccount.objects.filter(kind=PbxAccount.Kind.ISTRA_ENDUSER).only("base_url")
+                   if platform_host(a) == host]
+    if not enduser_ids:
+        return None
+    from telephony.models import CallEvent, Terminal  # noqa: PLC0415 - CallEvent only matters on this rare path
+
+    line = Terminal.objects.filter(account_id=account.pk, pbx_id=update.terminal_pbx_id).first() \
+        if update.terminal_pbx_id else None
+    same_line = Q(terminal__pbx_id=update.terminal_pbx_id) if update.terminal_pbx_id else Q(pk__in=[])
+    if line is not None and line.extension:
+        same_line |= Q(terminal__extension=line.extension)
+    if line is not None and line.agent_id:
+        same_line |= Q(agent_id=line.agent_id)
+    found = (Call.objects.filter(account_id__in=enduser_ids, pbx_call_id__startswith=frames.HISTORY_CALL_PREFIX,
+                                 state=Call.State.ENDED, ended_at__gte=update.occurred_at - LATE_DROP_WINDOW,
+                                 ended_at__lte=update.occurred_at + LIVE_MATCH_SLACK)
+             .filter(same_line).order_by("-ended_at"))
+    talked = update.talking_ms or 0
+    region = account.default_region or None
+    for call in found.select_related("terminal")[:50]:
+        if update.direction is not None and call.direction != update.direction:
+            continue
+        if (talked > 0) != bool(call.talking_ms) or abs(talked - (call.talking_ms or 0)) > TALK_TIME_SLACK_MS:
+            continue
+        if not _same_number(update, call, region):
+            continue
+        # Locked, then looked at again: of two drops taken for it at once, the second waits and finds it claimed.
+        locked = Call.objects.select_for_update().filter(pk=call.pk).first()
+        if locked is None or CallEvent.objects.filter(call_id=call.pk).exclude(kind=frames.HISTORY_KIND).exists():
+            continue
+        return locked
+    return None
+
+
+def _same_number(update, call: Call, region) -> bool:
+    theirs = update.remote_number_e164 or e164_or_empty(update.remote_number or "", region)
+    if theirs and call.remote_number_e164:
+        return theirs == call.remote_number_e164
+    ours = _digits(call.remote_number_raw) or _digits(call.remote_number_e164)
+    return bool(ours) and ours == _digits(update.remote_number or update.remote_number_e164 or "")

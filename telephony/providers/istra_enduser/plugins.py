@@ -2,7 +2,9 @@
 
 Voicemail audio (``recordings.py``) is an audio source: the recording retailCRM plays for a missed
 call. Its caller-ID setting (``callerid.py``) is a caller-ID presenter: a click-to-call shows the
-shop's number. Both modules are imported only when first used.
+shop's number. A socket's late drop of a call the call history's backfill stored
+already is that call (``backfill.backfilled_call_for``, a record finder). The modules are imported only when
+first used.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ def register() -> None:
 
     plugins.register_audio_source(VoicemailAudioSource())
     plugins.register_caller_id_presenter(NAME, present_external_phone)
+    plugins.register_record_finder(NAME, backfilled_call_for)
+
+
+def backfilled_call_for(update):
+    from telephony.providers.istra_enduser import backfill
+
+    return backfill.backfilled_call_for(update)
 
 
 def present_external_phone(terminal, external_phone: str) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from django.utils import timezone
 
+from telephony.domain import apply_call_update
 from telephony.models import Call, PbxAccount
 from telephony.providers.istra_enduser import frames
-from telephony.providers.istra_enduser.backfill import MATCH_TOLERANCE, backfill_account
+from telephony.providers.istra_enduser.backfill import LATE_DROP_WINDOW, MATCH_TOLERANCE, backfill_account
 from telephony.providers.istra_enduser.tasks import backfill_account_task
 from telephony.providers.istra_enduser.tests.conftest import fixture_json
 from tests.factories import make_account, make_agent, make_call, make_terminal
@@ -250,3 +254,72 @@ def test_the_reconcile_after_a_reconnect_ends_a_call_from_the_users_history_at_t
     assert (report["enduser_account_id"], report["ended_live"]) == (enduser.pk, 1)
     assert (call.state, call.answered_at, call.talking_ms) == (
         Call.State.ENDED, started + timedelta(seconds=3), 20000)
+
+
+# --- a socket's drop that comes after the backfill stored its call ---------------------------------------
+
+
+def late_drop(call_id="-431", number="+33612345678", talking_ms=30000, incoming=True):
+    """A myCrm drop as one comes after a reconnect (the myCrm fixture event_call_dropped_after_outage.json)."""
+    from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
+
+    item = {"callId": call_id, "displayLabel": "", "displayNumber": number, "displayNumberE164": number,
+            "dropCause": "disconnect", "event": "callDropped", "incoming": incoming, "ringingTime": "10000",
+            "talkingTime": str(talking_ms), "type": "external"}
+    return parse_mycrm_frame(json.dumps({"listenerName": "CallLines", "item": [item]}), 0, TERMINAL)[0]
+
+
+def on(account, update):
+    return dataclasses.replace(update, account_id=account.pk)
+
+
+@pytest.fixture
+def backfilled(setup):
+    """A call the socket missed, ended four minutes ago, that the backfill stored from the history."""
+    enduser, *_ = setup
+    began = timezone.now() - timedelta(minutes=5)
+    report = backfill_account(enduser, [entry(1, began, missed=False, talk=30)], now=timezone.now())
+    [call] = Call.objects.filter(pk__in=report.created)
+    return call
+
+
+def test_it_takes_a_late_drop_of_a_backfilled_call_for_that_call(setup, backfilled):
+    _, mycrm, *_ = setup
+    applied = apply_call_update(on(mycrm, late_drop()))
+    assert applied.call.pk == backfilled.pk and not applied.changed
+    assert Call.objects.count() == 1  # one record of the call, so one upload to retailCRM
+    assert sorted(backfilled.events.values_list("kind", flat=True)) == ["callDropped", "callHistory",
+                                                                         "callHistory"]
+
+
+def test_it_lets_one_backfilled_call_stand_for_one_late_drop_only(setup, backfilled):
+    # Two missed-by-the-socket calls of the same customer, one in the history so far: the second is a call.
+    _, mycrm, *_ = setup
+    apply_call_update(on(mycrm, late_drop("-431")))
+    second = apply_call_update(on(mycrm, late_drop("-432")))
+    assert second.changed and second.call.pbx_call_id == "-432" and second.call.account_id == mycrm.pk
+    assert Call.objects.count() == 2
+
+
+@pytest.mark.parametrize("difference", [
+    {"number": "+33699999999"},
+    {"talking_ms": 0},  # missed, where the history says answered
+    {"talking_ms": 45000},  # answered, but not for as long
+    {"incoming": False},
+])
+def test_it_stores_a_late_drop_that_is_not_the_backfilled_call_as_a_call_of_its_own(setup, backfilled, difference):
+    _, mycrm, *_ = setup
+    applied = apply_call_update(on(mycrm, late_drop(**difference)))
+    assert applied.changed and applied.call.account_id == mycrm.pk
+    assert Call.objects.count() == 2
+
+
+def test_it_does_not_look_past_its_window_or_at_another_platform(setup, backfilled):
+    _, _, _, agent = setup
+    elsewhere = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url="https://other.example.com/restletrouter")
+    make_terminal(elsewhere, pbx_id=TERMINAL, agent=agent)
+    assert apply_call_update(on(elsewhere, late_drop())).changed
+    Call.objects.filter(pk=backfilled.pk).update(ended_at=timezone.now() - LATE_DROP_WINDOW - timedelta(minutes=1))
+    _, mycrm, *_ = setup
+    assert apply_call_update(on(mycrm, late_drop("-433"))).changed
+    assert Call.objects.count() == 3
