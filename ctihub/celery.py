@@ -7,7 +7,7 @@ sockets are not tasks (see ``telephony.sockets.supervisor``).
 import os
 
 from celery import Celery, Task
-from celery.signals import after_setup_logger, beat_init, worker_init, worker_ready
+from celery.signals import after_setup_logger, beat_init, task_postrun, task_prerun, worker_init, worker_ready
 from django.db import InterfaceError, OperationalError
 
 from ctihub.lib import broker
@@ -18,10 +18,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ctihub.settings")
 class HubTask(Task):
     """Every task of the hub: one whose database connection was dropped runs again a second later.
 
-    A restart, a failover or ``pg_terminate_backend`` fails the one task using the connection; Django's
-    Celery fix-up closes that connection after it, so the retry gets a new one. Tasks take ids and are
-    idempotent (acks late, claims on rows), so a retry is safe, and nothing waits for a sweep: a
-    retailCRM start event left to one went stale and was never sent.
+    A restart, a failover or ``pg_terminate_backend`` fails the one task using the connection; the
+    connection, unusable, is closed after it (``_close_old_connections``), so the retry gets a new one.
+    Tasks take ids and are idempotent (acks late, claims on rows), so a retry is safe, and nothing waits
+    for a sweep: a retailCRM start event left to one went stale and was never sent.
     """
 
     autoretry_for = (OperationalError, InterfaceError)
@@ -65,6 +65,24 @@ def _freeze_what_startup_made(**_kwargs):
     gc.freeze()
 
 
+# Celery's Django fix-up closes every database connection before and after each task unless
+# CELERY_DB_REUSE_MAX is set, whatever CONN_MAX_AGE says: each call event's task (and each hand-off,
+# each upload) opened a PostgreSQL session of its own, a server process started and authenticated for
+# a task of a few queries (issue 16: 2.8% of the events worker's own samples connecting and closing,
+# and the server's side on top). Tasks keep their connection by Django's own rule instead, as a web
+# request does: closed once older than CONN_MAX_AGE, or after an error left it unusable (a retry of
+# HubTask then gets a new one, as before).
+app.conf.CELERY_DB_REUSE_MAX = 2**62  # the fix-up's count of tasks between two closes: never
+
+
+def _close_old_connections(**_kwargs):
+    from django.db import close_old_connections
+
+    close_old_connections()
+
+
+task_prerun.connect(_close_old_connections, weak=False)
+task_postrun.connect(_close_old_connections, weak=False)
 worker_init.connect(_ensure_embedded_redis, weak=False)
 worker_init.connect(_switch_threads_sooner, weak=False)
 worker_ready.connect(_freeze_what_startup_made, weak=False)
