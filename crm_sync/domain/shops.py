@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 from crm_sync.models import CrmCallSync, ExternalPhone, RetailCrmIntegration
+from ctihub.lib.brief_cache import BriefCache
 from ctihub.lib.phones import e164_or_empty
-from telephony.models import Call, Terminal
+from telephony.models import Call, PbxAccount, Terminal
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ def dialled_number(terminal_id: int) -> str:
     was reached on that one. With several, any of them may have been dialled, and naming the
     wrong shop is worse than naming none: none is given.
     """
+    return _DIALLED.get(terminal_id, lambda: (_dialled_number(terminal_id),))[0]
+
+
+def _dialled_number(terminal_id: int) -> str:
     found = Terminal.objects.filter(pk=terminal_id).values_list("pstn_numbers", "account__default_region").first()
     if found is None:
         return ""
@@ -57,6 +62,12 @@ def dialled_number(terminal_id: int) -> str:
     if len(numbers) != 1:
         return ""
     return e164_or_empty(numbers[0], region or None)[:32]
+
+
+# Asked for every event and upload of a call that names no shop (the usual myCrm and myRCC call, when the
+# terminal has no single PSTN number: nothing is kept on the row then): a query each time (issue 16). Kept in
+# a tuple, so that the usual answer, none, is kept too.
+_DIALLED = BriefCache("retailcrm-dialled-number-of-terminal", watch=(Terminal, PbxAccount))
 
 
 # A click-to-call from retailCRM names the shop's number; the outgoing call that follows

@@ -140,3 +140,16 @@ def test_it_names_the_shop_a_telepo_caller_dialled_before_the_call_was_sent_on_t
     crm_domain.sync_call(call.pk)
     [event] = telepo.crm.events()
     assert (event["externalPhone"], event["site"]) == (SHOP2, "shop2")
+
+
+def test_it_looks_up_a_terminals_dialled_number_once_yet_sees_an_edit_at_once(django_assert_num_queries):
+    # Asked for every event and upload of a call that names no shop; "none" must be remembered too.
+    from crm_sync.domain.shops import dialled_number
+
+    terminal = make_terminal(make_account(default_region="FR"), pstn_numbers=[SHOP1, SHOP2])
+    assert dialled_number(terminal.pk) == ""
+    with django_assert_num_queries(0):
+        assert dialled_number(terminal.pk) == ""
+    terminal.pstn_numbers = ["01 49 99 99 99"]
+    terminal.save()  # an admin's edit, or a directory sync
+    assert dialled_number(terminal.pk) == "+33149999999"

@@ -17,11 +17,23 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from ctihub.lib.brief_cache import BriefCache
 from ctihub.lib.phones import e164_or_empty
 
 logger = logging.getLogger(__name__)
 
 LEFT_WITHIN = timedelta(minutes=10)
+
+
+def _brief_cache():
+    from telephony.models import PbxAccount, Terminal
+
+    # An upload asks for every missed call of its batch (up to 50) whether audio may come: one query per call,
+    # for a list that changes when an admin edits an account or a terminal (issue 16, the upload's CPU).
+    return BriefCache("istra-enduser-accounts-of-agent", watch=(PbxAccount, Terminal))
+
+
+_enduser_accounts_of_agent = _brief_cache()  # imported from the app's ready(): the models are loaded
 STARTED_BEFORE = timedelta(seconds=60)  # clocks of the PBX and of ctihub differ a little
 AUDIO_FORMAT = "ogg"
 
@@ -37,8 +49,7 @@ class VoicemailAudioSource:
 
     def may_get_audio(self, call) -> bool:
         """A missed call whose agent has an End User account: its caller may be leaving a voicemail."""
-        accounts = self._accounts(call)
-        return accounts is not None and accounts.exists()
+        return bool(self._account_ids(call))
 
     def open(self, call):
         from telephony.plugins import Audio
@@ -57,7 +68,7 @@ class VoicemailAudioSource:
 
         return Audio(stream.content_type, chunks_then_log_out(), stream.length)
 
-    def _accounts(self, call):
+    def _account_ids(self, call) -> tuple[int, ...] | None:
         """The End User accounts whose voicemail may hold this call's message; None for a call that has none."""
         from telephony.models import Call, PbxAccount
 
@@ -65,17 +76,20 @@ class VoicemailAudioSource:
             return None
         if not call.remote_number_e164 or call.state != Call.State.ENDED:
             return None
-        return PbxAccount.objects.filter(
-            kind=PbxAccount.Kind.ISTRA_ENDUSER, enabled=True, terminals__agent_id=call.agent_id
-        ).distinct()
+        return _enduser_accounts_of_agent.get(call.agent_id, lambda: tuple(
+            PbxAccount.objects.filter(kind=PbxAccount.Kind.ISTRA_ENDUSER, enabled=True,
+                                      terminals__agent_id=call.agent_id).order_by("pk").distinct()
+            .values_list("id", flat=True)))
 
     def _find(self, call):
         """(provider, voicemail) for the call, or None."""
+        from telephony.models import PbxAccount
         from telephony.providers import provider_for
 
-        accounts = self._accounts(call)
-        if accounts is None:
+        ids = self._account_ids(call)
+        if not ids:
             return None
+        accounts = PbxAccount.objects.filter(pk__in=ids, enabled=True).order_by("pk")
         earliest = call.created_at - STARTED_BEFORE
         latest = (call.ended_at or call.created_at) + LEFT_WITHIN
         for account in accounts:
