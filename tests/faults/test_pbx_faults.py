@@ -7,6 +7,9 @@ garbage frames. The world, the report and the test body are ``tests/faults/istra
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from tests.faults.harness import istra_fault_settings
@@ -47,3 +50,49 @@ def test_it_keeps_every_call_when_the_pbx_stops_answering_pings_but_still_sends_
 
 def test_it_keeps_every_call_when_every_kind_gets_malformed_and_oversized_frames(request, fault_world):
     run(request, fault_world, 6, lambda faults: faults.inject("garbage_frames"), timed=False)
+
+
+def test_it_takes_a_mycrm_drop_that_comes_after_the_backfill_for_the_call_it_stored(fault_world):
+    """A myCrm socket lost a call's frames; the End User backfill stored the call from the call history; then
+    the socket's drop of that call came (a PBX that delivers it late, a worker far behind). One call, not two:
+    each would reach retailCRM."""
+    from telephony.models import Call, CallEvent, Listener
+    from telephony.providers.istra_mycrm.transport import LISTENER_PREFIX
+    from tests.faults.harness import MYCRM_HISTORY, _queue_tasks, beat_tasks
+    from tests.support.processes import wait_for
+
+    group = next(group for group in fault_world.groups if group.kind == MYCRM_HISTORY)
+    seat, istra = group.seats[0], fault_world.istra
+    name = f"{LISTENER_PREFIX}{seat.extension_id}"
+    listener = Listener.objects.get(account_id=group.socket_account_id, name=name)
+    reconnects = listener.reconnects
+    number = "+33612340977"
+    # The socket's path dies without a FIN: the call's frames are lost, and only its unanswered pings tell.
+    istra.mute_pings(name, silent=True)
+    line = istra.incoming(seat.extension_id, number)
+    istra.move(line["callId"], "answer")
+    answered = time.monotonic()
+    time.sleep(1.5)
+    istra.move(line["callId"], "hangup", cause="disconnect")
+    talked_ms = int((time.monotonic() - answered) * 1000)
+    wait_for(lambda: Listener.objects.filter(pk=listener.pk, reconnects__gt=reconnects,
+                                             state=Listener.State.CONNECTED).exists(), 60, interval=0.2,
+             what="the silent socket to be noticed and replaced")
+
+    def backfilled():
+        _queue_tasks(fault_world, beat_tasks(fault_world))  # as beat would, until the entry has settled
+        return Call.objects.filter(account_id=group.history_account_id, remote_number_e164=number).first()
+
+    stored = wait_for(backfilled, 60, interval=1.0, what="the call history's backfill to store the call")
+    assert stored.pbx_call_id.startswith("history:") and stored.state == Call.State.ENDED
+    # The drop the PBX sent when the call ended, on the socket that replaced the silent one.
+    drop = {"callId": line["callId"], "event": "callDropped", "incoming": True, "displayNumber": number,
+            "displayNumberE164": number, "displayLabel": "", "dropCause": "disconnect", "type": "external",
+            "ringingTime": "500", "talkingTime": str(talked_ms)}
+    assert istra.push_frame(json.dumps({"listenerName": name, "item": [drop]}), listener=name)["sockets"] == 1
+    second = Call.objects.filter(account_id=group.socket_account_id, pbx_call_id=line["callId"])
+    wait_for(lambda: CallEvent.objects.filter(call=stored, kind="callDropped").exists() or second.exists(), 30,
+             interval=0.2, what="the drop to be applied")
+    assert not second.exists(), "the drop was stored as a second call"
+    assert CallEvent.objects.filter(call=stored, kind="callDropped").exists()
+    assert Call.objects.filter(remote_number_e164=number).count() == 1
