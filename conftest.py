@@ -9,7 +9,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from tests.support.processes import ManagedProcess, celery_worker, subprocess_env, wait_for
+from tests.support.processes import ManagedProcess, ready_celery_worker, subprocess_env, wait_for
 
 pytest_plugins = ["tests.support.browser"]
 
@@ -102,13 +102,8 @@ def celery_env(django_db_setup, django_db_blocker) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def live_celery_worker(celery_env):
     """A real Celery worker process on the test Redis and the test database."""
-    worker = celery_worker("celery-worker", celery_env)
-    try:
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=60, what="celery worker ready")
-        assert worker.alive(), worker.log()
+    with ready_celery_worker("celery-worker", celery_env) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.db import connection
 
 from ctihub.celery import app
 from ctihub.tasks import ping_task
-from tests.support.processes import celery_worker, subprocess_env, wait_for
+from tests.support.processes import ready_celery_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -25,13 +25,10 @@ def kept_worker(django_db_blocker):
     with django_db_blocker.unblock():
         env = subprocess_env(LISTENER_SUPERVISOR="false", DATABASE_CONN_MAX_AGE="60")
     # A queue of its own: the suite's session-wide worker must not take these tasks.
-    worker = celery_worker("celery-kept-connections", env, "-Q", QUEUE)
     try:
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=60, what="celery worker ready")
-        assert worker.alive(), worker.log()
-        yield worker
+        with ready_celery_worker("celery-kept-connections", env, "-Q", QUEUE) as worker:
+            yield worker
     finally:
-        worker.stop()
         # Sending to a queue Celery did not know declared it in the app's queues: leave the app as it was.
         app.amqp.queues.pop(QUEUE, None)
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import requests
@@ -114,6 +114,18 @@ def celery_worker(name: str, env: dict[str, str], *extra: str) -> ManagedProcess
     argv = [sys.executable, "-m", "celery", "-A", "ctihub", "worker", "--loglevel", "INFO",
             "--concurrency", "1", "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", *extra]
     return ManagedProcess(name, argv, env)
+
+
+@contextmanager
+def ready_celery_worker(name: str, env: dict[str, str], *extra: str):
+    """``celery_worker`` once it is ready to take tasks; stopped on the way out."""
+    worker = celery_worker(name, env, *extra)
+    try:
+        wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=60, what="celery worker ready")
+        assert worker.alive(), worker.log()
+        yield worker
+    finally:
+        worker.stop()
 
 
 def simulator_process(port: int) -> ManagedProcess:
