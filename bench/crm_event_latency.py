@@ -94,12 +94,9 @@ def main() -> None:
 
 def _start(hub, worker):
     hub.processes.append(worker)
-    from tests.support.processes import wait_for
+    from tests.support.processes import wait_ready
 
-    wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
-    if not worker.alive():
-        raise RuntimeError(f"a celery worker died at start: {worker.log()[-2000:]}")
-    return worker
+    return wait_ready(worker)
 
 
 def _world(hub, terminals: int) -> list[str]:

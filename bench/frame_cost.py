@@ -80,12 +80,12 @@ def main() -> None:
         # measured process. A worker without the default queue holds no sockets (ctihub/celery_steps.py).
         from django.conf import settings
 
-        from tests.support.processes import celery_worker
+        from tests.support.processes import celery_worker, wait_ready
 
         worker = celery_worker(f"bench-frame-cost-{hub.sim_port}", hub.env, "-Q", settings.CELERY_TASK_DEFAULT_QUEUE)
         hub.processes.append(worker)
         floor = _Floor(hub.env)  # its Django start-up while the worker starts
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
+        wait_ready(worker)
         from telephony.models import Listener
 
         wait_for(lambda: Listener.objects.filter(state="connected").count() >= len(terminals), 60, interval=0.2,

@@ -19,6 +19,7 @@ from tests.support.processes import (
     http_ok,
     simulator_process,
     wait_for,
+    wait_ready,
 )
 
 
@@ -61,8 +62,7 @@ class BenchHub:
     def start_worker(self) -> ManagedProcess:
         worker = celery_worker(f"bench-worker-{self.sim_port}", self.env)
         self.processes.append(worker)
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
-        return worker
+        return wait_ready(worker)
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -130,13 +130,11 @@ def _world(hub, count: int) -> list[str]:
 
 
 def _start_worker(hub, n: int):
-    from tests.support.processes import celery_worker
+    from tests.support.processes import celery_worker, wait_ready
 
     worker = celery_worker(f"bench-scale-{n}-{hub.sim_port}", hub.env)
     hub.processes.append(worker)
-    _wait(lambda: "ready." in worker.log() or not worker.alive(), 90, f"worker {n} ready")
-    if not worker.alive():
-        raise RuntimeError(f"worker {n} died at start: {worker.log()[-2000:]}")
+    wait_ready(worker, 90)
     worker.number = n
     worker.ready_at = time.monotonic()
     return worker

@@ -33,7 +33,7 @@ from tests.faults.harness import (
     wait_connected,
 )
 from tests.faults.istra_world import istra_world, report_path
-from tests.support.processes import celery_worker, wait_for
+from tests.support.processes import celery_worker, wait_for, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(420)]
 
@@ -291,8 +291,7 @@ def test_it_holds_every_listener_once_when_two_workers_start_at_the_same_moment(
     started = [celery_worker(f"hub-twin-{n}-{hub.sim_port}", hub.env) for n in range(2)]
     hub.processes += started
     for worker in started:
-        wait_for(lambda w=worker: "ready." in w.log() or not w.alive(), 60, what="a celery worker")
-        assert worker.alive(), worker.log()[-3000:]
+        wait_ready(worker)
     hub.workers += started
     took = wait_balanced(world, hub_worker_ids(world), timeout=60)
     wait_connected(world, 60)

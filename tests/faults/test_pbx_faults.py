@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 
 # The module's hub (tests/faults/conftest.py fault_hub) runs with these settings.
 HUB_SETTINGS = istra_fault_settings
+# A myCrm drop as a socket got it after a reconnect (the myCrm provider's recorded fixture).
+RECORDED_LATE_DROP = (Path(__file__).parents[2] / "telephony" / "providers" / "istra_mycrm" / "tests" / "fixtures"
+                      / "event_call_dropped_after_outage.json")
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +89,13 @@ def test_it_takes_a_mycrm_drop_that_comes_after_the_backfill_for_the_call_it_sto
 
     stored = wait_for(backfilled, 60, interval=1.0, what="the call history's backfill to store the call")
     assert stored.pbx_call_id.startswith("history:") and stored.state == Call.State.ENDED
-    # The drop the PBX sent when the call ended, on the socket that replaced the silent one.
-    drop = {"callId": line["callId"], "event": "callDropped", "incoming": True, "displayNumber": number,
-            "displayNumberE164": number, "displayLabel": "", "dropCause": "disconnect", "type": "external",
-            "ringingTime": "500", "talkingTime": str(talked_ms)}
-    assert istra.push_frame(json.dumps({"listenerName": name, "item": [drop]}), listener=name)["sockets"] == 1
+    # The drop the PBX sent when the call ended (a recorded one, for this call), on the socket that replaced the
+    # silent one.
+    frame = json.loads(RECORDED_LATE_DROP.read_text())
+    frame["listenerName"] = name
+    frame["item"][0].update(callId=line["callId"], displayNumber=number, displayNumberE164=number, incoming=True,
+                            talkingTime=str(talked_ms))
+    assert istra.push_frame(json.dumps(frame), listener=name)["sockets"] == 1
     second = Call.objects.filter(account_id=group.socket_account_id, pbx_call_id=line["callId"])
     wait_for(lambda: CallEvent.objects.filter(call=stored, kind="callDropped").exists() or second.exists(), 30,
              interval=0.2, what="the drop to be applied")

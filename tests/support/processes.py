@@ -116,14 +116,20 @@ def celery_worker(name: str, env: dict[str, str], *extra: str) -> ManagedProcess
     return ManagedProcess(name, argv, env)
 
 
+def wait_ready(worker: ManagedProcess, timeout: float = 60) -> ManagedProcess:
+    """``worker`` (a ``celery_worker``) once it says it is ready to take tasks; RuntimeError if it died first."""
+    wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout, what=f"{worker.name} to be ready")
+    if not worker.alive():
+        raise RuntimeError(f"{worker.name} died at start: {worker.log()[-3000:]}")
+    return worker
+
+
 @contextmanager
 def ready_celery_worker(name: str, env: dict[str, str], *extra: str):
     """``celery_worker`` once it is ready to take tasks; stopped on the way out."""
     worker = celery_worker(name, env, *extra)
     try:
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), timeout=60, what="celery worker ready")
-        assert worker.alive(), worker.log()
-        yield worker
+        yield wait_ready(worker)
     finally:
         worker.stop()
 
@@ -180,8 +186,7 @@ class Hub:
         self._workers_started = getattr(self, "_workers_started", 0) + 1
         worker = self._track(celery_worker(f"hub-worker-{self._workers_started - 1}-{self.sim_port}", self.env,
                                            *extra))
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="a celery worker")
-        assert worker.alive(), worker.log()[-3000:]
+        wait_ready(worker)
         self.workers.append(worker)
         return worker
 
@@ -189,9 +194,7 @@ class Hub:
         """The dedicated retailCRM call-events worker (``-Q call-events``): no sockets, not in ``workers``."""
         worker = self._track(celery_worker(f"hub-events-{self.sim_port}", self.env, "-Q", "call-events",
                                            "--concurrency", str(concurrency)))
-        wait_for(lambda: "ready." in worker.log() or not worker.alive(), 60, what="the call-events worker")
-        assert worker.alive(), worker.log()[-3000:]
-        return worker
+        return wait_ready(worker)
 
     def kill_worker(self, index: int = 0) -> ManagedProcess:
         """SIGKILL one worker (no shutdown, its leases left to expire) and forget it."""

@@ -244,12 +244,7 @@ class SocketCallMatcher:
         if entry.user_number and call.terminal is not None and call.terminal.extension \
                 and call.terminal.extension != entry.user_number:
             return False  # another line of the same agent
-        entry_e164 = e164_or_empty(entry.remote_number, self.region)
-        if entry_e164 and call.remote_number_e164:
-            return entry_e164 == call.remote_number_e164
-        theirs = _digits(call.remote_number_raw) or _digits(call.remote_number_e164)
-        ours = _digits(entry.remote_number)
-        return bool(ours) and ours == theirs
+        return _same_number(entry.remote_number, call, self.region)
 
 
 # How much later than the PBX ended a call its socket's drop may still come and be taken for a call the
@@ -300,7 +295,7 @@ def backfilled_call_for(update) -> Call | None:
             continue
         if (talked > 0) != bool(call.talking_ms) or abs(talked - (call.talking_ms or 0)) > TALK_TIME_SLACK_MS:
             continue
-        if not _same_number(update, call, region):
+        if not _same_number(update.remote_number_e164 or update.remote_number or "", call, region):
             continue
         # Locked, then looked at again: of two drops taken for it at once, the second waits and finds it claimed.
         locked = Call.objects.select_for_update().filter(pk=call.pk).first()
@@ -310,9 +305,12 @@ def backfilled_call_for(update) -> Call | None:
     return None
 
 
-def _same_number(update, call: Call, region) -> bool:
-    theirs = update.remote_number_e164 or e164_or_empty(update.remote_number or "", region)
-    if theirs and call.remote_number_e164:
-        return theirs == call.remote_number_e164
-    ours = _digits(call.remote_number_raw) or _digits(call.remote_number_e164)
-    return bool(ours) and ours == _digits(update.remote_number or update.remote_number_e164 or "")
+def _same_number(number: str, call: Call, region) -> bool:
+    """``number`` (as the history or a frame gives it) is ``call``'s other party: the same E.164 when both have
+    one, else the same digits (short internal numbers), whichever way the call was found."""
+    number_e164 = e164_or_empty(number or "", region)
+    if number_e164 and call.remote_number_e164:
+        return number_e164 == call.remote_number_e164
+    theirs = _digits(call.remote_number_raw) or _digits(call.remote_number_e164)
+    ours = _digits(number)
+    return bool(ours) and ours == theirs

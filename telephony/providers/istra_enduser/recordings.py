@@ -23,6 +23,8 @@ from ctihub.lib.phones import e164_or_empty
 logger = logging.getLogger(__name__)
 
 LEFT_WITHIN = timedelta(minutes=10)
+STARTED_BEFORE = timedelta(seconds=60)  # clocks of the PBX and of ctihub differ a little
+AUDIO_FORMAT = "ogg"
 
 
 def _brief_cache():
@@ -34,8 +36,6 @@ def _brief_cache():
 
 
 _enduser_accounts_of_agent = _brief_cache()  # imported from the app's ready(): the models are loaded
-STARTED_BEFORE = timedelta(seconds=60)  # clocks of the PBX and of ctihub differ a little
-AUDIO_FORMAT = "ogg"
 
 
 class VoicemailAudioSource:

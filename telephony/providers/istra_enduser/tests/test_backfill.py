@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import requests
@@ -259,18 +259,20 @@ def test_the_reconcile_after_a_reconnect_ends_a_call_from_the_users_history_at_t
 # --- a socket's drop that comes after the backfill stored its call ---------------------------------------
 
 
-def late_drop(call_id="-431", number="+33612345678", talking_ms=30000, incoming=True):
-    """A myCrm drop as one comes after a reconnect (the myCrm fixture event_call_dropped_after_outage.json)."""
+# The drop a myCrm socket got after a reconnect, recorded (the myCrm provider's own fixture).
+RECORDED_LATE_DROP = Path(__file__).parents[2] / "istra_mycrm" / "tests" / "fixtures" / \
+    "event_call_dropped_after_outage.json"
+
+
+def late_drop(account, call_id="-431", number="+33612345678", talking_ms=30000, incoming=True):
+    """The recorded drop, for another call, read by the myCrm parser as the socket's listener reads it."""
     from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
 
-    item = {"callId": call_id, "displayLabel": "", "displayNumber": number, "displayNumberE164": number,
-            "dropCause": "disconnect", "event": "callDropped", "incoming": incoming, "ringingTime": "10000",
-            "talkingTime": str(talking_ms), "type": "external"}
-    return parse_mycrm_frame(json.dumps({"listenerName": "CallLines", "item": [item]}), 0, TERMINAL)[0]
-
-
-def on(account, update):
-    return dataclasses.replace(update, account_id=account.pk)
+    frame = json.loads(RECORDED_LATE_DROP.read_text())
+    frame["item"][0].update(callId=call_id, displayNumber=number, displayNumberE164=number, incoming=incoming,
+                            talkingTime=str(talking_ms))
+    [update] = parse_mycrm_frame(json.dumps(frame), account.pk, TERMINAL)
+    return update
 
 
 @pytest.fixture
@@ -285,7 +287,7 @@ def backfilled(setup):
 
 def test_it_takes_a_late_drop_of_a_backfilled_call_for_that_call(setup, backfilled):
     _, mycrm, *_ = setup
-    applied = apply_call_update(on(mycrm, late_drop()))
+    applied = apply_call_update(late_drop(mycrm))
     assert applied.call.pk == backfilled.pk and not applied.changed
     assert Call.objects.count() == 1  # one record of the call, so one upload to retailCRM
     assert sorted(backfilled.events.values_list("kind", flat=True)) == ["callDropped", "callHistory",
@@ -295,8 +297,8 @@ def test_it_takes_a_late_drop_of_a_backfilled_call_for_that_call(setup, backfill
 def test_it_lets_one_backfilled_call_stand_for_one_late_drop_only(setup, backfilled):
     # Two missed-by-the-socket calls of the same customer, one in the history so far: the second is a call.
     _, mycrm, *_ = setup
-    apply_call_update(on(mycrm, late_drop("-431")))
-    second = apply_call_update(on(mycrm, late_drop("-432")))
+    apply_call_update(late_drop(mycrm, "-431"))
+    second = apply_call_update(late_drop(mycrm, "-432"))
     assert second.changed and second.call.pbx_call_id == "-432" and second.call.account_id == mycrm.pk
     assert Call.objects.count() == 2
 
@@ -309,7 +311,7 @@ def test_it_lets_one_backfilled_call_stand_for_one_late_drop_only(setup, backfil
 ])
 def test_it_stores_a_late_drop_that_is_not_the_backfilled_call_as_a_call_of_its_own(setup, backfilled, difference):
     _, mycrm, *_ = setup
-    applied = apply_call_update(on(mycrm, late_drop(**difference)))
+    applied = apply_call_update(late_drop(mycrm, **difference))
     assert applied.changed and applied.call.account_id == mycrm.pk
     assert Call.objects.count() == 2
 
@@ -318,8 +320,8 @@ def test_it_does_not_look_past_its_window_or_at_another_platform(setup, backfill
     _, _, _, agent = setup
     elsewhere = make_account(kind=PbxAccount.Kind.ISTRA_MYCRM, base_url="https://other.example.com/restletrouter")
     make_terminal(elsewhere, pbx_id=TERMINAL, agent=agent)
-    assert apply_call_update(on(elsewhere, late_drop())).changed
+    assert apply_call_update(late_drop(elsewhere)).changed
     Call.objects.filter(pk=backfilled.pk).update(ended_at=timezone.now() - LATE_DROP_WINDOW - timedelta(minutes=1))
     _, mycrm, *_ = setup
-    assert apply_call_update(on(mycrm, late_drop("-433"))).changed
+    assert apply_call_update(late_drop(mycrm, "-433")).changed
     assert Call.objects.count() == 3
