@@ -31,6 +31,11 @@ GET      /_sim/istra/calls[/{callId}]                -  (every line ever, droppe
 POST     /_sim/istra/calls/{callId}/answer           -
 POST     /_sim/istra/calls/{callId}/hold|unhold      -
 POST     /_sim/istra/calls/{callId}/hangup           {cause}  (disconnect, rejected, busy, noAnswer...)
+POST     /_sim/istra/calls/script                    {moves: [{at, move, call, terminalId, from|to, cause}]}
+                                                     (moves played by the platform at their Unix times ``at``;
+                                                      ``call`` a reference bound by its incoming or outgoing
+                                                      move; see script.py) -> 202 {scheduled}
+GET      /_sim/istra/calls/script                    -  ({pending, played, failed, failures})
 POST     /_sim/istra/websockets/drop                 -  (every socket, forgotten sessions' too)
 POST     /_sim/istra/websockets/close                {code, reason}  (a clean close: a close frame; sessions stay)
 GET      /_sim/istra/websockets                      -  (per socket: its login, frames sent/withheld, pings ignored,
@@ -252,6 +257,19 @@ async def call_move(request: web.Request) -> dict[str, Any]:
 
 
 @_json_errors
+async def schedule_script(request: web.Request) -> web.Response:
+    world = world_of(request)
+    moves = world.script.parse(await read_body(request))
+    world.script.check_references(moves)
+    return web.json_response({"scheduled": world.script.schedule(world, moves)}, status=202)
+
+
+@_json_errors
+async def script_status(request: web.Request) -> dict[str, Any]:
+    return world_of(request).script.status()
+
+
+@_json_errors
 async def drop_websockets(request: web.Request) -> dict[str, Any]:
     return {"dropped": world_of(request).drop_websockets()}
 
@@ -379,6 +397,8 @@ def add_routes(app: web.Application) -> None:
     router.add_patch(f"{PREFIX}/extensions/{{id}}", update_extension)
     router.add_post(f"{PREFIX}/calls/incoming", incoming_call)
     router.add_post(f"{PREFIX}/calls/outgoing", outgoing_call)
+    router.add_post(f"{PREFIX}/calls/script", schedule_script)
+    router.add_get(f"{PREFIX}/calls/script", script_status)
     router.add_get(f"{PREFIX}/calls", list_calls)
     router.add_get(f"{PREFIX}/calls/{{callId}}", get_call)
     router.add_post(f"{PREFIX}/calls/{{callId}}/{{move}}", call_move)

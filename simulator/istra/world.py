@@ -26,6 +26,7 @@ from simulator.istra import push
 from simulator.istra.calls import CallBook, InvalidTransition, Line, Party
 from simulator.istra.directory import Directory, Extension, User
 from simulator.istra.myistra import EndUserBook
+from simulator.istra.script import CallScript
 from simulator.istra.sessions import APPLICATIONS, Session, SessionStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -164,6 +165,7 @@ class IstraWorld:
         self.faults: list[Fault] = []
         self.redirects: list[Redirect] = []
         self.variance = Variance()
+        self.script = CallScript()  # call moves played at their times (script.py)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- directory ---------------------------------------------------------------------
@@ -391,6 +393,7 @@ class IstraWorld:
         self.faults.clear()
         self.redirects.clear()
         self.variance = Variance()
+        self.script.clear()
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ BENCHMARKS = {
     "upload_backlog": ["--calls", "120"],
     "crm_event_latency": ["--rate", "3", "--seconds", "2", "--call-seconds", "0.5", "--events-concurrency", "2"],
     "ingest": ["--calls", "30", "--terminals", "5", "--threads", "2"],
-    "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2"],
+    # The latency run drives the simulator a control request a move, the sweep by a script (the default).
+    "popup_latency": ["--agents", "20", "--terminals", "5", "--rate", "10", "--seconds", "2", "--driver", "requests"],
     "popup_latency:sweep": ["--agents", "10", "--terminals", "3", "--sweep", "5,10", "--seconds", "1",
                             "--clients", "2"],
     "popup_latency:storm": ["--agents", "30", "--storm"],  # as many web processes as deployed (one per core)
