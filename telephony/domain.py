@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
@@ -155,17 +156,35 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
 
 try:  # psycopg 3 (Django's names, as its create_cursor uses them)
     from django.db.backends.postgresql.base import TIMESTAMPTZ_OID as _TIMESTAMPTZ_OID
-    from django.db.backends.postgresql.base import (
-        ServerBindingCursor as _ServerBindingCursor,
-    )
+    from django.db.backends.postgresql.base import ServerBindingCursor
     from django.db.backends.postgresql.psycopg_any import (
         register_tzloader as _register_tzloader,
     )
     from psycopg.pq import Format
 
     _TEXT = Format.TEXT
+
+    class _ServerBindingCursor(ServerBindingCursor):
+        """Django's server-binding cursor; its statements kept prepared when ``prepared`` (psycopg's ``prepare``)."""
+
+        prepared: bool | None = None
+
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=self.prepared if prepare is None else prepare,
+                                   binary=binary)
+
+        def _send_query_prepared(self, name, pgq, *, binary=None):
+            # psycopg notes the query it sends only when it is not prepared; Django's query log (DEBUG,
+            # CaptureQueriesContext) reads that note, and showed None, or the statement before, for these.
+            self._query = pgq
+            return super()._send_query_prepared(name, pgq, binary=binary)
 except (ImportError, ImproperlyConfigured):  # psycopg 2, or no PostgreSQL driver (SQLite, the embedded default)
     _ServerBindingCursor = None
+
+# psycopg prepares a statement once its connection has run it ``prepare_threshold`` times; Django sets that to
+# None, which also makes psycopg ignore a cursor's ``prepare=True``. A threshold no statement reaches leaves the
+# ORM's statements as Django has them and lets the frame path's be prepared at their first run.
+_ONLY_WHEN_ASKED = 2**31 - 1
 
 
 def _burst_cursor():
@@ -177,6 +196,12 @@ def _burst_cursor():
     translation and, when queries are logged, its debug wrapper), built as ``connection.cursor()`` builds
     one, of Django's own server-binding class (that of its ``server_side_binding`` option, with psycopg's
     automatic prepared statements left off as Django leaves them). Only the frame path's own SQL runs on it.
+
+    Its statements are prepared (``DATABASE_PREPARED_STATEMENTS``): PostgreSQL parsed and planned the lock and
+    the write at every frame, as much CPU as running them; kept prepared for the connection's life (one
+    statement per burst size and shape, psycopg's cache of 100 a connection), a frame cost the server about
+    half (issue 16: 1.25-1.68 ms of PostgreSQL's CPU a frame, then 0.60-0.79). psycopg forgets them, and
+    deallocates them on the server, after a rollback or DDL on the connection, as it does its own.
     """
     db = connections["default"]
     if _ServerBindingCursor is None or db.vendor != "postgresql":
@@ -184,7 +209,11 @@ def _burst_cursor():
     db.close_if_health_check_failed()
     db.ensure_connection()
     with db.wrap_database_errors:
+        prepared = settings.DATABASE_PREPARED_STATEMENTS
+        if prepared and db.connection.prepare_threshold is None:
+            db.connection.prepare_threshold = _ONLY_WHEN_ASKED
         cursor = _ServerBindingCursor(db.connection)
+        cursor.prepared = prepared or None
         if db.timezone != db.connection.adapters.get_loader(_TIMESTAMPTZ_OID, _TEXT).timezone:
             _register_tzloader(db.timezone, cursor)  # as Django's create_cursor does
         return db._prepare_cursor(cursor)
