@@ -12,11 +12,14 @@ console websockets are connected, all at once (the first ``--terminals`` of them
 terminal): the connect storm's figures (connect to snapshot p50/p99/max, refused, errors
 by kind) come first; ``--storm`` stops there. The load is ``--rate`` PBX events per second
 across the terminals: each call rings, is answered and hangs up (one frame each); when
-the time is up the calls under way are finished at the same pace. A frame's send time
-is taken just before the control request that makes the simulator send it, so the
-figure also holds that request's own round trip (it overstates, never understates).
+the time is up the calls under way are finished at the same pace. By default
+(``--driver script``) the simulator plays the moves itself from a script sent half a second
+ahead, and a frame is timed from when its move was due: a move played late counts late.
+With ``--driver requests`` each move is a control request, and a frame's send time is taken
+just before it, so the figure also holds that request's round trip; the requests cost the two
+measured cores about 1 ms of CPU an event more (docs/performance.md, 2026-12-07 midday).
 Each step also splits the latency by the simulator's frame log (``latency_split``): from the
-control request to the frame leaving the simulator (the harness), and from there to the card on
+move (due, or requested) to the frame leaving the simulator (the harness), and from there to the card on
 its socket (worker, Redis, daphne). Lost: an expected card that never reached its agent; duplicated: the same card version
 reaching the same socket twice. ctihub's processes run with ``CARD_TRACE`` (ctihub/lib/card_trace.py): each card carries
 the times it passed each stage, so ``stage_split`` splits frame-to-socket by stage (p50 / p99 / max),
