@@ -94,18 +94,20 @@ def db_workers() -> DbWorkers:
 
 
 class _Entry:
-    __slots__ = ("item", "event", "lead", "error")
+    __slots__ = ("item", "event", "lead", "error", "result")
 
     def __init__(self, item):
-        self.item, self.event, self.lead, self.error = item, threading.Event(), False, None
+        self.item, self.event, self.lead, self.error, self.result = item, threading.Event(), False, None, None
 
 
 class GroupCommit:
     """Writes that many socket threads make at once, done in one statement for all that are waiting.
 
     ``add(item)`` returns once ``write([items])`` (on the database threads) wrote this item, or raises what it
-    raised. The first caller writes; those that come while it writes wait, and the first of them then writes
-    all of theirs in one go: no delay added when alone, one statement for a whole crowd. A worker joining
+    raised. ``write`` may instead answer a list, an outcome per item: ``add`` returns the item's, or raises it
+    if it is an exception (one item's failure need not be its batch's). The first caller writes; those that
+    come while it writes wait, and the first of them then writes all of theirs in one go: no delay added when
+    alone, one statement for a whole crowd. A worker joining
     takes hundreds of listeners over, each noting its socket connected (issue 19): one UPDATE each, compiled
     by the ORM and sent on its own, was a fifth of the taker's CPU a move.
     """
@@ -116,7 +118,7 @@ class GroupCommit:
         self._pending: list[_Entry] = []
         self._writing = False
 
-    def add(self, item) -> None:
+    def add(self, item):
         entry = _Entry(item)
         with self._lock:
             self._pending.append(entry)
@@ -127,22 +129,28 @@ class GroupCommit:
             if not entry.lead:  # written by the batch of the one that wrote while we came
                 if entry.error is not None:
                     raise entry.error
-                return
+                return entry.result
         with self._lock:
             batch, self._pending = self._pending, []
-        error = None
+        error, outcomes = None, None
         try:
-            db_workers().run(lambda: self._write([e.item for e in batch]))
+            outcomes = db_workers().run(lambda: self._write([e.item for e in batch]))
         except BaseException as exc:  # every waiter of the batch gets it, and retries as it would have alone
             error = exc
         with self._lock:
-            for waiting in batch:
+            for n, waiting in enumerate(batch):
                 waiting.lead, waiting.error = False, error
+                if isinstance(outcomes, list):
+                    if isinstance(outcomes[n], BaseException):
+                        waiting.error = outcomes[n]
+                    else:
+                        waiting.result = outcomes[n]
                 waiting.event.set()
             if self._pending:  # came while we wrote: the first of them writes them all
                 self._pending[0].lead = True
                 self._pending[0].event.set()
             else:
                 self._writing = False
-        if error is not None:
-            raise error
+        if entry.error is not None:
+            raise entry.error
+        return entry.result
