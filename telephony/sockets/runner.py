@@ -85,10 +85,8 @@ def frame_bursts() -> GroupCommit:
 def _store_bursts(bursts: list[tuple]) -> list:
     """Each burst's outcome: stored (None), stored but its listener's "last event" not noted (``TOUCH_FAILED``), or
     the exception that kept it from being stored. (updates, received, listener id, account id) a burst."""
-    received = min(burst[1] for burst in bursts)
     try:
-        with card_trace.frame_received(received):  # the benchmark's stage times (off in production)
-            domain.apply_call_updates([update for burst in bursts for update in burst[0]], received=received)
+        _apply([update for burst in bursts for update in burst[0]], min(burst[1] for burst in bursts))
         outcomes: list = [None] * len(bursts)
     except (OperationalError, InterfaceError):
         raise  # every burst waits the outage out and comes again (the database thread closes the connection)
@@ -108,14 +106,18 @@ def _store_bursts(bursts: list[tuple]) -> list:
 
 def _store_alone(burst: tuple):
     try:
-        with card_trace.frame_received(burst[1]):
-            domain.apply_call_updates(burst[0], received=burst[1])
+        _apply(burst[0], burst[1])
     except (OperationalError, InterfaceError) as exc:
         connection.close()  # the next one reconnects
         return exc
     except Exception as exc:  # noqa: BLE001 - this burst's own failure, raised in its own runner
         return exc
     return None
+
+
+def _apply(updates: list, received: float) -> None:
+    with card_trace.frame_received(received):  # the benchmark's stage times (off in production)
+        domain.apply_call_updates(updates, received=received)
 
 
 def backoff_delay(seconds_down: float, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS) -> float:
@@ -345,31 +347,23 @@ class ListenerRunner(threading.Thread):
         # write fails, it alone is retried, the burst is not applied again. Stored with the bursts of the
         # process's other sockets that are waiting at the same time (``frame_bursts``).
         burst = (updates, received, self.listener_id, self.account.pk)
-        while True:
-            try:
-                outcome = frame_bursts().add(burst)
-                break
-            except (OperationalError, InterfaceError) as exc:
-                logger.warning("database unavailable (%s); retrying", exc, extra=self._log_extra)
-                if self.stop_event.wait(DB_RETRY_SECONDS):
-                    raise
-        if outcome == TOUCH_FAILED:
+        if self._retry(lambda: frame_bursts().add(burst)) == TOUCH_FAILED:
             self._retry_db(lambda: status.touch_listener(self.listener_id, self.account.pk))
 
     def _note_connected(self) -> None:
         """The listener and its account connected, in one statement with the other sockets connecting now."""
-        while True:
-            try:
-                return connected_notes().add((self.listener_id, self.account.pk, self.supervisor.owner))
-            except (OperationalError, InterfaceError) as exc:
-                logger.warning("database unavailable (%s); retrying", exc, extra=self._log_extra)
-                if self.stop_event.wait(DB_RETRY_SECONDS):
-                    raise
+        self._retry(lambda: connected_notes().add((self.listener_id, self.account.pk, self.supervisor.owner)))
 
     def _retry_db(self, operation):
+        """``operation()`` on a database thread, a database outage waited out."""
+        return self._retry(lambda: db_workers().run(operation))
+
+    def _retry(self, call):
+        """``call()`` again every ``DB_RETRY_SECONDS`` while the database is unavailable (until the runner stops).
+        ``call`` takes its own way to the database threads (``db_workers`` or a group commit)."""
         while True:
             try:
-                return db_workers().run(operation)
+                return call()
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable (%s); retrying", exc, extra=self._log_extra)
                 if self.stop_event.wait(DB_RETRY_SECONDS):

@@ -36,15 +36,19 @@ def ringing(account, call_id: str, terminal: str) -> u.CallUpdate:
                         direction=u.INBOUND, remote_number="0612345678")
 
 
-@pytest.fixture
-def sockets(db, published):
-    """Two accounts, a listener and a terminal each: two sockets' worth."""
+def make_sockets(count: int) -> list[tuple]:
+    """``count`` accounts, a listener and a terminal (``t<n>``) each: a socket's worth each."""
     found = []
-    for n in range(2):
+    for n in range(count):
         account = make_account(default_region="FR")
         make_terminal(account, pbx_id=f"t{n}", agent=make_agent())
         found.append((account, Listener.objects.create(account=account, name=f"l{n}")))
     return found
+
+
+@pytest.fixture
+def sockets(db, published):
+    return make_sockets(2)
 
 
 def test_it_returns_each_items_own_outcome_when_the_write_answers_one_per_item(monkeypatch):
@@ -114,32 +118,40 @@ def test_it_raises_a_database_outage_to_every_burst_and_notes_a_failed_touch_apa
     assert Call.objects.count() == 2
 
 
-def test_it_groups_the_bursts_that_come_while_one_is_written(monkeypatch):
-    monkeypatch.setattr(database, "db_workers", InlineDb)
-    written, release = [], threading.Event()
+@pytest.mark.django_db(transaction=True)
+def test_it_stores_the_bursts_that_come_while_one_is_written_in_the_next_transaction(published, monkeypatch):
+    # The real group commit, database threads and PostgreSQL: sockets' runners hand their bursts over from
+    # threads of their own, as in a worker. The first transaction is held until three more bursts wait.
+    accounts = make_sockets(4)
+    real, transactions, release = domain.apply_call_updates, [], threading.Event()
 
-    def store(bursts):
-        written.append([burst[0] for burst in bursts])
-        if len(written) == 1:
+    def held_first(updates, received=None):
+        transactions.append(sorted(update.pbx_call_id for update in updates))
+        if len(transactions) == 1:
             release.wait(5)
-        return [None] * len(bursts)
+        return real(updates, received=received)
 
-    monkeypatch.setattr(runner, "_store_bursts", store)
-    monkeypatch.setattr(runner, "_frame_bursts", None)
-    first = threading.Thread(target=runner.frame_bursts().add, args=(("a", 0.0, 1, 1),))
-    first.start()
+    monkeypatch.setattr(domain, "apply_call_updates", held_first)
+    monkeypatch.setattr(runner, "_frame_bursts", None)  # this test's own group commit
+
+    def hand_over(n):
+        account, listener = accounts[n]
+        runner.frame_bursts().add(([ringing(account, f"-{n}", f"t{n}")], time.monotonic(), listener.pk, account.pk))
+
+    threads = [threading.Thread(target=hand_over, args=(n,)) for n in range(4)]
+    threads[0].start()
     deadline = time.monotonic() + 5
-    while not written:
-        assert time.monotonic() < deadline
+    while not transactions:
+        assert time.monotonic() < deadline, "the first burst was never written"
         time.sleep(0.005)
-    others = [threading.Thread(target=runner.frame_bursts().add, args=((name, 0.0, n, 1),))
-              for n, name in enumerate("bcd", start=2)]
-    for thread in others:
+    for thread in threads[1:]:
         thread.start()
     while len(runner.frame_bursts()._pending) < 3:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the other bursts never came"
         time.sleep(0.005)
     release.set()
-    for thread in [first, *others]:
-        thread.join(5)
-    assert written[0] == ["a"] and sorted(written[1]) == ["b", "c", "d"]
+    for thread in threads:
+        thread.join(10)
+    assert transactions == [["-0"], ["-1", "-2", "-3"]]
+    assert sorted(Call.objects.values_list("pbx_call_id", flat=True)) == ["-0", "-1", "-2", "-3"]
+    assert Listener.objects.filter(last_event_at__isnull=False).count() == 4

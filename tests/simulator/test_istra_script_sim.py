@@ -18,14 +18,17 @@ from tests.simulator.test_istra_faults_sim import (
     platform,  # noqa: F401 - the fixture
     wait_until,
 )
+from tests.support.sim_control import IstraControl
 
 
 def script(sim, moves: list[dict], expect: int = 202):
-    return control(sim, "POST", "calls/script", expect=expect, json={"moves": moves})
+    if expect == 202:
+        return IstraControl(sim.url).script(moves)
+    return control(sim, "POST", "calls/script", expect=expect, json={"moves": moves}).json()
 
 
 def played(sim) -> dict:
-    return control(sim, "GET", "calls/script").json()
+    return IstraControl(sim.url).script_status()
 
 
 def test_it_plays_a_calls_moves_at_their_times_as_the_control_requests_would(platform):  # noqa: F811
@@ -35,15 +38,15 @@ def test_it_plays_a_calls_moves_at_their_times_as_the_control_requests_would(pla
         {"at": start, "move": "incoming", "call": "a", "terminalId": TERMINAL, "from": "0612345678"},
         {"at": start + 0.2, "move": "answer", "call": "a"},
         {"at": start + 0.4, "move": "hangup", "call": "a", "cause": "disconnect"},
-    ]).json()
+    ])
     assert answer == {"scheduled": 3}
-    assert control(platform, "GET", "calls").json() == []  # nothing is played before it is due
+    assert IstraControl(platform.url).calls() == []  # nothing is played before it is due
 
     frames = socket.frames_during(1.3)
     assert [frame["item"][0]["event"] for _at, frame in frames] == ["callRinging", "callTalking", "callDropped"]
     late = [round(at - (start_monotonic + offset), 3) for (at, _frame), offset in zip(frames, (0, 0.2, 0.4), strict=True)]
     assert all(lateness >= 0 for lateness in late), f"a frame went out before its move was due: {late}"
-    [line] = control(platform, "GET", "calls").json()
+    [line] = IstraControl(platform.url).calls()
     assert (line["remote"]["number"], line["incoming"], line["dropCause"], line["history"]) == (
         "0612345678", True, "disconnect", ["ringing", "talking", "dropped"]), line
     assert played(platform) == {"pending": 0, "played": 3, "failed": 0, "failures": []}
@@ -54,7 +57,7 @@ def test_it_answers_in_a_later_chunk_a_call_an_earlier_chunk_makes(platform):  #
     script(platform, [{"at": start, "move": "incoming", "call": "b", "terminalId": TERMINAL, "from": "0611111111"}])
     script(platform, [{"at": start + 0.1, "move": "answer", "call": "b"}])  # b is not made yet, only scheduled
     wait_until(lambda: played(platform)["played"] == 2)
-    [line] = control(platform, "GET", "calls").json()
+    [line] = IstraControl(platform.url).calls()
     assert "talking" in line["history"]
 
 
@@ -68,11 +71,11 @@ def test_it_refuses_a_chunk_with_one_bad_move_and_schedules_none_of_it(platform)
         ({"at": start, "move": "answer", "call": "nobody"}, "moves[1].call 'nobody' names no call"),
         ({"at": start, "move": "incoming", "call": "d", "terminalId": TERMINAL}, "moves[1] needs terminalId and from"),
     ):
-        answer = script(platform, [good, bad], expect=400).json()
+        answer = script(platform, [good, bad], expect=400)
         assert answer["error"].startswith(reason), answer
-    assert script(platform, [], expect=400).json()["error"].startswith("body must be")
+    assert script(platform, [], expect=400)["error"].startswith("body must be")
     time.sleep(0.4)
-    assert control(platform, "GET", "calls").json() == []
+    assert IstraControl(platform.url).calls() == []
     assert played(platform)["pending"] == 0
 
 
@@ -96,5 +99,5 @@ def test_it_drops_the_moves_still_due_when_the_platform_is_reset(platform):  # n
                        "from": "0655555555"}])
     control(platform, "POST", "reset")
     time.sleep(0.5)
-    assert control(platform, "GET", "calls").json() == []
+    assert IstraControl(platform.url).calls() == []
     assert played(platform) == {"pending": 0, "played": 0, "failed": 0, "failures": []}

@@ -42,6 +42,13 @@ class IstraControl(ControlClient):
     def calls(self):
         return self._call("GET", "/calls")
 
+    def script(self, moves: list[dict], expect_ok: bool = True):
+        """Call moves the platform plays at their Unix times (``simulator/istra/script.py``)."""
+        return self._call("POST", "/calls/script", expect_ok=expect_ok, moves=moves)
+
+    def script_status(self):
+        return self._call("GET", "/calls/script")
+
     def fail_next(self, count=1, status=503, **match):
         """The next ``count`` requests (of ``app``, with ``path`` in their path) answer ``status``."""
         return self._call("POST", "/faults/fail-next", count=count, status=status, **match)

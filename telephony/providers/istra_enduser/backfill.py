@@ -97,8 +97,17 @@ def platform_host(account: PbxAccount) -> str:
 
 
 def socket_accounts(account: PbxAccount) -> list[int]:
+    return _on_platform_of(account, SOCKET_KINDS)
+
+
+def enduser_accounts(account: PbxAccount) -> list[int]:
+    """The End User accounts on the same platform as ``account`` (a socket account)."""
+    return _on_platform_of(account, (PbxAccount.Kind.ISTRA_ENDUSER,))
+
+
+def _on_platform_of(account: PbxAccount, kinds) -> list[int]:
     host = platform_host(account)
-    return [a.pk for a in PbxAccount.objects.filter(kind__in=SOCKET_KINDS) if platform_host(a) == host]
+    return [a.pk for a in PbxAccount.objects.filter(kind__in=kinds).only("base_url") if platform_host(a) == host]
 
 
 def enduser_account_for(account: PbxAccount) -> PbxAccount | None:
@@ -270,9 +279,7 @@ def backfilled_call_for(update) -> Call | None:
     account = PbxAccount.objects.filter(pk=update.account_id).only("kind", "base_url", "default_region").first()
     if account is None or account.kind not in SOCKET_KINDS:
         return None
-    host = platform_host(account)
-    enduser_ids = [a.pk for a in PbxAccount.objects.filter(kind=PbxAccount.Kind.ISTRA_ENDUSER).only("base_url")
-                   if platform_host(a) == host]
+    enduser_ids = enduser_accounts(account)
     if not enduser_ids:
         return None
     from telephony.models import CallEvent, Terminal  # noqa: PLC0415 - CallEvent only matters on this rare path
