@@ -28,6 +28,11 @@ makeCallUrl's overhead p99 stays <= 20 ms with no error and the rate achieved
 (``makecall_saturation_rate``); with two counts, ``makecall_saturation_ratio`` (the last count's
 over the first's, target >= 1.7 for 2 over 1). With several daphne processes each run also prints
 how the work spread over them (``web_children_cpu_share``, ``web_children_connections``).
+
+``--floor-sweep START:STOP:STEP`` also steps the floor view up, on the same daphne after makeCallUrl,
+against its own p99 (it asks no PBX): ``floor_saturation_rate`` per process count, and with two counts
+``floor_saturation_ratio``, what the stack's own bare view gains from the second process on this
+machine, its cores shared with the harness, beside makeCallUrl's ratio.
 """
 
 from __future__ import annotations
@@ -787,54 +792,75 @@ def cost_run(args, hub_env, load: Load, processes: int, direct: list[float], nam
 
 
 def print_step(name: str, rate: float, run: dict, overhead_p99: float, ok: bool, processes: int,
-               limit_ms: float) -> None:
+               limit_ms: float, kind: str = "sweep", measure: str = "overhead_p99") -> None:
     spread = ""
     if processes > 1:
         total = sum(run["children"]) or 1.0
         spread = (", cpu share " + " / ".join(f"{100 * c / total:.0f}%" for c in run["children"])
                   + ", connections " + " / ".join(str(n) for n in run["connections"]))
-    print(f"{name}sweep_{rate:g}: overhead_p99 {overhead_p99:.1f} ms, p50 {pct(run['latencies'], 50):.1f} ms, "
+    print(f"{name}{kind}_{rate:g}: {measure} {overhead_p99:.1f} ms, p50 {pct(run['latencies'], 50):.1f} ms, "
           f"achieved {run['achieved']:.0f} req/s, errors {run['errors']}, "
           f"cpu {run['cpu'] * 1000 / max(1, len(run['latencies'])):.2f} ms/request{spread}, "
           f"load {os.getloadavg()[0]:.1f}, {'ok' if ok else 'over'}", flush=True)
-    print(f"{name}sweep_{rate:g}_cpu: {cpu_line(run)}", flush=True)
-    print(f"{name}sweep_{rate:g}_tail: {tail_line(run, limit_ms)}", flush=True)
+    print(f"{name}{kind}_{rate:g}_cpu: {cpu_line(run)}", flush=True)
+    print(f"{name}{kind}_{rate:g}_tail: {tail_line(run, limit_ms)}", flush=True)
 
 
-def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str, others: Others) -> float:
-    """The highest rate of ``--sweep`` at which the overhead p99 is <= 20 ms, without error, rate achieved."""
-    web = Web(hub_env, processes)
+def step_through(args, name: str, kind: str, web: Web, raw, target: str, rates: list[float], reference_p99,
+                 processes: int, others: Others) -> float:
+    """Step ``target``'s rate up through ``rates`` on ``web``: the highest rate at which its p99 less
+    ``reference_p99(rate)`` (the PBX's own p99 for makeCallUrl, 0 for the floor) stays <= 20 ms, without
+    error, the rate achieved. A step over the target is run again ``--step-retries`` times first."""
     best = 0.0
+    measure = "overhead_p99" if kind == "sweep" else "p99"
+    for rate in rates:
+        reference = reference_p99(rate)
+        if args.step_warmup > 0:
+            # Not timed: daphne idled while placeCall went straight to the PBX; a step measures the rate held.
+            raw.run(target, rate, args.step_warmup)
+        for attempt in range(1 + args.step_retries):
+            if attempt:
+                print(f"{name}{kind}_{rate:g}: once more (a step over the target is run again "
+                      f"{args.step_retries} time(s) before the sweep stops: other work on the machine)", flush=True)
+            run = measured(web, raw, target, rate, args.seconds, "makecall" if kind == "sweep" else "floor", others)
+            over_reference = pct(run["latencies"], 99) - reference
+            ok = (over_reference <= OVERHEAD_P99_TARGET_MS and run["errors"] == 0
+                  and run["achieved"] >= 0.95 * rate)
+            print_step(name, rate, run, over_reference, ok, processes, reference + OVERHEAD_P99_TARGET_MS,
+                       kind, measure)
+            if ok:
+                break
+        if not ok:
+            break
+        best = rate
+    return best
+
+
+def sweep(args, hub_env, load: Load, processes: int, direct_at, name: str, others: Others) -> tuple[float, float]:
+    """The highest rate of ``--sweep`` at which makeCallUrl's overhead p99 is <= 20 ms, without error, rate
+    achieved; then, with ``--floor-sweep``, the same of the floor view's own p99 on the same daphne (else 0)."""
+    web = Web(hub_env, processes)
+    best = floor_best = 0.0
     raw = None
     try:
         load.warm_up(web)
         raw = make_generator(args.generator, web)
         raw.open(OPEN_CONNECTIONS, web)
-        for rate in parse_rates(args.sweep):
-            direct = direct_at(rate)
-            if args.step_warmup > 0:
-                # Not timed: daphne idled while placeCall went straight to the PBX; a step measures the rate held.
-                raw.run(load.makecall_target(), rate, args.step_warmup)
-            for attempt in range(1 + args.step_retries):
-                if attempt:
-                    print(f"{name}sweep_{rate:g}: once more (a step over the target is run again "
-                          f"{args.step_retries} time(s) before the sweep stops: other work on the machine)", flush=True)
-                run = measured(web, raw, load.makecall_target(), rate, args.seconds, "makecall", others)
-                overhead_p99 = pct(run["latencies"], 99) - pct(direct, 99)
-                ok = (overhead_p99 <= OVERHEAD_P99_TARGET_MS and run["errors"] == 0
-                      and run["achieved"] >= 0.95 * rate)
-                print_step(name, rate, run, overhead_p99, ok, processes, pct(direct, 99) + OVERHEAD_P99_TARGET_MS)
-                if ok:
-                    break
-            if not ok:
-                break
-            best = rate
+        best = step_through(args, name, "sweep", web, raw, load.makecall_target(), parse_rates(args.sweep),
+                            lambda rate: pct(direct_at(rate), 99), processes, others)
+        if args.floor_sweep:
+            # The bare DRF view asks no PBX and no Redis: its own p99 against the same 20 ms, on the same
+            # processes and cores, is what the stack itself holds with this many processes on this machine.
+            floor_best = step_through(args, name, "floor_sweep", web, raw, load.floor_target(),
+                                      parse_rates(args.floor_sweep), lambda rate: 0.0, processes, others)
     finally:
         if raw is not None:
             raw.close()
         web.stop()
     figure(f"{name}makecall_saturation_rate", best, "req/s")
-    return best
+    if args.floor_sweep:
+        figure(f"{name}floor_saturation_rate", floor_best, "req/s")
+    return best, floor_best
 
 
 def start_pbx(sim_hub, kind: str):
@@ -957,6 +983,10 @@ def main() -> None:
                              "is the median of the rounds' ratios")
     parser.add_argument("--processes", default="1", help="WEB_PROCESSES of daphne, or several: 1,2")
     parser.add_argument("--sweep", default="", help="rates to step through, START:STOP:STEP or a list")
+    parser.add_argument("--floor-sweep", default="",
+                        help="with --sweep, also step the floor view through these rates on the same daphne, "
+                             "after makeCallUrl (its own p99 <= 20 ms): the stack's own saturation, and with "
+                             "several --processes its own ratio beside makeCallUrl's")
     parser.add_argument("--step-retries", type=int, default=1,
                         help="a sweep step over the target is run again this many times before the sweep stops")
     parser.add_argument("--step-warmup", type=float, default=1.0,
@@ -1030,11 +1060,16 @@ def main() -> None:
             return f"p{count}_" if len(counts) > 1 else ""
 
         if args.sweep:
-            best = {count: sweep(args, hub_env, load, count, direct_at, name_of(count), others) for count in counts}
+            found = {count: sweep(args, hub_env, load, count, direct_at, name_of(count), others) for count in counts}
             if len(counts) > 1:
-                first, last = best[counts[0]], best[counts[-1]]
+                first, last = found[counts[0]][0], found[counts[-1]][0]
                 figure("makecall_saturation_ratio", last / first if first else "n/a", "",
                        f">= {SATURATION_RATIO_TARGET} ({counts[-1]} processes over {counts[0]})")
+                if args.floor_sweep:
+                    first, last = found[counts[0]][1], found[counts[-1]][1]
+                    # Not a target: what the stack's own bare view gains from the processes added, on this machine
+                    # with the harness on its cores; makeCallUrl's ratio above reads against it.
+                    figure("floor_saturation_ratio", last / first if first else "n/a")
         else:
             direct = direct_at(args.rate)
             errors = sum(cost_run(args, hub_env, load, count, direct, name_of(count), others) for count in counts)

@@ -29,7 +29,7 @@ BENCHMARKS = {
     "makecall_overhead": ["--rate", "20", "--seconds", "1"],
     # The saturation sweep, one and two web processes: "module:variant" runs bench.<module>.
     "makecall_parts": ["--requests", "20"],
-    "makecall_overhead:sweep": ["--sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
+    "makecall_overhead:sweep": ["--sweep", "10,20", "--floor-sweep", "10,20", "--seconds", "1", "--processes", "1,2"],
     "sockets_per_worker": ["--sockets", "10", "--keepalive", "1", "--hold", "3"],
     "scale_out": ["--workers", "2", "--listeners", "6", "--rate", "2", "--baseline", "3", "--rebalance-timeout", "6",
                   "--settle", "10"],
@@ -154,6 +154,14 @@ def run_and_check(name: str, slot: int) -> None:
     if name == "makecall_overhead:sweep":
         assert "p1_makecall_saturation_rate" in figures and "p2_makecall_saturation_rate" in figures
         assert "makecall_saturation_ratio" in figures
+        # The bare DRF view swept on the same processes: the stack's own saturation and ratio beside makeCallUrl's.
+        # (Whether a step holds is timing: a tiny run on a busy machine may not, so only the report is checked.)
+        assert float(figures["p1_floor_saturation_rate"]) in (0, 10, 20), done.stdout
+        assert float(figures["p2_floor_saturation_rate"]) in (0, 10, 20), done.stdout
+        assert "floor_saturation_ratio" in figures, done.stdout
+        assert re.search(r"^p2_floor_sweep_10: p99 [\d.]+ ms, .*cpu share \d+% / \d+%, .*, (ok|over)$", done.stdout,
+                         re.M), done.stdout
+        assert re.search(r"^p1_floor_sweep_10_tail: \d+ of \d+ requests over 20.0 ms", done.stdout, re.M), done.stdout
         assert re.search(r"^p2_sweep_10: .*cpu share \d+% / \d+%, connections \d+ / \d+", done.stdout, re.M), done.stdout
         # Every step names each process's CPU per request, so a saturation names its process.
         assert re.search(r"^p2_sweep_10_cpu: web [\d.]+ \+ [\d.]+ ms/request .*pbx [\d.]+ ms/request.*"
