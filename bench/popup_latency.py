@@ -69,6 +69,8 @@ import time
 from bench.common import figure, no_pauses_of_our_own, percentiles, progress, setup_django
 
 STATES = ("ringing", "talking", "ended")
+# The simulator's move that brings a call to each state (its control API's and its script's names).
+MOVE_OF_STATE = {"ringing": "incoming", "talking": "answer", "ended": "hangup"}
 P99_LIMIT_MS = 60.0
 SATURATED_P99_MS = 1000.0  # a step this late is past saturation; one over 60 ms may be a busy machine's
 STORM_LIMIT_S = 10.0
@@ -667,7 +669,7 @@ class _Calls:
 
     def __init__(self, terminals):
         self.free = collections.deque(terminal_id for terminal_id, _agent in terminals)
-        self.under_way: collections.deque = collections.deque()  # (number, call id, next state index, terminal)
+        self.under_way: collections.deque = collections.deque()  # (number, next state index, terminal)
         self.n = 0
 
 
@@ -751,48 +753,31 @@ async def _last_cards(clients: Clients, meter: CpuMeter, expected: int) -> tuple
 
 
 async def _traffic(session, sim_url, seconds: float, rate: float, calls: _Calls) -> dict[tuple[str, str], float]:
-    """``rate`` moves a second: each terminal's call rings, then is answered, then hangs up; after
-    ``seconds`` the calls under way are finished at the same pace, so every step ends with none."""
+    """``_plan``'s moves, each a control request sent when it is due (``--driver requests``), timed from just
+    before its request; an answer or hang-up waits for its call's ringing request to have answered its id."""
     base = "/_sim/istra"
     sent: dict[tuple[str, str], float] = {}
-    deadline = time.monotonic() + seconds
-    interval = 1.0 / rate
-    next_at = time.monotonic()
-    pending = []
+    call_ids: dict[str, asyncio.Future] = {}
+    loop = asyncio.get_running_loop()
 
-    async def move(number, call_id, state_index, terminal_id):
+    async def move(number, state, terminal_id):
         t0 = time.time()
-        if state_index == 0:
+        if state == "ringing":
+            call_ids[number] = loop.create_future()
             answer = await session.post(f"{base}/calls/incoming", b'{"terminalId": "%s", "from": "%s"}' % (
                 terminal_id.encode(), number.encode()))
-            call_id = json.loads(answer)["callId"]
+            call_ids[number].set_result(json.loads(answer)["callId"])
         else:
-            verb = "answer" if state_index == 1 else "hangup"
-            await session.post(f"{base}/calls/{call_id}/{verb}", b"{}")
-        sent[(number, STATES[state_index])] = t0
-        if state_index < 2:
-            calls.under_way.append((number, call_id, state_index + 1, terminal_id))
-        else:
-            calls.free.append(terminal_id)
+            call_id = await call_ids[number]
+            await session.post(f"{base}/calls/{call_id}/{MOVE_OF_STATE[state]}", b"{}")
+            if state == "ended":
+                call_ids.pop(number)
+        sent[(number, state)] = t0
 
-    while True:
-        in_time = time.monotonic() < deadline
-        if not in_time and not calls.under_way:
-            if not pending or all(task.done() for task in pending):
-                break
-        now = time.monotonic()
-        if now < next_at:
-            await asyncio.sleep(next_at - now)
-        next_at += interval
-        if calls.under_way and (not calls.free or calls.n % 3 or not in_time):
-            number, call_id, index, terminal_id = calls.under_way.popleft()
-            pending.append(asyncio.ensure_future(move(number, call_id, index, terminal_id)))
-        elif calls.free and in_time:
-            terminal_id = calls.free.popleft()
-            calls.n += 1
-            pending.append(asyncio.ensure_future(move(f"+336{calls.n:08d}", None, 0, terminal_id)))
-        else:
-            calls.n += 1
+    pending = []
+    for at, number, state, terminal_id in _plan(seconds, rate, calls, time.time()):
+        await asyncio.sleep(max(0.0, at - time.time()))
+        pending.append(asyncio.ensure_future(move(number, state, terminal_id)))
     await asyncio.gather(*pending)
     return sent
 
@@ -802,10 +787,12 @@ SCRIPT_CHUNK_S = 0.5  # and holds this long a stretch of moves
 
 
 def _plan(seconds: float, rate: float, calls: _Calls, start: float) -> list[tuple[float, str, str, str]]:
-    """``_traffic``'s moves, worked out ahead: (when due, Unix time; number; state; terminal), in order.
+    """A step's call moves, worked out ahead: (when due, Unix time; number; state; terminal), in order; both
+    drivers play them (``_traffic`` a control request a move, ``_scripted_traffic`` a script).
 
-    The same pacing: ``rate`` moves a second, a call under way moved on before a new one starts two
-    times in three, a new call on a free terminal, and after ``seconds`` the calls under way finished."""
+    ``rate`` moves a second: a call under way moved on before a new one starts two times in three, a new call
+    on a free terminal (each terminal's call rings, is answered, hangs up), and after ``seconds`` the calls under
+    way finished at the same pace, so every step ends with none."""
     interval, deadline, moves, tick = 1.0 / rate, start + seconds, [], 0
     while True:
         at = start + tick * interval
@@ -814,7 +801,7 @@ def _plan(seconds: float, rate: float, calls: _Calls, start: float) -> list[tupl
         if not in_time and not calls.under_way:
             return moves
         if calls.under_way and (not calls.free or calls.n % 3 or not in_time):
-            number, _call_id, index, terminal_id = calls.under_way.popleft()
+            number, index, terminal_id = calls.under_way.popleft()
         elif calls.free and in_time:
             terminal_id, index = calls.free.popleft(), 0
             calls.n += 1
@@ -824,7 +811,7 @@ def _plan(seconds: float, rate: float, calls: _Calls, start: float) -> list[tupl
             continue
         moves.append((at, number, STATES[index], terminal_id))
         if index < 2:
-            calls.under_way.append((number, None, index + 1, terminal_id))
+            calls.under_way.append((number, index + 1, terminal_id))
         else:
             calls.free.append(terminal_id)
 
@@ -836,7 +823,6 @@ async def _scripted_traffic(session, sim_url, seconds: float, rate: float,
     base = "/_sim/istra/calls/script"
     moves = _plan(seconds, rate, calls, time.time() + SCRIPT_AHEAD_S)
     sent: dict[tuple[str, str], float] = {}
-    verbs = {"ringing": "incoming", "talking": "answer", "ended": "hangup"}
     first = 0
     while first < len(moves):
         until = moves[first][0] + SCRIPT_CHUNK_S
@@ -845,7 +831,7 @@ async def _scripted_traffic(session, sim_url, seconds: float, rate: float,
             last += 1
         chunk = []
         for at, number, state, terminal_id in moves[first:last]:
-            move = {"at": at, "move": verbs[state], "call": number}
+            move = {"at": at, "move": MOVE_OF_STATE[state], "call": number}
             if state == "ringing":
                 move.update(terminalId=terminal_id, **{"from": number})
             chunk.append(move)

@@ -1,7 +1,7 @@
 """The pop-up benchmark's traffic, worked out ahead for the simulator's script (issue 16).
 
-The script driver must play the traffic the one-request-a-move driver played: the same pacing and the
-same calls, each terminal with one call at a time through ringing, talking and ended.
+Both drivers (a script the simulator plays, a control request a move) play these moves: ``rate`` a second,
+each terminal with one call at a time through ringing, talking and ended, every call finished.
 """
 
 import collections

@@ -40,6 +40,8 @@ TRANSITIONS: dict[str | None, set[str]] = {
 REPORTING_APPS = ("myRCC", "myCrm", "myIstra")
 
 # myCrm doc, callDropped.dropCause
+# What can be done to a call under way (the control API's ``calls/{id}/{move}``, a traffic script's moves).
+CALL_MOVES = ("answer", "hold", "unhold", "hangup")
 DROP_CAUSES = ("disconnect", "rejected", "transferred", "busy", "noAnswer", "unavailable", "error")
 
 # The ten myRCC call-line actions (myRCC doc §3.4) and the payload field each needs.

@@ -247,13 +247,8 @@ async def get_call(request: web.Request) -> dict[str, Any]:
 async def call_move(request: web.Request) -> dict[str, Any]:
     world = world_of(request)
     call_id, move = request.match_info["callId"], request.match_info["move"]
-    if move == "hangup":
-        line = world.hangup(call_id, (await read_body(request)).get("cause", "disconnect"))
-    elif move in ("answer", "hold", "unhold"):
-        line = getattr(world, move)(call_id)
-    else:
-        raise KeyError(f"no call move {move!r}; answer, hold, unhold or hangup")
-    return line_view(world, line)
+    cause = (await read_body(request)).get("cause", "disconnect") if move == "hangup" else "disconnect"
+    return line_view(world, world.move_call(call_id, move, cause))
 
 
 @_json_errors

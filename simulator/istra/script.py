@@ -27,10 +27,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from simulator.istra.calls import CALL_MOVES
+
 if TYPE_CHECKING:
     from simulator.istra.world import IstraWorld
 
-MOVES = ("incoming", "outgoing", "answer", "hold", "unhold", "hangup")
+MOVES = ("incoming", "outgoing", *CALL_MOVES)
 MAX_MOVES_PER_CHUNK = 20_000
 MAX_AHEAD_SECONDS = 3600.0
 FAILURES_KEPT = 20
@@ -114,10 +116,8 @@ class CallScript:
                 self.calls[move.call] = world.incoming_call(move.terminal_id, move.number).line_id
             elif move.move == "outgoing":
                 self.calls[move.call] = world.outgoing_call(move.terminal_id, move.number).line_id
-            elif move.move == "hangup":
-                world.hangup(self.calls[move.call], move.cause)
             else:
-                getattr(world, move.move)(self.calls[move.call])
+                world.move_call(self.calls[move.call], move.move, move.cause)
             self.played += 1
         except Exception as exc:  # noqa: BLE001 - a move that cannot be played is reported, the script plays on
             self.failed += 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from simulator.istra import push
-from simulator.istra.calls import CallBook, InvalidTransition, Line, Party
+from simulator.istra.calls import CALL_MOVES, CallBook, InvalidTransition, Line, Party
 from simulator.istra.directory import Directory, Extension, User
 from simulator.istra.myistra import EndUserBook
 from simulator.istra.script import CallScript
@@ -244,6 +244,14 @@ class IstraWorld:
         line = self.call(call_id)
         self.calls.hangup(line, cause)
         return line
+
+    def move_call(self, call_id: str, move: str, cause: str = "disconnect") -> Line:
+        """One of ``CALL_MOVES`` on a call under way, as the control API and a traffic script name them."""
+        if move == "hangup":
+            return self.hangup(call_id, cause)
+        if move in CALL_MOVES:
+            return getattr(self, move)(call_id)
+        raise KeyError(f"no call move {move!r}; {', '.join(CALL_MOVES)}")
 
     # --- sessions and sockets ----------------------------------------------------------
 

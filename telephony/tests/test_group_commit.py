@@ -11,14 +11,8 @@ from django.db import OperationalError
 
 from telephony import status
 from telephony.models import Listener, PbxAccount
-from telephony.sockets import database
 from telephony.sockets.database import GroupCommit
 from tests.factories import make_account
-
-
-class InlineDb:
-    def run(self, operation):
-        return operation()
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -28,8 +22,7 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def test_it_writes_what_came_while_it_wrote_in_one_go(monkeypatch):
-    monkeypatch.setattr(database, "db_workers", InlineDb)
+def test_it_writes_what_came_while_it_wrote_in_one_go(inline_db):
     writes, release = [], threading.Event()
 
     def write(items):
@@ -53,8 +46,15 @@ def test_it_writes_what_came_while_it_wrote_in_one_go(monkeypatch):
     assert writes[-1] == [6]
 
 
-def test_it_raises_a_failed_write_in_every_caller_of_its_batch(monkeypatch):
-    monkeypatch.setattr(database, "db_workers", InlineDb)
+def test_it_returns_each_items_own_outcome_when_the_write_answers_one_per_item(inline_db):
+    commit = GroupCommit(lambda items: [ValueError(f"bad {item}") if item == "bad" else f"ok {item}" for item in items])
+    assert commit.add("a") == "ok a"
+    with pytest.raises(ValueError, match="bad bad"):
+        commit.add("bad")
+    assert not commit._writing
+
+
+def test_it_raises_a_failed_write_in_every_caller_of_its_batch(inline_db):
     release, calls = threading.Event(), []
 
     def write(items):

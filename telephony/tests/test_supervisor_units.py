@@ -113,16 +113,10 @@ class FakeSupervisor:
         yield True
 
 
-class InlineDb:
-    def run(self, operation):
-        return operation()
-
-
 @pytest.fixture
-def no_database(monkeypatch):
+def no_database(monkeypatch, inline_db):
     """The runner's database writes, recorded instead of made."""
     states: list[str] = []
-    monkeypatch.setattr(runners, "db_workers", InlineDb)
     monkeypatch.setattr(status, "set_listener_state", lambda listener_id, state, **kwargs: states.append(state))
     monkeypatch.setattr(status, "set_account_status", lambda *args, **kwargs: None)
     monkeypatch.setattr(runners, "connected_notes", lambda: SimpleNamespace(add=lambda item: states.append("connected")))

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import istra_fault_settings
 from tests.faults.istra_world import istra_world, report_path, run
+from tests.support.recorded import late_mycrm_drop
 
 # Generous: the hub starts with the first test, and a loaded 2-core machine settles slowly.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db, pytest.mark.timeout(300)]
 
 # The module's hub (tests/faults/conftest.py fault_hub) runs with these settings.
 HUB_SETTINGS = istra_fault_settings
-# A myCrm drop as a socket got it after a reconnect (the myCrm provider's recorded fixture).
-RECORDED_LATE_DROP = (Path(__file__).parents[2] / "telephony" / "providers" / "istra_mycrm" / "tests" / "fixtures"
-                      / "event_call_dropped_after_outage.json")
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +88,7 @@ def test_it_takes_a_mycrm_drop_that_comes_after_the_backfill_for_the_call_it_sto
     assert stored.pbx_call_id.startswith("history:") and stored.state == Call.State.ENDED
     # The drop the PBX sent when the call ended (a recorded one, for this call), on the socket that replaced the
     # silent one.
-    frame = json.loads(RECORDED_LATE_DROP.read_text())
-    frame["listenerName"] = name
-    frame["item"][0].update(callId=line["callId"], displayNumber=number, displayNumberE164=number, incoming=True,
-                            talkingTime=str(talked_ms))
+    frame = late_mycrm_drop(line["callId"], number, talked_ms, listener=name)
     assert istra.push_frame(json.dumps(frame), listener=name)["sockets"] == 1
     second = Call.objects.filter(account_id=group.socket_account_id, pbx_call_id=line["callId"])
     wait_for(lambda: CallEvent.objects.filter(call=stored, kind="callDropped").exists() or second.exists(), 30,

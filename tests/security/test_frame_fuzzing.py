@@ -13,7 +13,6 @@ import copy
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,18 +22,13 @@ from hypothesis import strategies as st
 from telephony.providers import provider_class
 from telephony.providers.base import ListenerSpec
 from telephony.updates import CallUpdate, FrameRejected
+from tests.support.recorded import PROVIDERS_DIR, fixtures_dir, recorded
 
-PROVIDERS_DIR = Path(__file__).resolve().parents[2] / "telephony" / "providers"
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def fixture(kind: str, name: str):
-    return json.loads((PROVIDERS_DIR / kind / "tests" / "fixtures" / name).read_text())
-
-
 def fixtures_of(kind: str, names: list[str]) -> list:
-    folder = PROVIDERS_DIR / kind / "tests" / "fixtures"
-    return [fixture(kind, name) for name in names if (folder / name).exists()]
+    return [recorded(kind, name) for name in names if (fixtures_dir(kind) / name).exists()]
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -199,8 +193,8 @@ def test_it_reads_any_enduser_notification_frame_as_counters_or_a_rejection(text
 def _history_and_voicemail_items():
     items = []
     for name in ("call_history.json", "voicemail_list.json"):
-        if (ENDUSER_DIR / "tests" / "fixtures" / name).exists():
-            items.extend(fixture("istra_enduser", name).get("items", []))
+        if (fixtures_dir("istra_enduser") / name).exists():
+            items.extend(recorded("istra_enduser", name).get("items", []))
     return items or [{}]
 
 

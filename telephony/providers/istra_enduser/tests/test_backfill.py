@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,6 +16,7 @@ from telephony.providers.istra_enduser.backfill import LATE_DROP_WINDOW, MATCH_T
 from telephony.providers.istra_enduser.tasks import backfill_account_task
 from telephony.providers.istra_enduser.tests.conftest import fixture_json
 from tests.factories import make_account, make_agent, make_call, make_terminal
+from tests.support.recorded import late_mycrm_drop
 
 pytestmark = pytest.mark.django_db
 
@@ -259,18 +259,12 @@ def test_the_reconcile_after_a_reconnect_ends_a_call_from_the_users_history_at_t
 # --- a socket's drop that comes after the backfill stored its call ---------------------------------------
 
 
-# The drop a myCrm socket got after a reconnect, recorded (the myCrm provider's own fixture).
-RECORDED_LATE_DROP = Path(__file__).parents[2] / "istra_mycrm" / "tests" / "fixtures" / \
-    "event_call_dropped_after_outage.json"
-
-
 def late_drop(account, call_id="-431", number="+33612345678", talking_ms=30000, incoming=True):
-    """The recorded drop, for another call, read by the myCrm parser as the socket's listener reads it."""
+    """The drop a myCrm socket got after a reconnect (recorded), for another call, read by the myCrm parser as the
+    socket's listener reads it."""
     from telephony.providers.istra_mycrm.frames import parse_mycrm_frame
 
-    frame = json.loads(RECORDED_LATE_DROP.read_text())
-    frame["item"][0].update(callId=call_id, displayNumber=number, displayNumberE164=number, incoming=incoming,
-                            talkingTime=str(talking_ms))
+    frame = late_mycrm_drop(call_id, number, talking_ms, incoming)
     [update] = parse_mycrm_frame(json.dumps(frame), account.pk, TERMINAL)
     return update
 
