@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.istra import errors
+from simulator.istra import errors, variance
 from simulator.istra.calls import DROPPED, HELD, RINGING, TALKING, Line, Transition
 from simulator.istra.push import once, send_to_session
 from simulator.istra.sessions import Session, authenticated, bean_of, split_enduser, world_of
@@ -141,6 +141,7 @@ def publisher(world: IstraWorld):
         event = event_for(transition)
         if event is None:
             return
+        event = variance.with_field_values(world, APP, event)
         line, state = transition.line, transition.line.state
         # Told once, whichever session's socket writes the frame first (send_to_session: once per session).
         told = once(lambda: line.report(APP, state))

@@ -148,7 +148,7 @@ def snapshot(world: IstraWorld, line: Line, extension_key: str = "uriExtension")
     if line.state == DROPPED:
         item["conference"] = bool(line.parties)
     item[extension_key] = f"v1/rcc/Extension/{line.extension_id}"
-    return item
+    return variance.with_field_values(world, APP, item)
 
 
 PLACE_CALL_KEYS = (

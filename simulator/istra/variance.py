@@ -15,6 +15,12 @@ simulator send what the specs leave open. All are off by default (and in the dem
   be shown in a state name of the test's choosing (pushed at once, as a new
   snapshot, and shown until the line's state changes).
 
+* **Field values** (myCrm, myRCC): the docs show durations and times as strings of digits,
+  flags as JSON booleans, links and numbers as text. For one app, chosen fields of every
+  event item (myCrm) or call line (myRCC) carry the test's value instead of ours (any
+  JSON: ``"-1"``, ``"262.0"``, ``"TRUE"``, ``null``, a list...), wherever the item has
+  that field; nothing is added to an item that has no such field.
+
 * **Bean scope** (all three apps): the docs never say whose a ``v1/service/EventListener/bean``
   is. ``session`` (the default): its creating session's, deleted with it. ``user``: the user's,
   shared by all the user's sessions (each binds it on its own), deleted for all of them by any
@@ -30,6 +36,8 @@ POST     /_sim/istra/faults/unpullable-lines     {lines: [lineId...], status}  (
                                                  pullable again) -> {lineId: status}
 POST     /_sim/istra/faults/state-names          {names: {state: name}}  (replaces the map; {} is off)
 POST     /_sim/istra/faults/line-state           {callId, state}  (state null: the real name again)
+POST     /_sim/istra/faults/field-values     {app, fields: {field: value}}  (app "myCrm" or "myRCC";
+                                                 replaces that app's map; {} is off) -> the map
 POST     /_sim/istra/faults/bean-scope           {scope}  ("session" or "user"; to user: the beans the
                                                  sessions hold become their users'; to session: the
                                                  user beans are forgotten) -> {scope}
@@ -75,6 +83,14 @@ def shown_state(world: IstraWorld, line: Line) -> str:
     return world.variance.state_names.get(state, state)
 
 
+def with_field_values(world: IstraWorld, app: str, item: dict[str, Any]) -> dict[str, Any]:
+    """``item`` as ``app`` sends it: the fields a test chose carry its values (only those the item has)."""
+    values = world.variance.field_values.get(app)
+    if not values:
+        return item
+    return {key: values.get(key, value) if key in values else value for key, value in item.items()}
+
+
 # --- switches ------------------------------------------------------------------------------------
 
 @on_loop
@@ -118,6 +134,23 @@ def line_state(world: IstraWorld, call_id: str, name: str | None) -> dict[str, A
     return {"callId": line.line_id, "state": line.state, "shown": shown_state(world, line)}
 
 
+FIELD_VALUE_APPS = ("myCrm", "myRCC")
+
+
+@on_loop
+def field_values(world: IstraWorld, app: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``app``'s items carry these values for these fields from now on (``{}``: our own values again)."""
+    if app not in FIELD_VALUE_APPS:
+        raise ValueError(f"app must be one of {', '.join(FIELD_VALUE_APPS)}")
+    if not isinstance(fields, dict) or not all(_a_name(key) for key in fields):
+        raise ValueError("fields must map field names to values")
+    if fields:
+        world.variance.field_values[app] = dict(fields)
+    else:
+        world.variance.field_values.pop(app, None)
+    return dict(fields)
+
+
 BEAN_SCOPES = ("session", "user")
 
 
@@ -143,6 +176,7 @@ def view(world: IstraWorld) -> dict[str, Any]:
                       for (app, login, enterprise), names in variance.user_beans.items() if names},
         "unpullableLines": dict(variance.unpullable),
         "stateNames": dict(variance.state_names),
+        "fieldValues": {app: dict(values) for app, values in variance.field_values.items()},
         "lineStates": {line_id: {"state": state, "shown": name}
                        for line_id, (state, name) in variance.line_state_names.items()},
     }
@@ -181,6 +215,13 @@ async def post_line_state(request: web.Request) -> dict[str, Any]:
 
 
 @json_errors()
+async def post_field_values(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request)
+    only(body, {"app", "fields"})
+    return field_values(world_of(request), required(body, "app"), body.get("fields", {}))
+
+
+@json_errors()
 async def post_bean_scope(request: web.Request) -> dict[str, str]:
     body = await read_body(request)
     only(body, {"scope"})
@@ -193,4 +234,5 @@ def add_control_routes(app: web.Application) -> None:
     router.add_post(f"{PREFIX}/unpullable-lines", post_unpullable_lines)
     router.add_post(f"{PREFIX}/state-names", post_state_names)
     router.add_post(f"{PREFIX}/line-state", post_line_state)
+    router.add_post(f"{PREFIX}/field-values", post_field_values)
     router.add_post(f"{PREFIX}/bean-scope", post_bean_scope)

@@ -105,6 +105,8 @@ class Variance:
     # "session": a listener bean is its session's (it dies with it); "user": the user's, shared by all its sessions
     bean_scope: str = "session"
     user_beans: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # (app, login, ent) -> names
+    # app ("myCrm", "myRCC") -> {field: value}: the value its event items / call lines carry for that field
+    field_values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class RequestLog:

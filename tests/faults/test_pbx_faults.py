@@ -53,6 +53,16 @@ def test_it_keeps_every_call_when_every_kind_gets_malformed_and_oversized_frames
     run(request, fault_world, 6, lambda faults: faults.inject("garbage_frames"), timed=False)
 
 
+def test_it_ends_every_call_by_its_own_drop_when_fields_carry_values_the_docs_do_not_show(request, fault_world):
+    """A duration of "-1", a time as ISO text, a label as a list: each read as absent, the event applies. Had one
+    odd field cost the whole event, myRCC's calls would be lost and myCrm's drops with them (their calls then
+    ended by the stale-call sweep, which is a loss of the answered state and the talking time)."""
+    figures, _faults = run(request, fault_world, 7, lambda faults: faults.inject("odd_field_values"),
+                           rounds=2, timed=False)
+    assert {kind: kind_figures.calls_swept for kind, kind_figures in figures.by_kind.items()
+            if kind_figures.calls_swept} == {}
+
+
 def test_it_takes_a_mycrm_drop_that_comes_after_the_backfill_for_the_call_it_stored(fault_world):
     """A myCrm socket lost a call's frames; the End User backfill stored the call from the call history; then
     the socket's drop of that call came (a PBX that delivers it late, a worker far behind). One call, not two:

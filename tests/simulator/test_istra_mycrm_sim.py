@@ -259,6 +259,26 @@ def test_it_pushes_every_event_of_an_incoming_call_to_the_bound_websocket(crm, p
     assert int(times["ringingTime"]) >= 40 and int(times["talkingTime"]) >= 40
 
 
+def test_it_sends_the_field_values_a_test_chose_in_the_events_that_carry_those_fields(crm, platform):
+    control(platform, "POST", "faults/field-values",
+            json={"app": "myCrm", "fields": {"ringingTime": "-1", "incoming": "TRUE", "talkCause": None}})
+    socket = listen(crm)
+    call_id = control(platform, "POST", "calls/incoming", json={"terminalId": TERMINAL, "from": "0612345678"}
+                      ).json()["callId"]
+    ringing = socket.next_item()
+    control(platform, "POST", f"calls/{call_id}/answer")
+    talking = socket.next_item()
+    control(platform, "POST", f"calls/{call_id}/hangup")
+    dropped = socket.next_item()
+
+    assert (ringing["incoming"], "ringingTime" in ringing) == ("TRUE", False)  # nothing added
+    assert (talking["incoming"], talking["talkCause"]) == ("TRUE", None)
+    assert (dropped["event"], dropped["ringingTime"], dropped["incoming"]) == ("callDropped", "-1", "TRUE")
+    assert dropped["talkingTime"].isdigit()  # a field not chosen keeps our value
+    assert control(platform, "GET", "faults/variance").json()["fieldValues"] == {
+        "myCrm": {"ringingTime": "-1", "incoming": "TRUE", "talkCause": None}}
+
+
 def test_it_places_a_call_and_reports_it_from_alerting_to_dropped(crm, platform):
     socket = listen(crm)
 

@@ -8,7 +8,8 @@ import requests
 from tests.simulator.istra_client import IstraClient
 
 JOHN, ALICE = "897778778", "4588897"
-OFF = {"beanScope": "session", "userBeans": {}, "unpullableLines": {}, "stateNames": {}, "lineStates": {}}
+OFF = {"beanScope": "session", "userBeans": {}, "unpullableLines": {}, "stateNames": {}, "lineStates": {},
+       "fieldValues": {}}
 
 
 @pytest.fixture
@@ -128,6 +129,37 @@ def test_it_spells_a_state_another_way_in_every_snapshot_once_renamed(sim, world
     assert rcc.get(f"v1/rcc/CallLine/{line}").json()["state"] == "talking"
 
 
+# --- field values ------------------------------------------------------------------------------------
+
+def test_it_sends_the_field_values_a_test_chose_in_every_snapshot_and_listing(sim, world, rcc):
+    chosen = {"creationTime": "2015-01-07T13:03:31Z", "isIncoming": "yes", "actions": [None, "answer"],
+              "talkingTime": "-1"}
+    assert control(sim, "field-values", {"app": "myRCC", "fields": chosen}).json() == chosen
+    socket, _ = monitor(rcc)
+    try:
+        line = world.incoming_call(JOHN, "0612345678").line_id
+        ringing = socket.next_item()
+        world.answer(line)
+        talking = socket.next_item()
+    finally:
+        socket.close()
+    listed = rcc.get(f"v1/rcc/CallLine/{line}").json()
+
+    for item in (ringing, talking, listed):
+        assert {key: item[key] for key in ("creationTime", "isIncoming", "actions")} == {
+            key: chosen[key] for key in ("creationTime", "isIncoming", "actions")}
+    assert "talkingTime" not in ringing and talking["talkingTime"] == "-1"  # only where the line has it
+    assert (ringing["state"], talking["state"]) == ("ringing", "talking")  # the rest is ours
+    control(sim, "field-values", {"app": "myRCC", "fields": {}})
+    assert rcc.get(f"v1/rcc/CallLine/{line}").json()["creationTime"].isdigit()
+
+
+def test_it_answers_400_for_field_values_of_an_app_it_does_not_know_or_not_a_map(sim, world):
+    assert control(sim, "field-values", {"app": "myIstra", "fields": {"x": 1}}).status_code == 400
+    assert control(sim, "field-values", {"app": "myRCC", "fields": ["x"]}).status_code == 400
+    assert control(sim, "field-values", {"app": "myRCC", "fields": {"": 1}}).status_code == 400
+
+
 def test_it_answers_404_for_naming_an_unknown_call_and_400_for_a_bad_name(sim, world):
     assert control(sim, "line-state", {"callId": "-999", "state": "offering"}).status_code == 404
     line = world.incoming_call(JOHN, "0612345678").line_id
@@ -141,6 +173,7 @@ def test_it_turns_every_switch_off_on_reset(sim, world):
     control(sim, "state-names", {"names": {"held": "onHold"}})
     control(sim, "line-state", {"callId": line, "state": "offering"})
     control(sim, "bean-scope", {"scope": "user"})
+    control(sim, "field-values", {"app": "myRCC", "fields": {"creationTime": "-1"}})
     assert requests.post(f"{sim.url}/_sim/istra/reset", timeout=5).status_code == 200
     assert control(sim, "variance", method="GET").json() == OFF
 

@@ -1,7 +1,10 @@
 """Istra's websocket frames, as the three APIs send them: the item list and its typed fields.
 
-Numbers stay strings until read (``read_count``), so a 64-bit id never passes through a float; a field
-that is not what it says rejects the frame (``FrameRejected``), never the socket.
+Numbers stay strings until read (``read_count``), so a 64-bit id never passes through a float. A field
+the event cannot do without (its name, the call's id, a line's state) that is not what it says rejects
+the item (``FrameRejected``), never the socket; any other field is read through ``OptionalFields``,
+which takes one it cannot read as absent and notes why, so one odd value never costs the event (a
+lost ``callDropped`` leaves a call ringing until the sweep).
 """
 
 from __future__ import annotations
@@ -47,14 +50,15 @@ def read_text(item: dict, key: str) -> str | None:
 
 
 def read_flag(item: dict, key: str) -> bool | None:
+    """true/false, as JSON or as a string in any case ("True" from a Java toString, "TRUE")."""
     value = item.get(key)
     if value is None:
         return None
     if isinstance(value, bool):
         return value
-    if value in ("true", "false"):
-        return value == "true"
-    raise FrameRejected(f"{key} is not true or false: {value!r}")
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise FrameRejected(f"{key} is not true or false: {_shown(value)}")
 
 
 # Counts, durations and epoch milliseconds fit in 20 digits; a longer string is not one
@@ -63,10 +67,48 @@ MAX_COUNT_DIGITS = 20
 
 
 def read_count(item: dict, key: str) -> int | None:
-    """A non-negative integer the PBX may send as a number or as a string of digits."""
+    """A non-negative integer the PBX may send as a number or as a string of digits.
+
+    A decimal ("262.0", "262.5": a JSON number a serializer wrote as a double) counts its whole part.
+    """
     value = item.get(key)
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_COUNT_DIGITS:
-        return int(value)
-    raise FrameRejected(f"{key} is not a whole number: {value[:40] if isinstance(value, str) else value!r}")
+    if isinstance(value, str) and value.isascii():
+        whole, dot, fraction = value.partition(".")
+        if whole.isdigit() and len(whole) <= MAX_COUNT_DIGITS and (not dot or fraction.isdigit()):
+            return int(whole)
+    raise FrameRejected(f"{key} is not a whole number: {_shown(value)}")
+
+
+def _shown(value) -> str:
+    return repr(value[:40] if isinstance(value, str) else value)[:60]
+
+
+class OptionalFields:
+    """An item's optional fields: one that cannot be read is taken as absent, and noted in ``unread``.
+
+    The domain takes an absent field as "not said" and keeps what the call has, so a call's drop with a
+    ``ringingTime`` of "-1" still ends it. ``unread`` says what was passed over, for one log line.
+    """
+
+    def __init__(self, item: dict):
+        self.item = item
+        self.unread: list[str] = []
+
+    def text(self, key: str) -> str | None:
+        return self.read(read_text, self.item, key)
+
+    def flag(self, key: str) -> bool | None:
+        return self.read(read_flag, self.item, key)
+
+    def count(self, key: str) -> int | None:
+        return self.read(read_count, self.item, key)
+
+    def read(self, reader, *args):
+        """``reader(*args)``, or None (noted) when it raises ``FrameRejected``."""
+        try:
+            return reader(*args)
+        except FrameRejected as exc:
+            self.unread.append(str(exc))
+            return None

@@ -22,7 +22,10 @@ resume, not an answer), ``callTalking.transferred``. The state is talking all
 the same; another cause keeps the plain ``callTalking`` and is logged once.
 
 An event name the doc does not list is skipped and logged once per account and
-name; so is an item that cannot be read. The other items of the frame apply.
+name; so is an item without an event name or a ``callId``. The other items of the
+frame apply. Any other field that cannot be read (a ``ringingTime`` of "-1", an
+``Incoming`` of "maybe", a number that is not text) is taken as absent and logged
+once per account and reason: the event still applies, so a drop still ends its call.
 
 A ``callDropped`` whose ``talkingTime`` is above 0 was answered, even when no
 ``callTalking`` came before it: the PBX sends nothing again for a call answered
@@ -39,7 +42,7 @@ from django.utils import timezone
 
 from telephony import updates as u
 from telephony.providers import unexpected
-from telephony.providers.istra.framing import frame_items, read_count, read_flag, read_text
+from telephony.providers.istra.framing import OptionalFields, frame_items, read_text
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -70,8 +73,8 @@ class UnknownEvent(Exception):
 def parse_mycrm_frame(text: str, account_id: int, terminal_pbx_id: str | None) -> list[CallUpdate]:
     """Every readable call event of one frame.
 
-    ``FrameRejected`` only when the frame itself is not a list of items; an item that cannot be
-    read, or names an event the doc does not list, is logged and skipped.
+    ``FrameRejected`` only when the frame itself is not a list of items; an item without an event
+    name or a call id, or naming an event the doc does not list, is logged and skipped.
     """
     now = timezone.now()
     updates = []
@@ -88,6 +91,17 @@ def parse_mycrm_frame(text: str, account_id: int, terminal_pbx_id: str | None) -
 
 
 def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now) -> CallUpdate:
+    fields = OptionalFields(item)
+    update = _read_event(item, fields, account_id, terminal_pbx_id, now)
+    for reason in fields.unread:
+        unexpected.warn_once(logger, account_id, "myCrm field", reason,
+                             "myCrm %s of call %s: %s; read as absent, the event applies",
+                             update.kind, update.pbx_call_id, reason)
+    return update
+
+
+def _read_event(item: dict, fields: OptionalFields, account_id: int, terminal_pbx_id: str | None,
+                now) -> CallUpdate:
     event = read_text(item, "event")
     if event is None:
         raise FrameRejected("an item without an event name")
@@ -96,15 +110,15 @@ def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now)
     call_id = read_text(item, "callId")
     if call_id is None:
         raise FrameRejected(f"{event} without a callId")
-    incoming = _incoming(item)
+    incoming = _incoming(fields)
     if event in RING_EVENTS:
         incoming = RING_EVENTS[event] if incoming is None else incoming
         state = u.RINGING if incoming else u.DIALING
     else:
         state = EVENT_STATES[event]
     talk_cause = _talk_cause(item) if state == u.TALKING else None
-    number_e164 = read_text(item, "displayNumberE164")
-    talking_ms = read_count(item, "talkingTime")
+    number_e164 = fields.text("displayNumberE164")
+    talking_ms = fields.count("talkingTime")
     answered_at = _answered_at(now, talking_ms) if state == u.ENDED else None
     if talk_cause is not None and talk_cause not in TALK_CAUSES:
         unexpected.warn_once(logger, account_id, "myCrm talkCause", talk_cause,
@@ -118,16 +132,16 @@ def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now)
         occurred_at=now,
         terminal_pbx_id=terminal_pbx_id,
         direction=None if incoming is None else (u.INBOUND if incoming else u.OUTBOUND),
-        is_internal=_is_internal(item),
-        remote_number=read_text(item, "displayNumber"),
+        is_internal=_is_internal(fields),
+        remote_number=fields.text("displayNumber"),
         # Istra fills displayNumberE164 with the short extension for internal calls.
         remote_number_e164=number_e164 if number_e164 and number_e164.startswith("+") else None,
-        remote_label=read_text(item, "displayLabel"),
-        external_phone=read_text(item, "acdId"),
-        ringing_ms=read_count(item, "ringingTime"),
+        remote_label=fields.text("displayLabel"),
+        external_phone=fields.text("acdId"),
+        ringing_ms=fields.count("ringingTime"),
         talking_ms=talking_ms,
         answered_at=answered_at,
-        end_cause=_end_cause(item, incoming, talking_ms) if state == u.ENDED else None,
+        end_cause=_end_cause(fields, incoming, talking_ms) if state == u.ENDED else None,
     )
 
 
@@ -148,20 +162,20 @@ def _talk_cause(item: dict) -> str | None:
     return cause if isinstance(cause, str) and cause else None
 
 
-def _incoming(item: dict) -> bool | None:
+def _incoming(fields: OptionalFields) -> bool | None:
     """``incoming`` as in the doc's examples, else ``Incoming`` as in its field lists."""
-    incoming = read_flag(item, "incoming")
-    return read_flag(item, "Incoming") if incoming is None else incoming
+    incoming = fields.flag("incoming")
+    return fields.flag("Incoming") if incoming is None else incoming
 
 
-def _is_internal(item: dict) -> bool | None:
+def _is_internal(fields: OptionalFields) -> bool | None:
     # An undocumented type must not cost us the event (a lost callDropped leaves a call ringing).
-    return CALL_TYPES.get(read_text(item, "type"))
+    return CALL_TYPES.get(fields.text("type"))
 
 
-def _end_cause(item: dict, incoming: bool | None, talking_ms: int | None) -> str | None:
+def _end_cause(fields: OptionalFields, incoming: bool | None, talking_ms: int | None) -> str | None:
     """Why the call ended; None leaves it to the domain (which knows if it was answered)."""
-    cause = read_text(item, "dropCause")
+    cause = fields.text("dropCause")
     if cause in DROP_CAUSES:
         return DROP_CAUSES[cause]
     if cause != "disconnect" or talking_ms is None:

@@ -19,9 +19,11 @@ so ``ringing`` and ``alerting`` both read as ringing. Any other state
 the call stays live in the state it had (a line seen for the first time in such
 a state rings when incoming, else dials), the raw name stays on the call's event
 (kind ``callLine.<state>``, payload ``state``) and on the call (``pbx_state``,
-which the card shows), and the value is logged once per account. A line that
-cannot be read at all is skipped alone: the other lines of the frame, or of the
-catch-up list after a reconnect, still apply.
+which the card shows), and the value is logged once per account. A line without
+an id or a state is skipped alone: the other lines of the frame, or of the
+catch-up list after a reconnect, still apply. Any other field that cannot be read
+(a time of "-1", an ``isIncoming`` of "maybe", a ``null`` among the actions) is
+taken as absent and logged once per account and reason: the snapshot still applies.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from django.utils import timezone
 
 from telephony import updates as u
 from telephony.providers import unexpected
-from telephony.providers.istra.framing import frame_items, read_count, read_flag, read_text
+from telephony.providers.istra.framing import OptionalFields, frame_items, read_count, read_text
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -111,8 +113,8 @@ class LineStates:
 def parse_myrcc_frame(text: str, account_id: int, lines: LineStates | None = None) -> list[CallUpdate]:
     """Every readable line of a websocket frame or of a GET CallLine list.
 
-    ``FrameRejected`` only when the frame itself is not a list of lines; a line that cannot be
-    read is logged and skipped, and the others apply.
+    ``FrameRejected`` only when the frame itself is not a list of lines; a line without an id or a
+    state is logged and skipped, and the others apply.
     """
     now = timezone.now()
     updates = []
@@ -129,33 +131,34 @@ def parse_myrcc_frame(text: str, account_id: int, lines: LineStates | None = Non
 
 
 def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | None = None) -> CallUpdate:
-    """One call line's snapshot; ``FrameRejected`` if it cannot be read."""
+    """One call line's snapshot; ``FrameRejected`` without an id or a state, its other fields optional."""
+    fields = OptionalFields(line)
     line_id = line_id_of(line)
     state_name = read_text(line, "state")
-    incoming = read_flag(line, "isIncoming")
+    incoming = fields.flag("isIncoming")
     state = _state(state_name, incoming)
     known_state = state is not None
     if not known_state:
         state = _kept_state(line_id, incoming, lines)
-    modified = read_text(line, "lastModificationTime")
-    answered_at = _epoch_ms(line, "talkingTime")
+    modified = fields.text("lastModificationTime")
+    answered_at = fields.read(_epoch_ms, line, "talkingTime")
     update = CallUpdate(
         account_id=account_id,
         pbx_call_id=line_id,
         state=state,
         kind=f"callLine.{state_name}",
         payload=line,
-        occurred_at=_epoch_ms(line, "lastModificationTime") or now,
-        terminal_pbx_id=_extension_id(line),
+        occurred_at=fields.read(_epoch_ms, line, "lastModificationTime") or now,
+        terminal_pbx_id=fields.read(_extension_id, line),
         direction=None if incoming is None else (u.INBOUND if incoming else u.OUTBOUND),
         # displayed* describe the other party, as shown on the extension's phone.
-        remote_number=read_text(line, "displayedNumber"),
-        remote_number_e164=_e164_or_none(read_text(line, "displayedExternalNumber")),
-        remote_label=read_text(line, "displayedLabel"),
-        allowed_actions=_allowed_actions(line),
-        started_at=_epoch_ms(line, "creationTime"),
+        remote_number=fields.text("displayedNumber"),
+        remote_number_e164=_e164_or_none(fields.text("displayedExternalNumber")),
+        remote_label=fields.text("displayedLabel"),
+        allowed_actions=_allowed_actions(fields),
+        started_at=fields.read(_epoch_ms, line, "creationTime"),
         answered_at=answered_at,
-        end_cause=_end_cause(line, incoming, answered_at) if state == u.ENDED else None,
+        end_cause=_end_cause(fields, incoming, answered_at) if state == u.ENDED else None,
         frame_id=f"{modified}:{state_name}" if modified else None,
         pbx_state=None if known_state else state_name,  # the card shows it next to the state kept
     )
@@ -165,6 +168,10 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
             "myRCC sent call-line state %s, which the spec does not show: line %s is kept %s",
             unexpected.shown(state_name), line_id, state,
         )
+    for reason in fields.unread:
+        unexpected.warn_once(logger, account_id, "myRCC field", reason,
+                             "myRCC line %s (%s): %s; read as absent, the snapshot applies",
+                             line_id, state_name, reason)
     return update
 
 
@@ -208,21 +215,25 @@ def _extension_id(line: dict) -> str | None:
 
 
 def extension_id_from_uri(uri: str) -> str:
-    """``v1/rcc/Extension/897778778`` (or a full URL ending so) into ``897778778``."""
-    _, marker, extension_id = uri.rpartition(EXTENSION_URI_PREFIX)
+    """``v1/rcc/Extension/897778778`` (or a full URL ending so, a trailing slash too) into ``897778778``."""
+    _, marker, extension_id = uri.rstrip("/").rpartition(EXTENSION_URI_PREFIX)
     if not marker or not extension_id or "/" in extension_id:
         raise FrameRejected(f"not an extension link: {uri!r}")
     return extension_id
 
 
-def _allowed_actions(line: dict) -> tuple[str, ...] | None:
-    actions = line.get("actions")
+def _allowed_actions(fields: OptionalFields) -> tuple[str, ...] | None:
+    actions = fields.item.get("actions")
     if actions is None:
         return None
-    if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
-        raise FrameRejected("actions is not a list of names")
+    if not isinstance(actions, list):
+        fields.unread.append(f"actions is not a list: {unexpected.shown(actions)}")
+        return None
+    if not all(isinstance(a, str) for a in actions):
+        # The names that are names still say what the line allows; a null among them says nothing.
+        fields.unread.append("actions holds something that is not a name")
     # Actions we cannot drive (startRecord...) are left out.
-    return tuple(dict.fromkeys(ACTION_NAMES[a] for a in actions if a in ACTION_NAMES))
+    return tuple(dict.fromkeys(ACTION_NAMES[a] for a in actions if isinstance(a, str) and a in ACTION_NAMES))
 
 
 def _epoch_ms(line: dict, key: str) -> datetime | None:
@@ -239,8 +250,8 @@ def _e164_or_none(number: str | None) -> str | None:
     return number if number and number.startswith("+") else None
 
 
-def _end_cause(line: dict, incoming: bool | None, answered_at: datetime | None) -> str | None:
-    cause = (read_text(line, "stateCause") or "").lower()
+def _end_cause(fields: OptionalFields, incoming: bool | None, answered_at: datetime | None) -> str | None:
+    cause = (fields.text("stateCause") or "").lower()
     for keyword, end_cause in CAUSE_KEYWORDS:
         if keyword in cause:
             return end_cause

@@ -150,14 +150,50 @@ def test_it_rejects_a_frame_that_is_not_a_list_of_items_with_framerejected_only(
     frame(event=None),
     json.dumps({"item": [{"event": "callHeld"}]}),  # no callId
     json.dumps({"item": [{"event": "callHeld", "callId": ""}]}),
-    frame(event="callRinging", incoming="maybe"),
-    frame(event="callDropped", Incoming="maybe"),
-    frame(event="callDropped", ringingTime="fast"),
-    frame(event="callDropped", talkingTime="-5"),
-    frame(event="callTalking", displayNumber=["104"]),
+    json.dumps({"item": [{"event": "callHeld", "callId": ["-428"]}]}),
 ])
-def test_it_skips_an_item_it_cannot_read_without_raising(text):
+def test_it_skips_an_item_without_a_known_event_or_a_call_id_without_raising(text):
     assert parse_mycrm_frame(text, 7, TERMINAL) == []
+
+
+@pytest.mark.parametrize(("fields", "absent"), [
+    ({"event": "callDropped", "Incoming": "maybe"}, "direction"),
+    ({"event": "callDropped", "ringingTime": "fast"}, "ringing_ms"),
+    ({"event": "callDropped", "ringingTime": "-1"}, "ringing_ms"),
+    ({"event": "callDropped", "talkingTime": "-5"}, "talking_ms"),
+    ({"event": "callDropped", "dropCause": ["busy"]}, "end_cause"),
+    ({"event": "callTalking", "displayNumber": ["104"]}, "remote_number"),
+    ({"event": "callTalking", "acdId": {"id": "0900000171"}}, "external_phone"),
+])
+def test_it_applies_an_event_reading_a_field_it_cannot_read_as_absent_and_says_so_once(fields, absent, caplog):
+    # The doc shows durations as strings of digits and the rest as text; a PBX that sends something else
+    # there must not cost the event: a lost callDropped leaves the call ringing until the sweep.
+    unexpected.forget()
+    with caplog.at_level("WARNING"):
+        first = parse_one(frame(**fields))
+        again = parse_one(frame(**fields))
+    expected = u.ENDED if fields["event"] == "callDropped" else u.TALKING
+    assert (first.pbx_call_id, first.state) == (again.pbx_call_id, again.state) == ("-428", expected)
+    assert getattr(first, absent) is None
+    (record,) = [r for r in caplog.records if "read as absent" in r.getMessage()]
+    field = next(key for key in fields if key != "event")
+    assert field in record.getMessage() and record.account_id == 7
+
+
+def test_it_reads_a_ringing_event_whose_flag_it_cannot_read_by_the_events_name():
+    assert parse_one(frame(event="callRinging", incoming="maybe")).state == u.DIALING
+    assert parse_one(frame(event="callAlerting", incoming="maybe")).state == u.RINGING
+
+
+@pytest.mark.parametrize(("fields", "read"), [
+    ({"event": "callRinging", "incoming": "True"}, ("direction", u.INBOUND)),
+    ({"event": "callDropped", "Incoming": "FALSE"}, ("direction", u.OUTBOUND)),
+    ({"event": "callDropped", "talkingTime": "262.0"}, ("talking_ms", 262)),
+    ({"event": "callDropped", "ringingTime": 81.5}, ("ringing_ms", 81)),
+])
+def test_it_reads_the_spellings_a_serializer_may_choose(fields, read):
+    attribute, value = read
+    assert getattr(parse_one(frame(**fields)), attribute) == value
 
 
 # --- what the domain makes of them -------------------------------------------------------------------
