@@ -31,6 +31,9 @@ PUT      /_sim/telepo/calls/{callId}/status-name {name}  (the snapshot shows thi
 POST     /_sim/telepo/webhooks/hold              -  (queue messages instead of sending them)
 POST     /_sim/telepo/webhooks/release           {order: fifo|reverse|shuffle, seed}
 POST     /_sim/telepo/webhooks/pace              {seconds}  (a pause after each delivery: lagging webhooks)
+POST     /_sim/telepo/webhooks/stamp-style       {style}  (how delivered messages write their timestamp:
+                                                  spec, zulu, colon-offset, no-offset, space, nanoseconds,
+                                                  epoch-ms, epoch-s, unreadable)
 POST     /_sim/telepo/webhooks/drop-next         {count, state}
 POST     /_sim/telepo/webhooks/duplicate-next    {count, state}
 POST     /_sim/telepo/webhooks/rename-next       {count, state, to, field}  (the next messages, of state if
@@ -214,6 +217,13 @@ async def pace_webhooks(request):
     return {"pace": world_of(request).pace}
 
 
+@_json_errors
+async def stamp_style(request):
+    body = await _body(request, {"style"})
+    world_of(request).set_stamp_style(required(body, "style"))
+    return {"style": world_of(request).stamp_style}
+
+
 def _rule(kind: str):
     @_json_errors
     async def handler(request):
@@ -266,6 +276,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post(f"{PREFIX}/webhooks/hold", hold_webhooks)
     router.add_post(f"{PREFIX}/webhooks/release", release_webhooks)
     router.add_post(f"{PREFIX}/webhooks/pace", pace_webhooks)
+    router.add_post(f"{PREFIX}/webhooks/stamp-style", stamp_style)
     router.add_post(f"{PREFIX}/webhooks/drop-next", _rule("drop"))
     router.add_post(f"{PREFIX}/webhooks/duplicate-next", _rule("duplicate"))
     router.add_post(f"{PREFIX}/webhooks/rename-next", rename_next)

@@ -29,6 +29,11 @@ What a real PBX may do beyond our reading of the spec, each off unless asked for
 * **words we do not know**: ``set_status_name`` shows a call's snapshot status
   under another name; a ``rename`` rule sends a message's state (or another
   field) under another name. Both are what Telepo says, so they are in ``sent``.
+* **timestamps written another way**: ``set_stamp_style`` writes each delivered
+  message's ``timestamp`` in one of ``STAMP_STYLES`` (the spec shows only
+  ``2018-02-02T12:34:57.699+0000`` and says "UTC"): ``Z``, ``+00:00``, no offset,
+  a space for the T, nanoseconds, epoch milliseconds or seconds, or text no reader
+  takes. ``sent`` keeps the spec's form (replays and shifts read it).
 * **refusals**: ``fail_next`` makes the next action (or make call) answer 200 with
   ``"event": "FAILED"`` and an ``eventDescription``, like the spec's sample, and
   do nothing.
@@ -78,6 +83,17 @@ def bad_request(message: str, code: str = "BAD_REQUEST") -> TelepoError:
 
 
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
+STAMP_STYLES = {
+    "spec": lambda at: _stamp(at),
+    "zulu": lambda at: _stamp(at).replace("+0000", "Z"),
+    "colon-offset": lambda at: (at + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+02:00",
+    "no-offset": lambda at: _stamp(at).removesuffix("+0000"),
+    "space": lambda at: _stamp(at).replace("T", " ").removesuffix("+0000"),
+    "nanoseconds": lambda at: at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000+0000",
+    "epoch-ms": lambda at: int(at.timestamp() * 1000),
+    "epoch-s": lambda at: round(at.timestamp(), 3),
+    "unreadable": lambda at: "sometime on " + at.strftime("%A"),
+}
 
 
 def now_stamp() -> str:
@@ -212,6 +228,7 @@ class TelepoWorld:
             self.deliveries: list[dict[str, Any]] = []
             self.held = False
             self.pace = 0.0  # seconds between two deliveries: a sender whose queue lags behind its snapshot
+            self.stamp_style = "spec"  # how a delivered message writes its timestamp (STAMP_STYLES)
             self.rules: list[WebhookRule] = []
             self.failures: list[FailRule] = []
             self.requests: list[dict[str, Any]] = []
@@ -721,6 +738,12 @@ class TelepoWorld:
             self.held = False
             return len(self.pending)
 
+    def set_stamp_style(self, style: str) -> None:
+        if style not in STAMP_STYLES:
+            raise ValueError(f"style must be one of {', '.join(STAMP_STYLES)}")
+        with self.lock:
+            self.stamp_style = style
+
     def set_pace(self, seconds: float) -> None:
         if not 0 <= seconds <= 10:
             raise ValueError("pace must be between 0 and 10 seconds")
@@ -760,7 +783,16 @@ class TelepoWorld:
             if self.held:
                 return []
             taken, self.pending = self.pending, []
-            return [(self.webhook_urls.get(item["domain"]), item["body"]) for item in taken]
+            return [(self.webhook_urls.get(item["domain"]), self._styled(item["body"])) for item in taken]
+
+    def _styled(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.stamp_style == "spec" or not isinstance(body.get("timestamp"), str):
+            return body
+        try:
+            at = datetime.strptime(body["timestamp"], STAMP_FORMAT)
+        except ValueError:  # a test's own value (a rename): sent as it is
+            return body
+        return {**body, "timestamp": STAMP_STYLES[self.stamp_style](at)}
 
     def record_delivery(self, entry: dict[str, Any]) -> None:
         with self.lock:

@@ -228,6 +228,38 @@ def test_it_keeps_each_call_once_through_duplicated_and_reordered_webhooks(telep
     assert {d["status"] for d in delivered(world)} == {200}
 
 
+STAMP_STYLES = ("zulu", "colon-offset", "no-offset", "space", "nanoseconds", "epoch-ms", "epoch-s", "unreadable")
+
+
+def test_it_keeps_every_call_whatever_form_the_webhooks_write_their_time_in(telepo_world):
+    """The spec shows one timestamp and says "UTC". A message whose time was written another way was refused
+    (400) and lost: a lost TERMINATED left its call live until the snapshot check, a lost CONFIRMED its
+    answer. Each round's messages all go out in one style; an unreadable time is dated when it came."""
+    world, users = telepo_world, list(telepo_world.agents)
+    stories = ["in-answered", "in-missed", "out-answered", "in-rejected"]
+    played: list[Played] = []
+    delivered_before = len(delivered(world))
+    try:
+        for round_, style in enumerate(STAMP_STYLES):
+            world.telepo.stamp_style(style)
+            round_stories = [stories[(i + round_) % len(stories)] for i in range(len(users))]
+            expected = len(delivered(world)) + sum(MESSAGES[story] for story in round_stories)
+            played += [play(world, user, story) for user, story in zip(users, round_stories)]
+            # Every message of the round delivered before the next style applies.
+            wait_for(lambda expected=expected: len(delivered(world)) >= expected, 30, what=f"the {style} round")
+    finally:
+        world.telepo.stamp_style("spec")
+
+    figures = settled(world, played)
+    print(f"\ntelepo timestamps: {len(STAMP_STYLES)} styles, {len(played)} calls; {figures.lines()}")
+    figures.assert_clean()
+    deliveries = delivered(world)[delivered_before:]
+    assert {d["status"] for d in deliveries} == {200}
+    stamps = [d["body"]["timestamp"] for d in deliveries]
+    assert any(isinstance(stamp, int) for stamp in stamps) and any(" " in str(stamp) for stamp in stamps)
+    assert any(str(stamp).startswith("sometime") for stamp in stamps)
+
+
 def age_by_a_day(call_ids: list[int]) -> None:
     """Let a day pass for these calls: their times, frames and CRM record, committed where the hub sees them.
 

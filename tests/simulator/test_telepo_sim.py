@@ -249,6 +249,33 @@ def test_it_posts_every_state_change_with_a_seq_num_per_call(telepo, receiver):
     assert receiver.paths[0] == "/api/telepo/webhook/s3cret"
 
 
+@pytest.mark.parametrize(("style", "written"), [
+    ("zulu", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"),
+    ("colon-offset", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+02:00"),
+    ("no-offset", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}"),
+    ("space", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}"),
+    ("nanoseconds", r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}\+0000"),
+    ("epoch-ms", r"\d{13}"),
+    ("epoch-s", r"\d{10}(\.\d{1,3})?"),
+    ("unreadable", r"sometime on \w+day"),
+])
+def test_it_writes_the_delivered_timestamps_in_the_style_a_test_chose_and_keeps_the_specs_in_sent(
+        telepo, receiver, style, written):
+    import re
+
+    assert telepo.stamp_style(style) == {"style": style}
+    call = telepo.incoming(ALICE, "+33612345678")
+    telepo.hangup(call["callId"])
+    delivered = receiver.wait_for(2)
+    assert all(re.fullmatch(written, str(m["timestamp"])) for m in delivered), [m["timestamp"] for m in delivered]
+    assert all(m["timestamp"].endswith("+0000") for m in telepo.messages() if m["call_id"] == call["callId"])
+
+
+def test_it_refuses_a_stamp_style_it_does_not_know(telepo):
+    response = requests.post(f"{telepo.url}/_sim/telepo/webhooks/stamp-style", json={"style": "roman"}, timeout=5)
+    assert response.status_code == 400 and "spec" in response.json()["error"]
+
+
 @pytest.mark.parametrize(("hangup", "reason"), [({}, "CANCELLED"), ({"reason": "ANSWERED_ELSEWHERE"},
                                                                      "ANSWERED_ELSEWHERE")])
 def test_it_ends_an_unanswered_call_with_the_right_reason(telepo, receiver, hangup, reason):

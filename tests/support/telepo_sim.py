@@ -59,6 +59,10 @@ class TelepoControl(ControlClient):
     def hold_webhooks(self):
         return self._call("POST", "/webhooks/hold")
 
+    def stamp_style(self, style: str):
+        """How the messages delivered from now on write their timestamp (the simulator's STAMP_STYLES)."""
+        return self._call("POST", "/webhooks/stamp-style", style=style)
+
     def release_webhooks(self, order: str = "fifo", seed: int | None = None):
         return self._call("POST", "/webhooks/release", order=order, **({"seed": seed} if seed is not None else {}))
 

@@ -21,6 +21,13 @@ An unknown termination reason, direction or device type is read as "not said".
 Each unknown value is logged once per account and value (``note_unknown``), not
 once per message.
 
+The spec shows one timestamp, ``2018-02-02T12:34:57.699+0000``, and says "UTC".
+Read as well: ``Z`` or ``+00:00``, no offset (UTC, as the spec says), a space for
+the ``T``, any number of decimals, and epoch seconds or milliseconds. One that
+still cannot be read is the time the message came (``seq_num``, not the time,
+orders a call's messages), noted once per account. ``NaN`` and ``Infinity``
+(which Python's JSON reader takes, and PostgreSQL's JSON refuses) read as null.
+
 The number an incoming call was dialled on (``external_phone``, retailCRM's
 ``externalPhone`` and so the shop): the webhook's ``local_number``, the number of
 the user it reached, which is what was dialled when the call came straight to
@@ -38,7 +45,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from telephony import updates as u
@@ -57,7 +64,12 @@ TERMINATION_REASONS = ("CANCELLED", "ANSWERED_ELSEWHERE", "HANGUP", "REJECTED")
 DIRECTIONS = {"INCOMING": u.INBOUND, "OUTGOING": u.OUTBOUND}
 DEVICE_TYPES = ("MOBILE", "SOFT", "DESKTOP", "FXS", "EXTERNAL_PBX", "FAX", "VOICEMAIL", "EXTERNAL", "MOBILE_EXT",
                 "CONFERENCE", "QUEUE", "MOBILE_VOIP", "WEB")
-TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z")
+# The spec's form, read loosely: date, T or space, time, decimals (any number), offset (any form, or none).
+TIMESTAMP = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d+))?\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?")
+# Epoch numbers: past this many seconds (the year 5138) it is milliseconds.
+EPOCH_MS_FROM = 10**11
+SEQ_MAX = 2**63 - 1  # what the call's last_seq column (a BIGINT) holds
 
 # Until a snapshot says precisely what the PBX allows, a webhook's state implies
 # the usual actions, so a card shows the right buttons from the first ring.
@@ -71,14 +83,17 @@ DEFAULT_ACTIONS = {
 
 def parse_webhook_body(raw: bytes | str, account_id: int) -> CallUpdate:
     """The webhook's JSON body as an update; FrameRejected (with a reason for the PBX's log) otherwise."""
+    constants = []
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=lambda name: constants.append(name))  # NaN, Infinity: null
     except (ValueError, UnicodeDecodeError):
         raise FrameRejected("the body is not JSON") from None
     except RecursionError:  # nested deeper than the decoder goes (a 64 KiB body can be)
         raise FrameRejected("the body is not JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise FrameRejected("the body is not a JSON object")
+    for name in constants:
+        note_unknown(account_id, "JSON constant (read as null)", name)
     return parse_webhook(body, account_id)
 
 
@@ -97,6 +112,9 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
     if body.get("device_type") not in (None, "") and body.get("device_type") not in DEVICE_TYPES:
         note_unknown(account_id, "device_type", body.get("device_type"))
     occurred_at = _timestamp(body.get("timestamp"))
+    if occurred_at is None:
+        note_unknown(account_id, "timestamp (the message is dated when it came)", body.get("timestamp"))
+        occurred_at = datetime.now(UTC)
     call_state = _webhook_state(state, direction)
     local_user = _text(body.get("local_user_id"))
     remote_user = _text(body.get("remote_user_id") or body.get("remote_use_id"))  # the spec's table says both
@@ -209,13 +227,16 @@ def end_cause_for(reason: Any, direction: str | None) -> str | None:
 
 
 def _seq_num(value: Any) -> int:
+    """A non-negative integer a BIGINT holds: a JSON number (a whole float too) or a string of digits."""
+    if isinstance(value, float) and value.is_integer() and 0 <= value < 2**53:
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value) if 0 <= value < 10**18 else ""
-    text = value if isinstance(value, str) else ""
+        value = str(value)
+    text = value.strip() if isinstance(value, str) else ""
     # ASCII digits only ("²".isdigit() is true, int("²") fails), and what a BIGINT column holds.
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= SEQ_MAX):
         raise FrameRejected("seq_num must be a non-negative integer")
-    return int(value)
+    return int(text)
 
 
 def _required_text(body: dict, name: str) -> str:
@@ -227,16 +248,40 @@ def _required_text(body: dict, name: str) -> str:
     return value.strip()
 
 
-def _timestamp(value: Any) -> datetime:
+def _timestamp(value: Any) -> datetime | None:
+    """The webhook's time, read as loosely as the module's docstring says; None when it cannot be read."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _epoch(value)
     if not isinstance(value, str):
-        raise FrameRejected("timestamp is missing")
-    text = value.strip().replace("Z", "+0000")
-    for fmt in TIMESTAMP_FORMATS:
-        try:
-            return datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-    raise FrameRejected(f"timestamp {value!r} is not like 2018-02-02T12:34:57.699+0000")
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return _epoch(int(text))
+    match = TIMESTAMP.fullmatch(text)
+    if match is None:
+        return None
+    day, time_of_day, decimals, offset = match.groups()
+    try:
+        at = datetime.fromisoformat(f"{day}T{time_of_day}").replace(tzinfo=UTC)
+    except ValueError:  # 2018-02-30, 25:00:00
+        return None
+    if decimals:
+        at += timedelta(microseconds=int(decimals[:6].ljust(6, "0")))
+    if offset and offset[0] in "+-":
+        digits = offset[1:].replace(":", "")
+        shift = timedelta(hours=int(digits[:2]), minutes=int(digits[2:4] or 0))
+        if shift >= timedelta(hours=24):
+            return None
+        at -= shift if offset[0] == "+" else -shift
+    return at
+
+
+def _epoch(number: float) -> datetime | None:
+    seconds = number / 1000 if abs(number) >= EPOCH_MS_FROM else number
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _text(value: Any) -> str:

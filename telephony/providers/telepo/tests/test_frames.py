@@ -113,13 +113,61 @@ def test_it_accepts_a_seq_num_sent_as_a_string_of_digits():
     (json.dumps(webhook(seq_num=None)), "seq_num"),
     (json.dumps(webhook(seq_num=-1)), "seq_num"),
     (json.dumps(webhook(seq_num=True)), "seq_num"),
+    (json.dumps(webhook(seq_num=2**63)), "seq_num"),  # past what the call's last_seq column holds
+    (json.dumps(webhook(seq_num=1.5)), "seq_num"),
     (json.dumps(webhook(call_id="")), "call_id"),
-    (json.dumps(webhook(timestamp="yesterday")), "timestamp"),
-    (json.dumps(webhook(timestamp=None)), "timestamp"),
 ])
 def test_it_rejects_a_malformed_message_saying_why(body, reason):
     with pytest.raises(FrameRejected, match=reason):
         parse_webhook_body(body, 7)
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, str(2**63 - 1), 10**18, 12.0])
+def test_it_accepts_every_seq_num_the_database_holds(value):
+    assert parse_webhook(webhook(seq_num=value), 7).seq == int(value)
+
+
+SPEC_TIME = datetime(2018, 2, 2, 12, 34, 57, 699000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("timestamp", [
+    "2018-02-02T12:34:57.699+0000",  # the spec's own
+    "2018-02-02T12:34:57.699Z",
+    "2018-02-02T12:34:57.699+00:00",
+    "2018-02-02T14:34:57.699+02:00",
+    "2018-02-02T11:34:57.699-0100",
+    "2018-02-02T12:34:57.699",  # no offset: the spec says UTC
+    "2018-02-02 12:34:57.699",
+    "2018-02-02T12:34:57.699000000+0000",  # nanoseconds
+    1517574897699,  # epoch milliseconds
+    "1517574897699",
+    1517574897.699,  # epoch seconds
+])
+def test_it_reads_the_timestamps_a_telepo_may_write_for_the_specs_one(timestamp):
+    assert parse_webhook(webhook(timestamp=timestamp), 7).occurred_at == SPEC_TIME
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", None, "2018-02-30T12:00:00Z", "2018-02-02T12:34:57+9900", [1]])
+def test_it_dates_a_message_whose_time_it_cannot_read_when_it_came_and_says_so_once(timestamp, caplog):
+    # seq_num orders a call's messages, not their time: losing a TERMINATED for its time would leave the call
+    # ringing until the snapshot check.
+    forget_noted()
+    before = datetime.now(UTC)
+    with caplog.at_level("WARNING"):
+        update = parse_webhook_body(json.dumps(webhook(timestamp=timestamp)), 7)
+        parse_webhook_body(json.dumps(webhook(timestamp=timestamp)), 7)
+    assert (update.state, update.seq) == (u.ENDED, webhook()["seq_num"])
+    assert before <= update.occurred_at <= datetime.now(UTC)
+    (record,) = [r for r in caplog.records if "timestamp" in r.getMessage()]
+    assert record.account_id == 7
+
+
+def test_it_reads_nan_and_infinity_as_null_so_the_message_can_be_stored():
+    # Python's JSON reader takes them; PostgreSQL's jsonb refuses them, and the message was lost with a 500.
+    update = parse_webhook_body(json.dumps(webhook(remote_email=float("nan"), duration=float("inf"))), 7)
+    assert "NaN" in json.dumps(webhook(remote_email=float("nan")))  # what the PBX would send
+    assert update.payload["remote_email"] is None and update.payload["duration"] is None
+    assert update.state == u.ENDED
 
 
 # --- the snapshot -----------------------------------------------------------------------------------

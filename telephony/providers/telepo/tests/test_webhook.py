@@ -131,6 +131,19 @@ def test_it_refuses_a_huge_body(account):
     assert post({**sample(), "padding": "x" * 70_000}).status_code == 400
 
 
+def test_it_stores_a_message_with_nan_in_it_and_its_time_written_another_way(account, agent):
+    # On PostgreSQL (the suite's database) a NaN reached jsonb and the message was lost with a 500; a time
+    # without offset, with a space, was a 400 and the message lost too.
+    make_terminal(account, pbx_id="user2@test.org", agent=agent)
+    body = json.dumps({**sample(), "timestamp": "2018-02-02 12:34:57.699", "remote_email": float("nan")})
+    assert "NaN" in body
+    response = post(body)
+    assert (response.status_code, response.json()) == (200, {"ok": True, "applied": True})
+    call = the_call(account, "8Z7SCgOCRyCewZ6yHmDR3g")
+    assert (call.state, call.ended_at.isoformat()) == ("ended", "2018-02-02T12:34:57.699000+00:00")
+    assert call.events.get().payload["remote_email"] is None
+
+
 # --- sequences -----------------------------------------------------------------------------------
 
 def test_it_follows_a_call_delivered_in_order(account, terminal, world, queued):
