@@ -57,7 +57,9 @@ POST     /_sim/istra/faults/redirect-next            {count, status, baseUrl, ap
 GET      /_sim/istra/requests?since=<seq>            -
 DELETE   /_sim/istra/requests                        -
 POST     /_sim/istra/enduser/voicemails              {login, from, label, durationSecond, internal, priority,
-                                                      timestamp}  (myIstra: leave a voicemail)
+                                                      timestamp, fields}  (myIstra: leave a voicemail; fields:
+                                                      values its item carries instead of ours, e.g.
+                                                      {"type": true}, a value the doc does not show)
 POST     /_sim/istra/enduser/history                 {login, remoteNumber, remoteLabel, remoteType, isIncoming,
                                                       isMissed, ringDurationSecond, talkDurationSecond, timestamp}
 GET      /_sim/istra/enduser/{login}                 -  (voicemails, history, caller-ID, counters)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from telephony import updates as u
-from telephony.providers.istra.framing import read_count, read_flag, read_text
+from telephony.providers.istra.framing import OptionalFields, read_count, read_flag, read_text
 from telephony.updates import CallUpdate, FrameRejected
 
 COUNTERS_MODEL = "v1/data/RestletApiSessionCounters"
@@ -138,25 +138,45 @@ class Voicemail:
         }
 
 
-def parse_voicemail(item) -> Voicemail:
+def parse_voicemail(item, unread: list[str] | None = None) -> Voicemail:
+    """A voicemail; ``FrameRejected`` only without an object or an id.
+
+    Any other field that cannot be read (a ``type`` sent as the JSON flag the doc's
+    words suggest, a ``priority`` as a number, a ``durationSecond`` of 12.5) is taken
+    as absent and its reason added to ``unread``: one odd field must not cost the
+    message, nor the box its list.
+    """
     if not isinstance(item, dict):
         raise FrameRejected("a voicemail is a JSON object")
     voicemail_id = read_text(item, "id")
     if voicemail_id is None:
         raise FrameRejected("a voicemail without an id")
-    kind = (read_text(item, "type") or "").lower()
-    return Voicemail(
+    fields = OptionalFields(item)
+    remote_number = fields.text("remoteNumber") or ""
+    voicemail = Voicemail(
         id=voicemail_id,
-        received_at=read_time(item, "timestamp"),
-        duration_seconds=_count(item, "durationSecond") or 0,
-        remote_number=read_text(item, "remoteNumber") or "",
-        remote_label=read_text(item, "remoteLabel") or "",
-        internal=kind == "internal",
-        read=bool(read_flag(item, "read")),
-        play_number=read_text(item, "playNumber") or "",
-        callback_number=read_text(item, "callbackNumber") or read_text(item, "remoteNumber") or "",
-        priority=read_text(item, "priority") or "",
+        received_at=fields.read(read_time, item, "timestamp"),
+        duration_seconds=fields.read(_count, item, "durationSecond") or 0,
+        remote_number=remote_number,
+        remote_label=fields.text("remoteLabel") or "",
+        internal=_voicemail_internal(fields),
+        read=bool(fields.flag("read")),
+        play_number=fields.text("playNumber") or "",
+        callback_number=fields.text("callbackNumber") or remote_number,
+        # "Sometimes set by the caller", a legacy of the IVR: shown as given, a number too.
+        priority=str(item["priority"]) if isinstance(item.get("priority"), (str, int, float)) else "",
     )
+    if unread is not None:
+        unread.extend(fields.unread)
+    return voicemail
+
+
+def _voicemail_internal(fields: OptionalFields) -> bool:
+    """``type``: "internal"/"external" as the examples write it, or the flag the doc's words call it (true: internal)."""
+    value = fields.item.get("type")
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
+        return bool(fields.flag("type"))
+    return (fields.text("type") or "").lower() == "internal"
 
 
 # --- call history -------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import requests
 from django.utils.translation import gettext_lazy, ngettext
 
 from ctihub.lib.http_client import HttpError
+from telephony.providers import unexpected
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
 from telephony.providers.istra.session import IstraSession, enduser_username
 from telephony.providers.istra_enduser import frames
@@ -209,12 +210,26 @@ class EndUserProvider(Provider):
     # --- voicemail ------------------------------------------------------------------------------
     def voicemail_page(self, offset: int = 0, length: int = PAGE_LENGTH) -> list[frames.Voicemail]:
         items = self._raw_page("v1/logs/Voicemail/bean", {"offset": offset, "length": length}, "voicemail list")
-        return [self._read(frames.parse_voicemail, item, "voicemail") for item in items]
+        return self._voicemail_list(items)
 
     def voicemails(self) -> list[frames.Voicemail]:
         items = _all_pages(lambda o, n: self._raw_page("v1/logs/Voicemail/bean", {"offset": o, "length": n},
                                                        "voicemail list"))
-        return [self._read(frames.parse_voicemail, item, "voicemail") for item in items]
+        return self._voicemail_list(items)
+
+    def _voicemail_list(self, items: list) -> list[frames.Voicemail]:
+        """Every voicemail of a list that can be read: one that cannot is left out, and said, never the box."""
+        voicemails, unread = [], []
+        for item in items:
+            try:
+                voicemails.append(frames.parse_voicemail(item, unread))
+            except FrameRejected as exc:
+                unexpected.warn_once(logger, self.account.pk, "myIstra voicemail", str(exc),
+                                     "Istra myIstra listed a voicemail ctihub cannot read, left out: %s", exc)
+        for reason in unread:
+            unexpected.warn_once(logger, self.account.pk, "myIstra voicemail field", reason,
+                                 "Istra myIstra voicemail: %s; read as absent", reason)
+        return voicemails
 
     def voicemail(self, voicemail_id: str) -> frames.Voicemail:
         item = self.session.request_json("GET", f"v1/logs/Voicemail/bean/{_id(voicemail_id)}")

@@ -58,6 +58,38 @@ def test_it_rejects_a_voicemail_without_an_id():
         frames.parse_voicemail(item)
 
 
+@pytest.mark.parametrize(("fields", "read"), [
+    ({"type": True}, ("internal", True)),  # "A flag to indicate the call is internal or external"
+    ({"type": "false"}, ("internal", False)),
+    ({"priority": 1}, ("priority", "1")),
+    ({"durationSecond": "12.5"}, ("duration_seconds", 12)),
+    ({"read": "TRUE"}, ("read", True)),
+])
+def test_it_reads_the_values_the_docs_words_allow_in_a_voicemail(fields, read):
+    item = {**fixture_json("voicemail_list.json")["items"][0], **fields}
+    unread = []
+    attribute, value = read
+    assert getattr(frames.parse_voicemail(item, unread), attribute) == value
+    assert unread == []
+
+
+@pytest.mark.parametrize(("fields", "absent"), [
+    ({"timestamp": "2016-02-19T17:08:45Z"}, ("received_at", None)),
+    ({"durationSecond": "-1"}, ("duration_seconds", 0)),
+    ({"remoteLabel": ["John", "Doe"]}, ("remote_label", "")),
+    ({"read": "maybe"}, ("read", False)),
+    ({"playNumber": {"pilot": "555"}}, ("play_number", "")),
+])
+def test_it_reads_a_voicemail_field_it_cannot_read_as_absent_and_says_why(fields, absent):
+    item = {**fixture_json("voicemail_list.json")["items"][0], **fields}
+    unread = []
+    voicemail = frames.parse_voicemail(item, unread)
+    attribute, value = absent
+    assert (voicemail.id, getattr(voicemail, attribute)) == ("8967300633232582577", value)
+    (reason,) = unread
+    assert next(iter(fields)) in reason
+
+
 def test_it_turns_a_missed_call_into_one_ended_unanswered_call():
     entry = frames.parse_history_entry(fixture_json("call_history.json")["items"][0])
     [update] = frames.history_updates(entry, account_id=7, terminal_pbx_id="5985841581756135023")

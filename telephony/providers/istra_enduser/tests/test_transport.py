@@ -195,6 +195,31 @@ def test_it_lists_voicemails_across_pages_newest_first(provider, platform, monke
     assert pages == [{"offset": "0", "length": "2"}, {"offset": "2", "length": "2"}, {"offset": "4", "length": "2"}]
 
 
+def test_it_lists_every_voicemail_it_can_read_when_one_is_odd_and_one_has_no_id(provider, platform, caplog):
+    # One voicemail the platform wrote its own way used to turn the whole list into an error: the agent saw
+    # no voicemail at all, and no missed call of the account got its recording link in retailCRM.
+    from telephony.providers import unexpected
+
+    unexpected.forget()
+    platform.voicemail(**{"from": "0612345670", "timestamp": 1_700_000_000})
+    platform.voicemail(**{"from": "0612345671", "timestamp": 1_700_000_001, "fields": {
+        "type": True, "priority": 1, "durationSecond": "12.5", "read": "TRUE", "timestamp": "2023-11-14T22:13:21Z"}})
+    platform.voicemail(**{"from": "0612345672", "timestamp": 1_700_000_002, "fields": {"id": None}})
+    platform.voicemail(**{"from": "0612345673", "timestamp": 1_700_000_003})
+
+    with caplog.at_level("WARNING"):
+        voicemails = provider.voicemails()
+
+    assert [v.remote_number for v in voicemails] == ["0612345673", "0612345671", "0612345670"]
+    odd = voicemails[1]
+    assert (odd.internal, odd.priority, odd.duration_seconds, odd.read, odd.received_at) == (True, "1", 12, True, None)
+    said = {r.getMessage(): r.account_id for r in caplog.records if r.name.startswith("telephony.")}
+    assert {message.split(":")[0]: account for message, account in said.items()} == {
+        "Istra myIstra listed a voicemail ctihub cannot read, left out": provider.account.pk,
+        "Istra myIstra voicemail": provider.account.pk}
+    assert any("timestamp is not a UNIX time" in message for message in said)
+
+
 def test_it_marks_a_voicemail_read_and_unread(provider, platform):
     left = platform.voicemail(**{"from": "0612345678"})
     assert provider.mark_voicemail(left["id"], True).read
