@@ -173,7 +173,11 @@ def _due_event(row: CrmCallSync, call: Call):
                 return "no agent with a retailCRM code or user id took this call"
             return None  # the agent may still be identified by a later frame
         if not payloads.remote_phone(call):
-            return "the other party's number is unknown"
+            if call.state == Call.State.ENDED:
+                return "the other party's number is unknown"
+            # A later message may bring it (Telepo's next webhook, the snapshot's telUri; a myRCC line's
+            # next snapshot): the pop-up waits for it, as for the agent above.
+            return None
         if call.state == Call.State.ENDED and call.ended_at < timezone.now() - START_EVENT_STALE_AFTER:
             return "the call had ended before its start event could be sent"
         kind = payloads.IN if call.direction == Call.Direction.INBOUND else payloads.OUT

@@ -142,6 +142,22 @@ def test_it_waits_for_an_agent_before_the_start_event_and_skips_calls_nobody_too
     assert row_of(nobody, world).events_skipped == "no agent with a retailCRM code or user id took this call"
 
 
+def test_it_waits_for_the_callers_number_before_the_start_event_and_skips_calls_that_end_without_one(world):
+    # A first message without the number (a Telepo TRYING, a snapshot before the caller id is known) used to
+    # skip the call's events for good: the number the next message brought never made a pop-up.
+    call = ringing(world, remote_number_e164="", remote_number_raw="")
+    crm_domain.sync_call(call.pk)
+    assert world.crm.events() == [] and row_of(call, world).events_skipped == ""
+    Call.objects.filter(pk=call.pk).update(remote_number_e164="+33412345670", remote_number_raw="0412345670")
+    crm_domain.sync_call(call.pk)
+    assert [(e["type"], e["phone"]) for e in world.crm.events()] == [("in", "+33412345670")]
+
+    unknown = end(ringing(world, remote_number_e164="", remote_number_raw="", pbx_call_id="-9002"), answered=False)
+    crm_domain.sync_call(unknown.pk)
+    assert len(world.crm.events()) == 1
+    assert row_of(unknown, world).events_skipped == "the other party's number is unknown"
+
+
 def test_it_sends_no_events_for_internal_calls_or_long_finished_ones(world):
     internal = end(ringing(world, is_internal=True))
     crm_domain.sync_call(internal.pk)
