@@ -52,7 +52,8 @@ POST     /_sim/istra/sessions/rotate-token           {app}
 POST     /_sim/istra/iptc                            {up}  (down: v1/crm/*, v1/rcc/* and myIstra's
                                                       placeCall answer 503 ROUTER_ERR_503)
 POST     /_sim/istra/faults/fail-next                {count, status, body, app, path}  (websocket
-                                                      upgrades of ws-service/<app> count too)
+                                                      upgrades of ws-service/<app> count too; a body
+                                                      that is text goes out as an HTML page)
 POST     /_sim/istra/faults/redirect-next            {count, status, baseUrl, app, path}
 GET      /_sim/istra/requests?since=<seq>            -
 DELETE   /_sim/istra/requests                        -

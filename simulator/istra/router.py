@@ -70,6 +70,8 @@ def _armed_answer(world: IstraWorld, request: web.Request) -> web.StreamResponse
     for fault in list(world.faults):
         if _matches(fault, request):
             _use(world.faults, fault)
+            if isinstance(fault.body, str):  # a page from something in front of Istra
+                return web.Response(text=fault.body, status=fault.status, content_type="text/html")
             return web.json_response(fault.body, status=fault.status)
     return None
 

@@ -75,11 +75,16 @@ class IstraConfig:
 
 @dataclass
 class Fault:
-    """Answer the next ``remaining`` matching requests with ``status`` and ``body``."""
+    """Answer the next ``remaining`` matching requests with ``status`` and ``body``.
+
+    A body that is text goes out as an HTML page: what a proxy or the servlet container in front of Istra
+    answers, not Istra itself (its errors are JSON with a code).
+    """
 
     remaining: int
     status: int = 503
-    body: dict[str, Any] = field(default_factory=lambda: {"code": "ROUTER_ERR_503", "message": "IPTC not started"})
+    body: dict[str, Any] | str = field(
+        default_factory=lambda: {"code": "ROUTER_ERR_503", "message": "IPTC not started"})
     app: str | None = None  # only requests of this X-Application
     path: str | None = None  # only paths containing this
 
@@ -347,7 +352,7 @@ class IstraWorld:
     # --- router switches -----------------------------------------------------------------
 
     @on_loop
-    def fail_next(self, count: int, status: int = 503, body: dict[str, Any] | None = None,
+    def fail_next(self, count: int, status: int = 503, body: dict[str, Any] | str | None = None,
                   app: str | None = None, path: str | None = None) -> Fault:
         fault = Fault(count, status, app=app, path=path)
         if body is not None:

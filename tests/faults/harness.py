@@ -606,20 +606,32 @@ class Faults:
     def pbx_503_then_close(self, count: int = 6) -> None:
         """The next ``count`` requests to the PBX answer 503, then every socket is cut: the hub's first tries
         to come back fail. The PBX is reachable again once the last of those 503s was answered."""
+        self._failing_then_close(count, 503)
+
+    MAINTENANCE_PAGE = "<html><head><title>404 Not Found</title></head><body>Not Found</body></html>"
+
+    def pbx_maintenance_page_then_close(self, count: int = 6) -> None:
+        """As ``pbx_503_then_close``, with a proxy's 404 page (no Istra error body) in place of Istra's 503s:
+        a 4xx the docs do not list, which must not stop a listener until an admin restarts it. Aimed at the
+        login, the first request of every kind's way back (a websocket upgrade refused fails as a closed socket
+        whatever its status, and a refused listener creation is let through to the bind)."""
+        self._failing_then_close(count, 404, self.MAINTENANCE_PAGE, path="service/Login")
+
+    def _failing_then_close(self, count: int, status: int, body: str | None = None, **match) -> None:
         istra = self.world.istra
 
         def fault():
             istra.clear_requests()
-            istra.fail_next(count, 503)
+            istra.fail_next(count, status, **({"body": body} if body is not None else {}), **match)
             istra.drop_websockets()
             dropped_at = time.time()
 
             def served():
-                answered = [entry["time"] for entry in istra.requests() if entry["status"] == 503]
+                answered = [entry["time"] for entry in istra.requests() if entry["status"] == status]
                 return answered if len(answered) >= count else None
 
             return max([dropped_at] + wait_for(served, self.timeout, interval=0.1,
-                                                 what=f"the hub's tries to meet the {count} 503s"))
+                                                 what=f"the hub's tries to meet the {count} {status}s"))
 
         self._reconnected_after(fault, timed=True)
 

@@ -40,6 +40,12 @@ def test_it_comes_back_within_seconds_after_six_503s_then_a_close(request, fault
     run(request, fault_world, 8, lambda faults: faults.inject("pbx_503_then_close"))
 
 
+def test_it_comes_back_by_itself_after_six_404_pages_from_a_proxy_then_a_close(request, fault_world):
+    """A 4xx without Istra's error body came from something in front of it: the listeners back off and come
+    back, no admin needed. (Taken as a refusal, each listener that met one stayed FAILED.)"""
+    run(request, fault_world, 11, lambda faults: faults.inject("pbx_maintenance_page_then_close"))
+
+
 def test_it_ends_right_every_call_that_ended_during_a_10_s_503_outage(request, fault_world):
     run(request, fault_world, 9, lambda faults: faults.inject("pbx_outage"), rounds=1)
 

@@ -75,4 +75,10 @@ def error_from_response(
         )
     if status >= 500 or status in (408, 429):
         return ProviderError(f"Istra {app} failed {what}: HTTP {status}{said}", **fields)
+    if not code:
+        # Istra refuses in its own words, a JSON body with a code. A 4xx without one came from something in front
+        # of it (a proxy's or Jetty's page while the PBX is maintained): retried, for a listener stopped until an
+        # admin clicks loses every pop-up of the account meanwhile. The account shows the error all the same.
+        return ProviderError(f"Istra {app} refused {what}: HTTP {status} without Istra's error body{said}; "
+                             "retried, as something in front of Istra may have answered", **fields)
     return ProviderError(f"Istra {app} refused {what}: HTTP {status}{said}", permanent=True, **fields)

@@ -324,6 +324,24 @@ def test_it_says_what_istra_said_in_the_error(body, words):
         session.request("GET", "v1/crm/PlaceCall")
 
 
+@pytest.mark.parametrize("status", [403, 404, 405, 409])
+def test_it_takes_a_4xx_without_istras_error_body_as_transient_and_one_with_it_as_permanent(status):
+    # A proxy's or Jetty's page during maintenance is not Istra refusing: a listener stopped for it until an
+    # admin clicks would lose every pop-up of the account meanwhile.
+    session, fake = make_session()
+    fake.script("v1/crm/GetTerminals", reply(status, b"<html><body>Not Found</body></html>",
+                                             headers=[("Content-Type", "text/html")]))
+    with pytest.raises(ProviderError) as by_a_proxy:
+        session.request("GET", "v1/crm/GetTerminals")
+    assert (by_a_proxy.value.permanent, by_a_proxy.value.status) == (False, status)
+    assert "without Istra's error body" in str(by_a_proxy.value)
+
+    fake.script("v1/crm/GetTerminals", reply(status, {"code": f"ERR_{status}", "message": "no such thing"}))
+    with pytest.raises(ProviderError) as by_istra:
+        session.request("GET", "v1/crm/GetTerminals")
+    assert (by_istra.value.permanent, by_istra.value.code) == (True, f"ERR_{status}")
+
+
 def test_it_reports_an_unreachable_server_as_transient():
     session, fake = make_session()
     fake.script("v1/service/Login", requests.ConnectionError("refused"))
