@@ -87,11 +87,23 @@ class LineStates:
     One per listener connection (the provider's), filled from the calls the database holds live
     when it connects and from every line it parses after that. Bounded: a line never seen
     dropping is forgotten after ``limit`` newer ones.
+
+    It also holds the enterprise's extension numbers (``extension_numbers``, the directory as last
+    synced, read at connect): a line has no type, and the doc's calls between colleagues show the
+    other extension's short number as ``displayedNumber`` (101 calls 102). A line whose other party
+    is one of them is internal, so retailCRM gets no pop-up and no history row for it.
     """
 
     def __init__(self, limit: int = 10_000):
         self.limit = limit
         self._states: OrderedDict[str, str] = OrderedDict()
+        self.extension_numbers: frozenset[str] = frozenset()
+
+    def is_internal(self, number: str | None) -> bool | None:
+        """True when ``number`` is one of the enterprise's extensions; None when that cannot be told."""
+        if not number or not self.extension_numbers:
+            return None
+        return number in self.extension_numbers
 
     def get(self, line_id: str) -> str | None:
         return self._states.get(line_id)
@@ -141,6 +153,7 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
     if not known_state:
         state = _kept_state(line_id, incoming, lines)
     modified = fields.text("lastModificationTime")
+    remote_number = fields.text("displayedNumber")
     answered_at = fields.read(_epoch_ms, line, "talkingTime")
     update = CallUpdate(
         account_id=account_id,
@@ -151,8 +164,9 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
         occurred_at=fields.read(_epoch_ms, line, "lastModificationTime") or now,
         terminal_pbx_id=fields.read(_extension_id, line),
         direction=None if incoming is None else (u.INBOUND if incoming else u.OUTBOUND),
+        is_internal=lines.is_internal(remote_number) if lines is not None else None,
         # displayed* describe the other party, as shown on the extension's phone.
-        remote_number=fields.text("displayedNumber"),
+        remote_number=remote_number,
         remote_number_e164=_e164_or_none(fields.text("displayedExternalNumber")),
         remote_label=fields.text("displayedLabel"),
         allowed_actions=_allowed_actions(fields),

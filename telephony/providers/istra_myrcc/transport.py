@@ -140,6 +140,7 @@ class MyRccProvider(Provider):
         """The lines alive now, then the last word on every call we think alive that is not among them."""
         live = _calls_thought_live(self.account.pk)
         self.line_states.remember_all(live)
+        self.line_states.extension_numbers = extension_numbers(self.account.pk)
         if current_lines is None:
             return
         yield current_lines
@@ -221,6 +222,7 @@ def pull_lines_into_calls(account, line_ids: list[str]) -> tuple[int, list[str]]
     provider = MyRccProvider(account)
     try:
         provider.line_states.remember_all(live)
+        provider.line_states.extension_numbers = extension_numbers(account.pk)
         snapshots, unpulled = provider.pull_lines(wanted)
     finally:
         provider.close()
@@ -242,6 +244,14 @@ def _pulled_line_id(item: dict) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return _line_id_or_none(item)
+
+
+def extension_numbers(account_id: int) -> frozenset[str]:
+    """The short numbers of the account's extensions, as the directory was last synced."""
+    from telephony.models import Terminal
+
+    return frozenset(Terminal.objects.filter(account_id=account_id).exclude(extension="")
+                     .values_list("extension", flat=True))
 
 
 def _calls_thought_live(account_id: int) -> dict[str, str]:

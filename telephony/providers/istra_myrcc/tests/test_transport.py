@@ -15,7 +15,7 @@ from telephony.providers.base import ActionRefused, ProviderError, SessionExpire
 from telephony.providers.istra_myrcc import transport
 from telephony.providers.istra_myrcc.frames import parse_myrcc_frame
 from telephony.providers.istra_myrcc.transport import MyRccProvider
-from tests.factories import make_account
+from tests.factories import make_account, make_terminal
 
 pytestmark = pytest.mark.django_db
 
@@ -168,6 +168,44 @@ def test_it_hands_the_current_lines_to_the_supervisor_then_streams_snapshots(pro
     assert mine[-1].state == u.TALKING  # intermediate snapshots may be coalesced away
     assert all(x.direction == u.OUTBOUND and x.terminal_pbx_id == ALICE for x in mine)
     assert mine[-1].answered_at is not None and mine[-1].frame_id
+
+
+def test_it_marks_a_call_between_two_extensions_internal_and_a_customers_call_not(provider, world):
+    # A myRCC line has no type: the doc's colleague calls show the other extension's short number. Before, every
+    # colleague call reached retailCRM as a customer's (a pop-up, a history row) and counted on the wallboard.
+    make_terminal(provider.account, pbx_id=ALICE, extension="101")
+    make_terminal(provider.account, pbx_id=BOB, extension="102")
+    (spec,) = provider.listener_specs([ALICE, BOB])
+    stream = provider.open_stream(spec)
+    try:
+        list(stream.initial_frames)  # read at connect, as the supervisor does: the directory comes with them
+        placed = provider.place_call(ALICE, "102")["lineId"]
+        world.answer(placed)  # Alice's phone picks up: Bob's rings
+        customer = world.incoming_call(BOB, "0612345678").line_id
+        updates = read_until(provider, spec, stream,
+                             lambda xs: {x.terminal_pbx_id for x in xs if x.pbx_call_id != customer} == {ALICE, BOB}
+                             and any(x.pbx_call_id == customer for x in xs))
+    finally:
+        provider.close_stream(spec, stream)
+
+    by_line = {}
+    for update in updates:
+        by_line.setdefault(update.pbx_call_id, set()).add((update.terminal_pbx_id, update.remote_number,
+                                                           update.is_internal))
+    assert by_line.pop(customer) == {(BOB, "0612345678", False)}
+    assert set().union(*by_line.values()) == {(ALICE, "102", True), (BOB, "101", True)}
+
+
+def test_it_says_nothing_of_internal_before_the_directory_is_synced(provider, world):
+    (spec,) = provider.listener_specs([ALICE, BOB])
+    stream = provider.open_stream(spec)
+    try:
+        list(stream.initial_frames)
+        placed = provider.place_call(ALICE, "102")["lineId"]
+        updates = read_until(provider, spec, stream, lambda xs: any(x.pbx_call_id == placed for x in xs))
+    finally:
+        provider.close_stream(spec, stream)
+    assert {x.is_internal for x in updates} == {None}
 
 
 def ringing_call(world) -> str:
