@@ -556,11 +556,12 @@ class Faults:
         wait_connected(self.world, self.timeout)
 
     # Values the docs do not show, in fields an event can do without: each one read as absent, the event still
-    # applies. (Fields whose value would be wrong for some calls, a direction or a link, are left ours: one
-    # value for every item would say an outgoing call came in.)
+    # applies. (Fields whose value would be wrong for some calls, a link, are left ours: one value for every
+    # item would put every call on one extension. A direction left out is fine: the event's name tells it.)
     ODD_FIELD_VALUES = {
+        # "incoming": null, as the doc's field lists have it (no direction): the event's name tells it.
         "myCrm": {"ringingTime": "-1", "talkingTime": "n/a", "displayLabel": ["Mr", "Smith"],
-                  "displayNumberE164": True},
+                  "displayNumberE164": True, "incoming": None},
         "myRCC": {"creationTime": "-1", "talkingTime": "2015-01-07T13:03:31Z", "displayedLabel": {"first": "Mr"},
                   "stateCause": ["causeNormal"]},
     }

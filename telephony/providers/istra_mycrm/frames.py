@@ -4,11 +4,13 @@ A frame is ``{"listenerName": .., "item": [{"event": "callRinging", "callId": ..
 on one terminal's listener. Events are transitions of that terminal's leg:
 
 * ``callAlerting`` and ``callRinging`` are the two ringing events. The doc does
-  not say which is which: read plainly, ``callAlerting`` is our phone alerting
-  (an incoming call) and ``callRinging`` the remote ringing for a call we
-  dialled, yet its own example shows ``callRinging`` with ``incoming`` true. So
-  the ``incoming`` flag decides when the frame has it (incoming: RINGING, else
-  DIALING), and the plain reading only when it does not.
+  not say which is which, and its field lists for them have no direction; its
+  one example shows ``callRinging`` with ``incoming`` true. So the ``incoming``
+  flag decides when the frame has it (incoming: RINGING, else DIALING), and
+  without it the example does: ``callRinging`` is our phone ringing (an incoming
+  call), ``callAlerting`` the remote alerting for a call we dialled (as CSTA names
+  the far end's ringing). The other reading sent every flagless incoming call to
+  retailCRM as an "out" event and filed it, unanswered, as a cancelled call.
 * ``callTalking``, ``callHeld``, ``callDropped``.
 
 ``ringingTime`` and ``talkingTime`` are durations in milliseconds, sent as strings.
@@ -48,7 +50,7 @@ from telephony.updates import CallUpdate, FrameRejected
 logger = logging.getLogger(__name__)
 
 # Whether a ringing event without an ``incoming`` flag is an incoming call.
-RING_EVENTS = {"callAlerting": True, "callRinging": False}
+RING_EVENTS = {"callRinging": True, "callAlerting": False}
 EVENT_STATES = {"callTalking": u.TALKING, "callHeld": u.HELD, "callDropped": u.ENDED}
 
 DROP_CAUSES = {

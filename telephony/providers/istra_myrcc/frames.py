@@ -14,7 +14,9 @@ The doc only ever shows the states ``prompting``, ``talking``, ``held`` and
 ``dropped``; an incoming line that rings is never shown. ``ringing`` is our
 guess from myCrm, whose events are named after the same states (callTalking,
 callHeld, callDropped): its two ringing events are callRinging and callAlerting,
-so ``ringing`` and ``alerting`` both read as ringing. Any other state
+so ``ringing`` and ``alerting`` both read as ringing; without ``isIncoming``,
+``ringing`` is an incoming line and ``alerting`` the far end of one we dialled,
+as myCrm's one example has it (``istra_mycrm.frames``). Any other state
 (``offering``, ``proceeding``...) is not guessed at: the line is still applied,
 the call stays live in the state it had (a line seen for the first time in such
 a state rings when incoming, else dials), the raw name stays on the call's event
@@ -54,7 +56,7 @@ LINE_STATES = {
 }
 # Ringing states: RINGING when the line is incoming, else DIALING (the remote rings). Without
 # isIncoming, myCrm's plain reading of its two event names decides (is the line incoming?).
-RING_STATES = {"ringing": False, "alerting": True}
+RING_STATES = {"ringing": True, "alerting": False}
 
 # myRCC's line actions and the normalised names the console and domain use.
 ACTION_NAMES = {

@@ -62,10 +62,10 @@ def test_it_reads_the_docs_calldropped_example_with_its_string_durations():
 
 # --- each event ----------------------------------------------------------------------------------
 
-def test_it_reads_callalerting_as_our_phone_ringing_for_an_incoming_call():
+def test_it_reads_callalerting_without_a_flag_as_the_far_end_ringing_for_a_call_we_dialled():
     update = parse_one(frame(event="callAlerting", type="external", displayNumber="0612345678",
                              displayNumberE164="+33612345678", displayLabel="Dupont"))
-    assert (update.state, update.direction, update.is_internal) == (u.RINGING, u.INBOUND, False)
+    assert (update.state, update.direction, update.is_internal) == (u.DIALING, u.OUTBOUND, False)
     assert (update.remote_number, update.remote_number_e164) == ("0612345678", "+33612345678")
 
 
@@ -75,8 +75,15 @@ def test_it_reads_callringing_of_a_call_we_dialled_as_dialing():
 
 
 def test_it_trusts_the_incoming_flag_over_the_event_name():
-    assert parse_one(frame(event="callAlerting", incoming=False)).state == u.DIALING
-    assert parse_one(frame(event="callRinging")).state == u.DIALING
+    assert parse_one(frame(event="callAlerting", incoming=True)).state == u.RINGING
+    assert parse_one(frame(event="callRinging", incoming=False)).state == u.DIALING
+
+
+def test_it_reads_a_ringing_event_without_a_flag_as_the_docs_example_has_it():
+    # The doc's field lists give the two events no direction; its one example is callRinging, incoming.
+    assert (parse_one(frame(event="callRinging")).state, parse_one(frame(event="callRinging")).direction) == (
+        u.RINGING, u.INBOUND)
+    assert parse_one(frame(event="callAlerting")).state == u.DIALING
 
 
 def test_it_reads_callheld_which_carries_only_the_call_id():
@@ -181,8 +188,8 @@ def test_it_applies_an_event_reading_a_field_it_cannot_read_as_absent_and_says_s
 
 
 def test_it_reads_a_ringing_event_whose_flag_it_cannot_read_by_the_events_name():
-    assert parse_one(frame(event="callRinging", incoming="maybe")).state == u.DIALING
-    assert parse_one(frame(event="callAlerting", incoming="maybe")).state == u.RINGING
+    assert parse_one(frame(event="callRinging", incoming="maybe")).state == u.RINGING
+    assert parse_one(frame(event="callAlerting", incoming="maybe")).state == u.DIALING
 
 
 @pytest.mark.parametrize(("fields", "read"), [
