@@ -3,8 +3,10 @@
 Every item is the FULL state of one call line (one extension's leg of a call),
 pushed at most every 100 ms when it changed: the same snapshot may come twice
 and intermediate states may be skipped, so each one is applied as a state, not
-as a transition. ``lastModificationTime`` + ``state`` identifies a snapshot, so
-a repeated one is a duplicate.
+as a transition. ``lastModificationTime`` + ``state`` + the line's actions
+identify a snapshot, so a repeated one is a duplicate. The actions are in it
+because a line's actions change with its siblings' (a second line brings
+transfer and merge), and nothing says its modification time moves with them.
 
 Times are epoch milliseconds as strings: ``creationTime`` is when the line was
 created, ``talkingTime`` when it was answered (a timestamp here, not a duration
@@ -31,6 +33,7 @@ taken as absent and logged once per account and reason: the snapshot still appli
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
@@ -156,6 +159,7 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
         state = _kept_state(line_id, incoming, lines)
     modified = fields.text("lastModificationTime")
     remote_number = fields.text("displayedNumber")
+    allowed_actions = _allowed_actions(fields)
     answered_at = fields.read(_epoch_ms, line, "talkingTime")
     update = CallUpdate(
         account_id=account_id,
@@ -171,11 +175,11 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
         remote_number=remote_number,
         remote_number_e164=_e164_or_none(fields.text("displayedExternalNumber")),
         remote_label=fields.text("displayedLabel"),
-        allowed_actions=_allowed_actions(fields),
+        allowed_actions=allowed_actions,
         started_at=fields.read(_epoch_ms, line, "creationTime"),
         answered_at=answered_at,
         end_cause=_end_cause(fields, incoming, answered_at) if state == u.ENDED else None,
-        frame_id=f"{modified}:{state_name}" if modified else None,
+        frame_id=f"{modified}:{state_name}:{_actions_tag(allowed_actions)}" if modified else None,
         pbx_state=None if known_state else state_name,  # the card shows it next to the state kept
     )
     if not known_state:
@@ -250,6 +254,11 @@ def _allowed_actions(fields: OptionalFields) -> tuple[str, ...] | None:
         fields.unread.append("actions holds something that is not a name")
     # Actions we cannot drive (startRecord...) are left out.
     return tuple(dict.fromkeys(ACTION_NAMES[a] for a in actions if isinstance(a, str) and a in ACTION_NAMES))
+
+
+def _actions_tag(actions: tuple[str, ...] | None) -> str:
+    """A short tag of the line's actions for its frame id: 8 hex digits, the same for the same actions."""
+    return f"{zlib.crc32(','.join(actions or ()).encode()):08x}" if actions is not None else "-"
 
 
 def _epoch_ms(line: dict, key: str) -> datetime | None:

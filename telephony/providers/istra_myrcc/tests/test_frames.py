@@ -54,7 +54,7 @@ def test_it_reads_the_docs_talking_snapshot():
     assert update.started_at == at_ms(1420707629436)
     assert update.answered_at == at_ms(1420707629443)  # talkingTime is a timestamp, not a duration
     assert update.occurred_at == at_ms(1420707629443)
-    assert update.frame_id == "1420707629443:talking"
+    assert update.frame_id.startswith("1420707629443:talking:")
     assert update.payload["stateCause"] == "causeNormal"
 
 
@@ -122,6 +122,22 @@ def test_it_gives_the_same_snapshot_the_same_frame_id_and_a_new_one_another():
     again = parse_one(frame(state="held", lastModificationTime="1420707783052"))
     later = parse_one(frame(state="talking", lastModificationTime="1420707787595"))
     assert first.frame_id == again.frame_id != later.frame_id
+
+
+@pytest.mark.django_db
+def test_it_applies_a_snapshot_whose_actions_changed_at_the_same_modification_time(rcc_provider):
+    # A second line on the extension brings transfer and merge to the first; the simulator re-pushes the first
+    # with its modification time unchanged, and nothing says Istra moves it. Taken for a duplicate, the first
+    # call's card kept no transfer button.
+    (spec,) = rcc_provider.listener_specs([])
+    alone = frame(lineId="-7", state="talking", lastModificationTime="1420707783052", actions=["hold", "disconnect"])
+    with_a_second = frame(lineId="-7", state="talking", lastModificationTime="1420707783052",
+                          actions=["hold", "disconnect", "transfer", "merge"])
+    for text in (alone, with_a_second, with_a_second):
+        apply_call_updates(rcc_provider.parse_frame(text, spec))
+    call = Call.objects.get(account=rcc_provider.account, pbx_call_id="-7")
+    assert set(call.allowed_actions) == {u.HOLD, u.HANGUP, u.TRANSFER, u.MERGE}
+    assert call.events.count() == 2  # the repeated one is still a duplicate
 
 
 @pytest.mark.parametrize(("incoming", "talking_time", "end_cause"), [
