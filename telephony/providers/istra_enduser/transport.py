@@ -39,7 +39,9 @@ from functools import cached_property
 from urllib.parse import quote, urlsplit
 
 import requests
+from django.db import DatabaseError
 from django.utils.translation import gettext_lazy, ngettext
+from redis.exceptions import RedisError
 
 from ctihub.lib.http_client import HttpError
 from telephony.providers import unexpected
@@ -336,7 +338,13 @@ class EndUserProvider(Provider):
         if counters is not None:
             from telephony.providers.istra_enduser.console import publish_counters
 
-            publish_counters(self.account.pk, counters)
+            try:
+                publish_counters(self.account.pk, counters)
+            except (DatabaseError, RedisError, OSError) as exc:
+                # Every counters frame carries every counter: the next one puts the consoles right. Raised, it
+                # took the socket down with it, and the frame was lost all the same.
+                logger.warning("could not show myIstra's counters on the consoles (%s: %s); the next frame will",
+                               exc.__class__.__name__, exc, extra={"account_id": self.account.pk})
         return []
 
     def close_stream(self, spec: ListenerSpec, stream: EventStream | None, *, keep_listener: bool = False) -> None:

@@ -342,6 +342,7 @@ class ConsoleGroup:
         self._run(lambda layer: layer.group_discard(self.group, self.channel))
 
 
+@pytest.mark.django_db(transaction=True)  # the owners are read on the listeners' database threads
 def test_it_opens_the_socket_binds_notifications_and_pushes_counters_to_the_owners_console(provider, platform):
     from tests.factories import make_agent, make_terminal
 
@@ -375,6 +376,63 @@ def test_it_opens_the_socket_binds_notifications_and_pushes_counters_to_the_owne
         owner.close()
         other.close()
     assert platform.world.requests_received()[-1]["method"] == "DELETE"  # the listener is deleted on close
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_reads_counters_on_a_socket_thread_that_never_opens_a_database_connection(provider, platform, caplog):
+    # A worker holds thousands of sockets and PostgreSQL gives a hundred connections; a database error here
+    # also took the socket down, and the counters frame with it.
+    import threading
+
+    from django.db import OperationalError, connection
+
+    from telephony.providers.istra_enduser import console
+    from telephony.sockets import database
+    from tests.factories import make_agent, make_terminal
+
+    agent = make_agent()
+    make_terminal(provider.account, pbx_id=TERMINAL, agent=agent)
+    owner = ConsoleGroup(f"agent-{agent.pk}")
+    [spec] = provider.listener_specs([TERMINAL])
+    frame = json.dumps({"listenerName": spec.name, "item": {"model": frames.COUNTERS_MODEL, "unreadVoiceMails": "3"}})
+    seen = {}
+
+    def socket_thread(name):
+        try:
+            seen[name] = provider.parse_frame(frame, spec)
+        except Exception as exc:  # noqa: BLE001 - what the runner would have crashed on
+            seen[name] = exc
+        seen[f"{name} connection"] = connection.connection
+        connection.close()
+
+    console._owners.clear()
+    try:
+        thread = threading.Thread(target=socket_thread, args=("first",))
+        thread.start()
+        thread.join(10)
+        assert (seen["first"], seen["first connection"]) == ([], None)
+        assert owner.receive()["payload"]["unreadVoiceMails"] == 3
+
+        console._owners.clear()
+
+        class Down:
+            def run(self, operation):
+                raise OperationalError("the database is restarting")
+
+        real = database.db_workers
+        database.db_workers = Down
+        try:
+            with caplog.at_level("WARNING"):
+                thread = threading.Thread(target=socket_thread, args=("down",))
+                thread.start()
+                thread.join(10)
+        finally:
+            database.db_workers = real
+        assert seen["down"] == []
+        (record,) = [r for r in caplog.records if "counters" in r.getMessage()]
+        assert record.account_id == provider.account.pk and "the next frame will" in record.getMessage()
+    finally:
+        owner.close()
 
 
 def test_it_opens_the_socket_with_the_headers_the_doc_lists_for_it(provider, platform):
