@@ -11,7 +11,9 @@ method   path                                        body
 POST     /_sim/istra/reset                           -
 GET      /_sim/istra/state                           -
 PATCH    /_sim/istra/config                          {sessionTimeout, pushInterval, iptcUp, answerDelay,
-                                                      expiryClosesSockets, lockoutAfter}  (expiryClosesSockets
+                                                      expiryClosesSockets, lockoutAfter, maxPageLength}
+                                                      (maxPageLength N: myIstra's pages hold at most N items
+                                                      whatever length is asked; 0: no cap) (expiryClosesSockets
                                                       false: an expired session's sockets stay open, answer
                                                       pings, get no frame; lockoutAfter N: a user's Nth wrong
                                                       password in a row suspends it, 0 never)
@@ -94,7 +96,7 @@ EXTENSION_KEYS = {
 _json_errors = json_errors({InvalidTransition: lambda exc: (409, str(exc))})
 CONFIG_KEYS = {"sessionTimeout": "session_timeout", "pushInterval": "push_interval", "iptcUp": "iptc_up",
                "answerDelay": "answer_delay", "expiryClosesSockets": "expiry_closes_sockets",
-               "lockoutAfter": "lockout_after"}
+               "lockoutAfter": "lockout_after", "maxPageLength": "max_page_length"}
 
 
 def _renamed(body: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:

@@ -343,7 +343,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 def _page(request: web.Request, items: list[dict[str, Any]]) -> web.Response:
     offset = _int_param(request, "offset", 0, minimum=0)
     length = _int_param(request, "length", DEFAULT_PAGE_LENGTH, minimum=1)
-    page = items[offset:offset + length]
+    cap = world_of(request).config.max_page_length
+    page = items[offset:offset + (min(length, cap) if cap else length)]
     return web.json_response({"count": len(page), "items": page})
 
 

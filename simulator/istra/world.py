@@ -71,6 +71,9 @@ class IstraConfig:
     # Suspend a user after this many wrong passwords in a row (myIstra: "accounts can be suspended in case of
     # too many failures in a row"); 0: never. A suspended user's logins are refused until unlock_user().
     lockout_after: int = 0
+    # myIstra's lists return at most this many items a page, whatever length is asked (the doc only shows 20
+    # asked and 20 returned); 0: as many as asked.
+    max_page_length: int = 0
 
 
 @dataclass

@@ -393,11 +393,20 @@ def _page_items(page, what: str) -> list:
 
 
 def _all_pages(fetch_page, max_pages: int = MAX_PAGES) -> list:
-    """Every page: ``count`` is the size of the page returned, so a short page is the last."""
+    """Every page, whatever page length the platform keeps to.
+
+    The doc shows a page of 20 asked and 20 returned, never what a platform does with 50: one that caps its
+    pages lower returns fewer than asked on every page. So the next page starts after what came, and only an
+    empty page ends the list (a short one is asked past once); a page equal to the one before (a platform
+    that ignores the offset) ends it too. Taking a short page for the last read one page of a capped list.
+    """
     results: list = []
-    for page_number in range(max_pages):
-        page = fetch_page(page_number * PAGE_LENGTH, PAGE_LENGTH)
-        results.extend(page)
-        if len(page) < PAGE_LENGTH:
+    offset, previous = 0, None
+    for _page_number in range(max_pages):
+        page = fetch_page(offset, PAGE_LENGTH)
+        if not page or page == previous:
             break
+        results.extend(page)
+        offset += len(page)
+        previous = page
     return results

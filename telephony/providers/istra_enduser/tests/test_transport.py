@@ -192,7 +192,22 @@ def test_it_lists_voicemails_across_pages_newest_first(provider, platform, monke
     voicemails = provider.voicemails()
     assert [v.remote_number for v in voicemails] == [f"061234567{n}" for n in (4, 3, 2, 1, 0)]
     pages = [e["query"] for e in platform.world.requests_received() if e["path"].endswith("Voicemail/bean")]
-    assert pages == [{"offset": "0", "length": "2"}, {"offset": "2", "length": "2"}, {"offset": "4", "length": "2"}]
+    # The short last page is asked past once: only an empty page says the list has ended.
+    assert pages == [{"offset": "0", "length": "2"}, {"offset": "2", "length": "2"}, {"offset": "4", "length": "2"},
+                     {"offset": "5", "length": "2"}]
+
+
+def test_it_lists_every_voicemail_and_history_entry_of_a_platform_that_caps_its_pages_lower(provider, platform):
+    # Asked 50, a platform that keeps to 3 a page answered 3: that short page was taken for the last, and the
+    # agent saw 3 voicemails of 8, the backfill 3 calls of 8.
+    platform.world.configure(max_page_length=3)
+    for n in range(8):
+        platform.voicemail(**{"from": f"061234567{n}", "timestamp": 1_700_000_000 + n})
+        platform.history(remoteNumber=f"061234568{n}", timestamp=1_700_000_000 + n)
+    assert len(provider.voicemails()) == 8
+    assert len({entry.id for entry in provider.history()}) == 8
+    asked = [e["query"]["offset"] for e in platform.world.requests_received() if e["path"].endswith("Voicemail/bean")]
+    assert asked == ["0", "3", "6", "8"]
 
 
 def test_it_lists_every_voicemail_it_can_read_when_one_is_odd_and_one_has_no_id(provider, platform, caplog):
@@ -267,8 +282,11 @@ def test_it_lists_the_call_history_with_the_incoming_and_missed_filters(provider
     assert [e.remote_number for e in provider.history(incoming=True)] == ["0611111111", "0622222222"]
     assert [e.remote_number for e in provider.history(missed=True)] == ["0611111111"]
     queries = [e["query"] for e in platform.world.requests_received() if e["path"].endswith("Phone/bean")]
-    assert queries[1:] == [{"offset": "0", "length": "50", "isIncoming": "true"},
-                           {"offset": "0", "length": "50", "isMissed": "true"}]
+    # Each list asks once past its short last page (only an empty page ends a list).
+    assert queries[2:] == [{"offset": "0", "length": "50", "isIncoming": "true"},
+                           {"offset": "2", "length": "50", "isIncoming": "true"},
+                           {"offset": "0", "length": "50", "isMissed": "true"},
+                           {"offset": "1", "length": "50", "isMissed": "true"}]
 
 
 def test_it_records_each_dropped_call_of_the_user_in_the_history(provider, platform):
