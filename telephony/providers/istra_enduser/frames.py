@@ -30,6 +30,7 @@ from telephony.providers.istra.framing import OptionalFields, read_count, read_f
 from telephony.updates import CallUpdate, FrameRejected
 
 COUNTERS_MODEL = "v1/data/RestletApiSessionCounters"
+COUNTER_KEYS = ("unreadMissedCalls", "unreadVoiceMails", "unreadTextMessages")
 HISTORY_KIND = "callHistory"
 # A live call of a socket (myCrm, myRCC) that the call history says has ended: see history_end_update.
 HISTORY_ENDED_KIND = "history.ended"
@@ -90,7 +91,7 @@ def parse_counters(data) -> Counters:
     model = data.get("model")
     if model is not None and model != COUNTERS_MODEL:
         raise FrameRejected(f"not a counters object: model {model!r}")
-    values = {key: _count(data, key) for key in ("unreadMissedCalls", "unreadVoiceMails", "unreadTextMessages")}
+    values = {key: _count(data, key) for key in COUNTER_KEYS}
     if all(v is None for v in values.values()):
         raise FrameRejected("a counters object without any counter")
     return Counters(values["unreadMissedCalls"] or 0, values["unreadVoiceMails"] or 0, values["unreadTextMessages"] or 0)
@@ -102,7 +103,11 @@ def parse_notification_frame(text: str) -> Counters | None:
     if not isinstance(data, dict):
         raise FrameRejected("a myIstra frame is a JSON object")
     if "item" not in data:
-        return parse_counters(data)  # the GET snapshot (the bind answer)
+        if data.get("model") == COUNTERS_MODEL or any(key in data for key in COUNTER_KEYS):
+            return parse_counters(data)  # the GET snapshot (the bind answer)
+        # Not a listener's frame and no counters: a platform answering our keep-alive ({"keepalive": "true"}),
+        # say. Rejected, it was a warning every keep-alive period for every listener.
+        return None
     item = data["item"]
     if isinstance(item, list):
         if len(item) != 1:

@@ -33,6 +33,12 @@ def test_it_ignores_a_frame_about_another_model():
     assert frames.parse_notification_frame('{"listenerName": "x", "item": {"model": "v1/data/Other"}}') is None
 
 
+@pytest.mark.parametrize("text", ['{"keepalive": "true"}', '{"keepalive": true, "status": "ok"}', "{}"])
+def test_it_ignores_a_frame_that_is_neither_a_listeners_nor_counters(text):
+    # A platform that answers each keep-alive the doc asks for every 30 s: rejected, it was a warning each time.
+    assert frames.parse_notification_frame(text) is None
+
+
 @pytest.mark.parametrize("text", ["not json", "[1]", '{"item": {"model": "v1/data/RestletApiSessionCounters"}}',
                                   '{"unreadVoiceMails": -1}', '{"unreadVoiceMails": "many"}',
                                   '{"item": [{"unreadVoiceMails": 1}, {"unreadVoiceMails": 2}]}'])
