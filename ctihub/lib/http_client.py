@@ -138,7 +138,12 @@ class HttpClient:
                 return response
             history.append(response)
             response.close()  # its body is not read: give the connection back to the pool
-            url = urljoin(url, response.headers["Location"])
+            moved_to = urljoin(url, response.headers["Location"])
+            if urlsplit(url).scheme == "https" and urlsplit(moved_to).scheme != "https":
+                # The same headers would go: a Basic login, a session cookie, an API key, in clear.
+                raise HttpError(f"{self.name}: {method} {mask_url(url)} was redirected ({response.status_code}) from "
+                                f"https to {mask_url(moved_to)}; not followed, it would send the request in clear")
+            url = moved_to
             # The Location is the whole new URI, query included (myRCC §3.5): the params are in it already.
             kwargs.pop("params", None)
             logger.info("%s %s redirected (%s) to %s", self.name, method, response.status_code, mask_url(url))

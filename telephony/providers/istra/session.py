@@ -28,7 +28,8 @@ Decisions the documents leave open (see /work/shared/specs/README.md):
   base URL, and so its websocket, to the new host for every later session of
   the account in every process (``PbxAccount.redirected_base_url``); the path
   below the host keeps its layout. A 302/307 is followed, not remembered. A
-  move from https to http is followed but never remembered.
+  move from https to http is never followed (``ctihub.lib.http_client``): the
+  login's credentials, the cookie and the token would go in clear.
 """
 
 from __future__ import annotations
@@ -515,7 +516,7 @@ def moved_base_url(base_url: str, request_url: str, moved_to: str) -> str | None
     The path below the base keeps its layout: ``https://a/restletrouter/v1/rcc/Extension`` moved to
     ``https://b/rr/v1/rcc/Extension`` means the base ``https://b/rr/``; a Location whose path does
     not end the same way moves only the host. None for a request outside the base URL and for a
-    move from https to http (a downgrade is followed once, never made the rule).
+    move from https to http (the HTTP layer does not follow one either).
     """
     base, request, target = urlsplit(base_url), urlsplit(request_url), urlsplit(moved_to)
     if not target.netloc or request.netloc != base.netloc or not request.path.startswith(base.path):

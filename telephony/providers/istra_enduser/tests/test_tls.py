@@ -115,3 +115,21 @@ def test_it_trusts_the_accounts_own_ca_bundle_for_rest_and_the_websocket(tls_sim
     assert ("GET", "/restletrouter/ws-service/myIstra") in [
         (e["method"], e["path"]) for e in sim.state.istra.requests_received()
     ]
+
+
+def test_it_never_follows_a_redirect_from_https_to_http_and_sends_nothing_in_clear(tls_sim, sim):
+    # Followed, the login's Basic credentials went to the plain-HTTP host as they were.
+    tls, ca_pem = tls_sim
+    tls.state.istra.redirect_next(1, 302, base_url=sim.url)
+    account = make_account(kind=PbxAccount.Kind.ISTRA_ENDUSER, base_url=tls.istra_base, login="chatfield",
+                           password="0000", ca_bundle=ca_pem)
+    provider = provider_for(account)
+    try:
+        with pytest.raises(ProviderError) as refused:
+            provider.fetch_terminals()
+    finally:
+        provider.close()
+    assert "from https to http://127.0.0.1" in str(refused.value) and "in clear" in str(refused.value)
+    assert "0000" not in str(refused.value)
+    assert sim.state.istra.requests_received() == []  # the plain-HTTP host heard nothing
+    assert [e["path"] for e in tls.state.istra.requests_received()] == ["/restletrouter/v1/service/Login"]
