@@ -576,6 +576,16 @@
     if (el) el.textContent = text || "";
   }
 
+  // Another script asks to dial a number from the agent's phone (voicemail.js: call a caller back), on this
+  // socket like the recent calls' "Call back"; the result shows in the same notice.
+  document.addEventListener("ctihub:dial", async (event) => {
+    const number = event.detail && event.detail.number;
+    if (!number) return;
+    const result = await send({ action: "dial", number });
+    notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number }) : result.error);
+    if (event.detail.done) event.detail.done(result);
+  });
+
   // Another script asks for a fresh snapshot on the open socket (wallboard.js: today's figures at midnight).
   document.addEventListener("ctihub:refresh", async () => {
     const result = await send({ action: "snapshot" });

@@ -92,11 +92,22 @@
     when.textContent = `${date} · ${length}${vm.read ? "" : " · " + gettext("new")}`;
     li.append(from, when,
       button(gettext("Play"), "play", () => play(vm, li)),
-      button(vm.read ? gettext("Mark unread") : gettext("Mark read"), "toggle-read", () => setRead(vm, !vm.read)),
-      button(gettext("Call me to hear it"), "call-me", () => callMe(vm)),
-      button(gettext("Delete"), "delete", () => remove(vm)),
+      button(vm.read ? gettext("Mark unread") : gettext("Mark read"), "toggle-read", () => setRead(vm, !vm.read)));
+    // The number "ready to dial to reach the caller" (the doc's callbackNumber), dialled by console.js.
+    if (vm.callback_number) li.append(button(gettext("Call back"), "call-back", (event) => callBack(vm, event.target)));
+    // Only a voicemail with a playNumber can be played by phone: without one the PBX would refuse it.
+    if (vm.can_play_by_phone) li.append(button(gettext("Call me to hear it"), "call-me", () => callMe(vm)));
+    li.append(button(gettext("Delete"), "delete", () => remove(vm)),
       link(gettext("Download (MP4)"), vm.audio.mp4), link("AU", vm.audio.au));
     return li;
+  }
+
+  function callBack(vm, target) {
+    target.disabled = true;
+    document.dispatchEvent(new CustomEvent("ctihub:dial", { detail: {
+      number: vm.callback_number,
+      done: (result) => { target.disabled = false; showError(result.ok ? "" : result.error); },
+    } }));
   }
 
   function button(text, action, onClick) {

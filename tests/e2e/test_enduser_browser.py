@@ -132,3 +132,17 @@ def test_it_shows_plays_and_counts_a_voicemail_and_backfills_the_call_no_socket_
     page.click(f"#vm-list li[data-voicemail='{left['id']}'] button[data-vm-action=delete]")
     page.wait_for_selector(f"#vm-list li[data-voicemail='{left['id']}']", state="detached", timeout=10000)
     assert [v["id"] for v in enduser_state(hub)["voicemails"]] == [second["id"]]
+
+    # "Call back" dials the voicemail's callbackNumber from the agent's phone, as the recent calls' button does;
+    # "Call me to hear it" is only offered where the PBX gave a number to play the message by phone.
+    no_play = requests.post(f"{hub.sim_url}/_sim/istra/enduser/voicemails", timeout=5, json={
+        "login": "chatfield", "from": "0155667788", "fields": {"playNumber": ""}}).json()
+    page.wait_for_selector(f"#vm-list li[data-voicemail='{no_play['id']}']", timeout=30000)
+    assert page.query_selector(f"#vm-list li[data-voicemail='{no_play['id']}'] button[data-vm-action=call-me]") is None
+    assert page.query_selector(f"#vm-list li[data-voicemail='{second['id']}'] button[data-vm-action=call-me]")
+    page.click(f"#vm-list li[data-voicemail='{second['id']}'] button[data-vm-action=call-back]")
+    dialled = wait_for(lambda: [c for c in sim.calls() if c["destination"] == "0477889900"] or None, 15,
+                       what="the call back placed at the PBX")
+    assert [(c["terminalId"], c["incoming"]) for c in dialled] == [(TERMINAL, False)]
+    wait_for_js(page, "document.getElementById('notice').textContent.includes('0477889900')", timeout=10000)
+    sim.move(dialled[0]["callId"], "hangup", cause="disconnect")
