@@ -75,6 +75,26 @@ def apply_call_updates(updates: list[u.CallUpdate], received: float | None = Non
         return [_apply_alone(update, received) for update in updates]
 
 
+# A call the PBX lists as live, unchanged, is news for the stale-call sweep (telephony.sweep) at most this often:
+# far below the sweep's shortest bound (15 min ringing), and one UPDATE per call per period at most.
+STILL_LIVE_EVERY = timedelta(minutes=5)
+
+
+def note_still_live(account_id: int, pbx_call_ids, at: datetime) -> int:
+    """The PBX listed these calls as live at ``at``: their last news is then, for the stale-call sweep.
+
+    A snapshot that changes nothing writes nothing (``apply_call_updates``), so a call queued for a quarter
+    of an hour, or talking for four, looked silent to the sweep and was ended while the PBX said it lived.
+    Only ``updated_at`` moves (no card, no event: nothing changed), and never backwards; at most every
+    ``STILL_LIVE_EVERY`` per call. Returns how many calls were noted.
+    """
+    ids = list(pbx_call_ids)
+    if not ids:
+        return 0
+    return Call.objects.filter(account_id=account_id, pbx_call_id__in=ids, state__in=ACTIVE_STATES,
+                               updated_at__lt=at - STILL_LIVE_EVERY).update(updated_at=at)
+
+
 def apply_call_update(update: u.CallUpdate, received: float | None = None) -> AppliedUpdate:
     """Upsert the call, append its event, derive times; publish after commit."""
     return apply_call_updates([update], received)[0]

@@ -187,6 +187,32 @@ def test_it_gives_a_call_telepo_just_spoke_of_time_for_its_late_terminated_befor
     assert (call.state, call.answered_at is not None, call.end_cause) == ("ended", True, u.END_HANGUP)
 
 
+def test_it_keeps_the_sweep_off_a_long_call_every_snapshot_still_lists(account, terminal, world):
+    # A snapshot that changes nothing writes nothing: a call talking for five hours (or queued for twenty
+    # minutes) looked silent to the stale-call sweep, which ended it while Telepo still had it.
+    from telephony.sweep import sweep_stale_calls
+
+    long_call = world.incoming_call(ALICE, "+33612345678")
+    world.answer(long_call.call_id)
+    reconcile_user(account, ALICE)
+    five_hours_ago = timezone.now() - timedelta(hours=5)
+    Call.objects.filter(pbx_call_id=long_call.call_id).update(updated_at=five_hours_ago)
+    forgotten = apply_call_update(u.CallUpdate(  # a call Telepo no longer lists, as silent
+        account_id=account.pk, pbx_call_id="gone-long-ago", state=u.TALKING, kind="webhook", payload={},
+        occurred_at=five_hours_ago)).call
+    Call.objects.filter(pk=forgotten.pk).update(updated_at=five_hours_ago)
+
+    version = Call.objects.get(pbx_call_id=long_call.call_id).version
+    report = reconcile_user(account, ALICE)
+    again = reconcile_user(account, ALICE)  # within STILL_LIVE_EVERY: nothing written again
+
+    call = Call.objects.get(pbx_call_id=long_call.call_id)
+    assert (report.applied, call.state, call.version) == (0, "talking", version)  # no change, no event
+    assert call.updated_at > five_hours_ago and again.applied == 0
+    assert sweep_stale_calls() == [forgotten.pk]
+    assert Call.objects.get(pbx_call_id=long_call.call_id).state == "talking"
+
+
 def test_it_ends_nothing_from_a_partial_snapshot(account, terminal, world, monkeypatch):
     world.incoming_call(ALICE, "+33612345678")
     reconcile_user(account, ALICE)
