@@ -31,6 +31,7 @@ PUT      /_sim/telepo/calls/{callId}/status-name {name}  (the snapshot shows thi
 POST     /_sim/telepo/webhooks/hold              -  (queue messages instead of sending them)
 POST     /_sim/telepo/webhooks/release           {order: fifo|reverse|shuffle, seed}
 POST     /_sim/telepo/webhooks/pace              {seconds}  (a pause after each delivery: lagging webhooks)
+POST     /_sim/telepo/actions/mismatch-status    {status}  (the 4xx a stale stateToken gets; 409 by default)
 POST     /_sim/telepo/webhooks/stamp-style       {style}  (how delivered messages write their timestamp:
                                                   spec, zulu, colon-offset, no-offset, space, nanoseconds,
                                                   epoch-ms, epoch-s, unreadable)
@@ -218,6 +219,13 @@ async def pace_webhooks(request):
 
 
 @_json_errors
+async def mismatch_status(request):
+    body = await _body(request, {"status"})
+    world_of(request).set_mismatch_status(required(body, "status"))
+    return {"status": world_of(request).mismatch_status}
+
+
+@_json_errors
 async def stamp_style(request):
     body = await _body(request, {"style"})
     world_of(request).set_stamp_style(required(body, "style"))
@@ -277,6 +285,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post(f"{PREFIX}/webhooks/release", release_webhooks)
     router.add_post(f"{PREFIX}/webhooks/pace", pace_webhooks)
     router.add_post(f"{PREFIX}/webhooks/stamp-style", stamp_style)
+    router.add_post(f"{PREFIX}/actions/mismatch-status", mismatch_status)
     router.add_post(f"{PREFIX}/webhooks/drop-next", _rule("drop"))
     router.add_post(f"{PREFIX}/webhooks/duplicate-next", _rule("duplicate"))
     router.add_post(f"{PREFIX}/webhooks/rename-next", rename_next)

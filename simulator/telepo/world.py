@@ -29,6 +29,8 @@ What a real PBX may do beyond our reading of the spec, each off unless asked for
 * **words we do not know**: ``set_status_name`` shows a call's snapshot status
   under another name; a ``rename`` rule sends a message's state (or another
   field) under another name. Both are what Telepo says, so they are in ``sent``.
+* **a stale stateToken refused another way**: the spec says only that such a request
+  "will fail"; ``set_mismatch_status`` answers it with another 4xx than 409 (400, 422...).
 * **timestamps written another way**: ``set_stamp_style`` writes each delivered
   message's ``timestamp`` in one of ``STAMP_STYLES`` (the spec shows only
   ``2018-02-02T12:34:57.699+0000`` and says "UTC"): ``Z``, ``+00:00``, no offset,
@@ -229,6 +231,8 @@ class TelepoWorld:
             self.held = False
             self.pace = 0.0  # seconds between two deliveries: a sender whose queue lags behind its snapshot
             self.stamp_style = "spec"  # how a delivered message writes its timestamp (STAMP_STYLES)
+            # The status a stale stateToken is refused with: the spec says only "the request will fail".
+            self.mismatch_status = 409
             self.rules: list[WebhookRule] = []
             self.failures: list[FailRule] = []
             self.requests: list[dict[str, Any]] = []
@@ -449,7 +453,7 @@ class TelepoWorld:
                 raise not_found(f"User {user.user_id} has no call {call_id}")
             if action not in ACTIONS:
                 raise not_found(f"No call control action {action!r}")
-            _check_token(call, body.get("stateToken"), "stateToken")
+            _check_token(call, body.get("stateToken"), "stateToken", self.mismatch_status)
             if ACTION_NAMES[action] not in self.actions(call):
                 raise bad_request(f"{action} is not possible on call {call_id} ({call.status})", "ACTION_NOT_ALLOWED")
             failure = self._take_failure(action)
@@ -593,7 +597,7 @@ class TelepoWorld:
         target = self.calls.get(target_id)
         if target is None or target.user_id != call.user_id or not target.live or target is call:
             raise not_found(f"User {call.user_id} has no other call {target_id}")
-        _check_token(target, body.get("targetStateToken"), "targetStateToken")
+        _check_token(target, body.get("targetStateToken"), "targetStateToken", self.mismatch_status)
         return target
 
     def _transfer(self, call: Call, body: dict[str, Any]) -> None:
@@ -738,6 +742,12 @@ class TelepoWorld:
             self.held = False
             return len(self.pending)
 
+    def set_mismatch_status(self, status: int) -> None:
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
+            raise ValueError("status must be a 4xx HTTP status")
+        with self.lock:
+            self.mismatch_status = status
+
     def set_stamp_style(self, style: str) -> None:
         if style not in STAMP_STYLES:
             raise ValueError(f"style must be one of {', '.join(STAMP_STYLES)}")
@@ -874,11 +884,11 @@ def _uri(value: Any, name: str) -> str:
     return value
 
 
-def _check_token(call: Call, token: Any, name: str) -> None:
+def _check_token(call: Call, token: Any, name: str, status: int = 409) -> None:
     if token is None:
         return
     if isinstance(token, bool) or not isinstance(token, int):
         raise bad_request(f"{name} must be an integer")
     if token != call.state_token:
-        raise TelepoError(409, "STATE_TOKEN_MISMATCH",
+        raise TelepoError(status, "STATE_TOKEN_MISMATCH",
                           f"{name} {token} does not match the state of call {call.call_id} ({call.state_token})")

@@ -116,6 +116,11 @@ class TelepoProvider(Provider):
             self._refresh_after_conflict(user_id)
             raise StateConflict(_changed_meanwhile(action), code=exc.code or "STATE_TOKEN_MISMATCH",
                                 status=exc.status) from exc
+        except ActionRefused:
+            # The spec says only that a stale stateToken makes the request "fail": a 400 or 422 may be one. The
+            # snapshot brings the call's token and actions as they are, so the agent's next click can work.
+            self._refresh_soon(user_id)
+            raise
         if _failed(answer):
             # The call's state in a refusal is not news to act on; the snapshot says where the call is.
             self._refresh_soon(user_id)

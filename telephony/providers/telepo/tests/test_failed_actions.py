@@ -22,7 +22,7 @@ from telephony import control
 from telephony import updates as u
 from telephony.models import Call, PbxAccount
 from telephony.providers import provider_for
-from telephony.providers.base import ProviderError
+from telephony.providers.base import ActionRefused, ProviderError
 from telephony.providers.telepo.reconcile import reconcile_user
 from telephony.providers.telepo.tests.conftest import ALICE, DEVICE, SECRET
 from tests.factories import make_account, make_agent, make_terminal
@@ -95,6 +95,27 @@ def test_it_reports_a_hold_the_simulator_refuses_and_changes_nothing(account, te
         provider_for(account).call_action(call, u.HOLD, {})
     assert world.call(sim_call.call_id).status == "ACTIVE"
     provider_for(account).call_action(call, u.HOLD, {})  # one refusal only: the next hold goes through
+    assert world.call(sim_call.call_id).status == "HELD"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [400, 422])
+def test_it_asks_for_the_snapshot_when_a_stale_token_is_refused_with_another_status_than_409(
+        account, terminal, world, queued, status):
+    # The spec says only that a request with a stale stateToken "will fail". Refused with a 400 or 422, the hub
+    # kept its stale token, and the agent's every click failed the same way until the next periodic snapshot.
+    sim_call = talking(world)
+    call = hub_call(account, sim_call)
+    world.set_mismatch_status(status)
+    alice = world.users[ALICE]
+    world.act(alice, "hold", sim_call.call_id, {})  # the call moves on at the PBX, its token with it
+    world.act(alice, "resume", sim_call.call_id, {})
+    with pytest.raises(ActionRefused) as refused:
+        provider_for(account).call_action(call, u.HOLD, {})
+    assert (refused.value.status, refused.value.code) == (status, "STATE_TOKEN_MISMATCH")
+    assert queued == [("reconcile_user_task", (account.pk, ALICE))]
+    call = hub_call(account, sim_call)  # the snapshot that was asked for: the token as it is now
+    provider_for(account).call_action(call, u.HOLD, {})
     assert world.call(sim_call.call_id).status == "HELD"
 
 
