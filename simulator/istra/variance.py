@@ -8,7 +8,8 @@ simulator send what the specs leave open. All are off by default (and in the dem
 * **Unpullable lines** (myRCC): ``GET v1/rcc/CallLine/<id>`` answers a chosen
   error status (404, 500, 503...) for chosen line ids, in the router's
   ``{"code": "ROUTER_ERR_<status>", "message"}`` shape, while every other request
-  works. (A line the PBX forgot still answers 400 ERR_0 "bad call line ID".)
+  works (404 in the router's not-found shape: a PBX without this GET). A line the
+  PBX forgot still answers 400 ERR_0 "bad call line ID".
 * **State names** (myRCC): the doc shows only ``prompting``, ``talking``, ``held``
   and ``dropped``. A world-wide map renames states in every snapshot (e.g.
   ``{"ringing": "alerting"}``: how this PBX spells a ringing line), and one line can

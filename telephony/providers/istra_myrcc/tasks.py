@@ -1,8 +1,9 @@
 """Celery tasks of the myRCC provider: pull again the call lines a reconnect could not pull.
 
 After a reconnect, a call ctihub holds live that the PBX no longer lists is settled by
-pulling its line (``transport.MyRccProvider._catch_up``). A line the PBX would not give
-then (a 404, a 5xx, no answer) must not keep the listener from connecting: its call is
+pulling its line (``transport.MyRccProvider._catch_up``; a line the PBX does not find,
+400 ERR_0 or 404, ended while we were away). A line the PBX could not give then (a 5xx,
+no answer) must not keep the listener from connecting: its call is
 left as it is and the line is pulled again here, later, on a session of its own, a few
 times (``PULL_RETRY_DELAYS``). Past those the next reconnect asks again.
 

@@ -186,9 +186,12 @@ class MyRccProvider(Provider):
         try:
             line = self.session.request_json("GET", path, relogin=relogin, retry_on_timeout=False)
         except ProviderError as exc:
-            if exc.status != 400:  # 404, 503, a timeout...: ask again later rather than guess
+            if exc.status not in (400, 404):  # 503, 500, a timeout...: the PBX could not say, ask again later
                 raise
-            # "bad call line ID": the PBX forgot the line, so it ended while we were away; when is unknown.
+            # "bad call line ID", or not found: the PBX forgot the line, so it ended while we were away; when is
+            # unknown. A 404 too: the spec has no GET of one line (a PBX without it answers 404 to every one),
+            # and the PBX's full list of a moment ago did not have this line. Retried, the call stayed live for
+            # the retries' 40 minutes, then until the next reconnect or the stale-call sweep (hours).
             return {"lineId": line_id, "restUri": f"{LINE_URI_PREFIX}{line_id}", "state": "dropped",
                     "stateCause": "causeNormal"}
         if isinstance(line, dict) and _pulled_line_id(line) == line_id:

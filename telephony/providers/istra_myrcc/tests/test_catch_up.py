@@ -72,7 +72,7 @@ def ended_at_the_pbx_while_away(provider, world) -> tuple[str, str]:
     return first, second
 
 
-@pytest.mark.parametrize("status", [500, 503, 404])
+@pytest.mark.parametrize("status", [500, 503])
 def test_it_connects_and_settles_the_other_calls_when_one_line_cannot_be_pulled(provider, world, sim, scheduled,
                                                                                  status):
     stuck, settled = ended_at_the_pbx_while_away(provider, world)
@@ -83,6 +83,19 @@ def test_it_connects_and_settles_the_other_calls_when_one_line_cannot_be_pulled(
     assert Call.objects.get(pbx_call_id=settled).state == "ended"
     assert Call.objects.get(pbx_call_id=stuck).state == "ringing"  # left as it was, not guessed
     assert scheduled == [(provider.account.pk, [stuck], 0)]
+
+
+def test_it_ends_at_once_a_call_whose_line_the_full_list_left_out_and_a_get_does_not_find(provider, world,
+                                                                                         scheduled):
+    # The spec has no GET of one line: a PBX without it answers 404 to every one. Asked again for 40 minutes, the
+    # call stayed live until the next reconnect or the stale-call sweep, hours for a talking call.
+    gone, settled = ended_at_the_pbx_while_away(provider, world)
+    variance.unpullable_lines(world, [gone], 404)
+
+    connect_and_catch_up(provider_for(provider.account))
+
+    assert [Call.objects.get(pbx_call_id=line_id).state for line_id in (gone, settled)] == ["ended", "ended"]
+    assert scheduled == []  # nothing left to ask again
 
 
 def test_it_pulls_the_line_again_later_and_ends_its_call_as_it_ended(provider, world, scheduled):
