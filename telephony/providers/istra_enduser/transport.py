@@ -242,8 +242,17 @@ class EndUserProvider(Provider):
         return self._read(frames.parse_voicemail, item, "voicemail")
 
     def delete_voicemail(self, voicemail_id: str) -> None:
-        """Irreversible at the PBX: the audio file is deleted too (the console asks first)."""
-        self.session.request("DELETE", f"v1/logs/Voicemail/bean/{_id(voicemail_id)}")
+        """Irreversible at the PBX: the audio file is deleted too (the console asks first).
+
+        A voicemail the PBX no longer has is deleted all the same: a DELETE whose answer timed out is sent
+        again (``HttpClient``), and the second one finds nothing when the first worked; another of the user's
+        phones may have deleted it too. Said as an error, the agent saw one for a message that was gone.
+        """
+        try:
+            self.session.request("DELETE", f"v1/logs/Voicemail/bean/{_id(voicemail_id)}")
+        except ProviderError as exc:
+            if exc.status != 404:
+                raise
 
     def voicemail_audio(self, voicemail_id: str, audio_format: str) -> AudioStream:
         if audio_format not in frames.AUDIO_FORMATS:

@@ -252,6 +252,20 @@ def test_it_deletes_a_voicemail_for_good(provider, platform):
     assert gone.value.status == 404
 
 
+def test_it_deletes_a_voicemail_the_pbx_no_longer_has_without_an_error(provider, platform):
+    # Sent again after a timeout (the first DELETE worked), or deleted from another phone: the message is gone,
+    # which is what the agent asked for.
+    left = platform.voicemail(**{"from": "0612345678"})
+    provider.delete_voicemail(left["id"])
+    provider.delete_voicemail(left["id"])
+    assert platform.world.requests_received()[-1]["status"] == 404
+    platform.world.fail_next(1, 500, body={"code": "ERR_XYZ", "message": "disk full"}, path="Voicemail/bean")
+    kept = platform.voicemail(**{"from": "0699999999"})
+    with pytest.raises(ProviderError) as failed:  # any other refusal is still said
+        provider.delete_voicemail(kept["id"])
+    assert failed.value.status == 500
+
+
 @pytest.mark.parametrize("audio_format, content_type, magic", [
     ("ogg", "application/ogg", b"OggS"), ("aac", "application/mp4", b"\x00\x00\x00\x18ftyp"),
     ("mp4", "application/mp4", b"\x00\x00\x00\x18ftyp"), ("au", "application/au", b".snd"),
