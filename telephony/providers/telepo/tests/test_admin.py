@@ -16,6 +16,16 @@ def test_it_shows_the_crm_connector_url_without_the_secret(admin_client, account
     assert account.webhook_secret not in page
 
 
+def test_it_warns_that_telepo_will_not_post_to_a_plain_http_url(admin_client, account, settings):
+    # The spec: the CRM connector webhook URL must use HTTPS.
+    settings.PUBLIC_BASE_URL = "http://hub.example.com"
+    page = admin_client.get(f"/admin/telephony/pbxaccount/{account.pk}/change/").content.decode()
+    assert "Telepo will not post to this URL" in page and "PUBLIC_BASE_URL" in page
+    settings.PUBLIC_BASE_URL = "https://hub.example.com"
+    page = admin_client.get(f"/admin/telephony/pbxaccount/{account.pk}/change/").content.decode()
+    assert "Telepo will not post to this URL" not in page
+
+
 def test_it_shows_no_telepo_hint_for_another_pbx(admin_client):
     other = make_account(kind=PbxAccount.Kind.ISTRA_MYRCC)
     page = admin_client.get(f"/admin/telephony/pbxaccount/{other.pk}/change/").content.decode()
