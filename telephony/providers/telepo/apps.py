@@ -19,7 +19,11 @@ class TelepoConfig(AppConfig):
             url_prefix=URL_PREFIX,  # the CRM connector webhook
             # The spec's singlesteptransfer: "blind" and its "type" enum (BASIC the default); and
             # "Remove a participant from an ad-hoc conference".
+            # Its requests run side by side: the provider holds only a thread-safe HTTP client and the ticket,
+            # and a stale stateToken is the PBX's to refuse. One at a time per account, one slow answer (up to the
+            # 10 s read timeout) held every other agent's click behind it.
             capabilities=registry.Capabilities(
+                parallel_requests=True,
                 transfer_types=("BASIC", "VOICEMAIL", "CAMP_ON", "DIVERSION_BYPASS"), blind_transfer=True,
                 remove_party=True,
             ),

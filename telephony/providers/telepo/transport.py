@@ -74,6 +74,9 @@ class TelepoProvider(Provider):
     def client(self) -> HttpClient:
         return self.http or HttpClient("telepo", verify=trust_store(self.account.ca_bundle))
 
+    def prepare_shared(self) -> None:
+        self.client  # the one HttpClient every thread of the cached provider shares (it is thread-safe)
+
     # --- REST -------------------------------------------------------------------------
     def test_connection(self) -> str:
         users = list(self.account.terminals.filter(active=True).values_list("pbx_id", flat=True))

@@ -375,3 +375,49 @@ def test_it_declares_the_transfer_types_blind_transfers_and_party_removal_it_sen
     caps = registry.capabilities("telepo")
     assert (caps.transfer_types, caps.blind_transfer, caps.remove_party) == (transport.TRANSFER_TYPES, True, True)
     assert caps.transfer_types[0] == "BASIC"  # the spec's default, the chooser's first
+
+
+@pytest.mark.django_db(transaction=True)  # the clicks run on threads of their own, with connections of their own
+def test_it_places_two_agents_calls_side_by_side_on_the_accounts_one_provider(account, terminal, world, monkeypatch):
+    # One at a time per account, a slow Telepo answer held every other agent's click of the account behind it.
+    import threading
+    import time
+
+    from telephony import control
+    from telephony.providers import registry
+    from telephony.providers.telepo.transport import TelepoProvider
+    from tests.factories import make_agent, make_terminal
+    from tests.support.telepo_sim import DOMAIN
+
+    bob = "bob@organization.org"
+    world.add_user(bob, DOMAIN, email="bob@organization.com", number="+12203", devices={"bob-soft": "SOFT"})
+    bobs = make_terminal(account, pbx_id=bob, extension="bob-soft", agent=make_agent("bob"))
+    slow, real = 1.5, TelepoProvider.request
+
+    def slow_request(self, method, path_key, *args, **kwargs):
+        if path_key == "make":
+            time.sleep(slow)  # a PBX taking its time to answer
+        return real(self, method, path_key, *args, **kwargs)
+
+    monkeypatch.setattr(TelepoProvider, "request", slow_request)
+    registry.forget_providers()
+    answers = []
+
+    def click(agents_terminal):
+        from django.db import connection
+
+        try:
+            answers.append(control.place_call(agents_terminal, "0612345678"))
+        finally:
+            connection.close()  # the thread's own
+
+    threads = [threading.Thread(target=click, args=(t,)) for t in (terminal, bobs)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    elapsed = time.monotonic() - started
+    registry.forget_providers()
+    assert len(answers) == 2 and len(world.calls) == 2
+    assert elapsed < 2 * slow - 0.2, f"{elapsed:.2f} s: the second click waited for the first"
