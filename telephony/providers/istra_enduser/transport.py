@@ -60,6 +60,9 @@ SESSION_CHECK_PATH = "v1/logs/Notifications/bean"
 PAGE_LENGTH = 50
 MAX_PAGES = 200  # a list that never ends must not loop forever
 MANUAL = "ManualSetting"
+# The doc spells the manual choice two ways: "ManualSetting" (IUser, what we send) and "manualCustomCallerID"
+# (user/Info's list of values). Either is the user's own caller-ID, to be put back with its number.
+MANUAL_CHOICES = frozenset({"manualsetting", "manualcustomcallerid"})
 CALLER_ID_FIELDS = "customCallerIDChoice,customCallerID"
 AUDIO_CHUNK = 64 * 1024
 
@@ -131,7 +134,7 @@ class CallerId:
 
     @property
     def manual(self) -> bool:
-        return self.choice == MANUAL
+        return self.choice.strip().lower() in MANUAL_CHOICES
 
 
 @dataclass
@@ -302,7 +305,9 @@ class EndUserProvider(Provider):
         answer = self.session.request_json("GET", self._user_uri, params={"rt": CALLER_ID_FIELDS})
         if not isinstance(answer, dict):
             raise ProviderError("Istra myIstra answered the caller-ID request with something that is not a user")
-        return CallerId(str(answer.get("customCallerIDChoice") or ""), str(answer.get("customCallerID") or ""))
+        # The number under either name: the doc reads it as customCallerID and writes it as manualCustomCallerID.
+        number = answer.get("customCallerID") or answer.get("manualCustomCallerID") or ""
+        return CallerId(str(answer.get("customCallerIDChoice") or ""), str(number))
 
     def set_caller_id(self, number_e164: str) -> CallerId:
         """Present ``number_e164`` (E.164) on the user's calls from now on."""

@@ -333,6 +333,17 @@ def test_it_restores_a_manual_caller_id_the_user_had(provider, platform):
     assert platform.user()["callerId"] == {"customCallerIDChoice": "ManualSetting", "customCallerID": "+33489879144"}
 
 
+@pytest.mark.parametrize("spelling", ["manualCustomCallerID", "ManualSetting", "MANUALSETTING"])
+def test_it_puts_back_a_manual_caller_id_however_the_platform_spells_the_choice(provider, platform, spelling):
+    # user/Info lists "manualCustomCallerID" as the manual choice, IUser "ManualSetting". Read as not manual, the
+    # restore sent the choice alone and the user's own caller-ID number was lost.
+    from telephony.providers.istra_enduser.transport import CallerId
+
+    assert CallerId(spelling, "+33489879144").manual
+    provider.restore_caller_id(CallerId(spelling, "+33489879144"))
+    assert platform.user()["callerId"] == {"customCallerIDChoice": "ManualSetting", "customCallerID": "+33489879144"}
+
+
 def test_it_says_when_the_platform_policy_refuses_a_caller_id(provider, platform):
     platform.control("PATCH", "enduser/chatfield", allowedCallerIds=["+33412345670"])
     with pytest.raises(ProviderError) as refused:
