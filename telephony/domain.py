@@ -125,7 +125,8 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
         key = (update.account_id, update.pbx_call_id)
         call = calls.get(key)
         # A frame already stored is a replay, however late its time: only a new frame may recycle the id.
-        if call is not None and _dedupe_key(update, call) not in stored_frames and _is_recycled_id(call, update):
+        if call is not None and _dedupe_key(update, call) not in stored_frames and _is_recycled_id(call, update,
+                                                                                                 terminals):
             # Keep the old call's history under a suffixed id; the new call takes the PBX id.
             call.pbx_call_id = f"{call.pbx_call_id}#{call.pk}"
             call.save(update_fields=["pbx_call_id"])
@@ -508,12 +509,19 @@ _NEW_CALL_EVENT_ROW = "(" + ", ".join(
     for field in _EVENT_FIELDS) + ")"
 
 
-def _is_recycled_id(call: Call, update: u.CallUpdate) -> bool:
+def _is_recycled_id(call: Call, update: u.CallUpdate, terminals: dict | None = None) -> bool:
     if call.state != Call.State.ENDED or update.state not in (u.RINGING, u.DIALING):
         return False
     if call.end_cause == u.END_SWEPT:
         # The sweep ended it because the PBX went silent on it: its real end is unknown, and a start
         # frame for its id is a new call, however soon (merged, the new call would be lost as "ended").
+        return True
+    named = (terminals or {}).get((update.account_id, update.terminal_pbx_id)) if update.terminal_pbx_id else None
+    if named is not None and call.terminal_id is not None and named[0] != call.terminal_id:
+        # Another terminal's leg setting up under the ended call's id: a blind transfer's target (Telepo keeps
+        # the call_id and reports the new user's states under it), or another phone of a forked call that
+        # answers after the first dropped. Merged, it was dropped ("nothing revives an ended call"): the agent
+        # the call went to got no card and no pop-up, and an answered leg was recorded as missed.
         return True
     return call.ended_at is not None and update.occurred_at - call.ended_at > CALL_ID_RECYCLE_AFTER
 

@@ -153,6 +153,25 @@ def test_it_starts_a_new_call_when_the_pbx_recycles_an_old_call_id(account):
     assert new.pbx_call_id == "-428" and new.state == Call.State.RINGING
 
 
+def test_it_starts_a_call_of_its_own_for_another_terminals_leg_under_an_ended_calls_id(account):
+    # A call forked to two phones of the user: the first drops (answered elsewhere) before the second's frames
+    # come, under the same id. Merged into the ended call, the second phone's answer was dropped and the call
+    # recorded as missed. A repeated frame of the first phone changes nothing.
+    from tests.factories import make_terminal
+
+    desk, mobile = make_terminal(account, pbx_id="desk"), make_terminal(account, pbx_id="mobile")
+    apply_call_update(update(account, u.RINGING, "callRinging", 0, terminal_pbx_id="desk"))
+    apply_call_update(update(account, u.ENDED, "callDropped", 5, terminal_pbx_id="desk"))
+    apply_call_update(update(account, u.RINGING, "callRinging", 1, terminal_pbx_id="desk", frame_id="again"))
+    assert Call.objects.count() == 1
+    apply_call_update(update(account, u.RINGING, "callRinging", 6, terminal_pbx_id="mobile"))
+    apply_call_update(update(account, u.TALKING, "callTalking", 8, terminal_pbx_id="mobile"))
+    old, new = Call.objects.order_by("created_at")
+    assert (old.pbx_call_id, old.terminal, old.state) == (f"-428#{old.pk}", desk, Call.State.ENDED)
+    assert (new.pbx_call_id, new.terminal, new.state, new.answered_at is not None) == (
+        "-428", mobile, Call.State.TALKING, True)
+
+
 @pytest.mark.django_db
 def test_it_does_not_take_a_stored_frame_sent_again_a_day_later_for_a_recycled_call_id(account):
     apply_call_update(update(account, u.RINGING, "webhook", 0, frame_id="seq1", seq=1))

@@ -140,7 +140,9 @@ def parse_webhook(body: dict[str, Any], account_id: int) -> CallUpdate:
         state_token="",
         seq=seq,
         end_cause=end_cause_for(reason, direction) if call_state == u.ENDED else None,
-        frame_id=f"seq{seq}",
+        # A message is its number and its user: a transfer's target reports under the call's id, and nothing
+        # says Telepo goes on with the first user's numbers rather than start again.
+        frame_id=f"seq{seq}:{local_user}" if local_user else f"seq{seq}",
         pbx_state=None if state in WEBHOOK_STATES else pbx_state_of(state),
         local_party={
             "user_id": local_user,

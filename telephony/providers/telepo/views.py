@@ -65,7 +65,7 @@ def webhook(request: HttpRequest, secret: str) -> JsonResponse:
         update = parse_webhook_body(request.body, account.pk)
     except FrameRejected as exc:
         return _rejected(account, str(exc))
-    last_seq, answered = _last_seq_and_answered(account.pk, update.pbx_call_id)
+    last_seq, answered = _last_seq_and_answered(account.pk, update)
     if last_seq is not None and update.seq <= last_seq and (answered or not branches.is_an_answer(update.payload)):
         # Old news: a duplicate, a late or a replayed message (see _last_seq_and_answered).
         # Telepo is alive all the same.
@@ -115,7 +115,7 @@ def _rejected(account: PbxAccount, reason: str) -> JsonResponse:
     return JsonResponse({"error": reason}, status=400)
 
 
-def _last_seq_and_answered(account_id: int, call_id: str) -> tuple[int | None, bool]:
+def _last_seq_and_answered(account_id: int, update) -> tuple[int | None, bool]:
     """The newest message number applied to this call (None for a call we never had a message of),
     and whether we know the call was answered.
 
@@ -130,10 +130,21 @@ def _last_seq_and_answered(account_id: int, call_id: str) -> tuple[int | None, b
     Except an agent's answer for a call we hold as never answered: Telepo delivers out
     of order and the end may come first, so that answer is news whatever its number
     (``branches.late_answer``). Once the call is answered, it is old news too.
+
+    And except another user's leg setting up under an ended call's id (a blind transfer's target: the
+    domain makes it a call of its own, ``domain._is_recycled_id``): it has no number yet, whatever the
+    ended call's, since nothing says Telepo carries the sequence on to the new user rather than start it
+    again.
     """
-    row = (Call.objects.filter(account_id=account_id, pbx_call_id=call_id)
-           .values_list("last_seq", "answered_at").first())
-    return (None, False) if row is None else (row[0], row[1] is not None)
+    row = (Call.objects.filter(account_id=account_id, pbx_call_id=update.pbx_call_id)
+           .values_list("last_seq", "answered_at", "state", "terminal__pbx_id").first())
+    if row is None:
+        return None, False
+    last_seq, answered_at, state, user_id = row
+    if (state == Call.State.ENDED and update.terminal_pbx_id and user_id and update.terminal_pbx_id != user_id
+            and update.payload.get("state") in branches.SETTING_UP):
+        return None, False
+    return last_seq, answered_at is not None
 
 
 def _is_gap(last_seq: int | None, seq: int) -> bool:

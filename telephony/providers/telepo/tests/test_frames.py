@@ -41,7 +41,7 @@ def webhook(**changes) -> dict:
 def test_it_reads_the_specs_sample_message_as_a_rejected_outgoing_call():
     update = parse_webhook_body(fixture("webhook_terminated_rejected"), 7)
     assert (update.account_id, update.pbx_call_id, update.seq, update.frame_id) == (
-        7, "8Z7SCgOCRyCewZ6yHmDR3g", 5, "seq5")
+        7, "8Z7SCgOCRyCewZ6yHmDR3g", 5, "seq5:user2@test.org")
     assert (update.state, update.direction, update.end_cause) == (u.ENDED, u.OUTBOUND, u.END_REJECTED)
     assert update.occurred_at == datetime(2018, 2, 2, 12, 34, 57, 699000, tzinfo=UTC)
     assert (update.remote_number, update.remote_label, update.is_internal) == ("+12201", "user1@test.com", True)
@@ -88,7 +88,7 @@ def test_it_implies_an_answer_only_from_a_hangup():
     hangup = parse_webhook(webhook(**{"termination-reason": "HANGUP"}), 7)
     answer = implied_answer(hangup)
     assert (answer.state, answer.seq, answer.frame_id, answer.occurred_at) == (
-        u.TALKING, None, "seq5:answered", hangup.occurred_at)
+        u.TALKING, None, "seq5:user2@test.org:answered", hangup.occurred_at)
     assert implied_answer(parse_webhook(webhook(), 7)) is None  # REJECTED: never answered
     assert implied_answer(parse_webhook(webhook(state="CONFIRMED", **{"termination-reason": None}), 7)) is None
 
@@ -253,7 +253,7 @@ def test_it_keeps_a_webhook_whose_state_it_does_not_know_with_all_else_it_says()
     update = parse_webhook(referred, 7)
     assert unknown_state(update) and update.payload["state"] == "REFERRED"  # kept as given, in the event
     assert (update.state, update.seq, update.frame_id, update.remote_number) == (
-        u.RINGING, 3, "seq3", "+33612345678")  # a stand-in: branches.settle gives it the call's own state
+        u.RINGING, 3, "seq3:alice@organization.org", "+33612345678")  # a stand-in: branches.settle gives it the call's own state
     assert update.terminal_pbx_id == "alice@organization.org" and update.end_cause is None
 
 

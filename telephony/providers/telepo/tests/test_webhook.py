@@ -127,6 +127,38 @@ def test_it_answers_400_with_the_reason_logs_it_with_the_account_and_touches_not
     assert not Call.objects.exists() and account.last_event_at is None
 
 
+@pytest.mark.parametrize("bobs_first_seq", [4, 1], ids=["sequence-goes-on", "sequence-starts-again"])
+def test_it_gives_the_user_a_blind_transfer_reaches_a_call_and_a_card_of_their_own(account, terminal, bobs_first_seq):
+    # Telepo keeps the call_id when a call is transferred and reports the new user's states under it. Once the
+    # first user's leg had ended, the second user's were merged into an ended call and dropped: the agent the
+    # call was transferred to got no card and no pop-up, and their answer was never recorded.
+    bob = make_terminal(account, pbx_id="bob@organization.org", extension="bob-soft", agent=make_agent("bob"))
+    now = timezone.now()
+
+    def message(seq, state, user, **fields):
+        stamp = (now + timedelta(seconds=seq if user == ALICE else 10 + seq)).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        return {"seq_num": seq, "call_id": "xfer-1", "branch_id": f"branch-{user}", "timestamp": stamp[:-3] + "+0000",
+                "state": state, "direction": "INCOMING", "local_user_id": user, "local_email": "",
+                "local_number": "+12202", "device_type": "SOFT", "remote_email": "", "remote_user_id": "",
+                "remote_number": "+33612345678", **fields}
+
+    for body in (message(1, "EARLY", ALICE), message(2, "CONFIRMED", ALICE),
+                 message(3, "TERMINATED", ALICE, **{"termination-reason": "HANGUP"})):
+        assert post(body).status_code == 200
+    first = bobs_first_seq
+    assert post(message(first, "EARLY", bob.pbx_id)).json() == {"ok": True, "applied": True}
+    alices, bobs = Call.objects.get(terminal=terminal), Call.objects.get(terminal=bob)
+    assert (alices.state, alices.answered_at is not None, alices.pbx_call_id) == ("ended", True, f"xfer-1#{alices.pk}")
+    assert (bobs.state, bobs.agent, bobs.pbx_call_id, bobs.remote_number_e164) == (
+        "ringing", bob.agent, "xfer-1", "+33612345678")
+    assert post(message(first + 1, "CONFIRMED", bob.pbx_id)).json()["applied"] is True
+    assert post(message(first + 2, "TERMINATED", bob.pbx_id, **{"termination-reason": "HANGUP"})).json()["applied"]
+    bobs.refresh_from_db()
+    assert (bobs.state, bobs.answered_at is not None, bobs.end_cause) == ("ended", True, u.END_HANGUP)
+    assert post(message(2, "CONFIRMED", ALICE)).json()["applied"] is False  # Alice's replay changes nothing
+    assert Call.objects.filter(account=account).count() == 2
+
+
 def test_it_refuses_a_huge_body(account):
     assert post({**sample(), "padding": "x" * 70_000}).status_code == 400
 
