@@ -36,6 +36,10 @@ What a real PBX may do beyond our reading of the spec, each off unless asked for
   ``2018-02-02T12:34:57.699+0000`` and says "UTC"): ``Z``, ``+00:00``, no offset,
   a space for the T, nanoseconds, epoch milliseconds or seconds, or text no reader
   takes. ``sent`` keeps the spec's form (replays and shifts read it).
+* **transfers keep the call's id**: a blind single-step transfer to a number (tel:) or a
+  userId (sip:) of another user of the domain ends the first user's leg (TERMINATED)
+  and rings the target under the same ``call_id`` (EARLY on, numbered on), as a PBX
+  that reports each user's states under the call's one id would.
 * **refusals**: ``fail_next`` makes the next action (or make call) answer 200 with
   ``"event": "FAILED"`` and an ``eventDescription``, like the spec's sample, and
   do nothing.
@@ -461,6 +465,9 @@ class TelepoWorld:
                 return {**self.state_view(call), "event": "FAILED", "eventDescription": failure}
             ACTIONS[action](self, call, body)
             call.history.append(action)
+            if call.user_id != user.user_id:
+                # Transferred to another user: the call is theirs now, the acting user's leg has ended.
+                return {**self.state_view(call), "userId": user.user_id, "status": TERMINATED, "actions": []}
             if call.live:
                 call.state_token = next(self._tokens)
             return self.state_view(call)
@@ -589,6 +596,26 @@ class TelepoWorld:
         call.status = ACTIVE if call.status == HELD else call.status  # "automatically unheld"
         if blind:
             self._terminate(call, "HANGUP")
+            target = self._user_reached_by(call.domain, destination)
+            if target is not None and target.user_id != call.user_id:
+                self._ring_transfer_target(call, target)
+
+    def _user_reached_by(self, domain: str, destination: str) -> User | None:
+        """The user of ``domain`` a transfer's destination names: their number (tel:) or their userId (sip:)."""
+        address = destination.split(":", 1)[1].split(";", 1)[0]
+        for user in self.users.values():
+            if user.domain == domain and address in (user.number, user.user_id) and user.devices:
+                return user
+        return None
+
+    def _ring_transfer_target(self, call: Call, target: User) -> None:
+        """The call, transferred to another user, rings them under the same ``call_id``: the first user's leg
+        has ended (TERMINATED above), the target's begins (EARLY), its messages numbered on from the first's."""
+        call.user_id, call.status, call.device_id = target.user_id, RINGING, next(iter(target.devices))
+        call.branch_id, call.branches, call.taken_by = secrets.token_hex(4), [], None
+        call.answered, call.termination_reason, call.inbound = None, None, True
+        call.state_token = next(self._tokens)
+        self._webhook(call, "EARLY")
 
     def _target(self, call: Call, body: dict[str, Any]) -> Call:
         target_id = body.get("targetCallId")

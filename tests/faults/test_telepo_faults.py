@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
+import requests
 
 from tests.faults.conftest import WEBHOOK_SECRET
 from tests.faults.harness import Figures
@@ -226,6 +227,48 @@ def test_it_keeps_each_call_once_through_duplicated_and_reordered_webhooks(telep
           f"orders fifo/reverse/shuffle; {figures.lines()}")
     figures.assert_clean()
     assert {d["status"] for d in delivered(world)} == {200}
+
+
+def test_it_gives_the_agent_a_blind_transfer_reaches_a_card_and_retailcrm_events_of_their_own(telepo_world):
+    """Telepo keeps the call_id through a transfer and reports the target's states under it. The first agent
+    transfers the call (blind, to the target's number); the target's phone rings. Before, the
+    target's messages were merged into the first agent's ended call and dropped: no card, no pop-up."""
+    from telephony.models import Call
+
+    world, (alice, bob) = telepo_world, list(telepo_world.agents)[:2]
+    bob_number = f"+1230{list(telepo_world.agents).index(bob)}"  # as telepo_world gives the users their numbers
+    call_id = world.telepo.incoming(alice, f"+3361{next(_numbers)}")["callId"]
+    world.telepo.answer(call_id)
+    wait_for(lambda: Call.objects.filter(account_id=world.account_id, pbx_call_id=call_id, state="talking").exists(),
+             20, what="Alice's call talking")
+    # Sent to Telepo as the console's "transfer to a number" sends it (the hub's own path is tested with the
+    # provider); from here, the test's open transaction would hold the call's row against the hub's webhooks.
+    answer = requests.post(f"{world.hub.sim_url}/api/call/control/v1/singlesteptransfer/{DOMAIN}/{alice}/{call_id}",
+                           json={"destination": f"tel:{bob_number}", "blind": True},
+                           headers={"Authorization": f"Bearer {TICKET}"}, timeout=10)
+    assert (answer.status_code, answer.json()["status"]) == (200, "TERMINATED"), answer.text
+    bobs = wait_for(lambda: Call.objects.filter(account_id=world.account_id, pbx_call_id=call_id,
+                                                terminal__pbx_id=bob).first(), 20, what="Bob's call ringing")
+    assert (bobs.state, bobs.agent_id) == ("ringing", world.agents[bob])
+    world.telepo.answer(call_id)
+    world.telepo.hangup(call_id)
+
+    def both_through():
+        calls = list(Call.objects.filter(account_id=world.account_id, pbx_call_id__startswith=call_id))
+        events = world.crm.events()
+        ids = {f"ctihub-{c.pk}" for c in calls}
+        kinds = collections.Counter((e.get("callExternalId"), e["type"]) for e in events
+                                    if e.get("callExternalId") in ids)
+        uploaded = {r.get("externalId") for upload in world.crm.uploads() for r in upload["calls"]}
+        done = (len(calls) == 2 and all(c.state == "ended" for c in calls) and ids <= uploaded
+                and all(kinds[(i, "in")] == 1 and kinds[(i, "hangup")] == 1 for i in ids))
+        return calls if done else None
+
+    calls = wait_for(both_through, 45, what="both legs ended, each with its in and hangup events and its upload")
+    by_agent = {c.agent_id: c for c in calls}
+    assert set(by_agent) == {world.agents[alice], world.agents[bob]}
+    assert all(c.answered_at is not None for c in calls)
+    assert by_agent[world.agents[alice]].pbx_call_id == f"{call_id}#{by_agent[world.agents[alice]].pk}"
 
 
 STAMP_STYLES = ("zulu", "colon-offset", "no-offset", "space", "nanoseconds", "epoch-ms", "epoch-s", "unreadable")

@@ -186,6 +186,23 @@ def test_it_alternates_between_a_held_and_an_active_call(telepo):
     assert telepo.call(second["callId"])["status"] == "HELD"
 
 
+@pytest.mark.parametrize("destination", ["tel:+12203", "sip:bob@organization.org"])
+def test_it_rings_the_user_a_blind_transfer_names_under_the_same_call_id(telepo, receiver, destination):
+    telepo.add_user("bob@organization.org", email="bob@organization.com", number="+12203", devices={"bob-soft": "SOFT"})
+    call = talking(telepo)
+    answer = act(telepo, "singlesteptransfer", call["callId"],
+                 {"stateToken": call["stateToken"], "destination": destination, "blind": True})
+    assert (answer.json()["userId"], answer.json()["status"]) == (ALICE, "TERMINATED")  # the acting user's leg
+    messages = receiver.wait_for(4)
+    assert [(m["seq_num"], m["state"], m["local_user_id"]) for m in messages] == [
+        (1, "EARLY", ALICE), (2, "CONFIRMED", ALICE), (3, "TERMINATED", ALICE), (4, "EARLY", "bob@organization.org")]
+    assert len({m["call_id"] for m in messages}) == 1
+    assert snapshot(telepo)["calls"] == []  # Alice has it no more
+    assert [c["status"] for c in snapshot(telepo, "bob@organization.org")["calls"]] == ["RINGING"]
+    telepo.answer(call["callId"])  # Bob picks up
+    assert receiver.wait_for(5)[-1]["state"] == "CONFIRMED"
+
+
 def test_it_transfers_a_call_to_another_call_checking_both_tokens(telepo):
     first, second = held(telepo), talking(telepo, "+33622222222")
     stale = act(telepo, "transfer", second["callId"], {"stateToken": second["stateToken"],
