@@ -13,6 +13,7 @@ from crm_sync.models import CrmCallSync, RetailCrmIntegration
 from crm_sync.retailcrm import payloads
 from crm_sync.retailcrm.client import RetailCrmError
 from telephony.models import Call
+from telephony.providers.registry import provider_class
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def route_call(integration_id: int, call_id: int) -> str:
         crm_customer=answer.get("customer") if isinstance(answer.get("customer"), dict) else None,
         crm_links=answer.get("links") if isinstance(answer.get("links"), dict) else None,
     )
-    agent, extension = free_manager_extension(manager, call.account_id)
+    agent, extension = free_manager_extension(manager, call.account_id)  # a destination that rings them
     outcome = CrmCallSync.Routing.RANG_AS_USUAL
     error = ""
     if agent is not None:
@@ -72,7 +73,8 @@ def _routing_done(row: CrmCallSync, outcome: str, error: str = "", agent: Agent 
 
 
 def free_manager_extension(manager: dict | None, account_id: int) -> tuple[Agent | None, str]:
-    """The manager's agent and extension on this account, if they can take the call now."""
+    """The manager's agent and the destination that rings them on this account (their terminal's, as its PBX
+    reaches it: ``Provider.reach``), if they can take the call now."""
     if not manager:
         return None, ""
     match = Q()
@@ -93,4 +95,6 @@ def free_manager_extension(manager: dict | None, account_id: int) -> tuple[Agent
     )
     if terminal is None:
         return None, ""
-    return agent, terminal.extension
+    # A Telepo terminal's extension is the device calls are placed from, which Telepo cannot be sent a call to:
+    # the redirect was refused and the call rang as usual.
+    return agent, provider_class(terminal.account.kind).reach(terminal)

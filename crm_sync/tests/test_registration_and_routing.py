@@ -110,6 +110,26 @@ def test_it_redirects_a_switchboard_call_to_the_free_manager_and_keeps_the_custo
     assert len(routing.actions) == 1
 
 
+@pytest.mark.parametrize(("pstn_numbers", "destination"), [
+    ([], "sip:ann@organization.org"), (["+33412345678"], "+33412345678")])
+def test_it_redirects_a_telepo_call_to_the_managers_telepo_user_not_to_their_device(routing, pstn_numbers,
+                                                                                    destination):
+    # A Telepo terminal's extension is the deviceId calls are placed from: sent there, the redirect was refused
+    # (no number) and the call rang as usual. The user is reached by their number, else their SIP-shaped userId.
+    telepo = make_account(kind=PbxAccount.Kind.TELEPO, enterprise="organization.org")
+    switchboard = make_terminal(telepo, pbx_id="switchboard@organization.org", extension="switchboard.soft")
+    make_terminal(telepo, agent=routing.manager, pbx_id="ann@organization.org", extension="10.3rd_party_phone",
+                  pstn_numbers=pstn_numbers)
+    routing.integration.shared_lines.set([switchboard])
+    call = apply_call_update(u.CallUpdate(
+        account_id=telepo.pk, pbx_call_id="tp-1", state=u.RINGING, kind="webhook", payload={},
+        occurred_at=timezone.now(), terminal_pbx_id=switchboard.pbx_id, direction=u.INBOUND,
+        remote_number="+33612345678", allowed_actions=("answer", "hangup", "redirect"),
+    )).call
+    assert crm_domain.route_call(routing.integration.pk, call.pk) == CrmCallSync.Routing.REDIRECTED
+    assert routing.actions == [("redirect", {"destination": destination})]
+
+
 def test_it_names_the_shop_on_the_card_from_the_customers_site_else_the_dialled_shops_number(routing):
     routing.crm.add_site("shop-lyon", name="Lyon store")  # its name, read when the module is registered
     crm_domain.register_integration(routing.integration)

@@ -345,6 +345,12 @@ class Provider:
     def call_action(self, call, action: str, payload: dict) -> dict:
         raise NotSupported(f"{self.kind} cannot {action} a call")
 
+    @classmethod
+    def reach(cls, terminal) -> str:
+        """The destination that rings ``terminal`` when a call is sent to it (a redirect, a transfer): its
+        extension, the number a colleague dials. A PBX whose terminals are something else says so."""
+        return terminal.extension
+
     # --- Sockets ------------------------------------------------------------------------
     def listener_specs(self, terminal_pbx_ids: list[str]) -> list[ListenerSpec]:
         return []

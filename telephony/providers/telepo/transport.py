@@ -77,6 +77,14 @@ class TelepoProvider(Provider):
     def prepare_shared(self) -> None:
         self.client  # the one HttpClient every thread of the cached provider shares (it is thread-safe)
 
+    @classmethod
+    def reach(cls, terminal) -> str:
+        """A Telepo terminal is a user, its extension the device calls are placed from (not a destination): the
+        user's first PSTN number if the admin gave one, else the user's own address (a userId is SIP-shaped,
+        ``user@organization.org``), which reaches whichever of the user's devices Telepo rings."""
+        numbers = [n for n in terminal.pstn_numbers or () if isinstance(n, str) and n.strip()]
+        return numbers[0] if numbers else f"sip:{terminal.pbx_id}"
+
     # --- REST -------------------------------------------------------------------------
     def test_connection(self) -> str:
         users = list(self.account.terminals.filter(active=True).values_list("pbx_id", flat=True))

@@ -421,3 +421,19 @@ def test_it_places_two_agents_calls_side_by_side_on_the_accounts_one_provider(ac
     registry.forget_providers()
     assert len(answers) == 2 and len(world.calls) == 2
     assert elapsed < 2 * slow - 0.2, f"{elapsed:.2f} s: the second click waited for the first"
+
+
+@pytest.mark.django_db
+def test_it_redirects_a_ringing_call_to_a_user_by_the_destination_that_reaches_them(account, terminal, world):
+    # Responsible-manager routing sends a shared line's call to the manager's terminal as the PBX reaches it.
+    from telephony.providers.telepo.transport import TelepoProvider
+    from tests.factories import make_terminal
+    from tests.support.telepo_sim import DOMAIN
+
+    world.add_user("ann@organization.org", DOMAIN, email="ann@organization.com", number="+12204")
+    ann = make_terminal(account, pbx_id="ann@organization.org", extension="ann.soft")
+    ringing = world.incoming_call(ALICE, "+33612345678")
+    reconcile_user(account, ALICE)
+    call = Call.objects.select_related("terminal").get(account=account, pbx_call_id=ringing.call_id)
+    provider_for(account).call_action(call, u.REDIRECT, {"destination": TelepoProvider.reach(ann)})
+    assert world.call(ringing.call_id).transfers[-1]["destination"] == "sip:ann@organization.org"
