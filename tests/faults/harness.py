@@ -1310,5 +1310,18 @@ def _stale_console_cards(consoles: Consoles, problems: list[str]) -> int:
             if versions.get(call_id) != card["version"]:
                 stale += 1
                 problems.append(f"{view.seat.username}: call {call_id} shown at v{card['version']} ({card['state']}),"
-                                f" database v{versions.get(call_id)}; it got {view.seen[call_id]}")
+                                f" database v{versions.get(call_id)}; it got {view.seen[call_id]}; "
+                                f"{_call_story(call_id)}")
     return stale
+
+
+def _call_story(call_id: int) -> str:
+    """What the database holds of a call a console shows stale: its state and agent now, and its last events
+    (what changed at each version, and when), so a failure says which change never reached the console."""
+    from telephony.models import Call, CallEvent
+
+    call = Call.objects.filter(pk=call_id).values("state", "agent_id", "terminal_id", "updated_at").first()
+    events = [f"{kind} {received_at:%H:%M:%S.%f} {payload.get('state')} {payload.get('actions')}"
+              for kind, received_at, payload in CallEvent.objects.filter(call_id=call_id).order_by("-id")
+              .values_list("kind", "received_at", "payload")[:4]]
+    return f"database now {call}; its last events, newest first: {events}"
