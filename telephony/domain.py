@@ -75,24 +75,12 @@ def apply_call_updates(updates: list[u.CallUpdate], received: float | None = Non
         return [_apply_alone(update, received) for update in updates]
 
 
-# A call the PBX lists as live, unchanged, is news for the stale-call sweep (telephony.sweep) at most this often:
-# far below the sweep's shortest bound (15 min ringing), and one UPDATE per call per period at most.
+# A frame that tells a live call as it is (no news: nothing written) is news all the same for the stale-call sweep
+# (telephony.sweep), which reads a call's last news from updated_at: the call lives, as of the frame. Without it a
+# call queued for a quarter of an hour or talking for four, that every Telepo snapshot still listed, looked silent
+# and was swept. Noted at most this often a call: far below the sweep's shortest bound (15 min ringing), and the
+# frame path writes nothing more for an unchanged call in between.
 STILL_LIVE_EVERY = timedelta(minutes=5)
-
-
-def note_still_live(account_id: int, pbx_call_ids, at: datetime) -> int:
-    """The PBX listed these calls as live at ``at``: their last news is then, for the stale-call sweep.
-
-    A snapshot that changes nothing writes nothing (``apply_call_updates``), so a call queued for a quarter
-    of an hour, or talking for four, looked silent to the sweep and was ended while the PBX said it lived.
-    Only ``updated_at`` moves (no card, no event: nothing changed), and never backwards; at most every
-    ``STILL_LIVE_EVERY`` per call. Returns how many calls were noted.
-    """
-    ids = list(pbx_call_ids)
-    if not ids:
-        return 0
-    return Call.objects.filter(account_id=account_id, pbx_call_id__in=ids, state__in=ACTIVE_STATES,
-                               updated_at__lt=at - STILL_LIVE_EVERY).update(updated_at=at)
 
 
 def apply_call_update(update: u.CallUpdate, received: float | None = None) -> AppliedUpdate:
@@ -121,6 +109,7 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
     new_calls: list[Call] = []
     events: list[_Event] = []
     changes: list[tuple[Call, Call]] = []  # (the call, a copy as it was at this change) in order
+    still_live: list[Call] = []  # unchanged live calls whose last news moves to their frame's time
     for update in updates:
         key = (update.account_id, update.pbx_call_id)
         call = calls.get(key)
@@ -161,6 +150,10 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
             _merge(call, update, terminals)
             if _comparable(call) == before:
                 applied.append(AppliedUpdate(call, False))  # a no-news frame: idempotent
+                alive_at = min(update.occurred_at, timezone.now())  # a PBX clock ahead of ours: not the future
+                if call.state in ACTIVE_STATES and call.updated_at < alive_at - STILL_LIVE_EVERY:
+                    call.updated_at = alive_at  # still alive as of the frame (never backwards)
+                    still_live.append(call)
                 continue
         dedupe_key = _dedupe_key(update, call)
         stored_frames.add(dedupe_key)
@@ -169,6 +162,8 @@ def _apply_burst_on(cursor, updates: list[u.CallUpdate], received: float) -> lis
         changes.append((call, copy_value(call)))  # copy.copy, without its generic walk
         applied.append(AppliedUpdate(call, True))
     _write(cursor, new_calls, changes, events)
+    for call in still_live:  # rare (at most every STILL_LIVE_EVERY a call): not worth the frame path's SQL
+        Call.objects.filter(pk=call.pk, updated_at__lt=call.updated_at).update(updated_at=call.updated_at)
     if changes:
         kinds = {account_id: _account(account_id).kind for account_id in {c.account_id for c, _ in changes}}
         transaction.on_commit(lambda: _publish_and_sync(changes, received, kinds))

@@ -11,9 +11,9 @@ call that has had no news for longer than its state's bound
 for myCrm, a safety net for the others.
 
 "No news" is read from ``Call.updated_at``: only ``telephony.domain`` bumps it,
-when it applies a change (a repeated or no-news frame writes nothing) and when a
-PBX lists the call as live without a change (``note_still_live``: Telepo's
-snapshots), at most every few minutes.
+when it applies a change, and when a frame tells a live call as it is (a no-news
+frame, a Telepo snapshot listing it unchanged): then only ``updated_at`` moves, at
+most every ``STILL_LIVE_EVERY``. A replayed or older frame is no news.
 The CRM side writes ``crm_sync_state`` with ``QuerySet.update()``, which leaves
 ``auto_now`` fields alone, and the domain's rename of a recycled id saves only
 ``pbx_call_id``; so no separate "last news" column is needed. A new writer of

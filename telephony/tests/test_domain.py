@@ -153,6 +153,40 @@ def test_it_starts_a_new_call_when_the_pbx_recycles_an_old_call_id(account):
     assert new.pbx_call_id == "-428" and new.state == Call.State.RINGING
 
 
+def test_it_takes_a_frame_telling_a_live_call_as_it_is_for_news_of_its_life_only(account):
+    # The stale-call sweep reads a call's last news from updated_at. A frame that changes nothing (a Telepo snapshot
+    # listing the call, a repeated state) writes nothing, but says the call lives: a call talking for hours that
+    # every snapshot still listed was swept. Only updated_at moves, at most every STILL_LIVE_EVERY, never back.
+    from dataclasses import replace
+
+    from django.utils import timezone
+
+    from telephony.domain import STILL_LIVE_EVERY
+
+    def frame(state, when):
+        return replace(update(account, state, "snapshot", remote_number="0612345678"), occurred_at=when)
+
+    now = timezone.now()
+    call = apply_call_update(frame(u.TALKING, now - timedelta(hours=2))).call
+    Call.objects.filter(pk=call.pk).update(updated_at=now - timedelta(hours=2))
+    version, events = call.version, CallEvent.objects.count()
+
+    noted_at = now - timedelta(hours=1)
+    assert not apply_call_update(frame(u.TALKING, noted_at)).changed
+    assert Call.objects.get(pk=call.pk).updated_at == noted_at
+    apply_call_update(frame(u.TALKING, noted_at + STILL_LIVE_EVERY - timedelta(seconds=1)))
+    assert Call.objects.get(pk=call.pk).updated_at == noted_at  # within STILL_LIVE_EVERY: nothing written
+    apply_call_update(frame(u.TALKING, now + timedelta(hours=1)))  # a PBX clock an hour ahead: as of now
+    assert noted_at < Call.objects.get(pk=call.pk).updated_at <= timezone.now()
+    stored = Call.objects.get(pk=call.pk)
+    assert (stored.version, CallEvent.objects.count()) == (version, events)  # no change, no event, no card
+
+    apply_call_update(frame(u.ENDED, timezone.now()))
+    ended = Call.objects.get(pk=call.pk).updated_at
+    apply_call_update(frame(u.ENDED, timezone.now() + 2 * STILL_LIVE_EVERY))
+    assert Call.objects.get(pk=call.pk).updated_at == ended  # an ended call is not "alive"
+
+
 def test_it_starts_a_call_of_its_own_for_another_terminals_leg_under_an_ended_calls_id(account):
     # A call forked to two phones of the user: the first drops (answered elsewhere) before the second's frames
     # come, under the same id. Merged into the ended call, the second phone's answer was dropped and the call

@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from telephony import updates as u
-from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update, note_still_live
+from telephony.domain import ACTIVE_STATES, AppliedUpdate, apply_call_update
 from telephony.models import Call, CallEvent, PbxAccount
 from telephony.providers.base import ProviderError
 from telephony.providers.telepo import branches
@@ -122,8 +122,6 @@ def reconcile_user(account: PbxAccount, user_id: str, provider=None) -> Reconcil
     report = ReconcileReport(users=1, unreadable=len(parsed.skipped))
     for update in parsed.updates:
         _count(report, *_apply_unless_newer(update, fetched_at))
-    # Listed live is news too, changed or not: without it the stale-call sweep ended long calls Telepo still had.
-    note_still_live(account.pk, parsed.listed, fetched_at)
     # A call the snapshot lists but we could not read has not ended; one we could not even
     # name might be any of the calls not listed, so then no absence proves an end.
     if body.get("fullState", True) is not False and not parsed.unnamed_skipped:
