@@ -131,18 +131,17 @@ def _last_seq_and_answered(account_id: int, update) -> tuple[int | None, bool]:
     of order and the end may come first, so that answer is news whatever its number
     (``branches.late_answer``). Once the call is answered, it is old news too.
 
-    And except another user's leg setting up under an ended call's id (a blind transfer's target: the
-    domain makes it a call of its own, ``domain._is_recycled_id``): it has no number yet, whatever the
-    ended call's, since nothing says Telepo carries the sequence on to the new user rather than start it
-    again.
+    And except another user's message under an ended call's id (a blind transfer's target): the domain
+    decides (``domain._is_recycled_id``: a leg setting up is a call of its own, anything else of an ended
+    call is old news there too), since nothing says Telepo carries the sequence on to the new user rather
+    than start it again.
     """
     row = (Call.objects.filter(account_id=account_id, pbx_call_id=update.pbx_call_id)
            .values_list("last_seq", "answered_at", "state", "terminal__pbx_id").first())
     if row is None:
         return None, False
     last_seq, answered_at, state, user_id = row
-    if (state == Call.State.ENDED and update.terminal_pbx_id and user_id and update.terminal_pbx_id != user_id
-            and update.payload.get("state") in branches.SETTING_UP):
+    if state == Call.State.ENDED and update.terminal_pbx_id and user_id and update.terminal_pbx_id != user_id:
         return None, False
     return last_seq, answered_at is not None
 

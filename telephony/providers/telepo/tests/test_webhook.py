@@ -146,6 +146,11 @@ def test_it_gives_the_user_a_blind_transfer_reaches_a_call_and_a_card_of_their_o
                  message(3, "TERMINATED", ALICE, **{"termination-reason": "HANGUP"})):
         assert post(body).status_code == 200
     first = bobs_first_seq
+    # Another user's message for the ended call that is not a leg setting up: old news there too (the view
+    # leaves it to the domain, which neither revives the call nor gives it to that user).
+    stray = message(2, "TERMINATED", bob.pbx_id, **{"termination-reason": "HANGUP"})
+    assert post(stray).json() == {"ok": True, "applied": False}
+    assert Call.objects.get(account=account).terminal == terminal
     assert post(message(first, "EARLY", bob.pbx_id)).json() == {"ok": True, "applied": True}
     alices, bobs = Call.objects.get(terminal=terminal), Call.objects.get(terminal=bob)
     assert (alices.state, alices.answered_at is not None, alices.pbx_call_id) == ("ended", True, f"xfer-1#{alices.pk}")
@@ -167,8 +172,8 @@ def test_it_stores_a_message_with_nan_in_it_and_its_time_written_another_way(acc
     # On PostgreSQL (the suite's database) a NaN reached jsonb and the message was lost with a 500; a time
     # without offset, with a space, was a 400 and the message lost too.
     make_terminal(account, pbx_id="user2@test.org", agent=agent)
+    # json.dumps writes the float as the bare NaN such a sender would.
     body = json.dumps({**sample(), "timestamp": "2018-02-02 12:34:57.699", "remote_email": float("nan")})
-    assert "NaN" in body
     response = post(body)
     assert (response.status_code, response.json()) == (200, {"ok": True, "applied": True})
     call = the_call(account, "8Z7SCgOCRyCewZ6yHmDR3g")
