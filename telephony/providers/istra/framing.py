@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from telephony.providers import unexpected
 from telephony.updates import FrameRejected
 
 
@@ -112,3 +113,15 @@ class OptionalFields:
         except FrameRejected as exc:
             self.unread.append(str(exc))
             return None
+
+    def say(self, logger, account_id, what: str, about: str, *args) -> None:
+        """The fields passed over, as ``say_unread`` logs them."""
+        say_unread(logger, account_id, what, self.unread, about, *args)
+
+
+def say_unread(logger, account_id, what: str, reasons: list[str], about: str, *args) -> None:
+    """Each field ``OptionalFields`` passed over, logged once per account and reason (``unexpected.warn_once``):
+    "<what> <about % args>: <reason>; read as absent, the rest applies"."""
+    for reason in reasons:
+        unexpected.warn_once(logger, account_id, f"{what} field", reason,
+                             f"{what} {about}: %s; read as absent, the rest applies", *args, reason)

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 from ctihub.lib.http_client import HttpError
 from telephony.providers import unexpected
 from telephony.providers.base import EventStream, ListenerSpec, NotSupported, Provider, ProviderError, TerminalInfo
+from telephony.providers.istra.framing import say_unread
 from telephony.providers.istra.session import IstraSession, enduser_username
 from telephony.providers.istra_enduser import frames
 from telephony.updates import CallUpdate, FrameRejected
@@ -231,9 +232,7 @@ class EndUserProvider(Provider):
             except FrameRejected as exc:
                 unexpected.warn_once(logger, self.account.pk, "myIstra voicemail", str(exc),
                                      "Istra myIstra listed a voicemail ctihub cannot read, left out: %s", exc)
-        for reason in unread:
-            unexpected.warn_once(logger, self.account.pk, "myIstra voicemail field", reason,
-                                 "Istra myIstra voicemail: %s; read as absent", reason)
+        say_unread(logger, self.account.pk, "myIstra", unread, "voicemail")
         return voicemails
 
     def voicemail(self, voicemail_id: str) -> frames.Voicemail:

@@ -95,10 +95,7 @@ def parse_mycrm_frame(text: str, account_id: int, terminal_pbx_id: str | None) -
 def _event_update(item: dict, account_id: int, terminal_pbx_id: str | None, now) -> CallUpdate:
     fields = OptionalFields(item)
     update = _read_event(item, fields, account_id, terminal_pbx_id, now)
-    for reason in fields.unread:
-        unexpected.warn_once(logger, account_id, "myCrm field", reason,
-                             "myCrm %s of call %s: %s; read as absent, the event applies",
-                             update.kind, update.pbx_call_id, reason)
+    fields.say(logger, account_id, "myCrm", "%s of call %s", update.kind, update.pbx_call_id)
     return update
 
 

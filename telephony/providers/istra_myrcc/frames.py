@@ -188,10 +188,7 @@ def line_update(line: dict, account_id: int, now: datetime, lines: LineStates | 
             "myRCC sent call-line state %s, which the spec does not show: line %s is kept %s",
             unexpected.shown(state_name), line_id, state,
         )
-    for reason in fields.unread:
-        unexpected.warn_once(logger, account_id, "myRCC field", reason,
-                             "myRCC line %s (%s): %s; read as absent, the snapshot applies",
-                             line_id, state_name, reason)
+    fields.say(logger, account_id, "myRCC", "line %s (%s)", line_id, state_name)
     return update
 
 
