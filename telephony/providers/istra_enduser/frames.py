@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from telephony import updates as u
 from telephony.providers.istra.framing import OptionalFields, read_count, read_flag, read_text
+from telephony.providers.times import from_epoch
 from telephony.updates import CallUpdate, FrameRejected
 
 COUNTERS_MODEL = "v1/data/RestletApiSessionCounters"
@@ -60,11 +61,10 @@ def read_time(item: dict, key: str) -> datetime | None:
         return None
     if not value.isascii() or not value.isdigit() or len(value) > 15:
         raise FrameRejected(f"{key} is not a UNIX time: {value[:40]!r}")
-    seconds = int(value) / 1000 if int(value) > 10**11 else int(value)
-    try:
-        return datetime.fromtimestamp(seconds, tz=UTC)
-    except (OverflowError, OSError, ValueError):  # past what a datetime (or the platform) can hold
-        raise FrameRejected(f"{key} is not a UNIX time: {value!r}") from None
+    at = from_epoch(int(value))
+    if at is None:  # past what a datetime (or the platform) can hold
+        raise FrameRejected(f"{key} is not a UNIX time: {value!r}")
+    return at
 
 
 def _count(item: dict, key: str) -> int | None:

@@ -50,6 +50,7 @@ from typing import Any
 
 from telephony import updates as u
 from telephony.providers import unexpected
+from telephony.providers.times import from_epoch
 from telephony.updates import CallUpdate, FrameRejected
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ DEVICE_TYPES = ("MOBILE", "SOFT", "DESKTOP", "FXS", "EXTERNAL_PBX", "FAX", "VOIC
 # The spec's form, read loosely: date, T or space, time, decimals (any number), offset (any form, or none).
 TIMESTAMP = re.compile(
     r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d+))?\s*(Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?")
-# Epoch numbers: past this many seconds (the year 5138) it is milliseconds.
-EPOCH_MS_FROM = 10**11
 SEQ_MAX = 2**63 - 1  # what the call's last_seq column (a BIGINT) holds
 
 # Until a snapshot says precisely what the PBX allows, a webhook's state implies
@@ -253,12 +252,12 @@ def _required_text(body: dict, name: str) -> str:
 def _timestamp(value: Any) -> datetime | None:
     """The webhook's time, read as loosely as the module's docstring says; None when it cannot be read."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _epoch(value)
+        return from_epoch(value)
     if not isinstance(value, str):
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return _epoch(int(text))
+        return from_epoch(int(text))
     match = TIMESTAMP.fullmatch(text)
     if match is None:
         return None
@@ -276,14 +275,6 @@ def _timestamp(value: Any) -> datetime | None:
             return None
         at -= shift if offset[0] == "+" else -shift
     return at
-
-
-def _epoch(number: float) -> datetime | None:
-    seconds = number / 1000 if abs(number) >= EPOCH_MS_FROM else number
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def _text(value: Any) -> str:
