@@ -509,10 +509,8 @@
       button.textContent = gettext("Call back");
       button.addEventListener("click", async () => {
         button.disabled = true;
-        const result = await send({ action: "dial", number: card.remote_number });
+        await dial(card.remote_number, card.remote_number_display);
         button.disabled = false;
-        notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number: card.remote_number_display || card.remote_number })
-          : result.error);
       });
       li.append(button);
     }
@@ -581,10 +579,16 @@
   document.addEventListener("ctihub:dial", async (event) => {
     const number = event.detail && event.detail.number;
     if (!number) return;
-    const result = await send({ action: "dial", number });
-    notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number }) : result.error);
+    const result = await dial(number);
     if (event.detail.done) event.detail.done(result);
   });
+
+  // Dial a number from the agent's phone and say so in the notice (shown as ``display`` when given).
+  async function dial(number, display) {
+    const result = await send({ action: "dial", number });
+    notice(result.ok ? interpolate(gettext("Calling %(number)s…"), { number: display || number }) : result.error);
+    return result;
+  }
 
   // Another script asks for a fresh snapshot on the open socket (wallboard.js: today's figures at midnight).
   document.addEventListener("ctihub:refresh", async () => {
