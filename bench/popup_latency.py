@@ -761,14 +761,15 @@ async def _traffic(session, sim_url, seconds: float, rate: float, calls: _Calls)
     loop = asyncio.get_running_loop()
 
     async def move(number, state, terminal_id):
-        t0 = time.time()
         if state == "ringing":
+            t0 = time.time()
             call_ids[number] = loop.create_future()
             answer = await session.post(f"{base}/calls/incoming", b'{"terminalId": "%s", "from": "%s"}' % (
                 terminal_id.encode(), number.encode()))
             call_ids[number].set_result(json.loads(answer)["callId"])
         else:
             call_id = await call_ids[number]
+            t0 = time.time()  # after the wait for the ringing request: that wait is the harness's, not the hub's
             await session.post(f"{base}/calls/{call_id}/{MOVE_OF_STATE[state]}", b"{}")
             if state == "ended":
                 call_ids.pop(number)
