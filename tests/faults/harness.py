@@ -628,7 +628,10 @@ class Faults:
             dropped_at = time.time()
 
             def served():
-                answered = [entry["time"] for entry in istra.requests() if entry["status"] == status]
+                # Only the armed answers: a 404 can come from elsewhere (an unknown listener...), a 503 of this
+                # fault's from anywhere it matches.
+                answered = [entry["time"] for entry in istra.requests()
+                            if entry["status"] == status and match.get("path", "") in entry["path"]]
                 return answered if len(answered) >= count else None
 
             return max([dropped_at] + wait_for(served, self.timeout, interval=0.1,

@@ -426,6 +426,17 @@ def test_it_sends_nothing_for_a_call_that_ends_while_no_socket_is_bound_and_keep
 
 # --- N x 503 then close ---------------------------------------------------------------------------------
 
+def test_it_answers_a_text_body_as_an_html_page_from_in_front_of_istra(platform):
+    # A proxy's or the servlet container's page, not Istra's JSON error: what the hub must not take for a refusal.
+    client = logged_in(platform, "myCrm")
+    control(platform, "POST", "faults/fail-next",
+            json={"count": 1, "status": 404, "body": "<html><body>Not Found</body></html>", "path": "GetTerminals"})
+    page = client.get("v1/crm/GetTerminals")
+    assert (page.status_code, page.headers["Content-Type"].split(";")[0], page.text) == (
+        404, "text/html", "<html><body>Not Found</body></html>")
+    assert client.get("v1/crm/GetTerminals").status_code == 200  # once only
+
+
 @pytest.mark.parametrize("app", ["myCrm", "myRCC", "myIstra"])
 def test_it_plays_six_503_then_a_close_for_one_app_and_counts_websocket_upgrades(platform, app):
     client = logged_in(platform, app)

@@ -162,6 +162,18 @@ def test_it_lists_voicemails_newest_first_in_pages_counting_the_page(istra, plat
     assert istra.get("v1/logs/Voicemail/bean", params={"offset": "-1"}).status_code == 400
 
 
+def test_it_caps_every_page_at_the_configured_length_whatever_is_asked(istra, platform):
+    for n in range(5):
+        leave_voicemail(platform, **{"from": f"061234567{n}", "timestamp": 1_700_000_000 + n})
+    assert control(platform, "PATCH", "config", json={"maxPageLength": 2}).json()["maxPageLength"] == 2
+    page = istra.get("v1/logs/Voicemail/bean", params={"offset": 0, "length": 50}).json()
+    rest = istra.get("v1/logs/Voicemail/bean", params={"offset": 4, "length": 50}).json()
+    assert ([v["remoteNumber"] for v in page["items"]], page["count"], rest["count"]) == (
+        ["0612345674", "0612345673"], 2, 1)
+    control(platform, "PATCH", "config", json={"maxPageLength": 0})  # off: as many as asked
+    assert istra.get("v1/logs/Voicemail/bean", params={"offset": 0, "length": 50}).json()["count"] == 5
+
+
 def test_it_gives_each_voicemail_the_docs_keys_and_a_play_number(istra, platform):
     left = leave_voicemail(platform, label="Smith", durationSecond=9, timestamp=1455901725)
     assert set(left) == {"msgid", "filename", "id", "restUri", "playNumber", "timestamp", "durationSecond",

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from tests.support.telepo_sim import DOMAIN, TICKET, TelepoControl, WebhookReceiver
+from tests.support.telepo_sim import DOMAIN, TelepoControl, WebhookReceiver
 
 ALICE = "alice@organization.org"
 DEVICE = "10.3rd_party_phone"
@@ -38,19 +38,14 @@ def telepo(running_simulator, receiver):
     control.reset()
 
 
-def api(telepo, method, path, body=None, ticket=TICKET):
-    headers = {"Authorization": f"Bearer {ticket}"} if ticket else {}
-    return requests.request(method, f"{telepo.url}{path}", json=body, headers=headers, timeout=10)
-
-
 def snapshot(telepo, user=ALICE):
-    response = api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/{user}")
+    response = telepo.api("GET", f"/api/call/state/v1/snapshot/{DOMAIN}/{user}")
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def act(telepo, action, call_id, body=None, user=ALICE):
-    return api(telepo, "POST", f"{CONTROL}/{action}/{DOMAIN}/{user}/{call_id}", body or {})
+    return telepo.act(user, action, call_id, body)
 
 
 def actions_of(state) -> list[str]:
@@ -73,15 +68,15 @@ def talking(telepo, caller="+33612345678") -> dict:
 def test_it_refuses_a_missing_unknown_or_foreign_ticket(telepo, ticket, status, code):
     telepo.add_ticket("other-domain-ticket", domain="elsewhere.org")
     telepo.add_ticket("no-scope-ticket", scopes=["PRESENCE"])
-    response = api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/{ALICE}", ticket=ticket)
+    response = telepo.api("GET", f"/api/call/state/v1/snapshot/{DOMAIN}/{ALICE}", ticket=ticket)
     assert (response.status_code, response.json()["code"]) == (status, code)
     assert response.json()["message"]
 
 
 def test_it_refuses_a_user_without_the_cloud_cti_licence_and_an_unknown_user(telepo):
     telepo.add_user("bob@organization.org", ctiLicence=False)
-    assert api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/bob@organization.org").status_code == 403
-    assert api(telepo, "GET", f"/api/call/state/v1/snapshot/{DOMAIN}/nobody@organization.org").status_code == 404
+    assert telepo.api("GET", f"/api/call/state/v1/snapshot/{DOMAIN}/bob@organization.org").status_code == 403
+    assert telepo.api("GET", f"/api/call/state/v1/snapshot/{DOMAIN}/nobody@organization.org").status_code == 404
 
 
 # --- snapshot and make ------------------------------------------------------------------------------
@@ -105,7 +100,7 @@ def test_it_leaves_ended_calls_out_of_the_snapshot(telepo):
 
 
 def test_it_makes_a_call_from_a_device_to_a_tel_uri(telepo, receiver):
-    response = api(telepo, "POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{DEVICE}", {"destination": "tel:+33612345678"})
+    response = telepo.api("POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{DEVICE}", {"destination": "tel:+33612345678"})
     assert response.status_code == 200, response.text
     call = response.json()
     assert (call["status"], call["inbound"], call["deviceIds"]) == ("ALERTING", False, [DEVICE])
@@ -119,7 +114,7 @@ def test_it_makes_a_call_from_a_device_to_a_tel_uri(telepo, receiver):
     ("no-such-device", "tel:+33612345678", 404),
 ])
 def test_it_refuses_a_make_call_it_cannot_place(telepo, device, destination, status):
-    response = api(telepo, "POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{device}", {"destination": destination})
+    response = telepo.api("POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{device}", {"destination": destination})
     assert response.status_code == status
 
 
@@ -288,6 +283,17 @@ def test_it_writes_the_delivered_timestamps_in_the_style_a_test_chose_and_keeps_
     assert all(m["timestamp"].endswith("+0000") for m in telepo.messages() if m["call_id"] == call["callId"])
 
 
+@pytest.mark.parametrize("status", [409, 400, 422])
+def test_it_refuses_a_stale_state_token_with_the_status_a_test_chose(telepo, status):
+    assert telepo.mismatch_status(status) == {"status": status}
+    call = talking(telepo)
+    stale = act(telepo, "hold", call["callId"], {"stateToken": call["stateToken"] + 1})
+    assert (stale.status_code, stale.json()["code"]) == (status, "STATE_TOKEN_MISMATCH")
+    assert act(telepo, "hold", call["callId"], {"stateToken": call["stateToken"]}).status_code == 200
+    bad = requests.post(f"{telepo.url}/_sim/telepo/actions/mismatch-status", json={"status": 200}, timeout=5)
+    assert bad.status_code == 400
+
+
 def test_it_refuses_a_stamp_style_it_does_not_know(telepo):
     response = requests.post(f"{telepo.url}/_sim/telepo/webhooks/stamp-style", json={"style": "roman"}, timeout=5)
     assert response.status_code == 400 and "spec" in response.json()["error"]
@@ -452,7 +458,7 @@ def test_it_answers_the_next_action_failed_like_the_spec_and_does_nothing(telepo
 
 def test_it_answers_a_make_call_failed_with_the_specs_description(telepo, receiver):
     telepo.fail_next("make")
-    response = api(telepo, "POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{DEVICE}", {"destination": "tel:+33612345678"})
+    response = telepo.api("POST", f"{CONTROL}/make/{DOMAIN}/{ALICE}/{DEVICE}", {"destination": "tel:+33612345678"})
     body = response.json()
     assert (response.status_code, body["event"], body["eventDescription"]) == (
         200, "FAILED", "Call setup failed with status code 504")

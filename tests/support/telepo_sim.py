@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import requests
+
 from tests.support.processes import wait_for
 from tests.support.sim_control import ControlClient
 
@@ -58,6 +60,20 @@ class TelepoControl(ControlClient):
 
     def hold_webhooks(self):
         return self._call("POST", "/webhooks/hold")
+
+    def api(self, method: str, path: str, body=None, ticket: str | None = TICKET) -> requests.Response:
+        """A request to the simulated Telepo's own API (not the control API), with the bearer ticket if given."""
+        headers = {"Authorization": f"Bearer {ticket}"} if ticket else {}
+        return requests.request(method, f"{self.url}{path}", json=body, headers=headers, timeout=10)
+
+    def act(self, user_id: str, action: str, call_id: str, body: dict | None = None,
+            domain: str = DOMAIN) -> requests.Response:
+        """A call-control action of the spec (``/api/call/control/v1/<action>/{domain}/{userId}/{callId}``)."""
+        return self.api("POST", f"/api/call/control/v1/{action}/{domain}/{user_id}/{call_id}", body or {})
+
+    def mismatch_status(self, status: int):
+        """The 4xx a stale stateToken gets from now on (409 by default)."""
+        return self._call("POST", "/actions/mismatch-status", status=status)
 
     def stamp_style(self, style: str):
         """How the messages delivered from now on write their timestamp (the simulator's STAMP_STYLES)."""

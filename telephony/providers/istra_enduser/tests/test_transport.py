@@ -337,10 +337,12 @@ def test_it_restores_a_manual_caller_id_the_user_had(provider, platform):
 def test_it_puts_back_a_manual_caller_id_however_the_platform_spells_the_choice(provider, platform, spelling):
     # user/Info lists "manualCustomCallerID" as the manual choice, IUser "ManualSetting". Read as not manual, the
     # restore sent the choice alone and the user's own caller-ID number was lost.
-    from telephony.providers.istra_enduser.transport import CallerId
-
-    assert CallerId(spelling, "+33489879144").manual
-    provider.restore_caller_id(CallerId(spelling, "+33489879144"))
+    platform.control("PATCH", "enduser/chatfield",  # the platform reports the user's choice so spelled
+                     callerId={"customCallerIDChoice": spelling, "customCallerID": "+33489879144"})
+    previous = provider.caller_id()
+    assert previous.manual
+    provider.set_caller_id("+33412345670")
+    provider.restore_caller_id(previous)
     assert platform.user()["callerId"] == {"customCallerIDChoice": "ManualSetting", "customCallerID": "+33489879144"}
 
 
@@ -422,7 +424,8 @@ def test_it_opens_the_socket_binds_notifications_and_pushes_counters_to_the_owne
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_reads_counters_on_a_socket_thread_that_never_opens_a_database_connection(provider, platform, caplog):
+def test_it_reads_counters_on_a_socket_thread_that_never_opens_a_database_connection(provider, platform, caplog,
+                                                                                        monkeypatch):
     # A worker holds thousands of sockets and PostgreSQL gives a hundred connections; a database error here
     # also took the socket down, and the counters frame with it.
     import threading
@@ -462,15 +465,11 @@ def test_it_reads_counters_on_a_socket_thread_that_never_opens_a_database_connec
             def run(self, operation):
                 raise OperationalError("the database is restarting")
 
-        real = database.db_workers
-        database.db_workers = Down
-        try:
-            with caplog.at_level("WARNING"):
-                thread = threading.Thread(target=socket_thread, args=("down",))
-                thread.start()
-                thread.join(10)
-        finally:
-            database.db_workers = real
+        with monkeypatch.context() as patched, caplog.at_level("WARNING"):
+            patched.setattr(database, "db_workers", Down)
+            thread = threading.Thread(target=socket_thread, args=("down",))
+            thread.start()
+            thread.join(10)
         assert seen["down"] == []
         (record,) = [r for r in caplog.records if "counters" in r.getMessage()]
         assert record.account_id == provider.account.pk and "the next frame will" in record.getMessage()

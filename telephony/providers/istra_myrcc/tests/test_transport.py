@@ -208,6 +208,35 @@ def test_it_says_nothing_of_internal_before_the_directory_is_synced(provider, wo
     assert {x.is_internal for x in updates} == {None}
 
 
+def test_it_gives_a_call_the_actions_a_second_line_brings_though_its_snapshot_time_stays(provider, world):
+    # The simulator pushes a line again when a sibling appears on its extension, with its new actions (transfer,
+    # merge) and its lastModificationTime unchanged. Taken for a duplicate, the first call's card kept no
+    # transfer or merge button.
+    from telephony.domain import apply_call_updates
+
+    make_terminal(provider.account, pbx_id=ALICE, extension="101")
+    (spec,) = provider.listener_specs([ALICE])
+    stream = provider.open_stream(spec)
+    try:
+        list(stream.initial_frames)
+        first = talking_call(world)
+        apply_call_updates(read_until(provider, spec, stream, lambda xs: any(
+            x.pbx_call_id == first and x.state == u.TALKING for x in xs)))
+        before = Call.objects.get(pbx_call_id=first)
+        second = world.incoming_call(ALICE, "0622222222").line_id
+        updates = read_until(provider, spec, stream, lambda xs: any(x.pbx_call_id == first for x in xs)
+                             and any(x.pbx_call_id == second for x in xs))
+        apply_call_updates(updates)
+    finally:
+        provider.close_stream(spec, stream)
+    again = [x for x in updates if x.pbx_call_id == first]
+    assert {x.payload["lastModificationTime"] for x in again} == {before.events.latest("id").payload[
+        "lastModificationTime"]}  # the same snapshot time as before
+    after = Call.objects.get(pbx_call_id=first)
+    assert (after.state, after.version) == ("talking", before.version + 1)
+    assert set(after.allowed_actions) - set(before.allowed_actions)  # what the second line made possible
+
+
 def ringing_call(world) -> str:
     return world.incoming_call(ALICE, "0612345678").line_id
 

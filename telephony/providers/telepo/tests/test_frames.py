@@ -164,8 +164,8 @@ def test_it_dates_a_message_whose_time_it_cannot_read_when_it_came_and_says_so_o
 
 def test_it_reads_nan_and_infinity_as_null_so_the_message_can_be_stored():
     # Python's JSON reader takes them; PostgreSQL's jsonb refuses them, and the message was lost with a 500.
+    # json.dumps writes them as the bare NaN and Infinity such a sender would.
     update = parse_webhook_body(json.dumps(webhook(remote_email=float("nan"), duration=float("inf"))), 7)
-    assert "NaN" in json.dumps(webhook(remote_email=float("nan")))  # what the PBX would send
     assert update.payload["remote_email"] is None and update.payload["duration"] is None
     assert update.state == u.ENDED
 
